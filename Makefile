@@ -1,0 +1,45 @@
+# The two commands a fresh clone needs: `make demo` and `make test`. Each installs what it needs itself.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
+
+$(VENV)/.installed: requirements-dev.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed  ## make .venv with maturin, pytest and the Python deps
+
+.PHONY: build
+build: venv  ## build the extension (release) into .venv
+	$(VENV)/bin/maturin develop --release -q
+
+.PHONY: test
+test: build  ## cargo test, then mypy --strict on the typed example, then pytest
+	cargo test -q
+	$(PY) -m mypy --strict tests/typed_usage.py
+	$(PY) -m pytest -q
+
+.PHONY: demo
+demo: build  ## the main job: a batch of simulated LLM calls under a limiter
+	$(PY) -m holysheep demo
+
+.PHONY: bench
+bench: build  ## criterion benches for the core, then the Python benches beside the peers
+	cargo bench --bench core
+	$(PY) benches/python/run.py
+
+.PHONY: clean
+clean:  ## remove build output and the venv
+	cargo clean
+	rm -rf $(VENV)

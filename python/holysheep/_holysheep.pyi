@@ -1,0 +1,3 @@
+"""Stubs for the native module; import ``holysheep`` rather than this."""
+
+__version__: str

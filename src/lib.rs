@@ -1,0 +1,9 @@
+//! holysheep keeps traffic to OpenAI-compatible LLM APIs inside its limits and alive through its failures.
+//!
+//! [`core`] is pure Rust (no Python) and holds every decision; `py` is the thin pyo3 layer that the
+//! `holysheep` Python package is built on, compiled only with the `python` feature (maturin turns it on).
+
+pub mod core;
+
+#[cfg(feature = "python")]
+mod py;

@@ -1,0 +1,28 @@
+//! The one place where core errors become Python exceptions. The classes live in `holysheep/errors.py`
+//! (ConfigError has two bases, which pyo3 cannot declare), and are reached here by import.
+
+use pyo3::PyErr;
+use pyo3::import_exception;
+
+use crate::core::clock::ns_to_secs;
+use crate::core::Error;
+
+import_exception!(holysheep.errors, RateLimitExceeded);
+import_exception!(holysheep.errors, CircuitOpenError);
+import_exception!(holysheep.errors, BudgetExceeded);
+import_exception!(holysheep.errors, ConfigError);
+
+impl From<Error> for PyErr {
+    fn from(err: Error) -> PyErr {
+        match err {
+            Error::RateLimited { message, retry_after_ns, limit, remaining } => {
+                RateLimitExceeded::new_err((message, retry_after_ns.map(ns_to_secs), limit, remaining))
+            }
+            Error::CircuitOpen { message, retry_after_ns } => {
+                CircuitOpenError::new_err((message, ns_to_secs(retry_after_ns)))
+            }
+            Error::BudgetExceeded { message } => BudgetExceeded::new_err(message),
+            Error::Config { field, message } => ConfigError::new_err((message, field)),
+        }
+    }
+}

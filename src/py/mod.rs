@@ -1,0 +1,16 @@
+//! The pyo3 layer: thin wrappers that convert types, map errors and release the GIL around blocking
+//! waits. Every decision is the core's.
+
+mod errors;
+
+use pyo3::prelude::*;
+
+/// The native half of the `holysheep` package; import `holysheep`, not this module.
+#[pymodule(name = "_holysheep")]
+mod native {
+    #[pymodule_init]
+    fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
+        use pyo3::types::PyModuleMethods;
+        m.add("__version__", env!("CARGO_PKG_VERSION"))
+    }
+}
