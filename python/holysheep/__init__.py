@@ -1,7 +1,5 @@
 """holysheep: keeps traffic to OpenAI-compatible LLM APIs inside its limits and alive through its failures."""
 
-from __future__ import annotations
-
 from holysheep._holysheep import __version__
 from holysheep.errors import (
     BudgetExceeded,
