@@ -2,8 +2,49 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import holysheep as hs
 
 
 def describe(err: hs.RateLimitExceeded) -> str:
     return f"{err.limit}: retry after {err.retry_after}"
+
+
+lim = hs.HolySheepRateLimiter(max_qps=10, max_concurrency=20)
+quota = hs.HolySheepRateLimiter(limits=[hs.Limit(10, per="minute"), hs.Limit(1_000, per="day", unit="tokens")])
+pro = hs.HolySheepRateLimiter.from_tier("pro")
+bucket = hs.TokenBucket(rate=5, capacity=10)
+window = hs.SlidingWindow(limit=100, window_s=60)
+gate = hs.ConcurrencyLimiter(4)
+
+
+@lim
+async def embed(text: str) -> list[float]:
+    return [float(len(text))]
+
+
+@lim
+def embed_sync(text: str) -> list[float]:
+    return [float(len(text))]
+
+
+async def main() -> int:
+    await lim.acquire(tokens=0, timeout=1.0, priority=1)
+    lim.release()
+    async with lim:
+        pass
+    async with quota.slot(tokens=50) as permit:
+        permit.settle(40)
+        spent: int = permit.tokens
+    vectors: list[float] = await embed("hello")
+    ready: bool = bucket.try_acquire()
+    wait_s: float = window.time_until_ready()
+    stats = pro.stats()
+    with gate:
+        pass
+    return int(ready) + len(vectors) + spent + int(wait_s) + int(stats["admitted"]) + len(embed_sync("x"))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,5 +1,5 @@
 //! Concurrency permits: at most `max` held at once. Two monotonic counters (acquired, released) instead of
-//! one level, so the number ever admitted comes for free and one compare-and-swap takes a permit.
+//! one level, so a release can be checked against the acquisitions and one compare-and-swap takes a permit.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -20,8 +20,6 @@ pub struct Limiter<C: Clock = MonotonicClock> {
     /// Waiters parked for a permit or for the rate; while any wait, the fast path admits nobody.
     slot_waiters: AtomicU64,
     rate_waiters: AtomicU64,
-    /// Permits taken by `try_acquire` and returned because the rate refused: not admissions.
-    returned_permits: AtomicU64,
     stats: Stats,
 }
 
@@ -78,7 +76,6 @@ impl<C: Clock> Limiter<C> {
             slots: Concurrency::new(max_concurrency)?,
             slot_waiters: AtomicU64::new(0),
             rate_waiters: AtomicU64::new(0),
-            returned_permits: AtomicU64::new(0),
             stats: Stats::default(),
         })
     }
@@ -160,30 +157,38 @@ impl<C: Clock> Limiter<C> {
     }
 
     /// A permit and the rate, both now, or neither; never waits. `Err` only when the cost can never pass.
+    /// A `false` is not counted as a rejection: the caller may go on to wait (see [`Limiter::reject`]).
     #[inline]
     pub fn try_acquire(&self, cost: Cost) -> Result<bool> {
         if self.has_waiters() || !self.slots.try_acquire() {
-            self.stats.reject();
             return Ok(false);
         }
-        let Some(quota) = &self.quota else { return Ok(true) };
+        let Some(quota) = &self.quota else {
+            self.stats.admit();
+            return Ok(true);
+        };
         let now = self.clock.now_ns();
         let decision = quota.decide(cost, now, now, &mut Receipt::default());
         if decision == Decision::Now {
+            self.stats.admit();
             return Ok(true);
         }
         self.return_unused_permit();
         if let Decision::Never { .. } = decision {
+            self.stats.reject();
             return Err(self.refusal("try_acquire", cost, now));
         }
-        self.stats.reject();
         Ok(false)
+    }
+
+    /// Counts a request turned away: a failed try, or a waiter out of time.
+    pub fn reject(&self) {
+        self.stats.reject();
     }
 
     /// Returns a permit that was taken for a request the rate then refused.
     #[cold]
-    pub fn return_unused_permit(&self) {
-        self.returned_permits.fetch_add(1, Ordering::Relaxed);
+    fn return_unused_permit(&self) {
         self.slots.release().expect("a permit taken for this request");
     }
 
@@ -209,13 +214,19 @@ impl<C: Clock> Limiter<C> {
     /// ever pass is refused at once too. Nothing is counted when refused.
     pub fn reserve(&self, cost: Cost, max_wait_ns: Option<u64>, operation: &str) -> Result<Admission> {
         let mut receipt = Receipt::default();
-        let Some(quota) = &self.quota else { return Ok(Admission { wait_ns: 0, receipt }) };
+        let Some(quota) = &self.quota else {
+            self.stats.admit();
+            return Ok(Admission { wait_ns: 0, receipt });
+        };
         let now = self.clock.now_ns();
         let latest = max_wait_ns.map_or(u64::MAX, |wait| now.saturating_add(wait));
         match quota.decide(cost, now, latest, &mut receipt) {
-            Decision::Now => Ok(Admission { wait_ns: 0, receipt }),
+            Decision::Now => {
+                self.stats.admit();
+                Ok(Admission { wait_ns: 0, receipt })
+            }
             Decision::At(at) => {
-                self.stats.waits.record(at - now);
+                self.stats.admit();
                 Ok(Admission { wait_ns: at - now, receipt })
             }
             Decision::NotBefore(_) | Decision::Never { .. } => {
@@ -227,6 +238,7 @@ impl<C: Clock> Limiter<C> {
 
     /// Gives back a reservation that will not be used (its waiter gave up).
     pub fn give_back(&self, admission: &Admission, cost: Cost) {
+        self.stats.admitted.fetch_sub(1, Ordering::Relaxed);
         if let Some(quota) = &self.quota {
             quota.give_back(&admission.receipt, cost);
         }
@@ -249,6 +261,11 @@ impl<C: Clock> Limiter<C> {
         }
     }
 
+    /// Records how long an admitted request waited in all (for a permit, then for the rate).
+    pub fn record_wait(&self, wait_ns: u64) {
+        self.stats.waits.record(wait_ns);
+    }
+
     /// Records a 429 from the server.
     pub fn record_server_rejection(&self) {
         self.stats.server_rejections.fetch_add(1, Ordering::Relaxed);
@@ -265,7 +282,7 @@ impl<C: Clock> Limiter<C> {
                 .collect(),
             None => Vec::new(),
         };
-        let admitted = self.slots.acquired() - self.returned_permits.load(Ordering::Relaxed);
+        let admitted = self.stats.admitted.load(Ordering::Relaxed);
         let waited = self.stats.waits.count();
         let zeros = admitted.saturating_sub(waited);
         Snapshot {
@@ -311,7 +328,7 @@ mod tests {
         lim.release().unwrap();
         assert!(!lim.try_acquire(Cost::request(0)).unwrap(), "rate spent");
         let stats = lim.snapshot();
-        assert_eq!((stats.admitted, stats.rejected, stats.in_flight), (2, 2, 0));
+        assert_eq!((stats.admitted, stats.in_flight), (2, 0));
     }
 
     #[test]
@@ -377,7 +394,10 @@ mod tests {
     fn waits_show_in_the_percentiles() {
         let (lim, _) = limiter(vec![per_second(1.0)], None);
         for _ in 0..4 {
-            lim.reserve(Cost::request(0), None, "acquire").unwrap();
+            let admission = lim.reserve(Cost::request(0), None, "acquire").unwrap();
+            if admission.wait_ns > 0 {
+                lim.record_wait(admission.wait_ns);
+            }
         }
         let stats = lim.snapshot();
         assert_eq!(stats.waited, 3);

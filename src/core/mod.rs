@@ -4,6 +4,7 @@
 pub mod cell;
 pub mod clock;
 pub mod concurrency;
+pub mod config;
 pub mod counter;
 pub mod decision;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod window;
 mod properties;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
+pub use config::LimiterConfig;
 pub use decision::Decision;
 pub use error::{Error, Result};
 pub use limit::{Algorithm, Cost, Limit, Unit};

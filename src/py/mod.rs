@@ -2,12 +2,22 @@
 //! waits. Every decision is the core's.
 
 mod errors;
+mod limit;
+mod limiter;
+mod queue;
 
 use pyo3::prelude::*;
 
 /// The native half of the `holysheep` package; import `holysheep`, not this module.
 #[pymodule(name = "_holysheep")]
 mod native {
+    #[pymodule_export]
+    use super::limit::PyLimit;
+    #[pymodule_export]
+    use super::limiter::{PyLimiter, Ready, Reservation};
+    #[pymodule_export]
+    use super::queue::{PyTicket, PyWaitQueue};
+
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
         use pyo3::types::PyModuleMethods;
