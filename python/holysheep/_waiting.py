@@ -139,6 +139,7 @@ def rate_protocol(
         reservation = limiter._reserve(tokens, remaining(), "acquire")
         if reservation.wait > 0.0:
             yield reservation.wait
+            reservation.stamp()
         return reservation
     except BaseException:
         if reservation is not None:

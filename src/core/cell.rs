@@ -53,6 +53,13 @@ impl GcraCell {
         });
     }
 
+    /// Shifts the TAT set by the request admitted for `at` to its real instant `now`, while no later
+    /// request has moved the TAT since.
+    pub fn restamp(&self, receipt: u64, at: u64, now: u64) {
+        let shifted = receipt.saturating_add(now.saturating_sub(at));
+        let _ = self.tat.compare_exchange(receipt, shifted, Ordering::AcqRel, Ordering::Acquire);
+    }
+
     /// Gives back `cost` units admitted by the request that moved the TAT to `receipt`, but only while no
     /// later request has moved it since: lowering a TAT that later requests built on could let one
     /// through early. Returns whether it gave back.

@@ -276,6 +276,17 @@ impl Window {
         }
     }
 
+    /// Moves an admission reserved for `at` to `now`, when its request went late and nothing relied on
+    /// the reserved instant (see [`ExactWindow::restamp`]); GCRA shifts its TAT while it is the last.
+    /// The approximate counter does not track instants.
+    pub fn restamp(&mut self, receipt: u64, at: u64, now: u64) {
+        match self {
+            Window::Exact(w) => w.restamp(receipt, now),
+            Window::Gcra { tat, .. } if *tat == receipt => *tat += now.saturating_sub(at),
+            _ => {}
+        }
+    }
+
     /// Takes back an admission of `cost` that will not be used.
     pub fn give_back(&mut self, receipt: u64, cost: u64) {
         match self {

@@ -27,6 +27,8 @@ pub struct Limiter<C: Clock = MonotonicClock> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Admission {
     pub wait_ns: u64,
+    /// The reserved instant.
+    pub at_ns: u64,
     pub receipt: Receipt,
 }
 
@@ -216,18 +218,18 @@ impl<C: Clock> Limiter<C> {
         let mut receipt = Receipt::default();
         let Some(quota) = &self.quota else {
             self.stats.admit();
-            return Ok(Admission { wait_ns: 0, receipt });
+            return Ok(Admission { wait_ns: 0, at_ns: 0, receipt });
         };
         let now = self.clock.now_ns();
         let latest = max_wait_ns.map_or(u64::MAX, |wait| now.saturating_add(wait));
         match quota.decide(cost, now, latest, &mut receipt) {
             Decision::Now => {
                 self.stats.admit();
-                Ok(Admission { wait_ns: 0, receipt })
+                Ok(Admission { wait_ns: 0, at_ns: now, receipt })
             }
             Decision::At(at) => {
                 self.stats.admit();
-                Ok(Admission { wait_ns: at - now, receipt })
+                Ok(Admission { wait_ns: at - now, at_ns: at, receipt })
             }
             Decision::NotBefore(_) | Decision::Never { .. } => {
                 self.stats.reject();
@@ -241,6 +243,13 @@ impl<C: Clock> Limiter<C> {
         self.stats.admitted.fetch_sub(1, Ordering::Relaxed);
         if let Some(quota) = &self.quota {
             quota.give_back(&admission.receipt, cost);
+        }
+    }
+
+    /// Records that a waiter proceeded now, after its reserved instant: see [`Quota::restamp`].
+    pub fn stamp(&self, admission: &Admission, cost: Cost) {
+        if let Some(quota) = &self.quota {
+            quota.restamp(&admission.receipt, cost, admission.at_ns, self.clock.now_ns());
         }
     }
 

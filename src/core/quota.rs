@@ -149,6 +149,27 @@ impl Quota {
         }
     }
 
+    /// Moves an admission reserved for `at` to the instant `now` its request really went, wherever no
+    /// later admission relied on the reserved instant: a waiter wakes a little late, and a server
+    /// counts from arrival.
+    pub fn restamp(&self, receipt: &Receipt, cost: Cost, at: u64, now: u64) {
+        match &self.state {
+            State::Single { unit, cell, .. } => {
+                if unit.of(cost) > 0 {
+                    cell.restamp(receipt.tickets[0], at, now);
+                }
+            }
+            State::Windows(lock) => {
+                let mut windows = lock.lock();
+                for ((window, limit), ticket) in windows.iter_mut().zip(&self.limits).zip(receipt.tickets) {
+                    if limit.unit().of(cost) > 0 {
+                        window.restamp(ticket, at, now);
+                    }
+                }
+            }
+        }
+    }
+
     /// Takes back an admission of `cost` that will not be used (a waiter that gave up).
     pub fn give_back(&self, receipt: &Receipt, cost: Cost) {
         match &self.state {

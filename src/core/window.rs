@@ -103,6 +103,19 @@ impl ExactWindow {
         }
     }
 
+    /// Moves an admission to the instant its request really went (`now`, later than reserved: a waiter
+    /// wakes a little after its instant), as long as no later admission was placed relying on the old
+    /// instant; otherwise it stays. Never past the next admission, so the log stays in order.
+    pub fn restamp(&mut self, receipt: u64, now: u64) {
+        let Some(index) = receipt.checked_sub(self.first_seq).map(|i| i as usize) else { return };
+        let (Some(entry), Some(last)) = (self.log.get(index), self.log.back()) else { return };
+        if now <= entry.at || last.at >= entry.at.saturating_add(self.window_ns) {
+            return;
+        }
+        let next = self.log.get(index + 1).map_or(u64::MAX, |next| next.at);
+        self.log[index].at = now.min(next);
+    }
+
     /// Takes an admission back (a waiter gave up before its turn). Removing an admission never lets any
     /// interval hold more, so this is exact wherever the entry sits.
     pub fn give_back(&mut self, receipt: u64) {
@@ -204,6 +217,31 @@ mod tests {
         assert_eq!(window.earliest(1, SEC / 2), Ok(SEC), "nobody overtakes the reservation at SEC");
         window.give_back(last);
         assert_eq!(window.earliest(1, SEC / 2), Ok(SEC / 2));
+    }
+
+    #[test]
+    fn a_late_waiter_moves_its_admission_to_when_it_really_went() {
+        let mut window = ExactWindow::new(2, 10 * SEC);
+        window.admit(0, 1);
+        window.admit(0, 1);
+        let at = window.earliest(1, SEC).unwrap();
+        let late = window.admit(at, 1);
+        window.restamp(late, at + 3);
+        // Later ones come after the late one's real instant, and leave a window after it.
+        assert_eq!(window.earliest(1, SEC), Ok(10 * SEC + 3));
+        assert_eq!(window.earliest(2, SEC), Ok(20 * SEC + 3));
+    }
+
+    #[test]
+    fn an_admission_others_relied_on_keeps_its_instant() {
+        let mut window = ExactWindow::new(1, SEC);
+        let first = window.admit(0, 1);
+        let at = window.earliest(1, 0).unwrap();
+        window.admit(at, 1);
+        window.restamp(first, 5);
+        assert_eq!(window.earliest(1, 0), Ok(2 * SEC));
+        window.forget_before(SEC);
+        assert_eq!(window.len(), 1, "the first left the window at its old instant");
     }
 
     #[test]

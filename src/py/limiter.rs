@@ -77,6 +77,12 @@ impl Reservation {
         self.tokens.load(Ordering::Acquire)
     }
 
+    /// Marks the reservation used now: a waiter that woke after its instant moves its admission to
+    /// when its request really goes, where nothing relied on the reserved instant.
+    fn stamp(&self) {
+        self.limiter.stamp(&self.admission, self.cost());
+    }
+
     /// Gives the reservation back: its waiter gave up before its turn.
     fn give_back(&self) {
         self.limiter.give_back(&self.admission, self.cost());
