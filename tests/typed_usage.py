@@ -17,6 +17,8 @@ pro = hs.HolySheepRateLimiter.from_tier("pro")
 bucket = hs.TokenBucket(rate=5, capacity=10)
 window = hs.SlidingWindow(limit=100, window_s=60)
 gate = hs.ConcurrencyLimiter(4)
+per_user = hs.KeyedLimiter(hs.Limit(20, per="minute", algorithm="gcra", burst=5), max_keys=10_000, idle_ttl=600)
+per_model = hs.KeyedLimiter(lambda model: hs.HolySheepRateLimiter(rpm=60, max_concurrency=4))
 
 
 @lim
@@ -43,7 +45,11 @@ async def main() -> int:
     stats = pro.stats()
     with gate:
         pass
-    return int(ready) + len(vectors) + spent + int(wait_s) + int(stats["admitted"]) + len(embed_sync("x"))
+    await per_user.acquire("alice", timeout=5.0)
+    async with per_model["gpt-4.1"]:
+        pass
+    keyed_ok: bool = per_user.try_acquire("bob")
+    return int(keyed_ok) + int(ready) + len(vectors) + spent + int(wait_s) + int(stats["admitted"]) + len(embed_sync("x"))
 
 
 if __name__ == "__main__":

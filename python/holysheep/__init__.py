@@ -1,6 +1,7 @@
 """holysheep: keeps traffic to OpenAI-compatible LLM APIs inside its limits and alive through its failures."""
 
 from holysheep._holysheep import Limit, __version__
+from holysheep._keyed import KeyedLimiter
 from holysheep._limiter import (
     ConcurrencyLimiter,
     HolySheepRateLimiter,
@@ -23,6 +24,7 @@ __all__ = [
     "ConfigError",
     "HolySheepError",
     "HolySheepRateLimiter",
+    "KeyedLimiter",
     "Limit",
     "Permit",
     "RateLimitExceeded",

@@ -30,14 +30,14 @@ impl Ready {
     }
 }
 
-fn tokens_cost(tokens: i64) -> PyResult<Cost> {
+pub fn tokens_cost(tokens: i64) -> PyResult<Cost> {
     if tokens < 0 {
         return Err(Error::config("tokens", format!("must be 0 or more, got {tokens}")).into());
     }
     Ok(Cost::request(tokens as u64))
 }
 
-fn max_wait_ns(timeout: Option<f64>) -> PyResult<Option<u64>> {
+pub fn max_wait_ns(timeout: Option<f64>) -> PyResult<Option<u64>> {
     timeout
         .map(|secs| secs_to_ns(secs).ok_or_else(|| Error::config("timeout", format!("must be 0 or more seconds, got {secs}"))))
         .transpose()

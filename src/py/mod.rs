@@ -2,6 +2,7 @@
 //! waits. Every decision is the core's.
 
 mod errors;
+mod keyed;
 mod limit;
 mod limiter;
 mod queue;
@@ -11,6 +12,8 @@ use pyo3::prelude::*;
 /// The native half of the `holysheep` package; import `holysheep`, not this module.
 #[pymodule(name = "_holysheep")]
 mod native {
+    #[pymodule_export]
+    use super::keyed::PyKeyedTable;
     #[pymodule_export]
     use super::limit::PyLimit;
     #[pymodule_export]
