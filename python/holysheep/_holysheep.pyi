@@ -4,6 +4,8 @@ from collections.abc import Awaitable, Generator, Hashable, Sequence
 from types import TracebackType
 from typing import Any, Literal, final
 
+from typing_extensions import Self
+
 __version__: str
 
 @final
@@ -86,7 +88,7 @@ class _Limiter:
         burst: float | None = None,
         limits: Sequence[Limit] | None = None,
         tier: str | None = None,
-    ) -> Any: ...
+    ) -> Self: ...
     def try_acquire(self, tokens: int = 0) -> bool:
         """Takes one request (and ``tokens`` LLM tokens) now if every limit allows; never waits."""
     def time_until_ready(self, tokens: int = 0) -> float:

@@ -49,7 +49,7 @@ class _PerKeyLimiters:
     def _forget(self, now: float) -> None:
         """Drops idle limiters from the least recently used end: any past the idle time, and then as
         many as needed to stay within max_keys. A limiter in use is never dropped."""
-        doomed = []
+        doomed: list[Hashable] = []
         excess = len(self._limiters) - self._max_keys
         for key, limiter in self._limiters.items():
             idle = now - self._last_used[key] >= self._idle_ttl
@@ -114,11 +114,15 @@ class KeyedLimiter:
             return self._per_key.get(key)
         return _KeyHandle(self, key)
 
+    def _limiter(self, key: Hashable) -> HolySheepRateLimiter:
+        assert self._per_key is not None, "a per-key limiter exists only without a GCRA table"
+        return self._per_key.get(key)
+
     def try_acquire(self, key: Hashable, tokens: int = 0) -> bool:
         """Admits one request for ``key`` now if its limits allow; never waits."""
         if self._table is not None:
             return self._table.try_acquire(key, tokens)
-        return self[key].try_acquire(tokens)
+        return self._limiter(key).try_acquire(tokens)
 
     async def acquire(self, key: Hashable, tokens: int = 0, timeout: float | None = None) -> None:
         """Waits until ``key`` may send one request; requests for one key pass in arrival order.
@@ -126,7 +130,7 @@ class KeyedLimiter:
         :raises RateLimitExceeded: at once, when the wait would pass ``timeout`` or never ends.
         """
         if self._table is None:
-            await self[key].acquire(tokens, timeout)
+            await self._limiter(key).acquire(tokens, timeout)
             return
         wait, receipt = self._table.reserve(key, tokens, timeout)
         if wait > 0.0:
@@ -139,7 +143,7 @@ class KeyedLimiter:
     def acquire_blocking(self, key: Hashable, tokens: int = 0, timeout: float | None = None) -> None:
         """`acquire` for threads: blocks with the GIL released."""
         if self._table is None:
-            self[key].acquire_blocking(tokens, timeout)
+            self._limiter(key).acquire_blocking(tokens, timeout)
             return
         wait, _ = self._table.reserve(key, tokens, timeout)
         if wait > 0.0:
@@ -148,13 +152,13 @@ class KeyedLimiter:
     def release(self, key: Hashable) -> None:
         """Returns the concurrency slot of ``key`` (per-key limiters only; GCRA limits hold none)."""
         if self._per_key is not None:
-            self._per_key.get(key).release()
+            self._limiter(key).release()
 
     def time_until_ready(self, key: Hashable, tokens: int = 0) -> float:
         """Seconds until ``key`` may send one request; 0.0 when now."""
         if self._table is not None:
             return self._table.time_until_ready(key, tokens)
-        return self[key].time_until_ready(tokens)
+        return self._limiter(key).time_until_ready(tokens)
 
     def __len__(self) -> int:
         """Keys held now."""

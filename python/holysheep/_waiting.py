@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from holysheep._holysheep import _Reservation, _WaitQueue
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 #: What a line protocol asks of its driver: None to wait for a wake-up, seconds to sleep.
 Step = Optional[float]
-Protocol = Generator[Step, None, Any]
 
 
 def _set_result_if_pending(future: asyncio.Future[None]) -> None:
@@ -123,7 +122,7 @@ def rate_protocol(
     waiter: Waiter,
     tokens: int,
     priority: int,
-    remaining: Any,
+    remaining: Remaining,
 ) -> Generator[Step, bool, _Reservation]:
     """Ends with a rate reservation whose instant has come. Only the head of the line reserves, so a
     waiter that gives up before its turn holds nothing, and later ones move up at once; interactive work
@@ -161,7 +160,7 @@ class Remaining:
 
     __slots__ = ("clock", "deadline", "start", "timeout")
 
-    def __init__(self, timeout: float | None, clock: Any) -> None:
+    def __init__(self, timeout: float | None, clock: Callable[[], float]) -> None:
         self.timeout = timeout
         self.clock = clock
         self.start = clock()
@@ -196,7 +195,7 @@ async def run_async(protocol: Generator[Step, bool, Any], waiter: AsyncWaiter, r
 
 
 def run_blocking(
-    protocol: Generator[Step, bool, Any], waiter: ThreadWaiter, remaining: Remaining, sleep: Any
+    protocol: Generator[Step, bool, Any], waiter: ThreadWaiter, remaining: Remaining, sleep: Callable[[float], None]
 ) -> Any:
     """Drives a line protocol on this thread, blocking with the GIL released."""
     try:
