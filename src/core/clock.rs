@@ -2,22 +2,26 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 /// A source of monotonic time in nanoseconds since an origin of the clock's choosing.
 pub trait Clock: Send + Sync + 'static {
     fn now_ns(&self) -> u64;
 }
 
-/// The machine's monotonic clock, counted from when this value was made.
-#[derive(Debug, Clone, Copy)]
+/// The machine's monotonic clock, counted from when this value was made. It reads the CPU's time-stamp
+/// counter where that is invariant (quanta calibrates it against the OS clock once), about twice as
+/// fast as `clock_gettime`, and falls back to the OS monotonic clock elsewhere.
+#[derive(Debug, Clone)]
 pub struct MonotonicClock {
-    origin: Instant,
+    source: quanta::Clock,
+    origin: u64,
 }
 
 impl MonotonicClock {
     pub fn new() -> Self {
-        Self { origin: Instant::now() }
+        let source = quanta::Clock::new();
+        let origin = source.raw();
+        Self { source, origin }
     }
 }
 
@@ -31,7 +35,7 @@ impl Clock for MonotonicClock {
     #[inline]
     fn now_ns(&self) -> u64 {
         // u64 nanoseconds last 584 years from the origin.
-        self.origin.elapsed().as_nanos() as u64
+        self.source.delta_as_nanos(self.origin, self.source.raw())
     }
 }
 
