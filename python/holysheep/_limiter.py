@@ -107,7 +107,7 @@ class HolySheepRateLimiter(_Limiter):
             protocol = rate_protocol(self, self._rate_line, waiter, tokens, priority, remaining)
             reservation: _Reservation = await run_async(protocol, waiter, remaining)
         except BaseException:
-            self.release()
+            self._abandon()
             raise
         self._record_wait(remaining.elapsed())
         return reservation
@@ -125,7 +125,7 @@ class HolySheepRateLimiter(_Limiter):
             rate = rate_protocol(self, self._rate_line, waiter, tokens, priority, remaining)
             reservation: _Reservation = run_blocking(rate, waiter, remaining, self._sleep)
         except BaseException:
-            self.release()
+            self._abandon()
             raise
         self._record_wait(remaining.elapsed())
         return reservation
@@ -137,6 +137,7 @@ class HolySheepRateLimiter(_Limiter):
         if waiter is None:
             self._release_slot()
         else:
+            self._hand_over()
             waiter.wake()
 
     def slot(self, tokens: int = 0, timeout: float | None = None, priority: int = 0) -> Permit:

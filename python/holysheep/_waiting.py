@@ -108,7 +108,7 @@ def slot_protocol(
         except BaseException:
             if line.remove(ticket) is None:
                 # A slot was handed over as this waiter gave up: pass it on.
-                limiter.release()
+                limiter._abandon()
             raise
         if not woken and line.remove(ticket) is not None:
             raise _timed_out(limiter, "concurrency slot", timeout)

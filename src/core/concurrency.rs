@@ -29,6 +29,10 @@ impl Concurrency {
     /// Takes a permit if one is free.
     #[inline]
     pub fn try_acquire(&self) -> bool {
+        if self.max == u64::MAX {
+            self.acquired.fetch_add(1, Ordering::AcqRel);
+            return true;
+        }
         let mut acquired = self.acquired.load(Ordering::Acquire);
         loop {
             // Read `released` after `acquired`: it only grows, so the difference can only overstate
@@ -57,6 +61,12 @@ impl Concurrency {
                 Err(current) => released = current,
             }
         }
+    }
+
+    /// Counts a permit passed straight from its holder to a waiter: one release and one acquisition.
+    pub fn hand_over(&self) {
+        self.acquired.fetch_add(1, Ordering::AcqRel);
+        self.released.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Permits held now.

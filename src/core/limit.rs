@@ -265,7 +265,7 @@ impl Window {
     /// Replaces an admission's cost `old` by `actual`. GCRA gives back only while nothing came after.
     pub fn settle(&mut self, receipt: u64, old: u64, actual: u64, now: u64) {
         match self {
-            Window::Exact(w) => w.settle(receipt, actual),
+            Window::Exact(w) => w.settle(receipt, old, actual),
             Window::Counter(c) => c.settle(receipt, old, actual),
             Window::Gcra { .. } if actual > old => self.charge(actual - old, now),
             Window::Gcra { gcra, tat } => {
@@ -290,7 +290,7 @@ impl Window {
     /// Takes back an admission of `cost` that will not be used.
     pub fn give_back(&mut self, receipt: u64, cost: u64) {
         match self {
-            Window::Exact(w) => w.give_back(receipt),
+            Window::Exact(w) => w.give_back(receipt, cost),
             _ => self.settle(receipt, cost, 0, 0),
         }
     }

@@ -165,17 +165,13 @@ impl<C: Clock> Limiter<C> {
         if self.has_waiters() || !self.slots.try_acquire() {
             return Ok(false);
         }
-        let Some(quota) = &self.quota else {
-            self.stats.admit();
-            return Ok(true);
-        };
+        let Some(quota) = &self.quota else { return Ok(true) };
         let now = self.clock.now_ns();
         let decision = quota.decide(cost, now, now, &mut Receipt::default());
         if decision == Decision::Now {
-            self.stats.admit();
             return Ok(true);
         }
-        self.return_unused_permit();
+        self.abandon_permit()?;
         if let Decision::Never { .. } = decision {
             self.stats.reject();
             return Err(self.refusal("try_acquire", cost, now));
@@ -188,10 +184,22 @@ impl<C: Clock> Limiter<C> {
         self.stats.reject();
     }
 
-    /// Returns a permit that was taken for a request the rate then refused.
+    /// Returns a permit taken for a request that was then not admitted.
     #[cold]
-    fn return_unused_permit(&self) {
-        self.slots.release().expect("a permit taken for this request");
+    pub fn abandon_permit(&self) -> Result<()> {
+        self.count_abandoned();
+        self.slots.release()
+    }
+
+    /// Counts a permit whose request was not admitted, where the caller returns the permit itself
+    /// (handing it to the next waiter).
+    pub fn count_abandoned(&self) {
+        self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a permit passed from its holder straight to a waiter.
+    pub fn hand_over(&self) {
+        self.slots.hand_over();
     }
 
     /// A permit now, if one is free and nobody waits for one.
@@ -211,26 +219,18 @@ impl<C: Clock> Limiter<C> {
         self.slots.release()
     }
 
-    /// Reserves the rate for `cost`: admitted now or at a later instant, within `max_wait_ns` if given.
-    /// A wait past `max_wait_ns` is refused at once with the time it would take; a cost no limit can
-    /// ever pass is refused at once too. Nothing is counted when refused.
+    /// Reserves the rate for `cost`, for a caller already holding a permit: admitted now or at a later
+    /// instant, within `max_wait_ns` if given. A wait past `max_wait_ns` is refused at once with the time
+    /// it would take; a cost no limit can ever pass is refused at once too. Nothing is counted when
+    /// refused, and the caller abandons its permit.
     pub fn reserve(&self, cost: Cost, max_wait_ns: Option<u64>, operation: &str) -> Result<Admission> {
         let mut receipt = Receipt::default();
-        let Some(quota) = &self.quota else {
-            self.stats.admit();
-            return Ok(Admission { wait_ns: 0, at_ns: 0, receipt });
-        };
+        let Some(quota) = &self.quota else { return Ok(Admission { wait_ns: 0, at_ns: 0, receipt }) };
         let now = self.clock.now_ns();
         let latest = max_wait_ns.map_or(u64::MAX, |wait| now.saturating_add(wait));
         match quota.decide(cost, now, latest, &mut receipt) {
-            Decision::Now => {
-                self.stats.admit();
-                Ok(Admission { wait_ns: 0, at_ns: now, receipt })
-            }
-            Decision::At(at) => {
-                self.stats.admit();
-                Ok(Admission { wait_ns: at - now, at_ns: at, receipt })
-            }
+            Decision::Now => Ok(Admission { wait_ns: 0, at_ns: now, receipt }),
+            Decision::At(at) => Ok(Admission { wait_ns: at - now, at_ns: at, receipt }),
             Decision::NotBefore(_) | Decision::Never { .. } => {
                 self.stats.reject();
                 Err(self.refusal(operation, cost, now))
@@ -240,7 +240,6 @@ impl<C: Clock> Limiter<C> {
 
     /// Gives back a reservation that will not be used (its waiter gave up).
     pub fn give_back(&self, admission: &Admission, cost: Cost) {
-        self.stats.admitted.fetch_sub(1, Ordering::Relaxed);
         if let Some(quota) = &self.quota {
             quota.give_back(&admission.receipt, cost);
         }
@@ -291,7 +290,8 @@ impl<C: Clock> Limiter<C> {
                 .collect(),
             None => Vec::new(),
         };
-        let admitted = self.stats.admitted.load(Ordering::Relaxed);
+        let abandoned = self.stats.abandoned.load(Ordering::Relaxed);
+        let admitted = self.slots.acquired().saturating_sub(abandoned);
         let waited = self.stats.waits.count();
         let zeros = admitted.saturating_sub(waited);
         Snapshot {

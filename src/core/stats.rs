@@ -1,4 +1,6 @@
-//! What a limiter has done: admissions, refusals, and a histogram of the waits of those who waited.
+//! What a limiter has done beyond its permits: refusals, abandoned permits, and a histogram of the waits
+//! of those who waited. Admissions are the permits taken less those abandoned, so the fast path counts
+//! nothing of its own.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -72,7 +74,8 @@ impl WaitHistogram {
 /// Counters beside a limiter's state.
 #[derive(Debug, Default)]
 pub struct Stats {
-    pub admitted: AtomicU64,
+    /// Permits taken for requests that were then not admitted (refused by the rate, or given up).
+    pub abandoned: AtomicU64,
     pub rejected: AtomicU64,
     pub waits: WaitHistogram,
     /// 429 answers seen from the server, reported by the transport.
@@ -80,11 +83,6 @@ pub struct Stats {
 }
 
 impl Stats {
-    #[inline]
-    pub fn admit(&self) {
-        self.admitted.fetch_add(1, Ordering::Relaxed);
-    }
-
     pub fn reject(&self) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
     }

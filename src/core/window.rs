@@ -1,8 +1,12 @@
 //! The exact sliding window: a log of the admissions still inside the window, so that no interval of the
 //! window's length ever holds more than the limit, and the whole limit is usable at once.
 //!
-//! Memory: one 16-byte entry per admission still in the window, so never more entries than the limit
-//! (costs are at least one), plus one per reservation not yet due (a waiter's place in line).
+//! Admissions less than 1/1024 of the window apart share one entry, dated at the later of them: that
+//! only ever keeps an admission in the window longer than its own time would (never over the limit),
+//! costs at most 0.1% of the window's capacity, and bounds the log whatever the limit.
+//!
+//! Memory: 16 bytes per entry, and never more entries than the limit (costs are at least one) nor more
+//! than 1,024 per window (16 KiB), plus one per reservation not yet due (a waiter's place in line).
 //! Cost per decision: O(1) amortised for unit costs; a weighted request reads as many of the oldest
 //! entries as must leave the window to make room for it, each of which leaves once.
 
@@ -21,6 +25,8 @@ struct Entry {
 pub struct ExactWindow {
     limit: u64,
     window_ns: u64,
+    /// Admissions closer than this to the last entry join it.
+    merge_ns: u64,
     log: VecDeque<Entry>,
     /// Sequence number of `log[0]`; an admission's receipt is its sequence number.
     first_seq: u64,
@@ -31,7 +37,7 @@ pub struct ExactWindow {
 impl ExactWindow {
     pub fn new(limit: u64, window_ns: u64) -> Self {
         debug_assert!(limit >= 1 && window_ns >= 1);
-        Self { limit, window_ns, log: VecDeque::new(), first_seq: 0, counted: 0 }
+        Self { limit, window_ns, merge_ns: window_ns / 1024, log: VecDeque::new(), first_seq: 0, counted: 0 }
     }
 
     pub fn limit(&self) -> u64 {
@@ -78,8 +84,14 @@ impl ExactWindow {
     /// Entries are forgotten by the next decision at its own `now`, never by a reservation's later
     /// instant: a reservation given back must leave the log as it was.
     pub fn admit(&mut self, at: u64, cost: u64) -> u64 {
-        self.log.push_back(Entry { at, cost });
         self.counted += cost;
+        match self.log.back_mut() {
+            Some(last) if at - last.at < self.merge_ns => {
+                last.at = at;
+                last.cost += cost;
+            }
+            _ => self.log.push_back(Entry { at, cost }),
+        }
         self.first_seq + self.log.len() as u64 - 1
     }
 
@@ -95,11 +107,13 @@ impl ExactWindow {
         self.log.get_mut(index as usize)
     }
 
-    /// Corrects the cost of an admission to what it really was; once it left the window, nothing to do.
-    pub fn settle(&mut self, receipt: u64, actual: u64) {
+    /// Corrects the cost `old` of an admission to what it really was (`actual`); once it left the
+    /// window, nothing to do.
+    pub fn settle(&mut self, receipt: u64, old: u64, actual: u64) {
         if let Some(entry) = self.entry_mut(receipt) {
-            let old = std::mem::replace(&mut entry.cost, actual);
-            self.counted = self.counted - old + actual;
+            let corrected = (entry.cost + actual).saturating_sub(old);
+            let before = std::mem::replace(&mut entry.cost, corrected);
+            self.counted = self.counted - before + corrected;
         }
     }
 
@@ -116,16 +130,13 @@ impl ExactWindow {
         self.log[index].at = now.min(next);
     }
 
-    /// Takes an admission back (a waiter gave up before its turn). Removing an admission never lets any
-    /// interval hold more, so this is exact wherever the entry sits.
-    pub fn give_back(&mut self, receipt: u64) {
+    /// Takes an admission of `cost` back (a waiter gave up before its turn). Removing an admission never
+    /// lets any interval hold more, so this is exact wherever the entry sits.
+    pub fn give_back(&mut self, receipt: u64, cost: u64) {
+        self.settle(receipt, cost, 0);
         let is_last = receipt + 1 == self.first_seq + self.log.len() as u64;
-        if is_last {
-            if let Some(entry) = self.log.pop_back() {
-                self.counted -= entry.cost;
-            }
-        } else {
-            self.settle(receipt, 0);
+        if is_last && self.log.back().is_some_and(|last| last.cost == 0) {
+            self.log.pop_back();
         }
     }
 
@@ -191,9 +202,9 @@ mod tests {
         let mut window = ExactWindow::new(100, 60 * SEC);
         let receipt = window.admit(0, 80);
         assert_eq!(window.remaining(SEC), 20);
-        window.settle(receipt, 30);
+        window.settle(receipt, 80, 30);
         assert_eq!(window.remaining(SEC), 70);
-        window.settle(receipt, 120);
+        window.settle(receipt, 30, 120);
         assert_eq!(window.remaining(SEC), 0);
         assert_eq!(window.earliest(10, SEC), Ok(60 * SEC));
     }
@@ -203,7 +214,7 @@ mod tests {
         let mut window = ExactWindow::new(10, SEC);
         let receipt = window.admit(0, 5);
         window.admit(2 * SEC, 1);
-        window.settle(receipt, 9);
+        window.settle(receipt, 5, 9);
         assert_eq!(window.remaining(2 * SEC), 9);
     }
 
@@ -213,9 +224,9 @@ mod tests {
         window.admit(0, 1);
         let middle = window.admit(0, 1);
         let last = window.admit(SEC, 1);
-        window.give_back(middle);
+        window.give_back(middle, 1);
         assert_eq!(window.earliest(1, SEC / 2), Ok(SEC), "nobody overtakes the reservation at SEC");
-        window.give_back(last);
+        window.give_back(last, 1);
         assert_eq!(window.earliest(1, SEC / 2), Ok(SEC / 2));
     }
 
@@ -242,6 +253,19 @@ mod tests {
         assert_eq!(window.earliest(1, 0), Ok(2 * SEC));
         window.forget_before(SEC);
         assert_eq!(window.len(), 1, "the first left the window at its old instant");
+    }
+
+    #[test]
+    fn close_admissions_share_an_entry_dated_at_the_later() {
+        let mut window = ExactWindow::new(1_000, 1_024 * SEC);
+        let first = window.admit(0, 1);
+        let second = window.admit(SEC / 2, 1);
+        assert_eq!((first, second, window.len()), (0, 0, 1));
+        window.admit(2 * SEC, 1);
+        assert_eq!(window.len(), 2);
+        // Both early admissions leave together, a window after the later one.
+        assert_eq!(window.remaining(1_024 * SEC + SEC / 2 - 1), 997);
+        assert_eq!(window.remaining(1_024 * SEC + SEC / 2), 999);
     }
 
     #[test]

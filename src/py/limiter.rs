@@ -215,6 +215,18 @@ impl PyLimiter {
         Ok(self.inner.release()?)
     }
 
+    /// Counts a slot passed from its holder straight to a waiter.
+    fn _hand_over(&self) {
+        self.inner.hand_over();
+    }
+
+    /// Returns the slot of a request that will not be admitted after all (it timed out or was
+    /// cancelled while waiting for the rate), handing it to the next waiter.
+    fn _abandon(slf: &Bound<'_, Self>) -> PyResult<()> {
+        slf.get().inner.count_abandoned();
+        Self::release_slot(slf)
+    }
+
     /// Records the whole wait of a request that had to wait, in seconds.
     fn _record_wait(&self, seconds: f64) {
         self.inner.record_wait(secs_to_ns(seconds).unwrap_or(0));
