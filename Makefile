@@ -24,10 +24,14 @@ venv: $(VENV)/.installed  ## make .venv with maturin, pytest and the Python deps
 build: venv  ## build the extension (release) into .venv
 	$(VENV)/bin/maturin develop --release -q
 
-.PHONY: test
-test: build  ## cargo test, mypy --strict on the package and a typed example, then pytest
-	cargo test -q
+.PHONY: lint
+lint: build  ## mypy --strict on the package and a typed example; stubtest checks the .pyi against the extension
 	$(PY) -m mypy --strict python/holysheep tests/typed_usage.py
+	$(PY) -m mypy.stubtest holysheep._holysheep
+
+.PHONY: test
+test: build lint  ## cargo test, the lint, then pytest
+	cargo test -q
 	$(PY) -m pytest -q
 
 .PHONY: demo

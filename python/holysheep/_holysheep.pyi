@@ -4,23 +4,33 @@ from collections.abc import Awaitable, Generator, Hashable, Sequence
 from types import TracebackType
 from typing import Any, Literal, final
 
-from typing_extensions import Self
+from typing_extensions import Self, disjoint_base
 
+__all__ = [
+    "Limit",
+    "_KeyedTable",
+    "_Limiter",
+    "_Ready",
+    "_Reservation",
+    "_Ticket",
+    "_WaitQueue",
+    "__version__",
+]
 __version__: str
 
 @final
 class Limit:
     """At most ``amount`` units per period, in ANY interval of that length."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         amount: float,
         per: str | float | None = None,
         *,
         unit: Literal["requests", "tokens"] = "requests",
         algorithm: Literal["exact", "gcra", "counter"] = "exact",
         burst: float | None = None,
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def amount(self) -> float: ...
     @property
@@ -31,7 +41,7 @@ class Limit:
     def algorithm(self) -> str: ...
     @property
     def burst(self) -> int | None: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
 
 @final
 class _Ready:
@@ -55,7 +65,7 @@ class _Ticket: ...
 
 @final
 class _KeyedTable:
-    def __init__(self, limits: Sequence[Limit], max_keys: int, idle_ttl: float) -> None: ...
+    def __new__(cls, limits: Sequence[Limit], max_keys: int, idle_ttl: float) -> Self: ...
     @staticmethod
     def check_bounds(max_keys: int, idle_ttl: float) -> tuple[int, int]: ...
     def try_acquire(self, key: Hashable, tokens: int) -> bool: ...
@@ -77,6 +87,7 @@ class _WaitQueue:
     def remove(self, ticket: _Ticket) -> Any | None: ...
     def __len__(self) -> int: ...
 
+@disjoint_base
 class _Limiter:
     def __new__(
         cls,
