@@ -2,6 +2,7 @@
 
 from holysheep._holysheep import Limit, __version__
 from holysheep._keyed import KeyedLimiter
+from holysheep._tokens import chunk_by_tokens
 from holysheep._limiter import (
     ConcurrencyLimiter,
     HolySheepRateLimiter,
@@ -31,4 +32,5 @@ __all__ = [
     "SlidingWindow",
     "TokenBucket",
     "__version__",
+    "chunk_by_tokens",
 ]

