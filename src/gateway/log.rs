@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::faults::Fault;
+use super::limits::Unit;
 
 /// The endpoints the gateway serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +83,30 @@ impl AdmissionLog {
     }
 }
 
+/// The most admitted requests (or tokens) that any interval `[t, t + window_ns)` holds, for one key or
+/// all: what a strict window limit of that size must allow, so a test can prove none was exceeded.
+/// `records` are in arrival order, as `AdmissionLog::snapshot` returns them.
+pub fn peak_admitted(records: &[AdmissionRecord], window_ns: u64, unit: Unit, key: Option<&str>) -> u64 {
+    if window_ns == 0 {
+        return 0; // an empty interval holds nothing
+    }
+    let counted: Vec<(u64, u64)> = records
+        .iter()
+        .filter(|record| record.admitted && key.is_none_or(|key| *record.key == *key))
+        .map(|record| (record.at_ns, if unit == Unit::Tokens { record.tokens } else { 1 }))
+        .collect();
+    let (mut oldest, mut inside, mut peak) = (0, 0, 0);
+    for &(at_ns, cost) in &counted {
+        inside += cost;
+        while counted[oldest].0 + window_ns <= at_ns {
+            inside -= counted[oldest].1;
+            oldest += 1;
+        }
+        peak = peak.max(inside);
+    }
+    peak
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +133,20 @@ mod tests {
         let records = log.snapshot();
         assert_eq!(records.len() as u64, n);
         assert!(records.windows(2).all(|pair| pair[0].at_ns <= pair[1].at_ns));
+    }
+
+    #[test]
+    fn peak_counts_the_fullest_window_of_admitted_records() {
+        let mut records: Vec<AdmissionRecord> = [0, 5, 9, 10, 12, 30].into_iter().map(record).collect();
+        records[4].admitted = false;
+        records[2].tokens = 7;
+        records[3].key = Arc::from("other");
+        assert_eq!(peak_admitted(&records, 10, Unit::Requests, None), 3);
+        assert_eq!(peak_admitted(&records, 10, Unit::Tokens, None), 7);
+        assert_eq!(peak_admitted(&records, 10, Unit::Requests, Some("k")), 3);
+        assert_eq!(peak_admitted(&records, 5, Unit::Requests, Some("k")), 2);
+        assert_eq!(peak_admitted(&records, 4, Unit::Requests, Some("k")), 1);
+        assert_eq!(peak_admitted(&records, 100, Unit::Requests, Some("other")), 1);
     }
 
     #[test]

@@ -21,5 +21,6 @@ mod tests;
 pub use config::{GatewayConfig, Limits};
 pub use faults::{Fault, Faults};
 pub use latency::Latency;
-pub use log::{AdmissionRecord, Endpoint};
+pub use limits::Unit;
+pub use log::{AdmissionRecord, Endpoint, peak_admitted};
 pub use server::{Gateway, StartError};

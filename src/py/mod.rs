@@ -2,12 +2,18 @@
 //! waits. Every decision is the core's.
 
 mod errors;
+mod gateway;
 
 use pyo3::prelude::*;
 
 /// The native half of the `holysheep` package; import `holysheep`, not this module.
 #[pymodule(name = "_holysheep")]
 mod native {
+    // --- the mock gateway (holysheep.testing) ---
+    #[pymodule_export]
+    use super::gateway::{MockGatewayConfig, MockGatewayServer};
+    // --- end mock gateway ---
+
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
         use pyo3::types::PyModuleMethods;
