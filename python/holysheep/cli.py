@@ -65,7 +65,7 @@ def _add_mock_server(subcommands: Subcommands) -> None:
 
     parser.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (0 picks one; default 8080)")
     parser.add_argument("--no-log", dest="log", action="store_false",
-                        help="keep no admission log (for long runs: a record costs about 60 bytes)")
+                        help="keep no admission log (for long runs: a record costs 40 bytes)")
     parser.set_defaults(run=_run_mock_server)
 
 

@@ -99,7 +99,7 @@ class MockGateway:
     :param seed: makes latency draws, faults and embeddings reproducible.
     :param embedding_dim: length of embedding vectors when the request gives no ``dimensions``.
     :param completion_tokens: length of every chat reply.
-    :param log: keep the admission log (turn off for long runs: a record costs about 60 bytes).
+    :param log: keep the admission log (turn off for long runs: a record costs 40 bytes).
     :raises ConfigError: a bad value, naming its field.
     """
 

@@ -150,6 +150,11 @@ mod tests {
     }
 
     #[test]
+    fn a_record_costs_40_bytes_as_the_docs_say() {
+        assert_eq!(std::mem::size_of::<AdmissionRecord>(), 40);
+    }
+
+    #[test]
     fn a_disabled_log_keeps_nothing() {
         let log = AdmissionLog::new(false);
         log.append(record(1));
