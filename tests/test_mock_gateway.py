@@ -10,12 +10,12 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Iterator
-
-import openai
-import pytest
+from collections.abc import Iterator
+from typing import Any
 
 import holysheep
+import openai
+import pytest
 from holysheep.testing import AdmissionRecord, Faults, MockGateway
 
 MESSAGES: list[Any] = [{"role": "user", "content": "hello there"}]  # 11 characters: 3 tokens + 3 framing
@@ -27,7 +27,9 @@ def gateway() -> Iterator[MockGateway]:
         yield gw
 
 
-def request(gw: MockGateway, method: str, path: str, body: Any = None, key: str | None = "hs_test") -> tuple[int, dict[str, str], bytes]:
+def request(
+    gw: MockGateway, method: str, path: str, body: Any = None, key: str | None = "hs_test"
+) -> tuple[int, dict[str, str], bytes]:
     """One request with http.client, bypassing any SDK retries."""
     conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
     try:
@@ -85,7 +87,11 @@ def test_embeddings_are_deterministic_in_both_encodings(gateway: MockGateway) ->
 async def test_async_sdk_streams_chunks_then_usage(gateway: MockGateway) -> None:
     async with openai.AsyncOpenAI(base_url=gateway.base_url, api_key="hs_test", max_retries=0) as client:
         stream = await client.chat.completions.create(
-            model="gpt-4.1", messages=MESSAGES, max_tokens=4, stream=True, stream_options={"include_usage": True}
+            model="gpt-4.1",
+            messages=MESSAGES,
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
         )
         chunks = [chunk async for chunk in stream]
         completion = await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
@@ -139,7 +145,7 @@ def test_load_beyond_the_limits_never_exceeds_any_window(rpm: int, tpm: int) -> 
 
 
 def max_in_any_window(log: list[AdmissionRecord], key: str, window_s: float) -> int:
-    """The same check as peak_admitted, in Python from the records' float times (1 µs of slack at the edge)."""
+    """peak_admitted's check redone in Python from the records' float times (1 µs of slack at the edge)."""
     times = [record.at for record in log if record.admitted and record.key == key]
     return max(sum(1 for t in times if start <= t < start + window_s - 1e-6) for start in times)
 
@@ -165,6 +171,23 @@ def test_sdk_raises_rate_limit_error_with_the_headers() -> None:
                 client.chat.completions.create(model="m", messages=MESSAGES)
     assert refused.value.response.headers["x-ratelimit-remaining-requests"] == "0"
     assert float(refused.value.response.headers["retry-after-ms"]) > 4000
+
+
+def test_sdk_retry_waits_the_time_the_429_names() -> None:
+    with MockGateway(rpm=1, window_s=0.6) as gw:
+        with openai.OpenAI(base_url=gw.base_url, api_key="hs_test", max_retries=2) as client:
+            client.chat.completions.create(model="m", messages=MESSAGES)
+            started = time.monotonic()
+            client.chat.completions.create(model="m", messages=MESSAGES)
+            waited = time.monotonic() - started
+        statuses = [record.status for record in gw.admission_log()]
+    # The SDK slept for retry-after-ms (what was left of the window), not its own backoff, then passed.
+    assert statuses == [200, 429, 200]
+    assert 0.45 < waited < 1.5
+
+
+def test_package_reaches_the_gateway_as_hs_testing() -> None:
+    assert holysheep.testing.MockGateway is MockGateway
 
 
 def test_concurrency_limit_refuses_requests_beyond_it() -> None:
@@ -194,7 +217,11 @@ def test_quota_reports_minute_hour_and_day() -> None:
         status, _, body = request(gw, "GET", "/v1/quota")
     quota = json.loads(body)
     assert status == 200
-    assert quota["requests"]["minute"] == {"limit": 10, "remaining": 8, "reset_seconds": pytest.approx(60, abs=1)}
+    assert quota["requests"]["minute"] == {
+        "limit": 10,
+        "remaining": 8,
+        "reset_seconds": pytest.approx(60, abs=1),
+    }
     assert quota["requests"]["hour"] is None
     assert quota["requests"]["day"]["remaining"] == 98
     assert quota["tokens"]["minute"]["remaining"] == 1000 - 22
@@ -209,7 +236,11 @@ def test_missing_or_unknown_key_gets_401() -> None:
                 client.models.list()
         assert request(gw, "GET", "/v1/models", key="hs_good")[0] == 200
         log = gw.admission_log()
-    assert [(r.status, r.admitted, r.key) for r in log] == [(401, False, ""), (401, False, ""), (200, True, "hs_good")]
+    assert [(r.status, r.admitted, r.key) for r in log] == [
+        (401, False, ""),
+        (401, False, ""),
+        (200, True, "hs_good"),
+    ]
 
 
 # --- faults ---------------------------------------------------------------------------------------------
@@ -231,7 +262,13 @@ def test_each_fault_does_what_it_says(faults: Faults, raised: type[Exception]) -
             with pytest.raises(raised):
                 client.chat.completions.create(model="m", messages=MESSAGES)
         (record,) = gw.admission_log()
-    expected_status = {"server_error": 500, "bad_gateway": 502, "unavailable": 503, "reset": 0, "malformed": 200}
+    expected_status = {
+        "server_error": 500,
+        "bad_gateway": 502,
+        "unavailable": 503,
+        "reset": 0,
+        "malformed": 200,
+    }
     assert record.fault is not None and record.admitted
     assert record.status == expected_status[record.fault]
 

@@ -17,3 +17,6 @@ __all__ = [
     "RateLimitExceeded",
     "__version__",
 ]
+
+# --- the mock gateway: a submodule, imported so that `hs.testing.MockGateway` works after `import holysheep`
+from holysheep import testing as testing  # noqa: E402

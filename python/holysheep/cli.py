@@ -11,8 +11,9 @@ import argparse
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable
 
 from holysheep.errors import ConfigError
 
@@ -41,14 +42,27 @@ def _add_mock_server(subcommands: Subcommands) -> None:
         ("credit-tokens", "tokens a key may spend in all; then 429 insufficient_quota"),
     ]:
         limits.add_argument(f"--{name}", type=int, metavar="N", help=what)
-    limits.add_argument("--window-s", type=float, default=60.0, metavar="S", help="length of a window (default 60)")
-    limits.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY",
-                        help="accept only this key (repeat for more); by default any bearer token")
+    limits.add_argument(
+        "--window-s", type=float, default=60.0, metavar="S", help="length of a window (default 60)"
+    )
+    limits.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        metavar="KEY",
+        help="accept only this key (repeat for more); by default any bearer token",
+    )
 
     behaviour = parser.add_argument_group("latency and faults")
-    behaviour.add_argument("--latency", type=float, default=0.0, metavar="S", help="seconds before each answer")
-    behaviour.add_argument("--latency-max", type=float, metavar="S",
-                           help="draw each latency uniformly between --latency and this")
+    behaviour.add_argument(
+        "--latency", type=float, default=0.0, metavar="S", help="seconds before each answer"
+    )
+    behaviour.add_argument(
+        "--latency-max",
+        type=float,
+        metavar="S",
+        help="draw each latency uniformly between --latency and this",
+    )
     behaviour.add_argument("--seed", type=int, default=0, help="seed for latency draws and faults")
     for name, what in [
         ("server-error", "500"),
@@ -58,14 +72,30 @@ def _add_mock_server(subcommands: Subcommands) -> None:
         ("reset", "a connection reset"),
         ("malformed", "200 with invalid JSON"),
     ]:
-        behaviour.add_argument(f"--{name}", type=float, default=0.0, metavar="FRACTION",
-                               help=f"fraction of admitted requests answered with {what}")
-    behaviour.add_argument("--outage", type=float, nargs=2, metavar=("START", "END"),
-                           help="seconds after start between which every request gets 503")
+        behaviour.add_argument(
+            f"--{name}",
+            type=float,
+            default=0.0,
+            metavar="FRACTION",
+            help=f"fraction of admitted requests answered with {what}",
+        )
+    behaviour.add_argument(
+        "--outage",
+        type=float,
+        nargs=2,
+        metavar=("START", "END"),
+        help="seconds after start between which every request gets 503",
+    )
 
-    parser.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (0 picks one; default 8080)")
-    parser.add_argument("--no-log", dest="log", action="store_false",
-                        help="keep no admission log (for long runs: a record costs 40 bytes)")
+    parser.add_argument(
+        "--port", type=int, default=8080, help="port on 127.0.0.1 (0 picks one; default 8080)"
+    )
+    parser.add_argument(
+        "--no-log",
+        dest="log",
+        action="store_false",
+        help="keep no admission log (for long runs: a record costs 40 bytes)",
+    )
     parser.set_defaults(run=_run_mock_server)
 
 
@@ -84,23 +114,42 @@ def _run_mock_server(args: argparse.Namespace) -> int:
     latency = args.latency if args.latency_max is None else (args.latency, args.latency_max)
     try:
         gateway = MockGateway(
-            rpm=args.rpm, tpm=args.tpm, concurrency=args.concurrency, latency=latency, faults=faults,
-            window_s=args.window_s, rph=args.rph, rpd=args.rpd, tph=args.tph, tpd=args.tpd,
-            credit_tokens=args.credit_tokens, api_keys=args.api_keys, port=args.port, seed=args.seed, log=args.log,
+            rpm=args.rpm,
+            tpm=args.tpm,
+            concurrency=args.concurrency,
+            latency=latency,
+            faults=faults,
+            window_s=args.window_s,
+            rph=args.rph,
+            rpd=args.rpd,
+            tph=args.tph,
+            tpd=args.tpd,
+            credit_tokens=args.credit_tokens,
+            api_keys=args.api_keys,
+            port=args.port,
+            seed=args.seed,
+            log=args.log,
         ).start()
     except (ConfigError, OSError) as err:
         print(f"holysheep mock-server: {err}", file=sys.stderr)
         return 2
-    limits = ", ".join(f"{name}={getattr(args, name)}" for name in ("rpm", "tpm", "concurrency")
-                       if getattr(args, name) is not None)
-    print(f"MockGateway serving {gateway.base_url} ({limits or 'no limits'}; window {args.window_s:g} s). "
-          "Ctrl-C stops it.", flush=True)
+    limits = ", ".join(
+        f"{name}={getattr(args, name)}"
+        for name in ("rpm", "tpm", "concurrency")
+        if getattr(args, name) is not None
+    )
+    print(
+        f"MockGateway serving {gateway.base_url} ({limits or 'no limits'}; window {args.window_s:g} s). "
+        "Ctrl-C stops it.",
+        flush=True,
+    )
     _wait_for_interrupt()
     gateway.stop()
     if args.log:
         records = gateway.admission_log()
+        admitted = sum(record.admitted for record in records)
         refused = sum(record.status == 429 for record in records)
-        print(f"stopped: {len(records)} requests, {sum(r.admitted for r in records)} admitted, {refused} answered 429")
+        print(f"stopped: {len(records)} requests, {admitted} admitted, {refused} answered 429")
     return 0
 
 
@@ -125,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand."""
     parser = argparse.ArgumentParser(
         prog="holysheep",
-        description="Keeps traffic to OpenAI-compatible LLM APIs inside its limits and alive through its failures.",
+        description="Keeps traffic to OpenAI-compatible LLM APIs inside its limits "
+        "and alive through its failures.",
     )
     subcommands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for add_subcommand in SUBCOMMANDS:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import atexit
 import threading
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, NamedTuple, Sequence
+from typing import Literal, NamedTuple
 
 from holysheep._holysheep import MockGatewayConfig, MockGatewayServer
 
@@ -60,7 +61,8 @@ class AdmissionRecord(NamedTuple):
     :ivar endpoint: the path, e.g. ``"/v1/chat/completions"``.
     :ivar tokens: the LLM tokens it counts for (prompt plus completion).
     :ivar status: the HTTP status answered, 0 when none was (a timeout or reset fault).
-    :ivar admitted: whether it counted against the limits (False for 401, 429 and outage refusals).
+    :ivar admitted: whether it counted against the limits (False for 400, 401, 413, 429 and outage
+        refusals).
     :ivar fault: the fault it met (``"server_error"``, ``"timeout"``, ``"outage"``, ...), or None.
     """
 

@@ -5,18 +5,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, StatusCode};
 
 use super::api::{self, BadRequest, ChatCall, EmbeddingCall};
 use super::config::GatewayConfig;
 use super::faults::Fault;
-use super::headers::{format_reset, insert_rate_limits, insert_retry_after};
-use super::limits::{Admission, KeyLimiter, RateStatus, Refusal};
+use super::headers::insert_rate_limits;
+use super::limits::{Admission, KeyLimiter};
 use super::log::{AdmissionLog, AdmissionRecord, Endpoint};
+use super::replies::{self, Reply};
 use crate::core::clock::{Clock, MonotonicClock};
 
 /// Request bodies above this are refused with 413, so a runaway client cannot exhaust memory.
@@ -44,6 +44,21 @@ impl Shared {
             config,
         }
     }
+
+    /// Logs a request refused before it counted against the limits, and hands its reply back.
+    fn refuse(
+        &self,
+        at_ns: u64,
+        key: Arc<str>,
+        endpoint: Endpoint,
+        tokens: u64,
+        reply: Reply,
+        fault: Option<Fault>,
+    ) -> Reply {
+        let status = reply.status().as_u16();
+        self.log.append(AdmissionRecord { at_ns, key, endpoint, tokens, status, admitted: false, fault });
+        reply
+    }
 }
 
 /// The handler's way of asking the connection to be reset instead of answered.
@@ -57,8 +72,6 @@ impl std::fmt::Display for ResetConnection {
 }
 
 impl std::error::Error for ResetConnection {}
-
-pub type Reply = Response<Full<Bytes>>;
 
 enum Call {
     Chat(ChatCall),
@@ -87,31 +100,9 @@ fn route(method: &Method, path: &str) -> Option<Endpoint> {
     }
 }
 
-fn json_reply(status: StatusCode, body: Bytes) -> Reply {
-    let mut reply = Response::new(Full::new(body));
-    *reply.status_mut() = status;
-    reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    reply
-}
-
-fn error_reply(
-    status: StatusCode,
-    message: &str,
-    kind: &str,
-    code: Option<&str>,
-    param: Option<&str>,
-) -> Reply {
-    json_reply(status, api::error(message, kind, code, param))
-}
-
-fn unix_seconds() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs())
-}
-
 /// The bearer token, trimmed; `None` when missing, blank or not among the accepted keys.
-fn api_key<'a>(request: &'a Request<Incoming>, config: &GatewayConfig) -> Option<&'a str> {
-    let header = request.headers().get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, key) = header.split_once(' ')?;
+fn api_key<'a>(headers: &'a HeaderMap, config: &GatewayConfig) -> Option<&'a str> {
+    let (scheme, key) = headers.get(AUTHORIZATION)?.to_str().ok()?.split_once(' ')?;
     let key = key.trim();
     let accepted = scheme.eq_ignore_ascii_case("bearer")
         && !key.is_empty()
@@ -124,62 +115,33 @@ pub async fn handle(
     reset: Arc<AtomicBool>,
     request: Request<Incoming>,
 ) -> Result<Reply, ResetConnection> {
-    let Some(endpoint) = route(request.method(), request.uri().path()) else {
-        let message = format!("Unknown request URL: {} {}.", request.method(), request.uri().path());
-        return Ok(error_reply(
-            StatusCode::NOT_FOUND,
-            &message,
-            "invalid_request_error",
-            Some("unknown_url"),
-            None,
-        ));
+    let (head, body) = request.into_parts();
+    let Some(endpoint) = route(&head.method, head.uri.path()) else {
+        return Ok(replies::not_found(&head.method, head.uri.path()));
     };
-    let Some(key) = api_key(&request, &shared.config).map(str::to_owned) else {
-        let at_ns = shared.clock.now_ns();
-        shared.log.append(refused(at_ns, Arc::from(""), endpoint, 0, 401, None));
-        let message = "Missing or incorrect API key: pass a valid key as 'Authorization: Bearer <key>'.";
-        return Ok(error_reply(
-            StatusCode::UNAUTHORIZED,
-            message,
-            "invalid_request_error",
-            Some("invalid_api_key"),
-            None,
-        ));
+    let Some(key) = api_key(&head.headers, &shared.config) else {
+        let reply = replies::unauthorized();
+        return Ok(shared.refuse(shared.clock.now_ns(), Arc::from(""), endpoint, 0, reply, None));
     };
-    let call = match read_call(endpoint, request, &shared.config).await {
+    let call = match read_call(endpoint, body, &shared.config).await {
         Ok(call) => call,
-        Err(reply) => return Ok(reply),
+        Err(reply) => {
+            return Ok(shared.refuse(shared.clock.now_ns(), Arc::from(key), endpoint, 0, reply, None));
+        }
     };
-    let tokens = call.tokens();
-    let at_ns = shared.clock.now_ns();
+    let (tokens, at_ns) = (call.tokens(), shared.clock.now_ns());
     let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
     let config = &shared.config;
 
-    if let Some(outage_left_ns) = config.faults.in_outage(at_ns) {
-        shared.log.append(refused(
-            at_ns,
-            Arc::from(key.as_str()),
-            endpoint,
-            tokens,
-            503,
-            Some(Fault::Outage),
-        ));
-        let message = "The service is unavailable (scheduled outage). Please try again later.";
-        let mut reply = error_reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            message,
-            "server_error",
-            Some("service_unavailable"),
-            None,
-        );
-        insert_retry_after(reply.headers_mut(), outage_left_ns);
-        return Ok(reply);
+    if let Some(left_ns) = config.faults.in_outage(at_ns) {
+        let reply = replies::outage(left_ns);
+        return Ok(shared.refuse(at_ns, Arc::from(key), endpoint, tokens, reply, Some(Fault::Outage)));
     }
-
-    let (key, status, _slot) = match shared.limiter.admit(&key, tokens, at_ns) {
+    // The slot stays held until the answer is ready, through the latency (and forever for a timeout).
+    let (key, status, _slot) = match shared.limiter.admit(key, tokens, at_ns) {
         Admission::Refused { key, status, refusal } => {
-            shared.log.append(refused(at_ns, key, endpoint, tokens, 429, None));
-            return Ok(refusal_reply(&refusal, &status, tokens, config));
+            let reply = replies::refusal(&refusal, &status, tokens, config);
+            return Ok(shared.refuse(at_ns, key, endpoint, tokens, reply, None));
         }
         Admission::Admitted { key, status, slot } => (key, status, slot),
     };
@@ -206,7 +168,7 @@ pub async fn handle(
             reset.store(true, Ordering::Release);
             return Err(ResetConnection);
         }
-        Some(fault) => fault_reply(fault),
+        Some(fault) => replies::fault(fault),
     };
     insert_rate_limits(reply.headers_mut(), &status);
     let request_id = HeaderValue::try_from(format!("req_mock{seq}")).expect("ASCII");
@@ -214,146 +176,38 @@ pub async fn handle(
     Ok(reply)
 }
 
-fn refused(
-    at_ns: u64,
-    key: Arc<str>,
-    endpoint: Endpoint,
-    tokens: u64,
-    status: u16,
-    fault: Option<Fault>,
-) -> AdmissionRecord {
-    AdmissionRecord { at_ns, key, endpoint, tokens, status, admitted: false, fault }
-}
-
-async fn read_call(
-    endpoint: Endpoint,
-    request: Request<Incoming>,
-    config: &GatewayConfig,
-) -> Result<Call, Reply> {
+async fn read_call(endpoint: Endpoint, body: Incoming, config: &GatewayConfig) -> Result<Call, Reply> {
     let parse: fn(&[u8], &GatewayConfig) -> Result<Call, BadRequest> = match endpoint {
         Endpoint::Models => return Ok(Call::Models),
         Endpoint::Quota => return Ok(Call::Quota),
         Endpoint::ChatCompletions => |body, config| api::parse_chat(body, config).map(Call::Chat),
         Endpoint::Embeddings => |body, config| api::parse_embeddings(body, config).map(Call::Embeddings),
     };
-    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
+    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(_) => {
-            let message = format!("The request body is unreadable or larger than {MAX_BODY_BYTES} bytes.");
-            return Err(error_reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &message,
-                "invalid_request_error",
-                None,
-                None,
-            ));
-        }
+        Err(_) => return Err(replies::unreadable_body(MAX_BODY_BYTES)),
     };
-    parse(&body, config).map_err(|bad| {
-        error_reply(StatusCode::BAD_REQUEST, &bad.message, "invalid_request_error", None, bad.param)
-    })
+    parse(&body, config).map_err(|bad| replies::bad_request(&bad))
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs())
 }
 
 fn answer(call: &Call, shared: &Shared, key: &str, seq: u64) -> Reply {
     match call {
         Call::Chat(chat) if chat.stream => {
-            let mut reply = json_reply(
-                StatusCode::OK,
-                api::chat_stream(chat, &format!("chatcmpl-mock{seq}"), unix_seconds()),
-            );
-            reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-            reply
+            replies::event_stream(api::chat_stream(chat, &format!("chatcmpl-mock{seq}"), unix_seconds()))
         }
-        Call::Chat(chat) => json_reply(
-            StatusCode::OK,
-            api::chat_completion(chat, &format!("chatcmpl-mock{seq}"), unix_seconds()),
-        ),
-        Call::Embeddings(embeddings) => json_reply(StatusCode::OK, api::embeddings(embeddings)),
-        Call::Models => json_reply(StatusCode::OK, api::models(unix_seconds())),
+        Call::Chat(chat) => {
+            let body = api::chat_completion(chat, &format!("chatcmpl-mock{seq}"), unix_seconds());
+            replies::json(StatusCode::OK, body)
+        }
+        Call::Embeddings(embeddings) => replies::json(StatusCode::OK, api::embeddings(embeddings)),
+        Call::Models => replies::json(StatusCode::OK, api::models(unix_seconds())),
         Call::Quota => {
             let report = shared.limiter.quota(key, shared.clock.now_ns());
-            json_reply(StatusCode::OK, api::quota(&report, shared.config.window_ns))
+            replies::json(StatusCode::OK, api::quota(&report, shared.config.window_ns))
         }
     }
-}
-
-fn fault_reply(fault: Fault) -> Reply {
-    let (status, message, code) = match fault {
-        Fault::ServerError => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "The server had an error while processing your request.",
-            None,
-        ),
-        Fault::BadGateway => (
-            StatusCode::BAD_GATEWAY,
-            "Bad gateway: the upstream model server did not answer.",
-            Some("bad_gateway"),
-        ),
-        Fault::Unavailable | Fault::Outage => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The engine is currently overloaded, please try again later.",
-            Some("overloaded"),
-        ),
-        Fault::Malformed => return json_reply(StatusCode::OK, Bytes::from_static(api::MALFORMED_BODY)),
-        Fault::Timeout | Fault::Reset => unreachable!("{fault:?} is played by the connection, not a reply"),
-    };
-    error_reply(status, message, "server_error", code, None)
-}
-
-fn refusal_reply(refusal: &Refusal, status: &RateStatus, tokens: u64, config: &GatewayConfig) -> Reply {
-    let mut reply = match *refusal {
-        Refusal::RateLimited { spec, retry_after_ns } => {
-            let period_ns = config.window_ns * spec.period.windows();
-            let (unit, period) = (spec.unit.name(), spec.period.name());
-            let limit = format!("{unit} per {period} (limit {} per {})", spec.max, format_reset(period_ns));
-            let message = match retry_after_ns {
-                Some(ns) => {
-                    format!("Rate limit reached for {limit}. Please try again in {}.", format_reset(ns))
-                }
-                None => format!(
-                    "Request too large for {limit}: it counts {tokens} tokens, more than the limit ever admits."
-                ),
-            };
-            let mut reply = error_reply(
-                StatusCode::TOO_MANY_REQUESTS,
-                &message,
-                spec.unit.name(),
-                Some("rate_limit_exceeded"),
-                None,
-            );
-            if let Some(ns) = retry_after_ns {
-                insert_retry_after(reply.headers_mut(), ns);
-            }
-            reply
-        }
-        Refusal::Concurrency { max } => {
-            let message = format!(
-                "Too many requests in flight for this key (limit {max}). Please retry when one finishes."
-            );
-            let mut reply = error_reply(
-                StatusCode::TOO_MANY_REQUESTS,
-                &message,
-                "requests",
-                Some("concurrency_limit_exceeded"),
-                None,
-            );
-            // Every request in flight has its answer within the longest latency.
-            insert_retry_after(reply.headers_mut(), config.latency.max_ns());
-            reply
-        }
-        Refusal::InsufficientQuota { credit_tokens } => {
-            let message = format!(
-                "You exceeded your current quota of {credit_tokens} tokens; this request counts {tokens}."
-            );
-            error_reply(
-                StatusCode::TOO_MANY_REQUESTS,
-                &message,
-                "insufficient_quota",
-                Some("insufficient_quota"),
-                None,
-            )
-        }
-    };
-    insert_rate_limits(reply.headers_mut(), status);
-    reply
 }

@@ -38,7 +38,7 @@ pub struct AdmissionRecord {
     pub tokens: u64,
     /// The HTTP status answered; 0 when none was (a timeout or reset fault).
     pub status: u16,
-    /// Whether it counted against the limits (false for 401, 429 and outage refusals).
+    /// Whether it counted against the limits (false for 400, 401, 413, 429 and outage refusals).
     pub admitted: bool,
     pub fault: Option<Fault>,
 }

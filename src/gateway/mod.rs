@@ -10,6 +10,7 @@ mod headers;
 mod latency;
 mod limits;
 mod log;
+mod replies;
 mod seeded;
 mod server;
 mod tokens;

@@ -1,5 +1,5 @@
-//! Reproducible randomness for latency, faults and embeddings: the n-th request of a gateway with a given seed
-//! always draws the same numbers, whatever the order in which concurrent requests are served.
+//! Reproducible randomness for latency, faults and embeddings: the n-th request of a gateway with a
+//! given seed always draws the same numbers, whatever the order in which concurrent requests are served.
 
 /// Which decision a draw is for, so that latency and faults of one request are independent.
 #[derive(Debug, Clone, Copy)]

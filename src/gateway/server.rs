@@ -67,16 +67,16 @@ impl Gateway {
     /// Validates `config`, binds 127.0.0.1:`port` (0 picks a free port) and starts serving.
     pub fn start(config: GatewayConfig, port: u16) -> Result<Gateway, StartError> {
         config.validate().map_err(StartError::Config)?;
+        // Bound here, not on the thread, so a port in use is the caller's error.
+        let std_listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(worker_threads())
             .thread_name("holysheep-gateway-worker")
             .enable_io()
             .enable_time()
             .build()?;
-        // Bound here, not on the thread, so a port in use is the caller's error.
-        let std_listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))?;
-        std_listener.set_nonblocking(true)?;
-        let addr = std_listener.local_addr()?;
         let listener = {
             let _entered = runtime.enter();
             TcpListener::from_std(std_listener)?

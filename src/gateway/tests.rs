@@ -113,6 +113,8 @@ fn unknown_paths_get_404_and_bad_bodies_400() {
     assert_eq!(missing.status, 404);
     let bad = send(gateway.local_addr(), "POST", "/v1/chat/completions", Some("k"), "{").unwrap();
     assert_eq!((bad.status, &bad.json()["error"]["type"]), (400, &Value::from("invalid_request_error")));
+    let logged: Vec<(u16, bool)> = gateway.admission_log().iter().map(|r| (r.status, r.admitted)).collect();
+    assert_eq!(logged, [(400, false)]);
 }
 
 #[test]

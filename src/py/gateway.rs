@@ -10,7 +10,9 @@ use pyo3::types::PyTuple;
 
 use crate::core::clock::{ns_to_secs, secs_to_ns};
 use crate::core::{Error, Result};
-use crate::gateway::{Fault, Faults, Gateway, GatewayConfig, Latency, Limits, StartError, Unit, peak_admitted};
+use crate::gateway::{
+    Fault, Faults, Gateway, GatewayConfig, Latency, Limits, StartError, Unit, peak_admitted,
+};
 
 /// A gateway configuration, checked when made: a bad field raises ConfigError naming it.
 #[pyclass(name = "MockGatewayConfig", module = "holysheep._holysheep", frozen)]
@@ -19,11 +21,14 @@ pub struct MockGatewayConfig {
 }
 
 fn count(field: &str, value: Option<i64>) -> Result<Option<u64>> {
-    value.map(|v| u64::try_from(v).map_err(|_| Error::config(field, format!("must be at least 1, got {v}")))).transpose()
+    value
+        .map(|v| u64::try_from(v).map_err(|_| Error::config(field, format!("must be at least 1, got {v}"))))
+        .transpose()
 }
 
 fn seconds(field: &str, value: f64) -> Result<u64> {
-    secs_to_ns(value).ok_or_else(|| Error::config(field, format!("must be a finite number of seconds >= 0, got {value}")))
+    secs_to_ns(value)
+        .ok_or_else(|| Error::config(field, format!("must be a finite number of seconds >= 0, got {value}")))
 }
 
 fn size(field: &str, value: i64) -> Result<u64> {
@@ -87,7 +92,8 @@ impl MockGatewayConfig {
         let inner = GatewayConfig {
             limits,
             window_ns: seconds("window_s", window_s)?,
-            api_keys: api_keys.map(|keys| keys.into_iter().map(|key| key.trim().to_owned()).collect::<HashSet<_>>()),
+            api_keys: api_keys
+                .map(|keys| keys.into_iter().map(|key| key.trim().to_owned()).collect::<HashSet<_>>()),
             latency,
             faults: Faults { server_error, bad_gateway, unavailable, timeout, reset, malformed, outage_ns },
             seed,
@@ -153,7 +159,8 @@ impl MockGatewayServer {
             .map(|record| {
                 let fault = record.fault.map(Fault::name);
                 let fields = (ns_to_secs(record.at_ns), &*record.key, record.endpoint.path());
-                (fields.0, fields.1, fields.2, record.tokens, record.status, record.admitted, fault).into_pyobject(py)
+                (fields.0, fields.1, fields.2, record.tokens, record.status, record.admitted, fault)
+                    .into_pyobject(py)
             })
             .collect()
     }
@@ -165,7 +172,11 @@ impl MockGatewayServer {
         let unit = match unit {
             "requests" => Unit::Requests,
             "tokens" => Unit::Tokens,
-            other => return Err(Error::config("unit", format!("must be 'requests' or 'tokens', got '{other}'")).into()),
+            other => {
+                return Err(
+                    Error::config("unit", format!("must be 'requests' or 'tokens', got '{other}'")).into()
+                );
+            }
         };
         Ok(peak_admitted(&self.inner.admission_log(), window_ns, unit, key))
     }
