@@ -71,6 +71,7 @@ impl GatewayConfig {
             ("tph", limits.tph),
             ("tpd", limits.tpd),
             ("concurrency", limits.concurrency),
+            ("credit_tokens", limits.credit_tokens),
         ];
         for (field, value) in named {
             if value == Some(0) {

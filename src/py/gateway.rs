@@ -20,19 +20,18 @@ pub struct MockGatewayConfig {
     inner: GatewayConfig,
 }
 
-fn count(field: &str, value: Option<i64>) -> Result<Option<u64>> {
-    value
-        .map(|v| u64::try_from(v).map_err(|_| Error::config(field, format!("must be at least 1, got {v}"))))
-        .transpose()
+/// A count from Python: a negative one is refused naming its field (zero is refused by the core's checks).
+fn count(field: &str, value: i64) -> Result<u64> {
+    u64::try_from(value).map_err(|_| Error::config(field, format!("must be at least 1, got {value}")))
+}
+
+fn optional_count(field: &str, value: Option<i64>) -> Result<Option<u64>> {
+    value.map(|value| count(field, value)).transpose()
 }
 
 fn seconds(field: &str, value: f64) -> Result<u64> {
     secs_to_ns(value)
         .ok_or_else(|| Error::config(field, format!("must be a finite number of seconds >= 0, got {value}")))
-}
-
-fn size(field: &str, value: i64) -> Result<u64> {
-    u64::try_from(value).map_err(|_| Error::config(field, format!("must be at least 1, got {value}")))
 }
 
 #[pymethods]
@@ -58,7 +57,7 @@ impl MockGatewayConfig {
         api_keys: Option<Vec<String>>,
         latency_s: f64,
         latency_max_s: Option<f64>,
-        seed: u64,
+        seed: i64,
         embedding_dim: i64,
         completion_tokens: i64,
         log: bool,
@@ -71,14 +70,14 @@ impl MockGatewayConfig {
         outage_s: Option<(f64, f64)>,
     ) -> PyResult<Self> {
         let limits = Limits {
-            rpm: count("rpm", rpm)?,
-            rph: count("rph", rph)?,
-            rpd: count("rpd", rpd)?,
-            tpm: count("tpm", tpm)?,
-            tph: count("tph", tph)?,
-            tpd: count("tpd", tpd)?,
-            concurrency: count("concurrency", concurrency)?,
-            credit_tokens: count("credit_tokens", credit_tokens)?,
+            rpm: optional_count("rpm", rpm)?,
+            rph: optional_count("rph", rph)?,
+            rpd: optional_count("rpd", rpd)?,
+            tpm: optional_count("tpm", tpm)?,
+            tph: optional_count("tph", tph)?,
+            tpd: optional_count("tpd", tpd)?,
+            concurrency: optional_count("concurrency", concurrency)?,
+            credit_tokens: optional_count("credit_tokens", credit_tokens)?,
         };
         let latency = match (seconds("latency", latency_s)?, latency_max_s) {
             (0, None) => Latency::None,
@@ -96,9 +95,10 @@ impl MockGatewayConfig {
                 .map(|keys| keys.into_iter().map(|key| key.trim().to_owned()).collect::<HashSet<_>>()),
             latency,
             faults: Faults { server_error, bad_gateway, unavailable, timeout, reset, malformed, outage_ns },
-            seed,
-            embedding_dim: usize::try_from(size("embedding_dim", embedding_dim)?).unwrap_or(usize::MAX),
-            completion_tokens: size("completion_tokens", completion_tokens)?,
+            // Any Python int in i64 range is a seed; negative ones wrap to distinct u64 seeds.
+            seed: seed as u64,
+            embedding_dim: usize::try_from(count("embedding_dim", embedding_dim)?).unwrap_or(usize::MAX),
+            completion_tokens: count("completion_tokens", completion_tokens)?,
             log,
         };
         inner.validate()?;
@@ -157,9 +157,15 @@ impl MockGatewayServer {
             .admission_log()
             .iter()
             .map(|record| {
-                let fault = record.fault.map(Fault::name);
-                let fields = (ns_to_secs(record.at_ns), &*record.key, record.endpoint.path());
-                (fields.0, fields.1, fields.2, record.tokens, record.status, record.admitted, fault)
+                (
+                    ns_to_secs(record.at_ns),
+                    &*record.key,
+                    record.endpoint.path(),
+                    record.tokens,
+                    record.status,
+                    record.admitted,
+                    record.fault.map(Fault::name),
+                )
                     .into_pyobject(py)
             })
             .collect()
