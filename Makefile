@@ -25,14 +25,14 @@ build: venv  ## build the extension (release) into .venv
 	$(VENV)/bin/maturin develop --release -q
 
 .PHONY: test
-test: build  ## cargo test, then mypy --strict on the typed example, then pytest
+test: build  ## cargo test, mypy --strict on the package and a typed example, then pytest
 	cargo test -q
-	$(PY) -m mypy --strict tests/typed_usage.py
+	$(PY) -m mypy --strict python/holysheep tests/typed_usage.py
 	$(PY) -m pytest -q
 
 .PHONY: demo
 demo: build  ## the main job: a batch of simulated LLM calls under a limiter
-	$(PY) -m holysheep demo
+	$(PY) -m holysheep.demo
 
 .PHONY: bench
 bench: build  ## criterion benches for the core, the Python benches beside the peers, the gateway under wrk

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import holysheep as hs
 
 
@@ -9,11 +11,54 @@ def describe(err: hs.RateLimitExceeded) -> str:
     return f"{err.limit}: retry after {err.retry_after}"
 
 
+lim = hs.HolySheepRateLimiter(max_qps=10, max_concurrency=20)
+quota = hs.HolySheepRateLimiter(limits=[hs.Limit(10, per="minute"), hs.Limit(1_000, per="day", unit="tokens")])
+pro = hs.HolySheepRateLimiter.from_tier("pro")
+bucket = hs.TokenBucket(rate=5, capacity=10)
+window = hs.SlidingWindow(limit=100, window_s=60)
+gate = hs.ConcurrencyLimiter(4)
+per_user = hs.KeyedLimiter(hs.Limit(20, per="minute", algorithm="gcra", burst=5), max_keys=10_000, idle_ttl=600)
+per_model = hs.KeyedLimiter(lambda model: hs.HolySheepRateLimiter(rpm=60, max_concurrency=4))
+
+
+@lim
+async def embed(text: str) -> list[float]:
+    return [float(len(text))]
+
+
+@lim
+def embed_sync(text: str) -> list[float]:
+    return [float(len(text))]
+
+
+async def main() -> int:
+    await lim.acquire(tokens=0, timeout=1.0, priority=1)
+    lim.release()
+    async with lim:
+        pass
+    async with quota.slot(tokens=50) as permit:
+        permit.settle(40)
+        spent: int = permit.tokens
+    vectors: list[float] = await embed("hello")
+    ready: bool = bucket.try_acquire()
+    wait_s: float = window.time_until_ready()
+    stats = pro.stats()
+    with gate:
+        pass
+    await per_user.acquire("alice", timeout=5.0)
+    async with per_model["gpt-4.1"]:
+        pass
+    keyed_ok: bool = per_user.try_acquire("bob")
+    return int(keyed_ok) + int(ready) + len(vectors) + spent + int(wait_s) + int(stats["admitted"]) + len(embed_sync("x"))
+
+
 # --- the mock gateway ---
-from holysheep.testing import AdmissionRecord, Faults, MockGateway  # noqa: E402
-
-
-def refusals(gateway: MockGateway) -> list[AdmissionRecord]:
-    with MockGateway(rpm=60, latency=(0.1, 0.2), faults=Faults(timeout=0.01), window_s=1.0) as other:
+def refusals(gateway: hs.testing.MockGateway) -> list[hs.testing.AdmissionRecord]:
+    faults = hs.testing.Faults(timeout=0.01)
+    with hs.testing.MockGateway(rpm=60, latency=(0.1, 0.2), faults=faults, window_s=1.0) as other:
         assert other.peak_admitted("tokens", key="hs_a") >= 0
     return [record for record in gateway.admission_log() if record.status == 429]
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,6 +1,14 @@
 """holysheep: keeps traffic to OpenAI-compatible LLM APIs inside its limits and alive through its failures."""
 
-from holysheep._holysheep import __version__
+from holysheep._holysheep import Limit, __version__
+from holysheep._keyed import KeyedLimiter
+from holysheep._limiter import (
+    ConcurrencyLimiter,
+    HolySheepRateLimiter,
+    Permit,
+    SlidingWindow,
+    TokenBucket,
+)
 from holysheep.errors import (
     BudgetExceeded,
     CircuitOpenError,
@@ -12,9 +20,16 @@ from holysheep.errors import (
 __all__ = [
     "BudgetExceeded",
     "CircuitOpenError",
+    "ConcurrencyLimiter",
     "ConfigError",
     "HolySheepError",
+    "HolySheepRateLimiter",
+    "KeyedLimiter",
+    "Limit",
+    "Permit",
     "RateLimitExceeded",
+    "SlidingWindow",
+    "TokenBucket",
     "__version__",
 ]
 

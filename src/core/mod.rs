@@ -1,8 +1,34 @@
 //! The pure core: every admission, retry and breaker decision, with time from an injectable clock.
 //! No pyo3 here: `cargo test` builds and tests it alone.
 
+pub mod cell;
 pub mod clock;
+pub mod concurrency;
+pub mod config;
+pub mod counter;
+pub mod decision;
 pub mod error;
+pub mod gcra;
+pub mod keyed;
+pub mod limit;
+pub mod limiter;
+pub mod queue;
+pub mod quota;
+pub mod spin;
+pub mod stats;
+pub mod tiers;
+pub mod window;
+
+#[cfg(test)]
+mod properties;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
+pub use config::LimiterConfig;
+pub use decision::Decision;
 pub use error::{Error, Result};
+pub use keyed::KeyedLimiter;
+pub use limit::{Algorithm, Cost, Limit, Unit};
+pub use limiter::{Admission, Limiter, Snapshot, Waiters};
+pub use queue::{Ticket, WaitQueue};
+pub use quota::{Quota, Receipt};
+pub use tiers::Tier;

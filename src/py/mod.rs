@@ -3,12 +3,25 @@
 
 mod errors;
 mod gateway;
+mod keyed;
+mod limit;
+mod limiter;
+mod queue;
 
 use pyo3::prelude::*;
 
 /// The native half of the `holysheep` package; import `holysheep`, not this module.
 #[pymodule(name = "_holysheep")]
 mod native {
+    #[pymodule_export]
+    use super::keyed::PyKeyedTable;
+    #[pymodule_export]
+    use super::limit::PyLimit;
+    #[pymodule_export]
+    use super::limiter::{PyLimiter, Ready, Reservation};
+    #[pymodule_export]
+    use super::queue::{PyTicket, PyWaitQueue};
+
     // --- the mock gateway (holysheep.testing) ---
     #[pymodule_export]
     use super::gateway::{MockGatewayConfig, MockGatewayServer};

@@ -1,0 +1,278 @@
+"""`HolySheepRateLimiter` and its presets: rate limits plus a concurrency cap, for asyncio and threads."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import math
+import time
+from collections.abc import Sequence
+from typing import Any, Callable, TypeVar
+
+from holysheep._holysheep import Limit, _Limiter, _Reservation, _WaitQueue
+from holysheep._waiting import (
+    AsyncWaiter,
+    Remaining,
+    ThreadWaiter,
+    rate_protocol,
+    run_async,
+    run_blocking,
+    slot_protocol,
+)
+from holysheep.errors import ConfigError
+
+__all__ = ["ConcurrencyLimiter", "HolySheepRateLimiter", "Permit", "SlidingWindow", "TokenBucket"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0 and not math.isnan(timeout)):
+        raise ConfigError(f"timeout: must be None or 0 or more seconds, got {timeout!r}", "timeout")
+
+
+class HolySheepRateLimiter(_Limiter):
+    """Keeps requests inside rate limits and a concurrency cap; waiters are served in arrival order.
+
+        lim = HolySheepRateLimiter(max_qps=10, max_concurrency=20)
+        async with lim:
+            await client.chat.completions.create(...)
+
+    A limit of n per period admits at most n in ANY interval of that length (the whole n may go at
+    once, then one more as each old admission leaves the window), so a server enforcing the same limit
+    never answers 429 because of us.
+
+    :param max_qps: requests per second.
+    :param max_concurrency: requests in flight at once (between acquire and release).
+    :param rpm: requests per minute.
+    :param tpm: LLM tokens per minute; pass ``tokens=`` to acquire or use ``slot(tokens=...)``.
+    :param burst: pace ``max_qps``/``rpm`` evenly with GCRA, with room for this many at once.
+    :param limits: more limits, e.g. ``[Limit(1_000, per="day")]``; all must admit a request.
+    :param tier: a HolySheep plan's limits (``"free"``, ``"starter"``, ``"pro"``, ``"enterprise"``);
+        explicit ``rpm``/``tpm``/``max_concurrency`` override it.
+    :raises ConfigError: a value that cannot work, named in the message and in ``.field``.
+    """
+
+    __slots__ = ("_rate_line", "_slot_line")
+
+    def __init__(
+        self,
+        max_qps: float | None = None,
+        max_concurrency: int | None = None,
+        *,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        burst: float | None = None,
+        limits: Sequence[Limit] | None = None,
+        tier: str | None = None,
+    ) -> None:
+        self._slot_line = _WaitQueue()
+        self._rate_line = _WaitQueue()
+
+    @classmethod
+    def from_tier(cls, tier: str) -> HolySheepRateLimiter:
+        """The limits of a HolySheep plan: ``"free"``, ``"starter"``, ``"pro"`` or ``"enterprise"``.
+
+        :raises ConfigError: an unknown tier (the message lists the known ones).
+        """
+        return cls(tier=tier)
+
+    async def acquire(self, tokens: int = 0, timeout: float | None = None, priority: int = 0) -> None:
+        """Waits for one request slot and the rate for it (and ``tokens`` LLM tokens); call `release` after.
+
+        :param timeout: seconds to wait at most; RateLimitExceeded is raised at once when the predicted
+            wait is longer, without sleeping first.
+        :param priority: higher goes ahead of lower among those still waiting (default 0).
+        :raises RateLimitExceeded: out of time, or a cost no limit can ever admit (at once).
+        """
+        if not self._admit_now(tokens):
+            await self._acquire(tokens, timeout, priority)
+
+    def acquire_blocking(self, tokens: int = 0, timeout: float | None = None, priority: int = 0) -> None:
+        """`acquire` for threads: blocks with the GIL released, so other threads keep running."""
+        if not self._admit_now(tokens):
+            self._acquire_blocking(tokens, timeout, priority)
+
+    async def _acquire(self, tokens: int, timeout: float | None, priority: int) -> _Reservation:
+        _check_timeout(timeout)
+        self.time_until_ready(tokens)  # a cost that can never pass fails here, before any wait
+        loop = asyncio.get_running_loop()
+        remaining = Remaining(timeout, loop.time)
+        if not self._try_slot():
+            waiter = AsyncWaiter(loop)
+            await run_async(slot_protocol(self, self._slot_line, waiter, priority, timeout), waiter, remaining)
+        try:
+            waiter = AsyncWaiter(loop)
+            protocol = rate_protocol(self, self._rate_line, waiter, tokens, priority, remaining)
+            reservation: _Reservation = await run_async(protocol, waiter, remaining)
+        except BaseException:
+            self.release()
+            raise
+        self._record_wait(remaining.elapsed())
+        return reservation
+
+    def _acquire_blocking(self, tokens: int, timeout: float | None, priority: int) -> _Reservation:
+        _check_timeout(timeout)
+        self.time_until_ready(tokens)
+        remaining = Remaining(timeout, time.monotonic)
+        if not self._try_slot():
+            waiter = ThreadWaiter()
+            protocol = slot_protocol(self, self._slot_line, waiter, priority, timeout)
+            run_blocking(protocol, waiter, remaining, self._sleep)
+        try:
+            waiter = ThreadWaiter()
+            rate = rate_protocol(self, self._rate_line, waiter, tokens, priority, remaining)
+            reservation: _Reservation = run_blocking(rate, waiter, remaining, self._sleep)
+        except BaseException:
+            self.release()
+            raise
+        self._record_wait(remaining.elapsed())
+        return reservation
+
+    def _hand_off_slot(self) -> None:
+        """Called by `release` while someone waits for a slot: the slot goes straight to the head of the
+        line, so no newcomer can take it first."""
+        waiter = self._slot_line.pop_front()
+        if waiter is None:
+            self._release_slot()
+        else:
+            waiter.wake()
+
+    def slot(self, tokens: int = 0, timeout: float | None = None, priority: int = 0) -> Permit:
+        """One request carrying an estimate of ``tokens`` LLM tokens, as a context manager whose
+        permit can `Permit.settle` the real count once the response says it.
+
+            async with lim.slot(tokens=850) as permit:
+                resp = await client.chat.completions.create(...)
+                permit.settle(resp.usage.total_tokens)
+        """
+        return Permit(self, tokens, timeout, priority)
+
+    def __call__(self, fn: F) -> F:
+        """Decorates a ``def`` or ``async def``: each call holds one admission while it runs."""
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def limited_async(*args: Any, **kwargs: Any) -> Any:
+                async with self:
+                    return await fn(*args, **kwargs)
+
+            return limited_async  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def limited(*args: Any, **kwargs: Any) -> Any:
+            with self:
+                return fn(*args, **kwargs)
+
+        return limited  # type: ignore[return-value]
+
+
+class Permit:
+    """One admission taken by `HolySheepRateLimiter.slot`; held until the ``with`` block ends."""
+
+    __slots__ = ("_limiter", "_priority", "_reservation", "_timeout", "_tokens")
+
+    def __init__(self, limiter: HolySheepRateLimiter, tokens: int, timeout: float | None, priority: int) -> None:
+        self._limiter = limiter
+        self._tokens = tokens
+        self._timeout = timeout
+        self._priority = priority
+        self._reservation: _Reservation | None = None
+
+    @property
+    def tokens(self) -> int:
+        """The LLM tokens counted for this request now: the estimate, or the last settled count."""
+        return self._tokens if self._reservation is None else self._reservation.tokens
+
+    def settle(self, actual_tokens: int) -> None:
+        """Replaces the estimate by the real token count: refunds the difference or charges it."""
+        if self._reservation is None:
+            raise RuntimeError("settle() needs an acquired permit: call it inside the `with` block")
+        self._reservation.settle(actual_tokens)
+
+    async def __aenter__(self) -> Permit:
+        self._reservation = await self._limiter._acquire(self._tokens, self._timeout, self._priority)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._limiter.release()
+
+    def __enter__(self) -> Permit:
+        self._reservation = self._limiter._acquire_blocking(self._tokens, self._timeout, self._priority)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._limiter.release()
+
+    def __repr__(self) -> str:
+        state = "held" if self._reservation is not None else "not acquired"
+        return f"<Permit tokens={self.tokens} {state}>"
+
+
+def _renamed(err: ConfigError, names: dict[str, str]) -> ConfigError:
+    """The same error under the parameter names of a preset's signature."""
+    field = names.get(err.field or "", err.field)
+    message = str(err)
+    if err.field and message.startswith(err.field + ":"):
+        message = f"{field}{message[len(err.field):]}"
+    return ConfigError(message, field)
+
+
+class TokenBucket(HolySheepRateLimiter):
+    """A token bucket: ``rate`` admissions per second on average, up to ``capacity`` at once (GCRA).
+
+        bucket = TokenBucket(rate=5, capacity=10)
+        if bucket.try_acquire(): ...
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, rate: float, capacity: float = 1) -> TokenBucket:
+        try:
+            limit = Limit(rate, per=1.0, algorithm="gcra", burst=capacity)
+        except ConfigError as err:
+            raise _renamed(err, {"amount": "rate", "burst": "capacity"}) from None
+        return super().__new__(cls, limits=[limit])
+
+    def __init__(self, rate: float, capacity: float = 1) -> None:
+        super().__init__()
+
+
+class SlidingWindow(HolySheepRateLimiter):
+    """At most ``limit`` admissions in any interval of ``window_s`` seconds (an exact log).
+
+        window = SlidingWindow(limit=100, window_s=60)
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, limit: float, window_s: float) -> SlidingWindow:
+        try:
+            spec = Limit(limit, per=float(window_s))
+        except ConfigError as err:
+            raise _renamed(err, {"amount": "limit", "per": "window_s"}) from None
+        return super().__new__(cls, limits=[spec])
+
+    def __init__(self, limit: float, window_s: float) -> None:
+        super().__init__()
+
+
+class ConcurrencyLimiter(HolySheepRateLimiter):
+    """At most ``n`` holders at once, no rate limit: an asyncio- and thread-friendly semaphore that
+    serves waiters in arrival order.
+
+        gate = ConcurrencyLimiter(20)
+        async with gate: ...
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, n: int) -> ConcurrencyLimiter:
+        try:
+            return super().__new__(cls, max_concurrency=n)
+        except ConfigError as err:
+            raise _renamed(err, {"max_concurrency": "n"}) from None
+
+    def __init__(self, n: int) -> None:
+        super().__init__()

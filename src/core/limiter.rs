@@ -1,0 +1,421 @@
+//! A limiter as users configure it: rate limits (a quota of windows) plus a concurrency bound, with the
+//! fairness rule that newcomers never overtake someone already waiting.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::core::clock::{Clock, MonotonicClock, ns_to_secs};
+use crate::core::concurrency::Concurrency;
+use crate::core::decision::{Decision, Never};
+use crate::core::error::{Error, Result};
+use crate::core::limit::{Cost, Limit, Unit};
+use crate::core::quota::{Quota, Receipt};
+use crate::core::stats::Stats;
+
+/// Rate limits and a concurrency bound.
+#[derive(Debug)]
+pub struct Limiter<C: Clock = MonotonicClock> {
+    clock: C,
+    quota: Option<Quota>,
+    slots: Concurrency,
+    /// Waiters parked for a permit or for the rate; while any wait, the fast path admits nobody.
+    slot_waiters: AtomicU64,
+    rate_waiters: AtomicU64,
+    stats: Stats,
+}
+
+/// A rate admission: how long to wait for it, and the receipt to settle or give it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    pub wait_ns: u64,
+    /// The reserved instant.
+    pub at_ns: u64,
+    pub receipt: Receipt,
+}
+
+/// Which waiters a count is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiters {
+    Slot,
+    Rate,
+}
+
+/// One limit's state in a snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowStats {
+    pub limit: String,
+    pub unit: Unit,
+    pub remaining: u64,
+}
+
+/// What a limiter has done so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub admitted: u64,
+    pub rejected: u64,
+    pub in_flight: u64,
+    pub waiting: u64,
+    pub waited: u64,
+    pub wait_p50_ns: u64,
+    pub wait_p99_ns: u64,
+    pub server_rejections: u64,
+    pub windows: Vec<WindowStats>,
+}
+
+fn describe_cost(cost: Cost) -> String {
+    if cost.tokens > 0 { format!("a request of {} tokens", cost.tokens) } else { "a request".to_string() }
+}
+
+impl<C: Clock> Limiter<C> {
+    /// Rate limits (may be empty) and an optional concurrency bound; at least one of them.
+    pub fn new(limits: Vec<Limit>, max_concurrency: Option<u64>, clock: C) -> Result<Self> {
+        if limits.is_empty() && max_concurrency.is_none() {
+            return Err(Error::config("limits", "give at least one rate limit or max_concurrency"));
+        }
+        let quota = if limits.is_empty() { None } else { Some(Quota::new(limits)?) };
+        Ok(Self {
+            clock,
+            quota,
+            slots: Concurrency::new(max_concurrency)?,
+            slot_waiters: AtomicU64::new(0),
+            rate_waiters: AtomicU64::new(0),
+            stats: Stats::default(),
+        })
+    }
+
+    pub fn limits(&self) -> &[Limit] {
+        self.quota.as_ref().map_or(&[], Quota::limits)
+    }
+
+    pub fn max_concurrency(&self) -> Option<u64> {
+        self.slots.max()
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        self.clock.now_ns()
+    }
+
+    fn waiters(&self, which: Waiters) -> &AtomicU64 {
+        match which {
+            Waiters::Slot => &self.slot_waiters,
+            Waiters::Rate => &self.rate_waiters,
+        }
+    }
+
+    /// Whether anyone is parked: newcomers then queue behind them instead of taking the fast path.
+    #[inline]
+    pub fn has_waiters(&self) -> bool {
+        self.slot_waiters.load(Ordering::Acquire) | self.rate_waiters.load(Ordering::Acquire) != 0
+    }
+
+    pub fn waiting(&self, which: Waiters) -> u64 {
+        self.waiters(which).load(Ordering::Acquire)
+    }
+
+    pub fn park(&self, which: Waiters) {
+        self.waiters(which).fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn unpark(&self, which: Waiters) {
+        self.waiters(which).fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The refusal for a cost that can never pass.
+    fn never(&self, operation: &str, cost: Cost, limit: &Limit, never: Never) -> Error {
+        Error::RateLimited {
+            message: format!(
+                "{operation}: {} exceeds what '{limit}' can ever admit ({} {} at once), so it never passes",
+                describe_cost(cost),
+                never.max_cost,
+                limit.unit().name()
+            ),
+            retry_after_ns: None,
+            limit: limit.to_string(),
+            remaining: 0.0,
+        }
+    }
+
+    fn refusal(&self, operation: &str, cost: Cost, now: u64) -> Error {
+        let quota = self.quota.as_ref().expect("only rate limits refuse");
+        let (limit, at) = quota.explain(cost, now);
+        match at {
+            Err(never) => self.never(operation, cost, limit, never),
+            Ok(at) => Error::RateLimited {
+                message: format!(
+                    "{operation}: {} would wait {:.3}s for '{limit}'",
+                    describe_cost(cost),
+                    ns_to_secs(at.saturating_sub(now))
+                ),
+                retry_after_ns: Some(at.saturating_sub(now)),
+                limit: limit.to_string(),
+                remaining: self.remaining_of(limit, now) as f64,
+            },
+        }
+    }
+
+    fn remaining_of(&self, limit: &Limit, now: u64) -> u64 {
+        let quota = self.quota.as_ref().expect("a limit belongs to the quota");
+        let index = quota.limits().iter().position(|l| std::ptr::eq(l, limit)).unwrap_or(0);
+        quota.remaining(now)[index]
+    }
+
+    /// A permit and the rate, both now, or neither; never waits. `Err` only when the cost can never pass.
+    /// A `false` is not counted as a rejection: the caller may go on to wait (see [`Limiter::reject`]).
+    #[inline]
+    pub fn try_acquire(&self, cost: Cost) -> Result<bool> {
+        if self.has_waiters() || !self.slots.try_acquire() {
+            return Ok(false);
+        }
+        let Some(quota) = &self.quota else {
+            self.stats.admit();
+            return Ok(true);
+        };
+        let now = self.clock.now_ns();
+        let decision = quota.decide(cost, now, now, &mut Receipt::default());
+        if decision == Decision::Now {
+            self.stats.admit();
+            return Ok(true);
+        }
+        self.return_unused_permit();
+        if let Decision::Never { .. } = decision {
+            self.stats.reject();
+            return Err(self.refusal("try_acquire", cost, now));
+        }
+        Ok(false)
+    }
+
+    /// Counts a request turned away: a failed try, or a waiter out of time.
+    pub fn reject(&self) {
+        self.stats.reject();
+    }
+
+    /// Returns a permit that was taken for a request the rate then refused.
+    #[cold]
+    fn return_unused_permit(&self) {
+        self.slots.release().expect("a permit taken for this request");
+    }
+
+    /// A permit now, if one is free and nobody waits for one.
+    #[inline]
+    pub fn try_slot(&self) -> bool {
+        self.slot_waiters.load(Ordering::Acquire) == 0 && self.slots.try_acquire()
+    }
+
+    /// A permit now if one is free, for the waiter at the head of the queue.
+    pub fn try_slot_for_waiter(&self) -> bool {
+        self.slots.try_acquire()
+    }
+
+    /// Returns a permit.
+    #[inline]
+    pub fn release(&self) -> Result<()> {
+        self.slots.release()
+    }
+
+    /// Reserves the rate for `cost`: admitted now or at a later instant, within `max_wait_ns` if given.
+    /// A wait past `max_wait_ns` is refused at once with the time it would take; a cost no limit can
+    /// ever pass is refused at once too. Nothing is counted when refused.
+    pub fn reserve(&self, cost: Cost, max_wait_ns: Option<u64>, operation: &str) -> Result<Admission> {
+        let mut receipt = Receipt::default();
+        let Some(quota) = &self.quota else {
+            self.stats.admit();
+            return Ok(Admission { wait_ns: 0, at_ns: 0, receipt });
+        };
+        let now = self.clock.now_ns();
+        let latest = max_wait_ns.map_or(u64::MAX, |wait| now.saturating_add(wait));
+        match quota.decide(cost, now, latest, &mut receipt) {
+            Decision::Now => {
+                self.stats.admit();
+                Ok(Admission { wait_ns: 0, at_ns: now, receipt })
+            }
+            Decision::At(at) => {
+                self.stats.admit();
+                Ok(Admission { wait_ns: at - now, at_ns: at, receipt })
+            }
+            Decision::NotBefore(_) | Decision::Never { .. } => {
+                self.stats.reject();
+                Err(self.refusal(operation, cost, now))
+            }
+        }
+    }
+
+    /// Gives back a reservation that will not be used (its waiter gave up).
+    pub fn give_back(&self, admission: &Admission, cost: Cost) {
+        self.stats.admitted.fetch_sub(1, Ordering::Relaxed);
+        if let Some(quota) = &self.quota {
+            quota.give_back(&admission.receipt, cost);
+        }
+    }
+
+    /// Records that a waiter proceeded now, after its reserved instant: see [`Quota::restamp`].
+    pub fn stamp(&self, admission: &Admission, cost: Cost) {
+        if let Some(quota) = &self.quota {
+            quota.restamp(&admission.receipt, cost, admission.at_ns, self.clock.now_ns());
+        }
+    }
+
+    /// Replaces an admission's estimated cost by the actual one (refund or charge).
+    pub fn settle(&self, admission: &Admission, estimated: Cost, actual: Cost) {
+        if let Some(quota) = &self.quota {
+            quota.settle(&admission.receipt, estimated, actual, self.clock.now_ns());
+        }
+    }
+
+    /// Nanoseconds until the rate limits admit `cost`: 0 when now. `Err` when it never can.
+    pub fn time_until_ready(&self, cost: Cost) -> Result<u64> {
+        let Some(quota) = &self.quota else { return Ok(0) };
+        let now = self.clock.now_ns();
+        match quota.explain(cost, now) {
+            (_, Ok(at)) => Ok(at.saturating_sub(now)),
+            (limit, Err(never)) => Err(self.never("time_until_ready", cost, limit, never)),
+        }
+    }
+
+    /// Records how long an admitted request waited in all (for a permit, then for the rate).
+    pub fn record_wait(&self, wait_ns: u64) {
+        self.stats.waits.record(wait_ns);
+    }
+
+    /// Records a 429 from the server.
+    pub fn record_server_rejection(&self) {
+        self.stats.server_rejections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let now = self.clock.now_ns();
+        let windows = match &self.quota {
+            Some(quota) => quota
+                .limits()
+                .iter()
+                .zip(quota.remaining(now))
+                .map(|(limit, remaining)| WindowStats { limit: limit.to_string(), unit: limit.unit(), remaining })
+                .collect(),
+            None => Vec::new(),
+        };
+        let admitted = self.stats.admitted.load(Ordering::Relaxed);
+        let waited = self.stats.waits.count();
+        let zeros = admitted.saturating_sub(waited);
+        Snapshot {
+            admitted,
+            rejected: self.stats.rejected.load(Ordering::Relaxed),
+            in_flight: self.slots.in_use(),
+            waiting: self.waiting(Waiters::Slot) + self.waiting(Waiters::Rate),
+            waited,
+            wait_p50_ns: self.stats.waits.quantile(0.50, zeros),
+            wait_p99_ns: self.stats.waits.quantile(0.99, zeros),
+            server_rejections: self.stats.server_rejections.load(Ordering::Relaxed),
+            windows,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::clock::{ManualClock, NS_PER_SEC as SEC};
+    use crate::core::limit::Algorithm;
+
+    fn limiter(limits: Vec<Limit>, max_concurrency: Option<u64>) -> (Limiter<ManualClock>, ManualClock) {
+        let clock = ManualClock::new(0);
+        (Limiter::new(limits, max_concurrency, clock.clone()).unwrap(), clock)
+    }
+
+    fn per_second(n: f64) -> Limit {
+        Limit::new(n, SEC, Unit::Requests, Algorithm::Exact, None).unwrap()
+    }
+
+    fn tokens_per_minute(n: f64) -> Limit {
+        Limit::new(n, 60 * SEC, Unit::Tokens, Algorithm::Exact, None).unwrap()
+    }
+
+    #[test]
+    fn try_acquire_takes_a_permit_and_the_rate_together() {
+        let (lim, _) = limiter(vec![per_second(2.0)], Some(1));
+        assert!(lim.try_acquire(Cost::request(0)).unwrap());
+        assert!(!lim.try_acquire(Cost::request(0)).unwrap(), "no permit left");
+        lim.release().unwrap();
+        assert!(lim.try_acquire(Cost::request(0)).unwrap());
+        lim.release().unwrap();
+        assert!(!lim.try_acquire(Cost::request(0)).unwrap(), "rate spent");
+        let stats = lim.snapshot();
+        assert_eq!((stats.admitted, stats.in_flight), (2, 0));
+    }
+
+    #[test]
+    fn a_cost_no_limit_can_pass_fails_at_once_naming_the_limit() {
+        let (lim, _) = limiter(vec![per_second(10.0), tokens_per_minute(10_000.0)], None);
+        let err = lim.reserve(Cost::request(12_000), None, "acquire").unwrap_err();
+        match err {
+            Error::RateLimited { message, retry_after_ns: None, limit, .. } => {
+                assert_eq!(limit, "10000 tokens per minute");
+                assert!(message.contains("12000 tokens") && message.contains("never"), "{message}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(matches!(lim.try_acquire(Cost::request(12_000)), Err(Error::RateLimited { .. })));
+        assert_eq!(lim.snapshot().in_flight, 0);
+    }
+
+    #[test]
+    fn a_wait_longer_than_the_timeout_is_refused_without_counting() {
+        let (lim, _) = limiter(vec![per_second(1.0)], None);
+        assert_eq!(lim.reserve(Cost::request(0), None, "acquire").unwrap().wait_ns, 0);
+        let err = lim.reserve(Cost::request(0), Some(SEC / 2), "acquire").unwrap_err();
+        assert!(matches!(err, Error::RateLimited { retry_after_ns: Some(SEC), .. }), "{err:?}");
+        assert_eq!(lim.reserve(Cost::request(0), Some(SEC), "acquire").unwrap().wait_ns, SEC);
+    }
+
+    #[test]
+    fn newcomers_do_not_overtake_waiters() {
+        let (lim, _) = limiter(vec![per_second(10.0)], Some(5));
+        lim.park(Waiters::Rate);
+        assert!(!lim.try_acquire(Cost::request(0)).unwrap());
+        lim.unpark(Waiters::Rate);
+        lim.park(Waiters::Slot);
+        assert!(!lim.try_slot());
+        assert!(lim.try_slot_for_waiter());
+        lim.unpark(Waiters::Slot);
+        assert!(lim.try_acquire(Cost::request(0)).unwrap());
+    }
+
+    #[test]
+    fn given_back_reservation_lets_the_next_one_in_earlier() {
+        let (lim, _) = limiter(vec![per_second(1.0)], None);
+        lim.reserve(Cost::request(0), None, "acquire").unwrap();
+        let waiting = lim.reserve(Cost::request(0), None, "acquire").unwrap();
+        assert_eq!(waiting.wait_ns, SEC);
+        lim.give_back(&waiting, Cost::request(0));
+        assert_eq!(lim.time_until_ready(Cost::request(0)).unwrap(), SEC);
+        assert_eq!(lim.reserve(Cost::request(0), None, "acquire").unwrap().wait_ns, SEC);
+    }
+
+    #[test]
+    fn settle_refunds_overestimated_tokens() {
+        let (lim, clock) = limiter(vec![tokens_per_minute(1_000.0)], None);
+        let admission = lim.reserve(Cost::request(900), None, "acquire").unwrap();
+        assert!(lim.time_until_ready(Cost::request(500)).unwrap() > 0);
+        clock.advance(SEC);
+        lim.settle(&admission, Cost::request(900), Cost::request(300));
+        assert_eq!(lim.time_until_ready(Cost::request(500)).unwrap(), 0);
+        assert_eq!(lim.snapshot().windows[0].remaining, 700);
+    }
+
+    #[test]
+    fn waits_show_in_the_percentiles() {
+        let (lim, _) = limiter(vec![per_second(1.0)], None);
+        for _ in 0..4 {
+            let admission = lim.reserve(Cost::request(0), None, "acquire").unwrap();
+            if admission.wait_ns > 0 {
+                lim.record_wait(admission.wait_ns);
+            }
+        }
+        let stats = lim.snapshot();
+        assert_eq!(stats.waited, 3);
+        assert!(stats.wait_p99_ns >= 3 * SEC && stats.wait_p99_ns < 4 * SEC, "{}", stats.wait_p99_ns);
+    }
+
+    #[test]
+    fn a_limiter_needs_some_limit() {
+        assert!(matches!(Limiter::new(vec![], None, ManualClock::new(0)), Err(Error::Config { .. })));
+        assert!(matches!(Limiter::new(vec![], Some(0), ManualClock::new(0)), Err(Error::Config { .. })));
+    }
+}

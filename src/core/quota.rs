@@ -1,0 +1,280 @@
+//! Several limits at once (per second, minute, hour, day; requests and tokens), decided all or nothing:
+//! a request that one limit refuses is counted by none.
+
+use crate::core::cell::GcraCell;
+use crate::core::decision::{Decision, Never};
+use crate::core::error::{Error, Result};
+use crate::core::gcra::Gcra;
+use crate::core::limit::{Algorithm, Cost, Limit, Unit, Window};
+use crate::core::spin::SpinLock;
+
+/// The most limits one quota holds, so a receipt is a fixed array and admitting never allocates.
+pub const MAX_LIMITS: usize = 8;
+
+/// What a quota hands back with an admission, to settle its real cost or give it back later.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Receipt {
+    tickets: [u64; MAX_LIMITS],
+}
+
+#[derive(Debug)]
+enum State {
+    /// One GCRA limit: decided lock-free on one atomic word.
+    Single { gcra: Gcra, unit: Unit, cell: GcraCell },
+    /// Anything else: the windows change together under one short lock.
+    Windows(SpinLock<Vec<Window>>),
+}
+
+/// A set of limits that admit a request only together.
+#[derive(Debug)]
+pub struct Quota {
+    limits: Vec<Limit>,
+    state: State,
+}
+
+/// The earliest instant every limit admits a cost, and which limit set it.
+fn earliest(windows: &mut [Window], limits: &[Limit], cost: Cost, now: u64) -> Result<(u64, usize), (usize, Never)> {
+    let mut at = now;
+    let mut binding = 0;
+    for (index, (window, limit)) in windows.iter_mut().zip(limits).enumerate() {
+        let units = limit.unit().of(cost);
+        if units == 0 {
+            continue;
+        }
+        let earliest = window.earliest(units, now).map_err(|never| (index, never))?;
+        if earliest > at {
+            (at, binding) = (earliest, index);
+        }
+    }
+    Ok((at, binding))
+}
+
+impl Quota {
+    pub fn new(limits: Vec<Limit>) -> Result<Self> {
+        if limits.is_empty() {
+            return Err(Error::config("limits", "needs at least one limit"));
+        }
+        if limits.len() > MAX_LIMITS {
+            return Err(Error::config("limits", format!("at most {MAX_LIMITS} limits, got {}", limits.len())));
+        }
+        let state = match limits.as_slice() {
+            [only] if only.algorithm() == Algorithm::Gcra => {
+                State::Single { gcra: only.gcra(), unit: only.unit(), cell: GcraCell::new() }
+            }
+            _ => State::Windows(SpinLock::new(limits.iter().map(Limit::window).collect())),
+        };
+        Ok(Self { limits, state })
+    }
+
+    pub fn limits(&self) -> &[Limit] {
+        &self.limits
+    }
+
+    /// Decides `cost` at `now`, admitting it if every limit admits it by `latest`; the receipt is
+    /// written only when it is admitted.
+    #[inline]
+    pub fn decide(&self, cost: Cost, now: u64, latest: u64, receipt: &mut Receipt) -> Decision {
+        match &self.state {
+            State::Single { gcra, unit, cell } => {
+                let units = unit.of(cost);
+                if units == 0 {
+                    return Decision::Now;
+                }
+                let (decision, ticket) = cell.decide(gcra, units, now, latest);
+                receipt.tickets[0] = ticket;
+                decision
+            }
+            State::Windows(lock) => {
+                let mut windows = lock.lock();
+                let at = match earliest(&mut windows, &self.limits, cost, now) {
+                    Ok((at, _)) => at,
+                    Err((_, never)) => return never.into(),
+                };
+                let decision = Decision::for_instant(at, now, latest);
+                if decision.is_admitted() {
+                    for ((window, limit), ticket) in windows.iter_mut().zip(&self.limits).zip(&mut receipt.tickets) {
+                        let units = limit.unit().of(cost);
+                        if units > 0 {
+                            *ticket = window.admit(at, units);
+                        }
+                    }
+                }
+                decision
+            }
+        }
+    }
+
+    /// Without counting anything: the earliest instant `cost` could pass, or the limit that never lets
+    /// it; and in both cases the limit that decides (the slowest one).
+    pub fn explain(&self, cost: Cost, now: u64) -> (&Limit, Result<u64, Never>) {
+        match &self.state {
+            State::Single { gcra, unit, cell } => {
+                let at = gcra.schedule(cell.tat(), unit.of(cost), now).map(|slot| slot.at);
+                (&self.limits[0], if unit.of(cost) == 0 { Ok(now) } else { at })
+            }
+            State::Windows(lock) => match earliest(&mut lock.lock(), &self.limits, cost, now) {
+                Ok((at, binding)) => (&self.limits[binding], Ok(at)),
+                Err((index, never)) => (&self.limits[index], Err(never)),
+            },
+        }
+    }
+
+    /// Replaces an admission's estimated cost by its actual one: refunds or charges the difference in
+    /// every limit whose unit it changes.
+    pub fn settle(&self, receipt: &Receipt, estimated: Cost, actual: Cost, now: u64) {
+        match &self.state {
+            State::Single { gcra, unit, cell } => {
+                let (old, new) = (unit.of(estimated), unit.of(actual));
+                if new > old {
+                    cell.charge(gcra, new - old, now);
+                } else if new < old {
+                    cell.give_back(gcra, old - new, receipt.tickets[0]);
+                }
+            }
+            State::Windows(lock) => {
+                let mut windows = lock.lock();
+                for ((window, limit), ticket) in windows.iter_mut().zip(&self.limits).zip(receipt.tickets) {
+                    let (old, new) = (limit.unit().of(estimated), limit.unit().of(actual));
+                    if old == new {
+                        continue;
+                    }
+                    if old == 0 {
+                        // Nothing was counted here to correct: count the real cost from now on.
+                        window.charge(new, now);
+                    } else {
+                        window.settle(ticket, old, new, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves an admission reserved for `at` to the instant `now` its request really went, wherever no
+    /// later admission relied on the reserved instant: a waiter wakes a little late, and a server
+    /// counts from arrival.
+    pub fn restamp(&self, receipt: &Receipt, cost: Cost, at: u64, now: u64) {
+        match &self.state {
+            State::Single { unit, cell, .. } => {
+                if unit.of(cost) > 0 {
+                    cell.restamp(receipt.tickets[0], at, now);
+                }
+            }
+            State::Windows(lock) => {
+                let mut windows = lock.lock();
+                for ((window, limit), ticket) in windows.iter_mut().zip(&self.limits).zip(receipt.tickets) {
+                    if limit.unit().of(cost) > 0 {
+                        window.restamp(ticket, at, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes back an admission of `cost` that will not be used (a waiter that gave up).
+    pub fn give_back(&self, receipt: &Receipt, cost: Cost) {
+        match &self.state {
+            State::Single { gcra, unit, cell } => {
+                if unit.of(cost) > 0 {
+                    cell.give_back(gcra, unit.of(cost), receipt.tickets[0]);
+                }
+            }
+            State::Windows(lock) => {
+                let mut windows = lock.lock();
+                for ((window, limit), ticket) in windows.iter_mut().zip(&self.limits).zip(receipt.tickets) {
+                    let units = limit.unit().of(cost);
+                    if units > 0 {
+                        window.give_back(ticket, units);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Units free now in each limit, in the order of [`Quota::limits`].
+    pub fn remaining(&self, now: u64) -> Vec<u64> {
+        match &self.state {
+            State::Single { gcra, cell, .. } => vec![gcra.remaining(cell.tat(), now)],
+            State::Windows(lock) => lock.lock().iter_mut().map(|window| window.remaining(now)).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::clock::NS_PER_SEC as SEC;
+
+    fn limit(amount: f64, secs: u64, unit: Unit) -> Limit {
+        Limit::new(amount, secs * SEC, unit, Algorithm::Exact, None).unwrap()
+    }
+
+    fn try_now(quota: &Quota, cost: Cost, now: u64) -> Decision {
+        quota.decide(cost, now, now, &mut Receipt::default())
+    }
+
+    #[test]
+    fn refused_by_one_limit_counted_by_none() {
+        let quota = Quota::new(vec![limit(10.0, 60, Unit::Requests), limit(2.0, 86_400, Unit::Requests)]).unwrap();
+        assert_eq!(try_now(&quota, Cost::request(0), 0), Decision::Now);
+        assert_eq!(try_now(&quota, Cost::request(0), 0), Decision::Now);
+        assert_eq!(try_now(&quota, Cost::request(0), 0), Decision::NotBefore(86_400 * SEC));
+        assert_eq!(quota.remaining(0), vec![8, 0]);
+    }
+
+    #[test]
+    fn requests_and_tokens_pass_together_or_not_at_all() {
+        let quota = Quota::new(vec![limit(100.0, 60, Unit::Requests), limit(1_000.0, 60, Unit::Tokens)]).unwrap();
+        assert_eq!(try_now(&quota, Cost::request(900), 0), Decision::Now);
+        assert_eq!(try_now(&quota, Cost::request(200), SEC), Decision::NotBefore(60 * SEC));
+        assert_eq!(quota.remaining(SEC), vec![99, 100]);
+        let (binding, at) = quota.explain(Cost::request(200), SEC);
+        assert_eq!((binding.unit(), at), (Unit::Tokens, Ok(60 * SEC)));
+    }
+
+    #[test]
+    fn a_request_above_a_limit_names_that_limit() {
+        let quota = Quota::new(vec![limit(100.0, 60, Unit::Requests), limit(1_000.0, 60, Unit::Tokens)]).unwrap();
+        assert_eq!(try_now(&quota, Cost::request(1_001), 0), Decision::Never { max_cost: 1_000 });
+        let (binding, at) = quota.explain(Cost::request(1_001), 0);
+        assert_eq!((binding.unit(), at), (Unit::Tokens, Err(Never { max_cost: 1_000 })));
+    }
+
+    #[test]
+    fn settle_refunds_tokens_but_not_requests() {
+        let quota = Quota::new(vec![limit(100.0, 60, Unit::Requests), limit(1_000.0, 60, Unit::Tokens)]).unwrap();
+        let mut receipt = Receipt::default();
+        quota.decide(Cost::request(800), 0, 0, &mut receipt);
+        quota.settle(&receipt, Cost::request(800), Cost::request(300), SEC);
+        assert_eq!(quota.remaining(SEC), vec![99, 700]);
+        quota.settle(&receipt, Cost::request(300), Cost::request(1_200), SEC);
+        assert_eq!(quota.remaining(SEC), vec![99, 0]);
+    }
+
+    #[test]
+    fn unestimated_tokens_are_charged_when_settled() {
+        let quota = Quota::new(vec![limit(1_000.0, 60, Unit::Tokens)]).unwrap();
+        let mut receipt = Receipt::default();
+        assert_eq!(quota.decide(Cost::request(0), 0, 0, &mut receipt), Decision::Now);
+        quota.settle(&receipt, Cost::request(0), Cost::request(400), SEC);
+        assert_eq!(quota.remaining(SEC), vec![600]);
+    }
+
+    #[test]
+    fn a_single_gcra_limit_decides_on_its_cell() {
+        let gcra = Limit::new(1.0, SEC, Unit::Requests, Algorithm::Gcra, Some(2.0)).unwrap();
+        let quota = Quota::new(vec![gcra]).unwrap();
+        let mut receipt = Receipt::default();
+        assert_eq!(quota.decide(Cost::request(0), 0, u64::MAX, &mut receipt), Decision::Now);
+        assert_eq!(quota.decide(Cost::request(0), 0, u64::MAX, &mut receipt), Decision::Now);
+        assert_eq!(quota.decide(Cost::request(0), 0, u64::MAX, &mut receipt), Decision::At(SEC));
+        quota.give_back(&receipt, Cost::request(0));
+        assert_eq!(quota.decide(Cost::request(0), 0, 0, &mut receipt), Decision::NotBefore(SEC));
+    }
+
+    #[test]
+    fn empty_or_oversized_quotas_are_refused() {
+        assert!(matches!(Quota::new(vec![]), Err(Error::Config { .. })));
+        let many = vec![limit(1.0, 1, Unit::Requests); MAX_LIMITS + 1];
+        assert!(matches!(Quota::new(many), Err(Error::Config { .. })));
+    }
+}

@@ -1,0 +1,117 @@
+//! What a limiter has done: admissions, refusals, and a histogram of the waits of those who waited.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Sub-buckets per power of two: waits are recorded within about 6% of their value.
+const STEP_BITS: usize = 4;
+const STEPS: usize = 1 << STEP_BITS;
+const BUCKETS: usize = 64 * STEPS;
+
+/// A lock-free log-linear histogram of nanosecond durations.
+#[derive(Debug)]
+pub struct WaitHistogram {
+    counts: Box<[AtomicU64]>,
+}
+
+impl Default for WaitHistogram {
+    fn default() -> Self {
+        Self { counts: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect() }
+    }
+}
+
+fn bucket_of(ns: u64) -> usize {
+    if ns < STEPS as u64 {
+        return ns as usize;
+    }
+    let exponent = 63 - ns.leading_zeros() as usize;
+    let step = ((ns >> (exponent - STEP_BITS)) & (STEPS as u64 - 1)) as usize;
+    exponent * STEPS + step
+}
+
+/// The largest duration a bucket holds.
+fn upper_bound(bucket: usize) -> u64 {
+    if bucket < STEPS {
+        return bucket as u64;
+    }
+    let (exponent, step) = (bucket / STEPS, (bucket % STEPS) as u64);
+    let base = 1u64 << exponent;
+    base + (step + 1) * (base >> STEP_BITS) - 1
+}
+
+impl WaitHistogram {
+    pub fn record(&self, ns: u64) {
+        self.counts[bucket_of(ns)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The `q` quantile (0..=1) of the recorded durations plus `zeros` that waited not at all.
+    pub fn quantile(&self, q: f64, zeros: u64) -> u64 {
+        let counts: Vec<u64> = self.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let total = zeros + counts.iter().sum::<u64>();
+        if total == 0 {
+            return 0;
+        }
+        let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+        if rank <= zeros {
+            return 0;
+        }
+        let mut seen = zeros;
+        for (bucket, count) in counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return upper_bound(bucket);
+            }
+        }
+        upper_bound(BUCKETS - 1)
+    }
+}
+
+/// Counters beside a limiter's state.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub admitted: AtomicU64,
+    pub rejected: AtomicU64,
+    pub waits: WaitHistogram,
+    /// 429 answers seen from the server, reported by the transport.
+    pub server_rejections: AtomicU64,
+}
+
+impl Stats {
+    #[inline]
+    pub fn admit(&self) {
+        self.admitted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn reject(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_hold_their_values() {
+        for ns in [0, 1, 3, 4, 5, 7, 8, 1_000, 123_456_789, u64::MAX / 3] {
+            let bucket = bucket_of(ns);
+            assert!(upper_bound(bucket) >= ns, "{ns} above bucket {bucket}");
+            assert!(bucket == 0 || upper_bound(bucket - 1) < ns, "{ns} belongs lower than {bucket}");
+        }
+    }
+
+    #[test]
+    fn quantiles_count_those_who_never_waited() {
+        let histogram = WaitHistogram::default();
+        for _ in 0..10 {
+            histogram.record(1_000_000);
+        }
+        assert_eq!(histogram.quantile(0.5, 90), 0);
+        let p99 = histogram.quantile(0.99, 90);
+        assert!((1_000_000..1_070_000).contains(&p99), "{p99}");
+        assert_eq!(histogram.quantile(0.5, 0), p99);
+    }
+}

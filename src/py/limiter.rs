@@ -1,0 +1,302 @@
+//! The native half of `HolySheepRateLimiter`: every admission decision and the no-wait fast paths
+//! (`try_acquire`, `async with` and `with` when free). Waiting lives in `holysheep/_limiter.py`, on the
+//! caller's event loop or thread; this layer is called back only when someone must be woken.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use pyo3::intern;
+
+use crate::core::clock::{ns_to_secs, secs_to_ns};
+use crate::core::limiter::{Admission, Limiter, Waiters};
+use crate::core::{Cost, Error, LimiterConfig, Tier};
+use crate::py::limit::PyLimit;
+
+/// An awaitable that is already done: what `async with` awaits when nothing had to wait.
+#[pyclass(name = "_Ready", module = "holysheep._holysheep", frozen)]
+pub struct Ready;
+
+#[pymethods]
+impl Ready {
+    fn __await__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(&self) -> Option<()> {
+        None
+    }
+}
+
+pub fn tokens_cost(tokens: i64) -> PyResult<Cost> {
+    if tokens < 0 {
+        return Err(Error::config("tokens", format!("must be 0 or more, got {tokens}")).into());
+    }
+    Ok(Cost::request(tokens as u64))
+}
+
+pub fn max_wait_ns(timeout: Option<f64>) -> PyResult<Option<u64>> {
+    timeout
+        .map(|secs| secs_to_ns(secs).ok_or_else(|| Error::config("timeout", format!("must be 0 or more seconds, got {secs}"))))
+        .transpose()
+        .map_err(Into::into)
+}
+
+fn waiters(kind: &str) -> Waiters {
+    if kind == "slot" { Waiters::Slot } else { Waiters::Rate }
+}
+
+/// A rate admission held by a waiter or a permit: when it may proceed, and its receipt.
+#[pyclass(name = "_Reservation", module = "holysheep._holysheep", frozen)]
+pub struct Reservation {
+    limiter: Arc<Limiter>,
+    admission: Admission,
+    /// The tokens counted for it now: the estimate, then each settled count.
+    tokens: AtomicU64,
+}
+
+impl Reservation {
+    fn cost(&self) -> Cost {
+        Cost::request(self.tokens.load(Ordering::Acquire))
+    }
+}
+
+#[pymethods]
+impl Reservation {
+    /// Seconds to wait before proceeding.
+    #[getter]
+    fn wait(&self) -> f64 {
+        ns_to_secs(self.admission.wait_ns)
+    }
+
+    /// The tokens counted for it now.
+    #[getter]
+    fn tokens(&self) -> u64 {
+        self.tokens.load(Ordering::Acquire)
+    }
+
+    /// Marks the reservation used now: a waiter that woke after its instant moves its admission to
+    /// when its request really goes, where nothing relied on the reserved instant.
+    fn stamp(&self) {
+        self.limiter.stamp(&self.admission, self.cost());
+    }
+
+    /// Gives the reservation back: its waiter gave up before its turn.
+    fn give_back(&self) {
+        self.limiter.give_back(&self.admission, self.cost());
+    }
+
+    /// Replaces the tokens counted so far by the actual count: refunds or charges the difference.
+    fn settle(&self, actual_tokens: i64) -> PyResult<()> {
+        let actual = tokens_cost(actual_tokens)?;
+        let counted = Cost::request(self.tokens.swap(actual.tokens, Ordering::AcqRel));
+        self.limiter.settle(&self.admission, counted, actual);
+        Ok(())
+    }
+}
+
+/// The native base of `HolySheepRateLimiter`; use that class.
+#[pyclass(name = "_Limiter", module = "holysheep._holysheep", frozen, subclass)]
+pub struct PyLimiter {
+    inner: Arc<Limiter>,
+}
+
+impl PyLimiter {
+    fn release_slot(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let limiter = &slf.get().inner;
+        if limiter.waiting(Waiters::Slot) > 0 {
+            slf.call_method0(intern!(slf.py(), "_hand_off_slot"))?;
+            Ok(())
+        } else {
+            Ok(limiter.release()?)
+        }
+    }
+}
+
+#[pymethods]
+impl PyLimiter {
+    #[new]
+    #[pyo3(signature = (max_qps = None, max_concurrency = None, *, rpm = None, tpm = None, burst = None, limits = None, tier = None))]
+    fn new(
+        max_qps: Option<f64>,
+        max_concurrency: Option<i64>,
+        rpm: Option<f64>,
+        tpm: Option<f64>,
+        burst: Option<f64>,
+        limits: Option<Vec<PyRef<'_, PyLimit>>>,
+        tier: Option<&str>,
+    ) -> PyResult<Self> {
+        let mut config = LimiterConfig {
+            max_qps,
+            rpm,
+            tpm,
+            burst,
+            limits: limits.unwrap_or_default().iter().map(|limit| limit.inner).collect(),
+            max_concurrency,
+        };
+        if let Some(name) = tier {
+            let tier = Tier::named(name)?;
+            config.rpm = config.rpm.or(Some(tier.rpm as f64));
+            config.tpm = config.tpm.or(Some(tier.tpm as f64));
+            config.max_concurrency = config.max_concurrency.or(Some(tier.concurrency as i64));
+        }
+        let limiter = Limiter::new(config.rate_limits()?, config.concurrency()?, Default::default())?;
+        Ok(Self { inner: Arc::new(limiter) })
+    }
+
+    /// Takes one request (and ``tokens`` LLM tokens) now if every limit allows it, without waiting.
+    /// Returns False otherwise; raises RateLimitExceeded when the cost could never pass.
+    #[pyo3(signature = (tokens = 0))]
+    fn try_acquire(&self, tokens: i64) -> PyResult<bool> {
+        let admitted = self.inner.try_acquire(tokens_cost(tokens)?)?;
+        if !admitted {
+            self.inner.reject();
+        }
+        Ok(admitted)
+    }
+
+    /// `try_acquire` for a caller that waits when refused: a refusal is not counted.
+    fn _admit_now(&self, tokens: i64) -> PyResult<bool> {
+        Ok(self.inner.try_acquire(tokens_cost(tokens)?)?)
+    }
+
+    /// Counts a waiter that ran out of time.
+    fn _reject(&self) {
+        self.inner.reject();
+    }
+
+    /// Seconds until the rate limits would admit the request; 0.0 when now.
+    #[pyo3(signature = (tokens = 0))]
+    fn time_until_ready(&self, tokens: i64) -> PyResult<f64> {
+        Ok(ns_to_secs(self.inner.time_until_ready(tokens_cost(tokens)?)?))
+    }
+
+    /// Returns the concurrency slot taken by acquire; wakes the next waiter, if any.
+    fn release(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::release_slot(slf)
+    }
+
+    fn __aenter__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        if slf.get().inner.try_acquire(Cost::request(0))? {
+            return Ok(Py::new(py, Ready)?.into_any());
+        }
+        Ok(slf.call_method0(intern!(py, "acquire"))?.unbind())
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __aexit__(slf: &Bound<'_, Self>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<Ready> {
+        Self::release_slot(slf)?;
+        Ok(Ready)
+    }
+
+    fn __enter__(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if !slf.get().inner.try_acquire(Cost::request(0))? {
+            slf.call_method0(intern!(slf.py(), "acquire_blocking"))?;
+        }
+        Ok(())
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(slf: &Bound<'_, Self>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<()> {
+        Self::release_slot(slf)
+    }
+
+    /// A slot now, unless none is free or others wait for one (`for_waiter`: the head of the line asks).
+    #[pyo3(signature = (for_waiter = false))]
+    fn _try_slot(&self, for_waiter: bool) -> bool {
+        if for_waiter { self.inner.try_slot_for_waiter() } else { self.inner.try_slot() }
+    }
+
+    /// Returns a slot without handing it to a waiter.
+    fn _release_slot(&self) -> PyResult<()> {
+        Ok(self.inner.release()?)
+    }
+
+    /// Records the whole wait of a request that had to wait, in seconds.
+    fn _record_wait(&self, seconds: f64) {
+        self.inner.record_wait(secs_to_ns(seconds).unwrap_or(0));
+    }
+
+    fn _park(&self, kind: &str) {
+        self.inner.park(waiters(kind));
+    }
+
+    fn _unpark(&self, kind: &str) {
+        self.inner.unpark(waiters(kind));
+    }
+
+    /// Whether the fast path is closed because someone waits.
+    fn _has_waiters(&self) -> bool {
+        self.inner.has_waiters()
+    }
+
+    /// Reserves the rate for one request of ``tokens``: proceeds after ``.wait`` seconds. Raises
+    /// RateLimitExceeded at once when the wait would pass ``timeout`` or the cost can never pass.
+    #[pyo3(signature = (tokens, timeout, operation = "acquire"))]
+    fn _reserve(&self, tokens: i64, timeout: Option<f64>, operation: &str) -> PyResult<Reservation> {
+        let cost = tokens_cost(tokens)?;
+        let admission = self.inner.reserve(cost, max_wait_ns(timeout)?, operation)?;
+        Ok(Reservation { limiter: Arc::clone(&self.inner), admission, tokens: AtomicU64::new(cost.tokens) })
+    }
+
+    /// Sleeps with the GIL released: a thread's wait for its reserved instant.
+    fn _sleep(&self, py: Python<'_>, seconds: f64) {
+        if let Some(ns) = secs_to_ns(seconds) {
+            py.detach(|| std::thread::sleep(Duration::from_nanos(ns)));
+        }
+    }
+
+    /// Counts a 429 answer from the server.
+    fn _record_server_rejection(&self) {
+        self.inner.record_server_rejection();
+    }
+
+    /// The limits this limiter enforces.
+    #[getter]
+    fn limits(&self) -> Vec<PyLimit> {
+        self.inner.limits().iter().map(|&inner| PyLimit { inner }).collect()
+    }
+
+    #[getter]
+    fn max_concurrency(&self) -> Option<u64> {
+        self.inner.max_concurrency()
+    }
+
+    /// What the limiter has done: admitted, rejected, in_flight, waiting, waited_s_p50/p99,
+    /// server_429s, and the units remaining now in each limit.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let snapshot = self.inner.snapshot();
+        let stats = PyDict::new(py);
+        stats.set_item("admitted", snapshot.admitted)?;
+        stats.set_item("rejected", snapshot.rejected)?;
+        stats.set_item("in_flight", snapshot.in_flight)?;
+        stats.set_item("waiting", snapshot.waiting)?;
+        stats.set_item("waited", snapshot.waited)?;
+        stats.set_item("waited_s_p50", ns_to_secs(snapshot.wait_p50_ns))?;
+        stats.set_item("waited_s_p99", ns_to_secs(snapshot.wait_p99_ns))?;
+        stats.set_item("server_429s", snapshot.server_rejections)?;
+        let remaining = PyDict::new(py);
+        for window in &snapshot.windows {
+            remaining.set_item(&window.limit, window.remaining)?;
+        }
+        stats.set_item("remaining", remaining)?;
+        Ok(stats)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let limiter = &slf.get().inner;
+        let limits = PyList::new(slf.py(), limiter.limits().iter().map(ToString::to_string))?;
+        let snapshot = limiter.snapshot();
+        Ok(format!(
+            "<{} limits={} max_concurrency={} in_flight={} waiting={}>",
+            slf.get_type().name()?,
+            limits.repr()?,
+            limiter.max_concurrency().map_or("None".into(), |n| n.to_string()),
+            snapshot.in_flight,
+            snapshot.waiting,
+        ))
+    }
+}

@@ -1,0 +1,254 @@
+"""HolySheepRateLimiter under asyncio: the rate, the slots, waiting, cancellation, stats."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import holysheep as hs
+from conftest import Err, max_in_any_window
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"max_qps": 10, "max_concurrency": 20}, ["10 requests per second"]),
+        ({"rpm": 500, "tpm": 100_000}, ["500 requests per minute", "100000 tokens per minute"]),
+        ({"limits": [hs.Limit(10, per="minute"), hs.Limit(200, per="hour")]}, ["10 requests per minute", "200 requests per hour"]),
+        ({"tier": "pro"}, ["2000 requests per minute", "500000 tokens per minute"]),
+        ({"max_qps": 0}, Err(hs.ConfigError, "max_qps")),
+        ({"rpm": -5}, Err(hs.ConfigError, "rpm")),
+        ({"tpm": float("nan")}, Err(hs.ConfigError, "tpm")),
+        ({"max_qps": 10, "max_concurrency": 0}, Err(hs.ConfigError, "max_concurrency")),
+        ({"max_qps": 10, "burst": 0}, Err(hs.ConfigError, "burst")),
+        ({"tier": "platinum"}, Err(hs.ConfigError, "tier")),
+        ({}, Err(hs.ConfigError, "limits")),
+    ],
+)
+def test_construction(kwargs: dict[str, Any], expected: list[str] | Err) -> None:
+    if isinstance(expected, Err):
+        with pytest.raises(expected.type) as info:
+            hs.HolySheepRateLimiter(**kwargs)
+        assert info.value.field == expected.match  # type: ignore[attr-defined]
+    else:
+        assert [str(limit) for limit in hs.HolySheepRateLimiter(**kwargs).limits] == expected
+
+
+def test_from_tier_uses_the_plan_table() -> None:
+    lim = hs.HolySheepRateLimiter.from_tier("free")
+    assert [str(limit) for limit in lim.limits] == ["60 requests per minute", "10000 tokens per minute"]
+    assert lim.max_concurrency == 5
+
+
+def test_burst_paces_request_limits_with_gcra() -> None:
+    lim = hs.HolySheepRateLimiter(rpm=600, burst=5)
+    assert [(limit.algorithm, limit.burst) for limit in lim.limits] == [("gcra", 5)]
+    assert sum(lim.try_acquire() for _ in range(10)) == 5
+
+
+def test_full_window_is_usable_at_once_then_refused() -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=5)
+    assert [lim.try_acquire() for _ in range(6)] == [True] * 5 + [False]
+    assert 0.9 < lim.time_until_ready() <= 1.0
+    assert lim.stats()["rejected"] == 1
+
+
+async def test_a_cost_no_limit_can_pass_fails_at_once() -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=10, tpm=10_000)
+    started = time.monotonic()
+    with pytest.raises(hs.RateLimitExceeded, match="12000 tokens") as info:
+        await lim.acquire(tokens=12_000)
+    assert time.monotonic() - started < 0.05
+    assert info.value.retry_after is None
+    assert info.value.limit == "10000 tokens per minute"
+
+
+async def test_timeout_shorter_than_the_wait_raises_without_sleeping() -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=1)
+    await lim.acquire()
+    started = time.monotonic()
+    with pytest.raises(hs.RateLimitExceeded) as info:
+        await lim.acquire(timeout=0.5)
+    assert time.monotonic() - started < 0.05
+    assert info.value.retry_after is not None and info.value.retry_after > 0.5
+    assert lim.stats()["in_flight"] == 1
+
+
+async def test_thousand_tasks_are_admitted_at_the_configured_rate() -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=100)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    admitted: list[float] = []
+
+    async def call() -> None:
+        async with lim:
+            admitted.append(loop.time() - started)
+
+    tasks = [asyncio.create_task(call()) for _ in range(1_000)]
+    await asyncio.sleep(2.5)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    # The whole window at once at 0 s, 1 s and 2 s: 300 in 2.5 s, never more than 100 in any second.
+    assert len(admitted) == 300
+    assert max_in_any_window(admitted, 1.0) == 100
+    stats = lim.stats()
+    assert (stats["in_flight"], stats["waiting"]) == (0, 0)
+
+
+async def test_cancelling_half_the_waiters_gives_back_their_places() -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=50, max_concurrency=20)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    finished: list[float] = []
+
+    async def call() -> None:
+        async with lim:
+            await asyncio.sleep(0.01)
+        finished.append(loop.time() - started)
+
+    tasks = [asyncio.create_task(call()) for _ in range(200)]
+    await asyncio.sleep(0.2)
+    assert len(finished) == 50
+    waiting = [task for task in tasks if not task.done()]
+    for task in waiting[1::2]:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    # 75 left: 50 in the second window, 25 in the third; had the cancelled kept their places, 3.0 s.
+    assert len(finished) == 125
+    assert max(finished) < 2.5
+    stats = lim.stats()
+    assert (stats["in_flight"], stats["waiting"], stats["admitted"]) == (0, 0, 125)
+    assert lim.try_acquire() or lim.time_until_ready() <= 1.0
+
+
+async def test_an_exception_inside_async_with_releases_the_slot() -> None:
+    gate = hs.ConcurrencyLimiter(1)
+    with pytest.raises(RuntimeError):
+        async with gate:
+            raise RuntimeError("boom")
+    assert gate.stats()["in_flight"] == 0
+    async with gate:
+        assert gate.stats()["in_flight"] == 1
+
+
+async def test_slots_are_handed_over_in_arrival_order() -> None:
+    gate = hs.ConcurrencyLimiter(2)
+    order: list[int] = []
+    peak = 0
+
+    async def call(index: int) -> None:
+        nonlocal peak
+        async with gate:
+            order.append(index)
+            peak = max(peak, gate.stats()["in_flight"])
+            await asyncio.sleep(0.01)
+
+    await asyncio.gather(*(call(i) for i in range(20)))
+    assert order == list(range(20))
+    assert peak == 2
+
+
+async def test_slot_timeout_raises_and_leaves_the_line() -> None:
+    gate = hs.ConcurrencyLimiter(1)
+    await gate.acquire()
+    with pytest.raises(hs.RateLimitExceeded, match="concurrency slot"):
+        await gate.acquire(timeout=0.05)
+    gate.release()
+    await asyncio.wait_for(gate.acquire(), 1.0)
+    assert gate.stats()["waiting"] == 0
+
+
+async def test_interactive_work_goes_ahead_of_waiting_batch_work() -> None:
+    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(1, per=0.05)])
+    order: list[str] = []
+
+    async def call(name: str, priority: int) -> None:
+        await lim.acquire(priority=priority)
+        order.append(name)
+
+    batch = [asyncio.create_task(call(f"batch-{i}", 0)) for i in range(5)]
+    await asyncio.sleep(0.01)
+    interactive = asyncio.create_task(call("interactive", 10))
+    await asyncio.gather(interactive, *batch)
+    # batch-0 passes at once and batch-1 already holds the next instant; then the interactive call.
+    assert order.index("interactive") <= 2
+    assert order[-1] == "batch-4"
+
+
+async def test_permit_settles_estimated_tokens() -> None:
+    lim = hs.HolySheepRateLimiter(tpm=1_000)
+    async with lim.slot(tokens=900) as permit:
+        assert not lim.try_acquire(tokens=200)
+        permit.settle(100)
+        assert permit.tokens == 100
+    assert lim.try_acquire(tokens=800)
+    assert lim.stats()["remaining"] == {"1000 tokens per minute": 100}
+
+
+def test_settle_outside_the_block_is_refused() -> None:
+    lim = hs.HolySheepRateLimiter(tpm=1_000)
+    with pytest.raises(RuntimeError, match="inside the `with` block"):
+        lim.slot(tokens=10).settle(5)
+
+
+async def test_decorates_async_and_sync_functions() -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=100, max_concurrency=1)
+
+    @lim
+    async def embed(text: str) -> int:
+        assert lim.stats()["in_flight"] == 1
+        return len(text)
+
+    @lim
+    def count(text: str) -> int:
+        assert lim.stats()["in_flight"] == 1
+        return len(text)
+
+    assert await embed("four") == 4
+    assert count("three") == 5
+    assert (embed.__name__, count.__name__) == ("embed", "count")
+    assert lim.stats()["admitted"] == 2
+
+
+def test_one_limiter_serves_two_event_loops_in_two_threads() -> None:
+    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(20, per=0.5)], max_concurrency=4)
+    admitted: list[float] = []
+    started = time.monotonic()
+
+    async def worker() -> None:
+        async def call() -> None:
+            async with lim:
+                admitted.append(time.monotonic() - started)
+                await asyncio.sleep(0.005)
+
+        await asyncio.gather(*(call() for _ in range(30)))
+
+    threads = [threading.Thread(target=asyncio.run, args=(worker(),)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(admitted) == 60
+    # Each time is read just after its admission; the other thread may hold the GIL in between (its
+    # switch interval is 5 ms), so the times may trail their admissions by that much.
+    assert max_in_any_window(admitted, 0.5 - 0.02) <= 20
+    assert lim.stats()["in_flight"] == 0
+
+
+def test_stats_add_up() -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=3, max_concurrency=10)
+    results = [lim.try_acquire() for _ in range(5)]
+    stats = lim.stats()
+    assert results.count(True) == stats["admitted"] == stats["in_flight"] == 3
+    assert stats["rejected"] == 2
+    assert stats["remaining"] == {"3 requests per second": 0}
+    for _ in range(3):
+        lim.release()
+    assert lim.stats()["in_flight"] == 0
+    with pytest.raises(hs.ConfigError, match="release"):
+        lim.release()
