@@ -124,4 +124,45 @@ mod tests {
         window.record(0, 0);
         assert_eq!(window.check(0, 1), WindowCheck::Fits);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        const LENGTH: u64 = 1_000;
+        const MAX: u64 = 10;
+
+        proptest! {
+            /// Whatever the arrivals and costs: no interval of the window's length ever holds more than
+            /// `max`, and a refusal names exactly the first instant the cost fits.
+            #[test]
+            fn never_over_the_limit_and_retry_after_is_exact(
+                arrivals in prop::collection::vec((0..2 * LENGTH, 1..=MAX), 1..200)
+            ) {
+                let mut window = StrictWindow::new(MAX, LENGTH);
+                let mut admitted: Vec<(u64, u64)> = Vec::new();
+                let mut now = 0;
+                for (gap, cost) in arrivals {
+                    now += gap;
+                    match window.check(now, cost) {
+                        WindowCheck::Fits => {
+                            window.record(now, cost);
+                            admitted.push((now, cost));
+                        }
+                        WindowCheck::FitsIn(wait) => {
+                            prop_assert!(wait > 0);
+                            prop_assert_eq!(window.clone().check(now + wait, cost), WindowCheck::Fits);
+                            prop_assert_ne!(window.clone().check(now + wait - 1, cost), WindowCheck::Fits);
+                        }
+                        WindowCheck::Never => prop_assert!(false, "a cost within the limit always fits later"),
+                    }
+                }
+                for &(start, _) in &admitted {
+                    let inside: u64 = admitted.iter().filter(|(at, _)| (start..start + LENGTH).contains(at)).map(|(_, c)| c).sum();
+                    prop_assert!(inside <= MAX, "{} in [{}, {})", inside, start, start + LENGTH);
+                }
+            }
+        }
+    }
 }
