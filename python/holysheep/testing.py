@@ -163,6 +163,7 @@ class MockGateway:
         """Starts serving; after a ``stop()`` it starts again on the same port, with a fresh log.
 
         :raises OSError: the port is taken.
+        :raises ConfigError: the port is not between 0 and 65535.
         """
         with self._lock:
             if self._server is not None and self._server.running:
