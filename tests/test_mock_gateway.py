@@ -246,6 +246,8 @@ def test_missing_or_unknown_key_gets_401() -> None:
         (401, False, ""),
         (200, True, "hs_good"),
     ]
+    with MockGateway(api_keys="hs_only") as gw:
+        assert [request(gw, "GET", "/v1/models", key=key)[0] for key in ("hs_only", "h")] == [200, 401]
 
 
 # --- faults ---------------------------------------------------------------------------------------------

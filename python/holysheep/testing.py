@@ -96,7 +96,7 @@ class MockGateway:
         is 60 windows and a "day" 1,440.
     :param rph: requests per hour; ``rpd``, ``tph``, ``tpd`` likewise per day and in tokens.
     :param credit_tokens: tokens a key may spend in the gateway's life; then 429 ``insufficient_quota``.
-    :param api_keys: the keys accepted; None accepts any non-empty bearer token. Others get 401.
+    :param api_keys: the key or keys accepted; None accepts any non-empty bearer token. Others get 401.
     :param port: 0 picks a free port.
     :param seed: makes latency draws, faults and embeddings reproducible.
     :param embedding_dim: length of embedding vectors when the request gives no ``dimensions``.
@@ -121,7 +121,7 @@ class MockGateway:
         tph: int | None = None,
         tpd: int | None = None,
         credit_tokens: int | None = None,
-        api_keys: Sequence[str] | None = None,
+        api_keys: str | Sequence[str] | None = None,
         port: int = 0,
         seed: int = 0,
         embedding_dim: int = 1536,
@@ -130,6 +130,8 @@ class MockGateway:
     ) -> None:
         faults = faults or Faults()
         latency_s, latency_max_s = latency if isinstance(latency, tuple) else (latency, None)
+        if isinstance(api_keys, str):  # one key, not a sequence of one-letter keys
+            api_keys = [api_keys]
         self._config = MockGatewayConfig(
             rpm=rpm,
             rph=rph,
