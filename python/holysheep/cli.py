@@ -138,12 +138,14 @@ def _run_mock_server(args: argparse.Namespace) -> int:
         for name in ("rpm", "tpm", "concurrency")
         if getattr(args, name) is not None
     )
+    # Caught before the banner: whoever reads it may interrupt at once.
+    interrupted = _catch_interrupts()
     print(
         f"MockGateway serving {gateway.base_url} ({limits or 'no limits'}; window {args.window_s:g} s). "
         "Ctrl-C stops it.",
         flush=True,
     )
-    _wait_for_interrupt()
+    _wait_for(interrupted)
     gateway.stop()
     if args.log:
         records = gateway.admission_log()
@@ -153,8 +155,8 @@ def _run_mock_server(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_for_interrupt() -> None:
-    """Blocks until SIGINT or SIGTERM."""
+def _catch_interrupts() -> threading.Event:
+    """An event set by SIGINT or SIGTERM from now on (instead of KeyboardInterrupt or death)."""
     interrupted = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -162,6 +164,10 @@ def _wait_for_interrupt() -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
+    return interrupted
+
+
+def _wait_for(interrupted: threading.Event) -> None:
     # Timed waits keep the main thread returning to the interpreter, where signal handlers run.
     while not interrupted.wait(0.5):
         pass
