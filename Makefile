@@ -36,12 +36,17 @@ test: build lint  ## cargo test, the lint, then pytest
 
 .PHONY: demo
 demo: build  ## the main job: a batch of simulated LLM calls under a limiter
-	$(PY) -m holysheep.demo
+	$(PY) -m holysheep demo
 
 .PHONY: bench
-bench: build  ## criterion benches for the core, then the Python benches beside the peers
+bench: build  ## criterion benches for the core, the Python benches beside the peers, the gateway under wrk
 	cargo bench --bench core
 	$(PY) benches/python/run.py
+	$(MAKE) --no-print-directory bench-gateway
+
+.PHONY: bench-gateway
+bench-gateway: build  ## requests/s of the MockGateway under wrk (installs wrk when missing)
+	PY=$(PY) bash benches/gateway/run.sh
 
 .PHONY: clean
 clean:  ## remove build output and the venv

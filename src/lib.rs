@@ -2,8 +2,10 @@
 //!
 //! [`core`] is pure Rust (no Python) and holds every decision; `py` is the thin pyo3 layer that the
 //! `holysheep` Python package is built on, compiled only with the `python` feature (maturin turns it on).
+//! [`gateway`] is the mock OpenAI-compatible server that tests and benchmarks run against.
 
 pub mod core;
+pub mod gateway;
 
 #[cfg(feature = "python")]
 mod py;

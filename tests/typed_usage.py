@@ -52,5 +52,13 @@ async def main() -> int:
     return int(keyed_ok) + int(ready) + len(vectors) + spent + int(wait_s) + int(stats["admitted"]) + len(embed_sync("x"))
 
 
+# --- the mock gateway ---
+def refusals(gateway: hs.testing.MockGateway) -> list[hs.testing.AdmissionRecord]:
+    faults = hs.testing.Faults(timeout=0.01)
+    with hs.testing.MockGateway(rpm=60, latency=(0.1, 0.2), faults=faults, window_s=1.0) as other:
+        assert other.peak_admitted("tokens", key="hs_a") >= 0
+    return [record for record in gateway.admission_log() if record.status == 429]
+
+
 if __name__ == "__main__":
     asyncio.run(main())

@@ -1,5 +1,6 @@
 """holysheep: keeps traffic to OpenAI-compatible LLM APIs inside its limits and alive through its failures."""
 
+from holysheep import testing
 from holysheep._holysheep import Limit, __version__
 from holysheep._keyed import KeyedLimiter
 from holysheep._tokens import chunk_by_tokens

@@ -1,6 +1,6 @@
 """The main job, offline: a batch of simulated LLM calls under `HolySheepRateLimiter(max_qps=10,
 max_concurrency=20)`, with a live progress bar, then what the limiter held the batch to, beside the same
-batch without it. Run it with ``python -m holysheep.demo`` (or ``make demo``)."""
+batch without it. Run it with ``holysheep demo`` (or ``make demo``)."""
 
 from __future__ import annotations
 
@@ -132,18 +132,17 @@ async def demo(
     return limited, bare, report(limited, bare, max_qps, max_concurrency)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="holysheep demo", description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's options, for the ``holysheep demo`` command."""
     parser.add_argument("--calls", type=int, default=200, help="simulated LLM calls in the batch (200)")
     parser.add_argument("--max-qps", type=float, default=10, help="requests per second (10)")
     parser.add_argument("--max-concurrency", type=int, default=20, help="calls in flight at once (20)")
     parser.add_argument("--seed", type=int, default=7, help="seed for the simulated latencies")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the demo and prints its table; the exit status."""
     print(f"{args.calls} simulated LLM calls (0.5-3 s each), max_qps={args.max_qps:g}, max_concurrency={args.max_concurrency}")
     *_, table = asyncio.run(demo(args.calls, args.max_qps, args.max_concurrency, args.seed))
     print(table)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

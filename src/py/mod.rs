@@ -2,6 +2,7 @@
 //! waits. Every decision is the core's.
 
 mod errors;
+mod gateway;
 mod keyed;
 mod limit;
 mod limiter;
@@ -20,6 +21,11 @@ mod native {
     use super::limiter::{PyLimiter, Ready, Reservation};
     #[pymodule_export]
     use super::queue::{PyTicket, PyWaitQueue};
+
+    // --- the mock gateway (holysheep.testing) ---
+    #[pymodule_export]
+    use super::gateway::{MockGatewayConfig, MockGatewayServer};
+    // --- end mock gateway ---
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {

@@ -1,0 +1,208 @@
+"""The ``holysheep`` command (also ``python -m holysheep``): one subcommand per job.
+
+Adding a subcommand is one function and one registration: write ``_add_<name>(subcommands)`` that adds
+its parser and sets ``run`` to a function of the parsed arguments returning the exit status, then list it
+in ``SUBCOMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Callable
+
+from holysheep.errors import ConfigError
+
+if TYPE_CHECKING:
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+__all__ = ["main"]
+
+
+def _add_mock_server(subcommands: Subcommands) -> None:
+    parser = subcommands.add_parser(
+        "mock-server",
+        help="run a MockGateway: an OpenAI-compatible server on 127.0.0.1 that enforces limits",
+        description="Serve an OpenAI-compatible API on 127.0.0.1 that enforces limits per API key, "
+        "as a strict sliding window, until Ctrl-C. Point a client at the printed base URL.",
+    )
+    limits = parser.add_argument_group("limits per API key (none by default)")
+    for name, what in [
+        ("rpm", "requests per window"),
+        ("tpm", "LLM tokens per window"),
+        ("rph", "requests per hour (60 windows)"),
+        ("tph", "tokens per hour"),
+        ("rpd", "requests per day (1,440 windows)"),
+        ("tpd", "tokens per day"),
+        ("concurrency", "requests in flight at once"),
+        ("credit-tokens", "tokens a key may spend in all; then 429 insufficient_quota"),
+    ]:
+        limits.add_argument(f"--{name}", type=int, metavar="N", help=what)
+    limits.add_argument(
+        "--window-s", type=float, default=60.0, metavar="S", help="length of a window (default 60)"
+    )
+    limits.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        metavar="KEY",
+        help="accept only this key (repeat for more); by default any bearer token",
+    )
+
+    behaviour = parser.add_argument_group("latency and faults")
+    behaviour.add_argument(
+        "--latency", type=float, default=0.0, metavar="S", help="seconds before each answer"
+    )
+    behaviour.add_argument(
+        "--latency-max",
+        type=float,
+        metavar="S",
+        help="draw each latency uniformly between --latency and this",
+    )
+    behaviour.add_argument("--seed", type=int, default=0, help="seed for latency draws and faults")
+    for name, what in [
+        ("server-error", "500"),
+        ("bad-gateway", "502"),
+        ("unavailable", "503"),
+        ("timeout", "no answer at all"),
+        ("reset", "a connection reset"),
+        ("malformed", "200 with invalid JSON"),
+    ]:
+        behaviour.add_argument(
+            f"--{name}",
+            type=float,
+            default=0.0,
+            metavar="FRACTION",
+            help=f"fraction of admitted requests answered with {what}",
+        )
+    behaviour.add_argument(
+        "--outage",
+        type=float,
+        nargs=2,
+        metavar=("START", "END"),
+        help="seconds after start between which every request gets 503",
+    )
+
+    parser.add_argument(
+        "--port", type=int, default=8080, help="port on 127.0.0.1 (0 picks one; default 8080)"
+    )
+    parser.add_argument(
+        "--no-log",
+        dest="log",
+        action="store_false",
+        help="keep no admission log (for long runs: a record costs 40 bytes)",
+    )
+    parser.set_defaults(run=_run_mock_server)
+
+
+def _run_mock_server(args: argparse.Namespace) -> int:
+    from holysheep.testing import Faults, MockGateway
+
+    faults = Faults(
+        server_error=args.server_error,
+        bad_gateway=args.bad_gateway,
+        unavailable=args.unavailable,
+        timeout=args.timeout,
+        reset=args.reset,
+        malformed=args.malformed,
+        outage=None if args.outage is None else (args.outage[0], args.outage[1]),
+    )
+    latency = args.latency if args.latency_max is None else (args.latency, args.latency_max)
+    try:
+        gateway = MockGateway(
+            rpm=args.rpm,
+            tpm=args.tpm,
+            concurrency=args.concurrency,
+            latency=latency,
+            faults=faults,
+            window_s=args.window_s,
+            rph=args.rph,
+            rpd=args.rpd,
+            tph=args.tph,
+            tpd=args.tpd,
+            credit_tokens=args.credit_tokens,
+            api_keys=args.api_keys,
+            port=args.port,
+            seed=args.seed,
+            log=args.log,
+        ).start()
+    except (ConfigError, OSError) as err:
+        print(f"holysheep mock-server: {err}", file=sys.stderr)
+        return 2
+    limits = ", ".join(
+        f"{name}={getattr(args, name)}"
+        for name in ("rpm", "tpm", "concurrency")
+        if getattr(args, name) is not None
+    )
+    # Caught before the banner: whoever reads it may interrupt at once.
+    interrupted = _catch_interrupts()
+    print(
+        f"MockGateway serving {gateway.base_url} ({limits or 'no limits'}; window {args.window_s:g} s). "
+        "Ctrl-C stops it.",
+        flush=True,
+    )
+    _wait_for(interrupted)
+    gateway.stop()
+    if args.log:
+        records = gateway.admission_log()
+        admitted = sum(record.admitted for record in records)
+        refused = sum(record.status == 429 for record in records)
+        print(f"stopped: {len(records)} requests, {admitted} admitted, {refused} answered 429")
+    return 0
+
+
+def _catch_interrupts() -> threading.Event:
+    """An event set by SIGINT or SIGTERM from now on (instead of KeyboardInterrupt or death)."""
+    interrupted = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        interrupted.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    return interrupted
+
+
+def _wait_for(interrupted: threading.Event) -> None:
+    # Timed waits keep the main thread returning to the interpreter, where signal handlers run.
+    while not interrupted.wait(0.5):
+        pass
+
+
+def _add_demo(subcommands: Subcommands) -> None:
+    from holysheep import demo
+
+    parser = subcommands.add_parser(
+        "demo",
+        help="the main job: a batch of simulated LLM calls under a limiter, beside the same batch without",
+        description=demo.__doc__,
+    )
+    demo.add_arguments(parser)
+    parser.set_defaults(run=demo.run)
+
+
+SUBCOMMANDS: list[Callable[[Subcommands], None]] = [_add_demo, _add_mock_server]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="holysheep",
+        description="Keeps traffic to OpenAI-compatible LLM APIs inside its limits "
+        "and alive through its failures.",
+    )
+    subcommands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for add_subcommand in SUBCOMMANDS:
+        add_subcommand(subcommands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line and returns its exit status."""
+    args = build_parser().parse_args(argv)
+    status: int = args.run(args)
+    return status
