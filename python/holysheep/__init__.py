@@ -9,11 +9,22 @@ from holysheep.errors import (
     RateLimitExceeded,
 )
 
+# resilience
+from holysheep.breaker import CircuitBreaker, KeyedBreaker
+from holysheep.resilience import rate_limited, resilient, retry
+from holysheep.retry import RetryPolicy
+
 __all__ = [
     "BudgetExceeded",
+    "CircuitBreaker",
     "CircuitOpenError",
     "ConfigError",
     "HolySheepError",
+    "KeyedBreaker",
     "RateLimitExceeded",
+    "RetryPolicy",
     "__version__",
+    "rate_limited",
+    "resilient",
+    "retry",
 ]

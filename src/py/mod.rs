@@ -3,11 +3,25 @@
 
 mod errors;
 
+// resilience
+mod breaker;
+mod failures;
+mod retry;
+mod seconds;
+
 use pyo3::prelude::*;
 
 /// The native half of the `holysheep` package; import `holysheep`, not this module.
 #[pymodule(name = "_holysheep")]
 mod native {
+    // resilience
+    #[pymodule_export]
+    use super::breaker::BreakerCore;
+    #[pymodule_export]
+    use super::failures::{classify_failure, retry_after};
+    #[pymodule_export]
+    use super::retry::RetryCore;
+
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
         use pyo3::types::PyModuleMethods;

@@ -1,0 +1,143 @@
+"""The resilience decorators: ``@hs.retry(policy)``, ``@hs.rate_limited(lim)`` and ``@hs.resilient(...)``.
+
+``resilient`` composes the three in the one right order, so each attempt, retries included, checks the
+breaker, then takes a limiter slot, then calls::
+
+    retry( breaker( rate_limited( fn ) ) )
+
+A retry therefore never breaks a limit (it queues like any call) and never reaches a service the breaker
+has given up on (it raises ``CircuitOpenError``, caused by the last real error).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Protocol, TypeVar, cast
+
+from holysheep.breaker import CircuitBreaker
+from holysheep.errors import ConfigError
+from holysheep.retry import RetryPolicy
+
+__all__ = ["Limiter", "rate_limited", "resilient", "retry"]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Limiter(Protocol):
+    """What the decorators need of a limiter (``hs.HolySheepRateLimiter`` and friends): ``acquire`` /
+    ``release`` around coroutine calls, ``with`` around calls in threads."""
+
+    def acquire(self, tokens: int = 0, timeout: float | None = None) -> Awaitable[object]:
+        """Waits for one request (and ``tokens`` estimated tokens) and a concurrency slot."""
+        ...
+
+    def release(self) -> None:
+        """Gives back the concurrency slot taken by ``acquire``."""
+        ...
+
+    def __enter__(self) -> object:
+        """Waits, blocking the thread, for one request and a concurrency slot."""
+        ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        /,
+    ) -> bool | None:
+        """Gives back the concurrency slot."""
+        ...
+
+
+def retry(policy: RetryPolicy | None = None) -> Callable[[F], F]:
+    """Decorates a ``def`` or ``async def`` so failures that may pass are retried by ``policy``.
+
+    Example::
+
+        @hs.retry(hs.RetryPolicy(max_attempts=5))
+        async def embed(texts): ...
+
+    :param policy: the policy; ``RetryPolicy()`` (5 attempts, full jitter, Retry-After obeyed) if omitted.
+    """
+    return policy if policy is not None else RetryPolicy()
+
+
+def rate_limited(limiter: Limiter) -> Callable[[F], F]:
+    """Decorates a ``def`` or ``async def`` so each call first waits for ``limiter``.
+
+    Coroutines wait on the running loop (``await limiter.acquire()``, then ``limiter.release()``);
+    plain functions wait in their thread (``with limiter:``). The slot is given back however the call
+    ends, cancellation included.
+
+    Example::
+
+        lim = hs.HolySheepRateLimiter(rpm=500, max_concurrency=20)
+        @hs.rate_limited(lim)
+        async def complete(prompt): ...
+    """
+
+    def decorate(fn: F) -> F:
+        if inspect.iscoroutinefunction(fn):
+            return cast(F, _limit_async(limiter, fn))
+        return cast(F, _limit_sync(limiter, fn))
+
+    return decorate
+
+
+def resilient(
+    limiter: Limiter | None = None,
+    retry: RetryPolicy | None = None,
+    breaker: CircuitBreaker | None = None,
+) -> Callable[[F], F]:
+    """Decorates a ``def`` or ``async def`` with any of a limiter, a retry policy and a circuit breaker,
+    in the order that keeps every promise: breaker check, then limiter, then the call, for every attempt.
+
+    Example::
+
+        @hs.resilient(limiter=lim, retry=hs.RetryPolicy(max_attempts=5), breaker=hs.CircuitBreaker())
+        async def complete(prompt): ...
+
+    :raises ConfigError: when none of the three is given.
+    """
+    if limiter is None and retry is None and breaker is None:
+        raise ConfigError("resilient: give at least one of limiter=, retry=, breaker=", "resilient")
+
+    def decorate(fn: F) -> F:
+        wrapped = fn
+        if limiter is not None:
+            wrapped = rate_limited(limiter)(wrapped)
+        if breaker is not None:
+            wrapped = breaker(wrapped)
+        if retry is not None:
+            wrapped = retry(wrapped)
+        return wrapped
+
+    return decorate
+
+
+def _limit_sync(limiter: Limiter, fn: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(fn)
+    def limited(*args: Any, **kwargs: Any) -> T:
+        with limiter:
+            return fn(*args, **kwargs)
+
+    return limited
+
+
+def _limit_async(limiter: Limiter, fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    acquire, release = limiter.acquire, limiter.release
+
+    @functools.wraps(fn)
+    async def limited(*args: Any, **kwargs: Any) -> T:
+        await acquire()
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            release()
+
+    return limited
