@@ -1,0 +1,220 @@
+"""The decorators: @hs.retry, @hs.rate_limited and @hs.resilient, on def and async def."""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+
+import pytest
+
+import holysheep as hs
+from fakes import FakeStatusError
+
+FAST = hs.RetryPolicy(base_delay=0.001, max_delay=0.002)
+
+
+class RecordingLimiter:
+    """The limiter protocol the decorators use, recording what happens to it."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+        self.in_flight = 0
+
+    async def acquire(self, tokens: int = 0, timeout: float | None = None) -> None:
+        await asyncio.sleep(0)
+        self.events.append("acquire")
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.events.append("release")
+        self.in_flight -= 1
+
+    def __enter__(self) -> RecordingLimiter:
+        self.events.append("acquire")
+        self.in_flight += 1
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+def test_retry_decorates_def_and_keeps_its_name() -> None:
+    calls = []
+
+    @hs.retry(FAST)
+    def flaky(x: int) -> int:
+        """Fails once."""
+        calls.append(x)
+        if len(calls) == 1:
+            raise FakeStatusError(503)
+        return x * 2
+
+    assert flaky(21) == 42
+    assert calls == [21, 21]
+    assert (flaky.__name__, flaky.__doc__) == ("flaky", "Fails once.")
+
+
+async def test_retry_decorates_async_def() -> None:
+    calls = []
+
+    @hs.retry(FAST)
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise TimeoutError()
+        return "ok"
+
+    assert await flaky() == "ok"
+    assert len(calls) == 3
+
+
+def test_retry_without_a_policy_uses_the_defaults() -> None:
+    @hs.retry()
+    def fine() -> str:
+        return "ok"
+
+    assert fine() == "ok"
+
+
+async def test_timed_policy_decorates_both_kinds() -> None:
+    policy = hs.RetryPolicy(base_delay=0.001, max_delay=0.002, max_elapsed=5.0, retry_budget=0.5)
+    calls = []
+
+    @policy
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) % 2:
+            raise ConnectionError()
+        return "ok"
+
+    @policy
+    async def async_flaky() -> str:
+        return flaky()
+
+    assert flaky() == "ok"
+    assert await async_flaky() == "ok"
+    assert len(calls) == 4
+
+
+def test_retry_works_on_methods() -> None:
+    class Client:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        @hs.retry(FAST)
+        def fetch(self) -> int:
+            self.calls += 1
+            if self.calls == 1:
+                raise FakeStatusError(502)
+            return self.calls
+
+    assert Client().fetch() == 2
+
+
+def test_rate_limited_holds_a_slot_around_each_sync_call() -> None:
+    events: list[str] = []
+    limiter = RecordingLimiter(events)
+
+    @hs.rate_limited(limiter)
+    def work() -> str:
+        events.append("call")
+        return "done"
+
+    assert work() == "done"
+    assert events == ["acquire", "call", "release"]
+
+
+async def test_rate_limited_releases_when_the_call_fails_or_is_cancelled() -> None:
+    events: list[str] = []
+    limiter = RecordingLimiter(events)
+
+    @hs.rate_limited(limiter)
+    async def work(fail: bool) -> None:
+        events.append("call")
+        if fail:
+            raise ValueError("bad")
+        await asyncio.sleep(30)
+
+    with pytest.raises(ValueError):
+        await work(True)
+    task = asyncio.create_task(work(False))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert events == ["acquire", "call", "release"] * 2
+    assert limiter.in_flight == 0
+
+
+async def test_resilient_reacquires_the_limiter_for_every_attempt() -> None:
+    events: list[str] = []
+    limiter = RecordingLimiter(events)
+    breaker = hs.CircuitBreaker(failure_threshold=10)
+
+    @hs.resilient(limiter=limiter, retry=FAST, breaker=breaker)
+    async def complete() -> str:
+        events.append("call")
+        if events.count("call") < 3:
+            raise FakeStatusError(503)
+        return "ok"
+
+    assert await complete() == "ok"
+    assert events == ["acquire", "call", "release"] * 3
+    assert breaker.stats()["failures"] == 2 and breaker.stats()["successes"] == 1
+
+
+def test_resilient_checks_the_breaker_before_the_limiter() -> None:
+    events: list[str] = []
+    limiter = RecordingLimiter(events)
+    breaker = hs.CircuitBreaker(failure_threshold=2, recovery_timeout=30.0)
+
+    @hs.resilient(limiter=limiter, retry=hs.RetryPolicy(max_attempts=5, base_delay=0.001, max_delay=0.002), breaker=breaker)
+    def complete() -> str:
+        events.append("call")
+        raise FakeStatusError(503)
+
+    with pytest.raises(hs.CircuitOpenError) as info:
+        complete()
+    assert events == ["acquire", "call", "release"] * 2, "the open breaker stopped the third attempt before the limiter"
+    assert isinstance(info.value.__cause__, FakeStatusError), "the last real error is kept as the cause"
+    events.clear()
+    with pytest.raises(hs.CircuitOpenError):
+        complete()
+    assert events == []
+
+
+async def test_resilient_without_retry_or_breaker_is_just_limited() -> None:
+    events: list[str] = []
+
+    @hs.resilient(limiter=RecordingLimiter(events))
+    async def work() -> int:
+        events.append("call")
+        return 1
+
+    assert await work() == 1
+    assert events == ["acquire", "call", "release"]
+
+
+def test_resilient_needs_at_least_one_part() -> None:
+    with pytest.raises(hs.ConfigError):
+        hs.resilient()
+
+
+async def test_cancelling_a_resilient_call_in_backoff_releases_everything() -> None:
+    events: list[str] = []
+    limiter = RecordingLimiter(events)
+    breaker = hs.CircuitBreaker(failure_threshold=5)
+
+    @hs.resilient(limiter=limiter, retry=hs.RetryPolicy(base_delay=30.0, max_delay=30.0, jitter="none"), breaker=breaker)
+    async def complete() -> None:
+        raise FakeStatusError(500)
+
+    task = asyncio.create_task(complete())
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert limiter.in_flight == 0
+    assert breaker.state == "closed"
