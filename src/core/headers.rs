@@ -69,14 +69,22 @@ pub fn parse_duration(value: &str) -> Option<u64> {
 pub fn server_delay<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>, now_unix_ns: u64) -> Option<u64> {
     let mut found = RateLimitHeaders::default();
     for (name, value) in headers {
-        let slot = match name.trim().to_ascii_lowercase().as_str() {
-            "retry-after-ms" => &mut found.retry_after_ms,
-            "retry-after" => &mut found.retry_after,
-            "x-ratelimit-reset-requests" => &mut found.reset_requests,
-            "x-ratelimit-reset-tokens" => &mut found.reset_tokens,
-            "x-ratelimit-remaining-requests" => &mut found.remaining_requests,
-            "x-ratelimit-remaining-tokens" => &mut found.remaining_tokens,
-            _ => continue,
+        let name = name.trim();
+        // Compared in place: lower-casing each name would allocate for every header of the response.
+        let slot = if name.eq_ignore_ascii_case("retry-after-ms") {
+            &mut found.retry_after_ms
+        } else if name.eq_ignore_ascii_case("retry-after") {
+            &mut found.retry_after
+        } else if name.eq_ignore_ascii_case("x-ratelimit-reset-requests") {
+            &mut found.reset_requests
+        } else if name.eq_ignore_ascii_case("x-ratelimit-reset-tokens") {
+            &mut found.reset_tokens
+        } else if name.eq_ignore_ascii_case("x-ratelimit-remaining-requests") {
+            &mut found.remaining_requests
+        } else if name.eq_ignore_ascii_case("x-ratelimit-remaining-tokens") {
+            &mut found.remaining_tokens
+        } else {
+            continue;
         };
         *slot = Some(value);
     }
