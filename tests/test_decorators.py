@@ -14,30 +14,31 @@ FAST = hs.RetryPolicy(base_delay=0.001, max_delay=0.002)
 
 
 class RecordingLimiter:
-    """The limiter protocol the decorators use, recording what happens to it."""
+    """The limiter protocol the decorators use (as ``hs.HolySheepRateLimiter`` has it), recording what
+    happens to it."""
 
     def __init__(self, events: list[str]) -> None:
         self.events = events
         self.in_flight = 0
 
-    async def acquire(self, tokens: int = 0, timeout: float | None = None) -> None:
-        await asyncio.sleep(0)
+    async def __aenter__(self) -> None:
+        await asyncio.sleep(0)  # a real limiter may wait here
+        self.__enter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __enter__(self) -> None:
         self.events.append("acquire")
         self.in_flight += 1
-
-    def release(self) -> None:
-        self.events.append("release")
-        self.in_flight -= 1
-
-    def __enter__(self) -> RecordingLimiter:
-        self.events.append("acquire")
-        self.in_flight += 1
-        return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.release()
+        self.events.append("release")
+        self.in_flight -= 1
 
 
 def test_retry_decorates_def_and_keeps_its_name() -> None:

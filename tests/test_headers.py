@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from holysheep.classify import parse_retry_after, server_retry_after
+from holysheep.classify import classify_status, parse_retry_after, server_retry_after
 from fakes import FakeStatusError
 
 
@@ -60,3 +60,10 @@ def test_server_retry_after_prefers_an_errors_own_retry_after() -> None:
 
     assert server_retry_after(Throttled()) == 2.5
     assert server_retry_after(ValueError("no delay here")) is None
+
+
+def test_classify_status_reads_a_response_without_an_exception() -> None:
+    assert classify_status(503) == (True, "failure")
+    assert classify_status(503, {"X-Should-Retry": "false"}) == (False, "failure")
+    assert classify_status(429, {}, "insufficient_quota") == (False, "success")
+    assert classify_status(404) == (False, "success")

@@ -57,12 +57,12 @@ async def main() -> None:
 
 
 class QuietLimiter:
-    """Anything with acquire/release and a thread-side `with` is a limiter to the decorators."""
+    """Anything usable in `async with` and `with` is a limiter to the decorators."""
 
-    async def acquire(self, tokens: int = 0, timeout: float | None = None) -> None:
-        return None
+    async def __aenter__(self) -> QuietLimiter:
+        return self
 
-    def release(self) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         return None
 
     def __enter__(self) -> QuietLimiter:

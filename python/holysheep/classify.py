@@ -31,7 +31,7 @@ from typing import Any
 from holysheep._holysheep import classify_failure, retry_after
 from holysheep.errors import HolySheepError
 
-__all__ = ["breaker_outcome", "is_retryable", "parse_retry_after", "server_retry_after"]
+__all__ = ["breaker_outcome", "classify_status", "is_retryable", "parse_retry_after", "server_retry_after"]
 
 # Bugs in the calling code: retrying cannot fix them and they say nothing about the service.
 _CALLER_ERRORS = (
@@ -63,6 +63,17 @@ def breaker_outcome(exc: BaseException) -> str:
     return _verdict(exc)[1]
 
 
+def classify_status(status: int, headers: Any = None, error_code: str | None = None) -> tuple[bool, str]:
+    """``(retried, breaker_outcome)`` for an HTTP response, for code that sees responses, not exceptions.
+
+    :param status: the HTTP status code.
+    :param headers: the response headers (anything with ``items()``), for ``x-should-retry``.
+    :param error_code: the body's error code, e.g. ``"insufficient_quota"``.
+    """
+    should_retry = _header(headers, "x-should-retry") if headers is not None else None
+    return classify_failure("status", status, should_retry, error_code)
+
+
 def parse_retry_after(headers: Mapping[str, str] | Any) -> float | None:
     """Seconds that response headers ask to wait, or ``None``.
 
@@ -88,10 +99,7 @@ def _verdict(exc: BaseException) -> tuple[bool, str]:
         return classify_failure("cancelled")
     status = _status_of(exc)
     if status is not None:
-        headers = _headers_of(exc)
-        should_retry = _header(headers, "x-should-retry") if headers is not None else None
-        code = _error_code(exc) if status == 429 else None
-        return classify_failure("status", status, should_retry, code)
+        return classify_status(status, _headers_of(exc), _error_code(exc) if status == 429 else None)
     return classify_failure(_kind_of(exc))
 
 

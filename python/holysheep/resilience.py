@@ -28,19 +28,26 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Limiter(Protocol):
-    """What the decorators need of a limiter (``hs.HolySheepRateLimiter`` and friends): ``acquire`` /
-    ``release`` around coroutine calls, ``with`` around calls in threads."""
+    """What the decorators need of a limiter (``hs.HolySheepRateLimiter`` and friends): ``async with``
+    around coroutine calls, ``with`` around calls in threads; each holds one request and one
+    concurrency slot for the length of the call."""
 
-    def acquire(self, tokens: int = 0, timeout: float | None = None) -> Awaitable[object]:
-        """Waits for one request (and ``tokens`` estimated tokens) and a concurrency slot."""
+    def __aenter__(self) -> Awaitable[object]:
+        """Waits on the running loop for one request and a concurrency slot."""
         ...
 
-    def release(self) -> None:
-        """Gives back the concurrency slot taken by ``acquire``."""
+    def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        /,
+    ) -> Awaitable[object]:
+        """Gives back the concurrency slot."""
         ...
 
     def __enter__(self) -> object:
-        """Waits, blocking the thread, for one request and a concurrency slot."""
+        """Waits, blocking the thread (not the GIL), for one request and a concurrency slot."""
         ...
 
     def __exit__(
@@ -49,7 +56,7 @@ class Limiter(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
         /,
-    ) -> bool | None:
+    ) -> object:
         """Gives back the concurrency slot."""
         ...
 
@@ -70,9 +77,8 @@ def retry(policy: RetryPolicy | None = None) -> Callable[[F], F]:
 def rate_limited(limiter: Limiter) -> Callable[[F], F]:
     """Decorates a ``def`` or ``async def`` so each call first waits for ``limiter``.
 
-    Coroutines wait on the running loop (``await limiter.acquire()``, then ``limiter.release()``);
-    plain functions wait in their thread (``with limiter:``). The slot is given back however the call
-    ends, cancellation included.
+    Coroutines wait on the running loop (``async with limiter:``), plain functions in their thread
+    (``with limiter:``). The slot is given back however the call ends, cancellation included.
 
     Example::
 
@@ -130,14 +136,9 @@ def _limit_sync(limiter: Limiter, fn: Callable[..., T]) -> Callable[..., T]:
 
 
 def _limit_async(limiter: Limiter, fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    acquire, release = limiter.acquire, limiter.release
-
     @functools.wraps(fn)
     async def limited(*args: Any, **kwargs: Any) -> T:
-        await acquire()
-        try:
+        async with limiter:
             return await fn(*args, **kwargs)
-        finally:
-            release()
 
     return limited
