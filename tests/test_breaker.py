@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import threading
 import time
@@ -107,7 +108,8 @@ def test_a_failed_trial_opens_it_again() -> None:
     assert breaker.stats()["times_opened"] == 2
 
 
-def test_state_changes_are_announced_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("via", ["decorator", "call_sync"])
+def test_state_changes_are_announced_and_logged(caplog: pytest.LogCaptureFixture, via: str) -> None:
     changes: list[tuple[str, str]] = []
     breaker = hs.CircuitBreaker(
         failure_threshold=1,
@@ -116,10 +118,21 @@ def test_state_changes_are_announced_and_logged(caplog: pytest.LogCaptureFixture
         name="gw",
         on_state_change=lambda b, old, new: changes.append((old, new)),
     )
+
+    @breaker
+    def call(fail: bool) -> str:
+        if fail:
+            raise FakeStatusError(500)
+        return "ok"
+
+    def run(fail: bool) -> str:
+        return call(fail) if via == "decorator" else breaker.call_sync(call.__wrapped__, fail)  # type: ignore[attr-defined]
+
     with caplog.at_level(logging.INFO, logger="holysheep"):
-        fail(breaker)
+        with pytest.raises(FakeStatusError):
+            run(True)
         time.sleep(RECOVERY * 2)
-        succeed(breaker)
+        assert run(False) == "ok"
     assert changes == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
     assert [r.levelname for r in caplog.records] == ["WARNING", "INFO", "INFO"]
     assert "'gw': closed -> open" in caplog.records[0].getMessage()
@@ -159,6 +172,20 @@ def test_nested_with_blocks_settle_their_own_permits() -> None:
         with pytest.raises(FakeStatusError), inner:
             raise FakeStatusError(500)
     assert (outer.state, inner.state) == ("closed", "open")
+
+
+def test_decorated_methods_get_their_self_and_keep_their_signature() -> None:
+    breaker = hs.CircuitBreaker(failure_threshold=1)
+
+    class Client:
+        @breaker
+        def complete(self, prompt: str, *, model: str = "gpt-4.1") -> str:
+            """Completes a prompt."""
+            return f"{model}: {prompt}"
+
+    assert Client().complete("hi", model="deepseek-v3.2") == "deepseek-v3.2: hi"
+    assert str(inspect.signature(Client.complete)) == "(self, prompt: 'str', *, model: 'str' = 'gpt-4.1') -> 'str'"
+    assert (Client.complete.__name__, Client.complete.__doc__) == ("complete", "Completes a prompt.")
 
 
 async def test_async_decorator_and_async_with() -> None:

@@ -20,6 +20,7 @@ class RecordingLimiter:
     def __init__(self, events: list[str]) -> None:
         self.events = events
         self.in_flight = 0
+        self.exits: list[type[BaseException] | None] = []
 
     async def __aenter__(self) -> None:
         await asyncio.sleep(0)  # a real limiter may wait here
@@ -38,6 +39,7 @@ class RecordingLimiter:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.events.append("release")
+        self.exits.append(exc_type)
         self.in_flight -= 1
 
 
@@ -99,19 +101,21 @@ async def test_timed_policy_decorates_both_kinds() -> None:
     assert len(calls) == 4
 
 
-def test_retry_works_on_methods() -> None:
+def test_retry_works_on_methods_and_passes_the_same_arguments_again() -> None:
     class Client:
         def __init__(self) -> None:
-            self.calls = 0
+            self.calls: list[tuple[str, int]] = []
 
         @hs.retry(FAST)
-        def fetch(self) -> int:
-            self.calls += 1
-            if self.calls == 1:
+        def fetch(self, url: str, *, page: int) -> int:
+            self.calls.append((url, page))
+            if len(self.calls) == 1:
                 raise FakeStatusError(502)
-            return self.calls
+            return len(self.calls)
 
-    assert Client().fetch() == 2
+    client = Client()
+    assert client.fetch("/v1/models", page=2) == 2
+    assert client.calls == [("/v1/models", 2)] * 2
 
 
 def test_rate_limited_holds_a_slot_around_each_sync_call() -> None:
@@ -125,6 +129,21 @@ def test_rate_limited_holds_a_slot_around_each_sync_call() -> None:
 
     assert work() == "done"
     assert events == ["acquire", "call", "release"]
+
+
+def test_rate_limited_sync_releases_when_the_call_fails() -> None:
+    events: list[str] = []
+    limiter = RecordingLimiter(events)
+
+    @hs.rate_limited(limiter)
+    def work() -> None:
+        events.append("call")
+        raise FakeStatusError(500)
+
+    with pytest.raises(FakeStatusError):
+        work()
+    assert events == ["acquire", "call", "release"]
+    assert limiter.exits == [FakeStatusError], "the limiter's __exit__ sees the exception"
 
 
 async def test_rate_limited_releases_when_the_call_fails_or_is_cancelled() -> None:
@@ -219,3 +238,18 @@ async def test_cancelling_a_resilient_call_in_backoff_releases_everything() -> N
         await task
     assert limiter.in_flight == 0
     assert breaker.state == "closed"
+
+
+def test_keyboard_interrupt_passes_through_every_sync_decorator_at_once() -> None:
+    calls = []
+    breaker = hs.CircuitBreaker(failure_threshold=1)
+
+    @hs.resilient(retry=hs.RetryPolicy(retry_on=lambda e: True), breaker=breaker)
+    def interrupted() -> None:
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted()
+    assert calls == [1]
+    assert breaker.state == "closed", "an interrupt says nothing about the service"

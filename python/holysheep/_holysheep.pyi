@@ -4,6 +4,9 @@ __version__: str
 
 # --- resilience ------------------------------------------------------------------------------------
 
+from collections.abc import Callable
+from typing import Any
+
 class RetryCore:
     """The native half of ``holysheep.RetryPolicy``."""
 
@@ -79,3 +82,19 @@ def classify_failure(
     kind: str, status: int | None = None, should_retry: str | None = None, error_code: str | None = None
 ) -> tuple[bool, str]: ...
 def retry_after(headers: list[tuple[str, str]]) -> float | None: ...
+
+class SyncGuard:
+    """A decorated plain function whose success path is one call into Rust; made by the decorators."""
+
+    def __init__(
+        self,
+        call: Callable[..., Any],
+        *,
+        on_error: Callable[[int | None, BaseException, int, tuple[Any, ...], dict[str, Any]], Any],
+        announce: Callable[[tuple[str, str]], None] | None = None,
+        breaker: BreakerCore | None = None,
+        timer: RetryCore | None = None,
+        limiter: object | None = None,
+    ) -> None: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+    def __get__(self, instance: object, owner: type | None = None) -> Any: ...

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from types import TracebackType
 from typing import Any, Optional, TypeVar, cast
 
+from holysheep._guard import guard_sync
 from holysheep._holysheep import BreakerCore
 from holysheep.classify import breaker_outcome
 from holysheep.errors import ConfigError
@@ -182,27 +183,18 @@ class CircuitBreaker:
         self.__exit__(exc_type, exc, tb)
 
     def _wrap_sync(self, fn: Callable[..., T]) -> Callable[..., T]:
-        # Bound methods captured once: the success path is two calls into Rust and no attribute lookups.
-        allow, success, settle, announce = self._core.allow, self._core.success, self._settle, self._announce
+        # Admission, the call and the verdict of a success are one call into Rust (holysheep._guard).
+        settle = self._settle
 
-        @functools.wraps(fn)
-        def guarded(*args: Any, **kwargs: Any) -> T:
-            permit = allow()
-            if permit & _OPENED_TRIALS:
-                announce(("open", "half_open"))
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:
-                settle(permit, exc)
-                raise
-            changed = success(permit)
-            if changed is not None:
-                announce(changed)
-            return result
+        def on_error(permit: int | None, exc: BaseException, started: int, args: Any, kwargs: Any) -> Any:
+            assert permit is not None
+            settle(permit, exc)
+            raise exc
 
-        return guarded
+        return guard_sync(fn, on_error=on_error, announce=self._announce, breaker=self._core)
 
     def _wrap_async(self, fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        # Bound methods captured once: the success path is two calls into Rust and no attribute lookups.
         allow, success, settle, announce = self._core.allow, self._core.success, self._settle, self._announce
 
         @functools.wraps(fn)

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
+from holysheep._guard import guard_sync, reraise
 from holysheep.breaker import CircuitBreaker
 from holysheep.errors import ConfigError
 from holysheep.retry import RetryPolicy
@@ -114,25 +115,46 @@ def resilient(
         raise ConfigError("resilient: give at least one of limiter=, retry=, breaker=", "resilient")
 
     def decorate(fn: F) -> F:
-        wrapped = fn
+        attempt = fn
         if limiter is not None:
-            wrapped = rate_limited(limiter)(wrapped)
+            attempt = rate_limited(limiter)(attempt)
         if breaker is not None:
-            wrapped = breaker(wrapped)
-        if retry is not None:
-            wrapped = retry(wrapped)
-        return wrapped
+            attempt = breaker(attempt)
+        if inspect.iscoroutinefunction(fn):
+            return retry(attempt) if retry is not None else attempt
+        return cast(F, _resilient_sync(fn, attempt, limiter, retry, breaker))
 
     return decorate
 
 
-def _limit_sync(limiter: Limiter, fn: Callable[..., T]) -> Callable[..., T]:
-    @functools.wraps(fn)
-    def limited(*args: Any, **kwargs: Any) -> T:
-        with limiter:
-            return fn(*args, **kwargs)
+def _resilient_sync(
+    fn: Callable[..., T],
+    attempt: Callable[..., T],
+    limiter: Limiter | None,
+    retry: RetryPolicy | None,
+    breaker: CircuitBreaker | None,
+) -> Callable[..., T]:
+    """All three in one native guard for the first attempt; retries go through ``attempt`` (breaker,
+    then limiter, then ``fn``), as the composition would."""
+    retry_first_error = retry._on_first_error(attempt) if retry is not None else reraise
 
-    return limited
+    def on_error(permit: int | None, exc: BaseException, started: int, args: Any, kwargs: Any) -> T:
+        if breaker is not None and permit is not None:
+            breaker._settle(permit, exc)
+        return cast(T, retry_first_error(permit, exc, started, args, kwargs))
+
+    return guard_sync(
+        fn,
+        on_error=on_error,
+        announce=breaker._announce if breaker is not None else None,
+        breaker=breaker._core if breaker is not None else None,
+        timer=retry._core if retry is not None and retry._timed else None,
+        limiter=limiter,
+    )
+
+
+def _limit_sync(limiter: Limiter, fn: Callable[..., T]) -> Callable[..., T]:
+    return guard_sync(fn, on_error=reraise, limiter=limiter)
 
 
 def _limit_async(limiter: Limiter, fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:

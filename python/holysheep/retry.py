@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, Union, cast
 
+from holysheep._guard import OnError, guard_sync
 from holysheep._holysheep import RetryCore
 from holysheep.classify import is_retryable, server_retry_after
 from holysheep.errors import CircuitOpenError, ConfigError
@@ -162,31 +163,22 @@ class RetryPolicy:
             return self._retry_sync(exc, started, fn, args, kwargs)
 
     def _wrap_sync(self, fn: Callable[..., T]) -> Callable[..., T]:
-        # The first attempt is inlined: on success, a retrying call costs one Python frame, no Rust call.
+        # The first attempt runs in a native guard: on success, one call into Rust and no Python frame.
+        return guard_sync(fn, on_error=self._on_first_error(fn), timer=self._core if self._timed else None)
+
+    def _on_first_error(self, attempt: Callable[..., T]) -> OnError:
+        """The ``on_error`` of a guard whose first attempt failed: retries with ``attempt``."""
         retry_sync = self._retry_sync
-        if self._timed:
-            begin = self._core.begin
 
-            @functools.wraps(fn)
-            def timed_retrying(*args: Any, **kwargs: Any) -> T:
-                started = begin()
-                try:
-                    return fn(*args, **kwargs)
-                except Exception as exc:
-                    return retry_sync(exc, started, fn, args, kwargs)
+        def on_error(permit: int | None, exc: BaseException, started: int, args: Any, kwargs: Any) -> T:
+            if not isinstance(exc, Exception):
+                raise exc
+            return retry_sync(exc, started, attempt, args, kwargs)
 
-            return timed_retrying
-
-        @functools.wraps(fn)
-        def retrying(*args: Any, **kwargs: Any) -> T:
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                return retry_sync(exc, 0, fn, args, kwargs)
-
-        return retrying
+        return on_error
 
     def _wrap_async(self, fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        # The first attempt is inlined: on success, one Python frame and no call into Rust.
         retry_async = self._retry_async
         if self._timed:
             begin = self._core.begin

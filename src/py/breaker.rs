@@ -14,6 +14,12 @@ pub struct BreakerCore {
     inner: CircuitBreaker,
 }
 
+impl BreakerCore {
+    pub(crate) fn core(&self) -> &CircuitBreaker {
+        &self.inner
+    }
+}
+
 fn names(transition: Option<Transition>) -> Option<(&'static str, &'static str)> {
     transition.map(|t| (t.from.name(), t.to.name()))
 }

@@ -6,6 +6,7 @@ mod errors;
 // resilience
 mod breaker;
 mod failures;
+mod guard;
 mod retry;
 mod seconds;
 
@@ -19,6 +20,8 @@ mod native {
     use super::breaker::BreakerCore;
     #[pymodule_export]
     use super::failures::{classify_failure, retry_after};
+    #[pymodule_export]
+    use super::guard::SyncGuard;
     #[pymodule_export]
     use super::retry::RetryCore;
 

@@ -13,6 +13,12 @@ pub struct RetryCore {
     inner: RetryPolicy,
 }
 
+impl RetryCore {
+    pub(crate) fn core(&self) -> &RetryPolicy {
+        &self.inner
+    }
+}
+
 /// `next_delay`'s answer: seconds to wait, or the name of the setting that says to stop.
 #[derive(IntoPyObject)]
 enum NextDelay {
