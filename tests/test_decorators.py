@@ -253,3 +253,29 @@ def test_keyboard_interrupt_passes_through_every_sync_decorator_at_once() -> Non
         interrupted()
     assert calls == [1]
     assert breaker.state == "closed", "an interrupt says nothing about the service"
+
+
+async def test_async_resilient_stops_at_an_open_breaker_and_recovers_through_trials() -> None:
+    events: list[str] = []
+    changes: list[str] = []
+    breaker = hs.CircuitBreaker(
+        failure_threshold=2, recovery_timeout=0.05, half_open_max_calls=1,
+        on_state_change=lambda b, old, new: changes.append(new),
+    )
+    healthy = False
+
+    @hs.resilient(limiter=RecordingLimiter(events), retry=FAST, breaker=breaker)
+    async def complete() -> str:
+        events.append("call")
+        if not healthy:
+            raise FakeStatusError(502)
+        return "ok"
+
+    with pytest.raises(hs.CircuitOpenError) as info:
+        await complete()
+    assert events == ["acquire", "call", "release"] * 2
+    assert isinstance(info.value.__cause__, FakeStatusError)
+    await asyncio.sleep(0.1)
+    healthy = True
+    assert await complete() == "ok"
+    assert changes == ["open", "half_open", "closed"]

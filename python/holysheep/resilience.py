@@ -121,7 +121,7 @@ def resilient(
         if breaker is not None:
             attempt = breaker(attempt)
         if inspect.iscoroutinefunction(fn):
-            return retry(attempt) if retry is not None else attempt
+            return cast(F, _resilient_async(fn, attempt, limiter, retry, breaker))
         return cast(F, _resilient_sync(fn, attempt, limiter, retry, breaker))
 
     return decorate
@@ -151,6 +151,53 @@ def _resilient_sync(
         timer=retry._core if retry is not None and retry._timed else None,
         limiter=limiter,
     )
+
+
+def _resilient_async(
+    fn: Callable[..., Awaitable[T]],
+    attempt: Callable[..., Awaitable[T]],
+    limiter: Limiter | None,
+    retry: RetryPolicy | None,
+    breaker: CircuitBreaker | None,
+) -> Callable[..., Awaitable[T]]:
+    """The same in one coroutine frame for the first attempt (nested decorators would stack three);
+    retries go through ``attempt`` (breaker, then limiter, then ``fn``)."""
+    begin = retry._core.begin if retry is not None and retry._timed else None
+    allow = breaker._core.allow if breaker is not None else None
+    success = breaker._core.success if breaker is not None else None
+    announce = breaker._announce if breaker is not None else None
+    retry_async = retry._retry_async if retry is not None else None
+
+    async def on_error(permit: int | None, exc: BaseException, started: int, args: Any, kwargs: Any) -> T:
+        if breaker is not None and permit is not None:
+            breaker._settle(permit, exc)
+        if retry_async is None or not isinstance(exc, Exception):
+            raise exc
+        return await retry_async(exc, started, attempt, args, kwargs)
+
+    @functools.wraps(fn)
+    async def resilient_call(*args: Any, **kwargs: Any) -> T:
+        started = begin() if begin is not None else 0
+        permit = None
+        if allow is not None:
+            permit = allow()
+            if permit & 1 and announce is not None:  # admitting this call turned the breaker half-open
+                announce(("open", "half_open"))
+        try:
+            if limiter is not None:
+                async with limiter:
+                    result = await fn(*args, **kwargs)
+            else:
+                result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            return await on_error(permit, exc, started, args, kwargs)
+        if permit is not None and success is not None and announce is not None:
+            changed = success(permit)
+            if changed is not None:
+                announce(changed)
+        return result
+
+    return resilient_call
 
 
 def _limit_sync(limiter: Limiter, fn: Callable[..., T]) -> Callable[..., T]:
