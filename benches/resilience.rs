@@ -59,8 +59,9 @@ fn breaker(c: &mut Criterion) {
             closed.record_success(black_box(permit))
         })
     });
-    let open = CircuitBreaker::new(BreakerConfig { failure_threshold: 1, ..BreakerConfig::default() }, MonotonicClock::new())
-        .unwrap();
+    let open =
+        CircuitBreaker::new(BreakerConfig { failure_threshold: 1, ..BreakerConfig::default() }, MonotonicClock::new())
+            .unwrap();
     open.record_failure(open.allow().unwrap());
     group.bench_function("open: allow refused", |b| b.iter(|| black_box(open.allow()).is_err()));
     group.finish();
@@ -70,8 +71,9 @@ fn retry(c: &mut Criterion) {
     let mut group = c.benchmark_group("retry");
     group.throughput(Throughput::Elements(1));
     let plain = RetryPolicy::new(RetryConfig::default(), MonotonicClock::new()).unwrap();
-    let budgeted = RetryPolicy::new(RetryConfig { retry_budget: Some(0.1), ..RetryConfig::default() }, MonotonicClock::new())
-        .unwrap();
+    let budgeted =
+        RetryPolicy::new(RetryConfig { retry_budget: Some(0.1), ..RetryConfig::default() }, MonotonicClock::new())
+            .unwrap();
     group.bench_function("begin (with retry budget)", |b| b.iter(|| budgeted.begin()));
     let started = MonotonicClock::new().now_ns();
     group.bench_function("decide (full jitter)", |b| {

@@ -190,7 +190,9 @@ def test_resilient_checks_the_breaker_before_the_limiter() -> None:
     limiter = RecordingLimiter(events)
     breaker = hs.CircuitBreaker(failure_threshold=2, recovery_timeout=30.0)
 
-    @hs.resilient(limiter=limiter, retry=hs.RetryPolicy(max_attempts=5, base_delay=0.001, max_delay=0.002), breaker=breaker)
+    @hs.resilient(
+        limiter=limiter, retry=hs.RetryPolicy(max_attempts=5, base_delay=0.001, max_delay=0.002), breaker=breaker
+    )
     def complete() -> str:
         events.append("call")
         raise FakeStatusError(503)
@@ -227,7 +229,9 @@ async def test_cancelling_a_resilient_call_in_backoff_releases_everything() -> N
     limiter = RecordingLimiter(events)
     breaker = hs.CircuitBreaker(failure_threshold=5)
 
-    @hs.resilient(limiter=limiter, retry=hs.RetryPolicy(base_delay=30.0, max_delay=30.0, jitter="none"), breaker=breaker)
+    @hs.resilient(
+        limiter=limiter, retry=hs.RetryPolicy(base_delay=30.0, max_delay=30.0, jitter="none"), breaker=breaker
+    )
     async def complete() -> None:
         raise FakeStatusError(500)
 
@@ -259,7 +263,9 @@ async def test_async_resilient_stops_at_an_open_breaker_and_recovers_through_tri
     events: list[str] = []
     changes: list[str] = []
     breaker = hs.CircuitBreaker(
-        failure_threshold=2, recovery_timeout=0.05, half_open_max_calls=1,
+        failure_threshold=2,
+        recovery_timeout=0.05,
+        half_open_max_calls=1,
         on_state_change=lambda b, old, new: changes.append(new),
     )
     healthy = False

@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable, Hashable
 from types import TracebackType
-from typing import Any, Optional, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from holysheep._guard import guard_sync
 from holysheep._holysheep import BreakerCore
@@ -38,7 +38,9 @@ _OPENED_TRIALS = 1
 # (breaker, permit, the entry of the enclosing block). One variable for all breakers, as context
 # variables are never freed.
 _Block = tuple["CircuitBreaker", int, Any]
-_OPEN_BLOCKS: contextvars.ContextVar[Optional[_Block]] = contextvars.ContextVar("holysheep_breaker_blocks", default=None)
+_OPEN_BLOCKS: contextvars.ContextVar[_Block | None] = contextvars.ContextVar(
+    "holysheep_breaker_blocks", default=None
+)
 
 
 class CircuitBreaker:

@@ -3,10 +3,10 @@
 //! exception goes to the Python `on_error`, which settles the breaker and runs the retries. (A Python
 //! wrapper with the same steps costs about twice as much per call: `benches/python/bench_resilience.py`.)
 
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
-use pyo3::intern;
 
 use crate::core::breaker::Transition;
 
@@ -105,7 +105,12 @@ impl SyncGuard {
     }
 
     /// The call, inside the limiter's `with` when there is one.
-    fn attempt(&self, py: Python<'_>, args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Py<PyAny>> {
+    fn attempt(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
         let Some(limiter) = &self.limiter else {
             return self.call.call(py, args, kwargs);
         };
