@@ -1,8 +1,8 @@
 """Overhead of a retry / circuit-breaker decorator on the success path, holysheep beside its peers.
 
 Each row decorates the same trivial function (sync: returns its argument; async: the same as a
-coroutine), asserts the result once, then times batches of calls and prints the median ns per call.
-The undecorated call is the floor. Run by `make bench-resilience`, which installs the peers and this
+coroutine) and asserts the result once; then rounds of one batch per row are timed, and the median
+ns per call over the rounds is printed. The undecorated call is the floor. Run by `make bench-resilience`, which installs the peers and this
 package into benches/python/.venv-peers.
 """
 
@@ -38,27 +38,35 @@ async def plain_async(x: int) -> int:
     return x
 
 
-def median_ns_sync(fn: Callable[[int], int]) -> float:
-    assert fn(7) == 7
-    per_call = []
-    for _ in range(BATCHES):
-        started = time.perf_counter_ns()
-        for i in range(CALLS_PER_BATCH):
-            fn(i)
-        per_call.append((time.perf_counter_ns() - started) / CALLS_PER_BATCH)
-    return statistics.median(per_call)
+def batch_ns_sync(fn: Callable[[int], int]) -> float:
+    started = time.perf_counter_ns()
+    for i in range(CALLS_PER_BATCH):
+        fn(i)
+    return (time.perf_counter_ns() - started) / CALLS_PER_BATCH
 
 
-def median_ns_async(fn: Callable[[int], Awaitable[int]]) -> float:
-    async def run() -> float:
-        assert await fn(7) == 7
-        per_call = []
-        for _ in range(BATCHES):
-            started = time.perf_counter_ns()
-            for i in range(CALLS_PER_BATCH):
-                await fn(i)
-            per_call.append((time.perf_counter_ns() - started) / CALLS_PER_BATCH)
-        return statistics.median(per_call)
+async def batch_ns_async(fn: Callable[[int], Awaitable[int]]) -> float:
+    started = time.perf_counter_ns()
+    for i in range(CALLS_PER_BATCH):
+        await fn(i)
+    return (time.perf_counter_ns() - started) / CALLS_PER_BATCH
+
+
+def medians_sync(fns: list[Callable[[int], int]]) -> list[float]:
+    """Round-robin: each round times one batch of every row, so a burst of load from elsewhere on the
+    machine lands on all rows alike instead of on whichever row was running."""
+    for fn in fns:
+        assert fn(7) == 7
+    rounds = [[batch_ns_sync(fn) for fn in fns] for _ in range(BATCHES)]
+    return [statistics.median(column) for column in zip(*rounds)]
+
+
+def medians_async(fns: list[Callable[[int], Awaitable[int]]]) -> list[float]:
+    async def run() -> list[float]:
+        for fn in fns:
+            assert await fn(7) == 7
+        rounds = [[await batch_ns_async(fn) for fn in fns] for _ in range(BATCHES)]
+        return [statistics.median(column) for column in zip(*rounds)]
 
     return asyncio.run(run())
 
@@ -100,18 +108,22 @@ def main() -> None:
     peers = ", ".join(
         f"{name} {importlib.metadata.version(name)}" for name in ("tenacity", "backoff", "pybreaker", "circuitbreaker")
     )
-    print(f"# Success-path overhead per decorated call, median of {BATCHES} batches of {CALLS_PER_BATCH:,} calls")
+    batches = f"median of {BATCHES} round-robin batches of {CALLS_PER_BATCH:,} calls"
+    print(f"# Success-path cost per decorated call ({batches})")
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {machine()}")
     print(f"# Python {platform.python_version()}; holysheep {hs.__version__}; {peers}")
     print()
     print("| decorator | sync ns/call | async ns/call |")
     print("|---|---:|---:|")
+    table = rows()
     gc.disable()  # a collection inside one batch would be timed against whichever row it hit
-    for name, sync_fn, async_fn in rows():
-        sync_ns = median_ns_sync(sync_fn)
-        async_ns = f"{median_ns_async(async_fn):,.0f}" if async_fn is not None else "n/a"
-        print(f"| {name} | {sync_ns:,.0f} | {async_ns} |", flush=True)
+    sync_ns = medians_sync([sync_fn for _, sync_fn, _ in table])
+    async_fns = [async_fn for _, _, async_fn in table if async_fn is not None]
+    async_ns = iter(medians_async(async_fns))
     gc.enable()
+    for (name, _, async_fn), sync in zip(table, sync_ns):
+        async_cell = f"{next(async_ns):,.0f}" if async_fn is not None else "n/a"
+        print(f"| {name} | {sync:,.0f} | {async_cell} |")
 
 
 if __name__ == "__main__":
