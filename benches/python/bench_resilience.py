@@ -2,8 +2,8 @@
 
 Each row decorates the same trivial function (sync: returns its argument; async: the same as a
 coroutine) and asserts the result once; then rounds of one batch per row are timed, and the median
-ns per call over the rounds is printed. The undecorated call is the floor. Run by `make bench-resilience`, which installs the peers and this
-package into benches/python/.venv-peers.
+ns per call over the rounds is printed. The undecorated call is the floor. Run by
+`make bench-resilience`, which installs the peers and this package into benches/python/.venv-peers.
 """
 
 from __future__ import annotations
