@@ -320,3 +320,9 @@ def test_keyed_breaker_checks_config_and_key_up_front() -> None:
     with pytest.raises(hs.ConfigError) as info:
         hs.KeyedBreaker()(lambda: None)
     assert info.value.field == "key"
+
+
+def test_exit_without_enter_is_refused() -> None:
+    breaker = hs.CircuitBreaker()
+    with pytest.raises(RuntimeError, match="without its __enter__"):
+        breaker.__exit__(None, None, None)

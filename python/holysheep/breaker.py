@@ -168,7 +168,8 @@ class CircuitBreaker:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         block = _OPEN_BLOCKS.get()
-        assert block is not None and block[0] is self, "CircuitBreaker.__exit__ without its __enter__"
+        if block is None or block[0] is not self:
+            raise RuntimeError(f"{self!r}: __exit__ without its __enter__ in this thread or task")
         _, permit, enclosing = block
         _OPEN_BLOCKS.set(enclosing)
         if exc is None:
@@ -260,7 +261,8 @@ class CircuitBreaker:
 
 class KeyedBreaker:
     """One :class:`CircuitBreaker` per key (model, endpoint, host), so one failing model does not stop
-    the others. Breakers are made on first use with the same settings and named ``name[key]``.
+    the others. Breakers are made on first use with the same settings and named ``name[key]``, and kept
+    (a few hundred bytes each): key by something with few values, not by request or user.
 
     Example::
 

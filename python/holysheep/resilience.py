@@ -31,7 +31,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 class Limiter(Protocol):
     """What the decorators need of a limiter (``hs.HolySheepRateLimiter`` and friends): ``async with``
     around coroutine calls, ``with`` around calls in threads; each holds one request and one
-    concurrency slot for the length of the call."""
+    concurrency slot for the length of the call. A limiter never suppresses the call's exception: the
+    value ``__exit__`` returns is not used."""
 
     def __aenter__(self) -> Awaitable[object]:
         """Waits on the running loop for one request and a concurrency slot."""
