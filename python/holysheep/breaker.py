@@ -38,9 +38,7 @@ _OPENED_TRIALS = 1
 # (breaker, permit, the entry of the enclosing block). One variable for all breakers, as context
 # variables are never freed.
 _Block = tuple["CircuitBreaker", int, Any]
-_OPEN_BLOCKS: contextvars.ContextVar[_Block | None] = contextvars.ContextVar(
-    "holysheep_breaker_blocks", default=None
-)
+_OPEN_BLOCKS: contextvars.ContextVar[_Block | None] = contextvars.ContextVar("holysheep_breaker_blocks", default=None)
 
 
 class CircuitBreaker:
