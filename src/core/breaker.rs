@@ -522,4 +522,69 @@ mod tests {
             );
         }
     }
+
+    /// One step of a random history: admit a call, settle a held permit, or let time pass.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Admit,
+        Succeed(usize),
+        Fail(usize),
+        Release(usize),
+        Wait(u64),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => Just(Step::Admit),
+            2 => any::<usize>().prop_map(Step::Succeed),
+            2 => any::<usize>().prop_map(Step::Fail),
+            1 => any::<usize>().prop_map(Step::Release),
+            1 => (0u64..40).prop_map(|s| Step::Wait(s * SEC)),
+        ]
+    }
+
+    proptest::proptest! {
+        /// In any history, a half-open breaker never has more than `half_open_max_calls` trials out,
+        /// every opening is reported exactly once, and only the permit holders' outcomes count.
+        #[test]
+        fn trials_never_exceed_the_limit_and_openings_are_counted_once(
+            steps in proptest::collection::vec(step(), 1..200),
+            threshold in 1u32..4,
+            trials in 1u32..4,
+        ) {
+            let (b, clock) = breaker(threshold, trials);
+            let mut held: Vec<Permit> = Vec::new();
+            let mut reported_openings = 0;
+            let mut count = |t: Option<Transition>| reported_openings += usize::from(t.is_some_and(|t| t.to == State::Open));
+            for step in steps {
+                match step {
+                    Step::Admit => {
+                        if let Ok(permit) = b.allow() {
+                            held.push(permit);
+                        }
+                    }
+                    Step::Succeed(i) if !held.is_empty() => {
+                        let permit = held.swap_remove(i % held.len());
+                        count(b.record_success(permit));
+                    }
+                    Step::Fail(i) if !held.is_empty() => {
+                        let permit = held.swap_remove(i % held.len());
+                        count(b.record_failure(permit));
+                    }
+                    Step::Release(i) if !held.is_empty() => b.release(held.swap_remove(i % held.len())),
+                    Step::Wait(ns) => clock.advance(ns),
+                    _ => {}
+                }
+                let word = Word(b.word.load(Ordering::Acquire));
+                if word.state() == State::HalfOpen {
+                    let outstanding = held.iter().filter(|p| p.generation == word.generation()).count() as u64;
+                    let (admitted, succeeded) = word.trials();
+                    proptest::prop_assert!(admitted <= u64::from(trials));
+                    proptest::prop_assert_eq!(admitted, outstanding + succeeded, "trial slots match the permits out");
+                }
+            }
+            proptest::prop_assert_eq!(b.counters().times_opened as usize, reported_openings);
+        }
+    }
 }

@@ -466,4 +466,25 @@ mod tests {
         }
         assert!(matches!(Jitter::from_name("gaussian"), Err(Error::Config { ref field, .. }) if field == "jitter"));
     }
+
+    proptest::proptest! {
+        /// Whatever a server sends, a wait never passes what the policy allows: the backoff cap, or
+        /// `max_retry_after` plus its spread.
+        #[test]
+        fn no_header_makes_a_wait_longer_than_the_policy_allows(
+            retry_after in ".*|[0-9]{1,12}(\\.[0-9]{1,3})?|-[0-9]{1,4}",
+            reset in "([0-9]{1,6}(\\.[0-9])?(h|m|s|ms|us))+|[0-9.hmsu]{0,12}",
+            attempts in 1u32..1_000,
+            previous in proptest::prelude::any::<u64>(),
+            unit in 0.0f64..1.0,
+            jitter in proptest::sample::select(vec![Jitter::None, Jitter::Full, Jitter::Equal, Jitter::Decorrelated]),
+        ) {
+            let (p, _) = policy(RetryConfig { jitter, max_attempts: u32::MAX, ..RetryConfig::default() });
+            let headers = [("retry-after", retry_after.as_str()), ("x-ratelimit-reset-tokens", reset.as_str())];
+            let server = crate::core::headers::server_delay(headers, 1_764_000_000 * SEC);
+            let delay = p.delay_ns(attempts, previous, server, unit);
+            let limit = p.config().max_delay_ns.max(p.config().max_retry_after_ns + SERVER_DELAY_SPREAD_MAX_NS);
+            proptest::prop_assert!(delay <= limit, "{delay} ns > {limit} ns for {server:?}");
+        }
+    }
 }
