@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 
 import pytest
@@ -285,3 +286,23 @@ async def test_async_resilient_stops_at_an_open_breaker_and_recovers_through_tri
     healthy = True
     assert await complete() == "ok"
     assert changes == ["open", "half_open", "closed"]
+
+
+def test_generator_functions_are_refused_at_decoration() -> None:
+    def numbers() -> Iterator[int]:
+        yield 1
+
+    async def stream() -> AsyncIterator[str]:
+        yield "token"
+
+    decorators = [
+        hs.retry(FAST),
+        hs.CircuitBreaker(),
+        hs.KeyedBreaker(key=lambda: "k"),
+        hs.rate_limited(RecordingLimiter([])),
+        hs.resilient(retry=FAST),
+    ]
+    for decorate in decorators:
+        for fn in (numbers, stream):
+            with pytest.raises(TypeError, match="cannot wrap the generator function"):
+                decorate(fn)  # type: ignore[arg-type]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from holysheep._holysheep import BreakerCore, RetryCore, SyncGuard
 
-__all__ = ["OnError", "guard_sync", "reraise"]
+__all__ = ["OnError", "guard_sync", "refuse_generators", "reraise"]
 
 
 class OnError(Protocol):
@@ -17,6 +18,16 @@ class OnError(Protocol):
     def __call__(
         self, permit: int | None, exc: BaseException, started: int, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any: ...
+
+
+def refuse_generators(fn: Callable[..., Any], decorator: str) -> None:
+    """Generators run after the call returns, so no decorator here could see how they end.
+
+    :raises TypeError: for a generator or async generator function.
+    """
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise TypeError(f"{decorator} cannot wrap the generator function {name}: it would only see it start")
 
 
 def reraise(permit: int | None, exc: BaseException, started: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

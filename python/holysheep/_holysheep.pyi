@@ -30,7 +30,9 @@ class RetryCore:
     ) -> Self: ...
     def begin(self) -> int:
         """Marks the start of a call; returns the token to pass to `next_delay`."""
-    def next_delay(self, attempts: int, started: int, previous_delay: float, retry_after: float | None = None) -> float | str:
+    def next_delay(
+        self, attempts: int, started: int, previous_delay: float, retry_after: float | None = None
+    ) -> float | str:
         """After `attempts` retryable failures: seconds to wait, or the setting that says to give up."""
     def delays(self) -> list[float]:
         """The backoff schedule in seconds (random draws unless the jitter is "none")."""

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
-from holysheep._guard import guard_sync
+from holysheep._guard import guard_sync, refuse_generators
 from holysheep._holysheep import BreakerCore
 from holysheep.classify import breaker_outcome
 from holysheep.errors import ConfigError
@@ -132,6 +132,7 @@ class CircuitBreaker:
 
     def __call__(self, fn: F) -> F:
         """Decorates ``fn`` (``def`` or ``async def``) so every call goes through the breaker."""
+        refuse_generators(fn, "CircuitBreaker")
         if inspect.iscoroutinefunction(fn):
             return cast(F, self._wrap_async(fn))
         return cast(F, self._wrap_sync(fn))
@@ -322,6 +323,7 @@ class KeyedBreaker:
         key_of = self._key
         if key_of is None:
             raise ConfigError("key: KeyedBreaker needs key= to be used as a decorator", "key")
+        refuse_generators(fn, "KeyedBreaker")
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)

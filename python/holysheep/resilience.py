@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
-from holysheep._guard import guard_sync, reraise
+from holysheep._guard import guard_sync, refuse_generators, reraise
 from holysheep.breaker import CircuitBreaker
 from holysheep.errors import ConfigError
 from holysheep.retry import RetryPolicy
@@ -90,6 +90,7 @@ def rate_limited(limiter: Limiter) -> Callable[[F], F]:
     """
 
     def decorate(fn: F) -> F:
+        refuse_generators(fn, "rate_limited")
         if inspect.iscoroutinefunction(fn):
             return cast(F, _limit_async(limiter, fn))
         return cast(F, _limit_sync(limiter, fn))
@@ -116,6 +117,7 @@ def resilient(
         raise ConfigError("resilient: give at least one of limiter=, retry=, breaker=", "resilient")
 
     def decorate(fn: F) -> F:
+        refuse_generators(fn, "resilient")
         attempt = fn
         if limiter is not None:
             attempt = rate_limited(limiter)(attempt)

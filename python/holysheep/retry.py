@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, Union, cast
 
-from holysheep._guard import OnError, guard_sync
+from holysheep._guard import OnError, guard_sync, refuse_generators
 from holysheep._holysheep import RetryCore
 from holysheep.classify import is_retryable, server_retry_after
 from holysheep.errors import CircuitOpenError, ConfigError
@@ -142,6 +142,7 @@ class RetryPolicy:
 
     def __call__(self, fn: F) -> F:
         """Decorates ``fn`` (``def`` or ``async def``) so each call is retried by this policy."""
+        refuse_generators(fn, "RetryPolicy")
         if inspect.iscoroutinefunction(fn):
             return cast(F, self._wrap_async(fn))
         return cast(F, self._wrap_sync(fn))
