@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 
 import pytest
@@ -306,3 +306,19 @@ def test_generator_functions_are_refused_at_decoration() -> None:
         for fn in (numbers, stream):
             with pytest.raises(TypeError, match="cannot wrap the generator function"):
                 decorate(fn)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda: hs.retry(lambda: None), "policy"),  # type: ignore[arg-type]
+        (lambda: hs.rate_limited(object()), "limiter"),  # type: ignore[arg-type]
+        (lambda: hs.resilient(limiter=object()), "limiter"),  # type: ignore[arg-type]
+        (lambda: hs.resilient(retry=hs.CircuitBreaker()), "retry"),  # type: ignore[arg-type]
+        (lambda: hs.resilient(breaker=FAST), "breaker"),  # type: ignore[arg-type]
+    ],
+)
+def test_decorator_arguments_of_the_wrong_kind_are_refused(make: Callable[[], object], field: str) -> None:
+    with pytest.raises(hs.ConfigError) as info:
+        make()
+    assert info.value.field == field

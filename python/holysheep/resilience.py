@@ -72,8 +72,15 @@ def retry(policy: RetryPolicy | None = None) -> Callable[[F], F]:
         async def embed(texts): ...
 
     :param policy: the policy; ``RetryPolicy()`` (5 attempts, full jitter, Retry-After obeyed) if omitted.
+    :raises ConfigError: when ``policy`` is not a RetryPolicy (as in ``@hs.retry`` without parentheses).
     """
-    return policy if policy is not None else RetryPolicy()
+    if policy is None:
+        return RetryPolicy()
+    if not isinstance(policy, RetryPolicy):
+        raise ConfigError(
+            f"policy: hs.retry takes a RetryPolicy (write @hs.retry() for the defaults), got {policy!r}", "policy"
+        )
+    return policy
 
 
 def rate_limited(limiter: Limiter) -> Callable[[F], F]:
@@ -87,7 +94,11 @@ def rate_limited(limiter: Limiter) -> Callable[[F], F]:
         lim = hs.HolySheepRateLimiter(rpm=500, max_concurrency=20)
         @hs.rate_limited(lim)
         async def complete(prompt): ...
+
+    :raises ConfigError: when ``limiter`` cannot be used in ``async with`` and ``with``.
     """
+
+    _check_limiter(limiter, "limiter")
 
     def decorate(fn: F) -> F:
         refuse_generators(fn, "rate_limited")
@@ -111,10 +122,16 @@ def resilient(
         @hs.resilient(limiter=lim, retry=hs.RetryPolicy(max_attempts=5), breaker=hs.CircuitBreaker())
         async def complete(prompt): ...
 
-    :raises ConfigError: when none of the three is given.
+    :raises ConfigError: when none of the three is given, or one is not what its name says.
     """
     if limiter is None and retry is None and breaker is None:
         raise ConfigError("resilient: give at least one of limiter=, retry=, breaker=", "resilient")
+    if limiter is not None:
+        _check_limiter(limiter, "limiter")
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise ConfigError(f"retry: must be a RetryPolicy, got {retry!r}", "retry")
+    if breaker is not None and not isinstance(breaker, CircuitBreaker):
+        raise ConfigError(f"breaker: must be a CircuitBreaker, got {breaker!r}", "breaker")
 
     def decorate(fn: F) -> F:
         refuse_generators(fn, "resilient")
@@ -128,6 +145,13 @@ def resilient(
         return cast(F, _resilient_sync(fn, attempt, limiter, retry, breaker))
 
     return decorate
+
+
+def _check_limiter(limiter: object, field: str) -> None:
+    if not all(hasattr(limiter, name) for name in ("__aenter__", "__aexit__", "__enter__", "__exit__")):
+        raise ConfigError(
+            f"{field}: must work with `async with` and `with`, like HolySheepRateLimiter; got {limiter!r}", field
+        )
 
 
 def _resilient_sync(
