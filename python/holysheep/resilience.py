@@ -98,7 +98,7 @@ def rate_limited(limiter: Limiter) -> Callable[[F], F]:
     :raises ConfigError: when ``limiter`` cannot be used in ``async with`` and ``with``.
     """
 
-    _check_limiter(limiter, "limiter")
+    _check_limiter(limiter)
 
     def decorate(fn: F) -> F:
         refuse_generators(fn, "rate_limited")
@@ -127,7 +127,7 @@ def resilient(
     if limiter is None and retry is None and breaker is None:
         raise ConfigError("resilient: give at least one of limiter=, retry=, breaker=", "resilient")
     if limiter is not None:
-        _check_limiter(limiter, "limiter")
+        _check_limiter(limiter)
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise ConfigError(f"retry: must be a RetryPolicy, got {retry!r}", "retry")
     if breaker is not None and not isinstance(breaker, CircuitBreaker):
@@ -147,11 +147,10 @@ def resilient(
     return decorate
 
 
-def _check_limiter(limiter: object, field: str) -> None:
+def _check_limiter(limiter: object) -> None:
     if not all(hasattr(limiter, name) for name in ("__aenter__", "__aexit__", "__enter__", "__exit__")):
-        raise ConfigError(
-            f"{field}: must work with `async with` and `with`, like HolySheepRateLimiter; got {limiter!r}", field
-        )
+        message = f"limiter: must work with `async with` and `with`, like HolySheepRateLimiter; got {limiter!r}"
+        raise ConfigError(message, "limiter")
 
 
 def _resilient_sync(
