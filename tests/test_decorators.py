@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 
@@ -322,3 +324,19 @@ def test_decorator_arguments_of_the_wrong_kind_are_refused(make: Callable[[], ob
     with pytest.raises(hs.ConfigError) as info:
         make()
     assert info.value.field == field
+
+
+def test_a_decorated_closure_that_calls_itself_is_collected() -> None:
+    def make() -> Callable[[int], int]:
+        @hs.retry(FAST)
+        def countdown(n: int) -> int:
+            return countdown(n - 1) if n else 0
+
+        return countdown
+
+    countdown = make()
+    assert countdown(3) == 0
+    function = weakref.ref(countdown.__wrapped__)  # type: ignore[attr-defined]
+    del countdown
+    gc.collect()
+    assert function() is None, "the cycle through the native guard was collected"
