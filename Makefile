@@ -43,10 +43,25 @@ bench: build  ## criterion benches for the core, the Python benches beside the p
 	cargo bench --bench core
 	$(PY) benches/python/run.py
 	$(MAKE) --no-print-directory bench-gateway
+	$(MAKE) --no-print-directory bench-resilience
 
 .PHONY: bench-gateway
 bench-gateway: build  ## requests/s of the MockGateway under wrk (installs wrk when missing)
 	PY=$(PY) bash benches/gateway/run.sh
+
+# --- resilience benches: the peers (tenacity, backoff, pybreaker, circuitbreaker) get their own venv ---
+PEERS_VENV := benches/python/.venv-peers
+
+$(PEERS_VENV)/.installed: benches/python/requirements-resilience.txt
+	python3 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q -r benches/python/requirements-resilience.txt
+	touch $@
+
+.PHONY: bench-resilience
+bench-resilience: $(PEERS_VENV)/.installed  ## retry/breaker: criterion for the core, then ns per decorated call beside the peers
+	cargo bench --bench resilience
+	VIRTUAL_ENV=$(abspath $(PEERS_VENV)) $(PEERS_VENV)/bin/maturin develop --release -q
+	$(PEERS_VENV)/bin/python benches/python/bench_resilience.py
 
 .PHONY: clean
 clean:  ## remove build output and the venv

@@ -3,7 +3,6 @@
 from holysheep import testing
 from holysheep._holysheep import Limit, __version__
 from holysheep._keyed import KeyedLimiter
-from holysheep._tokens import chunk_by_tokens
 from holysheep._limiter import (
     ConcurrencyLimiter,
     HolySheepRateLimiter,
@@ -11,6 +10,8 @@ from holysheep._limiter import (
     SlidingWindow,
     TokenBucket,
 )
+from holysheep._tokens import chunk_by_tokens
+from holysheep.breaker import CircuitBreaker, KeyedBreaker
 from holysheep.errors import (
     BudgetExceeded,
     CircuitOpenError,
@@ -18,20 +19,28 @@ from holysheep.errors import (
     HolySheepError,
     RateLimitExceeded,
 )
+from holysheep.resilience import rate_limited, resilient, retry
+from holysheep.retry import RetryPolicy
 
 __all__ = [
     "BudgetExceeded",
+    "CircuitBreaker",
     "CircuitOpenError",
     "ConcurrencyLimiter",
     "ConfigError",
     "HolySheepError",
     "HolySheepRateLimiter",
+    "KeyedBreaker",
     "KeyedLimiter",
     "Limit",
     "Permit",
     "RateLimitExceeded",
+    "RetryPolicy",
     "SlidingWindow",
     "TokenBucket",
     "__version__",
     "chunk_by_tokens",
+    "rate_limited",
+    "resilient",
+    "retry",
 ]

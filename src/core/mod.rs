@@ -1,7 +1,9 @@
 //! The pure core: every admission, retry and breaker decision, with time from an injectable clock.
 //! No pyo3 here: `cargo test` builds and tests it alone.
 
+pub mod breaker;
 pub mod cell;
+pub mod classify;
 pub mod clock;
 pub mod concurrency;
 pub mod config;
@@ -9,11 +11,13 @@ pub mod counter;
 pub mod decision;
 pub mod error;
 pub mod gcra;
+pub mod headers;
 pub mod keyed;
 pub mod limit;
 pub mod limiter;
 pub mod queue;
 pub mod quota;
+pub mod retry;
 pub mod spin;
 pub mod stats;
 pub mod tiers;
@@ -22,6 +26,7 @@ pub mod window;
 #[cfg(test)]
 mod properties;
 
+pub use breaker::{BreakerConfig, CircuitBreaker};
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use config::LimiterConfig;
 pub use decision::Decision;
@@ -31,4 +36,5 @@ pub use limit::{Algorithm, Cost, Limit, Unit};
 pub use limiter::{Admission, Limiter, Snapshot, Waiters};
 pub use queue::{Ticket, WaitQueue};
 pub use quota::{Quota, Receipt};
+pub use retry::{RetryConfig, RetryPolicy};
 pub use tiers::Tier;

@@ -1,18 +1,31 @@
 //! The pyo3 layer: thin wrappers that convert types, map errors and release the GIL around blocking
 //! waits. Every decision is the core's.
 
+mod breaker;
 mod errors;
+mod failures;
 mod gateway;
+mod guard;
 mod keyed;
 mod limit;
 mod limiter;
 mod queue;
+mod retry;
+mod seconds;
 
 use pyo3::prelude::*;
 
 /// The native half of the `holysheep` package; import `holysheep`, not this module.
 #[pymodule(name = "_holysheep")]
 mod native {
+    #[pymodule_export]
+    use super::breaker::BreakerCore;
+    #[pymodule_export]
+    use super::failures::{classify_failure, retry_after};
+    #[pymodule_export]
+    use super::gateway::{MockGatewayConfig, MockGatewayServer};
+    #[pymodule_export]
+    use super::guard::SyncGuard;
     #[pymodule_export]
     use super::keyed::PyKeyedTable;
     #[pymodule_export]
@@ -21,11 +34,8 @@ mod native {
     use super::limiter::{PyLimiter, Ready, Reservation};
     #[pymodule_export]
     use super::queue::{PyTicket, PyWaitQueue};
-
-    // --- the mock gateway (holysheep.testing) ---
     #[pymodule_export]
-    use super::gateway::{MockGatewayConfig, MockGatewayServer};
-    // --- end mock gateway ---
+    use super::retry::RetryCore;
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {

@@ -1,0 +1,290 @@
+"""RetryPolicy: try again after failures that may pass, with backoff, jitter and the server's own delay.
+
+The decisions (delays, when to give up, the retry budget) are the Rust core's; this module runs the
+loop: the call, the classification of its failure, and the sleep (``asyncio.sleep`` on the running loop
+for coroutines, ``time.sleep`` for threads). Cancellation and ``KeyboardInterrupt`` are never caught, so
+they stop the loop at once, even mid-sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, Union, cast
+
+from holysheep._guard import OnError, guard_sync, refuse_generators
+from holysheep._holysheep import RetryCore
+from holysheep.classify import is_retryable, server_retry_after
+from holysheep.errors import CircuitOpenError, ConfigError
+
+__all__ = ["RetryOn", "RetryPolicy"]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: What ``retry_on`` accepts: exception classes to retry, or a predicate over the exception.
+RetryOn = Union[type[BaseException], tuple[type[BaseException], ...], Callable[[BaseException], bool]]
+
+
+class RetryPolicy:
+    """How to retry: capped exponential backoff with jitter, obeying ``Retry-After``.
+
+    Example::
+
+        policy = hs.RetryPolicy(max_attempts=5, base_delay=1.0, max_delay=60.0)
+        reply = await policy.call(client.chat.completions.create, model="gpt-4.1", messages=msgs)
+        @policy                      # or @hs.retry(policy), on def and async def
+
+    :param max_attempts: attempts in all, the first included.
+    :param base_delay: seconds before the first retry (before jitter).
+    :param max_delay: the cap on any one backoff, in seconds.
+    :param multiplier: growth of the backoff per failure (``decorrelated`` uses 3 x the last delay).
+    :param jitter: ``"full"`` (uniform in [0, d]), ``"equal"`` ([d/2, d]), ``"decorrelated"`` or ``"none"``.
+    :param respect_retry_after: wait what the server asks (``retry-after-ms``, ``retry-after``,
+        ``x-ratelimit-reset-*``) when it is at most ``max_retry_after``; longer or unreadable values fall
+        back to the backoff.
+    :param max_retry_after: the longest server-given delay obeyed, in seconds.
+    :param max_elapsed: seconds from the first attempt, waits included, past which no retry starts.
+    :param retry_budget: retries may add at most this fraction of the calls made with this policy over the
+        last 10 s (at least 10 retries per 10 s always pass), so an outage does not become a retry storm.
+    :param retry_on: exception classes to retry, or a predicate; default :func:`holysheep.classify.is_retryable`.
+    :raises ConfigError: for a setting that cannot work, naming it.
+    """
+
+    __slots__ = ("_core", "_retryable", "_timed")
+
+    def __init__(
+        self,
+        max_attempts: int = 5,
+        base_delay: float = 1.0,
+        max_delay: float = 60.0,
+        multiplier: float = 2.0,
+        jitter: str = "full",
+        respect_retry_after: bool = True,
+        max_retry_after: float = 120.0,
+        max_elapsed: float | None = None,
+        retry_budget: float | None = None,
+        retry_on: RetryOn | None = None,
+    ) -> None:
+        self._core = RetryCore(
+            max_attempts=max_attempts,
+            base_delay=base_delay,
+            max_delay=max_delay,
+            multiplier=multiplier,
+            jitter=jitter,
+            respect_retry_after=respect_retry_after,
+            max_retry_after=max_retry_after,
+            max_elapsed=max_elapsed,
+            retry_budget=retry_budget,
+        )
+        self._retryable = _predicate(retry_on)
+        # Only these need the start of each call; without them a successful call never enters Rust.
+        self._timed = max_elapsed is not None or retry_budget is not None
+
+    @property
+    def max_attempts(self) -> int:
+        """Attempts in all, the first included."""
+        return self._core.max_attempts
+
+    @property
+    def base_delay(self) -> float:
+        """Seconds before the first retry, before jitter."""
+        return self._core.base_delay
+
+    @property
+    def max_delay(self) -> float:
+        """The cap on any one backoff, in seconds."""
+        return self._core.max_delay
+
+    @property
+    def multiplier(self) -> float:
+        """Growth of the backoff per failure."""
+        return self._core.multiplier
+
+    @property
+    def jitter(self) -> str:
+        """``"full"``, ``"equal"``, ``"decorrelated"`` or ``"none"``."""
+        return self._core.jitter
+
+    @property
+    def respect_retry_after(self) -> bool:
+        """Whether server-given delays are obeyed."""
+        return self._core.respect_retry_after
+
+    @property
+    def max_retry_after(self) -> float:
+        """The longest server-given delay obeyed, in seconds."""
+        return self._core.max_retry_after
+
+    @property
+    def max_elapsed(self) -> float | None:
+        """Seconds from the first attempt past which no retry starts, or ``None``."""
+        return self._core.max_elapsed
+
+    @property
+    def retry_budget(self) -> float | None:
+        """The fraction of calls that retries may add, or ``None``."""
+        return self._core.retry_budget
+
+    def delays(self) -> list[float]:
+        """The waits, in seconds, of a call that keeps failing without a server-given delay.
+
+        Exact for ``jitter="none"`` (e.g. ``[1.0, 2.0, 4.0, 8.0]`` by default); one random draw otherwise.
+        """
+        return self._core.delays()
+
+    def should_retry(self, exc: BaseException) -> bool:
+        """Whether this policy retries ``exc`` (cancellation and interrupts: never)."""
+        return isinstance(exc, Exception) and self._retryable(exc)
+
+    def __call__(self, fn: F) -> F:
+        """Decorates ``fn`` (``def`` or ``async def``) so each call is retried by this policy."""
+        refuse_generators(fn, "RetryPolicy")
+        if inspect.iscoroutinefunction(fn):
+            return cast(F, self._wrap_async(fn))
+        return cast(F, self._wrap_sync(fn))
+
+    async def call(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+        """Awaits ``fn(*args, **kwargs)``, retrying by this policy; raises the last real error."""
+        started = self._core.begin() if self._timed else 0
+        try:
+            return await fn(*args, **kwargs)
+        except Exception as exc:
+            return await self._retry_async(exc, started, fn, args, kwargs)
+
+    def call_sync(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Calls ``fn(*args, **kwargs)``, retrying by this policy; raises the last real error."""
+        started = self._core.begin() if self._timed else 0
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            return self._retry_sync(exc, started, fn, args, kwargs)
+
+    def _wrap_sync(self, fn: Callable[..., T]) -> Callable[..., T]:
+        # The first attempt runs in a native guard: on success, one call into Rust and no Python frame.
+        return guard_sync(fn, on_error=self._on_first_error(fn), timer=self._core if self._timed else None)
+
+    def _on_first_error(self, attempt: Callable[..., T]) -> OnError:
+        """The ``on_error`` of a guard whose first attempt failed: retries with ``attempt``."""
+        retry_sync = self._retry_sync
+
+        def on_error(permit: int | None, exc: BaseException, started: int, args: Any, kwargs: Any) -> T:
+            if not isinstance(exc, Exception):
+                raise exc
+            return retry_sync(exc, started, attempt, args, kwargs)
+
+        return on_error
+
+    def _wrap_async(self, fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        # The first attempt is inlined: on success, one Python frame and no call into Rust.
+        retry_async = self._retry_async
+        if self._timed:
+            begin = self._core.begin
+
+            @functools.wraps(fn)
+            async def timed_retrying(*args: Any, **kwargs: Any) -> T:
+                started = begin()
+                try:
+                    return await fn(*args, **kwargs)
+                except Exception as exc:
+                    return await retry_async(exc, started, fn, args, kwargs)
+
+            return timed_retrying
+
+        @functools.wraps(fn)
+        async def retrying(*args: Any, **kwargs: Any) -> T:
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as exc:
+                return await retry_async(exc, 0, fn, args, kwargs)
+
+        return retrying
+
+    def _retry_sync(
+        self, error: Exception, started: int, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        attempts, previous = 1, 0.0
+        while True:
+            delay = self._next_delay(error, attempts, started, previous)
+            time.sleep(delay)
+            attempts, previous = attempts + 1, delay
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                error = _chain(exc, error)
+
+    async def _retry_async(
+        self,
+        error: Exception,
+        started: int,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> T:
+        attempts, previous = 1, 0.0
+        while True:
+            delay = self._next_delay(error, attempts, started, previous)
+            await asyncio.sleep(delay)
+            attempts, previous = attempts + 1, delay
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as exc:
+                error = _chain(exc, error)
+
+    def _next_delay(self, error: Exception, attempts: int, started: int, previous: float) -> float:
+        """Seconds to wait before the next attempt; raises ``error`` when there is none."""
+        if not self.should_retry(error):
+            if attempts > 1:
+                _annotate(error, attempts, f"failed on attempt {attempts} with an error that is not retried")
+            raise error
+        server_delay = server_retry_after(error) if self._core.respect_retry_after else None
+        decision = self._core.next_delay(attempts, started, previous, server_delay)
+        if isinstance(decision, str):
+            setting = getattr(self._core, decision)
+            _annotate(error, attempts, f"gave up after {attempts} attempts ({decision}={setting})")
+            raise error
+        return decision
+
+    def __repr__(self) -> str:
+        c = self._core
+        return (
+            f"RetryPolicy(max_attempts={c.max_attempts}, base_delay={c.base_delay}, max_delay={c.max_delay}, "
+            f"multiplier={c.multiplier}, jitter={c.jitter!r}, respect_retry_after={c.respect_retry_after}, "
+            f"max_retry_after={c.max_retry_after}, max_elapsed={c.max_elapsed}, retry_budget={c.retry_budget})"
+        )
+
+
+def _predicate(retry_on: RetryOn | None) -> Callable[[BaseException], bool]:
+    if retry_on is None:
+        return is_retryable
+    if isinstance(retry_on, type) and issubclass(retry_on, BaseException):
+        retry_on = (retry_on,)
+    if isinstance(retry_on, tuple):
+        if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
+            raise ConfigError(f"retry_on: must be exception classes or a predicate, got {retry_on!r}", "retry_on")
+        classes = retry_on
+        return lambda exc: isinstance(exc, classes)
+    if callable(retry_on):
+        return cast(Callable[[BaseException], bool], retry_on)
+    raise ConfigError(f"retry_on: must be exception classes or a predicate, got {retry_on!r}", "retry_on")
+
+
+def _annotate(error: BaseException, attempts: int, what: str) -> None:
+    """Attaches the attempt count to the error users will see: an attribute and a note."""
+    try:
+        error.holysheep_attempts = attempts  # type: ignore[attr-defined]
+    except AttributeError:  # an exception class with __slots__: the note still tells
+        pass
+    add_note = getattr(error, "add_note", None)  # Python 3.11+
+    if add_note is not None:
+        add_note(f"holysheep: {what}")
+
+
+def _chain(error: Exception, previous: Exception) -> Exception:
+    """A breaker that opened during the retries hides the real error: keep it as the cause."""
+    if isinstance(error, CircuitOpenError) and error.__cause__ is None:
+        error.__cause__ = previous
+    return error

@@ -1,0 +1,35 @@
+"""Fakes shared by the tests: HTTP failures shaped like the openai SDK's and httpx's, and a table row for errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class FakeResponse:
+    """The part of an ``httpx.Response`` that failure classification reads."""
+
+    status_code: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: Any = None
+
+    def json(self) -> Any:
+        if self.body is None:
+            raise ValueError("no JSON body")
+        return self.body
+
+
+class FakeStatusError(Exception):
+    """An HTTP error carrying its response, like ``httpx.HTTPStatusError``."""
+
+    def __init__(self, status: int, headers: dict[str, str] | None = None, body: Any = None) -> None:
+        super().__init__(f"HTTP {status}")
+        self.response = FakeResponse(status, headers or {}, body)
+
+
+class Err:
+    """An expected error in a parametrize table: the exception class and the field it names."""
+
+    def __init__(self, field: str) -> None:
+        self.field = field
