@@ -19,7 +19,7 @@ def test_each_key_has_its_own_limit() -> None:
     assert [keyed.try_acquire("alice") for _ in range(3)] == [True, True, False]
     assert [keyed.try_acquire("bob") for _ in range(3)] == [True, True, False]
     assert len(keyed) == 2
-    assert 0.9 < keyed.time_until_ready("alice") <= 1.0
+    assert 0.9 < keyed.time_until_ready("alice") <= 1.01  # the period plus its guard
     assert keyed.time_until_ready("carol") == 0.0
 
 

@@ -47,3 +47,15 @@ def test_limit_exposes_its_parts() -> None:
 def test_config_error_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         hs.Limit(0)
+
+
+def test_a_guard_keeps_admissions_counted_past_the_period() -> None:
+    assert hs.Limit(10, per="second").guard == 0.01
+    assert hs.Limit(10, per="minute").guard == 0.05
+    assert hs.Limit(10, per="minute", guard=0.0).guard == 0.0
+    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(1, per=1.0, guard=0.5)])
+    assert lim.try_acquire()
+    assert 1.4 < lim.time_until_ready() <= 1.5
+    with pytest.raises(hs.ConfigError) as info:
+        hs.Limit(10, per="minute", guard=-1.0)
+    assert info.value.field == "guard"

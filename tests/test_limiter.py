@@ -53,7 +53,7 @@ def test_burst_paces_request_limits_with_gcra() -> None:
 def test_full_window_is_usable_at_once_then_refused() -> None:
     lim = hs.HolySheepRateLimiter(max_qps=5)
     assert [lim.try_acquire() for _ in range(6)] == [True] * 5 + [False]
-    assert 0.9 < lim.time_until_ready() <= 1.0
+    assert 0.9 < lim.time_until_ready() <= 1.01  # the period plus its guard
     assert lim.stats()["rejected"] == 1
 
 

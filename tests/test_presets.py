@@ -20,7 +20,7 @@ def test_token_bucket_allows_its_capacity_then_paces() -> None:
 def test_sliding_window_allows_the_limit_in_any_window() -> None:
     window = hs.SlidingWindow(limit=4, window_s=60)
     assert [window.try_acquire() for _ in range(5)] == [True] * 4 + [False]
-    assert 59 < window.time_until_ready() <= 60
+    assert 59 < window.time_until_ready() <= 60.05  # the window plus its guard
 
 
 async def test_concurrency_limiter_is_a_fair_semaphore() -> None:

@@ -1,5 +1,7 @@
 """holysheep: keeps traffic to OpenAI-compatible LLM APIs inside its limits and alive through its failures."""
 
+from typing import TYPE_CHECKING
+
 from holysheep import testing
 from holysheep._holysheep import Limit, __version__
 from holysheep._keyed import KeyedLimiter
@@ -22,12 +24,43 @@ from holysheep.errors import (
 from holysheep.resilience import rate_limited, resilient, retry
 from holysheep.retry import RetryPolicy
 
+# The openai client and its transport import the openai SDK and an HTTP library: only when asked for.
+_LAZY = {
+    "AsyncHolySheep": "holysheep.client",
+    "HolySheep": "holysheep.client",
+    "Transport": "holysheep.transport",
+    "wrap": "holysheep.client",
+}
+
+
+if TYPE_CHECKING:
+    from holysheep.client import AsyncHolySheep, HolySheep, wrap
+    from holysheep.transport import Transport
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'holysheep' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
+    "AsyncHolySheep",
     "BudgetExceeded",
     "CircuitBreaker",
     "CircuitOpenError",
     "ConcurrencyLimiter",
     "ConfigError",
+    "HolySheep",
     "HolySheepError",
     "HolySheepRateLimiter",
     "KeyedBreaker",
@@ -38,9 +71,11 @@ __all__ = [
     "RetryPolicy",
     "SlidingWindow",
     "TokenBucket",
+    "Transport",
     "__version__",
     "chunk_by_tokens",
     "rate_limited",
     "resilient",
     "retry",
+    "wrap",
 ]

@@ -231,7 +231,7 @@ class TokenBucket(HolySheepRateLimiter):
 
     def __new__(cls, rate: float, capacity: float = 1) -> TokenBucket:
         try:
-            limit = Limit(rate, per=1.0, algorithm="gcra", burst=capacity)
+            limit = Limit(rate, per=1.0, algorithm="gcra", burst=capacity, guard=0.0)
         except ConfigError as err:
             raise _renamed(err, {"amount": "rate", "burst": "capacity"}) from None
         return super().__new__(cls, limits=[limit])

@@ -3,7 +3,7 @@
 
 use crate::core::clock::NS_PER_SEC;
 use crate::core::error::{Error, Result};
-use crate::core::limit::{Algorithm, Limit, Unit};
+use crate::core::limit::{Algorithm, Limit, Unit, default_guard_ns};
 
 /// A limiter as written at construction.
 #[derive(Debug, Clone, Default)]
@@ -15,6 +15,8 @@ pub struct LimiterConfig {
     pub burst: Option<f64>,
     pub limits: Vec<Limit>,
     pub max_concurrency: Option<i64>,
+    /// The guard of the shorthand limits; `None` for [`default_guard_ns`].
+    pub guard_ns: Option<u64>,
 }
 
 fn positive(field: &str, value: f64) -> Result<f64> {
@@ -46,9 +48,10 @@ impl LimiterConfig {
             if let Some(value) = value {
                 let amount = positive(field, value)?;
                 let burst = if algorithm == Algorithm::Gcra { self.burst } else { None };
-                let limit = Limit::new(amount, secs * NS_PER_SEC, unit, algorithm, burst)
+                let period_ns = secs * NS_PER_SEC;
+                let limit = Limit::new(amount, period_ns, unit, algorithm, burst)
                     .map_err(|err| Error::config(field, err.to_string()))?;
-                limits.push(limit);
+                limits.push(limit.with_guard(self.guard_ns.unwrap_or_else(|| default_guard_ns(period_ns))));
             }
         }
         limits.extend(self.limits.iter().copied());

@@ -122,6 +122,15 @@ pub struct Limit {
     unit: Unit,
     algorithm: Algorithm,
     burst: u64,
+    /// Extra time an admission stays counted past the period, for the trip to the server.
+    guard_ns: u64,
+}
+
+/// The guard a limit gets unless told otherwise: a server counts a request from when it arrives, which
+/// is a little after the client admitted it, and by a different little each time; a slot reused exactly
+/// one period after its admission meets the server's window edge. 1% of the period, at most 50 ms.
+pub fn default_guard_ns(period_ns: u64) -> u64 {
+    (period_ns / 100).min(50_000_000)
 }
 
 impl Limit {
@@ -153,7 +162,21 @@ impl Limit {
             }
             (_, None) => 0,
         };
-        Ok(Self { amount, period_ns, unit, algorithm, burst })
+        Ok(Self { amount, period_ns, unit, algorithm, burst, guard_ns: 0 })
+    }
+
+    /// This limit, keeping each admission counted `guard_ns` past its period.
+    pub fn with_guard(self, guard_ns: u64) -> Self {
+        Self { guard_ns, ..self }
+    }
+
+    pub fn guard_ns(&self) -> u64 {
+        self.guard_ns
+    }
+
+    /// The period as enforced: the guard included.
+    fn enforced_period_ns(&self) -> u64 {
+        self.period_ns.saturating_add(self.guard_ns)
     }
 
     pub fn amount(&self) -> f64 {
@@ -181,12 +204,12 @@ impl Limit {
     /// proportionally scaled period (2.5 per second becomes 2 per 0.8 s), so the average rate is kept.
     fn whole_window(&self) -> (u64, u64) {
         let count = self.amount.floor().max(1.0);
-        let window_ns = (self.period_ns as f64 * count / self.amount).ceil() as u64;
+        let window_ns = (self.enforced_period_ns() as f64 * count / self.amount).ceil() as u64;
         (count as u64, window_ns)
     }
 
     pub fn gcra(&self) -> Gcra {
-        Gcra::new(self.amount, self.period_ns, self.burst)
+        Gcra::new(self.amount, self.enforced_period_ns(), self.burst)
     }
 
     /// The state that enforces this limit, empty.
@@ -350,6 +373,14 @@ mod tests {
         assert_eq!(limit.whole_window(), (2, 800_000_000));
         let slow = Limit::new(0.5, SEC, Unit::Requests, Algorithm::Exact, None).unwrap();
         assert_eq!(slow.whole_window(), (1, 2 * SEC));
+    }
+
+    #[test]
+    fn a_guard_keeps_admissions_counted_past_the_period() {
+        let limit = Limit::new(2.0, SEC, Unit::Requests, Algorithm::Exact, None).unwrap().with_guard(SEC / 10);
+        assert_eq!(limit.whole_window(), (2, SEC + SEC / 10));
+        assert_eq!(default_guard_ns(SEC), SEC / 100);
+        assert_eq!(default_guard_ns(60 * SEC), 50_000_000);
     }
 
     #[test]

@@ -135,6 +135,7 @@ impl PyLimiter {
             burst,
             limits: limits.unwrap_or_default().iter().map(|limit| limit.inner).collect(),
             max_concurrency,
+            guard_ns: None,
         };
         if let Some(name) = tier {
             let tier = Tier::named(name)?;

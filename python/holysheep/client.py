@@ -1,0 +1,169 @@
+"""The openai SDK, drop-in: `AsyncHolySheep` and `HolySheep` are ``openai.AsyncOpenAI`` / ``openai.OpenAI``
+pointed at HolySheep, with a `Transport` underneath; `wrap` puts one under any existing client.
+
+    client = hs.AsyncHolySheep(tier="pro")          # api_key from HOLYSHEEP_API_KEY
+    resp = await client.chat.completions.create(model="gpt-4.1", messages=[...])
+
+The SDK's own retries are switched off (``max_retries=0``): the transport retries, so the two never stack.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import openai
+
+from holysheep._limiter import HolySheepRateLimiter
+from holysheep.breaker import CircuitBreaker
+from holysheep.errors import ConfigError
+from holysheep.retry import RetryPolicy
+from holysheep.transport import Transport
+
+__all__ = ["HOLYSHEEP_BASE_URL", "AsyncHolySheep", "HolySheep", "wrap"]
+
+HOLYSHEEP_BASE_URL = "https://api.holysheep.ai/v1"
+API_KEY_ENV = "HOLYSHEEP_API_KEY"
+
+ClientT = TypeVar("ClientT", openai.OpenAI, openai.AsyncOpenAI)
+
+# openai 3.x is built on httpx2: its clients get an httpx2 client with our transport, made with the SDK's
+# own defaults (timeouts, connection limits).
+_async_http_client = openai.DefaultAsyncHttpx2Client
+_sync_http_client = openai.DefaultHttpx2Client
+
+
+def _points_at_holysheep(base_url: Any) -> bool:
+    return (urlsplit(str(base_url)).hostname or "").endswith("holysheep.ai")
+
+
+def resolve_api_key(api_key: str | None, base_url: Any) -> str:
+    """The API key to use: ``api_key``, else ``$HOLYSHEEP_API_KEY``, whitespace trimmed.
+
+    :raises ConfigError: no key at all. Warns when an OpenAI key (``sk-``) is pointed at HolySheep,
+        whose keys start ``hs_``. The key is never put in a message.
+    """
+    key = (api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")).strip()
+    if not key:
+        raise ConfigError(f"api_key: none given; pass api_key= or set {API_KEY_ENV}", "api_key")
+    if key.startswith("sk-") and _points_at_holysheep(base_url):
+        warnings.warn(
+            "api_key looks like an OpenAI key (sk-...) but the client points at HolySheep, whose keys "
+            "start with hs_",
+            stacklevel=3,
+        )
+    return key
+
+
+def _transport(
+    limiter: HolySheepRateLimiter | None,
+    tier: str | None,
+    retry: RetryPolicy | None,
+    breaker: CircuitBreaker | None,
+    acquire_timeout: float | None,
+) -> Any:
+    if limiter is not None and tier is not None:
+        raise ConfigError("tier: give limiter= or tier=, not both", "tier")
+    if tier is not None:
+        limiter = HolySheepRateLimiter.from_tier(tier)
+    return Transport(limiter, retry, breaker, acquire_timeout=acquire_timeout)
+
+
+class AsyncHolySheep(openai.AsyncOpenAI):
+    """``openai.AsyncOpenAI`` for HolySheep, every request limited, guarded and retried.
+
+        client = AsyncHolySheep(limiter=HolySheepRateLimiter(rpm=500, tpm=100_000, max_concurrency=20))
+        resp = await client.embeddings.create(model="text-embedding-3-small", input=texts)
+
+    :param api_key: defaults to ``$HOLYSHEEP_API_KEY``.
+    :param base_url: defaults to ``https://api.holysheep.ai/v1``.
+    :param limiter: admits each request; or ``tier=`` for a plan's preset; or neither for no limits.
+    :param retry: ``RetryPolicy()`` by default; ``RetryPolicy(max_attempts=1)`` for none.
+    :param breaker: a `CircuitBreaker` to fail fast while the endpoint is down.
+    :param acquire_timeout: seconds a request may wait for the limiter before RateLimitExceeded.
+    :param kwargs: anything else ``openai.AsyncOpenAI`` takes (``timeout``, ``default_headers``, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        limiter: HolySheepRateLimiter | None = None,
+        tier: str | None = None,
+        retry: RetryPolicy | None = None,
+        breaker: CircuitBreaker | None = None,
+        acquire_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        base_url = base_url or HOLYSHEEP_BASE_URL
+        self.transport = _transport(limiter, tier, retry, breaker, acquire_timeout)
+        super().__init__(
+            api_key=resolve_api_key(api_key, base_url),
+            base_url=base_url,
+            max_retries=0,
+            http_client=_async_http_client(transport=self.transport),
+            **kwargs,
+        )
+
+    @property
+    def limiter(self) -> HolySheepRateLimiter | None:
+        """The limiter every request passes, if any."""
+        limiter: HolySheepRateLimiter | None = self.transport.limiter
+        return limiter
+
+
+class HolySheep(openai.OpenAI):
+    """``openai.OpenAI`` for HolySheep: `AsyncHolySheep` for blocking code (threads wait with the GIL
+    released)."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        limiter: HolySheepRateLimiter | None = None,
+        tier: str | None = None,
+        retry: RetryPolicy | None = None,
+        breaker: CircuitBreaker | None = None,
+        acquire_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        base_url = base_url or HOLYSHEEP_BASE_URL
+        self.transport = _transport(limiter, tier, retry, breaker, acquire_timeout)
+        super().__init__(
+            api_key=resolve_api_key(api_key, base_url),
+            base_url=base_url,
+            max_retries=0,
+            http_client=_sync_http_client(transport=self.transport),
+            **kwargs,
+        )
+
+    @property
+    def limiter(self) -> HolySheepRateLimiter | None:
+        """The limiter every request passes, if any."""
+        limiter: HolySheepRateLimiter | None = self.transport.limiter
+        return limiter
+
+
+def wrap(
+    client: ClientT,
+    *,
+    limiter: HolySheepRateLimiter | None = None,
+    tier: str | None = None,
+    retry: RetryPolicy | None = None,
+    breaker: CircuitBreaker | None = None,
+    acquire_timeout: float | None = None,
+) -> ClientT:
+    """A copy of an existing ``openai`` client, pointed wherever it points, with a `Transport` under it.
+
+        client = hs.wrap(openai.AsyncOpenAI(base_url="http://127.0.0.1:8080/v1", api_key="..."), limiter=lim)
+
+    The copy gets the SDK's default HTTP client settings and ``max_retries=0``.
+    """
+    transport = _transport(limiter, tier, retry, breaker, acquire_timeout)
+    make_http_client = _async_http_client if isinstance(client, openai.AsyncOpenAI) else _sync_http_client
+    wrapped: ClientT = client.with_options(http_client=make_http_client(transport=transport), max_retries=0)
+    return wrapped

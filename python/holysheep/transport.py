@@ -1,0 +1,333 @@
+"""The transport under an HTTP client: every request passes limiter → breaker → send → classify → retry.
+
+`Transport` sits where httpx (and httpx2, which the openai SDK 3.x is built on) expects a transport, so
+everything the SDK sends — any endpoint, streaming, ``with_raw_response``, ``with_options`` — is limited,
+guarded and retried in this one place:
+
+- the limiter admits the request: one request, its estimated LLM tokens and one concurrency slot;
+- the breaker lets it through (or ``CircuitOpenError`` is raised at once);
+- the inner transport sends it;
+- the answer is classified by the one table in ``holysheep.classify``: retried answers (429, 5xx, ...)
+  and connection errors go round again after the retry policy's delay (``Retry-After`` obeyed);
+- the response's stream keeps the slot until it is read to the end or closed, then settles the token
+  estimate with the ``usage`` the server reported.
+
+Errors of the inner transport pass through unchanged (the SDK maps them); a final failing answer is
+returned as it is, so the SDK raises its own typed error for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+from holysheep._tokens import estimate_request_tokens
+from holysheep.breaker import CircuitBreaker
+from holysheep.classify import classify_status
+from holysheep.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from holysheep._holysheep import _Reservation
+    from holysheep._limiter import HolySheepRateLimiter
+
+__all__ = ["Transport", "transport_class"]
+
+#: How much of a response's end is kept to find its ``usage`` (it comes last in a body or a stream).
+_TAIL_BYTES = 2048
+_TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
+
+
+class _StatusFailure(Exception):
+    """A failing HTTP answer, read by the retry policy and the breaker like any HTTP error."""
+
+    def __init__(self, status_code: int, headers: Any, error_code: str | None) -> None:
+        super().__init__(f"HTTP {status_code}")
+        self.status_code = status_code
+        self.headers = headers
+        self.code = error_code
+
+
+class _Plan:
+    """What the transport needs to know of a request before sending it."""
+
+    __slots__ = ("tokens",)
+
+    def __init__(self, request: Any) -> None:
+        self.tokens = 0
+        content_type = request.headers.get("content-type", "")
+        if request.method == "POST" and content_type.startswith("application/json"):
+            try:
+                body = json.loads(request.content)
+            except (ValueError, UnicodeDecodeError):
+                return
+            if isinstance(body, dict):
+                self.tokens = estimate_request_tokens(body)
+
+
+def _error_code(body: bytes) -> str | None:
+    """The ``error.code`` of an OpenAI-shaped error body, if any."""
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
+
+
+class _Held:
+    """What an admitted response holds until its stream ends: the slot, and the tokens to settle."""
+
+    __slots__ = ("_limiter", "_reservation", "_tail", "done")
+
+    def __init__(self, limiter: HolySheepRateLimiter | None, reservation: _Reservation | None) -> None:
+        self._limiter = limiter
+        self._reservation = reservation
+        self._tail = b""
+        self.done = False
+
+    def saw(self, chunk: bytes) -> None:
+        self._tail = (self._tail + chunk)[-_TAIL_BYTES:]
+
+    def finish(self) -> None:
+        """Settles the tokens the server reported and returns the slot; only the first call counts."""
+        if self.done:
+            return
+        self.done = True
+        if self._limiter is None:
+            return
+        matches = _TOTAL_TOKENS.findall(self._tail)
+        if matches and self._reservation is not None:
+            self._reservation.settle(int(matches[-1]))
+        self._limiter.release()
+
+
+class _HeldAsyncStream:
+    """A response body that returns its slot when read to the end, closed, or abandoned on an error."""
+
+    def __init__(self, inner: Any, held: _Held) -> None:
+        self._inner = inner
+        self._held = held
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._inner:
+                self._held.saw(chunk)
+                yield chunk
+        finally:
+            self._held.finish()
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self._held.finish()
+
+
+class _HeldSyncStream:
+    """`_HeldAsyncStream` for blocking clients."""
+
+    def __init__(self, inner: Any, held: _Held) -> None:
+        self._inner = inner
+        self._held = held
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._inner:
+                self._held.saw(chunk)
+                yield chunk
+        finally:
+            self._held.finish()
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            self._held.finish()
+
+
+class _Pipeline:
+    """The request pipeline shared by every flavour of `Transport`; ``lib`` is httpx or httpx2, and the
+    stream classes are the held streams made that library's byte streams."""
+
+    lib: Any
+    async_stream: type[_HeldAsyncStream]
+    sync_stream: type[_HeldSyncStream]
+
+    def __init__(
+        self,
+        limiter: HolySheepRateLimiter | None = None,
+        retry: RetryPolicy | None = None,
+        breaker: CircuitBreaker | None = None,
+        *,
+        inner: Any = None,
+        acquire_timeout: float | None = None,
+    ) -> None:
+        """
+        :param limiter: admits each request (and its estimated tokens); None sends without limits.
+        :param retry: retries failed answers and connection errors; ``RetryPolicy()`` by default,
+            ``RetryPolicy(max_attempts=1)`` for none.
+        :param breaker: fails fast while the endpoint is down; None for no breaker.
+        :param inner: the transport that really sends; the library's own HTTP transport by default.
+        :param acquire_timeout: seconds a request may wait for the limiter before RateLimitExceeded.
+        """
+        self.limiter = limiter
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.breaker = breaker
+        self.acquire_timeout = acquire_timeout
+        self._inner = inner
+
+    def _inner_transport(self, asynchronous: bool) -> Any:
+        if self._inner is None:
+            limits = self.lib.Limits(max_connections=1000, max_keepalive_connections=100)
+            factory = self.lib.AsyncHTTPTransport if asynchronous else self.lib.HTTPTransport
+            self._inner = factory(limits=limits)
+        return self._inner
+
+    def _next_delay(self, error: Exception, attempts: int, started: int, previous: float) -> float | None:
+        """Seconds before the next attempt, or None when the policy gives up (or does not retry it)."""
+        try:
+            return self.retry._next_delay(error, attempts, started, previous)
+        except Exception:
+            return None
+
+    def _breaker_admit(self) -> int | None:
+        return None if self.breaker is None else self.breaker._admit()
+
+    def _breaker_outcome(self, permit: int | None, error: BaseException | None) -> None:
+        if self.breaker is None or permit is None:
+            return
+        if error is None:
+            self.breaker._succeeded(permit)
+        else:
+            self.breaker._settle(permit, error)
+
+    def _failure(self, response: Any, body: bytes) -> _StatusFailure | None:
+        """The failure an answer stands for, if it is a retried one; counts a 429 with the limiter."""
+        status = response.status_code
+        if status < 400:
+            return None
+        if status == 429 and self.limiter is not None:
+            self.limiter._record_server_rejection()
+        failure = _StatusFailure(status, response.headers, _error_code(body) if status == 429 else None)
+        retried, _ = classify_status(status, response.headers, failure.code)
+        return failure if retried else None
+
+    async def handle_async_request(self, request: Any) -> Any:
+        plan = _Plan(request)
+        attempts, started, previous = 0, self.retry._core.begin(), 0.0
+        while True:
+            attempts += 1
+            permit = self._breaker_admit()
+            reservation = await self._acquire_async(plan)
+            try:
+                response = await self._inner_transport(True).handle_async_request(request)
+            except Exception as exc:
+                self._release()
+                self._breaker_outcome(permit, exc)
+                delay = self._next_delay(exc, attempts, started, previous)
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+                previous = delay
+                continue
+            body = await response.aread() if response.status_code >= 400 else b""
+            failure = self._failure(response, body)
+            self._breaker_outcome(permit, failure if response.status_code >= 500 else None)
+            delay = None if failure is None else self._next_delay(failure, attempts, started, previous)
+            if delay is None:
+                held = _Held(self.limiter, reservation)
+                return self.lib.Response(
+                    response.status_code,
+                    headers=response.headers,
+                    stream=self.async_stream(response.stream, held),
+                    extensions=response.extensions,
+                )
+            await response.aclose()
+            self._release()
+            await asyncio.sleep(delay)
+            previous = delay
+
+    def handle_request(self, request: Any) -> Any:
+        plan = _Plan(request)
+        attempts, started, previous = 0, self.retry._core.begin(), 0.0
+        while True:
+            attempts += 1
+            permit = self._breaker_admit()
+            reservation = self._acquire_blocking(plan)
+            try:
+                response = self._inner_transport(False).handle_request(request)
+            except Exception as exc:
+                self._release()
+                self._breaker_outcome(permit, exc)
+                delay = self._next_delay(exc, attempts, started, previous)
+                if delay is None:
+                    raise
+                time.sleep(delay)
+                previous = delay
+                continue
+            body = response.read() if response.status_code >= 400 else b""
+            failure = self._failure(response, body)
+            self._breaker_outcome(permit, failure if response.status_code >= 500 else None)
+            delay = None if failure is None else self._next_delay(failure, attempts, started, previous)
+            if delay is None:
+                held = _Held(self.limiter, reservation)
+                return self.lib.Response(
+                    response.status_code,
+                    headers=response.headers,
+                    stream=self.sync_stream(response.stream, held),
+                    extensions=response.extensions,
+                )
+            response.close()
+            self._release()
+            time.sleep(delay)
+            previous = delay
+
+    async def _acquire_async(self, plan: _Plan) -> _Reservation | None:
+        if self.limiter is None:
+            return None
+        return await self.limiter._acquire(plan.tokens, self.acquire_timeout, 0)
+
+    def _acquire_blocking(self, plan: _Plan) -> _Reservation | None:
+        if self.limiter is None:
+            return None
+        return self.limiter._acquire_blocking(plan.tokens, self.acquire_timeout, 0)
+
+    def _release(self) -> None:
+        if self.limiter is not None:
+            self.limiter.release()
+
+    async def aclose(self) -> None:
+        if self._inner is not None:
+            await self._inner.aclose()
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
+
+
+def transport_class(lib: Any) -> type:
+    """The `Transport` class for an HTTP library module (``httpx`` or ``httpx2``)."""
+    namespace = {
+        "lib": lib,
+        "async_stream": type("HeldAsyncStream", (_HeldAsyncStream, lib.AsyncByteStream), {}),
+        "sync_stream": type("HeldSyncStream", (_HeldSyncStream, lib.SyncByteStream), {}),
+        "__module__": __name__,
+        "__doc__": __doc__,
+    }
+    return type("Transport", (_Pipeline, lib.AsyncBaseTransport, lib.BaseTransport), namespace)
+
+
+def _default_library() -> Any:
+    """httpx2, which the openai SDK 3.x is built on, else httpx."""
+    try:
+        return importlib.import_module("httpx2")
+    except ImportError:
+        return importlib.import_module("httpx")
+
+
+Transport = transport_class(_default_library())
