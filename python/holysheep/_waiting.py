@@ -138,6 +138,9 @@ def rate_protocol(
         reservation = limiter._reserve(tokens, remaining(), "acquire")
         if reservation.wait > 0.0:
             yield reservation.wait
+            # Requests admitted before may have gone out later than reckoned: wait for them too.
+            while (extra := reservation.confirm()) > 0.0:
+                yield extra
             reservation.stamp()
         return reservation
     except BaseException:

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Transport", "transport_class"]
 
+#: Headers that describe a body as it came over the wire, not as it is handed on once read.
+_ENCODING_HEADERS = ("content-encoding", "content-length", "transfer-encoding")
 #: How much of a response's end is kept to find its ``usage`` (it comes last in a body or a stream).
 _TAIL_BYTES = 2048
 _TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
@@ -150,6 +152,38 @@ class _HeldSyncStream:
             self._held.finish()
 
 
+def _stamp_when_sent(request: Any, reservation: _Reservation | None, asynchronous: bool) -> None:
+    """Moves the admission to when the request is really sent, which is what a server counts: now,
+    and again when the HTTP library reports the body written (its ``trace`` extension), since a
+    request admitted in a burst may wait a while for its connection. A trace the caller set is kept."""
+    if reservation is None:
+        return
+    reservation.stamp()
+    previous = request.extensions.get("trace")
+    previous = getattr(previous, "holysheep_previous", previous)
+
+    def sent(name: str) -> None:
+        if name.endswith("send_request_body.complete"):
+            reservation.stamp()
+
+    if asynchronous:
+
+        async def trace(name: str, info: dict[str, Any]) -> None:
+            sent(name)
+            if previous is not None:
+                await previous(name, info)
+
+    else:
+
+        def trace(name: str, info: dict[str, Any]) -> None:  # type: ignore[misc]
+            sent(name)
+            if previous is not None:
+                previous(name, info)
+
+    trace.holysheep_previous = previous  # type: ignore[attr-defined]
+    request.extensions = {**request.extensions, "trace": trace}
+
+
 class _Pipeline:
     """The request pipeline shared by every flavour of `Transport`; ``lib`` is httpx or httpx2, and the
     stream classes are the held streams made that library's byte streams."""
@@ -224,6 +258,7 @@ class _Pipeline:
             attempts += 1
             permit = self._breaker_admit()
             reservation = await self._acquire_async(plan)
+            _stamp_when_sent(request, reservation, asynchronous=True)
             try:
                 response = await self._inner_transport(True).handle_async_request(request)
             except Exception as exc:
@@ -235,19 +270,15 @@ class _Pipeline:
                 await asyncio.sleep(delay)
                 previous = delay
                 continue
-            body = await response.aread() if response.status_code >= 400 else b""
+            body = b""
+            if response.status_code >= 400:
+                body = await response.aread()
+                await response.aclose()
             failure = self._failure(response, body)
             self._breaker_outcome(permit, failure if response.status_code >= 500 else None)
             delay = None if failure is None else self._next_delay(failure, attempts, started, previous)
             if delay is None:
-                held = _Held(self.limiter, reservation)
-                return self.lib.Response(
-                    response.status_code,
-                    headers=response.headers,
-                    stream=self.async_stream(response.stream, held),
-                    extensions=response.extensions,
-                )
-            await response.aclose()
+                return self._answer(response, body, _Held(self.limiter, reservation), self.async_stream)
             self._release()
             await asyncio.sleep(delay)
             previous = delay
@@ -259,6 +290,7 @@ class _Pipeline:
             attempts += 1
             permit = self._breaker_admit()
             reservation = self._acquire_blocking(plan)
+            _stamp_when_sent(request, reservation, asynchronous=False)
             try:
                 response = self._inner_transport(False).handle_request(request)
             except Exception as exc:
@@ -270,22 +302,33 @@ class _Pipeline:
                 time.sleep(delay)
                 previous = delay
                 continue
-            body = response.read() if response.status_code >= 400 else b""
+            body = b""
+            if response.status_code >= 400:
+                body = response.read()
+                response.close()
             failure = self._failure(response, body)
             self._breaker_outcome(permit, failure if response.status_code >= 500 else None)
             delay = None if failure is None else self._next_delay(failure, attempts, started, previous)
             if delay is None:
-                held = _Held(self.limiter, reservation)
-                return self.lib.Response(
-                    response.status_code,
-                    headers=response.headers,
-                    stream=self.sync_stream(response.stream, held),
-                    extensions=response.extensions,
-                )
-            response.close()
+                return self._answer(response, body, _Held(self.limiter, reservation), self.sync_stream)
             self._release()
             time.sleep(delay)
             previous = delay
+
+    def _answer(self, response: Any, body: bytes, held: _Held, stream_class: type) -> Any:
+        """The response handed to the client: a failure already read is done with (its slot back now);
+        any other keeps its slot until its stream ends."""
+        if response.status_code < 400:
+            stream = stream_class(response.stream, held)
+            return self.lib.Response(
+                response.status_code, headers=response.headers, stream=stream, extensions=response.extensions
+            )
+        held.finish()
+        # The body was read (and decoded) to classify the failure: hand it on as plain content.
+        headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _ENCODING_HEADERS]
+        return self.lib.Response(
+            response.status_code, headers=headers, content=body, extensions=response.extensions
+        )
 
     async def _acquire_async(self, plan: _Plan) -> _Reservation | None:
         if self.limiter is None:

@@ -299,14 +299,23 @@ impl Window {
         }
     }
 
-    /// Moves an admission reserved for `at` to `now`, when its request went late and nothing relied on
-    /// the reserved instant (see [`ExactWindow::restamp`]); GCRA shifts its TAT while it is the last.
+    /// Moves an admission reserved for `at` to `now`, when its request went late (see
+    /// [`ExactWindow::restamp`]); GCRA shifts its TAT while it is the last.
     /// The approximate counter does not track instants.
     pub fn restamp(&mut self, receipt: u64, at: u64, now: u64) {
         match self {
             Window::Exact(w) => w.restamp(receipt, now),
             Window::Gcra { tat, .. } if *tat == receipt => *tat += now.saturating_sub(at),
             _ => {}
+        }
+    }
+
+    /// The instant an admission reserved for `at` really conforms (see [`ExactWindow::recheck`]);
+    /// `at` for the algorithms that keep no instants per admission.
+    pub fn recheck(&mut self, receipt: u64, at: u64) -> u64 {
+        match self {
+            Window::Exact(w) => w.recheck(receipt),
+            _ => at,
         }
     }
 

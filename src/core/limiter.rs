@@ -252,6 +252,14 @@ impl<C: Clock> Limiter<C> {
         }
     }
 
+    /// Nanoseconds more a waiter that woke at its reserved instant must wait, because admissions before
+    /// it went out later than reckoned (see [`Quota::recheck`]); 0 when it may go.
+    pub fn confirm(&self, admission: &mut Admission, cost: Cost) -> u64 {
+        let Some(quota) = &self.quota else { return 0 };
+        admission.at_ns = quota.recheck(&admission.receipt, cost, admission.at_ns);
+        admission.at_ns.saturating_sub(self.clock.now_ns())
+    }
+
     /// Replaces an admission's estimated cost by the actual one (refund or charge).
     pub fn settle(&self, admission: &Admission, estimated: Cost, actual: Cost) {
         if let Some(quota) = &self.quota {

@@ -149,9 +149,8 @@ impl Quota {
         }
     }
 
-    /// Moves an admission reserved for `at` to the instant `now` its request really went, wherever no
-    /// later admission relied on the reserved instant: a waiter wakes a little late, and a server
-    /// counts from arrival.
+    /// Moves an admission reserved for `at` to the instant `now` its request really went: a waiter wakes a
+    /// little late, a burst takes a while to go out, and a server counts from arrival.
     pub fn restamp(&self, receipt: &Receipt, cost: Cost, at: u64, now: u64) {
         match &self.state {
             State::Single { unit, cell, .. } => {
@@ -168,6 +167,20 @@ impl Quota {
                 }
             }
         }
+    }
+
+    /// The instant an admission reserved for `at` really conforms in every limit, given the admissions
+    /// before it as they stand now (see [`ExactWindow::recheck`](crate::core::window::ExactWindow)).
+    pub fn recheck(&self, receipt: &Receipt, cost: Cost, at: u64) -> u64 {
+        let State::Windows(lock) = &self.state else { return at };
+        let mut windows = lock.lock();
+        let mut conforms = at;
+        for ((window, limit), ticket) in windows.iter_mut().zip(&self.limits).zip(receipt.tickets) {
+            if limit.unit().of(cost) > 0 {
+                conforms = conforms.max(window.recheck(ticket, at));
+            }
+        }
+        conforms
     }
 
     /// Takes back an admission of `cost` that will not be used (a waiter that gave up).

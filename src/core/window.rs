@@ -1,12 +1,19 @@
 //! The exact sliding window: a log of the admissions still inside the window, so that no interval of the
 //! window's length ever holds more than the limit, and the whole limit is usable at once.
 //!
-//! Admissions less than 1/1024 of the window apart share one entry, dated at the later of them: that
-//! only ever keeps an admission in the window longer than its own time would (never over the limit),
-//! costs at most 0.1% of the window's capacity, and bounds the log whatever the limit.
+//! Above 65,536 per window, admissions less than 1/65,536 of the window apart share one entry, dated at
+//! the later of them: that only ever keeps an admission in the window longer than its own time would
+//! (never over the limit), costs at most 0.002% of the window's capacity, and bounds the log however
+//! large the limit.
 //!
-//! Memory: 16 bytes per entry, and never more entries than the limit (costs are at least one) nor more
-//! than 1,024 per window (16 KiB), plus one per reservation not yet due (a waiter's place in line).
+//! Memory: 24 bytes per entry, and never more entries than the limit (costs are at least one) nor more
+//! than 65,536 per window (1.5 MiB), plus one per reservation not yet due (a waiter's place in line).
+//!
+//! A server counts a request when it arrives, and a client sends some time after admitting it, not
+//! always in the order it admitted (a burst of a hundred waits for a hundred connections). So an
+//! admission is moved to when its request really goes ([`ExactWindow::restamp`]), the log kept in order
+//! of time, and a waiter whose instant was reckoned from earlier admissions that went late checks it
+//! again when it wakes ([`ExactWindow::recheck`]).
 //! Cost per decision: O(1) amortised for unit costs; a weighted request reads as many of the oldest
 //! entries as must leave the window to make room for it, each of which leaves once.
 
@@ -14,10 +21,15 @@ use std::collections::VecDeque;
 
 use crate::core::decision::Never;
 
+/// Limits above this share entries between close admissions; below it the log is bounded by the limit.
+const MERGE_ABOVE: u64 = 65_536;
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     at: u64,
     cost: u64,
+    /// The admission's receipt: entries move when restamped, so a receipt names an entry, not a place.
+    id: u64,
 }
 
 /// At most `limit` units of cost in any interval of `window_ns` nanoseconds.
@@ -25,11 +37,11 @@ struct Entry {
 pub struct ExactWindow {
     limit: u64,
     window_ns: u64,
-    /// Admissions closer than this to the last entry join it.
+    /// Admissions closer than this to the last entry join it (0: never).
     merge_ns: u64,
+    /// In order of `at`.
     log: VecDeque<Entry>,
-    /// Sequence number of `log[0]`; an admission's receipt is its sequence number.
-    first_seq: u64,
+    next_id: u64,
     /// The sum of the costs in `log`.
     counted: u64,
 }
@@ -37,7 +49,8 @@ pub struct ExactWindow {
 impl ExactWindow {
     pub fn new(limit: u64, window_ns: u64) -> Self {
         debug_assert!(limit >= 1 && window_ns >= 1);
-        Self { limit, window_ns, merge_ns: window_ns / 1024, log: VecDeque::new(), first_seq: 0, counted: 0 }
+        let merge_ns = if limit > MERGE_ABOVE { window_ns / MERGE_ABOVE } else { 0 };
+        Self { limit, window_ns, merge_ns, log: VecDeque::new(), next_id: 0, counted: 0 }
     }
 
     pub fn limit(&self) -> u64 {
@@ -56,7 +69,6 @@ impl ExactWindow {
             }
             self.counted -= oldest.cost;
             self.log.pop_front();
-            self.first_seq += 1;
         }
     }
 
@@ -85,14 +97,17 @@ impl ExactWindow {
     /// instant: a reservation given back must leave the log as it was.
     pub fn admit(&mut self, at: u64, cost: u64) -> u64 {
         self.counted += cost;
-        match self.log.back_mut() {
-            Some(last) if at - last.at < self.merge_ns => {
+        if let Some(last) = self.log.back_mut() {
+            if at - last.at < self.merge_ns {
                 last.at = at;
                 last.cost += cost;
+                return last.id;
             }
-            _ => self.log.push_back(Entry { at, cost }),
         }
-        self.first_seq + self.log.len() as u64 - 1
+        let id = self.next_id;
+        self.next_id += 1;
+        self.log.push_back(Entry { at, cost, id });
+        id
     }
 
     /// Counts `cost` from `now` (or the last admission, if later) whatever room is left.
@@ -102,41 +117,74 @@ impl ExactWindow {
         self.admit(at, cost);
     }
 
-    fn entry_mut(&mut self, receipt: u64) -> Option<&mut Entry> {
-        let index = receipt.checked_sub(self.first_seq)?;
-        self.log.get_mut(index as usize)
+    /// Where the entry of a receipt stands: near the end, since receipts are used soon after admission
+    /// or not at all once their entry has left the window.
+    fn position(&self, receipt: u64) -> Option<usize> {
+        self.log.iter().rposition(|entry| entry.id == receipt)
+    }
+
+    /// Moves the entry at `index` to the later instant `at`, keeping the log in order.
+    fn move_later(&mut self, index: usize, at: u64) {
+        let Some(mut entry) = self.log.remove(index) else { return };
+        entry.at = at;
+        let place = self.log.range(index..).position(|other| other.at > at).map_or(self.log.len(), |p| index + p);
+        self.log.insert(place, entry);
     }
 
     /// Corrects the cost `old` of an admission to what it really was (`actual`); once it left the
     /// window, nothing to do.
     pub fn settle(&mut self, receipt: u64, old: u64, actual: u64) {
-        if let Some(entry) = self.entry_mut(receipt) {
+        if let Some(index) = self.position(receipt) {
+            let entry = &mut self.log[index];
             let corrected = (entry.cost + actual).saturating_sub(old);
             let before = std::mem::replace(&mut entry.cost, corrected);
             self.counted = self.counted - before + corrected;
         }
     }
 
-    /// Moves an admission to the instant its request really went (`now`, later than reserved: a waiter
-    /// wakes a little after its instant), as long as no later admission was placed relying on the old
-    /// instant; otherwise it stays. Never past the next admission, so the log stays in order.
+    /// Moves an admission to `now`, when its request really goes, if that is later: it then leaves the
+    /// window when the server's count of it does. A later admission reckoned from the old instant checks
+    /// again ([`ExactWindow::recheck`]).
     pub fn restamp(&mut self, receipt: u64, now: u64) {
-        let Some(index) = receipt.checked_sub(self.first_seq).map(|i| i as usize) else { return };
-        let (Some(entry), Some(last)) = (self.log.get(index), self.log.back()) else { return };
-        if now <= entry.at || last.at >= entry.at.saturating_add(self.window_ns) {
-            return;
+        if let Some(index) = self.position(receipt) {
+            if now > self.log[index].at {
+                self.move_later(index, now);
+            }
         }
-        let next = self.log.get(index + 1).map_or(u64::MAX, |next| next.at);
-        self.log[index].at = now.min(next);
+    }
+
+    /// The instant an admission really conforms, given the admissions before it as they stand now
+    /// (some may have gone later than reckoned): its own instant if it still fits, else the instant
+    /// enough of them leave, to which it is moved.
+    pub fn recheck(&mut self, receipt: u64) -> u64 {
+        let Some(index) = self.position(receipt) else { return 0 };
+        let entry = self.log[index];
+        let opens = entry.at.saturating_sub(self.window_ns);
+        let earlier = self.log.range(..index).filter(|e| e.at > opens);
+        let mut excess = (earlier.clone().map(|e| e.cost).sum::<u64>() + entry.cost).saturating_sub(self.limit);
+        if excess == 0 {
+            return entry.at;
+        }
+        let mut conforms = entry.at;
+        for e in earlier {
+            excess = excess.saturating_sub(e.cost);
+            if excess == 0 {
+                conforms = e.at.saturating_add(self.window_ns);
+                break;
+            }
+        }
+        self.move_later(index, conforms);
+        conforms
     }
 
     /// Takes an admission of `cost` back (a waiter gave up before its turn). Removing an admission never
     /// lets any interval hold more, so this is exact wherever the entry sits.
     pub fn give_back(&mut self, receipt: u64, cost: u64) {
         self.settle(receipt, cost, 0);
-        let is_last = receipt + 1 == self.first_seq + self.log.len() as u64;
-        if is_last && self.log.back().is_some_and(|last| last.cost == 0) {
-            self.log.pop_back();
+        if let Some(index) = self.position(receipt) {
+            if self.log[index].cost == 0 {
+                self.log.remove(index);
+            }
         }
     }
 
@@ -231,7 +279,7 @@ mod tests {
     }
 
     #[test]
-    fn a_late_waiter_moves_its_admission_to_when_it_really_went() {
+    fn a_late_request_moves_its_admission_to_when_it_really_went() {
         let mut window = ExactWindow::new(2, 10 * SEC);
         window.admit(0, 1);
         window.admit(0, 1);
@@ -244,28 +292,47 @@ mod tests {
     }
 
     #[test]
-    fn an_admission_others_relied_on_keeps_its_instant() {
+    fn a_waiter_reckoned_from_a_request_that_went_late_waits_for_it() {
         let mut window = ExactWindow::new(1, SEC);
         let first = window.admit(0, 1);
         let at = window.earliest(1, 0).unwrap();
-        window.admit(at, 1);
-        window.restamp(first, 5);
-        assert_eq!(window.earliest(1, 0), Ok(2 * SEC));
-        window.forget_before(SEC);
-        assert_eq!(window.len(), 1, "the first left the window at its old instant");
+        let waiter = window.admit(at, 1);
+        assert_eq!(at, SEC);
+        window.restamp(first, SEC / 4);
+        assert_eq!(window.recheck(waiter), SEC + SEC / 4);
+        assert_eq!(window.recheck(waiter), SEC + SEC / 4, "checking again changes nothing");
+        assert_eq!(window.recheck(first), SEC / 4);
     }
 
     #[test]
-    fn close_admissions_share_an_entry_dated_at_the_later() {
-        let mut window = ExactWindow::new(1_000, 1_024 * SEC);
+    fn a_restamped_admission_moves_past_those_sent_before_it() {
+        let mut window = ExactWindow::new(10, SEC);
+        let first = window.admit(0, 1);
+        window.admit(SEC / 10, 1);
+        window.restamp(first, SEC / 2);
+        assert_eq!(window.earliest(8, SEC / 2), Ok(SEC / 2));
+        window.settle(first, 1, 3);
+        assert_eq!(window.remaining(SEC / 2), 6, "its receipt still finds it");
+        assert_eq!(window.remaining(SEC + SEC / 10 - 1), 6);
+        assert_eq!(window.remaining(SEC + SEC / 10), 7, "the second leaves first now");
+        assert_eq!(window.remaining(SEC + SEC / 2), 10);
+    }
+
+    #[test]
+    fn close_admissions_share_an_entry_dated_at_the_later_above_65536_a_window() {
+        let mut window = ExactWindow::new(100_000, 65_536 * SEC);
         let first = window.admit(0, 1);
         let second = window.admit(SEC / 2, 1);
         assert_eq!((first, second, window.len()), (0, 0, 1));
         window.admit(2 * SEC, 1);
         assert_eq!(window.len(), 2);
         // Both early admissions leave together, a window after the later one.
-        assert_eq!(window.remaining(1_024 * SEC + SEC / 2 - 1), 997);
-        assert_eq!(window.remaining(1_024 * SEC + SEC / 2), 999);
+        assert_eq!(window.remaining(65_536 * SEC + SEC / 2 - 1), 99_997);
+        assert_eq!(window.remaining(65_536 * SEC + SEC / 2), 99_999);
+        let mut small = ExactWindow::new(1_000, SEC);
+        small.admit(0, 1);
+        small.admit(1, 1);
+        assert_eq!(small.len(), 2, "a log bounded by its limit keeps every admission");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use pyo3::intern;
 
 use crate::core::clock::{ns_to_secs, secs_to_ns};
 use crate::core::limiter::{Admission, Limiter, Waiters};
+use crate::core::spin::SpinLock;
 use crate::core::{Cost, Error, LimiterConfig, Tier};
 use crate::py::limit::PyLimit;
 
@@ -52,7 +53,8 @@ fn waiters(kind: &str) -> Waiters {
 #[pyclass(name = "_Reservation", module = "holysheep._holysheep", frozen)]
 pub struct Reservation {
     limiter: Arc<Limiter>,
-    admission: Admission,
+    /// Behind a lock only because `confirm` may move its instant.
+    admission: SpinLock<Admission>,
     /// The tokens counted for it now: the estimate, then each settled count.
     tokens: AtomicU64,
 }
@@ -68,7 +70,7 @@ impl Reservation {
     /// Seconds to wait before proceeding.
     #[getter]
     fn wait(&self) -> f64 {
-        ns_to_secs(self.admission.wait_ns)
+        ns_to_secs(self.admission.lock().wait_ns)
     }
 
     /// The tokens counted for it now.
@@ -77,22 +79,28 @@ impl Reservation {
         self.tokens.load(Ordering::Acquire)
     }
 
-    /// Marks the reservation used now: a waiter that woke after its instant moves its admission to
-    /// when its request really goes, where nothing relied on the reserved instant.
+    /// Marks the reservation used now: its admission moves to when its request really goes.
     fn stamp(&self) {
-        self.limiter.stamp(&self.admission, self.cost());
+        self.limiter.stamp(&self.admission.lock(), self.cost());
+    }
+
+    /// Seconds more to wait after waking at the reserved instant, because requests admitted before
+    /// went out later than reckoned; 0.0 when it may go.
+    fn confirm(&self) -> f64 {
+        let cost = self.cost();
+        ns_to_secs(self.limiter.confirm(&mut self.admission.lock(), cost))
     }
 
     /// Gives the reservation back: its waiter gave up before its turn.
     fn give_back(&self) {
-        self.limiter.give_back(&self.admission, self.cost());
+        self.limiter.give_back(&self.admission.lock(), self.cost());
     }
 
     /// Replaces the tokens counted so far by the actual count: refunds or charges the difference.
     fn settle(&self, actual_tokens: i64) -> PyResult<()> {
         let actual = tokens_cost(actual_tokens)?;
         let counted = Cost::request(self.tokens.swap(actual.tokens, Ordering::AcqRel));
-        self.limiter.settle(&self.admission, counted, actual);
+        self.limiter.settle(&self.admission.lock(), counted, actual);
         Ok(())
     }
 }
@@ -252,7 +260,11 @@ impl PyLimiter {
     fn _reserve(&self, tokens: i64, timeout: Option<f64>, operation: &str) -> PyResult<Reservation> {
         let cost = tokens_cost(tokens)?;
         let admission = self.inner.reserve(cost, max_wait_ns(timeout)?, operation)?;
-        Ok(Reservation { limiter: Arc::clone(&self.inner), admission, tokens: AtomicU64::new(cost.tokens) })
+        Ok(Reservation {
+            limiter: Arc::clone(&self.inner),
+            admission: SpinLock::new(admission),
+            tokens: AtomicU64::new(cost.tokens),
+        })
     }
 
     /// Sleeps with the GIL released: a thread's wait for its reserved instant.

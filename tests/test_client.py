@@ -1,0 +1,202 @@
+"""The drop-in clients with the real openai SDK against MockGateway over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+import holysheep as hs
+from holysheep.testing import Faults, MockGateway
+
+MESSAGES: list[Any] = [{"role": "user", "content": "hello there"}]
+FAST = hs.RetryPolicy(max_attempts=6, base_delay=0.005, max_delay=0.05, jitter="full")
+
+
+@pytest.fixture
+def gateway() -> Iterator[MockGateway]:
+    with MockGateway(latency=0.005) as gw:
+        yield gw
+
+
+def test_clients_are_the_sdk_clients_pointed_at_holysheep(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOLYSHEEP_API_KEY", "  hs_from_env\n")
+    client = hs.AsyncHolySheep()
+    assert isinstance(client, openai.AsyncOpenAI)
+    assert str(client.base_url) == "https://api.holysheep.ai/v1/"
+    assert client.api_key == "hs_from_env"
+    assert client.max_retries == 0
+    assert isinstance(hs.HolySheep(), openai.OpenAI)
+
+
+def test_a_missing_key_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HOLYSHEEP_API_KEY", raising=False)
+    with pytest.raises(hs.ConfigError, match="HOLYSHEEP_API_KEY") as info:
+        hs.AsyncHolySheep()
+    assert info.value.field == "api_key"
+
+
+def test_an_openai_key_pointed_at_holysheep_warns_without_showing_it() -> None:
+    secret = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"
+    with pytest.warns(UserWarning, match="looks like an OpenAI key") as record:
+        hs.AsyncHolySheep(api_key=secret)
+    assert secret not in str(record[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hs.AsyncHolySheep(api_key=secret, base_url="http://127.0.0.1:9/v1")
+
+
+def test_limiter_and_tier_are_one_or_the_other() -> None:
+    with pytest.raises(hs.ConfigError) as info:
+        hs.AsyncHolySheep(api_key="hs_x", tier="pro", limiter=hs.HolySheepRateLimiter(rpm=10))
+    assert info.value.field == "tier"
+    assert hs.AsyncHolySheep(api_key="hs_x", tier="pro").limiter is not None
+
+
+async def test_chat_embeddings_models_and_streams_pass_the_limiter(gateway: MockGateway) -> None:
+    lim = hs.HolySheepRateLimiter(rpm=600, tpm=100_000, max_concurrency=4)
+    async with hs.AsyncHolySheep(base_url=gateway.base_url, api_key="hs_test", limiter=lim) as client:
+        completion = await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, max_tokens=64)
+        assert completion.usage is not None and completion.usage.total_tokens == 22
+        vectors = await client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+        assert len(vectors.data) == 2
+        assert [model.id async for model in client.models.list()]
+        stream = await client.chat.completions.create(
+            model="gpt-4.1", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+        assert lim.stats()["in_flight"] == 1
+        text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+        assert text.startswith("baa")
+        raw = await client.chat.completions.with_raw_response.create(model="gpt-4.1", messages=MESSAGES)
+        assert raw.headers["x-request-id"] and raw.parse().choices
+    stats = lim.stats()
+    assert (stats["admitted"], stats["in_flight"], stats["server_429s"]) == (5, 0, 0)
+    # The estimates (64 completion tokens asked for) were settled to what the gateway counted.
+    counted = sum(record.tokens for record in gateway.admission_log())
+    assert stats["remaining"]["100000 tokens per minute"] == 100_000 - counted
+
+
+async def test_300_concurrent_calls_with_the_gateways_limits_get_no_429() -> None:
+    window_s = 1.0
+    with MockGateway(rpm=100, window_s=window_s, latency=0.01) as gw:
+        lim = hs.HolySheepRateLimiter(limits=[hs.Limit(100, per=window_s)])
+        async with hs.AsyncHolySheep(base_url=gw.base_url, api_key="hs_test", limiter=lim) as client:
+            started = time.monotonic()
+            results = await asyncio.gather(
+                *(client.chat.completions.create(model="gpt-4.1", messages=MESSAGES) for _ in range(300))
+            )
+            elapsed = time.monotonic() - started
+        log = gw.admission_log()
+        assert len(results) == 300
+        assert sum(record.status == 429 for record in log) == 0
+        assert gw.peak_admitted() <= 100
+    # The ideal schedule: 100 at once, then 100 as each leaves the window, twice. Each window here is
+    # used to at least 95% (its guard, and the time a burst of 100 takes to go out, are the rest).
+    arrivals = sorted(record.at for record in log)
+    assert arrivals[200] - arrivals[0] < 2 * window_s / 0.95
+    assert elapsed < 2 * window_s / 0.95 + 1.0
+
+
+async def test_a_gateway_tighter_than_the_client_converges_and_every_call_succeeds() -> None:
+    with MockGateway(rpm=40, window_s=0.5, latency=0.005) as gw:
+        lim = hs.HolySheepRateLimiter(limits=[hs.Limit(60, per=0.5)], max_concurrency=16)
+        retry = hs.RetryPolicy(max_attempts=20, base_delay=0.01, max_delay=0.5)
+        async with hs.AsyncHolySheep(base_url=gw.base_url, api_key="hs_test", limiter=lim, retry=retry) as client:
+            results = await asyncio.gather(
+                *(client.chat.completions.create(model="gpt-4.1", messages=MESSAGES) for _ in range(120))
+            )
+        assert len(results) == 120
+        assert gw.peak_admitted() <= 40
+        assert lim.stats()["server_429s"] > 0
+        assert lim.stats()["in_flight"] == 0
+
+
+async def test_faults_are_retried_and_the_breaker_rides_out_an_outage() -> None:
+    faults = Faults(unavailable=0.2, reset=0.05, outage=(0.2, 0.6))
+    with MockGateway(latency=0.005, faults=faults, seed=3) as gw:
+        # Paced evenly (GCRA, no burst), so the calls span the outage.
+        lim = hs.HolySheepRateLimiter(limits=[hs.Limit(100, per=1.0, algorithm="gcra")], max_concurrency=8)
+        changes: list[tuple[str, str]] = []
+        breaker = hs.CircuitBreaker(
+            failure_threshold=5,
+            recovery_timeout=0.2,
+            half_open_max_calls=2,
+            on_state_change=lambda b, old, new: changes.append((old, new)),
+        )
+        retry = hs.RetryPolicy(max_attempts=30, base_delay=0.02, max_delay=0.1)
+        async with hs.AsyncHolySheep(
+            base_url=gw.base_url, api_key="hs_test", limiter=lim, retry=retry, breaker=breaker
+        ) as client:
+
+            async def call() -> Any:
+                for _ in range(50):
+                    try:
+                        return await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+                    except hs.CircuitOpenError as err:
+                        await asyncio.sleep(err.retry_after)
+                raise AssertionError("never got through")
+
+            results = await asyncio.gather(*(call() for _ in range(100)))
+        assert len(results) == 100
+        assert ("closed", "open") in changes and changes[-1][1] == "closed"
+        assert lim.stats()["in_flight"] == 0
+
+
+async def test_streams_return_their_slot_when_read_closed_or_abandoned(gateway: MockGateway) -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=100, max_concurrency=1)
+    async with hs.AsyncHolySheep(base_url=gateway.base_url, api_key="hs_test", limiter=lim) as client:
+        stream = await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+        async for _ in stream:
+            pass
+        assert lim.stats()["in_flight"] == 0
+        stream = await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+        await stream.close()
+        assert lim.stats()["in_flight"] == 0
+        with pytest.raises(RuntimeError):
+            stream = await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+            async for _ in stream:
+                raise RuntimeError("the consumer failed")
+        await stream.close()
+        assert lim.stats()["in_flight"] == 0
+
+
+async def test_wrong_key_and_insufficient_quota_fail_at_once() -> None:
+    with MockGateway(api_keys="hs_right", credit_tokens=30) as gw:
+        async with hs.AsyncHolySheep(base_url=gw.base_url, api_key="hs_wrong", retry=FAST) as client:
+            started = time.monotonic()
+            with pytest.raises(openai.AuthenticationError):
+                await client.models.list()
+        async with hs.AsyncHolySheep(base_url=gw.base_url, api_key="hs_right", retry=FAST) as client:
+            await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+            with pytest.raises(openai.RateLimitError) as info:
+                await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+        assert info.value.code == "insufficient_quota"
+        assert time.monotonic() - started < 1.0
+        assert len([r for r in gw.admission_log() if r.status in (401, 429)]) == 2
+
+
+async def test_nobody_listening_is_a_connection_error_after_the_attempts() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with hs.AsyncHolySheep(base_url=f"http://127.0.0.1:{port}/v1", api_key="hs_x", retry=FAST) as client:
+        started = time.monotonic()
+        with pytest.raises(openai.APIConnectionError):
+            await client.models.list()
+    assert time.monotonic() - started < 2.0
+
+
+def test_the_blocking_client_and_wrap(gateway: MockGateway) -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=100, max_concurrency=2)
+    with hs.HolySheep(base_url=gateway.base_url, api_key="hs_test", limiter=lim) as client:
+        assert client.chat.completions.create(model="gpt-4.1", messages=MESSAGES).choices
+    with openai.OpenAI(base_url=gateway.base_url, api_key="hs_test") as bare, hs.wrap(bare, limiter=lim) as wrapped:
+        assert isinstance(wrapped, openai.OpenAI) and wrapped.max_retries == 0
+        assert wrapped.embeddings.create(model="text-embedding-3-small", input="x").data
+    assert lim.stats()["admitted"] == 2 and lim.stats()["in_flight"] == 0

@@ -1,0 +1,175 @@
+"""hs.Transport under an httpx2 client, with httpx2.MockTransport underneath: what it retries, when it
+gives up, and when it returns the concurrency slot."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx2
+import pytest
+
+import holysheep as hs
+
+FAST = hs.RetryPolicy(max_attempts=4, base_delay=0.001, max_delay=0.005, jitter="none")
+CHAT = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+
+
+def answers(*replies: httpx2.Response | Exception) -> tuple[Callable[[httpx2.Request], httpx2.Response], list[str]]:
+    """A handler giving the replies in turn (the last one again when they run out), and its call log."""
+    calls: list[str] = []
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        calls.append(request.url.path)
+        reply = replies[min(len(calls), len(replies)) - 1]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    return handle, calls
+
+
+def ok(usage_tokens: int = 30) -> httpx2.Response:
+    return httpx2.Response(200, json={"object": "chat.completion", "usage": {"total_tokens": usage_tokens}})
+
+
+def client(handler: Any, **options: Any) -> httpx2.AsyncClient:
+    transport = hs.Transport(inner=httpx2.MockTransport(handler), **options)
+    return httpx2.AsyncClient(transport=transport, base_url="http://gateway.test/v1")
+
+
+async def test_retried_answers_go_round_again_until_one_passes() -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=100, max_concurrency=2)
+    handle, calls = answers(httpx2.Response(503), httpx2.Response(502), ok())
+    async with client(handle, limiter=lim, retry=FAST) as http:
+        response = await http.post("/chat/completions", json=CHAT)
+    assert response.status_code == 200
+    assert len(calls) == 3
+    stats = lim.stats()
+    assert (stats["admitted"], stats["in_flight"]) == (3, 0)
+
+
+async def test_retry_after_header_overrides_backoff() -> None:
+    handle, calls = answers(httpx2.Response(429, headers={"retry-after-ms": "150"}), ok())
+    started = time.monotonic()
+    async with client(handle, retry=FAST) as http:
+        response = await http.post("/chat/completions", json=CHAT)
+    assert response.status_code == 200
+    assert time.monotonic() - started >= 0.15
+
+
+@pytest.mark.parametrize(
+    "final",
+    [
+        httpx2.Response(400, json={"error": {"message": "bad"}}),
+        httpx2.Response(401, json={"error": {"message": "no key"}}),
+        httpx2.Response(429, json={"error": {"code": "insufficient_quota", "message": "out of credit"}}),
+    ],
+)
+async def test_answers_that_retrying_cannot_fix_come_back_at_once(final: httpx2.Response) -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=100, max_concurrency=1)
+    handle, calls = answers(final)
+    async with client(handle, limiter=lim, retry=FAST) as http:
+        response = await http.post("/chat/completions", json=CHAT)
+    assert response.status_code == final.status_code
+    assert len(calls) == 1
+    assert json.loads(response.content)["error"]["message"]
+    assert lim.stats()["in_flight"] == 0
+
+
+async def test_a_failure_that_lasts_returns_the_last_answer_after_the_attempts() -> None:
+    handle, calls = answers(httpx2.Response(503, json={"error": {"message": "down"}}))
+    async with client(handle, retry=FAST) as http:
+        response = await http.post("/chat/completions", json=CHAT)
+    assert response.status_code == 503
+    assert len(calls) == FAST.max_attempts
+
+
+async def test_connection_errors_are_retried_then_raised_unchanged() -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=100, max_concurrency=1)
+    handle, calls = answers(httpx2.ConnectError("refused"))
+    async with client(handle, limiter=lim, retry=FAST) as http:
+        with pytest.raises(httpx2.ConnectError):
+            await http.post("/chat/completions", json=CHAT)
+    assert len(calls) == FAST.max_attempts
+    assert lim.stats()["in_flight"] == 0
+
+
+async def test_open_breaker_raises_circuit_open_without_sending() -> None:
+    breaker = hs.CircuitBreaker(failure_threshold=2, recovery_timeout=30.0)
+    handle, calls = answers(httpx2.Response(500))
+    async with client(handle, retry=hs.RetryPolicy(max_attempts=1), breaker=breaker) as http:
+        for _ in range(2):
+            assert (await http.post("/chat/completions", json=CHAT)).status_code == 500
+        assert breaker.state == "open"
+        with pytest.raises(hs.CircuitOpenError) as info:
+            await http.post("/chat/completions", json=CHAT)
+    assert len(calls) == 2
+    assert info.value.retry_after > 0
+
+
+async def test_usage_settles_the_token_estimate() -> None:
+    lim = hs.HolySheepRateLimiter(tpm=1_000)
+    handle, _ = answers(ok(usage_tokens=40))
+    body = {**CHAT, "max_tokens": 800}
+    async with client(handle, limiter=lim) as http:
+        await http.post("/chat/completions", json=body)
+    assert lim.stats()["remaining"] == {"1000 tokens per minute": 960}
+
+
+def sse(*events: dict[str, Any]) -> bytes:
+    return b"".join(f"data: {json.dumps(event)}\n\n".encode() for event in events) + b"data: [DONE]\n\n"
+
+
+async def test_a_stream_holds_its_slot_until_read_to_the_end() -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=100, tpm=10_000, max_concurrency=1)
+    stream = sse({"choices": [{"delta": {"content": "baa"}}]}, {"choices": [], "usage": {"total_tokens": 7}})
+    handle, _ = answers(httpx2.Response(200, content=stream, headers={"content-type": "text/event-stream"}))
+    async with client(handle, limiter=lim) as http:
+        async with http.stream("POST", "/chat/completions", json={**CHAT, "stream": True}) as response:
+            assert lim.stats()["in_flight"] == 1
+            chunks = [line async for line in response.aiter_lines()]
+            assert lim.stats()["in_flight"] == 0
+    assert any("[DONE]" in line for line in chunks)
+    assert lim.stats()["remaining"]["10000 tokens per minute"] == 10_000 - 7
+
+
+async def test_a_stream_closed_early_or_abandoned_by_an_error_returns_its_slot() -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=100, max_concurrency=1)
+    stream = sse(*({"choices": [{"delta": {"content": "baa"}}]} for _ in range(50)))
+    handle, _ = answers(httpx2.Response(200, content=stream, headers={"content-type": "text/event-stream"}))
+    async with client(handle, limiter=lim) as http:
+        async with http.stream("POST", "/chat/completions", json={**CHAT, "stream": True}) as response:
+            async for _ in response.aiter_lines():
+                break
+        assert lim.stats()["in_flight"] == 0
+        with pytest.raises(RuntimeError):
+            async with http.stream("POST", "/chat/completions", json={**CHAT, "stream": True}) as response:
+                async for _ in response.aiter_lines():
+                    raise RuntimeError("the consumer failed")
+        assert lim.stats()["in_flight"] == 0
+
+
+async def test_cancelling_a_backoff_stops_retrying_at_once() -> None:
+    slow = hs.RetryPolicy(max_attempts=5, base_delay=10.0, jitter="none")
+    handle, calls = answers(httpx2.Response(503))
+    async with client(handle, retry=slow) as http:
+        task = asyncio.create_task(http.post("/chat/completions", json=CHAT))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert len(calls) == 1
+
+
+def test_the_same_transport_serves_blocking_clients() -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=100, max_concurrency=1)
+    handle, calls = answers(httpx2.Response(503), ok())
+    transport = hs.Transport(lim, FAST, inner=httpx2.MockTransport(handle))
+    with httpx2.Client(transport=transport, base_url="http://gateway.test/v1") as http:
+        assert http.post("/chat/completions", json=CHAT).status_code == 200
+    assert len(calls) == 2
+    assert lim.stats()["in_flight"] == 0
