@@ -1,0 +1,278 @@
+//! Criterion benches for the limiter core, holysheep beside governor (a dev-dependency) in the same run.
+//! Every result is asserted once before it is timed, so a bench can never time the wrong path.
+//!
+//! - `clock/now`: one clock read. holysheep's `MonotonicClock` (std `Instant`, i.e. `clock_gettime`)
+//!   beside governor's default clock (quanta, the CPU's TSC). Every decision below pays one of these.
+//! - `gcra/check`: one uncontended GCRA decision on the real clock. `allow` has a rate so high that
+//!   every call passes (the CAS path); `deny` has an exhausted bucket (a load and a comparison).
+//!   holysheep = `MonotonicClock::now_ns` + `GcraCell::decide` over a `Gcra`; governor =
+//!   `RateLimiter::direct(..).check()` with its default clock (`*_monotonic_clock`: on std `Instant`
+//!   like ours, which separates the algorithm's cost from the clock's). The `limiter_*` rows are the whole
+//!   `Limiter::try_acquire` a user calls (waiters check, concurrency permit, clock, quota, stats) over
+//!   a single GCRA limit or a single exact window.
+//! - `gcra/contended`: the `allow` path on one limiter shared by 2 threads (this machine's cores).
+//!   Each thread makes `iters` decisions after a barrier; the time reported is the wall time divided
+//!   by `iters`, i.e. one decision as each thread sees it (equal to the uncontended figure if the two
+//!   threads never got in each other's way).
+//! - `quota/multi_window`: one all-or-nothing decision over 4 windows (per second, minute, hour, day),
+//!   and over requests + tokens. Time comes from a manual clock moved one second per decision, so the
+//!   exact logs stay bounded and every decision is admitted; governor, which has no multi-window
+//!   quota, is what its user would write: one limiter per window checked in turn (not all or nothing),
+//!   on its fake clock moved the same way. Both sides pay one atomic clock step per decision.
+
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use governor::clock::{
+    Clock as GovernorClock, DefaultClock, FakeRelativeClock, MonotonicClock as GovernorMonotonicClock,
+};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota as GovernorQuota, RateLimiter};
+use holysheep::core::cell::GcraCell;
+use holysheep::core::clock::NS_PER_SEC as SEC;
+use holysheep::core::gcra::Gcra;
+use holysheep::core::{
+    Algorithm, Clock, Cost, Decision, Limit, Limiter, ManualClock, MonotonicClock, Quota, Receipt, Unit,
+};
+
+type GovernorLimiter<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as GovernorClock>::Instant>>;
+
+/// Far more per second than any loop here can ask: every decision passes.
+const HUGE_RATE: u32 = 1_000_000_000;
+
+fn nonzero(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).expect("a positive count")
+}
+
+fn per_decision_group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
+    group.throughput(Throughput::Elements(1));
+    group
+}
+
+/// Our GCRA value and its cell: a huge rate, or one per hour already spent.
+fn our_gcra(allow: bool) -> (Gcra, GcraCell) {
+    let gcra =
+        if allow { Gcra::new(f64::from(HUGE_RATE), SEC, u64::from(HUGE_RATE)) } else { Gcra::new(1.0, 3_600 * SEC, 1) };
+    let cell = GcraCell::new();
+    if !allow {
+        cell.decide(&gcra, 1, 0, 0);
+    }
+    (gcra, cell)
+}
+
+/// Governor's direct limiter on a given clock: a huge rate, or one per hour already spent.
+fn governor_limiter<C: GovernorClock>(allow: bool, clock: C) -> GovernorLimiter<C> {
+    let quota = if allow { GovernorQuota::per_second(nonzero(HUGE_RATE)) } else { GovernorQuota::per_hour(nonzero(1)) };
+    let limiter = RateLimiter::direct_with_clock(quota, clock);
+    if !allow {
+        limiter.check().expect("the first request passes");
+    }
+    limiter
+}
+
+/// A whole limiter over one limit: a huge rate, or one per hour already spent.
+fn our_limiter(algorithm: Algorithm, allow: bool) -> Limiter {
+    let (amount, period) = if allow { (f64::from(HUGE_RATE), SEC) } else { (1.0, 3_600 * SEC) };
+    let burst = (algorithm == Algorithm::Gcra).then_some(amount);
+    let limit = Limit::new(amount, period, Unit::Requests, algorithm, burst).expect("a valid limit");
+    let limiter = Limiter::new(vec![limit], None, MonotonicClock::new()).expect("a valid limiter");
+    if !allow {
+        assert!(limiter.try_acquire(Cost::request(0)).unwrap(), "the first request passes");
+    }
+    limiter
+}
+
+fn decide(gcra: &Gcra, cell: &GcraCell, clock: &MonotonicClock) -> Decision {
+    let now = clock.now_ns();
+    cell.decide(gcra, 1, now, now).0
+}
+
+fn clock_now(c: &mut Criterion) {
+    let mut group = per_decision_group(c, "clock/now");
+    let ours = MonotonicClock::new();
+    group.bench_function(BenchmarkId::new("holysheep", "monotonic"), |b| b.iter(|| ours.now_ns()));
+    let theirs = DefaultClock::default();
+    group.bench_function(BenchmarkId::new("governor", "default"), |b| b.iter(|| theirs.now()));
+    group.finish();
+}
+
+fn gcra_check(c: &mut Criterion) {
+    let mut group = per_decision_group(c, "gcra/check");
+    let clock = MonotonicClock::new();
+    for (path, allow) in [("allow", true), ("deny", false)] {
+        let (gcra, cell) = our_gcra(allow);
+        assert_eq!(decide(&gcra, &cell, &clock).is_admitted(), allow);
+        group.bench_function(BenchmarkId::new("holysheep", path), |b| b.iter(|| decide(&gcra, &cell, &clock)));
+
+        let governor = governor_limiter(allow, DefaultClock::default());
+        assert_eq!(governor.check().is_ok(), allow);
+        group.bench_function(BenchmarkId::new("governor", path), |b| b.iter(|| governor.check()));
+
+        // Governor on the clock ours reads, to tell the algorithm's cost from the clock's.
+        let governor = governor_limiter(allow, GovernorMonotonicClock);
+        assert_eq!(governor.check().is_ok(), allow);
+        let id = BenchmarkId::new("governor", format!("{path}_monotonic_clock"));
+        group.bench_function(id, |b| b.iter(|| governor.check()));
+
+        for (name, algorithm) in [("limiter_gcra", Algorithm::Gcra), ("limiter_exact", Algorithm::Exact)] {
+            let limiter = our_limiter(algorithm, allow);
+            assert_eq!(limiter.try_acquire(Cost::request(0)).unwrap(), allow);
+            let id = BenchmarkId::new("holysheep", format!("{name}_{path}"));
+            group.bench_function(id, |b| b.iter(|| limiter.try_acquire(black_box(Cost::request(0)))));
+        }
+    }
+    group.finish();
+}
+
+/// Runs `decide` `iters` times on each of 2 threads started together; the wall time of the slower.
+fn on_two_threads(iters: u64, decide: impl Fn() -> bool + Send + Sync + 'static) -> Duration {
+    let decide = Arc::new(decide);
+    let start = Arc::new(Barrier::new(3));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (decide, start) = (Arc::clone(&decide), Arc::clone(&start));
+            thread::spawn(move || {
+                start.wait();
+                for _ in 0..iters {
+                    black_box(decide());
+                }
+            })
+        })
+        .collect();
+    start.wait();
+    let began = Instant::now();
+    for thread in threads {
+        thread.join().expect("a bench thread");
+    }
+    began.elapsed()
+}
+
+fn gcra_contended(c: &mut Criterion) {
+    let mut group = per_decision_group(c, "gcra/contended");
+    let clock = MonotonicClock::new();
+    let (gcra, cell) = our_gcra(true);
+    let cell = Arc::new(cell);
+    assert!(decide(&gcra, &cell, &clock).is_admitted());
+    group.bench_function(BenchmarkId::new("holysheep", "allow"), |b| {
+        b.iter_custom(|iters| {
+            let cell = Arc::clone(&cell);
+            on_two_threads(iters, move || decide(&gcra, &cell, &clock).is_admitted())
+        })
+    });
+
+    let governor = Arc::new(governor_limiter(true, DefaultClock::default()));
+    assert!(governor.check().is_ok());
+    group.bench_function(BenchmarkId::new("governor", "allow"), |b| {
+        b.iter_custom(|iters| {
+            let governor = Arc::clone(&governor);
+            on_two_threads(iters, move || governor.check().is_ok())
+        })
+    });
+
+    for (name, algorithm) in [("limiter_gcra_allow", Algorithm::Gcra), ("limiter_exact_allow", Algorithm::Exact)] {
+        let limiter = Arc::new(our_limiter(algorithm, true));
+        assert!(limiter.try_acquire(Cost::request(0)).unwrap());
+        group.bench_function(BenchmarkId::new("holysheep", name), |b| {
+            b.iter_custom(|iters| {
+                let limiter = Arc::clone(&limiter);
+                on_two_threads(iters, move || limiter.try_acquire(Cost::request(0)).unwrap())
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Limits that one decision a second, with `TOKENS` tokens each, never exhausts.
+const TOKENS: u32 = 100;
+
+fn per(amount: f64, secs: u64, unit: Unit, algorithm: Algorithm) -> Limit {
+    let burst = (algorithm == Algorithm::Gcra).then_some(amount);
+    Limit::new(amount, secs * SEC, unit, algorithm, burst).expect("a valid limit")
+}
+
+fn four_windows(algorithm: Algorithm) -> Quota {
+    let limits = [(10.0, 1), (1_000.0, 60), (10_000.0, 3_600), (100_000.0, 86_400)];
+    Quota::new(limits.iter().map(|&(amount, secs)| per(amount, secs, Unit::Requests, algorithm)).collect())
+        .expect("a valid quota")
+}
+
+fn requests_and_tokens() -> Quota {
+    let limits = vec![per(1_000.0, 60, Unit::Requests, Algorithm::Exact), per(1e6, 60, Unit::Tokens, Algorithm::Exact)];
+    Quota::new(limits).expect("a valid quota")
+}
+
+/// One decision a second later than the last, as our quota sees it.
+fn quota_step(quota: &Quota, clock: &ManualClock, cost: Cost) -> Decision {
+    clock.advance(SEC);
+    let now = clock.now_ns();
+    quota.decide(cost, now, now, &mut Receipt::default())
+}
+
+/// Governor limiters on one fake clock, each `(period, amount)`.
+fn governor_windows(clock: &FakeRelativeClock, windows: &[(Duration, u32)]) -> Vec<GovernorLimiter<FakeRelativeClock>> {
+    windows
+        .iter()
+        .map(|&(period, amount)| {
+            let quota =
+                GovernorQuota::with_period(period / amount).expect("a positive period").allow_burst(nonzero(amount));
+            RateLimiter::direct_with_clock(quota, clock.clone())
+        })
+        .collect()
+}
+
+fn quota_multi_window(c: &mut Criterion) {
+    let mut group = per_decision_group(c, "quota/multi_window");
+    for (name, algorithm) in [("4_windows_exact", Algorithm::Exact), ("4_windows_gcra", Algorithm::Gcra)] {
+        let (quota, clock) = (four_windows(algorithm), ManualClock::new(0));
+        assert_eq!(quota_step(&quota, &clock, Cost::request(0)), Decision::Now);
+        group.bench_function(BenchmarkId::new("holysheep", name), |b| {
+            b.iter(|| quota_step(&quota, &clock, black_box(Cost::request(0))))
+        });
+    }
+    let (quota, clock) = (requests_and_tokens(), ManualClock::new(0));
+    let cost = Cost::request(u64::from(TOKENS));
+    assert_eq!(quota_step(&quota, &clock, cost), Decision::Now);
+    group.bench_function(BenchmarkId::new("holysheep", "requests_tokens"), |b| {
+        b.iter(|| quota_step(&quota, &clock, black_box(cost)))
+    });
+
+    let secs = Duration::from_secs;
+    let clock = FakeRelativeClock::default();
+    let windows = [(secs(1), 10), (secs(60), 1_000), (secs(3_600), 10_000), (secs(86_400), 100_000)];
+    let limiters = governor_windows(&clock, &windows);
+    let check_all = || {
+        clock.advance(secs(1));
+        limiters.iter().all(|limiter| limiter.check().is_ok())
+    };
+    assert!(check_all());
+    group.bench_function(BenchmarkId::new("governor", "4_windows_in_turn"), |b| b.iter(check_all));
+
+    let clock = FakeRelativeClock::default();
+    let limiters = governor_windows(&clock, &[(secs(60), 1_000), (secs(60), 1_000_000)]);
+    let check_both = || {
+        clock.advance(secs(1));
+        limiters[0].check().is_ok() && limiters[1].check_n(nonzero(black_box(TOKENS))).is_ok_and(|r| r.is_ok())
+    };
+    assert!(check_both());
+    group.bench_function(BenchmarkId::new("governor", "requests_tokens_in_turn"), |b| b.iter(check_both));
+    group.finish();
+}
+
+fn config() -> Criterion {
+    // Short runs: the whole file is run several times and the medians of those runs are quoted.
+    Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = clock_now, gcra_check, gcra_contended, quota_multi_window
+}
+criterion_main!(benches);
