@@ -4,8 +4,9 @@ question, ready to paste into README.md. Started by run.py inside benches/python
 Method: every implementation is built fresh for each repeat (nothing carried over between repeats) and
 its operation, written as a user writes it (`lim.try_acquire()`), runs `number` times in a `timeit`
 loop (garbage collector off); the table gives the median over the repeats and their range. Each
-implementation's result is checked once before it is timed. Limits are set far above anything the loop can reach, so every call is admitted: this is
-the cost of the free path. Nothing here opens a socket.
+implementation's result is checked once before it is timed. Limits are set far above anything the
+loop can reach, so every call is admitted: this is the cost of the free path. Nothing here opens a
+socket.
 """
 
 from __future__ import annotations
