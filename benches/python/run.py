@@ -2,7 +2,7 @@
 holysheep's wheel and the pyo3 floor (release profile) into it, then runs measure.py with that venv's
 Python. A venv of its own, so the peers never leak into the development venv.
 
-    python3 benches/python/run.py          # any Python >= 3.9 can start it
+    python3 benches/python/run.py          # any Python >= 3.10 can start it
 """
 
 from __future__ import annotations
