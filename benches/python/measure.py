@@ -3,10 +3,10 @@ question, ready to paste into README.md. Started by run.py inside benches/python
 
 Method: every implementation is built fresh for each repeat (nothing carried over between repeats) and
 its operation, written as a user writes it (`lim.try_acquire()`), runs `number` times in a `timeit`
-loop (garbage collector off); the table gives the median over the repeats and their range. Each
-implementation's result is checked once before it is timed. Limits are set far above anything the
-loop can reach, so every call is admitted: this is the cost of the free path. Nothing here opens a
-socket.
+loop (garbage collector off). Repeats go round the rows in turn; the table gives the median over the
+repeats and their range. Each implementation's result is checked once before it is timed. Limits are
+set far above anything the loop can reach, so every call is admitted: this is the cost of the free
+path. Nothing here opens a socket.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import pyrate_limiter
 import throttled
 from holysheep_bench_floor import Floor
 
-REPEATS = 9
+REPEATS = 11
 FAST_NUMBER = 1_000_000  # calls per repeat for what takes tens of ns
 SLOW_NUMBER = 20_000  # ... and for the peers, which take microseconds
 ASYNC_NUMBER = 200_000
@@ -138,12 +138,28 @@ def try_acquire_cases() -> list[Case]:
     ]
 
 
-def time_sync(case: Case) -> Row:
-    first = eval(case.call, {**NAMES, "x": case.make()})  # the very line timed below, once
+def check_sync(case: Case) -> None:
+    first = eval(case.call, {**NAMES, "x": case.make()})  # the very line timed, once
     assert case.ok(first), f"{case.name}: the first call was not admitted"
+
+
+def time_sync(case: Case) -> float:
+    """One repeat: ns per call over `case.number` calls on a fresh implementation."""
     timer = timeit.Timer(case.call, setup="x = make()", globals={**NAMES, "make": case.make})
-    samples = timer.repeat(repeat=REPEATS, number=case.number)
-    return Row(case.name, [seconds * 1e9 / case.number for seconds in samples])
+    return timer.timeit(number=case.number) * 1e9 / case.number
+
+
+def measure_sync() -> list[Row]:
+    """Repeats go round all the rows in turn, so a burst of load from elsewhere on the machine lands on
+    every row alike instead of on one."""
+    cases = try_acquire_cases()
+    for case in cases:
+        check_sync(case)
+    rows = [Row(case.name, []) for case in cases]
+    for _ in range(REPEATS):
+        for case, row in zip(cases, rows):
+            row.samples_ns.append(time_sync(case))
+    return rows
 
 
 @dataclass
@@ -162,19 +178,21 @@ async def enter_and_leave(manager: Any, number: int) -> None:
             pass
 
 
-async def time_async(case: AsyncCase) -> Row:
+async def check_async(case: AsyncCase) -> None:
     manager = case.make()
     async with manager:
         assert case.admitted(manager), f"{case.name}: not admitted at once"
-    samples = []
-    for _ in range(REPEATS):
-        manager = case.make()
-        gc.disable()
-        began = time.perf_counter_ns()
-        await enter_and_leave(manager, ASYNC_NUMBER)
-        samples.append((time.perf_counter_ns() - began) / ASYNC_NUMBER)
-        gc.enable()
-    return Row(case.name, samples)
+
+
+async def time_async(case: AsyncCase) -> float:
+    """One repeat: ns per `async with` over ASYNC_NUMBER of them on a fresh implementation."""
+    manager = case.make()
+    gc.disable()
+    began = time.perf_counter_ns()
+    await enter_and_leave(manager, ASYNC_NUMBER)
+    elapsed = time.perf_counter_ns() - began
+    gc.enable()
+    return elapsed / ASYNC_NUMBER
 
 
 def async_cases() -> list[AsyncCase]:
@@ -202,8 +220,16 @@ def async_cases() -> list[AsyncCase]:
 
 
 async def measure_async() -> list[Row]:
-    """All `async with` rows inside one running loop, as an application would run them."""
-    return [await time_async(case) for case in async_cases()]
+    """All `async with` rows inside one running loop, as an application would run them; repeats go
+    round the rows in turn, as in `measure_sync`."""
+    cases = async_cases()
+    for case in cases:
+        await check_async(case)
+    rows = [Row(case.name, []) for case in cases]
+    for _ in range(REPEATS):
+        for case, row in zip(cases, rows):
+            row.samples_ns.append(await time_async(case))
+    return rows
 
 
 def cpu_model() -> str:
@@ -223,7 +249,8 @@ def header() -> str:
             f" load average {os.getloadavg()[0]:.2f} at start",
             f"- Python {platform.python_version()}, holysheep {hs.__version__} (release wheel),"
             f" pyo3 floor built alike; peers: {peers}",
-            f"- median of {REPEATS} repeats, each on a fresh limiter; range = fastest..slowest repeat",
+            f"- median of {REPEATS} repeats taken in turns across the rows, each on a fresh limiter;"
+            " range = fastest..slowest repeat",
         ]
     )
 
@@ -277,7 +304,7 @@ def async_verdicts(rows: dict[str, Row]) -> list[str]:
 def main() -> None:
     print(header(), end="\n\n", flush=True)
 
-    sync_rows = {row.name: row for row in map(time_sync, try_acquire_cases())}
+    sync_rows = {row.name: row for row in measure_sync()}
     floor, ours = sync_rows["no-op pyo3 method (floor)"], sync_rows["holysheep HolySheepRateLimiter(max_qps=1e8)"]
     print(table("try_acquire on a free limiter", list(sync_rows.values()), floor, ours), end="\n\n")
 
