@@ -18,9 +18,16 @@
 //!   exact logs stay bounded and every decision is admitted; governor, which has no multi-window
 //!   quota, is what its user would write: one limiter per window checked in turn (not all or nothing),
 //!   on its fake clock moved the same way. Both sides pay one atomic clock step per decision.
+//! - `keyed/1m_keys`: one decision for one of 1,000,000 keys, taken in turn, on the real clock:
+//!   holysheep's `KeyedLimiter` beside governor's keyed limiter (its default DashMap store). With
+//!   `mostly_allow` each key has room for far more requests than the run makes; with `mostly_deny`
+//!   each key spent its one request per hour before timing. Before timing, the heap bytes each
+//!   structure holds per key are printed (a counting allocator wraps the system one for that).
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -30,12 +37,12 @@ use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_gr
 use governor::clock::{Clock as GovernorClock, DefaultClock, FakeRelativeClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota as GovernorQuota, RateLimiter};
+use governor::{DefaultKeyedRateLimiter, Quota as GovernorQuota, RateLimiter};
 use holysheep::core::cell::GcraCell;
 use holysheep::core::clock::NS_PER_SEC as SEC;
 use holysheep::core::gcra::Gcra;
 use holysheep::core::{
-    Algorithm, Clock, Cost, Decision, Limit, Limiter, ManualClock, MonotonicClock, Quota, Receipt, Unit,
+    Algorithm, Clock, Cost, Decision, KeyedLimiter, Limit, Limiter, ManualClock, MonotonicClock, Quota, Receipt, Unit,
 };
 
 type GovernorLimiter<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as GovernorClock>::Instant>>;
@@ -257,6 +264,89 @@ fn quota_multi_window(c: &mut Criterion) {
     group.finish();
 }
 
+/// The system allocator, counting the bytes held, so that `keyed_1m_keys` can report bytes per key.
+struct CountingAllocator;
+
+static HEAP_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged; only a counter is added.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        HEAP_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        HEAP_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        HEAP_BYTES.fetch_add(new_size, Ordering::Relaxed);
+        HEAP_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+const KEYS: u64 = 1_000_000;
+
+/// The `i`th key: spread over the u64 range like the hashes Python hands the keyed limiter.
+fn key(i: u64) -> u64 {
+    i.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Builds a keyed limiter with `decide` run once for every key; returns it and the heap bytes it holds
+/// per key.
+fn filled<T>(build: impl FnOnce() -> T, decide: impl Fn(&T, u64) -> bool) -> (T, f64) {
+    let before = HEAP_BYTES.load(Ordering::Relaxed);
+    let limiter = build();
+    for i in 0..KEYS {
+        assert!(decide(&limiter, key(i)), "each key's first request passes");
+    }
+    let held = HEAP_BYTES.load(Ordering::Relaxed) - before;
+    (limiter, held as f64 / KEYS as f64)
+}
+
+/// Per key: 1,000 an hour with all of them at once (`allow`), or one an hour.
+fn per_key_limit(allow: bool) -> (Limit, GovernorQuota) {
+    let amount: u32 = if allow { 1_000 } else { 1 };
+    let ours = Limit::new(f64::from(amount), 3_600 * SEC, Unit::Requests, Algorithm::Gcra, Some(f64::from(amount)));
+    (ours.expect("a valid limit"), GovernorQuota::per_hour(nonzero(amount)))
+}
+
+fn keyed_1m_keys(c: &mut Criterion) {
+    let mut group = per_decision_group(c, "keyed/1m_keys");
+    for (path, allow) in [("mostly_allow", true), ("mostly_deny", false)] {
+        let (limit, quota) = per_key_limit(allow);
+        let build = || KeyedLimiter::new(vec![limit], 2 * KEYS, 3_600 * SEC, MonotonicClock::new()).expect("valid");
+        let (ours, ours_bytes) = filled(build, |lim, key| lim.try_acquire(key, Cost::request(0)).unwrap());
+        assert_eq!(ours.len() as u64, KEYS);
+        let (theirs, their_bytes) =
+            filled(|| DefaultKeyedRateLimiter::<u64>::keyed(quota), |lim, key| lim.check_key(&key).is_ok());
+        println!("keyed/1m_keys/{path}: heap bytes per key: holysheep {ours_bytes:.1}, governor {their_bytes:.1}");
+        assert_eq!(ours.try_acquire(key(0), Cost::request(0)).unwrap(), allow);
+        assert_eq!(theirs.check_key(&key(0)).is_ok(), allow);
+
+        let mut i = 0;
+        group.bench_function(BenchmarkId::new("holysheep", path), |b| {
+            b.iter(|| {
+                i = (i + 1) % KEYS;
+                ours.try_acquire(key(i), Cost::request(0))
+            })
+        });
+        group.bench_function(BenchmarkId::new("governor", path), |b| {
+            b.iter(|| {
+                i = (i + 1) % KEYS;
+                theirs.check_key(&key(i))
+            })
+        });
+    }
+    group.finish();
+}
+
 fn config() -> Criterion {
     // Short runs: the whole file is run several times and the medians of those runs are quoted.
     Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3))
@@ -265,6 +355,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = clock_now, gcra_check, gcra_contended, quota_multi_window
+    targets = clock_now, gcra_check, gcra_contended, quota_multi_window, keyed_1m_keys
 }
 criterion_main!(benches);
