@@ -37,7 +37,7 @@ use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_gr
 use governor::clock::{Clock as GovernorClock, DefaultClock, FakeRelativeClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
-use governor::{DefaultKeyedRateLimiter, Quota as GovernorQuota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota as GovernorQuota, RateLimiter};
 use holysheep::core::cell::GcraCell;
 use holysheep::core::clock::NS_PER_SEC as SEC;
 use holysheep::core::gcra::Gcra;
@@ -71,10 +71,10 @@ fn our_gcra(allow: bool) -> (Gcra, GcraCell) {
     (gcra, cell)
 }
 
-/// Governor's direct limiter on a given clock: a huge rate, or one per hour already spent.
-fn governor_limiter<C: GovernorClock>(allow: bool, clock: C) -> GovernorLimiter<C> {
+/// Governor's direct limiter on its default clock: a huge rate, or one per hour already spent.
+fn governor_limiter(allow: bool) -> DefaultDirectRateLimiter {
     let quota = if allow { GovernorQuota::per_second(nonzero(HUGE_RATE)) } else { GovernorQuota::per_hour(nonzero(1)) };
-    let limiter = RateLimiter::direct_with_clock(quota, clock);
+    let limiter = RateLimiter::direct(quota);
     if !allow {
         limiter.check().expect("the first request passes");
     }
@@ -115,7 +115,7 @@ fn gcra_check(c: &mut Criterion) {
         assert_eq!(decide(&gcra, &cell, &clock).is_admitted(), allow);
         group.bench_function(BenchmarkId::new("holysheep", path), |b| b.iter(|| decide(&gcra, &cell, &clock)));
 
-        let governor = governor_limiter(allow, DefaultClock::default());
+        let governor = governor_limiter(allow);
         assert_eq!(governor.check().is_ok(), allow);
         group.bench_function(BenchmarkId::new("governor", path), |b| b.iter(|| governor.check()));
 
@@ -166,7 +166,7 @@ fn gcra_contended(c: &mut Criterion) {
         })
     });
 
-    let governor = Arc::new(governor_limiter(true, DefaultClock::default()));
+    let governor = Arc::new(governor_limiter(true));
     assert!(governor.check().is_ok());
     group.bench_function(BenchmarkId::new("governor", "allow"), |b| {
         b.iter_custom(|iters| {
