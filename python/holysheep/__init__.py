@@ -13,6 +13,7 @@ from holysheep._limiter import (
     TokenBucket,
 )
 from holysheep._tokens import chunk_by_tokens
+from holysheep.batch import BatchFailure, batch_chat, batch_chat_sync, batch_embed, batch_embed_sync
 from holysheep.breaker import CircuitBreaker, KeyedBreaker
 from holysheep.errors import (
     BudgetExceeded,
@@ -55,6 +56,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AsyncHolySheep",
+    "BatchFailure",
     "BudgetExceeded",
     "CircuitBreaker",
     "CircuitOpenError",
@@ -73,6 +75,10 @@ __all__ = [
     "TokenBucket",
     "Transport",
     "__version__",
+    "batch_chat",
+    "batch_chat_sync",
+    "batch_embed",
+    "batch_embed_sync",
     "chunk_by_tokens",
     "rate_limited",
     "resilient",
