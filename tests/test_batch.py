@@ -151,14 +151,45 @@ async def test_every_document_of_a_failed_embedding_request_gets_the_failure() -
     assert all(len(v) == 4 for v in vectors if not isinstance(v, hs.BatchFailure))
 
 
-async def test_a_breaker_open_during_an_outage_shows_as_failures_not_a_crash() -> None:
+def breaker_client(gw: MockGateway, breaker: hs.CircuitBreaker) -> hs.AsyncHolySheep:
+    no_retries = hs.RetryPolicy(max_attempts=1)
+    return hs.AsyncHolySheep(base_url=gw.base_url, api_key="hs_test", retry=no_retries, breaker=breaker)
+
+
+async def test_workers_wait_out_an_open_breaker_so_the_batch_rides_out_an_outage() -> None:
+    breaker = hs.CircuitBreaker(failure_threshold=3, recovery_timeout=0.2)
+    with MockGateway(faults=Faults(outage=(0.0, 0.5))) as gw:
+        async with breaker_client(gw, breaker) as client:
+            replies = await hs.batch_chat(client, ["hi"] * 20, model="gpt-4.1", concurrency=4, max_tokens=1)
+        log = gw.admission_log()
+    # The calls that met the outage before the breaker opened failed (no retries here); every later
+    # one waited for the breaker instead of failing, and went through once the outage was over.
+    failures = [r for r in replies if isinstance(r, hs.BatchFailure)]
+    assert {type(f.error) for f in failures} == {openai.InternalServerError}
+    assert len(failures) == sum(record.fault == "outage" for record in log) < 10
+    assert replies.count("baa") == 20 - len(failures) > 10
+    assert breaker.state == "closed"
+
+
+def test_threads_wait_out_an_open_breaker_too() -> None:
+    breaker = hs.CircuitBreaker(failure_threshold=2, recovery_timeout=0.1)
+    with MockGateway(latency=0.03, faults=Faults(outage=(0.1, 0.4))) as gw:
+        no_retries = hs.RetryPolicy(max_attempts=1)
+        with hs.HolySheep(base_url=gw.base_url, api_key="hs_test", retry=no_retries, breaker=breaker) as client:
+            # One call before the threads start: Transport makes its inner HTTP transport on first use,
+            # and threads racing to make it each make one (all but one leak their sockets).
+            client.models.list()
+            replies = hs.batch_chat_sync(client, ["hi"] * 30, model="gpt-4.1", concurrency=3, max_tokens=1)
+        outage_answers = sum(record.fault == "outage" for record in gw.admission_log())
+    assert replies.count("baa") == 30 - outage_answers < 30
+    assert breaker.stats()["rejected"] > 0  # some calls met the open breaker, and waited
+
+
+async def test_with_no_breaker_wait_an_open_breaker_fails_the_items_at_once() -> None:
     breaker = hs.CircuitBreaker(failure_threshold=3, recovery_timeout=30.0)
     with MockGateway(faults=Faults(outage=(0.0, 30.0))) as gw:
-        client = hs.AsyncHolySheep(
-            base_url=gw.base_url, api_key="hs_test", retry=hs.RetryPolicy(max_attempts=1), breaker=breaker
-        )
-        async with client:
-            replies = await hs.batch_chat(client, ["hi"] * 20, model="gpt-4.1", concurrency=1)
+        async with breaker_client(gw, breaker) as client:
+            replies = await hs.batch_chat(client, ["hi"] * 20, model="gpt-4.1", concurrency=1, max_breaker_wait=0)
         reached = len(gw.admission_log())
     errors = [type(r.error) for r in replies if isinstance(r, hs.BatchFailure)]
     assert errors == [openai.InternalServerError] * 3 + [hs.CircuitOpenError] * 17
@@ -220,6 +251,8 @@ def test_progress_without_tqdm_is_a_config_error(monkeypatch: pytest.MonkeyPatch
         ({"concurrency": 0}, Err(hs.ConfigError, "concurrency=0")),
         ({"concurrency": True}, Err(hs.ConfigError, "concurrency=True")),
         ({"concurrency": 2.5}, Err(hs.ConfigError, "concurrency=2.5")),
+        ({"max_breaker_wait": -1}, Err(hs.ConfigError, "max_breaker_wait=-1")),
+        ({"max_breaker_wait": float("nan")}, Err(hs.ConfigError, "max_breaker_wait=nan")),
     ],
 )
 async def test_bad_counts_are_config_errors_naming_the_field(kwargs: dict[str, Any], expected: Err) -> None:

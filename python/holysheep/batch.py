@@ -12,6 +12,9 @@ is kept within the limits and retried; with a bare client ``concurrency`` is the
   once is the workers and the results, never a task per document: the input may be a generator.
 - Results come back in input order. An item whose request fails (after the client's own retries)
   becomes a `BatchFailure` in its place, and the rest of the batch carries on.
+- An open circuit breaker (``CircuitOpenError``, from an `AsyncHolySheep` with ``breaker=``) pauses
+  the worker that met it for the breaker's ``retry_after``, up to ``max_breaker_wait`` seconds per item:
+  a batch rides out an outage instead of failing every item left in the second the breaker opens.
 - Cancelling the call (Ctrl-C for the threaded ones) stops the workers and propagates at once; so does
   an error raised by the input iterator itself, which is the caller's and not the server's.
 """
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union
 
-from holysheep.errors import ConfigError, HolySheepError
+from holysheep.errors import CircuitOpenError, ConfigError, HolySheepError
 
 if TYPE_CHECKING:
     import openai
@@ -52,6 +55,10 @@ DEFAULT_EMBED_CONCURRENCY = 8
 #: Workers for `batch_chat`: a chat call takes seconds, so using a rate limit takes many in flight
 #: (about requests per second times latency).
 DEFAULT_CHAT_CONCURRENCY = 32
+#: Seconds an item may wait, in all, for an open circuit breaker before it becomes a failure.
+DEFAULT_MAX_BREAKER_WAIT = 300.0
+#: The shortest pause before asking an open breaker again, so no worker ever spins on it.
+_BREAKER_POLL_S = 0.01
 
 Item = TypeVar("Item")
 Output = TypeVar("Output")
@@ -84,6 +91,26 @@ def _failures(error: Exception, start: int, count: int, noun: str) -> list[Batch
     what = f"{noun} {start}" if count == 1 else f"{noun}s {start}-{start + count - 1}"
     message = f"{what}: {type(error).__name__}: {error}"
     return [BatchFailure(start + offset, error, message) for offset in range(count)]
+
+
+def _check_count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name}={value!r}: must be a whole number of at least 1", name)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """How the workers run, checked when made."""
+
+    concurrency: int
+    max_breaker_wait: float
+
+    def __post_init__(self) -> None:
+        _check_count("concurrency", self.concurrency)
+        wait = self.max_breaker_wait
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
+            message = f"max_breaker_wait={wait!r}: must be a number of seconds, 0 or more"
+            raise ConfigError(message, "max_breaker_wait")
 
 
 class _Pull(Generic[Item]):
@@ -150,25 +177,43 @@ class _Progress:
             self._bar.close()
 
 
+def _breaker_pause(error: CircuitOpenError, waited: float, max_breaker_wait: float) -> float | None:
+    """Seconds to wait before sending again past an open breaker, or None when the item has waited enough."""
+    pause = max(error.retry_after, _BREAKER_POLL_S)
+    return pause if waited + pause <= max_breaker_wait else None
+
+
 async def _run_async(
     pull: _Pull[Item],
     send: Callable[[list[Item]], Awaitable[list[Output]]],
-    concurrency: int,
+    settings: _Settings,
     progress: _Progress,
     noun: str,
 ) -> list[Output | BatchFailure]:
+    async def send_past_breaker(items: list[Item]) -> list[Output]:
+        waited = 0.0
+        while True:
+            try:
+                return await send(items)
+            except CircuitOpenError as error:
+                pause = _breaker_pause(error, waited, settings.max_breaker_wait)
+                if pause is None:
+                    raise
+                await asyncio.sleep(pause)
+                waited += pause
+
     async def worker() -> None:
         while (unit := pull.take()) is not None:
             start, items = unit
             outputs: Sequence[Output | BatchFailure]
             try:
-                outputs = await send(items)
+                outputs = await send_past_breaker(items)
             except Exception as error:  # a failed request is a result; CancelledError is not an Exception
                 outputs = _failures(error, start, len(items), noun)
             pull.fill(start, outputs)
             progress.advance(outputs)
 
-    workers = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
+    workers = [asyncio.ensure_future(worker()) for _ in range(settings.concurrency)]
     try:
         await asyncio.gather(*workers)
     except BaseException:
@@ -184,12 +229,23 @@ async def _run_async(
 def _run_threads(
     pull: _Pull[Item],
     send: Callable[[list[Item]], list[Output]],
-    concurrency: int,
+    settings: _Settings,
     progress: _Progress,
     noun: str,
 ) -> list[Output | BatchFailure]:
     stop = threading.Event()
     raised: list[BaseException] = []
+
+    def send_past_breaker(items: list[Item]) -> list[Output]:
+        waited = 0.0
+        while True:
+            try:
+                return send(items)
+            except CircuitOpenError as error:
+                pause = _breaker_pause(error, waited, settings.max_breaker_wait)
+                if pause is None or stop.wait(pause):
+                    raise
+                waited += pause
 
     def worker() -> None:
         try:
@@ -197,7 +253,7 @@ def _run_threads(
                 start, items = unit
                 outputs: Sequence[Output | BatchFailure]
                 try:
-                    outputs = send(items)
+                    outputs = send_past_breaker(items)
                 except Exception as error:
                     outputs = _failures(error, start, len(items), noun)
                 pull.fill(start, outputs)
@@ -210,7 +266,7 @@ def _run_threads(
     # keeps the interpreter from exiting.
     threads = [
         threading.Thread(target=worker, name=f"holysheep-batch-{number}", daemon=True)
-        for number in range(concurrency)
+        for number in range(settings.concurrency)
     ]
     for thread in threads:
         thread.start()
@@ -223,11 +279,6 @@ def _run_threads(
     if raised:
         raise raised[0]
     return pull.results
-
-
-def _check_count(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name}={value!r}: must be a whole number of at least 1", name)
 
 
 def _check_chat_kwargs(create_kwargs: dict[str, Any]) -> None:
@@ -265,6 +316,7 @@ async def batch_embed(
     model: str,
     batch_size: int = 100,
     concurrency: int = DEFAULT_EMBED_CONCURRENCY,
+    max_breaker_wait: float = DEFAULT_MAX_BREAKER_WAIT,
     progress: bool = False,
     **create_kwargs: Any,
 ) -> list[list[float] | BatchFailure]:
@@ -277,20 +329,22 @@ async def batch_embed(
     :param docs: the texts; any iterable, read as the work goes (a generator keeps memory flat).
     :param batch_size: documents per request. Every document of a failed request gets a failure.
     :param concurrency: requests in flight at most.
+    :param max_breaker_wait: seconds a batch may wait, in all, for an open circuit breaker.
     :param progress: show a tqdm bar (``pip install 'holysheep[progress]'``).
     :param create_kwargs: passed on to ``embeddings.create`` (``dimensions``, ``user``, ...).
-    :raises ConfigError: ``batch_size`` or ``concurrency`` below 1; ``progress=True`` without tqdm.
+    :raises ConfigError: ``batch_size`` or ``concurrency`` below 1, a negative ``max_breaker_wait``,
+        ``progress=True`` without tqdm.
     :raises asyncio.CancelledError: when cancelled, at once; requests in flight are cancelled too.
     """
     _check_count("batch_size", batch_size)
-    _check_count("concurrency", concurrency)
+    settings = _Settings(concurrency, max_breaker_wait)
 
     async def send(batch: list[str]) -> list[list[float]]:
         response = await client.embeddings.create(model=model, input=batch, **create_kwargs)
         return _vectors(response, len(batch))
 
     with _Progress(progress, docs, "embed", "doc") as bar:
-        return await _run_async(_Pull(docs, batch_size), send, concurrency, bar, "document")
+        return await _run_async(_Pull(docs, batch_size), send, settings, bar, "document")
 
 
 async def batch_chat(
@@ -299,6 +353,7 @@ async def batch_chat(
     *,
     model: str,
     concurrency: int = DEFAULT_CHAT_CONCURRENCY,
+    max_breaker_wait: float = DEFAULT_MAX_BREAKER_WAIT,
     progress: bool = False,
     **create_kwargs: Any,
 ) -> list[str | BatchFailure]:
@@ -311,14 +366,15 @@ async def batch_chat(
     :param prompts: each a user message's text or a list of chat messages; any iterable, read as the
         work goes.
     :param concurrency: calls in flight at most.
+    :param max_breaker_wait: seconds a prompt may wait, in all, for an open circuit breaker.
     :param progress: show a tqdm bar (``pip install 'holysheep[progress]'``).
     :param create_kwargs: passed on to ``chat.completions.create`` (``max_tokens``, ``temperature``, ...).
         A reply is the first choice's text, ``""`` when it has none (e.g. only tool calls).
-    :raises ConfigError: ``concurrency`` below 1, ``messages=`` or ``stream=True`` given, or
-        ``progress=True`` without tqdm.
+    :raises ConfigError: ``concurrency`` below 1, a negative ``max_breaker_wait``, ``messages=`` or
+        ``stream=True`` given, or ``progress=True`` without tqdm.
     :raises asyncio.CancelledError: when cancelled, at once; calls in flight are cancelled too.
     """
-    _check_count("concurrency", concurrency)
+    settings = _Settings(concurrency, max_breaker_wait)
     _check_chat_kwargs(create_kwargs)
 
     async def send(batch: list[Prompt]) -> list[str]:
@@ -328,7 +384,7 @@ async def batch_chat(
         return [_reply(completion)]
 
     with _Progress(progress, prompts, "chat", "prompt") as bar:
-        return await _run_async(_Pull(prompts, 1), send, concurrency, bar, "prompt")
+        return await _run_async(_Pull(prompts, 1), send, settings, bar, "prompt")
 
 
 def batch_embed_sync(
@@ -338,6 +394,7 @@ def batch_embed_sync(
     model: str,
     batch_size: int = 100,
     concurrency: int = DEFAULT_EMBED_CONCURRENCY,
+    max_breaker_wait: float = DEFAULT_MAX_BREAKER_WAIT,
     progress: bool = False,
     **create_kwargs: Any,
 ) -> list[list[float] | BatchFailure]:
@@ -348,14 +405,14 @@ def batch_embed_sync(
     Ctrl-C raises at once; each thread then finishes the request it has in flight and takes no more.
     """
     _check_count("batch_size", batch_size)
-    _check_count("concurrency", concurrency)
+    settings = _Settings(concurrency, max_breaker_wait)
 
     def send(batch: list[str]) -> list[list[float]]:
         response = client.embeddings.create(model=model, input=batch, **create_kwargs)
         return _vectors(response, len(batch))
 
     with _Progress(progress, docs, "embed", "doc") as bar:
-        return _run_threads(_Pull(docs, batch_size), send, concurrency, bar, "document")
+        return _run_threads(_Pull(docs, batch_size), send, settings, bar, "document")
 
 
 def batch_chat_sync(
@@ -364,6 +421,7 @@ def batch_chat_sync(
     *,
     model: str,
     concurrency: int = DEFAULT_CHAT_CONCURRENCY,
+    max_breaker_wait: float = DEFAULT_MAX_BREAKER_WAIT,
     progress: bool = False,
     **create_kwargs: Any,
 ) -> list[str | BatchFailure]:
@@ -373,12 +431,13 @@ def batch_chat_sync(
 
     Ctrl-C raises at once; each thread then finishes the call it has in flight and takes no more.
     """
-    _check_count("concurrency", concurrency)
+    settings = _Settings(concurrency, max_breaker_wait)
     _check_chat_kwargs(create_kwargs)
 
     def send(batch: list[Prompt]) -> list[str]:
-        completion = client.chat.completions.create(model=model, messages=_messages(batch[0]), **create_kwargs)
+        messages = _messages(batch[0])
+        completion = client.chat.completions.create(model=model, messages=messages, **create_kwargs)
         return [_reply(completion)]
 
     with _Progress(progress, prompts, "chat", "prompt") as bar:
-        return _run_threads(_Pull(prompts, 1), send, concurrency, bar, "prompt")
+        return _run_threads(_Pull(prompts, 1), send, settings, bar, "prompt")
