@@ -85,7 +85,10 @@ async def test_chat_embeddings_models_and_streams_pass_the_limiter(gateway: Mock
 async def test_300_concurrent_calls_with_the_gateways_limits_get_no_429() -> None:
     window_s = 1.0
     with MockGateway(rpm=100, window_s=window_s, latency=0.01) as gw:
-        lim = hs.HolySheepRateLimiter(limits=[hs.Limit(100, per=window_s)])
+        # The gateway times a request when its thread gets to it: on a loaded 2-core machine that lags
+        # the send by more than the default guard of a 1-s window (10 ms), so the guard is the 50 ms
+        # a real network needs.
+        lim = hs.HolySheepRateLimiter(limits=[hs.Limit(100, per=window_s, guard=0.05)])
         async with hs.AsyncHolySheep(base_url=gw.base_url, api_key="hs_test", limiter=lim) as client:
             started = time.monotonic()
             results = await asyncio.gather(
@@ -96,11 +99,12 @@ async def test_300_concurrent_calls_with_the_gateways_limits_get_no_429() -> Non
         assert len(results) == 300
         assert sum(record.status == 429 for record in log) == 0
         assert gw.peak_admitted() <= 100
-    # The ideal schedule: 100 at once, then 100 as each leaves the window, twice. Each window here is
-    # used to at least 95% (its guard, and the time a burst of 100 takes to go out, are the rest).
+    # The ideal schedule: 100 at once, then 100 as each leaves the window and its guard, twice; within
+    # 5% of it (the rest is the time a burst of 100 takes to go out).
     arrivals = sorted(record.at for record in log)
-    assert arrivals[200] - arrivals[0] < 2 * window_s / 0.95
-    assert elapsed < 2 * window_s / 0.95 + 1.0
+    ideal = 2 * (window_s + 0.05)
+    assert arrivals[200] - arrivals[0] < ideal * 1.05
+    assert elapsed < ideal * 1.05 + 1.0
 
 
 async def test_a_gateway_tighter_than_the_client_converges_and_every_call_succeeds() -> None:

@@ -185,7 +185,62 @@ def _add_demo(subcommands: Subcommands) -> None:
     parser.set_defaults(run=demo.run)
 
 
-SUBCOMMANDS: list[Callable[[Subcommands], None]] = [_add_demo, _add_mock_server]
+def _add_check(subcommands: Subcommands) -> None:
+    parser = subcommands.add_parser(
+        "check",
+        help="check the API key, the connection and the quota headers of an endpoint",
+        description="Checks the API key's form, reaches GET /models, and shows the rate-limit headers "
+        "and quota the endpoint reports. Only the endpoint given is contacted.",
+    )
+    parser.add_argument("--base-url", default=None, help="the API (default https://api.holysheep.ai/v1)")
+    parser.add_argument("--api-key", default=None, help="the key (default $HOLYSHEEP_API_KEY)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request (10)")
+    parser.set_defaults(run=_run_check)
+
+
+def _masked(key: str) -> str:
+    return f"{key[:3]}...{key[-4:]}" if len(key) > 10 else "***"
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    import httpx2
+
+    from holysheep.client import HOLYSHEEP_BASE_URL, resolve_api_key
+
+    base_url = (args.base_url or HOLYSHEEP_BASE_URL).rstrip("/")
+    try:
+        key = resolve_api_key(args.api_key, base_url)
+    except ConfigError as err:
+        print(f"key: {err}")
+        return 2
+    print(f"key: {_masked(key)} ({'HolySheep' if key.startswith('hs_') else 'not a HolySheep'} key form)")
+    headers = {"Authorization": f"Bearer {key}"}
+    try:
+        with httpx2.Client(base_url=base_url, headers=headers, timeout=args.timeout) as http:
+            models = http.get("/models")
+            quota = http.get("/quota") if models.status_code == 200 else None
+    except httpx2.HTTPError as err:
+        print(f"connection: cannot reach {base_url}: {type(err).__name__}: {err}")
+        return 1
+    if models.status_code in (401, 403):
+        print(f"connection: {base_url} refused the key (HTTP {models.status_code})")
+        return 1
+    if models.status_code != 200:
+        print(f"connection: GET /models answered HTTP {models.status_code}")
+        return 1
+    count = len(models.json().get("data", []))
+    print(f"connection: {base_url} answers; {count} models")
+    limits = {k: v for k, v in models.headers.items() if k.lower().startswith("x-ratelimit-")}
+    for name in sorted(limits):
+        print(f"  {name}: {limits[name]}")
+    if not limits:
+        print("  no x-ratelimit-* headers")
+    if quota is not None and quota.status_code == 200:
+        print(f"quota: {quota.text.strip()}")
+    return 0
+
+
+SUBCOMMANDS: list[Callable[[Subcommands], None]] = [_add_check, _add_demo, _add_mock_server]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -71,7 +71,43 @@ def _transport(
     return Transport(limiter, retry, breaker, acquire_timeout=acquire_timeout)
 
 
-class AsyncHolySheep(openai.AsyncOpenAI):
+class _HolySheepClient:
+    """What both clients add to the SDK's: a `Transport` under it, and its limiter."""
+
+    transport: Any
+
+    def _set_up(
+        self,
+        sdk_client: Any,
+        http_client: Any,
+        api_key: str | None,
+        base_url: str | None,
+        limiter: HolySheepRateLimiter | None,
+        tier: str | None,
+        retry: RetryPolicy | None,
+        breaker: CircuitBreaker | None,
+        acquire_timeout: float | None,
+        kwargs: dict[str, Any],
+    ) -> None:
+        base_url = base_url or HOLYSHEEP_BASE_URL
+        self.transport = _transport(limiter, tier, retry, breaker, acquire_timeout)
+        sdk_client.__init__(
+            self,
+            api_key=resolve_api_key(api_key, base_url),
+            base_url=base_url,
+            max_retries=0,
+            http_client=http_client(transport=self.transport),
+            **kwargs,
+        )
+
+    @property
+    def limiter(self) -> HolySheepRateLimiter | None:
+        """The limiter every request passes, if any."""
+        limiter: HolySheepRateLimiter | None = self.transport.limiter
+        return limiter
+
+
+class AsyncHolySheep(_HolySheepClient, openai.AsyncOpenAI):
     """``openai.AsyncOpenAI`` for HolySheep, every request limited, guarded and retried.
 
         client = AsyncHolySheep(limiter=HolySheepRateLimiter(rpm=500, tpm=100_000, max_concurrency=20))
@@ -98,26 +134,15 @@ class AsyncHolySheep(openai.AsyncOpenAI):
         acquire_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
-        base_url = base_url or HOLYSHEEP_BASE_URL
-        self.transport = _transport(limiter, tier, retry, breaker, acquire_timeout)
-        super().__init__(
-            api_key=resolve_api_key(api_key, base_url),
-            base_url=base_url,
-            max_retries=0,
-            http_client=_async_http_client(transport=self.transport),
-            **kwargs,
-        )
-
-    @property
-    def limiter(self) -> HolySheepRateLimiter | None:
-        """The limiter every request passes, if any."""
-        limiter: HolySheepRateLimiter | None = self.transport.limiter
-        return limiter
+        self._set_up(
+            openai.AsyncOpenAI, _async_http_client, api_key, base_url, limiter, tier, retry, breaker,
+            acquire_timeout, kwargs,
+        )  # fmt: skip
 
 
-class HolySheep(openai.OpenAI):
+class HolySheep(_HolySheepClient, openai.OpenAI):
     """``openai.OpenAI`` for HolySheep: `AsyncHolySheep` for blocking code (threads wait with the GIL
-    released)."""
+    released). Takes the same arguments."""
 
     def __init__(
         self,
@@ -131,21 +156,10 @@ class HolySheep(openai.OpenAI):
         acquire_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
-        base_url = base_url or HOLYSHEEP_BASE_URL
-        self.transport = _transport(limiter, tier, retry, breaker, acquire_timeout)
-        super().__init__(
-            api_key=resolve_api_key(api_key, base_url),
-            base_url=base_url,
-            max_retries=0,
-            http_client=_sync_http_client(transport=self.transport),
-            **kwargs,
-        )
-
-    @property
-    def limiter(self) -> HolySheepRateLimiter | None:
-        """The limiter every request passes, if any."""
-        limiter: HolySheepRateLimiter | None = self.transport.limiter
-        return limiter
+        self._set_up(
+            openai.OpenAI, _sync_http_client, api_key, base_url, limiter, tier, retry, breaker,
+            acquire_timeout, kwargs,
+        )  # fmt: skip
 
 
 def wrap(

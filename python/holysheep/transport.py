@@ -243,10 +243,14 @@ class _Pipeline:
     def _failure(self, response: Any, body: bytes) -> _StatusFailure | None:
         """The failure an answer stands for, if it is a retried one; counts a 429 with the limiter."""
         status = response.status_code
+        if self.limiter is not None:
+            # 429s cut the rates in force; other answers let them climb back (holysheep.core AIMD).
+            if status == 429:
+                self.limiter._record_server_rejection()
+            else:
+                self.limiter._record_server_answer()
         if status < 400:
             return None
-        if status == 429 and self.limiter is not None:
-            self.limiter._record_server_rejection()
         failure = _StatusFailure(status, response.headers, _error_code(body) if status == 429 else None)
         retried, _ = classify_status(status, response.headers, failure.code)
         return failure if retried else None

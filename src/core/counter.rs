@@ -9,7 +9,10 @@ use crate::core::decision::Never;
 /// About `limit` units per `window_ns`, estimated from two fixed windows.
 #[derive(Debug, Clone)]
 pub struct SlidingCounter {
+    /// The limit in force: the configured one, or less while the server asks for less.
     limit: u64,
+    /// The configured limit: what can ever pass.
+    ceiling: u64,
     window_ns: u64,
     current_start: u64,
     current: u64,
@@ -21,7 +24,7 @@ pub struct SlidingCounter {
 impl SlidingCounter {
     pub fn new(limit: u64, window_ns: u64) -> Self {
         debug_assert!(limit >= 1 && window_ns >= 1);
-        Self { limit, window_ns, current_start: 0, current: 0, previous: 0, last_at: 0 }
+        Self { limit, ceiling: limit, window_ns, current_start: 0, current: 0, previous: 0, last_at: 0 }
     }
 
     pub fn limit(&self) -> u64 {
@@ -30,6 +33,12 @@ impl SlidingCounter {
 
     pub fn window_ns(&self) -> u64 {
         self.window_ns
+    }
+
+    /// Enforces `limit` (at most the configured one) from now on; a request above it still passes
+    /// alone, as in [`crate::core::window::ExactWindow::set_limit`].
+    pub fn set_limit(&mut self, limit: u64) {
+        self.limit = limit.clamp(1, self.ceiling);
     }
 
     /// Moves the fixed windows forward so that `now` falls in the current one.
@@ -62,8 +71,8 @@ impl SlidingCounter {
 
     /// The earliest instant, not before `now` nor the last admission, at which `cost` more fits.
     pub fn earliest(&mut self, cost: u64, now: u64) -> Result<u64, Never> {
-        if cost > self.limit {
-            return Err(Never { max_cost: self.limit });
+        if cost > self.ceiling {
+            return Err(Never { max_cost: self.ceiling });
         }
         let from = now.max(self.last_at);
         self.roll(from);

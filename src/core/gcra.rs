@@ -32,6 +32,11 @@ impl Gcra {
         self.unit_ns
     }
 
+    /// This GCRA at another rate: `unit_ns` per unit, the same burst.
+    pub fn with_unit_ns(self, unit_ns: u64) -> Self {
+        Self { unit_ns: unit_ns.max(1), ..self }
+    }
+
     pub fn burst(&self) -> u64 {
         self.burst
     }

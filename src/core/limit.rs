@@ -212,6 +212,16 @@ impl Limit {
         Gcra::new(self.amount, self.enforced_period_ns(), self.burst)
     }
 
+    /// The window count in force when the limit is scaled by `factor` (0..=1): at least one.
+    pub fn scaled_count(&self, factor: f64) -> u64 {
+        ((self.whole_window().0 as f64 * factor).floor() as u64).max(1)
+    }
+
+    /// The GCRA of this limit scaled by `factor` (0..=1), its burst kept.
+    pub fn scaled_gcra(&self, factor: f64) -> Gcra {
+        Gcra::new(self.amount * factor.max(1e-6), self.enforced_period_ns(), self.burst)
+    }
+
     /// The state that enforces this limit, empty.
     pub fn window(&self) -> Window {
         match self.algorithm {
@@ -272,6 +282,16 @@ impl Window {
                 *tat
             }
             Window::Counter(c) => c.admit(at, cost),
+        }
+    }
+
+    /// Enforces `limit` scaled by `factor` (0..=1) from now on: what the server allows, when it allows
+    /// less than configured.
+    pub fn rescale(&mut self, limit: &Limit, factor: f64) {
+        match self {
+            Window::Exact(w) => w.set_limit(limit.scaled_count(factor)),
+            Window::Counter(c) => c.set_limit(limit.scaled_count(factor)),
+            Window::Gcra { gcra, .. } => *gcra = limit.scaled_gcra(factor),
         }
     }
 

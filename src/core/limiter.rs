@@ -7,6 +7,8 @@ use crate::core::clock::{Clock, MonotonicClock, ns_to_secs};
 use crate::core::concurrency::Concurrency;
 use crate::core::decision::{Decision, Never};
 use crate::core::error::{Error, Result};
+use crate::core::feedback::Aimd;
+use crate::core::spin::SpinLock;
 use crate::core::limit::{Cost, Limit, Unit};
 use crate::core::quota::{Quota, Receipt};
 use crate::core::stats::Stats;
@@ -16,6 +18,9 @@ use crate::core::stats::Stats;
 pub struct Limiter<C: Clock = MonotonicClock> {
     clock: C,
     quota: Option<Quota>,
+    /// How the rates follow the server's 429s, and the fraction of the configured rates last applied.
+    feedback: Aimd,
+    applied: SpinLock<f64>,
     slots: Concurrency,
     /// Waiters parked for a permit or for the rate; while any wait, the fast path admits nobody.
     slot_waiters: AtomicU64,
@@ -71,10 +76,15 @@ impl<C: Clock> Limiter<C> {
         if limits.is_empty() && max_concurrency.is_none() {
             return Err(Error::config("limits", "give at least one rate limit or max_concurrency"));
         }
+        let periods = limits.iter().map(Limit::period_ns);
+        let (shortest, longest) = (periods.clone().min().unwrap_or(0), periods.max().unwrap_or(0));
+        let feedback = Aimd::new(shortest / 10, longest / 4, longest);
         let quota = if limits.is_empty() { None } else { Some(Quota::new(limits)?) };
         Ok(Self {
             clock,
             quota,
+            feedback,
+            applied: SpinLock::new(1.0),
             slots: Concurrency::new(max_concurrency)?,
             slot_waiters: AtomicU64::new(0),
             rate_waiters: AtomicU64::new(0),
@@ -282,9 +292,36 @@ impl<C: Clock> Limiter<C> {
         self.stats.waits.record(wait_ns);
     }
 
-    /// Records a 429 from the server.
+    /// Records a 429 from the server: the rates in force are cut (see [`Aimd`]).
     pub fn record_server_rejection(&self) {
         self.stats.server_rejections.fetch_add(1, Ordering::Relaxed);
+        let factor = self.feedback.rejected(self.clock.now_ns());
+        self.apply(factor);
+    }
+
+    /// Records an answer that was not a 429: the rates in force climb back after a cut.
+    pub fn record_server_answer(&self) {
+        let factor = self.feedback.factor(self.clock.now_ns());
+        if factor != *self.applied.lock() {
+            self.apply(factor);
+        }
+    }
+
+    /// Enforces the configured rates scaled by `factor`, once it differs by a step worth a rescale.
+    fn apply(&self, factor: f64) {
+        let Some(quota) = &self.quota else { return };
+        let mut applied = self.applied.lock();
+        if (factor - *applied).abs() < 0.01 && factor != 1.0 {
+            return;
+        }
+        *applied = factor;
+        quota.scale(Unit::Requests, factor);
+        quota.scale(Unit::Tokens, factor);
+    }
+
+    /// The fraction of the configured rates in force (below 1 after the server answered 429).
+    pub fn rate_factor(&self) -> f64 {
+        *self.applied.lock()
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -419,6 +456,20 @@ mod tests {
         let stats = lim.snapshot();
         assert_eq!(stats.waited, 3);
         assert!(stats.wait_p99_ns >= 3 * SEC && stats.wait_p99_ns < 4 * SEC, "{}", stats.wait_p99_ns);
+    }
+
+    #[test]
+    fn server_429s_lower_the_rate_in_force_until_it_recovers() {
+        let (lim, clock) = limiter(vec![per_second(10.0)], None);
+        lim.record_server_rejection();
+        assert_eq!(lim.rate_factor(), 0.7);
+        let admitted = (0..10).filter(|_| lim.try_acquire(Cost::request(0)).unwrap()).count();
+        assert_eq!(admitted, 7);
+        clock.advance(2 * SEC);
+        lim.record_server_answer();
+        assert_eq!(lim.rate_factor(), 1.0);
+        let admitted = (0..12).filter(|_| lim.try_acquire(Cost::request(0)).unwrap()).count();
+        assert_eq!(admitted, 10);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod config;
 pub mod counter;
 pub mod decision;
 pub mod error;
+pub mod feedback;
 pub mod gcra;
 pub mod headers;
 pub mod keyed;

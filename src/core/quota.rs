@@ -1,6 +1,8 @@
 //! Several limits at once (per second, minute, hour, day; requests and tokens), decided all or nothing:
 //! a request that one limit refuses is counted by none.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::core::cell::GcraCell;
 use crate::core::decision::{Decision, Never};
 use crate::core::error::{Error, Result};
@@ -19,8 +21,9 @@ pub struct Receipt {
 
 #[derive(Debug)]
 enum State {
-    /// One GCRA limit: decided lock-free on one atomic word.
-    Single { gcra: Gcra, unit: Unit, cell: GcraCell },
+    /// One GCRA limit: decided lock-free on one atomic word. `rate` holds the emission interval in
+    /// force, which the server's feedback may lengthen.
+    Single { gcra: Gcra, rate: AtomicU64, unit: Unit, cell: GcraCell },
     /// Anything else: the windows change together under one short lock.
     Windows(SpinLock<Vec<Window>>),
 }
@@ -30,6 +33,12 @@ enum State {
 pub struct Quota {
     limits: Vec<Limit>,
     state: State,
+}
+
+/// A single GCRA at the rate in force.
+#[inline]
+fn in_force(gcra: &Gcra, rate: &AtomicU64) -> Gcra {
+    gcra.with_unit_ns(rate.load(Ordering::Relaxed))
 }
 
 /// The earliest instant every limit admits a cost, and which limit set it.
@@ -59,7 +68,8 @@ impl Quota {
         }
         let state = match limits.as_slice() {
             [only] if only.algorithm() == Algorithm::Gcra => {
-                State::Single { gcra: only.gcra(), unit: only.unit(), cell: GcraCell::new() }
+                let gcra = only.gcra();
+                State::Single { gcra, rate: AtomicU64::new(gcra.unit_ns()), unit: only.unit(), cell: GcraCell::new() }
             }
             _ => State::Windows(SpinLock::new(limits.iter().map(Limit::window).collect())),
         };
@@ -75,7 +85,8 @@ impl Quota {
     #[inline]
     pub fn decide(&self, cost: Cost, now: u64, latest: u64, receipt: &mut Receipt) -> Decision {
         match &self.state {
-            State::Single { gcra, unit, cell } => {
+            State::Single { gcra, rate, unit, cell } => {
+                let gcra = &in_force(gcra, rate);
                 let units = unit.of(cost);
                 if units == 0 {
                     return Decision::Now;
@@ -108,7 +119,8 @@ impl Quota {
     /// it; and in both cases the limit that decides (the slowest one).
     pub fn explain(&self, cost: Cost, now: u64) -> (&Limit, Result<u64, Never>) {
         match &self.state {
-            State::Single { gcra, unit, cell } => {
+            State::Single { gcra, rate, unit, cell } => {
+                let gcra = &in_force(gcra, rate);
                 let at = gcra.schedule(cell.tat(), unit.of(cost), now).map(|slot| slot.at);
                 (&self.limits[0], if unit.of(cost) == 0 { Ok(now) } else { at })
             }
@@ -123,7 +135,8 @@ impl Quota {
     /// every limit whose unit it changes.
     pub fn settle(&self, receipt: &Receipt, estimated: Cost, actual: Cost, now: u64) {
         match &self.state {
-            State::Single { gcra, unit, cell } => {
+            State::Single { gcra, rate, unit, cell } => {
+                let gcra = &in_force(gcra, rate);
                 let (old, new) = (unit.of(estimated), unit.of(actual));
                 if new > old {
                     cell.charge(gcra, new - old, now);
@@ -186,7 +199,8 @@ impl Quota {
     /// Takes back an admission of `cost` that will not be used (a waiter that gave up).
     pub fn give_back(&self, receipt: &Receipt, cost: Cost) {
         match &self.state {
-            State::Single { gcra, unit, cell } => {
+            State::Single { gcra, rate, unit, cell } => {
+                let gcra = &in_force(gcra, rate);
                 if unit.of(cost) > 0 {
                     cell.give_back(gcra, unit.of(cost), receipt.tickets[0]);
                 }
@@ -203,10 +217,27 @@ impl Quota {
         }
     }
 
+    /// Enforces every limit of `unit` scaled by `factor` (0..=1) from now on, the others as configured.
+    pub fn scale(&self, unit: Unit, factor: f64) {
+        match &self.state {
+            State::Single { rate, unit: own, .. } if *own == unit => {
+                rate.store(self.limits[0].scaled_gcra(factor).unit_ns(), Ordering::Relaxed);
+            }
+            State::Single { .. } => {}
+            State::Windows(lock) => {
+                for (window, limit) in lock.lock().iter_mut().zip(&self.limits) {
+                    if limit.unit() == unit {
+                        window.rescale(limit, factor);
+                    }
+                }
+            }
+        }
+    }
+
     /// Units free now in each limit, in the order of [`Quota::limits`].
     pub fn remaining(&self, now: u64) -> Vec<u64> {
         match &self.state {
-            State::Single { gcra, cell, .. } => vec![gcra.remaining(cell.tat(), now)],
+            State::Single { gcra, rate, cell, .. } => vec![in_force(gcra, rate).remaining(cell.tat(), now)],
             State::Windows(lock) => lock.lock().iter_mut().map(|window| window.remaining(now)).collect(),
         }
     }

@@ -35,7 +35,10 @@ struct Entry {
 /// At most `limit` units of cost in any interval of `window_ns` nanoseconds.
 #[derive(Debug, Clone)]
 pub struct ExactWindow {
+    /// The limit in force: the configured one, or less while the server asks for less.
     limit: u64,
+    /// The configured limit: what can ever pass.
+    ceiling: u64,
     window_ns: u64,
     /// Admissions closer than this to the last entry join it (0: never).
     merge_ns: u64,
@@ -50,7 +53,7 @@ impl ExactWindow {
     pub fn new(limit: u64, window_ns: u64) -> Self {
         debug_assert!(limit >= 1 && window_ns >= 1);
         let merge_ns = if limit > MERGE_ABOVE { window_ns / MERGE_ABOVE } else { 0 };
-        Self { limit, window_ns, merge_ns, log: VecDeque::new(), next_id: 0, counted: 0 }
+        Self { limit, ceiling: limit, window_ns, merge_ns, log: VecDeque::new(), next_id: 0, counted: 0 }
     }
 
     pub fn limit(&self) -> u64 {
@@ -59,6 +62,17 @@ impl ExactWindow {
 
     pub fn window_ns(&self) -> u64 {
         self.window_ns
+    }
+
+    /// Enforces `limit` (at most the configured one) from now on.
+    pub fn set_limit(&mut self, limit: u64) {
+        self.limit = limit.clamp(1, self.ceiling);
+    }
+
+    /// The limit a request of `cost` is held to: the one in force, but never below the cost itself,
+    /// so a request the configured limit admits is not made to wait forever while it is lowered.
+    fn limit_for(&self, cost: u64) -> u64 {
+        self.limit.max(cost)
     }
 
     /// Drops the entries that can no longer share a window with an admission at `now` or later.
@@ -74,12 +88,12 @@ impl ExactWindow {
 
     /// The earliest instant, not before `now` nor before the last admission, at which `cost` more fits.
     pub fn earliest(&mut self, cost: u64, now: u64) -> Result<u64, Never> {
-        if cost > self.limit {
-            return Err(Never { max_cost: self.limit });
+        if cost > self.ceiling {
+            return Err(Never { max_cost: self.ceiling });
         }
         self.forget_before(now);
         let floor = self.log.back().map_or(now, |last| last.at.max(now));
-        let mut excess = (self.counted + cost).saturating_sub(self.limit);
+        let mut excess = (self.counted + cost).saturating_sub(self.limit_for(cost));
         if excess == 0 {
             return Ok(floor);
         }
@@ -161,7 +175,8 @@ impl ExactWindow {
         let entry = self.log[index];
         let opens = entry.at.saturating_sub(self.window_ns);
         let earlier = self.log.range(..index).filter(|e| e.at > opens);
-        let mut excess = (earlier.clone().map(|e| e.cost).sum::<u64>() + entry.cost).saturating_sub(self.limit);
+        let in_window = earlier.clone().map(|e| e.cost).sum::<u64>() + entry.cost;
+        let mut excess = in_window.saturating_sub(self.limit_for(entry.cost));
         if excess == 0 {
             return entry.at;
         }

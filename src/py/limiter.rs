@@ -274,9 +274,14 @@ impl PyLimiter {
         }
     }
 
-    /// Counts a 429 answer from the server.
+    /// Counts a 429 answer from the server; the rates in force are cut.
     fn _record_server_rejection(&self) {
         self.inner.record_server_rejection();
+    }
+
+    /// Notes an answer from the server that was not a 429; the rates in force climb back after a cut.
+    fn _record_server_answer(&self) {
+        self.inner.record_server_answer();
     }
 
     /// The limits this limiter enforces.
@@ -303,6 +308,7 @@ impl PyLimiter {
         stats.set_item("waited_s_p50", ns_to_secs(snapshot.wait_p50_ns))?;
         stats.set_item("waited_s_p99", ns_to_secs(snapshot.wait_p99_ns))?;
         stats.set_item("server_429s", snapshot.server_rejections)?;
+        stats.set_item("rate_factor", self.inner.rate_factor())?;
         let remaining = PyDict::new(py);
         for window in &snapshot.windows {
             remaining.set_item(&window.limit, window.remaining)?;
