@@ -232,8 +232,12 @@ async def test_progress_shows_a_tqdm_bar_with_the_failures(capsys: pytest.Captur
     with MockGateway(faults=Faults(server_error=0.3), seed=4, embedding_dim=4) as gw:
         async with bare_async(gw) as client:
             await hs.batch_embed(client, docs(300), model=EMBED_MODEL, batch_size=30, progress=True)
-    bar = capsys.readouterr().err.rsplit("\r", 1)[-1]
+            bar = capsys.readouterr().err.rsplit("\r", 1)[-1]
+            await hs.batch_chat(client, iter(["hi"] * 3), model="gpt-4.1", concurrency=1, progress="summaries")
+            labelled = capsys.readouterr().err.rsplit("\r", 1)[-1]
     assert bar.startswith("embed: 100%") and "300/300" in bar and "failed=" in bar
+    # Of an input with no length: a count, no percentage.
+    assert labelled.startswith("summaries: 3prompt")
 
 
 def test_progress_without_tqdm_is_a_config_error(monkeypatch: pytest.MonkeyPatch, gateway: MockGateway) -> None:

@@ -142,11 +142,11 @@ class _Pull(Generic[Item]):
 class _Progress:
     """A tqdm bar counting items done (and failed), or nothing when not asked for."""
 
-    def __init__(self, enabled: bool, items: Iterable[Any], description: str, unit: str) -> None:
+    def __init__(self, progress: bool | str, items: Iterable[Any], description: str, unit: str) -> None:
         self._bar: Any = None
         self._failed = 0
         self._lock = threading.Lock()
-        if not enabled:
+        if not progress:
             return
         try:
             tqdm = importlib.import_module("tqdm.auto").tqdm
@@ -155,7 +155,8 @@ class _Progress:
                 "progress=True needs tqdm: pip install 'holysheep[progress]'", "progress"
             ) from missing
         total = len(items) if isinstance(items, Sized) else None
-        self._bar = tqdm(total=total, desc=description, unit=unit)
+        label = progress if isinstance(progress, str) else description
+        self._bar = tqdm(total=total, desc=label, unit=unit)
 
     def advance(self, outputs: Sequence[Any]) -> None:
         if self._bar is None:
@@ -317,7 +318,7 @@ async def batch_embed(
     batch_size: int = 100,
     concurrency: int = DEFAULT_EMBED_CONCURRENCY,
     max_breaker_wait: float = DEFAULT_MAX_BREAKER_WAIT,
-    progress: bool = False,
+    progress: bool | str = False,
     **create_kwargs: Any,
 ) -> list[list[float] | BatchFailure]:
     """Embeds documents, ``batch_size`` to a request; one vector (or `BatchFailure`) per document, in order.
@@ -330,7 +331,7 @@ async def batch_embed(
     :param batch_size: documents per request. Every document of a failed request gets a failure.
     :param concurrency: requests in flight at most.
     :param max_breaker_wait: seconds a batch may wait, in all, for an open circuit breaker.
-    :param progress: show a tqdm bar (``pip install 'holysheep[progress]'``).
+    :param progress: show a tqdm bar (``pip install 'holysheep[progress]'``); a string labels it.
     :param create_kwargs: passed on to ``embeddings.create`` (``dimensions``, ``user``, ...).
     :raises ConfigError: ``batch_size`` or ``concurrency`` below 1, a negative ``max_breaker_wait``,
         ``progress=True`` without tqdm.
@@ -354,7 +355,7 @@ async def batch_chat(
     model: str,
     concurrency: int = DEFAULT_CHAT_CONCURRENCY,
     max_breaker_wait: float = DEFAULT_MAX_BREAKER_WAIT,
-    progress: bool = False,
+    progress: bool | str = False,
     **create_kwargs: Any,
 ) -> list[str | BatchFailure]:
     """Runs one chat completion per prompt; the reply texts (or `BatchFailure` items), in prompt order.
@@ -367,7 +368,7 @@ async def batch_chat(
         work goes.
     :param concurrency: calls in flight at most.
     :param max_breaker_wait: seconds a prompt may wait, in all, for an open circuit breaker.
-    :param progress: show a tqdm bar (``pip install 'holysheep[progress]'``).
+    :param progress: show a tqdm bar (``pip install 'holysheep[progress]'``); a string labels it.
     :param create_kwargs: passed on to ``chat.completions.create`` (``max_tokens``, ``temperature``, ...).
         A reply is the first choice's text, ``""`` when it has none (e.g. only tool calls).
     :raises ConfigError: ``concurrency`` below 1, a negative ``max_breaker_wait``, ``messages=`` or
@@ -395,7 +396,7 @@ def batch_embed_sync(
     batch_size: int = 100,
     concurrency: int = DEFAULT_EMBED_CONCURRENCY,
     max_breaker_wait: float = DEFAULT_MAX_BREAKER_WAIT,
-    progress: bool = False,
+    progress: bool | str = False,
     **create_kwargs: Any,
 ) -> list[list[float] | BatchFailure]:
     """`batch_embed` for a blocking ``openai.OpenAI`` client, on ``concurrency`` threads.
@@ -422,7 +423,7 @@ def batch_chat_sync(
     model: str,
     concurrency: int = DEFAULT_CHAT_CONCURRENCY,
     max_breaker_wait: float = DEFAULT_MAX_BREAKER_WAIT,
-    progress: bool = False,
+    progress: bool | str = False,
     **create_kwargs: Any,
 ) -> list[str | BatchFailure]:
     """`batch_chat` for a blocking ``openai.OpenAI`` client, on ``concurrency`` threads.
