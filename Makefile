@@ -35,7 +35,7 @@ test: build lint  ## cargo test, the lint, then pytest
 	$(PY) -m pytest -q
 
 .PHONY: demo
-demo: build  ## the main job: a batch of simulated LLM calls under a limiter
+demo: build  ## the main job: a RAG batch through holysheep and through the bare SDK against a MockGateway; table + PNG
 	$(PY) -m holysheep demo
 
 .PHONY: bench

@@ -1,10 +1,55 @@
+"""`holysheep demo`, scaled down to a few seconds: the same job, gateway, table and plot."""
+
 from __future__ import annotations
 
-from holysheep.demo import demo
+import argparse
+from pathlib import Path
+
+from holysheep import _demo_plot
+from holysheep.demo import Scenario, add_arguments, demo
+
+from conftest import max_in_any_window
+
+SMALL = Scenario(
+    documents=200,
+    batch_size=20,
+    embed_concurrency=4,
+    prompts=60,
+    chat_concurrency=16,
+    window_s=1.0,
+    requests_per_window=25,
+    tokens_per_window=20_000,
+    gateway_concurrency=8,
+    latency_s=(0.01, 0.05),
+    completion_tokens=8,
+    outage_s=(1.2, 1.6),
+)
 
 
-async def test_demo_holds_the_batch_to_its_limits_and_shows_the_bare_batch_breaking_them() -> None:
-    limited, bare, table = await demo(calls=40, max_qps=20, max_concurrency=5, seed=1, latency_s=(0.01, 0.05))
-    assert limited.peak_qps() <= 20 and limited.peak_in_flight <= 5
-    assert bare.peak_qps() == 40 and bare.peak_in_flight > 5
-    assert "peak QPS (any 1 s)" in table and "with holysheep" in table
+async def test_demo_keeps_holysheep_inside_the_limits_through_the_outage_and_shows_the_bare_sdk_break_them(
+    tmp_path: Path,
+) -> None:
+    ours, bare, table = await demo(SMALL)
+
+    assert (ours.count(429), ours.failed_documents, ours.failed_prompts) == (0, 0, 0)
+    assert ours.count(200) == 10 + 60  # ten embedding requests, sixty chats, each answered once
+    assert max_in_any_window([r.at for r in ours.log if r.admitted], SMALL.window_s) <= 25
+    assert ours.breaker_changes is not None and ours.breaker_changes[0][1] == "closed->open"
+    assert ours.breaker_changes[-1][1] == "half_open->closed"
+    assert ours.goodput(SMALL) > 0.6
+    assert bare.count(429) > 0 and bare.breaker_changes is None
+
+    for row in ("429s seen by the gateway", "goodput, % of the limit", "breaker transitions", "cost (USD)"):
+        assert row in table
+    assert table.splitlines()[0].split() == ["holysheep", "bare", "SDK"]
+
+    plot = tmp_path / "demo.png"
+    assert _demo_plot.write(ours, bare, SMALL, plot) == f"plot: {plot}"
+    assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_the_plot_can_be_turned_off() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args([]).plot == Path("holysheep-demo.png")
+    assert parser.parse_args(["--no-plot"]).plot is None

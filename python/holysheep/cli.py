@@ -178,7 +178,7 @@ def _add_demo(subcommands: Subcommands) -> None:
 
     parser = subcommands.add_parser(
         "demo",
-        help="the main job: a batch of simulated LLM calls under a limiter, beside the same batch without",
+        help="the main job: a RAG batch through holysheep and through the bare SDK, against a MockGateway",
         description=demo.__doc__,
     )
     demo.add_arguments(parser)

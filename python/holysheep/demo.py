@@ -1,148 +1,287 @@
-"""The main job, offline: a batch of simulated LLM calls under `HolySheepRateLimiter(max_qps=10,
-max_concurrency=20)`, with a live progress bar, then what the limiter held the batch to, beside the same
-batch without it. Run it with ``holysheep demo`` (or ``make demo``)."""
+"""The main job, offline: a RAG pipeline against an embedded MockGateway that enforces small limits on a
+short window and goes down for a few seconds in the middle. It embeds 2,000 documents in batches, then
+runs 300 chat completions 64 at a time: once through `AsyncHolySheep` (a limiter set to the gateway's
+limits, retries, a circuit breaker), once through the bare openai SDK (its own retries only). Then a
+table of what each did, read from the gateway's admission log, and a PNG of admitted requests per
+second against the limit. Run it with ``holysheep demo`` (or ``make demo``)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import random
-import sys
+import importlib.util
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from holysheep._holysheep import Limit
 from holysheep._limiter import HolySheepRateLimiter
+from holysheep.batch import BatchFailure, batch_chat, batch_embed
+from holysheep.breaker import CircuitBreaker
+from holysheep.retry import RetryPolicy
+from holysheep.testing import AdmissionRecord, Faults, MockGateway
+
+if TYPE_CHECKING:  # the SDK is imported when the demo runs, so `holysheep --help` stays quick
+    import openai
+
+EMBED_MODEL = "text-embedding-3-small"
+CHAT_MODEL = "deepseek-v3.2"
+#: USD per million tokens: deepseek-v3.2 from the price table of DESIGN.md §4; the embedding model at
+#: OpenAI's list price.
+PRICES = {EMBED_MODEL: 0.02, CHAT_MODEL: 0.42}
+EMBEDDINGS, CHATS = "/v1/embeddings", "/v1/chat/completions"
+API_KEY = "hs_demo"
+
+TOPICS = ["refunds", "shipping", "warranty", "billing", "accounts", "returns", "privacy", "support"]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """The job and the gateway it runs against."""
+
+    documents: int = 2_000
+    batch_size: int = 100
+    embed_concurrency: int = 8
+    prompts: int = 300
+    chat_concurrency: int = 64
+    #: The gateway's "minute", and its limits per that window.
+    window_s: float = 5.0
+    requests_per_window: int = 100
+    tokens_per_window: int = 60_000
+    gateway_concurrency: int = 32
+    latency_s: tuple[float, float] = (0.2, 0.6)
+    completion_tokens: int = 48
+    #: Seconds after the gateway starts during which it answers every request with 503.
+    outage_s: tuple[float, float] = (8.0, 11.0)
+    seed: int = 7
+
+    @property
+    def limit_per_s(self) -> float:
+        return self.requests_per_window / self.window_s
+
+    def gateway(self) -> MockGateway:
+        return MockGateway(
+            rpm=self.requests_per_window,
+            tpm=self.tokens_per_window,
+            concurrency=self.gateway_concurrency,
+            latency=self.latency_s,
+            faults=Faults(outage=self.outage_s),
+            window_s=self.window_s,
+            seed=self.seed,
+            embedding_dim=256,
+            completion_tokens=self.completion_tokens,
+        )
+
+    def limiter(self) -> HolySheepRateLimiter:
+        """The gateway's own limits, told to the client: nothing more is needed to never see a 429."""
+        return HolySheepRateLimiter(
+            limits=[
+                Limit(self.requests_per_window, per=self.window_s),
+                Limit(self.tokens_per_window, per=self.window_s, unit="tokens"),
+            ],
+            max_concurrency=self.gateway_concurrency,
+        )
+
+
+def documents(count: int) -> Iterator[str]:
+    """Short support-desk notes, made as they are read."""
+    for number in range(count):
+        topic = TOPICS[number % len(TOPICS)]
+        yield f"Note {number} on {topic}: the customer asked about {topic} and was answered within a day."
+
+
+def prompts(count: int) -> Iterator[str]:
+    for number, document in zip(range(count), documents(count)):
+        yield f"Summarise in one line for the FAQ (item {number}): {document}"
 
 
 @dataclass
 class Run:
-    """What one batch did: when each call started, and how many ran at once at most."""
+    """What one pass of the job did, as the client saw it and as the gateway logged it."""
 
-    started: list[float] = field(default_factory=list)
-    waits: list[float] = field(default_factory=list)
-    in_flight: int = 0
-    peak_in_flight: int = 0
+    label: str
     wall_s: float = 0.0
+    failed_documents: int = 0
+    failed_prompts: int = 0
+    log: list[AdmissionRecord] = field(default_factory=list)
+    waits_s: tuple[float, float] | None = None  # p50, p99 of the limiter's waits; None without one
+    breaker_changes: list[tuple[float, str]] | None = None  # (seconds into the run, "old->new")
 
-    def peak_qps(self) -> int:
-        """The most calls started in any one-second interval."""
-        times = sorted(self.started)
-        worst, first = 0, 0
-        for last, at in enumerate(times):
-            while times[first] + 1.0 <= at:
-                first += 1
-            worst = max(worst, last - first + 1)
-        return worst
+    def count(self, status: int) -> int:
+        return sum(record.status == status for record in self.log)
 
-    def mean_qps(self) -> float:
-        """Calls started per second over the whole seconds the batch spans."""
-        whole_seconds = int(max(self.started) - min(self.started))
-        if whole_seconds == 0:
-            return float(len(self.started))
-        first = min(self.started)
-        return sum(1 for at in self.started if at < first + whole_seconds) / whole_seconds
+    def admission_span_s(self, scenario: Scenario) -> float:
+        """Seconds from the first admission to the last, less the outage: the time the limit was usable."""
+        times = [record.at for record in self.log if record.admitted]
+        if not times:
+            return 0.0
+        first, last = min(times), max(times)
+        start, end = scenario.outage_s
+        overlap = max(0.0, min(last, end) - max(first, start))
+        return last - first - overlap
+
+    def goodput(self, scenario: Scenario) -> float:
+        """Successful requests as a share of the most the limit allows over the admission span: n per
+        window for each window in it, plus the window's worth it may take at once at the start."""
+        allowed = scenario.requests_per_window * (self.admission_span_s(scenario) / scenario.window_s + 1)
+        return self.count(200) / allowed
+
+    def cost_usd(self) -> float:
+        """What the successful requests' tokens cost at `PRICES`."""
+        price = {EMBEDDINGS: PRICES[EMBED_MODEL], CHATS: PRICES[CHAT_MODEL]}
+        return sum(r.tokens * price[r.endpoint] for r in self.log if r.status == 200) / 1_000_000
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+async def _run_job(client: openai.AsyncOpenAI, scenario: Scenario, run: Run, progress: bool) -> None:
+    started = time.monotonic()
+    vectors = await batch_embed(
+        client,
+        documents(scenario.documents),
+        model=EMBED_MODEL,
+        batch_size=scenario.batch_size,
+        concurrency=scenario.embed_concurrency,
+        progress=f"{run.label}: embed" if progress else False,
+    )
+    replies = await batch_chat(
+        client,
+        prompts(scenario.prompts),
+        model=CHAT_MODEL,
+        concurrency=scenario.chat_concurrency,
+        progress=f"{run.label}: chat" if progress else False,
+        max_tokens=scenario.completion_tokens,
+    )
+    run.wall_s = time.monotonic() - started
+    run.failed_documents = sum(isinstance(vector, BatchFailure) for vector in vectors)
+    run.failed_prompts = sum(isinstance(reply, BatchFailure) for reply in replies)
 
 
-class Progress:
-    """A one-line progress bar on stderr, redrawn at most ten times a second."""
+async def run_holysheep(scenario: Scenario, progress: bool = False) -> Run:
+    """The job through `AsyncHolySheep`, told the gateway's limits."""
+    from holysheep.client import AsyncHolySheep
 
-    def __init__(self, total: int, label: str) -> None:
-        self.total, self.label, self.done = total, label, 0
-        self.started = self.drawn = time.monotonic()
+    run = Run("holysheep", breaker_changes=[])
+    limiter = scenario.limiter()
+    with scenario.gateway() as gateway:
+        started = time.monotonic()
 
-    def advance(self, run: Run) -> None:
-        self.done += 1
-        now = time.monotonic()
-        if now - self.drawn < 0.1 and self.done < self.total:
-            return
-        self.drawn = now
-        width = 30
-        filled = width * self.done // self.total
-        elapsed = now - self.started
-        sys.stderr.write(
-            f"\r{self.label:<14} [{'#' * filled}{'.' * (width - filled)}] {self.done:>4}/{self.total}"
-            f"  {elapsed:5.1f}s  in flight {run.in_flight:>3}"
+        def on_change(breaker: CircuitBreaker, old: str, new: str) -> None:
+            assert run.breaker_changes is not None
+            run.breaker_changes.append((time.monotonic() - started, f"{old}->{new}"))
+
+        client = AsyncHolySheep(
+            base_url=gateway.base_url,
+            api_key=API_KEY,
+            limiter=limiter,
+            retry=RetryPolicy(max_attempts=6, base_delay=0.2, max_delay=3.0),
+            breaker=CircuitBreaker(
+                failure_threshold=5, recovery_timeout=1.0, half_open_max_calls=2, on_state_change=on_change
+            ),
         )
-        if self.done == self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
-#: Seconds an LLM call takes, as the batch sees it.
-LATENCY_S = (0.5, 3.0)
-
-
-async def run_batch(
-    calls: int, limiter: HolySheepRateLimiter | None, label: str, seed: int, latency_s: tuple[float, float]
-) -> Run:
-    rng = random.Random(seed)
-    run = Run()
-    progress = Progress(calls, label)
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-
-    async def one_call() -> None:
-        asked = loop.time()
-        if limiter is not None:
-            await limiter.acquire()
-        try:
-            run.started.append(loop.time() - began)
-            run.waits.append(loop.time() - asked)
-            run.in_flight += 1
-            run.peak_in_flight = max(run.peak_in_flight, run.in_flight)
-            await asyncio.sleep(rng.uniform(*latency_s))
-        finally:
-            run.in_flight -= 1
-            if limiter is not None:
-                limiter.release()
-            progress.advance(run)
-
-    await asyncio.gather(*(one_call() for _ in range(calls)))
-    run.wall_s = loop.time() - began
+        async with client:
+            await _run_job(client, scenario, run, progress)
+    run.log = gateway.admission_log()
+    stats = limiter.stats()
+    run.waits_s = (stats["waited_s_p50"], stats["waited_s_p99"])
     return run
 
 
-def report(limited: Run, bare: Run, max_qps: float, max_concurrency: int) -> str:
-    rows = [
-        ("", "limit", "with holysheep", "without"),
-        ("peak QPS (any 1 s)", f"{max_qps:g}", f"{limited.peak_qps()}", f"{bare.peak_qps()}"),
-        ("mean QPS", f"{max_qps:g}", f"{limited.mean_qps():.2f}", f"{bare.mean_qps():.0f}"),
-        ("peak concurrency", f"{max_concurrency}", f"{limited.peak_in_flight}", f"{bare.peak_in_flight}"),
-        ("wait p50 / p99 (s)", "", f"{_percentile(limited.waits, 0.5):.2f} / {_percentile(limited.waits, 0.99):.2f}", "0 / 0"),
-        ("wall time (s)", "", f"{limited.wall_s:.1f}", f"{bare.wall_s:.1f}"),
+async def run_bare(scenario: Scenario, progress: bool = False) -> Run:
+    """The same job through the bare openai SDK, with its default retries."""
+    import openai
+
+    run = Run("bare SDK")
+    with scenario.gateway() as gateway:
+        async with openai.AsyncOpenAI(base_url=gateway.base_url, api_key=API_KEY) as client:
+            await _run_job(client, scenario, run, progress)
+    run.log = gateway.admission_log()
+    return run
+
+
+def _breaker_summary(changes: list[tuple[float, str]] | None) -> str:
+    """How many times the breaker changed state, when it first opened and when it last closed."""
+    if changes is None:
+        return "no breaker"
+    opened = [f"opened {at:.1f} s" for at, change in changes if change.endswith("->open")][:1]
+    closed = [f"closed {at:.1f} s" for at, change in changes if change.endswith("->closed")][-1:]
+    return ", ".join([str(len(changes)), *opened, *closed])
+
+
+def report(ours: Run, bare: Run, scenario: Scenario) -> str:
+    """The table: one row per measure, one column per run, and what goodput means under it."""
+
+    def waits(run: Run) -> str:
+        return "-" if run.waits_s is None else f"{run.waits_s[0]:.2f} / {run.waits_s[1]:.2f}"
+
+    measures: list[tuple[str, Callable[[Run], str]]] = [
+        ("requests sent", lambda r: f"{len(r.log):,}"),
+        ("429s seen by the gateway", lambda r: f"{r.count(429):,}"),
+        ("503s (outage)", lambda r: f"{r.count(503):,}"),
+        ("failed documents / prompts", lambda r: f"{r.failed_documents:,} / {r.failed_prompts:,}"),
+        ("goodput, % of the limit *", lambda r: f"{100 * r.goodput(scenario):.0f}%"),
+        ("wait p50 / p99 (s)", waits),
+        ("breaker transitions", lambda r: _breaker_summary(r.breaker_changes)),
+        ("estimated cost (USD)", lambda r: f"${r.cost_usd():.4f}"),
+        ("wall time (s)", lambda r: f"{r.wall_s:.1f}"),
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)) for row in rows]
+    rows = [("", ours.label, bare.label)] + [(name, show(ours), show(bare)) for name, show in measures]
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    lines = [
+        "  ".join([row[0].ljust(widths[0]), row[1].rjust(widths[1]), row[2].rjust(widths[2])]) for row in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
+    lines.append(
+        f"* successful requests over what {scenario.requests_per_window} per {scenario.window_s:g} s allows "
+        "from the first admission to the last, the outage left out"
+    )
     return "\n".join(lines)
 
 
-async def demo(
-    calls: int, max_qps: float, max_concurrency: int, seed: int, latency_s: tuple[float, float] = LATENCY_S
-) -> tuple[Run, Run, str]:
-    """Runs the batch with the limiter, then without; returns both runs and the report."""
-    limiter = HolySheepRateLimiter(max_qps=max_qps, max_concurrency=max_concurrency)
-    limited = await run_batch(calls, limiter, "holysheep", seed, latency_s)
-    bare = await run_batch(calls, None, "no limiter", seed, latency_s)
-    return limited, bare, report(limited, bare, max_qps, max_concurrency)
+def describe(scenario: Scenario) -> str:
+    start, end = scenario.outage_s
+    low, high = scenario.latency_s
+    return (
+        f"MockGateway: {scenario.requests_per_window} requests and {scenario.tokens_per_window:,} tokens per "
+        f"{scenario.window_s:g} s window, {scenario.gateway_concurrency} in flight, "
+        f"{low:g}-{high:g} s latency, down from {start:g} s to {end:g} s.\n"
+        f"Job: embed {scenario.documents:,} documents ({scenario.batch_size} a request), then "
+        f"{scenario.prompts} chat completions, {scenario.chat_concurrency} at a time."
+    )
+
+
+async def demo(scenario: Scenario, progress: bool = False) -> tuple[Run, Run, str]:
+    """Runs the job through holysheep, then through the bare SDK; returns both runs and the table."""
+    ours = await run_holysheep(scenario, progress)
+    bare = await run_bare(scenario, progress)
+    return ours, bare, report(ours, bare, scenario)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's options, for the ``holysheep demo`` command."""
-    parser.add_argument("--calls", type=int, default=200, help="simulated LLM calls in the batch (200)")
-    parser.add_argument("--max-qps", type=float, default=10, help="requests per second (10)")
-    parser.add_argument("--max-concurrency", type=int, default=20, help="calls in flight at once (20)")
-    parser.add_argument("--seed", type=int, default=7, help="seed for the simulated latencies")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=Path("holysheep-demo.png"),
+        metavar="PNG",
+        help="where to write the plot of admitted requests per second (holysheep-demo.png)",
+    )
+    parser.add_argument("--no-plot", dest="plot", action="store_const", const=None, help="write no plot")
+    parser.add_argument("--seed", type=int, default=Scenario.seed, help="seed for latencies and embeddings")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Runs the demo and prints its table; the exit status."""
-    print(f"{args.calls} simulated LLM calls (0.5-3 s each), max_qps={args.max_qps:g}, max_concurrency={args.max_concurrency}")
-    *_, table = asyncio.run(demo(args.calls, args.max_qps, args.max_concurrency, args.seed))
+    """Runs the demo, prints its table and writes the plot; the exit status."""
+    scenario = replace(Scenario(), seed=args.seed)
+    print(describe(scenario), flush=True)
+    progress = importlib.util.find_spec("tqdm") is not None
+    if not progress:
+        print("(pip install 'holysheep[progress]' for live progress bars)", flush=True)
+    ours, bare, table = asyncio.run(demo(scenario, progress))
+    print()
     print(table)
+    if args.plot is not None:
+        from holysheep import _demo_plot
+
+        print(_demo_plot.write(ours, bare, scenario, args.plot))
     return 0
