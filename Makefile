@@ -44,10 +44,16 @@ bench: build  ## criterion benches for the core, the Python benches beside the p
 	$(PY) benches/python/run.py
 	$(MAKE) --no-print-directory bench-gateway
 	$(MAKE) --no-print-directory bench-resilience
+	$(MAKE) --no-print-directory bench-openai
 
 .PHONY: bench-gateway
 bench-gateway: build  ## requests/s of the MockGateway under wrk (installs wrk when missing)
 	PY=$(PY) bash benches/gateway/run.sh
+
+.PHONY: bench-openai
+bench-openai: build  ## the openai wrapper against MockGateway: goodput beside the bare SDK and a deque limiter; overhead
+	$(PY) benches/openai/goodput.py
+	$(PY) benches/openai/overhead.py
 
 # --- resilience benches: the peers (tenacity, backoff, pybreaker, circuitbreaker) get their own venv ---
 PEERS_VENV := benches/python/.venv-peers
