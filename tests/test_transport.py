@@ -173,3 +173,22 @@ def test_the_same_transport_serves_blocking_clients() -> None:
         assert http.post("/chat/completions", json=CHAT).status_code == 200
     assert len(calls) == 2
     assert lim.stats()["in_flight"] == 0
+
+
+async def test_a_request_cancelled_in_flight_returns_its_slot_and_leaves_the_breaker_alone() -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=100, max_concurrency=1)
+    breaker = hs.CircuitBreaker(failure_threshold=1, recovery_timeout=0.01, half_open_max_calls=1)
+
+    async def hang(request: httpx2.Request) -> httpx2.Response:
+        await asyncio.sleep(10)
+        raise AssertionError("never answered")
+
+    transport = hs.Transport(lim, hs.RetryPolicy(max_attempts=1), breaker, inner=httpx2.MockTransport(hang))
+    async with httpx2.AsyncClient(transport=transport, base_url="http://gateway.test/v1") as http:
+        task = asyncio.create_task(http.post("/chat/completions", json=CHAT))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert lim.stats()["in_flight"] == 0
+    assert breaker.stats()["state"] == "closed"

@@ -23,8 +23,8 @@ import importlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Generator, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from holysheep._tokens import estimate_request_tokens
 from holysheep.breaker import CircuitBreaker
@@ -184,6 +184,29 @@ def _stamp_when_sent(request: Any, reservation: _Reservation | None, asynchronou
     request.extensions = {**request.extensions, "trace": trace}
 
 
+class _Acquire(NamedTuple):
+    """Step: the limiter's admission for a request of ``tokens``."""
+
+    tokens: int
+
+
+class _Read(NamedTuple):
+    """Step: read a failed answer's body, then close it."""
+
+    response: Any
+
+
+class _Sleep(NamedTuple):
+    """Step: back off before the next attempt."""
+
+    seconds: float
+
+
+#: Step: send the request with the inner transport.
+_SEND = object()
+_Step = Union[_Acquire, _Read, _Sleep, object]
+
+
 class _Pipeline:
     """The request pipeline shared by every flavour of `Transport`; ``lib`` is httpx or httpx2, and the
     stream classes are the held streams made that library's byte streams."""
@@ -255,75 +278,95 @@ class _Pipeline:
         retried, _ = classify_status(status, response.headers, failure.code)
         return failure if retried else None
 
-    async def handle_async_request(self, request: Any) -> Any:
+    def _exchange(self, request: Any, asynchronous: bool) -> Generator[_Step, Any, Any]:
+        """One request's attempts, written once for both kinds of client: it yields what must be
+        awaited or blocked on (a limiter admission, the send, reading a failed answer, a backoff), and
+        the driver sends back the outcome or throws in the error."""
         plan = _Plan(request)
         attempts, started, previous = 0, self.retry._core.begin(), 0.0
         while True:
             attempts += 1
             permit = self._breaker_admit()
-            reservation = await self._acquire_async(plan)
-            _stamp_when_sent(request, reservation, asynchronous=True)
             try:
-                response = await self._inner_transport(True).handle_async_request(request)
-            except Exception as exc:
+                reservation = None if self.limiter is None else (yield _Acquire(plan.tokens))
+            except BaseException as exc:
+                self._breaker_outcome(permit, exc)  # a cancelled wait frees a half-open trial too
+                raise
+            _stamp_when_sent(request, reservation, asynchronous)
+            try:
+                response = yield _SEND
+                body = (yield _Read(response)) if response.status_code >= 400 else b""
+            except BaseException as exc:
                 self._release()
                 self._breaker_outcome(permit, exc)
-                delay = self._next_delay(exc, attempts, started, previous)
+                delay = self._next_delay(exc, attempts, started, previous) if isinstance(exc, Exception) else None
                 if delay is None:
                     raise
-                await asyncio.sleep(delay)
-                previous = delay
-                continue
-            body = b""
-            if response.status_code >= 400:
-                body = await response.aread()
-                await response.aclose()
-            failure = self._failure(response, body)
-            self._breaker_outcome(permit, failure if response.status_code >= 500 else None)
-            delay = None if failure is None else self._next_delay(failure, attempts, started, previous)
-            if delay is None:
-                return self._answer(response, body, _Held(self.limiter, reservation), self.async_stream)
-            self._release()
-            await asyncio.sleep(delay)
+            else:
+                failure = self._failure(response, body)
+                self._breaker_outcome(permit, failure if response.status_code >= 500 else None)
+                delay = None if failure is None else self._next_delay(failure, attempts, started, previous)
+                if delay is None:
+                    return self._answer(response, body, _Held(self.limiter, reservation), asynchronous)
+                self._release()
+            yield _Sleep(delay)
             previous = delay
+
+    async def handle_async_request(self, request: Any) -> Any:
+        exchange = self._exchange(request, asynchronous=True)
+        outcome: Any = None
+        failed: BaseException | None = None
+        while True:
+            try:
+                step = exchange.send(outcome) if failed is None else exchange.throw(failed)
+            except StopIteration as done:
+                return done.value
+            outcome, failed = None, None
+            try:
+                if step is _SEND:
+                    outcome = await self._inner_transport(True).handle_async_request(request)
+                elif isinstance(step, _Acquire):
+                    outcome = await self._limiter()._acquire(step.tokens, self.acquire_timeout, 0)
+                elif isinstance(step, _Read):
+                    outcome = await step.response.aread()
+                    await step.response.aclose()
+                elif isinstance(step, _Sleep):
+                    await asyncio.sleep(step.seconds)
+            except BaseException as exc:
+                failed = exc
 
     def handle_request(self, request: Any) -> Any:
-        plan = _Plan(request)
-        attempts, started, previous = 0, self.retry._core.begin(), 0.0
+        exchange = self._exchange(request, asynchronous=False)
+        outcome: Any = None
+        failed: BaseException | None = None
         while True:
-            attempts += 1
-            permit = self._breaker_admit()
-            reservation = self._acquire_blocking(plan)
-            _stamp_when_sent(request, reservation, asynchronous=False)
             try:
-                response = self._inner_transport(False).handle_request(request)
-            except Exception as exc:
-                self._release()
-                self._breaker_outcome(permit, exc)
-                delay = self._next_delay(exc, attempts, started, previous)
-                if delay is None:
-                    raise
-                time.sleep(delay)
-                previous = delay
-                continue
-            body = b""
-            if response.status_code >= 400:
-                body = response.read()
-                response.close()
-            failure = self._failure(response, body)
-            self._breaker_outcome(permit, failure if response.status_code >= 500 else None)
-            delay = None if failure is None else self._next_delay(failure, attempts, started, previous)
-            if delay is None:
-                return self._answer(response, body, _Held(self.limiter, reservation), self.sync_stream)
-            self._release()
-            time.sleep(delay)
-            previous = delay
+                step = exchange.send(outcome) if failed is None else exchange.throw(failed)
+            except StopIteration as done:
+                return done.value
+            outcome, failed = None, None
+            try:
+                if step is _SEND:
+                    outcome = self._inner_transport(False).handle_request(request)
+                elif isinstance(step, _Acquire):
+                    outcome = self._limiter()._acquire_blocking(step.tokens, self.acquire_timeout, 0)
+                elif isinstance(step, _Read):
+                    outcome = step.response.read()
+                    step.response.close()
+                elif isinstance(step, _Sleep):
+                    time.sleep(step.seconds)
+            except BaseException as exc:
+                failed = exc
 
-    def _answer(self, response: Any, body: bytes, held: _Held, stream_class: type) -> Any:
+    def _limiter(self) -> HolySheepRateLimiter:
+        assert self.limiter is not None, "an admission step is only taken with a limiter"
+        return self.limiter
+
+    def _answer(self, response: Any, body: bytes, held: _Held, asynchronous: bool) -> Any:
         """The response handed to the client: a failure already read is done with (its slot back now);
         any other keeps its slot until its stream ends."""
         if response.status_code < 400:
-            stream = stream_class(response.stream, held)
+            stream = (self.async_stream if asynchronous else self.sync_stream)(response.stream, held)
             return self.lib.Response(
                 response.status_code, headers=response.headers, stream=stream, extensions=response.extensions
             )
@@ -333,16 +376,6 @@ class _Pipeline:
         return self.lib.Response(
             response.status_code, headers=headers, content=body, extensions=response.extensions
         )
-
-    async def _acquire_async(self, plan: _Plan) -> _Reservation | None:
-        if self.limiter is None:
-            return None
-        return await self.limiter._acquire(plan.tokens, self.acquire_timeout, 0)
-
-    def _acquire_blocking(self, plan: _Plan) -> _Reservation | None:
-        if self.limiter is None:
-            return None
-        return self.limiter._acquire_blocking(plan.tokens, self.acquire_timeout, 0)
 
     def _release(self) -> None:
         if self.limiter is not None:
