@@ -94,7 +94,7 @@ class HolySheepRateLimiter(_Limiter):
         if not self._admit_now(tokens):
             self._acquire_blocking(tokens, timeout, priority)
 
-    async def _acquire(self, tokens: int, timeout: float | None, priority: int) -> _Reservation:
+    async def _acquire(self, tokens: int, timeout: float | None, priority: int, price: float = 0.0) -> _Reservation:
         _check_timeout(timeout)
         self.time_until_ready(tokens)  # a cost that can never pass fails here, before any wait
         loop = asyncio.get_running_loop()
@@ -104,7 +104,7 @@ class HolySheepRateLimiter(_Limiter):
             await run_async(slot_protocol(self, self._slot_line, waiter, priority, timeout), waiter, remaining)
         try:
             waiter = AsyncWaiter(loop)
-            protocol = rate_protocol(self, self._rate_line, waiter, tokens, priority, remaining)
+            protocol = rate_protocol(self, self._rate_line, waiter, tokens, priority, remaining, price)
             reservation: _Reservation = await run_async(protocol, waiter, remaining)
         except BaseException:
             self._abandon()
@@ -112,7 +112,7 @@ class HolySheepRateLimiter(_Limiter):
         self._record_wait(remaining.elapsed())
         return reservation
 
-    def _acquire_blocking(self, tokens: int, timeout: float | None, priority: int) -> _Reservation:
+    def _acquire_blocking(self, tokens: int, timeout: float | None, priority: int, price: float = 0.0) -> _Reservation:
         _check_timeout(timeout)
         self.time_until_ready(tokens)
         remaining = Remaining(timeout, time.monotonic)
@@ -122,7 +122,7 @@ class HolySheepRateLimiter(_Limiter):
             run_blocking(protocol, waiter, remaining, self._sleep)
         try:
             waiter = ThreadWaiter()
-            rate = rate_protocol(self, self._rate_line, waiter, tokens, priority, remaining)
+            rate = rate_protocol(self, self._rate_line, waiter, tokens, priority, remaining, price)
             reservation: _Reservation = run_blocking(rate, waiter, remaining, self._sleep)
         except BaseException:
             self._abandon()

@@ -123,6 +123,7 @@ class AsyncHolySheep(_HolySheepClient, openai.AsyncOpenAI):
     :param acquire_timeout: seconds a request may wait for the limiter before RateLimitExceeded.
     :param fallback_models: ``{"gpt-4.1": ["deepseek-v3.2"]}``: models to ask next when one's breaker
         is open or its answers still fail after the retries (``x-holysheep-model`` says who answered).
+    :param prices: dollars per million tokens by model, over `holysheep.pricing.PRICES`, for budgets.
     :param kwargs: anything else ``openai.AsyncOpenAI`` takes (``timeout``, ``default_headers``, ...).
     """
 
@@ -137,9 +138,10 @@ class AsyncHolySheep(_HolySheepClient, openai.AsyncOpenAI):
         breaker: CircuitBreaker | KeyedBreaker | None = None,
         acquire_timeout: float | None = None,
         fallback_models: Mapping[str, Sequence[str]] | None = None,
+        prices: Mapping[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
-        options = {"acquire_timeout": acquire_timeout, "fallback_models": fallback_models}
+        options = {"acquire_timeout": acquire_timeout, "fallback_models": fallback_models, "prices": prices}
         self._set_up(openai.AsyncOpenAI, _async_http_client, api_key, base_url, limiter, tier, retry, breaker, options, kwargs)
 
 
@@ -158,9 +160,10 @@ class HolySheep(_HolySheepClient, openai.OpenAI):
         breaker: CircuitBreaker | KeyedBreaker | None = None,
         acquire_timeout: float | None = None,
         fallback_models: Mapping[str, Sequence[str]] | None = None,
+        prices: Mapping[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
-        options = {"acquire_timeout": acquire_timeout, "fallback_models": fallback_models}
+        options = {"acquire_timeout": acquire_timeout, "fallback_models": fallback_models, "prices": prices}
         self._set_up(openai.OpenAI, _sync_http_client, api_key, base_url, limiter, tier, retry, breaker, options, kwargs)
 
 
@@ -173,6 +176,7 @@ def wrap(
     breaker: CircuitBreaker | KeyedBreaker | None = None,
     acquire_timeout: float | None = None,
     fallback_models: Mapping[str, Sequence[str]] | None = None,
+    prices: Mapping[str, float] | None = None,
 ) -> ClientT:
     """A copy of an existing ``openai`` client, pointed wherever it points, with a `Transport` under it.
 
@@ -180,7 +184,7 @@ def wrap(
 
     The copy gets the SDK's default HTTP client settings and ``max_retries=0``.
     """
-    options = {"acquire_timeout": acquire_timeout, "fallback_models": fallback_models}
+    options = {"acquire_timeout": acquire_timeout, "fallback_models": fallback_models, "prices": prices}
     transport = _transport(limiter, tier, retry, breaker, options)
     make_http_client = _async_http_client if isinstance(client, openai.AsyncOpenAI) else _sync_http_client
     wrapped: ClientT = client.with_options(http_client=make_http_client(transport=transport), max_retries=0)

@@ -30,6 +30,7 @@ from holysheep._tokens import estimate_request_tokens
 from holysheep.breaker import CircuitBreaker, KeyedBreaker
 from holysheep.classify import classify_status
 from holysheep.errors import CircuitOpenError
+from holysheep.pricing import PRICES
 from holysheep.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -197,9 +198,10 @@ def _stamp_when_sent(request: Any, reservation: _Reservation | None, asynchronou
 
 
 class _Acquire(NamedTuple):
-    """Step: the limiter's admission for a request of ``tokens``."""
+    """Step: the limiter's admission for a request of ``tokens`` at ``price`` dollars per million."""
 
     tokens: int
+    price: float
 
 
 class _Read(NamedTuple):
@@ -242,6 +244,7 @@ class _Pipeline:
         inner: Any = None,
         acquire_timeout: float | None = None,
         fallback_models: Mapping[str, Sequence[str]] | None = None,
+        prices: Mapping[str, float] | None = None,
     ) -> None:
         """
         :param limiter: admits each request (and its estimated tokens); None sends without limits.
@@ -253,12 +256,15 @@ class _Pipeline:
         :param fallback_models: ``{"gpt-4.1": ["deepseek-v3.2"]}``: the models to ask next, in order,
             when a model's breaker is open or its answers still fail (429, 5xx) after the retries. The
             answer's ``x-holysheep-model`` header (and the body's ``model``) says which one answered.
+        :param prices: dollars per million tokens by model, over `holysheep.pricing.PRICES`, for budgets
+            (limits with ``unit="usd"``): a request that would cross one raises BudgetExceeded unsent.
         """
         self.limiter = limiter
         self.retry = retry if retry is not None else RetryPolicy()
         self.breaker = breaker
         self.acquire_timeout = acquire_timeout
         self.fallback_models = dict(fallback_models or {})
+        self.prices = {**PRICES, **(prices or {})}
         self._inner = inner
 
     def _inner_transport(self, asynchronous: bool) -> Any:
@@ -340,7 +346,8 @@ class _Pipeline:
                     raise
                 return _NEXT_MODEL
             try:
-                reservation = None if self.limiter is None else (yield _Acquire(tokens))
+                price = self.prices.get(model or "", 0.0)
+                reservation = None if self.limiter is None else (yield _Acquire(tokens, price))
             except BaseException as exc:
                 self._breaker_outcome(breaker, permit, exc)  # a cancelled wait frees a half-open trial too
                 raise
@@ -381,7 +388,7 @@ class _Pipeline:
                 if isinstance(step, _Send):
                     outcome = await self._inner_transport(True).handle_async_request(step.request)
                 elif isinstance(step, _Acquire):
-                    outcome = await self._limiter()._acquire(step.tokens, self.acquire_timeout, 0)
+                    outcome = await self._limiter()._acquire(step.tokens, self.acquire_timeout, 0, step.price)
                 elif isinstance(step, _Read):
                     outcome = await step.response.aread()
                     await step.response.aclose()
@@ -404,7 +411,7 @@ class _Pipeline:
                 if isinstance(step, _Send):
                     outcome = self._inner_transport(False).handle_request(step.request)
                 elif isinstance(step, _Acquire):
-                    outcome = self._limiter()._acquire_blocking(step.tokens, self.acquire_timeout, 0)
+                    outcome = self._limiter()._acquire_blocking(step.tokens, self.acquire_timeout, 0, step.price)
                 elif isinstance(step, _Read):
                     outcome = step.response.read()
                     step.response.close()
