@@ -4,6 +4,7 @@
 //! `holysheep` Python package is built on, compiled only with the `python` feature (maturin turns it on).
 
 pub mod core;
+pub mod redis;
 
 #[cfg(feature = "python")]
 mod py;

@@ -1,0 +1,216 @@
+//! One Redis server as limiters see it: the URL (its password kept out of every message), the key
+//! prefix, timeouts, and a connection that reconnects by itself. After a failure, calls fail at once
+//! for a short, growing pause instead of each waiting out a timeout against a server that is down.
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError};
+use tokio::sync::OnceCell;
+
+use crate::redis::error::BackendError;
+
+/// How long to wait for a connection, and for an answer to each command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub command: Duration,
+}
+
+/// The pause after a failure before Redis is tried again: doubles per failure up to the maximum.
+const FIRST_PAUSE: Duration = Duration::from_millis(50);
+const LONGEST_PAUSE: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+struct Outage {
+    retry_at: Instant,
+    pause: Duration,
+    cause: String,
+}
+
+/// A Redis server shared by limiters.
+pub struct Backend {
+    client: redis::Client,
+    url: String,
+    secret: Option<String>,
+    prefix: String,
+    timeouts: Timeouts,
+    connection: OnceCell<ConnectionManager>,
+    outage: Mutex<Option<Outage>>,
+}
+
+/// `url` with the password (if any) replaced by `***`, for messages and repr.
+pub fn redact(url: &str) -> String {
+    match userinfo(url) {
+        Some((start, end)) => match url[start..end].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..start], &url[end..]),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// Where the `user:password` part of a URL lies, if it has one.
+fn userinfo(url: &str) -> Option<(usize, usize)> {
+    let start = url.find("://")? + 3;
+    let authority_end = url[start..].find(['/', '?', '#']).map_or(url.len(), |i| start + i);
+    let at = url[start..authority_end].rfind('@')? + start;
+    Some((start, at))
+}
+
+fn password(url: &str) -> Option<String> {
+    let (start, end) = userinfo(url)?;
+    let (_, password) = url[start..end].split_once(':')?;
+    (!password.is_empty()).then(|| password.to_string())
+}
+
+impl Backend {
+    /// Checks the URL now; connects on first use.
+    pub fn new(url: &str, prefix: &str, timeouts: Timeouts) -> Result<Self, BackendError> {
+        let shown = redact(url);
+        let secret = password(url);
+        let client = redis::Client::open(url).map_err(|err| BackendError::Config {
+            field: "url".into(),
+            message: scrub(&format!("url: {shown} is not a Redis URL: {err}"), secret.as_deref()),
+        })?;
+        if prefix.is_empty() || prefix.contains(['{', '}']) {
+            return Err(BackendError::Config {
+                field: "prefix".into(),
+                message: format!("prefix: must be non-empty without braces (it goes inside a hash tag), got {prefix:?}"),
+            });
+        }
+        Ok(Self {
+            client,
+            url: shown,
+            secret,
+            prefix: prefix.to_string(),
+            timeouts,
+            connection: OnceCell::new(),
+            outage: Mutex::new(None),
+        })
+    }
+
+    /// The URL, password hidden.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, BackendError> {
+        let manager = self
+            .connection
+            .get_or_try_init(|| async {
+                // No retries inside the manager: a failed call returns at once and the pause below
+                // decides when to try again; the manager reconnects on the next call.
+                let config = ConnectionManagerConfig::new()
+                    .set_number_of_retries(0)
+                    .set_connection_timeout(Some(self.timeouts.connect))
+                    .set_response_timeout(Some(self.timeouts.command));
+                ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+            })
+            .await
+            .map_err(|err| self.classify(err))?;
+        Ok(manager.clone())
+    }
+
+    /// Runs one call against Redis, unless Redis failed lately and its pause has not passed.
+    pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, BackendError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        if let Some(outage) = &*self.outage.lock().unwrap_or_else(|p| p.into_inner()) {
+            let now = Instant::now();
+            if now < outage.retry_at {
+                return Err(BackendError::Unavailable {
+                    message: format!(
+                        "Redis at {} is unavailable ({}); next try in {} ms",
+                        self.url,
+                        outage.cause,
+                        (outage.retry_at - now).as_millis()
+                    ),
+                });
+            }
+        }
+        let connection = self.connection().await?;
+        // The manager's own timeouts bound connecting and each answer; this bounds the two together.
+        let limit = self.timeouts.connect + self.timeouts.command;
+        let result = match tokio::time::timeout(limit, call(connection)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(self.classify(err)),
+            Err(_) => Err(BackendError::Unavailable {
+                message: format!("Redis at {} did not answer within {} ms", self.url, limit.as_millis()),
+            }),
+        };
+        self.note(&result);
+        result
+    }
+
+    /// Starts or lengthens the pause after a failure to reach Redis; ends it after a success.
+    fn note<T>(&self, result: &Result<T, BackendError>) {
+        let mut outage = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Err(BackendError::Unavailable { message }) => {
+                let pause = outage.as_ref().map_or(FIRST_PAUSE, |o| (o.pause * 2).min(LONGEST_PAUSE));
+                *outage = Some(Outage { retry_at: Instant::now() + pause, pause, cause: message.clone() });
+            }
+            _ => *outage = None,
+        }
+    }
+
+    /// Sorts a Redis error: refused credentials and bad settings are the user's to fix; anything else
+    /// means Redis is unreachable or failing now.
+    fn classify(&self, err: RedisError) -> BackendError {
+        let refused_credentials = matches!(err.kind(), ErrorKind::AuthenticationFailed)
+            || matches!(err.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"));
+        let message = scrub(&err.to_string(), self.secret.as_deref());
+        if refused_credentials {
+            BackendError::Config { field: "url".into(), message: format!("url: Redis at {} refused the credentials: {message}", self.url) }
+        } else if matches!(err.kind(), ErrorKind::InvalidClientConfig) {
+            BackendError::Config { field: "url".into(), message: format!("url: {}: {message}", self.url) }
+        } else {
+            BackendError::Unavailable { message: format!("Redis at {}: {message}", self.url) }
+        }
+    }
+}
+
+fn scrub(message: &str, secret: Option<&str>) -> String {
+    match secret {
+        Some(secret) => message.replace(secret, "***"),
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(redact("redis://:hunter2@127.0.0.1:6379/0"), "redis://:***@127.0.0.1:6379/0");
+        assert_eq!(redact("rediss://app:s3cr@t@host/1"), "rediss://app:***@host/1");
+        assert_eq!(redact("redis://app@host/1"), "redis://app@host/1");
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn a_malformed_url_is_a_config_error_without_the_password() {
+        let timeouts = Timeouts { connect: Duration::from_secs(1), command: Duration::from_secs(1) };
+        match Backend::new("http://:hunter2@host", "holysheep", timeouts) {
+            Err(BackendError::Config { field, message }) => {
+                assert_eq!(field, "url");
+                assert!(!message.contains("hunter2") && message.contains("***"), "{message}");
+            }
+            other => panic!("expected a config error, got {:?}", other.map(|_| ())),
+        }
+    }
+}
