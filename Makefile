@@ -29,8 +29,12 @@ lint: build  ## mypy --strict on the package and a typed example; stubtest check
 	$(PY) -m mypy --strict python/holysheep tests/typed_usage.py
 	$(PY) -m mypy.stubtest holysheep._holysheep
 
+.PHONY: redis-server
+redis-server:  ## install Debian's redis-server for the Redis backend's tests, when missing
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+
 .PHONY: test
-test: build lint  ## cargo test, the lint, then pytest
+test: build lint redis-server  ## cargo test, the lint, then pytest (the Redis tests start their own redis-server)
 	cargo test -q
 	$(PY) -m pytest -q
 

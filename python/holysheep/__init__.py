@@ -9,7 +9,9 @@ from holysheep._limiter import (
     SlidingWindow,
     TokenBucket,
 )
+from holysheep._redis import RedisBackend, SharedRateLimiter
 from holysheep.errors import (
+    BackendUnavailable,
     BudgetExceeded,
     CircuitOpenError,
     ConfigError,
@@ -18,6 +20,7 @@ from holysheep.errors import (
 )
 
 __all__ = [
+    "BackendUnavailable",
     "BudgetExceeded",
     "CircuitOpenError",
     "ConcurrencyLimiter",
@@ -28,6 +31,8 @@ __all__ = [
     "Limit",
     "Permit",
     "RateLimitExceeded",
+    "RedisBackend",
+    "SharedRateLimiter",
     "SlidingWindow",
     "TokenBucket",
     "__version__",

@@ -1,6 +1,7 @@
 """Stubs for the native module; import ``holysheep`` rather than this."""
 
-from collections.abc import Awaitable, Generator, Hashable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Generator, Hashable, Sequence
 from types import TracebackType
 from typing import Any, Literal, final
 
@@ -8,13 +9,17 @@ from typing_extensions import Self, disjoint_base
 
 __all__ = [
     "Limit",
+    "_Grant",
     "_KeyedTable",
     "_Limiter",
     "_Ready",
+    "_RedisBackend",
+    "_RedisLimiter",
     "_Reservation",
     "_Ticket",
     "_WaitQueue",
     "__version__",
+    "_shutdown_redis_runtime",
 ]
 __version__: str
 
@@ -109,7 +114,7 @@ class _Limiter:
     def __aenter__(self) -> Awaitable[None]: ...
     def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> _Ready: ...
+    ) -> Awaitable[None]: ...
     def __enter__(self) -> None: ...
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -133,3 +138,70 @@ class _Limiter:
     def _reserve(self, tokens: int, timeout: float | None, operation: str = "acquire") -> _Reservation: ...
     def _sleep(self, seconds: float) -> None: ...
     def _record_server_rejection(self) -> None: ...
+
+@disjoint_base
+class _RedisBackend:
+    """A Redis server and its settings; use ``holysheep.RedisBackend``."""
+
+    def __new__(
+        cls, url: str, *, prefix: str = "holysheep", connect_timeout: float = 2.0, command_timeout: float = 1.0
+    ) -> Self: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def prefix(self) -> str: ...
+    @property
+    def connect_timeout(self) -> float: ...
+    @property
+    def command_timeout(self) -> float: ...
+
+@final
+class _Grant:
+    """One admission decided in Redis."""
+
+    @property
+    def wait(self) -> float: ...
+    @property
+    def at(self) -> float: ...
+    @property
+    def at_us(self) -> int: ...
+    @property
+    def tokens(self) -> int: ...
+    @property
+    def has_lease(self) -> bool: ...
+    def settle(self, actual_tokens: int, wait: bool = True) -> None: ...
+    def give_back(self, wait: bool = True) -> None: ...
+    def release(self, wait: bool = True) -> None: ...
+
+@final
+class _RedisLimiter:
+    """One limit shared through Redis."""
+
+    def __new__(
+        cls,
+        backend: _RedisBackend,
+        key: str,
+        limits: Sequence[Limit],
+        max_concurrency: int | None,
+        lease_ttl: float,
+    ) -> Self: ...
+    def decide(
+        self, tokens: int, max_wait: float | None, reserve: bool, lease: bool, operation: str = "acquire"
+    ) -> _Grant | float: ...
+    def decide_soon(
+        self,
+        future: asyncio.Future[_Grant | float],
+        resolve: Callable[[asyncio.Future[Any], bool, Any], None],
+        tokens: int,
+        max_wait: float | None,
+        reserve: bool,
+        lease: bool,
+        operation: str,
+    ) -> None: ...
+    def peek(self, tokens: int = 0) -> tuple[float, int, list[int]]: ...
+    @property
+    def members(self) -> int: ...
+    @property
+    def keys(self) -> list[str]: ...
+
+def _shutdown_redis_runtime() -> None: ...

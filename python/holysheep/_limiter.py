@@ -8,7 +8,7 @@ import inspect
 import math
 import time
 from collections.abc import Sequence
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar, cast
 
 from holysheep._holysheep import Limit, _Limiter, _Reservation, _WaitQueue
 from holysheep._waiting import (
@@ -22,9 +22,23 @@ from holysheep._waiting import (
 )
 from holysheep.errors import ConfigError
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from holysheep._redis import RedisBackend
+
 __all__ = ["ConcurrencyLimiter", "HolySheepRateLimiter", "Permit", "SlidingWindow", "TokenBucket"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Admitted(Protocol):
+    """What an acquire hands a `Permit`: the tokens counted for the request, and how to correct them."""
+
+    @property
+    def tokens(self) -> int: ...
+
+    def settle(self, actual_tokens: int) -> None: ...
 
 
 def _check_timeout(timeout: float | None) -> None:
@@ -51,10 +65,36 @@ class HolySheepRateLimiter(_Limiter):
     :param limits: more limits, e.g. ``[Limit(1_000, per="day")]``; all must admit a request.
     :param tier: a HolySheep plan's limits (``"free"``, ``"starter"``, ``"pro"``, ``"enterprise"``);
         explicit ``rpm``/``tpm``/``max_concurrency`` override it.
+    :param backend: a `RedisBackend`: every decision is made in Redis, so all processes passing the
+        same ``key`` share these limits (see `SharedRateLimiter`).
+    :param key: names the shared limit; required with ``backend``.
     :raises ConfigError: a value that cannot work, named in the message and in ``.field``.
     """
 
     __slots__ = ("_rate_line", "_slot_line")
+
+    def __new__(
+        cls,
+        max_qps: float | None = None,
+        max_concurrency: int | None = None,
+        *,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        burst: float | None = None,
+        limits: Sequence[Limit] | None = None,
+        tier: str | None = None,
+        backend: RedisBackend | None = None,
+        key: str | None = None,
+    ) -> Self:
+        if backend is not None or key is not None:
+            # Chosen here, at construction, so the local limiter's fast path never checks for a backend.
+            from holysheep._redis import SharedRateLimiter
+
+            if cls is not HolySheepRateLimiter and not issubclass(cls, SharedRateLimiter):
+                raise ConfigError(f"backend: {cls.__name__} takes no backend yet; use HolySheepRateLimiter", "backend")
+            # A subclass of every class that gets here (checked above), so still a Self.
+            cls = cast("type[Self]", SharedRateLimiter)
+        return super().__new__(cls, max_qps, max_concurrency, rpm=rpm, tpm=tpm, burst=burst, limits=limits, tier=tier)
 
     def __init__(
         self,
@@ -66,6 +106,8 @@ class HolySheepRateLimiter(_Limiter):
         burst: float | None = None,
         limits: Sequence[Limit] | None = None,
         tier: str | None = None,
+        backend: RedisBackend | None = None,
+        key: str | None = None,
     ) -> None:
         self._slot_line = _WaitQueue()
         self._rate_line = _WaitQueue()
@@ -94,7 +136,7 @@ class HolySheepRateLimiter(_Limiter):
         if not self._admit_now(tokens):
             self._acquire_blocking(tokens, timeout, priority)
 
-    async def _acquire(self, tokens: int, timeout: float | None, priority: int) -> _Reservation:
+    async def _acquire(self, tokens: int, timeout: float | None, priority: int) -> Admitted:
         _check_timeout(timeout)
         self.time_until_ready(tokens)  # a cost that can never pass fails here, before any wait
         loop = asyncio.get_running_loop()
@@ -112,7 +154,7 @@ class HolySheepRateLimiter(_Limiter):
         self._record_wait(remaining.elapsed())
         return reservation
 
-    def _acquire_blocking(self, tokens: int, timeout: float | None, priority: int) -> _Reservation:
+    def _acquire_blocking(self, tokens: int, timeout: float | None, priority: int) -> Admitted:
         _check_timeout(timeout)
         self.time_until_ready(tokens)
         remaining = Remaining(timeout, time.monotonic)
@@ -129,6 +171,10 @@ class HolySheepRateLimiter(_Limiter):
             raise
         self._record_wait(remaining.elapsed())
         return reservation
+
+    def _release_admitted(self, admitted: Admitted) -> None:
+        """Ends the request a `Permit` acquired: here, returns its concurrency slot."""
+        self.release()
 
     def _hand_off_slot(self) -> None:
         """Called by `release` while someone waits for a slot: the slot goes straight to the head of the
@@ -179,7 +225,7 @@ class Permit:
         self._tokens = tokens
         self._timeout = timeout
         self._priority = priority
-        self._reservation: _Reservation | None = None
+        self._reservation: Admitted | None = None
 
     @property
     def tokens(self) -> int:
@@ -197,14 +243,18 @@ class Permit:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._limiter.release()
+        self._release()
 
     def __enter__(self) -> Permit:
         self._reservation = self._limiter._acquire_blocking(self._tokens, self._timeout, self._priority)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._limiter.release()
+        self._release()
+
+    def _release(self) -> None:
+        if self._reservation is not None:
+            self._limiter._release_admitted(self._reservation)
 
     def __repr__(self) -> str:
         state = "held" if self._reservation is not None else "not acquired"

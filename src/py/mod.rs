@@ -6,6 +6,7 @@ mod keyed;
 mod limit;
 mod limiter;
 mod queue;
+mod redis;
 
 use pyo3::prelude::*;
 
@@ -20,6 +21,8 @@ mod native {
     use super::limiter::{PyLimiter, Ready, Reservation};
     #[pymodule_export]
     use super::queue::{PyTicket, PyWaitQueue};
+    #[pymodule_export]
+    use super::redis::{_shutdown_redis_runtime, PyGrant, PyRedisBackend, PyRedisLimiter};
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
