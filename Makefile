@@ -46,6 +46,18 @@ demo: build  ## the main job: a batch of simulated LLM calls under a limiter
 bench: build  ## criterion benches for the core, then the Python benches beside the peers
 	cargo bench --bench core
 	$(PY) benches/python/run.py
+	$(MAKE) bench-redis
+
+BENCH_REDIS_VENV := benches/redis/.venv
+
+$(BENCH_REDIS_VENV)/.installed: benches/redis/requirements.txt
+	python3 -m venv $(BENCH_REDIS_VENV)
+	$(BENCH_REDIS_VENV)/bin/pip install -q -r benches/redis/requirements.txt
+	touch $@
+
+.PHONY: bench-redis
+bench-redis: build redis-server $(BENCH_REDIS_VENV)/.installed  ## decisions/s and latency in Redis beside limits, PyrateLimiter, throttled-py
+	$(PY) benches/redis/run.py --peers-python $(BENCH_REDIS_VENV)/bin/python
 
 .PHONY: clean
 clean:  ## remove build output and the venv

@@ -1,9 +1,9 @@
 //! The native half of the Redis backend: `_RedisBackend` (a server and its settings), `_RedisLimiter`
-//! (one shared limit) and `_Grant` (one admission). Blocking calls release the GIL while they wait on
-//! Redis; `decide_soon` completes an asyncio future from the runtime's thread through
-//! `loop.call_soon_threadsafe` (measured: see README), so asyncio callers never block their loop.
+//! (one shared limit) and `_Grant` (one admission). Blocking calls talk to Redis on the calling thread
+//! with the GIL released; `decide_soon` runs on the runtime and completes an asyncio future from its
+//! thread through `loop.call_soon_threadsafe` (measured: see README), so asyncio callers never block
+//! their loop.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -22,12 +22,6 @@ fn seconds(field: &str, secs: f64) -> PyResult<Duration> {
         Some(ns) if ns > 0 => Ok(Duration::from_nanos(ns)),
         _ => Err(Error::config(field, format!("must be a positive number of seconds, got {secs}")).into()),
     }
-}
-
-/// Runs `future` on the Redis runtime and waits for it with the GIL released.
-fn block_on<T: Send>(py: Python<'_>, future: impl Future<Output = T> + Send) -> PyResult<T> {
-    let handle = runtime::handle()?;
-    Ok(py.detach(|| handle.block_on(future)))
 }
 
 /// A decision's failure as a Python exception: a cost that never passes, or Redis failing.
@@ -139,8 +133,7 @@ impl PyRedisLimiter {
         operation: &str,
     ) -> PyResult<Py<PyAny>> {
         let (cost, mode) = (tokens_cost(tokens)?, mode(reserve, max_wait)?);
-        let limiter = Arc::clone(&self.inner);
-        let outcome = block_on(py, async move { limiter.decide(cost, mode, lease, operation).await })?;
+        let outcome = py.detach(|| self.inner.decide_blocking(cost, mode, lease, operation));
         self.outcome(py, outcome.map_err(refusal)?, reserve, operation)
     }
 
@@ -181,8 +174,7 @@ impl PyRedisLimiter {
     #[pyo3(signature = (tokens = 0))]
     fn peek(&self, py: Python<'_>, tokens: i64) -> PyResult<(f64, u64, Vec<u64>)> {
         let cost = tokens_cost(tokens)?;
-        let limiter = Arc::clone(&self.inner);
-        let peek = block_on(py, async move { limiter.peek(cost).await })?.map_err(refusal)?;
+        let peek = py.detach(|| self.inner.peek_blocking(cost)).map_err(refusal)?;
         Ok((peek.wait_us as f64 / 1e6, peek.leases, peek.remaining))
     }
 
@@ -213,13 +205,11 @@ impl PyGrant {
     /// released), or in the background when `wait` is false (an event loop must not block; a change
     /// lost to an outage is then not retried, and a lease comes back by its TTL).
     fn apply(&self, py: Python<'_>, counted: Cost, actual: Cost, release: bool, wait: bool) -> PyResult<()> {
-        let (limiter, grant) = (Arc::clone(&self.limiter), self.grant.clone());
-        let change = async move { limiter.adjust(&grant, counted, actual, release).await };
         if wait {
-            block_on(py, change)??;
-        } else {
-            runtime::handle()?.spawn(change);
+            return Ok(py.detach(|| self.limiter.adjust_blocking(&self.grant, counted, actual, release))?);
         }
+        let (limiter, grant) = (Arc::clone(&self.limiter), self.grant.clone());
+        runtime::handle()?.spawn(async move { limiter.adjust(&grant, counted, actual, release).await });
         Ok(())
     }
 }

@@ -1,6 +1,11 @@
 //! One Redis server as limiters see it: the URL (its password kept out of every message), the key
-//! prefix, timeouts, and a connection that reconnects by itself. After a failure, calls fail at once
+//! prefix, timeouts, and connections that reconnect by themselves. After a failure, calls fail at once
 //! for a short, growing pause instead of each waiting out a timeout against a server that is down.
+//!
+//! Two ways to call: `call` on the runtime (a multiplexed connection, for asyncio callers), and
+//! `call_blocking` on the caller's own thread over a pooled plain connection: a thread that waits for
+//! the answer anyway saves the two thread hand-offs through the runtime (measured: about half the
+//! latency of a decision on a loaded 2-core machine).
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -38,6 +43,8 @@ pub struct Backend {
     prefix: String,
     timeouts: Timeouts,
     connection: OnceCell<ConnectionManager>,
+    /// Plain connections for `call_blocking`, one per thread calling at once; reused.
+    idle: Mutex<Vec<redis::Connection>>,
     outage: Mutex<Option<Outage>>,
 }
 
@@ -88,6 +95,7 @@ impl Backend {
             prefix: prefix.to_string(),
             timeouts,
             connection: OnceCell::new(),
+            idle: Mutex::new(Vec::new()),
             outage: Mutex::new(None),
         })
     }
@@ -122,12 +130,8 @@ impl Backend {
         Ok(manager.clone())
     }
 
-    /// Runs one call against Redis, unless Redis failed lately and its pause has not passed.
-    pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, BackendError>
-    where
-        F: FnOnce(ConnectionManager) -> Fut,
-        Fut: Future<Output = Result<T, RedisError>>,
-    {
+    /// Fails at once while the pause after a failure lasts.
+    fn check_pause(&self) -> Result<(), BackendError> {
         if let Some(outage) = &*self.outage.lock().unwrap_or_else(|p| p.into_inner()) {
             let now = Instant::now();
             if now < outage.retry_at {
@@ -141,6 +145,47 @@ impl Backend {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Runs one call on this thread over a pooled plain connection, unless Redis failed lately and its
+    /// pause has not passed. A connection that failed is dropped; the next call opens a new one.
+    pub fn call_blocking<T>(&self, call: impl FnOnce(&mut redis::Connection) -> Result<T, RedisError>) -> Result<T, BackendError> {
+        self.check_pause()?;
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut connection = match pooled {
+            Some(connection) => connection,
+            None => match self.connect_blocking() {
+                Ok(connection) => connection,
+                Err(err) => {
+                    let err = Err(self.classify(err));
+                    self.note(&err);
+                    return err;
+                }
+            },
+        };
+        let result = call(&mut connection).map_err(|err| self.classify(err));
+        if result.is_ok() {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
+        }
+        self.note(&result);
+        result
+    }
+
+    fn connect_blocking(&self) -> Result<redis::Connection, RedisError> {
+        let connection = self.client.get_connection_with_timeout(self.timeouts.connect)?;
+        connection.set_read_timeout(Some(self.timeouts.command))?;
+        connection.set_write_timeout(Some(self.timeouts.command))?;
+        Ok(connection)
+    }
+
+    /// Runs one call on the runtime, unless Redis failed lately and its pause has not passed.
+    pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, BackendError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        self.check_pause()?;
         let connection = self.connection().await?;
         // The manager's own timeouts bound connecting and each answer; this bounds the two together.
         let limit = self.timeouts.connect + self.timeouts.command;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use redis::Value;
+use redis::{ScriptInvocation, Value};
 
 use crate::core::limit::{Cost, Limit};
 use crate::core::Error;
@@ -176,8 +176,8 @@ impl RemoteLimiter {
         }
     }
 
-    /// Decides one request of `cost` in one round trip. `lease`: take a concurrency lease with it.
-    /// `Err(Ok(_))`: a cost that can never pass; `Err(Err(_))`: Redis failed.
+    /// Decides one request of `cost` in one round trip, on the runtime. `lease`: take a concurrency
+    /// lease with it. `Err(Ok(_))`: a cost that can never pass; `Err(Err(_))`: Redis failed.
     pub async fn decide(
         self: &Arc<Self>,
         cost: Cost,
@@ -185,14 +185,44 @@ impl RemoteLimiter {
         lease: bool,
         operation: &str,
     ) -> Result<Outcome, Result<Error, BackendError>> {
-        let lease_id = match (lease, self.max_leases) {
+        let lease_id = self.lease_id(lease);
+        let invocation = self.acquire_invocation(cost, mode, &lease_id);
+        let value = self.backend.call(|mut c| async move { invocation.invoke_async(&mut c).await }).await;
+        self.interpret(value.map_err(Err)?, lease_id, cost, operation)
+    }
+
+    /// `decide` on this thread, blocking until Redis answers.
+    pub fn decide_blocking(
+        self: &Arc<Self>,
+        cost: Cost,
+        mode: Mode,
+        lease: bool,
+        operation: &str,
+    ) -> Result<Outcome, Result<Error, BackendError>> {
+        let lease_id = self.lease_id(lease);
+        let invocation = self.acquire_invocation(cost, mode, &lease_id);
+        let value = self.backend.call_blocking(|c| invocation.invoke(c));
+        self.interpret(value.map_err(Err)?, lease_id, cost, operation)
+    }
+
+    /// A fresh lease id when a lease is asked for and the limiter bounds concurrency; "" otherwise.
+    fn lease_id(&self, lease: bool) -> String {
+        match (lease, self.max_leases) {
             (true, Some(_)) => format!("{}:{}", self.instance, self.next_lease.fetch_add(1, Ordering::Relaxed)),
             _ => String::new(),
-        };
-        let reply = self.run_acquire(cost, mode, &lease_id).await.map_err(Err)?;
-        let status = reply[0];
+        }
+    }
+
+    fn interpret(
+        self: &Arc<Self>,
+        value: Value,
+        lease_id: String,
+        cost: Cost,
+        operation: &str,
+    ) -> Result<Outcome, Result<Error, BackendError>> {
+        let reply = self.reply(value).map_err(Err)?;
         let field = |i: usize| reply[i] as u64;
-        match status {
+        match reply[0] {
             0 => {
                 let lease = (!lease_id.is_empty()).then_some(lease_id);
                 if let Some(id) = &lease {
@@ -209,9 +239,11 @@ impl RemoteLimiter {
         }
     }
 
-    /// When `cost` would pass and what is free now, counting nothing.
-    pub async fn peek(self: &Arc<Self>, cost: Cost) -> Result<Peek, Result<Error, BackendError>> {
-        let reply = self.run_acquire(cost, Mode::Peek, "").await.map_err(Err)?;
+    /// When `cost` would pass and what is free now, counting nothing (on this thread).
+    pub fn peek_blocking(self: &Arc<Self>, cost: Cost) -> Result<Peek, Result<Error, BackendError>> {
+        let invocation = self.acquire_invocation(cost, Mode::Peek, "");
+        let value = self.backend.call_blocking(|c| invocation.invoke(c)).map_err(Err)?;
+        let reply = self.reply(value).map_err(Err)?;
         match reply[0] {
             4 => Ok(Peek { wait_us: reply[2] as u64, leases: reply[4] as u64, remaining: reply[5..].iter().map(|&r| r as u64).collect() }),
             2 => Err(Ok(self.never("time_until_ready", cost, reply[2] as usize - 1, reply[3] as u64))),
@@ -219,7 +251,17 @@ impl RemoteLimiter {
         }
     }
 
-    async fn run_acquire(&self, cost: Cost, mode: Mode, lease_id: &str) -> Result<Vec<i64>, BackendError> {
+    /// The script's answer as integers, noting how many instances share the limit.
+    fn reply(&self, value: Value) -> Result<Vec<i64>, BackendError> {
+        let reply = integers(value)?;
+        if reply.len() < 2 {
+            return Err(BackendError::Unavailable { message: "short answer from the Redis script".into() });
+        }
+        self.members.store(reply[1] as u64, Ordering::Relaxed);
+        Ok(reply)
+    }
+
+    fn acquire_invocation(&self, cost: Cost, mode: Mode, lease_id: &str) -> ScriptInvocation<'static> {
         let mut invocation = scripts::ACQUIRE.prepare_invoke();
         for key in &self.keys {
             invocation.key(key);
@@ -247,25 +289,33 @@ impl RemoteLimiter {
                 .arg(window.units(cost))
                 .arg(window.merge_us);
         }
-        let value: Value = self.backend.call(|mut connection| async move { invocation.invoke_async(&mut connection).await }).await?;
-        let reply = integers(value)?;
-        if reply.len() < 2 {
-            return Err(BackendError::Unavailable { message: "short answer from the Redis script".into() });
-        }
-        self.members.store(reply[1] as u64, Ordering::Relaxed);
-        Ok(reply)
+        invocation
     }
 
-    /// Replaces what `grant` counted (`counted`) by `actual`, and releases its lease if `release`.
-    /// `actual` zero for every unit gives the admission back.
+    /// Replaces what `grant` counted (`counted`) by `actual`, and releases its lease if `release`;
+    /// `actual` of zero in every unit gives the admission back. On the runtime.
     pub async fn adjust(&self, grant: &Grant, counted: Cost, actual: Cost, release: bool) -> Result<(), BackendError> {
+        let Some(invocation) = self.adjust_invocation(grant, counted, actual, release) else { return Ok(()) };
+        self.backend.call(|mut c| async move { invocation.invoke_async::<i64>(&mut c).await }).await?;
+        Ok(())
+    }
+
+    /// `adjust` on this thread, blocking until Redis answers.
+    pub fn adjust_blocking(&self, grant: &Grant, counted: Cost, actual: Cost, release: bool) -> Result<(), BackendError> {
+        let Some(invocation) = self.adjust_invocation(grant, counted, actual, release) else { return Ok(()) };
+        self.backend.call_blocking(|c| invocation.invoke::<i64>(c))?;
+        Ok(())
+    }
+
+    /// The script call for an adjustment, or None when there is nothing to change.
+    fn adjust_invocation(&self, grant: &Grant, counted: Cost, actual: Cost, release: bool) -> Option<ScriptInvocation<'static>> {
         let lease = if release { grant.lease.as_deref() } else { None };
         if let Some(id) = lease {
             self.held().remove(id);
         }
         let changes = self.windows.iter().any(|w| w.units(counted) != w.units(actual));
         if !changes && lease.is_none() {
-            return Ok(());
+            return None;
         }
         let mut invocation = scripts::ADJUST.prepare_invoke();
         for key in &self.keys {
@@ -281,8 +331,7 @@ impl RemoteLimiter {
                 .arg(window.units(counted))
                 .arg(window.units(actual));
         }
-        self.backend.call(|mut connection| async move { invocation.invoke_async::<i64>(&mut connection).await }).await?;
-        Ok(())
+        Some(invocation)
     }
 
     /// Starts, once, the task that renews this instance's leases every third of their TTL, so a

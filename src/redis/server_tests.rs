@@ -90,7 +90,7 @@ fn windows_admit_all_or_nothing() {
     admitted(decide(&lim, Cost::request(900), Mode::Now, false));
     assert!(matches!(decide(&lim, Cost::request(200), Mode::Now, false), Outcome::Later { limit: 1, .. }));
     let handle = runtime::handle().unwrap();
-    let peek = handle.block_on(lim.peek(Cost::request(0))).map_err(|e| format!("{e:?}")).unwrap();
+    let peek = lim.peek_blocking(Cost::request(0)).map_err(|e| format!("{e:?}")).unwrap();
     assert_eq!(peek.remaining, vec![9, 100], "the refused request counted in neither window");
 }
 
@@ -101,10 +101,10 @@ fn settle_refunds_and_give_back_returns_everything() {
     let lim = limiter(&server, vec![tokens], None, Duration::from_secs(5));
     let handle = runtime::handle().unwrap();
     let grant = admitted(decide(&lim, Cost::request(900), Mode::Now, false));
-    handle.block_on(lim.adjust(&grant, Cost::request(900), Cost::request(300), false)).unwrap();
-    assert_eq!(handle.block_on(lim.peek(Cost::request(0))).unwrap().remaining, vec![700]);
-    handle.block_on(lim.adjust(&grant, Cost::request(300), Cost::request(0), false)).unwrap();
-    assert_eq!(handle.block_on(lim.peek(Cost::request(0))).unwrap().remaining, vec![1_000]);
+    lim.adjust_blocking(&grant, Cost::request(900), Cost::request(300), false).unwrap();
+    assert_eq!(lim.peek_blocking(Cost::request(0)).unwrap().remaining, vec![700]);
+    lim.adjust_blocking(&grant, Cost::request(300), Cost::request(0), false).unwrap();
+    assert_eq!(lim.peek_blocking(Cost::request(0)).unwrap().remaining, vec![1_000]);
 }
 
 #[test]
@@ -135,7 +135,7 @@ fn leases_are_bounded_released_and_expire() {
     let one = admitted(decide(&lim, Cost::request(0), Mode::Now, true));
     let _two = admitted(decide(&lim, Cost::request(0), Mode::Now, true));
     assert!(matches!(decide(&lim, Cost::request(0), Mode::Now, true), Outcome::NoLease { .. }));
-    handle.block_on(lim.adjust(&one, Cost::request(0), Cost::request(0), true)).unwrap();
+    lim.adjust_blocking(&one, Cost::request(0), Cost::request(0), true).unwrap();
     admitted(decide(&lim, Cost::request(0), Mode::Now, true));
     // Another instance (a process that died holding leases) stops renewing: they expire by themselves.
     let other = limiter(&server, vec![], Some(2), Duration::from_millis(300));
