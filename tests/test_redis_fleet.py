@@ -4,6 +4,7 @@ slots back after their TTL, and each failure policy through a Redis restart."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import signal
@@ -129,3 +130,33 @@ def test_each_failure_policy_holds_through_a_redis_restart(redis_server: RedisSe
     finally:
         redis_server.start()
     assert recovered(lim), "the limiter did not go back to Redis by itself"
+
+
+@pytest.mark.parametrize("policy", ["fail_closed", "fail_open", "local"])
+async def test_asyncio_decisions_follow_the_policy_through_a_restart(redis_server: RedisServer, redis_url: str, policy: str) -> None:
+    backend = hs.RedisBackend(redis_url, on_error=policy, connect_timeout=0.2, command_timeout=0.2)  # type: ignore[arg-type]
+    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(100, per=1.0)], max_concurrency=10, backend=backend, key=f"aio-{policy}")
+    await lim.acquire()
+    lim.release()
+    redis_server.stop()
+    try:
+        if policy == "fail_closed":
+            with pytest.raises(hs.BackendUnavailable):
+                await lim.acquire()
+        else:
+            async with lim:
+                assert lim.stats()["fallbacks"] >= 1
+    finally:
+        redis_server.start()
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            await lim.acquire()
+            decided_in_redis = isinstance(lim._held[-1], _Grant)
+            lim.release()
+            if decided_in_redis:
+                break
+        except hs.BackendUnavailable:
+            pass
+        assert time.monotonic() < deadline, "asyncio decisions did not go back to Redis"
+        await asyncio.sleep(0.05)

@@ -12,6 +12,7 @@ __all__ = [
     "_Grant",
     "_KeyedTable",
     "_Limiter",
+    "_LoopChannel",
     "_Ready",
     "_RedisBackend",
     "_RedisLimiter",
@@ -198,10 +199,30 @@ class _RedisLimiter:
         lease: bool,
         operation: str,
     ) -> None: ...
+    def open_channel(self, event_loop: asyncio.AbstractEventLoop) -> _LoopChannel | None: ...
     def peek(self, tokens: int = 0) -> tuple[float, int, list[int]]: ...
     @property
     def members(self) -> int: ...
     @property
     def keys(self) -> list[str]: ...
+
+@final
+class _LoopChannel:
+    """One limit's connection to Redis driven by one asyncio event loop."""
+
+    def decide(
+        self,
+        future: asyncio.Future[_Grant | float],
+        tokens: int,
+        max_wait: float | None,
+        reserve: bool,
+        lease: bool,
+        operation: str,
+    ) -> None: ...
+    @property
+    def is_open(self) -> bool: ...
+    def _on_readable(self) -> None: ...
+    def _check_overdue(self) -> None: ...
+    def close_channel(self) -> None: ...
 
 def _shutdown_redis_runtime() -> None: ...

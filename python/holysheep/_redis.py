@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol, Union
 from holysheep._holysheep import (
     Limit,
     _Grant,
+    _LoopChannel,
     _RedisBackend,
     _RedisLimiter,
     _Reservation,
@@ -213,6 +214,7 @@ class SharedRateLimiter(HolySheepRateLimiter):
     __slots__ = (
         "_admitted",
         "_backend",
+        "_channel",
         "_fallback",
         "_fallbacks",
         "_held",
@@ -248,11 +250,25 @@ class SharedRateLimiter(HolySheepRateLimiter):
         #: Admissions taken by acquire/try_acquire and not yet released, most recent last.
         self._held: list[Held] = []
         self._fallback: HolySheepRateLimiter | None = None
+        self._channel: tuple[asyncio.AbstractEventLoop, _LoopChannel | None] | None = None
         self._outage_logged = False
         self._admitted = self._rejected = self._waiting = self._fallbacks = 0
         self._waits: collections.deque[float] = collections.deque(maxlen=4096)
 
     # --- deciding ------------------------------------------------------------------------------
+
+    def _channel_for(self, loop: asyncio.AbstractEventLoop) -> _LoopChannel | None:
+        """This loop's connection to Redis, opened on first use and after a failure closed it; None
+        where the URL is not plain TCP (then the runtime carries the loop's decisions)."""
+        if self._channel is not None:
+            channel_loop, channel = self._channel
+            if channel_loop is loop and (channel is None or channel.is_open):
+                return channel
+            if channel is not None and channel_loop is not loop and not channel_loop.is_closed():
+                channel_loop.call_soon_threadsafe(channel.close_channel)
+        channel = self._remote.open_channel(loop)
+        self._channel = (loop, channel)
+        return channel
 
     @property
     def _lease(self) -> bool:
@@ -329,7 +345,11 @@ class SharedRateLimiter(HolySheepRateLimiter):
             while True:
                 future: asyncio.Future[_Grant | float] = loop.create_future()
                 try:
-                    self._remote.decide_soon(future, _resolve, tokens, remaining(), True, self._lease, "acquire")
+                    channel = self._channel_for(loop)
+                    if channel is None:
+                        self._remote.decide_soon(future, _resolve, tokens, remaining(), True, self._lease, "acquire")
+                    else:
+                        channel.decide(future, tokens, remaining(), True, self._lease, "acquire")
                     outcome = await future
                 except BackendUnavailable as err:
                     self._unavailable(err)

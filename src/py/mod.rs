@@ -22,7 +22,7 @@ mod native {
     #[pymodule_export]
     use super::queue::{PyTicket, PyWaitQueue};
     #[pymodule_export]
-    use super::redis::{_shutdown_redis_runtime, PyGrant, PyRedisBackend, PyRedisLimiter};
+    use super::redis::{_shutdown_redis_runtime, PyGrant, PyLoopChannel, PyRedisBackend, PyRedisLimiter};
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {

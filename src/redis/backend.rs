@@ -16,6 +16,7 @@ use redis::{ErrorKind, RedisError};
 use tokio::sync::OnceCell;
 
 use crate::redis::error::BackendError;
+use crate::redis::loop_connection::LoopConnection;
 
 /// How long to wait for a connection, and for an answer to each command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +178,26 @@ impl Backend {
         connection.set_read_timeout(Some(self.timeouts.command))?;
         connection.set_write_timeout(Some(self.timeouts.command))?;
         Ok(connection)
+    }
+
+    /// A connection for an asyncio event loop to drive (see [`LoopConnection`]); `None` for addresses
+    /// it does not serve (TLS, Unix sockets), whose callers go through the runtime.
+    pub fn open_loop_connection(&self) -> Result<Option<LoopConnection>, BackendError> {
+        self.check_pause()?;
+        let Some(opened) = LoopConnection::open(self.client.get_connection_info(), self.timeouts.connect, self.timeouts.command)
+        else {
+            return Ok(None);
+        };
+        let result = opened.map_err(|err| self.classify(err));
+        self.note(&result);
+        result.map(Some)
+    }
+
+    /// Records a failure seen on a loop connection (the pause applies to every way of calling).
+    pub fn failed(&self, err: RedisError) -> BackendError {
+        let err = self.classify(err);
+        self.note(&Err::<(), _>(err.clone()));
+        err
     }
 
     /// Runs one call on the runtime, unless Redis failed lately and its pause has not passed.

@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use redis::{ScriptInvocation, Value};
+use redis::Value;
 
 use crate::core::limit::{Cost, Limit};
 use crate::core::Error;
 use crate::redis::backend::Backend;
 use crate::redis::error::BackendError;
-use crate::redis::scripts;
+use crate::redis::scripts::{self, Call};
 use crate::redis::windows::WindowSpec;
 
 /// What a decision may do.
@@ -129,6 +129,10 @@ impl RemoteLimiter {
         })
     }
 
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
     pub fn limits(&self) -> &[Limit] {
         &self.limits
     }
@@ -187,7 +191,7 @@ impl RemoteLimiter {
     ) -> Result<Outcome, Result<Error, BackendError>> {
         let lease_id = self.lease_id(lease);
         let invocation = self.acquire_invocation(cost, mode, &lease_id);
-        let value = self.backend.call(|mut c| async move { invocation.invoke_async(&mut c).await }).await;
+        let value = self.backend.call(|mut c| async move { invocation.run_async(&mut c).await }).await;
         self.interpret(value.map_err(Err)?, lease_id, cost, operation)
     }
 
@@ -201,19 +205,20 @@ impl RemoteLimiter {
     ) -> Result<Outcome, Result<Error, BackendError>> {
         let lease_id = self.lease_id(lease);
         let invocation = self.acquire_invocation(cost, mode, &lease_id);
-        let value = self.backend.call_blocking(|c| invocation.invoke(c));
+        let value = self.backend.call_blocking(|c| invocation.run(c));
         self.interpret(value.map_err(Err)?, lease_id, cost, operation)
     }
 
     /// A fresh lease id when a lease is asked for and the limiter bounds concurrency; "" otherwise.
-    fn lease_id(&self, lease: bool) -> String {
+    pub fn lease_id(&self, lease: bool) -> String {
         match (lease, self.max_leases) {
             (true, Some(_)) => format!("{}:{}", self.instance, self.next_lease.fetch_add(1, Ordering::Relaxed)),
             _ => String::new(),
         }
     }
 
-    fn interpret(
+    /// What the acquire script's answer means for a request of `cost` that asked for `lease_id`.
+    pub fn interpret(
         self: &Arc<Self>,
         value: Value,
         lease_id: String,
@@ -242,7 +247,7 @@ impl RemoteLimiter {
     /// When `cost` would pass and what is free now, counting nothing (on this thread).
     pub fn peek_blocking(self: &Arc<Self>, cost: Cost) -> Result<Peek, Result<Error, BackendError>> {
         let invocation = self.acquire_invocation(cost, Mode::Peek, "");
-        let value = self.backend.call_blocking(|c| invocation.invoke(c)).map_err(Err)?;
+        let value = self.backend.call_blocking(|c| invocation.run(c)).map_err(Err)?;
         let reply = self.reply(value).map_err(Err)?;
         match reply[0] {
             4 => Ok(Peek { wait_us: reply[2] as u64, leases: reply[4] as u64, remaining: reply[5..].iter().map(|&r| r as u64).collect() }),
@@ -261,11 +266,9 @@ impl RemoteLimiter {
         Ok(reply)
     }
 
-    fn acquire_invocation(&self, cost: Cost, mode: Mode, lease_id: &str) -> ScriptInvocation<'static> {
-        let mut invocation = scripts::ACQUIRE.prepare_invoke();
-        for key in &self.keys {
-            invocation.key(key);
-        }
+    /// The acquire script's call for a request of `cost` (`lease_id` from [`RemoteLimiter::lease_id`]).
+    pub fn acquire_invocation(&self, cost: Cost, mode: Mode, lease_id: &str) -> Call {
+        let mut invocation = scripts::ACQUIRE.call(&self.keys);
         let (mode_name, max_wait) = match mode {
             Mode::Peek => ("peek", -1),
             Mode::Now => ("now", 0),
@@ -296,19 +299,19 @@ impl RemoteLimiter {
     /// `actual` of zero in every unit gives the admission back. On the runtime.
     pub async fn adjust(&self, grant: &Grant, counted: Cost, actual: Cost, release: bool) -> Result<(), BackendError> {
         let Some(invocation) = self.adjust_invocation(grant, counted, actual, release) else { return Ok(()) };
-        self.backend.call(|mut c| async move { invocation.invoke_async::<i64>(&mut c).await }).await?;
+        self.backend.call(|mut c| async move { invocation.run_async::<i64>(&mut c).await }).await?;
         Ok(())
     }
 
     /// `adjust` on this thread, blocking until Redis answers.
     pub fn adjust_blocking(&self, grant: &Grant, counted: Cost, actual: Cost, release: bool) -> Result<(), BackendError> {
         let Some(invocation) = self.adjust_invocation(grant, counted, actual, release) else { return Ok(()) };
-        self.backend.call_blocking(|c| invocation.invoke::<i64>(c))?;
+        self.backend.call_blocking(|c| invocation.run::<i64>(c))?;
         Ok(())
     }
 
     /// The script call for an adjustment, or None when there is nothing to change.
-    fn adjust_invocation(&self, grant: &Grant, counted: Cost, actual: Cost, release: bool) -> Option<ScriptInvocation<'static>> {
+    fn adjust_invocation(&self, grant: &Grant, counted: Cost, actual: Cost, release: bool) -> Option<Call> {
         let lease = if release { grant.lease.as_deref() } else { None };
         if let Some(id) = lease {
             self.held().remove(id);
@@ -317,10 +320,7 @@ impl RemoteLimiter {
         if !changes && lease.is_none() {
             return None;
         }
-        let mut invocation = scripts::ADJUST.prepare_invoke();
-        for key in &self.keys {
-            invocation.key(key);
-        }
+        let mut invocation = scripts::ADJUST.call(&self.keys);
         invocation.arg(lease.unwrap_or("")).arg(self.windows.len());
         for (window, receipt) in self.windows.iter().zip(&grant.receipts) {
             invocation
@@ -351,15 +351,15 @@ impl RemoteLimiter {
                 if ids.is_empty() {
                     continue;
                 }
-                let mut invocation = scripts::RENEW.prepare_invoke();
-                invocation.key(&limiter.keys[1]).arg(limiter.lease_ttl_us);
+                let mut invocation = scripts::RENEW.call(&limiter.keys[1..2]);
+                invocation.arg(limiter.lease_ttl_us);
                 for id in &ids {
                     invocation.arg(id);
                 }
                 // A failure here is retried next period; the leases' TTL covers two missed periods.
                 let _ = limiter
                     .backend
-                    .call(|mut connection| async move { invocation.invoke_async::<i64>(&mut connection).await })
+                    .call(|mut c| async move { invocation.run_async::<i64>(&mut c).await })
                     .await;
             }
         });

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod error;
 pub mod limiter;
 pub mod runtime;
+pub mod loop_connection;
 mod scripts;
 mod windows;
 
