@@ -97,7 +97,7 @@ def ceiling_rows(port: int, n: int) -> list[dict[str, Any]]:
     tag = "{holysheep:ceiling}"
     args = [
         "EVALSHA", sha, "4", f"{tag}:state", f"{tag}:leases", f"{tag}:members", f"{tag}:log",
-        "now", "-1", "", "0", "1000000", "bench", "10000000", "1", "w", "log", str(10**9), "1000000", "1", "976",
+        "now", "-1", "", "0", "1000000", "", "10000000", "1", "w", "log", str(10**9), "1000000", "1", "976",
     ]  # fmt: skip
     rows = []
     for clients, mode in [(1, "sync"), (TASKS, f"async x{TASKS}")]:

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::Value;
 
@@ -73,10 +73,15 @@ pub struct RemoteLimiter {
     renewing: AtomicBool,
     /// How many instances decided within the last member TTL, as of the last answer.
     members: AtomicU64,
+    created: Instant,
+    /// When membership is next due for renewal, in ms since `created`.
+    member_renewal_due_ms: AtomicU64,
 }
 
-/// An instance counts as a member of the fleet this long after its last decision.
+/// An instance counts as a member of the fleet this long after renewing its membership...
 const MEMBER_TTL_US: u64 = 10_000_000;
+/// ...which it does with a decision at most this often, sparing Redis three commands per decision.
+const MEMBER_RENEWAL: Duration = Duration::from_secs(1);
 
 fn integers(value: Value) -> Result<Vec<i64>, BackendError> {
     let Value::Array(items) = value else {
@@ -126,6 +131,8 @@ impl RemoteLimiter {
             held: Mutex::new(HashSet::new()),
             renewing: AtomicBool::new(false),
             members: AtomicU64::new(0),
+            created: Instant::now(),
+            member_renewal_due_ms: AtomicU64::new(0),
         })
     }
 
@@ -256,6 +263,17 @@ impl RemoteLimiter {
         }
     }
 
+    /// Whether this decision should renew the instance's membership (claims the renewal if so).
+    fn membership_due(&self) -> bool {
+        let now_ms = self.created.elapsed().as_millis() as u64;
+        let due = self.member_renewal_due_ms.load(Ordering::Relaxed);
+        now_ms >= due
+            && self
+                .member_renewal_due_ms
+                .compare_exchange(due, now_ms + MEMBER_RENEWAL.as_millis() as u64, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
     /// The script's answer as integers, noting how many instances share the limit.
     fn reply(&self, value: Value) -> Result<Vec<i64>, BackendError> {
         let reply = integers(value)?;
@@ -280,7 +298,7 @@ impl RemoteLimiter {
             .arg(lease_id)
             .arg(self.max_leases.unwrap_or(0))
             .arg(self.lease_ttl_us)
-            .arg(&self.instance)
+            .arg(if self.membership_due() { self.instance.as_str() } else { "" })
             .arg(MEMBER_TTL_US)
             .arg(self.windows.len());
         for window in &self.windows {

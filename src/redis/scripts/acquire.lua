@@ -11,7 +11,8 @@
 -- ARGV[1]      mode: "peek" (count nothing), "now" (admit only now), "reserve" (admit at a later instant)
 -- ARGV[2]      reserve: the longest wait allowed (us), -1 for any
 -- ARGV[3]      lease id to take ("" for none), ARGV[4] most leases at once, ARGV[5] lease TTL (us)
--- ARGV[6]      this instance's member id, ARGV[7] how long it counts as a member after its last decision (us)
+-- ARGV[6]      this instance's member id ("" when it renewed its membership lately), ARGV[7] how long it
+--              counts as a member after renewing (us)
 -- ARGV[8]      number of windows, then six values per window:
 --              id, kind ("log" | "gcra"), limit (log: units per window; gcra: burst), span (log: window
 --              length; gcra: one unit's interval), cost (units this request takes), merge (log: entries
@@ -33,9 +34,11 @@ local n = tonumber(ARGV[8])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 
-redis.call('ZADD', member_key, now + member_ttl, ARGV[6])
-redis.call('ZREMRANGEBYSCORE', member_key, '-inf', now)
-redis.call('PEXPIRE', member_key, math.ceil(member_ttl / 1000))
+if ARGV[6] ~= '' then
+  redis.call('ZADD', member_key, now + member_ttl, ARGV[6])
+  redis.call('ZREMRANGEBYSCORE', member_key, '-inf', now)
+  redis.call('PEXPIRE', member_key, math.ceil(member_ttl / 1000))
+end
 local members = redis.call('ZCARD', member_key)
 
 local function parse(entry)
@@ -108,9 +111,12 @@ for i, w in ipairs(windows) do
   end
 end
 
--- Leases: expired ones (their holder died) go first.
-redis.call('ZREMRANGEBYSCORE', lease_key, '-inf', now)
-local leases = redis.call('ZCARD', lease_key)
+-- Leases, when this request asks for one or someone looks: expired ones (their holder died) go first.
+local leases = 0
+if lease_id ~= '' or mode == 'peek' then
+  redis.call('ZREMRANGEBYSCORE', lease_key, '-inf', now)
+  leases = redis.call('ZCARD', lease_key)
+end
 
 if mode == 'peek' then
   local reply = {4, members, at - now, binding, leases}
