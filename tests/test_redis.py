@@ -60,6 +60,7 @@ def test_refused_credentials_are_a_config_error_at_first_use(redis_server: Redis
         with pytest.raises(hs.ConfigError) as raised:
             lim.try_acquire()
         assert "hunter2" not in str(raised.value) and "***" in str(raised.value)
+        assert "hunter2" not in repr(lim) and "hunter2" not in repr(lim._backend)
         good = f"redis://app:right-password@127.0.0.1:{redis_server.port}/0"
         assert hs.HolySheepRateLimiter(max_qps=5, backend=hs.RedisBackend(good), key="k").try_acquire()
     finally:
@@ -154,6 +155,14 @@ def test_threads_wait_with_the_gil_released(redis_url: str) -> None:
         thread.join(5)
     assert len(finished) == 8 and sorted(finished)[-1] > 0.4
     assert lim.stats()["fleet_in_flight"] == 0
+
+
+async def test_slot_settles_from_asyncio_without_blocking_the_loop(redis_url: str) -> None:
+    lim = shared(redis_url, tpm=1_000)
+    async with lim.slot(tokens=900) as permit:
+        permit.settle(100)
+    await asyncio.sleep(0.05)  # the correction goes out in the background
+    assert lim.stats()["remaining"] == {"1000 tokens per minute": 900}
 
 
 def test_slot_settles_the_shared_token_count(redis_url: str) -> None:

@@ -114,10 +114,11 @@ def ceiling_rows(port: int, n: int) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]], header: str) -> str:
     modes = ["sync", "async", f"async x{TASKS}"]
-    lines = [header, "", "| implementation | calls | decisions/s | p50 µs | p99 µs | holysheep ÷ this |", "|---|---|---:|---:|---:|---:|"]
+    lines = [header, "", "| implementation | calls | decisions/s | p50 µs | p99 µs | holysheep exact ÷ this |", "|---|---|---:|---:|---:|---:|"]
     for mode in modes:
         in_mode = [row for row in rows if row["mode"] == mode]
-        ours = max((row["decisions_per_s"] for row in in_mode if row["name"].startswith("holysheep")), default=None)
+        # Compared with the default (the exact window, which the ceiling row runs too), not the faster GCRA.
+        ours = next((row["decisions_per_s"] for row in in_mode if row["name"].startswith("holysheep") and "exact" in row["name"]), None)
         for row in in_mode:
             ratio = "" if ours is None or row["name"].startswith("holysheep") else f"{ours / row['decisions_per_s']:.2f}x"
             p99 = "" if row["p99_us"] is None else f"{row['p99_us']:.0f}"

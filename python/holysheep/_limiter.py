@@ -172,6 +172,10 @@ class HolySheepRateLimiter(_Limiter):
         self._record_wait(remaining.elapsed())
         return reservation
 
+    def _settle_admitted(self, admitted: Admitted, actual_tokens: int) -> None:
+        """Settles the real token count of a request a `Permit` acquired."""
+        admitted.settle(actual_tokens)
+
     def _release_admitted(self, admitted: Admitted) -> None:
         """Ends the request a `Permit` acquired: here, returns its concurrency slot."""
         self.release()
@@ -236,7 +240,7 @@ class Permit:
         """Replaces the estimate by the real token count: refunds the difference or charges it."""
         if self._reservation is None:
             raise RuntimeError("settle() needs an acquired permit: call it inside the `with` block")
-        self._reservation.settle(actual_tokens)
+        self._limiter._settle_admitted(self._reservation, actual_tokens)
 
     async def __aenter__(self) -> Permit:
         self._reservation = await self._limiter._acquire(self._tokens, self._timeout, self._priority)

@@ -454,6 +454,11 @@ class SharedRateLimiter(HolySheepRateLimiter):
             # The lease comes back by its TTL; a request that is done must not fail for it.
             self._fallbacks += 1
 
+    def _settle_admitted(self, admitted: Admitted, actual_tokens: int) -> None:
+        # As for release: an event loop sends the correction without waiting for Redis's answer.
+        held: Held = admitted  # type: ignore[assignment]  # a Permit holds what _acquire returned
+        held.settle(actual_tokens, wait=not _in_event_loop())
+
     def _release_admitted(self, admitted: Admitted) -> None:
         self._finish(admitted)  # type: ignore[arg-type]  # a Permit holds what _acquire returned: a Held
 
