@@ -191,3 +191,14 @@ def test_stats_show_this_process_and_the_fleet(redis_url: str) -> None:
     assert (stats["admitted"], stats["in_flight"], stats["fleet_in_flight"]) == (1, 1, 2)
     assert stats["remaining"] == {"10 requests per minute": 8} and stats["fleet_members"] == 2
     assert "team-a" in repr(lim)
+
+
+async def test_keyed_limiter_makes_a_shared_limit_per_key(redis_url: str) -> None:
+    backend = hs.RedisBackend(redis_url)
+    per_team = hs.KeyedLimiter(lambda team: hs.HolySheepRateLimiter(max_qps=2, backend=backend, key=f"team-{team}"))
+    other_process = hs.KeyedLimiter(lambda team: hs.HolySheepRateLimiter(max_qps=2, backend=backend, key=f"team-{team}"))
+    assert per_team.try_acquire("a") and other_process.try_acquire("a")
+    assert not per_team.try_acquire("a"), "both instances share team a's limit"
+    async with per_team["b"]:
+        pass
+    assert other_process.try_acquire("b")
