@@ -74,7 +74,7 @@ def test_unreachable_redis_fails_closed_by_default() -> None:
         lim.try_acquire()
 
 
-def test_a_key_is_required_and_presets_take_no_backend_yet(redis_url: str) -> None:
+def test_a_key_and_a_known_policy_are_required(redis_url: str) -> None:
     with pytest.raises(hs.ConfigError, match="key"):
         hs.HolySheepRateLimiter(max_qps=5, backend=hs.RedisBackend(redis_url))
     with pytest.raises(hs.ConfigError, match="on_error"):
@@ -202,3 +202,18 @@ async def test_keyed_limiter_makes_a_shared_limit_per_key(redis_url: str) -> Non
     async with per_team["b"]:
         pass
     assert other_process.try_acquire("b")
+
+
+def test_presets_take_a_backend_and_stay_what_they_are(redis_url: str) -> None:
+    backend = hs.RedisBackend(redis_url)
+    bucket = hs.TokenBucket(rate=5, capacity=2, backend=backend, key="bucket")
+    window = hs.SlidingWindow(limit=2, window_s=10, backend=backend, key="window")
+    gate = hs.ConcurrencyLimiter(1, backend=backend, key="gate")
+    for lim in (bucket, window, gate):
+        assert isinstance(lim, hs.SharedRateLimiter)
+    assert isinstance(bucket, hs.TokenBucket) and isinstance(window, hs.SlidingWindow)
+    assert isinstance(gate, hs.ConcurrencyLimiter)
+    twin = hs.SlidingWindow(limit=2, window_s=10, backend=backend, key="window")
+    assert window.try_acquire() and twin.try_acquire() and not window.try_acquire()
+    assert gate.try_acquire() and not hs.ConcurrencyLimiter(1, backend=backend, key="gate").try_acquire()
+    assert bucket.try_acquire() and bucket.try_acquire() and not bucket.try_acquire()

@@ -88,12 +88,10 @@ class HolySheepRateLimiter(_Limiter):
     ) -> Self:
         if backend is not None or key is not None:
             # Chosen here, at construction, so the local limiter's fast path never checks for a backend.
-            from holysheep._redis import SharedRateLimiter
+            from holysheep._redis import shared_class
 
-            if cls is not HolySheepRateLimiter and not issubclass(cls, SharedRateLimiter):
-                raise ConfigError(f"backend: {cls.__name__} takes no backend yet; use HolySheepRateLimiter", "backend")
-            # A subclass of every class that gets here (checked above), so still a Self.
-            cls = cast("type[Self]", SharedRateLimiter)
+            # A subclass of `cls` deciding in Redis, so still a Self.
+            cls = cast("type[Self]", shared_class(cls))
         return super().__new__(cls, max_qps, max_concurrency, rpm=rpm, tpm=tpm, burst=burst, limits=limits, tier=tier)
 
     def __init__(
@@ -283,14 +281,18 @@ class TokenBucket(HolySheepRateLimiter):
 
     __slots__ = ()
 
-    def __new__(cls, rate: float, capacity: float = 1) -> TokenBucket:
+    def __new__(
+        cls, rate: float, capacity: float = 1, *, backend: RedisBackend | None = None, key: str | None = None
+    ) -> TokenBucket:
         try:
             limit = Limit(rate, per=1.0, algorithm="gcra", burst=capacity)
         except ConfigError as err:
             raise _renamed(err, {"amount": "rate", "burst": "capacity"}) from None
-        return super().__new__(cls, limits=[limit])
+        return super().__new__(cls, limits=[limit], backend=backend, key=key)
 
-    def __init__(self, rate: float, capacity: float = 1) -> None:
+    def __init__(
+        self, rate: float, capacity: float = 1, *, backend: RedisBackend | None = None, key: str | None = None
+    ) -> None:
         super().__init__()
 
 
@@ -302,14 +304,18 @@ class SlidingWindow(HolySheepRateLimiter):
 
     __slots__ = ()
 
-    def __new__(cls, limit: float, window_s: float) -> SlidingWindow:
+    def __new__(
+        cls, limit: float, window_s: float, *, backend: RedisBackend | None = None, key: str | None = None
+    ) -> SlidingWindow:
         try:
             spec = Limit(limit, per=float(window_s))
         except ConfigError as err:
             raise _renamed(err, {"amount": "limit", "per": "window_s"}) from None
-        return super().__new__(cls, limits=[spec])
+        return super().__new__(cls, limits=[spec], backend=backend, key=key)
 
-    def __init__(self, limit: float, window_s: float) -> None:
+    def __init__(
+        self, limit: float, window_s: float, *, backend: RedisBackend | None = None, key: str | None = None
+    ) -> None:
         super().__init__()
 
 
@@ -323,11 +329,11 @@ class ConcurrencyLimiter(HolySheepRateLimiter):
 
     __slots__ = ()
 
-    def __new__(cls, n: int) -> ConcurrencyLimiter:
+    def __new__(cls, n: int, *, backend: RedisBackend | None = None, key: str | None = None) -> ConcurrencyLimiter:
         try:
-            return super().__new__(cls, max_concurrency=n)
+            return super().__new__(cls, max_concurrency=n, backend=backend, key=key)
         except ConfigError as err:
             raise _renamed(err, {"max_concurrency": "n"}) from None
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, *, backend: RedisBackend | None = None, key: str | None = None) -> None:
         super().__init__()

@@ -16,7 +16,6 @@ import collections
 import logging
 import math
 import time
-from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Literal, Protocol, Union
 
@@ -184,6 +183,22 @@ def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_exception(value)
 
 
+_shared_classes: dict[type[HolySheepRateLimiter], type[SharedRateLimiter]] = {}
+
+
+def shared_class(cls: type[HolySheepRateLimiter]) -> type[SharedRateLimiter]:
+    """The class that decides ``cls``'s limits in Redis: `SharedRateLimiter` for `HolySheepRateLimiter`,
+    and for a preset (`TokenBucket`, ...) a subclass of both, so ``isinstance(bucket, TokenBucket)`` holds."""
+    if issubclass(cls, SharedRateLimiter):
+        return cls
+    if cls is HolySheepRateLimiter:
+        return SharedRateLimiter
+    shared = _shared_classes.get(cls)
+    if shared is None:
+        shared = _shared_classes[cls] = type(f"Shared{cls.__name__}", (SharedRateLimiter, cls), {"__slots__": ()})
+    return shared
+
+
 def _in_event_loop() -> bool:
     return asyncio._get_running_loop() is not None
 
@@ -226,20 +241,10 @@ class SharedRateLimiter(HolySheepRateLimiter):
         "_waits",
     )
 
-    def __init__(
-        self,
-        max_qps: float | None = None,
-        max_concurrency: int | None = None,
-        *,
-        rpm: float | None = None,
-        tpm: float | None = None,
-        burst: float | None = None,
-        limits: Sequence[Limit] | None = None,
-        tier: str | None = None,
-        backend: RedisBackend | None = None,
-        key: str | None = None,
-    ) -> None:
-        super().__init__()
+    def __init__(self, *limits_as_given: Any, backend: RedisBackend | None = None, key: str | None = None, **more: Any) -> None:
+        # The limits were read by __new__ (in whichever signature the class has: HolySheepRateLimiter's,
+        # TokenBucket's, ...) and are in self.limits; what is left to take is where they are shared.
+        HolySheepRateLimiter.__init__(self)
         if not isinstance(backend, RedisBackend):
             raise ConfigError(f"backend: must be a RedisBackend, got {backend!r}", "backend")
         if not isinstance(key, str):
