@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -21,11 +22,15 @@ class RedisServer:
             probe.bind(("127.0.0.1", 0))
             self.port: int = probe.getsockname()[1]
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.socket_path = f"{tempfile.gettempdir()}/holysheep-test-redis-{self.port}.sock"
+        #: The same server over its Unix socket (asyncio decisions then go through the runtime).
+        self.unix_url = f"redis+unix://{self.socket_path}"
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self._process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--unixsocket", self.socket_path],  # fmt: skip
             stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 5.0

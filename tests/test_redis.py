@@ -217,3 +217,20 @@ def test_presets_take_a_backend_and_stay_what_they_are(redis_url: str) -> None:
     assert window.try_acquire() and twin.try_acquire() and not window.try_acquire()
     assert gate.try_acquire() and not hs.ConcurrencyLimiter(1, backend=backend, key="gate").try_acquire()
     assert bucket.try_acquire() and bucket.try_acquire() and not bucket.try_acquire()
+
+
+async def test_asyncio_over_a_unix_socket_goes_through_the_runtime(redis_server: RedisServer, redis_url: str) -> None:
+    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(2, per=0.3)], backend=hs.RedisBackend(redis_server.unix_url), key="unix")
+    peer = shared(redis_url, key="unix", limits=[hs.Limit(2, per=0.3)])
+    assert peer.try_acquire(), "the same server over TCP"
+    started = time.monotonic()
+    async with lim:
+        pass
+    async with lim:
+        pass
+    assert time.monotonic() - started > 0.25, "the third admission waited for the first to leave"
+    waiter = asyncio.ensure_future(lim.acquire())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter

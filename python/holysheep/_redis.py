@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from types import TracebackType
-from typing import Any, Literal, Protocol, Union
+from typing import Any, Literal, Union
 
 from holysheep._holysheep import (
     Limit,
@@ -107,22 +107,6 @@ class RedisBackend(_RedisBackend):
         return f"RedisBackend({self.url!r}, prefix={self.prefix!r}, on_error={self.on_error!r})"
 
 
-class _Held(Protocol):
-    """An admission this process holds until `release`: in Redis, or made by a failure policy."""
-
-    @property
-    def tokens(self) -> int: ...
-
-    @property
-    def wait(self) -> float: ...
-
-    def settle(self, actual_tokens: int, wait: bool = True) -> None: ...
-
-    def give_back(self, wait: bool = True) -> None: ...
-
-    def release(self, wait: bool = True) -> None: ...
-
-
 class _OpenAdmission:
     """What ``fail_open`` admits while Redis is away: nothing to count, settle or return."""
 
@@ -168,6 +152,7 @@ class _LocalAdmission:
         self._limiter.release()
 
 
+#: An admission this process holds until `release`: decided in Redis, or by a failure policy.
 Held = Union[_Grant, _OpenAdmission, _LocalAdmission]
 
 

@@ -140,14 +140,6 @@ impl RemoteLimiter {
         &self.backend
     }
 
-    pub fn limits(&self) -> &[Limit] {
-        &self.limits
-    }
-
-    pub fn max_leases(&self) -> Option<u64> {
-        self.max_leases
-    }
-
     pub fn keys(&self) -> &[String] {
         &self.keys
     }
