@@ -9,18 +9,15 @@ deciding one decision after another (sync; async), and 32 asyncio tasks deciding
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
 import re
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -159,5 +156,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.set_event_loop_policy(None)
-    sys.exit(main())
+    main()

@@ -20,15 +20,14 @@ from types import TracebackType
 from typing import Any, Literal, Union
 
 from holysheep._holysheep import (
-    Limit,
     _Grant,
     _LoopChannel,
     _RedisBackend,
     _RedisLimiter,
-    _Reservation,
     _shutdown_redis_runtime,
 )
 from holysheep._limiter import Admitted, HolySheepRateLimiter, _check_timeout
+from holysheep._redis_fallback import LocalAdmission, OpenAdmission, share
 from holysheep._waiting import Remaining
 from holysheep.errors import BackendUnavailable, ConfigError, RateLimitExceeded
 
@@ -107,53 +106,8 @@ class RedisBackend(_RedisBackend):
         return f"RedisBackend({self.url!r}, prefix={self.prefix!r}, on_error={self.on_error!r})"
 
 
-class _OpenAdmission:
-    """What ``fail_open`` admits while Redis is away: nothing to count, settle or return."""
-
-    __slots__ = ("tokens",)
-    wait = 0.0
-
-    def __init__(self, tokens: int) -> None:
-        self.tokens = tokens
-
-    def settle(self, actual_tokens: int, wait: bool = True) -> None:
-        self.tokens = actual_tokens
-
-    def give_back(self, wait: bool = True) -> None:
-        pass
-
-    def release(self, wait: bool = True) -> None:
-        pass
-
-
-class _LocalAdmission:
-    """What ``local`` admits while Redis is away: a reservation and a slot of the in-process fallback."""
-
-    __slots__ = ("_limiter", "_reservation")
-    wait = 0.0
-
-    def __init__(self, limiter: HolySheepRateLimiter, reservation: Admitted) -> None:
-        self._limiter = limiter
-        self._reservation = reservation
-
-    @property
-    def tokens(self) -> int:
-        return self._reservation.tokens
-
-    def settle(self, actual_tokens: int, wait: bool = True) -> None:
-        self._reservation.settle(actual_tokens)
-
-    def give_back(self, wait: bool = True) -> None:
-        if isinstance(self._reservation, _Reservation):
-            self._reservation.give_back()
-        self._limiter.release()
-
-    def release(self, wait: bool = True) -> None:
-        self._limiter.release()
-
-
 #: An admission this process holds until `release`: decided in Redis, or by a failure policy.
-Held = Union[_Grant, _OpenAdmission, _LocalAdmission]
+Held = Union[_Grant, OpenAdmission, LocalAdmission]
 
 
 def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
@@ -186,18 +140,6 @@ def shared_class(cls: type[HolySheepRateLimiter]) -> type[SharedRateLimiter]:
 
 def _in_event_loop() -> bool:
     return asyncio._get_running_loop() is not None
-
-
-def _share(limit: Limit, members: int) -> Limit:
-    """One process's share of a limit: the amount (and a GCRA burst) divided among ``members``."""
-    burst = None if limit.burst is None else max(1.0, limit.burst / members)
-    return Limit(
-        limit.amount / members,
-        per=limit.per,
-        unit="tokens" if limit.unit == "tokens" else "requests",
-        algorithm="gcra" if limit.algorithm == "gcra" else "exact",
-        burst=burst,
-    )
 
 
 class SharedRateLimiter(HolySheepRateLimiter):
@@ -284,7 +226,7 @@ class SharedRateLimiter(HolySheepRateLimiter):
             members = max(1, self._remote.members)
             concurrency = self.max_concurrency
             self._fallback = HolySheepRateLimiter(
-                limits=[_share(limit, members) for limit in self.limits] or None,
+                limits=[share(limit, members) for limit in self.limits] or None,
                 max_concurrency=None if concurrency is None else max(1, concurrency // members),
             )
         return self._fallback
@@ -302,13 +244,13 @@ class SharedRateLimiter(HolySheepRateLimiter):
         except BackendUnavailable as err:
             self._unavailable(err)
             if self._backend.on_error == "fail_open":
-                self._admitted_now(_OpenAdmission(tokens))
+                self._admitted_now(OpenAdmission(tokens))
                 return True
             local = self._local()
             if not local._admit_now(tokens):
                 self._rejected += 1
                 return False
-            self._admitted_now(_LocalAdmission(local, _OpenAdmission(tokens)))
+            self._admitted_now(LocalAdmission(local, OpenAdmission(tokens)))
             return True
         self._reachable()
         if isinstance(outcome, _Grant):
@@ -413,20 +355,20 @@ class SharedRateLimiter(HolySheepRateLimiter):
     async def _fallback_acquire(self, tokens: int, remaining: Remaining, priority: int) -> Held:
         if self._backend.on_error == "fail_open":
             self._admitted += 1
-            return _OpenAdmission(tokens)
+            return OpenAdmission(tokens)
         local = self._local()
         reservation = await local._acquire(tokens, remaining(), priority)
         self._admitted += 1
-        return _LocalAdmission(local, reservation)
+        return LocalAdmission(local, reservation)
 
     def _fallback_acquire_blocking(self, tokens: int, remaining: Remaining, priority: int) -> Held:
         if self._backend.on_error == "fail_open":
             self._admitted += 1
-            return _OpenAdmission(tokens)
+            return OpenAdmission(tokens)
         local = self._local()
         reservation = local._acquire_blocking(tokens, remaining(), priority)
         self._admitted += 1
-        return _LocalAdmission(local, reservation)
+        return LocalAdmission(local, reservation)
 
     # --- returning ------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ mod limit;
 mod limiter;
 mod queue;
 mod redis;
+mod redis_channel;
 
 use pyo3::prelude::*;
 
@@ -22,7 +23,9 @@ mod native {
     #[pymodule_export]
     use super::queue::{PyTicket, PyWaitQueue};
     #[pymodule_export]
-    use super::redis::{_shutdown_redis_runtime, PyGrant, PyLoopChannel, PyRedisBackend, PyRedisLimiter};
+    use super::redis::{_shutdown_redis_runtime, PyGrant, PyRedisBackend, PyRedisLimiter};
+    #[pymodule_export]
+    use super::redis_channel::PyLoopChannel;
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
