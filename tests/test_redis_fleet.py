@@ -160,3 +160,35 @@ async def test_asyncio_decisions_follow_the_policy_through_a_restart(redis_serve
             pass
         assert time.monotonic() < deadline, "asyncio decisions did not go back to Redis"
         await asyncio.sleep(0.05)
+
+
+def forked_worker(lim: hs.SharedRateLimiter) -> None:
+    """In a forked child of a process whose limiter already talked to Redis and holds a slot."""
+
+    async def once() -> None:
+        async with lim:
+            pass
+
+    assert lim.try_acquire(), "the child decides on connections of its own"
+    asyncio.run(once())
+    assert lim.stats()["fleet_in_flight"] == 2
+    time.sleep(0.8)  # past the lease TTL: the child renews its own slot, the parent its own
+    assert lim.stats()["fleet_in_flight"] == 2
+    os._exit(0)
+
+
+# Python 3.12+ warns that forking a process with threads (here, the Redis runtime's) may deadlock:
+# forking after the limiter was used is exactly what is tested.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_forked_worker_gets_its_own_connections_runtime_and_slots(redis_url: str) -> None:
+    backend = hs.RedisBackend(redis_url, lease_ttl=0.5)
+    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(100, per=1.0)], max_concurrency=3, backend=backend, key="fork")
+    assert isinstance(lim, hs.SharedRateLimiter)
+    assert lim.try_acquire()
+    child = multiprocessing.get_context("fork").Process(target=forked_worker, args=(lim,))
+    child.start()
+    child.join(20)
+    assert child.exitcode == 0
+    assert lim.stats()["fleet_in_flight"] in (1, 2), "the parent's slot is still held"
+    time.sleep(0.6)
+    assert lim.stats()["fleet_in_flight"] == 1, "the exited child's slot came back after its TTL"

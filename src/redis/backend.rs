@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError};
-use tokio::sync::OnceCell;
 
 use crate::redis::error::BackendError;
 use crate::redis::loop_connection::LoopConnection;
+use crate::redis::process::PerProcess;
 
 /// How long to wait for a connection, and for an answer to each command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,9 +43,10 @@ pub struct Backend {
     secret: Option<String>,
     prefix: String,
     timeouts: Timeouts,
-    connection: OnceCell<ConnectionManager>,
+    /// The runtime's connection, made on first use (in each process).
+    connection: Mutex<PerProcess<Option<ConnectionManager>>>,
     /// Plain connections for `call_blocking`, one per thread calling at once; reused.
-    idle: Mutex<Vec<redis::Connection>>,
+    idle: Mutex<PerProcess<Vec<redis::Connection>>>,
     outage: Mutex<Option<Outage>>,
 }
 
@@ -95,8 +96,8 @@ impl Backend {
             secret,
             prefix: prefix.to_string(),
             timeouts,
-            connection: OnceCell::new(),
-            idle: Mutex::new(Vec::new()),
+            connection: Mutex::new(PerProcess::new(None)),
+            idle: Mutex::new(PerProcess::new(Vec::new())),
             outage: Mutex::new(None),
         })
     }
@@ -114,21 +115,25 @@ impl Backend {
         self.timeouts
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, BackendError> {
-        let manager = self
-            .connection
-            .get_or_try_init(|| async {
-                // No retries inside the manager: a failed call returns at once and the pause below
-                // decides when to try again; the manager reconnects on the next call.
-                let config = ConnectionManagerConfig::new()
-                    .set_number_of_retries(0)
-                    .set_connection_timeout(Some(self.timeouts.connect))
-                    .set_response_timeout(Some(self.timeouts.command));
-                ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-            })
-            .await
-            .map_err(|err| self.classify(err))?;
-        Ok(manager.clone())
+    /// The runtime's connection; made here, on the runtime, on first use. It connects on first call.
+    fn connection(&self) -> Result<ConnectionManager, BackendError> {
+        let mut slot = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = slot.current(|| None);
+        if let Some(manager) = slot {
+            return Ok(manager.clone());
+        }
+        // No retries inside the manager: a failed call returns at once and the pause decides when to
+        // try again; the manager reconnects on the next call.
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(0)
+            .set_connection_timeout(Some(self.timeouts.connect))
+            .set_response_timeout(Some(self.timeouts.command));
+        let manager = ConnectionManager::new_lazy_with_config(self.client.clone(), config).map_err(|err| self.classify(err))?;
+        Ok(slot.insert(manager).clone())
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, PerProcess<Vec<redis::Connection>>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Fails at once while the pause after a failure lasts.
@@ -153,7 +158,7 @@ impl Backend {
     /// pause has not passed. A connection that failed is dropped; the next call opens a new one.
     pub fn call_blocking<T>(&self, call: impl FnOnce(&mut redis::Connection) -> Result<T, RedisError>) -> Result<T, BackendError> {
         self.check_pause()?;
-        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let pooled = self.idle().current(Vec::new).pop();
         let mut connection = match pooled {
             Some(connection) => connection,
             None => match self.connect_blocking() {
@@ -167,7 +172,7 @@ impl Backend {
         };
         let result = call(&mut connection).map_err(|err| self.classify(err));
         if result.is_ok() {
-            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
+            self.idle().current(Vec::new).push(connection);
         }
         self.note(&result);
         result
@@ -207,7 +212,7 @@ impl Backend {
         Fut: Future<Output = Result<T, RedisError>>,
     {
         self.check_pause()?;
-        let connection = self.connection().await?;
+        let connection = self.connection()?;
         // The manager's own timeouts bound connecting and each answer; this bounds the two together.
         let limit = self.timeouts.connect + self.timeouts.command;
         let result = match tokio::time::timeout(limit, call(connection)).await {

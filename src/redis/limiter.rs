@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use crate::core::limit::{Cost, Limit};
 use crate::core::Error;
 use crate::redis::backend::Backend;
 use crate::redis::error::BackendError;
+use crate::redis::process::PerProcess;
 use crate::redis::scripts::{self, Call};
 use crate::redis::windows::WindowSpec;
 
@@ -66,11 +67,12 @@ pub struct RemoteLimiter {
     keys: Vec<String>,
     max_leases: Option<u64>,
     lease_ttl_us: u64,
-    /// Names this instance's leases and its entry in the member set.
-    instance: String,
+    /// With the process id, names this instance's leases and its entry in the member set.
+    instance_suffix: u64,
     next_lease: AtomicU64,
-    held: Mutex<HashSet<String>>,
-    renewing: AtomicBool,
+    held: Mutex<PerProcess<HashSet<String>>>,
+    /// The process whose renewal task runs (0: none yet); a forked child starts its own.
+    renewer_pid: AtomicU32,
     /// How many instances decided within the last member TTL, as of the last answer.
     members: AtomicU64,
     created: Instant,
@@ -118,7 +120,7 @@ impl RemoteLimiter {
         let tag = format!("{{{}:{key}}}", backend.prefix());
         let mut keys = vec![format!("{tag}:state"), format!("{tag}:leases"), format!("{tag}:members")];
         keys.extend(windows.iter().map(|w| format!("{tag}:log:{}", w.id)));
-        let instance = format!("{}-{:016x}", std::process::id(), RandomState::new().hash_one(key));
+        let instance_suffix = RandomState::new().hash_one(key);
         Ok(Self {
             backend,
             limits,
@@ -126,10 +128,10 @@ impl RemoteLimiter {
             keys,
             max_leases,
             lease_ttl_us,
-            instance,
+            instance_suffix,
             next_lease: AtomicU64::new(0),
-            held: Mutex::new(HashSet::new()),
-            renewing: AtomicBool::new(false),
+            held: Mutex::new(PerProcess::new(HashSet::new())),
+            renewer_pid: AtomicU32::new(0),
             members: AtomicU64::new(0),
             created: Instant::now(),
             member_renewal_due_ms: AtomicU64::new(0),
@@ -149,8 +151,14 @@ impl RemoteLimiter {
         self.members.load(Ordering::Relaxed)
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    /// The leases this process holds (a forked child holds none of its parent's).
+    fn held<R>(&self, with: impl FnOnce(&mut HashSet<String>) -> R) -> R {
+        with(self.held.lock().unwrap_or_else(|p| p.into_inner()).current(HashSet::new))
+    }
+
+    /// Names this instance in this process: a forked child is another instance, with other lease ids.
+    fn instance(&self) -> String {
+        format!("{}-{:016x}", std::process::id(), self.instance_suffix)
     }
 
     /// The refusal for a cost that window `index` can never admit; worded like the core's.
@@ -211,7 +219,7 @@ impl RemoteLimiter {
     /// A fresh lease id when a lease is asked for and the limiter bounds concurrency; "" otherwise.
     pub fn lease_id(&self, lease: bool) -> String {
         match (lease, self.max_leases) {
-            (true, Some(_)) => format!("{}:{}", self.instance, self.next_lease.fetch_add(1, Ordering::Relaxed)),
+            (true, Some(_)) => format!("{}:{}", self.instance(), self.next_lease.fetch_add(1, Ordering::Relaxed)),
             _ => String::new(),
         }
     }
@@ -230,7 +238,7 @@ impl RemoteLimiter {
             0 => {
                 let lease = (!lease_id.is_empty()).then_some(lease_id);
                 if let Some(id) = &lease {
-                    self.held().insert(id.clone());
+                    self.held(|held| held.insert(id.clone()));
                     self.keep_leases_alive();
                 }
                 let receipts = reply[4..].iter().map(|&r| r as u64).collect();
@@ -290,7 +298,7 @@ impl RemoteLimiter {
             .arg(lease_id)
             .arg(self.max_leases.unwrap_or(0))
             .arg(self.lease_ttl_us)
-            .arg(if self.membership_due() { self.instance.as_str() } else { "" })
+            .arg(if self.membership_due() { self.instance() } else { String::new() })
             .arg(MEMBER_TTL_US)
             .arg(self.windows.len());
         for window in &self.windows {
@@ -324,7 +332,7 @@ impl RemoteLimiter {
     fn adjust_invocation(&self, grant: &Grant, counted: Cost, actual: Cost, release: bool) -> Option<Call> {
         let lease = if release { grant.lease.as_deref() } else { None };
         if let Some(id) = lease {
-            self.held().remove(id);
+            self.held(|held| held.remove(id));
         }
         let changes = self.windows.iter().any(|w| w.units(counted) != w.units(actual));
         if !changes && lease.is_none() {
@@ -347,7 +355,8 @@ impl RemoteLimiter {
     /// Starts, once, the task that renews this instance's leases every third of their TTL, so a
     /// request that runs longer than the TTL keeps its slot while its process lives.
     fn keep_leases_alive(self: &Arc<Self>) {
-        if self.renewing.swap(true, Ordering::AcqRel) {
+        let pid = std::process::id();
+        if self.renewer_pid.swap(pid, Ordering::AcqRel) == pid {
             return;
         }
         let Ok(runtime) = crate::redis::runtime::handle() else { return };
@@ -357,7 +366,7 @@ impl RemoteLimiter {
             loop {
                 tokio::time::sleep(period).await;
                 let Some(limiter) = this.upgrade() else { return };
-                let ids: Vec<String> = limiter.held().iter().cloned().collect();
+                let ids: Vec<String> = limiter.held(|held| held.iter().cloned().collect());
                 if ids.is_empty() {
                     continue;
                 }

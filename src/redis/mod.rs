@@ -7,6 +7,7 @@ pub mod error;
 pub mod limiter;
 pub mod runtime;
 pub mod loop_connection;
+mod process;
 mod scripts;
 mod windows;
 

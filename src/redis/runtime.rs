@@ -10,7 +10,8 @@ use crate::redis::error::BackendError;
 
 enum State {
     NotStarted,
-    Running(Runtime),
+    /// The runtime and the process it runs in: a forked child has the value but not the thread.
+    Running(Runtime, u32),
     ShutDown,
 }
 
@@ -20,8 +21,15 @@ static RUNTIME: Mutex<State> = Mutex::new(State::NotStarted);
 /// the machine's cores belong to the caller's work.
 pub fn handle() -> Result<Handle, BackendError> {
     let mut state = RUNTIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let State::Running(_, pid) = &*state
+        && *pid != std::process::id()
+    {
+        // A forked child: the parent's runtime has no thread here; forget it (dropping it would wait
+        // for that thread) and start one of our own.
+        std::mem::forget(std::mem::replace(&mut *state, State::NotStarted));
+    }
     match &*state {
-        State::Running(runtime) => Ok(runtime.handle().clone()),
+        State::Running(runtime, _) => Ok(runtime.handle().clone()),
         State::ShutDown => Err(BackendError::Unavailable { message: "the Redis runtime was shut down (interpreter exit)".into() }),
         State::NotStarted => {
             let runtime = Builder::new_multi_thread()
@@ -31,7 +39,7 @@ pub fn handle() -> Result<Handle, BackendError> {
                 .build()
                 .map_err(|err| BackendError::Unavailable { message: format!("cannot start the Redis runtime: {err}") })?;
             let handle = runtime.handle().clone();
-            *state = State::Running(runtime);
+            *state = State::Running(runtime, std::process::id());
             Ok(handle)
         }
     }
@@ -40,7 +48,8 @@ pub fn handle() -> Result<Handle, BackendError> {
 /// Stops the runtime, waiting briefly for tasks in flight; later calls fail with `Unavailable`.
 pub fn shutdown() {
     let previous = std::mem::replace(&mut *RUNTIME.lock().unwrap_or_else(|p| p.into_inner()), State::ShutDown);
-    if let State::Running(runtime) = previous {
-        runtime.shutdown_timeout(Duration::from_millis(200));
+    match previous {
+        State::Running(runtime, pid) if pid == std::process::id() => runtime.shutdown_timeout(Duration::from_millis(200)),
+        other => std::mem::forget(other),
     }
 }
