@@ -2,6 +2,7 @@
 //!
 //! [`core`] is pure Rust (no Python) and holds every decision; `py` is the thin pyo3 layer that the
 //! `holysheep` Python package is built on, compiled only with the `python` feature (maturin turns it on).
+//! [`redis`] is the Redis backend: the same limits decided by Lua scripts in Redis, shared by a fleet.
 
 pub mod core;
 pub mod redis;
