@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -26,11 +27,13 @@ class RedisServer:
         #: The same server over its Unix socket (asyncio decisions then go through the runtime).
         self.unix_url = f"redis+unix://{self.socket_path}"
         self._process: subprocess.Popen[bytes] | None = None
+        self._extra: tuple[str, ...] = ()
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
+        self._extra = extra or self._extra
         self._process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--unixsocket", self.socket_path],  # fmt: skip
+             "--unixsocket", self.socket_path, *self._extra],  # fmt: skip
             stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 5.0
@@ -47,7 +50,8 @@ class RedisServer:
 
     def cli(self, *args: str) -> str:
         """One command through redis-cli; its answer, stripped ("" when the server is down)."""
-        done = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=5)
+        tls = ["--tls", "--cacert", self._extra[self._extra.index("--tls-ca-cert-file") + 1]] if "--tls-port" in self._extra else []
+        done = subprocess.run(["redis-cli", "-p", str(self.port), *tls, *args], capture_output=True, text=True, timeout=5)
         return done.stdout.strip()
 
 
@@ -70,3 +74,31 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
         redis_server.start()
     redis_server.cli("FLUSHALL")
     yield redis_server.url
+
+
+@pytest.fixture(scope="session")
+def tls_redis(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A second server speaking TLS only, with a certificate from a throwaway CA: its ``rediss://`` URL
+    and the CA's PEM file."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make a test certificate")
+    certs = tmp_path_factory.mktemp("tls")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=certs, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=test-ca")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+    (certs / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.crt", "-days", "1", "-extfile", "ext")  # fmt: skip
+    server = RedisServer()
+    server.start(
+        "--tls-port", str(server.port), "--port", "0", "--tls-auth-clients", "no",
+        "--tls-cert-file", str(certs / "server.crt"), "--tls-key-file", str(certs / "server.key"),
+        "--tls-ca-cert-file", str(certs / "ca.crt"),
+    )  # fmt: skip
+    try:
+        yield f"rediss://127.0.0.1:{server.port}/0", certs / "ca.crt"
+    finally:
+        server.stop()

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import Err, max_in_any_window
-from redis_server import RedisServer, redis_server, redis_url  # noqa: F401  (fixtures)
+from redis_server import RedisServer, redis_server, redis_url, tls_redis  # noqa: F401  (fixtures)
 
 import holysheep as hs
 from holysheep._holysheep import _Grant
@@ -234,3 +235,16 @@ async def test_asyncio_over_a_unix_socket_goes_through_the_runtime(redis_server:
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
+
+
+async def test_rediss_with_a_private_ca(tls_redis: tuple[str, Path]) -> None:
+    url, ca = tls_redis
+    lim = hs.HolySheepRateLimiter(max_qps=3, max_concurrency=5, backend=hs.RedisBackend(url, tls_ca_cert=ca), key="tls")
+    assert lim.try_acquire()  # this thread's own TLS connection
+    async with lim:  # asyncio through the runtime's TLS connection
+        pass
+    await asyncio.sleep(0.05)  # the release goes out in the background
+    assert lim.stats()["fleet_in_flight"] == 1
+    untrusted = hs.HolySheepRateLimiter(max_qps=3, backend=hs.RedisBackend(url, connect_timeout=0.5), key="tls")
+    with pytest.raises(hs.BackendUnavailable):
+        untrusted.try_acquire()  # the system does not trust the test CA

@@ -145,7 +145,13 @@ class _RedisBackend:
     """A Redis server and its settings; use ``holysheep.RedisBackend``."""
 
     def __new__(
-        cls, url: str, *, prefix: str = "holysheep", connect_timeout: float = 2.0, command_timeout: float = 1.0
+        cls,
+        url: str,
+        *,
+        prefix: str = "holysheep",
+        connect_timeout: float = 2.0,
+        command_timeout: float = 1.0,
+        tls_ca_cert: bytes | None = None,
     ) -> Self: ...
     @property
     def url(self) -> str: ...

@@ -15,6 +15,8 @@ import atexit
 import collections
 import logging
 import math
+import os
+import pathlib
 import time
 from types import TracebackType
 from typing import Any, Literal, Union
@@ -67,6 +69,8 @@ class RedisBackend(_RedisBackend):
     :param command_timeout: seconds to wait for each answer.
     :param lease_ttl: seconds a concurrency slot outlives its process: a live process renews its
         slots every third of this, so only a dead one's come back, after at most this long.
+    :param tls_ca_cert: for ``rediss://`` (TLS): a PEM file of the certificates to trust instead of
+        the system's, e.g. a managed Redis's private CA.
     :raises ConfigError: a malformed URL or a setting that cannot work. Refused credentials raise it
         at first use.
     """
@@ -82,12 +86,16 @@ class RedisBackend(_RedisBackend):
         connect_timeout: float = 2.0,
         command_timeout: float = 1.0,
         lease_ttl: float = 15.0,
+        tls_ca_cert: str | os.PathLike[str] | None = None,
     ) -> RedisBackend:
         if on_error not in _POLICIES:
             raise ConfigError(f"on_error: must be one of {', '.join(map(repr, _POLICIES))}, got {on_error!r}", "on_error")
         if not (isinstance(lease_ttl, (int, float)) and lease_ttl >= 0.001 and math.isfinite(lease_ttl)):
             raise ConfigError(f"lease_ttl: must be at least 0.001 seconds, got {lease_ttl!r}", "lease_ttl")
-        return super().__new__(cls, url, prefix=prefix, connect_timeout=connect_timeout, command_timeout=command_timeout)
+        ca = None if tls_ca_cert is None else pathlib.Path(tls_ca_cert).read_bytes()
+        return super().__new__(
+            cls, url, prefix=prefix, connect_timeout=connect_timeout, command_timeout=command_timeout, tls_ca_cert=ca
+        )
 
     def __init__(
         self,
@@ -98,6 +106,7 @@ class RedisBackend(_RedisBackend):
         connect_timeout: float = 2.0,
         command_timeout: float = 1.0,
         lease_ttl: float = 15.0,
+        tls_ca_cert: str | os.PathLike[str] | None = None,
     ) -> None:
         self.on_error: OnError = on_error
         self.lease_ttl = float(lease_ttl)

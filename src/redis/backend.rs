@@ -76,13 +76,20 @@ fn password(url: &str) -> Option<String> {
 }
 
 impl Backend {
-    /// Checks the URL now; connects on first use.
-    pub fn new(url: &str, prefix: &str, timeouts: Timeouts) -> Result<Self, BackendError> {
+    /// Checks the URL now; connects on first use. `tls_ca_cert`: PEM certificates to trust for
+    /// `rediss://` instead of the system's (a private CA).
+    pub fn new(url: &str, prefix: &str, timeouts: Timeouts, tls_ca_cert: Option<Vec<u8>>) -> Result<Self, BackendError> {
         let shown = redact(url);
         let secret = password(url);
-        let client = redis::Client::open(url).map_err(|err| BackendError::Config {
+        let opened = match tls_ca_cert {
+            Some(root_cert) => {
+                redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) })
+            }
+            None => redis::Client::open(url),
+        };
+        let client = opened.map_err(|err| BackendError::Config {
             field: "url".into(),
-            message: scrub(&format!("url: {shown} is not a Redis URL: {err}"), secret.as_deref()),
+            message: scrub(&format!("url: {shown} cannot be used: {err}"), secret.as_deref()),
         })?;
         if prefix.is_empty() || prefix.contains(['{', '}']) {
             return Err(BackendError::Config {
@@ -276,7 +283,7 @@ mod tests {
     #[test]
     fn a_malformed_url_is_a_config_error_without_the_password() {
         let timeouts = Timeouts { connect: Duration::from_secs(1), command: Duration::from_secs(1) };
-        match Backend::new("http://:hunter2@host", "holysheep", timeouts) {
+        match Backend::new("http://:hunter2@host", "holysheep", timeouts, None) {
             Err(BackendError::Config { field, message }) => {
                 assert_eq!(field, "url");
                 assert!(!message.contains("hunter2") && message.contains("***"), "{message}");
