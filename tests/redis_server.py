@@ -4,6 +4,7 @@ missing; elsewhere those tests are skipped, saying why."""
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -15,13 +16,32 @@ from pathlib import Path
 import pytest
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (10,000 above it) exists and is free too."""
+    for _ in range(100):
+        port = random.randrange(20_000, 30_000)
+        try:
+            for candidate in (port, port + 10_000):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 class RedisServer:
     """A redis-server process that tests may stop and start again on the same port."""
 
-    def __init__(self) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port: int = probe.getsockname()[1]
+    def __init__(self, port: int | None = None) -> None:
+        self.port: int = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.socket_path = f"{tempfile.gettempdir()}/holysheep-test-redis-{self.port}.sock"
         #: The same server over its Unix socket (asyncio decisions then go through the runtime).
@@ -102,3 +122,27 @@ def tls_redis(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactor
         yield f"rediss://127.0.0.1:{server.port}/0", certs / "ca.crt"
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_url(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis Cluster of three primaries on loopback; the URL of one of them."""
+    directory = tmp_path_factory.mktemp("cluster")
+    nodes = [RedisServer(free_cluster_port()) for _ in range(3)]
+    try:
+        for node in nodes:
+            node.start("--cluster-enabled", "yes", "--cluster-config-file", str(directory / f"nodes-{node.port}.conf"))
+        addresses = [f"127.0.0.1:{node.port}" for node in nodes]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10.0
+        while not all("cluster_state:ok" in node.cli("CLUSTER", "INFO") for node in nodes):
+            if time.monotonic() > deadline:
+                pytest.fail("the test cluster did not come up")
+            time.sleep(0.05)
+        yield nodes[0].url
+    finally:
+        for node in nodes:
+            node.stop()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Err, max_in_any_window
-from redis_server import RedisServer, redis_server, redis_url, tls_redis  # noqa: F401  (fixtures)
+from redis_server import RedisServer, cluster_url, redis_server, redis_url, tls_redis  # noqa: F401  (fixtures)
 
 import holysheep as hs
 from holysheep._holysheep import _Grant
@@ -250,3 +250,15 @@ async def test_rediss_with_a_private_ca(tls_redis: tuple[str, Path]) -> None:
     untrusted = hs.HolySheepRateLimiter(max_qps=3, backend=hs.RedisBackend(url, connect_timeout=0.5), key="tls")
     with pytest.raises(hs.BackendUnavailable):
         untrusted.try_acquire()  # the system does not trust the test CA
+
+
+async def test_a_cluster_holds_each_limit_in_one_slot(cluster_url: str) -> None:
+    backend = hs.RedisBackend(cluster_url, cluster=True)
+    teams = {team: hs.HolySheepRateLimiter(max_qps=2, max_concurrency=5, backend=backend, key=team) for team in "abcdef"}
+    peers = {team: hs.HolySheepRateLimiter(max_qps=2, max_concurrency=5, backend=backend, key=team) for team in "abcdef"}
+    for team, lim in teams.items():  # keys spread over the three nodes
+        assert lim.try_acquire() and peers[team].try_acquire()
+        assert not lim.try_acquire(), f"team {team}: the limit is shared"
+    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(100, per=1.0)], max_concurrency=5, backend=backend, key="aio")
+    async with lim:  # asyncio through the runtime's cluster connection
+        assert lim.stats()["fleet_in_flight"] == 1

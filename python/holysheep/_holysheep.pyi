@@ -152,6 +152,7 @@ class _RedisBackend:
         connect_timeout: float = 2.0,
         command_timeout: float = 1.0,
         tls_ca_cert: bytes | None = None,
+        cluster: bool = False,
     ) -> Self: ...
     @property
     def url(self) -> str: ...

@@ -71,6 +71,7 @@ class RedisBackend(_RedisBackend):
         slots every third of this, so only a dead one's come back, after at most this long.
     :param tls_ca_cert: for ``rediss://`` (TLS): a PEM file of the certificates to trust instead of
         the system's, e.g. a managed Redis's private CA.
+    :param cluster: ``url`` is one node of a Redis Cluster; the others are found from it.
     :raises ConfigError: a malformed URL or a setting that cannot work. Refused credentials raise it
         at first use.
     """
@@ -87,6 +88,7 @@ class RedisBackend(_RedisBackend):
         command_timeout: float = 1.0,
         lease_ttl: float = 15.0,
         tls_ca_cert: str | os.PathLike[str] | None = None,
+        cluster: bool = False,
     ) -> RedisBackend:
         if on_error not in _POLICIES:
             raise ConfigError(f"on_error: must be one of {', '.join(map(repr, _POLICIES))}, got {on_error!r}", "on_error")
@@ -94,7 +96,13 @@ class RedisBackend(_RedisBackend):
             raise ConfigError(f"lease_ttl: must be at least 0.001 seconds, got {lease_ttl!r}", "lease_ttl")
         ca = None if tls_ca_cert is None else pathlib.Path(tls_ca_cert).read_bytes()
         return super().__new__(
-            cls, url, prefix=prefix, connect_timeout=connect_timeout, command_timeout=command_timeout, tls_ca_cert=ca
+            cls,
+            url,
+            prefix=prefix,
+            connect_timeout=connect_timeout,
+            command_timeout=command_timeout,
+            tls_ca_cert=ca,
+            cluster=cluster,
         )
 
     def __init__(
@@ -107,6 +115,7 @@ class RedisBackend(_RedisBackend):
         command_timeout: float = 1.0,
         lease_ttl: float = 15.0,
         tls_ca_cert: str | os.PathLike[str] | None = None,
+        cluster: bool = False,
     ) -> None:
         self.on_error: OnError = on_error
         self.lease_ttl = float(lease_ttl)

@@ -42,13 +42,20 @@ pub struct PyRedisBackend {
 #[pymethods]
 impl PyRedisBackend {
     #[new]
-    #[pyo3(signature = (url, *, prefix = "holysheep", connect_timeout = 2.0, command_timeout = 1.0, tls_ca_cert = None))]
-    fn new(url: &str, prefix: &str, connect_timeout: f64, command_timeout: f64, tls_ca_cert: Option<Vec<u8>>) -> PyResult<Self> {
+    #[pyo3(signature = (url, *, prefix = "holysheep", connect_timeout = 2.0, command_timeout = 1.0, tls_ca_cert = None, cluster = false))]
+    fn new(
+        url: &str,
+        prefix: &str,
+        connect_timeout: f64,
+        command_timeout: f64,
+        tls_ca_cert: Option<Vec<u8>>,
+        cluster: bool,
+    ) -> PyResult<Self> {
         let timeouts = Timeouts {
             connect: seconds("connect_timeout", connect_timeout)?,
             command: seconds("command_timeout", command_timeout)?,
         };
-        Ok(Self { inner: Arc::new(Backend::new(url, prefix, timeouts, tls_ca_cert)?) })
+        Ok(Self { inner: Arc::new(Backend::new(url, prefix, timeouts, tls_ca_cert, cluster)?) })
     }
 
     /// The server's URL, its password shown as ``***``.

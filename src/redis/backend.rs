@@ -11,9 +11,9 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError};
 
+use crate::redis::connections::{Blocking, Server, Shared, cluster_client};
 use crate::redis::error::BackendError;
 use crate::redis::loop_connection::LoopConnection;
 use crate::redis::process::PerProcess;
@@ -38,15 +38,15 @@ struct Outage {
 
 /// A Redis server shared by limiters.
 pub struct Backend {
-    client: redis::Client,
+    server: Server,
     url: String,
     secret: Option<String>,
     prefix: String,
     timeouts: Timeouts,
     /// The runtime's connection, made on first use (in each process).
-    connection: Mutex<PerProcess<Option<ConnectionManager>>>,
+    connection: Mutex<PerProcess<Option<Shared>>>,
     /// Plain connections for `call_blocking`, one per thread calling at once; reused.
-    idle: Mutex<PerProcess<Vec<redis::Connection>>>,
+    idle: Mutex<PerProcess<Vec<Blocking>>>,
     outage: Mutex<Option<Outage>>,
 }
 
@@ -77,17 +77,24 @@ fn password(url: &str) -> Option<String> {
 
 impl Backend {
     /// Checks the URL now; connects on first use. `tls_ca_cert`: PEM certificates to trust for
-    /// `rediss://` instead of the system's (a private CA).
-    pub fn new(url: &str, prefix: &str, timeouts: Timeouts, tls_ca_cert: Option<Vec<u8>>) -> Result<Self, BackendError> {
+    /// `rediss://` instead of the system's (a private CA). `cluster`: `url` is one node of a Redis
+    /// Cluster, which tells where the others are.
+    pub fn new(url: &str, prefix: &str, timeouts: Timeouts, tls_ca_cert: Option<Vec<u8>>, cluster: bool) -> Result<Self, BackendError> {
         let shown = redact(url);
         let secret = password(url);
-        let opened = match tls_ca_cert {
-            Some(root_cert) => {
+        let opened = match (cluster, tls_ca_cert) {
+            (true, None) => cluster_client(url, timeouts).map(Server::Cluster),
+            (true, Some(_)) => Err(RedisError::from((
+                ErrorKind::InvalidClientConfig,
+                "tls_ca_cert is not supported with cluster=True yet",
+            ))),
+            (false, Some(root_cert)) => {
                 redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) })
+                    .map(Server::Single)
             }
-            None => redis::Client::open(url),
+            (false, None) => redis::Client::open(url).map(Server::Single),
         };
-        let client = opened.map_err(|err| BackendError::Config {
+        let server = opened.map_err(|err| BackendError::Config {
             field: "url".into(),
             message: scrub(&format!("url: {shown} cannot be used: {err}"), secret.as_deref()),
         })?;
@@ -98,7 +105,7 @@ impl Backend {
             });
         }
         Ok(Self {
-            client,
+            server,
             url: shown,
             secret,
             prefix: prefix.to_string(),
@@ -122,24 +129,19 @@ impl Backend {
         self.timeouts
     }
 
-    /// The runtime's connection; made here, on the runtime, on first use. It connects on first call.
-    fn connection(&self) -> Result<ConnectionManager, BackendError> {
-        let mut slot = self.connection.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = slot.current(|| None);
-        if let Some(manager) = slot {
-            return Ok(manager.clone());
+    /// The runtime's connection, made on first use (on the runtime).
+    async fn connection(&self) -> Result<Shared, RedisError> {
+        let made = self.connection.lock().unwrap_or_else(|p| p.into_inner()).current(|| None).clone();
+        if let Some(shared) = made {
+            return Ok(shared);
         }
-        // No retries inside the manager: a failed call returns at once and the pause decides when to
-        // try again; the manager reconnects on the next call.
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(0)
-            .set_connection_timeout(Some(self.timeouts.connect))
-            .set_response_timeout(Some(self.timeouts.command));
-        let manager = ConnectionManager::new_lazy_with_config(self.client.clone(), config).map_err(|err| self.classify(err))?;
-        Ok(slot.insert(manager).clone())
+        let shared = self.server.connect_shared(self.timeouts).await?;
+        let mut slot = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        // Another task may have made one meanwhile: keep that one, so all share one connection.
+        Ok(slot.current(|| None).get_or_insert(shared).clone())
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, PerProcess<Vec<redis::Connection>>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, PerProcess<Vec<Blocking>>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -163,12 +165,15 @@ impl Backend {
 
     /// Runs one call on this thread over a pooled plain connection, unless Redis failed lately and its
     /// pause has not passed. A connection that failed is dropped; the next call opens a new one.
-    pub fn call_blocking<T>(&self, call: impl FnOnce(&mut redis::Connection) -> Result<T, RedisError>) -> Result<T, BackendError> {
+    pub fn call_blocking<T>(
+        &self,
+        call: impl FnOnce(&mut dyn redis::ConnectionLike) -> Result<T, RedisError>,
+    ) -> Result<T, BackendError> {
         self.check_pause()?;
         let pooled = self.idle().current(Vec::new).pop();
         let mut connection = match pooled {
             Some(connection) => connection,
-            None => match self.connect_blocking() {
+            None => match self.server.connect_blocking(self.timeouts) {
                 Ok(connection) => connection,
                 Err(err) => {
                     let err = Err(self.classify(err));
@@ -177,7 +182,7 @@ impl Backend {
                 }
             },
         };
-        let result = call(&mut connection).map_err(|err| self.classify(err));
+        let result = call(connection.as_connection()).map_err(|err| self.classify(err));
         if result.is_ok() {
             self.idle().current(Vec::new).push(connection);
         }
@@ -185,19 +190,12 @@ impl Backend {
         result
     }
 
-    fn connect_blocking(&self) -> Result<redis::Connection, RedisError> {
-        let connection = self.client.get_connection_with_timeout(self.timeouts.connect)?;
-        connection.set_read_timeout(Some(self.timeouts.command))?;
-        connection.set_write_timeout(Some(self.timeouts.command))?;
-        Ok(connection)
-    }
-
     /// A connection for an asyncio event loop to drive (see [`LoopConnection`]); `None` for addresses
-    /// it does not serve (TLS, Unix sockets), whose callers go through the runtime.
+    /// it does not serve (TLS, Unix sockets, a Cluster), whose callers go through the runtime.
     pub fn open_loop_connection(&self) -> Result<Option<LoopConnection>, BackendError> {
         self.check_pause()?;
-        let Some(opened) = LoopConnection::open(self.client.get_connection_info(), self.timeouts.connect, self.timeouts.command)
-        else {
+        let Some(info) = self.server.single_info() else { return Ok(None) };
+        let Some(opened) = LoopConnection::open(info, self.timeouts.connect, self.timeouts.command) else {
             return Ok(None);
         };
         let result = opened.map_err(|err| self.classify(err));
@@ -215,14 +213,14 @@ impl Backend {
     /// Runs one call on the runtime, unless Redis failed lately and its pause has not passed.
     pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, BackendError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Shared) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         self.check_pause()?;
-        let connection = self.connection()?;
-        // The manager's own timeouts bound connecting and each answer; this bounds the two together.
+        // The connections' own timeouts bound connecting and each answer; this bounds it all together.
         let limit = self.timeouts.connect + self.timeouts.command;
-        let result = match tokio::time::timeout(limit, call(connection)).await {
+        let attempt = async { call(self.connection().await?).await };
+        let result = match tokio::time::timeout(limit, attempt).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => Err(self.classify(err)),
             Err(_) => Err(BackendError::Unavailable {
@@ -283,7 +281,7 @@ mod tests {
     #[test]
     fn a_malformed_url_is_a_config_error_without_the_password() {
         let timeouts = Timeouts { connect: Duration::from_secs(1), command: Duration::from_secs(1) };
-        match Backend::new("http://:hunter2@host", "holysheep", timeouts, None) {
+        match Backend::new("http://:hunter2@host", "holysheep", timeouts, None, false) {
             Err(BackendError::Config { field, message }) => {
                 assert_eq!(field, "url");
                 assert!(!message.contains("hunter2") && message.contains("***"), "{message}");

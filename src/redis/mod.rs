@@ -3,6 +3,7 @@
 //! I/O, so it lives beside the pure core, not in it; the algorithms' semantics match the core's.
 
 pub mod backend;
+mod connections;
 pub mod error;
 pub mod limiter;
 pub mod runtime;

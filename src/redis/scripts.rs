@@ -4,8 +4,9 @@
 
 use std::sync::LazyLock;
 
-use redis::aio::ConnectionManager;
-use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRedisArgs};
+use redis::{Cmd, ConnectionLike, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRedisArgs};
+
+use crate::redis::connections::Shared;
 
 pub struct LuaScript {
     source: &'static str,
@@ -57,7 +58,7 @@ impl Call {
         self.cmd.get_packed_command()
     }
 
-    pub fn run<T: FromRedisValue>(&self, connection: &mut redis::Connection) -> RedisResult<T> {
+    pub fn run<T: FromRedisValue>(&self, connection: &mut dyn ConnectionLike) -> RedisResult<T> {
         let result = self.cmd.query(connection);
         if is_noscript(&result) {
             self.script.script.load(connection)?;
@@ -66,7 +67,7 @@ impl Call {
         result
     }
 
-    pub async fn run_async<T: FromRedisValue>(&self, connection: &mut ConnectionManager) -> RedisResult<T> {
+    pub async fn run_async<T: FromRedisValue>(&self, connection: &mut Shared) -> RedisResult<T> {
         let result = self.cmd.query_async(connection).await;
         if is_noscript(&result) {
             self.script.script.load_async(connection).await?;

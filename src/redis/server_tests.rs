@@ -43,7 +43,7 @@ fn start_server() -> Option<Server> {
 
 fn limiter(server: &Server, limits: Vec<Limit>, max_leases: Option<u64>, ttl: Duration) -> Arc<RemoteLimiter> {
     let timeouts = Timeouts { connect: Duration::from_secs(1), command: Duration::from_secs(1) };
-    let backend = Arc::new(Backend::new(&server.url, "test", timeouts, None).unwrap());
+    let backend = Arc::new(Backend::new(&server.url, "test", timeouts, None, false).unwrap());
     Arc::new(RemoteLimiter::new(backend, "team", limits, max_leases, ttl).unwrap())
 }
 
