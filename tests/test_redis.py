@@ -262,3 +262,26 @@ async def test_a_cluster_holds_each_limit_in_one_slot(cluster_url: str) -> None:
     lim = hs.HolySheepRateLimiter(limits=[hs.Limit(100, per=1.0)], max_concurrency=5, backend=backend, key="aio")
     async with lim:  # asyncio through the runtime's cluster connection
         assert lim.stats()["fleet_in_flight"] == 1
+
+
+def test_event_loops_in_several_threads_share_one_limiter(redis_url: str) -> None:
+    lim = shared(redis_url, limits=[hs.Limit(10_000, per=1.0)], max_concurrency=8)
+    failures: list[BaseException] = []
+
+    async def work() -> None:
+        for _ in range(100):
+            async with lim:
+                await asyncio.sleep(0)
+
+    def run() -> None:
+        try:
+            asyncio.run(work())
+        except BaseException as err:  # reported by the assertion below
+            failures.append(err)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert failures == [] and lim.stats()["admitted"] == 300

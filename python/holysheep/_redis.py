@@ -44,6 +44,9 @@ atexit.register(_shutdown_redis_runtime)
 OnError = Literal["fail_closed", "fail_open", "local"]
 _POLICIES = ("fail_closed", "fail_open", "local")
 
+#: Marks a loop that has not asked for a channel yet (None means "no channel: use the runtime").
+_NO_CHANNEL_YET = object()
+
 #: Asking again for a concurrency lease held elsewhere: first pause, and the longest (seconds).
 _FIRST_POLL = 0.002
 _LONGEST_POLL = 0.05
@@ -174,7 +177,7 @@ class SharedRateLimiter(HolySheepRateLimiter):
     __slots__ = (
         "_admitted",
         "_backend",
-        "_channel",
+        "_channels",
         "_fallback",
         "_fallbacks",
         "_held",
@@ -200,7 +203,7 @@ class SharedRateLimiter(HolySheepRateLimiter):
         #: Admissions taken by acquire/try_acquire and not yet released, most recent last.
         self._held: list[Held] = []
         self._fallback: HolySheepRateLimiter | None = None
-        self._channel: tuple[asyncio.AbstractEventLoop, _LoopChannel | None] | None = None
+        self._channels: dict[asyncio.AbstractEventLoop, _LoopChannel | None] = {}
         self._outage_logged = False
         self._admitted = self._rejected = self._waiting = self._fallbacks = 0
         self._waits: collections.deque[float] = collections.deque(maxlen=4096)
@@ -209,16 +212,15 @@ class SharedRateLimiter(HolySheepRateLimiter):
 
     def _channel_for(self, loop: asyncio.AbstractEventLoop) -> _LoopChannel | None:
         """This loop's connection to Redis, opened on first use and after a failure closed it; None
-        where the URL is not plain TCP (then the runtime carries the loop's decisions)."""
-        if self._channel is not None:
-            channel_loop, channel = self._channel
-            if channel_loop is loop and (channel is None or channel.is_open):
-                return channel
-            if channel is not None and channel_loop is not loop and not channel_loop.is_closed():
-                channel_loop.call_soon_threadsafe(channel.close_channel)
-        channel = self._remote.open_channel(loop)
-        self._channel = (loop, channel)
-        return channel
+        where the URL is not plain TCP to one server (then the runtime carries the loop's decisions).
+        Each event loop has its own, so loops in several threads share the limiter without a lock."""
+        channel = self._channels.get(loop, _NO_CHANNEL_YET)
+        if channel is None or (isinstance(channel, _LoopChannel) and channel.is_open):
+            return channel
+        for gone in [other for other in self._channels if other.is_closed()]:
+            del self._channels[gone]
+        opened = self._channels[loop] = self._remote.open_channel(loop)
+        return opened
 
     @property
     def _lease(self) -> bool:
