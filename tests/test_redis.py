@@ -13,7 +13,7 @@ from conftest import Err, max_in_any_window
 from redis_server import RedisServer, cluster_url, redis_server, redis_url, tls_redis  # noqa: F401  (fixtures)
 
 import holysheep as hs
-from holysheep._holysheep import _Grant
+from holysheep._holysheep import _Grant, _LoopChannel
 
 
 def shared(url: str, key: str = "team-a", **limits: object) -> hs.SharedRateLimiter:
@@ -285,3 +285,18 @@ def test_event_loops_in_several_threads_share_one_limiter(redis_url: str) -> Non
     for thread in threads:
         thread.join(10)
     assert failures == [] and lim.stats()["admitted"] == 300
+
+
+async def test_the_loop_opens_its_own_connection_off_the_loop_then_uses_it(redis_url: str) -> None:
+    lim = shared(redis_url, max_qps=1_000)
+    loop = asyncio.get_running_loop()
+    await lim.acquire()  # through the runtime while the loop's connection opens
+    lim.release()
+    for _ in range(50):
+        if isinstance(lim._channels.get(loop), _LoopChannel):
+            break
+        await asyncio.sleep(0.01)
+    await lim.acquire()
+    lim.release()
+    channel = lim._channels[loop]
+    assert isinstance(channel, _LoopChannel) and channel.is_open

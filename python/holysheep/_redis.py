@@ -44,8 +44,9 @@ atexit.register(_shutdown_redis_runtime)
 OnError = Literal["fail_closed", "fail_open", "local"]
 _POLICIES = ("fail_closed", "fail_open", "local")
 
-#: Marks a loop that has not asked for a channel yet (None means "no channel: use the runtime").
-_NO_CHANNEL_YET = object()
+#: A loop's channel being opened, and one not asked for yet (None: no channel, use the runtime).
+_OPENING = object()
+_NOT_OPENED = object()
 
 #: Asking again for a concurrency lease held elsewhere: first pause, and the longest (seconds).
 _FIRST_POLL = 0.002
@@ -203,7 +204,7 @@ class SharedRateLimiter(HolySheepRateLimiter):
         #: Admissions taken by acquire/try_acquire and not yet released, most recent last.
         self._held: list[Held] = []
         self._fallback: HolySheepRateLimiter | None = None
-        self._channels: dict[asyncio.AbstractEventLoop, _LoopChannel | None] = {}
+        self._channels: dict[asyncio.AbstractEventLoop, _LoopChannel | object | None] = {}
         self._outage_logged = False
         self._admitted = self._rejected = self._waiting = self._fallbacks = 0
         self._waits: collections.deque[float] = collections.deque(maxlen=4096)
@@ -211,16 +212,33 @@ class SharedRateLimiter(HolySheepRateLimiter):
     # --- deciding ------------------------------------------------------------------------------
 
     def _channel_for(self, loop: asyncio.AbstractEventLoop) -> _LoopChannel | None:
-        """This loop's connection to Redis, opened on first use and after a failure closed it; None
-        where the URL is not plain TCP to one server (then the runtime carries the loop's decisions).
-        Each event loop has its own, so loops in several threads share the limiter without a lock."""
-        channel = self._channels.get(loop, _NO_CHANNEL_YET)
-        if channel is None or (isinstance(channel, _LoopChannel) and channel.is_open):
+        """This loop's connection to Redis, or None to go through the runtime: while it is being
+        opened (off the loop: connecting to an unreachable host must not stall it), after a failure
+        until it is open again, and for good where the URL is not plain TCP to one server. Each event
+        loop has its own, so loops in several threads share the limiter without a lock."""
+        channel = self._channels.get(loop, _NOT_OPENED)
+        if isinstance(channel, _LoopChannel) and channel.is_open:
             return channel
+        if channel is None or channel is _OPENING:
+            return None
         for gone in [other for other in self._channels if other.is_closed()]:
             del self._channels[gone]
-        opened = self._channels[loop] = self._remote.open_channel(loop)
-        return opened
+        self._channels[loop] = _OPENING
+        opening = loop.run_in_executor(None, self._remote.open_channel, loop)
+        opening.add_done_callback(lambda done: self._channel_opened(loop, done))
+        return None
+
+    def _channel_opened(self, loop: asyncio.AbstractEventLoop, done: asyncio.Future[_LoopChannel | None]) -> None:
+        try:
+            channel = done.result()
+        except BaseException:
+            # Redis is unreachable (or the loop is closing): the next decision tries again, as often
+            # as the backend's pause after a failure allows.
+            self._channels.pop(loop, None)
+            return
+        if channel is not None:
+            channel.attach()
+        self._channels[loop] = channel
 
     @property
     def _lease(self) -> bool:

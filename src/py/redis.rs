@@ -178,13 +178,14 @@ impl PyRedisLimiter {
         Ok(())
     }
 
-    /// A connection driven by ``event_loop`` for this limit's asyncio decisions (see `_LoopChannel`);
-    /// None when the URL is not plain TCP (those decisions use `decide_soon`).
-    fn open_channel(slf: &Bound<'_, Self>, event_loop: Py<PyAny>) -> PyResult<Option<Py<PyLoopChannel>>> {
-        let py = slf.py();
+    /// A connection for ``event_loop`` to drive for this limit's asyncio decisions (see
+    /// `_LoopChannel`), connected here, blocking with the GIL released (call it off the loop), and
+    /// registered with the loop by its `attach`. None when the URL is not plain TCP to one server
+    /// (those decisions use `decide_soon`).
+    fn open_channel(slf: &Bound<'_, Self>, event_loop: Py<PyAny>) -> PyResult<Option<PyLoopChannel>> {
         let limiter = Arc::clone(&slf.get().inner);
-        let Some(connection) = py.detach(|| limiter.backend().open_loop_connection())? else { return Ok(None) };
-        Ok(Some(PyLoopChannel::start(slf, event_loop, connection)?))
+        let Some(connection) = slf.py().detach(|| limiter.backend().open_loop_connection())? else { return Ok(None) };
+        Ok(Some(PyLoopChannel::new(slf, event_loop, connection)))
     }
 
     /// Seconds until the request would pass, leases held now, and units free now in each limit.

@@ -43,20 +43,13 @@ pub struct PyLoopChannel {
 }
 
 impl PyLoopChannel {
-    /// A channel over `connection`, registered with `event_loop` to be called when answers arrive.
-    pub fn start(limiter: &Bound<'_, PyRedisLimiter>, event_loop: Py<PyAny>, connection: LoopConnection) -> PyResult<Py<Self>> {
-        let py = limiter.py();
-        let fd = connection.fd();
-        let channel = Py::new(
-            py,
-            Self {
-                limiter: limiter.clone().unbind(),
-                event_loop: event_loop.clone_ref(py),
-                state: Mutex::new(Channel { connection: Some(connection), pending: VecDeque::new(), watchdog: false }),
-            },
-        )?;
-        event_loop.call_method1(py, "add_reader", (fd, channel.getattr(py, "_on_readable")?))?;
-        Ok(channel)
+    /// A channel over `connection` for `event_loop`; `attach` registers it with the loop.
+    pub fn new(limiter: &Bound<'_, PyRedisLimiter>, event_loop: Py<PyAny>, connection: LoopConnection) -> Self {
+        Self {
+            limiter: limiter.clone().unbind(),
+            event_loop,
+            state: Mutex::new(Channel { connection: Some(connection), pending: VecDeque::new(), watchdog: false }),
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, Channel> {
@@ -142,6 +135,13 @@ impl PyLoopChannel {
         if arm {
             Self::arm_watchdog(slf, limiter.backend().timeouts().command)?;
         }
+        Ok(())
+    }
+
+    /// Registers it with its loop, to be called when answers arrive; on the loop's thread.
+    fn attach(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let Some(fd) = slf.get().state().connection.as_ref().map(LoopConnection::fd) else { return Ok(()) };
+        slf.get().event_loop.call_method1(slf.py(), "add_reader", (fd, slf.getattr("_on_readable")?))?;
         Ok(())
     }
 
