@@ -12,9 +12,11 @@ from holysheep._limiter import (
     SlidingWindow,
     TokenBucket,
 )
+from holysheep._redis import RedisBackend, SharedRateLimiter
 from holysheep._tokens import chunk_by_tokens
 from holysheep.breaker import CircuitBreaker, KeyedBreaker
 from holysheep.errors import (
+    BackendUnavailable,
     BudgetExceeded,
     CircuitOpenError,
     ConfigError,
@@ -55,6 +57,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AsyncHolySheep",
+    "BackendUnavailable",
     "BudgetExceeded",
     "CircuitBreaker",
     "CircuitOpenError",
@@ -68,7 +71,9 @@ __all__ = [
     "Limit",
     "Permit",
     "RateLimitExceeded",
+    "RedisBackend",
     "RetryPolicy",
+    "SharedRateLimiter",
     "SlidingWindow",
     "TokenBucket",
     "Transport",
