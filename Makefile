@@ -29,8 +29,12 @@ lint: build  ## mypy --strict on the package and a typed example; stubtest check
 	$(PY) -m mypy --strict python/holysheep tests/typed_usage.py
 	$(PY) -m mypy.stubtest holysheep._holysheep
 
+.PHONY: redis-server
+redis-server:  ## install Debian's redis-server for the Redis backend's tests, when missing
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+
 .PHONY: test
-test: build lint  ## cargo test, the lint, then pytest
+test: build lint redis-server  ## cargo test, the lint, then pytest (the Redis tests start their own redis-server)
 	cargo test -q
 	$(PY) -m pytest -q
 
@@ -44,6 +48,7 @@ bench: build  ## criterion benches for the core, the Python benches beside the p
 	$(PY) benches/python/run.py
 	$(MAKE) --no-print-directory bench-gateway
 	$(MAKE) --no-print-directory bench-resilience
+	$(MAKE) --no-print-directory bench-redis
 	$(MAKE) --no-print-directory bench-openai
 
 .PHONY: bench-gateway
@@ -68,6 +73,17 @@ bench-resilience: $(PEERS_VENV)/.installed  ## retry/breaker: criterion for the 
 	cargo bench --bench resilience
 	VIRTUAL_ENV=$(abspath $(PEERS_VENV)) $(PEERS_VENV)/bin/maturin develop --release -q
 	$(PEERS_VENV)/bin/python benches/python/bench_resilience.py
+
+BENCH_REDIS_VENV := benches/redis/.venv
+
+$(BENCH_REDIS_VENV)/.installed: benches/redis/requirements.txt
+	python3 -m venv $(BENCH_REDIS_VENV)
+	$(BENCH_REDIS_VENV)/bin/pip install -q -r benches/redis/requirements.txt
+	touch $@
+
+.PHONY: bench-redis
+bench-redis: build redis-server $(BENCH_REDIS_VENV)/.installed  ## decisions/s and latency in Redis beside limits, PyrateLimiter, throttled-py
+	$(PY) benches/redis/run.py --peers-python $(BENCH_REDIS_VENV)/bin/python
 
 .PHONY: clean
 clean:  ## remove build output and the venv

@@ -204,3 +204,20 @@ def test_the_blocking_client_and_wrap(gateway: MockGateway) -> None:
         assert isinstance(wrapped, openai.OpenAI) and wrapped.max_retries == 0
         assert wrapped.embeddings.create(model="text-embedding-3-small", input="x").data
     assert lim.stats()["admitted"] == 2 and lim.stats()["in_flight"] == 0
+
+
+async def test_a_budget_stops_a_runaway_loop_before_the_request_is_sent() -> None:
+    with MockGateway(latency=0.001) as gw:
+        # Each call is estimated at about 1,000 tokens of gpt-4.1 at $8 per million, $0.008, before it is
+        # sent, then settled at the 22 tokens the gateway reports: $0.000176.
+        budget = hs.HolySheepRateLimiter(limits=[hs.Limit(0.01, per="hour", unit="usd")])
+        async with hs.AsyncHolySheep(base_url=gw.base_url, api_key="hs_test", limiter=budget) as client:
+            sent = 0
+            with pytest.raises(hs.BudgetExceeded, match="would cross the budget"):
+                for _ in range(100):
+                    await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, max_tokens=1_000)
+                    sent += 1
+        # Settled, ten calls cost $0.00176; the eleventh's estimate still fits, the next one's does not.
+        assert sent == 11
+        assert len(gw.admission_log()) == sent
+        assert budget.stats()["in_flight"] == 0

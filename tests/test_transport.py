@@ -173,3 +173,63 @@ def test_the_same_transport_serves_blocking_clients() -> None:
         assert http.post("/chat/completions", json=CHAT).status_code == 200
     assert len(calls) == 2
     assert lim.stats()["in_flight"] == 0
+
+
+async def test_a_request_cancelled_in_flight_returns_its_slot_and_leaves_the_breaker_alone() -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=100, max_concurrency=1)
+    breaker = hs.CircuitBreaker(failure_threshold=1, recovery_timeout=0.01, half_open_max_calls=1)
+
+    async def hang(request: httpx2.Request) -> httpx2.Response:
+        await asyncio.sleep(10)
+        raise AssertionError("never answered")
+
+    transport = hs.Transport(lim, hs.RetryPolicy(max_attempts=1), breaker, inner=httpx2.MockTransport(hang))
+    async with httpx2.AsyncClient(transport=transport, base_url="http://gateway.test/v1") as http:
+        task = asyncio.create_task(http.post("/chat/completions", json=CHAT))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert lim.stats()["in_flight"] == 0
+    assert breaker.stats()["state"] == "closed"
+
+
+def by_model(replies: dict[str, httpx2.Response]) -> tuple[Callable[[httpx2.Request], httpx2.Response], list[str]]:
+    """A handler answering by the model asked for, and the models asked in order."""
+    asked: list[str] = []
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        model = json.loads(request.content)["model"]
+        asked.append(model)
+        return replies[model]
+
+    return handle, asked
+
+
+async def test_a_model_still_failing_after_its_retries_hands_over_to_its_fallback() -> None:
+    handle, asked = by_model({"gpt-4.1": httpx2.Response(429), "deepseek-v3.2": ok()})
+    fallbacks = {"gpt-4.1": ["deepseek-v3.2"]}
+    async with client(handle, retry=FAST, fallback_models=fallbacks) as http:
+        response = await http.post("/chat/completions", json=CHAT)
+    assert response.status_code == 200
+    assert response.headers["x-holysheep-model"] == "deepseek-v3.2"
+    assert asked == ["gpt-4.1"] * FAST.max_attempts + ["deepseek-v3.2"]
+
+
+async def test_an_open_breaker_sends_straight_to_the_fallback() -> None:
+    breakers = hs.KeyedBreaker(failure_threshold=1, recovery_timeout=30.0)
+    handle, asked = by_model({"gpt-4.1": httpx2.Response(500), "deepseek-v3.2": ok()})
+    fallbacks = {"gpt-4.1": ["deepseek-v3.2"]}
+    async with client(handle, retry=hs.RetryPolicy(max_attempts=1), breaker=breakers, fallback_models=fallbacks) as http:
+        assert (await http.post("/chat/completions", json=CHAT)).headers["x-holysheep-model"] == "deepseek-v3.2"
+        assert breakers["gpt-4.1"].state == "open" and breakers["deepseek-v3.2"].state == "closed"
+        assert (await http.post("/chat/completions", json=CHAT)).status_code == 200
+    assert asked == ["gpt-4.1", "deepseek-v3.2", "deepseek-v3.2"]
+
+
+async def test_the_last_models_failure_is_the_answer() -> None:
+    handle, asked = by_model({"gpt-4.1": httpx2.Response(503), "deepseek-v3.2": httpx2.Response(503)})
+    async with client(handle, retry=hs.RetryPolicy(max_attempts=1), fallback_models={"gpt-4.1": ["deepseek-v3.2"]}) as http:
+        response = await http.post("/chat/completions", json=CHAT)
+    assert (response.status_code, response.headers["x-holysheep-model"]) == (503, "deepseek-v3.2")
+    assert asked == ["gpt-4.1", "deepseek-v3.2"]

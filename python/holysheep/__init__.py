@@ -12,10 +12,12 @@ from holysheep._limiter import (
     SlidingWindow,
     TokenBucket,
 )
+from holysheep._redis import RedisBackend, SharedRateLimiter
 from holysheep._tokens import chunk_by_tokens
 from holysheep.batch import BatchFailure, batch_chat, batch_chat_sync, batch_embed, batch_embed_sync
 from holysheep.breaker import CircuitBreaker, KeyedBreaker
 from holysheep.errors import (
+    BackendUnavailable,
     BudgetExceeded,
     CircuitOpenError,
     ConfigError,
@@ -56,6 +58,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AsyncHolySheep",
+    "BackendUnavailable",
     "BatchFailure",
     "BudgetExceeded",
     "CircuitBreaker",
@@ -70,7 +73,9 @@ __all__ = [
     "Limit",
     "Permit",
     "RateLimitExceeded",
+    "RedisBackend",
     "RetryPolicy",
+    "SharedRateLimiter",
     "SlidingWindow",
     "TokenBucket",
     "Transport",

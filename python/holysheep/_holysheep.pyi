@@ -1,5 +1,6 @@
 """Stubs for the native module; import ``holysheep`` rather than this."""
 
+import asyncio
 from collections.abc import Awaitable, Callable, Generator, Hashable, Sequence
 from types import TracebackType
 from typing import Any, Literal, final
@@ -13,13 +14,18 @@ __all__ = [
     "MockGatewayServer",
     "RetryCore",
     "SyncGuard",
+    "_Grant",
     "_KeyedTable",
     "_Limiter",
+    "_LoopChannel",
     "_Ready",
+    "_RedisBackend",
+    "_RedisLimiter",
     "_Reservation",
     "_Ticket",
     "_WaitQueue",
     "__version__",
+    "_shutdown_redis_runtime",
     "classify_failure",
     "retry_after",
 ]
@@ -34,7 +40,7 @@ class Limit:
         amount: float,
         per: str | float | None = None,
         *,
-        unit: Literal["requests", "tokens"] = "requests",
+        unit: Literal["requests", "tokens", "usd"] = "requests",
         algorithm: Literal["exact", "gcra", "counter"] = "exact",
         burst: float | None = None,
         guard: float | None = None,
@@ -120,7 +126,7 @@ class _Limiter:
     def __aenter__(self) -> Awaitable[None]: ...
     def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> _Ready: ...
+    ) -> Awaitable[None]: ...
     def __enter__(self) -> None: ...
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -142,7 +148,9 @@ class _Limiter:
     def _park(self, kind: Literal["slot", "rate"]) -> None: ...
     def _unpark(self, kind: Literal["slot", "rate"]) -> None: ...
     def _has_waiters(self) -> bool: ...
-    def _reserve(self, tokens: int, timeout: float | None, operation: str = "acquire") -> _Reservation: ...
+    def _reserve(
+        self, tokens: int, timeout: float | None, operation: str = "acquire", price: float = 0.0
+    ) -> _Reservation: ...
     def _sleep(self, seconds: float) -> None: ...
     def _record_server_rejection(self) -> None: ...
     def _record_server_answer(self) -> None: ...
@@ -306,3 +314,98 @@ def classify_failure(
 def retry_after(headers: list[tuple[str, str]]) -> float | None:
     """Seconds the response headers ask to wait (`retry-after-ms`, `retry-after`, `x-ratelimit-reset-*`),
     or `None` when they ask nothing readable."""
+
+@disjoint_base
+class _RedisBackend:
+    """A Redis server and its settings; use ``holysheep.RedisBackend``."""
+
+    def __new__(
+        cls,
+        url: str,
+        *,
+        prefix: str = "holysheep",
+        connect_timeout: float = 2.0,
+        command_timeout: float = 1.0,
+        tls_ca_cert: bytes | None = None,
+        cluster: bool = False,
+    ) -> Self: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def prefix(self) -> str: ...
+    @property
+    def connect_timeout(self) -> float: ...
+    @property
+    def command_timeout(self) -> float: ...
+
+@final
+class _Grant:
+    """One admission decided in Redis."""
+
+    @property
+    def wait(self) -> float: ...
+    @property
+    def at(self) -> float: ...
+    @property
+    def at_us(self) -> int: ...
+    @property
+    def tokens(self) -> int: ...
+    @property
+    def has_lease(self) -> bool: ...
+    def settle(self, actual_tokens: int, wait: bool = True) -> None: ...
+    def give_back(self, wait: bool = True) -> None: ...
+    def release(self, wait: bool = True) -> None: ...
+
+@final
+class _RedisLimiter:
+    """One limit shared through Redis."""
+
+    def __new__(
+        cls,
+        backend: _RedisBackend,
+        key: str,
+        limits: Sequence[Limit],
+        max_concurrency: int | None,
+        lease_ttl: float,
+    ) -> Self: ...
+    def decide(
+        self, tokens: int, max_wait: float | None, reserve: bool, lease: bool, operation: str = "acquire"
+    ) -> _Grant | float: ...
+    def decide_soon(
+        self,
+        future: asyncio.Future[_Grant | float],
+        resolve: Callable[[asyncio.Future[Any], bool, Any], None],
+        tokens: int,
+        max_wait: float | None,
+        reserve: bool,
+        lease: bool,
+        operation: str,
+    ) -> None: ...
+    def open_channel(self, event_loop: asyncio.AbstractEventLoop) -> _LoopChannel | None: ...
+    def peek(self, tokens: int = 0) -> tuple[float, int, list[int]]: ...
+    @property
+    def members(self) -> int: ...
+    @property
+    def keys(self) -> list[str]: ...
+
+@final
+class _LoopChannel:
+    """One limit's connection to Redis driven by one asyncio event loop."""
+
+    def decide(
+        self,
+        future: asyncio.Future[_Grant | float],
+        tokens: int,
+        max_wait: float | None,
+        reserve: bool,
+        lease: bool,
+        operation: str,
+    ) -> None: ...
+    def attach(self) -> None: ...
+    @property
+    def is_open(self) -> bool: ...
+    def _on_readable(self) -> None: ...
+    def _check_overdue(self) -> None: ...
+    def close_channel(self) -> None: ...
+
+def _shutdown_redis_runtime() -> None: ...

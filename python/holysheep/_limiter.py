@@ -8,7 +8,7 @@ import inspect
 import math
 import time
 from collections.abc import Sequence
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar, cast
 
 from holysheep._holysheep import Limit, _Limiter, _Reservation, _WaitQueue
 from holysheep._waiting import (
@@ -22,9 +22,23 @@ from holysheep._waiting import (
 )
 from holysheep.errors import ConfigError
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from holysheep._redis import RedisBackend
+
 __all__ = ["ConcurrencyLimiter", "HolySheepRateLimiter", "Permit", "SlidingWindow", "TokenBucket"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Admitted(Protocol):
+    """What an acquire hands a `Permit`: the tokens counted for the request, and how to correct them."""
+
+    @property
+    def tokens(self) -> int: ...
+
+    def settle(self, actual_tokens: int) -> None: ...
 
 
 def _check_timeout(timeout: float | None) -> None:
@@ -51,10 +65,34 @@ class HolySheepRateLimiter(_Limiter):
     :param limits: more limits, e.g. ``[Limit(1_000, per="day")]``; all must admit a request.
     :param tier: a HolySheep plan's limits (``"free"``, ``"starter"``, ``"pro"``, ``"enterprise"``);
         explicit ``rpm``/``tpm``/``max_concurrency`` override it.
+    :param backend: a `RedisBackend`: every decision is made in Redis, so all processes passing the
+        same ``key`` share these limits (see `SharedRateLimiter`).
+    :param key: names the shared limit; required with ``backend``.
     :raises ConfigError: a value that cannot work, named in the message and in ``.field``.
     """
 
     __slots__ = ("_rate_line", "_slot_line")
+
+    def __new__(
+        cls,
+        max_qps: float | None = None,
+        max_concurrency: int | None = None,
+        *,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        burst: float | None = None,
+        limits: Sequence[Limit] | None = None,
+        tier: str | None = None,
+        backend: RedisBackend | None = None,
+        key: str | None = None,
+    ) -> Self:
+        if backend is not None or key is not None:
+            # Chosen here, at construction, so the local limiter's fast path never checks for a backend.
+            from holysheep._redis import shared_class
+
+            # A subclass of `cls` deciding in Redis, so still a Self.
+            cls = cast("type[Self]", shared_class(cls))
+        return super().__new__(cls, max_qps, max_concurrency, rpm=rpm, tpm=tpm, burst=burst, limits=limits, tier=tier)
 
     def __init__(
         self,
@@ -66,6 +104,8 @@ class HolySheepRateLimiter(_Limiter):
         burst: float | None = None,
         limits: Sequence[Limit] | None = None,
         tier: str | None = None,
+        backend: RedisBackend | None = None,
+        key: str | None = None,
     ) -> None:
         self._slot_line = _WaitQueue()
         self._rate_line = _WaitQueue()
@@ -94,7 +134,7 @@ class HolySheepRateLimiter(_Limiter):
         if not self._admit_now(tokens):
             self._acquire_blocking(tokens, timeout, priority)
 
-    async def _acquire(self, tokens: int, timeout: float | None, priority: int) -> _Reservation:
+    async def _acquire(self, tokens: int, timeout: float | None, priority: int, price: float = 0.0) -> Admitted:
         _check_timeout(timeout)
         self.time_until_ready(tokens)  # a cost that can never pass fails here, before any wait
         loop = asyncio.get_running_loop()
@@ -104,7 +144,7 @@ class HolySheepRateLimiter(_Limiter):
             await run_async(slot_protocol(self, self._slot_line, waiter, priority, timeout), waiter, remaining)
         try:
             waiter = AsyncWaiter(loop)
-            protocol = rate_protocol(self, self._rate_line, waiter, tokens, priority, remaining)
+            protocol = rate_protocol(self, self._rate_line, waiter, tokens, priority, remaining, price)
             reservation: _Reservation = await run_async(protocol, waiter, remaining)
         except BaseException:
             self._abandon()
@@ -112,7 +152,7 @@ class HolySheepRateLimiter(_Limiter):
         self._record_wait(remaining.elapsed())
         return reservation
 
-    def _acquire_blocking(self, tokens: int, timeout: float | None, priority: int) -> _Reservation:
+    def _acquire_blocking(self, tokens: int, timeout: float | None, priority: int, price: float = 0.0) -> Admitted:
         _check_timeout(timeout)
         self.time_until_ready(tokens)
         remaining = Remaining(timeout, time.monotonic)
@@ -122,13 +162,21 @@ class HolySheepRateLimiter(_Limiter):
             run_blocking(protocol, waiter, remaining, self._sleep)
         try:
             waiter = ThreadWaiter()
-            rate = rate_protocol(self, self._rate_line, waiter, tokens, priority, remaining)
+            rate = rate_protocol(self, self._rate_line, waiter, tokens, priority, remaining, price)
             reservation: _Reservation = run_blocking(rate, waiter, remaining, self._sleep)
         except BaseException:
             self._abandon()
             raise
         self._record_wait(remaining.elapsed())
         return reservation
+
+    def _settle_admitted(self, admitted: Admitted, actual_tokens: int) -> None:
+        """Settles the real token count of a request a `Permit` acquired."""
+        admitted.settle(actual_tokens)
+
+    def _release_admitted(self, admitted: Admitted) -> None:
+        """Ends the request a `Permit` acquired: here, returns its concurrency slot."""
+        self.release()
 
     def _hand_off_slot(self) -> None:
         """Called by `release` while someone waits for a slot: the slot goes straight to the head of the
@@ -179,7 +227,7 @@ class Permit:
         self._tokens = tokens
         self._timeout = timeout
         self._priority = priority
-        self._reservation: _Reservation | None = None
+        self._reservation: Admitted | None = None
 
     @property
     def tokens(self) -> int:
@@ -190,21 +238,25 @@ class Permit:
         """Replaces the estimate by the real token count: refunds the difference or charges it."""
         if self._reservation is None:
             raise RuntimeError("settle() needs an acquired permit: call it inside the `with` block")
-        self._reservation.settle(actual_tokens)
+        self._limiter._settle_admitted(self._reservation, actual_tokens)
 
     async def __aenter__(self) -> Permit:
         self._reservation = await self._limiter._acquire(self._tokens, self._timeout, self._priority)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._limiter.release()
+        self._release()
 
     def __enter__(self) -> Permit:
         self._reservation = self._limiter._acquire_blocking(self._tokens, self._timeout, self._priority)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._limiter.release()
+        self._release()
+
+    def _release(self) -> None:
+        if self._reservation is not None:
+            self._limiter._release_admitted(self._reservation)
 
     def __repr__(self) -> str:
         state = "held" if self._reservation is not None else "not acquired"
@@ -229,14 +281,18 @@ class TokenBucket(HolySheepRateLimiter):
 
     __slots__ = ()
 
-    def __new__(cls, rate: float, capacity: float = 1) -> TokenBucket:
+    def __new__(
+        cls, rate: float, capacity: float = 1, *, backend: RedisBackend | None = None, key: str | None = None
+    ) -> TokenBucket:
         try:
             limit = Limit(rate, per=1.0, algorithm="gcra", burst=capacity, guard=0.0)
         except ConfigError as err:
             raise _renamed(err, {"amount": "rate", "burst": "capacity"}) from None
-        return super().__new__(cls, limits=[limit])
+        return super().__new__(cls, limits=[limit], backend=backend, key=key)
 
-    def __init__(self, rate: float, capacity: float = 1) -> None:
+    def __init__(
+        self, rate: float, capacity: float = 1, *, backend: RedisBackend | None = None, key: str | None = None
+    ) -> None:
         super().__init__()
 
 
@@ -248,14 +304,18 @@ class SlidingWindow(HolySheepRateLimiter):
 
     __slots__ = ()
 
-    def __new__(cls, limit: float, window_s: float) -> SlidingWindow:
+    def __new__(
+        cls, limit: float, window_s: float, *, backend: RedisBackend | None = None, key: str | None = None
+    ) -> SlidingWindow:
         try:
             spec = Limit(limit, per=float(window_s))
         except ConfigError as err:
             raise _renamed(err, {"amount": "limit", "per": "window_s"}) from None
-        return super().__new__(cls, limits=[spec])
+        return super().__new__(cls, limits=[spec], backend=backend, key=key)
 
-    def __init__(self, limit: float, window_s: float) -> None:
+    def __init__(
+        self, limit: float, window_s: float, *, backend: RedisBackend | None = None, key: str | None = None
+    ) -> None:
         super().__init__()
 
 
@@ -269,11 +329,11 @@ class ConcurrencyLimiter(HolySheepRateLimiter):
 
     __slots__ = ()
 
-    def __new__(cls, n: int) -> ConcurrencyLimiter:
+    def __new__(cls, n: int, *, backend: RedisBackend | None = None, key: str | None = None) -> ConcurrencyLimiter:
         try:
-            return super().__new__(cls, max_concurrency=n)
+            return super().__new__(cls, max_concurrency=n, backend=backend, key=key)
         except ConfigError as err:
             raise _renamed(err, {"max_concurrency": "n"}) from None
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, *, backend: RedisBackend | None = None, key: str | None = None) -> None:
         super().__init__()

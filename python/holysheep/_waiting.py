@@ -123,6 +123,7 @@ def rate_protocol(
     tokens: int,
     priority: int,
     remaining: Remaining,
+    price: float = 0.0,
 ) -> Generator[Step, bool, _Reservation]:
     """Ends with a rate reservation whose instant has come. Only the head of the line reserves, so a
     waiter that gives up before its turn holds nothing, and later ones move up at once; interactive work
@@ -135,7 +136,7 @@ def rate_protocol(
             woken = yield None
             if not woken and remaining() == 0.0:
                 raise _timed_out(limiter, "rate admission", remaining.timeout)
-        reservation = limiter._reserve(tokens, remaining(), "acquire")
+        reservation = limiter._reserve(tokens, remaining(), "acquire", price)
         if reservation.wait > 0.0:
             yield reservation.wait
             # Requests admitted before may have gone out later than reckoned: wait for them too.

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import openai
 
 from holysheep._limiter import HolySheepRateLimiter
-from holysheep.breaker import CircuitBreaker
+from holysheep.breaker import CircuitBreaker, KeyedBreaker
 from holysheep.errors import ConfigError
 from holysheep.retry import RetryPolicy
 from holysheep.transport import Transport
@@ -61,14 +62,14 @@ def _transport(
     limiter: HolySheepRateLimiter | None,
     tier: str | None,
     retry: RetryPolicy | None,
-    breaker: CircuitBreaker | None,
-    acquire_timeout: float | None,
+    breaker: CircuitBreaker | KeyedBreaker | None,
+    options: dict[str, Any],
 ) -> Any:
     if limiter is not None and tier is not None:
         raise ConfigError("tier: give limiter= or tier=, not both", "tier")
     if tier is not None:
         limiter = HolySheepRateLimiter.from_tier(tier)
-    return Transport(limiter, retry, breaker, acquire_timeout=acquire_timeout)
+    return Transport(limiter, retry, breaker, **options)
 
 
 class _HolySheepClient:
@@ -85,12 +86,12 @@ class _HolySheepClient:
         limiter: HolySheepRateLimiter | None,
         tier: str | None,
         retry: RetryPolicy | None,
-        breaker: CircuitBreaker | None,
-        acquire_timeout: float | None,
+        breaker: CircuitBreaker | KeyedBreaker | None,
+        options: dict[str, Any],
         kwargs: dict[str, Any],
     ) -> None:
         base_url = base_url or HOLYSHEEP_BASE_URL
-        self.transport = _transport(limiter, tier, retry, breaker, acquire_timeout)
+        self.transport = _transport(limiter, tier, retry, breaker, options)
         sdk_client.__init__(
             self,
             api_key=resolve_api_key(api_key, base_url),
@@ -117,8 +118,12 @@ class AsyncHolySheep(_HolySheepClient, openai.AsyncOpenAI):
     :param base_url: defaults to ``https://api.holysheep.ai/v1``.
     :param limiter: admits each request; or ``tier=`` for a plan's preset; or neither for no limits.
     :param retry: ``RetryPolicy()`` by default; ``RetryPolicy(max_attempts=1)`` for none.
-    :param breaker: a `CircuitBreaker` to fail fast while the endpoint is down.
+    :param breaker: a `CircuitBreaker` to fail fast while the endpoint is down; a `KeyedBreaker` keeps
+        one per model.
     :param acquire_timeout: seconds a request may wait for the limiter before RateLimitExceeded.
+    :param fallback_models: ``{"gpt-4.1": ["deepseek-v3.2"]}``: models to ask next when one's breaker
+        is open or its answers still fail after the retries (``x-holysheep-model`` says who answered).
+    :param prices: dollars per million tokens by model, over `holysheep.pricing.PRICES`, for budgets.
     :param kwargs: anything else ``openai.AsyncOpenAI`` takes (``timeout``, ``default_headers``, ...).
     """
 
@@ -130,14 +135,14 @@ class AsyncHolySheep(_HolySheepClient, openai.AsyncOpenAI):
         limiter: HolySheepRateLimiter | None = None,
         tier: str | None = None,
         retry: RetryPolicy | None = None,
-        breaker: CircuitBreaker | None = None,
+        breaker: CircuitBreaker | KeyedBreaker | None = None,
         acquire_timeout: float | None = None,
+        fallback_models: Mapping[str, Sequence[str]] | None = None,
+        prices: Mapping[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._set_up(
-            openai.AsyncOpenAI, _async_http_client, api_key, base_url, limiter, tier, retry, breaker,
-            acquire_timeout, kwargs,
-        )  # fmt: skip
+        options = {"acquire_timeout": acquire_timeout, "fallback_models": fallback_models, "prices": prices}
+        self._set_up(openai.AsyncOpenAI, _async_http_client, api_key, base_url, limiter, tier, retry, breaker, options, kwargs)
 
 
 class HolySheep(_HolySheepClient, openai.OpenAI):
@@ -152,14 +157,14 @@ class HolySheep(_HolySheepClient, openai.OpenAI):
         limiter: HolySheepRateLimiter | None = None,
         tier: str | None = None,
         retry: RetryPolicy | None = None,
-        breaker: CircuitBreaker | None = None,
+        breaker: CircuitBreaker | KeyedBreaker | None = None,
         acquire_timeout: float | None = None,
+        fallback_models: Mapping[str, Sequence[str]] | None = None,
+        prices: Mapping[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._set_up(
-            openai.OpenAI, _sync_http_client, api_key, base_url, limiter, tier, retry, breaker,
-            acquire_timeout, kwargs,
-        )  # fmt: skip
+        options = {"acquire_timeout": acquire_timeout, "fallback_models": fallback_models, "prices": prices}
+        self._set_up(openai.OpenAI, _sync_http_client, api_key, base_url, limiter, tier, retry, breaker, options, kwargs)
 
 
 def wrap(
@@ -168,8 +173,10 @@ def wrap(
     limiter: HolySheepRateLimiter | None = None,
     tier: str | None = None,
     retry: RetryPolicy | None = None,
-    breaker: CircuitBreaker | None = None,
+    breaker: CircuitBreaker | KeyedBreaker | None = None,
     acquire_timeout: float | None = None,
+    fallback_models: Mapping[str, Sequence[str]] | None = None,
+    prices: Mapping[str, float] | None = None,
 ) -> ClientT:
     """A copy of an existing ``openai`` client, pointed wherever it points, with a `Transport` under it.
 
@@ -177,7 +184,8 @@ def wrap(
 
     The copy gets the SDK's default HTTP client settings and ``max_retries=0``.
     """
-    transport = _transport(limiter, tier, retry, breaker, acquire_timeout)
+    options = {"acquire_timeout": acquire_timeout, "fallback_models": fallback_models, "prices": prices}
+    transport = _transport(limiter, tier, retry, breaker, options)
     make_http_client = _async_http_client if isinstance(client, openai.AsyncOpenAI) else _sync_http_client
     wrapped: ClientT = client.with_options(http_client=make_http_client(transport=transport), max_retries=0)
     return wrapped

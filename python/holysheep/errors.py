@@ -4,7 +4,8 @@
     ├── RateLimitExceeded(retry_after, limit, remaining)   a request that will not pass in time, or ever
     ├── CircuitOpenError(retry_after)                      a breaker is open: failing fast
     ├── BudgetExceeded                                     a spending limit would be crossed
-    └── ConfigError (also a ValueError)                    a configuration that cannot work
+    ├── ConfigError (also a ValueError)                    a configuration that cannot work
+    └── BackendUnavailable (also a ConnectionError)        a shared backend (Redis) is unreachable or slow
 
 Messages name the operation and the numbers, never an API key.
 """
@@ -12,6 +13,7 @@ Messages name the operation and the numbers, never an API key.
 from __future__ import annotations
 
 __all__ = [
+    "BackendUnavailable",
     "BudgetExceeded",
     "CircuitOpenError",
     "ConfigError",
@@ -67,3 +69,9 @@ class ConfigError(HolySheepError, ValueError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class BackendUnavailable(HolySheepError, ConnectionError):
+    """The shared backend (Redis) cannot be reached or did not answer in time. Raised under
+    ``on_error="fail_closed"``; the other failure policies decide without it. Refused credentials are a
+    `ConfigError` instead: retrying will not fix them."""

@@ -23,12 +23,14 @@ import importlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from holysheep._tokens import estimate_request_tokens
-from holysheep.breaker import CircuitBreaker
+from holysheep.breaker import CircuitBreaker, KeyedBreaker
 from holysheep.classify import classify_status
+from holysheep.errors import CircuitOpenError
+from holysheep.pricing import PRICES
 from holysheep.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -55,11 +57,14 @@ class _StatusFailure(Exception):
 
 
 class _Plan:
-    """What the transport needs to know of a request before sending it."""
+    """What the transport needs to know of a request before sending it: its JSON body, model and
+    estimated tokens."""
 
-    __slots__ = ("tokens",)
+    __slots__ = ("body", "model", "tokens")
 
     def __init__(self, request: Any) -> None:
+        self.body: dict[str, Any] | None = None
+        self.model: str | None = None
         self.tokens = 0
         content_type = request.headers.get("content-type", "")
         if request.method == "POST" and content_type.startswith("application/json"):
@@ -68,7 +73,15 @@ class _Plan:
             except (ValueError, UnicodeDecodeError):
                 return
             if isinstance(body, dict):
+                self.body = body
+                self.model = body.get("model") if isinstance(body.get("model"), str) else None
                 self.tokens = estimate_request_tokens(body)
+
+    def models(self, fallbacks: Mapping[str, Sequence[str]]) -> list[str | None]:
+        """The model asked for, then its fallbacks in order."""
+        if self.model is None:
+            return [None]
+        return [self.model, *fallbacks.get(self.model, ())]
 
 
 def _error_code(body: bytes) -> str | None:
@@ -184,6 +197,36 @@ def _stamp_when_sent(request: Any, reservation: _Reservation | None, asynchronou
     request.extensions = {**request.extensions, "trace": trace}
 
 
+class _Acquire(NamedTuple):
+    """Step: the limiter's admission for a request of ``tokens`` at ``price`` dollars per million."""
+
+    tokens: int
+    price: float
+
+
+class _Read(NamedTuple):
+    """Step: read a failed answer's body, then close it."""
+
+    response: Any
+
+
+class _Sleep(NamedTuple):
+    """Step: back off before the next attempt."""
+
+    seconds: float
+
+
+class _Send(NamedTuple):
+    """Step: send a request with the inner transport."""
+
+    request: Any
+
+
+_Step = Union[_Acquire, _Send, _Read, _Sleep]
+#: What one model's attempts end in when the next model should be asked instead.
+_NEXT_MODEL = object()
+
+
 class _Pipeline:
     """The request pipeline shared by every flavour of `Transport`; ``lib`` is httpx or httpx2, and the
     stream classes are the held streams made that library's byte streams."""
@@ -196,23 +239,32 @@ class _Pipeline:
         self,
         limiter: HolySheepRateLimiter | None = None,
         retry: RetryPolicy | None = None,
-        breaker: CircuitBreaker | None = None,
+        breaker: CircuitBreaker | KeyedBreaker | None = None,
         *,
         inner: Any = None,
         acquire_timeout: float | None = None,
+        fallback_models: Mapping[str, Sequence[str]] | None = None,
+        prices: Mapping[str, float] | None = None,
     ) -> None:
         """
         :param limiter: admits each request (and its estimated tokens); None sends without limits.
         :param retry: retries failed answers and connection errors; ``RetryPolicy()`` by default,
             ``RetryPolicy(max_attempts=1)`` for none.
-        :param breaker: fails fast while the endpoint is down; None for no breaker.
+        :param breaker: fails fast while the endpoint is down; a `KeyedBreaker` keeps one per model.
         :param inner: the transport that really sends; the library's own HTTP transport by default.
         :param acquire_timeout: seconds a request may wait for the limiter before RateLimitExceeded.
+        :param fallback_models: ``{"gpt-4.1": ["deepseek-v3.2"]}``: the models to ask next, in order,
+            when a model's breaker is open or its answers still fail (429, 5xx) after the retries. The
+            answer's ``x-holysheep-model`` header (and the body's ``model``) says which one answered.
+        :param prices: dollars per million tokens by model, over `holysheep.pricing.PRICES`, for budgets
+            (limits with ``unit="usd"``): a request that would cross one raises BudgetExceeded unsent.
         """
         self.limiter = limiter
         self.retry = retry if retry is not None else RetryPolicy()
         self.breaker = breaker
         self.acquire_timeout = acquire_timeout
+        self.fallback_models = dict(fallback_models or {})
+        self.prices = {**PRICES, **(prices or {})}
         self._inner = inner
 
     def _inner_transport(self, asynchronous: bool) -> Any:
@@ -229,16 +281,25 @@ class _Pipeline:
         except Exception:
             return None
 
-    def _breaker_admit(self) -> int | None:
-        return None if self.breaker is None else self.breaker._admit()
+    def _breaker_for(self, model: str | None) -> CircuitBreaker | None:
+        if isinstance(self.breaker, KeyedBreaker):
+            return self.breaker[model or ""]
+        return self.breaker
 
-    def _breaker_outcome(self, permit: int | None, error: BaseException | None) -> None:
-        if self.breaker is None or permit is None:
+    @staticmethod
+    def _breaker_outcome(breaker: CircuitBreaker | None, permit: int | None, error: BaseException | None) -> None:
+        if breaker is None or permit is None:
             return
         if error is None:
-            self.breaker._succeeded(permit)
+            breaker._succeeded(permit)
         else:
-            self.breaker._settle(permit, error)
+            breaker._settle(permit, error)
+
+    def _for_model(self, request: Any, plan: _Plan, model: str | None) -> Any:
+        """The same request, asking ``model``."""
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() != "content-length"]
+        body = {**(plan.body or {}), "model": model}
+        return self.lib.Request(request.method, request.url, headers=headers, json=body, extensions=request.extensions)
 
     def _failure(self, response: Any, body: bytes) -> _StatusFailure | None:
         """The failure an answer stands for, if it is a retried one; counts a 429 with the limiter."""
@@ -255,94 +316,128 @@ class _Pipeline:
         retried, _ = classify_status(status, response.headers, failure.code)
         return failure if retried else None
 
-    async def handle_async_request(self, request: Any) -> Any:
+    def _exchange(self, request: Any, asynchronous: bool) -> Generator[_Step, Any, Any]:
+        """One request, written once for both kinds of client: it yields what must be awaited or
+        blocked on (a limiter admission, a send, reading a failed answer, a backoff), and the driver
+        sends back the outcome or throws in the error. Each model in turn gets the retry policy's
+        attempts, until one answers."""
         plan = _Plan(request)
+        models = plan.models(self.fallback_models)
+        for index, model in enumerate(models):
+            asking = request if index == 0 else self._for_model(request, plan, model)
+            last = index == len(models) - 1
+            answer = yield from self._attempts(asking, plan.tokens, model, last, asynchronous)
+            if answer is not _NEXT_MODEL:
+                return answer
+        raise AssertionError("the last model's attempts always answer")
+
+    def _attempts(
+        self, request: Any, tokens: int, model: str | None, last: bool, asynchronous: bool
+    ) -> Generator[_Step, Any, Any]:
+        """One model's attempts: the answer, or `_NEXT_MODEL` when another model should be asked."""
+        breaker = self._breaker_for(model)
         attempts, started, previous = 0, self.retry._core.begin(), 0.0
         while True:
             attempts += 1
-            permit = self._breaker_admit()
-            reservation = await self._acquire_async(plan)
-            _stamp_when_sent(request, reservation, asynchronous=True)
             try:
-                response = await self._inner_transport(True).handle_async_request(request)
-            except Exception as exc:
+                permit = None if breaker is None else breaker._admit()
+            except CircuitOpenError:
+                if last:
+                    raise
+                return _NEXT_MODEL
+            try:
+                price = self.prices.get(model or "", 0.0)
+                reservation = None if self.limiter is None else (yield _Acquire(tokens, price))
+            except BaseException as exc:
+                self._breaker_outcome(breaker, permit, exc)  # a cancelled wait frees a half-open trial too
+                raise
+            _stamp_when_sent(request, reservation, asynchronous)
+            try:
+                response = yield _Send(request)
+                body = (yield _Read(response)) if response.status_code >= 400 else b""
+            except BaseException as exc:
                 self._release()
-                self._breaker_outcome(permit, exc)
-                delay = self._next_delay(exc, attempts, started, previous)
+                self._breaker_outcome(breaker, permit, exc)
+                delay = self._next_delay(exc, attempts, started, previous) if isinstance(exc, Exception) else None
                 if delay is None:
                     raise
-                await asyncio.sleep(delay)
-                previous = delay
-                continue
-            body = b""
-            if response.status_code >= 400:
-                body = await response.aread()
-                await response.aclose()
-            failure = self._failure(response, body)
-            self._breaker_outcome(permit, failure if response.status_code >= 500 else None)
-            delay = None if failure is None else self._next_delay(failure, attempts, started, previous)
-            if delay is None:
-                return self._answer(response, body, _Held(self.limiter, reservation), self.async_stream)
-            self._release()
-            await asyncio.sleep(delay)
+            else:
+                failure = self._failure(response, body)
+                self._breaker_outcome(breaker, permit, failure if response.status_code >= 500 else None)
+                delay = None if failure is None else self._next_delay(failure, attempts, started, previous)
+                if delay is None:
+                    if not last and (response.status_code == 429 or response.status_code >= 500):
+                        self._release()
+                        return _NEXT_MODEL
+                    return self._answer(response, body, _Held(self.limiter, reservation), model, asynchronous)
+                self._release()
+            yield _Sleep(delay)
             previous = delay
+
+    async def handle_async_request(self, request: Any) -> Any:
+        exchange = self._exchange(request, asynchronous=True)
+        outcome: Any = None
+        failed: BaseException | None = None
+        while True:
+            try:
+                step = exchange.send(outcome) if failed is None else exchange.throw(failed)
+            except StopIteration as done:
+                return done.value
+            outcome, failed = None, None
+            try:
+                if isinstance(step, _Send):
+                    outcome = await self._inner_transport(True).handle_async_request(step.request)
+                elif isinstance(step, _Acquire):
+                    outcome = await self._limiter()._acquire(step.tokens, self.acquire_timeout, 0, step.price)
+                elif isinstance(step, _Read):
+                    outcome = await step.response.aread()
+                    await step.response.aclose()
+                elif isinstance(step, _Sleep):
+                    await asyncio.sleep(step.seconds)
+            except BaseException as exc:
+                failed = exc
 
     def handle_request(self, request: Any) -> Any:
-        plan = _Plan(request)
-        attempts, started, previous = 0, self.retry._core.begin(), 0.0
+        exchange = self._exchange(request, asynchronous=False)
+        outcome: Any = None
+        failed: BaseException | None = None
         while True:
-            attempts += 1
-            permit = self._breaker_admit()
-            reservation = self._acquire_blocking(plan)
-            _stamp_when_sent(request, reservation, asynchronous=False)
             try:
-                response = self._inner_transport(False).handle_request(request)
-            except Exception as exc:
-                self._release()
-                self._breaker_outcome(permit, exc)
-                delay = self._next_delay(exc, attempts, started, previous)
-                if delay is None:
-                    raise
-                time.sleep(delay)
-                previous = delay
-                continue
-            body = b""
-            if response.status_code >= 400:
-                body = response.read()
-                response.close()
-            failure = self._failure(response, body)
-            self._breaker_outcome(permit, failure if response.status_code >= 500 else None)
-            delay = None if failure is None else self._next_delay(failure, attempts, started, previous)
-            if delay is None:
-                return self._answer(response, body, _Held(self.limiter, reservation), self.sync_stream)
-            self._release()
-            time.sleep(delay)
-            previous = delay
+                step = exchange.send(outcome) if failed is None else exchange.throw(failed)
+            except StopIteration as done:
+                return done.value
+            outcome, failed = None, None
+            try:
+                if isinstance(step, _Send):
+                    outcome = self._inner_transport(False).handle_request(step.request)
+                elif isinstance(step, _Acquire):
+                    outcome = self._limiter()._acquire_blocking(step.tokens, self.acquire_timeout, 0, step.price)
+                elif isinstance(step, _Read):
+                    outcome = step.response.read()
+                    step.response.close()
+                elif isinstance(step, _Sleep):
+                    time.sleep(step.seconds)
+            except BaseException as exc:
+                failed = exc
 
-    def _answer(self, response: Any, body: bytes, held: _Held, stream_class: type) -> Any:
-        """The response handed to the client: a failure already read is done with (its slot back now);
-        any other keeps its slot until its stream ends."""
+    def _limiter(self) -> HolySheepRateLimiter:
+        assert self.limiter is not None, "an admission step is only taken with a limiter"
+        return self.limiter
+
+    def _answer(self, response: Any, body: bytes, held: _Held, model: str | None, asynchronous: bool) -> Any:
+        """The response handed to the client, saying which model answered: a failure already read is
+        done with (its slot back now); any other keeps its slot until its stream ends."""
+        answered_by = [] if model is None else [("x-holysheep-model", model)]
         if response.status_code < 400:
-            stream = stream_class(response.stream, held)
-            return self.lib.Response(
-                response.status_code, headers=response.headers, stream=stream, extensions=response.extensions
-            )
+            stream = (self.async_stream if asynchronous else self.sync_stream)(response.stream, held)
+            headers = [*response.headers.multi_items(), *answered_by]
+            return self.lib.Response(response.status_code, headers=headers, stream=stream, extensions=response.extensions)
         held.finish()
         # The body was read (and decoded) to classify the failure: hand it on as plain content.
-        headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _ENCODING_HEADERS]
+        headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _ENCODING_HEADERS]
         return self.lib.Response(
-            response.status_code, headers=headers, content=body, extensions=response.extensions
+            response.status_code, headers=[*headers, *answered_by], content=body, extensions=response.extensions
         )
-
-    async def _acquire_async(self, plan: _Plan) -> _Reservation | None:
-        if self.limiter is None:
-            return None
-        return await self.limiter._acquire(plan.tokens, self.acquire_timeout, 0)
-
-    def _acquire_blocking(self, plan: _Plan) -> _Reservation | None:
-        if self.limiter is None:
-            return None
-        return self.limiter._acquire_blocking(plan.tokens, self.acquire_timeout, 0)
 
     def _release(self) -> None:
         if self.limiter is not None:

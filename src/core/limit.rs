@@ -16,6 +16,8 @@ pub enum Unit {
     Requests,
     /// LLM tokens (prompt plus completion), as estimated before a call and settled after it.
     Tokens,
+    /// Money, counted in micro-dollars: a request's tokens at its model's price.
+    Usd,
 }
 
 impl Unit {
@@ -23,7 +25,8 @@ impl Unit {
         match name {
             "requests" | "request" => Ok(Unit::Requests),
             "tokens" | "token" => Ok(Unit::Tokens),
-            other => Err(Error::config("unit", format!("must be 'requests' or 'tokens', got {other:?}"))),
+            "usd" => Ok(Unit::Usd),
+            other => Err(Error::config("unit", format!("must be 'requests', 'tokens' or 'usd', got {other:?}"))),
         }
     }
 
@@ -31,7 +34,13 @@ impl Unit {
         match self {
             Unit::Requests => "requests",
             Unit::Tokens => "tokens",
+            Unit::Usd => "usd",
         }
+    }
+
+    /// How many counted units one unit of a limit's amount is: a dollar is counted in micro-dollars.
+    fn counted_per_amount(self) -> f64 {
+        if self == Unit::Usd { 1e6 } else { 1.0 }
     }
 
     /// This unit's share of a request's cost.
@@ -40,6 +49,7 @@ impl Unit {
         match self {
             Unit::Requests => cost.requests,
             Unit::Tokens => cost.tokens,
+            Unit::Usd => cost.micro_usd,
         }
     }
 }
@@ -49,12 +59,19 @@ impl Unit {
 pub struct Cost {
     pub requests: u64,
     pub tokens: u64,
+    pub micro_usd: u64,
 }
 
 impl Cost {
     /// One request carrying `tokens` LLM tokens.
     pub fn request(tokens: u64) -> Self {
-        Self { requests: 1, tokens }
+        Self { requests: 1, tokens, micro_usd: 0 }
+    }
+
+    /// One request carrying `tokens` LLM tokens at `usd_per_million` dollars per million tokens: a
+    /// token then costs that many micro-dollars.
+    pub fn priced(tokens: u64, usd_per_million: f64) -> Self {
+        Self { requests: 1, tokens, micro_usd: (tokens as f64 * usd_per_million.max(0.0)).ceil() as u64 }
     }
 }
 
@@ -117,7 +134,10 @@ pub fn period_from_secs(secs: f64) -> Result<u64> {
 /// "At most `amount` units of `unit` per `period_ns`", enforced by `algorithm`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limit {
+    /// As the user gave it (dollars for a budget).
     amount: f64,
+    /// The same in the units counted (micro-dollars for a budget).
+    counted: f64,
     period_ns: u64,
     unit: Unit,
     algorithm: Algorithm,
@@ -144,7 +164,8 @@ impl Limit {
         if period_ns == 0 {
             return Err(Error::config("per", "must be a positive period"));
         }
-        if period_ns as f64 / amount < 1.0 {
+        let counted = amount * unit.counted_per_amount();
+        if period_ns as f64 / counted < 1.0 {
             return Err(Error::config("amount", format!("{amount} per {period_ns} ns is more than one per nanosecond")));
         }
         let burst = match (algorithm, burst) {
@@ -152,7 +173,7 @@ impl Limit {
             (Algorithm::Gcra, Some(b)) => {
                 return Err(Error::config("burst", format!("must be at least 1, got {b}")));
             }
-            (Algorithm::Gcra, None) if unit == Unit::Tokens => amount.ceil() as u64,
+            (Algorithm::Gcra, None) if unit != Unit::Requests => counted.ceil() as u64,
             (Algorithm::Gcra, None) => 1,
             (_, Some(_)) => {
                 return Err(Error::config(
@@ -162,7 +183,7 @@ impl Limit {
             }
             (_, None) => 0,
         };
-        Ok(Self { amount, period_ns, unit, algorithm, burst, guard_ns: 0 })
+        Ok(Self { amount, counted, period_ns, unit, algorithm, burst, guard_ns: 0 })
     }
 
     /// This limit, keeping each admission counted `guard_ns` past its period.
@@ -203,13 +224,13 @@ impl Limit {
     /// A window count and length for the window-based algorithms: a whole number of units per a
     /// proportionally scaled period (2.5 per second becomes 2 per 0.8 s), so the average rate is kept.
     fn whole_window(&self) -> (u64, u64) {
-        let count = self.amount.floor().max(1.0);
-        let window_ns = (self.enforced_period_ns() as f64 * count / self.amount).ceil() as u64;
+        let count = self.counted.floor().max(1.0);
+        let window_ns = (self.enforced_period_ns() as f64 * count / self.counted).ceil() as u64;
         (count as u64, window_ns)
     }
 
     pub fn gcra(&self) -> Gcra {
-        Gcra::new(self.amount, self.enforced_period_ns(), self.burst)
+        Gcra::new(self.counted, self.enforced_period_ns(), self.burst)
     }
 
     /// The window count in force when the limit is scaled by `factor` (0..=1): at least one.
@@ -219,7 +240,7 @@ impl Limit {
 
     /// The GCRA of this limit scaled by `factor` (0..=1), its burst kept.
     pub fn scaled_gcra(&self, factor: f64) -> Gcra {
-        Gcra::new(self.amount * factor.max(1e-6), self.enforced_period_ns(), self.burst)
+        Gcra::new(self.counted * factor.max(1e-6), self.enforced_period_ns(), self.burst)
     }
 
     /// The state that enforces this limit, empty.

@@ -129,8 +129,21 @@ impl<C: Clock> Limiter<C> {
         self.waiters(which).fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// The refusal of a request that would cross a budget.
+    fn over_budget(&self, operation: &str, cost: Cost, limit: &Limit) -> Error {
+        Error::BudgetExceeded {
+            message: format!(
+                "{operation}: a request costing ${:.6} would cross the budget '{limit}'; it was not sent",
+                cost.micro_usd as f64 / 1e6
+            ),
+        }
+    }
+
     /// The refusal for a cost that can never pass.
     fn never(&self, operation: &str, cost: Cost, limit: &Limit, never: Never) -> Error {
+        if limit.unit() == Unit::Usd {
+            return self.over_budget(operation, cost, limit);
+        }
         Error::RateLimited {
             message: format!(
                 "{operation}: {} exceeds what '{limit}' can ever admit ({} {} at once), so it never passes",
@@ -237,6 +250,10 @@ impl<C: Clock> Limiter<C> {
         let mut receipt = Receipt::default();
         let Some(quota) = &self.quota else { return Ok(Admission { wait_ns: 0, at_ns: 0, receipt }) };
         let now = self.clock.now_ns();
+        if let Some(budget) = quota.over_budget(cost, now) {
+            self.stats.reject();
+            return Err(self.over_budget(operation, cost, budget));
+        }
         let latest = max_wait_ns.map_or(u64::MAX, |wait| now.saturating_add(wait));
         match quota.decide(cost, now, latest, &mut receipt) {
             Decision::Now => Ok(Admission { wait_ns: 0, at_ns: now, receipt }),
@@ -470,6 +487,20 @@ mod tests {
         assert_eq!(lim.rate_factor(), 1.0);
         let admitted = (0..12).filter(|_| lim.try_acquire(Cost::request(0)).unwrap()).count();
         assert_eq!(admitted, 10);
+    }
+
+    #[test]
+    fn a_budget_refuses_at_once_instead_of_waiting() {
+        let budget = Limit::new(1.0, 3_600 * SEC, Unit::Usd, Algorithm::Exact, None).unwrap();
+        let (lim, _) = limiter(vec![per_second(100.0), budget], None);
+        // 100,000 tokens at $8 per million: $0.80, then another $0.80 would cross $1.
+        assert_eq!(lim.reserve(Cost::priced(100_000, 8.0), None, "acquire").unwrap().wait_ns, 0);
+        match lim.reserve(Cost::priced(100_000, 8.0), None, "acquire") {
+            Err(Error::BudgetExceeded { message }) => assert!(message.contains("$0.800000"), "{message}"),
+            other => panic!("expected the budget to refuse, got {other:?}"),
+        }
+        assert!(matches!(lim.reserve(Cost::priced(200_000, 8.0), None, "acquire"), Err(Error::BudgetExceeded { .. })));
+        assert_eq!(lim.reserve(Cost::priced(20_000, 8.0), None, "acquire").unwrap().wait_ns, 0);
     }
 
     #[test]

@@ -33,8 +33,8 @@ fn run(quota: &Quota, unit: Unit, stream: &[(u64, u64)], reserve: bool) -> Vec<(
     for &(gap, units) in stream {
         now += gap;
         let cost = match unit {
-            Unit::Requests => Cost { requests: units, tokens: 0 },
-            Unit::Tokens => Cost::request(units),
+            Unit::Requests => Cost { requests: units, ..Cost::default() },
+            _ => Cost::request(units),
         };
         let latest = if reserve { u64::MAX } else { now };
         match quota.decide(cost, now, latest, &mut Receipt::default()) {

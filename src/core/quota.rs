@@ -131,6 +131,28 @@ impl Quota {
         }
     }
 
+    /// The budget (a limit in dollars) that `cost` would cross now, if any: a budget never makes a
+    /// request wait, it refuses it.
+    pub fn over_budget(&self, cost: Cost, now: u64) -> Option<&Limit> {
+        let units = Unit::Usd.of(cost);
+        if units == 0 {
+            return None;
+        }
+        let State::Windows(lock) = &self.state else {
+            let (gcra, rate, cell) = match &self.state {
+                State::Single { gcra, rate, unit: Unit::Usd, cell } => (gcra, rate, cell),
+                _ => return None,
+            };
+            let over = !matches!(in_force(gcra, rate).schedule(cell.tat(), units, now), Ok(slot) if slot.at <= now);
+            return over.then(|| &self.limits[0]);
+        };
+        let mut windows = lock.lock();
+        windows.iter_mut().zip(&self.limits).find_map(|(window, limit)| {
+            let over = limit.unit() == Unit::Usd && !matches!(window.earliest(units, now), Ok(at) if at <= now);
+            over.then_some(limit)
+        })
+    }
+
     /// Replaces an admission's estimated cost by its actual one: refunds or charges the difference in
     /// every limit whose unit it changes.
     pub fn settle(&self, receipt: &Receipt, estimated: Cost, actual: Cost, now: u64) {

@@ -11,6 +11,7 @@ import_exception!(holysheep.errors, RateLimitExceeded);
 import_exception!(holysheep.errors, CircuitOpenError);
 import_exception!(holysheep.errors, BudgetExceeded);
 import_exception!(holysheep.errors, ConfigError);
+import_exception!(holysheep.errors, BackendUnavailable);
 
 impl From<Error> for PyErr {
     fn from(err: Error) -> PyErr {
@@ -23,6 +24,15 @@ impl From<Error> for PyErr {
             }
             Error::BudgetExceeded { message } => BudgetExceeded::new_err(message),
             Error::Config { field, message } => ConfigError::new_err((message, field)),
+        }
+    }
+}
+
+impl From<crate::redis::BackendError> for PyErr {
+    fn from(err: crate::redis::BackendError) -> PyErr {
+        match err {
+            crate::redis::BackendError::Config { field, message } => ConfigError::new_err((message, field)),
+            crate::redis::BackendError::Unavailable { message } => BackendUnavailable::new_err(message),
         }
     }
 }

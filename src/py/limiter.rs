@@ -57,11 +57,17 @@ pub struct Reservation {
     admission: SpinLock<Admission>,
     /// The tokens counted for it now: the estimate, then each settled count.
     tokens: AtomicU64,
+    /// Dollars per million of its tokens, for a budget.
+    price: f64,
 }
 
 impl Reservation {
     fn cost(&self) -> Cost {
-        Cost::request(self.tokens.load(Ordering::Acquire))
+        self.cost_of(self.tokens.load(Ordering::Acquire))
+    }
+
+    fn cost_of(&self, tokens: u64) -> Cost {
+        Cost::priced(tokens, self.price)
     }
 }
 
@@ -98,8 +104,8 @@ impl Reservation {
 
     /// Replaces the tokens counted so far by the actual count: refunds or charges the difference.
     fn settle(&self, actual_tokens: i64) -> PyResult<()> {
-        let actual = tokens_cost(actual_tokens)?;
-        let counted = Cost::request(self.tokens.swap(actual.tokens, Ordering::AcqRel));
+        let actual = self.cost_of(tokens_cost(actual_tokens)?.tokens);
+        let counted = self.cost_of(self.tokens.swap(actual.tokens, Ordering::AcqRel));
         self.limiter.settle(&self.admission.lock(), counted, actual);
         Ok(())
     }
@@ -254,16 +260,18 @@ impl PyLimiter {
         self.inner.has_waiters()
     }
 
-    /// Reserves the rate for one request of ``tokens``: proceeds after ``.wait`` seconds. Raises
-    /// RateLimitExceeded at once when the wait would pass ``timeout`` or the cost can never pass.
-    #[pyo3(signature = (tokens, timeout, operation = "acquire"))]
-    fn _reserve(&self, tokens: i64, timeout: Option<f64>, operation: &str) -> PyResult<Reservation> {
-        let cost = tokens_cost(tokens)?;
+    /// Reserves the rate for one request of ``tokens`` at ``price`` dollars per million of them:
+    /// proceeds after ``.wait`` seconds. Raises RateLimitExceeded at once when the wait would pass
+    /// ``timeout`` or the cost can never pass, BudgetExceeded when it would cross a budget.
+    #[pyo3(signature = (tokens, timeout, operation = "acquire", price = 0.0))]
+    fn _reserve(&self, tokens: i64, timeout: Option<f64>, operation: &str, price: f64) -> PyResult<Reservation> {
+        let cost = Cost::priced(tokens_cost(tokens)?.tokens, price);
         let admission = self.inner.reserve(cost, max_wait_ns(timeout)?, operation)?;
         Ok(Reservation {
             limiter: Arc::clone(&self.inner),
             admission: SpinLock::new(admission),
             tokens: AtomicU64::new(cost.tokens),
+            price,
         })
     }
 

@@ -10,6 +10,8 @@ mod keyed;
 mod limit;
 mod limiter;
 mod queue;
+mod redis;
+mod redis_channel;
 mod retry;
 mod seconds;
 
@@ -34,6 +36,10 @@ mod native {
     use super::limiter::{PyLimiter, Ready, Reservation};
     #[pymodule_export]
     use super::queue::{PyTicket, PyWaitQueue};
+    #[pymodule_export]
+    use super::redis::{_shutdown_redis_runtime, PyGrant, PyRedisBackend, PyRedisLimiter};
+    #[pymodule_export]
+    use super::redis_channel::PyLoopChannel;
     #[pymodule_export]
     use super::retry::RetryCore;
 

@@ -1,0 +1,116 @@
+//! The two kinds of Redis deployment a backend talks to: one server, or a Cluster (whose client
+//! finds each key's node, following MOVED/ASK). Every limiter's keys share one hash tag, so each script
+//! call goes to the one node that holds them all.
+
+
+use redis::aio::{ConnectionLike as AsyncConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterConnection};
+use redis::{Cmd, ConnectionInfo, ConnectionLike, Pipeline, RedisFuture, RedisResult, Value};
+
+use crate::redis::backend::Timeouts;
+
+/// Where a backend's Redis is (one value per backend: its size does not matter).
+#[allow(clippy::large_enum_variant)]
+pub enum Server {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+/// A connection for a blocking call, kept in the backend's pool.
+pub enum Blocking {
+    Single(redis::Connection),
+    Cluster(Box<ClusterConnection>),
+}
+
+/// The runtime's connection, shared by every task (both kinds multiplex and reconnect by themselves).
+#[derive(Clone)]
+pub enum Shared {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Server {
+    /// The address of a single server, for the event-loop connection; `None` for a Cluster.
+    pub fn single_info(&self) -> Option<&ConnectionInfo> {
+        match self {
+            Server::Single(client) => Some(client.get_connection_info()),
+            Server::Cluster(_) => None,
+        }
+    }
+
+    pub fn connect_blocking(&self, timeouts: Timeouts) -> RedisResult<Blocking> {
+        match self {
+            Server::Single(client) => {
+                let connection = client.get_connection_with_timeout(timeouts.connect)?;
+                connection.set_read_timeout(Some(timeouts.command))?;
+                connection.set_write_timeout(Some(timeouts.command))?;
+                Ok(Blocking::Single(connection))
+            }
+            Server::Cluster(client) => {
+                let connection = client.get_connection()?;
+                connection.set_read_timeout(Some(timeouts.command))?;
+                connection.set_write_timeout(Some(timeouts.command))?;
+                Ok(Blocking::Cluster(Box::new(connection)))
+            }
+        }
+    }
+
+    /// The runtime's connection; must be called on the runtime. A single server's connects on first
+    /// use; a Cluster's learns the slot map now.
+    pub async fn connect_shared(&self, timeouts: Timeouts) -> RedisResult<Shared> {
+        match self {
+            Server::Single(client) => {
+                // No retries inside the manager: a failed call returns at once and the backend's pause
+                // decides when to try again; the manager reconnects on the next call.
+                let config = ConnectionManagerConfig::new()
+                    .set_number_of_retries(0)
+                    .set_connection_timeout(Some(timeouts.connect))
+                    .set_response_timeout(Some(timeouts.command));
+                Ok(Shared::Single(ConnectionManager::new_lazy_with_config(client.clone(), config)?))
+            }
+            Server::Cluster(client) => Ok(Shared::Cluster(client.get_async_connection().await?)),
+        }
+    }
+}
+
+/// A Cluster client with the backend's timeouts and few retries (the backend's pause handles outages).
+pub fn cluster_client(url: &str, timeouts: Timeouts) -> RedisResult<ClusterClient> {
+    ClusterClient::builder([url])
+        .connection_timeout(timeouts.connect)
+        .response_timeout(timeouts.command)
+        .retries(2)
+        .build()
+}
+
+impl Blocking {
+    pub fn as_connection(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Blocking::Single(connection) => connection,
+            Blocking::Cluster(connection) => connection.as_mut(),
+        }
+    }
+}
+
+impl AsyncConnectionLike for Shared {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Shared::Single(connection) => connection.req_packed_command(cmd),
+            Shared::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(&'a mut self, cmd: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Shared::Single(connection) => connection.req_packed_commands(cmd, offset, count),
+            Shared::Cluster(connection) => connection.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Shared::Single(connection) => connection.get_db(),
+            Shared::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+

@@ -1,0 +1,20 @@
+//! The Redis backend: one limit shared by every process that names the same key. Each decision is one
+//! Lua script run on Redis's own clock (one round trip); this module is the client side of it. It does
+//! I/O, so it lives beside the pure core, not in it; the algorithms' semantics match the core's.
+
+pub mod backend;
+mod connections;
+pub mod error;
+pub mod limiter;
+pub mod runtime;
+pub mod loop_connection;
+mod process;
+mod scripts;
+mod windows;
+
+pub use backend::{Backend, Timeouts};
+pub use error::BackendError;
+pub use limiter::{Grant, Mode, Outcome, Peek, RemoteLimiter};
+
+#[cfg(test)]
+mod server_tests;

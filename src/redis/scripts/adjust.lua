@@ -1,0 +1,63 @@
+-- Corrects an admission after the fact and returns its lease: settles the real token count (refund or
+-- charge), gives back a reservation whose waiter gave up (actual = 0), or only releases the lease.
+-- Same keys as acquire.lua (the member set unused).
+--
+-- ARGV[1]  lease id to release ("" for none)
+-- ARGV[2]  number of windows, then six values per window:
+--          id, kind ("log" | "gcra"), span (log: window length; gcra: one unit's interval), receipt (from
+--          acquire.lua; 0 when that window counted nothing), counted (units counted so far), actual (units
+--          it really took)
+-- Returns the number of leases released (0 when it had expired already).
+
+local state, lease_key = KEYS[1], KEYS[2]
+local n = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+
+for i = 1, n do
+  local base = 2 + (i - 1) * 6
+  local id, kind, span = ARGV[base + 1], ARGV[base + 2], tonumber(ARGV[base + 3])
+  local receipt, counted, actual = tonumber(ARGV[base + 4]), tonumber(ARGV[base + 5]), tonumber(ARGV[base + 6])
+  if counted ~= actual then
+    if kind == 'gcra' then
+      local field = 'tat:' .. id
+      local tat = tonumber(redis.call('HGET', state, field) or '0')
+      if actual > counted then
+        -- Tokens nobody estimated were spent anyway: the server counted them, so do we.
+        redis.call('HSET', state, field, math.max(tat, now) + (actual - counted) * span)
+      elseif receipt ~= 0 and tat == receipt then
+        -- A refund only while nothing was admitted after it: later admissions relied on this TAT.
+        redis.call('HSET', state, field, tat - (counted - actual) * span)
+      end
+    elseif counted == 0 then
+      -- Nothing was counted here to correct: count the real cost from now (or the last entry) on.
+      local log = KEYS[3 + i]
+      local last = redis.call('LINDEX', log, -1)
+      local at = last and math.max(now, tonumber(string.match(last, '^(%d+):'))) or now
+      redis.call('RPUSH', log, string.format('%d:%d', at, actual))
+      redis.call('HINCRBY', state, 'sum:' .. id, actual)
+      redis.call('PEXPIRE', log, math.ceil((at - now + span) / 1000) + 1000)
+      redis.call('PEXPIRE', state, math.ceil((at - now + span) / 1000) + 1000)
+    else
+      local log = KEYS[3 + i]
+      local seq = tonumber(redis.call('HGET', state, 'seq:' .. id) or '0')
+      local index = receipt - seq - 1
+      local entry = index >= 0 and redis.call('LINDEX', log, index) or false
+      if entry then
+        local at, cost = string.match(entry, '^(%d+):(%d+)$')
+        local corrected = math.max(tonumber(cost) + actual - counted, 0)
+        redis.call('LSET', log, index, string.format('%d:%d', at, corrected))
+        redis.call('HINCRBY', state, 'sum:' .. id, corrected - tonumber(cost))
+        if corrected == 0 and index == redis.call('LLEN', log) - 1 then
+          redis.call('RPOP', log)
+        end
+      end
+      -- An entry that already left the window needs nothing: it no longer counts.
+    end
+  end
+end
+
+if ARGV[1] ~= '' then
+  return redis.call('ZREM', lease_key, ARGV[1])
+end
+return 0

@@ -1,0 +1,155 @@
+//! The scripts against a real redis-server, started on a free loopback port for each test (skipped,
+//! saying why, when redis-server is not installed; `make test` installs it).
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::core::clock::NS_PER_SEC;
+use crate::core::limit::{Algorithm, Cost, Limit, Unit};
+use crate::redis::{Backend, Grant, Mode, Outcome, RemoteLimiter, Timeouts, runtime};
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server() -> Option<Server> {
+    let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn();
+    let Ok(child) = child else {
+        eprintln!("skipped: redis-server is not installed (make test installs it)");
+        return None;
+    };
+    let server = Server { child, url: format!("redis://127.0.0.1:{port}/0") };
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(5), "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Some(server)
+}
+
+fn limiter(server: &Server, limits: Vec<Limit>, max_leases: Option<u64>, ttl: Duration) -> Arc<RemoteLimiter> {
+    let timeouts = Timeouts { connect: Duration::from_secs(1), command: Duration::from_secs(1) };
+    let backend = Arc::new(Backend::new(&server.url, "test", timeouts, None, false).unwrap());
+    Arc::new(RemoteLimiter::new(backend, "team", limits, max_leases, ttl).unwrap())
+}
+
+fn decide(limiter: &Arc<RemoteLimiter>, cost: Cost, mode: Mode, lease: bool) -> Outcome {
+    let handle = runtime::handle().unwrap();
+    handle.block_on(limiter.decide(cost, mode, lease, "acquire")).map_err(|e| format!("{e:?}")).unwrap()
+}
+
+fn admitted(outcome: Outcome) -> Grant {
+    match outcome {
+        Outcome::Admitted(grant) => grant,
+        other => panic!("expected an admission, got {other:?}"),
+    }
+}
+
+fn limit(n: f64, period_ms: u64, unit: Unit, algorithm: Algorithm) -> Limit {
+    let burst = (algorithm == Algorithm::Gcra).then_some(1.0);
+    Limit::new(n, period_ms * NS_PER_SEC / 1000, unit, algorithm, burst).unwrap()
+}
+
+#[test]
+fn exact_window_admits_the_full_limit_at_once_then_when_the_oldest_leaves() {
+    let Some(server) = start_server() else { return };
+    let lim = limiter(&server, vec![limit(3.0, 2_000, Unit::Requests, Algorithm::Exact)], None, Duration::from_secs(5));
+    let first = admitted(decide(&lim, Cost::request(0), Mode::Now, false));
+    std::thread::sleep(Duration::from_millis(10));
+    for _ in 0..2 {
+        assert_eq!(admitted(decide(&lim, Cost::request(0), Mode::Now, false)).wait_us, 0);
+    }
+    assert!(matches!(decide(&lim, Cost::request(0), Mode::Now, false), Outcome::Later { limit: 0, .. }));
+    let next = admitted(decide(&lim, Cost::request(0), Mode::Reserve { max_wait_us: None }, false));
+    assert_eq!(next.at_us, first.at_us + 2_000_000, "the fourth goes exactly when the first leaves");
+    // The second and third came within 1/1024 of the window of each other: one entry, dated the later.
+    let fifth = admitted(decide(&lim, Cost::request(0), Mode::Reserve { max_wait_us: None }, false));
+    assert!(fifth.at_us > first.at_us + 2_010_000 && fifth.at_us < first.at_us + 2_500_000, "{fifth:?}");
+}
+
+#[test]
+fn windows_admit_all_or_nothing() {
+    let Some(server) = start_server() else { return };
+    let requests = limit(10.0, 60_000, Unit::Requests, Algorithm::Exact);
+    let tokens = limit(1_000.0, 60_000, Unit::Tokens, Algorithm::Exact);
+    let lim = limiter(&server, vec![requests, tokens], None, Duration::from_secs(5));
+    admitted(decide(&lim, Cost::request(900), Mode::Now, false));
+    assert!(matches!(decide(&lim, Cost::request(200), Mode::Now, false), Outcome::Later { limit: 1, .. }));
+    let handle = runtime::handle().unwrap();
+    let peek = lim.peek_blocking(Cost::request(0)).map_err(|e| format!("{e:?}")).unwrap();
+    assert_eq!(peek.remaining, vec![9, 100], "the refused request counted in neither window");
+}
+
+#[test]
+fn settle_refunds_and_give_back_returns_everything() {
+    let Some(server) = start_server() else { return };
+    let tokens = limit(1_000.0, 60_000, Unit::Tokens, Algorithm::Exact);
+    let lim = limiter(&server, vec![tokens], None, Duration::from_secs(5));
+    let handle = runtime::handle().unwrap();
+    let grant = admitted(decide(&lim, Cost::request(900), Mode::Now, false));
+    lim.adjust_blocking(&grant, Cost::request(900), Cost::request(300), false).unwrap();
+    assert_eq!(lim.peek_blocking(Cost::request(0)).unwrap().remaining, vec![700]);
+    lim.adjust_blocking(&grant, Cost::request(300), Cost::request(0), false).unwrap();
+    assert_eq!(lim.peek_blocking(Cost::request(0)).unwrap().remaining, vec![1_000]);
+}
+
+#[test]
+fn a_cost_no_window_can_pass_is_refused_at_once() {
+    let Some(server) = start_server() else { return };
+    let tokens = limit(1_000.0, 60_000, Unit::Tokens, Algorithm::Exact);
+    let lim = limiter(&server, vec![tokens], None, Duration::from_secs(5));
+    let handle = runtime::handle().unwrap();
+    let refusal = handle.block_on(lim.decide(Cost::request(1_200), Mode::Now, false, "acquire")).unwrap_err();
+    let message = format!("{:?}", refusal.unwrap());
+    assert!(message.contains("never passes") && message.contains("1200 tokens"), "{message}");
+}
+
+#[test]
+fn gcra_paces_one_interval_apart() {
+    let Some(server) = start_server() else { return };
+    let lim = limiter(&server, vec![limit(10.0, 1_000, Unit::Requests, Algorithm::Gcra)], None, Duration::from_secs(5));
+    let first = admitted(decide(&lim, Cost::request(0), Mode::Now, false));
+    let second = admitted(decide(&lim, Cost::request(0), Mode::Reserve { max_wait_us: None }, false));
+    assert_eq!(second.at_us, first.at_us + 100_000);
+}
+
+#[test]
+fn leases_are_bounded_released_and_expire() {
+    let Some(server) = start_server() else { return };
+    let lim = limiter(&server, vec![], Some(2), Duration::from_millis(300));
+    let handle = runtime::handle().unwrap();
+    let one = admitted(decide(&lim, Cost::request(0), Mode::Now, true));
+    let _two = admitted(decide(&lim, Cost::request(0), Mode::Now, true));
+    assert!(matches!(decide(&lim, Cost::request(0), Mode::Now, true), Outcome::NoLease { .. }));
+    lim.adjust_blocking(&one, Cost::request(0), Cost::request(0), true).unwrap();
+    admitted(decide(&lim, Cost::request(0), Mode::Now, true));
+    // Another instance (a process that died holding leases) stops renewing: they expire by themselves.
+    let other = limiter(&server, vec![], Some(2), Duration::from_millis(300));
+    drop(lim);
+    assert!(matches!(decide(&other, Cost::request(0), Mode::Now, true), Outcome::NoLease { .. }));
+    std::thread::sleep(Duration::from_millis(700));
+    admitted(decide(&other, Cost::request(0), Mode::Now, true));
+}
+
+#[test]
+fn held_leases_are_renewed_past_their_ttl() {
+    let Some(server) = start_server() else { return };
+    let lim = limiter(&server, vec![], Some(1), Duration::from_millis(300));
+    admitted(decide(&lim, Cost::request(0), Mode::Now, true));
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(matches!(decide(&lim, Cost::request(0), Mode::Now, true), Outcome::NoLease { .. }));
+}

@@ -1,0 +1,302 @@
+"""A limiter decided in Redis behaves like the local one: try_acquire, acquire/release, async with,
+with from threads, slot + settle, stats; bad URLs and credentials fail clearly, password hidden."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Err, max_in_any_window
+from redis_server import RedisServer, cluster_url, redis_server, redis_url, tls_redis  # noqa: F401  (fixtures)
+
+import holysheep as hs
+from holysheep._holysheep import _Grant, _LoopChannel
+
+
+def shared(url: str, key: str = "team-a", **limits: object) -> hs.SharedRateLimiter:
+    lim = hs.HolySheepRateLimiter(backend=hs.RedisBackend(url), key=key, **limits)  # type: ignore[arg-type]
+    assert isinstance(lim, hs.SharedRateLimiter)
+    return lim
+
+
+def admission_times_us(lim: hs.SharedRateLimiter) -> list[int]:
+    """Redis's times of the admissions held, in whole microseconds: in float seconds an admission
+    exactly one window after another could round into that window."""
+    return [held.at_us for held in lim._held if isinstance(held, _Grant)]
+
+
+def test_backend_is_chosen_by_passing_one(redis_url: str) -> None:
+    lim = shared(redis_url, rpm=60)
+    assert isinstance(lim, hs.HolySheepRateLimiter)
+    assert type(hs.HolySheepRateLimiter(rpm=60)) is hs.HolySheepRateLimiter
+
+
+def test_limiters_sharing_a_key_share_the_limit(redis_url: str) -> None:
+    one, other = shared(redis_url, max_qps=3), shared(redis_url, max_qps=3)
+    assert [one.try_acquire(), other.try_acquire(), one.try_acquire()] == [True, True, True]
+    assert not other.try_acquire() and not one.try_acquire()
+    assert shared(redis_url, key="team-b", max_qps=3).try_acquire(), "another key is another limit"
+    assert one.stats()["rejected"] == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("http://:hunter2@127.0.0.1:6379", Err(hs.ConfigError, "***")),
+        ("redis://:hunter2@127.0.0.1:6379/notadb", Err(hs.ConfigError, "***")),
+    ],
+)
+def test_bad_urls_are_config_errors_without_the_password(url: str, error: Err) -> None:
+    with pytest.raises(error.type, match=error.match.replace("*", r"\*")) as raised:
+        hs.RedisBackend(url)
+    assert "hunter2" not in str(raised.value) and raised.value.field == "url"  # type: ignore[attr-defined]
+
+
+def test_refused_credentials_are_a_config_error_at_first_use(redis_server: RedisServer, redis_url: str) -> None:
+    redis_server.cli("ACL", "SETUSER", "app", "on", ">right-password", "~*", "+@all")
+    try:
+        url = f"redis://app:hunter2@127.0.0.1:{redis_server.port}/0"
+        lim = hs.HolySheepRateLimiter(max_qps=5, backend=hs.RedisBackend(url, on_error="fail_open"), key="k")
+        with pytest.raises(hs.ConfigError) as raised:
+            lim.try_acquire()
+        assert "hunter2" not in str(raised.value) and "***" in str(raised.value)
+        assert "hunter2" not in repr(lim) and "hunter2" not in repr(lim._backend)
+        good = f"redis://app:right-password@127.0.0.1:{redis_server.port}/0"
+        assert hs.HolySheepRateLimiter(max_qps=5, backend=hs.RedisBackend(good), key="k").try_acquire()
+    finally:
+        redis_server.cli("ACL", "DELUSER", "app")
+
+
+def test_unreachable_redis_fails_closed_by_default() -> None:
+    backend = hs.RedisBackend("redis://127.0.0.1:1/0", connect_timeout=0.2)
+    lim = hs.HolySheepRateLimiter(max_qps=5, backend=backend, key="k")
+    with pytest.raises(hs.BackendUnavailable, match="127.0.0.1:1"):
+        lim.try_acquire()
+
+
+def test_a_key_and_a_known_policy_are_required(redis_url: str) -> None:
+    with pytest.raises(hs.ConfigError, match="key"):
+        hs.HolySheepRateLimiter(max_qps=5, backend=hs.RedisBackend(redis_url))
+    with pytest.raises(hs.ConfigError, match="on_error"):
+        hs.RedisBackend(redis_url, on_error="ignore")  # type: ignore[arg-type]
+
+
+def test_a_cost_no_limit_can_pass_raises_at_once(redis_url: str) -> None:
+    lim = shared(redis_url, tpm=1_000)
+    with pytest.raises(hs.RateLimitExceeded, match="never passes") as raised:
+        lim.try_acquire(tokens=1_200)
+    assert raised.value.retry_after is None
+
+
+async def test_acquire_waits_for_the_instant_redis_reserved(redis_url: str) -> None:
+    lim = shared(redis_url, limits=[hs.Limit(2, per=0.3)])
+    started = time.monotonic()
+
+    async def one() -> float:
+        async with lim:
+            return time.monotonic() - started
+
+    waits = sorted(await asyncio.gather(*(one() for _ in range(4))))
+    assert waits[1] < 0.1 and 0.28 < waits[2] < 0.6, waits
+    assert lim.stats()["admitted"] == 4 and lim.stats()["in_flight"] == 0
+
+
+async def test_acquire_raises_at_once_when_the_wait_exceeds_the_timeout(redis_url: str) -> None:
+    lim = shared(redis_url, limits=[hs.Limit(1, per=10.0)])
+    await lim.acquire()
+    started = time.monotonic()
+    with pytest.raises(hs.RateLimitExceeded) as raised:
+        await lim.acquire(timeout=0.5)
+    assert time.monotonic() - started < 0.2 and raised.value.retry_after is not None
+    assert raised.value.retry_after > 9.0
+
+
+async def test_cancelled_waiter_gives_its_reservation_back(redis_url: str) -> None:
+    lim = shared(redis_url, limits=[hs.Limit(1, per=1.0)])
+    assert lim.try_acquire()
+    waiter = asyncio.ensure_future(lim.acquire())
+    await asyncio.sleep(0.1)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await asyncio.sleep(0.05)  # the give-back goes out in the background
+    assert 0.7 < lim.time_until_ready() <= 0.9, "the next one waits only for the first admission"
+
+
+async def test_concurrency_leases_are_shared_and_waiters_get_them_on_release(redis_url: str) -> None:
+    one, other = shared(redis_url, max_concurrency=2), shared(redis_url, max_concurrency=2)
+    await one.acquire()
+    await other.acquire()
+    assert not one.try_acquire()
+    waiter = asyncio.ensure_future(one.acquire(timeout=2.0))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    other.release()
+    await asyncio.wait_for(waiter, 1.0)
+    assert one.stats()["fleet_in_flight"] == 2 and one.stats()["in_flight"] == 2
+    with pytest.raises(hs.RateLimitExceeded, match="concurrency slot"):
+        await other.acquire(timeout=0.1)
+
+
+def test_threads_wait_with_the_gil_released(redis_url: str) -> None:
+    lim = shared(redis_url, limits=[hs.Limit(4, per=0.4)], max_concurrency=3)
+    finished: list[float] = []
+    started = time.monotonic()
+
+    def work() -> None:
+        with lim:
+            time.sleep(0.01)
+            finished.append(time.monotonic() - started)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert len(finished) == 8 and sorted(finished)[-1] > 0.4
+    assert lim.stats()["fleet_in_flight"] == 0
+
+
+async def test_slot_settles_from_asyncio_without_blocking_the_loop(redis_url: str) -> None:
+    lim = shared(redis_url, tpm=1_000)
+    async with lim.slot(tokens=900) as permit:
+        permit.settle(100)
+    await asyncio.sleep(0.05)  # the correction goes out in the background
+    assert lim.stats()["remaining"] == {"1000 tokens per minute": 900}
+
+
+def test_slot_settles_the_shared_token_count(redis_url: str) -> None:
+    lim, peer = shared(redis_url, tpm=1_000), shared(redis_url, tpm=1_000)
+    with lim.slot(tokens=900) as permit:
+        assert not peer.try_acquire(tokens=200)
+        permit.settle(300)
+        assert permit.tokens == 300
+    assert peer.stats()["remaining"] == {"1000 tokens per minute": 700}
+    assert peer.try_acquire(tokens=600)
+
+
+def test_admissions_in_any_window_stay_within_the_limit(redis_url: str) -> None:
+    lim = shared(redis_url, limits=[hs.Limit(10, per=0.2)])
+    deadline = time.monotonic() + 0.7
+    while time.monotonic() < deadline:
+        lim.try_acquire()
+    times = admission_times_us(lim)
+    assert max_in_any_window(times, 200_000) == 10 and len(times) >= 30
+
+
+def test_stats_show_this_process_and_the_fleet(redis_url: str) -> None:
+    lim, peer = shared(redis_url, rpm=10, max_concurrency=5), shared(redis_url, rpm=10, max_concurrency=5)
+    assert lim.try_acquire() and peer.try_acquire()
+    stats = lim.stats()
+    assert (stats["admitted"], stats["in_flight"], stats["fleet_in_flight"]) == (1, 1, 2)
+    assert stats["remaining"] == {"10 requests per minute": 8} and stats["fleet_members"] == 2
+    assert "team-a" in repr(lim)
+
+
+async def test_keyed_limiter_makes_a_shared_limit_per_key(redis_url: str) -> None:
+    backend = hs.RedisBackend(redis_url)
+    per_team = hs.KeyedLimiter(lambda team: hs.HolySheepRateLimiter(max_qps=2, backend=backend, key=f"team-{team}"))
+    other_process = hs.KeyedLimiter(lambda team: hs.HolySheepRateLimiter(max_qps=2, backend=backend, key=f"team-{team}"))
+    assert per_team.try_acquire("a") and other_process.try_acquire("a")
+    assert not per_team.try_acquire("a"), "both instances share team a's limit"
+    async with per_team["b"]:
+        pass
+    assert other_process.try_acquire("b")
+
+
+def test_presets_take_a_backend_and_stay_what_they_are(redis_url: str) -> None:
+    backend = hs.RedisBackend(redis_url)
+    bucket = hs.TokenBucket(rate=5, capacity=2, backend=backend, key="bucket")
+    window = hs.SlidingWindow(limit=2, window_s=10, backend=backend, key="window")
+    gate = hs.ConcurrencyLimiter(1, backend=backend, key="gate")
+    for lim in (bucket, window, gate):
+        assert isinstance(lim, hs.SharedRateLimiter)
+    assert isinstance(bucket, hs.TokenBucket) and isinstance(window, hs.SlidingWindow)
+    assert isinstance(gate, hs.ConcurrencyLimiter)
+    twin = hs.SlidingWindow(limit=2, window_s=10, backend=backend, key="window")
+    assert window.try_acquire() and twin.try_acquire() and not window.try_acquire()
+    assert gate.try_acquire() and not hs.ConcurrencyLimiter(1, backend=backend, key="gate").try_acquire()
+    assert bucket.try_acquire() and bucket.try_acquire() and not bucket.try_acquire()
+
+
+async def test_asyncio_over_a_unix_socket_goes_through_the_runtime(redis_server: RedisServer, redis_url: str) -> None:
+    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(2, per=0.3)], backend=hs.RedisBackend(redis_server.unix_url), key="unix")
+    peer = shared(redis_url, key="unix", limits=[hs.Limit(2, per=0.3)])
+    assert peer.try_acquire(), "the same server over TCP"
+    started = time.monotonic()
+    async with lim:
+        pass
+    async with lim:
+        pass
+    assert time.monotonic() - started > 0.25, "the third admission waited for the first to leave"
+    waiter = asyncio.ensure_future(lim.acquire())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+
+
+async def test_rediss_with_a_private_ca(tls_redis: tuple[str, Path]) -> None:
+    url, ca = tls_redis
+    lim = hs.HolySheepRateLimiter(max_qps=3, max_concurrency=5, backend=hs.RedisBackend(url, tls_ca_cert=ca), key="tls")
+    assert lim.try_acquire()  # this thread's own TLS connection
+    async with lim:  # asyncio through the runtime's TLS connection
+        pass
+    await asyncio.sleep(0.05)  # the release goes out in the background
+    assert lim.stats()["fleet_in_flight"] == 1
+    untrusted = hs.HolySheepRateLimiter(max_qps=3, backend=hs.RedisBackend(url, connect_timeout=0.5), key="tls")
+    with pytest.raises(hs.BackendUnavailable):
+        untrusted.try_acquire()  # the system does not trust the test CA
+
+
+async def test_a_cluster_holds_each_limit_in_one_slot(cluster_url: str) -> None:
+    backend = hs.RedisBackend(cluster_url, cluster=True)
+    teams = {team: hs.HolySheepRateLimiter(max_qps=2, max_concurrency=5, backend=backend, key=team) for team in "abcdef"}
+    peers = {team: hs.HolySheepRateLimiter(max_qps=2, max_concurrency=5, backend=backend, key=team) for team in "abcdef"}
+    for team, lim in teams.items():  # keys spread over the three nodes
+        assert lim.try_acquire() and peers[team].try_acquire()
+        assert not lim.try_acquire(), f"team {team}: the limit is shared"
+    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(100, per=1.0)], max_concurrency=5, backend=backend, key="aio")
+    async with lim:  # asyncio through the runtime's cluster connection
+        assert lim.stats()["fleet_in_flight"] == 1
+
+
+def test_event_loops_in_several_threads_share_one_limiter(redis_url: str) -> None:
+    lim = shared(redis_url, limits=[hs.Limit(10_000, per=1.0)], max_concurrency=8)
+    failures: list[BaseException] = []
+
+    async def work() -> None:
+        for _ in range(100):
+            async with lim:
+                await asyncio.sleep(0)
+
+    def run() -> None:
+        try:
+            asyncio.run(work())
+        except BaseException as err:  # reported by the assertion below
+            failures.append(err)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert failures == [] and lim.stats()["admitted"] == 300
+
+
+async def test_the_loop_opens_its_own_connection_off_the_loop_then_uses_it(redis_url: str) -> None:
+    lim = shared(redis_url, max_qps=1_000)
+    loop = asyncio.get_running_loop()
+    await lim.acquire()  # through the runtime while the loop's connection opens
+    lim.release()
+    for _ in range(50):
+        if isinstance(lim._channels.get(loop), _LoopChannel):
+            break
+        await asyncio.sleep(0.01)
+    await lim.acquire()
+    lim.release()
+    channel = lim._channels[loop]
+    assert isinstance(channel, _LoopChannel) and channel.is_open
