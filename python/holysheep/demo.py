@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from holysheep import pricing
 from holysheep._holysheep import Limit
 from holysheep._limiter import HolySheepRateLimiter
 from holysheep.batch import BatchFailure, batch_chat, batch_embed
@@ -28,9 +29,9 @@ if TYPE_CHECKING:  # the SDK is imported when the demo runs, so `holysheep --hel
 
 EMBED_MODEL = "text-embedding-3-small"
 CHAT_MODEL = "deepseek-v3.2"
-#: USD per million tokens: deepseek-v3.2 from the price table of DESIGN.md §4; the embedding model at
-#: OpenAI's list price.
-PRICES = {EMBED_MODEL: 0.02, CHAT_MODEL: 0.42}
+#: USD per million tokens: holysheep's price table (budgets use it too), plus the embedding model at
+#: OpenAI's list price, which that table leaves out.
+PRICES = {**pricing.PRICES, EMBED_MODEL: 0.02}
 EMBEDDINGS, CHATS = "/v1/embeddings", "/v1/chat/completions"
 API_KEY = "hs_demo"
 
