@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 
+import pytest
+
 from holysheep import _demo_plot
-from holysheep.demo import Scenario, add_arguments, demo
+from holysheep.demo import Scenario, add_arguments, demo, run
 
 from conftest import max_in_any_window
 
@@ -55,3 +58,16 @@ def test_the_plot_can_be_turned_off() -> None:
     add_arguments(parser)
     assert parser.parse_args([]).plot == Path("holysheep-demo.png")
     assert parser.parse_args(["--no-plot"]).plot is None
+
+
+def test_without_the_openai_sdk_the_demo_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    find_spec = importlib.util.find_spec
+
+    def as_if_openai_were_missing(name: str, package: str | None = None) -> object:
+        return None if name == "openai" else find_spec(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", as_if_openai_were_missing)
+    assert run(argparse.Namespace(seed=7, plot=None)) == 2
+    assert "pip install 'holysheep[openai]'" in capsys.readouterr().err

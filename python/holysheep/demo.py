@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -273,6 +274,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs the demo, prints its table and writes the plot; the exit status."""
+    if importlib.util.find_spec("openai") is None:
+        print("holysheep demo: it drives the openai SDK; pip install 'holysheep[openai]'", file=sys.stderr)
+        return 2
     scenario = replace(Scenario(), seed=args.seed)
     print(describe(scenario), flush=True)
     progress = importlib.util.find_spec("tqdm") is not None
