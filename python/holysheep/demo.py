@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import importlib
 import importlib.util
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -272,6 +276,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=Scenario.seed, help="seed for latencies and embeddings")
 
 
+def _logs_above_the_bars(progress: bool) -> AbstractContextManager[object]:
+    """Prints holysheep's log lines (the breaker opening, ...) above the progress bars, not through them."""
+    if not progress:
+        return contextlib.nullcontext()
+    redirect = importlib.import_module("tqdm.contrib.logging").logging_redirect_tqdm
+    manager: AbstractContextManager[object] = redirect(loggers=[logging.getLogger("holysheep")])
+    return manager
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs the demo, prints its table and writes the plot; the exit status."""
     if importlib.util.find_spec("openai") is None:
@@ -282,7 +295,8 @@ def run(args: argparse.Namespace) -> int:
     progress = importlib.util.find_spec("tqdm") is not None
     if not progress:
         print("(pip install 'holysheep[progress]' for live progress bars)", flush=True)
-    ours, bare, table = asyncio.run(demo(scenario, progress))
+    with _logs_above_the_bars(progress):
+        ours, bare, table = asyncio.run(demo(scenario, progress))
     print()
     print(table)
     if args.plot is not None:
