@@ -178,10 +178,7 @@ def test_threads_wait_out_an_open_breaker_too() -> None:
     with MockGateway(latency=0.03, faults=Faults(outage=(0.1, 0.4))) as gw:
         no_retries = hs.RetryPolicy(max_attempts=1)
         with hs.HolySheep(base_url=gw.base_url, api_key="hs_test", retry=no_retries, breaker=breaker) as client:
-            # One call before the threads start: Transport makes its inner HTTP transport on first use,
-            # and threads racing to make it each make one (all but one leak their sockets).
-            client.models.list()
-            replies = hs.batch_chat_sync(client, ["hi"] * 30, model="gpt-4.1", concurrency=3, max_tokens=1)
+            replies = client.batch_chat(["hi"] * 30, model="gpt-4.1", concurrency=3, max_tokens=1)
         outage_answers = sum(record.fault == "outage" for record in gw.admission_log())
     assert replies.count("baa") == 30 - outage_answers < 30
     assert breaker.stats()["rejected"] > 0  # some calls met the open breaker, and waited

@@ -221,3 +221,13 @@ async def test_a_budget_stops_a_runaway_loop_before_the_request_is_sent() -> Non
         assert sent == 11
         assert len(gw.admission_log()) == sent
         assert budget.stats()["in_flight"] == 0
+
+
+async def test_batch_helpers_are_methods_of_the_client(gateway: MockGateway) -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=1_000, max_concurrency=8)
+    async with hs.AsyncHolySheep(base_url=gateway.base_url, api_key="hs_test", limiter=lim) as client:
+        vectors = await client.batch_embed([f"doc {i}" for i in range(25)], model="text-embedding-3-small", batch_size=10)
+        replies = await client.batch_chat(["hi", "there"], model="gpt-4.1", max_tokens=2)
+    assert len(vectors) == 25 and all(isinstance(v, list) for v in vectors)
+    assert replies == ["baa baa", "baa baa"]
+    assert lim.stats()["admitted"] == 5 and lim.stats()["in_flight"] == 0

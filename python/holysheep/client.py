@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import openai
 
+from holysheep import batch
 from holysheep._limiter import HolySheepRateLimiter
+from holysheep.batch import BatchFailure, Prompt
 from holysheep.breaker import CircuitBreaker, KeyedBreaker
 from holysheep.errors import ConfigError
 from holysheep.retry import RetryPolicy
@@ -145,6 +147,15 @@ class AsyncHolySheep(_HolySheepClient, openai.AsyncOpenAI):
         self._set_up(openai.AsyncOpenAI, _async_http_client, api_key, base_url, limiter, tier, retry, breaker, options, kwargs)
 
 
+    async def batch_embed(self, docs: Iterable[str], *, model: str, **options: Any) -> list[list[float] | BatchFailure]:
+        """`holysheep.batch.batch_embed` on this client: vectors in order, failures as items."""
+        return await batch.batch_embed(self, docs, model=model, **options)
+
+    async def batch_chat(self, prompts: Iterable[Prompt], *, model: str, **options: Any) -> list[str | BatchFailure]:
+        """`holysheep.batch.batch_chat` on this client: replies in order, failures as items."""
+        return await batch.batch_chat(self, prompts, model=model, **options)
+
+
 class HolySheep(_HolySheepClient, openai.OpenAI):
     """``openai.OpenAI`` for HolySheep: `AsyncHolySheep` for blocking code (threads wait with the GIL
     released). Takes the same arguments."""
@@ -165,6 +176,14 @@ class HolySheep(_HolySheepClient, openai.OpenAI):
     ) -> None:
         options = {"acquire_timeout": acquire_timeout, "fallback_models": fallback_models, "prices": prices}
         self._set_up(openai.OpenAI, _sync_http_client, api_key, base_url, limiter, tier, retry, breaker, options, kwargs)
+
+    def batch_embed(self, docs: Iterable[str], *, model: str, **options: Any) -> list[list[float] | BatchFailure]:
+        """`holysheep.batch.batch_embed_sync` on this client: vectors in order, failures as items."""
+        return batch.batch_embed_sync(self, docs, model=model, **options)
+
+    def batch_chat(self, prompts: Iterable[Prompt], *, model: str, **options: Any) -> list[str | BatchFailure]:
+        """`holysheep.batch.batch_chat_sync` on this client: replies in order, failures as items."""
+        return batch.batch_chat_sync(self, prompts, model=model, **options)
 
 
 def wrap(

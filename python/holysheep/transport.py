@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import threading
 import json
 import re
 import time
@@ -266,12 +267,17 @@ class _Pipeline:
         self.fallback_models = dict(fallback_models or {})
         self.prices = {**PRICES, **(prices or {})}
         self._inner = inner
+        self._inner_made = threading.Lock()
 
     def _inner_transport(self, asynchronous: bool) -> Any:
         if self._inner is None:
-            limits = self.lib.Limits(max_connections=1000, max_keepalive_connections=100)
-            factory = self.lib.AsyncHTTPTransport if asynchronous else self.lib.HTTPTransport
-            self._inner = factory(limits=limits)
+            # Made on first use (whether it is sync or async is known then), once: threads making their
+            # first requests together would otherwise each make one and leak all but one.
+            with self._inner_made:
+                if self._inner is None:
+                    limits = self.lib.Limits(max_connections=1000, max_keepalive_connections=100)
+                    factory = self.lib.AsyncHTTPTransport if asynchronous else self.lib.HTTPTransport
+                    self._inner = factory(limits=limits)
         return self._inner
 
     def _next_delay(self, error: Exception, attempts: int, started: int, previous: float) -> float | None:
@@ -339,18 +345,26 @@ class _Pipeline:
         attempts, started, previous = 0, self.retry._core.begin(), 0.0
         while True:
             attempts += 1
+            if breaker is not None and breaker.state == "open":
+                # Fail fast (or ask the next model) without waiting for the limiter first. The breaker
+                # refuses (and counts it); should it have just turned half-open, the trial goes back.
+                try:
+                    breaker._core.release(breaker._admit())
+                except CircuitOpenError:
+                    if last:
+                        raise
+                    return _NEXT_MODEL
+            price = self.prices.get(model or "", 0.0)
+            reservation = None if self.limiter is None else (yield _Acquire(tokens, price))
             try:
+                # The permit is taken when the request is about to go, so a half-open breaker's trials
+                # are the next requests sent, not the next to start waiting for the limiter.
                 permit = None if breaker is None else breaker._admit()
             except CircuitOpenError:
+                self._release()
                 if last:
                     raise
                 return _NEXT_MODEL
-            try:
-                price = self.prices.get(model or "", 0.0)
-                reservation = None if self.limiter is None else (yield _Acquire(tokens, price))
-            except BaseException as exc:
-                self._breaker_outcome(breaker, permit, exc)  # a cancelled wait frees a half-open trial too
-                raise
             _stamp_when_sent(request, reservation, asynchronous)
             try:
                 response = yield _Send(request)
