@@ -146,7 +146,6 @@ class AsyncHolySheep(_HolySheepClient, openai.AsyncOpenAI):
         options = {"acquire_timeout": acquire_timeout, "fallback_models": fallback_models, "prices": prices}
         self._set_up(openai.AsyncOpenAI, _async_http_client, api_key, base_url, limiter, tier, retry, breaker, options, kwargs)
 
-
     async def batch_embed(self, docs: Iterable[str], *, model: str, **options: Any) -> list[list[float] | BatchFailure]:
         """`holysheep.batch.batch_embed` on this client: vectors in order, failures as items."""
         return await batch.batch_embed(self, docs, model=model, **options)
