@@ -136,6 +136,9 @@ class HolySheepRateLimiter(_Limiter):
 
     async def _acquire(self, tokens: int, timeout: float | None, priority: int, price: float = 0.0) -> Admitted:
         _check_timeout(timeout)
+        admitted = self._try_reserve(tokens, price)  # nobody waits and all is free: no waiting machinery
+        if admitted is not None:
+            return admitted
         self.time_until_ready(tokens)  # a cost that can never pass fails here, before any wait
         loop = asyncio.get_running_loop()
         remaining = Remaining(timeout, loop.time)
@@ -154,6 +157,9 @@ class HolySheepRateLimiter(_Limiter):
 
     def _acquire_blocking(self, tokens: int, timeout: float | None, priority: int, price: float = 0.0) -> Admitted:
         _check_timeout(timeout)
+        admitted = self._try_reserve(tokens, price)
+        if admitted is not None:
+            return admitted
         self.time_until_ready(tokens)
         remaining = Remaining(timeout, time.monotonic)
         if not self._try_slot():

@@ -185,21 +185,42 @@ impl<C: Clock> Limiter<C> {
     /// A `false` is not counted as a rejection: the caller may go on to wait (see [`Limiter::reject`]).
     #[inline]
     pub fn try_acquire(&self, cost: Cost) -> Result<bool> {
-        if self.has_waiters() || !self.slots.try_acquire() {
-            return Ok(false);
+        Ok(self.admit_now(cost, &mut Receipt::default(), "try_acquire")?.is_some())
+    }
+
+    /// `try_acquire` with the receipt kept, for a caller that may settle or restamp the admission;
+    /// `None` when it would have to wait. A request that would cross a budget is refused.
+    pub fn try_reserve(&self, cost: Cost) -> Result<Option<Admission>> {
+        if let Some(quota) = &self.quota {
+            if let Some(budget) = quota.over_budget(cost, self.clock.now_ns()) {
+                self.stats.reject();
+                return Err(self.over_budget("acquire", cost, budget));
+            }
         }
-        let Some(quota) = &self.quota else { return Ok(true) };
+        let mut receipt = Receipt::default();
+        let admitted = self.admit_now(cost, &mut receipt, "acquire")?;
+        Ok(admitted.map(|at_ns| Admission { wait_ns: 0, at_ns, receipt }))
+    }
+
+    /// A permit and the rate, both now, or neither: the instant admitted, `None` when not now, `Err`
+    /// when the cost can never pass. The receipt is written when admitted.
+    #[inline]
+    fn admit_now(&self, cost: Cost, receipt: &mut Receipt, operation: &str) -> Result<Option<u64>> {
+        if self.has_waiters() || !self.slots.try_acquire() {
+            return Ok(None);
+        }
+        let Some(quota) = &self.quota else { return Ok(Some(0)) };
         let now = self.clock.now_ns();
-        let decision = quota.decide(cost, now, now, &mut Receipt::default());
+        let decision = quota.decide(cost, now, now, receipt);
         if decision == Decision::Now {
-            return Ok(true);
+            return Ok(Some(now));
         }
         self.abandon_permit()?;
         if let Decision::Never { .. } = decision {
             self.stats.reject();
-            return Err(self.refusal("try_acquire", cost, now));
+            return Err(self.refusal(operation, cost, now));
         }
-        Ok(false)
+        Ok(None)
     }
 
     /// Counts a request turned away: a failed try, or a waiter out of time.

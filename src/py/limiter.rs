@@ -177,6 +177,20 @@ impl PyLimiter {
         Ok(self.inner.try_acquire(tokens_cost(tokens)?)?)
     }
 
+    /// A slot and the rate now, with the reservation kept (for settle), or None when it would have to
+    /// wait; raises when the cost can never pass or would cross a budget.
+    #[pyo3(signature = (tokens, price = 0.0))]
+    fn _try_reserve(&self, tokens: i64, price: f64) -> PyResult<Option<Reservation>> {
+        let cost = Cost::priced(tokens_cost(tokens)?.tokens, price);
+        let admitted = self.inner.try_reserve(cost)?;
+        Ok(admitted.map(|admission| Reservation {
+            limiter: Arc::clone(&self.inner),
+            admission: SpinLock::new(admission),
+            tokens: AtomicU64::new(cost.tokens),
+            price,
+        }))
+    }
+
     /// Counts a waiter that ran out of time.
     fn _reject(&self) {
         self.inner.reject();
