@@ -233,3 +233,14 @@ async def test_the_last_models_failure_is_the_answer() -> None:
         response = await http.post("/chat/completions", json=CHAT)
     assert (response.status_code, response.headers["x-holysheep-model"]) == (503, "deepseek-v3.2")
     assert asked == ["gpt-4.1", "deepseek-v3.2"]
+
+
+async def test_a_breaker_per_model_keeps_one_failing_model_from_stopping_the_others() -> None:
+    breakers = hs.KeyedBreaker(failure_threshold=1, recovery_timeout=30.0)
+    handle, asked = by_model({"gpt-4.1": httpx2.Response(500), "deepseek-v3.2": ok()})
+    async with client(handle, retry=hs.RetryPolicy(max_attempts=1), breaker=breakers) as http:
+        assert (await http.post("/chat/completions", json=CHAT)).status_code == 500
+        with pytest.raises(hs.CircuitOpenError):
+            await http.post("/chat/completions", json=CHAT)
+        assert (await http.post("/chat/completions", json={**CHAT, "model": "deepseek-v3.2"})).status_code == 200
+    assert asked == ["gpt-4.1", "deepseek-v3.2"]

@@ -63,10 +63,12 @@ class _Plan:
 
     __slots__ = ("body", "model", "tokens")
 
-    def __init__(self, request: Any) -> None:
+    def __init__(self, request: Any, read_body: bool) -> None:
         self.body: dict[str, Any] | None = None
         self.model: str | None = None
         self.tokens = 0
+        if not read_body:
+            return
         content_type = request.headers.get("content-type", "")
         if request.method == "POST" and content_type.startswith("application/json"):
             try:
@@ -266,6 +268,10 @@ class _Pipeline:
         self.acquire_timeout = acquire_timeout
         self.fallback_models = dict(fallback_models or {})
         self.prices = {**PRICES, **(prices or {})}
+        # The body is read (tokens estimated, model found) only where a limit, a breaker per model or a
+        # fallback needs it.
+        units = {limit.unit for limit in limiter.limits} if limiter is not None else set()
+        self._read_bodies = bool(self.fallback_models or units - {"requests"} or isinstance(breaker, KeyedBreaker))
         self._inner = inner
         self._inner_made = threading.Lock()
 
@@ -327,7 +333,7 @@ class _Pipeline:
         blocked on (a limiter admission, a send, reading a failed answer, a backoff), and the driver
         sends back the outcome or throws in the error. Each model in turn gets the retry policy's
         attempts, until one answers."""
-        plan = _Plan(request)
+        plan = _Plan(request, self._read_bodies)
         models = plan.models(self.fallback_models)
         for index, model in enumerate(models):
             asking = request if index == 0 else self._for_model(request, plan, model)
