@@ -15,10 +15,9 @@ from holysheep._waiting import (
     AsyncWaiter,
     Remaining,
     ThreadWaiter,
-    rate_protocol,
+    acquire_protocol,
     run_async,
     run_blocking,
-    slot_protocol,
 )
 from holysheep.errors import ConfigError
 
@@ -134,46 +133,36 @@ class HolySheepRateLimiter(_Limiter):
         if not self._admit_now(tokens):
             self._acquire_blocking(tokens, timeout, priority)
 
-    async def _acquire(self, tokens: int, timeout: float | None, priority: int, price: float = 0.0) -> Admitted:
+    def _admit_at_once(self, tokens: int, timeout: float | None, price: float) -> Admitted | None:
+        """The admission when nobody waits and all is free (no waiting machinery), else None; a bad
+        timeout or a cost that can never pass fails here, before any wait."""
         _check_timeout(timeout)
-        admitted = self._try_reserve(tokens, price)  # nobody waits and all is free: no waiting machinery
+        admitted = self._try_reserve(tokens, price)
+        if admitted is None:
+            self.time_until_ready(tokens)
+        return admitted
+
+    async def _acquire(self, tokens: int, timeout: float | None, priority: int, price: float = 0.0) -> Admitted:
+        admitted = self._admit_at_once(tokens, timeout, price)
         if admitted is not None:
             return admitted
-        self.time_until_ready(tokens)  # a cost that can never pass fails here, before any wait
         loop = asyncio.get_running_loop()
         remaining = Remaining(timeout, loop.time)
-        if not self._try_slot():
-            waiter = AsyncWaiter(loop)
-            await run_async(slot_protocol(self, self._slot_line, waiter, priority, timeout), waiter, remaining)
-        try:
-            waiter = AsyncWaiter(loop)
-            protocol = rate_protocol(self, self._rate_line, waiter, tokens, priority, remaining, price)
-            reservation: _Reservation = await run_async(protocol, waiter, remaining)
-        except BaseException:
-            self._abandon()
-            raise
-        self._record_wait(remaining.elapsed())
+        waiter = AsyncWaiter(loop)
+        reservation: _Reservation = await run_async(
+            acquire_protocol(self, waiter, tokens, priority, remaining, price), waiter, remaining
+        )
         return reservation
 
     def _acquire_blocking(self, tokens: int, timeout: float | None, priority: int, price: float = 0.0) -> Admitted:
-        _check_timeout(timeout)
-        admitted = self._try_reserve(tokens, price)
+        admitted = self._admit_at_once(tokens, timeout, price)
         if admitted is not None:
             return admitted
-        self.time_until_ready(tokens)
         remaining = Remaining(timeout, time.monotonic)
-        if not self._try_slot():
-            waiter = ThreadWaiter()
-            protocol = slot_protocol(self, self._slot_line, waiter, priority, timeout)
-            run_blocking(protocol, waiter, remaining, self._sleep)
-        try:
-            waiter = ThreadWaiter()
-            rate = rate_protocol(self, self._rate_line, waiter, tokens, priority, remaining, price)
-            reservation: _Reservation = run_blocking(rate, waiter, remaining, self._sleep)
-        except BaseException:
-            self._abandon()
-            raise
-        self._record_wait(remaining.elapsed())
+        waiter = ThreadWaiter()
+        reservation: _Reservation = run_blocking(
+            acquire_protocol(self, waiter, tokens, priority, remaining, price), waiter, remaining, self._sleep
+        )
         return reservation
 
     def _settle_admitted(self, admitted: Admitted, actual_tokens: int) -> None:

@@ -158,6 +158,30 @@ def rate_protocol(
                 front.wake()
 
 
+def acquire_protocol(
+    limiter: HolySheepRateLimiter,
+    waiter: Waiter,
+    tokens: int,
+    priority: int,
+    remaining: Remaining,
+    price: float,
+) -> Generator[Step, bool, _Reservation]:
+    """Ends holding a concurrency slot and a rate reservation: the slot first (so the reserved instant
+    is when the request goes), then the rate; a waiter that fails or gives up on the rate hands its
+    slot on. One waiter serves both lines: it stands in one at a time."""
+    if not limiter._try_slot():
+        yield from slot_protocol(limiter, limiter._slot_line, waiter, priority, remaining.timeout)
+    try:
+        reservation = yield from rate_protocol(
+            limiter, limiter._rate_line, waiter, tokens, priority, remaining, price
+        )
+    except BaseException:
+        limiter._abandon()
+        raise
+    limiter._record_wait(remaining.elapsed())
+    return reservation
+
+
 class Remaining:
     """A wait's budget on some clock: seconds left before its deadline (None without a timeout), and
     seconds spent so far."""
