@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx2
@@ -120,14 +120,24 @@ async def test_usage_settles_the_token_estimate() -> None:
     assert lim.stats()["remaining"] == {"1000 tokens per minute": 960}
 
 
-def sse(*events: dict[str, Any]) -> bytes:
-    return b"".join(f"data: {json.dumps(event)}\n\n".encode() for event in events) + b"data: [DONE]\n\n"
+def sse(*events: dict[str, Any]) -> Callable[[httpx2.Request], httpx2.Response]:
+    """A handler answering each request with a fresh server-sent event stream, sent chunk by chunk
+    as a server's is (an answer built from bytes in memory would come already read)."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for event in events:
+            yield f"data: {json.dumps(event)}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, content=chunks(), headers={"content-type": "text/event-stream"})
+
+    return handle
 
 
 async def test_a_stream_holds_its_slot_until_read_to_the_end() -> None:
     lim = hs.HolySheepRateLimiter(max_qps=100, tpm=10_000, max_concurrency=1)
-    stream = sse({"choices": [{"delta": {"content": "baa"}}]}, {"choices": [], "usage": {"total_tokens": 7}})
-    handle, _ = answers(httpx2.Response(200, content=stream, headers={"content-type": "text/event-stream"}))
+    handle = sse({"choices": [{"delta": {"content": "baa"}}]}, {"choices": [], "usage": {"total_tokens": 7}})
     async with client(handle, limiter=lim) as http:
         async with http.stream("POST", "/chat/completions", json={**CHAT, "stream": True}) as response:
             assert lim.stats()["in_flight"] == 1
@@ -139,8 +149,7 @@ async def test_a_stream_holds_its_slot_until_read_to_the_end() -> None:
 
 async def test_a_stream_closed_early_or_abandoned_by_an_error_returns_its_slot() -> None:
     lim = hs.HolySheepRateLimiter(max_qps=100, max_concurrency=1)
-    stream = sse(*({"choices": [{"delta": {"content": "baa"}}]} for _ in range(50)))
-    handle, _ = answers(httpx2.Response(200, content=stream, headers={"content-type": "text/event-stream"}))
+    handle = sse(*({"choices": [{"delta": {"content": "baa"}}]} for _ in range(50)))
     async with client(handle, limiter=lim) as http:
         async with http.stream("POST", "/chat/completions", json={**CHAT, "stream": True}) as response:
             async for _ in response.aiter_lines():
@@ -244,3 +253,57 @@ async def test_a_breaker_per_model_keeps_one_failing_model_from_stopping_the_oth
             await http.post("/chat/completions", json=CHAT)
         assert (await http.post("/chat/completions", json={**CHAT, "model": "deepseek-v3.2"})).status_code == 200
     assert asked == ["gpt-4.1", "deepseek-v3.2"]
+
+
+class SlowFirstConnection(httpx2.AsyncBaseTransport, httpx2.BaseTransport):
+    """A transport whose first request waits a while for its connection before writing the body, as
+    one does in a pool busy with a burst, and that logs when each body arrived."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[float] = []
+
+    def _waits(self) -> float:
+        return 0.0 if self.arrivals else 0.3
+
+    def _arrived(self, body: bytes) -> httpx2.Response:
+        self.arrivals.append(time.monotonic())
+        return httpx2.Response(200, content=body)
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        await asyncio.sleep(self._waits())
+        return self._arrived(b"".join([chunk async for chunk in request.stream]))  # type: ignore[union-attr]
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        time.sleep(self._waits())
+        return self._arrived(b"".join(request.stream))  # type: ignore[union-attr]
+
+
+async def uploaded(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["json body", "streamed upload"])
+async def test_an_admission_counts_from_when_its_body_was_sent(streamed: bool) -> None:
+    """A server counts a request when it arrives: one that waited for its connection must not give its
+    place in the window back before the server does."""
+    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(1, per=1.0)])
+    slow = SlowFirstConnection()
+    async with httpx2.AsyncClient(transport=hs.Transport(lim, inner=slow), base_url="http://gateway.test/v1") as http:
+        for _ in range(2):
+            if streamed:
+                response = await http.post("/upload", content=uploaded(b"baa ", b"baa"))
+            else:
+                response = await http.post("/chat/completions", json=CHAT)
+    assert slow.arrivals[1] - slow.arrivals[0] >= 1.0
+    echoed = response.content if streamed else json.loads(response.content)
+    assert echoed == (b"baa baa" if streamed else CHAT)
+
+
+def test_a_blocking_admission_counts_from_when_its_body_was_sent() -> None:
+    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(1, per=1.0)])
+    slow = SlowFirstConnection()
+    with httpx2.Client(transport=hs.Transport(lim, inner=slow), base_url="http://gateway.test/v1") as http:
+        for _ in range(2):
+            http.post("/chat/completions", json=CHAT)
+    assert slow.arrivals[1] - slow.arrivals[0] >= 1.0
