@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
@@ -10,6 +9,7 @@ from typing import Callable, Union
 
 from holysheep._holysheep import Limit, _KeyedTable
 from holysheep._limiter import HolySheepRateLimiter
+from holysheep._waiting import sleep_exactly
 
 __all__ = ["KeyedLimiter"]
 
@@ -135,7 +135,7 @@ class KeyedLimiter:
         wait, receipt = self._table.reserve(key, tokens, timeout)
         if wait > 0.0:
             try:
-                await asyncio.sleep(wait)
+                await sleep_exactly(wait)
             except BaseException:
                 self._table.give_back(key, tokens, receipt)
                 raise

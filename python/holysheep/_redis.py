@@ -30,7 +30,7 @@ from holysheep._holysheep import (
 )
 from holysheep._limiter import Admitted, HolySheepRateLimiter, _check_timeout
 from holysheep._redis_fallback import LocalAdmission, OpenAdmission, share
-from holysheep._waiting import Remaining
+from holysheep._waiting import Remaining, sleep_exactly
 from holysheep.errors import BackendUnavailable, ConfigError, RateLimitExceeded
 
 __all__ = ["RedisBackend", "SharedRateLimiter"]
@@ -332,7 +332,7 @@ class SharedRateLimiter(HolySheepRateLimiter):
                 pause = min(pause * 2, _LONGEST_POLL)
             if outcome.wait > 0.0:
                 try:
-                    await asyncio.sleep(outcome.wait)
+                    await sleep_exactly(outcome.wait)
                 except BaseException:
                     outcome.give_back(wait=False)
                     raise

@@ -24,6 +24,25 @@ if TYPE_CHECKING:
 Step = Optional[float]
 
 
+#: How late a poll-style wait (epoll, under asyncio's timers) may wake: Linux lets it slip by 0.1% of its
+#: timeout (timer slack), 10 ms of a 10 s wait for the window's oldest admission to leave.
+_POLL_SLACK = 0.001
+#: Waits shorter than this are slept in one go: their slack is under the kernel's 50 us floor anyway.
+_ONE_LEG = 0.05
+
+
+async def sleep_exactly(seconds: float) -> None:
+    """``asyncio.sleep`` that does not wake up to 0.1% late: a long wait stops short of its end, by more
+    than the slack, and sleeps the rest (a few ms, with microseconds of slack) in a second leg."""
+    if seconds < _ONE_LEG:
+        await asyncio.sleep(seconds)
+        return
+    loop = asyncio.get_running_loop()
+    due = loop.time() + seconds
+    await asyncio.sleep(seconds * (1.0 - 2 * _POLL_SLACK))
+    await asyncio.sleep(max(0.0, due - loop.time()))
+
+
 def _set_result_if_pending(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -212,7 +231,7 @@ async def run_async(protocol: Generator[Step, bool, Any], waiter: AsyncWaiter, r
                 if step is None:
                     outcome = await waiter.wait(remaining.deadline)
                 else:
-                    await asyncio.sleep(step)
+                    await sleep_exactly(step)
                     outcome = True
             except BaseException as exc:
                 step = protocol.throw(exc)
