@@ -34,9 +34,23 @@ redis-server:  ## install Debian's redis-server for the Redis backend's tests, w
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
 
 .PHONY: test
-test: build lint redis-server  ## cargo test, the lint, then pytest (the Redis tests start their own redis-server)
+test: build lint redis-server  ## cargo test, the lint, pytest (the Redis tests start their own redis-server), the oldest openai
 	cargo test -q
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory test-openai-oldest
+
+# --- the drop-in clients against the oldest openai the `openai` extra claims, in a venv of its own ---
+OLDEST_VENV := .venv-openai-oldest
+OLDEST_TESTS := tests/test_client.py tests/test_cli_check.py tests/test_demo.py tests/test_mock_gateway.py
+
+$(OLDEST_VENV)/.installed: tests/requirements-openai-oldest.txt
+	python3 -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install -q -r tests/requirements-openai-oldest.txt
+	touch $@
+
+.PHONY: test-openai-oldest
+test-openai-oldest: build $(OLDEST_VENV)/.installed  ## the clients' tests on openai 1.x (httpx), with the extension just built
+	PYTHONPATH=python $(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(OLDEST_TESTS)
 
 .PHONY: demo
 demo: build  ## the main job: a RAG batch through holysheep and through the bare SDK against a MockGateway; table + PNG

@@ -52,6 +52,19 @@ def test_an_openai_key_pointed_at_holysheep_warns_without_showing_it() -> None:
         hs.AsyncHolySheep(api_key=secret, base_url="http://127.0.0.1:9/v1")
 
 
+#: The SDK's own HTTP client class: httpx2's from openai 3.x, httpx's before.
+SDK_HTTP_CLIENT = getattr(openai, "DefaultAsyncHttpx2Client", None) or getattr(openai, "DefaultAsyncHttpxClient")
+
+
+@pytest.mark.parametrize(
+    ("options", "field"), [({"max_retries": 3}, "max_retries"), ({"http_client": SDK_HTTP_CLIENT()}, "http_client")]
+)
+def test_options_that_would_undo_the_transport_are_refused(options: dict[str, Any], field: str) -> None:
+    with pytest.raises(hs.ConfigError) as info:
+        hs.AsyncHolySheep(api_key="hs_x", **options)
+    assert info.value.field == field
+
+
 def test_limiter_and_tier_are_one_or_the_other() -> None:
     with pytest.raises(hs.ConfigError) as info:
         hs.AsyncHolySheep(api_key="hs_x", tier="pro", limiter=hs.HolySheepRateLimiter(rpm=10))
@@ -75,8 +88,12 @@ async def test_chat_embeddings_models_and_streams_pass_the_limiter(gateway: Mock
         assert text.startswith("baa")
         raw = await client.chat.completions.with_raw_response.create(model="gpt-4.1", messages=MESSAGES)
         assert raw.headers["x-request-id"] and raw.parse().choices
+        # A copy with other options shares the transport, so the same limiter.
+        copy = client.with_options(timeout=5.0)
+        assert isinstance(copy, hs.AsyncHolySheep) and copy.limiter is lim and copy.max_retries == 0
+        assert (await copy.chat.completions.create(model="gpt-4.1", messages=MESSAGES)).choices
     stats = lim.stats()
-    assert (stats["admitted"], stats["in_flight"], stats["server_429s"]) == (5, 0, 0)
+    assert (stats["admitted"], stats["in_flight"], stats["server_429s"]) == (6, 0, 0)
     # The estimates (64 completion tokens asked for) were settled to what the gateway counted.
     counted = sum(record.tokens for record in gateway.admission_log())
     assert stats["remaining"]["100000 tokens per minute"] == 100_000 - counted
@@ -99,6 +116,10 @@ async def test_300_concurrent_calls_with_the_gateways_limits_get_no_429() -> Non
         assert len(results) == 300
         assert sum(record.status == 429 for record in log) == 0
         assert gw.peak_admitted() <= 100
+    if not hasattr(openai, "DefaultAsyncHttpx2Client"):
+        # httpcore 1.x (under httpx, so openai 1.x and 2.x) checks every pooled connection's socket for
+        # each request it sends: with 100 connections, a burst goes out at about 100 requests/s.
+        return
     # The ideal schedule: 100 at once, then 100 as each leaves the window and its guard, twice; within
     # 5% of it (the rest is the time a burst of 100 takes to go out).
     arrivals = sorted(record.at for record in log)
@@ -204,6 +225,37 @@ def test_the_blocking_client_and_wrap(gateway: MockGateway) -> None:
         assert isinstance(wrapped, openai.OpenAI) and wrapped.max_retries == 0
         assert wrapped.embeddings.create(model="text-embedding-3-small", input="x").data
     assert lim.stats()["admitted"] == 2 and lim.stats()["in_flight"] == 0
+
+
+def open_breaker() -> hs.CircuitBreaker:
+    breaker = hs.CircuitBreaker(failure_threshold=1, recovery_timeout=60)
+    with pytest.raises(ConnectionError), breaker:
+        raise ConnectionError("the gateway is down")
+    return breaker
+
+
+async def test_holysheep_errors_come_out_as_themselves_from_async_clients(gateway: MockGateway) -> None:
+    """Whatever the SDK's version: openai 1.x and 2.x wrap every error of a transport in
+    APIConnectionError."""
+    breaker = open_breaker()
+    async with openai.AsyncOpenAI(base_url=gateway.base_url, api_key="hs_test") as bare:
+        ours = hs.AsyncHolySheep(base_url=gateway.base_url, api_key="hs_test", breaker=breaker)
+        for client in (ours, hs.wrap(bare, breaker=breaker), hs.wrap(ours, breaker=breaker)):
+            with pytest.raises(hs.CircuitOpenError):
+                await client.models.list()
+            assert isinstance(client, openai.AsyncOpenAI)
+    assert gateway.admission_log() == []
+
+
+def test_holysheep_errors_come_out_as_themselves_from_blocking_clients(gateway: MockGateway) -> None:
+    breaker = open_breaker()
+    with openai.OpenAI(base_url=gateway.base_url, api_key="hs_test") as bare:
+        ours = hs.HolySheep(base_url=gateway.base_url, api_key="hs_test", breaker=breaker)
+        for client in (ours, hs.wrap(bare, breaker=breaker), hs.wrap(ours, breaker=breaker)):
+            with pytest.raises(hs.CircuitOpenError):
+                client.models.list()
+            assert isinstance(client, openai.OpenAI)
+    assert gateway.admission_log() == []
 
 
 async def test_a_budget_stops_a_runaway_loop_before_the_request_is_sent() -> None:

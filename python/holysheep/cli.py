@@ -203,9 +203,8 @@ def _masked(key: str) -> str:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    import httpx2
-
     from holysheep.client import HOLYSHEEP_BASE_URL, resolve_api_key
+    from holysheep.transport import http_library as http_lib
 
     base_url = (args.base_url or HOLYSHEEP_BASE_URL).rstrip("/")
     try:
@@ -216,10 +215,10 @@ def _run_check(args: argparse.Namespace) -> int:
     print(f"key: {_masked(key)} ({'HolySheep' if key.startswith('hs_') else 'not a HolySheep'} key form)")
     headers = {"Authorization": f"Bearer {key}"}
     try:
-        with httpx2.Client(base_url=base_url, headers=headers, timeout=args.timeout) as http:
+        with http_lib.Client(base_url=base_url, headers=headers, timeout=args.timeout) as http:
             models = http.get("/models")
             quota = http.get("/quota") if models.status_code == 200 else None
-    except httpx2.HTTPError as err:
+    except http_lib.HTTPError as err:
         print(f"connection: cannot reach {base_url}: {type(err).__name__}: {err}")
         return 1
     if models.status_code in (401, 403):

@@ -9,6 +9,7 @@ The SDK's own retries are switched off (``max_retries=0``): the transport retrie
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,9 +22,9 @@ from holysheep import batch
 from holysheep._limiter import HolySheepRateLimiter
 from holysheep.batch import BatchFailure, Prompt
 from holysheep.breaker import CircuitBreaker, KeyedBreaker
-from holysheep.errors import ConfigError
+from holysheep.errors import ConfigError, HolySheepError
 from holysheep.retry import RetryPolicy
-from holysheep.transport import Transport
+from holysheep.transport import Transport, _Pipeline, http_library, transport_class
 
 __all__ = ["HOLYSHEEP_BASE_URL", "AsyncHolySheep", "HolySheep", "wrap"]
 
@@ -32,10 +33,19 @@ API_KEY_ENV = "HOLYSHEEP_API_KEY"
 
 ClientT = TypeVar("ClientT", openai.OpenAI, openai.AsyncOpenAI)
 
-# openai 3.x is built on httpx2: its clients get an httpx2 client with our transport, made with the SDK's
-# own defaults (timeouts, connection limits).
-_async_http_client = openai.DefaultAsyncHttpx2Client
-_sync_http_client = openai.DefaultHttpx2Client
+
+def _sdk_http() -> tuple[Any, Any, Any]:
+    """The SDK's own HTTP client classes (its timeouts and connection limits) and the `Transport` made for
+    their library: openai 3.x is built on httpx2, 1.x and 2.x on httpx."""
+    if hasattr(openai, "DefaultAsyncHttpx2Client"):
+        clients, library = (openai.DefaultAsyncHttpx2Client, openai.DefaultHttpx2Client), "httpx2"
+    else:
+        clients, library = (getattr(openai, "DefaultAsyncHttpxClient"), getattr(openai, "DefaultHttpxClient")), "httpx"
+    lib = importlib.import_module(library)
+    return (*clients, Transport if lib is http_library else transport_class(lib))
+
+
+_async_http_client, _sync_http_client, _SdkTransport = _sdk_http()
 
 
 def _points_at_holysheep(base_url: Any) -> bool:
@@ -71,7 +81,62 @@ def _transport(
         raise ConfigError("tier: give limiter= or tier=, not both", "tier")
     if tier is not None:
         limiter = HolySheepRateLimiter.from_tier(tier)
-    return Transport(limiter, retry, breaker, **options)
+    return _SdkTransport(limiter, retry, breaker, **options)
+
+
+def _own_error(err: openai.APIConnectionError) -> BaseException:
+    """What a request raised: openai 1.x and 2.x wrap any error of the transport in APIConnectionError,
+    where 3.x lets errors other than the HTTP library's through; ours come out as themselves on all."""
+    return err.__cause__ if isinstance(err.__cause__, HolySheepError) else err
+
+
+class _AsyncOwnErrors(openai.AsyncOpenAI):
+    """An ``openai.AsyncOpenAI`` that raises holysheep's errors (BudgetExceeded, CircuitOpenError,
+    RateLimitExceeded) as themselves."""
+
+    async def request(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().request(*args, **kwargs)
+        except openai.APIConnectionError as err:
+            raise _own_error(err) from None
+
+
+class _SyncOwnErrors(openai.OpenAI):
+    """`_AsyncOwnErrors` for the blocking client."""
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().request(*args, **kwargs)
+        except openai.APIConnectionError as err:
+            raise _own_error(err) from None
+
+
+#: Each client class `wrap` was given, made to raise holysheep's errors as themselves.
+_RAISING_OWN_ERRORS: dict[type, type] = {}
+
+
+def _raising_own_errors(sdk_class: type) -> type:
+    """``sdk_class`` (a user's client class), raising holysheep's errors as themselves."""
+    if issubclass(sdk_class, (_AsyncOwnErrors, _SyncOwnErrors)):
+        return sdk_class
+    if sdk_class not in _RAISING_OWN_ERRORS:
+        own_errors = _AsyncOwnErrors if issubclass(sdk_class, openai.AsyncOpenAI) else _SyncOwnErrors
+        namespace = {"__module__": sdk_class.__module__, "__doc__": sdk_class.__doc__}
+        _RAISING_OWN_ERRORS[sdk_class] = type(sdk_class.__name__, (own_errors, sdk_class), namespace)
+    return _RAISING_OWN_ERRORS[sdk_class]
+
+
+def _transport_of(http_client: Any) -> Any:
+    """The `Transport` under an HTTP client one of our clients made: its copies (``with_options``,
+    ``copy``) share it, and so its limiter, breaker and retries."""
+    transport = getattr(http_client, "_transport", None)
+    if not isinstance(transport, _Pipeline):
+        raise ConfigError(
+            "http_client: the client makes its own, with a holysheep Transport under it; to keep yours, "
+            "give it hs.Transport(..., inner=<your transport>) and pass it to openai.AsyncOpenAI / OpenAI",
+            "http_client",
+        )
+    return transport
 
 
 class _HolySheepClient:
@@ -93,15 +158,17 @@ class _HolySheepClient:
         kwargs: dict[str, Any],
     ) -> None:
         base_url = base_url or HOLYSHEEP_BASE_URL
-        self.transport = _transport(limiter, tier, retry, breaker, options)
-        sdk_client.__init__(
-            self,
-            api_key=resolve_api_key(api_key, base_url),
-            base_url=base_url,
-            max_retries=0,
-            http_client=http_client(transport=self.transport),
-            **kwargs,
-        )
+        if kwargs.pop("max_retries", 0) != 0:
+            raise ConfigError("max_retries: the transport retries (retry=RetryPolicy(...)); the SDK's would stack on it", "max_retries")
+        shared = kwargs.pop("http_client", None)
+        if shared is None:
+            self.transport = _transport(limiter, tier, retry, breaker, options)
+            shared = http_client(transport=self.transport)
+        elif limiter is None and tier is None and retry is None and breaker is None:
+            self.transport = _transport_of(shared)
+        else:
+            raise ConfigError("http_client: give it or limiter, tier, retry and breaker, not both", "http_client")
+        sdk_client.__init__(self, api_key=resolve_api_key(api_key, base_url), base_url=base_url, max_retries=0, http_client=shared, **kwargs)
 
     @property
     def limiter(self) -> HolySheepRateLimiter | None:
@@ -110,7 +177,7 @@ class _HolySheepClient:
         return limiter
 
 
-class AsyncHolySheep(_HolySheepClient, openai.AsyncOpenAI):
+class AsyncHolySheep(_HolySheepClient, _AsyncOwnErrors):
     """``openai.AsyncOpenAI`` for HolySheep, every request limited, guarded and retried.
 
         client = AsyncHolySheep(limiter=HolySheepRateLimiter(rpm=500, tpm=100_000, max_concurrency=20))
@@ -155,7 +222,7 @@ class AsyncHolySheep(_HolySheepClient, openai.AsyncOpenAI):
         return await batch.batch_chat(self, prompts, model=model, **options)
 
 
-class HolySheep(_HolySheepClient, openai.OpenAI):
+class HolySheep(_HolySheepClient, _SyncOwnErrors):
     """``openai.OpenAI`` for HolySheep: `AsyncHolySheep` for blocking code (threads wait with the GIL
     released). Takes the same arguments."""
 
@@ -206,4 +273,5 @@ def wrap(
     transport = _transport(limiter, tier, retry, breaker, options)
     make_http_client = _async_http_client if isinstance(client, openai.AsyncOpenAI) else _sync_http_client
     wrapped: ClientT = client.with_options(http_client=make_http_client(transport=transport), max_retries=0)
+    wrapped.__class__ = _raising_own_errors(type(wrapped))
     return wrapped

@@ -508,11 +508,13 @@ def transport_class(lib: Any) -> type:
 
 
 def _default_library() -> Any:
-    """httpx2, which the openai SDK 3.x is built on, else httpx."""
+    """httpx2, which the openai SDK 3.x is built on, else httpx (openai 1.x and 2.x)."""
     try:
         return importlib.import_module("httpx2")
     except ImportError:
         return importlib.import_module("httpx")
 
 
-Transport = transport_class(_default_library())
+#: The HTTP library `Transport` is made for: httpx2 where it is installed, else httpx.
+http_library = _default_library()
+Transport = transport_class(http_library)
