@@ -4,6 +4,7 @@ gives up, and when it returns the concurrency slot."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -159,6 +160,18 @@ async def test_a_stream_closed_early_or_abandoned_by_an_error_returns_its_slot()
             async with http.stream("POST", "/chat/completions", json={**CHAT, "stream": True}) as response:
                 async for _ in response.aiter_lines():
                     raise RuntimeError("the consumer failed")
+        assert lim.stats()["in_flight"] == 0
+
+
+@pytest.mark.parametrize("counts_tokens", [False, True])
+async def test_a_stream_dropped_unread_and_unclosed_returns_its_slot(counts_tokens: bool) -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=100, tpm=10_000 if counts_tokens else None, max_concurrency=1)
+    handle = sse({"choices": [{"delta": {"content": "baa"}}]})
+    async with client(handle, limiter=lim) as http:
+        response = await http.send(http.build_request("POST", "/chat/completions", json=CHAT), stream=True)
+        assert lim.stats()["in_flight"] == 1
+        del response
+        gc.collect()
         assert lim.stats()["in_flight"] == 0
 
 

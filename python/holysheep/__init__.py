@@ -32,13 +32,14 @@ _LAZY = {
     "AsyncHolySheep": "holysheep.client",
     "HolySheep": "holysheep.client",
     "Transport": "holysheep.transport",
+    "transport_class": "holysheep.transport",
     "wrap": "holysheep.client",
 }
 
 
 if TYPE_CHECKING:
     from holysheep.client import AsyncHolySheep, HolySheep, wrap
-    from holysheep.transport import Transport
+    from holysheep.transport import Transport, transport_class
 
 
 def __getattr__(name: str) -> object:
@@ -88,5 +89,6 @@ __all__ = [
     "rate_limited",
     "resilient",
     "retry",
+    "transport_class",
     "wrap",
 ]

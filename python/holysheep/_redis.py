@@ -305,6 +305,10 @@ class SharedRateLimiter(HolySheepRateLimiter):
         """`acquire` for threads: blocks with the GIL released."""
         self._held.append(self._acquire_blocking(tokens, timeout, priority))
 
+    def _admit_at_once(self, tokens: int, timeout: float | None, price: float) -> None:
+        """Never: a shared limit is decided in Redis, by `_acquire`."""
+        return None
+
     async def _acquire(self, tokens: int, timeout: float | None, priority: int, price: float = 0.0) -> Held:
         # `price` (for budgets) is not decided in Redis yet: shared limits count requests and tokens.
         _check_timeout(timeout)

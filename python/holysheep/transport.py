@@ -27,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
+from holysheep._holysheep import _Reservation
 from holysheep._tokens import estimate_request_tokens
 from holysheep.breaker import CircuitBreaker, KeyedBreaker
 from holysheep.classify import classify_status
@@ -35,8 +36,7 @@ from holysheep.pricing import PRICES
 from holysheep.retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from holysheep._holysheep import _Reservation
-    from holysheep._limiter import HolySheepRateLimiter
+    from holysheep._limiter import Admitted, HolySheepRateLimiter
 
 __all__ = ["Transport", "transport_class"]
 
@@ -61,12 +61,10 @@ class _Plan:
 
     __slots__ = ("body", "model", "tokens")
 
-    def __init__(self, request: Any, read_body: bool) -> None:
+    def __init__(self, request: Any) -> None:
         self.body: dict[str, Any] | None = None
         self.model: str | None = None
         self.tokens = 0
-        if not read_body:
-            return
         content_type = request.headers.get("content-type", "")
         if request.method == "POST" and content_type.startswith("application/json"):
             try:
@@ -97,21 +95,21 @@ def _error_code(body: bytes) -> str | None:
 
 class _Held:
     """A response body that holds what its request was admitted with until it is read to the end,
-    closed, or abandoned on an error: the concurrency slot, and the reservation whose token estimate
-    the reported usage settles (None when no limit counts tokens or dollars)."""
+    closed, or abandoned on an error: the concurrency slot, and the token estimate the reported usage
+    settles (when ``settles``: some limit counts tokens or dollars)."""
 
-    __slots__ = ("_inner", "_limiter", "_reservation", "_tail", "done")
+    __slots__ = ("_admitted", "_inner", "_limiter", "_settles", "_tail", "done")
 
-    def __init__(self, inner: Any, limiter: HolySheepRateLimiter | None, reservation: _Reservation | None) -> None:
+    def __init__(self, inner: Any, limiter: HolySheepRateLimiter | None, admitted: Admitted | None, settles: bool) -> None:
         self._inner = inner
         self._limiter = limiter
-        self._reservation = reservation
+        self._admitted = admitted
+        self._settles = settles
         self._tail = b""
         self.done = False
 
     def _saw(self, chunk: bytes) -> None:
-        if self._reservation is not None:
-            self._tail = (self._tail + chunk)[-_TAIL_BYTES:]
+        self._tail = (self._tail + chunk)[-_TAIL_BYTES:]
 
     def finish(self, body: bytes = b"") -> None:
         """Settles the tokens the server reported (in the stream seen, or ``body``) and returns the
@@ -119,13 +117,17 @@ class _Held:
         if self.done:
             return
         self.done = True
-        if self._limiter is None:
+        if self._limiter is None or self._admitted is None:
             return
-        if self._reservation is not None:
+        if self._settles:
             matches = _TOTAL_TOKENS.findall(self._tail + body[-_TAIL_BYTES:])
             if matches:
-                self._reservation.settle(int(matches[-1]))
-        self._limiter.release()
+                self._limiter._settle_admitted(self._admitted, int(matches[-1]))
+        self._limiter._release_admitted(self._admitted)
+
+    def __del__(self) -> None:
+        # A response dropped without being read to the end or closed still gives its slot back.
+        self.finish()
 
 
 class _HeldAsyncStream(_Held):
@@ -133,7 +135,14 @@ class _HeldAsyncStream(_Held):
 
     __slots__ = ()
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        if not self._settles:
+            # Nothing to read on the way: the body goes by untouched, and the slot comes back at aclose,
+            # which httpx calls once the body is read to the end, or the response closed or dropped.
+            return self._inner.__aiter__()  # type: ignore[no-any-return]
+        return self._settling()
+
+    async def _settling(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._inner:
                 self._saw(chunk)
@@ -154,6 +163,11 @@ class _HeldSyncStream(_Held):
     __slots__ = ()
 
     def __iter__(self) -> Iterator[bytes]:
+        if not self._settles:
+            return iter(self._inner)
+        return self._settling()
+
+    def _settling(self) -> Iterator[bytes]:
         try:
             for chunk in self._inner:
                 self._saw(chunk)
@@ -334,7 +348,9 @@ class _Pipeline:
         """One request, written once for both kinds of client: it yields what must be awaited or
         blocked on (a limiter admission, a send, reading a failed answer, a backoff), and the driver
         sends back the outcome or throws in the error."""
-        plan = _Plan(request, self._read_bodies)
+        if not self._read_bodies:
+            return self._attempts(request, 0, None, True, asynchronous)
+        plan = _Plan(request)
         models = plan.models(self.fallback_models)
         if len(models) == 1:
             return self._attempts(request, plan.tokens, models[0], True, asynchronous)
@@ -370,23 +386,28 @@ class _Pipeline:
                         raise
                     return _NEXT_MODEL
             price = self.prices.get(model or "", 0.0)
-            reservation = None if self.limiter is None else (yield _Acquire(tokens, price))
+            reservation = None
+            if self.limiter is not None:
+                # Admitted in one call when nobody waits and all is free; else the driver waits.
+                reservation = self.limiter._admit_at_once(tokens, self.acquire_timeout, price)
+                if reservation is None:
+                    reservation = yield _Acquire(tokens, price)
             try:
                 # The permit is taken when the request is about to go, so a half-open breaker's trials
                 # are the next requests sent, not the next to start waiting for the limiter.
                 permit = None if breaker is None else breaker._admit()
             except CircuitOpenError:
-                self._release()
+                self._release(reservation)
                 if last:
                     raise
                 return _NEXT_MODEL
-            if reservation is not None:
+            if isinstance(reservation, _Reservation):  # one of Redis is counted at Redis's time
                 self._stamp_when_sent(request, reservation)
             try:
                 response = yield _Send(request)
                 body = (yield _Read(response)) if response.status_code >= 400 else b""
             except BaseException as exc:
-                self._release()
+                self._release(reservation)
                 self._breaker_outcome(breaker, permit, exc)
                 delay = self._next_delay(exc, attempts, started, previous) if isinstance(exc, Exception) else None
                 if delay is None:
@@ -397,10 +418,10 @@ class _Pipeline:
                 delay = None if failure is None else self._next_delay(failure, attempts, started, previous)
                 if delay is None:
                     if not last and (response.status_code == 429 or response.status_code >= 500):
-                        self._release()
+                        self._release(reservation)
                         return _NEXT_MODEL
                     return self._answer(response, reservation, model, asynchronous)
-                self._release()
+                self._release(reservation)
             yield _Sleep(delay)
             previous = delay
 
@@ -466,14 +487,14 @@ class _Pipeline:
         assert self.limiter is not None, "an admission step is only taken with a limiter"
         return self.limiter
 
-    def _answer(self, response: Any, reservation: _Reservation | None, model: str | None, asynchronous: bool) -> Any:
+    def _answer(self, response: Any, admitted: Admitted | None, model: str | None, asynchronous: bool) -> Any:
         """The response handed to the client, saying which model answered. It keeps its slot until its
         stream ends; one already read in full (a failure read to classify it, or an answer an inner
         transport made in memory) is done with, its slot back now."""
         if model is not None:
             response.headers["x-holysheep-model"] = model
         held = (self.async_stream if asynchronous else self.sync_stream)(
-            response.stream, self.limiter, reservation if self._settles else None
+            response.stream, self.limiter, admitted, self._settles
         )
         if response.is_closed:
             held.finish(response.content)
@@ -481,9 +502,9 @@ class _Pipeline:
             response.stream = held
         return response
 
-    def _release(self) -> None:
-        if self.limiter is not None:
-            self.limiter.release()
+    def _release(self, admitted: Admitted | None) -> None:
+        if self.limiter is not None and admitted is not None:
+            self.limiter._release_admitted(admitted)
 
     async def aclose(self) -> None:
         if self._inner is not None:
