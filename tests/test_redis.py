@@ -306,7 +306,9 @@ async def test_the_loop_opens_its_own_connection_off_the_loop_then_uses_it(redis
 async def test_the_openai_clients_keep_to_a_limit_shared_in_redis(redis_url: str, flavour: str) -> None:  # noqa: F811
     from holysheep.testing import MockGateway
 
-    lim = shared(redis_url, key=f"client-{flavour}", limits=[hs.Limit(4, per=0.5)], max_concurrency=2)
+    # Redis counts an admission when it decides it, which the gateway sees a little later (unlike a
+    # local limiter's, it is not moved to the send): the guard covers that.
+    lim = shared(redis_url, key=f"client-{flavour}", limits=[hs.Limit(4, per=0.5, guard=0.1)], max_concurrency=2)
     messages = [{"role": "user", "content": "hi"}]
     with MockGateway(latency=0.01) as gw:
         if flavour == "async":
@@ -317,7 +319,5 @@ async def test_the_openai_clients_keep_to_a_limit_shared_in_redis(redis_url: str
                 for _ in range(10):
                     blocking.chat.completions.create(model="m", messages=messages)
         arrivals = sorted(record.at for record in gw.admission_log())
-    # Paced by Redis: 4, then 4 half a second later, then 2. (Redis counts an admission when it decides
-    # it, which the gateway sees a little later: unlike a local limiter's, it is not moved to the send.)
-    assert len(arrivals) == 10 and arrivals[8] - arrivals[0] >= 0.9
+    assert len(arrivals) == 10 and max_in_any_window(arrivals, 0.5) <= 4
     assert lim.stats()["admitted"] == 10 and lim.stats()["fleet_in_flight"] == 0

@@ -41,7 +41,8 @@ impl WindowSpec {
             return Self { id, kind: Kind::Gcra, limit: gcra.burst(), span_us, merge_us: 0, unit };
         }
         let exact = Limit::new(limit.amount(), limit.period_ns(), unit, Algorithm::Exact, None)
-            .expect("a limit that was valid stays valid as an exact window");
+            .expect("a limit that was valid stays valid as an exact window")
+            .with_guard(limit.guard_ns());
         let Window::Exact(window) = exact.window() else { unreachable!("an exact limit has an exact window") };
         let span_us = ns_to_us_rounded_up(window.window_ns());
         let id = format!("{}-{}-per-{span_us}us", unit.name(), window.limit());
@@ -72,6 +73,13 @@ mod tests {
         let spec = WindowSpec::new(&limit);
         assert_eq!((spec.kind, spec.limit, spec.span_us, spec.merge_us), (Kind::Log, 2, 800_000, 781));
         assert_eq!(spec.id, "requests-2-per-800000us");
+    }
+
+    #[test]
+    fn the_guard_keeps_each_admission_counted_past_its_window_as_locally() {
+        let limit = Limit::new(4.0, NS_PER_SEC / 2, Unit::Requests, Algorithm::Exact, None).unwrap().with_guard(100_000_000);
+        let spec = WindowSpec::new(&limit);
+        assert_eq!((spec.limit, spec.span_us), (4, 600_000));
     }
 
     #[test]
