@@ -41,7 +41,7 @@ async def requests_per_s(client: openai.AsyncOpenAI, requests: int) -> float:
 
 
 async def main(rounds: int, requests: int) -> None:
-    print(header(f"median of {rounds} rounds of {requests:,} requests per client, the clients in turns"))
+    print(header(f"{rounds} rounds, each timing both clients on {requests:,} requests, in an order that flips each round"))
     print(flush=True)
     with MockGateway(log=False) as gateway:
         never_binds = hs.HolySheepRateLimiter(max_qps=1e9, max_concurrency=1_000_000)
