@@ -40,7 +40,8 @@ def _sdk_http() -> tuple[Any, Any, Any]:
     if hasattr(openai, "DefaultAsyncHttpx2Client"):
         clients, library = (openai.DefaultAsyncHttpx2Client, openai.DefaultHttpx2Client), "httpx2"
     else:
-        clients, library = (getattr(openai, "DefaultAsyncHttpxClient"), getattr(openai, "DefaultHttpxClient")), "httpx"
+        clients = (getattr(openai, "DefaultAsyncHttpxClient"), getattr(openai, "DefaultHttpxClient"))
+        library = "httpx"
     lib = importlib.import_module(library)
     return (*clients, Transport if lib is http_library else transport_class(lib))
 
@@ -159,7 +160,10 @@ class _HolySheepClient:
     ) -> None:
         base_url = base_url or HOLYSHEEP_BASE_URL
         if kwargs.pop("max_retries", 0) != 0:
-            raise ConfigError("max_retries: the transport retries (retry=RetryPolicy(...)); the SDK's would stack on it", "max_retries")
+            raise ConfigError(
+                "max_retries: the transport retries (retry=RetryPolicy(...)); the SDK's would stack on it",
+                "max_retries",
+            )
         shared = kwargs.pop("http_client", None)
         if shared is None:
             self.transport = _transport(limiter, tier, retry, breaker, options)
@@ -168,7 +172,14 @@ class _HolySheepClient:
             self.transport = _transport_of(shared)
         else:
             raise ConfigError("http_client: give it or limiter, tier, retry and breaker, not both", "http_client")
-        sdk_client.__init__(self, api_key=resolve_api_key(api_key, base_url), base_url=base_url, max_retries=0, http_client=shared, **kwargs)
+        sdk_client.__init__(
+            self,
+            api_key=resolve_api_key(api_key, base_url),
+            base_url=base_url,
+            max_retries=0,
+            http_client=shared,
+            **kwargs,
+        )
 
     @property
     def limiter(self) -> HolySheepRateLimiter | None:

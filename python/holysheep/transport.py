@@ -100,7 +100,9 @@ class _Held:
 
     __slots__ = ("_admitted", "_inner", "_limiter", "_settles", "_tail", "done")
 
-    def __init__(self, inner: Any, limiter: HolySheepRateLimiter | None, admitted: Admitted | None, settles: bool) -> None:
+    def __init__(
+        self, inner: Any, limiter: HolySheepRateLimiter | None, admitted: Admitted | None, settles: bool
+    ) -> None:
         self._inner = inner
         self._limiter = limiter
         self._admitted = admitted
