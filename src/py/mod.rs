@@ -23,7 +23,7 @@ mod native {
     #[pymodule_export]
     use super::breaker::BreakerCore;
     #[pymodule_export]
-    use super::failures::{classify_failure, retry_after};
+    use super::failures::{classify_failure, retry_after, spent_quota};
     #[pymodule_export]
     use super::gateway::{MockGatewayConfig, MockGatewayServer};
     #[pymodule_export]
