@@ -28,7 +28,6 @@ __all__ = [
     "_shutdown_redis_runtime",
     "classify_failure",
     "retry_after",
-    "spent_quota",
 ]
 __version__: str
 
@@ -156,7 +155,6 @@ class _Limiter:
     def _sleep(self, seconds: float) -> None: ...
     def _record_server_rejection(self) -> None: ...
     def _record_server_answer(self) -> None: ...
-    def _server_spent(self, seconds: float) -> None: ...
 
 # --- the mock gateway (python/holysheep/testing.py wraps these) ---
 
@@ -317,10 +315,6 @@ def classify_failure(
 def retry_after(headers: list[tuple[str, str]]) -> float | None:
     """Seconds the response headers ask to wait (`retry-after-ms`, `retry-after`, `x-ratelimit-reset-*`),
     or `None` when they ask nothing readable."""
-
-def spent_quota(headers: list[tuple[str, str]]) -> float | None:
-    """Seconds a server says its quota stays spent (`x-ratelimit-remaining-*: 0` and its reset), read off
-    any answer, or `None` when none is spent."""
 
 @disjoint_base
 class _RedisBackend:

@@ -305,9 +305,6 @@ class SharedRateLimiter(HolySheepRateLimiter):
         """`acquire` for threads: blocks with the GIL released."""
         self._held.append(self._acquire_blocking(tokens, timeout, priority))
 
-    def _server_spent(self, seconds: float) -> None:
-        """Not applied: a server's spent quota would have to be shared through Redis to hold the fleet."""
-
     def _admit_at_once(self, tokens: int, timeout: float | None, price: float) -> None:
         """Never: a shared limit is decided in Redis, by `_acquire`."""
         return None

@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
-from holysheep._holysheep import _Reservation, spent_quota
+from holysheep._holysheep import _Reservation
 from holysheep._tokens import estimate_request_tokens
 from holysheep.breaker import CircuitBreaker, KeyedBreaker
 from holysheep.classify import classify_status
@@ -340,21 +340,11 @@ class _Pipeline:
                 self.limiter._record_server_rejection()
             else:
                 self.limiter._record_server_answer()
-            self._follow_spent_quota(response.headers)
         if status < 400:
             return None
         failure = _StatusFailure(status, response.headers, _error_code(body) if status == 429 else None)
         retried, _ = classify_status(status, response.headers, failure.code)
         return failure if retried else None
-
-    def _follow_spent_quota(self, headers: Any) -> None:
-        """A server that says its quota is spent (``x-ratelimit-remaining-*: 0``) until its reset, while the
-        limiter would still send, gets no request before then: the next would only come back 429."""
-        spent = "0" in (headers.get("x-ratelimit-remaining-requests"), headers.get("x-ratelimit-remaining-tokens"))
-        if spent:
-            hold = spent_quota(headers.multi_items())
-            if hold is not None:
-                self._limiter()._server_spent(hold)
 
     def _exchange(self, request: Any, asynchronous: bool) -> Generator[_Step, Any, Any]:
         """One request, written once for both kinds of client: it yields what must be awaited or

@@ -67,17 +67,28 @@ pub fn parse_duration(value: &str) -> Option<u64> {
 /// A reset duration counts only for a quota that is spent (its `x-ratelimit-remaining-*` is 0) or whose
 /// remaining count is not given; of those, the longest wins, since both must have room again.
 pub fn server_delay<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>, now_unix_ns: u64) -> Option<u64> {
-    RateLimitHeaders::read(headers).delay(now_unix_ns)
-}
-
-/// How long a server says its quota stays spent, read off any answer (a success too): the reset of each
-/// quota whose `x-ratelimit-remaining-*` is 0, the longest; `None` when none is spent. Unlike
-/// [`server_delay`], a reset without its remaining count says nothing here: most answers carry one.
-pub fn spent_quota_delay<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<u64> {
-    let found = RateLimitHeaders::read(headers);
-    let requests = RateLimitHeaders::reset_if_known_spent(found.reset_requests, found.remaining_requests);
-    let tokens = RateLimitHeaders::reset_if_known_spent(found.reset_tokens, found.remaining_tokens);
-    requests.max(tokens)
+    let mut found = RateLimitHeaders::default();
+    for (name, value) in headers {
+        let name = name.trim();
+        // Compared in place: lower-casing each name would allocate for every header of the response.
+        let slot = if name.eq_ignore_ascii_case("retry-after-ms") {
+            &mut found.retry_after_ms
+        } else if name.eq_ignore_ascii_case("retry-after") {
+            &mut found.retry_after
+        } else if name.eq_ignore_ascii_case("x-ratelimit-reset-requests") {
+            &mut found.reset_requests
+        } else if name.eq_ignore_ascii_case("x-ratelimit-reset-tokens") {
+            &mut found.reset_tokens
+        } else if name.eq_ignore_ascii_case("x-ratelimit-remaining-requests") {
+            &mut found.remaining_requests
+        } else if name.eq_ignore_ascii_case("x-ratelimit-remaining-tokens") {
+            &mut found.remaining_tokens
+        } else {
+            continue;
+        };
+        *slot = Some(value);
+    }
+    found.delay(now_unix_ns)
 }
 
 /// Like [`server_delay`], with the wall clock read now (HTTP-dates are wall-clock times).
@@ -96,32 +107,7 @@ struct RateLimitHeaders<'a> {
     remaining_tokens: Option<&'a str>,
 }
 
-impl<'a> RateLimitHeaders<'a> {
-    fn read(headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        let mut found = Self::default();
-        for (name, value) in headers {
-            let name = name.trim();
-            // Compared in place: lower-casing each name would allocate for every header of the response.
-            let slot = if name.eq_ignore_ascii_case("retry-after-ms") {
-                &mut found.retry_after_ms
-            } else if name.eq_ignore_ascii_case("retry-after") {
-                &mut found.retry_after
-            } else if name.eq_ignore_ascii_case("x-ratelimit-reset-requests") {
-                &mut found.reset_requests
-            } else if name.eq_ignore_ascii_case("x-ratelimit-reset-tokens") {
-                &mut found.reset_tokens
-            } else if name.eq_ignore_ascii_case("x-ratelimit-remaining-requests") {
-                &mut found.remaining_requests
-            } else if name.eq_ignore_ascii_case("x-ratelimit-remaining-tokens") {
-                &mut found.remaining_tokens
-            } else {
-                continue;
-            };
-            *slot = Some(value);
-        }
-        found
-    }
-
+impl RateLimitHeaders<'_> {
     fn delay(&self, now_unix_ns: u64) -> Option<u64> {
         if let Some(ns) = self.retry_after_ms.and_then(parse_retry_after_ms) {
             return Some(ns);
@@ -135,16 +121,9 @@ impl<'a> RateLimitHeaders<'a> {
     }
 
     fn reset_if_spent(reset: Option<&str>, remaining: Option<&str>) -> Option<u64> {
-        if remaining.is_none_or(is_spent) { reset.and_then(parse_duration) } else { None }
+        let spent = remaining.is_none_or(|r| r.trim().parse::<f64>().is_ok_and(|n| n <= 0.0));
+        if spent { reset.and_then(parse_duration) } else { None }
     }
-
-    fn reset_if_known_spent(reset: Option<&str>, remaining: Option<&str>) -> Option<u64> {
-        if remaining.is_some_and(is_spent) { reset.and_then(parse_duration) } else { None }
-    }
-}
-
-fn is_spent(remaining: &str) -> bool {
-    remaining.trim().parse::<f64>().is_ok_and(|n| n <= 0.0)
 }
 
 /// A finite, non-negative decimal number; rejects `inf`, `NaN`, signs other than none and empty input.
@@ -170,22 +149,6 @@ mod tests {
     const SEC: u64 = NS_PER_SEC;
     // Sun, 06 Nov 1994 08:49:37 GMT, the RFC 9110 example.
     const EXAMPLE_DATE_UNIX_NS: u64 = 784_111_777 * SEC;
-
-    #[test]
-    fn a_quota_is_spent_only_when_its_remaining_count_says_zero() {
-        let spent = [("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", "1.5s")];
-        assert_eq!(spent_quota_delay(spent), Some(1_500_000_000));
-        let both = [
-            ("x-ratelimit-remaining-requests", "0"),
-            ("x-ratelimit-reset-requests", "1s"),
-            ("X-RateLimit-Remaining-Tokens", "0"),
-            ("x-ratelimit-reset-tokens", "6m0s"),
-        ];
-        assert_eq!(spent_quota_delay(both), Some(360 * SEC));
-        assert_eq!(spent_quota_delay([("x-ratelimit-remaining-requests", "3"), ("x-ratelimit-reset-requests", "1s")]), None);
-        assert_eq!(spent_quota_delay([("x-ratelimit-reset-requests", "1s")]), None);
-        assert_eq!(spent_quota_delay([("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", "soon")]), None);
-    }
 
     #[test]
     fn retry_after_ms_reads_fractional_milliseconds() {

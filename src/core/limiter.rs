@@ -25,8 +25,6 @@ pub struct Limiter<C: Clock = MonotonicClock> {
     /// Waiters parked for a permit or for the rate; while any wait, the fast path admits nobody.
     slot_waiters: AtomicU64,
     rate_waiters: AtomicU64,
-    /// The instant before which nothing is admitted: the server said its quota is spent until then.
-    held_until_ns: AtomicU64,
     stats: Stats,
 }
 
@@ -90,7 +88,6 @@ impl<C: Clock> Limiter<C> {
             slots: Concurrency::new(max_concurrency)?,
             slot_waiters: AtomicU64::new(0),
             rate_waiters: AtomicU64::new(0),
-            held_until_ns: AtomicU64::new(0),
             stats: Stats::default(),
         })
     }
@@ -162,7 +159,7 @@ impl<C: Clock> Limiter<C> {
 
     fn refusal(&self, operation: &str, cost: Cost, now: u64) -> Error {
         let quota = self.quota.as_ref().expect("only rate limits refuse");
-        let (limit, at) = quota.explain(cost, self.earliest(now));
+        let (limit, at) = quota.explain(cost, now);
         match at {
             Err(never) => self.never(operation, cost, limit, never),
             Ok(at) => Error::RateLimited {
@@ -214,10 +211,6 @@ impl<C: Clock> Limiter<C> {
         }
         let Some(quota) = &self.quota else { return Ok(Some(0)) };
         let now = self.clock.now_ns();
-        if now < self.held_until_ns.load(Ordering::Relaxed) {
-            self.abandon_permit()?;
-            return Ok(None);
-        }
         let decision = quota.decide(cost, now, now, receipt);
         if decision == Decision::Now {
             return Ok(Some(now));
@@ -283,14 +276,8 @@ impl<C: Clock> Limiter<C> {
             return Err(self.over_budget(operation, cost, budget));
         }
         let latest = max_wait_ns.map_or(u64::MAX, |wait| now.saturating_add(wait));
-        // Decided as of when the server's quota has room again, if it said it is spent until later.
-        let start = self.earliest(now);
-        if start > latest {
-            self.stats.reject();
-            return Err(self.refusal(operation, cost, now));
-        }
-        match quota.decide(cost, start, latest, &mut receipt) {
-            Decision::Now => Ok(Admission { wait_ns: start - now, at_ns: start, receipt }),
+        match quota.decide(cost, now, latest, &mut receipt) {
+            Decision::Now => Ok(Admission { wait_ns: 0, at_ns: now, receipt }),
             Decision::At(at) => Ok(Admission { wait_ns: at - now, at_ns: at, receipt }),
             Decision::NotBefore(_) | Decision::Never { .. } => {
                 self.stats.reject();
@@ -332,28 +319,10 @@ impl<C: Clock> Limiter<C> {
     pub fn time_until_ready(&self, cost: Cost) -> Result<u64> {
         let Some(quota) = &self.quota else { return Ok(0) };
         let now = self.clock.now_ns();
-        match quota.explain(cost, self.earliest(now)) {
+        match quota.explain(cost, now) {
             (_, Ok(at)) => Ok(at.saturating_sub(now)),
             (limit, Err(never)) => Err(self.never("time_until_ready", cost, limit, never)),
         }
-    }
-
-    /// The server says its quota is spent for `ns` (`x-ratelimit-remaining-*: 0` with its reset). Where
-    /// these limits would still admit a request now, the server is tighter than they are, and a request
-    /// sent before then would only get a 429: nothing is admitted until then (or until a later hold
-    /// ends). Where they are spent too, they already hold requests back, each as long as it must (a
-    /// server's reset says when its window is whole again, longer than until its first free place).
-    pub fn server_spent(&self, ns: u64) {
-        let now = self.clock.now_ns();
-        let room_now = self.quota.as_ref().is_none_or(|quota| quota.explain(Cost::request(0), now).1 == Ok(now));
-        if room_now {
-            self.held_until_ns.fetch_max(now.saturating_add(ns), Ordering::Relaxed);
-        }
-    }
-
-    /// The first instant a rate admission may have: now, or the end of a hold.
-    fn earliest(&self, now: u64) -> u64 {
-        now.max(self.held_until_ns.load(Ordering::Relaxed))
     }
 
     /// Records how long an admitted request waited in all (for a permit, then for the rate).
@@ -553,29 +522,6 @@ mod tests {
         }
         assert!(matches!(lim.reserve(Cost::priced(200_000, 8.0), None, "acquire"), Err(Error::BudgetExceeded { .. })));
         assert_eq!(lim.reserve(Cost::priced(20_000, 8.0), None, "acquire").unwrap().wait_ns, 0);
-    }
-
-    #[test]
-    fn a_server_tighter_than_the_limits_holds_every_admission_until_its_reset() {
-        let (lim, clock) = limiter(vec![per_second(10.0)], None);
-        assert!(lim.try_acquire(Cost::request(0)).unwrap());
-        lim.server_spent(SEC / 2);
-        assert!(!lim.try_acquire(Cost::request(0)).unwrap());
-        assert_eq!(lim.time_until_ready(Cost::request(0)).unwrap(), SEC / 2);
-        let waiter = lim.reserve(Cost::request(0), None, "acquire").unwrap();
-        assert_eq!((waiter.wait_ns, waiter.at_ns), (SEC / 2, SEC / 2));
-        assert!(lim.reserve(Cost::request(0), Some(SEC / 4), "acquire").is_err());
-        lim.server_spent(SEC / 10); // a shorter hold does not cut a longer one short
-        clock.advance(SEC / 2);
-        assert!(lim.try_acquire(Cost::request(0)).unwrap());
-    }
-
-    #[test]
-    fn a_server_spent_when_the_limits_are_spent_too_holds_nothing_more() {
-        let (lim, _) = limiter(vec![per_second(2.0)], None);
-        assert!(lim.try_acquire(Cost::request(0)).unwrap() && lim.try_acquire(Cost::request(0)).unwrap());
-        lim.server_spent(10 * SEC);
-        assert_eq!(lim.time_until_ready(Cost::request(0)).unwrap(), SEC);
     }
 
     #[test]

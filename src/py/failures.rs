@@ -5,7 +5,7 @@ use pyo3::prelude::*;
 
 use crate::core::classify::{BreakerOutcome, Failure, classify};
 use crate::core::clock::ns_to_secs;
-use crate::core::headers::{server_delay_now, spent_quota_delay};
+use crate::core::headers::server_delay_now;
 
 /// `(retry, breaker_outcome)` for a failure of `kind` ("status", "timeout", "connection", "caller",
 /// "cancelled", "unknown"); a status failure also gives its code, `x-should-retry` and body error code.
@@ -40,11 +40,4 @@ pub fn classify_failure(
 #[pyfunction]
 pub fn retry_after(headers: Vec<(String, String)>) -> Option<f64> {
     server_delay_now(headers.iter().map(|(name, value)| (name.as_str(), value.as_str()))).map(ns_to_secs)
-}
-
-/// Seconds a server says its quota stays spent (`x-ratelimit-remaining-*: 0` and its reset), read off
-/// any answer, or `None` when none is spent.
-#[pyfunction]
-pub fn spent_quota(headers: Vec<(String, String)>) -> Option<f64> {
-    spent_quota_delay(headers.iter().map(|(name, value)| (name.as_str(), value.as_str()))).map(ns_to_secs)
 }

@@ -306,14 +306,6 @@ impl PyLimiter {
         self.inner.record_server_answer();
     }
 
-    /// The server said its quota is spent for `seconds`: held that long where these limits would still
-    /// admit a request (see the core's `Limiter::server_spent`).
-    fn _server_spent(&self, seconds: f64) {
-        if let Some(ns) = secs_to_ns(seconds) {
-            self.inner.server_spent(ns);
-        }
-    }
-
     /// The limits this limiter enforces.
     #[getter]
     fn limits(&self) -> Vec<PyLimit> {

@@ -23,7 +23,7 @@ mod native {
     #[pymodule_export]
     use super::breaker::BreakerCore;
     #[pymodule_export]
-    use super::failures::{classify_failure, retry_after, spent_quota};
+    use super::failures::{classify_failure, retry_after};
     #[pymodule_export]
     use super::gateway::{MockGatewayConfig, MockGatewayServer};
     #[pymodule_export]
