@@ -331,8 +331,9 @@ class _Pipeline:
         body = {**(plan.body or {}), "model": model}
         return self.lib.Request(request.method, request.url, headers=headers, json=body, extensions=request.extensions)
 
-    def _failure(self, response: Any, body: bytes) -> _StatusFailure | None:
-        """The failure an answer stands for, if it is a retried one; counts a 429 with the limiter."""
+    def _failure(self, response: Any, body: bytes, admitted: Admitted | None) -> _StatusFailure | None:
+        """The failure an answer stands for, if it is a retried one; tells the limiter what the answer
+        says of the server's limits."""
         status = response.status_code
         if self.limiter is not None:
             # 429s cut the rates in force; other answers let them climb back (holysheep.core AIMD).
@@ -340,6 +341,11 @@ class _Pipeline:
                 self.limiter._record_server_rejection()
             else:
                 self.limiter._record_server_answer()
+            if isinstance(admitted, _Reservation):  # what the server has left, against our own count
+                headers = response.headers
+                admitted.server_remaining(
+                    headers.get("x-ratelimit-remaining-requests"), headers.get("x-ratelimit-remaining-tokens")
+                )
         if status < 400:
             return None
         failure = _StatusFailure(status, response.headers, _error_code(body) if status == 429 else None)
@@ -415,7 +421,7 @@ class _Pipeline:
                 if delay is None:
                     raise
             else:
-                failure = self._failure(response, body)
+                failure = self._failure(response, body, reservation)
                 self._breaker_outcome(breaker, permit, failure if response.status_code >= 500 else None)
                 delay = None if failure is None else self._next_delay(failure, attempts, started, previous)
                 if delay is None:

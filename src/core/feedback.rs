@@ -1,7 +1,8 @@
 //! How a limiter follows a server that allows less than it was told: each burst of 429s cuts the rate
 //! in force (multiplicative decrease), which then holds for a cooldown and climbs back to the
 //! configured rate over a recovery period (additive increase). A limiter set above what the server
-//! allows settles near what it allows instead of storming it.
+//! allows settles near what it allows instead of storming it. A server that says how much it has left
+//! (`x-ratelimit-remaining-*`) lets the cut come before any 429, and to what it allows, not by a guess.
 
 use crate::core::spin::SpinLock;
 
@@ -9,6 +10,9 @@ use crate::core::spin::SpinLock;
 const DECREASE: f64 = 0.7;
 /// The least fraction of the configured rate ever in force.
 const FLOOR: f64 = 0.05;
+/// A server's count told apart from ours by less than this fraction of the rate in force is ours, off by
+/// a request arriving in another order than it went: no cut for it.
+const AGREES_WITHIN: f64 = 0.02;
 
 #[derive(Debug, Clone, Copy)]
 struct Cut {
@@ -59,6 +63,19 @@ impl Aimd {
         *last_cut = Some(Cut { factor, at_ns: now });
         factor
     }
+
+    /// The server allows `allowed` of the configured rate (read from what it says is left): cuts the
+    /// rate in force to that at `now`, unless it is that low already. Returns the fraction in force.
+    pub fn limited_to(&self, allowed: f64, now: u64) -> f64 {
+        let mut last_cut = self.last_cut.lock();
+        let in_force = self.factor_after(*last_cut, now);
+        if allowed >= in_force * (1.0 - AGREES_WITHIN) {
+            return in_force;
+        }
+        let factor = allowed.max(FLOOR);
+        *last_cut = Some(Cut { factor, at_ns: now });
+        factor
+    }
 }
 
 #[cfg(test)]
@@ -93,5 +110,17 @@ mod tests {
             aimd.rejected(step);
         }
         assert_eq!(aimd.factor(100), FLOOR);
+    }
+
+    #[test]
+    fn a_server_that_allows_less_cuts_to_what_it_allows_then_recovery_starts_over() {
+        let aimd = Aimd::new(SEC, 10 * SEC, 60 * SEC);
+        assert_eq!(aimd.limited_to(0.99, 0), 1.0, "within what a reordered arrival explains");
+        assert_eq!(aimd.limited_to(0.6, 0), 0.6);
+        assert_eq!(aimd.limited_to(0.8, SEC), 0.6, "never raises the rate");
+        assert!((aimd.factor(40 * SEC) - 0.8).abs() < 1e-9);
+        assert_eq!(aimd.limited_to(0.6, 40 * SEC), 0.6, "the climb stops where the server still says so");
+        assert_eq!(aimd.factor(49 * SEC), 0.6);
+        assert_eq!(aimd.limited_to(0.0, 50 * SEC), FLOOR);
     }
 }

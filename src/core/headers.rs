@@ -121,9 +121,15 @@ impl RateLimitHeaders<'_> {
     }
 
     fn reset_if_spent(reset: Option<&str>, remaining: Option<&str>) -> Option<u64> {
-        let spent = remaining.is_none_or(|r| r.trim().parse::<f64>().is_ok_and(|n| n <= 0.0));
+        let spent = remaining.is_none_or(|r| parse_remaining(r) == Some(0));
         if spent { reset.and_then(parse_duration) } else { None }
     }
+}
+
+/// `x-ratelimit-remaining-*`: what a server says is left of a limit, in whole units (a fraction of one
+/// unit left is none); `None` when it cannot be read.
+pub fn parse_remaining(value: &str) -> Option<u64> {
+    parse_non_negative(value).map(|units| units.floor() as u64)
 }
 
 /// A finite, non-negative decimal number; rejects `inf`, `NaN`, signs other than none and empty input.

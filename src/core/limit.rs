@@ -360,6 +360,15 @@ impl Window {
         }
     }
 
+    /// What this limit counts where a server counted an admission (see [`ExactWindow::counted_around`]);
+    /// `None` for the algorithms that keep no instants per admission.
+    pub fn counted_around(&self, receipt: u64, late_ns: u64) -> Option<u64> {
+        match self {
+            Window::Exact(w) => w.counted_around(receipt, late_ns),
+            _ => None,
+        }
+    }
+
     /// Takes back an admission of `cost` that will not be used.
     pub fn give_back(&mut self, receipt: u64, cost: u64) {
         match self {

@@ -13,14 +13,18 @@ use crate::core::limit::{Cost, Limit, Unit};
 use crate::core::quota::{Quota, Receipt};
 use crate::core::stats::Stats;
 
+/// The units whose rates follow the server; a budget (dollars) is the user's own.
+const FOLLOWED: [Unit; 2] = [Unit::Requests, Unit::Tokens];
+
 /// Rate limits and a concurrency bound.
 #[derive(Debug)]
 pub struct Limiter<C: Clock = MonotonicClock> {
     clock: C,
     quota: Option<Quota>,
-    /// How the rates follow the server's 429s, and the fraction of the configured rates last applied.
-    feedback: Aimd,
-    applied: SpinLock<f64>,
+    /// How the rates of each unit of [`FOLLOWED`] follow the server, and the fractions of the configured
+    /// rates last applied.
+    feedback: [Aimd; 2],
+    applied: SpinLock<[f64; 2]>,
     slots: Concurrency,
     /// Waiters parked for a permit or for the rate; while any wait, the fast path admits nobody.
     slot_waiters: AtomicU64,
@@ -78,13 +82,13 @@ impl<C: Clock> Limiter<C> {
         }
         let periods = limits.iter().map(Limit::period_ns);
         let (shortest, longest) = (periods.clone().min().unwrap_or(0), periods.max().unwrap_or(0));
-        let feedback = Aimd::new(shortest / 10, longest / 4, longest);
+        let feedback = || Aimd::new(shortest / 10, longest / 4, longest);
         let quota = if limits.is_empty() { None } else { Some(Quota::new(limits)?) };
         Ok(Self {
             clock,
             quota,
-            feedback,
-            applied: SpinLock::new(1.0),
+            feedback: [feedback(), feedback()],
+            applied: SpinLock::new([1.0; 2]),
             slots: Concurrency::new(max_concurrency)?,
             slot_waiters: AtomicU64::new(0),
             rate_waiters: AtomicU64::new(0),
@@ -333,32 +337,50 @@ impl<C: Clock> Limiter<C> {
     /// Records a 429 from the server: the rates in force are cut (see [`Aimd`]).
     pub fn record_server_rejection(&self) {
         self.stats.server_rejections.fetch_add(1, Ordering::Relaxed);
-        let factor = self.feedback.rejected(self.clock.now_ns());
-        self.apply(factor);
+        let now = self.clock.now_ns();
+        for (followed, aimd) in self.feedback.iter().enumerate() {
+            self.apply(followed, aimd.rejected(now));
+        }
     }
 
     /// Records an answer that was not a 429: the rates in force climb back after a cut.
     pub fn record_server_answer(&self) {
-        let factor = self.feedback.factor(self.clock.now_ns());
-        if factor != *self.applied.lock() {
-            self.apply(factor);
+        let now = self.clock.now_ns();
+        for (followed, aimd) in self.feedback.iter().enumerate() {
+            let factor = aimd.factor(now);
+            if factor != self.applied.lock()[followed] {
+                self.apply(followed, factor);
+            }
         }
     }
 
-    /// Enforces the configured rates scaled by `factor`, once it differs by a step worth a rescale.
-    fn apply(&self, factor: f64) {
+    /// Records what the server said is left of `unit` in its answer to an admission (its
+    /// `x-ratelimit-remaining-*`). Where that is less than our own count leaves, the server allows
+    /// less than we were told (or others spend the same quota): the rates of that unit are cut to what
+    /// it allows, before any 429 (see [`Quota::server_allows`]).
+    pub fn record_server_remaining(&self, admission: &Admission, cost: Cost, unit: Unit, remaining: u64) {
+        let Some(quota) = &self.quota else { return };
+        let Some(followed) = FOLLOWED.iter().position(|&u| u == unit) else { return };
+        if let Some(allowed) = quota.server_allows(&admission.receipt, cost, unit, remaining) {
+            self.apply(followed, self.feedback[followed].limited_to(allowed, self.clock.now_ns()));
+        }
+    }
+
+    /// Enforces the configured rates of `FOLLOWED[followed]` scaled by `factor`, once it differs by a
+    /// step worth a rescale.
+    fn apply(&self, followed: usize, factor: f64) {
         let Some(quota) = &self.quota else { return };
         let mut applied = self.applied.lock();
-        if (factor - *applied).abs() < 0.01 && factor != 1.0 {
+        if (factor - applied[followed]).abs() < 0.01 && factor != 1.0 {
             return;
         }
-        *applied = factor;
-        quota.scale(Unit::Requests, factor);
-        quota.scale(Unit::Tokens, factor);
+        applied[followed] = factor;
+        quota.scale(FOLLOWED[followed], factor);
     }
 
-    /// The fraction of the configured rates in force (below 1 after the server answered 429).
-    pub fn rate_factor(&self) -> f64 {
+    /// The fractions of the configured rates of requests and of tokens in force (below 1 after the
+    /// server answered 429 or said it allows less).
+    pub fn rate_factors(&self) -> [f64; 2] {
         *self.applied.lock()
     }
 
@@ -500,14 +522,47 @@ mod tests {
     fn server_429s_lower_the_rate_in_force_until_it_recovers() {
         let (lim, clock) = limiter(vec![per_second(10.0)], None);
         lim.record_server_rejection();
-        assert_eq!(lim.rate_factor(), 0.7);
+        assert_eq!(lim.rate_factors(), [0.7, 0.7]);
         let admitted = (0..10).filter(|_| lim.try_acquire(Cost::request(0)).unwrap()).count();
         assert_eq!(admitted, 7);
         clock.advance(2 * SEC);
         lim.record_server_answer();
-        assert_eq!(lim.rate_factor(), 1.0);
+        assert_eq!(lim.rate_factors(), [1.0, 1.0]);
         let admitted = (0..12).filter(|_| lim.try_acquire(Cost::request(0)).unwrap()).count();
         assert_eq!(admitted, 10);
+    }
+
+    #[test]
+    fn a_server_saying_it_has_less_left_cuts_that_unit_to_what_it_allows_before_any_429() {
+        let (lim, clock) = limiter(vec![per_second(100.0), tokens_per_minute(10_000.0)], None);
+        let cost = Cost::request(10);
+        let first: Vec<_> = (0..10).map(|_| lim.reserve(cost, None, "acquire").unwrap()).collect();
+        clock.advance(SEC / 10);
+        let later: Vec<_> = (0..20).map(|_| lim.reserve(cost, None, "acquire").unwrap()).collect();
+        // The server counted the first ten, not the twenty that went 0.1 s later, and has 40 left: it
+        // allows 50 per second.
+        lim.record_server_remaining(&first[4], cost, Unit::Requests, 40);
+        assert_eq!(lim.rate_factors(), [0.5, 1.0]);
+        // Tokens as we count them: nothing to follow.
+        lim.record_server_remaining(&later[19], cost, Unit::Tokens, 10_000 - 300);
+        assert_eq!(lim.rate_factors(), [0.5, 1.0]);
+        let admitted = (0..100).filter(|_| lim.try_acquire(cost).unwrap()).count();
+        assert_eq!(admitted, 20, "50 in force, 30 counted");
+        lim.record_server_rejection();
+        assert_eq!(lim.rate_factors(), [0.5, 0.7], "a 429 right after the cut belongs to it");
+        clock.advance(SEC);
+        lim.record_server_rejection();
+        let [requests, tokens] = lim.rate_factors();
+        assert!((requests - 0.35).abs() < 1e-9 && (tokens - 0.49).abs() < 1e-9, "a later 429 cuts every unit again");
+    }
+
+    #[test]
+    fn what_the_server_says_is_left_is_not_followed_where_no_instants_are_kept() {
+        let gcra = Limit::new(100.0, SEC, Unit::Requests, Algorithm::Gcra, None).unwrap();
+        let (lim, _) = limiter(vec![gcra], None);
+        let admission = lim.reserve(Cost::request(0), None, "acquire").unwrap();
+        lim.record_server_remaining(&admission, Cost::request(0), Unit::Requests, 0);
+        assert_eq!(lim.rate_factors(), [1.0, 1.0]);
     }
 
     #[test]

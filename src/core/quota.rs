@@ -239,6 +239,27 @@ impl Quota {
         }
     }
 
+    /// The fraction of its configured `unit` limits a server allows, judged from the answer to an
+    /// admission saying `server_remaining` units are left: what we count where the server counted that
+    /// admission, plus what it says remains, over the configured limit. Of several limits of the unit,
+    /// the largest fraction (the least cut any of them accounts for). `None` when none can tell: GCRA
+    /// and the approximate counter keep no instants per admission, and an admission leaves the log with
+    /// its window.
+    pub fn server_allows(&self, receipt: &Receipt, cost: Cost, unit: Unit, server_remaining: u64) -> Option<f64> {
+        let State::Windows(lock) = &self.state else { return None };
+        if unit.of(cost) == 0 {
+            return None;
+        }
+        let windows = lock.lock();
+        let of_unit = windows.iter().zip(&self.limits).zip(receipt.tickets).filter(|((_, limit), _)| limit.unit() == unit);
+        of_unit
+            .filter_map(|((window, limit), ticket)| {
+                let counted = window.counted_around(ticket, limit.guard_ns())?;
+                Some(counted.saturating_add(server_remaining) as f64 / limit.scaled_count(1.0) as f64)
+            })
+            .reduce(f64::max)
+    }
+
     /// Enforces every limit of `unit` scaled by `factor` (0..=1) from now on, the others as configured.
     pub fn scale(&self, unit: Unit, factor: f64) {
         match &self.state {

@@ -6,8 +6,8 @@
 //! (never over the limit), costs at most 0.002% of the window's capacity, and bounds the log however
 //! large the limit.
 //!
-//! Memory: 24 bytes per entry, and never more entries than the limit (costs are at least one) nor more
-//! than 65,536 per window (1.5 MiB), plus one per reservation not yet due (a waiter's place in line).
+//! Memory: 32 bytes per entry, and never more entries than the limit (costs are at least one) nor more
+//! than 65,536 per window (2 MiB), plus one per reservation not yet due (a waiter's place in line).
 //!
 //! A server counts a request when it arrives, and a client sends some time after admitting it, not
 //! always in the order it admitted (a burst of a hundred waits for a hundred connections). So an
@@ -30,6 +30,9 @@ struct Entry {
     cost: u64,
     /// The admission's receipt: entries move when restamped, so a receipt names an entry, not a place.
     id: u64,
+    /// The cost in the window that ends at this entry, itself included, when it was admitted or its
+    /// request went: what a server counting the same requests counted on its arrival.
+    counted_through: u64,
 }
 
 /// At most `limit` units of cost in any interval of `window_ns` nanoseconds.
@@ -75,15 +78,19 @@ impl ExactWindow {
         self.limit.max(cost)
     }
 
-    /// Drops the entries that can no longer share a window with an admission at `now` or later.
-    fn forget_before(&mut self, now: u64) {
+    /// Drops the entries that can no longer share a window with an admission at `now` or later;
+    /// returns how many.
+    fn forget_before(&mut self, now: u64) -> usize {
+        let mut forgotten = 0;
         while let Some(oldest) = self.log.front() {
             if oldest.at.saturating_add(self.window_ns) > now {
                 break;
             }
             self.counted -= oldest.cost;
             self.log.pop_front();
+            forgotten += 1;
         }
+        forgotten
     }
 
     /// The earliest instant, not before `now` nor before the last admission, at which `cost` more fits.
@@ -111,16 +118,20 @@ impl ExactWindow {
     /// instant: a reservation given back must leave the log as it was.
     pub fn admit(&mut self, at: u64, cost: u64) -> u64 {
         self.counted += cost;
+        // The last in the log, so its window holds all that is counted (an overcount for a reservation
+        // not yet due, corrected when its request goes).
+        let counted_through = self.counted;
         if let Some(last) = self.log.back_mut() {
             if at - last.at < self.merge_ns {
                 last.at = at;
                 last.cost += cost;
+                last.counted_through = counted_through;
                 return last.id;
             }
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.log.push_back(Entry { at, cost, id });
+        self.log.push_back(Entry { at, cost, id, counted_through });
         id
     }
 
@@ -137,12 +148,14 @@ impl ExactWindow {
         self.log.iter().rposition(|entry| entry.id == receipt)
     }
 
-    /// Moves the entry at `index` to the later instant `at`, keeping the log in order.
-    fn move_later(&mut self, index: usize, at: u64) {
-        let Some(mut entry) = self.log.remove(index) else { return };
+    /// Moves the entry at `index` to the later instant `at`, keeping the log in order; returns where
+    /// it went.
+    fn move_later(&mut self, index: usize, at: u64) -> usize {
+        let mut entry = self.log.remove(index).expect("an index of the log");
         entry.at = at;
         let place = self.log.range(index..).position(|other| other.at > at).map_or(self.log.len(), |p| index + p);
         self.log.insert(place, entry);
+        place
     }
 
     /// Corrects the cost `old` of an admission to what it really was (`actual`); once it left the
@@ -160,11 +173,15 @@ impl ExactWindow {
     /// window when the server's count of it does. A later admission reckoned from the old instant checks
     /// again ([`ExactWindow::recheck`]).
     pub fn restamp(&mut self, receipt: u64, now: u64) {
-        if let Some(index) = self.position(receipt) {
-            if now > self.log[index].at {
-                self.move_later(index, now);
-            }
+        let Some(mut index) = self.position(receipt) else { return };
+        if now > self.log[index].at {
+            index = self.move_later(index, now);
         }
+        // Counted as the server will on its arrival: all still in the window but what goes after it
+        // (reservations not yet due, few). It stays itself, being at `now` or later.
+        index -= self.forget_before(now);
+        let after = self.log.range(index + 1..).map(|e| e.cost).sum::<u64>();
+        self.log[index].counted_through = self.counted - after;
     }
 
     /// The instant an admission really conforms, given the admissions before it as they stand now
@@ -173,10 +190,8 @@ impl ExactWindow {
     pub fn recheck(&mut self, receipt: u64) -> u64 {
         let Some(index) = self.position(receipt) else { return 0 };
         let entry = self.log[index];
-        let opens = entry.at.saturating_sub(self.window_ns);
-        let earlier = self.log.range(..index).filter(|e| e.at > opens);
-        let in_window = earlier.clone().map(|e| e.cost).sum::<u64>() + entry.cost;
-        let mut excess = in_window.saturating_sub(self.limit_for(entry.cost));
+        let earlier = self.log.range(..index).filter(|e| self.shares_window(e, &entry));
+        let mut excess = (self.counted_before(index) + entry.cost).saturating_sub(self.limit_for(entry.cost));
         if excess == 0 {
             return entry.at;
         }
@@ -190,6 +205,29 @@ impl ExactWindow {
         }
         self.move_later(index, conforms);
         conforms
+    }
+
+    /// Whether an earlier entry is still in the window that ends at a later one.
+    fn shares_window(&self, earlier: &Entry, later: &Entry) -> bool {
+        earlier.at.saturating_add(self.window_ns) > later.at
+    }
+
+    /// The cost of the entries before `index` that share a window with it.
+    fn counted_before(&self, index: usize) -> u64 {
+        let entry = &self.log[index];
+        self.log.range(..index).rev().take_while(|e| self.shares_window(e, entry)).map(|e| e.cost).sum()
+    }
+
+    /// What this log counts where a server counted the admission of `receipt` on its arrival: the
+    /// window that ends at it when its request went, plus the admissions that went up to `late_ns`
+    /// after it (they may have arrived first). Never less than the server counted of the same requests,
+    /// since the window is the server's period plus the guard. `None` once the admission has left.
+    pub fn counted_around(&self, receipt: u64, late_ns: u64) -> Option<u64> {
+        let index = self.position(receipt)?;
+        let entry = &self.log[index];
+        let until = entry.at.saturating_add(late_ns);
+        let late = self.log.range(index + 1..).take_while(|e| e.at <= until).map(|e| e.cost).sum::<u64>();
+        Some(entry.counted_through + late)
     }
 
     /// Takes an admission of `cost` back (a waiter gave up before its turn). Removing an admission never
@@ -331,6 +369,32 @@ mod tests {
         assert_eq!(window.remaining(SEC + SEC / 10 - 1), 6);
         assert_eq!(window.remaining(SEC + SEC / 10), 7, "the second leaves first now");
         assert_eq!(window.remaining(SEC + SEC / 2), 10);
+    }
+
+    #[test]
+    fn counted_around_an_admission_is_its_window_and_what_went_just_after() {
+        let mut window = ExactWindow::new(10, SEC);
+        let first = window.admit(0, 1);
+        window.admit(SEC / 2, 2);
+        let middle = window.admit(SEC / 2, 1);
+        window.admit(SEC / 2 + 5, 1);
+        window.admit(SEC / 2 + 100, 1);
+        assert_eq!(window.counted_around(first, 0), Some(1));
+        assert_eq!(window.counted_around(middle, 10), Some(5), "not the one 100 ns after");
+        window.remaining(2 * SEC);
+        assert_eq!(window.counted_around(middle, 10), None, "gone with its window");
+    }
+
+    #[test]
+    fn a_request_that_went_late_is_counted_as_the_window_stood_when_it_went() {
+        let mut window = ExactWindow::new(10, SEC);
+        window.admit(0, 1);
+        let late = window.admit(0, 1);
+        let waiter = window.admit(2 * SEC, 1);
+        assert_eq!(window.counted_around(late, 0), Some(2));
+        window.restamp(late, SEC + 1);
+        assert_eq!(window.counted_around(late, 0), Some(1), "the first had left; the waiter goes after");
+        assert_eq!(window.counted_around(waiter, 0), Some(3), "reckoned before anything left");
     }
 
     #[test]

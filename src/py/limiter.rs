@@ -13,7 +13,8 @@ use pyo3::intern;
 use crate::core::clock::{ns_to_secs, secs_to_ns};
 use crate::core::limiter::{Admission, Limiter, Waiters};
 use crate::core::spin::SpinLock;
-use crate::core::{Cost, Error, LimiterConfig, Tier};
+use crate::core::headers::parse_remaining;
+use crate::core::{Cost, Error, LimiterConfig, Tier, Unit};
 use crate::py::limit::PyLimit;
 
 /// An awaitable that is already done: what `async with` awaits when nothing had to wait.
@@ -100,6 +101,19 @@ impl Reservation {
     /// Gives the reservation back: its waiter gave up before its turn.
     fn give_back(&self) {
         self.limiter.give_back(&self.admission.lock(), self.cost());
+    }
+
+    /// Tells the limiter what the server said is left after this request: its
+    /// `x-ratelimit-remaining-requests` and `-tokens` headers as sent, `None` when missing. A value that
+    /// cannot be read is ignored.
+    #[pyo3(signature = (requests, tokens))]
+    fn server_remaining(&self, requests: Option<&str>, tokens: Option<&str>) {
+        let said = [(Unit::Requests, requests), (Unit::Tokens, tokens)];
+        for (unit, remaining) in said {
+            if let Some(remaining) = remaining.and_then(parse_remaining) {
+                self.limiter.record_server_remaining(&self.admission.lock(), self.cost(), unit, remaining);
+            }
+        }
     }
 
     /// Replaces the tokens counted so far by the actual count: refunds or charges the difference.
@@ -318,7 +332,7 @@ impl PyLimiter {
     }
 
     /// What the limiter has done: admitted, rejected, in_flight, waiting, waited_s_p50/p99,
-    /// server_429s, and the units remaining now in each limit.
+    /// server_429s, rate_factor and tokens_rate_factor, and the units remaining now in each limit.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let snapshot = self.inner.snapshot();
         let stats = PyDict::new(py);
@@ -330,7 +344,9 @@ impl PyLimiter {
         stats.set_item("waited_s_p50", ns_to_secs(snapshot.wait_p50_ns))?;
         stats.set_item("waited_s_p99", ns_to_secs(snapshot.wait_p99_ns))?;
         stats.set_item("server_429s", snapshot.server_rejections)?;
-        stats.set_item("rate_factor", self.inner.rate_factor())?;
+        let [requests_factor, tokens_factor] = self.inner.rate_factors();
+        stats.set_item("rate_factor", requests_factor)?;
+        stats.set_item("tokens_rate_factor", tokens_factor)?;
         let remaining = PyDict::new(py);
         for window in &snapshot.windows {
             remaining.set_item(&window.limit, window.remaining)?;

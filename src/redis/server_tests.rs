@@ -89,7 +89,6 @@ fn windows_admit_all_or_nothing() {
     let lim = limiter(&server, vec![requests, tokens], None, Duration::from_secs(5));
     admitted(decide(&lim, Cost::request(900), Mode::Now, false));
     assert!(matches!(decide(&lim, Cost::request(200), Mode::Now, false), Outcome::Later { limit: 1, .. }));
-    let handle = runtime::handle().unwrap();
     let peek = lim.peek_blocking(Cost::request(0)).map_err(|e| format!("{e:?}")).unwrap();
     assert_eq!(peek.remaining, vec![9, 100], "the refused request counted in neither window");
 }
@@ -99,7 +98,6 @@ fn settle_refunds_and_give_back_returns_everything() {
     let Some(server) = start_server() else { return };
     let tokens = limit(1_000.0, 60_000, Unit::Tokens, Algorithm::Exact);
     let lim = limiter(&server, vec![tokens], None, Duration::from_secs(5));
-    let handle = runtime::handle().unwrap();
     let grant = admitted(decide(&lim, Cost::request(900), Mode::Now, false));
     lim.adjust_blocking(&grant, Cost::request(900), Cost::request(300), false).unwrap();
     assert_eq!(lim.peek_blocking(Cost::request(0)).unwrap().remaining, vec![700]);
@@ -131,7 +129,6 @@ fn gcra_paces_one_interval_apart() {
 fn leases_are_bounded_released_and_expire() {
     let Some(server) = start_server() else { return };
     let lim = limiter(&server, vec![], Some(2), Duration::from_millis(300));
-    let handle = runtime::handle().unwrap();
     let one = admitted(decide(&lim, Cost::request(0), Mode::Now, true));
     let _two = admitted(decide(&lim, Cost::request(0), Mode::Now, true));
     assert!(matches!(decide(&lim, Cost::request(0), Mode::Now, true), Outcome::NoLease { .. }));
