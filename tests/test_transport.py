@@ -121,6 +121,30 @@ async def test_usage_settles_the_token_estimate() -> None:
     assert lim.stats()["remaining"] == {"1000 tokens per minute": 960}
 
 
+async def test_an_answer_saying_the_server_has_less_left_lowers_that_units_rate_before_any_429() -> None:
+    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(100, per="minute"), hs.Limit(10_000, per="minute", unit="tokens")])
+    said = {"x-ratelimit-remaining-requests": "39", "X-RateLimit-Remaining-Tokens": "20000"}
+    handle, _ = answers(httpx2.Response(200, json={"object": "chat.completion"}, headers=said))
+    async with client(handle, limiter=lim) as http:
+        await http.post("/chat/completions", json=CHAT)
+    # One request counted here, 39 left there: the server allows 40 of our 100. Tokens: more than ours.
+    stats = lim.stats()
+    assert (stats["rate_factor"], stats["tokens_rate_factor"]) == (0.4, 1.0)
+    assert stats["remaining"]["100 requests per minute"] == 39
+    assert stats["server_429s"] == 0
+
+
+@pytest.mark.parametrize("value", [b"", b"many", b"-1", b"1e3", b"inf", b"NaN", b"9" * 400, b"\xff\xfe", b" 2 0 "])
+async def test_a_remaining_header_that_cannot_be_read_is_ignored(value: bytes) -> None:
+    lim = hs.HolySheepRateLimiter(rpm=100)
+    reply = httpx2.Response(200, json={"object": "chat.completion"}, headers=[(b"x-ratelimit-remaining-requests", value)])
+    handle, _ = answers(reply)
+    async with client(handle, limiter=lim) as http:
+        response = await http.post("/chat/completions", json=CHAT)
+    assert response.status_code == 200
+    assert lim.stats()["rate_factor"] == 1.0
+
+
 def sse(*events: dict[str, Any]) -> Callable[[httpx2.Request], httpx2.Response]:
     """A handler answering each request with a fresh server-sent event stream, sent chunk by chunk
     as a server's is (an answer built from bytes in memory would come already read)."""

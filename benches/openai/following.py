@@ -24,7 +24,7 @@ import openai
 
 import holysheep as hs
 from holysheep.testing import MockGateway
-from report import header, median, verdict
+from report import header, ideal_wall_s, median, verdict
 
 REQUESTS = 400
 WORKERS = 64
@@ -37,18 +37,6 @@ TOLD = (2, 4)
 RUN_TIMEOUT_S = 120.0
 MESSAGES: list[Any] = [{"role": "user", "content": "hello there"}]
 REMAINING = ("x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens")
-
-
-def ideal_wall_s() -> float:
-    """The gateway's own schedule at its mean latency: the full window at once (in waves of its
-    concurrency), then each next request as the oldest leaves the window or a slot frees."""
-    latency = sum(LATENCY_S) / 2
-    starts: list[float] = []
-    for n in range(REQUESTS):
-        window_free = starts[n - LIMIT] + WINDOW_S if n >= LIMIT else 0.0
-        slot_free = starts[n - GATEWAY_CONCURRENCY] + latency if n >= GATEWAY_CONCURRENCY else 0.0
-        starts.append(max(window_free, slot_free))
-    return starts[-1] + latency
 
 
 class WithoutRemaining(httpx2.AsyncBaseTransport):
@@ -143,7 +131,8 @@ def table(rows: list[Row], ideal_s: float) -> str:
 
 
 async def main(repeats: int) -> None:
-    ideal_s = ideal_wall_s()
+    # The gateway's own schedule at its mean latency.
+    ideal_s = ideal_wall_s(REQUESTS, LIMIT, WINDOW_S, GATEWAY_CONCURRENCY, sum(LATENCY_S) / 2)
     print(header(f"median of {repeats} runs per row, taken in turns, each against a fresh MockGateway"))
     print(flush=True)
     rows = [Row(f"{told}x {headers}", told, headers) for told in TOLD for headers in (True, False)]

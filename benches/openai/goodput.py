@@ -26,7 +26,7 @@ import openai
 
 import holysheep as hs
 from holysheep.testing import MockGateway
-from report import header, median, verdict
+from report import header, ideal_wall_s, median, verdict
 
 REQUESTS = 300
 LIMIT = 100
@@ -36,17 +36,6 @@ LATENCY_S = 0.2
 #: Every run is bounded: a client that has not finished by then is reported as such.
 RUN_TIMEOUT_S = 120.0
 MESSAGES: list[Any] = [{"role": "user", "content": "hello there"}]
-
-
-def ideal_wall_s() -> float:
-    """When the last request ends if each starts as soon as both limits allow: the full window at once
-    (in waves of CONCURRENCY), then each next one as the oldest leaves the window or a slot frees."""
-    starts: list[float] = []
-    for n in range(REQUESTS):
-        window_free = starts[n - LIMIT] + WINDOW_S if n >= LIMIT else 0.0
-        slot_free = starts[n - CONCURRENCY] + LATENCY_S if n >= CONCURRENCY else 0.0
-        starts.append(max(window_free, slot_free))
-    return starts[-1] + LATENCY_S
 
 
 class DequeLimiter:
@@ -170,7 +159,7 @@ def table(rows: list[Row], ideal_s: float) -> str:
 
 
 async def main(repeats: int) -> None:
-    ideal_s = ideal_wall_s()
+    ideal_s = ideal_wall_s(REQUESTS, LIMIT, WINDOW_S, CONCURRENCY, LATENCY_S)
     print(header(f"median of {repeats} runs per client, taken in turns, each against a fresh MockGateway"))
     print(flush=True)
     rows = [Row(name) for name in CLIENTS]

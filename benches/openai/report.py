@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from importlib.metadata import version
 
@@ -32,9 +33,21 @@ def header(method: str) -> str:
     )
 
 
-def median(values: list[float]) -> float:
+def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
 def verdict(target: str, met: bool, figure: str) -> str:
     return f"- {target}: {'met' if met else 'MISSED'} ({figure})"
+
+
+def ideal_wall_s(requests: int, limit: int, window_s: float, concurrency: int, latency_s: float) -> float:
+    """When the last request ends if each starts as soon as a gateway allowing ``limit`` per ``window_s``
+    and ``concurrency`` in flight lets it: the full window at once (in waves of ``concurrency``), then
+    each next one as the oldest leaves the window or a slot frees."""
+    starts: list[float] = []
+    for n in range(requests):
+        window_free = starts[n - limit] + window_s if n >= limit else 0.0
+        slot_free = starts[n - concurrency] + latency_s if n >= concurrency else 0.0
+        starts.append(max(window_free, slot_free))
+    return starts[-1] + latency_s

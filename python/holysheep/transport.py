@@ -342,10 +342,7 @@ class _Pipeline:
             else:
                 self.limiter._record_server_answer()
             if isinstance(admitted, _Reservation):  # what the server has left, against our own count
-                headers = response.headers
-                admitted.server_remaining(
-                    headers.get("x-ratelimit-remaining-requests"), headers.get("x-ratelimit-remaining-tokens")
-                )
+                admitted.server_remaining(response.headers.raw)
         if status < 400:
             return None
         failure = _StatusFailure(status, response.headers, _error_code(body) if status == 429 else None)

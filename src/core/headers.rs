@@ -247,6 +247,15 @@ mod tests {
     }
 
     #[test]
+    fn a_remaining_count_is_whole_units_or_nothing() {
+        assert_eq!(parse_remaining(" 12 "), Some(12));
+        assert_eq!(parse_remaining("0.5"), Some(0), "less than one unit left is none");
+        for unreadable in ["", "many", "-1", "1e3", "inf", "NaN"] {
+            assert_eq!(parse_remaining(unreadable), None, "{unreadable:?}");
+        }
+    }
+
+    #[test]
     fn no_rate_limit_headers_means_no_server_delay() {
         assert_eq!(server_delay([("content-type", "application/json")], 0), None);
     }

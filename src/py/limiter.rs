@@ -103,14 +103,20 @@ impl Reservation {
         self.limiter.give_back(&self.admission.lock(), self.cost());
     }
 
-    /// Tells the limiter what the server said is left after this request: its
-    /// `x-ratelimit-remaining-requests` and `-tokens` headers as sent, `None` when missing. A value that
-    /// cannot be read is ignored.
-    #[pyo3(signature = (requests, tokens))]
-    fn server_remaining(&self, requests: Option<&str>, tokens: Option<&str>) {
-        let said = [(Unit::Requests, requests), (Unit::Tokens, tokens)];
-        for (unit, remaining) in said {
-            if let Some(remaining) = remaining.and_then(parse_remaining) {
+    /// Tells the limiter what the server said is left after this request: the answer's
+    /// `x-ratelimit-remaining-requests` and `-tokens`, found among its raw headers ((name, value) byte
+    /// pairs, as httpx's `headers.raw` gives them). Missing or unreadable values are ignored.
+    fn server_remaining(&self, raw_headers: &Bound<'_, PyList>) {
+        for pair in raw_headers.iter() {
+            let Ok((name, value)) = pair.extract::<(&[u8], &[u8])>() else { continue };
+            let unit = if name.eq_ignore_ascii_case(b"x-ratelimit-remaining-requests") {
+                Unit::Requests
+            } else if name.eq_ignore_ascii_case(b"x-ratelimit-remaining-tokens") {
+                Unit::Tokens
+            } else {
+                continue;
+            };
+            if let Some(remaining) = std::str::from_utf8(value).ok().and_then(parse_remaining) {
                 self.limiter.record_server_remaining(&self.admission.lock(), self.cost(), unit, remaining);
             }
         }
