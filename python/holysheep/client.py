@@ -85,9 +85,14 @@ def _transport(
     return _SdkTransport(limiter, retry, breaker, **options)
 
 
+#: openai 1.x and 2.x wrap any error of the transport in APIConnectionError; 3.x lets through all but
+#: the HTTP library's own, so there holysheep's errors need no unwrapping (nor the frame it costs on every
+#: step of every request).
+_WRAPS_OUR_ERRORS = int(openai.__version__.split(".")[0]) < 3
+
+
 def _own_error(err: openai.APIConnectionError) -> BaseException:
-    """What a request raised: openai 1.x and 2.x wrap any error of the transport in APIConnectionError,
-    where 3.x lets errors other than the HTTP library's through; ours come out as themselves on all."""
+    """The holysheep error an APIConnectionError of openai 1.x or 2.x wraps, else itself."""
     return err.__cause__ if isinstance(err.__cause__, HolySheepError) else err
 
 
@@ -95,21 +100,25 @@ class _AsyncOwnErrors(openai.AsyncOpenAI):
     """An ``openai.AsyncOpenAI`` that raises holysheep's errors (BudgetExceeded, CircuitOpenError,
     RateLimitExceeded) as themselves."""
 
-    async def request(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await super().request(*args, **kwargs)
-        except openai.APIConnectionError as err:
-            raise _own_error(err) from None
+    if _WRAPS_OUR_ERRORS:
+
+        async def request(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await super().request(*args, **kwargs)
+            except openai.APIConnectionError as err:
+                raise _own_error(err) from None
 
 
 class _SyncOwnErrors(openai.OpenAI):
     """`_AsyncOwnErrors` for the blocking client."""
 
-    def request(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return super().request(*args, **kwargs)
-        except openai.APIConnectionError as err:
-            raise _own_error(err) from None
+    if _WRAPS_OUR_ERRORS:
+
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return super().request(*args, **kwargs)
+            except openai.APIConnectionError as err:
+                raise _own_error(err) from None
 
 
 #: Each client class `wrap` was given, made to raise holysheep's errors as themselves.
