@@ -302,6 +302,14 @@ async def test_the_loop_opens_its_own_connection_off_the_loop_then_uses_it(redis
     assert isinstance(channel, _LoopChannel) and channel.is_open
 
 
+def test_a_429_cuts_the_rate_this_process_enforces_in_redis(redis_url: str) -> None:
+    lim, other = shared(redis_url, key="cut", rpm=10), shared(redis_url, key="cut", rpm=10)
+    lim._record_server_rejection()
+    assert lim.stats()["rate_factor"] == 0.7
+    assert sum(lim.try_acquire() for _ in range(10)) == 7, "10 configured, 7 in force"
+    assert sum(other.try_acquire() for _ in range(10)) == 3, "a process that heard no 429 keeps the configured 10"
+
+
 @pytest.mark.parametrize("flavour", ["async", "blocking"])
 async def test_the_openai_clients_keep_to_a_limit_shared_in_redis(redis_url: str, flavour: str) -> None:  # noqa: F811
     from holysheep.testing import MockGateway

@@ -437,6 +437,18 @@ class SharedRateLimiter(HolySheepRateLimiter):
     def _release_admitted(self, admitted: Admitted) -> None:
         self._finish(admitted)  # type: ignore[arg-type]  # a Permit holds what _acquire returned: a Held
 
+    # --- following the server -------------------------------------------------------------------
+
+    def _record_server_rejection(self) -> None:
+        """A 429: the rates this process enforces in Redis are cut as a local limiter's would be."""
+        super()._record_server_rejection()
+        self._remote.follow(*self._rate_factors())
+
+    def _record_server_answer(self) -> None:
+        """Any other answer: after a cut, the rates this process enforces in Redis climb back."""
+        super()._record_server_answer()
+        self._remote.follow(*self._rate_factors())
+
     async def __aenter__(self) -> None:
         await self.acquire()
 
@@ -465,8 +477,9 @@ class SharedRateLimiter(HolySheepRateLimiter):
         return wait
 
     def stats(self) -> dict[str, Any]:
-        """This process's admitted, rejected, in_flight, waiting, waited, waited_s_p50/p99 and
-        server_429s; the fleet's ``remaining`` per limit and ``fleet_in_flight`` (None while Redis is
+        """This process's admitted, rejected, in_flight, waiting, waited, waited_s_p50/p99,
+        server_429s, and rate_factor and tokens_rate_factor (the fractions of the configured rates it
+        enforces in Redis); the fleet's ``remaining`` per limit and ``fleet_in_flight`` (None while Redis is
         away); ``fleet_members`` (processes seen lately) and ``fallbacks`` (decisions made by the
         failure policy)."""
         try:
@@ -476,6 +489,7 @@ class SharedRateLimiter(HolySheepRateLimiter):
         except BackendUnavailable:
             fleet_in_flight = left = None
         waits = sorted(self._waits)
+        requests_factor, tokens_factor = self._rate_factors()
         return {
             "admitted": self._admitted,
             "rejected": self._rejected,
@@ -485,6 +499,8 @@ class SharedRateLimiter(HolySheepRateLimiter):
             "waited_s_p50": _quantile(waits, 0.50),
             "waited_s_p99": _quantile(waits, 0.99),
             "server_429s": super().stats()["server_429s"],
+            "rate_factor": requests_factor,
+            "tokens_rate_factor": tokens_factor,
             "remaining": left,
             "fleet_in_flight": fleet_in_flight,
             "fleet_members": self._remote.members,

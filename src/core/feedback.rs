@@ -4,7 +4,17 @@
 //! allows settles near what it allows instead of storming it. A server that says how much it has left
 //! (`x-ratelimit-remaining-*`) lets the cut come before any 429, and to what it allows, not by a guess.
 
+use crate::core::limit::Unit;
 use crate::core::spin::SpinLock;
+
+/// The units whose rates follow the server, each with its own [`Aimd`]; a budget (dollars) is the
+/// user's own.
+pub const FOLLOWED: [Unit; 2] = [Unit::Requests, Unit::Tokens];
+
+/// Where `unit` stands in [`FOLLOWED`], if it follows the server.
+pub fn followed(unit: Unit) -> Option<usize> {
+    FOLLOWED.iter().position(|&u| u == unit)
+}
 
 /// The rate in force after a cut, as a fraction of the one before it.
 const DECREASE: f64 = 0.7;

@@ -7,14 +7,11 @@ use crate::core::clock::{Clock, MonotonicClock, ns_to_secs};
 use crate::core::concurrency::Concurrency;
 use crate::core::decision::{Decision, Never};
 use crate::core::error::{Error, Result};
-use crate::core::feedback::Aimd;
+use crate::core::feedback::{Aimd, FOLLOWED, followed};
 use crate::core::spin::SpinLock;
 use crate::core::limit::{Cost, Limit, Unit};
 use crate::core::quota::{Quota, Receipt};
 use crate::core::stats::Stats;
-
-/// The units whose rates follow the server; a budget (dollars) is the user's own.
-const FOLLOWED: [Unit; 2] = [Unit::Requests, Unit::Tokens];
 
 /// Rate limits and a concurrency bound.
 #[derive(Debug)]
@@ -360,9 +357,9 @@ impl<C: Clock> Limiter<C> {
     /// it allows, before any 429 (see [`Quota::server_allows`]).
     pub fn record_server_remaining(&self, admission: &Admission, cost: Cost, unit: Unit, remaining: u64) {
         let Some(quota) = &self.quota else { return };
-        let Some(followed) = FOLLOWED.iter().position(|&u| u == unit) else { return };
+        let Some(index) = followed(unit) else { return };
         if let Some(allowed) = quota.server_allows(&admission.receipt, cost, unit, remaining) {
-            self.apply(followed, self.feedback[followed].limited_to(allowed, self.clock.now_ns()));
+            self.apply(index, self.feedback[index].limited_to(allowed, self.clock.now_ns()));
         }
     }
 

@@ -326,6 +326,12 @@ impl PyLimiter {
         self.inner.record_server_answer();
     }
 
+    /// The fractions of the configured requests and tokens rates in force.
+    fn _rate_factors(&self) -> (f64, f64) {
+        let [requests, tokens] = self.inner.rate_factors();
+        (requests, tokens)
+    }
+
     /// The limits this limiter enforces.
     #[getter]
     fn limits(&self) -> Vec<PyLimit> {

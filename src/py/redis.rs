@@ -127,6 +127,12 @@ impl PyRedisLimiter {
         Ok(Self { inner: Arc::new(limiter) })
     }
 
+    /// Enforces the configured rates scaled by the fractions the process's own feedback from the server
+    /// put in force (requests, tokens) in its decisions from now on.
+    fn follow(&self, requests: f64, tokens: f64) {
+        self.inner.follow([requests, tokens]);
+    }
+
     /// One request of ``tokens`` decided in Redis, with a concurrency lease when ``lease``: a `_Grant`,
     /// or the seconds after which trying again could succeed (the rate, when not ``reserve``; a lease).
     /// ``reserve``: admit at a later instant too, waiting at most ``max_wait`` seconds (None: any).

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
-use crate::core::limit::{Cost, Limit};
+use crate::core::feedback::followed;
+use crate::core::limit::{Cost, Limit, Unit};
 use crate::core::Error;
 use crate::redis::backend::Backend;
 use crate::redis::error::BackendError;
@@ -75,6 +76,9 @@ pub struct RemoteLimiter {
     renewer_pid: AtomicU32,
     /// How many instances decided within the last member TTL, as of the last answer.
     members: AtomicU64,
+    /// The fractions of the configured rates this process enforces, per unit of [`FOLLOWED`] (f64
+    /// bits): below 1 while the server allows less (see [`RemoteLimiter::follow`]).
+    rate_factors: [AtomicU64; 2],
     created: Instant,
     /// When membership is next due for renewal, in ms since `created`.
     member_renewal_due_ms: AtomicU64,
@@ -133,6 +137,7 @@ impl RemoteLimiter {
             held: Mutex::new(PerProcess::new(HashSet::new())),
             renewer_pid: AtomicU32::new(0),
             members: AtomicU64::new(0),
+            rate_factors: [AtomicU64::new(1.0_f64.to_bits()), AtomicU64::new(1.0_f64.to_bits())],
             created: Instant::now(),
             member_renewal_due_ms: AtomicU64::new(0),
         })
@@ -284,6 +289,19 @@ impl RemoteLimiter {
         Ok(reply)
     }
 
+    /// Enforces the configured rates scaled by `factors` (requests, tokens; 0..=1) in this process's
+    /// decisions from now on: what its own feedback from the server says (429s; see `core::feedback`).
+    /// Each process of the fleet follows what it hears; all hear the same server.
+    pub fn follow(&self, factors: [f64; 2]) {
+        for (factor, in_force) in factors.iter().zip(&self.rate_factors) {
+            in_force.store(factor.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+        }
+    }
+
+    fn rate_factor(&self, unit: Unit) -> f64 {
+        followed(unit).map_or(1.0, |index| f64::from_bits(self.rate_factors[index].load(Ordering::Relaxed)))
+    }
+
     /// The acquire script's call for a request of `cost` (`lease_id` from [`RemoteLimiter::lease_id`]).
     pub fn acquire_invocation(&self, cost: Cost, mode: Mode, lease_id: &str) -> Call {
         let mut invocation = scripts::ACQUIRE.call(&self.keys);
@@ -302,11 +320,12 @@ impl RemoteLimiter {
             .arg(MEMBER_TTL_US)
             .arg(self.windows.len());
         for window in &self.windows {
+            let (limit, span_us) = window.in_force(self.rate_factor(window.unit));
             invocation
                 .arg(&window.id)
                 .arg(window.kind_name())
-                .arg(window.limit)
-                .arg(window.span_us)
+                .arg(limit)
+                .arg(span_us)
                 .arg(window.units(cost))
                 .arg(window.merge_us);
         }

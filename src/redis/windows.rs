@@ -56,6 +56,15 @@ impl WindowSpec {
         }
     }
 
+    /// The limit and span to enforce with the configured rate scaled by `factor` (0..=1): a log counts
+    /// fewer units per window, GCRA spaces them wider; never below one unit per window.
+    pub fn in_force(&self, factor: f64) -> (u64, u64) {
+        match self.kind {
+            Kind::Log => (((self.limit as f64 * factor).floor() as u64).max(1), self.span_us),
+            Kind::Gcra => (self.limit, (self.span_us as f64 / factor.max(1e-6)).ceil() as u64),
+        }
+    }
+
     /// The units of `cost` this window counts.
     pub fn units(&self, cost: Cost) -> u64 {
         self.unit.of(cost)
@@ -93,5 +102,15 @@ mod tests {
     fn counters_are_enforced_exactly() {
         let limit = Limit::new(100.0, 60 * NS_PER_SEC, Unit::Requests, Algorithm::Counter, None).unwrap();
         assert_eq!(WindowSpec::new(&limit).kind, Kind::Log);
+    }
+
+    #[test]
+    fn a_scaled_rate_counts_fewer_per_window_or_spaces_them_wider() {
+        let log = WindowSpec::new(&Limit::new(10.0, NS_PER_SEC, Unit::Requests, Algorithm::Exact, None).unwrap());
+        assert_eq!(log.in_force(1.0), (10, log.span_us));
+        assert_eq!(log.in_force(0.7), (7, log.span_us));
+        assert_eq!(log.in_force(0.01), (1, log.span_us));
+        let gcra = WindowSpec::new(&Limit::new(10.0, NS_PER_SEC, Unit::Requests, Algorithm::Gcra, None).unwrap());
+        assert_eq!(gcra.in_force(0.5), (gcra.limit, 2 * gcra.span_us));
     }
 }
