@@ -20,9 +20,6 @@ pub fn followed(unit: Unit) -> Option<usize> {
 const DECREASE: f64 = 0.7;
 /// The least fraction of the configured rate ever in force.
 const FLOOR: f64 = 0.05;
-/// A server's count told apart from ours by less than this fraction of the rate in force is ours, off by
-/// a request arriving in another order than it went: no cut for it.
-const AGREES_WITHIN: f64 = 0.02;
 
 #[derive(Debug, Clone, Copy)]
 struct Cut {
@@ -75,11 +72,12 @@ impl Aimd {
     }
 
     /// The server allows `allowed` of the configured rate (read from what it says is left): cuts the
-    /// rate in force to that at `now`, unless it is that low already. Returns the fraction in force.
+    /// rate in force to that at `now`, unless it is that low already; a climb back after a cut stops
+    /// there for as long as the server says so. Returns the fraction in force.
     pub fn limited_to(&self, allowed: f64, now: u64) -> f64 {
         let mut last_cut = self.last_cut.lock();
         let in_force = self.factor_after(*last_cut, now);
-        if allowed >= in_force * (1.0 - AGREES_WITHIN) {
+        if allowed >= in_force {
             return in_force;
         }
         let factor = allowed.max(FLOOR);
@@ -125,7 +123,7 @@ mod tests {
     #[test]
     fn a_server_that_allows_less_cuts_to_what_it_allows_then_recovery_starts_over() {
         let aimd = Aimd::new(SEC, 10 * SEC, 60 * SEC);
-        assert_eq!(aimd.limited_to(0.99, 0), 1.0, "within what a reordered arrival explains");
+        assert_eq!(aimd.limited_to(1.0, 0), 1.0);
         assert_eq!(aimd.limited_to(0.6, 0), 0.6);
         assert_eq!(aimd.limited_to(0.8, SEC), 0.6, "never raises the rate");
         assert!((aimd.factor(40 * SEC) - 0.8).abs() < 1e-9);
