@@ -363,12 +363,13 @@ impl<C: Clock> Limiter<C> {
         }
     }
 
-    /// Enforces the configured rates of `FOLLOWED[followed]` scaled by `factor`, once it differs by a
-    /// step worth a rescale.
+    /// Enforces the configured rates of `FOLLOWED[followed]` scaled by `factor`: a cut at once, a climb
+    /// back in steps worth a rescale.
     fn apply(&self, followed: usize, factor: f64) {
         let Some(quota) = &self.quota else { return };
         let mut applied = self.applied.lock();
-        if (factor - applied[followed]).abs() < 0.01 && factor != 1.0 {
+        let climb = factor - applied[followed];
+        if (0.0..0.01).contains(&climb) && factor != 1.0 {
             return;
         }
         applied[followed] = factor;
@@ -551,6 +552,16 @@ mod tests {
         lim.record_server_rejection();
         let [requests, tokens] = lim.rate_factors();
         assert!((requests - 0.35).abs() < 1e-9 && (tokens - 0.49).abs() < 1e-9, "a later 429 cuts every unit again");
+    }
+
+    #[test]
+    fn a_cut_however_small_is_enforced_at_once() {
+        let (lim, _) = limiter(vec![per_second(1_000.0)], None);
+        let admission = lim.reserve(Cost::request(0), None, "acquire").unwrap();
+        lim.record_server_remaining(&admission, Cost::request(0), Unit::Requests, 994);
+        assert_eq!(lim.rate_factors()[0], 0.995);
+        let admitted = (0..1_000).filter(|_| lim.try_acquire(Cost::request(0)).unwrap()).count();
+        assert_eq!(admitted, 994);
     }
 
     #[test]
