@@ -42,6 +42,11 @@ impl Aimd {
         Self { last_cut: SpinLock::new(None), burst_ns, cooldown_ns, recovery_ns: recovery_ns.max(1) }
     }
 
+    /// The same, holding each cut for `cooldown_ns` before the climb back.
+    pub fn with_cooldown(&self, cooldown_ns: u64) -> Self {
+        Self::new(self.burst_ns, cooldown_ns, self.recovery_ns)
+    }
+
     fn factor_after(&self, cut: Option<Cut>, now: u64) -> f64 {
         let Some(cut) = cut else { return 1.0 };
         let since = now.saturating_sub(cut.at_ns);

@@ -93,6 +93,13 @@ impl<C: Clock> Limiter<C> {
         })
     }
 
+    /// Holds each cut from the server's feedback for `cooldown_ns` before the rates climb back (a
+    /// plan's cooldown after a storm of 429s), instead of a quarter of the longest period.
+    pub fn with_cooldown(mut self, cooldown_ns: u64) -> Self {
+        self.feedback = [self.feedback[0].with_cooldown(cooldown_ns), self.feedback[1].with_cooldown(cooldown_ns)];
+        self
+    }
+
     pub fn limits(&self) -> &[Limit] {
         self.quota.as_ref().map_or(&[], Quota::limits)
     }
@@ -552,6 +559,19 @@ mod tests {
         lim.record_server_rejection();
         let [requests, tokens] = lim.rate_factors();
         assert!((requests - 0.35).abs() < 1e-9 && (tokens - 0.49).abs() < 1e-9, "a later 429 cuts every unit again");
+    }
+
+    #[test]
+    fn a_plans_cooldown_holds_a_cut_that_long() {
+        let (lim, clock) = limiter(vec![per_second(10.0)], None);
+        let lim = lim.with_cooldown(60 * SEC);
+        lim.record_server_rejection();
+        clock.advance(59 * SEC);
+        lim.record_server_answer();
+        assert_eq!(lim.rate_factors(), [0.7, 0.7], "a quarter of the period would have let it climb back");
+        clock.advance(2 * SEC);
+        lim.record_server_answer();
+        assert_eq!(lim.rate_factors(), [1.0, 1.0]);
     }
 
     #[test]

@@ -171,13 +171,16 @@ impl PyLimiter {
             max_concurrency,
             guard_ns: None,
         };
-        if let Some(name) = tier {
-            let tier = Tier::named(name)?;
+        let tier = tier.map(Tier::named).transpose()?;
+        if let Some(tier) = tier {
             config.rpm = config.rpm.or(Some(tier.rpm as f64));
             config.tpm = config.tpm.or(Some(tier.tpm as f64));
             config.max_concurrency = config.max_concurrency.or(Some(tier.concurrency as i64));
         }
-        let limiter = Limiter::new(config.rate_limits()?, config.concurrency()?, Default::default())?;
+        let mut limiter = Limiter::new(config.rate_limits()?, config.concurrency()?, Default::default())?;
+        if let Some(tier) = tier {
+            limiter = limiter.with_cooldown(secs_to_ns(tier.cooldown_s).expect("a plan's cooldown is a valid duration"));
+        }
         Ok(Self { inner: Arc::new(limiter) })
     }
 
