@@ -134,6 +134,17 @@ async def test_an_answer_saying_the_server_has_less_left_lowers_that_units_rate_
     assert stats["server_429s"] == 0
 
 
+@pytest.mark.parametrize(("reset", "factor"), [("1s", 1.0), ("500ms", 1.0), ("59.5s", 0.4), ("1m0s", 0.4)])
+async def test_what_is_left_is_read_against_a_limit_only_as_long_as_the_servers_window(reset: str, factor: float) -> None:
+    # A server whole again within a second counts per second: its 39 left say nothing of our minute.
+    lim = hs.HolySheepRateLimiter(rpm=100)
+    said = {"x-ratelimit-remaining-requests": "39", "x-ratelimit-reset-requests": reset}
+    handle, _ = answers(httpx2.Response(200, json={"object": "chat.completion"}, headers=said))
+    async with client(handle, limiter=lim) as http:
+        await http.post("/chat/completions", json=CHAT)
+    assert lim.stats()["rate_factor"] == factor
+
+
 @pytest.mark.parametrize("value", [b"", b"many", b"-1", b"1e3", b"inf", b"NaN", b"9" * 400, b"\xff\xfe", b" 2 0 "])
 async def test_a_remaining_header_that_cannot_be_read_is_ignored(value: bytes) -> None:
     lim = hs.HolySheepRateLimiter(rpm=100)

@@ -359,13 +359,13 @@ impl<C: Clock> Limiter<C> {
     }
 
     /// Records what the server said is left of `unit` in its answer to an admission (its
-    /// `x-ratelimit-remaining-*`). Where that is less than our own count leaves, the server allows
-    /// less than we were told (or others spend the same quota): the rates of that unit are cut to what
-    /// it allows, before any 429 (see [`Quota::server_allows`]).
-    pub fn record_server_remaining(&self, admission: &Admission, cost: Cost, unit: Unit, remaining: u64) {
+    /// `x-ratelimit-remaining-*`, and `-reset-*` when given). Where that is less than our own count
+    /// leaves, the server allows less than we were told (or others spend the same quota): the rates of
+    /// that unit are cut to what it allows, before any 429 (see [`Quota::server_allows`]).
+    pub fn record_server_remaining(&self, admission: &Admission, cost: Cost, unit: Unit, remaining: u64, reset_ns: Option<u64>) {
         let Some(quota) = &self.quota else { return };
         let Some(index) = followed(unit) else { return };
-        if let Some(allowed) = quota.server_allows(&admission.receipt, cost, unit, remaining) {
+        if let Some(allowed) = quota.server_allows(&admission.receipt, cost, unit, remaining, reset_ns) {
             self.apply(index, self.feedback[index].limited_to(allowed, self.clock.now_ns()));
         }
     }
@@ -546,10 +546,10 @@ mod tests {
         let later: Vec<_> = (0..20).map(|_| lim.reserve(cost, None, "acquire").unwrap()).collect();
         // The server counted the first ten, not the twenty that went 0.1 s later, and has 40 left: it
         // allows 50 per second.
-        lim.record_server_remaining(&first[4], cost, Unit::Requests, 40);
+        lim.record_server_remaining(&first[4], cost, Unit::Requests, 40, Some(SEC));
         assert_eq!(lim.rate_factors(), [0.5, 1.0]);
         // Tokens as we count them: nothing to follow.
-        lim.record_server_remaining(&later[19], cost, Unit::Tokens, 10_000 - 300);
+        lim.record_server_remaining(&later[19], cost, Unit::Tokens, 10_000 - 300, None);
         assert_eq!(lim.rate_factors(), [0.5, 1.0]);
         let admitted = (0..100).filter(|_| lim.try_acquire(cost).unwrap()).count();
         assert_eq!(admitted, 20, "50 in force, 30 counted");
@@ -575,10 +575,21 @@ mod tests {
     }
 
     #[test]
+    fn what_a_server_with_a_shorter_window_has_left_is_not_read_against_a_longer_limit() {
+        let (lim, _) = limiter(vec![Limit::new(600.0, 60 * SEC, Unit::Requests, Algorithm::Exact, None).unwrap()], None);
+        let admission = lim.reserve(Cost::request(0), None, "acquire").unwrap();
+        // 9 left of a second's 10 (whole again within the second): not 10 of our 600 a minute.
+        lim.record_server_remaining(&admission, Cost::request(0), Unit::Requests, 9, Some(SEC));
+        assert_eq!(lim.rate_factors(), [1.0, 1.0]);
+        lim.record_server_remaining(&admission, Cost::request(0), Unit::Requests, 9, Some(59 * SEC));
+        assert_eq!(lim.rate_factors()[0], 0.05, "a minute's window, whole again in 59 s: ours, cut as far as the floor");
+    }
+
+    #[test]
     fn a_cut_however_small_is_enforced_at_once() {
         let (lim, _) = limiter(vec![per_second(1_000.0)], None);
         let admission = lim.reserve(Cost::request(0), None, "acquire").unwrap();
-        lim.record_server_remaining(&admission, Cost::request(0), Unit::Requests, 994);
+        lim.record_server_remaining(&admission, Cost::request(0), Unit::Requests, 994, None);
         assert_eq!(lim.rate_factors()[0], 0.995);
         let admitted = (0..1_000).filter(|_| lim.try_acquire(Cost::request(0)).unwrap()).count();
         assert_eq!(admitted, 994);
@@ -589,7 +600,7 @@ mod tests {
         let gcra = Limit::new(100.0, SEC, Unit::Requests, Algorithm::Gcra, None).unwrap();
         let (lim, _) = limiter(vec![gcra], None);
         let admission = lim.reserve(Cost::request(0), None, "acquire").unwrap();
-        lim.record_server_remaining(&admission, Cost::request(0), Unit::Requests, 0);
+        lim.record_server_remaining(&admission, Cost::request(0), Unit::Requests, 0, None);
         assert_eq!(lim.rate_factors(), [1.0, 1.0]);
     }
 

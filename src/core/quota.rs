@@ -242,16 +242,28 @@ impl Quota {
     /// The fraction of its configured `unit` limits a server allows, judged from the answer to an
     /// admission saying `server_remaining` units are left: what we count where the server counted that
     /// admission, plus what it says remains, over the configured limit. Of several limits of the unit,
-    /// the largest fraction (the least cut any of them accounts for). `None` when none can tell: GCRA
-    /// and the approximate counter keep no instants per admission, and an admission leaves the log with
-    /// its window.
-    pub fn server_allows(&self, receipt: &Receipt, cost: Cost, unit: Unit, server_remaining: u64) -> Option<f64> {
+    /// the largest fraction (the least cut any of them accounts for).
+    ///
+    /// A server's window is at least as long as the reset it reports (`reset_ns`, until its window is
+    /// whole again); a limit more than twice as long is not the one it speaks of (what a server
+    /// counting per second has left, read against our minute, would look like a sixtieth of our rate)
+    /// and is left out. `None` when no limit can tell: GCRA and the approximate counter keep no
+    /// instants per admission, and an admission leaves the log with its window.
+    pub fn server_allows(
+        &self,
+        receipt: &Receipt,
+        cost: Cost,
+        unit: Unit,
+        server_remaining: u64,
+        reset_ns: Option<u64>,
+    ) -> Option<f64> {
         let State::Windows(lock) = &self.state else { return None };
         if unit.of(cost) == 0 {
             return None;
         }
+        let spoken_of = |limit: &Limit| limit.unit() == unit && reset_ns.is_none_or(|reset| limit.period_ns() / 2 <= reset);
         let windows = lock.lock();
-        let of_unit = windows.iter().zip(&self.limits).zip(receipt.tickets).filter(|((_, limit), _)| limit.unit() == unit);
+        let of_unit = windows.iter().zip(&self.limits).zip(receipt.tickets).filter(|((_, limit), _)| spoken_of(limit));
         of_unit
             .filter_map(|((window, limit), ticket)| {
                 let counted = window.counted_around(ticket, limit.guard_ns())?;
