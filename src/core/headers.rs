@@ -62,6 +62,29 @@ pub fn parse_duration(value: &str) -> Option<u64> {
     Some(saturating_ns(total_ns))
 }
 
+/// `x-ratelimit-remaining-*` and `x-ratelimit-reset-*`, of requests then tokens (the order of
+/// [`FOLLOWED`](crate::core::feedback::FOLLOWED)).
+const REMAINING: [&str; 2] = ["x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens"];
+const RESET: [&str; 2] = ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"];
+
+/// What an answer says the server has left of requests and of tokens (`x-ratelimit-remaining-*`),
+/// each with the time until that window is whole again (`x-ratelimit-reset-*`) when given readably;
+/// `None` for a unit it says nothing readable of. Names compared case-insensitively, values as sent.
+pub fn server_left<'a>(headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> [Option<(u64, Option<u64>)>; 2] {
+    let (mut remaining, mut reset_ns) = ([None; 2], [None; 2]);
+    for (name, value) in headers {
+        let value = std::str::from_utf8(value).ok();
+        for unit in 0..2 {
+            if name.eq_ignore_ascii_case(REMAINING[unit].as_bytes()) {
+                remaining[unit] = value.and_then(parse_remaining);
+            } else if name.eq_ignore_ascii_case(RESET[unit].as_bytes()) {
+                reset_ns[unit] = value.and_then(parse_duration);
+            }
+        }
+    }
+    [0, 1].map(|unit| remaining[unit].map(|left| (left, reset_ns[unit])))
+}
+
 /// The delay a response asks for, from all its headers (names compared case-insensitively).
 ///
 /// A reset duration counts only for a quota that is spent (its `x-ratelimit-remaining-*` is 0) or whose
@@ -75,13 +98,13 @@ pub fn server_delay<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>, n
             &mut found.retry_after_ms
         } else if name.eq_ignore_ascii_case("retry-after") {
             &mut found.retry_after
-        } else if name.eq_ignore_ascii_case("x-ratelimit-reset-requests") {
+        } else if name.eq_ignore_ascii_case(RESET[0]) {
             &mut found.reset_requests
-        } else if name.eq_ignore_ascii_case("x-ratelimit-reset-tokens") {
+        } else if name.eq_ignore_ascii_case(RESET[1]) {
             &mut found.reset_tokens
-        } else if name.eq_ignore_ascii_case("x-ratelimit-remaining-requests") {
+        } else if name.eq_ignore_ascii_case(REMAINING[0]) {
             &mut found.remaining_requests
-        } else if name.eq_ignore_ascii_case("x-ratelimit-remaining-tokens") {
+        } else if name.eq_ignore_ascii_case(REMAINING[1]) {
             &mut found.remaining_tokens
         } else {
             continue;
@@ -128,7 +151,7 @@ impl RateLimitHeaders<'_> {
 
 /// `x-ratelimit-remaining-*`: what a server says is left of a limit, in whole units (a fraction of one
 /// unit left is none); `None` when it cannot be read.
-pub fn parse_remaining(value: &str) -> Option<u64> {
+fn parse_remaining(value: &str) -> Option<u64> {
     parse_non_negative(value).map(|units| units.floor() as u64)
 }
 
@@ -244,6 +267,18 @@ mod tests {
     fn reset_without_remaining_takes_the_longest() {
         let headers = [("x-ratelimit-reset-requests", "1s"), ("x-ratelimit-reset-tokens", "20ms")];
         assert_eq!(server_delay(headers, 0), Some(SEC));
+    }
+
+    #[test]
+    fn what_is_left_is_read_per_unit_with_its_reset() {
+        let said: [(&[u8], &[u8]); 4] = [
+            (b"X-RateLimit-Remaining-Requests", b"39"),
+            (b"x-ratelimit-reset-requests", b"1m0s"),
+            (b"x-ratelimit-remaining-tokens", b"\xff"),
+            (b"x-ratelimit-reset-tokens", b"6s"),
+        ];
+        assert_eq!(server_left(said), [Some((39, Some(60 * NS_PER_SEC))), None]);
+        assert_eq!(server_left([(&b"x-ratelimit-remaining-tokens"[..], &b"7"[..])]), [None, Some((7, None))]);
     }
 
     #[test]

@@ -96,7 +96,7 @@ impl<C: Clock> Limiter<C> {
     /// Holds each cut from the server's feedback for `cooldown_ns` before the rates climb back (a
     /// plan's cooldown after a storm of 429s), instead of a quarter of the longest period.
     pub fn with_cooldown(mut self, cooldown_ns: u64) -> Self {
-        self.feedback = [self.feedback[0].with_cooldown(cooldown_ns), self.feedback[1].with_cooldown(cooldown_ns)];
+        self.feedback = self.feedback.each_ref().map(|aimd| aimd.with_cooldown(cooldown_ns));
         self
     }
 

@@ -13,8 +13,9 @@ use pyo3::intern;
 use crate::core::clock::{ns_to_secs, secs_to_ns};
 use crate::core::limiter::{Admission, Limiter, Waiters};
 use crate::core::spin::SpinLock;
-use crate::core::headers::{parse_duration, parse_remaining};
-use crate::core::{Cost, Error, LimiterConfig, Tier, Unit};
+use crate::core::feedback::FOLLOWED;
+use crate::core::headers::server_left;
+use crate::core::{Cost, Error, LimiterConfig, Tier};
 use crate::py::limit::PyLimit;
 
 /// An awaitable that is already done: what `async with` awaits when nothing had to wait.
@@ -49,12 +50,6 @@ pub fn max_wait_ns(timeout: Option<f64>) -> PyResult<Option<u64>> {
 fn waiters(kind: &str) -> Waiters {
     if kind == "slot" { Waiters::Slot } else { Waiters::Rate }
 }
-
-/// The headers an answer says what the server has left of a unit with, and when its window is whole.
-const LEFT_HEADERS: [(Unit, &[u8], &[u8]); 2] = [
-    (Unit::Requests, b"x-ratelimit-remaining-requests", b"x-ratelimit-reset-requests"),
-    (Unit::Tokens, b"x-ratelimit-remaining-tokens", b"x-ratelimit-reset-tokens"),
-];
 
 /// A rate admission held by a waiter or a permit: when it may proceed, and its receipt.
 #[pyclass(name = "_Reservation", module = "holysheep._holysheep", frozen)]
@@ -114,21 +109,11 @@ impl Reservation {
     /// ((name, value) byte pairs, as httpx's `headers.raw` gives them). Missing or unreadable values
     /// are ignored.
     fn server_remaining(&self, raw_headers: &Bound<'_, PyList>) {
-        let (mut remaining, mut reset_ns) = ([None; 2], [None; 2]);
-        for pair in raw_headers.iter() {
-            let Ok((name, value)) = pair.extract::<(&[u8], &[u8])>() else { continue };
-            for (index, (_, remaining_name, reset_name)) in LEFT_HEADERS.iter().enumerate() {
-                if name.eq_ignore_ascii_case(remaining_name) {
-                    remaining[index] = std::str::from_utf8(value).ok().and_then(parse_remaining);
-                } else if name.eq_ignore_ascii_case(reset_name) {
-                    reset_ns[index] = std::str::from_utf8(value).ok().and_then(parse_duration);
-                }
-            }
-        }
-        for (index, (unit, _, _)) in LEFT_HEADERS.iter().enumerate() {
-            if let Some(remaining) = remaining[index] {
-                let admission = self.admission.lock();
-                self.limiter.record_server_remaining(&admission, self.cost(), *unit, remaining, reset_ns[index]);
+        let pairs: Vec<Bound<'_, PyAny>> = raw_headers.iter().collect();
+        let said = server_left(pairs.iter().filter_map(|pair| pair.extract::<(&[u8], &[u8])>().ok()));
+        for (unit, left) in FOLLOWED.into_iter().zip(said) {
+            if let Some((remaining, reset_ns)) = left {
+                self.limiter.record_server_remaining(&self.admission.lock(), self.cost(), unit, remaining, reset_ns);
             }
         }
     }
