@@ -310,6 +310,23 @@ def test_a_429_cuts_the_rate_this_process_enforces_in_redis(redis_url: str) -> N
     assert sum(other.try_acquire() for _ in range(10)) == 3, "a process that heard no 429 keeps the configured 10"
 
 
+async def test_a_limit_shared_in_redis_set_above_the_gateways_follows_its_429s(redis_url: str) -> None:
+    from holysheep.testing import MockGateway
+
+    # The hourly limit never binds; it makes a cut hold (a quarter of the longest period) past the run.
+    limits = [hs.Limit(80, per=0.5, guard=0.02), hs.Limit(100_000, per="hour")]
+    lim = shared(redis_url, key="above", limits=limits, max_concurrency=4)
+    retry = hs.RetryPolicy(max_attempts=20, base_delay=0.01, max_delay=0.5)
+    messages = [{"role": "user", "content": "hi"}]
+    with MockGateway(rpm=40, window_s=0.5, latency=0.005) as gw:
+        async with hs.AsyncHolySheep(base_url=gw.base_url, api_key="hs_test", limiter=lim, retry=retry) as client:
+            results = await asyncio.gather(*(client.chat.completions.create(model="m", messages=messages) for _ in range(120)))
+        assert gw.peak_admitted() <= 40
+    stats = lim.stats()
+    assert len(results) == 120 and stats["fleet_in_flight"] == 0
+    assert stats["server_429s"] > 0 and stats["rate_factor"] < 1.0, "the 429s cut what this process asks Redis for"
+
+
 @pytest.mark.parametrize("flavour", ["async", "blocking"])
 async def test_the_openai_clients_keep_to_a_limit_shared_in_redis(redis_url: str, flavour: str) -> None:  # noqa: F811
     from holysheep.testing import MockGateway
