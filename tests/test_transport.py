@@ -232,6 +232,39 @@ def test_the_same_transport_serves_blocking_clients() -> None:
     assert lim.stats()["in_flight"] == 0
 
 
+@pytest.mark.parametrize("timeout", [-1.0, float("nan"), "1"])
+def test_an_acquire_timeout_that_cannot_work_is_refused_at_construction(timeout: Any) -> None:
+    with pytest.raises(hs.ConfigError) as info:
+        hs.Transport(hs.HolySheepRateLimiter(max_qps=1), acquire_timeout=timeout)
+    assert info.value.field == "acquire_timeout"
+
+
+async def test_a_request_that_would_wait_past_the_acquire_timeout_fails_at_once() -> None:
+    lim = hs.HolySheepRateLimiter(rpm=1)
+    handle, calls = answers(ok())
+    async with client(handle, limiter=lim, acquire_timeout=1.0) as http:
+        assert (await http.post("/chat/completions", json=CHAT)).status_code == 200
+        started = time.monotonic()
+        with pytest.raises(hs.RateLimitExceeded) as info:
+            await http.post("/chat/completions", json=CHAT)
+    assert time.monotonic() - started < 0.5
+    assert info.value.retry_after is not None and info.value.retry_after > 50
+    assert len(calls) == 1
+
+
+def test_a_blocking_request_waits_its_turn_then_goes() -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=10, burst=1)
+    handle, calls = answers(ok())
+    transport = hs.Transport(lim, FAST, inner=httpx2.MockTransport(handle), acquire_timeout=1.0)
+    with httpx2.Client(transport=transport, base_url="http://gateway.test/v1") as http:
+        started = time.monotonic()
+        for _ in range(3):
+            assert http.post("/chat/completions", json=CHAT).status_code == 200
+    assert time.monotonic() - started >= 0.18
+    assert len(calls) == 3
+    assert lim.stats()["in_flight"] == 0
+
+
 async def test_a_request_cancelled_in_flight_returns_its_slot_and_leaves_the_breaker_alone() -> None:
     lim = hs.HolySheepRateLimiter(max_qps=100, max_concurrency=1)
     breaker = hs.CircuitBreaker(failure_threshold=1, recovery_timeout=0.01, half_open_max_calls=1)

@@ -40,9 +40,9 @@ class Admitted(Protocol):
     def settle(self, actual_tokens: int) -> None: ...
 
 
-def _check_timeout(timeout: float | None) -> None:
+def _check_timeout(timeout: float | None, field: str = "timeout") -> None:
     if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0 and not math.isnan(timeout)):
-        raise ConfigError(f"timeout: must be None or 0 or more seconds, got {timeout!r}", "timeout")
+        raise ConfigError(f"{field}: must be None or 0 or more seconds, got {timeout!r}", field)
 
 
 class HolySheepRateLimiter(_Limiter):
@@ -133,17 +133,17 @@ class HolySheepRateLimiter(_Limiter):
         if not self._admit_now(tokens):
             self._acquire_blocking(tokens, timeout, priority)
 
-    def _admit_at_once(self, tokens: int, timeout: float | None, price: float) -> Admitted | None:
-        """The admission when nobody waits and all is free (no waiting machinery), else None; a bad
-        timeout or a cost that can never pass fails here, before any wait."""
-        _check_timeout(timeout)
+    def _admit_at_once(self, tokens: int, price: float) -> Admitted | None:
+        """The admission when nobody waits and all is free (no waiting machinery), else None; a cost
+        that can never pass fails here, before any wait."""
         admitted = self._try_reserve(tokens, price)
         if admitted is None:
             self.time_until_ready(tokens)
         return admitted
 
     async def _acquire(self, tokens: int, timeout: float | None, priority: int, price: float = 0.0) -> Admitted:
-        admitted = self._admit_at_once(tokens, timeout, price)
+        _check_timeout(timeout)
+        admitted = self._admit_at_once(tokens, price)
         if admitted is not None:
             return admitted
         loop = asyncio.get_running_loop()
@@ -155,7 +155,8 @@ class HolySheepRateLimiter(_Limiter):
         return reservation
 
     def _acquire_blocking(self, tokens: int, timeout: float | None, priority: int, price: float = 0.0) -> Admitted:
-        admitted = self._admit_at_once(tokens, timeout, price)
+        _check_timeout(timeout)
+        admitted = self._admit_at_once(tokens, price)
         if admitted is not None:
             return admitted
         remaining = Remaining(timeout, time.monotonic)

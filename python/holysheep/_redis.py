@@ -305,7 +305,7 @@ class SharedRateLimiter(HolySheepRateLimiter):
         """`acquire` for threads: blocks with the GIL released."""
         self._held.append(self._acquire_blocking(tokens, timeout, priority))
 
-    def _admit_at_once(self, tokens: int, timeout: float | None, price: float) -> None:
+    def _admit_at_once(self, tokens: int, price: float) -> None:
         """Never: a shared limit is decided in Redis, by `_acquire`."""
         return None
 

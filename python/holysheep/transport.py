@@ -24,10 +24,11 @@ import threading
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Union
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Union
 
 from holysheep._holysheep import _Reservation
+from holysheep._limiter import _check_timeout
 from holysheep._tokens import estimate_request_tokens
 from holysheep.breaker import CircuitBreaker, KeyedBreaker
 from holysheep.classify import classify_status
@@ -216,32 +217,75 @@ class _StampedWhenSent:
         self._reservation.stamp()
 
 
-class _Acquire(NamedTuple):
-    """Step: the limiter's admission for a request of ``tokens`` at ``price`` dollars per million."""
+class _AsyncSteps:
+    """What an exchange waits on, for asyncio clients: each is awaited for real."""
 
-    tokens: int
-    price: float
+    __slots__ = ("acquire_timeout", "held", "limiter", "send")
+
+    def __init__(self, pipeline: _Pipeline, inner: Any) -> None:
+        self.send = inner.handle_async_request
+        self.held = pipeline.async_stream
+        self.limiter = pipeline.limiter
+        self.acquire_timeout = pipeline.acquire_timeout
+
+    async def acquire(self, tokens: int, price: float) -> Admitted:
+        assert self.limiter is not None, "an admission is only waited for with a limiter"
+        return await self.limiter._acquire(tokens, self.acquire_timeout, 0, price)
+
+    @staticmethod
+    async def read(response: Any) -> bytes:
+        """A failed answer's body, the answer closed."""
+        body: bytes = await response.aread()
+        await response.aclose()
+        return body
+
+    sleep = staticmethod(asyncio.sleep)
 
 
-class _Read(NamedTuple):
-    """Step: read a failed answer's body, then close it."""
+class _BlockingSteps:
+    """What an exchange waits on, for blocking clients: coroutines that block instead of suspending, so
+    the exchange written for asyncio runs to its end in one step (`_run_blocking`)."""
 
-    response: Any
+    __slots__ = ("_inner", "acquire_timeout", "held", "limiter")
+
+    def __init__(self, pipeline: _Pipeline, inner: Any) -> None:
+        self._inner = inner
+        self.held = pipeline.sync_stream
+        self.limiter = pipeline.limiter
+        self.acquire_timeout = pipeline.acquire_timeout
+
+    async def send(self, request: Any) -> Any:
+        return self._inner.handle_request(request)
+
+    async def acquire(self, tokens: int, price: float) -> Admitted:
+        assert self.limiter is not None, "an admission is only waited for with a limiter"
+        return self.limiter._acquire_blocking(tokens, self.acquire_timeout, 0, price)
+
+    @staticmethod
+    async def read(response: Any) -> bytes:
+        """A failed answer's body, the answer closed."""
+        body: bytes = response.read()
+        response.close()
+        return body
+
+    @staticmethod
+    async def sleep(seconds: float) -> None:
+        time.sleep(seconds)
 
 
-class _Sleep(NamedTuple):
-    """Step: back off before the next attempt."""
-
-    seconds: float
+_Steps = Union[_AsyncSteps, _BlockingSteps]
 
 
-class _Send(NamedTuple):
-    """Step: send a request with the inner transport."""
+def _run_blocking(exchange: Coroutine[Any, Any, Any]) -> Any:
+    """The outcome of an exchange whose steps never suspend (`_BlockingSteps`)."""
+    try:
+        exchange.send(None)
+    except StopIteration as done:
+        return done.value
+    exchange.close()
+    raise RuntimeError("a blocking exchange suspended: its steps must not await anything that waits")
 
-    request: Any
 
-
-_Step = Union[_Acquire, _Send, _Read, _Sleep]
 #: What one model's attempts end in when the next model should be asked instead.
 _NEXT_MODEL = object()
 
@@ -279,6 +323,7 @@ class _Pipeline:
         :param prices: dollars per million tokens by model, over `holysheep.pricing.PRICES`, for budgets
             (limits with ``unit="usd"``): a request that would cross one raises BudgetExceeded unsent.
         """
+        _check_timeout(acquire_timeout, "acquire_timeout")
         self.limiter = limiter
         self.retry = retry if retry is not None else RetryPolicy()
         self.breaker = breaker
@@ -291,18 +336,30 @@ class _Pipeline:
         self._settles = bool(units - {"requests"})
         self._read_bodies = self._settles or bool(self.fallback_models) or isinstance(breaker, KeyedBreaker)
         self._inner = inner
-        self._inner_made = threading.Lock()
+        self._async_steps: _AsyncSteps | None = None
+        self._blocking_steps: _BlockingSteps | None = None
+        self._steps_made = threading.Lock()
 
     def _inner_transport(self, asynchronous: bool) -> Any:
+        # Made on first use (whether it is sync or async is known then), once, under `_steps_made`:
+        # threads making their first requests together would otherwise each make one and leak all but one.
         if self._inner is None:
-            # Made on first use (whether it is sync or async is known then), once: threads making their
-            # first requests together would otherwise each make one and leak all but one.
-            with self._inner_made:
-                if self._inner is None:
-                    limits = self.lib.Limits(max_connections=1000, max_keepalive_connections=100)
-                    factory = self.lib.AsyncHTTPTransport if asynchronous else self.lib.HTTPTransport
-                    self._inner = factory(limits=limits)
+            limits = self.lib.Limits(max_connections=1000, max_keepalive_connections=100)
+            factory = self.lib.AsyncHTTPTransport if asynchronous else self.lib.HTTPTransport
+            self._inner = factory(limits=limits)
         return self._inner
+
+    def _make_async_steps(self) -> _AsyncSteps:
+        with self._steps_made:
+            if self._async_steps is None:
+                self._async_steps = _AsyncSteps(self, self._inner_transport(True))
+            return self._async_steps
+
+    def _make_blocking_steps(self) -> _BlockingSteps:
+        with self._steps_made:
+            if self._blocking_steps is None:
+                self._blocking_steps = _BlockingSteps(self, self._inner_transport(False))
+            return self._blocking_steps
 
     def _next_delay(self, error: Exception, attempts: int, started: int, previous: float) -> float | None:
         """Seconds before the next attempt, or None when the policy gives up (or does not retry it)."""
@@ -349,33 +406,28 @@ class _Pipeline:
         retried, _ = classify_status(status, response.headers, failure.code)
         return failure if retried else None
 
-    def _exchange(self, request: Any, asynchronous: bool) -> Generator[_Step, Any, Any]:
-        """One request, written once for both kinds of client: it yields what must be awaited or
-        blocked on (a limiter admission, a send, reading a failed answer, a backoff), and the driver
-        sends back the outcome or throws in the error."""
+    def _exchange(self, request: Any, steps: _Steps) -> Coroutine[Any, Any, Any]:
+        """One request, written once for both kinds of client: what it waits on (a limiter admission,
+        a send, reading a failed answer, a backoff) it awaits from ``steps``."""
         if not self._read_bodies:
-            return self._attempts(request, 0, None, True, asynchronous)
+            return self._attempts(request, 0, None, True, steps)
         plan = _Plan(request)
         models = plan.models(self.fallback_models)
         if len(models) == 1:
-            return self._attempts(request, plan.tokens, models[0], True, asynchronous)
-        return self._across_models(request, plan, models, asynchronous)
+            return self._attempts(request, plan.tokens, models[0], True, steps)
+        return self._across_models(request, plan, models, steps)
 
-    def _across_models(
-        self, request: Any, plan: _Plan, models: list[str | None], asynchronous: bool
-    ) -> Generator[_Step, Any, Any]:
+    async def _across_models(self, request: Any, plan: _Plan, models: list[str | None], steps: _Steps) -> Any:
         """Each model in turn gets the retry policy's attempts, until one answers."""
         for index, model in enumerate(models):
             asking = request if index == 0 else self._for_model(request, plan, model)
             last = index == len(models) - 1
-            answer = yield from self._attempts(asking, plan.tokens, model, last, asynchronous)
+            answer = await self._attempts(asking, plan.tokens, model, last, steps)
             if answer is not _NEXT_MODEL:
                 return answer
         raise AssertionError("the last model's attempts always answer")
 
-    def _attempts(
-        self, request: Any, tokens: int, model: str | None, last: bool, asynchronous: bool
-    ) -> Generator[_Step, Any, Any]:
+    async def _attempts(self, request: Any, tokens: int, model: str | None, last: bool, steps: _Steps) -> Any:
         """One model's attempts: the answer, or `_NEXT_MODEL` when another model should be asked."""
         breaker = self._breaker_for(model)
         attempts, started, previous = 0, self.retry._core.begin(), 0.0
@@ -393,10 +445,10 @@ class _Pipeline:
             price = self.prices.get(model or "", 0.0)
             reservation = None
             if self.limiter is not None:
-                # Admitted in one call when nobody waits and all is free; else the driver waits.
-                reservation = self.limiter._admit_at_once(tokens, self.acquire_timeout, price)
+                # Admitted in one call when nobody waits and all is free; else it waits its turn.
+                reservation = self.limiter._admit_at_once(tokens, price)
                 if reservation is None:
-                    reservation = yield _Acquire(tokens, price)
+                    reservation = await steps.acquire(tokens, price)
             try:
                 # The permit is taken when the request is about to go, so a half-open breaker's trials
                 # are the next requests sent, not the next to start waiting for the limiter.
@@ -409,8 +461,8 @@ class _Pipeline:
             if isinstance(reservation, _Reservation):  # one of Redis is counted at Redis's time
                 self._stamp_when_sent(request, reservation)
             try:
-                response = yield _Send(request)
-                body = (yield _Read(response)) if response.status_code >= 400 else b""
+                response = await steps.send(request)
+                body = (await steps.read(response)) if response.status_code >= 400 else b""
             except BaseException as exc:
                 self._release(reservation)
                 self._breaker_outcome(breaker, permit, exc)
@@ -425,56 +477,16 @@ class _Pipeline:
                     if not last and (response.status_code == 429 or response.status_code >= 500):
                         self._release(reservation)
                         return _NEXT_MODEL
-                    return self._answer(response, reservation, model, asynchronous)
+                    return self._answer(response, reservation, model, steps.held)
                 self._release(reservation)
-            yield _Sleep(delay)
+            await steps.sleep(delay)
             previous = delay
 
     async def handle_async_request(self, request: Any) -> Any:
-        exchange = self._exchange(request, asynchronous=True)
-        outcome: Any = None
-        failed: BaseException | None = None
-        while True:
-            try:
-                step = exchange.send(outcome) if failed is None else exchange.throw(failed)
-            except StopIteration as done:
-                return done.value
-            outcome, failed = None, None
-            try:
-                if isinstance(step, _Send):
-                    outcome = await self._inner_transport(True).handle_async_request(step.request)
-                elif isinstance(step, _Acquire):
-                    outcome = await self._limiter()._acquire(step.tokens, self.acquire_timeout, 0, step.price)
-                elif isinstance(step, _Read):
-                    outcome = await step.response.aread()
-                    await step.response.aclose()
-                elif isinstance(step, _Sleep):
-                    await asyncio.sleep(step.seconds)
-            except BaseException as exc:
-                failed = exc
+        return await self._exchange(request, self._async_steps or self._make_async_steps())
 
     def handle_request(self, request: Any) -> Any:
-        exchange = self._exchange(request, asynchronous=False)
-        outcome: Any = None
-        failed: BaseException | None = None
-        while True:
-            try:
-                step = exchange.send(outcome) if failed is None else exchange.throw(failed)
-            except StopIteration as done:
-                return done.value
-            outcome, failed = None, None
-            try:
-                if isinstance(step, _Send):
-                    outcome = self._inner_transport(False).handle_request(step.request)
-                elif isinstance(step, _Acquire):
-                    outcome = self._limiter()._acquire_blocking(step.tokens, self.acquire_timeout, 0, step.price)
-                elif isinstance(step, _Read):
-                    outcome = step.response.read()
-                    step.response.close()
-                elif isinstance(step, _Sleep):
-                    time.sleep(step.seconds)
-            except BaseException as exc:
-                failed = exc
+        return _run_blocking(self._exchange(request, self._blocking_steps or self._make_blocking_steps()))
 
     def _stamp_when_sent(self, request: Any, reservation: _Reservation) -> None:
         """Stamps the admission now, and again once the body is written (`_StampedWhenSent`)."""
@@ -488,23 +500,17 @@ class _Pipeline:
             content = None
         request.stream = self.stamped_body(body, content, reservation)
 
-    def _limiter(self) -> HolySheepRateLimiter:
-        assert self.limiter is not None, "an admission step is only taken with a limiter"
-        return self.limiter
-
-    def _answer(self, response: Any, admitted: Admitted | None, model: str | None, asynchronous: bool) -> Any:
+    def _answer(self, response: Any, admitted: Admitted | None, model: str | None, held: type[_Held]) -> Any:
         """The response handed to the client, saying which model answered. It keeps its slot until its
         stream ends; one already read in full (a failure read to classify it, or an answer an inner
         transport made in memory) is done with, its slot back now."""
         if model is not None:
             response.headers["x-holysheep-model"] = model
-        held = (self.async_stream if asynchronous else self.sync_stream)(
-            response.stream, self.limiter, admitted, self._settles
-        )
+        stream = held(response.stream, self.limiter, admitted, self._settles)
         if response.is_closed:
-            held.finish(response.content)
+            stream.finish(response.content)
         else:
-            response.stream = held
+            response.stream = stream
         return response
 
     def _release(self, admitted: Admitted | None) -> None:
