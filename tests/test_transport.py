@@ -121,6 +121,18 @@ async def test_usage_settles_the_token_estimate() -> None:
     assert lim.stats()["remaining"] == {"1000 tokens per minute": 960}
 
 
+@pytest.mark.parametrize("usage", [b'"total_tokens": 99999999999999999999999', b'"total_tokens": "many"', b""])
+async def test_a_usage_that_cannot_be_read_leaves_the_estimate_and_returns_the_slot(usage: bytes) -> None:
+    lim = hs.HolySheepRateLimiter(tpm=1_000, max_concurrency=1)
+    handle, _ = answers(httpx2.Response(200, content=b'{"object": "chat.completion", "usage": {' + usage + b"}}"))
+    async with client(handle, limiter=lim) as http:
+        response = await http.post("/chat/completions", json={**CHAT, "max_tokens": 800})
+    assert response.status_code == 200
+    stats = lim.stats()
+    assert stats["in_flight"] == 0
+    assert stats["remaining"]["1000 tokens per minute"] < 200
+
+
 async def test_an_answer_saying_the_server_has_less_left_lowers_that_units_rate_before_any_429() -> None:
     lim = hs.HolySheepRateLimiter(limits=[hs.Limit(100, per="minute"), hs.Limit(10_000, per="minute", unit="tokens")])
     said = {"x-ratelimit-remaining-requests": "39", "X-RateLimit-Remaining-Tokens": "20000"}

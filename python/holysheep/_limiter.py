@@ -166,14 +166,6 @@ class HolySheepRateLimiter(_Limiter):
         )
         return reservation
 
-    def _settle_admitted(self, admitted: Admitted, actual_tokens: int) -> None:
-        """Settles the real token count of a request a `Permit` acquired."""
-        admitted.settle(actual_tokens)
-
-    def _release_admitted(self, admitted: Admitted) -> None:
-        """Ends the request a `Permit` acquired: here, returns its concurrency slot."""
-        self.release()
-
     def _hand_off_slot(self) -> None:
         """Called by `release` while someone waits for a slot: the slot goes straight to the head of the
         line, so no newcomer can take it first."""

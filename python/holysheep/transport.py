@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import re
 import threading
 import json
-import re
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Union
 
 from holysheep._holysheep import _Reservation
@@ -43,7 +43,9 @@ __all__ = ["Transport", "transport_class"]
 
 #: How much of a response's end is kept to find its ``usage`` (it comes last in a body or a stream).
 _TAIL_BYTES = 2048
-_TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
+#: A count too long to be one (over 18 digits) is not read: it could not be settled.
+_TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d{1,18})(?!\d)')
+
 
 
 class _StatusFailure(Exception):
@@ -96,66 +98,75 @@ def _error_code(body: bytes) -> str | None:
 
 class _Held:
     """A response body that holds what its request was admitted with until it is read to the end,
-    closed, or abandoned on an error: the concurrency slot, and the token estimate the reported usage
-    settles (when ``settles``: some limit counts tokens or dollars)."""
+    closed, or dropped unread: the concurrency slot (`finish` gives it back)."""
 
-    __slots__ = ("_admitted", "_inner", "_limiter", "_settles", "_tail", "done")
+    __slots__ = ("_admitted", "_limiter", "inner")
 
-    def __init__(
-        self, inner: Any, limiter: HolySheepRateLimiter | None, admitted: Admitted | None, settles: bool
-    ) -> None:
-        self._inner = inner
-        self._limiter = limiter
+    def __init__(self, inner: Any, limiter: HolySheepRateLimiter | None, admitted: Admitted | None) -> None:
+        self.inner = inner
+        self._limiter = limiter if admitted is not None else None
         self._admitted = admitted
-        self._settles = settles
-        self._tail = b""
-        self.done = False
-
-    def _saw(self, chunk: bytes) -> None:
-        self._tail = (self._tail + chunk)[-_TAIL_BYTES:]
 
     def finish(self, body: bytes = b"") -> None:
-        """Settles the tokens the server reported (in the stream seen, or ``body``) and returns the
-        slot; only the first call counts."""
-        if self.done:
-            return
-        self.done = True
-        if self._limiter is None or self._admitted is None:
-            return
-        if self._settles:
-            matches = _TOTAL_TOKENS.findall(self._tail + body[-_TAIL_BYTES:])
-            if matches:
-                self._limiter._settle_admitted(self._admitted, int(matches[-1]))
-        self._limiter._release_admitted(self._admitted)
+        """Gives the admission back; only the first call counts."""
+        limiter, self._limiter = self._limiter, None
+        if limiter is not None:
+            limiter._release_admitted(self._admitted)
 
     def __del__(self) -> None:
         # A response dropped without being read to the end or closed still gives its slot back.
         self.finish()
 
 
+class _Settling(_Held):
+    """`_Held` that first settles the request's token estimate with the ``usage`` the server reported,
+    found at the end of the body (a stream's last events, or a JSON body's last field)."""
+
+    __slots__ = ("_tail",)
+
+    def __init__(self, inner: Any, limiter: HolySheepRateLimiter | None, admitted: Admitted | None) -> None:
+        super().__init__(inner, limiter, admitted)
+        self._tail = b""
+
+    def _saw(self, chunk: bytes) -> None:
+        self._tail = (self._tail + chunk)[-_TAIL_BYTES:]
+
+    def finish(self, body: bytes = b"") -> None:
+        try:
+            matches = _TOTAL_TOKENS.findall(self._tail + body[-_TAIL_BYTES:])
+            if matches and self._limiter is not None:
+                self._limiter._settle_admitted(self._admitted, int(matches[-1]))
+        finally:
+            super().finish()
+
+
 class _HeldAsyncStream(_Held):
-    """`_Held` for asyncio clients."""
+    """`_Held` for asyncio clients: the body goes by untouched, and the slot comes back at aclose, which
+    httpx calls once the body is read to the end, or the response is closed or dropped."""
 
     __slots__ = ()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        if not self._settles:
-            # Nothing to read on the way: the body goes by untouched, and the slot comes back at aclose,
-            # which httpx calls once the body is read to the end, or the response closed or dropped.
-            return self._inner.__aiter__()  # type: ignore[no-any-return]
-        return self._settling()
+        return self.inner.__aiter__()  # type: ignore[no-any-return]
 
-    async def _settling(self) -> AsyncIterator[bytes]:
+    def aclose(self) -> Awaitable[None]:
+        # The inner body's own closing is handed back to be awaited: no coroutine of ours in between.
         try:
-            async for chunk in self._inner:
-                self._saw(chunk)
-                yield chunk
+            return self.inner.aclose()  # type: ignore[no-any-return]
         finally:
             self.finish()
 
-    async def aclose(self) -> None:
+
+class _SettlingAsyncStream(_Settling, _HeldAsyncStream):
+    """`_Settling` for asyncio clients: reads the body on its way."""
+
+    __slots__ = ()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            await self._inner.aclose()
+            async for chunk in self.inner:
+                self._saw(chunk)
+                yield chunk
         finally:
             self.finish()
 
@@ -166,21 +177,25 @@ class _HeldSyncStream(_Held):
     __slots__ = ()
 
     def __iter__(self) -> Iterator[bytes]:
-        if not self._settles:
-            return iter(self._inner)
-        return self._settling()
-
-    def _settling(self) -> Iterator[bytes]:
-        try:
-            for chunk in self._inner:
-                self._saw(chunk)
-                yield chunk
-        finally:
-            self.finish()
+        return iter(self.inner)
 
     def close(self) -> None:
         try:
-            self._inner.close()
+            self.inner.close()
+        finally:
+            self.finish()
+
+
+class _SettlingSyncStream(_Settling, _HeldSyncStream):
+    """`_Settling` for blocking clients: reads the body on its way."""
+
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self.inner:
+                self._saw(chunk)
+                yield chunk
         finally:
             self.finish()
 
@@ -224,7 +239,7 @@ class _AsyncSteps:
 
     def __init__(self, pipeline: _Pipeline, inner: Any) -> None:
         self.send = inner.handle_async_request
-        self.held = pipeline.async_stream
+        self.held = pipeline.settling_async_stream if pipeline._settles else pipeline.async_stream
         self.limiter = pipeline.limiter
         self.acquire_timeout = pipeline.acquire_timeout
 
@@ -250,7 +265,7 @@ class _BlockingSteps:
 
     def __init__(self, pipeline: _Pipeline, inner: Any) -> None:
         self._inner = inner
-        self.held = pipeline.sync_stream
+        self.held = pipeline.settling_sync_stream if pipeline._settles else pipeline.sync_stream
         self.limiter = pipeline.limiter
         self.acquire_timeout = pipeline.acquire_timeout
 
@@ -296,7 +311,9 @@ class _Pipeline:
 
     lib: Any
     async_stream: type[_HeldAsyncStream]
+    settling_async_stream: type[_SettlingAsyncStream]
     sync_stream: type[_HeldSyncStream]
+    settling_sync_stream: type[_SettlingSyncStream]
     stamped_body: type[_StampedWhenSent]
 
     def __init__(
@@ -506,7 +523,7 @@ class _Pipeline:
         transport made in memory) is done with, its slot back now."""
         if model is not None:
             response.headers["x-holysheep-model"] = model
-        stream = held(response.stream, self.limiter, admitted, self._settles)
+        stream = held(response.stream, self.limiter, admitted)
         if response.is_closed:
             stream.finish(response.content)
         else:
@@ -531,7 +548,9 @@ def transport_class(lib: Any) -> type:
     namespace = {
         "lib": lib,
         "async_stream": type("HeldAsyncStream", (_HeldAsyncStream, lib.AsyncByteStream), {}),
+        "settling_async_stream": type("SettlingAsyncStream", (_SettlingAsyncStream, lib.AsyncByteStream), {}),
         "sync_stream": type("HeldSyncStream", (_HeldSyncStream, lib.SyncByteStream), {}),
+        "settling_sync_stream": type("SettlingSyncStream", (_SettlingSyncStream, lib.SyncByteStream), {}),
         "stamped_body": type("StampedWhenSent", (_StampedWhenSent, lib.SyncByteStream, lib.AsyncByteStream), {}),
         "__module__": __name__,
         "__doc__": __doc__,

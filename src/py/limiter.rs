@@ -226,6 +226,17 @@ impl PyLimiter {
         Self::release_slot(slf)
     }
 
+    /// Ends the request an admission was taken for: here, returns its concurrency slot.
+    fn _release_admitted(slf: &Bound<'_, Self>, _admitted: &Bound<'_, PyAny>) -> PyResult<()> {
+        Self::release_slot(slf)
+    }
+
+    /// Settles the real token count of a request once its answer says it.
+    fn _settle_admitted(&self, admitted: &Bound<'_, PyAny>, actual_tokens: i64) -> PyResult<()> {
+        admitted.call_method1(intern!(admitted.py(), "settle"), (actual_tokens,))?;
+        Ok(())
+    }
+
     fn __aenter__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         if slf.get().inner.try_acquire(Cost::request(0))? {
