@@ -133,14 +133,6 @@ class HolySheepRateLimiter(_Limiter):
         if not self._admit_now(tokens):
             self._acquire_blocking(tokens, timeout, priority)
 
-    def _admit_at_once(self, tokens: int, price: float) -> Admitted | None:
-        """The admission when nobody waits and all is free (no waiting machinery), else None; a cost
-        that can never pass fails here, before any wait."""
-        admitted = self._try_reserve(tokens, price)
-        if admitted is None:
-            self.time_until_ready(tokens)
-        return admitted
-
     async def _acquire(self, tokens: int, timeout: float | None, priority: int, price: float = 0.0) -> Admitted:
         _check_timeout(timeout)
         admitted = self._admit_at_once(tokens, price)

@@ -460,7 +460,7 @@ class _Pipeline:
                         raise
                     return _NEXT_MODEL
             price = self.prices.get(model or "", 0.0)
-            reservation = None
+            reservation: Admitted | None = None
             if self.limiter is not None:
                 # Admitted in one call when nobody waits and all is free; else it waits its turn.
                 reservation = self.limiter._admit_at_once(tokens, price)

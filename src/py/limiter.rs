@@ -210,6 +210,16 @@ impl PyLimiter {
         }))
     }
 
+    /// The admission when nobody waits and all is free (no waiting machinery), else None; a cost that
+    /// can never pass raises here, before any wait.
+    fn _admit_at_once(&self, tokens: i64, price: f64) -> PyResult<Option<Reservation>> {
+        let admitted = self._try_reserve(tokens, price)?;
+        if admitted.is_none() {
+            self.time_until_ready(tokens)?;
+        }
+        Ok(admitted)
+    }
+
     /// Counts a waiter that ran out of time.
     fn _reject(&self) {
         self.inner.reject();
