@@ -232,20 +232,34 @@ class _StampedWhenSent:
         self._reservation.stamp()
 
 
-class _AsyncSteps:
-    """What an exchange waits on, for asyncio clients: each is awaited for real."""
+class _StepsOf:
+    """What an exchange waits on, for one kind of client, and the held body its answers get."""
 
-    __slots__ = ("acquire_timeout", "held", "limiter", "send")
+    __slots__ = ("acquire_timeout", "held", "inner", "limiter")
 
-    def __init__(self, pipeline: _Pipeline, inner: Any) -> None:
-        self.send = inner.handle_async_request
-        self.held = pipeline.settling_async_stream if pipeline._settles else pipeline.async_stream
+    def __init__(self, pipeline: _Pipeline, inner: Any, held: type[_Held]) -> None:
+        self.inner = inner
+        self.held = held
         self.limiter = pipeline.limiter
         self.acquire_timeout = pipeline.acquire_timeout
 
-    async def acquire(self, tokens: int, price: float) -> Admitted:
+    def _waiting_limiter(self) -> HolySheepRateLimiter:
         assert self.limiter is not None, "an admission is only waited for with a limiter"
-        return await self.limiter._acquire(tokens, self.acquire_timeout, 0, price)
+        return self.limiter
+
+
+class _AsyncSteps(_StepsOf):
+    """What an exchange waits on, for asyncio clients: each is awaited for real."""
+
+    __slots__ = ("send",)
+
+    def __init__(self, pipeline: _Pipeline, inner: Any) -> None:
+        held = pipeline.settling_async_stream if pipeline._settles else pipeline.async_stream
+        super().__init__(pipeline, inner, held)
+        self.send = inner.handle_async_request
+
+    async def acquire(self, tokens: int, price: float) -> Admitted:
+        return await self._waiting_limiter()._acquire(tokens, self.acquire_timeout, 0, price)
 
     @staticmethod
     async def read(response: Any) -> bytes:
@@ -257,24 +271,20 @@ class _AsyncSteps:
     sleep = staticmethod(asyncio.sleep)
 
 
-class _BlockingSteps:
+class _BlockingSteps(_StepsOf):
     """What an exchange waits on, for blocking clients: coroutines that block instead of suspending, so
     the exchange written for asyncio runs to its end in one step (`_run_blocking`)."""
 
-    __slots__ = ("_inner", "acquire_timeout", "held", "limiter")
+    __slots__ = ()
 
     def __init__(self, pipeline: _Pipeline, inner: Any) -> None:
-        self._inner = inner
-        self.held = pipeline.settling_sync_stream if pipeline._settles else pipeline.sync_stream
-        self.limiter = pipeline.limiter
-        self.acquire_timeout = pipeline.acquire_timeout
+        super().__init__(pipeline, inner, pipeline.settling_sync_stream if pipeline._settles else pipeline.sync_stream)
 
     async def send(self, request: Any) -> Any:
-        return self._inner.handle_request(request)
+        return self.inner.handle_request(request)
 
     async def acquire(self, tokens: int, price: float) -> Admitted:
-        assert self.limiter is not None, "an admission is only waited for with a limiter"
-        return self.limiter._acquire_blocking(tokens, self.acquire_timeout, 0, price)
+        return self._waiting_limiter()._acquire_blocking(tokens, self.acquire_timeout, 0, price)
 
     @staticmethod
     async def read(response: Any) -> bytes:
