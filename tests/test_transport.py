@@ -211,6 +211,29 @@ async def test_a_stream_closed_early_or_abandoned_by_an_error_returns_its_slot()
 
 
 @pytest.mark.parametrize("counts_tokens", [False, True])
+def test_a_blocking_stream_holds_its_slot_until_read_or_closed_and_settles_its_usage(counts_tokens: bool) -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=100, tpm=10_000 if counts_tokens else None, max_concurrency=1)
+    events = [b'data: {"choices": [{"delta": {"content": "baa"}}]}\n\n'] * 20
+    events.append(b'data: {"choices": [], "usage": {"total_tokens": 7}}\n\n')
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, content=iter(events), headers={"content-type": "text/event-stream"})
+
+    transport = hs.Transport(lim, FAST, inner=httpx2.MockTransport(handle))
+    with httpx2.Client(transport=transport, base_url="http://gateway.test/v1") as http:
+        with http.stream("POST", "/chat/completions", json={**CHAT, "stream": True}) as response:
+            assert lim.stats()["in_flight"] == 1
+            lines = list(response.iter_lines())
+            assert lim.stats()["in_flight"] == 0
+        assert any("total_tokens" in line for line in lines)
+        if counts_tokens:
+            assert lim.stats()["remaining"]["10000 tokens per minute"] == 10_000 - 7
+        with http.stream("POST", "/chat/completions", json={**CHAT, "stream": True}) as response:
+            next(response.iter_lines())
+        assert lim.stats()["in_flight"] == 0
+
+
+@pytest.mark.parametrize("counts_tokens", [False, True])
 async def test_a_stream_dropped_unread_and_unclosed_returns_its_slot(counts_tokens: bool) -> None:
     lim = hs.HolySheepRateLimiter(max_qps=100, tpm=10_000 if counts_tokens else None, max_concurrency=1)
     handle = sse({"choices": [{"delta": {"content": "baa"}}]})
