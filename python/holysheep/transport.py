@@ -516,8 +516,8 @@ class _Pipeline:
         return _run_blocking(self._exchange(request, self._blocking_steps or self._make_blocking_steps()))
 
     def _stamp_when_sent(self, request: Any, reservation: _Reservation) -> None:
-        """Stamps the admission now, and again once the body is written (`_StampedWhenSent`)."""
-        reservation.stamp()
+        """Has the admission stamped once the body is written (`_StampedWhenSent`). Until then it stands
+        where the limiter put it, no later than now: a body never written reached no server."""
         body = request.stream
         if isinstance(body, _StampedWhenSent):  # a retry: the body of the attempt before
             body = body.body
