@@ -257,6 +257,13 @@ async def test_cancelling_a_backoff_stops_retrying_at_once() -> None:
     assert len(calls) == 1
 
 
+def test_a_blocking_exchange_that_would_suspend_fails_loudly() -> None:
+    from holysheep.transport import _run_blocking
+
+    with pytest.raises(RuntimeError, match="suspended"):
+        _run_blocking(asyncio.sleep(0))
+
+
 def test_the_same_transport_serves_blocking_clients() -> None:
     lim = hs.HolySheepRateLimiter(max_qps=100, max_concurrency=1)
     handle, calls = answers(httpx2.Response(503), ok())
