@@ -304,7 +304,7 @@ async def test_the_loop_opens_its_own_connection_off_the_loop_then_uses_it(redis
 
 def test_a_429_cuts_the_rate_this_process_enforces_in_redis(redis_url: str) -> None:
     lim, other = shared(redis_url, key="cut", rpm=10), shared(redis_url, key="cut", rpm=10)
-    lim._record_server_rejection()
+    lim._server_answered(429, None, None)
     assert lim.stats()["rate_factor"] == 0.7
     assert sum(lim.try_acquire() for _ in range(10)) == 7, "10 configured, 7 in force"
     assert sum(other.try_acquire() for _ in range(10)) == 3, "a process that heard no 429 keeps the configured 10"

@@ -89,6 +89,18 @@ async def test_a_failure_that_lasts_returns_the_last_answer_after_the_attempts()
     assert len(calls) == FAST.max_attempts
 
 
+async def test_max_elapsed_counts_from_the_first_attempt_of_each_request() -> None:
+    # Delays of 100 ms: no retry that would start past 250 ms from a request's first attempt, so three
+    # attempts of ten; the second request's clock starts afresh.
+    policy = hs.RetryPolicy(max_attempts=10, base_delay=0.1, multiplier=1.0, jitter="none", max_elapsed=0.25)
+    handle, calls = answers(httpx2.Response(503))
+    async with client(handle, retry=policy) as http:
+        for _ in range(2):
+            response = await http.post("/chat/completions", json=CHAT)
+            assert response.status_code == 503
+    assert len(calls) == 2 * 3
+
+
 async def test_connection_errors_are_retried_then_raised_unchanged() -> None:
     lim = hs.HolySheepRateLimiter(max_qps=100, max_concurrency=1)
     handle, calls = answers(httpx2.ConnectError("refused"))
@@ -155,6 +167,19 @@ async def test_what_is_left_is_read_against_a_limit_only_as_long_as_the_servers_
     async with client(handle, limiter=lim) as http:
         await http.post("/chat/completions", json=CHAT)
     assert lim.stats()["rate_factor"] == factor
+
+
+def test_what_is_left_is_read_from_headers_that_only_give_raw_pairs() -> None:
+    """httpx's and httpx2's headers are read from the item list they keep; headers without one are read
+    from their ``raw`` (name, value) pairs, as any httpx-like library gives them."""
+
+    class RawOnly:
+        raw = [(b"Content-Type", b"application/json"), (b"X-RateLimit-Remaining-Requests", b"39")]
+
+    lim = hs.HolySheepRateLimiter(rpm=100)
+    admitted = lim._admit_at_once(0, 0.0)
+    lim._server_answered(200, admitted, RawOnly())
+    assert lim.stats()["rate_factor"] == 0.4
 
 
 @pytest.mark.parametrize("value", [b"", b"many", b"-1", b"1e3", b"inf", b"NaN", b"9" * 400, b"\xff\xfe", b" 2 0 "])

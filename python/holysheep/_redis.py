@@ -439,14 +439,10 @@ class SharedRateLimiter(HolySheepRateLimiter):
 
     # --- following the server -------------------------------------------------------------------
 
-    def _record_server_rejection(self) -> None:
-        """A 429: the rates this process enforces in Redis are cut as a local limiter's would be."""
-        super()._record_server_rejection()
-        self._remote.follow(*self._rate_factors())
-
-    def _record_server_answer(self) -> None:
-        """Any other answer: after a cut, the rates this process enforces in Redis climb back."""
-        super()._record_server_answer()
+    def _server_answered(self, status: int, admitted: object, headers: object) -> None:
+        """A 429 cuts the rates this process enforces in Redis as a local limiter's would be; after a
+        cut, any other answer lets them climb back."""
+        super()._server_answered(status, admitted, headers)
         self._remote.follow(*self._rate_factors())
 
     async def __aenter__(self) -> None:

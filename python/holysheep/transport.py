@@ -115,7 +115,8 @@ class _Held:
 
     def __del__(self) -> None:
         # A response dropped without being read to the end or closed still gives its slot back.
-        self.finish()
+        if self._limiter is not None:
+            self.finish()
 
 
 class _Settling(_Held):
@@ -201,35 +202,24 @@ class _SettlingSyncStream(_Settling, _HeldSyncStream):
 
 
 class _StampedWhenSent:
-    """A request body that moves its admission to when it has been written to the connection, which is
-    what a server counts: a request admitted in a burst may wait a while for a connection, and its
-    window entry must not expire before the server's own does. Re-readable as its body is, for retries.
+    """A request body that moves its admission to when it starts out on the connection, just after the
+    request's headers, which is when a server counts the request: one admitted in a burst may wait a
+    while for a connection, and its window entry must not expire before the server's own does. Made
+    over the body of the attempt before on a retry; the body's own iterator does the sending."""
 
-    A body already in memory (JSON, as the SDK sends) is handed over as it is rather than by iterating
-    the original stream from inside this one: wrapping one async generator in another keeps objects
-    alive long enough to triple the garbage collector's passes under load."""
+    __slots__ = ("_reservation", "body")
 
-    __slots__ = ("_reservation", "body", "content")
-
-    def __init__(self, body: Any, content: bytes | None, reservation: _Reservation) -> None:
-        self.body = body
-        self.content = content
+    def __init__(self, body: Any, reservation: _Reservation) -> None:
+        self.body: Any = body.body if isinstance(body, _StampedWhenSent) else body
         self._reservation = reservation
 
     def __iter__(self) -> Iterator[bytes]:
-        if self.content is None:
-            yield from self.body
-        else:
-            yield self.content
         self._reservation.stamp()
+        return iter(self.body)
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        if self.content is None:
-            async for chunk in self.body:
-                yield chunk
-        else:
-            yield self.content
+    def __aiter__(self) -> AsyncIterator[bytes]:
         self._reservation.stamp()
+        return self.body.__aiter__()  # type: ignore[no-any-return]
 
 
 class _StepsOf:
@@ -395,15 +385,8 @@ class _Pipeline:
         except Exception:
             return None
 
-    def _breaker_for(self, model: str | None) -> CircuitBreaker | None:
-        if isinstance(self.breaker, KeyedBreaker):
-            return self.breaker[model or ""]
-        return self.breaker
-
     @staticmethod
-    def _breaker_outcome(breaker: CircuitBreaker | None, permit: int | None, error: BaseException | None) -> None:
-        if breaker is None or permit is None:
-            return
+    def _breaker_outcome(breaker: CircuitBreaker, permit: int, error: BaseException | None) -> None:
         if error is None:
             breaker._succeeded(permit)
         else:
@@ -415,20 +398,9 @@ class _Pipeline:
         body = {**(plan.body or {}), "model": model}
         return self.lib.Request(request.method, request.url, headers=headers, json=body, extensions=request.extensions)
 
-    def _failure(self, response: Any, body: bytes, admitted: Admitted | None) -> _StatusFailure | None:
-        """The failure an answer stands for, if it is a retried one; tells the limiter what the answer
-        says of the server's limits."""
+    def _failure(self, response: Any, body: bytes) -> _StatusFailure | None:
+        """The failure an answer of 400 or more stands for, if it is a retried one."""
         status = response.status_code
-        if self.limiter is not None:
-            # 429s cut the rates in force; other answers let them climb back (holysheep.core AIMD).
-            if status == 429:
-                self.limiter._record_server_rejection()
-            else:
-                self.limiter._record_server_answer()
-            if isinstance(admitted, _Reservation):  # what the server has left, against our own count
-                admitted.server_remaining(response.headers.raw)
-        if status < 400:
-            return None
         failure = _StatusFailure(status, response.headers, _error_code(body) if status == 429 else None)
         retried, _ = classify_status(status, response.headers, failure.code)
         return failure if retried else None
@@ -456,8 +428,10 @@ class _Pipeline:
 
     async def _attempts(self, request: Any, tokens: int, model: str | None, last: bool, steps: _Steps) -> Any:
         """One model's attempts: the answer, or `_NEXT_MODEL` when another model should be asked."""
-        breaker = self._breaker_for(model)
-        attempts, started, previous = 0, self.retry._core.begin(), 0.0
+        breaker = self.breaker[model or ""] if isinstance(self.breaker, KeyedBreaker) else self.breaker
+        # Only a retry policy timed from the start of a call (max_elapsed, a budget) needs that start.
+        attempts, started, previous = 0, self.retry._core.begin() if self.retry._timed else 0, 0.0
+        price = self.prices.get(model or "", 0.0)
         while True:
             attempts += 1
             if breaker is not None and breaker.state == "open":
@@ -469,7 +443,6 @@ class _Pipeline:
                     if last:
                         raise
                     return _NEXT_MODEL
-            price = self.prices.get(model or "", 0.0)
             reservation: Admitted | None = None
             if self.limiter is not None:
                 # Admitted in one call when nobody waits and all is free; else it waits its turn.
@@ -486,22 +459,29 @@ class _Pipeline:
                     raise
                 return _NEXT_MODEL
             if isinstance(reservation, _Reservation):  # one of Redis is counted at Redis's time
-                self._stamp_when_sent(request, reservation)
+                request.stream = self.stamped_body(request.stream, reservation)
             try:
                 response = await steps.send(request)
-                body = (await steps.read(response)) if response.status_code >= 400 else b""
+                status = response.status_code
+                body = (await steps.read(response)) if status >= 400 else b""
             except BaseException as exc:
                 self._release(reservation)
-                self._breaker_outcome(breaker, permit, exc)
+                if breaker is not None and permit is not None:
+                    self._breaker_outcome(breaker, permit, exc)
                 delay = self._next_delay(exc, attempts, started, previous) if isinstance(exc, Exception) else None
                 if delay is None:
                     raise
             else:
-                failure = self._failure(response, body, reservation)
-                self._breaker_outcome(breaker, permit, failure if response.status_code >= 500 else None)
+                if self.limiter is not None:
+                    # 429s cut the rates in force, other answers let them climb back (holysheep.core
+                    # AIMD); what the server says it has left is held against our own count.
+                    self.limiter._server_answered(status, reservation, response.headers)
+                failure = None if status < 400 else self._failure(response, body)
+                if breaker is not None and permit is not None:
+                    self._breaker_outcome(breaker, permit, failure if status >= 500 else None)
                 delay = None if failure is None else self._next_delay(failure, attempts, started, previous)
                 if delay is None:
-                    if not last and (response.status_code == 429 or response.status_code >= 500):
+                    if not last and (status == 429 or status >= 500):
                         self._release(reservation)
                         return _NEXT_MODEL
                     return self._answer(response, reservation, model, steps.held)
@@ -509,23 +489,12 @@ class _Pipeline:
             await steps.sleep(delay)
             previous = delay
 
-    async def handle_async_request(self, request: Any) -> Any:
-        return await self._exchange(request, self._async_steps or self._make_async_steps())
+    def handle_async_request(self, request: Any) -> Coroutine[Any, Any, Any]:
+        # The exchange itself is what the client awaits: no coroutine of ours around it.
+        return self._exchange(request, self._async_steps or self._make_async_steps())
 
     def handle_request(self, request: Any) -> Any:
         return _run_blocking(self._exchange(request, self._blocking_steps or self._make_blocking_steps()))
-
-    def _stamp_when_sent(self, request: Any, reservation: _Reservation) -> None:
-        """Has the admission stamped once the body is written (`_StampedWhenSent`). Until then it stands
-        where the limiter put it, no later than now: a body never written reached no server."""
-        body = request.stream
-        if isinstance(body, _StampedWhenSent):  # a retry: the body of the attempt before
-            body = body.body
-        try:
-            content = request.content
-        except self.lib.RequestNotRead:
-            content = None
-        request.stream = self.stamped_body(body, content, reservation)
 
     def _answer(self, response: Any, admitted: Admitted | None, model: str | None, held: type[_Held]) -> Any:
         """The response handed to the client, saying which model answered. It keeps its slot until its
@@ -533,6 +502,8 @@ class _Pipeline:
         transport made in memory) is done with, its slot back now."""
         if model is not None:
             response.headers["x-holysheep-model"] = model
+        if admitted is None:  # no limiter: nothing held
+            return response
         stream = held(response.stream, self.limiter, admitted)
         if response.is_closed:
             stream.finish(response.content)

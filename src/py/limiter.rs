@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use pyo3::intern;
 
 use crate::core::clock::{ns_to_secs, secs_to_ns};
@@ -104,20 +104,6 @@ impl Reservation {
         self.limiter.give_back(&self.admission.lock(), self.cost());
     }
 
-    /// Tells the limiter what the server said is left after this request: the answer's
-    /// `x-ratelimit-remaining-*` and `-reset-*` of requests and tokens, found among its raw headers
-    /// ((name, value) byte pairs, as httpx's `headers.raw` gives them). Missing or unreadable values
-    /// are ignored.
-    fn server_remaining(&self, raw_headers: &Bound<'_, PyList>) {
-        let pairs: Vec<Bound<'_, PyAny>> = raw_headers.iter().collect();
-        let said = server_left(pairs.iter().filter_map(|pair| pair.extract::<(&[u8], &[u8])>().ok()));
-        for (unit, left) in FOLLOWED.into_iter().zip(said) {
-            if let Some((remaining, reset_ns)) = left {
-                self.limiter.record_server_remaining(&self.admission.lock(), self.cost(), unit, remaining, reset_ns);
-            }
-        }
-    }
-
     /// Replaces the tokens counted so far by the actual count: refunds or charges the difference.
     fn settle(&self, actual_tokens: i64) -> PyResult<()> {
         let actual = self.cost_of(tokens_cost(actual_tokens)?.tokens);
@@ -126,6 +112,33 @@ impl Reservation {
         Ok(())
     }
 }
+
+/// The `x-ratelimit-*` (name, value) pairs of an httpx `Headers`. Read from the item list it keeps
+/// (raw name, lower-cased name, value), not from `raw`, which builds a new list of every header on
+/// each call; `raw` only where that list is not there.
+fn rate_limit_headers<'py>(headers: &Bound<'py, PyAny>) -> PyResult<Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
+    let py = headers.py();
+    let items = match headers.getattr(intern!(py, "_list")) {
+        Ok(items) => items,
+        Err(_) => headers.getattr(intern!(py, "raw"))?,
+    };
+    let mut found = Vec::new();
+    for item in items.try_iter()? {
+        let Ok(item) = item?.cast_into::<PyTuple>() else { continue };
+        // The name is next to last and the value last, in a triple of the item list as in a raw pair.
+        let Some(last) = item.len().checked_sub(1).filter(|&last| last >= 1) else { continue };
+        let (Ok(name), Ok(value)) = (item.get_item(last - 1)?.cast_into::<PyBytes>(), item.get_item(last)?.cast_into::<PyBytes>()) else {
+            continue;
+        };
+        if name.as_bytes().get(..RATE_LIMIT_PREFIX.len()).is_some_and(|start| start.eq_ignore_ascii_case(RATE_LIMIT_PREFIX)) {
+            found.push((name, value));
+        }
+    }
+    Ok(found)
+}
+
+/// What the names of the headers `server_left` reads begin with.
+const RATE_LIMIT_PREFIX: &[u8] = b"x-ratelimit-";
 
 /// The native base of `HolySheepRateLimiter`; use that class.
 #[pyclass(name = "_Limiter", module = "holysheep._holysheep", frozen, subclass)]
@@ -336,14 +349,28 @@ impl PyLimiter {
         }
     }
 
-    /// Counts a 429 answer from the server; the rates in force are cut.
-    fn _record_server_rejection(&self) {
-        self.inner.record_server_rejection();
-    }
-
-    /// Notes an answer from the server that was not a 429; the rates in force climb back after a cut.
-    fn _record_server_answer(&self) {
-        self.inner.record_server_answer();
+    /// Tells the limiter what an answer says of the server's limits, in one call per answer: a 429
+    /// cuts the rates in force, any other answer lets them climb back; and for an admission of this
+    /// limiter, what the answer's `x-ratelimit-remaining-*` and `-reset-*` say is left is held against
+    /// our own count. `headers` is the answer's httpx (or httpx2) `Headers`; unreadable values are
+    /// ignored.
+    fn _server_answered(&self, status: u16, admitted: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult<()> {
+        if status == 429 {
+            self.inner.record_server_rejection();
+        } else {
+            self.inner.record_server_answer();
+        }
+        let Ok(reservation) = admitted.cast::<Reservation>() else { return Ok(()) };
+        let reservation = reservation.get();
+        let pairs = rate_limit_headers(headers)?;
+        let said = server_left(pairs.iter().map(|(name, value)| (name.as_bytes(), value.as_bytes())));
+        for (unit, left) in FOLLOWED.into_iter().zip(said) {
+            if let Some((remaining, reset_ns)) = left {
+                let admission = reservation.admission.lock();
+                self.inner.record_server_remaining(&admission, reservation.cost(), unit, remaining, reset_ns);
+            }
+        }
+        Ok(())
     }
 
     /// The fractions of the configured requests and tokens rates in force.
