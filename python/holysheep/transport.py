@@ -102,9 +102,9 @@ class _Held:
 
     __slots__ = ("_admitted", "_limiter", "inner")
 
-    def __init__(self, inner: Any, limiter: HolySheepRateLimiter | None, admitted: Admitted | None) -> None:
+    def __init__(self, inner: Any, limiter: HolySheepRateLimiter | None, admitted: Admitted) -> None:
         self.inner = inner
-        self._limiter = limiter if admitted is not None else None
+        self._limiter = limiter
         self._admitted = admitted
 
     def finish(self, body: bytes = b"") -> None:
@@ -125,7 +125,7 @@ class _Settling(_Held):
 
     __slots__ = ("_tail",)
 
-    def __init__(self, inner: Any, limiter: HolySheepRateLimiter | None, admitted: Admitted | None) -> None:
+    def __init__(self, inner: Any, limiter: HolySheepRateLimiter | None, admitted: Admitted) -> None:
         super().__init__(inner, limiter, admitted)
         self._tail = b""
 
