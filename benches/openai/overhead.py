@@ -4,9 +4,10 @@ bind, so what is timed is the transport itself (limiter, breaker bookkeeping, re
 
 Each round times both clients on ``--requests`` (2,000) through 64 workers, in turns whose order flips
 from round to round, so drift on a noisy machine falls on both alike. The rounds are spread over
-``--processes`` (3) fresh processes, each with its own gateway, alternating which client is made first:
-one process carries a bias of a few percent of its own (where its objects and connections landed), which
-paired rounds inside it cannot cancel. The verdict is the median of all rounds' ratios.
+``--processes`` (4) fresh processes, each with its own gateway, alternating which client is made first
+(an even number, so each order gets half the rounds): one process can carry a bias of its own (where its
+objects and connections landed), which paired rounds inside it cannot cancel. The verdict is the median
+of all rounds' ratios.
 
     .venv/bin/python benches/openai/overhead.py [--processes N] [--rounds N] [--requests N]
 """
@@ -119,7 +120,7 @@ def positive(text: str) -> int:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--processes", type=positive, default=3, help="fresh processes to spread rounds over (3)")
+    parser.add_argument("--processes", type=positive, default=4, help="fresh processes to spread rounds over (4)")
     parser.add_argument("--rounds", type=positive, default=5, help="rounds per process, each timing both clients (5)")
     parser.add_argument("--requests", type=positive, default=2_000, help="requests per round (2,000)")
     parser.add_argument("--one-process", choices=["bare-first", "ours-first"], help=argparse.SUPPRESS)
