@@ -65,6 +65,10 @@ bench: build  ## criterion benches for the core, the Python benches beside the p
 	$(MAKE) --no-print-directory bench-redis
 	$(MAKE) --no-print-directory bench-openai
 
+.PHONY: soak
+soak: build  ## minutes of mixed openai calls (streams, threads, faults) at the gateway's limits: leaks, 429s (SOAK_MINUTES=10)
+	$(PY) benches/openai/soak.py --minutes $(or $(SOAK_MINUTES),10)
+
 .PHONY: bench-gateway
 bench-gateway: build  ## requests/s of the MockGateway under wrk (installs wrk when missing)
 	PY=$(PY) bash benches/gateway/run.sh
