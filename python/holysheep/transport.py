@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import re
 import threading
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Union
@@ -45,7 +45,6 @@ __all__ = ["Transport", "transport_class"]
 _TAIL_BYTES = 2048
 #: A count too long to be one (over 18 digits) is not read: it could not be settled.
 _TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d{1,18})(?!\d)')
-
 
 
 class _StatusFailure(Exception):
