@@ -9,11 +9,11 @@ mod guard;
 mod keyed;
 mod limit;
 mod limiter;
-mod queue;
 mod redis;
 mod redis_channel;
 mod retry;
 mod seconds;
+mod waiting;
 
 use pyo3::prelude::*;
 
@@ -35,7 +35,7 @@ mod native {
     #[pymodule_export]
     use super::limiter::{PyLimiter, Ready, Reservation};
     #[pymodule_export]
-    use super::queue::{PyTicket, PyWaitQueue};
+    use super::waiting::Acquiring;
     #[pymodule_export]
     use super::redis::{_shutdown_redis_runtime, PyGrant, PyRedisBackend, PyRedisLimiter};
     #[pymodule_export]
