@@ -84,7 +84,8 @@ def resolve_api_key(api_key: str | None, base_url: Any) -> str:
         HolySheep, whose keys start ``hs_``. The key is never put in a message.
     """
     if api_key is not None and not isinstance(api_key, str):
-        raise ConfigError(f"api_key: must be a str or None (then ${API_KEY_ENV}), got a {type(api_key).__name__}", "api_key")
+        kind = type(api_key).__name__
+        raise ConfigError(f"api_key: must be a str or None (then ${API_KEY_ENV}), got a {kind}", "api_key")
     key = (api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")).strip()
     if not key:
         raise ConfigError(f"api_key: none given; pass api_key= or set {API_KEY_ENV}", "api_key")

@@ -36,7 +36,8 @@ def checked_prices(prices: Mapping[str, float] | None) -> dict[str, float]:
     if prices is None:
         return dict(PRICES)
     if not isinstance(prices, Mapping):
-        raise ConfigError(f"prices: must be a mapping of model name to dollars per million tokens, got {prices!r}", "prices")
+        expected = "a mapping of model name to dollars per million tokens"
+        raise ConfigError(f"prices: must be {expected}, got {prices!r}", "prices")
     checked = dict(PRICES)
     for model, price in prices.items():
         if not isinstance(model, str):

@@ -25,8 +25,10 @@ pub const COUNT_MAX: u64 = u32::MAX as u64;
 /// `value` as a message shows it: its repr, cut short, with its type when it is not a plain number.
 fn shown(value: &Bound<'_, PyAny>) -> String {
     let repr = value.repr().map(|r| r.to_string()).unwrap_or_else(|_| "?".into());
-    let repr = if repr.chars().count() > 40 { format!("{}...", repr.chars().take(37).collect::<String>()) } else { repr };
-    let plain = value.is_exact_instance_of::<pyo3::types::PyInt>() || value.is_exact_instance_of::<pyo3::types::PyFloat>();
+    let repr =
+        if repr.chars().count() > 40 { format!("{}...", repr.chars().take(37).collect::<String>()) } else { repr };
+    let plain =
+        value.is_exact_instance_of::<pyo3::types::PyInt>() || value.is_exact_instance_of::<pyo3::types::PyFloat>();
     match (plain, value.get_type().name()) {
         (false, Ok(kind)) => format!("{repr} ({kind})"),
         _ => repr,
@@ -117,7 +119,9 @@ pub fn priority(field: &str, value: &Bound<'_, PyAny>) -> PyResult<i64> {
     }
     match value.extract::<i64>() {
         Ok(n) => Ok(n),
-        Err(err) if err.is_instance_of::<PyOverflowError>(value.py()) || err.is_instance_of::<PyTypeError>(value.py()) => {
+        Err(err)
+            if err.is_instance_of::<PyOverflowError>(value.py()) || err.is_instance_of::<PyTypeError>(value.py()) =>
+        {
             refuse(field, &expected, value)
         }
         Err(err) => Err(err),
@@ -126,7 +130,11 @@ pub fn priority(field: &str, value: &Bound<'_, PyAny>) -> PyResult<i64> {
 
 /// One name of a set, parsed by the core (whose error lists the names); a value that is not a `str`
 /// at all is refused here, under `field`.
-pub fn choice<T>(field: &str, value: &Bound<'_, PyAny>, parse: impl FnOnce(&str) -> crate::core::error::Result<T>) -> PyResult<T> {
+pub fn choice<T>(
+    field: &str,
+    value: &Bound<'_, PyAny>,
+    parse: impl FnOnce(&str) -> crate::core::error::Result<T>,
+) -> PyResult<T> {
     let Ok(string) = value.cast::<PyString>() else {
         return refuse(field, "a str naming one of its options", value);
     };
@@ -134,7 +142,10 @@ pub fn choice<T>(field: &str, value: &Bound<'_, PyAny>, parse: impl FnOnce(&str)
 }
 
 /// `check` applied to an argument that may be left out or given as `None`.
-pub fn optional<'py, T>(value: Option<&Bound<'py, PyAny>>, check: impl FnOnce(&Bound<'py, PyAny>) -> PyResult<T>) -> PyResult<Option<T>> {
+pub fn optional<'py, T>(
+    value: Option<&Bound<'py, PyAny>>,
+    check: impl FnOnce(&Bound<'py, PyAny>) -> PyResult<T>,
+) -> PyResult<Option<T>> {
     value.filter(|value| !value.is_none()).map(check).transpose()
 }
 

@@ -29,7 +29,9 @@ pub struct PyKeyedTable {
 fn key_hash(key: &Bound<'_, PyAny>) -> PyResult<u64> {
     match key.hash() {
         Ok(hash) => Ok(hash as u64),
-        Err(err) if err.is_instance_of::<PyTypeError>(key.py()) => args::refuse("key", "hashable (a str, an int, a tuple...)", key),
+        Err(err) if err.is_instance_of::<PyTypeError>(key.py()) => {
+            args::refuse("key", "hashable (a str, an int, a tuple...)", key)
+        }
         Err(err) => Err(err),
     }
 }
@@ -48,7 +50,11 @@ fn for_key(err: Error, key: &Bound<'_, PyAny>) -> PyErr {
 #[pymethods]
 impl PyKeyedTable {
     #[new]
-    fn new(limits: Vec<PyRef<'_, PyLimit>>, max_keys: &Bound<'_, PyAny>, idle_ttl: &Bound<'_, PyAny>) -> PyResult<Self> {
+    fn new(
+        limits: Vec<PyRef<'_, PyLimit>>,
+        max_keys: &Bound<'_, PyAny>,
+        idle_ttl: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
         let (max_keys, idle_ns) = bounds(max_keys, idle_ttl)?;
         let limits = limits.iter().map(|limit| limit.inner).collect();
         Ok(Self { inner: KeyedLimiter::new(limits, max_keys, idle_ns, Default::default())? })
@@ -69,7 +75,12 @@ impl PyKeyedTable {
     /// Reserves for `key`: (seconds to wait, receipt). Raises at once past `timeout`, when never, and
     /// for a new key while every key held still counts admissions.
     #[pyo3(signature = (key, tokens = None, timeout = None))]
-    fn reserve(&self, key: &Bound<'_, PyAny>, tokens: Option<&Bound<'_, PyAny>>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<(f64, u64)> {
+    fn reserve(
+        &self,
+        key: &Bound<'_, PyAny>,
+        tokens: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<(f64, u64)> {
         let (hash, cost, max_wait) = (key_hash(key)?, cost(tokens)?, args::timeout("timeout", timeout)?);
         let (wait, receipt) = self.inner.reserve(hash, cost, max_wait).map_err(|err| for_key(err, key))?;
         Ok((ns_to_secs(wait), receipt))

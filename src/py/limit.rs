@@ -28,7 +28,9 @@ fn period_ns(per: &Bound<'_, PyAny>) -> PyResult<u64> {
     }
     match args::positive("per", per) {
         Ok(secs) => Ok(period_from_secs(secs)?),
-        Err(_) => args::refuse("per", "'second', 'minute', 'hour', 'day' or a finite number of seconds greater than 0", per),
+        Err(_) => {
+            args::refuse("per", "'second', 'minute', 'hour', 'day' or a finite number of seconds greater than 0", per)
+        }
     }
 }
 
@@ -53,10 +55,11 @@ impl PyLimit {
             None => parse_period("second")?,
         };
         let unit = args::optional(unit, |unit| args::choice("unit", unit, Unit::parse))?.unwrap_or(Unit::Requests);
-        let algorithm =
-            args::optional(algorithm, |name| args::choice("algorithm", name, Algorithm::parse))?.unwrap_or(Algorithm::Exact);
+        let algorithm = args::optional(algorithm, |name| args::choice("algorithm", name, Algorithm::parse))?
+            .unwrap_or(Algorithm::Exact);
         let burst = args::optional(burst, |burst| args::positive("burst", burst))?;
-        let guard_ns = args::optional(guard, |guard| args::seconds("guard", guard))?.unwrap_or_else(|| default_guard_ns(period_ns));
+        let guard_ns = args::optional(guard, |guard| args::seconds("guard", guard))?
+            .unwrap_or_else(|| default_guard_ns(period_ns));
         let inner = Limit::new(amount, period_ns, unit, algorithm, burst)?;
         Ok(Self { inner: inner.with_guard(guard_ns) })
     }
