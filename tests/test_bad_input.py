@@ -132,6 +132,7 @@ def keyed_rows() -> list[Any]:
     for kind, make in {"table": table, "per-key": per_key}.items():
         rows.append(row(lambda make=make: make().try_acquire([]), "key", f"{kind}-try_acquire-unhashable-key"))
         rows.append(row(lambda make=make: make().acquire({}), "key", f"{kind}-acquire-unhashable-key"))
+        rows.append(row(lambda make=make: make()[[]], "key", f"{kind}-getitem-unhashable-key"))
         for name, v in {"negative": -1, "str": "1", "float": 1.5, "bool": True, "huge": 2**64}.items():
             rows.append(
                 row(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
@@ -36,7 +38,7 @@ class _PerKeyLimiters:
     counts admissions would let its key start over, past its limits.
     """
 
-    __slots__ = ("_factory", "_full", "_idle_ttl", "_last_used", "_limiters", "_max_keys")
+    __slots__ = ("_factory", "_full", "_idle_ttl", "_last_used", "_limiters", "_lock", "_max_keys")
 
     def __init__(self, factory: LimiterFactory, max_keys: int, idle_ttl: float) -> None:
         self._factory = factory
@@ -46,13 +48,18 @@ class _PerKeyLimiters:
         self._last_used: dict[Hashable, float] = {}
         #: What each limiter's windows held when it was made: it holds nothing once they are back there.
         self._full: dict[Hashable, dict[str, float]] = {}
+        #: Threads share the table: a sweep must not see it change under it.
+        self._lock = threading.RLock()
 
     def get(self, key: Hashable) -> HolySheepRateLimiter:
         """The limiter of ``key``, made on first use.
 
         :raises RateLimitExceeded: ``key`` is new and every key held still counts something.
         """
-        now = time.monotonic()
+        with self._lock:
+            return self._get(key, time.monotonic())
+
+    def _get(self, key: Hashable, now: float) -> HolySheepRateLimiter:
         try:
             limiter = self._limiters.get(key)
         except TypeError:
@@ -75,31 +82,44 @@ class _PerKeyLimiters:
         self._full[key] = dict(limiter.stats()["remaining"])
         return limiter
 
-    def _holds_nothing(self, key: Hashable) -> bool:
+    def _frees_in(self, key: Hashable, now: float) -> float | None:
+        """0.0 when the limiter of ``key`` holds nothing, so forgetting it loses nothing; None while it
+        holds a slot (with a concurrency cap) or a waiter, whose end nothing foretells; else, as its
+        windows still count admissions, an estimate of when they will not: one period (plus guard)
+        after its last use here, or from now if that has passed (it waited, so it was admitted later)."""
         limiter = self._limiters[key]
         stats = limiter.stats()
         if stats["waiting"] or (limiter.max_concurrency is not None and stats["in_flight"]):
-            return False
+            return None
         remaining: dict[str, float] = stats["remaining"]
-        return all(remaining.get(name, 0.0) >= full for name, full in self._full[key].items())
+        if all(remaining.get(name, 0.0) >= full for name, full in self._full[key].items()):
+            return 0.0
+        longest = max((limit.per + limit.guard for limit in limiter.limits), default=0.0)
+        since_use = now - self._last_used[key]
+        return longest - since_use if since_use < longest else longest
 
     def _drop(self, key: Hashable) -> None:
         del self._limiters[key], self._last_used[key], self._full[key]
 
     def _forget_idle(self, now: float) -> None:
-        """Forgets the limiters unused for ``idle_ttl`` that hold nothing (least recently used first)."""
-        expired = [key for key in self._limiters if now - self._last_used[key] >= self._idle_ttl]
+        """Forgets the limiters unused for ``idle_ttl`` that hold nothing."""
+        expired = list(itertools.takewhile(lambda key: now - self._last_used[key] >= self._idle_ttl, self._limiters))
         for key in expired:
-            if self._holds_nothing(key):
+            if self._frees_in(key, now) == 0.0:
                 self._drop(key)
 
     def _make_room(self, new_key: Hashable, now: float) -> None:
-        """Forgets the least recently used limiter that holds nothing, or refuses ``new_key``."""
+        """Forgets the least recently used limiter that holds nothing, or refuses ``new_key``: one pass,
+        so a refusal costs one ``stats()`` per key held."""
+        estimates = []
         for key in self._limiters:
-            if self._holds_nothing(key):
+            frees_in = self._frees_in(key, now)
+            if frees_in == 0.0:
                 self._drop(key)
                 return
-        retry_after = self._room_in(now)
+            if frees_in is not None:
+                estimates.append(frees_in)
+        retry_after = min(estimates, default=None)
         when = "when is not known" if retry_after is None else f"in about {retry_after:.3f}s"
         raise RateLimitExceeded(
             f"acquire: all max_keys={self._max_keys} keys still count admissions or hold slots, so key "
@@ -108,21 +128,6 @@ class _PerKeyLimiters:
             limit=f"max_keys={self._max_keys}",
             remaining=0.0,
         )
-
-    def _room_in(self, now: float) -> float | None:
-        """Seconds until some key may be forgotten if nobody uses it meanwhile, for a limiter busy only
-        with its windows: they are empty one period (plus guard) after its last admission, which was no
-        later than its last use here unless it waited, and no later than now. None when every key waits
-        or holds a slot: nothing says when those end."""
-        estimates = []
-        for key, limiter in self._limiters.items():
-            stats = limiter.stats()
-            if stats["waiting"] or (limiter.max_concurrency is not None and stats["in_flight"]):
-                continue
-            longest = max((limit.per + limit.guard for limit in limiter.limits), default=0.0)
-            since_use = now - self._last_used[key]
-            estimates.append(longest - since_use if since_use < longest else longest)
-        return min(estimates, default=None)
 
     def held(self, key: Hashable) -> HolySheepRateLimiter | None:
         """The limiter of ``key`` if it is held now; never makes one."""
@@ -172,7 +177,9 @@ class KeyedLimiter:
     says as much. Refusing rather than waiting: room does not come in any order a waiter could hold a
     place in (a key frees only when its own user leaves it alone), and a full table means more active
     keys than ``max_keys`` allows, which the caller should see rather than sit out. Keys already held
-    are served as always.
+    are served as always. Per-key limiters are looked at one by one (``stats()``) when the table is
+    full, so keep ``max_keys`` in the thousands there; the GCRA table looks only where a key may be
+    fresh again.
 
     :param limits_or_factory: a `Limit`, a list of them, or a function from key to limiter.
     :param max_keys: the most keys held at once (an int from 1).
@@ -210,6 +217,10 @@ class KeyedLimiter:
         """
         if self._per_key is not None:
             return self._per_key.get(key)
+        try:
+            hash(key)
+        except TypeError:
+            _refuse_key(key)
         return _KeyHandle(self, key)
 
     def _limiter(self, key: Hashable, tokens: int, timeout: float | None = None) -> HolySheepRateLimiter:
