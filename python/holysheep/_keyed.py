@@ -79,7 +79,7 @@ class _PerKeyLimiters:
             )
         self._limiters[key] = limiter
         self._last_used[key] = now
-        self._full[key] = dict(limiter.stats()["remaining"])
+        self._full[key] = dict(limiter.stats()["remaining"] or {})
         return limiter
 
     def _frees_in(self, key: Hashable, now: float) -> float | None:
@@ -91,8 +91,9 @@ class _PerKeyLimiters:
         stats = limiter.stats()
         if stats["waiting"] or (limiter.max_concurrency is not None and stats["in_flight"]):
             return None
-        remaining: dict[str, float] = stats["remaining"]
-        if all(remaining.get(name, 0.0) >= full for name, full in self._full[key].items()):
+        # None: a shared limiter cannot reach its backend now, so it cannot say: keep it.
+        remaining: dict[str, float] | None = stats["remaining"]
+        if remaining is not None and all(remaining.get(name, 0.0) >= full for name, full in self._full[key].items()):
             return 0.0
         longest = max((limit.per + limit.guard for limit in limiter.limits), default=0.0)
         since_use = now - self._last_used[key]
