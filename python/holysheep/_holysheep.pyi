@@ -27,7 +27,6 @@ __all__ = [
     "__version__",
     "_check_count",
     "_check_positive",
-    "_check_seconds",
     "_check_timeout",
     "_shutdown_redis_runtime",
     "classify_failure",
@@ -423,8 +422,6 @@ def _shutdown_redis_runtime() -> None: ...
 # Argument checks for the Python layer: each returns the value checked, or raises ConfigError naming `field`.
 def _check_count(field: str, value: object, min: int, max: int) -> int:
     """``value`` if it is an int from ``min`` to ``max`` (not a bool)."""
-def _check_seconds(field: str, value: object) -> float:
-    """``value`` if it is a finite number of seconds, 0 or more."""
 def _check_timeout(field: str, value: object) -> float | None:
     """``value``, or None for forever (``None`` or ``inf``); NaN and negatives are refused."""
 def _check_positive(field: str, value: object) -> float:

@@ -14,7 +14,7 @@
 
 use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyString};
+use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
 
 use crate::core::Error;
 use crate::core::clock::secs_to_ns;
@@ -27,8 +27,7 @@ fn shown(value: &Bound<'_, PyAny>) -> String {
     let repr = value.repr().map(|r| r.to_string()).unwrap_or_else(|_| "?".into());
     let repr =
         if repr.chars().count() > 40 { format!("{}...", repr.chars().take(37).collect::<String>()) } else { repr };
-    let plain =
-        value.is_exact_instance_of::<pyo3::types::PyInt>() || value.is_exact_instance_of::<pyo3::types::PyFloat>();
+    let plain = value.is_exact_instance_of::<PyInt>() || value.is_exact_instance_of::<PyFloat>();
     match (plain, value.get_type().name()) {
         (false, Ok(kind)) => format!("{repr} ({kind})"),
         _ => repr,
@@ -61,17 +60,12 @@ pub fn positive(field: &str, value: &Bound<'_, PyAny>) -> PyResult<f64> {
     }
 }
 
-/// A duration in seconds, finite and 0 or more.
-fn secs(field: &str, value: &Bound<'_, PyAny>) -> PyResult<f64> {
-    match real(value) {
-        Some(secs) if secs.is_finite() && secs >= 0.0 => Ok(secs),
-        _ => refuse(field, "a finite number of seconds, 0 or more", value),
-    }
-}
-
 /// A duration in seconds, finite and 0 or more, in nanoseconds.
 pub fn seconds(field: &str, value: &Bound<'_, PyAny>) -> PyResult<u64> {
-    Ok(secs_to_ns(secs(field, value)?).expect("a finite duration, 0 or more"))
+    match real(value).and_then(secs_to_ns) {
+        Some(ns) => Ok(ns),
+        None => refuse(field, "a finite number of seconds, 0 or more", value),
+    }
 }
 
 /// How long a call may wait in seconds: `None` (not given, or `None`) and `inf` mean forever; NaN and
@@ -156,13 +150,6 @@ pub fn optional<'py, T>(
 #[pyo3(name = "_check_count")]
 pub fn check_count(field: &str, value: &Bound<'_, PyAny>, min: u64, max: u64) -> PyResult<u64> {
     count(field, value, min, max)
-}
-
-/// ``value`` as a float if it is a finite number of seconds, 0 or more; else ConfigError naming ``field``.
-#[pyfunction]
-#[pyo3(name = "_check_seconds")]
-pub fn check_seconds(field: &str, value: &Bound<'_, PyAny>) -> PyResult<f64> {
-    secs(field, value)
 }
 
 /// ``value`` as a float, or None for forever (``None`` or ``inf``); NaN and negatives raise ConfigError.
