@@ -1,6 +1,7 @@
 //! The pyo3 layer: thin wrappers that convert types, map errors and release the GIL around blocking
 //! waits. Every decision is the core's.
 
+mod args;
 mod breaker;
 mod errors;
 mod failures;
@@ -20,6 +21,8 @@ use pyo3::prelude::*;
 /// The native half of the `holysheep` package; import `holysheep`, not this module.
 #[pymodule(name = "_holysheep")]
 mod native {
+    #[pymodule_export]
+    use super::args::{check_count, check_positive, check_timeout};
     #[pymodule_export]
     use super::breaker::BreakerCore;
     #[pymodule_export]
