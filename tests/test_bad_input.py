@@ -20,44 +20,8 @@ import holysheep as hs
 
 NAN, INF = math.nan, math.inf
 
-#: HolySheepRateLimiter rows that fail before the limiter restructure (issue 15) moves its checks to
-#: src/py/args.rs: skipped until then. Every other row passes now.
-LIMITER_RESTRUCTURE = {
-    *(f"{field}-{name}" for field in ("rpm", "tpm", "max_qps") for name in ("str", "bool", "huge")),
-    *(f"max_concurrency-{name}" for name in ("huge", "str", "float", "bool")),
-    "burst-str",
-    "burst-bool",
-    "tier-int",
-    "limits-str",
-    "limits-of-ints",
-    "sliding_window-window_s-str",
-    "concurrency_limiter-str",
-    "concurrency_limiter-bool",
-    "slot-tokens-negative",
-    *(
-        f"{call}-tokens-{name}"
-        for call in ("try_acquire", "time_until_ready", "acquire", "acquire_blocking", "slot")
-        for name in ("str", "float", "bool", "huge")
-    ),
-    *(
-        f"{call}-{arg}-{name}"
-        for call in ("acquire", "acquire_blocking", "slot")
-        for arg, names in (
-            ("timeout", ("negative", "nan", "str", "bool")),
-            ("priority", ("str", "float", "bool", "huge")),
-        )
-        for name in names
-    ),
-}
-
-
 def row(call: Callable[[], Any], field: str, id: str) -> Any:
     return pytest.param(call, field, id=id)
-
-
-def limiter_row(call: Callable[[], Any], field: str, id: str) -> Any:
-    marks = [pytest.mark.skip(reason="limiter restructure")] if id in LIMITER_RESTRUCTURE else []
-    return pytest.param(call, field, id=id, marks=marks)
 
 
 async def assert_refused(call: Callable[[], Any], field: str) -> None:
@@ -309,62 +273,62 @@ def limiter_rows() -> list[Any]:
             "huge": 10**400,
         }.items():
             rows.append(
-                limiter_row(lambda field=field, v=v: hs.HolySheepRateLimiter(**{field: v}), field, f"{field}-{name}")
+                row(lambda field=field, v=v: hs.HolySheepRateLimiter(**{field: v}), field, f"{field}-{name}")
             )
     for name, v in {"zero": 0, "negative": -1, "huge": 2**64, "str": "2", "float": 2.5, "bool": True}.items():
         rows.append(
-            limiter_row(
+            row(
                 lambda v=v: hs.HolySheepRateLimiter(max_concurrency=v), "max_concurrency", f"max_concurrency-{name}"
             )
         )
     for name, v in {"half": 0.5, "str": "2", "nan": NAN, "inf": INF, "bool": True}.items():
-        rows.append(limiter_row(lambda v=v: hs.HolySheepRateLimiter(rpm=60, burst=v), "burst", f"burst-{name}"))
+        rows.append(row(lambda v=v: hs.HolySheepRateLimiter(rpm=60, burst=v), "burst", f"burst-{name}"))
     rows += [
-        limiter_row(lambda: hs.HolySheepRateLimiter(burst=5), "burst", "burst-without-a-rate"),
-        limiter_row(lambda: hs.HolySheepRateLimiter(tier="platinum"), "tier", "tier-unknown"),
-        limiter_row(lambda: hs.HolySheepRateLimiter(tier=5), "tier", "tier-int"),  # type: ignore[arg-type]
-        limiter_row(lambda: hs.HolySheepRateLimiter.from_tier("platinum"), "tier", "from_tier-unknown"),
-        limiter_row(lambda: hs.HolySheepRateLimiter(limits="x"), "limits", "limits-str"),  # type: ignore[arg-type]
-        limiter_row(lambda: hs.HolySheepRateLimiter(limits=[5]), "limits", "limits-of-ints"),  # type: ignore[list-item]
-        limiter_row(lambda: hs.HolySheepRateLimiter(rpm=60, backend="redis://127.0.0.1"), "backend", "backend-str"),  # type: ignore[arg-type]
-        limiter_row(
+        row(lambda: hs.HolySheepRateLimiter(burst=5), "burst", "burst-without-a-rate"),
+        row(lambda: hs.HolySheepRateLimiter(tier="platinum"), "tier", "tier-unknown"),
+        row(lambda: hs.HolySheepRateLimiter(tier=5), "tier", "tier-int"),  # type: ignore[arg-type]
+        row(lambda: hs.HolySheepRateLimiter.from_tier("platinum"), "tier", "from_tier-unknown"),
+        row(lambda: hs.HolySheepRateLimiter(limits="x"), "limits", "limits-str"),  # type: ignore[arg-type]
+        row(lambda: hs.HolySheepRateLimiter(limits=[5]), "limits", "limits-of-ints"),  # type: ignore[list-item]
+        row(lambda: hs.HolySheepRateLimiter(rpm=60, backend="redis://127.0.0.1"), "backend", "backend-str"),  # type: ignore[arg-type]
+        row(
             lambda: hs.HolySheepRateLimiter(rpm=60, backend=hs.RedisBackend("redis://127.0.0.1:1/0"), key=5),
             "key",
             "key-int",
         ),  # type: ignore[arg-type]
-        limiter_row(lambda: hs.TokenBucket(rate="5"), "rate", "token_bucket-rate-str"),  # type: ignore[arg-type]
-        limiter_row(lambda: hs.TokenBucket(rate=5, capacity=0), "capacity", "token_bucket-capacity-zero"),
-        limiter_row(lambda: hs.SlidingWindow(limit=10, window_s="x"), "window_s", "sliding_window-window_s-str"),  # type: ignore[arg-type]
-        limiter_row(lambda: hs.SlidingWindow(limit=-1, window_s=1), "limit", "sliding_window-limit-negative"),
-        limiter_row(lambda: hs.ConcurrencyLimiter(0), "n", "concurrency_limiter-zero"),
-        limiter_row(lambda: hs.ConcurrencyLimiter("2"), "n", "concurrency_limiter-str"),  # type: ignore[arg-type]
-        limiter_row(lambda: hs.ConcurrencyLimiter(True), "n", "concurrency_limiter-bool"),
+        row(lambda: hs.TokenBucket(rate="5"), "rate", "token_bucket-rate-str"),  # type: ignore[arg-type]
+        row(lambda: hs.TokenBucket(rate=5, capacity=0), "capacity", "token_bucket-capacity-zero"),
+        row(lambda: hs.SlidingWindow(limit=10, window_s="x"), "window_s", "sliding_window-window_s-str"),  # type: ignore[arg-type]
+        row(lambda: hs.SlidingWindow(limit=-1, window_s=1), "limit", "sliding_window-limit-negative"),
+        row(lambda: hs.ConcurrencyLimiter(0), "n", "concurrency_limiter-zero"),
+        row(lambda: hs.ConcurrencyLimiter("2"), "n", "concurrency_limiter-str"),  # type: ignore[arg-type]
+        row(lambda: hs.ConcurrencyLimiter(True), "n", "concurrency_limiter-bool"),
     ]
     free = lambda: hs.HolySheepRateLimiter(rpm=600, tpm=100_000, max_concurrency=10)  # noqa: E731
     for name, v in {"negative": -1, "str": "1", "float": 1.5, "bool": True, "huge": 2**64}.items():
-        rows.append(limiter_row(lambda v=v: free().try_acquire(tokens=v), "tokens", f"try_acquire-tokens-{name}"))
+        rows.append(row(lambda v=v: free().try_acquire(tokens=v), "tokens", f"try_acquire-tokens-{name}"))
         rows.append(
-            limiter_row(lambda v=v: free().time_until_ready(tokens=v), "tokens", f"time_until_ready-tokens-{name}")
+            row(lambda v=v: free().time_until_ready(tokens=v), "tokens", f"time_until_ready-tokens-{name}")
         )
-        rows.append(limiter_row(lambda v=v: free().acquire(tokens=v), "tokens", f"acquire-tokens-{name}"))
+        rows.append(row(lambda v=v: free().acquire(tokens=v), "tokens", f"acquire-tokens-{name}"))
         rows.append(
-            limiter_row(lambda v=v: free().acquire_blocking(tokens=v), "tokens", f"acquire_blocking-tokens-{name}")
+            row(lambda v=v: free().acquire_blocking(tokens=v), "tokens", f"acquire_blocking-tokens-{name}")
         )
-        rows.append(limiter_row(lambda v=v: free().slot(tokens=v), "tokens", f"slot-tokens-{name}"))
+        rows.append(row(lambda v=v: free().slot(tokens=v), "tokens", f"slot-tokens-{name}"))
     for name, v in {"negative": -1, "nan": NAN, "str": "1", "bool": True}.items():
-        rows.append(limiter_row(lambda v=v: free().acquire(timeout=v), "timeout", f"acquire-timeout-{name}"))
+        rows.append(row(lambda v=v: free().acquire(timeout=v), "timeout", f"acquire-timeout-{name}"))
         rows.append(
-            limiter_row(lambda v=v: free().acquire_blocking(timeout=v), "timeout", f"acquire_blocking-timeout-{name}")
+            row(lambda v=v: free().acquire_blocking(timeout=v), "timeout", f"acquire_blocking-timeout-{name}")
         )
-        rows.append(limiter_row(lambda v=v: free().slot(timeout=v), "timeout", f"slot-timeout-{name}"))
+        rows.append(row(lambda v=v: free().slot(timeout=v), "timeout", f"slot-timeout-{name}"))
     for name, v in {"str": "x", "float": 1.5, "bool": True, "huge": 2**64}.items():
-        rows.append(limiter_row(lambda v=v: free().acquire(priority=v), "priority", f"acquire-priority-{name}"))
+        rows.append(row(lambda v=v: free().acquire(priority=v), "priority", f"acquire-priority-{name}"))
         rows.append(
-            limiter_row(
+            row(
                 lambda v=v: free().acquire_blocking(priority=v), "priority", f"acquire_blocking-priority-{name}"
             )
         )
-        rows.append(limiter_row(lambda v=v: free().slot(priority=v), "priority", f"slot-priority-{name}"))
+        rows.append(row(lambda v=v: free().slot(priority=v), "priority", f"slot-priority-{name}"))
     return rows
 
 

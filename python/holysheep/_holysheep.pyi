@@ -28,6 +28,7 @@ __all__ = [
     "__version__",
     "_check_count",
     "_check_positive",
+    "_check_priority",
     "_check_timeout",
     "_shutdown_redis_runtime",
     "classify_failure",
@@ -426,3 +427,5 @@ def _check_timeout(field: str, value: object) -> float | None:
     """``value``, or None for forever (``None`` or ``inf``); NaN and negatives are refused."""
 def _check_positive(field: str, value: object) -> float:
     """``value`` if it is a finite number greater than 0."""
+def _check_priority(field: str, value: object) -> int:
+    """``value`` if it is an int that fits 64 bits (not a bool)."""

@@ -8,6 +8,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar, cast
 
+from holysheep import _holysheep
 from holysheep._holysheep import Limit, _Limiter
 from holysheep.errors import ConfigError
 
@@ -28,6 +29,10 @@ class Admitted(Protocol):
     def tokens(self) -> int: ...
 
     def settle(self, actual_tokens: int) -> None: ...
+
+
+#: The most tokens one request may carry: what the core counts in 64 bits.
+_MAX_TOKENS = 2**64 - 1
 
 
 def _check_timeout(timeout: float | None, field: str = "timeout") -> None:
@@ -141,6 +146,9 @@ class Permit:
     __slots__ = ("_limiter", "_priority", "_reservation", "_timeout", "_tokens")
 
     def __init__(self, limiter: HolySheepRateLimiter, tokens: int, timeout: float | None, priority: int) -> None:
+        _holysheep._check_count("tokens", tokens, 0, _MAX_TOKENS)
+        _holysheep._check_timeout("timeout", timeout)
+        _holysheep._check_priority("priority", priority)
         self._limiter = limiter
         self._tokens = tokens
         self._timeout = timeout
@@ -226,7 +234,7 @@ class SlidingWindow(HolySheepRateLimiter):
         cls, limit: float, window_s: float, *, backend: RedisBackend | None = None, key: str | None = None
     ) -> SlidingWindow:
         try:
-            spec = Limit(limit, per=float(window_s))
+            spec = Limit(limit, per=window_s)
         except ConfigError as err:
             raise _renamed(err, {"amount": "limit", "per": "window_s"}) from None
         return super().__new__(cls, limits=[spec], backend=backend, key=key)

@@ -105,7 +105,6 @@ pub fn tokens(field: &str, value: &Bound<'_, PyAny>) -> PyResult<u64> {
 }
 
 /// A waiter's priority: any int that fits 64 bits (higher goes first).
-#[expect(dead_code, reason = "for acquire(priority=) in limiter.rs, which moves to these checks next")]
 pub fn priority(field: &str, value: &Bound<'_, PyAny>) -> PyResult<i64> {
     let expected = format!("an int from {} to {}", i64::MIN, i64::MAX);
     if value.is_instance_of::<PyBool>() {
@@ -157,6 +156,13 @@ pub fn check_count(field: &str, value: &Bound<'_, PyAny>, min: u64, max: u64) ->
 #[pyo3(name = "_check_timeout", signature = (field, value))]
 pub fn check_timeout(field: &str, value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<f64>> {
     timeout_secs(field, value)
+}
+
+/// ``value`` if it is an int that fits 64 bits; else ConfigError naming ``field``.
+#[pyfunction]
+#[pyo3(name = "_check_priority")]
+pub fn check_priority(field: &str, value: &Bound<'_, PyAny>) -> PyResult<i64> {
+    priority(field, value)
 }
 
 /// ``value`` as a float if it is a finite number greater than 0; else ConfigError naming ``field``.

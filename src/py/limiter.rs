@@ -15,6 +15,7 @@ use crate::core::limiter::{Admission, Limiter};
 use crate::core::feedback::FOLLOWED;
 use crate::core::headers::server_left;
 use crate::core::{Cost, Error, LimiterConfig, Tier};
+use crate::py::args;
 use crate::py::limit::PyLimit;
 use crate::py::waiting::{Acquiring, Finish, wait_blocking};
 
@@ -111,8 +112,8 @@ impl Reservation {
     }
 
     /// Replaces the tokens counted so far by the actual count: refunds or charges the difference.
-    fn settle(&self, actual_tokens: i64) -> PyResult<()> {
-        let actual = self.cost_of(tokens_cost(actual_tokens)?.tokens);
+    fn settle(&self, actual_tokens: &Bound<'_, PyAny>) -> PyResult<()> {
+        let actual = self.cost_of(args::tokens("actual_tokens", actual_tokens)?);
         let counted = self.cost_of(self.tokens.swap(actual.tokens, Ordering::AcqRel));
         self.limiter.settle(&self.admission, counted, actual);
         Ok(())
@@ -195,6 +196,33 @@ pub struct PyLimiter {
     inner: Arc<Limiter>,
 }
 
+/// One request of `tokens` (`None`: 0), its tokens checked as the `tokens` argument.
+fn request_of(tokens: Option<&Bound<'_, PyAny>>) -> PyResult<Cost> {
+    Ok(Cost::request(args::optional(tokens, |v| args::tokens("tokens", v))?.unwrap_or(0)))
+}
+
+/// What a call that may wait asks for, its arguments checked when the call starts.
+struct Waiting {
+    cost: Cost,
+    max_wait_ns: Option<u64>,
+    priority: i64,
+}
+
+impl Waiting {
+    fn of(cost: Cost, timeout: Option<&Bound<'_, PyAny>>, priority: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        Ok(Self {
+            cost,
+            max_wait_ns: args::timeout("timeout", timeout)?,
+            priority: args::optional(priority, |v| args::priority("priority", v))?.unwrap_or(0),
+        })
+    }
+
+    /// One request without tokens, waiting as long as it takes (`async with`, `with`).
+    fn one() -> Self {
+        Self { cost: Cost::request(0), max_wait_ns: None, priority: 0 }
+    }
+}
+
 /// What `acquire` resolves to: nothing.
 fn nothing() -> Finish {
     Box::new(|py, _| Ok(py.None()))
@@ -212,19 +240,19 @@ impl PyLimiter {
     }
 
     /// `acquire` and its variants: admitted now (`Ready`) or an awaitable waiting its turn.
-    fn acquiring(&self, py: Python<'_>, cost: Cost, timeout: Option<f64>, priority: i64, finish: Finish) -> PyResult<Py<PyAny>> {
-        let max_wait = max_wait_ns(timeout)?;
+    fn acquiring(&self, py: Python<'_>, waiting: Waiting, finish: Finish) -> PyResult<Py<PyAny>> {
+        let Waiting { cost, max_wait_ns, priority } = waiting;
         if let Some(admission) = self.admit_at_once(cost)? {
             return Ok(Py::new(py, Ready(Some(finish(py, admission)?)))?.into_any());
         }
-        Ok(Py::new(py, Acquiring::start(py, &self.inner, cost, priority, max_wait, finish)?)?.into_any())
+        Ok(Py::new(py, Acquiring::start(py, &self.inner, cost, priority, max_wait_ns, finish)?)?.into_any())
     }
 
-    fn blocking(&self, py: Python<'_>, cost: Cost, timeout: Option<f64>, priority: i64) -> PyResult<Admission> {
-        let max_wait = max_wait_ns(timeout)?;
+    fn blocking(&self, py: Python<'_>, waiting: Waiting) -> PyResult<Admission> {
+        let Waiting { cost, max_wait_ns, priority } = waiting;
         match self.admit_at_once(cost)? {
             Some(admission) => Ok(admission),
-            None => wait_blocking(py, &self.inner, cost, priority, max_wait),
+            None => wait_blocking(py, &self.inner, cost, priority, max_wait_ns),
         }
     }
 
@@ -244,24 +272,31 @@ impl PyLimiter {
     #[new]
     #[pyo3(signature = (max_qps = None, max_concurrency = None, *, rpm = None, tpm = None, burst = None, limits = None, tier = None))]
     fn new(
-        max_qps: Option<f64>,
-        max_concurrency: Option<i64>,
-        rpm: Option<f64>,
-        tpm: Option<f64>,
-        burst: Option<f64>,
-        limits: Option<Vec<PyRef<'_, PyLimit>>>,
-        tier: Option<&str>,
+        max_qps: Option<&Bound<'_, PyAny>>,
+        max_concurrency: Option<&Bound<'_, PyAny>>,
+        rpm: Option<&Bound<'_, PyAny>>,
+        tpm: Option<&Bound<'_, PyAny>>,
+        burst: Option<&Bound<'_, PyAny>>,
+        limits: Option<&Bound<'_, PyAny>>,
+        tier: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let rate = |field: &'static str, value| args::optional(value, |v| args::positive(field, v));
+        let limits = args::optional(limits, |v| {
+            v.extract::<Vec<PyRef<'_, PyLimit>>>()
+                .or_else(|_| args::refuse("limits", "a list of holysheep.Limit", v))
+                .map(|limits| limits.iter().map(|limit| limit.inner).collect::<Vec<_>>())
+        })?;
         let mut config = LimiterConfig {
-            max_qps,
-            rpm,
-            tpm,
-            burst,
-            limits: limits.unwrap_or_default().iter().map(|limit| limit.inner).collect(),
-            max_concurrency,
+            max_qps: rate("max_qps", max_qps)?,
+            rpm: rate("rpm", rpm)?,
+            tpm: rate("tpm", tpm)?,
+            burst: rate("burst", burst)?,
+            limits: limits.unwrap_or_default(),
+            max_concurrency: args::optional(max_concurrency, |v| args::count("max_concurrency", v, 1, args::COUNT_MAX))?
+                .map(|n| n as i64),
             guard_ns: None,
         };
-        let tier = tier.map(Tier::named).transpose()?;
+        let tier = args::optional(tier, |v| args::choice("tier", v, Tier::named))?;
         if let Some(tier) = tier {
             config.rpm = config.rpm.or(Some(tier.rpm as f64));
             config.tpm = config.tpm.or(Some(tier.tpm as f64));
@@ -276,9 +311,9 @@ impl PyLimiter {
 
     /// Takes one request (and ``tokens`` LLM tokens) now if every limit allows it, without waiting.
     /// Returns False otherwise; raises RateLimitExceeded when the cost could never pass.
-    #[pyo3(signature = (tokens = 0))]
-    fn try_acquire(&self, tokens: i64) -> PyResult<bool> {
-        let admitted = self.inner.try_acquire(tokens_cost(tokens)?)?;
+    #[pyo3(signature = (tokens = None), text_signature = "(self, tokens=0)")]
+    fn try_acquire(&self, tokens: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+        let admitted = self.inner.try_acquire(request_of(tokens)?)?;
         if !admitted {
             self.inner.reject();
         }
@@ -286,50 +321,78 @@ impl PyLimiter {
     }
 
     /// `try_acquire` for a caller that waits when refused: a refusal is not counted.
-    fn _admit_now(&self, tokens: i64) -> PyResult<bool> {
-        Ok(self.inner.try_acquire(tokens_cost(tokens)?)?)
+    fn _admit_now(&self, tokens: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(self.inner.try_acquire(request_of(Some(tokens))?)?)
     }
 
     /// The admission of one request of ``tokens`` at ``price`` dollars per million of them when
     /// nobody waits and all is free, else None; a cost that can never pass raises here.
-    fn _admit_at_once(&self, tokens: i64, price: f64) -> PyResult<Option<Reservation>> {
-        let cost = Cost::priced(tokens_cost(tokens)?.tokens, price);
+    fn _admit_at_once(&self, tokens: &Bound<'_, PyAny>, price: f64) -> PyResult<Option<Reservation>> {
+        let cost = Cost::priced(request_of(Some(tokens))?.tokens, price);
         Ok(self.admit_at_once(cost)?.map(|admission| self.reservation(admission, cost, price)))
     }
 
     /// Waits for one request slot and the rate for it (and ``tokens`` LLM tokens); call `release`
     /// after. ``timeout``: seconds to wait at most (RateLimitExceeded at once when the predicted wait is
     /// longer); ``priority``: higher goes ahead of lower among those still waiting.
-    #[pyo3(signature = (tokens = 0, timeout = None, priority = 0))]
-    fn acquire(&self, py: Python<'_>, tokens: i64, timeout: Option<f64>, priority: i64) -> PyResult<Py<PyAny>> {
-        self.acquiring(py, tokens_cost(tokens)?, timeout, priority, nothing())
+    #[pyo3(signature = (tokens = None, timeout = None, priority = None), text_signature = "(self, tokens=0, timeout=None, priority=0)")]
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        tokens: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        priority: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let waiting = Waiting::of(request_of(tokens)?, timeout, priority)?;
+        self.acquiring(py, waiting, nothing())
     }
 
     /// `acquire` for threads: blocks with the GIL released, so other threads keep running.
-    #[pyo3(signature = (tokens = 0, timeout = None, priority = 0))]
-    fn acquire_blocking(&self, py: Python<'_>, tokens: i64, timeout: Option<f64>, priority: i64) -> PyResult<()> {
-        self.blocking(py, tokens_cost(tokens)?, timeout, priority).map(drop)
+    #[pyo3(signature = (tokens = None, timeout = None, priority = None), text_signature = "(self, tokens=0, timeout=None, priority=0)")]
+    fn acquire_blocking(
+        &self,
+        py: Python<'_>,
+        tokens: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        priority: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        self.blocking(py, Waiting::of(request_of(tokens)?, timeout, priority)?).map(drop)
     }
 
     /// `acquire` resolving to the admission, to settle and release it (a permit, the transport).
     #[pyo3(signature = (tokens, timeout, priority, price = 0.0))]
-    fn _acquire(&self, py: Python<'_>, tokens: i64, timeout: Option<f64>, priority: i64, price: f64) -> PyResult<Py<PyAny>> {
-        let cost = Cost::priced(tokens_cost(tokens)?.tokens, price);
-        self.acquiring(py, cost, timeout, priority, self.keeping(cost, price))
+    fn _acquire(
+        &self,
+        py: Python<'_>,
+        tokens: &Bound<'_, PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        priority: &Bound<'_, PyAny>,
+        price: f64,
+    ) -> PyResult<Py<PyAny>> {
+        let cost = Cost::priced(request_of(Some(tokens))?.tokens, price);
+        let waiting = Waiting::of(cost, timeout, Some(priority))?;
+        self.acquiring(py, waiting, self.keeping(cost, price))
     }
 
     /// `acquire_blocking` returning the admission.
     #[pyo3(signature = (tokens, timeout, priority, price = 0.0))]
-    fn _acquire_blocking(&self, py: Python<'_>, tokens: i64, timeout: Option<f64>, priority: i64, price: f64) -> PyResult<Reservation> {
-        let cost = Cost::priced(tokens_cost(tokens)?.tokens, price);
-        let admission = self.blocking(py, cost, timeout, priority)?;
+    fn _acquire_blocking(
+        &self,
+        py: Python<'_>,
+        tokens: &Bound<'_, PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        priority: &Bound<'_, PyAny>,
+        price: f64,
+    ) -> PyResult<Reservation> {
+        let cost = Cost::priced(request_of(Some(tokens))?.tokens, price);
+        let admission = self.blocking(py, Waiting::of(cost, timeout, Some(priority))?)?;
         Ok(self.reservation(admission, cost, price))
     }
 
     /// Seconds until the rate limits would admit the request; 0.0 when now.
-    #[pyo3(signature = (tokens = 0))]
-    fn time_until_ready(&self, tokens: i64) -> PyResult<f64> {
-        Ok(ns_to_secs(self.inner.time_until_ready(tokens_cost(tokens)?)?))
+    #[pyo3(signature = (tokens = None), text_signature = "(self, tokens=0)")]
+    fn time_until_ready(&self, tokens: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
+        Ok(ns_to_secs(self.inner.time_until_ready(request_of(tokens)?)?))
     }
 
     /// Returns the concurrency slot taken by acquire; the next waiter, if any, gets it. Does nothing
@@ -344,7 +407,7 @@ impl PyLimiter {
     }
 
     /// Settles the real token count of a request once its answer says it.
-    fn _settle_admitted(&self, admitted: &Bound<'_, Reservation>, actual_tokens: i64) -> PyResult<()> {
+    fn _settle_admitted(&self, admitted: &Bound<'_, Reservation>, actual_tokens: &Bound<'_, PyAny>) -> PyResult<()> {
         admitted.get().settle(actual_tokens)
     }
 
@@ -356,7 +419,7 @@ impl PyLimiter {
     }
 
     fn __aenter__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.acquiring(py, Cost::request(0), None, 0, nothing())
+        self.acquiring(py, Waiting::one(), nothing())
     }
 
     #[pyo3(signature = (*_exc))]
@@ -366,7 +429,7 @@ impl PyLimiter {
     }
 
     fn __enter__(&self, py: Python<'_>) -> PyResult<()> {
-        self.blocking(py, Cost::request(0), None, 0).map(drop)
+        self.blocking(py, Waiting::one()).map(drop)
     }
 
     #[pyo3(signature = (*_exc))]

@@ -22,7 +22,7 @@ use pyo3::prelude::*;
 #[pymodule(name = "_holysheep")]
 mod native {
     #[pymodule_export]
-    use super::args::{check_count, check_positive, check_timeout};
+    use super::args::{check_count, check_positive, check_priority, check_timeout};
     #[pymodule_export]
     use super::breaker::BreakerCore;
     #[pymodule_export]
