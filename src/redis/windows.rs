@@ -1,5 +1,6 @@
 //! A core [`Limit`] as the Lua scripts see it: whole units and whole microseconds, each rounded the
-//! strict way (windows longer, intervals wider), so Redis never admits more than the core would.
+//! strict way (windows longer, intervals wider), so Redis never admits more than the core would. The
+//! script gets plain numbers; every rule that turns a limit into them is here.
 
 use crate::core::limit::{Algorithm, Cost, Limit, Unit, Window};
 
@@ -34,19 +35,25 @@ fn ns_to_us_rounded_up(ns: u64) -> u64 {
 impl WindowSpec {
     pub fn new(limit: &Limit) -> Self {
         let unit = limit.unit();
+        // The core's exact window for this limit: its count is the amount rounded down (at least one).
+        let exact = Limit::new(limit.amount(), limit.period_ns(), unit, Algorithm::Exact, None)
+            .expect("a limit that was valid stays valid as an exact window")
+            .with_guard(limit.guard_ns());
+        let Window::Exact(window) = exact.window() else { unreachable!("an exact limit has an exact window") };
+        let whole = window.limit();
         if limit.algorithm() == Algorithm::Gcra {
             let gcra = limit.gcra();
             let span_us = ns_to_us_rounded_up(gcra.unit_ns());
             let id = format!("{}-gcra-{span_us}us-burst-{}", unit.name(), gcra.burst());
             return Self { id, kind: Kind::Gcra, limit: gcra.burst(), span_us, merge_us: 0, unit };
         }
-        let exact = Limit::new(limit.amount(), limit.period_ns(), unit, Algorithm::Exact, None)
-            .expect("a limit that was valid stays valid as an exact window")
-            .with_guard(limit.guard_ns());
-        let Window::Exact(window) = exact.window() else { unreachable!("an exact limit has an exact window") };
-        let span_us = ns_to_us_rounded_up(window.window_ns());
-        let id = format!("{}-{}-per-{span_us}us", unit.name(), window.limit());
-        Self { id, kind: Kind::Log, limit: window.limit(), span_us, merge_us: span_us / 1024, unit }
+        // At most the whole count in ANY interval of the period (guard included): a fractional amount
+        // is rounded down, never spread over a shorter window (2.5 per second admits 2 per second, not
+        // 2 per 0.8 s, which let 3 into some second). Only an amount below one keeps a longer window
+        // (0.5 per second: 1 per 2 s), as one unit is the least a window can count.
+        let span_us = ns_to_us_rounded_up(window.window_ns().max(limit.period_ns().saturating_add(limit.guard_ns())));
+        let id = format!("{}-{whole}-per-{span_us}us", unit.name());
+        Self { id, kind: Kind::Log, limit: whole, span_us, merge_us: span_us / 1024, unit }
     }
 
     pub fn kind_name(&self) -> &'static str {
@@ -78,10 +85,21 @@ mod tests {
 
     #[test]
     fn exact_limits_become_logs_with_whole_counts() {
-        let limit = Limit::new(2.5, NS_PER_SEC, Unit::Requests, Algorithm::Exact, None).unwrap();
+        let limit = Limit::new(10.0, NS_PER_SEC, Unit::Requests, Algorithm::Exact, None).unwrap();
         let spec = WindowSpec::new(&limit);
-        assert_eq!((spec.kind, spec.limit, spec.span_us, spec.merge_us), (Kind::Log, 2, 800_000, 781));
-        assert_eq!(spec.id, "requests-2-per-800000us");
+        assert_eq!((spec.kind, spec.limit, spec.span_us, spec.merge_us), (Kind::Log, 10, 1_000_000, 976));
+        assert_eq!(spec.id, "requests-10-per-1000000us");
+    }
+
+    // Issue 15: 2.5 per second was 2 per 0.8 s, so some second held 3.
+    #[test]
+    fn a_fractional_amount_counts_its_whole_units_over_the_full_period() {
+        let limit = Limit::new(2.5, NS_PER_SEC, Unit::Requests, Algorithm::Exact, None).unwrap();
+        assert_eq!((WindowSpec::new(&limit).limit, WindowSpec::new(&limit).span_us), (2, 1_000_000));
+        let guarded = Limit::new(62.5, 60 * NS_PER_SEC, Unit::Requests, Algorithm::Counter, None).unwrap().with_guard(50_000_000);
+        assert_eq!((WindowSpec::new(&guarded).limit, WindowSpec::new(&guarded).span_us), (62, 60_050_000));
+        let slow = Limit::new(0.5, NS_PER_SEC, Unit::Requests, Algorithm::Exact, None).unwrap();
+        assert_eq!((WindowSpec::new(&slow).limit, WindowSpec::new(&slow).span_us), (1, 2_000_000));
     }
 
     #[test]
