@@ -10,7 +10,9 @@ pub mod runtime;
 pub mod loop_connection;
 mod process;
 mod scripts;
+pub mod share;
 mod windows;
+pub(crate) mod leases;
 
 pub use backend::{Backend, Timeouts};
 pub use error::BackendError;

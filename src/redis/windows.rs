@@ -26,6 +26,9 @@ pub struct WindowSpec {
     /// Log: admissions closer than this share one entry (1/1024 of the window, as in the core).
     pub merge_us: u64,
     pub unit: Unit,
+    /// The whole units the limit admits per period (its amount rounded down, at least one): what a
+    /// share of it is taken from.
+    pub whole: u64,
 }
 
 fn ns_to_us_rounded_up(ns: u64) -> u64 {
@@ -45,7 +48,7 @@ impl WindowSpec {
             let gcra = limit.gcra();
             let span_us = ns_to_us_rounded_up(gcra.unit_ns());
             let id = format!("{}-gcra-{span_us}us-burst-{}", unit.name(), gcra.burst());
-            return Self { id, kind: Kind::Gcra, limit: gcra.burst(), span_us, merge_us: 0, unit };
+            return Self { id, kind: Kind::Gcra, limit: gcra.burst(), span_us, merge_us: 0, unit, whole };
         }
         // At most the whole count in ANY interval of the period (guard included): a fractional amount
         // is rounded down, never spread over a shorter window (2.5 per second admits 2 per second, not
@@ -53,7 +56,7 @@ impl WindowSpec {
         // (0.5 per second: 1 per 2 s), as one unit is the least a window can count.
         let span_us = ns_to_us_rounded_up(window.window_ns().max(limit.period_ns().saturating_add(limit.guard_ns())));
         let id = format!("{}-{whole}-per-{span_us}us", unit.name());
-        Self { id, kind: Kind::Log, limit: whole, span_us, merge_us: span_us / 1024, unit }
+        Self { id, kind: Kind::Log, limit: whole, span_us, merge_us: span_us / 1024, unit, whole }
     }
 
     pub fn kind_name(&self) -> &'static str {
@@ -61,6 +64,11 @@ impl WindowSpec {
             Kind::Log => "log",
             Kind::Gcra => "gcra",
         }
+    }
+
+    /// Whether it is a spending limit: it refuses a request that does not fit now instead of making it wait.
+    pub fn is_budget(&self) -> bool {
+        self.unit == Unit::Usd
     }
 
     /// The limit and span to enforce with the configured rate scaled by `factor` (0..=1): a log counts
@@ -103,6 +111,14 @@ mod tests {
     }
 
     #[test]
+    fn a_budget_counts_micro_dollars_and_says_it_is_one() {
+        let budget = Limit::new(0.001, 3_600 * NS_PER_SEC, Unit::Usd, Algorithm::Exact, None).unwrap();
+        let spec = WindowSpec::new(&budget);
+        assert_eq!((spec.limit, spec.whole, spec.is_budget()), (1_000, 1_000, true));
+        assert!(!WindowSpec::new(&Limit::new(5.0, NS_PER_SEC, Unit::Tokens, Algorithm::Exact, None).unwrap()).is_budget());
+    }
+
+    #[test]
     fn the_guard_keeps_each_admission_counted_past_its_window_as_locally() {
         let limit = Limit::new(4.0, NS_PER_SEC / 2, Unit::Requests, Algorithm::Exact, None).unwrap().with_guard(100_000_000);
         let spec = WindowSpec::new(&limit);
@@ -113,7 +129,7 @@ mod tests {
     fn gcra_intervals_round_up_to_whole_microseconds() {
         let limit = Limit::new(3.0, NS_PER_SEC, Unit::Tokens, Algorithm::Gcra, Some(2.0)).unwrap();
         let spec = WindowSpec::new(&limit);
-        assert_eq!((spec.kind, spec.limit, spec.span_us), (Kind::Gcra, 2, 333_334));
+        assert_eq!((spec.kind, spec.limit, spec.span_us, spec.whole), (Kind::Gcra, 2, 333_334, 3));
     }
 
     #[test]
