@@ -1,6 +1,8 @@
 """One limit shared by a fleet of processes through a real redis-server: never over the limit in any
 window by Redis's own timestamps, nearly all of it used, windows all or nothing, a killed process's
-slots back after their TTL, and each failure policy through a Redis restart."""
+slots back after their TTL, each failure policy through a Redis restart, the ``local`` policy's
+shares never over the limit (budgets included) when Redis dies, and no slot lost for longer than a
+second after a stall (SIGSTOP/SIGCONT) or a restart."""
 
 from __future__ import annotations
 

@@ -93,29 +93,10 @@ mod tests {
 
     #[test]
     fn exact_limits_become_logs_with_whole_counts() {
-        let limit = Limit::new(10.0, NS_PER_SEC, Unit::Requests, Algorithm::Exact, None).unwrap();
-        let spec = WindowSpec::new(&limit);
-        assert_eq!((spec.kind, spec.limit, spec.span_us, spec.merge_us), (Kind::Log, 10, 1_000_000, 976));
-        assert_eq!(spec.id, "requests-10-per-1000000us");
-    }
-
-    // Issue 15: 2.5 per second was 2 per 0.8 s, so some second held 3.
-    #[test]
-    fn a_fractional_amount_counts_its_whole_units_over_the_full_period() {
         let limit = Limit::new(2.5, NS_PER_SEC, Unit::Requests, Algorithm::Exact, None).unwrap();
-        assert_eq!((WindowSpec::new(&limit).limit, WindowSpec::new(&limit).span_us), (2, 1_000_000));
-        let guarded = Limit::new(62.5, 60 * NS_PER_SEC, Unit::Requests, Algorithm::Counter, None).unwrap().with_guard(50_000_000);
-        assert_eq!((WindowSpec::new(&guarded).limit, WindowSpec::new(&guarded).span_us), (62, 60_050_000));
-        let slow = Limit::new(0.5, NS_PER_SEC, Unit::Requests, Algorithm::Exact, None).unwrap();
-        assert_eq!((WindowSpec::new(&slow).limit, WindowSpec::new(&slow).span_us), (1, 2_000_000));
-    }
-
-    #[test]
-    fn a_budget_counts_micro_dollars_and_says_it_is_one() {
-        let budget = Limit::new(0.001, 3_600 * NS_PER_SEC, Unit::Usd, Algorithm::Exact, None).unwrap();
-        let spec = WindowSpec::new(&budget);
-        assert_eq!((spec.limit, spec.whole, spec.is_budget()), (1_000, 1_000, true));
-        assert!(!WindowSpec::new(&Limit::new(5.0, NS_PER_SEC, Unit::Tokens, Algorithm::Exact, None).unwrap()).is_budget());
+        let spec = WindowSpec::new(&limit);
+        assert_eq!((spec.kind, spec.limit, spec.span_us, spec.merge_us), (Kind::Log, 2, 1_000_000, 976));
+        assert_eq!(spec.id, "requests-2-per-1000000us");
     }
 
     #[test]
@@ -146,5 +127,24 @@ mod tests {
         assert_eq!(log.in_force(0.01), (1, log.span_us));
         let gcra = WindowSpec::new(&Limit::new(10.0, NS_PER_SEC, Unit::Requests, Algorithm::Gcra, None).unwrap());
         assert_eq!(gcra.in_force(0.5), (gcra.limit, 2 * gcra.span_us));
+    }
+
+    // Issue 15: 2.5 per second was 2 per 0.8 s, so some second held 3.
+    #[test]
+    fn a_fractional_amount_counts_its_whole_units_over_the_full_period() {
+        let limit = Limit::new(2.5, NS_PER_SEC, Unit::Requests, Algorithm::Exact, None).unwrap();
+        assert_eq!((WindowSpec::new(&limit).limit, WindowSpec::new(&limit).span_us), (2, 1_000_000));
+        let guarded = Limit::new(62.5, 60 * NS_PER_SEC, Unit::Requests, Algorithm::Counter, None).unwrap().with_guard(50_000_000);
+        assert_eq!((WindowSpec::new(&guarded).limit, WindowSpec::new(&guarded).span_us), (62, 60_050_000));
+        let slow = Limit::new(0.5, NS_PER_SEC, Unit::Requests, Algorithm::Exact, None).unwrap();
+        assert_eq!((WindowSpec::new(&slow).limit, WindowSpec::new(&slow).span_us), (1, 2_000_000));
+    }
+
+    #[test]
+    fn a_budget_counts_micro_dollars_and_says_it_is_one() {
+        let budget = Limit::new(0.001, 3_600 * NS_PER_SEC, Unit::Usd, Algorithm::Exact, None).unwrap();
+        let spec = WindowSpec::new(&budget);
+        assert_eq!((spec.limit, spec.whole, spec.is_budget()), (1_000, 1_000, true));
+        assert!(!WindowSpec::new(&Limit::new(5.0, NS_PER_SEC, Unit::Tokens, Algorithm::Exact, None).unwrap()).is_budget());
     }
 }
