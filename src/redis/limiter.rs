@@ -1,7 +1,7 @@
 //! A limiter whose state lives in Redis: its keys, the arguments its scripts take, and what their
 //! answers mean. Every decision is one script call, so processes sharing the key share the limit; a
 //! request's whole cost (requests, tokens, micro-dollars) is decided there, budgets included. While
-//! Redis is away, the `local` failure policy decides here at this process's share (see `share.rs`).
+//! Redis is away, the `local` failure policy decides in this process (`fallback.rs`, `share.rs`).
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +20,8 @@ use crate::redis::error::BackendError;
 use crate::redis::leases::{self, Leases};
 use crate::redis::process::PerProcess;
 use crate::redis::scripts::{self, Call};
-use crate::redis::share::{Decided, LocalShare, Refusal, Sighting};
+use crate::redis::fallback::Handover;
+use crate::redis::share::{LocalShare, Sighting};
 use crate::redis::windows::WindowSpec;
 
 /// What a decision may do.
@@ -78,11 +79,11 @@ pub struct Peek {
 /// A decision sent to Redis: what its answer is read against.
 #[derive(Debug, Clone)]
 pub struct Ask {
-    lease_id: String,
-    cost: Cost,
-    price: f64,
+    pub(super) lease_id: String,
+    pub(super) cost: Cost,
+    pub(super) price: f64,
     /// The hand-over it carries (0: none).
-    handover: u64,
+    pub(super) handover: u64,
 }
 
 /// The acquire script's answer (see acquire.lua).
@@ -95,32 +96,23 @@ struct Reply {
     receipts: Vec<u64>,
 }
 
-/// What this process admitted alone while Redis was away, being handed to Redis.
-#[derive(Debug, Clone)]
-struct Handover {
-    number: u64,
-    share: Arc<LocalShare>,
-    debt: Vec<u64>,
-    leases: Vec<String>,
-}
-
 /// A decision's failure: a refusal (`Ok`: never, a budget) or Redis failing (`Err`).
 pub type Refused = Result<Error, BackendError>;
 
 /// A limiter decided in Redis.
 pub struct RemoteLimiter {
     backend: Arc<Backend>,
-    limits: Vec<Limit>,
-    windows: Vec<WindowSpec>,
+    pub(super) limits: Vec<Limit>,
+    pub(super) windows: Vec<WindowSpec>,
     /// The state hash, the lease set, the member set, the withdrawn leases, then one log per window;
     /// one hash slot.
     keys: Vec<String>,
-    max_leases: Option<u64>,
+    pub(super) max_leases: Option<u64>,
     lease_ttl_us: u64,
     /// With the process id, names this instance's leases and its entry in the member set.
     instance_suffix: u64,
     next_lease: AtomicU64,
-    leases: Leases,
+    pub(super) leases: Leases,
     /// How many instances decided within the last member TTL, as of the last answer.
     members: AtomicU64,
     /// The fractions of the configured rates this process enforces, per unit of [`FOLLOWED`] (f64
@@ -129,23 +121,21 @@ pub struct RemoteLimiter {
     created: Instant,
     /// When membership is next due for renewal, in ms since `created`.
     member_renewal_due_ms: AtomicU64,
-    clock: MonotonicClock,
+    pub(super) clock: MonotonicClock,
     /// What Redis said last: what a share is taken from when it goes away.
-    sighting: Mutex<Option<Sighting>>,
+    pub(super) sighting: Mutex<Option<Sighting>>,
     /// The share deciding while Redis is away, until what it admitted is handed over.
-    share: Mutex<PerProcess<Option<Arc<LocalShare>>>>,
-    handover: Mutex<PerProcess<Option<Handover>>>,
-    next_handover: AtomicU64,
+    pub(super) share: Mutex<PerProcess<Option<Arc<LocalShare>>>>,
+    pub(super) handover: Mutex<PerProcess<Option<Handover>>>,
+    pub(super) next_handover: AtomicU64,
 }
 
 /// An instance counts as a member of the fleet this long after renewing its membership...
 const MEMBER_TTL_US: u64 = 10_000_000;
 /// ...which it does with a decision at most this often, sparing Redis three commands per decision.
 const MEMBER_RENEWAL: Duration = Duration::from_secs(1);
-/// How soon a request waiting for a slot of the local share asks again (slots come back by release).
-const LOCAL_SLOT_RETRY_US: u64 = 50_000;
 
-fn unavailable(message: impl Into<String>) -> BackendError {
+pub(super) fn unavailable(message: impl Into<String>) -> BackendError {
     BackendError::Unavailable { message: message.into() }
 }
 
@@ -245,7 +235,7 @@ impl RemoteLimiter {
     // --- refusals, worded as the core words them --------------------------------------------------
 
     /// The refusal of a request that would cross budget window `index`.
-    fn over_budget(&self, operation: &str, ask: &Ask, index: usize) -> Error {
+    pub(super) fn over_budget(&self, operation: &str, ask: &Ask, index: usize) -> Error {
         Error::BudgetExceeded {
             message: format!(
                 "{operation}: a request costing ${:.6} would cross the budget '{}'; it was not sent",
@@ -256,7 +246,7 @@ impl RemoteLimiter {
     }
 
     /// The refusal for a cost that window `index` can never admit.
-    fn never(&self, operation: &str, ask: &Ask, index: usize, max_cost: u64) -> Error {
+    pub(super) fn never(&self, operation: &str, ask: &Ask, index: usize, max_cost: u64) -> Error {
         let limit = &self.limits[index];
         if limit.unit() == Unit::Usd {
             return self.over_budget(operation, ask, index);
@@ -310,7 +300,7 @@ impl RemoteLimiter {
     }
 
     /// A fresh lease id when a lease is asked for and the limiter bounds concurrency; "" otherwise.
-    fn lease_id(&self, lease: bool) -> String {
+    pub(super) fn lease_id(&self, lease: bool) -> String {
         match (lease, self.max_leases) {
             (true, Some(_)) => format!("{}:{}", self.instance(), self.next_lease.fetch_add(1, Ordering::Relaxed)),
             _ => String::new(),
@@ -516,128 +506,5 @@ impl RemoteLimiter {
                 .arg(window.units(actual));
         }
         Some(invocation)
-    }
-
-    // --- the `local` policy: deciding at this process's share while Redis is away ---------------
-
-    /// The share deciding now: the current one, or one made from what Redis said last.
-    fn local_share(&self) -> Result<Arc<LocalShare>, BackendError> {
-        let mut share = self.share.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(share) = share.current(|| None) {
-            return Ok(Arc::clone(share));
-        }
-        let sighting = self.sighting.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some(seen) = sighting else {
-            return Err(unavailable(
-                "Redis has not answered this limiter yet: its share of the fleet's limits is not known, so on_error='local' cannot decide alone",
-            ));
-        };
-        let made = Arc::new(LocalShare::new(&self.limits, &self.windows, self.max_leases, &seen));
-        *share.current(|| None) = Some(Arc::clone(&made));
-        Ok(made)
-    }
-
-    /// Decides `cost` in this process alone at its share of every limit (the `local` policy).
-    pub fn decide_locally(self: &Arc<Self>, cost: Cost, price: f64, mode: Mode, lease: bool, operation: &str) -> Result<Outcome, Refused> {
-        let ask = Ask { lease_id: self.lease_id(lease), cost, price, handover: 0 };
-        let slot = (!ask.lease_id.is_empty()).then_some(ask.lease_id.as_str());
-        loop {
-            let share = self.local_share().map_err(Err)?;
-            let now = self.clock.now_ns();
-            let latest = match mode {
-                Mode::Peek | Mode::Now => now,
-                Mode::Reserve { max_wait_us } => max_wait_us.map_or(u64::MAX, |us| now.saturating_add(us.saturating_mul(1_000))),
-            };
-            return match share.decide(cost, now, latest, slot) {
-                Ok(Decided::Admitted { at_ns, receipts }) => Ok(Outcome::Admitted(Grant {
-                    wait_us: (at_ns - now).div_ceil(1_000),
-                    at_us: 0,
-                    lease: slot.map(str::to_string),
-                    cost,
-                    price,
-                    counted: Counted::Here { share, receipts },
-                })),
-                Ok(Decided::Later { at_ns, binding }) => Ok(Outcome::Later { wait_us: (at_ns - now).div_ceil(1_000), limit: binding }),
-                Ok(Decided::NoSlot) => Ok(Outcome::NoLease { retry_us: LOCAL_SLOT_RETRY_US }),
-                // Redis answered meanwhile and this share handed over what it admitted: a new one decides.
-                Err(Refusal::Retired) => continue,
-                Err(refusal) => Err(self.local_refusal(refusal, &share, operation, &ask)),
-            };
-        }
-    }
-
-    /// Seconds until `cost` would pass at this process's share, counting nothing.
-    pub fn wait_locally(&self, cost: Cost) -> Result<u64, Refused> {
-        let share = self.local_share().map_err(Err)?;
-        let ask = Ask { lease_id: String::new(), cost, price: 0.0, handover: 0 };
-        share.wait_ns(cost, self.clock.now_ns()).map_err(|refusal| self.local_refusal(refusal, &share, "time_until_ready", &ask))
-    }
-
-    fn local_refusal(&self, refusal: Refusal, share: &LocalShare, operation: &str, ask: &Ask) -> Refused {
-        let members = share.members();
-        match refusal {
-            Refusal::Budget { index } => Ok(self.over_budget(operation, ask, index)),
-            Refusal::Never { index, max_cost } => Ok(self.never(operation, ask, index, max_cost)),
-            Refusal::OverShare { index, share } => Err(unavailable(format!(
-                "{operation}: Redis is unavailable, and this process's share of '{}' among {members} processes ({share} {}) cannot admit this request",
-                self.limits[index],
-                self.limits[index].unit().name(),
-            ))),
-            Refusal::NoSlots => Err(unavailable(format!(
-                "{operation}: Redis is unavailable, and this process's share of max_concurrency={} among {members} processes is 0 slots",
-                self.max_leases.unwrap_or(0)
-            ))),
-            Refusal::Retired => Err(unavailable(format!("{operation}: Redis answered again; ask it"))),
-        }
-    }
-
-    /// What the share admitted that Redis must count, if a share decided lately: the pending hand-over
-    /// (the same until Redis confirms it), or a new one. (Never holds the share's lock and the
-    /// hand-over's at once.)
-    fn handover_due(&self) -> Option<Handover> {
-        let share = self.share.lock().unwrap_or_else(|p| p.into_inner()).current(|| None).clone();
-        let mut pending = self.handover.lock().unwrap_or_else(|p| p.into_inner());
-        let pending = pending.current(|| None);
-        if pending.is_none() {
-            let share = share?;
-            let (debt, leases) = share.debt(self.clock.now_ns())?;
-            let number = self.next_handover.fetch_add(1, Ordering::Relaxed);
-            *pending = Some(Handover { number, share, debt, leases });
-        }
-        pending.clone()
-    }
-
-    /// Redis applied hand-over `number`: its debt is paid, its leases held (and renewed) from now on.
-    fn handed_over(self: &Arc<Self>, number: u64) {
-        let done = {
-            let mut pending = self.handover.lock().unwrap_or_else(|p| p.into_inner());
-            let pending = pending.current(|| None);
-            if pending.as_ref().is_none_or(|h| h.number != number) {
-                return;
-            }
-            // Paid before it stops being pending, so no new hand-over repeats this one's debt.
-            let handover = pending.take().expect("checked above");
-            handover.share.handed_over(&handover.debt, &handover.leases);
-            handover
-        };
-        for id in &done.leases {
-            self.leases.hold(id);
-        }
-        if !done.leases.is_empty() {
-            leases::keep_alive(self);
-        }
-    }
-
-    /// Redis answers: the share stops deciding once all it admitted is handed over. (A share is made
-    /// afresh at the next outage, from what Redis says until then.)
-    fn back_in_redis(&self) {
-        if self.handover.lock().unwrap_or_else(|p| p.into_inner()).current(|| None).is_some() {
-            return;
-        }
-        let mut share = self.share.lock().unwrap_or_else(|p| p.into_inner());
-        let share = share.current(|| None);
-        if share.as_ref().is_some_and(|s| s.retire(self.clock.now_ns())) {
-            *share = None;
-        }
     }
 }

@@ -5,6 +5,7 @@
 pub mod backend;
 mod connections;
 pub mod error;
+mod fallback;
 pub mod limiter;
 pub mod runtime;
 pub mod loop_connection;
