@@ -357,16 +357,25 @@ async def test_a_usd_budget_shared_in_redis_stops_a_runaway_loop_before_the_requ
         # As for the local limiter: each call is estimated at about 1,000 tokens of gpt-4.1 at $8 per
         # million ($0.008) before it is sent, then settled at the 22 tokens the gateway reports.
         budget = shared(redis_url, key="budget", limits=[hs.Limit(0.01, per="hour", unit="usd")])
+
+        async def settled(calls: int) -> dict[str, int]:
+            """What the budget has left once the settles of ``calls`` calls (sent in the background) landed."""
+            for _ in range(200):
+                remaining: dict[str, int] = budget.stats()["remaining"]
+                if remaining == {"0.01 usd per hour": 10_000 - calls * 176}:
+                    break
+                await asyncio.sleep(0.01)
+            return remaining
+
         async with hs.AsyncHolySheep(base_url=gw.base_url, api_key="hs_test", limiter=budget) as client:
             sent = 0
             with pytest.raises(hs.BudgetExceeded, match="would cross the budget"):
                 for _ in range(100):
                     await client.chat.completions.create(model="gpt-4.1", messages=messages, max_tokens=1_000)
                     sent += 1
-                    await asyncio.sleep(0.02)  # the settle goes out in the background
+                    await settled(sent)
         assert sent == 11 and len(gw.admission_log()) == sent
-    await asyncio.sleep(0.05)
-    assert budget.stats()["remaining"] == {"0.01 usd per hour": 10_000 - 11 * 176}, "settled at $0.000176 each"
+    assert await settled(11) == {"0.01 usd per hour": 10_000 - 11 * 176}, "settled at $0.000176 each"
     assert budget.stats()["fleet_in_flight"] == 0
 
 
