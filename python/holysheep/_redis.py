@@ -307,6 +307,8 @@ class SharedRateLimiter(HolySheepRateLimiter):
         return None
 
     async def _decide_in_redis(self, loop: asyncio.AbstractEventLoop, tokens: int, max_wait: float | None, price: float) -> _Grant | float:
+        """One reservation decided in Redis for an asyncio caller: on this loop's own connection, or
+        through the runtime while it has none."""
         future: asyncio.Future[_Grant | float] = loop.create_future()
         channel = self._channel_for(loop)
         if channel is None:
