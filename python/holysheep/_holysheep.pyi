@@ -349,7 +349,7 @@ class _RedisBackend:
 
 @final
 class _Grant:
-    """One admission decided in Redis."""
+    """One admission of a limit shared in Redis: decided there, or at this process's share while it is away."""
 
     @property
     def wait(self) -> float: ...
@@ -361,6 +361,8 @@ class _Grant:
     def tokens(self) -> int: ...
     @property
     def has_lease(self) -> bool: ...
+    @property
+    def in_redis(self) -> bool: ...
     def settle(self, actual_tokens: int, wait: bool = True) -> None: ...
     def give_back(self, wait: bool = True) -> None: ...
     def release(self, wait: bool = True) -> None: ...
@@ -378,7 +380,13 @@ class _RedisLimiter:
         lease_ttl: float,
     ) -> Self: ...
     def decide(
-        self, tokens: int, max_wait: float | None, reserve: bool, lease: bool, operation: str = "acquire"
+        self,
+        tokens: int,
+        max_wait: float | None,
+        reserve: bool,
+        lease: bool,
+        operation: str = "acquire",
+        price: float = 0.0,
     ) -> _Grant | float: ...
     def decide_soon(
         self,
@@ -389,7 +397,18 @@ class _RedisLimiter:
         reserve: bool,
         lease: bool,
         operation: str,
+        price: float = 0.0,
     ) -> None: ...
+    def decide_locally(
+        self,
+        tokens: int,
+        max_wait: float | None,
+        reserve: bool,
+        lease: bool,
+        operation: str = "acquire",
+        price: float = 0.0,
+    ) -> _Grant | float: ...
+    def wait_locally(self, tokens: int = 0) -> float: ...
     def follow(self, requests: float, tokens: float) -> None: ...
     def open_channel(self, event_loop: asyncio.AbstractEventLoop) -> _LoopChannel | None: ...
     def peek(self, tokens: int = 0) -> tuple[float, int, list[int]]: ...
@@ -410,6 +429,7 @@ class _LoopChannel:
         reserve: bool,
         lease: bool,
         operation: str,
+        price: float = 0.0,
     ) -> None: ...
     def attach(self) -> None: ...
     @property
