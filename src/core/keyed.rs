@@ -17,6 +17,7 @@ use crate::core::decision::{Decision, Never};
 use crate::core::error::{Error, Result};
 use crate::core::gcra::Gcra;
 use crate::core::limit::{Algorithm, Cost, Limit, Unit};
+use crate::core::refusal;
 use crate::core::spin::SpinLock;
 
 /// The most limits a keyed limiter applies to each key.
@@ -322,18 +323,7 @@ impl<C: Clock> KeyedLimiter<C> {
     }
 
     fn refusal(&self, operation: &str, cost: Cost, index: usize, never: Never) -> Error {
-        let limit = &self.limits[index];
-        Error::RateLimited {
-            message: format!(
-                "{operation}: a request of {} {} exceeds what '{limit}' can ever admit per key ({} at once)",
-                limit.unit().of(cost),
-                limit.unit().name(),
-                never.max_cost
-            ),
-            retry_after_ns: None,
-            limit: limit.to_string(),
-            remaining: 0.0,
-        }
+        refusal::never(operation, cost, &self.limits[index], never.max_cost, " per key")
     }
 
     /// A new key refused because every key held still counts admissions.
@@ -384,12 +374,7 @@ impl<C: Clock> KeyedLimiter<C> {
             Verdict::Full { room_at } => Err(self.full("acquire", room_at, now)),
             Verdict::Decided(Decision::NotBefore(at), _) => {
                 let limits: Vec<_> = self.limits.iter().map(ToString::to_string).collect();
-                Err(Error::RateLimited {
-                    message: format!("acquire: would wait {:.3}s for '{}'", ns_to_secs(at - now), limits.join("', '")),
-                    retry_after_ns: Some(at - now),
-                    limit: limits.join(", "),
-                    remaining: 0.0,
-                })
+                Err(refusal::too_long("acquire", cost, limits.join(", "), at - now, 0.0))
             }
             Verdict::Decided(decision, receipt) => Ok((decision.wait_ns(now).unwrap_or(0), receipt)),
         }

@@ -5,14 +5,15 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::core::clock::{Clock, MonotonicClock, ns_to_secs};
+use crate::core::clock::{Clock, MonotonicClock};
 use crate::core::concurrency::Concurrency;
-use crate::core::decision::{Decision, Never};
+use crate::core::decision::Decision;
 use crate::core::error::{Error, Result};
 use crate::core::feedback::{Aimd, FOLLOWED, followed};
 use crate::core::spin::SpinLock;
 use crate::core::limit::{Cost, Limit, Unit};
-use crate::core::line::{Gate, Line, Poll, Reserved, Ticket, Waiting};
+use crate::core::line::{Gate, Line, Poll, Reserved, Ticket};
+use crate::core::refusal::{self, Awaited};
 use crate::core::quota::{Quota, Receipt};
 use crate::core::stats::Stats;
 
@@ -79,10 +80,6 @@ pub struct Snapshot {
     pub windows: Vec<WindowStats>,
 }
 
-fn describe_cost(cost: Cost) -> String {
-    if cost.tokens > 0 { format!("a request of {} tokens", cost.tokens) } else { "a request".to_string() }
-}
-
 impl<C: Clock> Limiter<C> {
     /// Rate limits (may be empty) and an optional concurrency bound; at least one of them.
     pub fn new(limits: Vec<Limit>, max_concurrency: Option<u64>, clock: C) -> Result<Self> {
@@ -135,49 +132,18 @@ impl<C: Clock> Limiter<C> {
         self.waiting.load(Ordering::Acquire)
     }
 
-    /// The refusal of a request that would cross a budget.
-    fn over_budget(&self, operation: &str, cost: Cost, limit: &Limit) -> Error {
-        Error::BudgetExceeded {
-            message: format!(
-                "{operation}: a request costing ${:.6} would cross the budget '{limit}'; it was not sent",
-                cost.micro_usd as f64 / 1e6
-            ),
-        }
-    }
-
-    /// The refusal for a cost that can never pass.
-    fn never(&self, operation: &str, cost: Cost, limit: &Limit, never: Never) -> Error {
-        if limit.unit() == Unit::Usd {
-            return self.over_budget(operation, cost, limit);
-        }
-        Error::RateLimited {
-            message: format!(
-                "{operation}: {} exceeds what '{limit}' can ever admit ({} {} at once), so it never passes",
-                describe_cost(cost),
-                never.max_cost,
-                limit.unit().name()
-            ),
-            retry_after_ns: None,
-            limit: limit.to_string(),
-            remaining: 0.0,
-        }
-    }
-
     fn refusal(&self, operation: &str, cost: Cost, now: u64) -> Error {
         let quota = self.quota.as_ref().expect("only rate limits refuse");
         let (limit, at) = quota.explain(cost, now);
         match at {
-            Err(never) => self.never(operation, cost, limit, never),
-            Ok(at) => Error::RateLimited {
-                message: format!(
-                    "{operation}: {} would wait {:.3}s for '{limit}'",
-                    describe_cost(cost),
-                    ns_to_secs(at.saturating_sub(now))
-                ),
-                retry_after_ns: Some(at.saturating_sub(now)),
-                limit: limit.to_string(),
-                remaining: self.remaining_of(limit, now) as f64,
-            },
+            Err(never) => refusal::never(operation, cost, limit, never.max_cost, ""),
+            Ok(at) => refusal::too_long(
+                operation,
+                cost,
+                limit.to_string(),
+                at.saturating_sub(now),
+                self.remaining_of(limit, now) as f64,
+            ),
         }
     }
 
@@ -200,7 +166,7 @@ impl<C: Clock> Limiter<C> {
         if let Some(quota) = &self.quota {
             if let Some(budget) = quota.over_budget(cost, self.clock.now_ns()) {
                 self.stats.reject();
-                return Err(self.over_budget("acquire", cost, budget));
+                return Err(refusal::over_budget("acquire", cost, budget));
             }
         }
         let mut receipt = Receipt::default();
@@ -372,7 +338,7 @@ impl<C: Clock> Limiter<C> {
         let now = self.clock.now_ns();
         match quota.explain(cost, now) {
             (_, Ok(at)) => Ok(at.saturating_sub(now)),
-            (limit, Err(never)) => Err(self.never("time_until_ready", cost, limit, never)),
+            (limit, Err(never)) => Err(refusal::never("time_until_ready", cost, limit, never.max_cost, "")),
         }
     }
 
@@ -493,7 +459,7 @@ impl<C: Clock> Gate for LimiterGate<'_, C> {
         let Some(quota) = &limiter.quota else { return Ok(Reserved { at_ns: now, receipt }) };
         if let Some(budget) = quota.over_budget(cost, now) {
             limiter.stats.reject();
-            return Err(limiter.over_budget(self.operation, cost, budget));
+            return Err(refusal::over_budget(self.operation, cost, budget));
         }
         match quota.decide(cost, now, latest, &mut receipt) {
             Decision::Now => Ok(Reserved { at_ns: now, receipt }),
@@ -524,18 +490,9 @@ impl<C: Clock> Gate for LimiterGate<'_, C> {
         }
     }
 
-    fn timed_out(&self, what: Waiting) -> Error {
+    fn timed_out(&self, awaited: Awaited) -> Error {
         self.limiter.stats.reject();
-        let (awaited, limit) = match what {
-            Waiting::Slot => ("a concurrency slot", "concurrency slot"),
-            Waiting::Rate => ("its turn at the rate limits", "rate admission"),
-        };
-        Error::RateLimited {
-            message: format!("{}: no {awaited} within its timeout", self.operation),
-            retry_after_ns: None,
-            limit: limit.into(),
-            remaining: 0.0,
-        }
+        refusal::timed_out(self.operation, awaited)
     }
 }
 

@@ -13,6 +13,18 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 
 use crate::core::limit::Cost;
+use crate::core::refusal::Awaited;
+
+/// A wait this long or longer is slept in two legs: the first set short by `SLACK_SHARE` of it.
+const ONE_LEG_NS: u64 = 50_000_000;
+const SLACK_SHARE: f64 = 0.002;
+
+/// How far ahead a driver sets its timer for a wait of `ns`: a timer on epoll (asyncio's) may fire
+/// 0.1% late, 60 ms of a minute's window, so a long wait is set short of its end by more than that and
+/// the waiter, polling again, sleeps the few ms left; a short one is set exactly.
+pub fn timer_leg_ns(ns: u64) -> u64 {
+    if ns < ONE_LEG_NS { ns } else { (ns as f64 * (1.0 - SLACK_SHARE)) as u64 }
+}
 
 /// A waiter's handle in its line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,14 +64,7 @@ pub trait Gate {
     /// Gives back a reservation that will not be used.
     fn give_back(&self, reserved: &Reserved<Self::Receipt>, cost: Cost);
     /// The refusal of a waiter whose deadline passed while it stood in line.
-    fn timed_out(&self, what: Waiting) -> Self::Refusal;
-}
-
-/// What a waiter still waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Waiting {
-    Slot,
-    Rate,
+    fn timed_out(&self, what: Awaited) -> Self::Refusal;
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -225,13 +230,13 @@ impl<R: Copy, W: Clone> Line<R, W> {
         match waiter.stage {
             Stage::Slot if now >= deadline => {
                 self.remove(gate, id, wake);
-                Err(gate.timed_out(Waiting::Slot))
+                Err(gate.timed_out(Awaited::Slot))
             }
             Stage::Slot => Ok(Poll::Parked { deadline }),
             Stage::Rate if self.reserving.is_some() || self.rate_line.first_key_value().map(|(_, &head)| head) != Some(id) => {
                 if now >= deadline {
                     self.remove(gate, id, wake);
-                    return Err(gate.timed_out(Waiting::Rate));
+                    return Err(gate.timed_out(Awaited::Rate));
                 }
                 Ok(Poll::Parked { deadline })
             }
@@ -336,7 +341,7 @@ mod tests {
     #[derive(Debug, PartialEq)]
     enum Refused {
         TooLate,
-        TimedOut(Waiting),
+        TimedOut(Awaited),
     }
 
     impl Gate for FakeGate {
@@ -375,7 +380,7 @@ mod tests {
             self.given_back.borrow_mut().push(reserved.receipt);
         }
 
-        fn timed_out(&self, what: Waiting) -> Refused {
+        fn timed_out(&self, what: Awaited) -> Refused {
             Refused::TimedOut(what)
         }
     }
@@ -388,6 +393,15 @@ mod tests {
 
     fn poll(line: &mut Line<u64, &'static str>, gate: &FakeGate, ticket: Ticket, now: u64) -> Result<Poll<u64>, Refused> {
         line.poll(gate, ticket, now).0
+    }
+
+    #[test]
+    fn a_long_wait_is_timed_short_by_more_than_the_timers_slack_and_a_short_one_exactly() {
+        let minute = 60_000_000_000;
+        let first = timer_leg_ns(minute);
+        assert!(first < minute - minute / 1_000, "{first}: epoll may be 0.1% late, 60 ms of a minute");
+        assert!(first > minute - minute / 100, "{first}: then one short leg, not many");
+        assert_eq!(timer_leg_ns(ONE_LEG_NS - 1), ONE_LEG_NS - 1);
     }
 
     #[test]
@@ -492,7 +506,7 @@ mod tests {
         let mut line = Line::default();
         let (waiter, _) = line.enqueue(&gate, Cost::request(0), 0, 0, 100, true, "w");
         assert_eq!(poll(&mut line, &gate, waiter, 50), Ok(Poll::Parked { deadline: 100 }));
-        assert_eq!(poll(&mut line, &gate, waiter, 100), Err(Refused::TimedOut(Waiting::Slot)));
+        assert_eq!(poll(&mut line, &gate, waiter, 100), Err(Refused::TimedOut(Awaited::Slot)));
         assert!(line.is_empty());
     }
 

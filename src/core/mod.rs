@@ -18,6 +18,7 @@ pub mod limit;
 pub mod limiter;
 pub mod line;
 pub mod quota;
+pub mod refusal;
 pub mod retry;
 pub mod spin;
 pub mod stats;

@@ -19,15 +19,11 @@ use pyo3::types::PyCFunction;
 use pyo3::{PyTraverseError, PyVisit, intern};
 
 use crate::core::clock::ns_to_secs;
-use crate::core::line::Ticket;
+use crate::core::line::{Ticket, timer_leg_ns};
 use crate::core::{Admission, Cost, Limiter, Next, Wake};
 
 /// How often a blocked thread looks for a pending signal (Ctrl-C).
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);
-/// A timer set this far or further ahead is set short by `SLACK_SHARE` of its delay and slept again:
-/// epoll may fire a long timer 0.1% late (60 ms of a minute's window), a short one only microseconds.
-const ONE_LEG_NS: u64 = 50_000_000;
-const SLACK_SHARE: f64 = 0.002;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -167,7 +163,7 @@ impl Acquiring {
                 parked.future = Some(future.clone().unbind());
             }
             if let Some(at) = wake_at {
-                let delay = leg(at.saturating_sub(self.limiter.now_ns()));
+                let delay = ns_to_secs(timer_leg_ns(at.saturating_sub(self.limiter.now_ns())));
                 let timer = event_loop.call_method1(intern!(py, "call_later"), (delay, resolver(py)?, &future))?;
                 state.timer = Some(timer.unbind());
             }
@@ -194,12 +190,6 @@ impl Acquiring {
         lock(&self.waker.state).future = None;
         Self::disarm(py, &mut state)
     }
-}
-
-/// The seconds to set a timer for, `ns` ahead: short of a long wait by more than its slack.
-fn leg(ns: u64) -> f64 {
-    let secs = ns_to_secs(ns);
-    if ns < ONE_LEG_NS { secs } else { secs * (1.0 - SLACK_SHARE) }
 }
 
 #[pymethods]

@@ -14,6 +14,7 @@ use crate::core::clock::{Clock, MonotonicClock};
 use crate::core::feedback::followed;
 use crate::core::limit::{Cost, Limit, Unit};
 use crate::core::quota::Receipt;
+use crate::core::refusal;
 use crate::core::Error;
 use crate::redis::backend::Backend;
 use crate::redis::error::BackendError;
@@ -232,47 +233,22 @@ impl RemoteLimiter {
         format!("{}-{:016x}", std::process::id(), self.instance_suffix)
     }
 
-    // --- refusals, worded as the core words them --------------------------------------------------
+    // --- refusals, worded by the core ----------------------------------------------------------------
 
     /// The refusal of a request that would cross budget window `index`.
     pub(super) fn over_budget(&self, operation: &str, ask: &Ask, index: usize) -> Error {
-        Error::BudgetExceeded {
-            message: format!(
-                "{operation}: a request costing ${:.6} would cross the budget '{}'; it was not sent",
-                ask.cost.micro_usd as f64 / 1e6,
-                self.limits[index]
-            ),
-        }
+        refusal::over_budget(operation, ask.cost, &self.limits[index])
     }
 
     /// The refusal for a cost that window `index` can never admit.
     pub(super) fn never(&self, operation: &str, ask: &Ask, index: usize, max_cost: u64) -> Error {
-        let limit = &self.limits[index];
-        if limit.unit() == Unit::Usd {
-            return self.over_budget(operation, ask, index);
-        }
-        let cost = ask.cost;
-        let what = if cost.tokens > 0 { format!("a request of {} tokens", cost.tokens) } else { "a request".into() };
-        Error::RateLimited {
-            message: format!(
-                "{operation}: {what} exceeds what '{limit}' can ever admit ({max_cost} {} at once), so it never passes",
-                limit.unit().name()
-            ),
-            retry_after_ns: None,
-            limit: limit.to_string(),
-            remaining: 0.0,
-        }
+        refusal::never(operation, ask.cost, &self.limits[index], max_cost, "")
     }
 
     /// The refusal for a wait longer than the caller allows.
     pub fn too_long(&self, operation: &str, wait_us: u64, index: usize) -> Error {
-        let limit = &self.limits[index];
-        Error::RateLimited {
-            message: format!("{operation}: a request would wait {:.3}s for '{limit}'", wait_us as f64 / 1e6),
-            retry_after_ns: Some(wait_us.saturating_mul(1_000)),
-            limit: limit.to_string(),
-            remaining: 0.0,
-        }
+        let limit = self.limits[index].to_string();
+        refusal::too_long(operation, Cost::request(0), limit, wait_us.saturating_mul(1_000), 0.0)
     }
 
     // --- deciding in Redis ------------------------------------------------------------------------
