@@ -31,6 +31,7 @@ __all__ = [
     "_check_priority",
     "_check_timeout",
     "_shutdown_redis_runtime",
+    "_timer_leg",
     "classify_failure",
     "retry_after",
 ]
@@ -445,6 +446,8 @@ def _check_count(field: str, value: object, min: int, max: int) -> int:
     """``value`` if it is an int from ``min`` to ``max`` (not a bool)."""
 def _check_timeout(field: str, value: object) -> float | None:
     """``value``, or None for forever (``None`` or ``inf``); NaN and negatives are refused."""
+def _timer_leg(seconds: float) -> float:
+    """Seconds to set a timer for a wait of ``seconds``: a long one short of its end, to sleep again."""
 def _check_positive(field: str, value: object) -> float:
     """``value`` if it is a finite number greater than 0."""
 def _check_priority(field: str, value: object) -> int:

@@ -6,23 +6,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-#: How late a poll-style wait (epoll, under asyncio's timers) may wake: Linux lets it slip by 0.1% of its
-#: timeout (timer slack), 10 ms of a 10 s wait for the window's oldest admission to leave.
-_POLL_SLACK = 0.001
-#: Waits shorter than this are slept in one go: their slack is under the kernel's 50 us floor anyway.
-_ONE_LEG = 0.05
-
+from holysheep._holysheep import _timer_leg
 
 async def sleep_exactly(seconds: float) -> None:
-    """``asyncio.sleep`` that does not wake up to 0.1% late: a long wait stops short of its end, by more
-    than the slack, and sleeps the rest (a few ms, with microseconds of slack) in a second leg."""
-    if seconds < _ONE_LEG:
-        await asyncio.sleep(seconds)
-        return
+    """``asyncio.sleep`` that does not wake up to 0.1% late (epoll's slack): a long wait stops short of
+    its end and sleeps the rest in a second leg (the rule is the core's: `_timer_leg`)."""
     loop = asyncio.get_running_loop()
     due = loop.time() + seconds
-    await asyncio.sleep(seconds * (1.0 - 2 * _POLL_SLACK))
-    await asyncio.sleep(max(0.0, due - loop.time()))
+    await asyncio.sleep(_timer_leg(seconds))
+    left = due - loop.time()
+    if left > 0.0:
+        await asyncio.sleep(left)
 
 
 class Remaining:

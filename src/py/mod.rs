@@ -38,7 +38,7 @@ mod native {
     #[pymodule_export]
     use super::limiter::{PyLimiter, Ready, Reservation};
     #[pymodule_export]
-    use super::waiting::Acquiring;
+    use super::waiting::{Acquiring, timer_leg};
     #[pymodule_export]
     use super::redis::{_shutdown_redis_runtime, PyGrant, PyRedisBackend, PyRedisLimiter};
     #[pymodule_export]

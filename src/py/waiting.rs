@@ -40,6 +40,14 @@ fn resolve_if_pending(future: &Bound<'_, PyAny>) -> PyResult<()> {
     Ok(())
 }
 
+/// Seconds to set a timer for, for a wait of ``seconds``: short of a long wait by more than the
+/// timer's slack, to be slept again (see `core::line::timer_leg_ns`).
+#[pyfunction]
+#[pyo3(name = "_timer_leg")]
+pub fn timer_leg(seconds: f64) -> f64 {
+    crate::core::clock::secs_to_ns(seconds).map_or(0.0, |ns| ns_to_secs(timer_leg_ns(ns)))
+}
+
 static RESOLVE: PyOnceLock<Py<PyCFunction>> = PyOnceLock::new();
 
 fn resolver(py: Python<'_>) -> PyResult<&Bound<'_, PyCFunction>> {
