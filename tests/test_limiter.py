@@ -322,3 +322,8 @@ async def test_an_infinite_timeout_waits_as_long_as_it_takes() -> None:
     await lim.acquire(timeout=math.inf)
     lim.acquire_blocking(timeout=math.inf)
     assert lim.stats()["admitted"] == 3
+
+
+def test_a_budget_shows_what_is_left_in_dollars() -> None:
+    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(5, per="hour", unit="usd"), hs.Limit(100, per="minute")])
+    assert lim.stats()["remaining"] == {"5 usd per hour": 5.0, "100 requests per minute": 100}

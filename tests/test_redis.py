@@ -358,11 +358,12 @@ async def test_a_usd_budget_shared_in_redis_stops_a_runaway_loop_before_the_requ
         # million ($0.008) before it is sent, then settled at the 22 tokens the gateway reports.
         budget = shared(redis_url, key="budget", limits=[hs.Limit(0.01, per="hour", unit="usd")])
 
-        async def settled(calls: int) -> dict[str, int]:
-            """What the budget has left once the settles of ``calls`` calls (sent in the background) landed."""
+        async def settled(calls: int) -> dict[str, float]:
+            """What the budget has left, in dollars, once the settles of ``calls`` calls (sent in the
+            background) landed."""
             for _ in range(200):
-                remaining: dict[str, int] = budget.stats()["remaining"]
-                if remaining == {"0.01 usd per hour": 10_000 - calls * 176}:
+                remaining: dict[str, float] = budget.stats()["remaining"]
+                if remaining == {"0.01 usd per hour": (10_000 - calls * 176) / 1e6}:
                     break
                 await asyncio.sleep(0.01)
             return remaining
@@ -375,7 +376,7 @@ async def test_a_usd_budget_shared_in_redis_stops_a_runaway_loop_before_the_requ
                     sent += 1
                     await settled(sent)
         assert sent == 11 and len(gw.admission_log()) == sent
-    assert await settled(11) == {"0.01 usd per hour": 10_000 - 11 * 176}, "settled at $0.000176 each"
+    assert await settled(11) == {"0.01 usd per hour": (10_000 - 11 * 176) / 1e6}, "settled at $0.000176 each"
     assert budget.stats()["fleet_in_flight"] == 0
 
 
@@ -388,6 +389,6 @@ def test_a_shared_budget_refuses_at_once_instead_of_waiting_and_settles_in_dolla
         other._acquire_blocking(100_000, None, 0, 8.0)
     assert time.monotonic() - started < 0.5, "a budget refuses, it never makes a request wait"
     admitted.settle(50_000)  # the request really took half: $0.40
-    assert other.stats()["remaining"] == {"100 requests per second": 99, "1 usd per hour": 600_000}
+    assert other.stats()["remaining"] == {"100 requests per second": 99, "1 usd per hour": 0.6}
     other._acquire_blocking(50_000, None, 0, 8.0)
-    assert other.stats()["remaining"]["1 usd per hour"] == 200_000
+    assert other.stats()["remaining"]["1 usd per hour"] == 0.2

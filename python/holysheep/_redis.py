@@ -463,7 +463,7 @@ class SharedRateLimiter(HolySheepRateLimiter):
         try:
             _, leases, remaining = self._remote.peek(0)
             fleet_in_flight: int | None = leases
-            left: dict[str, int] | None = {str(limit): n for limit, n in zip(self.limits, remaining)}
+            left: dict[str, float] | None = {str(limit): n for limit, n in zip(self.limits, remaining)}
         except BackendUnavailable:
             fleet_in_flight = left = None
         waits = sorted(self._waits)

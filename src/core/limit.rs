@@ -43,6 +43,11 @@ impl Unit {
         if self == Unit::Usd { 1e6 } else { 1.0 }
     }
 
+    /// `counted` units as a user reads them: dollars for a budget (counted in micro-dollars).
+    pub fn amount_of(self, counted: u64) -> f64 {
+        counted as f64 / self.counted_per_amount()
+    }
+
     /// This unit's share of a request's cost.
     #[inline]
     pub fn of(self, cost: Cost) -> u64 {

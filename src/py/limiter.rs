@@ -14,7 +14,7 @@ use crate::core::clock::{ns_to_secs, secs_to_ns};
 use crate::core::limiter::{Admission, Limiter};
 use crate::core::feedback::FOLLOWED;
 use crate::core::headers::server_left;
-use crate::core::{Cost, Error, LimiterConfig, Tier};
+use crate::core::{Cost, Error, LimiterConfig, Tier, Unit};
 use crate::py::args;
 use crate::py::limit::PyLimit;
 use crate::py::waiting::{Acquiring, Finish, wait_blocking};
@@ -221,6 +221,14 @@ impl Waiting {
     fn one() -> Self {
         Self { cost: Cost::request(0), max_wait_ns: None, priority: 0 }
     }
+}
+
+/// What a limit has left as `stats()` shows it: a count of requests or tokens, dollars for a budget.
+pub fn remaining_amount(py: Python<'_>, unit: Unit, counted: u64) -> PyResult<Py<PyAny>> {
+    Ok(match unit {
+        Unit::Usd => unit.amount_of(counted).into_pyobject(py)?.into_any().unbind(),
+        Unit::Requests | Unit::Tokens => counted.into_pyobject(py)?.into_any().unbind(),
+    })
 }
 
 /// What `acquire` resolves to: nothing.
@@ -472,7 +480,7 @@ impl PyLimiter {
         stats.set_item("tokens_rate_factor", tokens_factor)?;
         let remaining = PyDict::new(py);
         for window in &snapshot.windows {
-            remaining.set_item(&window.limit, window.remaining)?;
+            remaining.set_item(&window.limit, remaining_amount(py, window.unit, window.remaining)?)?;
         }
         stats.set_item("remaining", remaining)?;
         Ok(stats)

@@ -15,7 +15,7 @@ use pyo3::types::PyList;
 use crate::core::clock::secs_to_ns;
 use crate::core::{Cost, Error};
 use crate::py::limit::PyLimit;
-use crate::py::limiter::{max_wait_ns, tokens_cost};
+use crate::py::limiter::{max_wait_ns, remaining_amount, tokens_cost};
 use crate::py::redis_channel::PyLoopChannel;
 use crate::redis::limiter::Counted;
 use crate::redis::{Backend, BackendError, Grant, Mode, Outcome, RemoteLimiter, Timeouts, runtime};
@@ -237,10 +237,12 @@ impl PyRedisLimiter {
 
     /// Seconds until the request would pass, leases held now, and units free now in each limit.
     #[pyo3(signature = (tokens = 0))]
-    fn peek(&self, py: Python<'_>, tokens: i64) -> PyResult<(f64, u64, Vec<u64>)> {
+    fn peek(&self, py: Python<'_>, tokens: i64) -> PyResult<(f64, u64, Vec<Py<PyAny>>)> {
         let cost = tokens_cost(tokens)?;
         let peek = py.detach(|| self.inner.peek_blocking(cost)).map_err(refusal)?;
-        Ok((peek.wait_us as f64 / 1e6, peek.leases, peek.remaining))
+        let limits = self.inner.limits().iter();
+        let remaining = limits.zip(peek.remaining).map(|(limit, left)| remaining_amount(py, limit.unit(), left)).collect::<PyResult<_>>()?;
+        Ok((peek.wait_us as f64 / 1e6, peek.leases, remaining))
     }
 
     /// Processes (limiter instances) that decided through this key lately, as of the last answer.

@@ -223,6 +223,11 @@ impl RemoteLimiter {
         self.lease_ttl_us
     }
 
+    /// The limits shared under this key.
+    pub fn limits(&self) -> &[Limit] {
+        &self.limits
+    }
+
     /// Instances that shared the limit lately, as of the last answer from Redis (0 before any).
     pub fn members(&self) -> u64 {
         self.members.load(Ordering::Relaxed)
