@@ -80,8 +80,8 @@ mod tests {
     fn exact_limits_become_logs_with_whole_counts() {
         let limit = Limit::new(2.5, NS_PER_SEC, Unit::Requests, Algorithm::Exact, None).unwrap();
         let spec = WindowSpec::new(&limit);
-        assert_eq!((spec.kind, spec.limit, spec.span_us, spec.merge_us), (Kind::Log, 2, 800_000, 781));
-        assert_eq!(spec.id, "requests-2-per-800000us");
+        assert_eq!((spec.kind, spec.limit, spec.span_us, spec.merge_us), (Kind::Log, 2, 1_000_000, 976));
+        assert_eq!(spec.id, "requests-2-per-1000000us");
     }
 
     #[test]
