@@ -8,11 +8,11 @@
 //! What it promises, for `count` units per `window_ns` with burst `b`: at most `count + b - 1` units in
 //! any half-open interval of `window_ns` at the instants it admits (`count` for the default `b = 1`),
 //! also while it is slowed down ([`Gcra::with_unit_ns`]) and whatever is charged, given back or
-//! restamped. Proof sketch: the TAT grows by at least `cost * interval` per admission, where the
-//! interval is at least `window_ns / count`, and an admission at `t` needs the TAT before it to be at
-//! most `t + (b - cost) * interval` (the tolerance `b * interval` is kept in nanoseconds when slowed).
-//! Admissions at `t1 <= .. <= tk` in one interval of `window_ns` so have
-//! `(total - b) * interval <= tk - t1 < window_ns`, so `total < count + b`.
+//! restamped. Proof sketch, with `I` the configured interval (at least `window_ns / count`): each
+//! admission moves the TAT on by at least `cost * I` (give-backs take back no more than that), and one
+//! of `cost` at `t` needs the TAT before it to be at most `t + (b - cost) * I` (the tolerance `b * I`
+//! stays in nanoseconds when slowed). Admissions at `t1 <= .. <= tk` within one `window_ns` so have
+//! `(total - b) * I <= tk - t1 < window_ns`, hence `total < count + b`.
 
 use crate::core::decision::Never;
 

@@ -146,6 +146,7 @@ pub fn period_from_secs(secs: f64) -> Result<u64> {
 /// units (`max_qps=2.5` never lets 3 through in one second; a budget of $0.0125 counts 12,500
 /// micro-dollars). A fraction of a unit is never usable, so 2.5 per second runs at 2 per second. An
 /// amount below one unit means one per the period stretched to hold it: 0.5 per second is one per 2 s.
+/// GCRA with a burst `b` may add `b - 1` to that; the counter never does, but may wait longer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limit {
     /// As the user gave it (dollars for a budget).
