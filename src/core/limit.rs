@@ -10,6 +10,9 @@ use crate::core::error::{Error, Result};
 use crate::core::gcra::Gcra;
 use crate::core::window::ExactWindow;
 
+/// A budget counts micro-dollars.
+const MICRO_USD_PER_USD: f64 = 1e6;
+
 /// What a limit counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Unit {
@@ -45,14 +48,14 @@ impl Unit {
         if self != Unit::Usd {
             return amount;
         }
-        let micro = amount * 1e6;
+        let micro = amount * MICRO_USD_PER_USD;
         let nearest = micro.round();
         if (micro - nearest).abs() <= micro * 1e-12 { nearest } else { micro }
     }
 
     /// `counted` units as a user reads them: dollars for a budget (counted in micro-dollars).
     pub fn amount_of(self, counted: u64) -> f64 {
-        counted as f64 / self.counted_per_amount()
+        if self == Unit::Usd { counted as f64 / MICRO_USD_PER_USD } else { counted as f64 }
     }
 
     /// This unit's share of a request's cost.
