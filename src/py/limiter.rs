@@ -217,6 +217,11 @@ impl Waiting {
         })
     }
 
+    /// One request of `tokens` at `price` dollars per million of them (the transport, a permit).
+    fn priced(tokens: &Bound<'_, PyAny>, timeout: Option<&Bound<'_, PyAny>>, priority: &Bound<'_, PyAny>, price: f64) -> PyResult<Self> {
+        Self::of(Cost::priced(request_of(Some(tokens))?.tokens, price), timeout, Some(priority))
+    }
+
     /// One request without tokens, waiting as long as it takes (`async with`, `with`).
     fn one() -> Self {
         Self { cost: Cost::request(0), max_wait_ns: None, priority: 0 }
@@ -377,9 +382,9 @@ impl PyLimiter {
         priority: &Bound<'_, PyAny>,
         price: f64,
     ) -> PyResult<Py<PyAny>> {
-        let cost = Cost::priced(request_of(Some(tokens))?.tokens, price);
-        let waiting = Waiting::of(cost, timeout, Some(priority))?;
-        self.acquiring(py, waiting, self.keeping(cost, price))
+        let waiting = Waiting::priced(tokens, timeout, priority, price)?;
+        let finish = self.keeping(waiting.cost, price);
+        self.acquiring(py, waiting, finish)
     }
 
     /// `acquire_blocking` returning the admission.
@@ -392,9 +397,9 @@ impl PyLimiter {
         priority: &Bound<'_, PyAny>,
         price: f64,
     ) -> PyResult<Reservation> {
-        let cost = Cost::priced(request_of(Some(tokens))?.tokens, price);
-        let admission = self.blocking(py, Waiting::of(cost, timeout, Some(priority))?)?;
-        Ok(self.reservation(admission, cost, price))
+        let waiting = Waiting::priced(tokens, timeout, priority, price)?;
+        let cost = waiting.cost;
+        Ok(self.reservation(self.blocking(py, waiting)?, cost, price))
     }
 
     /// Seconds until the rate limits would admit the request; 0.0 when now.
