@@ -110,7 +110,7 @@ impl Room {
 /// What a decision for one key came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
-    /// The limits' decision, and the receipt of an admission (the key's latest TAT).
+    /// The limits' decision, and the receipt of an admission (see [`receipt_of`]).
     Decided(Decision, u64),
     /// A new key that the limits would admit, but every key held still counts admissions; one may be
     /// forgotten at `room_at` at the earliest.
@@ -171,6 +171,17 @@ fn admitted_at<const N: usize>(gcras: &[KeyedGcra], tats: &[u64; N], cost: Cost,
     updated
 }
 
+/// What identifies a key's state after an admission, for giving it back: the sum of its TATs. After
+/// an admission each TAT only grows, except by giving back a later admission, which never takes it
+/// below where that one found it; so the sum is back to a receipt only while every TAT is what that
+/// admission left. (The latest TAT alone stays put when a later request counts in fewer limits, and
+/// giving back then took back what the later one was counted on.) A key forgotten and made again
+/// starts every TAT at or after the old one's, all of which had passed: an old receipt matches it only
+/// if none of them counts anything any more, where a give-back changes nothing.
+fn receipt_of<const N: usize>(tats: &[u64; N]) -> u64 {
+    tats.iter().fold(0, |sum, &tat| sum.wrapping_add(tat))
+}
+
 /// The instant a key is fresh again: its latest TAT.
 fn fresh_at<const N: usize>(tats: &[u64; N]) -> u64 {
     tats.iter().copied().max().unwrap_or(0)
@@ -207,7 +218,8 @@ impl<const N: usize> Shards for Sharded<N> {
         for attempt in 0..2 {
             let mut shard = self.shards[shard_of(key)].lock();
             let known = shard.keys.get(&key).copied();
-            let tats = known.unwrap_or([0; N]);
+            // A new key starts fresh at `now` (the same as never used, see `receipt_of`).
+            let tats = known.unwrap_or([now; N]);
             let at = match earliest_of(gcras, &tats, cost, now) {
                 Ok(at) => at,
                 Err((_, never)) => return Verdict::Decided(never.into(), 0),
@@ -235,7 +247,7 @@ impl<const N: usize> Shards for Sharded<N> {
             }
             shard.note_fresh_at(fresh_at(&updated));
             shard.keys.insert(key, updated);
-            return Verdict::Decided(decision, fresh_at(&updated));
+            return Verdict::Decided(decision, receipt_of(&updated));
         }
         unreachable!("the second attempt returns")
     }
@@ -244,7 +256,7 @@ impl<const N: usize> Shards for Sharded<N> {
         let mut shard = self.shards[shard_of(key)].lock();
         if let Some(tats) = shard.keys.get_mut(&key) {
             // Only while no later request for this key moved its state (see `GcraCell::give_back`).
-            if fresh_at(tats) == receipt {
+            if receipt_of(tats) == receipt {
                 for ((gcra, unit), tat) in gcras.iter().zip(tats.iter_mut()) {
                     // The key's receipt check above stands for each limit's.
                     *tat = gcra.give_back(*tat, *tat, unit.of(cost)).unwrap_or(*tat);
@@ -559,6 +571,22 @@ mod tests {
         assert_eq!(lim.time_until_ready(1, Cost::request(0)).unwrap(), requests.gcra().unit_ns());
     }
 
+    /// A later request that counts in fewer limits (no tokens) leaves the key's latest TAT where it was;
+    /// giving back an earlier reservation then took back what the later one was counted on, and a
+    /// third request went at the same instant as the second through one per second.
+    #[test]
+    fn a_reservation_is_not_given_back_once_a_later_request_counted_on_it() {
+        let clock = ManualClock::new(0);
+        let tokens = Limit::new(10.0, 10 * SEC, Unit::Tokens, Algorithm::Gcra, Some(10.0)).unwrap();
+        let requests = Limit::new(1.0, SEC, Unit::Requests, Algorithm::Gcra, Some(1.0)).unwrap();
+        let lim = KeyedLimiter::new(vec![tokens, requests], 10, 60 * SEC, clock).unwrap();
+        let (_, receipt) = lim.reserve(1, Cost::request(10), None).unwrap();
+        let (second, _) = lim.reserve(1, Cost::request(0), None).unwrap();
+        lim.give_back(1, Cost::request(10), receipt);
+        let (third, _) = lim.reserve(1, Cost::request(0), None).unwrap();
+        assert!(third >= second + requests.gcra().unit_ns(), "the second at {second} ns, the third at {third} ns");
+    }
+
     #[test]
     fn only_gcra_limits_are_keyed() {
         let exact = Limit::new(1.0, SEC, Unit::Requests, Algorithm::Exact, None).unwrap();
@@ -587,9 +615,10 @@ mod tests {
         }
 
         /// One request: which of 8 users, after how long, its tokens, and whether it waits (up to how
-        /// long) or not.
-        fn arrivals() -> impl Strategy<Value = Vec<(u64, u64, u64, Option<u64>)>> {
-            prop::collection::vec((0u64..8, 0..3 * SEC, 0u64..3, prop::option::of(0..2 * SEC)), 1..400)
+        /// long, and whether it gives up before its turn) or not.
+        fn arrivals() -> impl Strategy<Value = Vec<(u64, u64, u64, Option<(u64, bool)>)>> {
+            let wait = prop::option::of((0..2 * SEC, prop::bool::weighted(0.2)));
+            prop::collection::vec((0u64..8, 0..3 * SEC, 0u64..3, wait), 1..400)
         }
 
         /// A GCRA limit with a fractional amount: (amount, period in s, burst, counts tokens).
@@ -599,8 +628,9 @@ mod tests {
 
         proptest! {
             /// Whatever keys the table forgets to stay within `max_keys`, no key ever passes what one
-            /// never-forgetting GCRA per key would pass (counting each admission from when it goes), so
-            /// never more than floor(amount) + burst - 1 units in any period plus guard.
+            /// never-forgetting GCRA per key would pass (counting each admission from when it goes, and
+            /// giving back per limit while that limit's TAT is the admission's), so never more than
+            /// floor(amount) + burst - 1 units in any period plus guard among those that went.
             #[test]
             fn no_key_passes_its_limits_whatever_the_evictions(
                 max_keys in 1u64..5, idle_s in 0u64..4, specs in limits(), stream in arrivals(),
@@ -617,17 +647,29 @@ mod tests {
                 let lim = KeyedLimiter::new(limits.clone(), max_keys, idle_s * SEC, clock.clone()).unwrap();
                 let mut reference = vec![vec![0u64; limits.len()]; 8];
                 let mut admitted = vec![Vec::new(); 8];
+                // Per user, a reservation to give back at its next request: (cost, receipt, each limit's TAT after it).
+                let mut pending: Vec<Option<(Cost, u64, Vec<u64>)>> = vec![None; 8];
                 for (user, gap, tokens, wait) in stream {
                     let cost = Cost::request(tokens);
                     clock.advance(gap);
                     let now = clock.now_ns();
                     // Spread over the shards as Python's hashes are.
                     let key = (user + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                    let at = match wait {
-                        None => lim.try_acquire(key, cost).unwrap().then_some(now),
-                        Some(wait) => lim.reserve(key, cost, Some(wait)).ok().map(|(wait, _)| now + wait),
+                    let (at, receipt) = match wait {
+                        None => (lim.try_acquire(key, cost).unwrap().then_some(now), None),
+                        Some((wait, gives_up)) => match lim.reserve(key, cost, Some(wait)) {
+                            Ok((wait, receipt)) => (Some(now + wait), (gives_up && wait > 0).then_some(receipt)),
+                            Err(_) => (None, None),
+                        },
                     };
                     prop_assert!(lim.len() as u64 <= max_keys);
+                    let earlier = pending[user as usize].take();
+                    if let Some((cost, receipt, tats)) = &earlier {
+                        lim.give_back(key, *cost, *receipt);
+                        for ((limit, tat), &receipt) in limits.iter().zip(reference[user as usize].iter_mut()).zip(tats) {
+                            *tat = limit.gcra().give_back(*tat, receipt, limit.unit().of(*cost)).unwrap_or(*tat);
+                        }
+                    }
                     let Some(at) = at else { continue };
                     for (limit, tat) in limits.iter().zip(reference[user as usize].iter_mut()) {
                         let units = limit.unit().of(cost);
@@ -638,7 +680,10 @@ mod tests {
                         prop_assert!(at >= slot.at, "user {user} admitted at {at}, conforming only at {}", slot.at);
                         *tat = limit.gcra().schedule(*tat, units, at).unwrap().tat;
                     }
-                    admitted[user as usize].push((at, cost));
+                    match receipt {
+                        Some(receipt) => pending[user as usize] = Some((cost, receipt, reference[user as usize].clone())),
+                        None => admitted[user as usize].push((at, cost)),
+                    }
                 }
                 for admissions in &mut admitted {
                     admissions.sort_unstable_by_key(|&(at, _)| at);
