@@ -44,6 +44,26 @@ async def test_a_cancelled_waiter_gives_back_its_turn() -> None:
     assert keyed.time_until_ready("k") < 0.1
 
 
+async def test_a_cancelled_waiter_gives_back_nothing_a_later_request_was_counted_on() -> None:
+    tokens = hs.Limit(100, per="second", unit="tokens", algorithm="gcra", burst=100)
+    keyed = hs.KeyedLimiter([tokens, hs.Limit(10, per="second", algorithm="gcra", burst=1)])
+    started = time.monotonic()
+    await keyed.acquire("k", tokens=100)
+    for_tokens = asyncio.create_task(keyed.acquire("k", tokens=100))  # waits about 1.01 s for tokens
+    await asyncio.sleep(0.01)
+    after_it = asyncio.create_task(keyed.acquire("k"))  # no tokens: one interval (0.101 s) after it
+    await asyncio.sleep(0.01)
+    for_tokens.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await for_tokens
+    # The later waiter goes at about 1.111 s; the next request one interval after it, not with it.
+    next_at = time.monotonic() - started + keyed.time_until_ready("k")
+    assert next_at > 1.18, next_at
+    after_it.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await after_it
+
+
 async def test_a_wait_past_the_timeout_fails_at_once_naming_the_key() -> None:
     keyed = per_user(rate=1, burst=1)
     await keyed.acquire("user-7")

@@ -110,7 +110,7 @@ impl Room {
 /// What a decision for one key came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
-    /// The limits' decision, and the receipt of an admission (the key's latest TAT).
+    /// The limits' decision, and the receipt of an admission (see [`receipt_of`]).
     Decided(Decision, u64),
     /// A new key that the limits would admit, but every key held still counts admissions; one may be
     /// forgotten at `room_at` at the earliest.
@@ -158,6 +158,30 @@ fn earliest_of<const N: usize>(
     Ok(at)
 }
 
+/// A key's TATs once `cost` is admitted at `at`, the instant all its limits agreed on: each limit
+/// counts it from then (counting from `now` would let the next request through a slower limit early).
+fn admitted_at<const N: usize>(gcras: &[KeyedGcra], tats: &[u64; N], cost: Cost, at: u64) -> [u64; N] {
+    let mut updated = *tats;
+    for ((gcra, unit), tat) in gcras.iter().zip(updated.iter_mut()) {
+        let units = unit.of(cost);
+        if let (true, Ok(slot)) = (units > 0, gcra.schedule(*tat, units, at)) {
+            *tat = slot.tat;
+        }
+    }
+    updated
+}
+
+/// What identifies a key's state after an admission, for giving it back: the sum of its TATs. After
+/// an admission each TAT only grows, except by giving back a later admission, which never takes it
+/// below where that one found it; so the sum is back to a receipt only while every TAT is what that
+/// admission left. (The latest TAT alone stays put when a later request counts in fewer limits, and
+/// giving back then took back what the later one was counted on.) A key forgotten and made again
+/// starts every TAT at or after the old one's, all of which had passed: an old receipt matches it only
+/// if none of them counts anything any more, where a give-back changes nothing.
+fn receipt_of<const N: usize>(tats: &[u64; N]) -> u64 {
+    tats.iter().fold(0, |sum, &tat| sum.wrapping_add(tat))
+}
+
 /// The instant a key is fresh again: its latest TAT.
 fn fresh_at<const N: usize>(tats: &[u64; N]) -> u64 {
     tats.iter().copied().max().unwrap_or(0)
@@ -194,7 +218,8 @@ impl<const N: usize> Shards for Sharded<N> {
         for attempt in 0..2 {
             let mut shard = self.shards[shard_of(key)].lock();
             let known = shard.keys.get(&key).copied();
-            let tats = known.unwrap_or([0; N]);
+            // A new key starts fresh at `now` (the same as never used, see `receipt_of`).
+            let tats = known.unwrap_or([now; N]);
             let at = match earliest_of(gcras, &tats, cost, now) {
                 Ok(at) => at,
                 Err((_, never)) => return Verdict::Decided(never.into(), 0),
@@ -212,13 +237,7 @@ impl<const N: usize> Shards for Sharded<N> {
                     None => return Verdict::Full { room_at: now },
                 }
             }
-            let mut updated = tats;
-            for ((gcra, unit), tat) in gcras.iter().zip(updated.iter_mut()) {
-                let units = unit.of(cost);
-                if units > 0 {
-                    *tat = (*tat).max(now).saturating_add(units * gcra.unit_ns());
-                }
-            }
+            let updated = admitted_at(gcras, &tats, cost, at);
             if known.is_none() {
                 shard.added += 1;
                 if shard.added >= shard.sweep_after.max(64) {
@@ -228,7 +247,7 @@ impl<const N: usize> Shards for Sharded<N> {
             }
             shard.note_fresh_at(fresh_at(&updated));
             shard.keys.insert(key, updated);
-            return Verdict::Decided(decision, fresh_at(&updated));
+            return Verdict::Decided(decision, receipt_of(&updated));
         }
         unreachable!("the second attempt returns")
     }
@@ -237,9 +256,10 @@ impl<const N: usize> Shards for Sharded<N> {
         let mut shard = self.shards[shard_of(key)].lock();
         if let Some(tats) = shard.keys.get_mut(&key) {
             // Only while no later request for this key moved its state (see `GcraCell::give_back`).
-            if fresh_at(tats) == receipt {
+            if receipt_of(tats) == receipt {
                 for ((gcra, unit), tat) in gcras.iter().zip(tats.iter_mut()) {
-                    *tat = tat.saturating_sub(unit.of(cost) * gcra.unit_ns());
+                    // The key's receipt check above stands for each limit's.
+                    *tat = gcra.give_back(*tat, *tat, unit.of(cost)).unwrap_or(*tat);
                 }
                 let fresh = fresh_at(tats);
                 shard.note_fresh_at(fresh);
@@ -535,6 +555,38 @@ mod tests {
         assert_eq!(lim.time_until_ready(7, Cost::request(0)).unwrap(), SEC);
     }
 
+    /// A request that waits on one limit was counted by the others from when it asked, so the next
+    /// request passed them early: two went at once through one per second.
+    #[test]
+    fn a_request_that_waits_on_one_limit_counts_in_the_others_from_when_it_goes() {
+        let clock = ManualClock::new(0);
+        let tokens = Limit::new(10.0, 10 * SEC, Unit::Tokens, Algorithm::Gcra, Some(10.0)).unwrap();
+        let requests = Limit::new(1.0, SEC, Unit::Requests, Algorithm::Gcra, Some(1.0)).unwrap();
+        let lim = KeyedLimiter::new(vec![tokens, requests], 10, 60 * SEC, clock.clone()).unwrap();
+        let waits: Vec<u64> = (0..2).map(|_| lim.reserve(1, Cost::request(10), None).unwrap().0).collect();
+        let waited = tokens.gcra().unit_ns() * 10;
+        assert_eq!(waits, [0, waited], "the second waits for the tokens");
+        clock.advance(waited);
+        assert!(!lim.try_acquire(1, Cost::request(0)).unwrap(), "one request per second: the second goes now");
+        assert_eq!(lim.time_until_ready(1, Cost::request(0)).unwrap(), requests.gcra().unit_ns());
+    }
+
+    /// A later request that counts in fewer limits (no tokens) leaves the key's latest TAT where it was;
+    /// giving back an earlier reservation then took back what the later one was counted on, and a
+    /// third request went at the same instant as the second through one per second.
+    #[test]
+    fn a_reservation_is_not_given_back_once_a_later_request_counted_on_it() {
+        let clock = ManualClock::new(0);
+        let tokens = Limit::new(10.0, 10 * SEC, Unit::Tokens, Algorithm::Gcra, Some(10.0)).unwrap();
+        let requests = Limit::new(1.0, SEC, Unit::Requests, Algorithm::Gcra, Some(1.0)).unwrap();
+        let lim = KeyedLimiter::new(vec![tokens, requests], 10, 60 * SEC, clock).unwrap();
+        let (_, receipt) = lim.reserve(1, Cost::request(10), None).unwrap();
+        let (second, _) = lim.reserve(1, Cost::request(0), None).unwrap();
+        lim.give_back(1, Cost::request(10), receipt);
+        let (third, _) = lim.reserve(1, Cost::request(0), None).unwrap();
+        assert!(third >= second + requests.gcra().unit_ns(), "the second at {second} ns, the third at {third} ns");
+    }
+
     #[test]
     fn only_gcra_limits_are_keyed() {
         let exact = Limit::new(1.0, SEC, Unit::Requests, Algorithm::Exact, None).unwrap();
@@ -547,33 +599,38 @@ mod tests {
 
         use super::*;
 
-        /// A key's admission instants, sorted: the most in any half-open interval of `window` ns.
-        fn most_in_any_window(admitted: &[u64], window: u64) -> usize {
-            let mut start = 0;
-            let mut most = 0;
-            for (end, &at) in admitted.iter().enumerate() {
-                while admitted[start] + window <= at {
+        /// A key's admissions (instant, units), sorted: the most units in any half-open interval of
+        /// `window` ns.
+        fn most_in_any_window(admitted: &[(u64, u64)], window: u64) -> u64 {
+            let (mut start, mut inside, mut most) = (0, 0, 0);
+            for &(at, units) in admitted {
+                inside += units;
+                while admitted[start].0 + window <= at {
+                    inside -= admitted[start].1;
                     start += 1;
                 }
-                most = most.max(end + 1 - start);
+                most = most.max(inside);
             }
             most
         }
 
-        /// One request: which of 8 users, after how long, and whether it waits (up to how long) or not.
-        fn arrivals() -> impl Strategy<Value = Vec<(u64, u64, Option<u64>)>> {
-            prop::collection::vec((0u64..8, 0..3 * SEC, prop::option::of(0..2 * SEC)), 1..400)
+        /// One request: which of 8 users, after how long, its tokens, and whether it waits (up to how
+        /// long, and whether it gives up before its turn) or not.
+        fn arrivals() -> impl Strategy<Value = Vec<(u64, u64, u64, Option<(u64, bool)>)>> {
+            let wait = prop::option::of((0..2 * SEC, prop::bool::weighted(0.2)));
+            prop::collection::vec((0u64..8, 0..3 * SEC, 0u64..3, wait), 1..400)
         }
 
-        /// A GCRA limit with a fractional amount: (amount, period in s, burst).
-        fn limits() -> impl Strategy<Value = Vec<(f64, u64, u64)>> {
-            prop::collection::vec((0.5f64..12.0, 1u64..5, 1u64..4), 1..=2)
+        /// A GCRA limit with a fractional amount: (amount, period in s, burst, counts tokens).
+        fn limits() -> impl Strategy<Value = Vec<(f64, u64, u64, bool)>> {
+            prop::collection::vec((0.5f64..12.0, 1u64..5, 1u64..4, any::<bool>()), 1..=2)
         }
 
         proptest! {
             /// Whatever keys the table forgets to stay within `max_keys`, no key ever passes what one
-            /// never-forgetting GCRA per key would pass, so never more than ceil(amount) + burst - 1 in
-            /// any period.
+            /// never-forgetting GCRA per key would pass (counting each admission from when it goes, and
+            /// giving back per limit while that limit's TAT is the admission's), so never more than
+            /// floor(amount) + burst - 1 units in any period plus guard among those that went.
             #[test]
             fn no_key_passes_its_limits_whatever_the_evictions(
                 max_keys in 1u64..5, idle_s in 0u64..4, specs in limits(), stream in arrivals(),
@@ -581,37 +638,60 @@ mod tests {
                 let clock = ManualClock::new(0);
                 let limits: Vec<Limit> = specs
                     .iter()
-                    .map(|&(amount, period_s, burst)| {
-                        Limit::new(amount, period_s * SEC, Unit::Requests, Algorithm::Gcra, Some(burst as f64)).unwrap()
+                    .map(|&(amount, period_s, burst, tokens)| {
+                        let unit = if tokens { Unit::Tokens } else { Unit::Requests };
+                        let burst = if tokens { burst.max(3) } else { burst };
+                        Limit::new(amount, period_s * SEC, unit, Algorithm::Gcra, Some(burst as f64)).unwrap()
                     })
                     .collect();
                 let lim = KeyedLimiter::new(limits.clone(), max_keys, idle_s * SEC, clock.clone()).unwrap();
                 let mut reference = vec![vec![0u64; limits.len()]; 8];
                 let mut admitted = vec![Vec::new(); 8];
-                for (user, gap, wait) in stream {
+                // Per user, a reservation to give back at its next request: (cost, receipt, each limit's TAT after it).
+                let mut pending: Vec<Option<(Cost, u64, Vec<u64>)>> = vec![None; 8];
+                for (user, gap, tokens, wait) in stream {
+                    let cost = Cost::request(tokens);
                     clock.advance(gap);
                     let now = clock.now_ns();
                     // Spread over the shards as Python's hashes are.
                     let key = (user + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                    let at = match wait {
-                        None => lim.try_acquire(key, Cost::request(0)).unwrap().then_some(now),
-                        Some(wait) => lim.reserve(key, Cost::request(0), Some(wait)).ok().map(|(wait, _)| now + wait),
+                    let (at, receipt) = match wait {
+                        None => (lim.try_acquire(key, cost).unwrap().then_some(now), None),
+                        Some((wait, gives_up)) => match lim.reserve(key, cost, Some(wait)) {
+                            Ok((wait, receipt)) => (Some(now + wait), (gives_up && wait > 0).then_some(receipt)),
+                            Err(_) => (None, None),
+                        },
                     };
                     prop_assert!(lim.len() as u64 <= max_keys);
+                    let earlier = pending[user as usize].take();
+                    if let Some((cost, receipt, tats)) = &earlier {
+                        lim.give_back(key, *cost, *receipt);
+                        for ((limit, tat), &receipt) in limits.iter().zip(reference[user as usize].iter_mut()).zip(tats) {
+                            *tat = limit.gcra().give_back(*tat, receipt, limit.unit().of(*cost)).unwrap_or(*tat);
+                        }
+                    }
                     let Some(at) = at else { continue };
                     for (limit, tat) in limits.iter().zip(reference[user as usize].iter_mut()) {
-                        let slot = limit.gcra().schedule(*tat, 1, now).unwrap();
+                        let units = limit.unit().of(cost);
+                        if units == 0 {
+                            continue;
+                        }
+                        let slot = limit.gcra().schedule(*tat, units, now).unwrap();
                         prop_assert!(at >= slot.at, "user {user} admitted at {at}, conforming only at {}", slot.at);
-                        *tat = slot.tat;
+                        *tat = limit.gcra().schedule(*tat, units, at).unwrap().tat;
                     }
-                    admitted[user as usize].push(at);
+                    match receipt {
+                        Some(receipt) => pending[user as usize] = Some((cost, receipt, reference[user as usize].clone())),
+                        None => admitted[user as usize].push((at, cost)),
+                    }
                 }
-                for times in &mut admitted {
-                    times.sort_unstable();
-                    for &(amount, period_s, burst) in &specs {
-                        let most = most_in_any_window(times, period_s * SEC) as u64;
-                        let most_allowed = amount.ceil() as u64 + burst - 1;
-                        prop_assert!(most <= most_allowed, "{most} in {period_s} s for {amount}, burst {burst}");
+                for admissions in &mut admitted {
+                    admissions.sort_unstable_by_key(|&(at, _)| at);
+                    for limit in &limits {
+                        let units: Vec<(u64, u64)> = admissions.iter().map(|&(at, cost)| (at, limit.unit().of(cost))).collect();
+                        let (count, window_ns) = limit.whole_window();
+                        let most = most_in_any_window(&units, window_ns);
+                        prop_assert!(most <= count + limit.burst() - 1, "{most} in {window_ns} ns for {limit}");
                     }
                 }
             }

@@ -93,8 +93,8 @@ struct Reply {
     leases: u64,
     a: i64,
     b: i64,
-    used: Vec<u64>,
-    receipts: Vec<u64>,
+    /// One value per window after `used`: an admission's receipts, a peek's remaining units.
+    per_window: Vec<u64>,
 }
 
 /// A decision's failure: a refusal (`Ok`: never, a budget) or Redis failing (`Err`).
@@ -347,6 +347,7 @@ impl RemoteLimiter {
                 .arg(window.kind_name())
                 .arg(limit)
                 .arg(span_us)
+                .arg(window.span_us)
                 .arg(window.units(cost))
                 .arg(window.merge_us)
                 .arg(u8::from(window.is_budget()))
@@ -370,10 +371,10 @@ impl RemoteLimiter {
         let (members, leases) = (reply[1] as u64, reply[2] as u64);
         self.members.store(members, Ordering::Relaxed);
         let used: Vec<u64> = reply[5..5 + n].iter().map(|&u| u as u64).collect();
-        let seen = Sighting { at_ns: self.clock.now_ns(), members, leases, used: used.clone() };
+        let seen = Sighting { at_ns: self.clock.now_ns(), members, leases, used };
         *self.sighting.lock().unwrap_or_else(|p| p.into_inner()) = Some(seen);
-        let receipts = reply[5 + n..].iter().map(|&r| r as u64).collect();
-        Ok(Reply { status: reply[0], leases, a: reply[3], b: reply[4], used, receipts })
+        let per_window = reply[5 + n..].iter().map(|&r| r as u64).collect();
+        Ok(Reply { status: reply[0], leases, a: reply[3], b: reply[4], per_window })
     }
 
     /// What the acquire script's answer means for `ask`.
@@ -391,7 +392,7 @@ impl RemoteLimiter {
                     self.leases.hold(id);
                     leases::keep_alive(self);
                 }
-                let counted = Counted::InRedis(reply.receipts);
+                let counted = Counted::InRedis(reply.per_window);
                 Ok(Outcome::Admitted(Grant { wait_us: a as u64, at_us: b as u64, lease, cost: ask.cost, price: ask.price, counted }))
             }
             1 => Ok(Outcome::Later { wait_us: a as u64, limit: b as usize - 1 }),
@@ -410,9 +411,7 @@ impl RemoteLimiter {
         self.back_in_redis();
         match reply.status {
             4 => {
-                let in_force = self.windows.iter().map(|w| w.in_force(self.rate_factor(w.unit)).0);
-                let remaining = in_force.zip(&reply.used).map(|(limit, &used)| limit.saturating_sub(used)).collect();
-                Ok(Peek { wait_us: reply.a as u64, leases: reply.leases, remaining })
+                Ok(Peek { wait_us: reply.a as u64, leases: reply.leases, remaining: reply.per_window })
             }
             2 => Err(Ok(self.never("time_until_ready", &ask, reply.a as usize - 1, reply.b as u64))),
             other => Err(Err(unavailable(format!("unexpected status {other} from the Redis script")))),
@@ -481,6 +480,7 @@ impl RemoteLimiter {
             invocation
                 .arg(&window.id)
                 .arg(window.kind_name())
+                .arg(window.in_force(self.rate_factor(window.unit)).1)
                 .arg(window.span_us)
                 .arg(*receipt)
                 .arg(window.units(counted))

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::core::clock::NS_PER_SEC;
+use crate::core::gcra::Gcra;
 use crate::core::limit::{Algorithm, Cost, Limit, Unit};
 use crate::core::Error;
 use crate::redis::limiter::Counted;
@@ -129,6 +130,125 @@ fn gcra_paces_one_interval_apart() {
     let first = admitted(decide(&lim, Cost::request(0), Mode::Now, false));
     let second = admitted(decide(&lim, Cost::request(0), Mode::Reserve { max_wait_us: None }, false));
     assert_eq!(second.at_us, first.at_us + 100_000);
+}
+
+/// The most units admitted (at the instants Redis gave) in any half-open interval of `window_us`.
+fn most_in_any_window(mut admissions: Vec<(u64, u64)>, window_us: u64) -> u64 {
+    admissions.sort_unstable();
+    let (mut start, mut inside, mut most) = (0, 0, 0);
+    for &(at, units) in &admissions {
+        inside += units;
+        while admissions[start].0 + window_us <= at {
+            inside -= admissions[start].1;
+            start += 1;
+        }
+        most = most.max(inside);
+    }
+    most
+}
+
+/// Ten per second with a burst of 5 and a 10 ms guard: at most 14 in any 1.01 s.
+fn gcra_burst_5(unit: Unit) -> Limit {
+    Limit::new(10.0, NS_PER_SEC, unit, Algorithm::Gcra, Some(5.0)).unwrap().with_guard(10_000_000)
+}
+
+// Issue 15: a cut widened the script's tolerance with the interval (the burst times the cut interval),
+// so 14 admitted at the full rate made room for more in the same window once the rate was cut.
+#[test]
+fn a_gcra_limit_cut_by_follow_admits_no_more_than_count_plus_burst_in_any_window() {
+    let Some(server) = start_server() else { return };
+    let lim = limiter(&server, vec![gcra_burst_5(Unit::Requests)], None, Duration::from_secs(5));
+    let reserve = Mode::Reserve { max_wait_us: Some(3_000_000) };
+    let mut admissions: Vec<(u64, u64)> = (0..14).map(|_| (admitted(decide(&lim, Cost::request(0), reserve, false)).at_us, 1)).collect();
+    lim.follow([0.1, 1.0]);
+    for _ in 0..2 {
+        admissions.push((admitted(decide(&lim, Cost::request(0), reserve, false)).at_us, 1));
+    }
+    assert_eq!(most_in_any_window(admissions, 1_010_000), 14);
+}
+
+// The tolerance stays the configured burst times the configured interval after a cut: two counted at
+// the full rate leave room for one more at half the rate (the old script said four).
+#[test]
+fn what_remains_after_a_cut_is_what_the_gcra_admits() {
+    let Some(server) = start_server() else { return };
+    let lim = limiter(&server, vec![gcra_burst_5(Unit::Requests)], None, Duration::from_secs(5));
+    for _ in 0..2 {
+        admitted(decide(&lim, Cost::request(0), Mode::Now, false));
+    }
+    lim.follow([0.5, 1.0]);
+    assert_eq!(remaining(&lim), vec![1]);
+    admitted(decide(&lim, Cost::request(0), Mode::Now, false));
+    assert!(matches!(decide(&lim, Cost::request(0), Mode::Now, false), Outcome::Later { .. }));
+}
+
+/// The script's GCRA mirrors the core's pure functions exactly (in microseconds) through admissions
+/// that wait on another window, cuts, give-backs and settles up and down: every instant it admits at
+/// and every receipt it returns is what `Gcra` computes from the same numbers.
+#[test]
+fn the_scripts_gcra_is_the_cores_through_cuts_give_backs_and_settles() {
+    let Some(server) = start_server() else { return };
+    let tokens = Limit::new(1_000.0, NS_PER_SEC, Unit::Tokens, Algorithm::Gcra, Some(1_000.0)).unwrap();
+    let lim = limiter(&server, vec![gcra_burst_5(Unit::Requests), tokens], None, Duration::from_secs(5));
+    let mirror = |factors: [f64; 2]| -> Vec<(Gcra, Unit)> {
+        let by_unit = |unit| if unit == Unit::Requests { factors[0] } else { factors[1] };
+        lim.windows
+            .iter()
+            .map(|w| (Gcra::new(1, w.span_us, w.limit).with_unit_ns(w.in_force(by_unit(w.unit)).1), w.unit))
+            .collect()
+    };
+    let mut tats = [0u64; 2];
+    let mut gcras = mirror([1.0, 1.0]);
+    let reserve = Mode::Reserve { max_wait_us: None };
+    let admit = |gcras: &[(Gcra, Unit)], tats: &mut [u64; 2], cost: Cost| -> Grant {
+        let grant = admitted(decide(&lim, cost, reserve, false));
+        let now = grant.at_us - grant.wait_us;
+        let units = |unit: Unit| unit.of(cost);
+        let at = gcras.iter().zip(tats.iter()).filter(|((_, unit), _)| units(*unit) > 0);
+        let at = at.map(|((gcra, unit), &tat)| gcra.schedule(tat, units(*unit), now).unwrap().at).fold(now, u64::max);
+        assert_eq!(grant.at_us, at, "admitted at the instant every window agrees on");
+        for ((gcra, unit), tat) in gcras.iter().zip(tats.iter_mut()) {
+            if units(*unit) > 0 {
+                *tat = gcra.schedule(*tat, units(*unit), at).unwrap().tat;
+            }
+        }
+        let Counted::InRedis(receipts) = &grant.counted else { panic!("counted in Redis") };
+        let expected: Vec<u64> = gcras.iter().zip(tats.iter()).map(|((_, unit), &tat)| if units(*unit) > 0 { tat } else { 0 }).collect();
+        assert_eq!(receipts, &expected);
+        grant
+    };
+    let receipt = |grant: &Grant, index: usize| match &grant.counted {
+        Counted::InRedis(receipts) => receipts[index],
+        Counted::Here { .. } => unreachable!("counted in Redis"),
+    };
+    for _ in 0..3 {
+        admit(&gcras, &mut tats, Cost::request(200));
+    }
+    let last = admit(&gcras, &mut tats, Cost::request(300));
+    lim.adjust_blocking(&last, Cost::request(300), Cost::default(), false).unwrap();
+    for (index, ((gcra, unit), tat)) in gcras.iter().zip(tats.iter_mut()).enumerate() {
+        *tat = gcra.give_back(*tat, receipt(&last, index), unit.of(Cost::request(300))).unwrap();
+    }
+    gcras = mirror([0.5, 0.3]);
+    lim.follow([0.5, 0.3]);
+    // Waits for the tokens: counted by the requests window from then, not from when it asked.
+    admit(&gcras, &mut tats, Cost::request(400));
+    admit(&gcras, &mut tats, Cost::request(0));
+    // Settled up: charged at the interval in force (the TATs are ahead of Redis's clock here, so
+    // `charge` does not need it).
+    let settled = admit(&gcras, &mut tats, Cost::request(100));
+    lim.adjust_blocking(&settled, Cost::request(100), Cost::request(250), false).unwrap();
+    assert!(tats[1] > settled.at_us, "the tokens' TAT is still ahead");
+    tats[1] = gcras[1].0.charge(tats[1], 150, 0);
+    // Settled down after a later admission: nothing given back (the later one built on this TAT).
+    let later = admit(&gcras, &mut tats, Cost::request(100));
+    lim.adjust_blocking(&settled, Cost::request(250), Cost::request(50), false).unwrap();
+    // Given back while last: at the configured interval, never the (wider) one in force.
+    lim.adjust_blocking(&later, Cost::request(100), Cost::request(40), false).unwrap();
+    tats[1] = gcras[1].0.give_back(tats[1], receipt(&later, 1), 60).unwrap();
+    for _ in 0..3 {
+        admit(&gcras, &mut tats, Cost::request(150));
+    }
 }
 
 #[test]

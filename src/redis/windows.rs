@@ -14,14 +14,15 @@ pub enum Kind {
 }
 
 /// One window's parameters, in the order `acquire.lua` reads them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WindowSpec {
     /// Names the window's keys and fields: processes configured alike share them, others do not collide.
     pub id: String,
     pub kind: Kind,
     /// Log: units per window. GCRA: the burst.
     pub limit: u64,
-    /// Log: the window length. GCRA: one unit's interval.
+    /// Log: the window length. GCRA: one unit's configured interval (what a give-back takes back, and
+    /// with the burst the tolerance).
     pub span_us: u64,
     /// Log: admissions closer than this share one entry (1/1024 of the window, as in the core).
     pub merge_us: u64,
@@ -29,6 +30,8 @@ pub struct WindowSpec {
     /// The whole units the limit admits per period (its amount rounded down, at least one): what a
     /// share of it is taken from.
     pub whole: u64,
+    /// The core limit it enforces: its rules scale the rate.
+    source: Limit,
 }
 
 fn ns_to_us_rounded_up(ns: u64) -> u64 {
@@ -48,7 +51,7 @@ impl WindowSpec {
             let gcra = limit.gcra();
             let span_us = ns_to_us_rounded_up(gcra.unit_ns());
             let id = format!("{}-gcra-{span_us}us-burst-{}", unit.name(), gcra.burst());
-            return Self { id, kind: Kind::Gcra, limit: gcra.burst(), span_us, merge_us: 0, unit, whole };
+            return Self { id, kind: Kind::Gcra, limit: gcra.burst(), span_us, merge_us: 0, unit, whole, source: *limit };
         }
         // At most the whole count in ANY interval of the period (guard included): a fractional amount
         // is rounded down, never spread over a shorter window (2.5 per second admits 2 per second, not
@@ -56,7 +59,7 @@ impl WindowSpec {
         // (0.5 per second: 1 per 2 s), as one unit is the least a window can count.
         let span_us = ns_to_us_rounded_up(window.window_ns().max(limit.period_ns().saturating_add(limit.guard_ns())));
         let id = format!("{}-{whole}-per-{span_us}us", unit.name());
-        Self { id, kind: Kind::Log, limit: whole, span_us, merge_us: span_us / 1024, unit, whole }
+        Self { id, kind: Kind::Log, limit: whole, span_us, merge_us: span_us / 1024, unit, whole, source: *limit }
     }
 
     pub fn kind_name(&self) -> &'static str {
@@ -71,12 +74,14 @@ impl WindowSpec {
         self.unit == Unit::Usd
     }
 
-    /// The limit and span to enforce with the configured rate scaled by `factor` (0..=1): a log counts
-    /// fewer units per window, GCRA spaces them wider; never below one unit per window.
+    /// The limit and span to enforce with the configured rate scaled by `factor` (0..=1), by the core's
+    /// rules: a log counts the whole part of the scaled count per window ([`Limit::scaled_count`]);
+    /// GCRA keeps its burst and spaces units by the scaled GCRA's interval ([`Limit::scaled_gcra`]),
+    /// rounded up to whole microseconds, so never below the configured one.
     pub fn in_force(&self, factor: f64) -> (u64, u64) {
         match self.kind {
-            Kind::Log => (((self.limit as f64 * factor).floor() as u64).max(1), self.span_us),
-            Kind::Gcra => (self.limit, (self.span_us as f64 / factor.max(1e-6)).ceil() as u64),
+            Kind::Log => (self.source.scaled_count(factor), self.span_us),
+            Kind::Gcra => (self.limit, ns_to_us_rounded_up(self.source.scaled_gcra(factor).unit_ns())),
         }
     }
 
@@ -127,6 +132,18 @@ mod tests {
         assert_eq!(log.in_force(0.01), (1, log.span_us));
         let gcra = WindowSpec::new(&Limit::new(10.0, NS_PER_SEC, Unit::Requests, Algorithm::Gcra, None).unwrap());
         assert_eq!(gcra.in_force(0.5), (gcra.limit, 2 * gcra.span_us));
+    }
+
+    // A rate cut paces the whole part of the scaled count per window, as the core does: 10 per 1.01 s
+    // at 0.55 is 5 per 1.01 s (202,000 us apart), not 5.5 (183,637 us apart).
+    #[test]
+    fn a_scaled_gcra_paces_the_whole_part_of_the_scaled_count() {
+        let limit = Limit::new(10.0, NS_PER_SEC, Unit::Requests, Algorithm::Gcra, None).unwrap().with_guard(10_000_000);
+        let spec = WindowSpec::new(&limit);
+        assert_eq!(spec.span_us, 101_000);
+        assert_eq!(spec.in_force(0.55), (1, 202_000));
+        assert_eq!(spec.in_force(0.05), (1, 2_020_000), "below one: one per the window stretched to hold it");
+        assert_eq!(spec.in_force(1.0), (1, spec.span_us));
     }
 
     // Issue 15: 2.5 per second was 2 per 0.8 s, so some second held 3.

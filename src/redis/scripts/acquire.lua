@@ -3,6 +3,8 @@
 -- doubles hold it exactly: no float drift. (Numbers are written with '%d': Lua's own tostring would
 -- print a microsecond timestamp as 1.7640500000000e+15.) The client (src/redis/windows.rs) turns each
 -- limit into the plain numbers below; the rules of the core's windows are applied there, not here.
+-- A GCRA window applies the core's pure functions (src/core/gcra.rs) and nothing else: `schedule` to
+-- admit (at the instant every window agreed on), `charge` for a hand-over's debt, `remaining` to peek.
 --
 -- KEYS[1]      the state hash: per window "sum:<id>" (units in the log), "seq:<id>" (sequence number of
 --              the oldest log entry), "tat:<id>" (a GCRA window's theoretical arrival time); per
@@ -16,11 +18,13 @@
 -- ARGV[3]      lease id to take ("" for none), ARGV[4] most leases at once, ARGV[5] lease TTL (us)
 -- ARGV[6]      this instance's member id ("" when it renewed its membership lately), ARGV[7] how long it
 --              counts as a member after renewing (us)
--- ARGV[8]      number of windows, then eight values per window:
+-- ARGV[8]      number of windows, then nine values per window:
 --              id, kind ("log" | "gcra"), limit (log: units per window; gcra: burst), span (log: window
---              length; gcra: one unit's interval), cost (units this request takes), merge (log: entries
---              closer than this share one), budget (1: a spending limit, which refuses instead of making
---              a request wait), debt (units this instance admitted on its own while Redis was away)
+--              length; gcra: one unit's interval in force, wider while the rate is cut), base (gcra: the
+--              configured interval, which with the burst makes the tolerance), cost (units this request
+--              takes), merge (log: entries closer than this share one), budget (1: a spending limit,
+--              which refuses instead of making a request wait), debt (units this instance admitted on
+--              its own while Redis was away)
 -- then         a hand-over: its number (0: none), the instance, and the lease ids of the requests it
 --              admitted on its own that are still running. A hand-over is applied once, whichever of the
 --              instance's decisions carrying it comes first; its leases count from now on.
@@ -32,7 +36,8 @@
 --   1  passes only after a = wait, more than allowed (b = binding window): nothing counted
 --   2  window a can never admit the cost (b = the most it ever can)
 --   3  no lease free; the oldest expires in a (us)
---   4  peek: passes after a (b = binding window)
+--   4  peek: passes after a (b = binding window); then remaining_1 .. remaining_n, the units window i
+--      could take now without waiting
 --   5  its lease id was withdrawn by its client already: nothing counted
 --   6  the request would cross budget window a: nothing counted
 
@@ -41,7 +46,7 @@ local mode, max_wait = ARGV[1], tonumber(ARGV[2])
 local lease_id, max_leases, lease_ttl = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local member_ttl = tonumber(ARGV[7])
 local n = tonumber(ARGV[8])
-local PER_WINDOW = 8
+local PER_WINDOW = 9
 
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
@@ -81,11 +86,12 @@ end
 -- first counts what the instance admitted on its own, from now on.
 local windows = {}
 for i = 1, n do
-  local base = 8 + (i - 1) * PER_WINDOW
+  local first = 8 + (i - 1) * PER_WINDOW
   local w = {
-    id = ARGV[base + 1], kind = ARGV[base + 2], limit = tonumber(ARGV[base + 3]),
-    span = tonumber(ARGV[base + 4]), cost = tonumber(ARGV[base + 5]), merge = tonumber(ARGV[base + 6]),
-    budget = ARGV[base + 7] == '1', debt = handover > 0 and tonumber(ARGV[base + 8]) or 0,
+    id = ARGV[first + 1], kind = ARGV[first + 2], limit = tonumber(ARGV[first + 3]),
+    span = tonumber(ARGV[first + 4]), base = tonumber(ARGV[first + 5]), cost = tonumber(ARGV[first + 6]),
+    merge = tonumber(ARGV[first + 7]), budget = ARGV[first + 8] == '1',
+    debt = handover > 0 and tonumber(ARGV[first + 9]) or 0,
     log = KEYS[4 + i],
   }
   if w.kind == 'gcra' then
@@ -158,12 +164,20 @@ if lease_id ~= '' and redis.call('ZREM', withdrawn_key, lease_id) == 1 then
   return reply(5, 0, 0)
 end
 
+-- Gcra::remaining: the whole units a GCRA window could take now without waiting. Its tolerance is the
+-- configured one (burst * base) whatever the rate in force.
+local function gcra_remaining(w)
+  if w.tat <= now then return w.limit end
+  return math.floor(math.max(w.limit * w.base - (w.tat - now), 0) / w.span)
+end
+
 -- The earliest instant (not before now) window w admits its cost, or nil and the most it ever can.
+-- GCRA: Gcra::schedule's instant; its tolerance never below the request's own span.
 local function earliest(w)
   if w.kind == 'gcra' then
     if w.cost > w.limit then return nil, w.limit end
     local tat = math.max(w.tat, now) + w.cost * w.span
-    return math.max(tat - w.limit * w.span, now)
+    return math.max(tat - math.max(w.limit * w.base, w.cost * w.span), now)
   end
   if w.cost > w.limit then return nil, w.limit end
   local floor = math.max(now, w.last_at or now)
@@ -201,7 +215,11 @@ for i, w in ipairs(windows) do
 end
 
 if mode == 'peek' then
-  return reply(4, at - now, binding)
+  local answer = reply(4, at - now, binding)
+  for i, w in ipairs(windows) do
+    answer[5 + n + i] = w.kind == 'gcra' and gcra_remaining(w) or math.max(w.limit - w.sum, 0)
+  end
+  return answer
 end
 
 if lease_id ~= '' and leases >= max_leases then
@@ -221,7 +239,8 @@ for i, w in ipairs(windows) do
   local receipt = 0
   if w.kind == 'gcra' then
     if w.cost > 0 then
-      w.tat = math.max(w.tat, now) + w.cost * w.span
+      -- Gcra::schedule(tat, cost, at).tat: counted from when every window lets it go.
+      w.tat = math.max(w.tat, at) + w.cost * w.span
       redis.call('HSET', state, 'tat:' .. w.id, w.tat)
       receipt = w.tat
     end

@@ -3,10 +3,12 @@
 -- Same keys as acquire.lua (the member set and the withdrawals unused).
 --
 -- ARGV[1]  lease id to release ("" for none)
--- ARGV[2]  number of windows, then six values per window:
---          id, kind ("log" | "gcra"), span (log: window length; gcra: one unit's interval), receipt (from
---          acquire.lua; 0 when that window counted nothing), counted (units counted so far), actual (units
---          it really took)
+-- ARGV[2]  number of windows, then seven values per window:
+--          id, kind ("log" | "gcra"), span (log: window length; gcra: one unit's interval in force), base
+--          (gcra: the configured interval), receipt (from acquire.lua; 0 when that window counted
+--          nothing), counted (units counted so far), actual (units it really took)
+-- A GCRA window applies the core's pure functions (src/core/gcra.rs): `charge` to count more (at the
+-- interval in force), `give_back` to count less (at the configured one: never more than was added).
 -- Returns the number of leases released (0 when it had expired already).
 
 local state, lease_key = KEYS[1], KEYS[2]
@@ -23,9 +25,9 @@ local function keep(key, us)
 end
 
 for i = 1, n do
-  local base = 2 + (i - 1) * 6
-  local id, kind, span = ARGV[base + 1], ARGV[base + 2], tonumber(ARGV[base + 3])
-  local receipt, counted, actual = tonumber(ARGV[base + 4]), tonumber(ARGV[base + 5]), tonumber(ARGV[base + 6])
+  local at_arg = 2 + (i - 1) * 7
+  local id, kind, span, base = ARGV[at_arg + 1], ARGV[at_arg + 2], tonumber(ARGV[at_arg + 3]), tonumber(ARGV[at_arg + 4])
+  local receipt, counted, actual = tonumber(ARGV[at_arg + 5]), tonumber(ARGV[at_arg + 6]), tonumber(ARGV[at_arg + 7])
   if counted ~= actual then
     if kind == 'gcra' then
       local field = 'tat:' .. id
@@ -35,7 +37,7 @@ for i = 1, n do
         redis.call('HSET', state, field, math.max(tat, now) + (actual - counted) * span)
       elseif receipt ~= 0 and tat == receipt then
         -- A refund only while nothing was admitted after it: later admissions relied on this TAT.
-        redis.call('HSET', state, field, tat - (counted - actual) * span)
+        redis.call('HSET', state, field, tat - (counted - actual) * base)
       end
     elseif counted == 0 then
       -- Nothing was counted here to correct: count the real cost from now (or the last entry) on.
