@@ -1,31 +1,16 @@
-"""The transport under an HTTP client: every request passes limiter → breaker → send → classify → retry.
+"""The pipeline every request passes: limiter → breaker → send → classify → retry, and fallback models.
 
-`Transport` sits where httpx (and httpx2, which the openai SDK 3.x is built on) expects a transport, so
-everything the SDK sends — any endpoint, streaming, ``with_raw_response``, ``with_options`` — is limited,
-guarded and retried in this one place:
-
-- the limiter admits the request: one request, its estimated LLM tokens and one concurrency slot;
-- the breaker lets it through (or ``CircuitOpenError`` is raised at once);
-- the inner transport sends it;
-- the answer is classified by the one table in ``holysheep.classify``: retried answers (429, 5xx, ...)
-  and connection errors go round again after the retry policy's delay (``Retry-After`` obeyed);
-- the response's stream keeps the slot until it is read to the end or closed, then settles the token
-  estimate with the ``usage`` the server reported.
-
-Errors of the inner transport pass through unchanged (the SDK maps them); a final failing answer is
-returned as it is, so the SDK raises its own typed error for it.
+One exchange is written once, as a coroutine, for both kinds of client: what it waits on (an admission,
+a send, reading a failed answer, a backoff) it awaits from its steps (`holysheep.transport._steps`). The
+answer handed back holds its admission in a body of `holysheep.transport._streams`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import importlib
 import json
-import re
 import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Union
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from holysheep._holysheep import _Reservation
 from holysheep._limiter import _check_timeout
@@ -35,16 +20,18 @@ from holysheep.classify import classify_status
 from holysheep.errors import CircuitOpenError
 from holysheep.pricing import PRICES
 from holysheep.retry import RetryPolicy
+from holysheep.transport._steps import _AsyncSteps, _BlockingSteps, _run_blocking, _Steps
 
 if TYPE_CHECKING:
     from holysheep._limiter import Admitted, HolySheepRateLimiter
-
-__all__ = ["Transport", "transport_class"]
-
-#: How much of a response's end is kept to find its ``usage`` (it comes last in a body or a stream).
-_TAIL_BYTES = 2048
-#: A count too long to be one (over 18 digits) is not read: it could not be settled.
-_TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d{1,18})(?!\d)')
+    from holysheep.transport._streams import (
+        _Held,
+        _HeldAsyncStream,
+        _HeldSyncStream,
+        _SettlingAsyncStream,
+        _SettlingSyncStream,
+        _StampedWhenSent,
+    )
 
 
 class _StatusFailure(Exception):
@@ -93,211 +80,6 @@ def _error_code(body: bytes) -> str | None:
         return None
     code = error.get("code") if isinstance(error, dict) else None
     return code if isinstance(code, str) else None
-
-
-class _Held:
-    """A response body that holds what its request was admitted with until it is read to the end,
-    closed, or dropped unread: the concurrency slot (`finish` gives it back)."""
-
-    __slots__ = ("_admitted", "_limiter", "inner")
-
-    def __init__(self, inner: Any, limiter: HolySheepRateLimiter | None, admitted: Admitted) -> None:
-        self.inner = inner
-        self._limiter = limiter
-        self._admitted = admitted
-
-    def finish(self, body: bytes = b"") -> None:
-        """Gives the admission back; only the first call counts."""
-        limiter, self._limiter = self._limiter, None
-        if limiter is not None:
-            limiter._release_admitted(self._admitted)
-
-    def __del__(self) -> None:
-        # A response dropped without being read to the end or closed still gives its slot back.
-        if self._limiter is not None:
-            self.finish()
-
-
-class _Settling(_Held):
-    """`_Held` that first settles the request's token estimate with the ``usage`` the server reported,
-    found at the end of the body (a stream's last events, or a JSON body's last field)."""
-
-    __slots__ = ("_tail",)
-
-    def __init__(self, inner: Any, limiter: HolySheepRateLimiter | None, admitted: Admitted) -> None:
-        super().__init__(inner, limiter, admitted)
-        self._tail = b""
-
-    def _saw(self, chunk: bytes) -> None:
-        self._tail = (self._tail + chunk)[-_TAIL_BYTES:]
-
-    def finish(self, body: bytes = b"") -> None:
-        try:
-            matches = _TOTAL_TOKENS.findall(self._tail + body[-_TAIL_BYTES:])
-            if matches and self._limiter is not None:
-                self._limiter._settle_admitted(self._admitted, int(matches[-1]))
-        finally:
-            super().finish()
-
-
-class _HeldAsyncStream(_Held):
-    """`_Held` for asyncio clients: the body goes by untouched, and the slot comes back at aclose, which
-    httpx calls once the body is read to the end, or the response is closed or dropped."""
-
-    __slots__ = ()
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self.inner.__aiter__()  # type: ignore[no-any-return]
-
-    def aclose(self) -> Awaitable[None]:
-        # The inner body's own closing is handed back to be awaited: no coroutine of ours in between.
-        try:
-            return self.inner.aclose()  # type: ignore[no-any-return]
-        finally:
-            self.finish()
-
-
-class _SettlingAsyncStream(_Settling, _HeldAsyncStream):
-    """`_Settling` for asyncio clients: reads the body on its way."""
-
-    __slots__ = ()
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self.inner:
-                self._saw(chunk)
-                yield chunk
-        finally:
-            self.finish()
-
-
-class _HeldSyncStream(_Held):
-    """`_Held` for blocking clients."""
-
-    __slots__ = ()
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self.inner)
-
-    def close(self) -> None:
-        try:
-            self.inner.close()
-        finally:
-            self.finish()
-
-
-class _SettlingSyncStream(_Settling, _HeldSyncStream):
-    """`_Settling` for blocking clients: reads the body on its way."""
-
-    __slots__ = ()
-
-    def __iter__(self) -> Iterator[bytes]:
-        try:
-            for chunk in self.inner:
-                self._saw(chunk)
-                yield chunk
-        finally:
-            self.finish()
-
-
-class _StampedWhenSent:
-    """A request body that moves its admission to when it starts out on the connection, just after the
-    request's headers, which is when a server counts the request: one admitted in a burst may wait a
-    while for a connection, and its window entry must not expire before the server's own does. Made
-    over the body of the attempt before on a retry; the body's own iterator does the sending."""
-
-    __slots__ = ("_reservation", "body")
-
-    def __init__(self, body: Any, reservation: _Reservation) -> None:
-        self.body: Any = body.body if isinstance(body, _StampedWhenSent) else body
-        self._reservation = reservation
-
-    def __iter__(self) -> Iterator[bytes]:
-        self._reservation.stamp()
-        return iter(self.body)
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        self._reservation.stamp()
-        return self.body.__aiter__()  # type: ignore[no-any-return]
-
-
-class _StepsOf:
-    """What an exchange waits on, for one kind of client, and the held body its answers get."""
-
-    __slots__ = ("acquire_timeout", "held", "inner", "limiter")
-
-    def __init__(self, pipeline: _Pipeline, inner: Any, held: type[_Held]) -> None:
-        self.inner = inner
-        self.held = held
-        self.limiter = pipeline.limiter
-        self.acquire_timeout = pipeline.acquire_timeout
-
-    def _waiting_limiter(self) -> HolySheepRateLimiter:
-        assert self.limiter is not None, "an admission is only waited for with a limiter"
-        return self.limiter
-
-
-class _AsyncSteps(_StepsOf):
-    """What an exchange waits on, for asyncio clients: each is awaited for real."""
-
-    __slots__ = ("send",)
-
-    def __init__(self, pipeline: _Pipeline, inner: Any) -> None:
-        held = pipeline.settling_async_stream if pipeline._settles else pipeline.async_stream
-        super().__init__(pipeline, inner, held)
-        self.send = inner.handle_async_request
-
-    async def acquire(self, tokens: int, price: float) -> Admitted:
-        return await self._waiting_limiter()._acquire(tokens, self.acquire_timeout, 0, price)
-
-    @staticmethod
-    async def read(response: Any) -> bytes:
-        """A failed answer's body, the answer closed."""
-        body: bytes = await response.aread()
-        await response.aclose()
-        return body
-
-    sleep = staticmethod(asyncio.sleep)
-
-
-class _BlockingSteps(_StepsOf):
-    """What an exchange waits on, for blocking clients: coroutines that block instead of suspending, so
-    the exchange written for asyncio runs to its end in one step (`_run_blocking`)."""
-
-    __slots__ = ()
-
-    def __init__(self, pipeline: _Pipeline, inner: Any) -> None:
-        super().__init__(pipeline, inner, pipeline.settling_sync_stream if pipeline._settles else pipeline.sync_stream)
-
-    async def send(self, request: Any) -> Any:
-        return self.inner.handle_request(request)
-
-    async def acquire(self, tokens: int, price: float) -> Admitted:
-        return self._waiting_limiter()._acquire_blocking(tokens, self.acquire_timeout, 0, price)
-
-    @staticmethod
-    async def read(response: Any) -> bytes:
-        """A failed answer's body, the answer closed."""
-        body: bytes = response.read()
-        response.close()
-        return body
-
-    @staticmethod
-    async def sleep(seconds: float) -> None:
-        time.sleep(seconds)
-
-
-_Steps = Union[_AsyncSteps, _BlockingSteps]
-
-
-def _run_blocking(exchange: Coroutine[Any, Any, Any]) -> Any:
-    """The outcome of an exchange whose steps never suspend (`_BlockingSteps`)."""
-    try:
-        exchange.send(None)
-    except StopIteration as done:
-        return done.value
-    exchange.close()
-    raise RuntimeError("a blocking exchange suspended: its steps must not await anything that waits")
 
 
 #: What one model's attempts end in when the next model should be asked instead.
@@ -523,29 +305,3 @@ class _Pipeline:
             self._inner.close()
 
 
-def transport_class(lib: Any) -> type:
-    """The `Transport` class for an HTTP library module (``httpx`` or ``httpx2``)."""
-    namespace = {
-        "lib": lib,
-        "async_stream": type("HeldAsyncStream", (_HeldAsyncStream, lib.AsyncByteStream), {}),
-        "settling_async_stream": type("SettlingAsyncStream", (_SettlingAsyncStream, lib.AsyncByteStream), {}),
-        "sync_stream": type("HeldSyncStream", (_HeldSyncStream, lib.SyncByteStream), {}),
-        "settling_sync_stream": type("SettlingSyncStream", (_SettlingSyncStream, lib.SyncByteStream), {}),
-        "stamped_body": type("StampedWhenSent", (_StampedWhenSent, lib.SyncByteStream, lib.AsyncByteStream), {}),
-        "__module__": __name__,
-        "__doc__": __doc__,
-    }
-    return type("Transport", (_Pipeline, lib.AsyncBaseTransport, lib.BaseTransport), namespace)
-
-
-def _default_library() -> Any:
-    """httpx2, which the openai SDK 3.x is built on, else httpx (openai 1.x and 2.x)."""
-    try:
-        return importlib.import_module("httpx2")
-    except ImportError:
-        return importlib.import_module("httpx")
-
-
-#: The HTTP library `Transport` is made for: httpx2 where it is installed, else httpx.
-http_library = _default_library()
-Transport = transport_class(http_library)
