@@ -124,6 +124,72 @@ async def test_open_breaker_raises_circuit_open_without_sending() -> None:
     assert info.value.retry_after > 0
 
 
+@pytest.mark.parametrize(
+    "failing",
+    [httpx2.Response(408), httpx2.Response(503, headers={"x-should-retry": "false"})],
+    ids=["408", "503 asking not to be retried"],
+)
+async def test_the_breaker_opens_on_what_the_table_counts_against_it(failing: httpx2.Response) -> None:
+    # Issue 15: the transport used to decide by its own rule (status >= 500), so a 408, or a 5xx the
+    # server asked not to retry, never counted for the breaker.
+    breaker = hs.CircuitBreaker(failure_threshold=3, recovery_timeout=30.0)
+    handle, calls = answers(failing)
+    async with client(handle, retry=hs.RetryPolicy(max_attempts=1), breaker=breaker) as http:
+        while breaker.state == "closed" and len(calls) < 20:
+            assert (await http.post("/chat/completions", json=CHAT)).status_code == failing.status_code
+        with pytest.raises(hs.CircuitOpenError):
+            await http.post("/chat/completions", json=CHAT)
+    assert len(calls) == 3
+
+
+async def test_a_failure_is_classified_once_per_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table is asked once per failed attempt; the breaker, the retry policy and the fallback read
+    the verdict the failure carries."""
+    from holysheep import classify
+
+    asked: list[tuple[Any, ...]] = []
+
+    def counting(*args: Any) -> tuple[bool, str, bool]:
+        asked.append(args)
+        return classify_failure(*args)
+
+    classify_failure = classify.classify_failure
+    monkeypatch.setattr(classify, "classify_failure", counting)
+    breakers = hs.KeyedBreaker(failure_threshold=100)
+    handle, asked_models = by_model({"gpt-4.1": httpx2.Response(503), "deepseek-v3.2": httpx2.ConnectError("down")})
+    fallbacks = {"gpt-4.1": ["deepseek-v3.2"]}
+    async with client(handle, retry=FAST, breaker=breakers, fallback_models=fallbacks) as http:
+        with pytest.raises(httpx2.ConnectError):
+            await http.post("/chat/completions", json=CHAT)
+    assert len(asked_models) == 2 * FAST.max_attempts
+    assert len(asked) == 2 * FAST.max_attempts
+
+
+async def test_a_model_that_keeps_timing_out_hands_over_to_its_fallback() -> None:
+    handle, asked = by_model({"gpt-4.1": httpx2.ReadTimeout("slow"), "deepseek-v3.2": ok()})
+    async with client(handle, retry=FAST, fallback_models={"gpt-4.1": ["deepseek-v3.2"]}) as http:
+        response = await http.post("/chat/completions", json=CHAT)
+    assert response.headers["x-holysheep-model"] == "deepseek-v3.2"
+    assert asked == ["gpt-4.1"] * FAST.max_attempts + ["deepseek-v3.2"]
+
+
+@pytest.mark.parametrize(
+    ("failing", "handed_over"),
+    [
+        (httpx2.Response(503, headers={"x-should-retry": "false"}), True),
+        (httpx2.Response(400, json={"error": {"message": "bad request"}}), False),
+        (httpx2.Response(429, json={"error": {"code": "insufficient_quota"}}), False),
+    ],
+    ids=["503 not to be retried", "400", "out of credit"],
+)
+async def test_the_fallback_reads_the_failures_verdict(failing: httpx2.Response, handed_over: bool) -> None:
+    handle, asked = by_model({"gpt-4.1": failing, "deepseek-v3.2": ok()})
+    async with client(handle, retry=FAST, fallback_models={"gpt-4.1": ["deepseek-v3.2"]}) as http:
+        response = await http.post("/chat/completions", json=CHAT)
+    assert asked == (["gpt-4.1", "deepseek-v3.2"] if handed_over else ["gpt-4.1"])
+    assert response.status_code == (200 if handed_over else failing.status_code)
+
+
 async def test_usage_settles_the_token_estimate() -> None:
     lim = hs.HolySheepRateLimiter(tpm=1_000)
     handle, _ = answers(ok(usage_tokens=40))
@@ -351,14 +417,19 @@ async def test_a_request_cancelled_in_flight_returns_its_slot_and_leaves_the_bre
     assert breaker.stats()["state"] == "closed"
 
 
-def by_model(replies: dict[str, httpx2.Response]) -> tuple[Callable[[httpx2.Request], httpx2.Response], list[str]]:
-    """A handler answering by the model asked for, and the models asked in order."""
+def by_model(
+    replies: dict[str, httpx2.Response | Exception],
+) -> tuple[Callable[[httpx2.Request], httpx2.Response], list[str]]:
+    """A handler answering (or raising) by the model asked for, and the models asked in order."""
     asked: list[str] = []
 
     def handle(request: httpx2.Request) -> httpx2.Response:
         model = json.loads(request.content)["model"]
         asked.append(model)
-        return replies[model]
+        reply = replies[model]
+        if isinstance(reply, Exception):
+            raise type(reply)(*reply.args)  # a fresh one each time, as a real transport raises
+        return reply
 
     return handle, asked
 

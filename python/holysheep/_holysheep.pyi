@@ -312,9 +312,10 @@ class SyncGuard:
 
 def classify_failure(
     kind: str, status: int | None = None, should_retry: str | None = None, error_code: str | None = None
-) -> tuple[bool, str]:
-    """`(retry, breaker_outcome)` for a failure of `kind` ("status", "timeout", "connection", "caller",
-    "cancelled", "unknown"); a status failure also gives its code, `x-should-retry` and body error code."""
+) -> tuple[bool, str, bool]:
+    """`(retry, breaker_outcome, fallback)` for a failure of `kind` ("status", "timeout", "connection",
+    "caller", "cancelled", "unknown"); a status failure also gives its code, `x-should-retry` and body
+    error code."""
 
 def retry_after(headers: list[tuple[str, str]]) -> float | None:
     """Seconds the response headers ask to wait (`retry-after-ms`, `retry-after`, `x-ratelimit-reset-*`),

@@ -1,7 +1,7 @@
 """CircuitBreaker and KeyedBreaker: stop calling a service that is down, and try it again carefully.
 
 The state machine is the Rust core's (one atomic word, exact under threads and tasks); this module feeds
-it each call's outcome as :mod:`holysheep.classify` reads it, announces state changes (the
+it each call's outcome, the verdict :mod:`holysheep.classify` gave the failure, announces state changes (the
 ``holysheep`` logger and ``on_state_change``), and gives back the slot of a cancelled call.
 """
 
@@ -18,7 +18,7 @@ from typing import Any, TypeVar, cast
 
 from holysheep._guard import guard_sync, refuse_generators
 from holysheep._holysheep import BreakerCore
-from holysheep.classify import breaker_outcome
+from holysheep.classify import verdict
 from holysheep.errors import ConfigError
 
 __all__ = ["CircuitBreaker", "KeyedBreaker", "StateListener"]
@@ -228,8 +228,9 @@ class CircuitBreaker:
             self._announce(changed)
 
     def _settle(self, permit: int, exc: BaseException) -> None:
-        """Feeds a failed call's outcome to the core: a failure, an answer, or just the slot back."""
-        outcome = breaker_outcome(exc)
+        """Feeds a failed call's outcome to the core as the failure's verdict says: a failure, an answer,
+        or just the slot back."""
+        outcome = verdict(exc).breaker
         if outcome == "failure":
             changed = self._core.failure(permit)
         elif outcome == "success":

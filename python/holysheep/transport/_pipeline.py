@@ -16,7 +16,7 @@ from holysheep._holysheep import _Reservation
 from holysheep._limiter import _check_timeout
 from holysheep._tokens import estimate_request_tokens
 from holysheep.breaker import CircuitBreaker, KeyedBreaker
-from holysheep.classify import classify_status
+from holysheep.classify import verdict
 from holysheep.errors import CircuitOpenError
 from holysheep.pricing import PRICES
 from holysheep.retry import RetryPolicy
@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
 
 class _StatusFailure(Exception):
-    """A failing HTTP answer, read by the retry policy and the breaker like any HTTP error."""
+    """A failing HTTP answer, classified like any HTTP error; its verdict, carried, is what the retry
+    policy, the breaker and the fallback read."""
 
     def __init__(self, status_code: int, headers: Any, error_code: str | None) -> None:
         super().__init__(f"HTTP {status_code}")
@@ -166,25 +167,11 @@ class _Pipeline:
         except Exception:
             return None
 
-    @staticmethod
-    def _breaker_outcome(breaker: CircuitBreaker, permit: int, error: BaseException | None) -> None:
-        if error is None:
-            breaker._succeeded(permit)
-        else:
-            breaker._settle(permit, error)
-
     def _for_model(self, request: Any, plan: _Plan, model: str | None) -> Any:
         """The same request, asking ``model``."""
         headers = [(k, v) for k, v in request.headers.items() if k.lower() != "content-length"]
         body = {**(plan.body or {}), "model": model}
         return self.lib.Request(request.method, request.url, headers=headers, json=body, extensions=request.extensions)
-
-    def _failure(self, response: Any, body: bytes) -> _StatusFailure | None:
-        """The failure an answer of 400 or more stands for, if it is a retried one."""
-        status = response.status_code
-        failure = _StatusFailure(status, response.headers, _error_code(body) if status == 429 else None)
-        retried, _ = classify_status(status, response.headers, failure.code)
-        return failure if retried else None
 
     def _exchange(self, request: Any, steps: _Steps) -> Coroutine[Any, Any, Any]:
         """One request, written once for both kinds of client: what it waits on (a limiter admission,
@@ -247,25 +234,34 @@ class _Pipeline:
                 body = (await steps.read(response)) if status >= 400 else b""
             except BaseException as exc:
                 self._release(reservation)
+                # Classified once, here; the breaker, the retry policy and the fallback read the verdict.
+                hands_over = verdict(exc).fallback
                 if breaker is not None and permit is not None:
-                    self._breaker_outcome(breaker, permit, exc)
+                    breaker._settle(permit, exc)
                 delay = self._next_delay(exc, attempts, started, previous) if isinstance(exc, Exception) else None
                 if delay is None:
+                    if hands_over and not last:
+                        return _NEXT_MODEL
                     raise
             else:
                 if self.limiter is not None:
                     # 429s cut the rates in force, other answers let them climb back (holysheep.core
                     # AIMD); what the server says it has left is held against our own count.
                     self.limiter._server_answered(status, reservation, response.headers)
-                failure = None if status < 400 else self._failure(response, body)
-                if breaker is not None and permit is not None:
-                    self._breaker_outcome(breaker, permit, failure if status >= 500 else None)
-                delay = None if failure is None else self._next_delay(failure, attempts, started, previous)
-                if delay is None:
-                    if not last and (status == 429 or status >= 500):
-                        self._release(reservation)
-                        return _NEXT_MODEL
+                if status < 400:
+                    if breaker is not None and permit is not None:
+                        breaker._succeeded(permit)
                     return self._answer(response, reservation, model, steps.held)
+                failure = _StatusFailure(status, response.headers, _error_code(body) if status == 429 else None)
+                hands_over = verdict(failure).fallback
+                if breaker is not None and permit is not None:
+                    breaker._settle(permit, failure)
+                delay = self._next_delay(failure, attempts, started, previous)
+                if delay is None:
+                    if not hands_over or last:
+                        return self._answer(response, reservation, model, steps.held)
+                    self._release(reservation)
+                    return _NEXT_MODEL
                 self._release(reservation)
             await steps.sleep(delay)
             previous = delay
