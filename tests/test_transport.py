@@ -199,16 +199,88 @@ async def test_usage_settles_the_token_estimate() -> None:
     assert lim.stats()["remaining"] == {"1000 tokens per minute": 960}
 
 
-@pytest.mark.parametrize("usage", [b'"total_tokens": 99999999999999999999999', b'"total_tokens": "many"', b""])
-async def test_a_usage_that_cannot_be_read_leaves_the_estimate_and_returns_the_slot(usage: bytes) -> None:
-    lim = hs.HolySheepRateLimiter(tpm=1_000, max_concurrency=1)
-    handle, _ = answers(httpx2.Response(200, content=b'{"object": "chat.completion", "usage": {' + usage + b"}}"))
-    async with client(handle, limiter=lim) as http:
-        response = await http.post("/chat/completions", json={**CHAT, "max_tokens": 800})
-    assert response.status_code == 200
-    stats = lim.stats()
-    assert stats["in_flight"] == 0
-    assert stats["remaining"]["1000 tokens per minute"] < 200
+#: Counts no answer can really report: too large to be real, or not a plain integer.
+UNREAL_USAGE = [
+    b'"total_tokens": 999999999999999999',
+    b'"total_tokens": 99999999999999999999999',
+    b'"total_tokens": 1e+308',
+    b'"total_tokens": 7.5',
+    b'"total_tokens": -3',
+    b'"total_tokens": "many"',
+    b"",
+]
+
+
+def answering_usage(usage: bytes, streamed: bool) -> Callable[[httpx2.Request], httpx2.Response]:
+    """A handler whose answers end with ``"usage": {<usage>}``, as a JSON body or a stream's last event."""
+
+    async def events() -> AsyncIterator[bytes]:
+        yield b'data: {"choices": [{"delta": {"content": "baa"}}]}\n\n'
+        yield b'data: {"choices": [], "usage": {' + usage + b"}}\n\n"
+        yield b"data: [DONE]\n\n"
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        if streamed:
+            return httpx2.Response(200, content=events(), headers={"content-type": "text/event-stream"})
+        body = b'{"object": "chat.completion", "usage": {' + usage + b"}}"
+        return httpx2.Response(200, content=body, headers={"content-type": "application/json"})
+
+    return handle
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("usage", UNREAL_USAGE)
+async def test_a_usage_that_cannot_be_real_leaves_the_estimate_and_returns_the_slot(usage: bytes, streamed: bool) -> None:
+    """Issue 15: one answer reporting 999999999999999999 tokens blocked every token-carrying request for
+    the whole window, and 1e+308 was read as 1 token."""
+    from holysheep._tokens import estimate_request_tokens
+
+    lim = hs.HolySheepRateLimiter(tpm=10_000, max_concurrency=1)
+    body = {**CHAT, "max_tokens": 800}
+    async with client(answering_usage(usage, streamed), limiter=lim, acquire_timeout=0.5) as http:
+        response = await http.post("/chat/completions", json=body)
+        assert response.status_code == 200
+        stats = lim.stats()
+        assert stats["in_flight"] == 0
+        assert stats["remaining"]["10000 tokens per minute"] == 10_000 - estimate_request_tokens(body)
+        assert (await http.post("/chat/completions", json=body)).status_code == 200
+
+
+def json_answer(body: bytes) -> httpx2.Response:
+    return httpx2.Response(200, content=body, headers={"content-type": "application/json", "x-request-id": "req_1"})
+
+
+CUT_OFF = b'{"id": "chatcmpl-mock", "object": "chat.comp'
+
+
+async def test_a_json_answer_that_is_not_json_is_retried_like_a_bad_gateway() -> None:
+    breaker = hs.CircuitBreaker(failure_threshold=5)
+    handle, calls = answers(json_answer(CUT_OFF), ok())
+    async with client(handle, retry=FAST, breaker=breaker) as http:
+        response = await http.post("/chat/completions", json=CHAT)
+    assert response.status_code == 200 and len(calls) == 2
+    assert breaker.stats()["failures"] == 1
+
+
+@pytest.mark.parametrize("body", [CUT_OFF, b"", b"<html><body>502 Bad Gateway</body></html>", b"OK", b"null"])
+async def test_a_json_answer_that_stays_broken_comes_back_as_a_502_saying_what_came(body: bytes) -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=100, max_concurrency=1)
+    handle, calls = answers(json_answer(body))
+    async with client(handle, limiter=lim, retry=FAST) as http:
+        response = await http.post("/chat/completions", json=CHAT)
+    assert len(calls) == FAST.max_attempts
+    assert response.status_code == 502 and response.headers["x-request-id"] == "req_1"
+    error = response.json()["error"]
+    assert error["code"] == "invalid_json" and "not a JSON object or array" in error["message"]
+    assert lim.stats()["in_flight"] == 0
+
+
+@pytest.mark.parametrize("body", [b'{"object": "list"}', b' \r\n[1, 2]\n', b"\n" * 100 + b'{"a": 1}' + b" " * 100])
+async def test_json_answers_of_any_layout_pass_unchanged(body: bytes) -> None:
+    handle, calls = answers(json_answer(body))
+    async with client(handle, retry=FAST) as http:
+        response = await http.post("/chat/completions", json=CHAT)
+    assert (response.status_code, response.content, len(calls)) == (200, body, 1)
 
 
 async def test_an_answer_saying_the_server_has_less_left_lowers_that_units_rate_before_any_429() -> None:

@@ -7,13 +7,7 @@ import importlib
 from typing import Any
 
 from holysheep.transport._pipeline import _Pipeline
-from holysheep.transport._streams import (
-    _HeldAsyncStream,
-    _HeldSyncStream,
-    _SettlingAsyncStream,
-    _SettlingSyncStream,
-    _StampedWhenSent,
-)
+from holysheep.transport._streams import _HeldAsyncStream, _HeldSyncStream, _StampedWhenSent, reclaimed_error
 
 __all__ = ["http_library", "transport_class"]
 
@@ -38,12 +32,11 @@ returned as it is, so the SDK raises its own typed error for it.
 
 def transport_class(lib: Any) -> type:
     """The `Transport` class for an HTTP library module (``httpx`` or ``httpx2``)."""
+    reclaimed = {"reclaimed": reclaimed_error(lib)}
     namespace = {
         "lib": lib,
-        "async_stream": type("HeldAsyncStream", (_HeldAsyncStream, lib.AsyncByteStream), {}),
-        "settling_async_stream": type("SettlingAsyncStream", (_SettlingAsyncStream, lib.AsyncByteStream), {}),
-        "sync_stream": type("HeldSyncStream", (_HeldSyncStream, lib.SyncByteStream), {}),
-        "settling_sync_stream": type("SettlingSyncStream", (_SettlingSyncStream, lib.SyncByteStream), {}),
+        "async_stream": type("HeldAsyncStream", (_HeldAsyncStream, lib.AsyncByteStream), reclaimed),
+        "sync_stream": type("HeldSyncStream", (_HeldSyncStream, lib.SyncByteStream), reclaimed),
         "stamped_body": type("StampedWhenSent", (_StampedWhenSent, lib.SyncByteStream, lib.AsyncByteStream), {}),
         "__module__": "holysheep.transport",
         "__doc__": TRANSPORT_DOC,

@@ -1,8 +1,10 @@
 """The pipeline every request passes: limiter → breaker → send → classify → retry, and fallback models.
 
 One exchange is written once, as a coroutine, for both kinds of client: what it waits on (an admission,
-a send, reading a failed answer, a backoff) it awaits from its steps (`holysheep.transport._steps`). The
-answer handed back holds its admission in a body of `holysheep.transport._streams`.
+a send, reading an answer, a backoff) it awaits from its steps (`holysheep.transport._steps`). Each
+failure is classified once, when it happens (`holysheep.classify.verdict`); the breaker, the retry policy
+and the fallback read that verdict. The answer handed back holds its admission until its body ends
+(`holysheep.transport._streams`); a JSON answer is read here, checked, settled and released at once.
 """
 
 from __future__ import annotations
@@ -12,37 +14,21 @@ import threading
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from holysheep._holysheep import _Reservation
-from holysheep._limiter import _check_timeout
 from holysheep._tokens import estimate_request_tokens
 from holysheep.breaker import CircuitBreaker, KeyedBreaker
 from holysheep.classify import verdict
 from holysheep.errors import CircuitOpenError
 from holysheep.pricing import PRICES
 from holysheep.retry import RetryPolicy
+from holysheep.transport._admission import Admission, admit_now
+from holysheep.transport._answers import StatusFailure, error_code, is_json, looks_like_json, not_json
+from holysheep.transport._holds import Hold, finish, register
+from holysheep.transport._settings import check_settings
 from holysheep.transport._steps import _AsyncSteps, _BlockingSteps, _run_blocking, _Steps
 
 if TYPE_CHECKING:
-    from holysheep._limiter import Admitted, HolySheepRateLimiter
-    from holysheep.transport._streams import (
-        _Held,
-        _HeldAsyncStream,
-        _HeldSyncStream,
-        _SettlingAsyncStream,
-        _SettlingSyncStream,
-        _StampedWhenSent,
-    )
-
-
-class _StatusFailure(Exception):
-    """A failing HTTP answer, classified like any HTTP error; its verdict, carried, is what the retry
-    policy, the breaker and the fallback read."""
-
-    def __init__(self, status_code: int, headers: Any, error_code: str | None) -> None:
-        super().__init__(f"HTTP {status_code}")
-        self.status_code = status_code
-        self.headers = headers
-        self.code = error_code
+    from holysheep._limiter import HolySheepRateLimiter
+    from holysheep.transport._streams import _HeldAsyncStream, _HeldSyncStream, _StampedWhenSent
 
 
 class _Plan:
@@ -73,29 +59,17 @@ class _Plan:
         return [self.model, *fallbacks.get(self.model, ())]
 
 
-def _error_code(body: bytes) -> str | None:
-    """The ``error.code`` of an OpenAI-shaped error body, if any."""
-    try:
-        error = json.loads(body).get("error")
-    except (ValueError, AttributeError, UnicodeDecodeError):
-        return None
-    code = error.get("code") if isinstance(error, dict) else None
-    return code if isinstance(code, str) else None
-
-
 #: What one model's attempts end in when the next model should be asked instead.
 _NEXT_MODEL = object()
 
 
 class _Pipeline:
     """The request pipeline shared by every flavour of `Transport`; ``lib`` is httpx or httpx2, and the
-    stream classes are the held streams made that library's byte streams."""
+    stream classes are the held bodies made that library's byte streams."""
 
     lib: Any
     async_stream: type[_HeldAsyncStream]
-    settling_async_stream: type[_SettlingAsyncStream]
     sync_stream: type[_HeldSyncStream]
-    settling_sync_stream: type[_SettlingSyncStream]
     stamped_body: type[_StampedWhenSent]
 
     def __init__(
@@ -117,18 +91,22 @@ class _Pipeline:
         :param inner: the transport that really sends; the library's own HTTP transport by default.
         :param acquire_timeout: seconds a request may wait for the limiter before RateLimitExceeded.
         :param fallback_models: ``{"gpt-4.1": ["deepseek-v3.2"]}``: the models to ask next, in order,
-            when a model's breaker is open or its answers still fail (429, 5xx) after the retries. The
-            answer's ``x-holysheep-model`` header (and the body's ``model``) says which one answered.
+            when a model's breaker is open or its answers still fail after the retries (429, 5xx, timeouts:
+            what `holysheep.classify` says another model may answer). The answer's ``x-holysheep-model``
+            header (and the body's ``model``) says which one answered.
         :param prices: dollars per million tokens by model, over `holysheep.pricing.PRICES`, for budgets
             (limits with ``unit="usd"``): a request that would cross one raises BudgetExceeded unsent.
+        :raises ConfigError: an argument it cannot work with, named in ``.field``.
         """
-        _check_timeout(acquire_timeout, "acquire_timeout")
+        check_settings(limiter, retry, breaker, inner, acquire_timeout, fallback_models, prices)
         self.limiter = limiter
         self.retry = retry if retry is not None else RetryPolicy()
         self.breaker = breaker
         self.acquire_timeout = acquire_timeout
         self.fallback_models = dict(fallback_models or {})
         self.prices = {**PRICES, **(prices or {})}
+        #: The limiter, when it counts concurrency slots: an answer's body then holds one until it ends.
+        self.slot_limiter = limiter if limiter is not None and limiter.max_concurrency is not None else None
         # The body is read (tokens estimated, model found) only where a limit, a breaker per model or a
         # fallback needs it.
         units = {limit.unit for limit in limiter.limits} if limiter is not None else set()
@@ -175,7 +153,7 @@ class _Pipeline:
 
     def _exchange(self, request: Any, steps: _Steps) -> Coroutine[Any, Any, Any]:
         """One request, written once for both kinds of client: what it waits on (a limiter admission,
-        a send, reading a failed answer, a backoff) it awaits from ``steps``."""
+        a send, reading an answer, a backoff) it awaits from ``steps``."""
         if not self._read_bodies:
             return self._attempts(request, 0, None, True, steps)
         plan = _Plan(request)
@@ -211,29 +189,30 @@ class _Pipeline:
                     if last:
                         raise
                     return _NEXT_MODEL
-            reservation: Admitted | None = None
+            admission: Admission | None = None
             if self.limiter is not None:
                 # Admitted in one call when nobody waits and all is free; else it waits its turn.
-                reservation = self.limiter._admit_at_once(tokens, price)
-                if reservation is None:
-                    reservation = await steps.acquire(tokens, price)
+                admission = admit_now(self.limiter, tokens, price) or await steps.acquire(tokens, price)
             try:
                 # The permit is taken when the request is about to go, so a half-open breaker's trials
                 # are the next requests sent, not the next to start waiting for the limiter.
                 permit = None if breaker is None else breaker._admit()
             except CircuitOpenError:
-                self._release(reservation)
+                if admission is not None:
+                    admission.release()
                 if last:
                     raise
                 return _NEXT_MODEL
-            if isinstance(reservation, _Reservation):  # one of Redis is counted at Redis's time
-                request.stream = self.stamped_body(request.stream, reservation)
+            if admission is not None and admission.stamps:
+                request.stream = self.stamped_body(request.stream, admission)
             try:
                 response = await steps.send(request)
                 status = response.status_code
-                body = (await steps.read(response)) if status >= 400 else b""
+                # An answer that is not streamed is read here: a failure to classify it, JSON to check it.
+                body = await steps.read(response) if status >= 400 or is_json(response.headers) else None
             except BaseException as exc:
-                self._release(reservation)
+                if admission is not None:
+                    admission.release()
                 # Classified once, here; the breaker, the retry policy and the fallback read the verdict.
                 hands_over = verdict(exc).fallback
                 if breaker is not None and permit is not None:
@@ -244,25 +223,29 @@ class _Pipeline:
                         return _NEXT_MODEL
                     raise
             else:
-                if self.limiter is not None:
-                    # 429s cut the rates in force, other answers let them climb back (holysheep.core
-                    # AIMD); what the server says it has left is held against our own count.
-                    self.limiter._server_answered(status, reservation, response.headers)
+                if admission is not None:
+                    admission.observe(status, response.headers)
+                if body is not None and status < 400 and not looks_like_json(body):
+                    response = not_json(self.lib, request, response, body)
+                    status, body = response.status_code, response.content
                 if status < 400:
                     if breaker is not None and permit is not None:
                         breaker._succeeded(permit)
-                    return self._answer(response, reservation, model, steps.held)
-                failure = _StatusFailure(status, response.headers, _error_code(body) if status == 429 else None)
+                    return self._answer(response, admission, model, steps)
+                code = error_code(body) if status == 429 and body is not None else None
+                failure = StatusFailure(status, response.headers, code)
                 hands_over = verdict(failure).fallback
                 if breaker is not None and permit is not None:
                     breaker._settle(permit, failure)
                 delay = self._next_delay(failure, attempts, started, previous)
                 if delay is None:
                     if not hands_over or last:
-                        return self._answer(response, reservation, model, steps.held)
-                    self._release(reservation)
+                        return self._answer(response, admission, model, steps)
+                    if admission is not None:
+                        admission.release()
                     return _NEXT_MODEL
-                self._release(reservation)
+                if admission is not None:
+                    admission.release()
             await steps.sleep(delay)
             previous = delay
 
@@ -273,24 +256,20 @@ class _Pipeline:
     def handle_request(self, request: Any) -> Any:
         return _run_blocking(self._exchange(request, self._blocking_steps or self._make_blocking_steps()))
 
-    def _answer(self, response: Any, admitted: Admitted | None, model: str | None, held: type[_Held]) -> Any:
-        """The response handed to the client, saying which model answered. It keeps its slot until its
-        stream ends; one already read in full (a failure read to classify it, or an answer an inner
-        transport made in memory) is done with, its slot back now."""
+    def _answer(self, response: Any, admission: Admission | None, model: str | None, steps: _Steps) -> Any:
+        """The response handed to the client, saying which model answered. A body read in full (JSON, a
+        failure, or an answer made in memory) is done with: its usage settled, its slot back now. A
+        streamed one holds its admission until it is read to the end, closed or abandoned."""
         if model is not None:
             response.headers["x-holysheep-model"] = model
-        if admitted is None:  # no limiter: nothing held
+        if admission is None:  # no limiter: nothing held
             return response
-        stream = held(response.stream, self.limiter, admitted)
         if response.is_closed:
-            stream.finish(response.content)
+            finish(admission, self._settles, response.content)
         else:
-            response.stream = stream
+            held = Hold(response.stream, self.slot_limiter, steps.me(), self._settles)
+            response.stream = steps.held(register(admission, held))
         return response
-
-    def _release(self, admitted: Admitted | None) -> None:
-        if self.limiter is not None and admitted is not None:
-            self.limiter._release_admitted(admitted)
 
     async def aclose(self) -> None:
         if self._inner is not None:
@@ -299,5 +278,3 @@ class _Pipeline:
     def close(self) -> None:
         if self._inner is not None:
             self._inner.close()
-
-

@@ -1,129 +1,126 @@
-"""The bodies of answers handed to the client: each holds what its request was admitted with (the
-concurrency slot) until it is read to the end, closed or dropped, and settles the request's token
-estimate with the ``usage`` the server reported; and the request body that stamps its admission when it
-starts out on the connection.
+"""The bodies the transport hands out: an answer's body that holds its request's admission (the
+concurrency slot) until it is read to the end, closed or abandoned, and a request's body that stamps its
+admission when it starts out on the connection.
+
+A held body keeps nothing but its `Hold` (`holysheep.transport._holds`), which the rules for abandoned
+bodies read: who read it last, whether a read is in progress. It ends its hold when it is read to the
+end, closed, or freed; the hold settles the token estimate with the ``usage`` the body ended with and
+gives the slot back, once.
 """
 
 from __future__ import annotations
 
-import re
+import asyncio
+import threading
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from holysheep._holysheep import _Reservation
+from holysheep.transport._holds import Hold, end
 
 if TYPE_CHECKING:
-    from holysheep._limiter import Admitted, HolySheepRateLimiter
+    from holysheep.transport._admission import Admission
 
-#: How much of a response's end is kept to find its ``usage`` (it comes last in a body or a stream).
-_TAIL_BYTES = 2048
-#: A count too long to be one (over 18 digits) is not read: it could not be settled.
-_TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d{1,18})(?!\d)')
+__all__ = ["_HeldAsyncStream", "_HeldSyncStream", "_StampedWhenSent", "reclaimed_error"]
 
-
-class _Held:
-    """A response body that holds what its request was admitted with until it is read to the end,
-    closed, or dropped unread: the concurrency slot (`finish` gives it back)."""
-
-    __slots__ = ("_admitted", "_limiter", "inner")
-
-    def __init__(self, inner: Any, limiter: HolySheepRateLimiter | None, admitted: Admitted) -> None:
-        self.inner = inner
-        self._limiter = limiter
-        self._admitted = admitted
-
-    def finish(self, body: bytes = b"") -> None:
-        """Gives the admission back; only the first call counts."""
-        limiter, self._limiter = self._limiter, None
-        if limiter is not None:
-            limiter._release_admitted(self._admitted)
-
-    def __del__(self) -> None:
-        # A response dropped without being read to the end or closed still gives its slot back.
-        if self._limiter is not None:
-            self.finish()
+_current_task = asyncio.current_task
+_current_thread = threading.get_ident
 
 
-class _Settling(_Held):
-    """`_Held` that first settles the request's token estimate with the ``usage`` the server reported,
-    found at the end of the body (a stream's last events, or a JSON body's last field)."""
+def reclaimed_error(lib: Any) -> type[Exception]:
+    """The error reading a body raises once it was closed to give its slot to its reader's next request:
+    the library's own ``StreamClosed``, saying why."""
 
-    __slots__ = ("_tail",)
+    class StreamReclaimed(lib.StreamClosed):  # type: ignore[misc]
+        def __init__(self) -> None:
+            lib.StreamError.__init__(
+                self,
+                "holysheep closed this stream: the task (or thread) reading it started another request that "
+                "had to wait for a concurrency slot while the stream sat half-read, so the stream's slot went "
+                "to that request. Read a stream to its end or close it (`async with stream:`) before the next "
+                "request.",
+            )
 
-    def __init__(self, inner: Any, limiter: HolySheepRateLimiter | None, admitted: Admitted) -> None:
-        super().__init__(inner, limiter, admitted)
-        self._tail = b""
+    return StreamReclaimed
 
-    def _saw(self, chunk: bytes) -> None:
-        self._tail = (self._tail + chunk)[-_TAIL_BYTES:]
 
-    def finish(self, body: bytes = b"") -> None:
+class _HeldAsyncStream:
+    """A held body for asyncio clients (made a byte stream of the HTTP library by `transport_class`)."""
+
+    __slots__ = ("_hold",)
+    reclaimed: ClassVar[type[Exception]]
+
+    def __init__(self, held: Hold) -> None:
+        self._hold = held
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        held = self._hold
+        chunks = held.inner.__aiter__()
         try:
-            matches = _TOTAL_TOKENS.findall(self._tail + body[-_TAIL_BYTES:])
-            if matches and self._limiter is not None:
-                self._limiter._settle_admitted(self._admitted, int(matches[-1]))
+            while True:
+                if held.reclaimed:
+                    raise self.reclaimed()
+                held.reader, held.reading, held.pulls = _current_task(), True, held.pulls + 1
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    return
+                finally:
+                    held.reading = False
+                if held.settles:
+                    held.saw(chunk)
+                yield chunk
         finally:
-            super().finish()
-
-
-class _HeldAsyncStream(_Held):
-    """`_Held` for asyncio clients: the body goes by untouched, and the slot comes back at aclose, which
-    httpx calls once the body is read to the end, or the response is closed or dropped."""
-
-    __slots__ = ()
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self.inner.__aiter__()  # type: ignore[no-any-return]
+            end(held)
 
     def aclose(self) -> Awaitable[None]:
         # The inner body's own closing is handed back to be awaited: no coroutine of ours in between.
         try:
-            return self.inner.aclose()  # type: ignore[no-any-return]
+            return self._hold.inner.aclose()  # type: ignore[no-any-return]
         finally:
-            self.finish()
+            end(self._hold)
+
+    def __del__(self, _end: Any = end) -> None:  # bound now: module globals may be gone at exit
+        # A body dropped unread and unclosed gives its slot back when it is freed.
+        _end(self._hold)
 
 
-class _SettlingAsyncStream(_Settling, _HeldAsyncStream):
-    """`_Settling` for asyncio clients: reads the body on its way."""
+class _HeldSyncStream:
+    """A held body for blocking clients (made a byte stream of the HTTP library by `transport_class`)."""
 
-    __slots__ = ()
+    __slots__ = ("_hold",)
+    reclaimed: ClassVar[type[Exception]]
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self.inner:
-                self._saw(chunk)
-                yield chunk
-        finally:
-            self.finish()
-
-
-class _HeldSyncStream(_Held):
-    """`_Held` for blocking clients."""
-
-    __slots__ = ()
+    def __init__(self, held: Hold) -> None:
+        self._hold = held
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self.inner)
+        held = self._hold
+        chunks = iter(held.inner)
+        try:
+            while True:
+                if held.reclaimed:
+                    raise self.reclaimed()
+                held.reader, held.reading, held.pulls = _current_thread(), True, held.pulls + 1
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
+                    return
+                finally:
+                    held.reading = False
+                if held.settles:
+                    held.saw(chunk)
+                yield chunk
+        finally:
+            end(held)
 
     def close(self) -> None:
         try:
-            self.inner.close()
+            self._hold.inner.close()
         finally:
-            self.finish()
+            end(self._hold)
 
-
-class _SettlingSyncStream(_Settling, _HeldSyncStream):
-    """`_Settling` for blocking clients: reads the body on its way."""
-
-    __slots__ = ()
-
-    def __iter__(self) -> Iterator[bytes]:
-        try:
-            for chunk in self.inner:
-                self._saw(chunk)
-                yield chunk
-        finally:
-            self.finish()
+    def __del__(self, _end: Any = end) -> None:
+        _end(self._hold)
 
 
 class _StampedWhenSent:
@@ -132,18 +129,16 @@ class _StampedWhenSent:
     while for a connection, and its window entry must not expire before the server's own does. Made
     over the body of the attempt before on a retry; the body's own iterator does the sending."""
 
-    __slots__ = ("_reservation", "body")
+    __slots__ = ("_admission", "body")
 
-    def __init__(self, body: Any, reservation: _Reservation) -> None:
+    def __init__(self, body: Any, admission: Admission) -> None:
         self.body: Any = body.body if isinstance(body, _StampedWhenSent) else body
-        self._reservation = reservation
+        self._admission = admission
 
     def __iter__(self) -> Iterator[bytes]:
-        self._reservation.stamp()
+        self._admission.stamp()
         return iter(self.body)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        self._reservation.stamp()
+        self._admission.stamp()
         return self.body.__aiter__()  # type: ignore[no-any-return]
-
-
