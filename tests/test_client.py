@@ -68,6 +68,13 @@ def test_options_that_would_undo_the_transport_are_refused(options: dict[str, An
     assert info.value.field == field
 
 
+@pytest.mark.parametrize("client_class", ["AsyncHolySheep", "HolySheep"])
+def test_a_retry_policy_of_the_wrong_kind_is_refused_when_the_client_is_made(client_class: str) -> None:
+    with pytest.raises(hs.ConfigError) as info:
+        getattr(hs, client_class)(api_key="hs_x", retry=5)
+    assert info.value.field == "retry"
+
+
 def test_limiter_and_tier_are_one_or_the_other() -> None:
     with pytest.raises(hs.ConfigError) as info:
         hs.AsyncHolySheep(api_key="hs_x", tier="pro", limiter=hs.HolySheepRateLimiter(rpm=10))

@@ -343,6 +343,14 @@ def test_generator_functions_are_refused_at_decoration() -> None:
         (lambda: hs.resilient(limiter=object()), "limiter"),  # type: ignore[arg-type]
         (lambda: hs.resilient(retry=hs.CircuitBreaker()), "retry"),  # type: ignore[arg-type]
         (lambda: hs.resilient(breaker=FAST), "breaker"),  # type: ignore[arg-type]
+        # What is decorated or called (issue 15: these were accepted, to fail at the first call)
+        (lambda: FAST(5), "fn"),  # type: ignore[arg-type]
+        (lambda: hs.CircuitBreaker()("f"), "fn"),  # type: ignore[arg-type]
+        (lambda: hs.KeyedBreaker(key=lambda: "k")(None), "fn"),  # type: ignore[arg-type]
+        (lambda: hs.rate_limited(RecordingLimiter([]))(5), "fn"),  # type: ignore[arg-type]
+        (lambda: hs.resilient(retry=FAST)(5), "fn"),  # type: ignore[arg-type]
+        (lambda: FAST.call_sync(5), "fn"),  # type: ignore[arg-type]
+        (lambda: hs.CircuitBreaker().call_sync(5), "fn"),  # type: ignore[arg-type]
     ],
 )
 def test_decorator_arguments_of_the_wrong_kind_are_refused(make: Callable[[], object], field: str) -> None:

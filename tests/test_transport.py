@@ -444,6 +444,28 @@ def test_an_acquire_timeout_that_cannot_work_is_refused_at_construction(timeout:
     assert info.value.field == "acquire_timeout"
 
 
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        ({"limiter": 5}, "limiter"),
+        ({"retry": 5}, "retry"),
+        ({"breaker": "default"}, "breaker"),
+        ({"inner": object()}, "inner"),
+        ({"fallback_models": ["deepseek-v3.2"]}, "fallback_models"),
+        ({"fallback_models": {"gpt-4.1": "deepseek-v3.2"}}, "fallback_models"),
+        ({"prices": {"gpt-4.1": -8.0}}, "prices"),
+        ({"prices": {"gpt-4.1": float("nan")}}, "prices"),
+        ({"prices": {"gpt-4.1": "8"}}, "prices"),
+        ({"prices": 8.0}, "prices"),
+    ],
+)
+def test_arguments_that_cannot_work_are_refused_at_construction(settings: dict[str, Any], field: str) -> None:
+    """Issue 15: a retry=5 failed at the first request with AttributeError."""
+    with pytest.raises(hs.ConfigError) as info:
+        hs.Transport(**settings)
+    assert info.value.field == field
+
+
 async def test_a_request_that_would_wait_past_the_acquire_timeout_fails_at_once() -> None:
     lim = hs.HolySheepRateLimiter(rpm=1)
     handle, calls = answers(ok())

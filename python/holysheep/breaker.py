@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
-from holysheep._guard import guard_sync, refuse_generators
+from holysheep._guard import check_callable, check_decorated, guard_sync
 from holysheep._holysheep import BreakerCore
 from holysheep.classify import verdict
 from holysheep.errors import ConfigError
@@ -132,13 +132,14 @@ class CircuitBreaker:
 
     def __call__(self, fn: F) -> F:
         """Decorates ``fn`` (``def`` or ``async def``) so every call goes through the breaker."""
-        refuse_generators(fn, "CircuitBreaker")
+        check_decorated(fn, "CircuitBreaker")
         if inspect.iscoroutinefunction(fn):
             return cast(F, self._wrap_async(fn))
         return cast(F, self._wrap_sync(fn))
 
     async def call(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         """Awaits ``fn(*args, **kwargs)`` through the breaker."""
+        check_callable(fn, "CircuitBreaker.call")
         permit = self._admit()
         try:
             result = await fn(*args, **kwargs)
@@ -150,6 +151,7 @@ class CircuitBreaker:
 
     def call_sync(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Calls ``fn(*args, **kwargs)`` through the breaker."""
+        check_callable(fn, "CircuitBreaker.call_sync")
         permit = self._admit()
         try:
             result = fn(*args, **kwargs)
@@ -324,7 +326,7 @@ class KeyedBreaker:
         key_of = self._key
         if key_of is None:
             raise ConfigError("key: KeyedBreaker needs key= to be used as a decorator", "key")
-        refuse_generators(fn, "KeyedBreaker")
+        check_decorated(fn, "KeyedBreaker")
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)

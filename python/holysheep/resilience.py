@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
-from holysheep._guard import guard_sync, refuse_generators, reraise
+from holysheep._guard import check_decorated, guard_sync, reraise
 from holysheep.breaker import CircuitBreaker
 from holysheep.errors import ConfigError
 from holysheep.retry import RetryPolicy
@@ -101,7 +101,7 @@ def rate_limited(limiter: Limiter) -> Callable[[F], F]:
     _check_limiter(limiter)
 
     def decorate(fn: F) -> F:
-        refuse_generators(fn, "rate_limited")
+        check_decorated(fn, "rate_limited")
         if inspect.iscoroutinefunction(fn):
             return cast(F, _limit_async(limiter, fn))
         return cast(F, _limit_sync(limiter, fn))
@@ -134,7 +134,7 @@ def resilient(
         raise ConfigError(f"breaker: must be a CircuitBreaker, got {breaker!r}", "breaker")
 
     def decorate(fn: F) -> F:
-        refuse_generators(fn, "resilient")
+        check_decorated(fn, "resilient")
         attempt = fn
         if limiter is not None:
             attempt = rate_limited(limiter)(attempt)

@@ -1,6 +1,7 @@
 //! The pyo3 layer: thin wrappers that convert types, map errors and release the GIL around blocking
 //! waits. Every decision is the core's.
 
+mod arguments;
 mod breaker;
 mod errors;
 mod failures;
