@@ -283,6 +283,15 @@ async def test_json_answers_of_any_layout_pass_unchanged(body: bytes) -> None:
     assert (response.status_code, response.content, len(calls)) == (200, body, 1)
 
 
+async def test_answers_without_a_body_are_not_taken_for_broken_json() -> None:
+    empty = {"content-type": "application/json"}
+    handle, calls = answers(httpx2.Response(204, headers=empty), httpx2.Response(200, headers=empty))
+    async with client(handle, retry=FAST) as http:
+        assert (await http.delete("/files/file-1")).status_code == 204
+        assert (await http.head("/models")).status_code == 200
+    assert len(calls) == 2
+
+
 async def test_an_answer_saying_the_server_has_less_left_lowers_that_units_rate_before_any_429() -> None:
     lim = hs.HolySheepRateLimiter(limits=[hs.Limit(100, per="minute"), hs.Limit(10_000, per="minute", unit="tokens")])
     said = {"x-ratelimit-remaining-requests": "39", "X-RateLimit-Remaining-Tokens": "20000"}

@@ -17,7 +17,7 @@ import json
 import re
 from typing import Any
 
-__all__ = ["StatusFailure", "error_code", "is_json", "looks_like_json", "not_json", "usage_tokens"]
+__all__ = ["StatusFailure", "error_code", "is_json", "is_malformed", "not_json", "usage_tokens"]
 
 #: How much of a response's end is kept to find its ``usage`` (it comes last in a body or a stream).
 TAIL_BYTES = 2048
@@ -65,7 +65,14 @@ def is_json(headers: Any) -> bool:
     return media_type.endswith("json")
 
 
-def looks_like_json(body: bytes) -> bool:
+def is_malformed(request: Any, status: int, body: bytes) -> bool:
+    """Whether a 2xx answer claiming JSON is not shaped as a JSON document (a 204, or an answer to a
+    HEAD, has no body to check)."""
+    has_body = 200 <= status < 300 and status != 204 and request.method != "HEAD"
+    return has_body and not _looks_like_json(body)
+
+
+def _looks_like_json(body: bytes) -> bool:
     """Whether ``body`` is shaped as a JSON document: ``{...}`` or ``[...]`` between blanks."""
     start, end = body[:64].lstrip(_BLANKS)[:1], body[-64:].rstrip(_BLANKS)[-1:]
     if not start or not end:  # blanks only so far: look at the whole (rare, never on the hot path)

@@ -21,7 +21,7 @@ from holysheep.errors import CircuitOpenError
 from holysheep.pricing import PRICES
 from holysheep.retry import RetryPolicy
 from holysheep.transport._admission import Admission, admit_now
-from holysheep.transport._answers import StatusFailure, error_code, is_json, looks_like_json, not_json
+from holysheep.transport._answers import StatusFailure, error_code, is_json, is_malformed, not_json
 from holysheep.transport._holds import Hold, finish, register
 from holysheep.transport._settings import check_settings
 from holysheep.transport._steps import _AsyncSteps, _BlockingSteps, _run_blocking, _Steps
@@ -225,7 +225,7 @@ class _Pipeline:
             else:
                 if admission is not None:
                     admission.observe(status, response.headers)
-                if body is not None and status < 400 and not looks_like_json(body):
+                if body is not None and status < 400 and is_malformed(request, status, body):
                     response = not_json(self.lib, request, response, body)
                     status, body = response.status_code, response.content
                 if status < 400:
