@@ -19,7 +19,8 @@ for a slot:
    progress, and none since a look 50 ms earlier), a reclaimer thread runs ``gc.collect()`` (which works
    with the collector disabled): bodies nothing refers to any more (a helper that returned, a task that
    was cancelled, a consumer's frame gone with its exception) are freed and give their slots back. It
-   spends at most a tenth of the time collecting, and sleeps while nobody waits for a slot.
+   spends at most a tenth of the time collecting (far less while collections free nothing: the idle
+   bodies are alive, read slowly), and sleeps while nobody waits for a slot.
 
 The registry keeps each hold's state and admission, never the body itself, so an abandoned body stays
 collectable; ending a hold is one atomic ``dict.pop``, so a slot is given back once however many ends
@@ -51,6 +52,8 @@ logger = logging.getLogger("holysheep")
 LOOK_S = 0.05
 #: Collections take at most 1 / (1 + this) of the time: the wait after one is this many times its length.
 _COLLECTION_GAP = 9.0
+#: ... and this many times while full collections free none of the idle bodies (they are alive).
+_MOST_COLLECTION_GAP = _COLLECTION_GAP * 64
 
 
 class Hold:
@@ -82,7 +85,7 @@ _held: dict[Hold, Admission] = {}
 
 
 def register(admission: Admission, held: Hold) -> Hold:
-    """Registers ``held`` as holding ``admission`` until `end` (or `claim`)."""
+    """Registers ``held`` as holding ``admission`` until `end` (or `reclaim_left`)."""
     _held[held] = admission
     return held
 
@@ -129,7 +132,14 @@ def waits_for_slot(limiter: HolySheepRateLimiter) -> bool:
 
 
 class _Reclaimer:
-    """Collects garbage while requests wait for a slot and held bodies sit idle (rule 2)."""
+    """Collects garbage while requests wait for a slot and held bodies sit idle (rule 2).
+
+    Each round it notes the idle bodies, looks again ``LOOK_S`` later, and collects when some are still
+    idle: the youngest generation first, every generation if they still are at the next look. The wait
+    after a collection is ``gap`` times its length; a full collection that freed none of the bodies it
+    was run for (they are alive, just read slowly) doubles the gap, up to 64 times, and one that freed
+    some brings it back.
+    """
 
     def __init__(self) -> None:
         self._changed = threading.Condition(threading.Lock())
@@ -137,7 +147,10 @@ class _Reclaimer:
         self._waiting: dict[int, tuple[HolySheepRateLimiter, int]] = {}
         self._thread: threading.Thread | None = None
         self._next_allowed = 0.0
+        self._gap = _COLLECTION_GAP
         self._young_collected = False
+        #: The idle bodies the last full collection was run for, until the next look says if it freed any.
+        self._collected_for: set[Hold] = set()
 
     @contextmanager
     def waiting(self, limiter: HolySheepRateLimiter) -> Iterator[None]:
@@ -168,13 +181,17 @@ class _Reclaimer:
                 limiters = {key: limiter for key, (limiter, _) in self._waiting.items()}
             idle = {h: h.pulls for h in list(_held) if id(h.limiter) in limiters and not h.reading}
             time.sleep(max(LOOK_S, self._next_allowed - time.monotonic()))
-            still_idle = any(h in _held and not h.reading and h.pulls == pulls for h, pulls in idle.items())
+            still_idle = {h for h, pulls in idle.items() if h in _held and not h.reading and h.pulls == pulls}
+            if self._collected_for:
+                fruitless = self._collected_for <= still_idle
+                self._gap = min(self._gap * 2, _MOST_COLLECTION_GAP) if fruitless else _COLLECTION_GAP
+                self._collected_for = set()
             if still_idle and any(waits_for_slot(limiter) for limiter in limiters.values()):
-                self._collect()
+                self._collect(still_idle)
             else:
                 self._young_collected = False
 
-    def _collect(self) -> None:
+    def _collect(self, idle: set[Hold]) -> None:
         # The youngest generation first: it is cheap, and it holds what was abandoned lately (all of it,
         # with the collector disabled); every generation when bodies still sit idle at the next look.
         generation = 2 if self._young_collected else 0
@@ -182,7 +199,9 @@ class _Reclaimer:
         freed = gc.collect(generation)
         took = time.monotonic() - started
         self._young_collected = generation == 0
-        self._next_allowed = started + took * (1.0 + _COLLECTION_GAP)
+        if generation == 2:
+            self._collected_for = idle
+        self._next_allowed = started + took * (1.0 + self._gap)
         logger.debug(
             "holysheep: collected generation %d for requests waiting on held slots (%d objects, %.1f ms)",
             generation,
