@@ -22,17 +22,14 @@ __all__ = ["Admission", "admit_blocking", "admit_now", "admit_waiting"]
 class Admission:
     """What one request was admitted with, until it is released (once, by its owner)."""
 
-    __slots__ = ("_admitted", "_limiter")
+    __slots__ = ("_admitted", "_limiter", "stamps")
 
     def __init__(self, limiter: HolySheepRateLimiter, admitted: Admitted) -> None:
         self._limiter = limiter
         self._admitted = admitted
-
-    @property
-    def stamps(self) -> bool:
-        """Whether its place in the windows moves to when the request is sent (not so in Redis, which
-        counts a request at its own time)."""
-        return isinstance(self._admitted, _Reservation)
+        #: Whether its place in the windows moves to when the request is sent (not so in Redis, which
+        #: counts a request at its own time).
+        self.stamps = isinstance(admitted, _Reservation)
 
     def stamp(self) -> None:
         """The request starts out on the connection now: that is when a server counts it."""

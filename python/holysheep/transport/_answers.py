@@ -60,14 +60,25 @@ def error_code(body: bytes) -> str | None:
 
 def is_json(headers: Any) -> bool:
     """Whether an answer says its body is JSON, as the openai SDK reads it (the media type ends in
-    ``json``: ``application/json``, ``application/problem+json``)."""
-    media_type: str = headers.get("content-type", "").partition(";")[0].rstrip()
-    return media_type.endswith("json")
+    ``json``: ``application/json``, ``application/problem+json``).
+
+    Read from the (raw name, lower-cased name, value) list httpx and httpx2 headers keep, as the limiter
+    reads them: half the cost of ``headers.get``, on every answer; ``get`` for headers without it."""
+    items = getattr(headers, "_list", None)
+    if items is None:
+        media_type = str(headers.get("content-type", "")).partition(";")[0].rstrip()
+        return media_type.endswith("json")
+    for _, name, value in items:
+        if name == b"content-type":
+            return value.partition(b";")[0].rstrip().endswith(b"json")  # type: ignore[no-any-return]
+    return False
 
 
 def is_malformed(request: Any, status: int, body: bytes) -> bool:
     """Whether a 2xx answer claiming JSON is not shaped as a JSON document (a 204, or an answer to a
     HEAD, has no body to check)."""
+    if body[:1] == b"{" and body[-1:] == b"}":  # every good answer, at the cost of two slices
+        return False
     has_body = 200 <= status < 300 and status != 204 and request.method != "HEAD"
     return has_body and not _looks_like_json(body)
 

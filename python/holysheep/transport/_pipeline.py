@@ -264,11 +264,13 @@ class _Pipeline:
             response.headers["x-holysheep-model"] = model
         if admission is None:  # no limiter: nothing held
             return response
-        if response.is_closed:
-            finish(admission, self._settles, response.content)
-        else:
+        if not response.is_closed:
             held = Hold(response.stream, self.slot_limiter, steps.me(), self._settles)
             response.stream = steps.held(register(admission, held))
+        elif self._settles:
+            finish(admission, True, response.content)
+        else:
+            admission.release()
         return response
 
     async def aclose(self) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any, Union
 
 from holysheep.transport._admission import Admission, admit_blocking, admit_now, admit_waiting
@@ -79,11 +79,10 @@ class _AsyncSteps(_StepsOf):
         return bool(claimed)
 
     @staticmethod
-    async def read(response: Any) -> bytes:
-        """An answer's whole body, the answer closed."""
-        body: bytes = await response.aread()
-        await response.aclose()
-        return body
+    def read(response: Any) -> Awaitable[bytes]:
+        """An answer's whole body (read to the end, the answer is closed): the library's own coroutine,
+        none of ours around it."""
+        return response.aread()  # type: ignore[no-any-return]
 
     sleep = staticmethod(asyncio.sleep)
 
@@ -128,9 +127,8 @@ class _BlockingSteps(_StepsOf):
 
     @staticmethod
     async def read(response: Any) -> bytes:
-        """An answer's whole body, the answer closed."""
+        """An answer's whole body (read to the end, the answer is closed)."""
         body: bytes = response.read()
-        response.close()
         return body
 
     @staticmethod
