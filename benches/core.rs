@@ -63,7 +63,7 @@ fn per_decision_group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a
 /// Our GCRA value and its cell: a huge rate, or one per hour already spent.
 fn our_gcra(allow: bool) -> (Gcra, GcraCell) {
     let gcra =
-        if allow { Gcra::new(f64::from(HUGE_RATE), SEC, u64::from(HUGE_RATE)) } else { Gcra::new(1.0, 3_600 * SEC, 1) };
+        if allow { Gcra::new(u64::from(HUGE_RATE), SEC, u64::from(HUGE_RATE)) } else { Gcra::new(1, 3_600 * SEC, 1) };
     let cell = GcraCell::new();
     if !allow {
         cell.decide(&gcra, 1, 0, 0);

@@ -56,9 +56,57 @@ async def test_a_wait_past_the_timeout_fails_at_once_naming_the_key() -> None:
 
 def test_memory_stays_within_max_keys() -> None:
     keyed = hs.KeyedLimiter(hs.Limit(1, per="minute", algorithm="gcra"), max_keys=1_000)
-    for user in range(20_000):
-        assert keyed.try_acquire(f"user-{user}")
-    assert len(keyed) <= 1_000 + 16
+    admitted = [keyed.try_acquire(f"user-{user}") for user in range(20_000)]
+    assert admitted == [True] * 1_000 + [False] * 19_000
+    assert len(keyed) == 1_000
+
+
+# Issue 15: with a, b and c busy in a table of 3, user d went through 20 of 20 (d was forgotten, or
+# a key still counting admissions was, and d started over each time).
+@pytest.mark.parametrize(
+    "limit", [hs.Limit(5, per="minute"), hs.Limit(5, per="minute", algorithm="gcra", burst=5)], ids=str
+)
+async def test_a_full_table_refuses_new_keys_while_every_key_still_counts(limit: hs.Limit) -> None:
+    keyed = hs.KeyedLimiter(limit, max_keys=3)
+    for user in "abc":
+        assert keyed.try_acquire(user)
+    assert sum(keyed.try_acquire("d") for _ in range(20)) == 0
+    with pytest.raises(hs.RateLimitExceeded, match="'d'") as info:
+        await keyed.acquire("d")
+    assert info.value.limit == "max_keys=3"
+    assert info.value.retry_after is not None and 5.0 < info.value.retry_after <= 60.05
+    assert 5.0 < keyed.time_until_ready("d") <= 60.05
+    assert [keyed.try_acquire("a") for _ in range(5)] == [True] * 4 + [False]
+    assert len(keyed) == 3
+
+
+def test_a_key_whose_windows_are_empty_makes_room_without_a_release() -> None:
+    # No max_concurrency: its admissions hold nothing, so a key is free to go once its window empties.
+    keyed = hs.KeyedLimiter(lambda key: hs.HolySheepRateLimiter(limits=[hs.Limit(1, per=0.05)]), max_keys=1)
+    assert keyed.try_acquire("a")
+    assert not keyed.try_acquire("b")
+    time.sleep(0.06)
+    assert keyed.try_acquire("b")
+    assert not keyed.try_acquire("b"), "b is held, and limited"
+    assert len(keyed) == 1
+
+
+async def test_a_held_slot_keeps_its_key() -> None:
+    keyed = hs.KeyedLimiter(lambda key: hs.HolySheepRateLimiter(max_concurrency=1), max_keys=1)
+    async with keyed["a"]:
+        assert not keyed.try_acquire("b")
+        with pytest.raises(hs.RateLimitExceeded) as info:
+            await keyed.acquire("b")
+        assert info.value.retry_after is None, "nothing says when a slot is released"
+        assert keyed.time_until_ready("b") == float("inf")
+    assert keyed.try_acquire("b")
+    keyed.release("b")
+
+
+def test_releasing_a_key_not_held_makes_no_key() -> None:
+    keyed = hs.KeyedLimiter(lambda key: hs.HolySheepRateLimiter(max_concurrency=1), max_keys=1)
+    keyed.release("never-acquired")
+    assert len(keyed) == 0
 
 
 def test_idle_keys_are_forgotten() -> None:
@@ -87,10 +135,9 @@ async def test_exact_limits_get_a_limiter_per_key() -> None:
     assert not per_endpoint.try_acquire("chat")
     per_endpoint.release("chat")
     per_endpoint.release("chat")
-    per_endpoint.try_acquire("embeddings")
-    per_endpoint.release("embeddings")
-    per_endpoint.try_acquire("images")
-    assert len(per_endpoint) <= 2
+    assert per_endpoint.try_acquire("embeddings")
+    assert not per_endpoint.try_acquire("images"), "chat and embeddings count admissions for a minute"
+    assert len(per_endpoint) == 2
 
 
 async def test_handle_waits_for_its_key() -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -59,3 +61,9 @@ def test_a_guard_keeps_admissions_counted_past_the_period() -> None:
     with pytest.raises(hs.ConfigError) as info:
         hs.Limit(10, per="minute", guard=-1.0)
     assert info.value.field == "guard"
+
+
+def test_limit_takes_any_real_number_but_a_bool() -> None:
+    assert hs.Limit(Fraction(5, 2), per=Decimal("1.5")) == hs.Limit(2.5, per=1.5)
+    with pytest.raises(hs.ConfigError, match=r"amount: must be a finite number greater than 0, got True \(bool\)"):
+        hs.Limit(True)

@@ -346,3 +346,49 @@ async def test_the_openai_clients_keep_to_a_limit_shared_in_redis(redis_url: str
         arrivals = sorted(record.at for record in gw.admission_log())
     assert len(arrivals) == 10 and max_in_any_window(arrivals, 0.5) <= 4
     assert lim.stats()["admitted"] == 10 and lim.stats()["fleet_in_flight"] == 0
+
+
+# Issue 15: a usd budget on a limiter shared in Redis was ignored (30 of 30 gpt-4.1 requests sent).
+async def test_a_usd_budget_shared_in_redis_stops_a_runaway_loop_before_the_request_is_sent(redis_url: str) -> None:
+    from holysheep.testing import MockGateway
+
+    messages = [{"role": "user", "content": "hello there"}]
+    with MockGateway(latency=0.001) as gw:
+        # As for the local limiter: each call is estimated at about 1,000 tokens of gpt-4.1 at $8 per
+        # million ($0.008) before it is sent, then settled at the 22 tokens the gateway reports.
+        budget = shared(redis_url, key="budget", limits=[hs.Limit(0.01, per="hour", unit="usd")])
+
+        async def settled(calls: int) -> dict[str, float]:
+            """What the budget has left, in dollars, once the settles of ``calls`` calls (sent in the
+            background) landed."""
+            for _ in range(200):
+                remaining: dict[str, float] = budget.stats()["remaining"]
+                if remaining == {"0.01 usd per hour": (10_000 - calls * 176) / 1e6}:
+                    break
+                await asyncio.sleep(0.01)
+            return remaining
+
+        async with hs.AsyncHolySheep(base_url=gw.base_url, api_key="hs_test", limiter=budget) as client:
+            sent = 0
+            with pytest.raises(hs.BudgetExceeded, match="would cross the budget"):
+                for _ in range(100):
+                    await client.chat.completions.create(model="gpt-4.1", messages=messages, max_tokens=1_000)
+                    sent += 1
+                    await settled(sent)
+        assert sent == 11 and len(gw.admission_log()) == sent
+    assert await settled(11) == {"0.01 usd per hour": (10_000 - 11 * 176) / 1e6}, "settled at $0.000176 each"
+    assert budget.stats()["fleet_in_flight"] == 0
+
+
+def test_a_shared_budget_refuses_at_once_instead_of_waiting_and_settles_in_dollars(redis_url: str) -> None:
+    one = shared(redis_url, key="dollars", limits=[hs.Limit(100, per=1.0), hs.Limit(1.0, per="hour", unit="usd")])
+    other = shared(redis_url, key="dollars", limits=[hs.Limit(100, per=1.0), hs.Limit(1.0, per="hour", unit="usd")])
+    admitted = one._acquire_blocking(100_000, None, 0, 8.0)  # $0.80 of the fleet's $1.00
+    started = time.monotonic()
+    with pytest.raises(hs.BudgetExceeded, match=r"\$0\.800000 would cross the budget"):
+        other._acquire_blocking(100_000, None, 0, 8.0)
+    assert time.monotonic() - started < 0.5, "a budget refuses, it never makes a request wait"
+    admitted.settle(50_000)  # the request really took half: $0.40
+    assert other.stats()["remaining"] == {"100 requests per second": 99, "1 usd per hour": 0.6}
+    other._acquire_blocking(50_000, None, 0, 8.0)
+    assert other.stats()["remaining"]["1 usd per hour"] == 0.2

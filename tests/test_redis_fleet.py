@@ -1,6 +1,8 @@
 """One limit shared by a fleet of processes through a real redis-server: never over the limit in any
 window by Redis's own timestamps, nearly all of it used, windows all or nothing, a killed process's
-slots back after their TTL, and each failure policy through a Redis restart."""
+slots back after their TTL, each failure policy through a Redis restart, the ``local`` policy's
+shares never over the limit (budgets included) when Redis dies, and no slot lost for longer than a
+second after a stall (SIGSTOP/SIGCONT) or a restart."""
 
 from __future__ import annotations
 
@@ -10,13 +12,14 @@ import os
 import signal
 import time
 from multiprocessing.synchronize import Barrier, Event
+from pathlib import Path
 
 import pytest
 from conftest import max_in_any_window
 from redis_server import RedisServer, redis_server, redis_url  # noqa: F401  (fixtures)
 
 import holysheep as hs
-from holysheep._holysheep import _Grant
+from holysheep._holysheep import _Grant, _LoopChannel
 
 # Fresh interpreters: a forked child would inherit the parent's Redis runtime without its threads.
 spawn = multiprocessing.get_context("spawn")
@@ -118,7 +121,9 @@ def test_each_failure_policy_holds_through_a_redis_restart(redis_server: RedisSe
         return lim
 
     lim, peer = limiter(), limiter()
-    assert peer.try_acquire() and lim.try_acquire()  # lim saw two members: its share is half
+    # lim saw two members, which had taken 2 of the 4: its share is half of the 2 left, until they
+    # leave the window.
+    assert peer.try_acquire() and lim.try_acquire()
     redis_server.stop()
     try:
         if policy == "fail_closed":
@@ -128,7 +133,7 @@ def test_each_failure_policy_holds_through_a_redis_restart(redis_server: RedisSe
         elif policy == "fail_open":
             assert all(lim.try_acquire() for _ in range(10))
         else:
-            assert [lim.try_acquire() for _ in range(3)] == [True, True, False]
+            assert [lim.try_acquire() for _ in range(3)] == [True, False, False]
         assert lim.stats()["remaining"] is None
     finally:
         redis_server.start()
@@ -196,3 +201,123 @@ def test_a_forked_worker_gets_its_own_connections_runtime_and_slots(redis_url: s
     assert lim.stats()["fleet_in_flight"] in (1, 2), "the parent's slot is still held"
     time.sleep(0.6)
     assert lim.stats()["fleet_in_flight"] == 1, "the exited child's slot came back after its TTL"
+
+
+# --- issue 15: the `local` policy keeps every unit at a share that never lets the fleet over the limit ---
+
+#: A priced request of the budget test: 10 tokens of a model at $8 per million, 80 micro-dollars.
+PRICED_TOKENS, PRICE, MICRO_USD = 10, 8.0, 80
+
+
+def spend(url: str, limits: list[tuple[float, float, str]], price: float, seconds: float, start: Barrier, out: "multiprocessing.Queue[list[float]]") -> None:
+    """Takes requests without waiting for ``seconds``, through a Redis that dies meanwhile (policy
+    ``local``); sends back when each was admitted, by the machine's monotonic clock."""
+    backend = hs.RedisBackend(url, on_error="local", connect_timeout=0.2, command_timeout=0.2)
+    specs = [hs.Limit(amount, per=per, unit=unit) for amount, per, unit in limits]  # type: ignore[arg-type]
+    lim = hs.HolySheepRateLimiter(limits=specs, backend=backend, key="spend")
+    assert isinstance(lim, hs.SharedRateLimiter)
+    lim.time_until_ready()
+    start.wait()
+    admitted: list[float] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            lim._acquire_blocking(PRICED_TOKENS, 0.0, 0, price)
+            admitted.append(time.monotonic())
+        except (hs.RateLimitExceeded, hs.BudgetExceeded):
+            time.sleep(0.001)
+    out.put(admitted)
+
+
+def spend_through_redis_death(redis_server: RedisServer, limits: list[tuple[float, float, str]], price: float, dies_after: float, seconds: float) -> list[float]:
+    """When four processes' requests were admitted, Redis stopped ``dies_after`` seconds into their run."""
+    start, out = spawn.Barrier(5), spawn.Queue()
+    workers = [spawn.Process(target=spend, args=(redis_server.url, limits, price, seconds, start, out)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    start.wait()
+    time.sleep(dies_after)
+    redis_server.stop()
+    times = sorted(at for _ in workers for at in out.get(timeout=30))
+    for worker in workers:
+        worker.join(10)
+        assert worker.exitcode == 0
+    return times
+
+
+def test_when_redis_dies_four_processes_at_their_local_share_never_exceed_the_limit(redis_server: RedisServer, redis_url: str) -> None:
+    # Redis admits the whole 20 at once; 0.6 s later each process goes on alone at its share of 5,
+    # counting what the fleet had taken in Redis's last second.
+    times = spend_through_redis_death(redis_server, [(20, 1.0, "requests")], 0.0, dies_after=0.6, seconds=2.2)
+    assert max_in_any_window(times, 1.0) <= 20
+    assert len(times) >= 35, "after Redis's window, the shares (5 each) admit again"
+
+
+def test_the_local_policy_keeps_a_usd_budget(redis_server: RedisServer, redis_url: str) -> None:
+    # $0.0024 is 30 requests of $0.00008: Redis admits 20, then up to 10 a second later, then refuses.
+    # Once it is gone, each process's share of the budget counts what the fleet spent.
+    limits = [(20, 1.0, "requests"), (0.0024, 3600.0, "usd")]
+    times = spend_through_redis_death(redis_server, limits, PRICE, dies_after=1.3, seconds=2.5)
+    assert 20 < len(times) <= int(0.0024 * 1e6) // MICRO_USD, f"{len(times)} requests of $0.00008 against $0.0024"
+
+
+# --- issue 15: a Redis stall or restart costs no more than the stall itself plus one second ---------
+
+
+def wait_for_a_slot(lim: hs.SharedRateLimiter, seconds: float) -> float:
+    """Seconds until ``lim`` gets a slot decided in Redis (failing the test after ``seconds``)."""
+    started = time.monotonic()
+    while True:
+        try:
+            if lim.try_acquire() and isinstance(lim._held[-1], _Grant):
+                return time.monotonic() - started
+        except hs.BackendUnavailable:
+            pass
+        assert time.monotonic() - started < seconds, f"no slot within {seconds} s of Redis answering again"
+        time.sleep(0.02)
+
+
+async def test_acquires_that_timed_out_in_a_stall_leave_no_orphaned_slots(redis_server: RedisServer, redis_url: str) -> None:
+    backend = hs.RedisBackend(redis_url, command_timeout=0.3)
+    lim = hs.HolySheepRateLimiter(max_concurrency=4, backend=backend, key="stall")
+    peer = hs.HolySheepRateLimiter(max_concurrency=4, backend=hs.RedisBackend(redis_url), key="stall")
+    assert isinstance(lim, hs.SharedRateLimiter) and isinstance(peer, hs.SharedRateLimiter)
+    loop = asyncio.get_running_loop()
+    while not isinstance(lim._channels.get(loop), _LoopChannel):  # this loop's own connection, open
+        async with lim:
+            await asyncio.sleep(0.01)
+    pid = int(redis_server.cli("INFO", "server").split("process_id:")[1].split()[0])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # Four acquires go out, time out here, and run in Redis when it resumes: nobody owns their slots.
+        outcomes = await asyncio.gather(*(lim.acquire() for _ in range(4)), return_exceptions=True)
+        assert all(isinstance(outcome, hs.BackendUnavailable) for outcome in outcomes), outcomes
+        await asyncio.sleep(0.5)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await asyncio.to_thread(wait_for_a_slot, peer, 1.0)
+
+
+def take_slots(lim: hs.SharedRateLimiter, count: int) -> None:
+    for _ in range(count):
+        assert lim.try_acquire()
+
+
+def test_slots_released_while_redis_was_down_are_free_within_a_second_of_its_restart(tmp_path: Path) -> None:
+    # A Redis that keeps its data across a restart (append-only file), as a production one does.
+    server = RedisServer()
+    server.start("--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp_path))
+    try:
+        backend = hs.RedisBackend(server.url, connect_timeout=0.2, command_timeout=0.2)
+        lim = hs.HolySheepRateLimiter(max_concurrency=4, backend=backend, key="restart")
+        peer = hs.HolySheepRateLimiter(max_concurrency=4, backend=hs.RedisBackend(server.url), key="restart")
+        assert isinstance(lim, hs.SharedRateLimiter) and isinstance(peer, hs.SharedRateLimiter)
+        take_slots(lim, 4)
+        assert server.cli("ZCARD", "{holysheep:restart}:leases") == "4"
+        server.stop()  # the four leases are kept on disk, and come back with Redis
+        for _ in range(4):
+            lim.release()  # their requests are done; Redis is not there to hear it
+        server.start()
+        wait_for_a_slot(peer, 1.0)
+    finally:
+        server.stop()

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import math
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar, cast
 
-from holysheep._holysheep import Limit, _Limiter, _Reservation, _WaitQueue
-from holysheep._waiting import (
-    AsyncWaiter,
-    Remaining,
-    ThreadWaiter,
-    acquire_protocol,
-    run_async,
-    run_blocking,
-)
+from holysheep import _holysheep
+from holysheep._holysheep import Limit, _Limiter
 from holysheep.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -38,6 +29,10 @@ class Admitted(Protocol):
     def tokens(self) -> int: ...
 
     def settle(self, actual_tokens: int) -> None: ...
+
+
+#: The most tokens one request may carry: what the core counts in 64 bits.
+_MAX_TOKENS = 2**64 - 1
 
 
 def _check_timeout(timeout: float | None, field: str = "timeout") -> None:
@@ -70,7 +65,7 @@ class HolySheepRateLimiter(_Limiter):
     :raises ConfigError: a value that cannot work, named in the message and in ``.field``.
     """
 
-    __slots__ = ("_rate_line", "_slot_line")
+    __slots__ = ()
 
     def __new__(
         cls,
@@ -106,8 +101,7 @@ class HolySheepRateLimiter(_Limiter):
         backend: RedisBackend | None = None,
         key: str | None = None,
     ) -> None:
-        self._slot_line = _WaitQueue()
-        self._rate_line = _WaitQueue()
+        pass
 
     @classmethod
     def from_tier(cls, tier: str) -> HolySheepRateLimiter:
@@ -116,57 +110,6 @@ class HolySheepRateLimiter(_Limiter):
         :raises ConfigError: an unknown tier (the message lists the known ones).
         """
         return cls(tier=tier)
-
-    async def acquire(self, tokens: int = 0, timeout: float | None = None, priority: int = 0) -> None:
-        """Waits for one request slot and the rate for it (and ``tokens`` LLM tokens); call `release` after.
-
-        :param timeout: seconds to wait at most; RateLimitExceeded is raised at once when the predicted
-            wait is longer, without sleeping first.
-        :param priority: higher goes ahead of lower among those still waiting (default 0).
-        :raises RateLimitExceeded: out of time, or a cost no limit can ever admit (at once).
-        """
-        if not self._admit_now(tokens):
-            await self._acquire(tokens, timeout, priority)
-
-    def acquire_blocking(self, tokens: int = 0, timeout: float | None = None, priority: int = 0) -> None:
-        """`acquire` for threads: blocks with the GIL released, so other threads keep running."""
-        if not self._admit_now(tokens):
-            self._acquire_blocking(tokens, timeout, priority)
-
-    async def _acquire(self, tokens: int, timeout: float | None, priority: int, price: float = 0.0) -> Admitted:
-        _check_timeout(timeout)
-        admitted = self._admit_at_once(tokens, price)
-        if admitted is not None:
-            return admitted
-        loop = asyncio.get_running_loop()
-        remaining = Remaining(timeout, loop.time)
-        waiter = AsyncWaiter(loop)
-        reservation: _Reservation = await run_async(
-            acquire_protocol(self, waiter, tokens, priority, remaining, price), waiter, remaining
-        )
-        return reservation
-
-    def _acquire_blocking(self, tokens: int, timeout: float | None, priority: int, price: float = 0.0) -> Admitted:
-        _check_timeout(timeout)
-        admitted = self._admit_at_once(tokens, price)
-        if admitted is not None:
-            return admitted
-        remaining = Remaining(timeout, time.monotonic)
-        waiter = ThreadWaiter()
-        reservation: _Reservation = run_blocking(
-            acquire_protocol(self, waiter, tokens, priority, remaining, price), waiter, remaining, self._sleep
-        )
-        return reservation
-
-    def _hand_off_slot(self) -> None:
-        """Called by `release` while someone waits for a slot: the slot goes straight to the head of the
-        line, so no newcomer can take it first."""
-        waiter = self._slot_line.pop_front()
-        if waiter is None:
-            self._release_slot()
-        else:
-            self._hand_over()
-            waiter.wake()
 
     def slot(self, tokens: int = 0, timeout: float | None = None, priority: int = 0) -> Permit:
         """One request carrying an estimate of ``tokens`` LLM tokens, as a context manager whose
@@ -203,6 +146,9 @@ class Permit:
     __slots__ = ("_limiter", "_priority", "_reservation", "_timeout", "_tokens")
 
     def __init__(self, limiter: HolySheepRateLimiter, tokens: int, timeout: float | None, priority: int) -> None:
+        _holysheep._check_count("tokens", tokens, 0, _MAX_TOKENS)
+        _holysheep._check_timeout("timeout", timeout)
+        _holysheep._check_priority("priority", priority)
         self._limiter = limiter
         self._tokens = tokens
         self._timeout = timeout
@@ -288,7 +234,7 @@ class SlidingWindow(HolySheepRateLimiter):
         cls, limit: float, window_s: float, *, backend: RedisBackend | None = None, key: str | None = None
     ) -> SlidingWindow:
         try:
-            spec = Limit(limit, per=float(window_s))
+            spec = Limit(limit, per=window_s)
         except ConfigError as err:
             raise _renamed(err, {"amount": "limit", "per": "window_s"}) from None
         return super().__new__(cls, limits=[spec], backend=backend, key=key)

@@ -5,7 +5,8 @@ key share one limit.
 Waiting stays in the caller's world, as for the local limiter: a rate reservation is decided in Redis
 and then slept out on the event loop or the thread; a concurrency lease that is not free is asked for
 again after a short, growing pause (Redis cannot wake a waiter in another process). When Redis cannot
-be reached, the backend's failure policy decides instead (see `RedisBackend`).
+be reached, the backend's failure policy decides instead (see `RedisBackend`); ``local`` decisions are
+made natively too, at this process's share, and waited for the same way.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from holysheep._holysheep import (
     _shutdown_redis_runtime,
 )
 from holysheep._limiter import Admitted, HolySheepRateLimiter, _check_timeout
-from holysheep._redis_fallback import LocalAdmission, OpenAdmission, share
+from holysheep._redis_fallback import OpenAdmission
 from holysheep._waiting import Remaining, sleep_exactly
 from holysheep.errors import BackendUnavailable, ConfigError, RateLimitExceeded
 
@@ -66,13 +67,18 @@ class RedisBackend(_RedisBackend):
         sit in one Redis Cluster slot.
     :param on_error: when Redis cannot be reached or does not answer in time: ``"fail_closed"`` raises
         `BackendUnavailable`; ``"fail_open"`` admits (logging a warning once per outage);
-        ``"local"`` decides in this process at its share of each limit (the limit divided by the
-        processes seen lately). Redis is tried again after a short pause growing to 2 s; the limiter
-        goes back to it by itself.
+        ``"local"`` decides in this process at its share of every limit, each unit (budgets
+        included) and algorithm kept: ``floor(n / processes)`` of a limit of n, with what the fleet
+        had used when Redis last answered still counted, so the fleet never passes the limit; a
+        request its share cannot admit raises `BackendUnavailable`. Once Redis answers again, what
+        the process admitted alone is counted there. Redis is tried again after a short pause
+        growing to 0.5 s; the limiter goes back to it by itself.
     :param connect_timeout: seconds to wait for a connection.
     :param command_timeout: seconds to wait for each answer.
     :param lease_ttl: seconds a concurrency slot outlives its process: a live process renews its
-        slots every third of this, so only a dead one's come back, after at most this long.
+        slots every third of this, so only a dead one's come back, after at most this long. A slot
+        whose acquire or release did not get through (a stall, a restart) is given back as soon as
+        Redis answers again.
     :param tls_ca_cert: for ``rediss://`` (TLS): a PEM file of the certificates to trust instead of
         the system's, e.g. a managed Redis's private CA.
     :param cluster: ``url`` is one node of a Redis Cluster; the others are found from it.
@@ -128,8 +134,9 @@ class RedisBackend(_RedisBackend):
         return f"RedisBackend({self.url!r}, prefix={self.prefix!r}, on_error={self.on_error!r})"
 
 
-#: An admission this process holds until `release`: decided in Redis, or by a failure policy.
-Held = Union[_Grant, OpenAdmission, LocalAdmission]
+#: An admission this process holds until `release`: decided in Redis (or at this process's share while
+#: it is away), or let through by ``fail_open``.
+Held = Union[_Grant, OpenAdmission]
 
 
 def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
@@ -179,7 +186,6 @@ class SharedRateLimiter(HolySheepRateLimiter):
         "_admitted",
         "_backend",
         "_channels",
-        "_fallback",
         "_fallbacks",
         "_held",
         "_key",
@@ -203,7 +209,6 @@ class SharedRateLimiter(HolySheepRateLimiter):
         self._remote = _RedisLimiter(backend, key, self.limits, self.max_concurrency, backend.lease_ttl)
         #: Admissions taken by acquire/try_acquire and not yet released, most recent last.
         self._held: list[Held] = []
-        self._fallback: HolySheepRateLimiter | None = None
         self._channels: dict[asyncio.AbstractEventLoop, _LoopChannel | object | None] = {}
         self._outage_logged = False
         self._admitted = self._rejected = self._waiting = self._fallbacks = 0
@@ -258,16 +263,17 @@ class SharedRateLimiter(HolySheepRateLimiter):
             self._outage_logged = False
             logger.warning("Redis is back: shared limits decided in Redis again")
 
-    def _local(self) -> HolySheepRateLimiter:
-        """The in-process fallback at this process's share of each limit, made at the first outage."""
-        if self._fallback is None:
-            members = max(1, self._remote.members)
-            concurrency = self.max_concurrency
-            self._fallback = HolySheepRateLimiter(
-                limits=[share(limit, members) for limit in self.limits] or None,
-                max_concurrency=None if concurrency is None else max(1, concurrency // members),
-            )
-        return self._fallback
+    def _by_policy(
+        self, err: BackendUnavailable, tokens: int, max_wait: float | None, reserve: bool, operation: str, price: float
+    ) -> Held | float:
+        """What the failure policy decides while Redis is away: raises (``fail_closed``), admits
+        (``fail_open``), or decides at this process's share (``local``: a `_Grant`, or seconds to
+        wait before asking again, as Redis would answer)."""
+        self._unavailable(err)
+        if self._backend.on_error == "fail_open":
+            return OpenAdmission(tokens)
+        outcome: Held | float = self._remote.decide_locally(tokens, max_wait, reserve, self._lease, operation, price)
+        return outcome
 
     def _admitted_now(self, held: Held) -> Held:
         self._admitted += 1
@@ -278,24 +284,15 @@ class SharedRateLimiter(HolySheepRateLimiter):
         """Takes one request (and ``tokens`` LLM tokens) now if every shared limit allows it; never
         waits (beyond one round trip to Redis). Call `release` after, as for the local limiter."""
         try:
-            outcome = self._remote.decide(tokens, None, False, self._lease, "try_acquire")
+            outcome: Held | float = self._remote.decide(tokens, None, False, self._lease, "try_acquire")
+            self._reachable()
         except BackendUnavailable as err:
-            self._unavailable(err)
-            if self._backend.on_error == "fail_open":
-                self._admitted_now(OpenAdmission(tokens))
-                return True
-            local = self._local()
-            if not local._admit_now(tokens):
-                self._rejected += 1
-                return False
-            self._admitted_now(LocalAdmission(local, OpenAdmission(tokens)))
-            return True
-        self._reachable()
-        if isinstance(outcome, _Grant):
-            self._admitted_now(outcome)
-            return True
-        self._rejected += 1
-        return False
+            outcome = self._by_policy(err, tokens, None, False, "try_acquire", 0.0)
+        if isinstance(outcome, float):
+            self._rejected += 1
+            return False
+        self._admitted_now(outcome)
+        return True
 
     async def acquire(self, tokens: int = 0, timeout: float | None = None, priority: int = 0) -> None:
         """Waits for the shared rate (and a shared concurrency slot); call `release` after."""
@@ -309,8 +306,19 @@ class SharedRateLimiter(HolySheepRateLimiter):
         """Never: a shared limit is decided in Redis, by `_acquire`."""
         return None
 
+    async def _decide_in_redis(self, loop: asyncio.AbstractEventLoop, tokens: int, max_wait: float | None, price: float) -> _Grant | float:
+        """One reservation decided in Redis for an asyncio caller: on this loop's own connection, or
+        through the runtime while it has none."""
+        future: asyncio.Future[_Grant | float] = loop.create_future()
+        channel = self._channel_for(loop)
+        if channel is None:
+            self._remote.decide_soon(future, _resolve, tokens, max_wait, True, self._lease, "acquire", price)
+        else:
+            channel.decide(future, tokens, max_wait, True, self._lease, "acquire", price)
+        return await future
+
     async def _acquire(self, tokens: int, timeout: float | None, priority: int, price: float = 0.0) -> Held:
-        # `price` (for budgets) is not decided in Redis yet: shared limits count requests and tokens.
+        # `price` (dollars per million tokens) makes budgets count the request; decided in Redis too.
         _check_timeout(timeout)
         loop = asyncio.get_running_loop()
         remaining = Remaining(timeout, loop.time)
@@ -318,19 +326,12 @@ class SharedRateLimiter(HolySheepRateLimiter):
         try:
             pause = _FIRST_POLL
             while True:
-                future: asyncio.Future[_Grant | float] = loop.create_future()
                 try:
-                    channel = self._channel_for(loop)
-                    if channel is None:
-                        self._remote.decide_soon(future, _resolve, tokens, remaining(), True, self._lease, "acquire")
-                    else:
-                        channel.decide(future, tokens, remaining(), True, self._lease, "acquire")
-                    outcome = await future
+                    outcome: Held | float = await self._decide_in_redis(loop, tokens, remaining(), price)
+                    self._reachable()
                 except BackendUnavailable as err:
-                    self._unavailable(err)
-                    return await self._fallback_acquire(tokens, remaining, priority)
-                self._reachable()
-                if isinstance(outcome, _Grant):
+                    outcome = self._by_policy(err, tokens, remaining(), True, "acquire", price)
+                if not isinstance(outcome, float):
                     break
                 await asyncio.sleep(self._poll_pause(outcome, pause, remaining))
                 pause = min(pause * 2, _LONGEST_POLL)
@@ -355,12 +356,11 @@ class SharedRateLimiter(HolySheepRateLimiter):
             pause = _FIRST_POLL
             while True:
                 try:
-                    outcome = self._remote.decide(tokens, remaining(), True, self._lease)
+                    outcome: Held | float = self._remote.decide(tokens, remaining(), True, self._lease, "acquire", price)
+                    self._reachable()
                 except BackendUnavailable as err:
-                    self._unavailable(err)
-                    return self._fallback_acquire_blocking(tokens, remaining, priority)
-                self._reachable()
-                if isinstance(outcome, _Grant):
+                    outcome = self._by_policy(err, tokens, remaining(), True, "acquire", price)
+                if not isinstance(outcome, float):
                     break
                 time.sleep(self._poll_pause(outcome, pause, remaining))
                 pause = min(pause * 2, _LONGEST_POLL)
@@ -388,30 +388,12 @@ class SharedRateLimiter(HolySheepRateLimiter):
         pause = min(retry_after, pause)
         return pause if left is None else min(pause, left)
 
-    def _record(self, grant: _Grant, remaining: Remaining) -> _Grant:
+    def _record(self, held: Held, remaining: Remaining) -> Held:
         self._admitted += 1
         waited = remaining.elapsed()
-        if grant.wait > 0.0 or waited > _FIRST_POLL:
+        if held.wait > 0.0 or waited > _FIRST_POLL:
             self._waits.append(waited)
-        return grant
-
-    async def _fallback_acquire(self, tokens: int, remaining: Remaining, priority: int) -> Held:
-        if self._backend.on_error == "fail_open":
-            self._admitted += 1
-            return OpenAdmission(tokens)
-        local = self._local()
-        reservation = await local._acquire(tokens, remaining(), priority)
-        self._admitted += 1
-        return LocalAdmission(local, reservation)
-
-    def _fallback_acquire_blocking(self, tokens: int, remaining: Remaining, priority: int) -> Held:
-        if self._backend.on_error == "fail_open":
-            self._admitted += 1
-            return OpenAdmission(tokens)
-        local = self._local()
-        reservation = local._acquire_blocking(tokens, remaining(), priority)
-        self._admitted += 1
-        return LocalAdmission(local, reservation)
+        return held
 
     # --- returning ------------------------------------------------------------------------------
 
@@ -469,7 +451,7 @@ class SharedRateLimiter(HolySheepRateLimiter):
             wait, _, _ = self._remote.peek(tokens)
         except BackendUnavailable as err:
             self._unavailable(err)
-            return 0.0 if self._backend.on_error == "fail_open" else self._local().time_until_ready(tokens)
+            return 0.0 if self._backend.on_error == "fail_open" else self._remote.wait_locally(tokens)
         return wait
 
     def stats(self) -> dict[str, Any]:
@@ -481,7 +463,7 @@ class SharedRateLimiter(HolySheepRateLimiter):
         try:
             _, leases, remaining = self._remote.peek(0)
             fleet_in_flight: int | None = leases
-            left: dict[str, int] | None = {str(limit): n for limit, n in zip(self.limits, remaining)}
+            left: dict[str, float] | None = {str(limit): n for limit, n in zip(self.limits, remaining)}
         except BackendUnavailable:
             fleet_in_flight = left = None
         waits = sorted(self._waits)

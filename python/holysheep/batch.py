@@ -24,12 +24,15 @@ from __future__ import annotations
 import asyncio
 import importlib
 import itertools
+import math
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union
 
+from holysheep._holysheep import _check_count as _check_count_between
+from holysheep._holysheep import _check_timeout
 from holysheep.errors import CircuitOpenError, ConfigError, HolySheepError
 
 if TYPE_CHECKING:
@@ -57,6 +60,8 @@ DEFAULT_EMBED_CONCURRENCY = 8
 DEFAULT_CHAT_CONCURRENCY = 32
 #: Seconds an item may wait, in all, for an open circuit breaker before it becomes a failure.
 DEFAULT_MAX_BREAKER_WAIT = 300.0
+#: The most workers or documents per request a batch takes: what fits 32 bits.
+_MAX_COUNT = 2**32 - 1
 #: The shortest pause before asking an open breaker again, so no worker ever spins on it.
 _BREAKER_POLL_S = 0.01
 
@@ -94,8 +99,7 @@ def _failures(error: Exception, start: int, count: int, noun: str) -> list[Batch
 
 
 def _check_count(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name}={value!r}: must be a whole number of at least 1", name)
+    _check_count_between(name, value, 1, _MAX_COUNT)
 
 
 @dataclass(frozen=True)
@@ -107,10 +111,8 @@ class _Settings:
 
     def __post_init__(self) -> None:
         _check_count("concurrency", self.concurrency)
-        wait = self.max_breaker_wait
-        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
-            message = f"max_breaker_wait={wait!r}: must be a number of seconds, 0 or more"
-            raise ConfigError(message, "max_breaker_wait")
+        if _check_timeout("max_breaker_wait", self.max_breaker_wait) is None:
+            object.__setattr__(self, "max_breaker_wait", math.inf)  # None and inf: as long as it takes
 
 
 class _Pull(Generic[Item]):
@@ -330,7 +332,7 @@ async def batch_embed(
     :param docs: the texts; any iterable, read as the work goes (a generator keeps memory flat).
     :param batch_size: documents per request. Every document of a failed request gets a failure.
     :param concurrency: requests in flight at most.
-    :param max_breaker_wait: seconds a batch may wait, in all, for an open circuit breaker.
+    :param max_breaker_wait: seconds a batch may wait, in all, for an open circuit breaker (inf: no end).
     :param progress: show a tqdm bar (``pip install 'holysheep[progress]'``); a string labels it.
     :param create_kwargs: passed on to ``embeddings.create`` (``dimensions``, ``user``, ...).
     :raises ConfigError: ``batch_size`` or ``concurrency`` below 1, a negative ``max_breaker_wait``,
@@ -367,7 +369,7 @@ async def batch_chat(
     :param prompts: each a user message's text or a list of chat messages; any iterable, read as the
         work goes.
     :param concurrency: calls in flight at most.
-    :param max_breaker_wait: seconds a prompt may wait, in all, for an open circuit breaker.
+    :param max_breaker_wait: seconds a prompt may wait, in all, for an open circuit breaker (inf: no end).
     :param progress: show a tqdm bar (``pip install 'holysheep[progress]'``); a string labels it.
     :param create_kwargs: passed on to ``chat.completions.create`` (``max_tokens``, ``temperature``, ...).
         A reply is the first choice's text, ``""`` when it has none (e.g. only tool calls).

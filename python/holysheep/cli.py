@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from holysheep.errors import ConfigError
 
@@ -202,11 +202,24 @@ def _masked(key: str) -> str:
     return f"{key[:3]}...{key[-4:]}" if len(key) > 10 else "***"
 
 
+def _model_count(models: Any) -> int | None:
+    """How many models a ``GET /models`` answer lists, or None when it is not the list of models the
+    OpenAI API answers (``{"data": [...]}``)."""
+    try:
+        body = models.json()
+    except ValueError:  # not JSON at all
+        return None
+    data = body.get("data") if isinstance(body, dict) else None
+    return len(data) if isinstance(data, list) else None
+
+
 def _run_check(args: argparse.Namespace) -> int:
-    from holysheep.client import HOLYSHEEP_BASE_URL, resolve_api_key
+    from holysheep._holysheep import _check_positive
+    from holysheep.client import HOLYSHEEP_BASE_URL, checked_base_url, resolve_api_key
     from holysheep.transport import http_library as http_lib
 
-    base_url = (args.base_url or HOLYSHEEP_BASE_URL).rstrip("/")
+    _check_positive("timeout", args.timeout)
+    base_url = checked_base_url(args.base_url or HOLYSHEEP_BASE_URL).rstrip("/")
     try:
         key = resolve_api_key(args.api_key, base_url)
     except ConfigError as err:
@@ -227,7 +240,11 @@ def _run_check(args: argparse.Namespace) -> int:
     if models.status_code != 200:
         print(f"connection: GET /models answered HTTP {models.status_code}")
         return 1
-    count = len(models.json().get("data", []))
+    count = _model_count(models)
+    if count is None:
+        kind = models.headers.get("content-type", "no content-type")
+        print(f"connection: GET /models answered 200 but not an OpenAI model list ({kind}): is {base_url} the API?")
+        return 1
     print(f"connection: {base_url} answers; {count} models")
     limits = {k: v for k, v in models.headers.items() if k.lower().startswith("x-ratelimit-")}
     for name in sorted(limits):
@@ -256,7 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line and returns its exit status."""
+    """Runs the command line and returns its exit status: 2 for a setting that cannot work, said in one
+    line on stderr."""
     args = build_parser().parse_args(argv)
-    status: int = args.run(args)
+    try:
+        status: int = args.run(args)
+    except ConfigError as err:
+        print(f"holysheep: {err}", file=sys.stderr)
+        return 2
     return status

@@ -13,16 +13,18 @@ import importlib
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import openai
 
 from holysheep import batch
+from holysheep._holysheep import _check_timeout
 from holysheep._limiter import HolySheepRateLimiter
 from holysheep.batch import BatchFailure, Prompt
 from holysheep.breaker import CircuitBreaker, KeyedBreaker
 from holysheep.errors import ConfigError, HolySheepError
+from holysheep.pricing import checked_prices
 from holysheep.retry import RetryPolicy
 from holysheep.transport import Transport, _Pipeline, http_library, transport_class
 
@@ -34,31 +36,56 @@ API_KEY_ENV = "HOLYSHEEP_API_KEY"
 ClientT = TypeVar("ClientT", openai.OpenAI, openai.AsyncOpenAI)
 
 
-def _sdk_http() -> tuple[Any, Any, Any]:
-    """The SDK's own HTTP client classes (its timeouts and connection limits) and the `Transport` made for
-    their library: openai 3.x is built on httpx2, 1.x and 2.x on httpx."""
+def _sdk_http() -> tuple[Any, Any, Any, Any]:
+    """The SDK's own HTTP client classes (its timeouts and connection limits), the `Transport` made for
+    their library and its URL type: openai 3.x is built on httpx2, 1.x and 2.x on httpx."""
     if hasattr(openai, "DefaultAsyncHttpx2Client"):
         clients, library = (openai.DefaultAsyncHttpx2Client, openai.DefaultHttpx2Client), "httpx2"
     else:
         clients = (getattr(openai, "DefaultAsyncHttpxClient"), getattr(openai, "DefaultHttpxClient"))
         library = "httpx"
     lib = importlib.import_module(library)
-    return (*clients, Transport if lib is http_library else transport_class(lib))
+    return (*clients, Transport if lib is http_library else transport_class(lib), lib.URL)
 
 
-_async_http_client, _sync_http_client, _SdkTransport = _sdk_http()
+_async_http_client, _sync_http_client, _SdkTransport, _SdkURL = _sdk_http()
 
 
 def _points_at_holysheep(base_url: Any) -> bool:
     return (urlsplit(str(base_url)).hostname or "").endswith("holysheep.ai")
 
 
+def _refuse(field: str, expected: str, value: object) -> NoReturn:
+    raise ConfigError(f"{field}: must be {expected}, got {value!r}", field)
+
+
+def checked_base_url(base_url: object) -> str:
+    """``base_url`` (a str or the SDK's URL type) as a str, if it is an http(s) URL with a host.
+
+    :raises ConfigError: anything else, naming ``base_url``.
+    """
+    expected = "an http:// or https:// URL with a host, e.g. https://api.holysheep.ai/v1"
+    if not isinstance(base_url, (str, _SdkURL)):
+        _refuse("base_url", expected, base_url)
+    try:
+        parts = urlsplit(str(base_url))
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # an unclosed IPv6 bracket, a port that is not a number from 0 to 65535
+        usable = False
+    if not usable:
+        _refuse("base_url", expected, base_url)
+    return str(base_url)
+
+
 def resolve_api_key(api_key: str | None, base_url: Any) -> str:
     """The API key to use: ``api_key``, else ``$HOLYSHEEP_API_KEY``, whitespace trimmed.
 
-    :raises ConfigError: no key at all. Warns when an OpenAI key (``sk-``) is pointed at HolySheep,
-        whose keys start ``hs_``. The key is never put in a message.
+    :raises ConfigError: not a str, or no key at all. Warns when an OpenAI key (``sk-``) is pointed at
+        HolySheep, whose keys start ``hs_``. The key is never put in a message.
     """
+    if api_key is not None and not isinstance(api_key, str):
+        kind = type(api_key).__name__
+        raise ConfigError(f"api_key: must be a str or None (then ${API_KEY_ENV}), got a {kind}", "api_key")
     key = (api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")).strip()
     if not key:
         raise ConfigError(f"api_key: none given; pass api_key= or set {API_KEY_ENV}", "api_key")
@@ -71,18 +98,57 @@ def resolve_api_key(api_key: str | None, base_url: Any) -> str:
     return key
 
 
-def _transport(
+def _checked_fallbacks(fallback_models: object) -> dict[str, list[str]] | None:
+    expected = 'a mapping of model name to a list of model names, e.g. {"gpt-4.1": ["deepseek-v3.2"]}'
+    if fallback_models is None:
+        return None
+    if not isinstance(fallback_models, Mapping):
+        _refuse("fallback_models", expected, fallback_models)
+    checked: dict[str, list[str]] = {}
+    for model, fallbacks in fallback_models.items():
+        names = isinstance(fallbacks, Sequence) and not isinstance(fallbacks, str)
+        if not (isinstance(model, str) and names and all(isinstance(name, str) for name in fallbacks)):
+            _refuse("fallback_models", expected, fallback_models)
+        checked[model] = list(fallbacks)
+    return checked
+
+
+def _transport_settings(
     limiter: HolySheepRateLimiter | None,
     tier: str | None,
     retry: RetryPolicy | None,
     breaker: CircuitBreaker | KeyedBreaker | None,
-    options: dict[str, Any],
-) -> Any:
+    acquire_timeout: float | None,
+    fallback_models: Mapping[str, Sequence[str]] | None,
+    prices: Mapping[str, float] | None,
+) -> dict[str, Any]:
+    """The transport's settings, each checked here, when the client is made, so that a wrong one is a
+    ConfigError naming it rather than an error at the first request.
+
+    :raises ConfigError: naming the first bad field.
+    """
+    if limiter is not None and not isinstance(limiter, HolySheepRateLimiter):
+        _refuse("limiter", "a HolySheepRateLimiter or None", limiter)
+    if tier is not None and not isinstance(tier, str):
+        _refuse("tier", "a plan's name ('free', 'starter', 'pro', 'enterprise') or None", tier)
     if limiter is not None and tier is not None:
         raise ConfigError("tier: give limiter= or tier=, not both", "tier")
-    if tier is not None:
-        limiter = HolySheepRateLimiter.from_tier(tier)
-    return _SdkTransport(limiter, retry, breaker, **options)
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        _refuse("retry", "a RetryPolicy or None", retry)
+    if breaker is not None and not isinstance(breaker, (CircuitBreaker, KeyedBreaker)):
+        _refuse("breaker", "a CircuitBreaker, a KeyedBreaker or None", breaker)
+    return {
+        "limiter": HolySheepRateLimiter.from_tier(tier) if isinstance(tier, str) else limiter,
+        "retry": retry,
+        "breaker": breaker,
+        "acquire_timeout": _check_timeout("acquire_timeout", acquire_timeout),
+        "fallback_models": _checked_fallbacks(fallback_models),
+        "prices": checked_prices(prices),
+    }
+
+
+def _transport(settings: dict[str, Any]) -> Any:
+    return _SdkTransport(**settings)
 
 
 #: openai 1.x and 2.x wrap any error of the transport in APIConnectionError; 3.x lets through all but
@@ -160,14 +226,11 @@ class _HolySheepClient:
         http_client: Any,
         api_key: str | None,
         base_url: str | None,
-        limiter: HolySheepRateLimiter | None,
-        tier: str | None,
-        retry: RetryPolicy | None,
-        breaker: CircuitBreaker | KeyedBreaker | None,
-        options: dict[str, Any],
+        settings: dict[str, Any],
         kwargs: dict[str, Any],
     ) -> None:
-        base_url = base_url or HOLYSHEEP_BASE_URL
+        base_url = checked_base_url(HOLYSHEEP_BASE_URL if base_url is None else base_url)
+        key = resolve_api_key(api_key, base_url)
         if kwargs.pop("max_retries", 0) != 0:
             raise ConfigError(
                 "max_retries: the transport retries (retry=RetryPolicy(...)); the SDK's would stack on it",
@@ -175,20 +238,13 @@ class _HolySheepClient:
             )
         shared = kwargs.pop("http_client", None)
         if shared is None:
-            self.transport = _transport(limiter, tier, retry, breaker, options)
+            self.transport = _transport(settings)
             shared = http_client(transport=self.transport)
-        elif limiter is None and tier is None and retry is None and breaker is None:
+        elif all(settings[name] is None for name in ("limiter", "retry", "breaker")):
             self.transport = _transport_of(shared)
         else:
             raise ConfigError("http_client: give it or limiter, tier, retry and breaker, not both", "http_client")
-        sdk_client.__init__(
-            self,
-            api_key=resolve_api_key(api_key, base_url),
-            base_url=base_url,
-            max_retries=0,
-            http_client=shared,
-            **kwargs,
-        )
+        sdk_client.__init__(self, api_key=key, base_url=base_url, max_retries=0, http_client=shared, **kwargs)
 
     @property
     def limiter(self) -> HolySheepRateLimiter | None:
@@ -230,8 +286,8 @@ class AsyncHolySheep(_HolySheepClient, _AsyncOwnErrors):
         prices: Mapping[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
-        options = {"acquire_timeout": acquire_timeout, "fallback_models": fallback_models, "prices": prices}
-        self._set_up(openai.AsyncOpenAI, _async_http_client, api_key, base_url, limiter, tier, retry, breaker, options, kwargs)
+        settings = _transport_settings(limiter, tier, retry, breaker, acquire_timeout, fallback_models, prices)
+        self._set_up(openai.AsyncOpenAI, _async_http_client, api_key, base_url, settings, kwargs)
 
     async def batch_embed(self, docs: Iterable[str], *, model: str, **options: Any) -> list[list[float] | BatchFailure]:
         """`holysheep.batch.batch_embed` on this client: vectors in order, failures as items."""
@@ -260,8 +316,8 @@ class HolySheep(_HolySheepClient, _SyncOwnErrors):
         prices: Mapping[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
-        options = {"acquire_timeout": acquire_timeout, "fallback_models": fallback_models, "prices": prices}
-        self._set_up(openai.OpenAI, _sync_http_client, api_key, base_url, limiter, tier, retry, breaker, options, kwargs)
+        settings = _transport_settings(limiter, tier, retry, breaker, acquire_timeout, fallback_models, prices)
+        self._set_up(openai.OpenAI, _sync_http_client, api_key, base_url, settings, kwargs)
 
     def batch_embed(self, docs: Iterable[str], *, model: str, **options: Any) -> list[list[float] | BatchFailure]:
         """`holysheep.batch.batch_embed_sync` on this client: vectors in order, failures as items."""
@@ -289,8 +345,9 @@ def wrap(
 
     The copy gets the SDK's default HTTP client settings and ``max_retries=0``.
     """
-    options = {"acquire_timeout": acquire_timeout, "fallback_models": fallback_models, "prices": prices}
-    transport = _transport(limiter, tier, retry, breaker, options)
+    if not isinstance(client, (openai.OpenAI, openai.AsyncOpenAI)):
+        _refuse("client", "an openai.OpenAI or openai.AsyncOpenAI (or a subclass)", client)
+    transport = _transport(_transport_settings(limiter, tier, retry, breaker, acquire_timeout, fallback_models, prices))
     make_http_client = _async_http_client if isinstance(client, openai.AsyncOpenAI) else _sync_http_client
     wrapped: ClientT = client.with_options(http_client=make_http_client(transport=transport), max_retries=0)
     wrapped.__class__ = _raising_own_errors(type(wrapped))

@@ -29,8 +29,9 @@ class HolySheepError(Exception):
 class RateLimitExceeded(HolySheepError):
     """A request that does not pass within the time allowed, or never can.
 
-    :ivar retry_after: seconds until it could pass, or ``None`` when it never can (its cost exceeds
-        what the limit can ever admit).
+    :ivar retry_after: seconds until it could pass; ``None`` when it never can (its cost exceeds what
+        the limit can ever admit) or when nothing foretells it (a concurrency slot must be released
+        first, by whoever holds it).
     :ivar limit: the limit that refused it, e.g. ``"10 requests per 1s"``.
     :ivar remaining: what that limit has left now.
     """

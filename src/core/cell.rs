@@ -44,28 +44,22 @@ impl GcraCell {
         self.tat.load(Ordering::Acquire)
     }
 
-    /// Counts `cost` more units, as if they had been admitted with the last request (a settle that found
-    /// the real cost higher than the estimate).
+    /// Counts `cost` more units from `now` (a settle that found the real cost higher than the
+    /// estimate): see [`Gcra::charge`].
     pub fn charge(&self, gcra: &Gcra, cost: u64, now: u64) {
-        let extra = cost.saturating_mul(gcra.unit_ns());
-        let _ = self.tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
-            Some(tat.max(now).saturating_add(extra))
-        });
+        let _ = self.tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| Some(gcra.charge(tat, cost, now)));
     }
 
-    /// Shifts the TAT set by the request admitted for `at` to its real instant `now`, while no later
-    /// request has moved the TAT since.
-    pub fn restamp(&self, receipt: u64, at: u64, now: u64) {
-        let shifted = receipt.saturating_add(now.saturating_sub(at));
-        let _ = self.tat.compare_exchange(receipt, shifted, Ordering::AcqRel, Ordering::Acquire);
+    /// Counts a request of `cost` from `now`, when it really went, later than admitted: see
+    /// [`Gcra::restamp`].
+    pub fn restamp(&self, gcra: &Gcra, cost: u64, now: u64) {
+        let _ = self.tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| Some(gcra.restamp(tat, cost, now)));
     }
 
     /// Gives back `cost` units admitted by the request that moved the TAT to `receipt`, but only while no
-    /// later request has moved it since: lowering a TAT that later requests built on could let one
-    /// through early. Returns whether it gave back.
+    /// later request has moved it since (see [`Gcra::give_back`]). Returns whether it gave back.
     pub fn give_back(&self, gcra: &Gcra, cost: u64, receipt: u64) -> bool {
-        let earlier = receipt.saturating_sub(cost.saturating_mul(gcra.unit_ns()));
-        self.tat.compare_exchange(receipt, earlier, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        self.tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| gcra.give_back(tat, receipt, cost)).is_ok()
     }
 }
 
@@ -79,7 +73,7 @@ mod tests {
 
     #[test]
     fn refusal_leaves_the_cell_unchanged() {
-        let gcra = Gcra::new(1.0, SEC, 1);
+        let gcra = Gcra::new(1, SEC, 1);
         let cell = GcraCell::new();
         assert_eq!(cell.decide(&gcra, 1, 0, 0).0, Decision::Now);
         let before = cell.tat();
@@ -89,7 +83,7 @@ mod tests {
 
     #[test]
     fn reservations_queue_in_order() {
-        let gcra = Gcra::new(1.0, SEC, 1);
+        let gcra = Gcra::new(1, SEC, 1);
         let cell = GcraCell::new();
         assert_eq!(cell.decide(&gcra, 1, 0, u64::MAX).0, Decision::Now);
         assert_eq!(cell.decide(&gcra, 1, 0, u64::MAX).0, Decision::At(SEC));
@@ -98,7 +92,7 @@ mod tests {
 
     #[test]
     fn only_the_latest_reservation_gives_back() {
-        let gcra = Gcra::new(1.0, SEC, 1);
+        let gcra = Gcra::new(1, SEC, 1);
         let cell = GcraCell::new();
         cell.decide(&gcra, 1, 0, u64::MAX);
         cell.decide(&gcra, 1, 0, u64::MAX);
@@ -111,7 +105,7 @@ mod tests {
 
     #[test]
     fn charge_pushes_later_requests_back() {
-        let gcra = Gcra::new(10.0, SEC, 10);
+        let gcra = Gcra::new(10, SEC, 10);
         let cell = GcraCell::new();
         assert_eq!(cell.decide(&gcra, 5, 0, 0).0, Decision::Now);
         cell.charge(&gcra, 5, 0);
@@ -120,7 +114,7 @@ mod tests {
 
     #[test]
     fn threads_racing_never_admit_more_than_the_burst() {
-        let gcra = Gcra::new(1.0, 3_600 * SEC, 1_000);
+        let gcra = Gcra::new(1, 3_600 * SEC, 1_000);
         let cell = Arc::new(GcraCell::new());
         let admitted: usize = (0..4)
             .map(|_| {

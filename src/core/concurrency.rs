@@ -1,5 +1,6 @@
 //! Concurrency permits: at most `max` held at once. Two monotonic counters (acquired, released) instead of
 //! one level, so a release can be checked against the acquisitions and one compare-and-swap takes a permit.
+//! Without a bound nothing is held: acquisitions are only counted, and a release does nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -13,7 +14,7 @@ pub struct Concurrency {
 }
 
 impl Concurrency {
-    /// At most `max` permits at once; `None` counts permits without bounding them.
+    /// At most `max` permits at once; `None` counts acquisitions and holds nothing.
     pub fn new(max: Option<u64>) -> Result<Self> {
         if max == Some(0) {
             return Err(Error::config("max_concurrency", "must be at least 1, got 0"));
@@ -48,9 +49,12 @@ impl Concurrency {
         }
     }
 
-    /// Returns a permit; refuses to return one that was never taken.
+    /// Returns a permit; refuses to return one that was never taken. Unbounded, there is none to return.
     #[inline]
     pub fn release(&self) -> Result<()> {
+        if self.max == u64::MAX {
+            return Ok(());
+        }
         let mut released = self.released.load(Ordering::Acquire);
         loop {
             if released >= self.acquired.load(Ordering::Acquire) {
@@ -63,14 +67,11 @@ impl Concurrency {
         }
     }
 
-    /// Counts a permit passed straight from its holder to a waiter: one release and one acquisition.
-    pub fn hand_over(&self) {
-        self.acquired.fetch_add(1, Ordering::AcqRel);
-        self.released.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// Permits held now.
+    /// Permits held now; none without a bound.
     pub fn in_use(&self) -> u64 {
+        if self.max == u64::MAX {
+            return 0;
+        }
         let released = self.released.load(Ordering::Acquire);
         self.acquired.load(Ordering::Acquire) - released
     }
@@ -101,6 +102,16 @@ mod tests {
     fn refuses_a_release_without_an_acquire() {
         let slots = Concurrency::new(Some(2)).unwrap();
         assert!(matches!(slots.release(), Err(Error::Config { .. })));
+    }
+
+    #[test]
+    fn without_a_bound_nothing_is_held_and_a_release_does_nothing() {
+        let slots = Concurrency::new(None).unwrap();
+        assert!(slots.try_acquire() && slots.try_acquire());
+        slots.release().unwrap();
+        slots.release().unwrap();
+        slots.release().unwrap();
+        assert_eq!((slots.in_use(), slots.acquired()), (0, 2));
     }
 
     #[test]

@@ -1,12 +1,20 @@
-//! The two-window counter: the cheap, approximate sliding window. It keeps two numbers, this fixed
-//! window's count and the last one's, and estimates the sliding count by weighting the last window by how
-//! much of it still overlaps. It assumes the last window's admissions were spread evenly, so a burst at the
-//! end of one window followed by one at the start of the next can pass up to twice the limit in a short
-//! interval. Use the exact window where the server counts exactly.
+//! The two-window counter: the cheap sliding window. It keeps a few numbers per limit whatever the
+//! traffic: this fixed window's count, the last one's, and the instant of the last admission of each.
+//!
+//! What it promises: never more than the limit in any half-open interval of the window, like the exact
+//! log. It cannot tell when each of the last window's admissions leaves, so it counts all of them until
+//! a window has passed since the last of them (the weighted estimate of the classic counter, which
+//! assumes them spread evenly, lets up to twice the limit through across a window edge: a burst at the
+//! end of one window, another at the start of the next). The price is waiting longer than the exact
+//! log would when the last window's admissions were spread out: up to a window after its last one, at
+//! most one window more. A saturated stream still gets the whole limit once per window.
+//!
+//! Admissions are never placed before the last one, so instants only grow, and the counts always
+//! describe the window an admission falls in.
 
 use crate::core::decision::Never;
 
-/// About `limit` units per `window_ns`, estimated from two fixed windows.
+/// At most `limit` units in any interval of `window_ns`, from two fixed windows.
 #[derive(Debug, Clone)]
 pub struct SlidingCounter {
     /// The limit in force: the configured one, or less while the server asks for less.
@@ -17,14 +25,25 @@ pub struct SlidingCounter {
     current_start: u64,
     current: u64,
     previous: u64,
-    /// Admissions are never placed before the last one, so waiters keep their order.
+    /// The instant of the last admission counted in `previous`: all of it has left a window later.
+    previous_last_at: u64,
+    /// The instant of the last admission: none is placed before it, so waiters keep their order.
     last_at: u64,
 }
 
 impl SlidingCounter {
     pub fn new(limit: u64, window_ns: u64) -> Self {
         debug_assert!(limit >= 1 && window_ns >= 1);
-        Self { limit, ceiling: limit, window_ns, current_start: 0, current: 0, previous: 0, last_at: 0 }
+        Self {
+            limit,
+            ceiling: limit,
+            window_ns,
+            current_start: 0,
+            current: 0,
+            previous: 0,
+            previous_last_at: 0,
+            last_at: 0,
+        }
     }
 
     pub fn limit(&self) -> u64 {
@@ -41,32 +60,30 @@ impl SlidingCounter {
         self.limit = limit.clamp(1, self.ceiling);
     }
 
+    /// The limit a request of `cost` is held to: the one in force, but never below the cost itself.
+    fn limit_for(&self, cost: u64) -> u64 {
+        self.limit.max(cost)
+    }
+
     /// Moves the fixed windows forward so that `now` falls in the current one.
     fn roll(&mut self, now: u64) {
         let windows_passed = now.saturating_sub(self.current_start) / self.window_ns;
         match windows_passed {
-            0 => {}
-            1 => self.previous = std::mem::take(&mut self.current),
+            0 => return,
+            1 => {
+                self.previous = std::mem::take(&mut self.current);
+                self.previous_last_at = self.last_at;
+            }
             _ => (self.previous, self.current) = (0, 0),
         }
         self.current_start += windows_passed * self.window_ns;
     }
 
-    /// The estimated count at `elapsed` ns into a window whose predecessor counted `previous`.
-    fn estimate(&self, previous: u64, current: u64, elapsed: u64) -> u64 {
-        let overlap = self.window_ns - elapsed.min(self.window_ns);
-        (previous as u128 * overlap as u128).div_ceil(self.window_ns as u128) as u64 + current
-    }
-
-    /// The first ns into a window (whose predecessor counted `previous`) at which `room` more fit, if any.
-    fn first_fit(&self, previous: u64, current: u64, room: u64) -> Option<u64> {
-        let free = self.limit.checked_sub(current + room)?;
-        if previous <= free {
-            return Some(0);
-        }
-        // previous * (W - e) / W <= free  <=>  e >= W - free * W / previous
-        let keep = (free as u128 * self.window_ns as u128) / previous as u128;
-        Some(self.window_ns - keep as u64)
+    /// What may still share an interval of the window with an admission at `at` (in the current
+    /// window): all of this window, and all of the last one until a window after its last admission.
+    fn counted_at(&self, at: u64) -> u64 {
+        let previous_in = self.previous_last_at.saturating_add(self.window_ns) > at;
+        self.current + if previous_in { self.previous } else { 0 }
     }
 
     /// The earliest instant, not before `now` nor the last admission, at which `cost` more fits.
@@ -74,23 +91,24 @@ impl SlidingCounter {
         if cost > self.ceiling {
             return Err(Never { max_cost: self.ceiling });
         }
+        let limit = self.limit_for(cost);
         let from = now.max(self.last_at);
         self.roll(from);
-        let elapsed = from - self.current_start;
-        if self.estimate(self.previous, self.current, elapsed) + cost <= self.limit {
+        if self.counted_at(from) + cost <= limit {
             return Ok(from);
         }
-        if let Some(offset) = self.first_fit(self.previous, self.current, cost) {
-            if offset < self.window_ns {
-                return Ok(from.max(self.current_start + offset));
-            }
+        if self.current + cost <= limit {
+            // Only the last window stands in the way: it leaves a window after its last admission,
+            // which is within this window (that admission came before this window began).
+            return Ok(self.previous_last_at + self.window_ns);
         }
-        let next_start = self.current_start + self.window_ns;
-        let offset = self.first_fit(self.current, 0, cost).unwrap_or(self.window_ns);
-        Ok(next_start + offset.min(self.window_ns))
+        // This window's own count: in the next window it is the last one's, which leaves a window after
+        // its last admission (within the next window).
+        Ok(self.last_at.max(self.current_start) + self.window_ns)
     }
 
-    /// Counts `cost` at `at`; the receipt is the start of the fixed window that counted it.
+    /// Counts `cost` at `at` (an instant `earliest` allowed); the receipt is the start of the fixed
+    /// window that counted it.
     pub fn admit(&mut self, at: u64, cost: u64) -> u64 {
         self.roll(at);
         self.current += cost;
@@ -103,23 +121,41 @@ impl SlidingCounter {
         self.admit(now.max(self.last_at), cost);
     }
 
-    /// Replaces the cost counted under `receipt` (`old`) by `actual`, while its window is still counted.
-    pub fn settle(&mut self, receipt: u64, old: u64, actual: u64) {
-        let slot = if receipt == self.current_start {
-            &mut self.current
+    /// The count of the fixed window that started at `receipt`, while it is still counted.
+    fn count_of(&mut self, receipt: u64) -> Option<&mut u64> {
+        if receipt == self.current_start {
+            Some(&mut self.current)
         } else if receipt + self.window_ns == self.current_start {
-            &mut self.previous
+            Some(&mut self.previous)
         } else {
-            return;
-        };
-        *slot = (*slot + actual).saturating_sub(old);
+            None
+        }
     }
 
-    /// Units free at `now` by the estimate.
+    /// Replaces the cost counted under `receipt` (`old`) by `actual`, while its window is still counted.
+    pub fn settle(&mut self, receipt: u64, old: u64, actual: u64) {
+        if let Some(count) = self.count_of(receipt) {
+            *count = (*count + actual).saturating_sub(old);
+        }
+    }
+
+    /// Counts an admission of `cost` (counted under `receipt`) from `now`, when its request went later
+    /// than admitted: in the window of `now` or of the last admission, if later, which it leaves no
+    /// sooner than it really does. Those admitted after it keep their instants.
+    pub fn restamp(&mut self, receipt: u64, cost: u64, now: u64) {
+        let at = now.max(self.last_at);
+        self.roll(at);
+        if let Some(count) = self.count_of(receipt) {
+            *count = count.saturating_sub(cost);
+        }
+        self.current += cost;
+        self.last_at = at;
+    }
+
+    /// Units free at `now`.
     pub fn remaining(&mut self, now: u64) -> u64 {
         self.roll(now.max(self.current_start));
-        let elapsed = now.saturating_sub(self.current_start);
-        self.limit.saturating_sub(self.estimate(self.previous, self.current, elapsed))
+        self.limit.saturating_sub(self.counted_at(now.max(self.current_start)))
     }
 }
 
@@ -129,35 +165,49 @@ mod tests {
 
     const SEC: u64 = 1_000_000_000;
 
+    fn admit_at_earliest(counter: &mut SlidingCounter, cost: u64, now: u64) -> u64 {
+        let at = counter.earliest(cost, now).unwrap();
+        counter.admit(at, cost);
+        at
+    }
+
     #[test]
     fn admits_the_limit_within_one_fixed_window() {
         let mut counter = SlidingCounter::new(10, SEC);
         for _ in 0..10 {
-            let at = counter.earliest(1, 0).unwrap();
-            assert_eq!(at, 0);
-            counter.admit(at, 1);
+            assert_eq!(admit_at_earliest(&mut counter, 1, 0), 0);
         }
-        assert!(counter.earliest(1, 0).unwrap() > 0);
+        assert_eq!(counter.earliest(1, 0), Ok(SEC));
+    }
+
+    // Issue 15: the weighted estimate let a burst at the end of one window and another at the start of
+    // the next through together: 19 of a limit of 10 within one second.
+    #[test]
+    fn never_admits_more_than_the_limit_across_a_window_edge() {
+        let mut counter = SlidingCounter::new(10, SEC);
+        counter.admit(SEC - 1, 10);
+        assert_eq!(counter.remaining(SEC + SEC / 2), 0);
+        assert_eq!(counter.earliest(1, SEC + SEC / 2), Ok(2 * SEC - 1));
+        assert_eq!(counter.remaining(2 * SEC - 1), 10);
     }
 
     #[test]
-    fn last_window_weighs_by_its_overlap() {
+    fn the_last_window_counts_until_a_window_after_its_last_admission() {
         let mut counter = SlidingCounter::new(10, SEC);
-        counter.admit(0, 10);
-        // Half a window later, half of the last window still counts: 5 of 10.
-        assert_eq!(counter.remaining(SEC + SEC / 2), 5);
-        assert_eq!(counter.earliest(5, SEC + SEC / 2), Ok(SEC + SEC / 2));
-        assert_eq!(counter.earliest(6, SEC + SEC / 2), Ok(SEC + 6 * SEC / 10));
+        counter.admit(0, 6);
+        counter.admit(SEC / 2, 4);
+        assert_eq!(counter.earliest(1, SEC), Ok(SEC + SEC / 2), "all ten until the last of them leaves");
+        counter.admit(SEC + SEC / 2, 7);
+        assert_eq!(counter.earliest(4, SEC + SEC / 2), Ok(2 * SEC + SEC / 2), "this window's own seven");
     }
 
     #[test]
     fn a_full_window_waits_into_the_next() {
         let mut counter = SlidingCounter::new(4, SEC);
         counter.admit(SEC / 2, 4);
-        let at = counter.earliest(2, SEC / 2).unwrap();
+        let at = admit_at_earliest(&mut counter, 2, SEC / 2);
         assert_eq!(at, SEC + SEC / 2);
-        counter.admit(at, 2);
-        assert_eq!(counter.remaining(at), 0);
+        assert_eq!(counter.remaining(at), 2);
     }
 
     #[test]
@@ -167,10 +217,41 @@ mod tests {
     }
 
     #[test]
+    fn a_request_above_a_lowered_limit_still_passes_alone() {
+        let mut counter = SlidingCounter::new(10, SEC);
+        counter.set_limit(2);
+        assert_eq!(admit_at_earliest(&mut counter, 5, 0), 0);
+        assert_eq!(counter.earliest(1, 0), Ok(SEC));
+    }
+
+    #[test]
     fn settle_adjusts_the_window_that_counted_it() {
         let mut counter = SlidingCounter::new(100, SEC);
         let receipt = counter.admit(0, 80);
         counter.settle(receipt, 80, 20);
         assert_eq!(counter.remaining(0), 80);
+    }
+
+    #[test]
+    fn a_late_last_admission_is_counted_from_when_it_went() {
+        let mut counter = SlidingCounter::new(2, SEC);
+        counter.admit(0, 1);
+        let receipt = counter.admit(0, 1);
+        counter.restamp(receipt, 1, SEC + SEC / 4);
+        assert_eq!(counter.earliest(1, SEC + SEC / 4), Ok(SEC + SEC / 4), "the first has left");
+        counter.admit(SEC + SEC / 4, 1);
+        assert_eq!(counter.earliest(1, SEC + SEC / 4), Ok(2 * SEC + SEC / 4), "the late one still counts");
+    }
+
+    #[test]
+    fn a_late_admission_others_came_after_is_counted_with_the_last() {
+        let mut counter = SlidingCounter::new(2, SEC);
+        let first = counter.admit(0, 1);
+        counter.admit(SEC / 2, 1);
+        counter.restamp(first, 1, SEC / 4);
+        assert_eq!(counter.earliest(1, SEC / 2), Ok(SEC + SEC / 2));
+        counter.restamp(first, 1, SEC + SEC / 10);
+        counter.admit(SEC + SEC / 2, 1);
+        assert_eq!(counter.earliest(1, SEC + SEC / 2), Ok(2 * SEC + SEC / 2), "it went in this window");
     }
 }

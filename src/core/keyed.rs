@@ -1,18 +1,23 @@
 //! Limits per key (user, API key, endpoint, model) for many keys: each key is its GCRA TATs and nothing
 //! else, in a sharded table. A key whose TATs are all in the past is exactly a fresh key, so it is
-//! forgotten without loss; memory stays bounded by `max_keys`.
+//! forgotten without loss; a key whose TATs are not (it still counts admissions) is never forgotten,
+//! since forgetting it would let its user start over: an overrun. So the table holds at most `max_keys`
+//! keys, and while every one of them still counts admissions a new key is refused
+//! ([`Verdict::Full`]) until the earliest of them is fresh again.
 //!
 //! Memory: 8 bytes for the key plus 8 per limit, in a hash table that is between 44% and 88% full,
 //! plus one control byte per slot: 19 to 37 bytes per key with one limit.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::core::clock::{Clock, MonotonicClock, ns_to_secs};
 use crate::core::decision::{Decision, Never};
 use crate::core::error::{Error, Result};
 use crate::core::gcra::Gcra;
 use crate::core::limit::{Algorithm, Cost, Limit, Unit};
+use crate::core::refusal;
 use crate::core::spin::SpinLock;
 
 /// The most limits a keyed limiter applies to each key.
@@ -49,15 +54,67 @@ struct Shard<const N: usize> {
     /// Additions before the next sweep: as many as the shard held after the last one, so sweeping
     /// costs O(1) per key added.
     sweep_after: usize,
+    /// No key here is fresh again before this instant (it may be later): a full table sweeps a shard
+    /// only once something in it may be forgotten.
+    next_fresh_at: u64,
 }
 
 impl<const N: usize> Shard<N> {
-    /// Forgets keys fresh again by `before`.
-    fn forget_fresh(&mut self, before: u64) {
-        self.keys.retain(|_, tats| fresh_at(tats) > before);
+    /// Forgets the keys fresh again by `before` (never later than now, so none that still counts);
+    /// returns how many.
+    fn forget_fresh(&mut self, before: u64) -> usize {
+        let held = self.keys.len();
+        let mut next_fresh_at = u64::MAX;
+        self.keys.retain(|_, tats| {
+            let at = fresh_at(tats);
+            next_fresh_at = next_fresh_at.min(if at > before { at } else { u64::MAX });
+            at > before
+        });
+        self.next_fresh_at = next_fresh_at;
         self.added = 0;
         self.sweep_after = self.keys.len().max(64);
+        held - self.keys.len()
     }
+
+    /// Counts a key in this shard that will be fresh again at `at`.
+    fn note_fresh_at(&mut self, at: u64) {
+        self.next_fresh_at = self.next_fresh_at.min(at);
+    }
+}
+
+/// How many keys the table holds, at most `max`.
+struct Room {
+    max: usize,
+    held: AtomicUsize,
+}
+
+impl Room {
+    /// Takes room for one more key, unless the table is full.
+    fn claim(&self) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| (held < self.max).then_some(held + 1))
+            .is_ok()
+    }
+
+    fn free(&self, keys: usize) {
+        if keys > 0 {
+            self.held.fetch_sub(keys, Ordering::AcqRel);
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.held.load(Ordering::Acquire) >= self.max
+    }
+}
+
+/// What a decision for one key came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// The limits' decision, and the receipt of an admission (the key's latest TAT).
+    Decided(Decision, u64),
+    /// A new key that the limits would admit, but every key held still counts admissions; one may be
+    /// forgotten at `room_at` at the earliest.
+    Full { room_at: u64 },
 }
 
 /// One limit as applied to each key.
@@ -65,22 +122,18 @@ type KeyedGcra = (Gcra, Unit);
 
 /// The per-key state for `N` limits, one table per shard.
 trait Shards: Send + Sync {
-    fn decide(&self, gcras: &[KeyedGcra], key: u64, cost: Cost, now: u64, latest: u64, bounds: Bounds) -> (Decision, u64);
+    fn decide(&self, gcras: &[KeyedGcra], key: u64, cost: Cost, now: u64, latest: u64, idle_ns: u64) -> Verdict;
     fn give_back(&self, gcras: &[KeyedGcra], key: u64, cost: Cost, receipt: u64);
-    fn earliest(&self, gcras: &[KeyedGcra], key: u64, cost: Cost, now: u64) -> std::result::Result<u64, (usize, Never)>;
+    /// The earliest instant `key` may pass `cost` (room for it included), or the limit it never passes.
+    fn earliest(&self, gcras: &[KeyedGcra], key: u64, cost: Cost, now: u64)
+    -> std::result::Result<u64, (usize, Never)>;
     fn forget_idle(&self, before: u64);
     fn len(&self) -> usize;
 }
 
 struct Sharded<const N: usize> {
     shards: Vec<SpinLock<Shard<N>>>,
-}
-
-/// How many keys a shard may hold, and after how long unused a key is forgotten.
-#[derive(Debug, Clone, Copy)]
-struct Bounds {
-    max_per_shard: usize,
-    idle_ns: u64,
+    room: Room,
 }
 
 fn shard_of(key: u64) -> usize {
@@ -88,7 +141,12 @@ fn shard_of(key: u64) -> usize {
 }
 
 /// The earliest instant every limit admits `cost` for a key in state `tats`.
-fn earliest_of<const N: usize>(gcras: &[KeyedGcra], tats: &[u64; N], cost: Cost, now: u64) -> std::result::Result<u64, (usize, Never)> {
+fn earliest_of<const N: usize>(
+    gcras: &[KeyedGcra],
+    tats: &[u64; N],
+    cost: Cost,
+    now: u64,
+) -> std::result::Result<u64, (usize, Never)> {
     let mut at = now;
     for (index, ((gcra, unit), &tat)) in gcras.iter().zip(tats).enumerate() {
         let units = unit.of(cost);
@@ -100,58 +158,79 @@ fn earliest_of<const N: usize>(gcras: &[KeyedGcra], tats: &[u64; N], cost: Cost,
     Ok(at)
 }
 
-impl<const N: usize> Sharded<N> {
-    fn new() -> Self {
-        Self { shards: (0..SHARDS).map(|_| SpinLock::new(Shard::default())).collect() }
-    }
-}
-
 /// The instant a key is fresh again: its latest TAT.
 fn fresh_at<const N: usize>(tats: &[u64; N]) -> u64 {
     tats.iter().copied().max().unwrap_or(0)
 }
 
-/// Makes room for one more key in a shard holding `max` keys: first forget the keys that are fresh
-/// again, then, while still full, the key closest to fresh (it may pass a little early: the price of
-/// bounded memory).
-fn make_room<const N: usize>(shard: &mut Shard<N>, max: usize, now: u64) {
-    shard.forget_fresh(now);
-    while shard.keys.len() >= max {
-        let Some(closest) = shard.keys.iter().min_by_key(|(_, tats)| fresh_at(tats)).map(|(&key, _)| key) else { break };
-        shard.keys.remove(&closest);
+impl<const N: usize> Sharded<N> {
+    fn new(max_keys: usize) -> Self {
+        let room = Room { max: max_keys, held: AtomicUsize::new(0) };
+        Self { shards: (0..SHARDS).map(|_| SpinLock::new(Shard::default())).collect(), room }
+    }
+
+    /// Room for a new key at `now`: `None` when there is some, after forgetting the keys fresh again;
+    /// else the instant one may be forgotten at the earliest. Each shard is locked in turn, never two
+    /// at once, and swept only when one of its keys may be fresh.
+    fn room_at(&self, now: u64) -> Option<u64> {
+        if !self.room.is_full() {
+            return None;
+        }
+        let mut earliest = u64::MAX;
+        for shard in &self.shards {
+            let mut shard = shard.lock();
+            if shard.next_fresh_at <= now {
+                self.room.free(shard.forget_fresh(now));
+            }
+            earliest = earliest.min(shard.next_fresh_at);
+        }
+        self.room.is_full().then(|| earliest.max(now))
     }
 }
 
 impl<const N: usize> Shards for Sharded<N> {
-    fn decide(&self, gcras: &[KeyedGcra], key: u64, cost: Cost, now: u64, latest: u64, bounds: Bounds) -> (Decision, u64) {
-        let mut shard = self.shards[shard_of(key)].lock();
-        let known = shard.keys.get(&key).copied();
-        let tats = known.unwrap_or([0; N]);
-        let at = match earliest_of(gcras, &tats, cost, now) {
-            Ok(at) => at,
-            Err((_, never)) => return (never.into(), 0),
-        };
-        let decision = Decision::for_instant(at, now, latest);
-        if !decision.is_admitted() {
-            return (decision, 0);
-        }
-        let mut updated = tats;
-        for ((gcra, unit), tat) in gcras.iter().zip(updated.iter_mut()) {
-            let units = unit.of(cost);
-            if units > 0 {
-                *tat = (*tat).max(now).saturating_add(units * gcra.unit_ns());
+    fn decide(&self, gcras: &[KeyedGcra], key: u64, cost: Cost, now: u64, latest: u64, idle_ns: u64) -> Verdict {
+        // Twice at most: once more after a full table forgot keys fresh again.
+        for attempt in 0..2 {
+            let mut shard = self.shards[shard_of(key)].lock();
+            let known = shard.keys.get(&key).copied();
+            let tats = known.unwrap_or([0; N]);
+            let at = match earliest_of(gcras, &tats, cost, now) {
+                Ok(at) => at,
+                Err((_, never)) => return Verdict::Decided(never.into(), 0),
+            };
+            let decision = Decision::for_instant(at, now, latest);
+            if !decision.is_admitted() {
+                return Verdict::Decided(decision, 0);
             }
-        }
-        if known.is_none() {
-            shard.added += 1;
-            if shard.keys.len() >= bounds.max_per_shard {
-                make_room(&mut shard, bounds.max_per_shard, now);
-            } else if shard.added >= shard.sweep_after.max(64) {
-                shard.forget_fresh(now.saturating_sub(bounds.idle_ns));
+            if known.is_none() && !self.room.claim() {
+                drop(shard);
+                match self.room_at(now) {
+                    Some(room_at) => return Verdict::Full { room_at },
+                    None if attempt == 0 => continue,
+                    // Another new key took the room just made.
+                    None => return Verdict::Full { room_at: now },
+                }
             }
+            let mut updated = tats;
+            for ((gcra, unit), tat) in gcras.iter().zip(updated.iter_mut()) {
+                let units = unit.of(cost);
+                if units > 0 {
+                    *tat = (*tat).max(now).saturating_add(units * gcra.unit_ns());
+                }
+            }
+            if known.is_none() {
+                shard.added += 1;
+                if shard.added >= shard.sweep_after.max(64) {
+                    let forgotten = shard.forget_fresh(now.saturating_sub(idle_ns));
+                    self.room.free(forgotten);
+                }
+            }
+            shard.note_fresh_at(fresh_at(&updated));
+            shard.keys.insert(key, updated);
+            return Verdict::Decided(decision, fresh_at(&updated));
         }
-        shard.keys.insert(key, updated);
-        (decision, fresh_at(&updated))
+        unreachable!("the second attempt returns")
     }
 
     fn give_back(&self, gcras: &[KeyedGcra], key: u64, cost: Cost, receipt: u64) {
@@ -162,23 +241,37 @@ impl<const N: usize> Shards for Sharded<N> {
                 for ((gcra, unit), tat) in gcras.iter().zip(tats.iter_mut()) {
                     *tat = tat.saturating_sub(unit.of(cost) * gcra.unit_ns());
                 }
+                let fresh = fresh_at(tats);
+                shard.note_fresh_at(fresh);
             }
         }
     }
 
-    fn earliest(&self, gcras: &[KeyedGcra], key: u64, cost: Cost, now: u64) -> std::result::Result<u64, (usize, Never)> {
-        let tats = self.shards[shard_of(key)].lock().keys.get(&key).copied().unwrap_or([0; N]);
-        earliest_of(gcras, &tats, cost, now)
+    fn earliest(
+        &self,
+        gcras: &[KeyedGcra],
+        key: u64,
+        cost: Cost,
+        now: u64,
+    ) -> std::result::Result<u64, (usize, Never)> {
+        let known = self.shards[shard_of(key)].lock().keys.get(&key).copied();
+        let at = earliest_of(gcras, &known.unwrap_or([0; N]), cost, now)?;
+        match known {
+            Some(_) => Ok(at),
+            None => Ok(self.room_at(now).map_or(at, |room_at| at.max(room_at))),
+        }
     }
 
     fn forget_idle(&self, before: u64) {
         for shard in &self.shards {
-            shard.lock().forget_fresh(before);
+            let mut shard = shard.lock();
+            let forgotten = shard.forget_fresh(before);
+            self.room.free(forgotten);
         }
     }
 
     fn len(&self) -> usize {
-        self.shards.iter().map(|shard| shard.lock().keys.len()).sum()
+        self.room.held.load(Ordering::Acquire)
     }
 }
 
@@ -188,7 +281,8 @@ pub struct KeyedLimiter<C: Clock = MonotonicClock> {
     limits: Vec<Limit>,
     gcras: Vec<KeyedGcra>,
     shards: Box<dyn Shards>,
-    bounds: Bounds,
+    max_keys: u64,
+    idle_ns: u64,
 }
 
 impl<C: Clock> std::fmt::Debug for KeyedLimiter<C> {
@@ -199,25 +293,29 @@ impl<C: Clock> std::fmt::Debug for KeyedLimiter<C> {
 
 impl<C: Clock> KeyedLimiter<C> {
     /// `limits` must all be GCRA (a log per key would make memory grow with each key's traffic).
+    /// At most `max_keys` keys are held; keys fresh again are forgotten as room is needed, and those
+    /// unused for `idle_ns` as new keys arrive.
     pub fn new(limits: Vec<Limit>, max_keys: u64, idle_ns: u64, clock: C) -> Result<Self> {
         if limits.is_empty() || limits.len() > MAX_KEYED_LIMITS {
             return Err(Error::config("limits", format!("give 1 to {MAX_KEYED_LIMITS} limits, got {}", limits.len())));
         }
         if let Some(limit) = limits.iter().find(|limit| limit.algorithm() != Algorithm::Gcra) {
-            return Err(Error::config("limits", format!("keyed limits are GCRA; '{limit}' is {:?}", limit.algorithm().name())));
+            return Err(Error::config(
+                "limits",
+                format!("keyed limits are GCRA; '{limit}' is {:?}", limit.algorithm().name()),
+            ));
         }
-        if max_keys == 0 {
-            return Err(Error::config("max_keys", "must be at least 1"));
-        }
-        let shards: Box<dyn Shards> = match limits.len() {
-            1 => Box::new(Sharded::<1>::new()),
-            2 => Box::new(Sharded::<2>::new()),
-            3 => Box::new(Sharded::<3>::new()),
-            _ => Box::new(Sharded::<4>::new()),
+        let Some(max) = usize::try_from(max_keys).ok().filter(|&max| max >= 1) else {
+            return Err(Error::config("max_keys", format!("must be from 1 to {}, got {max_keys}", usize::MAX)));
         };
-        let bounds = Bounds { max_per_shard: (max_keys as usize).div_ceil(SHARDS), idle_ns };
+        let shards: Box<dyn Shards> = match limits.len() {
+            1 => Box::new(Sharded::<1>::new(max)),
+            2 => Box::new(Sharded::<2>::new(max)),
+            3 => Box::new(Sharded::<3>::new(max)),
+            _ => Box::new(Sharded::<4>::new(max)),
+        };
         let gcras = limits.iter().map(|limit| (limit.gcra(), limit.unit())).collect();
-        Ok(Self { clock, limits, gcras, shards, bounds })
+        Ok(Self { clock, limits, gcras, shards, max_keys, idle_ns })
     }
 
     pub fn limits(&self) -> &[Limit] {
@@ -225,58 +323,64 @@ impl<C: Clock> KeyedLimiter<C> {
     }
 
     fn refusal(&self, operation: &str, cost: Cost, index: usize, never: Never) -> Error {
-        let limit = &self.limits[index];
+        refusal::never(operation, cost, &self.limits[index], never.max_cost, " per key")
+    }
+
+    /// A new key refused because every key held still counts admissions.
+    fn full(&self, operation: &str, room_at: u64, now: u64) -> Error {
+        let wait = room_at.saturating_sub(now);
         Error::RateLimited {
             message: format!(
-                "{operation}: a request of {} {} exceeds what '{limit}' can ever admit per key ({} at once)",
-                limit.unit().of(cost),
-                limit.unit().name(),
-                never.max_cost
+                "{operation}: all max_keys={} keys still count admissions, so a new key may start in {:.3}s at the \
+                 earliest (forgetting one would let it pass its limits again)",
+                self.max_keys,
+                ns_to_secs(wait)
             ),
-            retry_after_ns: None,
-            limit: limit.to_string(),
+            retry_after_ns: Some(wait),
+            limit: format!("max_keys={}", self.max_keys),
             remaining: 0.0,
         }
     }
 
-    /// Decides a request for `key` at `now`, admitting it if it passes by `latest`.
-    fn decide(&self, key: u64, cost: Cost, now: u64, latest: u64) -> Result<(Decision, u64)> {
-        let (decision, receipt) = self.shards.decide(&self.gcras, key, cost, now, latest, self.bounds);
-        if let Decision::Never { .. } = decision {
-            let Err((index, never)) = self.shards.earliest(&self.gcras, key, cost, now) else {
-                unreachable!("a cost is refused forever by some limit")
-            };
-            return Err(self.refusal("acquire", cost, index, never));
+    /// Decides a request for `key` at `now`, admitting it if it passes by `latest`; `Err` when it can
+    /// never pass.
+    fn decide(&self, operation: &str, key: u64, cost: Cost, now: u64, latest: u64) -> Result<Verdict> {
+        match self.shards.decide(&self.gcras, key, cost, now, latest, self.idle_ns) {
+            Verdict::Decided(Decision::Never { .. }, _) => {
+                let Err((index, never)) = self.shards.earliest(&self.gcras, key, cost, now) else {
+                    unreachable!("a cost is refused forever by some limit")
+                };
+                Err(self.refusal(operation, cost, index, never))
+            }
+            verdict => Ok(verdict),
         }
-        Ok((decision, receipt))
     }
 
-    /// Admits a request for `key` now, or not; `Err` only when it can never pass.
+    /// Admits a request for `key` now, or not (also when `key` is new and the table has no room for
+    /// it); `Err` only when it can never pass.
     pub fn try_acquire(&self, key: u64, cost: Cost) -> Result<bool> {
         let now = self.clock.now_ns();
-        Ok(self.decide(key, cost, now, now)?.0 == Decision::Now)
+        Ok(matches!(self.decide("try_acquire", key, cost, now, now)?, Verdict::Decided(Decision::Now, _)))
     }
 
     /// Reserves a request for `key`: (nanoseconds to wait, receipt for [`KeyedLimiter::give_back`]).
-    /// Refused at once, counting nothing, when the wait would pass `max_wait_ns` or can never end.
+    /// Refused at once, counting nothing, when the wait would pass `max_wait_ns` or can never end, and
+    /// when `key` is new and every key held still counts admissions (`retry_after` says when one may
+    /// be forgotten at the earliest).
     pub fn reserve(&self, key: u64, cost: Cost, max_wait_ns: Option<u64>) -> Result<(u64, u64)> {
         let now = self.clock.now_ns();
         let latest = max_wait_ns.map_or(u64::MAX, |wait| now.saturating_add(wait));
-        match self.decide(key, cost, now, latest)? {
-            (Decision::NotBefore(at), _) => {
+        match self.decide("acquire", key, cost, now, latest)? {
+            Verdict::Full { room_at } => Err(self.full("acquire", room_at, now)),
+            Verdict::Decided(Decision::NotBefore(at), _) => {
                 let limits: Vec<_> = self.limits.iter().map(ToString::to_string).collect();
-                Err(Error::RateLimited {
-                    message: format!("acquire: would wait {:.3}s for '{}'", ns_to_secs(at - now), limits.join("', '")),
-                    retry_after_ns: Some(at - now),
-                    limit: limits.join(", "),
-                    remaining: 0.0,
-                })
+                Err(refusal::too_long("acquire", cost, limits.join(", "), at - now, 0.0))
             }
-            (decision, receipt) => Ok((decision.wait_ns(now).unwrap_or(0), receipt)),
+            Verdict::Decided(decision, receipt) => Ok((decision.wait_ns(now).unwrap_or(0), receipt)),
         }
     }
 
-    /// Nanoseconds until `key` may pass `cost`.
+    /// Nanoseconds until `key` may pass `cost`: its limits, and for a new key room in the table.
     pub fn time_until_ready(&self, key: u64, cost: Cost) -> Result<u64> {
         let now = self.clock.now_ns();
         match self.shards.earliest(&self.gcras, key, cost, now) {
@@ -292,7 +396,7 @@ impl<C: Clock> KeyedLimiter<C> {
 
     /// Forgets keys idle for `idle_ns` or more (they are fresh again); returns how many keys remain.
     pub fn forget_idle(&self) -> usize {
-        let before = self.clock.now_ns().saturating_sub(self.bounds.idle_ns);
+        let before = self.clock.now_ns().saturating_sub(self.idle_ns);
         self.shards.forget_idle(before);
         self.len()
     }
@@ -365,10 +469,56 @@ mod tests {
     #[test]
     fn memory_stays_bounded_by_max_keys() {
         let (lim, _) = keyed(1.0, 1.0, 64);
-        for key in 0..10_000u64 {
+        let admitted = (0..10_000u64).filter(|&key| lim.try_acquire(key, Cost::request(0)).unwrap()).count();
+        assert_eq!((admitted, lim.len()), (64, 64));
+    }
+
+    /// Issue 15: with a, b and c busy in a table of 3, user d went through 20 of 20 (each time the key
+    /// closest to fresh was forgotten, and d started over).
+    #[test]
+    fn a_full_table_refuses_new_keys_while_every_key_still_counts() {
+        let clock = ManualClock::new(0);
+        let limit = Limit::new(5.0, 60 * SEC, Unit::Requests, Algorithm::Gcra, Some(5.0)).unwrap();
+        let lim = KeyedLimiter::new(vec![limit], 3, 600 * SEC, clock.clone()).unwrap();
+        for key in [1, 2, 3] {
             assert!(lim.try_acquire(key, Cost::request(0)).unwrap());
         }
-        assert!(lim.len() <= 64 + SHARDS, "{}", lim.len());
+        let passed = (0..20).filter(|_| lim.try_acquire(4, Cost::request(0)).unwrap()).count();
+        assert_eq!(passed, 0);
+        for key in [1, 2, 3] {
+            assert_eq!((0..10).filter(|_| lim.try_acquire(key, Cost::request(0)).unwrap()).count(), 4, "key {key}");
+        }
+        assert_eq!(lim.len(), 3);
+    }
+
+    #[test]
+    fn a_refused_new_key_is_told_when_a_key_may_be_forgotten() {
+        let (lim, clock) = keyed(1.0, 1.0, 2);
+        lim.try_acquire(1, Cost::request(0)).unwrap();
+        clock.advance(SEC / 4);
+        lim.try_acquire(2, Cost::request(0)).unwrap();
+        let wait = 3 * SEC / 4;
+        let Err(Error::RateLimited { retry_after_ns, limit, .. }) = lim.reserve(3, Cost::request(0), None) else {
+            panic!("a new key is refused while the table is full")
+        };
+        assert_eq!((retry_after_ns, limit.as_str()), (Some(wait), "max_keys=2"));
+        assert_eq!(lim.time_until_ready(3, Cost::request(0)).unwrap(), wait);
+        clock.advance(wait);
+        assert_eq!(lim.time_until_ready(3, Cost::request(0)).unwrap(), 0);
+        assert!(lim.try_acquire(3, Cost::request(0)).unwrap(), "key 1 is fresh again, so it makes room");
+        assert!(!lim.try_acquire(2, Cost::request(0)).unwrap(), "key 2 still counts its admission");
+        assert_eq!(lim.len(), 2);
+    }
+
+    #[test]
+    fn a_given_back_reservation_can_make_room_sooner() {
+        let (lim, clock) = keyed(1.0, 1.0, 1);
+        lim.try_acquire(1, Cost::request(0)).unwrap();
+        let (wait, receipt) = lim.reserve(1, Cost::request(0), None).unwrap();
+        assert_eq!(wait, SEC);
+        lim.give_back(1, Cost::request(0), receipt);
+        clock.advance(SEC);
+        assert!(lim.try_acquire(2, Cost::request(0)).unwrap());
     }
 
     #[test]
@@ -377,7 +527,10 @@ mod tests {
         assert_eq!(lim.reserve(7, Cost::request(0), None).unwrap().0, 0);
         let (wait, receipt) = lim.reserve(7, Cost::request(0), None).unwrap();
         assert_eq!(wait, SEC);
-        assert!(matches!(lim.reserve(7, Cost::request(0), Some(SEC)), Err(Error::RateLimited { retry_after_ns: Some(_), .. })));
+        assert!(matches!(
+            lim.reserve(7, Cost::request(0), Some(SEC)),
+            Err(Error::RateLimited { retry_after_ns: Some(_), .. })
+        ));
         lim.give_back(7, Cost::request(0), receipt);
         assert_eq!(lim.time_until_ready(7, Cost::request(0)).unwrap(), SEC);
     }
@@ -387,5 +540,81 @@ mod tests {
         let exact = Limit::new(1.0, SEC, Unit::Requests, Algorithm::Exact, None).unwrap();
         let err = KeyedLimiter::new(vec![exact], 10, SEC, ManualClock::new(0)).unwrap_err();
         assert!(matches!(err, Error::Config { field, .. } if field == "limits"));
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A key's admission instants, sorted: the most in any half-open interval of `window` ns.
+        fn most_in_any_window(admitted: &[u64], window: u64) -> usize {
+            let mut start = 0;
+            let mut most = 0;
+            for (end, &at) in admitted.iter().enumerate() {
+                while admitted[start] + window <= at {
+                    start += 1;
+                }
+                most = most.max(end + 1 - start);
+            }
+            most
+        }
+
+        /// One request: which of 8 users, after how long, and whether it waits (up to how long) or not.
+        fn arrivals() -> impl Strategy<Value = Vec<(u64, u64, Option<u64>)>> {
+            prop::collection::vec((0u64..8, 0..3 * SEC, prop::option::of(0..2 * SEC)), 1..400)
+        }
+
+        /// A GCRA limit with a fractional amount: (amount, period in s, burst).
+        fn limits() -> impl Strategy<Value = Vec<(f64, u64, u64)>> {
+            prop::collection::vec((0.5f64..12.0, 1u64..5, 1u64..4), 1..=2)
+        }
+
+        proptest! {
+            /// Whatever keys the table forgets to stay within `max_keys`, no key ever passes what one
+            /// never-forgetting GCRA per key would pass, so never more than ceil(amount) + burst - 1 in
+            /// any period.
+            #[test]
+            fn no_key_passes_its_limits_whatever_the_evictions(
+                max_keys in 1u64..5, idle_s in 0u64..4, specs in limits(), stream in arrivals(),
+            ) {
+                let clock = ManualClock::new(0);
+                let limits: Vec<Limit> = specs
+                    .iter()
+                    .map(|&(amount, period_s, burst)| {
+                        Limit::new(amount, period_s * SEC, Unit::Requests, Algorithm::Gcra, Some(burst as f64)).unwrap()
+                    })
+                    .collect();
+                let lim = KeyedLimiter::new(limits.clone(), max_keys, idle_s * SEC, clock.clone()).unwrap();
+                let mut reference = vec![vec![0u64; limits.len()]; 8];
+                let mut admitted = vec![Vec::new(); 8];
+                for (user, gap, wait) in stream {
+                    clock.advance(gap);
+                    let now = clock.now_ns();
+                    // Spread over the shards as Python's hashes are.
+                    let key = (user + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    let at = match wait {
+                        None => lim.try_acquire(key, Cost::request(0)).unwrap().then_some(now),
+                        Some(wait) => lim.reserve(key, Cost::request(0), Some(wait)).ok().map(|(wait, _)| now + wait),
+                    };
+                    prop_assert!(lim.len() as u64 <= max_keys);
+                    let Some(at) = at else { continue };
+                    for (limit, tat) in limits.iter().zip(reference[user as usize].iter_mut()) {
+                        let slot = limit.gcra().schedule(*tat, 1, now).unwrap();
+                        prop_assert!(at >= slot.at, "user {user} admitted at {at}, conforming only at {}", slot.at);
+                        *tat = slot.tat;
+                    }
+                    admitted[user as usize].push(at);
+                }
+                for times in &mut admitted {
+                    times.sort_unstable();
+                    for &(amount, period_s, burst) in &specs {
+                        let most = most_in_any_window(times, period_s * SEC) as u64;
+                        let most_allowed = amount.ceil() as u64 + burst - 1;
+                        prop_assert!(most <= most_allowed, "{most} in {period_s} s for {amount}, burst {burst}");
+                    }
+                }
+            }
+        }
     }
 }

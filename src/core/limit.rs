@@ -10,6 +10,9 @@ use crate::core::error::{Error, Result};
 use crate::core::gcra::Gcra;
 use crate::core::window::ExactWindow;
 
+/// A budget counts micro-dollars.
+const MICRO_USD_PER_USD: f64 = 1e6;
+
 /// What a limit counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Unit {
@@ -38,9 +41,21 @@ impl Unit {
         }
     }
 
-    /// How many counted units one unit of a limit's amount is: a dollar is counted in micro-dollars.
-    fn counted_per_amount(self) -> f64 {
-        if self == Unit::Usd { 1e6 } else { 1.0 }
+    /// A limit's amount in the units counted: a dollar is counted in micro-dollars. The product is
+    /// snapped to a whole number it misses by a rounding error only ($0.0157 is 15,700 micro-dollars, not
+    /// 15,699.999999999998), so that its whole part is what the user wrote.
+    fn counted(self, amount: f64) -> f64 {
+        if self != Unit::Usd {
+            return amount;
+        }
+        let micro = amount * MICRO_USD_PER_USD;
+        let nearest = micro.round();
+        if (micro - nearest).abs() <= micro * 1e-12 { nearest } else { micro }
+    }
+
+    /// `counted` units as a user reads them: dollars for a budget (counted in micro-dollars).
+    pub fn amount_of(self, counted: u64) -> f64 {
+        if self == Unit::Usd { counted as f64 / MICRO_USD_PER_USD } else { counted as f64 }
     }
 
     /// This unit's share of a request's cost.
@@ -75,15 +90,18 @@ impl Cost {
     }
 }
 
-/// How a limit is enforced.
+/// How a limit is enforced. Each keeps "at most `count` in any half-open interval of the enforced
+/// window" (see [`Limit::whole_window`]: `floor(n)` per period plus guard), the GCRA within its burst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Algorithm {
-    /// A log of the admissions in the window: never more than the limit in any interval of the period,
-    /// and the whole limit usable at once.
+    /// A log of the admissions in the window: never more than `count` in any interval of the window,
+    /// the whole `count` usable at once, and each admission moved to when its request really went.
     Exact,
-    /// GCRA on one word: paces evenly, with room for `burst` units at once.
+    /// GCRA on one word: paces one unit per `window / count`; with room for `burst` units at once, at
+    /// most `count + burst - 1` in any interval of the window (`count` with the default burst of 1).
     Gcra,
-    /// Two fixed windows, weighted: constant memory, approximate.
+    /// Two fixed windows: constant memory, never more than `count` in any interval of the window, at
+    /// the price of waiting longer than the exact log when the last window's admissions were spread.
     Counter,
 }
 
@@ -131,7 +149,12 @@ pub fn period_from_secs(secs: f64) -> Result<u64> {
     }
 }
 
-/// "At most `amount` units of `unit` per `period_ns`", enforced by `algorithm`.
+/// "At most `amount` units of `unit` per `period_ns`", enforced by `algorithm`: no half-open interval
+/// of the period (lengthened by the guard) ever holds more than the whole part of the amount in counted
+/// units (`max_qps=2.5` never lets 3 through in one second; a budget of $0.0125 counts 12,500
+/// micro-dollars). A fraction of a unit is never usable, so 2.5 per second runs at 2 per second. An
+/// amount below one unit means one per the period stretched to hold it: 0.5 per second is one per 2 s.
+/// GCRA with a burst `b` may add `b - 1` to that; the counter never does, but may wait longer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limit {
     /// As the user gave it (dollars for a budget).
@@ -146,6 +169,18 @@ pub struct Limit {
     guard_ns: u64,
 }
 
+/// `amount` counted units per `period_ns` as a whole count per window: the whole part of the amount per
+/// the period (2.5 per second is 2 per second: a third would put 3 in some second); below one unit, one
+/// per the period stretched to hold a whole one (0.5 per second is one per 2 s). Never less than one per
+/// window, and the window never shorter than the period.
+pub fn whole_window(amount: f64, period_ns: u64) -> (u64, u64) {
+    if amount >= 1.0 {
+        (amount.floor() as u64, period_ns)
+    } else {
+        (1, (period_ns as f64 / amount).ceil() as u64)
+    }
+}
+
 /// The guard a limit gets unless told otherwise: a server counts a request from when it arrives, which
 /// is a little after the client admitted it, and by a different little each time; a slot reused exactly
 /// one period after its admission meets the server's window edge. 1% of the period, at most 50 ms.
@@ -155,8 +190,8 @@ pub fn default_guard_ns(period_ns: u64) -> u64 {
 
 impl Limit {
     /// Checks the numbers once, here: later decisions assume them sound. `burst` belongs to GCRA only;
-    /// it defaults to one request (even pacing, never more than `amount` in any period) and, for tokens,
-    /// to the whole amount, so that one request may carry up to the limit.
+    /// it defaults to one request (even pacing, never more than the whole amount in any period) and,
+    /// for tokens and dollars, to the whole amount, so that one request may carry up to the limit.
     pub fn new(amount: f64, period_ns: u64, unit: Unit, algorithm: Algorithm, burst: Option<f64>) -> Result<Self> {
         if !(amount.is_finite() && amount > 0.0) {
             return Err(Error::config("amount", format!("must be a positive number, got {amount}")));
@@ -164,7 +199,7 @@ impl Limit {
         if period_ns == 0 {
             return Err(Error::config("per", "must be a positive period"));
         }
-        let counted = amount * unit.counted_per_amount();
+        let counted = unit.counted(amount);
         if period_ns as f64 / counted < 1.0 {
             return Err(Error::config("amount", format!("{amount} per {period_ns} ns is more than one per nanosecond")));
         }
@@ -173,7 +208,7 @@ impl Limit {
             (Algorithm::Gcra, Some(b)) => {
                 return Err(Error::config("burst", format!("must be at least 1, got {b}")));
             }
-            (Algorithm::Gcra, None) if unit != Unit::Requests => counted.ceil() as u64,
+            (Algorithm::Gcra, None) if unit != Unit::Requests => whole_window(counted, period_ns).0,
             (Algorithm::Gcra, None) => 1,
             (_, Some(_)) => {
                 return Err(Error::config(
@@ -221,26 +256,30 @@ impl Limit {
         self.burst
     }
 
-    /// A window count and length for the window-based algorithms: a whole number of units per a
-    /// proportionally scaled period (2.5 per second becomes 2 per 0.8 s), so the average rate is kept.
-    fn whole_window(&self) -> (u64, u64) {
-        let count = self.counted.floor().max(1.0);
-        let window_ns = (self.enforced_period_ns() as f64 * count / self.counted).ceil() as u64;
-        (count as u64, window_ns)
+    /// The whole count and the window it holds in, as every algorithm enforces them: the whole part of
+    /// the counted amount per the period plus guard; below one unit, one per the period stretched to
+    /// hold it (see [`whole_window`]).
+    pub fn whole_window(&self) -> (u64, u64) {
+        whole_window(self.counted, self.enforced_period_ns())
     }
 
     pub fn gcra(&self) -> Gcra {
-        Gcra::new(self.counted, self.enforced_period_ns(), self.burst)
+        let (count, window_ns) = self.whole_window();
+        Gcra::new(count, window_ns, self.burst)
     }
 
-    /// The window count in force when the limit is scaled by `factor` (0..=1): at least one.
+    /// The window count in force when the limit is scaled by `factor` (0..=1): the whole part of the
+    /// scaled count, at least one.
     pub fn scaled_count(&self, factor: f64) -> u64 {
         ((self.whole_window().0 as f64 * factor).floor() as u64).max(1)
     }
 
-    /// The GCRA of this limit scaled by `factor` (0..=1), its burst kept.
+    /// The GCRA of this limit scaled by `factor` (0..=1): paced at the whole part of the scaled count
+    /// per window (below one, one per the window stretched to hold it), its tolerance kept.
     pub fn scaled_gcra(&self, factor: f64) -> Gcra {
-        Gcra::new(self.counted * factor.max(1e-6), self.enforced_period_ns(), self.burst)
+        let (count, window_ns) = self.whole_window();
+        let (scaled_count, scaled_window_ns) = whole_window(count as f64 * factor.clamp(1e-6, 1.0), window_ns);
+        self.gcra().with_unit_ns(scaled_window_ns.div_ceil(scaled_count))
     }
 
     /// The state that enforces this limit, empty.
@@ -321,7 +360,7 @@ impl Window {
     pub fn charge(&mut self, cost: u64, now: u64) {
         match self {
             Window::Exact(w) => w.charge(cost, now),
-            Window::Gcra { gcra, tat } => *tat = (*tat).max(now).saturating_add(cost * gcra.unit_ns()),
+            Window::Gcra { gcra, tat } => *tat = gcra.charge(*tat, cost, now),
             Window::Counter(c) => c.charge(cost, now),
         }
     }
@@ -332,31 +371,29 @@ impl Window {
             Window::Exact(w) => w.settle(receipt, old, actual),
             Window::Counter(c) => c.settle(receipt, old, actual),
             Window::Gcra { .. } if actual > old => self.charge(actual - old, now),
-            Window::Gcra { gcra, tat } => {
-                if *tat == receipt {
-                    *tat -= (old - actual) * gcra.unit_ns();
-                }
-            }
+            Window::Gcra { gcra, tat } => *tat = gcra.give_back(*tat, receipt, old - actual).unwrap_or(*tat),
         }
     }
 
-    /// Moves an admission reserved for `at` to `now`, when its request went late (see
-    /// [`ExactWindow::restamp`]); GCRA shifts its TAT while it is the last.
-    /// The approximate counter does not track instants.
-    pub fn restamp(&mut self, receipt: u64, at: u64, now: u64) {
+    /// Moves an admission of `cost` reserved for `at` to `now`, when its request went (see
+    /// [`ExactWindow::restamp`]). GCRA and the counter keep no instant per admission: when it went
+    /// late they count it from `now` for what comes next, and those admitted after it keep their
+    /// instants.
+    pub fn restamp(&mut self, receipt: u64, cost: u64, at: u64, now: u64) {
         match self {
             Window::Exact(w) => w.restamp(receipt, now),
-            Window::Gcra { tat, .. } if *tat == receipt => *tat += now.saturating_sub(at),
-            _ => {}
+            _ if now <= at => {}
+            Window::Gcra { gcra, tat } => *tat = gcra.restamp(*tat, cost, now),
+            Window::Counter(c) => c.restamp(receipt, cost, now),
         }
     }
 
-    /// The instant an admission reserved for `at` really conforms (see [`ExactWindow::recheck`]);
-    /// `at` for the algorithms that keep no instants per admission.
-    pub fn recheck(&mut self, receipt: u64, at: u64) -> u64 {
+    /// The instant an admission reserved for `from` really conforms (see [`ExactWindow::recheck`]);
+    /// `from` for the algorithms that keep no instants per admission.
+    pub fn recheck(&mut self, receipt: u64, from: u64) -> u64 {
         match self {
-            Window::Exact(w) => w.recheck(receipt),
-            _ => at,
+            Window::Exact(w) => w.recheck(receipt, from),
+            _ => from,
         }
     }
 
@@ -426,12 +463,47 @@ mod tests {
         assert_eq!(Limit::new(1_000.0, 60 * SEC, Unit::Tokens, Algorithm::Gcra, None).unwrap().burst(), 1_000);
     }
 
+    // Issue 15: 2.5 per second became 2 per 0.8 s, which let 4 through in 0.81 s.
     #[test]
-    fn fractional_amounts_keep_their_average_rate() {
+    fn fractional_amounts_count_their_whole_part_per_period() {
         let limit = Limit::new(2.5, SEC, Unit::Requests, Algorithm::Exact, None).unwrap();
-        assert_eq!(limit.whole_window(), (2, 800_000_000));
+        assert_eq!(limit.whole_window(), (2, SEC));
+        let rpm = Limit::new(62.5, 60 * SEC, Unit::Requests, Algorithm::Exact, None).unwrap();
+        assert_eq!(rpm.whole_window(), (62, 60 * SEC));
+        let gcra = Limit::new(2.5, SEC, Unit::Requests, Algorithm::Gcra, None).unwrap();
+        assert_eq!(gcra.gcra().unit_ns(), SEC / 2);
+    }
+
+    #[test]
+    fn an_amount_below_one_unit_is_one_per_a_longer_window() {
         let slow = Limit::new(0.5, SEC, Unit::Requests, Algorithm::Exact, None).unwrap();
         assert_eq!(slow.whole_window(), (1, 2 * SEC));
+        let gcra = Limit::new(0.4, SEC, Unit::Requests, Algorithm::Gcra, None).unwrap();
+        assert_eq!(gcra.gcra().unit_ns(), 2 * SEC + SEC / 2);
+    }
+
+    #[test]
+    fn a_dollar_amount_counts_the_micro_dollars_written() {
+        let budget = Limit::new(0.0157, 3_600 * SEC, Unit::Usd, Algorithm::Exact, None).unwrap();
+        assert_eq!(budget.whole_window(), (15_700, 3_600 * SEC));
+        let odd = Limit::new(0.0000125, SEC, Unit::Usd, Algorithm::Exact, None).unwrap();
+        assert_eq!(odd.whole_window(), (12, SEC));
+    }
+
+    #[test]
+    fn a_token_gcra_bursts_the_whole_amount_by_default() {
+        let limit = Limit::new(1_000.5, 60 * SEC, Unit::Tokens, Algorithm::Gcra, None).unwrap();
+        assert_eq!(limit.burst(), 1_000);
+    }
+
+    #[test]
+    fn a_scaled_limit_keeps_whole_counts() {
+        let limit = Limit::new(10.5, SEC, Unit::Requests, Algorithm::Gcra, None).unwrap();
+        assert_eq!(limit.scaled_count(0.35), 3);
+        assert_eq!(limit.scaled_count(0.01), 1);
+        assert_eq!(limit.scaled_gcra(1.0).unit_ns(), SEC / 10);
+        assert_eq!(limit.scaled_gcra(0.35).unit_ns(), SEC / 3 + 1, "three per second, not 3.5");
+        assert_eq!(limit.scaled_gcra(0.05).unit_ns(), 2 * SEC, "half a request per second: one per 2 s");
     }
 
     #[test]

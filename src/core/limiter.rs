@@ -1,15 +1,19 @@
 //! A limiter as users configure it: rate limits (a quota of windows) plus a concurrency bound, with the
-//! fairness rule that newcomers never overtake someone already waiting.
+//! fairness rule that newcomers never overtake someone already waiting. Admission without waiting is
+//! lock-free; those who must wait stand in its [`Line`], which it drives through [`Gate`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::core::clock::{Clock, MonotonicClock, ns_to_secs};
+use crate::core::clock::{Clock, MonotonicClock};
 use crate::core::concurrency::Concurrency;
-use crate::core::decision::{Decision, Never};
+use crate::core::decision::Decision;
 use crate::core::error::{Error, Result};
 use crate::core::feedback::{Aimd, FOLLOWED, followed};
 use crate::core::spin::SpinLock;
 use crate::core::limit::{Cost, Limit, Unit};
+use crate::core::line::{Gate, Line, Poll, Reserved, Ticket};
+use crate::core::refusal::{self, Awaited};
 use crate::core::quota::{Quota, Receipt};
 use crate::core::stats::Stats;
 
@@ -23,10 +27,26 @@ pub struct Limiter<C: Clock = MonotonicClock> {
     feedback: [Aimd; 2],
     applied: SpinLock<[f64; 2]>,
     slots: Concurrency,
-    /// Waiters parked for a permit or for the rate; while any wait, the fast path admits nobody.
-    slot_waiters: AtomicU64,
-    rate_waiters: AtomicU64,
+    /// Those who wait, and how many: while any wait, the fast path admits nobody.
+    line: Mutex<Line<Receipt, Arc<dyn Wake>>>,
+    waiting: AtomicU64,
     stats: Stats,
+}
+
+/// Wakes a parked waiter, from any thread: its driver then polls the line again.
+pub trait Wake: Send + Sync {
+    fn wake(&self);
+}
+
+/// What a waiter does next, as the line decided it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Admitted: it holds its slot (when the limiter has slots) and this admission.
+    Ready(Admission),
+    /// Sleep until this instant of the limiter's clock, then poll again.
+    SleepUntil(u64),
+    /// Wait to be woken, or until this instant (`None`: no deadline), then poll again.
+    Parked(Option<u64>),
 }
 
 /// A rate admission: how long to wait for it, and the receipt to settle or give it back.
@@ -36,13 +56,6 @@ pub struct Admission {
     /// The reserved instant.
     pub at_ns: u64,
     pub receipt: Receipt,
-}
-
-/// Which waiters a count is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Waiters {
-    Slot,
-    Rate,
 }
 
 /// One limit's state in a snapshot.
@@ -67,10 +80,6 @@ pub struct Snapshot {
     pub windows: Vec<WindowStats>,
 }
 
-fn describe_cost(cost: Cost) -> String {
-    if cost.tokens > 0 { format!("a request of {} tokens", cost.tokens) } else { "a request".to_string() }
-}
-
 impl<C: Clock> Limiter<C> {
     /// Rate limits (may be empty) and an optional concurrency bound; at least one of them.
     pub fn new(limits: Vec<Limit>, max_concurrency: Option<u64>, clock: C) -> Result<Self> {
@@ -87,8 +96,8 @@ impl<C: Clock> Limiter<C> {
             feedback: [feedback(), feedback()],
             applied: SpinLock::new([1.0; 2]),
             slots: Concurrency::new(max_concurrency)?,
-            slot_waiters: AtomicU64::new(0),
-            rate_waiters: AtomicU64::new(0),
+            line: Mutex::new(Line::default()),
+            waiting: AtomicU64::new(0),
             stats: Stats::default(),
         })
     }
@@ -112,74 +121,29 @@ impl<C: Clock> Limiter<C> {
         self.clock.now_ns()
     }
 
-    fn waiters(&self, which: Waiters) -> &AtomicU64 {
-        match which {
-            Waiters::Slot => &self.slot_waiters,
-            Waiters::Rate => &self.rate_waiters,
-        }
-    }
-
-    /// Whether anyone is parked: newcomers then queue behind them instead of taking the fast path.
+    /// Whether anyone waits: newcomers then queue behind them instead of taking the fast path.
     #[inline]
     pub fn has_waiters(&self) -> bool {
-        self.slot_waiters.load(Ordering::Acquire) | self.rate_waiters.load(Ordering::Acquire) != 0
+        self.waiting.load(Ordering::SeqCst) != 0
     }
 
-    pub fn waiting(&self, which: Waiters) -> u64 {
-        self.waiters(which).load(Ordering::Acquire)
-    }
-
-    pub fn park(&self, which: Waiters) {
-        self.waiters(which).fetch_add(1, Ordering::AcqRel);
-    }
-
-    pub fn unpark(&self, which: Waiters) {
-        self.waiters(which).fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// The refusal of a request that would cross a budget.
-    fn over_budget(&self, operation: &str, cost: Cost, limit: &Limit) -> Error {
-        Error::BudgetExceeded {
-            message: format!(
-                "{operation}: a request costing ${:.6} would cross the budget '{limit}'; it was not sent",
-                cost.micro_usd as f64 / 1e6
-            ),
-        }
-    }
-
-    /// The refusal for a cost that can never pass.
-    fn never(&self, operation: &str, cost: Cost, limit: &Limit, never: Never) -> Error {
-        if limit.unit() == Unit::Usd {
-            return self.over_budget(operation, cost, limit);
-        }
-        Error::RateLimited {
-            message: format!(
-                "{operation}: {} exceeds what '{limit}' can ever admit ({} {} at once), so it never passes",
-                describe_cost(cost),
-                never.max_cost,
-                limit.unit().name()
-            ),
-            retry_after_ns: None,
-            limit: limit.to_string(),
-            remaining: 0.0,
-        }
+    /// How many wait, for a slot or for the rate.
+    pub fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::Acquire)
     }
 
     fn refusal(&self, operation: &str, cost: Cost, now: u64) -> Error {
         let quota = self.quota.as_ref().expect("only rate limits refuse");
         let (limit, at) = quota.explain(cost, now);
         match at {
-            Err(never) => self.never(operation, cost, limit, never),
-            Ok(at) => Error::RateLimited {
-                message: format!(
-                    "{operation}: {} would wait {:.3}s for '{limit}'",
-                    describe_cost(cost),
-                    ns_to_secs(at.saturating_sub(now))
-                ),
-                retry_after_ns: Some(at.saturating_sub(now)),
-                limit: limit.to_string(),
-                remaining: self.remaining_of(limit, now) as f64,
-            },
+            Err(never) => refusal::never(operation, cost, limit, never.max_cost, ""),
+            Ok(at) => refusal::too_long(
+                operation,
+                cost,
+                limit.to_string(),
+                at.saturating_sub(now),
+                self.remaining_of(limit, now) as f64,
+            ),
         }
     }
 
@@ -202,7 +166,7 @@ impl<C: Clock> Limiter<C> {
         if let Some(quota) = &self.quota {
             if let Some(budget) = quota.over_budget(cost, self.clock.now_ns()) {
                 self.stats.reject();
-                return Err(self.over_budget("acquire", cost, budget));
+                return Err(refusal::over_budget("acquire", cost, budget));
             }
         }
         let mut receipt = Receipt::default();
@@ -231,67 +195,112 @@ impl<C: Clock> Limiter<C> {
         Ok(None)
     }
 
-    /// Counts a request turned away: a failed try, or a waiter out of time.
+    /// Counts a request turned away: a failed try.
     pub fn reject(&self) {
         self.stats.reject();
     }
 
     /// Returns a permit taken for a request that was then not admitted.
     #[cold]
-    pub fn abandon_permit(&self) -> Result<()> {
-        self.count_abandoned();
-        self.slots.release()
-    }
-
-    /// Counts a permit whose request was not admitted, where the caller returns the permit itself
-    /// (handing it to the next waiter).
-    pub fn count_abandoned(&self) {
+    fn abandon_permit(&self) -> Result<()> {
         self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+        self.release()
     }
 
-    /// Counts a permit passed from its holder straight to a waiter.
-    pub fn hand_over(&self) {
-        self.slots.hand_over();
-    }
-
-    /// A permit now, if one is free and nobody waits for one.
-    #[inline]
-    pub fn try_slot(&self) -> bool {
-        self.slot_waiters.load(Ordering::Acquire) == 0 && self.slots.try_acquire()
-    }
-
-    /// A permit now if one is free, for the waiter at the head of the queue.
-    pub fn try_slot_for_waiter(&self) -> bool {
-        self.slots.try_acquire()
-    }
-
-    /// Returns a permit.
+    /// Returns a permit; the head of those waiting for one gets it before any newcomer. A limiter
+    /// without a concurrency bound holds nothing, so this does nothing there.
     #[inline]
     pub fn release(&self) -> Result<()> {
-        self.slots.release()
+        self.slots.release()?;
+        // Read after the release (both sequentially consistent): a waiter that came in meanwhile
+        // either saw the slot free or is seen here.
+        if self.has_waiters() {
+            let wake = {
+                let mut line = self.lock_line();
+                line.slot_returned(&self.gate("acquire"))
+            };
+            wake_all(wake);
+        }
+        Ok(())
+    }
+
+    fn lock_line(&self) -> MutexGuard<'_, Line<Receipt, Arc<dyn Wake>>> {
+        // A waker that panicked leaves the line consistent: every transition completes before waking.
+        self.line.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn gate<'a>(&'a self, operation: &'a str) -> LimiterGate<'a, C> {
+        LimiterGate { limiter: self, operation }
+    }
+
+    /// Stands in line for `cost` (a slot first, when the limiter has slots, then the rate), served by
+    /// `priority` then arrival, giving up after `max_wait_ns` if given. Poll the ticket at once and
+    /// whenever `waker` is woken or a sleep it was told ends; `leave` it when giving up.
+    pub fn enqueue(&self, cost: Cost, priority: i64, max_wait_ns: Option<u64>, waker: Arc<dyn Wake>) -> Ticket {
+        let now = self.clock.now_ns();
+        let deadline = max_wait_ns.map_or(u64::MAX, |wait| now.saturating_add(wait));
+        let needs_slot = self.slots.max().is_some();
+        let (ticket, wake) = {
+            let mut line = self.lock_line();
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            line.enqueue(&self.gate("acquire"), cost, priority, now, deadline, needs_slot, waker)
+        };
+        wake_all(wake);
+        ticket
+    }
+
+    /// What the waiter of `ticket` does next. `Err` (a cost that never passes, a budget crossed, a
+    /// wait past its deadline) has taken it out of line, returning what it held.
+    pub fn poll(&self, ticket: Ticket) -> Result<Next> {
+        let now = self.clock.now_ns();
+        let (outcome, wake) = {
+            let mut line = self.lock_line();
+            let (outcome, wake) = line.poll(&self.gate("acquire"), ticket, now);
+            if !matches!(outcome, Ok(Poll::SleepUntil(_) | Poll::Parked { .. })) {
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+            }
+            (outcome, wake)
+        };
+        wake_all(wake);
+        match outcome? {
+            Poll::Ready { reserved, entered_ns } => {
+                if self.slots.max().is_none() {
+                    // Nothing is held without a bound; this only counts the admission.
+                    self.slots.try_acquire();
+                }
+                self.stats.waits.record(now.saturating_sub(entered_ns));
+                let admission = Admission { wait_ns: 0, at_ns: reserved.at_ns, receipt: reserved.receipt };
+                Ok(Next::Ready(admission))
+            }
+            Poll::SleepUntil(at) => Ok(Next::SleepUntil(at)),
+            Poll::Parked { deadline } => Ok(Next::Parked((deadline != u64::MAX).then_some(deadline))),
+        }
+    }
+
+    /// Takes a waiter out of line (it timed out or was cancelled): what it held goes back, and those
+    /// who move up are woken. A ticket already admitted or refused is ignored.
+    pub fn leave(&self, ticket: Ticket) {
+        let wake = {
+            let mut line = self.lock_line();
+            let before = line.len();
+            let wake = line.leave(&self.gate("acquire"), ticket);
+            if line.len() < before {
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+            }
+            wake
+        };
+        wake_all(wake);
     }
 
     /// Reserves the rate for `cost`, for a caller already holding a permit: admitted now or at a later
     /// instant, within `max_wait_ns` if given. A wait past `max_wait_ns` is refused at once with the time
     /// it would take; a cost no limit can ever pass is refused at once too. Nothing is counted when
-    /// refused, and the caller abandons its permit.
+    /// refused.
     pub fn reserve(&self, cost: Cost, max_wait_ns: Option<u64>, operation: &str) -> Result<Admission> {
-        let mut receipt = Receipt::default();
-        let Some(quota) = &self.quota else { return Ok(Admission { wait_ns: 0, at_ns: 0, receipt }) };
         let now = self.clock.now_ns();
-        if let Some(budget) = quota.over_budget(cost, now) {
-            self.stats.reject();
-            return Err(self.over_budget(operation, cost, budget));
-        }
         let latest = max_wait_ns.map_or(u64::MAX, |wait| now.saturating_add(wait));
-        match quota.decide(cost, now, latest, &mut receipt) {
-            Decision::Now => Ok(Admission { wait_ns: 0, at_ns: now, receipt }),
-            Decision::At(at) => Ok(Admission { wait_ns: at - now, at_ns: at, receipt }),
-            Decision::NotBefore(_) | Decision::Never { .. } => {
-                self.stats.reject();
-                Err(self.refusal(operation, cost, now))
-            }
-        }
+        let reserved = self.gate(operation).reserve(cost, now, latest)?;
+        Ok(Admission { wait_ns: reserved.at_ns - now, at_ns: reserved.at_ns, receipt: reserved.receipt })
     }
 
     /// Gives back a reservation that will not be used (its waiter gave up).
@@ -329,7 +338,7 @@ impl<C: Clock> Limiter<C> {
         let now = self.clock.now_ns();
         match quota.explain(cost, now) {
             (_, Ok(at)) => Ok(at.saturating_sub(now)),
-            (limit, Err(never)) => Err(self.never("time_until_ready", cost, limit, never)),
+            (limit, Err(never)) => Err(refusal::never("time_until_ready", cost, limit, never.max_cost, "")),
         }
     }
 
@@ -408,13 +417,82 @@ impl<C: Clock> Limiter<C> {
             admitted,
             rejected: self.stats.rejected.load(Ordering::Relaxed),
             in_flight: self.slots.in_use(),
-            waiting: self.waiting(Waiters::Slot) + self.waiting(Waiters::Rate),
+            waiting: self.waiting(),
             waited,
             wait_p50_ns: self.stats.waits.quantile(0.50, zeros),
             wait_p99_ns: self.stats.waits.quantile(0.99, zeros),
             server_rejections: self.stats.server_rejections.load(Ordering::Relaxed),
             windows,
         }
+    }
+}
+
+fn wake_all(wakers: Vec<Arc<dyn Wake>>) {
+    for waker in wakers {
+        waker.wake();
+    }
+}
+
+/// The limiter as its line sees it: slots, rates, and the refusals worded for `operation`.
+struct LimiterGate<'a, C: Clock> {
+    limiter: &'a Limiter<C>,
+    operation: &'a str,
+}
+
+impl<C: Clock> Gate for LimiterGate<'_, C> {
+    type Receipt = Receipt;
+    type Refusal = Error;
+
+    fn take_slot(&self) -> bool {
+        self.limiter.slots.try_acquire()
+    }
+
+    fn return_slot(&self) {
+        self.limiter.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+        // Only a slot the line handed out comes back here, so it is held.
+        let _ = self.limiter.slots.release();
+    }
+
+    fn reserve(&self, cost: Cost, now: u64, latest: u64) -> Result<Reserved<Receipt>> {
+        let limiter = self.limiter;
+        let mut receipt = Receipt::default();
+        let Some(quota) = &limiter.quota else { return Ok(Reserved { at_ns: now, receipt }) };
+        if let Some(budget) = quota.over_budget(cost, now) {
+            limiter.stats.reject();
+            return Err(refusal::over_budget(self.operation, cost, budget));
+        }
+        match quota.decide(cost, now, latest, &mut receipt) {
+            Decision::Now => Ok(Reserved { at_ns: now, receipt }),
+            Decision::At(at) => Ok(Reserved { at_ns: at, receipt }),
+            Decision::NotBefore(_) | Decision::Never { .. } => {
+                limiter.stats.reject();
+                Err(limiter.refusal(self.operation, cost, now))
+            }
+        }
+    }
+
+    fn confirm(&self, reserved: &Reserved<Receipt>, cost: Cost) -> u64 {
+        match &self.limiter.quota {
+            Some(quota) => quota.recheck(&reserved.receipt, cost, reserved.at_ns),
+            None => reserved.at_ns,
+        }
+    }
+
+    fn stamp(&self, reserved: &Reserved<Receipt>, cost: Cost, now: u64) {
+        if let Some(quota) = &self.limiter.quota {
+            quota.restamp(&reserved.receipt, cost, reserved.at_ns, now);
+        }
+    }
+
+    fn give_back(&self, reserved: &Reserved<Receipt>, cost: Cost) {
+        if let Some(quota) = &self.limiter.quota {
+            quota.give_back(&reserved.receipt, cost);
+        }
+    }
+
+    fn timed_out(&self, awaited: Awaited) -> Error {
+        self.limiter.stats.reject();
+        refusal::timed_out(self.operation, awaited)
     }
 }
 
@@ -474,17 +552,106 @@ mod tests {
         assert_eq!(lim.reserve(Cost::request(0), Some(SEC), "acquire").unwrap().wait_ns, SEC);
     }
 
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Counting(AtomicU64);
+
+    impl Wake for Counting {
+        fn wake(&self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn waker() -> Arc<Counting> {
+        Arc::new(Counting::default())
+    }
+
+    fn wakes(waker: &Counting) -> u64 {
+        waker.0.load(Ordering::SeqCst)
+    }
+
     #[test]
-    fn newcomers_do_not_overtake_waiters() {
-        let (lim, _) = limiter(vec![per_second(10.0)], Some(5));
-        lim.park(Waiters::Rate);
-        assert!(!lim.try_acquire(Cost::request(0)).unwrap());
-        lim.unpark(Waiters::Rate);
-        lim.park(Waiters::Slot);
-        assert!(!lim.try_slot());
-        assert!(lim.try_slot_for_waiter());
-        lim.unpark(Waiters::Slot);
+    fn a_released_slot_goes_to_the_waiter_not_to_a_newcomer() {
+        let (lim, _) = limiter(vec![per_second(10.0)], Some(1));
         assert!(lim.try_acquire(Cost::request(0)).unwrap());
+        let woken = waker();
+        let ticket = lim.enqueue(Cost::request(0), 0, None, woken.clone());
+        assert_eq!(lim.poll(ticket).unwrap(), Next::Parked(None));
+        lim.release().unwrap();
+        assert_eq!(wakes(&woken), 1);
+        assert!(!lim.try_acquire(Cost::request(0)).unwrap(), "the slot is the waiter's");
+        assert!(matches!(lim.poll(ticket).unwrap(), Next::Ready(_)));
+        assert_eq!((lim.snapshot().in_flight, lim.snapshot().waiting), (1, 0));
+        lim.release().unwrap();
+        assert!(lim.try_acquire(Cost::request(0)).unwrap());
+    }
+
+    #[test]
+    fn a_waiter_sleeps_until_its_reserved_instant_and_newcomers_queue_behind_it() {
+        let (lim, clock) = limiter(vec![per_second(1.0)], None);
+        assert!(lim.try_acquire(Cost::request(0)).unwrap());
+        let ticket = lim.enqueue(Cost::request(0), 0, None, waker());
+        assert_eq!(lim.poll(ticket).unwrap(), Next::SleepUntil(SEC));
+        clock.advance(SEC);
+        assert!(!lim.try_acquire(Cost::request(0)).unwrap(), "a newcomer does not overtake");
+        assert!(matches!(lim.poll(ticket).unwrap(), Next::Ready(Admission { at_ns, .. }) if at_ns == SEC));
+        assert_eq!(lim.snapshot().waited, 1);
+        assert!(lim.time_until_ready(Cost::request(0)).unwrap() == SEC);
+    }
+
+    #[test]
+    fn a_waiter_that_leaves_gives_back_its_reservation_and_wakes_the_next() {
+        let (lim, _) = limiter(vec![per_second(1.0)], None);
+        assert!(lim.try_acquire(Cost::request(0)).unwrap());
+        let (first, second) = (waker(), waker());
+        let sleeper = lim.enqueue(Cost::request(0), 0, None, first);
+        let next = lim.enqueue(Cost::request(0), 0, None, second.clone());
+        assert_eq!(lim.poll(sleeper).unwrap(), Next::SleepUntil(SEC));
+        assert_eq!(lim.poll(next).unwrap(), Next::Parked(None));
+        lim.leave(sleeper);
+        assert_eq!(wakes(&second), 1);
+        assert_eq!(lim.poll(next).unwrap(), Next::SleepUntil(SEC), "the given-back instant is the next one's");
+        lim.leave(next);
+        assert_eq!(lim.snapshot().waiting, 0);
+        assert_eq!(lim.time_until_ready(Cost::request(0)).unwrap(), SEC);
+    }
+
+    #[test]
+    fn a_waiter_out_of_time_for_a_slot_is_refused_and_counted() {
+        let (lim, clock) = limiter(vec![], Some(1));
+        assert!(lim.try_acquire(Cost::request(0)).unwrap());
+        let ticket = lim.enqueue(Cost::request(0), 0, Some(SEC), waker());
+        assert_eq!(lim.poll(ticket).unwrap(), Next::Parked(Some(SEC)));
+        clock.advance(SEC);
+        match lim.poll(ticket) {
+            Err(Error::RateLimited { limit, message, .. }) => {
+                assert_eq!(limit, "concurrency slot");
+                assert!(message.contains("timeout"), "{message}");
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        let stats = lim.snapshot();
+        assert_eq!((stats.rejected, stats.waiting, stats.in_flight), (1, 0, 1));
+    }
+
+    #[test]
+    fn a_wait_predicted_past_the_timeout_is_refused_at_once_and_the_slot_passes_on() {
+        let (lim, _) = limiter(vec![per_second(1.0)], Some(2));
+        assert!(lim.try_acquire(Cost::request(0)).unwrap());
+        let ticket = lim.enqueue(Cost::request(0), 0, Some(SEC / 2), waker());
+        assert!(matches!(lim.poll(ticket), Err(Error::RateLimited { retry_after_ns: Some(SEC), .. })));
+        assert_eq!(lim.snapshot().in_flight, 1, "the waiter's slot came back");
+    }
+
+    #[test]
+    fn without_a_concurrency_bound_admissions_hold_nothing() {
+        let (lim, _) = limiter(vec![per_second(3.0)], None);
+        for _ in 0..3 {
+            assert!(lim.try_acquire(Cost::request(0)).unwrap());
+        }
+        lim.release().unwrap();
+        let stats = lim.snapshot();
+        assert_eq!((stats.admitted, stats.in_flight), (3, 0));
     }
 
     #[test]

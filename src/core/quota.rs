@@ -188,16 +188,17 @@ impl Quota {
     /// little late, a burst takes a while to go out, and a server counts from arrival.
     pub fn restamp(&self, receipt: &Receipt, cost: Cost, at: u64, now: u64) {
         match &self.state {
-            State::Single { unit, cell, .. } => {
-                if unit.of(cost) > 0 {
-                    cell.restamp(receipt.tickets[0], at, now);
+            State::Single { gcra, rate, unit, cell } => {
+                if unit.of(cost) > 0 && now > at {
+                    cell.restamp(&in_force(gcra, rate), unit.of(cost), now);
                 }
             }
             State::Windows(lock) => {
                 let mut windows = lock.lock();
                 for ((window, limit), ticket) in windows.iter_mut().zip(&self.limits).zip(receipt.tickets) {
-                    if limit.unit().of(cost) > 0 {
-                        window.restamp(ticket, at, now);
+                    let units = limit.unit().of(cost);
+                    if units > 0 {
+                        window.restamp(ticket, units, at, now);
                     }
                 }
             }
@@ -205,14 +206,30 @@ impl Quota {
     }
 
     /// The instant an admission reserved for `at` really conforms in every limit, given the admissions
-    /// before it as they stand now (see [`ExactWindow::recheck`](crate::core::window::ExactWindow)).
+    /// before it as they stand now (see [`ExactWindow::recheck`](crate::core::window::ExactWindow)):
+    /// checked again in every limit from the latest any of them asks for, until all agree, so each
+    /// counts it where it will go (GCRA and the counter from then on, as [`Quota::restamp`] does).
     pub fn recheck(&self, receipt: &Receipt, cost: Cost, at: u64) -> u64 {
         let State::Windows(lock) = &self.state else { return at };
         let mut windows = lock.lock();
         let mut conforms = at;
+        loop {
+            let mut latest = conforms;
+            for ((window, limit), ticket) in windows.iter_mut().zip(&self.limits).zip(receipt.tickets) {
+                if limit.unit().of(cost) > 0 {
+                    latest = latest.max(window.recheck(ticket, conforms));
+                }
+            }
+            if latest == conforms {
+                break;
+            }
+            conforms = latest;
+        }
+        // The exact logs moved it there themselves; GCRA and the counter count it from there on.
         for ((window, limit), ticket) in windows.iter_mut().zip(&self.limits).zip(receipt.tickets) {
-            if limit.unit().of(cost) > 0 {
-                conforms = conforms.max(window.recheck(ticket, at));
+            let units = limit.unit().of(cost);
+            if units > 0 && !matches!(window, Window::Exact(_)) {
+                window.restamp(ticket, units, at, conforms);
             }
         }
         conforms

@@ -4,10 +4,11 @@
 //! Above 65,536 per window, admissions less than 1/65,536 of the window apart share one entry, dated at
 //! the later of them: that only ever keeps an admission in the window longer than its own time would
 //! (never over the limit), costs at most 0.002% of the window's capacity, and bounds the log however
-//! large the limit.
+//! large the limit. A shared entry moved later (one of its requests went late) keeps the instant of
+//! its first admission too, and counts from there: the others went somewhere in between.
 //!
-//! Memory: 32 bytes per entry, and never more entries than the limit (costs are at least one) nor more
-//! than 65,536 per window (2 MiB), plus one per reservation not yet due (a waiter's place in line).
+//! Memory: 40 bytes per entry, and never more entries than the limit (costs are at least one) nor more
+//! than 65,536 per window (2.5 MiB), plus one per reservation not yet due (a waiter's place in line).
 //!
 //! A server counts a request when it arrives, and a client sends some time after admitting it, not
 //! always in the order it admitted (a burst of a hundred waits for a hundred connections). So an
@@ -24,15 +25,30 @@ use crate::core::decision::Never;
 /// Limits above this share entries between close admissions; below it the log is bounded by the limit.
 const MERGE_ABOVE: u64 = 65_536;
 
+/// `Entry::since` of an entry that counts one admission, at its `at`.
+const ALONE: u64 = u64::MAX;
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
+    /// The instant it leaves the window from (a window later); the latest of its admissions.
     at: u64,
+    /// The earliest instant any of its admissions may have gone, for an entry shared by several
+    /// (merged); `ALONE` for one admission.
+    since: u64,
     cost: u64,
-    /// The admission's receipt: entries move when restamped, so a receipt names an entry, not a place.
+    /// The admission's receipt (shared by merged admissions): entries move when restamped, so a receipt
+    /// names an entry, not a place.
     id: u64,
     /// The cost in the window that ends at this entry, itself included, when it was admitted or its
     /// request went: what a server counting the same requests counted on its arrival.
     counted_through: u64,
+}
+
+impl Entry {
+    /// The earliest instant any of its admissions may have gone.
+    fn first_at(&self) -> u64 {
+        if self.since == ALONE { self.at } else { self.since }
+    }
 }
 
 /// At most `limit` units of cost in any interval of `window_ns` nanoseconds.
@@ -50,13 +66,16 @@ pub struct ExactWindow {
     next_id: u64,
     /// The sum of the costs in `log`.
     counted: u64,
+    /// The latest instant a caller said it was (a decision, a stamp): every request that went by then
+    /// is in the log at its real instant.
+    latest_now: u64,
 }
 
 impl ExactWindow {
     pub fn new(limit: u64, window_ns: u64) -> Self {
         debug_assert!(limit >= 1 && window_ns >= 1);
         let merge_ns = if limit > MERGE_ABOVE { window_ns / MERGE_ABOVE } else { 0 };
-        Self { limit, ceiling: limit, window_ns, merge_ns, log: VecDeque::new(), next_id: 0, counted: 0 }
+        Self { limit, ceiling: limit, window_ns, merge_ns, log: VecDeque::new(), next_id: 0, counted: 0, latest_now: 0 }
     }
 
     pub fn limit(&self) -> u64 {
@@ -79,8 +98,9 @@ impl ExactWindow {
     }
 
     /// Drops the entries that can no longer share a window with an admission at `now` or later;
-    /// returns how many.
+    /// returns how many. `now` is the caller's clock: it is remembered as the latest seen.
     fn forget_before(&mut self, now: u64) -> usize {
+        self.latest_now = self.latest_now.max(now);
         let mut forgotten = 0;
         while let Some(oldest) = self.log.front() {
             if oldest.at.saturating_add(self.window_ns) > now {
@@ -123,6 +143,7 @@ impl ExactWindow {
         let counted_through = self.counted;
         if let Some(last) = self.log.back_mut() {
             if at - last.at < self.merge_ns {
+                last.since = last.first_at();
                 last.at = at;
                 last.cost += cost;
                 last.counted_through = counted_through;
@@ -131,7 +152,7 @@ impl ExactWindow {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.log.push_back(Entry { at, cost, id, counted_through });
+        self.log.push_back(Entry { at, since: ALONE, cost, id, counted_through });
         id
     }
 
@@ -184,38 +205,36 @@ impl ExactWindow {
         self.log[index].counted_through = self.counted - after;
     }
 
-    /// The instant an admission really conforms, given the admissions before it as they stand now
-    /// (some may have gone later than reckoned): its own instant if it still fits, else the instant
-    /// enough of them leave, to which it is moved.
-    pub fn recheck(&mut self, receipt: u64) -> u64 {
+    /// The instant an admission reserved for `from` (or moved there) really conforms, given the others
+    /// as they stand now (some may have gone later than reckoned): `from` if it still fits, else the
+    /// instant enough of them leave; its entry is moved there if it stands earlier. It is checked where
+    /// it will really go: not before the latest instant seen, by when every request that went is in the
+    /// log at its real instant. It counts those that went (two waiters reserved for one instant may
+    /// wake in either order, and the later counts the earlier) and those ahead of it in line; those
+    /// behind it check again when they go. An entry that stands later than `from` (it shares the entry
+    /// of a later admission) stays there. 0 once it has left the window.
+    pub fn recheck(&mut self, receipt: u64, from: u64) -> u64 {
         let Some(index) = self.position(receipt) else { return 0 };
         let entry = self.log[index];
-        let earlier = self.log.range(..index).filter(|e| self.shares_window(e, &entry));
-        let mut excess = (self.counted_before(index) + entry.cost).saturating_sub(self.limit_for(entry.cost));
-        if excess == 0 {
-            return entry.at;
-        }
-        let mut conforms = entry.at;
-        for e in earlier {
-            excess = excess.saturating_sub(e.cost);
+        let goes = from.max(self.latest_now);
+        let (window_ns, latest_now) = (self.window_ns, self.latest_now);
+        let counted = move |e: &&Entry| e.id != entry.id && (e.id < entry.id || e.at <= latest_now);
+        let in_window = move |e: &&Entry| e.first_at() <= goes && e.at.saturating_add(window_ns) > goes;
+        let sharing = || self.log.iter().filter(counted).filter(in_window);
+        let others = sharing().map(|e| e.cost).sum::<u64>();
+        let mut excess = (others + entry.cost).saturating_sub(self.limit_for(entry.cost));
+        let mut conforms = from;
+        for e in sharing() {
             if excess == 0 {
-                conforms = e.at.saturating_add(self.window_ns);
                 break;
             }
+            excess = excess.saturating_sub(e.cost);
+            conforms = e.at.saturating_add(window_ns);
         }
-        self.move_later(index, conforms);
+        if conforms > entry.at {
+            self.move_later(index, conforms);
+        }
         conforms
-    }
-
-    /// Whether an earlier entry is still in the window that ends at a later one.
-    fn shares_window(&self, earlier: &Entry, later: &Entry) -> bool {
-        earlier.at.saturating_add(self.window_ns) > later.at
-    }
-
-    /// The cost of the entries before `index` that share a window with it.
-    fn counted_before(&self, index: usize) -> u64 {
-        let entry = &self.log[index];
-        self.log.range(..index).rev().take_while(|e| self.shares_window(e, entry)).map(|e| e.cost).sum()
     }
 
     /// What this log counts where a server counted the admission of `receipt` on its arrival: the
@@ -352,9 +371,9 @@ mod tests {
         let waiter = window.admit(at, 1);
         assert_eq!(at, SEC);
         window.restamp(first, SEC / 4);
-        assert_eq!(window.recheck(waiter), SEC + SEC / 4);
-        assert_eq!(window.recheck(waiter), SEC + SEC / 4, "checking again changes nothing");
-        assert_eq!(window.recheck(first), SEC / 4);
+        assert_eq!(window.recheck(waiter, SEC), SEC + SEC / 4);
+        assert_eq!(window.recheck(waiter, SEC), SEC + SEC / 4, "checking again changes nothing");
+        assert_eq!(window.recheck(first, SEC / 4), SEC / 4, "the one that went stays where it went");
     }
 
     #[test]
@@ -412,6 +431,38 @@ mod tests {
         small.admit(0, 1);
         small.admit(1, 1);
         assert_eq!(small.len(), 2, "a log bounded by its limit keeps every admission");
+    }
+
+    // A shared entry moved later by one of its requests that went late still counts the others from
+    // where they went: a waiter checking in between sees them.
+    #[test]
+    fn a_shared_entry_moved_later_counts_from_its_first_admission() {
+        let window_ns = 65_536 * SEC;
+        let mut window = ExactWindow::new(100_000, window_ns);
+        window.admit(0, 60_000);
+        let shared = window.admit(0, 30_000);
+        let waiter = window.admit(SEC, 10_000);
+        window.restamp(shared, 10 * SEC);
+        assert_eq!(window.len(), 2);
+        assert_eq!(window.recheck(waiter, SEC), SEC, "the 90,000 and the waiter fit");
+        window.settle(waiter, 10_000, 20_000);
+        assert_eq!(window.recheck(waiter, SEC), window_ns + 10 * SEC, "the 90,000 count where the first went");
+    }
+
+    // Two waiters reserved for one instant may go in either order: the one that goes later counts the
+    // other where it went, though it stands after it in the log.
+    #[test]
+    fn a_late_waiter_counts_those_that_went_before_it() {
+        let mut window = ExactWindow::new(2, SEC);
+        window.admit(0, 1);
+        let went_late = window.admit(0, 1);
+        let (first, second) = (window.earliest(1, 0).unwrap(), window.earliest(2, 0).unwrap());
+        assert_eq!((first, second), (SEC, SEC));
+        let early = window.admit(SEC, 1);
+        let late = window.admit(SEC, 1);
+        window.restamp(went_late, SEC / 10);
+        window.restamp(early, SEC + SEC / 20);
+        assert_eq!(window.recheck(late, SEC), SEC + SEC / 10);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 use crate::core::breaker::{BreakerConfig, CircuitBreaker, FAILURE_THRESHOLD, HALF_OPEN_CALLS, Permit, Transition};
 use crate::core::clock::ns_to_secs;
 
-use super::arguments::{seconds, text, whole};
+use super::args;
 
 /// The native half of `holysheep.CircuitBreaker`; use that class.
 #[pyclass(name = "BreakerCore", module = "holysheep._holysheep", frozen)]
@@ -36,10 +36,10 @@ impl BreakerCore {
         name: &Bound<'_, PyAny>,
     ) -> PyResult<Self> {
         let config = BreakerConfig {
-            name: text("name", name)?,
-            failure_threshold: whole("failure_threshold", failure_threshold, FAILURE_THRESHOLD)?,
-            recovery_timeout_ns: seconds("recovery_timeout", recovery_timeout)?,
-            half_open_max_calls: whole("half_open_max_calls", half_open_max_calls, HALF_OPEN_CALLS)?,
+            name: args::text("name", name)?,
+            failure_threshold: args::count_in("failure_threshold", failure_threshold, FAILURE_THRESHOLD)?,
+            recovery_timeout_ns: args::seconds("recovery_timeout", recovery_timeout)?,
+            half_open_max_calls: args::count_in("half_open_max_calls", half_open_max_calls, HALF_OPEN_CALLS)?,
         };
         Ok(Self { inner: CircuitBreaker::new(config, Default::default())? })
     }

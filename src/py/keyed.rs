@@ -2,10 +2,22 @@
 
 use pyo3::prelude::*;
 
-use crate::core::clock::{ns_to_secs, secs_to_ns};
-use crate::core::{Error, KeyedLimiter};
+use pyo3::exceptions::PyTypeError;
+
+use crate::core::clock::ns_to_secs;
+use crate::core::{Cost, Error, KeyedLimiter};
+use crate::py::args;
 use crate::py::limit::PyLimit;
-use crate::py::limiter::{max_wait_ns, tokens_cost};
+
+/// `max_keys` (an int from 1) and `idle_ttl` (seconds, 0 or more) in ns.
+fn bounds(max_keys: &Bound<'_, PyAny>, idle_ttl: &Bound<'_, PyAny>) -> PyResult<(u64, u64)> {
+    Ok((args::count("max_keys", max_keys, 1, args::COUNT_MAX)?, args::seconds("idle_ttl", idle_ttl)?))
+}
+
+/// One request carrying `tokens` (0 when not given).
+fn cost(tokens: Option<&Bound<'_, PyAny>>) -> PyResult<Cost> {
+    Ok(Cost::request(args::optional(tokens, |tokens| args::tokens("tokens", tokens))?.unwrap_or(0)))
+}
 
 /// Per-key GCRA state for many keys; use `holysheep.KeyedLimiter`.
 #[pyclass(name = "_KeyedTable", module = "holysheep._holysheep", frozen)]
@@ -13,8 +25,15 @@ pub struct PyKeyedTable {
     inner: KeyedLimiter,
 }
 
+/// A key as Python hashes it; an unhashable one is refused under `key`.
 fn key_hash(key: &Bound<'_, PyAny>) -> PyResult<u64> {
-    Ok(key.hash()? as u64)
+    match key.hash() {
+        Ok(hash) => Ok(hash as u64),
+        Err(err) if err.is_instance_of::<PyTypeError>(key.py()) => {
+            args::refuse("key", "hashable (a str, an int, a tuple...)", key)
+        }
+        Err(err) => Err(err),
+    }
 }
 
 /// Names the key in a refusal, computed only when there is one.
@@ -31,43 +50,51 @@ fn for_key(err: Error, key: &Bound<'_, PyAny>) -> PyErr {
 #[pymethods]
 impl PyKeyedTable {
     #[new]
-    fn new(limits: Vec<PyRef<'_, PyLimit>>, max_keys: i64, idle_ttl: f64) -> PyResult<Self> {
-        let (max_keys, idle_ns) = Self::check_bounds(max_keys, idle_ttl)?;
+    fn new(
+        limits: Vec<PyRef<'_, PyLimit>>,
+        max_keys: &Bound<'_, PyAny>,
+        idle_ttl: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let (max_keys, idle_ns) = bounds(max_keys, idle_ttl)?;
         let limits = limits.iter().map(|limit| limit.inner).collect();
         Ok(Self { inner: KeyedLimiter::new(limits, max_keys, idle_ns, Default::default())? })
     }
 
-    /// Checks `max_keys` and `idle_ttl` for any keyed limiter: (max_keys, idle_ttl in ns).
+    /// Checks `max_keys` and `idle_ttl` for any keyed limiter.
     #[staticmethod]
-    fn check_bounds(max_keys: i64, idle_ttl: f64) -> PyResult<(u64, u64)> {
-        if max_keys < 1 {
-            return Err(Error::config("max_keys", format!("must be at least 1, got {max_keys}")).into());
-        }
-        let idle_ns = secs_to_ns(idle_ttl)
-            .ok_or_else(|| Error::config("idle_ttl", format!("must be 0 or more seconds, got {idle_ttl}")))?;
-        Ok((max_keys as u64, idle_ns))
+    fn check_bounds(max_keys: &Bound<'_, PyAny>, idle_ttl: &Bound<'_, PyAny>) -> PyResult<()> {
+        bounds(max_keys, idle_ttl).map(drop)
     }
 
-    fn try_acquire(&self, key: &Bound<'_, PyAny>, tokens: i64) -> PyResult<bool> {
-        self.inner.try_acquire(key_hash(key)?, tokens_cost(tokens)?).map_err(|err| for_key(err, key))
+    #[pyo3(signature = (key, tokens = None))]
+    fn try_acquire(&self, key: &Bound<'_, PyAny>, tokens: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+        let (hash, cost) = (key_hash(key)?, cost(tokens)?);
+        self.inner.try_acquire(hash, cost).map_err(|err| for_key(err, key))
     }
 
-    /// Reserves for `key`: (seconds to wait, receipt). Raises at once past `timeout` or when never.
-    fn reserve(&self, key: &Bound<'_, PyAny>, tokens: i64, timeout: Option<f64>) -> PyResult<(f64, u64)> {
-        let (wait, receipt) = self
-            .inner
-            .reserve(key_hash(key)?, tokens_cost(tokens)?, max_wait_ns(timeout)?)
-            .map_err(|err| for_key(err, key))?;
+    /// Reserves for `key`: (seconds to wait, receipt). Raises at once past `timeout`, when never, and
+    /// for a new key while every key held still counts admissions.
+    #[pyo3(signature = (key, tokens = None, timeout = None))]
+    fn reserve(
+        &self,
+        key: &Bound<'_, PyAny>,
+        tokens: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<(f64, u64)> {
+        let (hash, cost, max_wait) = (key_hash(key)?, cost(tokens)?, args::timeout("timeout", timeout)?);
+        let (wait, receipt) = self.inner.reserve(hash, cost, max_wait).map_err(|err| for_key(err, key))?;
         Ok((ns_to_secs(wait), receipt))
     }
 
-    fn give_back(&self, key: &Bound<'_, PyAny>, tokens: i64, receipt: u64) -> PyResult<()> {
-        self.inner.give_back(key_hash(key)?, tokens_cost(tokens)?, receipt);
+    fn give_back(&self, key: &Bound<'_, PyAny>, tokens: &Bound<'_, PyAny>, receipt: u64) -> PyResult<()> {
+        self.inner.give_back(key_hash(key)?, cost(Some(tokens))?, receipt);
         Ok(())
     }
 
-    fn time_until_ready(&self, key: &Bound<'_, PyAny>, tokens: i64) -> PyResult<f64> {
-        let wait = self.inner.time_until_ready(key_hash(key)?, tokens_cost(tokens)?).map_err(|err| for_key(err, key))?;
+    #[pyo3(signature = (key, tokens = None))]
+    fn time_until_ready(&self, key: &Bound<'_, PyAny>, tokens: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
+        let (hash, cost) = (key_hash(key)?, cost(tokens)?);
+        let wait = self.inner.time_until_ready(hash, cost).map_err(|err| for_key(err, key))?;
         Ok(ns_to_secs(wait))
     }
 

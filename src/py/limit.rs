@@ -3,8 +3,9 @@
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
-use crate::core::clock::{ns_to_secs, secs_to_ns};
+use crate::core::clock::ns_to_secs;
 use crate::core::limit::{Algorithm, Limit, Unit, default_guard_ns, parse_period, period_from_secs};
+use crate::py::args;
 
 /// At most ``amount`` units per period, in ANY interval of that length.
 ///
@@ -20,38 +21,46 @@ pub struct PyLimit {
     pub inner: Limit,
 }
 
+/// The period: a name ("minute") or a number of seconds.
 fn period_ns(per: &Bound<'_, PyAny>) -> PyResult<u64> {
     if per.is_instance_of::<PyString>() {
-        return Ok(parse_period(&per.extract::<String>()?)?);
+        return args::choice("per", per, parse_period);
     }
-    let secs: f64 = per.extract().map_err(|_| {
-        crate::core::Error::config("per", format!("must be a period name or a number of seconds, got {per}"))
-    })?;
-    Ok(period_from_secs(secs)?)
+    match args::positive("per", per) {
+        Ok(secs) => Ok(period_from_secs(secs)?),
+        Err(_) => {
+            args::refuse("per", "'second', 'minute', 'hour', 'day' or a finite number of seconds greater than 0", per)
+        }
+    }
 }
 
 #[pymethods]
 impl PyLimit {
     #[new]
-    #[pyo3(signature = (amount, per = None, *, unit = "requests", algorithm = "exact", burst = None, guard = None))]
+    #[pyo3(
+        signature = (amount, per = None, *, unit = None, algorithm = None, burst = None, guard = None),
+        text_signature = "(amount, per=None, *, unit='requests', algorithm='exact', burst=None, guard=None)"
+    )]
     fn new(
-        amount: f64,
+        amount: &Bound<'_, PyAny>,
         per: Option<&Bound<'_, PyAny>>,
-        unit: &str,
-        algorithm: &str,
-        burst: Option<f64>,
-        guard: Option<f64>,
+        unit: Option<&Bound<'_, PyAny>>,
+        algorithm: Option<&Bound<'_, PyAny>>,
+        burst: Option<&Bound<'_, PyAny>>,
+        guard: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let period_ns = match per {
+        let amount = args::positive("amount", amount)?;
+        let period_ns = match per.filter(|per| !per.is_none()) {
             Some(per) => period_ns(per)?,
             None => parse_period("second")?,
         };
-        let guard_ns = match guard {
-            None => default_guard_ns(period_ns),
-            Some(secs) => secs_to_ns(secs)
-                .ok_or_else(|| crate::core::Error::config("guard", format!("must be 0 or more seconds, got {secs}")))?,
-        };
-        let inner = Limit::new(amount, period_ns, Unit::parse(unit)?, Algorithm::parse(algorithm)?, burst)?;
+        let unit = args::optional(unit, |unit| args::choice("unit", unit, Unit::parse))?.unwrap_or(Unit::Requests);
+        let algorithm = args::optional(algorithm, |name| args::choice("algorithm", name, Algorithm::parse))?
+            .unwrap_or(Algorithm::Exact);
+        let burst = args::optional(burst, |burst| args::positive("burst", burst))?;
+        let guard_ns = args::optional(guard, |guard| args::seconds("guard", guard))?
+            .unwrap_or_else(|| default_guard_ns(period_ns));
+        let inner = Limit::new(amount, period_ns, unit, algorithm, burst)?;
         Ok(Self { inner: inner.with_guard(guard_ns) })
     }
 

@@ -1,26 +1,28 @@
-//! The native half of `HolySheepRateLimiter`: every admission decision and the no-wait fast paths
-//! (`try_acquire`, `async with` and `with` when free). Waiting lives in `holysheep/_limiter.py`, on the
-//! caller's event loop or thread; this layer is called back only when someone must be woken.
+//! The native half of `HolySheepRateLimiter`: every admission, the no-wait fast paths (`try_acquire`,
+//! `async with` and `with` when free), and waiting in the core's line through the drivers of
+//! `waiting.rs` (on the caller's event loop, or its thread with the GIL released).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use pyo3::exceptions::PyStopIteration;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use pyo3::intern;
 
 use crate::core::clock::{ns_to_secs, secs_to_ns};
-use crate::core::limiter::{Admission, Limiter, Waiters};
-use crate::core::spin::SpinLock;
+use crate::core::limiter::{Admission, Limiter};
 use crate::core::feedback::FOLLOWED;
 use crate::core::headers::server_left;
-use crate::core::{Cost, Error, LimiterConfig, Tier};
+use crate::core::{Cost, Error, LimiterConfig, Tier, Unit};
+use crate::py::args;
 use crate::py::limit::PyLimit;
+use crate::py::waiting::{Acquiring, Finish, wait_blocking};
 
-/// An awaitable that is already done: what `async with` awaits when nothing had to wait.
+/// An awaitable that is already done, with its result: what `acquire` and `async with` return when
+/// nothing had to wait.
 #[pyclass(name = "_Ready", module = "holysheep._holysheep", frozen)]
-pub struct Ready;
+pub struct Ready(Option<Py<PyAny>>);
 
 #[pymethods]
 impl Ready {
@@ -28,8 +30,13 @@ impl Ready {
         slf
     }
 
-    fn __next__(&self) -> Option<()> {
-        None
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<()> {
+        let result = self.0.as_ref().map_or_else(|| py.None(), |result| result.clone_ref(py));
+        Err(PyStopIteration::new_err((result,)))
     }
 }
 
@@ -40,30 +47,43 @@ pub fn tokens_cost(tokens: i64) -> PyResult<Cost> {
     Ok(Cost::request(tokens as u64))
 }
 
+/// A wait's limit in ns: `None` (and an infinite timeout) waits as long as it takes.
 pub fn max_wait_ns(timeout: Option<f64>) -> PyResult<Option<u64>> {
-    timeout
-        .map(|secs| secs_to_ns(secs).ok_or_else(|| Error::config("timeout", format!("must be 0 or more seconds, got {secs}"))))
-        .transpose()
-        .map_err(Into::into)
+    match timeout {
+        None => Ok(None),
+        Some(secs) if secs == f64::INFINITY => Ok(None),
+        Some(secs) => secs_to_ns(secs)
+            .map(Some)
+            .ok_or_else(|| Error::config("timeout", format!("must be None or 0 or more seconds, got {secs}")).into()),
+    }
 }
 
-fn waiters(kind: &str) -> Waiters {
-    if kind == "slot" { Waiters::Slot } else { Waiters::Rate }
-}
-
-/// A rate admission held by a waiter or a permit: when it may proceed, and its receipt.
+/// One request's admission, and its lifecycle: `stamp` when it is sent, `settle` its real token count,
+/// `observe` the server's answer, then `release` its slot once done, or `give_back` all of it when it
+/// was never sent. Releasing (or giving back) twice does nothing the second time.
 #[pyclass(name = "_Reservation", module = "holysheep._holysheep", frozen)]
 pub struct Reservation {
     limiter: Arc<Limiter>,
-    /// Behind a lock only because `confirm` may move its instant.
-    admission: SpinLock<Admission>,
+    admission: Admission,
     /// The tokens counted for it now: the estimate, then each settled count.
     tokens: AtomicU64,
     /// Dollars per million of its tokens, for a budget.
     price: f64,
+    /// Whether it still holds its concurrency slot (and, before it is sent, its place in the rates).
+    held: AtomicBool,
 }
 
 impl Reservation {
+    fn new(limiter: &Arc<Limiter>, admission: Admission, cost: Cost, price: f64) -> Self {
+        Self {
+            limiter: Arc::clone(limiter),
+            admission,
+            tokens: AtomicU64::new(cost.tokens),
+            price,
+            held: AtomicBool::new(true),
+        }
+    }
+
     fn cost(&self) -> Cost {
         self.cost_of(self.tokens.load(Ordering::Acquire))
     }
@@ -71,46 +91,76 @@ impl Reservation {
     fn cost_of(&self, tokens: u64) -> Cost {
         Cost::priced(tokens, self.price)
     }
+
+    /// True the first time only: what is held is handed back once.
+    fn let_go(&self) -> bool {
+        self.held.swap(false, Ordering::AcqRel)
+    }
 }
 
 #[pymethods]
 impl Reservation {
-    /// Seconds to wait before proceeding.
-    #[getter]
-    fn wait(&self) -> f64 {
-        ns_to_secs(self.admission.lock().wait_ns)
-    }
-
     /// The tokens counted for it now.
     #[getter]
     fn tokens(&self) -> u64 {
         self.tokens.load(Ordering::Acquire)
     }
 
-    /// Marks the reservation used now: its admission moves to when its request really goes.
+    /// Marks it sent now: its admission moves to when its request really goes.
     fn stamp(&self) {
-        self.limiter.stamp(&self.admission.lock(), self.cost());
-    }
-
-    /// Seconds more to wait after waking at the reserved instant, because requests admitted before
-    /// went out later than reckoned; 0.0 when it may go.
-    fn confirm(&self) -> f64 {
-        let cost = self.cost();
-        ns_to_secs(self.limiter.confirm(&mut self.admission.lock(), cost))
-    }
-
-    /// Gives the reservation back: its waiter gave up before its turn.
-    fn give_back(&self) {
-        self.limiter.give_back(&self.admission.lock(), self.cost());
+        self.limiter.stamp(&self.admission, self.cost());
     }
 
     /// Replaces the tokens counted so far by the actual count: refunds or charges the difference.
-    fn settle(&self, actual_tokens: i64) -> PyResult<()> {
-        let actual = self.cost_of(tokens_cost(actual_tokens)?.tokens);
+    fn settle(&self, actual_tokens: &Bound<'_, PyAny>) -> PyResult<()> {
+        let actual = self.cost_of(args::tokens("actual_tokens", actual_tokens)?);
         let counted = self.cost_of(self.tokens.swap(actual.tokens, Ordering::AcqRel));
-        self.limiter.settle(&self.admission.lock(), counted, actual);
+        self.limiter.settle(&self.admission, counted, actual);
         Ok(())
     }
+
+    /// What the server answered: see `_Limiter._server_answered`.
+    fn observe(&self, status: u16, headers: &Bound<'_, PyAny>) -> PyResult<()> {
+        observe_answer(&self.limiter, Some(self), status, headers)
+    }
+
+    /// Its request is done: the concurrency slot goes back (to the next waiter first).
+    fn release(&self) -> PyResult<()> {
+        if self.let_go() {
+            self.limiter.release()?;
+        }
+        Ok(())
+    }
+
+    /// Its request was never sent: its place in the rates and its slot go back.
+    fn give_back(&self) -> PyResult<()> {
+        if self.let_go() {
+            self.limiter.give_back(&self.admission, self.cost());
+            self.limiter.release()?;
+        }
+        Ok(())
+    }
+}
+
+/// Tells the limiter what an answer says of the server's limits: a 429 cuts the rates in force, any
+/// other answer lets them climb back; and for an admission of this limiter, what the answer's
+/// `x-ratelimit-remaining-*` and `-reset-*` say is left is held against our own count. `headers` is the
+/// answer's httpx (or httpx2) `Headers`; unreadable values are ignored.
+fn observe_answer(limiter: &Limiter, admitted: Option<&Reservation>, status: u16, headers: &Bound<'_, PyAny>) -> PyResult<()> {
+    if status == 429 {
+        limiter.record_server_rejection();
+    } else {
+        limiter.record_server_answer();
+    }
+    let Some(reservation) = admitted else { return Ok(()) };
+    let pairs = rate_limit_headers(headers)?;
+    let said = server_left(pairs.iter().map(|(name, value)| (name.as_bytes(), value.as_bytes())));
+    for (unit, left) in FOLLOWED.into_iter().zip(said) {
+        if let Some((remaining, reset_ns)) = left {
+            limiter.record_server_remaining(&reservation.admission, reservation.cost(), unit, remaining, reset_ns);
+        }
+    }
+    Ok(())
 }
 
 /// The `x-ratelimit-*` (name, value) pairs of an httpx `Headers`. Read from the item list it keeps
@@ -146,15 +196,82 @@ pub struct PyLimiter {
     inner: Arc<Limiter>,
 }
 
+/// One request of `tokens` (`None`: 0), its tokens checked as the `tokens` argument.
+fn request_of(tokens: Option<&Bound<'_, PyAny>>) -> PyResult<Cost> {
+    Ok(Cost::request(args::optional(tokens, |v| args::tokens("tokens", v))?.unwrap_or(0)))
+}
+
+/// What a call that may wait asks for, its arguments checked when the call starts.
+struct Waiting {
+    cost: Cost,
+    max_wait_ns: Option<u64>,
+    priority: i64,
+}
+
+impl Waiting {
+    fn of(cost: Cost, timeout: Option<&Bound<'_, PyAny>>, priority: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        Ok(Self {
+            cost,
+            max_wait_ns: args::timeout("timeout", timeout)?,
+            priority: args::optional(priority, |v| args::priority("priority", v))?.unwrap_or(0),
+        })
+    }
+
+    /// One request without tokens, waiting as long as it takes (`async with`, `with`).
+    fn one() -> Self {
+        Self { cost: Cost::request(0), max_wait_ns: None, priority: 0 }
+    }
+}
+
+/// What a limit has left as `stats()` shows it: a count of requests or tokens, dollars for a budget.
+pub fn remaining_amount(py: Python<'_>, unit: Unit, counted: u64) -> PyResult<Py<PyAny>> {
+    Ok(match unit {
+        Unit::Usd => unit.amount_of(counted).into_pyobject(py)?.into_any().unbind(),
+        Unit::Requests | Unit::Tokens => counted.into_pyobject(py)?.into_any().unbind(),
+    })
+}
+
+/// What `acquire` resolves to: nothing.
+fn nothing() -> Finish {
+    Box::new(|py, _| Ok(py.None()))
+}
+
 impl PyLimiter {
-    fn release_slot(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let limiter = &slf.get().inner;
-        if limiter.waiting(Waiters::Slot) > 0 {
-            slf.call_method0(intern!(slf.py(), "_hand_off_slot"))?;
-            Ok(())
-        } else {
-            Ok(limiter.release()?)
+    /// The admission of `cost` at `price` now, kept for settling and releasing, or None when it would
+    /// have to wait; a cost that can never pass raises here, before any wait.
+    fn admit_at_once(&self, cost: Cost) -> PyResult<Option<Admission>> {
+        let admitted = self.inner.try_reserve(cost)?;
+        if admitted.is_none() {
+            self.inner.time_until_ready(cost)?;
         }
+        Ok(admitted)
+    }
+
+    /// `acquire` and its variants: admitted now (`Ready`) or an awaitable waiting its turn.
+    fn acquiring(&self, py: Python<'_>, waiting: Waiting, finish: Finish) -> PyResult<Py<PyAny>> {
+        let Waiting { cost, max_wait_ns, priority } = waiting;
+        if let Some(admission) = self.admit_at_once(cost)? {
+            return Ok(Py::new(py, Ready(Some(finish(py, admission)?)))?.into_any());
+        }
+        Ok(Py::new(py, Acquiring::start(py, &self.inner, cost, priority, max_wait_ns, finish)?)?.into_any())
+    }
+
+    fn blocking(&self, py: Python<'_>, waiting: Waiting) -> PyResult<Admission> {
+        let Waiting { cost, max_wait_ns, priority } = waiting;
+        match self.admit_at_once(cost)? {
+            Some(admission) => Ok(admission),
+            None => wait_blocking(py, &self.inner, cost, priority, max_wait_ns),
+        }
+    }
+
+    fn reservation(&self, admission: Admission, cost: Cost, price: f64) -> Reservation {
+        Reservation::new(&self.inner, admission, cost, price)
+    }
+
+    /// Makes the awaited result: the admission as a `_Reservation`.
+    fn keeping(&self, cost: Cost, price: f64) -> Finish {
+        let limiter = Arc::clone(&self.inner);
+        Box::new(move |py, admission| Ok(Py::new(py, Reservation::new(&limiter, admission, cost, price))?.into_any()))
     }
 }
 
@@ -163,24 +280,31 @@ impl PyLimiter {
     #[new]
     #[pyo3(signature = (max_qps = None, max_concurrency = None, *, rpm = None, tpm = None, burst = None, limits = None, tier = None))]
     fn new(
-        max_qps: Option<f64>,
-        max_concurrency: Option<i64>,
-        rpm: Option<f64>,
-        tpm: Option<f64>,
-        burst: Option<f64>,
-        limits: Option<Vec<PyRef<'_, PyLimit>>>,
-        tier: Option<&str>,
+        max_qps: Option<&Bound<'_, PyAny>>,
+        max_concurrency: Option<&Bound<'_, PyAny>>,
+        rpm: Option<&Bound<'_, PyAny>>,
+        tpm: Option<&Bound<'_, PyAny>>,
+        burst: Option<&Bound<'_, PyAny>>,
+        limits: Option<&Bound<'_, PyAny>>,
+        tier: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let rate = |field: &'static str, value| args::optional(value, |v| args::positive(field, v));
+        let limits = args::optional(limits, |v| {
+            v.extract::<Vec<PyRef<'_, PyLimit>>>()
+                .or_else(|_| args::refuse("limits", "a list of holysheep.Limit", v))
+                .map(|limits| limits.iter().map(|limit| limit.inner).collect::<Vec<_>>())
+        })?;
         let mut config = LimiterConfig {
-            max_qps,
-            rpm,
-            tpm,
-            burst,
-            limits: limits.unwrap_or_default().iter().map(|limit| limit.inner).collect(),
-            max_concurrency,
+            max_qps: rate("max_qps", max_qps)?,
+            rpm: rate("rpm", rpm)?,
+            tpm: rate("tpm", tpm)?,
+            burst: rate("burst", burst)?,
+            limits: limits.unwrap_or_default(),
+            max_concurrency: args::optional(max_concurrency, |v| args::count("max_concurrency", v, 1, args::COUNT_MAX))?
+                .map(|n| n as i64),
             guard_ns: None,
         };
-        let tier = tier.map(Tier::named).transpose()?;
+        let tier = args::optional(tier, |v| args::choice("tier", v, Tier::named))?;
         if let Some(tier) = tier {
             config.rpm = config.rpm.or(Some(tier.rpm as f64));
             config.tpm = config.tpm.or(Some(tier.tpm as f64));
@@ -195,9 +319,9 @@ impl PyLimiter {
 
     /// Takes one request (and ``tokens`` LLM tokens) now if every limit allows it, without waiting.
     /// Returns False otherwise; raises RateLimitExceeded when the cost could never pass.
-    #[pyo3(signature = (tokens = 0))]
-    fn try_acquire(&self, tokens: i64) -> PyResult<bool> {
-        let admitted = self.inner.try_acquire(tokens_cost(tokens)?)?;
+    #[pyo3(signature = (tokens = None), text_signature = "(self, tokens=0)")]
+    fn try_acquire(&self, tokens: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+        let admitted = self.inner.try_acquire(request_of(tokens)?)?;
         if !admitted {
             self.inner.reject();
         }
@@ -205,172 +329,120 @@ impl PyLimiter {
     }
 
     /// `try_acquire` for a caller that waits when refused: a refusal is not counted.
-    fn _admit_now(&self, tokens: i64) -> PyResult<bool> {
-        Ok(self.inner.try_acquire(tokens_cost(tokens)?)?)
+    fn _admit_now(&self, tokens: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(self.inner.try_acquire(request_of(Some(tokens))?)?)
     }
 
-    /// A slot and the rate now, with the reservation kept (for settle), or None when it would have to
-    /// wait; raises when the cost can never pass or would cross a budget.
-    #[pyo3(signature = (tokens, price = 0.0))]
-    fn _try_reserve(&self, tokens: i64, price: f64) -> PyResult<Option<Reservation>> {
-        let cost = Cost::priced(tokens_cost(tokens)?.tokens, price);
-        let admitted = self.inner.try_reserve(cost)?;
-        Ok(admitted.map(|admission| Reservation {
-            limiter: Arc::clone(&self.inner),
-            admission: SpinLock::new(admission),
-            tokens: AtomicU64::new(cost.tokens),
-            price,
-        }))
+    /// The admission of one request of ``tokens`` at ``price`` dollars per million of them when
+    /// nobody waits and all is free, else None; a cost that can never pass raises here.
+    fn _admit_at_once(&self, tokens: &Bound<'_, PyAny>, price: f64) -> PyResult<Option<Reservation>> {
+        let cost = Cost::priced(request_of(Some(tokens))?.tokens, price);
+        Ok(self.admit_at_once(cost)?.map(|admission| self.reservation(admission, cost, price)))
     }
 
-    /// The admission when nobody waits and all is free (no waiting machinery), else None; a cost that
-    /// can never pass raises here, before any wait.
-    fn _admit_at_once(&self, tokens: i64, price: f64) -> PyResult<Option<Reservation>> {
-        let admitted = self._try_reserve(tokens, price)?;
-        if admitted.is_none() {
-            self.time_until_ready(tokens)?;
-        }
-        Ok(admitted)
+    /// Waits for one request slot and the rate for it (and ``tokens`` LLM tokens); call `release`
+    /// after. ``timeout``: seconds to wait at most (RateLimitExceeded at once when the predicted wait is
+    /// longer); ``priority``: higher goes ahead of lower among those still waiting.
+    #[pyo3(signature = (tokens = None, timeout = None, priority = None), text_signature = "(self, tokens=0, timeout=None, priority=0)")]
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        tokens: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        priority: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let waiting = Waiting::of(request_of(tokens)?, timeout, priority)?;
+        self.acquiring(py, waiting, nothing())
     }
 
-    /// Counts a waiter that ran out of time.
-    fn _reject(&self) {
-        self.inner.reject();
+    /// `acquire` for threads: blocks with the GIL released, so other threads keep running.
+    #[pyo3(signature = (tokens = None, timeout = None, priority = None), text_signature = "(self, tokens=0, timeout=None, priority=0)")]
+    fn acquire_blocking(
+        &self,
+        py: Python<'_>,
+        tokens: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        priority: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        self.blocking(py, Waiting::of(request_of(tokens)?, timeout, priority)?).map(drop)
+    }
+
+    /// `acquire` resolving to the admission, to settle and release it (a permit, the transport).
+    #[pyo3(signature = (tokens, timeout, priority, price = 0.0))]
+    fn _acquire(
+        &self,
+        py: Python<'_>,
+        tokens: &Bound<'_, PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        priority: &Bound<'_, PyAny>,
+        price: f64,
+    ) -> PyResult<Py<PyAny>> {
+        let cost = Cost::priced(request_of(Some(tokens))?.tokens, price);
+        let waiting = Waiting::of(cost, timeout, Some(priority))?;
+        self.acquiring(py, waiting, self.keeping(cost, price))
+    }
+
+    /// `acquire_blocking` returning the admission.
+    #[pyo3(signature = (tokens, timeout, priority, price = 0.0))]
+    fn _acquire_blocking(
+        &self,
+        py: Python<'_>,
+        tokens: &Bound<'_, PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        priority: &Bound<'_, PyAny>,
+        price: f64,
+    ) -> PyResult<Reservation> {
+        let cost = Cost::priced(request_of(Some(tokens))?.tokens, price);
+        let admission = self.blocking(py, Waiting::of(cost, timeout, Some(priority))?)?;
+        Ok(self.reservation(admission, cost, price))
     }
 
     /// Seconds until the rate limits would admit the request; 0.0 when now.
-    #[pyo3(signature = (tokens = 0))]
-    fn time_until_ready(&self, tokens: i64) -> PyResult<f64> {
-        Ok(ns_to_secs(self.inner.time_until_ready(tokens_cost(tokens)?)?))
+    #[pyo3(signature = (tokens = None), text_signature = "(self, tokens=0)")]
+    fn time_until_ready(&self, tokens: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
+        Ok(ns_to_secs(self.inner.time_until_ready(request_of(tokens)?)?))
     }
 
-    /// Returns the concurrency slot taken by acquire; wakes the next waiter, if any.
-    fn release(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::release_slot(slf)
-    }
-
-    /// Ends the request an admission was taken for: here, returns its concurrency slot.
-    fn _release_admitted(slf: &Bound<'_, Self>, _admitted: &Bound<'_, PyAny>) -> PyResult<()> {
-        Self::release_slot(slf)
-    }
-
-    /// Settles the real token count of a request once its answer says it.
-    fn _settle_admitted(&self, admitted: &Bound<'_, PyAny>, actual_tokens: i64) -> PyResult<()> {
-        admitted.call_method1(intern!(admitted.py(), "settle"), (actual_tokens,))?;
-        Ok(())
-    }
-
-    fn __aenter__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
-        let py = slf.py();
-        if slf.get().inner.try_acquire(Cost::request(0))? {
-            return Ok(Py::new(py, Ready)?.into_any());
-        }
-        Ok(slf.call_method0(intern!(py, "acquire"))?.unbind())
-    }
-
-    #[pyo3(signature = (*_exc))]
-    fn __aexit__(slf: &Bound<'_, Self>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<Ready> {
-        Self::release_slot(slf)?;
-        Ok(Ready)
-    }
-
-    fn __enter__(slf: &Bound<'_, Self>) -> PyResult<()> {
-        if !slf.get().inner.try_acquire(Cost::request(0))? {
-            slf.call_method0(intern!(slf.py(), "acquire_blocking"))?;
-        }
-        Ok(())
-    }
-
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(slf: &Bound<'_, Self>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<()> {
-        Self::release_slot(slf)
-    }
-
-    /// A slot now, unless none is free or others wait for one (`for_waiter`: the head of the line asks).
-    #[pyo3(signature = (for_waiter = false))]
-    fn _try_slot(&self, for_waiter: bool) -> bool {
-        if for_waiter { self.inner.try_slot_for_waiter() } else { self.inner.try_slot() }
-    }
-
-    /// Returns a slot without handing it to a waiter.
-    fn _release_slot(&self) -> PyResult<()> {
+    /// Returns the concurrency slot taken by acquire; the next waiter, if any, gets it. Does nothing
+    /// on a limiter without ``max_concurrency`` (its admissions hold nothing).
+    fn release(&self) -> PyResult<()> {
         Ok(self.inner.release()?)
     }
 
-    /// Counts a slot passed from its holder straight to a waiter.
-    fn _hand_over(&self) {
-        self.inner.hand_over();
+    /// Ends the request an admission was taken for: returns its concurrency slot.
+    fn _release_admitted(&self, admitted: &Bound<'_, Reservation>) -> PyResult<()> {
+        admitted.get().release()
     }
 
-    /// Returns the slot of a request that will not be admitted after all (it timed out or was
-    /// cancelled while waiting for the rate), handing it to the next waiter.
-    fn _abandon(slf: &Bound<'_, Self>) -> PyResult<()> {
-        slf.get().inner.count_abandoned();
-        Self::release_slot(slf)
+    /// Settles the real token count of a request once its answer says it.
+    fn _settle_admitted(&self, admitted: &Bound<'_, Reservation>, actual_tokens: &Bound<'_, PyAny>) -> PyResult<()> {
+        admitted.get().settle(actual_tokens)
     }
 
-    /// Records the whole wait of a request that had to wait, in seconds.
-    fn _record_wait(&self, seconds: f64) {
-        self.inner.record_wait(secs_to_ns(seconds).unwrap_or(0));
-    }
-
-    fn _park(&self, kind: &str) {
-        self.inner.park(waiters(kind));
-    }
-
-    fn _unpark(&self, kind: &str) {
-        self.inner.unpark(waiters(kind));
-    }
-
-    /// Whether the fast path is closed because someone waits.
-    fn _has_waiters(&self) -> bool {
-        self.inner.has_waiters()
-    }
-
-    /// Reserves the rate for one request of ``tokens`` at ``price`` dollars per million of them:
-    /// proceeds after ``.wait`` seconds. Raises RateLimitExceeded at once when the wait would pass
-    /// ``timeout`` or the cost can never pass, BudgetExceeded when it would cross a budget.
-    #[pyo3(signature = (tokens, timeout, operation = "acquire", price = 0.0))]
-    fn _reserve(&self, tokens: i64, timeout: Option<f64>, operation: &str, price: f64) -> PyResult<Reservation> {
-        let cost = Cost::priced(tokens_cost(tokens)?.tokens, price);
-        let admission = self.inner.reserve(cost, max_wait_ns(timeout)?, operation)?;
-        Ok(Reservation {
-            limiter: Arc::clone(&self.inner),
-            admission: SpinLock::new(admission),
-            tokens: AtomicU64::new(cost.tokens),
-            price,
-        })
-    }
-
-    /// Sleeps with the GIL released: a thread's wait for its reserved instant.
-    fn _sleep(&self, py: Python<'_>, seconds: f64) {
-        if let Some(ns) = secs_to_ns(seconds) {
-            py.detach(|| std::thread::sleep(Duration::from_nanos(ns)));
-        }
-    }
-
-    /// Tells the limiter what an answer says of the server's limits, in one call per answer: a 429
-    /// cuts the rates in force, any other answer lets them climb back; and for an admission of this
-    /// limiter, what the answer's `x-ratelimit-remaining-*` and `-reset-*` say is left is held against
-    /// our own count. `headers` is the answer's httpx (or httpx2) `Headers`; unreadable values are
-    /// ignored.
+    /// What an answer says of the server's limits (see `_Reservation.observe`); ``admitted`` is the
+    /// answered request's admission, if it is this limiter's.
     fn _server_answered(&self, status: u16, admitted: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult<()> {
-        if status == 429 {
-            self.inner.record_server_rejection();
-        } else {
-            self.inner.record_server_answer();
-        }
-        let Ok(reservation) = admitted.cast::<Reservation>() else { return Ok(()) };
-        let reservation = reservation.get();
-        let pairs = rate_limit_headers(headers)?;
-        let said = server_left(pairs.iter().map(|(name, value)| (name.as_bytes(), value.as_bytes())));
-        for (unit, left) in FOLLOWED.into_iter().zip(said) {
-            if let Some((remaining, reset_ns)) = left {
-                let admission = reservation.admission.lock();
-                self.inner.record_server_remaining(&admission, reservation.cost(), unit, remaining, reset_ns);
-            }
-        }
-        Ok(())
+        let reservation = admitted.cast::<Reservation>().ok();
+        observe_answer(&self.inner, reservation.as_ref().map(|r| r.get()), status, headers)
+    }
+
+    fn __aenter__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.acquiring(py, Waiting::one(), nothing())
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __aexit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<Py<Ready>> {
+        self.inner.release()?;
+        Py::new(py, Ready(None))
+    }
+
+    fn __enter__(&self, py: Python<'_>) -> PyResult<()> {
+        self.blocking(py, Waiting::one()).map(drop)
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, _exc: &Bound<'_, PyTuple>) -> PyResult<()> {
+        Ok(self.inner.release()?)
     }
 
     /// The fractions of the configured requests and tokens rates in force.
@@ -408,7 +480,7 @@ impl PyLimiter {
         stats.set_item("tokens_rate_factor", tokens_factor)?;
         let remaining = PyDict::new(py);
         for window in &snapshot.windows {
-            remaining.set_item(&window.limit, window.remaining)?;
+            remaining.set_item(&window.limit, remaining_amount(py, window.unit, window.remaining)?)?;
         }
         stats.set_item("remaining", remaining)?;
         Ok(stats)

@@ -1,7 +1,7 @@
 //! The pyo3 layer: thin wrappers that convert types, map errors and release the GIL around blocking
 //! waits. Every decision is the core's.
 
-mod arguments;
+mod args;
 mod breaker;
 mod errors;
 mod failures;
@@ -10,17 +10,18 @@ mod guard;
 mod keyed;
 mod limit;
 mod limiter;
-mod queue;
 mod redis;
 mod redis_channel;
 mod retry;
-mod seconds;
+mod waiting;
 
 use pyo3::prelude::*;
 
 /// The native half of the `holysheep` package; import `holysheep`, not this module.
 #[pymodule(name = "_holysheep")]
 mod native {
+    #[pymodule_export]
+    use super::args::{check_count, check_positive, check_priority, check_timeout};
     #[pymodule_export]
     use super::breaker::BreakerCore;
     #[pymodule_export]
@@ -36,7 +37,7 @@ mod native {
     #[pymodule_export]
     use super::limiter::{PyLimiter, Ready, Reservation};
     #[pymodule_export]
-    use super::queue::{PyTicket, PyWaitQueue};
+    use super::waiting::{Acquiring, timer_leg};
     #[pymodule_export]
     use super::redis::{_shutdown_redis_runtime, PyGrant, PyRedisBackend, PyRedisLimiter};
     #[pymodule_export]

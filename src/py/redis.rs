@@ -2,7 +2,8 @@
 //! (one shared limit) and `_Grant` (one admission). Blocking calls talk to Redis on the calling thread
 //! with the GIL released; `decide_soon` runs on the runtime and completes an asyncio future from its
 //! thread through `loop.call_soon_threadsafe` (measured: see README), so asyncio callers never block
-//! their loop.
+//! their loop. A request's cost is its tokens at its price (dollars per million tokens), so budgets are
+//! decided in Redis with the rest; `decide_locally` decides at this process's share while Redis is away.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,9 +15,18 @@ use pyo3::types::PyList;
 use crate::core::clock::secs_to_ns;
 use crate::core::{Cost, Error};
 use crate::py::limit::PyLimit;
-use crate::py::limiter::{max_wait_ns, tokens_cost};
+use crate::py::limiter::{max_wait_ns, remaining_amount, tokens_cost};
 use crate::py::redis_channel::PyLoopChannel;
+use crate::redis::limiter::Counted;
 use crate::redis::{Backend, BackendError, Grant, Mode, Outcome, RemoteLimiter, Timeouts, runtime};
+
+/// One request of `tokens` LLM tokens at `price` dollars per million of them.
+pub(crate) fn priced_cost(tokens: i64, price: f64) -> PyResult<Cost> {
+    if !(price.is_finite() && price >= 0.0) {
+        return Err(Error::config("price", format!("must be 0 or more dollars per million tokens, got {price}")).into());
+    }
+    Ok(Cost::priced(tokens_cost(tokens)?.tokens, price))
+}
 
 fn seconds(field: &str, secs: f64) -> PyResult<Duration> {
     match secs_to_ns(secs) {
@@ -133,10 +143,12 @@ impl PyRedisLimiter {
         self.inner.follow([requests, tokens]);
     }
 
-    /// One request of ``tokens`` decided in Redis, with a concurrency lease when ``lease``: a `_Grant`,
-    /// or the seconds after which trying again could succeed (the rate, when not ``reserve``; a lease).
-    /// ``reserve``: admit at a later instant too, waiting at most ``max_wait`` seconds (None: any).
-    #[pyo3(signature = (tokens, max_wait, reserve, lease, operation = "acquire"))]
+    /// One request of ``tokens`` at ``price`` (dollars per million tokens, for budgets) decided in
+    /// Redis, with a concurrency lease when ``lease``: a `_Grant`, or the seconds after which trying
+    /// again could succeed (the rate, when not ``reserve``; a lease). ``reserve``: admit at a later
+    /// instant too, waiting at most ``max_wait`` seconds (None: any).
+    #[pyo3(signature = (tokens, max_wait, reserve, lease, operation = "acquire", price = 0.0))]
+    #[allow(clippy::too_many_arguments)]
     fn decide(
         &self,
         py: Python<'_>,
@@ -145,15 +157,16 @@ impl PyRedisLimiter {
         reserve: bool,
         lease: bool,
         operation: &str,
+        price: f64,
     ) -> PyResult<Py<PyAny>> {
-        let (cost, mode) = (tokens_cost(tokens)?, mode(reserve, max_wait)?);
-        let outcome = py.detach(|| self.inner.decide_blocking(cost, mode, lease, operation));
+        let (cost, mode) = (priced_cost(tokens, price)?, mode(reserve, max_wait)?);
+        let outcome = py.detach(|| self.inner.decide_blocking(cost, price, mode, lease, operation));
         self.outcome(py, outcome.map_err(refusal)?, reserve, operation)
     }
 
     /// `decide` for asyncio: returns at once; the runtime later calls ``resolve(future, ok, value)`` on
     /// the future's loop (``call_soon_threadsafe``), with what `decide` would return or raise.
-    #[pyo3(signature = (future, resolve, tokens, max_wait, reserve, lease, operation))]
+    #[pyo3(signature = (future, resolve, tokens, max_wait, reserve, lease, operation, price = 0.0))]
     #[allow(clippy::too_many_arguments)]
     fn decide_soon(
         slf: Py<Self>,
@@ -165,12 +178,13 @@ impl PyRedisLimiter {
         reserve: bool,
         lease: bool,
         operation: String,
+        price: f64,
     ) -> PyResult<()> {
-        let (cost, mode) = (tokens_cost(tokens)?, mode(reserve, max_wait)?);
+        let (cost, mode) = (priced_cost(tokens, price)?, mode(reserve, max_wait)?);
         let event_loop = future.bind(py).call_method0("get_loop")?.unbind();
         let limiter = Arc::clone(&slf.get().inner);
         runtime::handle()?.spawn(async move {
-            let outcome = limiter.decide(cost, mode, lease, &operation).await;
+            let outcome = limiter.decide(cost, price, mode, lease, &operation).await;
             Python::attach(|py| {
                 let (ok, value) = match outcome.map_err(refusal).and_then(|o| slf.get().outcome(py, o, reserve, &operation)) {
                     Ok(value) => (true, value),
@@ -182,6 +196,33 @@ impl PyRedisLimiter {
             });
         });
         Ok(())
+    }
+
+    /// `decide` by this process alone at its share of every limit and of the concurrency cap, while
+    /// Redis is away (``on_error="local"``); raises BackendUnavailable when it cannot decide alone
+    /// (Redis never answered yet, or its share cannot admit the request).
+    #[pyo3(signature = (tokens, max_wait, reserve, lease, operation = "acquire", price = 0.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn decide_locally(
+        &self,
+        py: Python<'_>,
+        tokens: i64,
+        max_wait: Option<f64>,
+        reserve: bool,
+        lease: bool,
+        operation: &str,
+        price: f64,
+    ) -> PyResult<Py<PyAny>> {
+        let (cost, mode) = (priced_cost(tokens, price)?, mode(reserve, max_wait)?);
+        let outcome = self.inner.decide_locally(cost, price, mode, lease, operation);
+        self.outcome(py, outcome.map_err(refusal)?, reserve, operation)
+    }
+
+    /// Seconds until a request of ``tokens`` would pass at this process's share (while Redis is away).
+    #[pyo3(signature = (tokens = 0))]
+    fn wait_locally(&self, tokens: i64) -> PyResult<f64> {
+        let wait_ns = self.inner.wait_locally(tokens_cost(tokens)?).map_err(refusal)?;
+        Ok(wait_ns as f64 / 1e9)
     }
 
     /// A connection for ``event_loop`` to drive for this limit's asyncio decisions (see
@@ -196,10 +237,12 @@ impl PyRedisLimiter {
 
     /// Seconds until the request would pass, leases held now, and units free now in each limit.
     #[pyo3(signature = (tokens = 0))]
-    fn peek(&self, py: Python<'_>, tokens: i64) -> PyResult<(f64, u64, Vec<u64>)> {
+    fn peek(&self, py: Python<'_>, tokens: i64) -> PyResult<(f64, u64, Vec<Py<PyAny>>)> {
         let cost = tokens_cost(tokens)?;
         let peek = py.detach(|| self.inner.peek_blocking(cost)).map_err(refusal)?;
-        Ok((peek.wait_us as f64 / 1e6, peek.leases, peek.remaining))
+        let limits = self.inner.limits().iter();
+        let remaining = limits.zip(peek.remaining).map(|(limit, left)| remaining_amount(py, limit.unit(), left)).collect::<PyResult<_>>()?;
+        Ok((peek.wait_us as f64 / 1e6, peek.leases, remaining))
     }
 
     /// Processes (limiter instances) that decided through this key lately, as of the last answer.
@@ -225,9 +268,14 @@ pub struct PyGrant {
 }
 
 impl PyGrant {
+    /// What it counts for `tokens` LLM tokens, at the price it was admitted at.
+    fn cost_of(&self, tokens: u64) -> Cost {
+        Cost::priced(tokens, self.grant.price)
+    }
+
     /// Replaces what was counted by `actual` and releases the lease if `release`: now (blocking, GIL
     /// released), or in the background when `wait` is false (an event loop must not block; a change
-    /// lost to an outage is then not retried, and a lease comes back by its TTL).
+    /// lost to an outage is then not retried, and a lease is owed back to Redis until it answers).
     fn apply(&self, py: Python<'_>, counted: Cost, actual: Cost, release: bool, wait: bool) -> PyResult<()> {
         if wait {
             return Ok(py.detach(|| self.limiter.adjust_blocking(&self.grant, counted, actual, release))?);
@@ -246,13 +294,14 @@ impl PyGrant {
         self.grant.wait_us as f64 / 1e6
     }
 
-    /// When it was admitted, by Redis's clock: seconds since the epoch.
+    /// When it was admitted, by Redis's clock: seconds since the epoch (0.0 when decided locally).
     #[getter]
     fn at(&self) -> f64 {
         self.grant.at_us as f64 / 1e6
     }
 
-    /// Redis's time of the admission in whole microseconds (exact, for logs and tests).
+    /// Redis's time of the admission in whole microseconds (exact, for logs and tests; 0 when decided
+    /// locally).
     #[getter]
     fn at_us(&self) -> u64 {
         self.grant.at_us
@@ -263,24 +312,31 @@ impl PyGrant {
         self.tokens.load(Ordering::Acquire)
     }
 
-    /// Whether it holds a concurrency lease.
+    /// Whether it holds a concurrency lease (or a slot of the local share).
     #[getter]
     fn has_lease(&self) -> bool {
         self.grant.lease.is_some()
     }
 
-    /// Replaces the tokens counted so far by the actual count: refunds or charges the difference.
+    /// Whether Redis decided it (not this process alone, while Redis was away).
+    #[getter]
+    fn in_redis(&self) -> bool {
+        matches!(self.grant.counted, Counted::InRedis(_))
+    }
+
+    /// Replaces the tokens counted so far by the actual count: refunds or charges the difference, in
+    /// tokens and in dollars.
     #[pyo3(signature = (actual_tokens, wait = true))]
     fn settle(&self, py: Python<'_>, actual_tokens: i64, wait: bool) -> PyResult<()> {
-        let actual = tokens_cost(actual_tokens)?;
-        let counted = Cost::request(self.tokens.swap(actual.tokens, Ordering::AcqRel));
+        let actual = self.cost_of(tokens_cost(actual_tokens)?.tokens);
+        let counted = self.cost_of(self.tokens.swap(actual.tokens, Ordering::AcqRel));
         self.apply(py, counted, actual, false, wait)
     }
 
     /// Takes the whole admission back (its waiter gave up) and releases its lease.
     #[pyo3(signature = (wait = true))]
     pub(crate) fn give_back(&self, py: Python<'_>, wait: bool) -> PyResult<()> {
-        let counted = Cost::request(self.tokens.swap(0, Ordering::AcqRel));
+        let counted = self.cost_of(self.tokens.swap(0, Ordering::AcqRel));
         self.apply(py, counted, Cost::default(), true, wait)
     }
 
@@ -290,7 +346,7 @@ impl PyGrant {
         if self.grant.lease.is_none() {
             return Ok(());
         }
-        let counted = Cost::request(self.tokens.load(Ordering::Acquire));
+        let counted = self.cost_of(self.tokens.load(Ordering::Acquire));
         self.apply(py, counted, counted, true, wait)
     }
 }

@@ -7,17 +7,15 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
-use crate::core::Cost;
-use crate::py::limiter::tokens_cost;
-use crate::py::redis::{PyGrant, PyRedisLimiter, mode, refusal};
+use crate::py::redis::{PyGrant, PyRedisLimiter, mode, priced_cost, refusal};
 use crate::redis::BackendError;
+use crate::redis::limiter::Ask;
 use crate::redis::loop_connection::LoopConnection;
 
 /// A request sent on a `_LoopChannel`, waiting for its answer.
 struct Pending {
     future: Py<PyAny>,
-    lease_id: String,
-    cost: Cost,
+    ask: Ask,
     reserve: bool,
     operation: String,
     sent: Instant,
@@ -57,7 +55,8 @@ impl PyLoopChannel {
     }
 
     /// Ends the channel after a failure: every waiting future gets the error, and the backend's
-    /// pause starts, as for any failed call.
+    /// pause starts, as for any failed call. Redis may still run what was sent (after a stall): the
+    /// leases those requests asked for are owed back.
     fn close(&self, py: Python<'_>, err: BackendError) {
         let (connection, pending) = {
             let mut state = self.state();
@@ -66,8 +65,9 @@ impl PyLoopChannel {
         if let Some(connection) = connection {
             let _ = self.event_loop.call_method1(py, "remove_reader", (connection.fd(),));
         }
+        let limiter = &self.limiter.get().inner;
         for request in pending {
-            let error = PyErr::from(err.clone()).into_value(py);
+            let error = PyErr::from(limiter.gave_up(request.ask, err.clone())).into_value(py);
             settle_future(py, &request.future, Err(error.into_any()));
         }
     }
@@ -102,7 +102,7 @@ fn settle_future(py: Python<'_>, future: &Py<PyAny>, result: Result<Py<PyAny>, P
 impl PyLoopChannel {
     /// `_RedisLimiter.decide` for the loop's tasks: sends the request and returns; ``future`` gets
     /// what `decide` would return or raise.
-    #[pyo3(signature = (future, tokens, max_wait, reserve, lease, operation))]
+    #[pyo3(signature = (future, tokens, max_wait, reserve, lease, operation, price = 0.0))]
     #[allow(clippy::too_many_arguments)]
     fn decide(
         slf: &Bound<'_, Self>,
@@ -112,24 +112,24 @@ impl PyLoopChannel {
         reserve: bool,
         lease: bool,
         operation: String,
+        price: f64,
     ) -> PyResult<()> {
         let this = slf.get();
-        let (cost, mode) = (tokens_cost(tokens)?, mode(reserve, max_wait)?);
+        let (cost, mode) = (priced_cost(tokens, price)?, mode(reserve, max_wait)?);
         let limiter = &this.limiter.get().inner;
-        let lease_id = limiter.lease_id(lease);
-        let request = limiter.acquire_invocation(cost, mode, &lease_id).packed();
         let arm = {
             let mut state = this.state();
             let Some(connection) = state.connection.as_mut() else {
                 return Err(BackendError::Unavailable { message: "the connection to Redis closed".into() }.into());
             };
-            if let Err(err) = connection.send(&request) {
+            let (call, ask) = limiter.ask(cost, price, mode, lease);
+            if let Err(err) = connection.send(&call.packed()) {
                 drop(state);
-                let err = limiter.backend().failed(err.into());
+                let err = limiter.gave_up(ask, limiter.backend().failed(err.into()));
                 this.close(slf.py(), err.clone());
                 return Err(err.into());
             }
-            state.pending.push_back(Pending { future, lease_id, cost, reserve, operation, sent: Instant::now() });
+            state.pending.push_back(Pending { future, ask, reserve, operation, sent: Instant::now() });
             !state.watchdog
         };
         if arm {
@@ -165,8 +165,8 @@ impl PyLoopChannel {
         for answer in answers {
             let Some(request) = self.state().pending.pop_front() else { break };
             let outcome = match answer.extract_error() {
-                Ok(value) => limiter_py.inner.interpret(value, request.lease_id, request.cost, &request.operation),
-                Err(err) => Err(Err(limiter_py.inner.backend().failed(err))),
+                Ok(value) => limiter_py.inner.interpret(value, request.ask, &request.operation),
+                Err(err) => Err(Err(limiter_py.inner.gave_up(request.ask, limiter_py.inner.backend().failed(err)))),
             };
             let result = outcome
                 .map_err(refusal)

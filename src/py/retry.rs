@@ -5,7 +5,7 @@ use pyo3::prelude::*;
 use crate::core::clock::{ns_to_secs, secs_to_ns};
 use crate::core::retry::{ATTEMPTS, Jitter, RetryConfig, RetryDecision, RetryPolicy};
 
-use super::arguments::{flag, number, seconds, text, whole};
+use super::args;
 
 /// The native half of `holysheep.RetryPolicy`; use that class.
 #[pyclass(name = "RetryCore", module = "holysheep._holysheep", frozen)]
@@ -45,15 +45,15 @@ impl RetryCore {
         retry_budget: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let config = RetryConfig {
-            max_attempts: whole("max_attempts", max_attempts, ATTEMPTS)?,
-            base_delay_ns: seconds("base_delay", base_delay)?,
-            max_delay_ns: seconds("max_delay", max_delay)?,
-            multiplier: number("multiplier", multiplier)?,
-            jitter: Jitter::from_name(&text("jitter", jitter)?)?,
-            respect_retry_after: flag("respect_retry_after", respect_retry_after)?,
-            max_retry_after_ns: seconds("max_retry_after", max_retry_after)?,
-            max_elapsed_ns: max_elapsed.map(|s| seconds("max_elapsed", s)).transpose()?,
-            retry_budget: retry_budget.map(|r| number("retry_budget", r)).transpose()?,
+            max_attempts: args::count_in("max_attempts", max_attempts, ATTEMPTS)?,
+            base_delay_ns: args::seconds("base_delay", base_delay)?,
+            max_delay_ns: args::seconds("max_delay", max_delay)?,
+            multiplier: args::positive("multiplier", multiplier)?,
+            jitter: args::choice("jitter", jitter, Jitter::from_name)?,
+            respect_retry_after: args::flag("respect_retry_after", respect_retry_after)?,
+            max_retry_after_ns: args::seconds("max_retry_after", max_retry_after)?,
+            max_elapsed_ns: args::optional(max_elapsed, |s| args::seconds("max_elapsed", s))?,
+            retry_budget: args::optional(retry_budget, |r| args::positive("retry_budget", r))?,
         };
         Ok(Self { inner: RetryPolicy::new(config, Default::default())? })
     }

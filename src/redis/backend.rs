@@ -25,9 +25,11 @@ pub struct Timeouts {
     pub command: Duration,
 }
 
-/// The pause after a failure before Redis is tried again: doubles per failure up to the maximum.
+/// The pause after a failure before Redis is tried again: doubles per failure up to the maximum, which
+/// bounds how long after Redis answers again a limiter notices (DESIGN §5: an outage costs at most
+/// itself plus one second).
 const FIRST_PAUSE: Duration = Duration::from_millis(50);
-const LONGEST_PAUSE: Duration = Duration::from_secs(2);
+const LONGEST_PAUSE: Duration = Duration::from_millis(500);
 
 #[derive(Debug)]
 struct Outage {
@@ -146,7 +148,7 @@ impl Backend {
     }
 
     /// Fails at once while the pause after a failure lasts.
-    fn check_pause(&self) -> Result<(), BackendError> {
+    pub fn check_pause(&self) -> Result<(), BackendError> {
         if let Some(outage) = &*self.outage.lock().unwrap_or_else(|p| p.into_inner()) {
             let now = Instant::now();
             if now < outage.retry_at {

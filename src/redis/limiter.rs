@@ -1,21 +1,28 @@
 //! A limiter whose state lives in Redis: its keys, the arguments its scripts take, and what their
-//! answers mean. Every decision is one script call, so processes sharing the key share the limit.
+//! answers mean. Every decision is one script call, so processes sharing the key share the limit; a
+//! request's whole cost (requests, tokens, micro-dollars) is decided there, budgets included. While
+//! Redis is away, the `local` failure policy decides in this process (`fallback.rs`, `share.rs`).
 
-use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::Value;
 
+use crate::core::clock::{Clock, MonotonicClock};
 use crate::core::feedback::followed;
 use crate::core::limit::{Cost, Limit, Unit};
+use crate::core::quota::Receipt;
+use crate::core::refusal;
 use crate::core::Error;
 use crate::redis::backend::Backend;
 use crate::redis::error::BackendError;
+use crate::redis::leases::{self, Leases};
 use crate::redis::process::PerProcess;
 use crate::redis::scripts::{self, Call};
+use crate::redis::fallback::Handover;
+use crate::redis::share::{LocalShare, Sighting};
 use crate::redis::windows::WindowSpec;
 
 /// What a decision may do.
@@ -29,20 +36,31 @@ pub enum Mode {
     Reserve { max_wait_us: Option<u64> },
 }
 
+/// Where an admission was counted, and what names it there for settling or giving it back.
+#[derive(Debug, Clone)]
+pub enum Counted {
+    /// In Redis: one receipt per window (0: that window counted nothing).
+    InRedis(Vec<u64>),
+    /// By this process alone, at its share (the `local` policy while Redis was away).
+    Here { share: Arc<LocalShare>, receipts: Vec<Receipt> },
+}
+
 /// An admission: when it may proceed, and what settles or returns it later.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Grant {
     pub wait_us: u64,
-    /// Redis's time of the admission, in microseconds since the epoch.
+    /// Redis's time of the admission, in microseconds since the epoch (0 when decided here).
     pub at_us: u64,
-    /// One per window: where the admission was counted (0: that window counted nothing).
-    pub receipts: Vec<u64>,
     pub lease: Option<String>,
+    /// What it was admitted for (the estimate).
     pub cost: Cost,
+    /// Dollars per million of its tokens: a settled token count is priced the same.
+    pub price: f64,
+    pub counted: Counted,
 }
 
 /// What a decision came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Outcome {
     Admitted(Grant),
     /// The rate admits it only after `wait_us`, later than allowed: nothing was counted.
@@ -59,21 +77,43 @@ pub struct Peek {
     pub remaining: Vec<u64>,
 }
 
+/// A decision sent to Redis: what its answer is read against.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    pub(super) lease_id: String,
+    pub(super) cost: Cost,
+    pub(super) price: f64,
+    /// The hand-over it carries (0: none).
+    pub(super) handover: u64,
+}
+
+/// The acquire script's answer (see acquire.lua).
+struct Reply {
+    status: i64,
+    leases: u64,
+    a: i64,
+    b: i64,
+    used: Vec<u64>,
+    receipts: Vec<u64>,
+}
+
+/// A decision's failure: a refusal (`Ok`: never, a budget) or Redis failing (`Err`).
+pub type Refused = Result<Error, BackendError>;
+
 /// A limiter decided in Redis.
 pub struct RemoteLimiter {
     backend: Arc<Backend>,
-    limits: Vec<Limit>,
-    windows: Vec<WindowSpec>,
-    /// The state hash, the lease set, the member set, then one log per window; one hash slot.
+    pub(super) limits: Vec<Limit>,
+    pub(super) windows: Vec<WindowSpec>,
+    /// The state hash, the lease set, the member set, the withdrawn leases, then one log per window;
+    /// one hash slot.
     keys: Vec<String>,
-    max_leases: Option<u64>,
+    pub(super) max_leases: Option<u64>,
     lease_ttl_us: u64,
     /// With the process id, names this instance's leases and its entry in the member set.
     instance_suffix: u64,
     next_lease: AtomicU64,
-    held: Mutex<PerProcess<HashSet<String>>>,
-    /// The process whose renewal task runs (0: none yet); a forked child starts its own.
-    renewer_pid: AtomicU32,
+    pub(super) leases: Leases,
     /// How many instances decided within the last member TTL, as of the last answer.
     members: AtomicU64,
     /// The fractions of the configured rates this process enforces, per unit of [`FOLLOWED`] (f64
@@ -82,6 +122,13 @@ pub struct RemoteLimiter {
     created: Instant,
     /// When membership is next due for renewal, in ms since `created`.
     member_renewal_due_ms: AtomicU64,
+    pub(super) clock: MonotonicClock,
+    /// What Redis said last: what a share is taken from when it goes away.
+    pub(super) sighting: Mutex<Option<Sighting>>,
+    /// The share deciding while Redis is away, until what it admitted is handed over.
+    pub(super) share: Mutex<PerProcess<Option<Arc<LocalShare>>>>,
+    pub(super) handover: Mutex<PerProcess<Option<Handover>>>,
+    pub(super) next_handover: AtomicU64,
 }
 
 /// An instance counts as a member of the fleet this long after renewing its membership...
@@ -89,17 +136,30 @@ const MEMBER_TTL_US: u64 = 10_000_000;
 /// ...which it does with a decision at most this often, sparing Redis three commands per decision.
 const MEMBER_RENEWAL: Duration = Duration::from_secs(1);
 
+pub(super) fn unavailable(message: impl Into<String>) -> BackendError {
+    BackendError::Unavailable { message: message.into() }
+}
+
 fn integers(value: Value) -> Result<Vec<i64>, BackendError> {
     let Value::Array(items) = value else {
-        return Err(BackendError::Unavailable { message: format!("unexpected answer from the Redis script: {value:?}") });
+        return Err(unavailable(format!("unexpected answer from the Redis script: {value:?}")));
     };
     items
         .into_iter()
         .map(|item| match item {
             Value::Int(n) => Ok(n),
-            other => Err(BackendError::Unavailable { message: format!("unexpected item from the Redis script: {other:?}") }),
+            other => Err(unavailable(format!("unexpected item from the Redis script: {other:?}"))),
         })
         .collect()
+}
+
+/// What `cost` adds over `counted` in each unit (nothing where it is less).
+fn excess(actual: Cost, counted: Cost) -> Cost {
+    Cost {
+        requests: actual.requests.saturating_sub(counted.requests),
+        tokens: actual.tokens.saturating_sub(counted.tokens),
+        micro_usd: actual.micro_usd.saturating_sub(counted.micro_usd),
+    }
 }
 
 impl RemoteLimiter {
@@ -122,7 +182,7 @@ impl RemoteLimiter {
         let windows: Vec<WindowSpec> = limits.iter().map(WindowSpec::new).collect();
         // The hash tag puts every key of one limiter in one Redis Cluster slot, so one script sees all.
         let tag = format!("{{{}:{key}}}", backend.prefix());
-        let mut keys = vec![format!("{tag}:state"), format!("{tag}:leases"), format!("{tag}:members")];
+        let mut keys = ["state", "leases", "members", "withdrawn"].map(|name| format!("{tag}:{name}")).to_vec();
         keys.extend(windows.iter().map(|w| format!("{tag}:log:{}", w.id)));
         let instance_suffix = RandomState::new().hash_one(key);
         Ok(Self {
@@ -134,12 +194,16 @@ impl RemoteLimiter {
             lease_ttl_us,
             instance_suffix,
             next_lease: AtomicU64::new(0),
-            held: Mutex::new(PerProcess::new(HashSet::new())),
-            renewer_pid: AtomicU32::new(0),
+            leases: Leases::new(),
             members: AtomicU64::new(0),
             rate_factors: [AtomicU64::new(1.0_f64.to_bits()), AtomicU64::new(1.0_f64.to_bits())],
             created: Instant::now(),
             member_renewal_due_ms: AtomicU64::new(0),
+            clock: MonotonicClock::new(),
+            sighting: Mutex::new(None),
+            share: Mutex::new(PerProcess::new(None)),
+            handover: Mutex::new(PerProcess::new(None)),
+            next_handover: AtomicU64::new(1),
         })
     }
 
@@ -151,14 +215,22 @@ impl RemoteLimiter {
         &self.keys
     }
 
+    pub(crate) fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    pub(crate) fn lease_ttl_us(&self) -> u64 {
+        self.lease_ttl_us
+    }
+
+    /// The limits shared under this key.
+    pub fn limits(&self) -> &[Limit] {
+        &self.limits
+    }
+
     /// Instances that shared the limit lately, as of the last answer from Redis (0 before any).
     pub fn members(&self) -> u64 {
         self.members.load(Ordering::Relaxed)
-    }
-
-    /// The leases this process holds (a forked child holds none of its parent's).
-    fn held<R>(&self, with: impl FnOnce(&mut HashSet<String>) -> R) -> R {
-        with(self.held.lock().unwrap_or_else(|p| p.into_inner()).current(HashSet::new))
     }
 
     /// Names this instance in this process: a forked child is another instance, with other lease ids.
@@ -166,106 +238,62 @@ impl RemoteLimiter {
         format!("{}-{:016x}", std::process::id(), self.instance_suffix)
     }
 
-    /// The refusal for a cost that window `index` can never admit; worded like the core's.
-    fn never(&self, operation: &str, cost: Cost, index: usize, max_cost: u64) -> Error {
-        let limit = &self.limits[index];
-        let what = if cost.tokens > 0 { format!("a request of {} tokens", cost.tokens) } else { "a request".into() };
-        Error::RateLimited {
-            message: format!(
-                "{operation}: {what} exceeds what '{limit}' can ever admit ({max_cost} {} at once), so it never passes",
-                limit.unit().name()
-            ),
-            retry_after_ns: None,
-            limit: limit.to_string(),
-            remaining: 0.0,
-        }
+    // --- refusals, worded by the core ----------------------------------------------------------------
+
+    /// The refusal of a request that would cross budget window `index`.
+    pub(super) fn over_budget(&self, operation: &str, ask: &Ask, index: usize) -> Error {
+        refusal::over_budget(operation, ask.cost, &self.limits[index])
+    }
+
+    /// The refusal for a cost that window `index` can never admit.
+    pub(super) fn never(&self, operation: &str, ask: &Ask, index: usize, max_cost: u64) -> Error {
+        refusal::never(operation, ask.cost, &self.limits[index], max_cost, "")
     }
 
     /// The refusal for a wait longer than the caller allows.
     pub fn too_long(&self, operation: &str, wait_us: u64, index: usize) -> Error {
-        let limit = &self.limits[index];
-        Error::RateLimited {
-            message: format!("{operation}: a request would wait {:.3}s for '{limit}'", wait_us as f64 / 1e6),
-            retry_after_ns: Some(wait_us.saturating_mul(1_000)),
-            limit: limit.to_string(),
-            remaining: 0.0,
+        let limit = self.limits[index].to_string();
+        refusal::too_long(operation, Cost::request(0), limit, wait_us.saturating_mul(1_000), 0.0)
+    }
+
+    // --- deciding in Redis ------------------------------------------------------------------------
+
+    /// Decides one request of `cost` in one round trip, on the runtime. `lease`: take a concurrency
+    /// lease with it.
+    pub async fn decide(self: &Arc<Self>, cost: Cost, price: f64, mode: Mode, lease: bool, operation: &str) -> Result<Outcome, Refused> {
+        // Failing at once during the pause after a failure, without naming a lease it would owe back.
+        self.backend.check_pause().map_err(Err)?;
+        let (call, ask) = self.ask(cost, price, mode, lease);
+        match self.backend.call(|mut c| async move { call.run_async(&mut c).await }).await {
+            Ok(value) => self.interpret(value, ask, operation),
+            Err(err) => Err(Err(self.gave_up(ask, err))),
         }
     }
 
-    /// Decides one request of `cost` in one round trip, on the runtime. `lease`: take a concurrency
-    /// lease with it. `Err(Ok(_))`: a cost that can never pass; `Err(Err(_))`: Redis failed.
-    pub async fn decide(
-        self: &Arc<Self>,
-        cost: Cost,
-        mode: Mode,
-        lease: bool,
-        operation: &str,
-    ) -> Result<Outcome, Result<Error, BackendError>> {
-        let lease_id = self.lease_id(lease);
-        let invocation = self.acquire_invocation(cost, mode, &lease_id);
-        let value = self.backend.call(|mut c| async move { invocation.run_async(&mut c).await }).await;
-        self.interpret(value.map_err(Err)?, lease_id, cost, operation)
-    }
-
     /// `decide` on this thread, blocking until Redis answers.
-    pub fn decide_blocking(
-        self: &Arc<Self>,
-        cost: Cost,
-        mode: Mode,
-        lease: bool,
-        operation: &str,
-    ) -> Result<Outcome, Result<Error, BackendError>> {
-        let lease_id = self.lease_id(lease);
-        let invocation = self.acquire_invocation(cost, mode, &lease_id);
-        let value = self.backend.call_blocking(|c| invocation.run(c));
-        self.interpret(value.map_err(Err)?, lease_id, cost, operation)
+    pub fn decide_blocking(self: &Arc<Self>, cost: Cost, price: f64, mode: Mode, lease: bool, operation: &str) -> Result<Outcome, Refused> {
+        self.backend.check_pause().map_err(Err)?;
+        let (call, ask) = self.ask(cost, price, mode, lease);
+        match self.backend.call_blocking(|c| call.run(c)) {
+            Ok(value) => self.interpret(value, ask, operation),
+            Err(err) => Err(Err(self.gave_up(ask, err))),
+        }
     }
 
     /// A fresh lease id when a lease is asked for and the limiter bounds concurrency; "" otherwise.
-    pub fn lease_id(&self, lease: bool) -> String {
+    pub(super) fn lease_id(&self, lease: bool) -> String {
         match (lease, self.max_leases) {
             (true, Some(_)) => format!("{}:{}", self.instance(), self.next_lease.fetch_add(1, Ordering::Relaxed)),
             _ => String::new(),
         }
     }
 
-    /// What the acquire script's answer means for a request of `cost` that asked for `lease_id`.
-    pub fn interpret(
-        self: &Arc<Self>,
-        value: Value,
-        lease_id: String,
-        cost: Cost,
-        operation: &str,
-    ) -> Result<Outcome, Result<Error, BackendError>> {
-        let reply = self.reply(value).map_err(Err)?;
-        let field = |i: usize| reply[i] as u64;
-        match reply[0] {
-            0 => {
-                let lease = (!lease_id.is_empty()).then_some(lease_id);
-                if let Some(id) = &lease {
-                    self.held(|held| held.insert(id.clone()));
-                    self.keep_leases_alive();
-                }
-                let receipts = reply[4..].iter().map(|&r| r as u64).collect();
-                Ok(Outcome::Admitted(Grant { wait_us: field(2), at_us: field(3), receipts, lease, cost }))
-            }
-            1 => Ok(Outcome::Later { wait_us: field(2), limit: reply[3] as usize - 1 }),
-            2 => Err(Ok(self.never(operation, cost, reply[2] as usize - 1, field(3)))),
-            3 => Ok(Outcome::NoLease { retry_us: field(2) }),
-            other => Err(Err(BackendError::Unavailable { message: format!("unexpected status {other} from the Redis script") })),
+    /// Redis did not answer `ask`: it may still run it later (after a stall), so its lease is owed back.
+    pub fn gave_up(self: &Arc<Self>, ask: Ask, err: BackendError) -> BackendError {
+        if !ask.lease_id.is_empty() {
+            leases::owe(self, ask.lease_id);
         }
-    }
-
-    /// When `cost` would pass and what is free now, counting nothing (on this thread).
-    pub fn peek_blocking(self: &Arc<Self>, cost: Cost) -> Result<Peek, Result<Error, BackendError>> {
-        let invocation = self.acquire_invocation(cost, Mode::Peek, "");
-        let value = self.backend.call_blocking(|c| invocation.run(c)).map_err(Err)?;
-        let reply = self.reply(value).map_err(Err)?;
-        match reply[0] {
-            4 => Ok(Peek { wait_us: reply[2] as u64, leases: reply[4] as u64, remaining: reply[5..].iter().map(|&r| r as u64).collect() }),
-            2 => Err(Ok(self.never("time_until_ready", cost, reply[2] as usize - 1, reply[3] as u64))),
-            other => Err(Err(BackendError::Unavailable { message: format!("unexpected status {other} from the Redis script") })),
-        }
+        err
     }
 
     /// Whether this decision should renew the instance's membership (claims the renewal if so).
@@ -277,16 +305,6 @@ impl RemoteLimiter {
                 .member_renewal_due_ms
                 .compare_exchange(due, now_ms + MEMBER_RENEWAL.as_millis() as u64, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
-    }
-
-    /// The script's answer as integers, noting how many instances share the limit.
-    fn reply(&self, value: Value) -> Result<Vec<i64>, BackendError> {
-        let reply = integers(value)?;
-        if reply.len() < 2 {
-            return Err(BackendError::Unavailable { message: "short answer from the Redis script".into() });
-        }
-        self.members.store(reply[1] as u64, Ordering::Relaxed);
-        Ok(reply)
     }
 
     /// Enforces the configured rates scaled by `factors` (requests, tokens; 0..=1) in this process's
@@ -302,8 +320,10 @@ impl RemoteLimiter {
         followed(unit).map_or(1.0, |index| f64::from_bits(self.rate_factors[index].load(Ordering::Relaxed)))
     }
 
-    /// The acquire script's call for a request of `cost` (`lease_id` from [`RemoteLimiter::lease_id`]).
-    pub fn acquire_invocation(&self, cost: Cost, mode: Mode, lease_id: &str) -> Call {
+    /// The acquire script's call for a request of `cost` at `price` dollars per million tokens, and
+    /// what its answer is read against. It carries what this process admitted alone, if anything.
+    pub fn ask(&self, cost: Cost, price: f64, mode: Mode, lease: bool) -> (Call, Ask) {
+        let lease_id = self.lease_id(lease);
         let mut invocation = scripts::ACQUIRE.call(&self.keys);
         let (mode_name, max_wait) = match mode {
             Mode::Peek => ("peek", -1),
@@ -313,13 +333,14 @@ impl RemoteLimiter {
         invocation
             .arg(mode_name)
             .arg(max_wait)
-            .arg(lease_id)
+            .arg(&lease_id)
             .arg(self.max_leases.unwrap_or(0))
             .arg(self.lease_ttl_us)
             .arg(if self.membership_due() { self.instance() } else { String::new() })
             .arg(MEMBER_TTL_US)
             .arg(self.windows.len());
-        for window in &self.windows {
+        let handover = if mode == Mode::Peek { None } else { self.handover_due() };
+        for (index, window) in self.windows.iter().enumerate() {
             let (limit, span_us) = window.in_force(self.rate_factor(window.unit));
             invocation
                 .arg(&window.id)
@@ -327,39 +348,136 @@ impl RemoteLimiter {
                 .arg(limit)
                 .arg(span_us)
                 .arg(window.units(cost))
-                .arg(window.merge_us);
+                .arg(window.merge_us)
+                .arg(u8::from(window.is_budget()))
+                .arg(handover.as_ref().map_or(0, |h| h.debt[index]));
         }
-        invocation
+        match &handover {
+            Some(h) => invocation.arg(h.number).arg(self.instance()).arg(&h.leases),
+            None => invocation.arg(0).arg(""),
+        };
+        (invocation, Ask { lease_id, cost, price, handover: handover.map_or(0, |h| h.number) })
     }
+
+    /// The acquire script's answer read: its header, and what it says of the fleet noted (members,
+    /// leases, each window's use) for the `local` policy.
+    fn read(&self, value: Value) -> Result<Reply, BackendError> {
+        let reply = integers(value)?;
+        let n = self.windows.len();
+        if reply.len() < 5 + n {
+            return Err(unavailable("short answer from the Redis script"));
+        }
+        let (members, leases) = (reply[1] as u64, reply[2] as u64);
+        self.members.store(members, Ordering::Relaxed);
+        let used: Vec<u64> = reply[5..5 + n].iter().map(|&u| u as u64).collect();
+        let seen = Sighting { at_ns: self.clock.now_ns(), members, leases, used: used.clone() };
+        *self.sighting.lock().unwrap_or_else(|p| p.into_inner()) = Some(seen);
+        let receipts = reply[5 + n..].iter().map(|&r| r as u64).collect();
+        Ok(Reply { status: reply[0], leases, a: reply[3], b: reply[4], used, receipts })
+    }
+
+    /// What the acquire script's answer means for `ask`.
+    pub fn interpret(self: &Arc<Self>, value: Value, ask: Ask, operation: &str) -> Result<Outcome, Refused> {
+        let reply = self.read(value).map_err(Err)?;
+        if ask.handover > 0 {
+            self.handed_over(ask.handover);
+        }
+        self.back_in_redis();
+        let (a, b) = (reply.a, reply.b);
+        match reply.status {
+            0 => {
+                let lease = (!ask.lease_id.is_empty()).then_some(ask.lease_id);
+                if let Some(id) = &lease {
+                    self.leases.hold(id);
+                    leases::keep_alive(self);
+                }
+                let counted = Counted::InRedis(reply.receipts);
+                Ok(Outcome::Admitted(Grant { wait_us: a as u64, at_us: b as u64, lease, cost: ask.cost, price: ask.price, counted }))
+            }
+            1 => Ok(Outcome::Later { wait_us: a as u64, limit: b as usize - 1 }),
+            2 => Err(Ok(self.never(operation, &ask, a as usize - 1, b as u64))),
+            3 => Ok(Outcome::NoLease { retry_us: a as u64 }),
+            6 => Err(Ok(self.over_budget(operation, &ask, a as usize - 1))),
+            other => Err(Err(unavailable(format!("unexpected status {other} from the Redis script")))),
+        }
+    }
+
+    /// When `cost` would pass and what is free now, counting nothing (on this thread).
+    pub fn peek_blocking(self: &Arc<Self>, cost: Cost) -> Result<Peek, Refused> {
+        let (call, ask) = self.ask(cost, 0.0, Mode::Peek, false);
+        let value = self.backend.call_blocking(|c| call.run(c)).map_err(Err)?;
+        let reply = self.read(value).map_err(Err)?;
+        self.back_in_redis();
+        match reply.status {
+            4 => {
+                let in_force = self.windows.iter().map(|w| w.in_force(self.rate_factor(w.unit)).0);
+                let remaining = in_force.zip(&reply.used).map(|(limit, &used)| limit.saturating_sub(used)).collect();
+                Ok(Peek { wait_us: reply.a as u64, leases: reply.leases, remaining })
+            }
+            2 => Err(Ok(self.never("time_until_ready", &ask, reply.a as usize - 1, reply.b as u64))),
+            other => Err(Err(unavailable(format!("unexpected status {other} from the Redis script")))),
+        }
+    }
+
+    // --- correcting and returning admissions ------------------------------------------------------
 
     /// Replaces what `grant` counted (`counted`) by `actual`, and releases its lease if `release`;
     /// `actual` of zero in every unit gives the admission back. On the runtime.
-    pub async fn adjust(&self, grant: &Grant, counted: Cost, actual: Cost, release: bool) -> Result<(), BackendError> {
+    pub async fn adjust(self: &Arc<Self>, grant: &Grant, counted: Cost, actual: Cost, release: bool) -> Result<(), BackendError> {
         let Some(invocation) = self.adjust_invocation(grant, counted, actual, release) else { return Ok(()) };
-        self.backend.call(|mut c| async move { invocation.run_async::<i64>(&mut c).await }).await?;
-        Ok(())
+        let result = self.backend.call(|mut c| async move { invocation.run_async::<i64>(&mut c).await }).await;
+        self.adjusted(grant, release, result.map(|_| ()))
     }
 
     /// `adjust` on this thread, blocking until Redis answers.
-    pub fn adjust_blocking(&self, grant: &Grant, counted: Cost, actual: Cost, release: bool) -> Result<(), BackendError> {
+    pub fn adjust_blocking(self: &Arc<Self>, grant: &Grant, counted: Cost, actual: Cost, release: bool) -> Result<(), BackendError> {
         let Some(invocation) = self.adjust_invocation(grant, counted, actual, release) else { return Ok(()) };
-        self.backend.call_blocking(|c| invocation.run::<i64>(c))?;
-        Ok(())
+        let result = self.backend.call_blocking(|c| invocation.run::<i64>(c));
+        self.adjusted(grant, release, result.map(|_| ()))
     }
 
-    /// The script call for an adjustment, or None when there is nothing to change.
-    fn adjust_invocation(&self, grant: &Grant, counted: Cost, actual: Cost, release: bool) -> Option<Call> {
-        let lease = if release { grant.lease.as_deref() } else { None };
-        if let Some(id) = lease {
-            self.held(|held| held.remove(id));
+    /// A release Redis did not hear is owed back: its lease must not wait out its TTL.
+    fn adjusted(self: &Arc<Self>, grant: &Grant, release: bool, result: Result<(), BackendError>) -> Result<(), BackendError> {
+        if let (Err(_), true, Some(id), Counted::InRedis(_)) = (&result, release, &grant.lease, &grant.counted) {
+            leases::owe(self, id.clone());
         }
+        result
+    }
+
+    /// The script call for an adjustment in Redis, or None when Redis has nothing to change. An
+    /// admission made here is corrected here; once its share was handed over, what it takes beyond
+    /// its estimate is charged in Redis (a refund then is not: it errs on the side of the limit).
+    fn adjust_invocation(self: &Arc<Self>, grant: &Grant, counted: Cost, actual: Cost, release: bool) -> Option<Call> {
+        let lease = if release { grant.lease.as_deref() } else { None };
+        let (receipts, lease, counted, actual) = match &grant.counted {
+            Counted::InRedis(receipts) => {
+                if let Some(id) = lease {
+                    self.leases.forget(id);
+                }
+                (receipts.clone(), lease, counted, actual)
+            }
+            Counted::Here { share, receipts } => {
+                let retired = share.settle(receipts, counted, actual, self.clock.now_ns());
+                // A slot handed to Redis as a lease is freed there too.
+                if let Some(id) = lease
+                    && share.release(id)
+                {
+                    leases::owe(self, id.to_string());
+                }
+                let charge = excess(actual, counted);
+                if !retired || charge == Cost::default() {
+                    return None;
+                }
+                (vec![0; self.windows.len()], None, Cost::default(), charge)
+            }
+        };
         let changes = self.windows.iter().any(|w| w.units(counted) != w.units(actual));
         if !changes && lease.is_none() {
             return None;
         }
         let mut invocation = scripts::ADJUST.call(&self.keys);
         invocation.arg(lease.unwrap_or("")).arg(self.windows.len());
-        for (window, receipt) in self.windows.iter().zip(&grant.receipts) {
+        for (window, receipt) in self.windows.iter().zip(&receipts) {
             invocation
                 .arg(&window.id)
                 .arg(window.kind_name())
@@ -369,37 +487,5 @@ impl RemoteLimiter {
                 .arg(window.units(actual));
         }
         Some(invocation)
-    }
-
-    /// Starts, once, the task that renews this instance's leases every third of their TTL, so a
-    /// request that runs longer than the TTL keeps its slot while its process lives.
-    fn keep_leases_alive(self: &Arc<Self>) {
-        let pid = std::process::id();
-        if self.renewer_pid.swap(pid, Ordering::AcqRel) == pid {
-            return;
-        }
-        let Ok(runtime) = crate::redis::runtime::handle() else { return };
-        let this: Weak<Self> = Arc::downgrade(self);
-        let period = Duration::from_micros(self.lease_ttl_us / 3);
-        runtime.spawn(async move {
-            loop {
-                tokio::time::sleep(period).await;
-                let Some(limiter) = this.upgrade() else { return };
-                let ids: Vec<String> = limiter.held(|held| held.iter().cloned().collect());
-                if ids.is_empty() {
-                    continue;
-                }
-                let mut invocation = scripts::RENEW.call(&limiter.keys[1..2]);
-                invocation.arg(limiter.lease_ttl_us);
-                for id in &ids {
-                    invocation.arg(id);
-                }
-                // A failure here is retried next period; the leases' TTL covers two missed periods.
-                let _ = limiter
-                    .backend
-                    .call(|mut c| async move { invocation.run_async::<i64>(&mut c).await })
-                    .await;
-            }
-        });
     }
 }

@@ -5,12 +5,15 @@
 pub mod backend;
 mod connections;
 pub mod error;
+mod fallback;
 pub mod limiter;
 pub mod runtime;
 pub mod loop_connection;
 mod process;
 mod scripts;
+pub mod share;
 mod windows;
+pub(crate) mod leases;
 
 pub use backend::{Backend, Timeouts};
 pub use error::BackendError;

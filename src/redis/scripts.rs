@@ -34,6 +34,8 @@ impl LuaScript {
 pub static ACQUIRE: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(include_str!("scripts/acquire.lua")));
 /// Settles a request's real cost, gives a reservation back, releases a lease.
 pub static ADJUST: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(include_str!("scripts/adjust.lua")));
+/// Takes back leases whose client gave up on them (a timed-out acquire, a release not sent).
+pub static RECLAIM: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(include_str!("scripts/reclaim.lua")));
 /// Extends the leases a live process still holds.
 pub static RENEW: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(include_str!("scripts/renew.lua")));
 

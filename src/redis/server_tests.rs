@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::core::clock::NS_PER_SEC;
 use crate::core::limit::{Algorithm, Cost, Limit, Unit};
-use crate::redis::{Backend, Grant, Mode, Outcome, RemoteLimiter, Timeouts, runtime};
+use crate::core::Error;
+use crate::redis::limiter::Counted;
+use crate::redis::{Backend, BackendError, Grant, Mode, Outcome, RemoteLimiter, Timeouts, leases, runtime};
 
 struct Server {
     child: Child,
@@ -49,7 +51,11 @@ fn limiter(server: &Server, limits: Vec<Limit>, max_leases: Option<u64>, ttl: Du
 
 fn decide(limiter: &Arc<RemoteLimiter>, cost: Cost, mode: Mode, lease: bool) -> Outcome {
     let handle = runtime::handle().unwrap();
-    handle.block_on(limiter.decide(cost, mode, lease, "acquire")).map_err(|e| format!("{e:?}")).unwrap()
+    handle.block_on(limiter.decide(cost, 0.0, mode, lease, "acquire")).map_err(|e| format!("{e:?}")).unwrap()
+}
+
+fn remaining(limiter: &Arc<RemoteLimiter>) -> Vec<u64> {
+    limiter.peek_blocking(Cost::request(0)).map_err(|e| format!("{e:?}")).unwrap().remaining
 }
 
 fn admitted(outcome: Outcome) -> Grant {
@@ -111,7 +117,7 @@ fn a_cost_no_window_can_pass_is_refused_at_once() {
     let tokens = limit(1_000.0, 60_000, Unit::Tokens, Algorithm::Exact);
     let lim = limiter(&server, vec![tokens], None, Duration::from_secs(5));
     let handle = runtime::handle().unwrap();
-    let refusal = handle.block_on(lim.decide(Cost::request(1_200), Mode::Now, false, "acquire")).unwrap_err();
+    let refusal = handle.block_on(lim.decide(Cost::request(1_200), 0.0, Mode::Now, false, "acquire")).unwrap_err();
     let message = format!("{:?}", refusal.unwrap());
     assert!(message.contains("never passes") && message.contains("1200 tokens"), "{message}");
 }
@@ -149,4 +155,79 @@ fn held_leases_are_renewed_past_their_ttl() {
     admitted(decide(&lim, Cost::request(0), Mode::Now, true));
     std::thread::sleep(Duration::from_millis(700));
     assert!(matches!(decide(&lim, Cost::request(0), Mode::Now, true), Outcome::NoLease { .. }));
+}
+
+// Issue 15: a usd budget on a limiter shared in Redis was never counted.
+#[test]
+fn a_budget_refuses_at_once_instead_of_waiting_and_settles_in_dollars() {
+    let Some(server) = start_server() else { return };
+    let budget = Limit::new(1.0, 3_600 * NS_PER_SEC, Unit::Usd, Algorithm::Exact, None).unwrap();
+    let lim = limiter(&server, vec![limit(100.0, 1_000, Unit::Requests, Algorithm::Exact), budget], None, Duration::from_secs(5));
+    let reserve = Mode::Reserve { max_wait_us: None };
+    let handle = runtime::handle().unwrap();
+    let grant = match handle.block_on(lim.decide(Cost::priced(100_000, 8.0), 8.0, reserve, false, "acquire")) {
+        Ok(Outcome::Admitted(grant)) => grant,
+        other => panic!("expected an admission, got {other:?}"),
+    };
+    assert_eq!(remaining(&lim), vec![99, 200_000], "$0.80 of $1.00 spent");
+    match handle.block_on(lim.decide(Cost::priced(100_000, 8.0), 8.0, reserve, false, "acquire")) {
+        Err(Ok(Error::BudgetExceeded { message })) => assert!(message.contains("$0.800000 would cross the budget"), "{message}"),
+        other => panic!("expected the budget to refuse at once, got {other:?}"),
+    }
+    assert!(matches!(
+        handle.block_on(lim.decide(Cost::priced(1_000_000, 8.0), 8.0, reserve, false, "acquire")),
+        Err(Ok(Error::BudgetExceeded { .. }))
+    ), "more than the whole budget is a budget refusal too");
+    lim.adjust_blocking(&grant, Cost::priced(100_000, 8.0), Cost::priced(25_000, 8.0), false).unwrap();
+    assert_eq!(remaining(&lim), vec![99, 800_000], "settled at $0.20");
+}
+
+// Issue 15: 2.5 per second admitted 2 at once and 2 more 0.8 s later.
+#[test]
+fn a_fractional_limit_admits_its_whole_units_in_any_full_period() {
+    let Some(server) = start_server() else { return };
+    let lim = limiter(&server, vec![limit(2.5, 1_000, Unit::Requests, Algorithm::Exact)], None, Duration::from_secs(5));
+    let first = admitted(decide(&lim, Cost::request(0), Mode::Now, false));
+    admitted(decide(&lim, Cost::request(0), Mode::Now, false));
+    let third = admitted(decide(&lim, Cost::request(0), Mode::Reserve { max_wait_us: None }, false));
+    assert!(third.at_us >= first.at_us + 1_000_000, "the third went {} us after the first", third.at_us - first.at_us);
+}
+
+// Issue 15: after a stall, acquires the client gave up on held their leases for the whole TTL.
+#[test]
+fn a_lease_given_up_on_is_reclaimed_whether_redis_ran_its_acquire_or_not() {
+    let Some(server) = start_server() else { return };
+    let lim = limiter(&server, vec![], Some(2), Duration::from_secs(15));
+    let held = admitted(decide(&lim, Cost::request(0), Mode::Now, true));
+    // An acquire the client gave up on before Redis ran it: withdrawn first, it takes nothing.
+    let (late, ask) = lim.ask(Cost::request(0), 0.0, Mode::Now, true);
+    let given_up = lim.gave_up(ask.clone(), BackendError::Unavailable { message: "timed out".into() });
+    assert!(matches!(given_up, BackendError::Unavailable { .. }));
+    // And one that Redis ran, but whose answer never came: its lease goes back.
+    leases::owe(&lim, held.lease.clone().unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let answer = runtime::handle().unwrap().block_on(lim.backend().call(|mut c| async move { late.run_async(&mut c).await }));
+    assert!(lim.interpret(answer.unwrap(), ask, "acquire").is_err(), "the late acquire was refused");
+    assert_eq!(lim.peek_blocking(Cost::request(0)).unwrap().leases, 0);
+}
+
+#[test]
+fn what_a_process_admitted_alone_is_counted_in_redis_when_it_answers_again() {
+    let Some(server) = start_server() else { return };
+    let lim = limiter(&server, vec![limit(10.0, 60_000, Unit::Requests, Algorithm::Exact)], Some(4), Duration::from_secs(5));
+    admitted(decide(&lim, Cost::request(0), Mode::Now, false));
+    // Redis away: this process is the whole fleet it saw, with 9 left.
+    let alone: Vec<Grant> = (0..3)
+        .map(|_| match lim.decide_locally(Cost::request(0), 0.0, Mode::Now, true, "acquire") {
+            Ok(Outcome::Admitted(grant)) => grant,
+            other => panic!("expected a local admission, got {other:?}"),
+        })
+        .collect();
+    assert!(alone.iter().all(|grant| matches!(grant.counted, Counted::Here { .. })));
+    admitted(decide(&lim, Cost::request(0), Mode::Now, false));
+    assert_eq!(remaining(&lim), vec![5], "1 before, 3 alone, 1 after");
+    assert_eq!(lim.peek_blocking(Cost::request(0)).unwrap().leases, 3, "the slots still running are leases now");
+    lim.adjust_blocking(&alone[0], Cost::request(0), Cost::request(0), true).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lim.peek_blocking(Cost::request(0)).unwrap().leases, 2, "and released there");
 }

@@ -1,5 +1,6 @@
 //! A core [`Limit`] as the Lua scripts see it: whole units and whole microseconds, each rounded the
-//! strict way (windows longer, intervals wider), so Redis never admits more than the core would.
+//! strict way (windows longer, intervals wider), so Redis never admits more than the core would. The
+//! script gets plain numbers; every rule that turns a limit into them is here.
 
 use crate::core::limit::{Algorithm, Cost, Limit, Unit, Window};
 
@@ -25,6 +26,9 @@ pub struct WindowSpec {
     /// Log: admissions closer than this share one entry (1/1024 of the window, as in the core).
     pub merge_us: u64,
     pub unit: Unit,
+    /// The whole units the limit admits per period (its amount rounded down, at least one): what a
+    /// share of it is taken from.
+    pub whole: u64,
 }
 
 fn ns_to_us_rounded_up(ns: u64) -> u64 {
@@ -34,19 +38,25 @@ fn ns_to_us_rounded_up(ns: u64) -> u64 {
 impl WindowSpec {
     pub fn new(limit: &Limit) -> Self {
         let unit = limit.unit();
-        if limit.algorithm() == Algorithm::Gcra {
-            let gcra = limit.gcra();
-            let span_us = ns_to_us_rounded_up(gcra.unit_ns());
-            let id = format!("{}-gcra-{span_us}us-burst-{}", unit.name(), gcra.burst());
-            return Self { id, kind: Kind::Gcra, limit: gcra.burst(), span_us, merge_us: 0, unit };
-        }
+        // The core's exact window for this limit: its count is the amount rounded down (at least one).
         let exact = Limit::new(limit.amount(), limit.period_ns(), unit, Algorithm::Exact, None)
             .expect("a limit that was valid stays valid as an exact window")
             .with_guard(limit.guard_ns());
         let Window::Exact(window) = exact.window() else { unreachable!("an exact limit has an exact window") };
-        let span_us = ns_to_us_rounded_up(window.window_ns());
-        let id = format!("{}-{}-per-{span_us}us", unit.name(), window.limit());
-        Self { id, kind: Kind::Log, limit: window.limit(), span_us, merge_us: span_us / 1024, unit }
+        let whole = window.limit();
+        if limit.algorithm() == Algorithm::Gcra {
+            let gcra = limit.gcra();
+            let span_us = ns_to_us_rounded_up(gcra.unit_ns());
+            let id = format!("{}-gcra-{span_us}us-burst-{}", unit.name(), gcra.burst());
+            return Self { id, kind: Kind::Gcra, limit: gcra.burst(), span_us, merge_us: 0, unit, whole };
+        }
+        // At most the whole count in ANY interval of the period (guard included): a fractional amount
+        // is rounded down, never spread over a shorter window (2.5 per second admits 2 per second, not
+        // 2 per 0.8 s, which let 3 into some second). Only an amount below one keeps a longer window
+        // (0.5 per second: 1 per 2 s), as one unit is the least a window can count.
+        let span_us = ns_to_us_rounded_up(window.window_ns().max(limit.period_ns().saturating_add(limit.guard_ns())));
+        let id = format!("{}-{whole}-per-{span_us}us", unit.name());
+        Self { id, kind: Kind::Log, limit: whole, span_us, merge_us: span_us / 1024, unit, whole }
     }
 
     pub fn kind_name(&self) -> &'static str {
@@ -54,6 +64,11 @@ impl WindowSpec {
             Kind::Log => "log",
             Kind::Gcra => "gcra",
         }
+    }
+
+    /// Whether it is a spending limit: it refuses a request that does not fit now instead of making it wait.
+    pub fn is_budget(&self) -> bool {
+        self.unit == Unit::Usd
     }
 
     /// The limit and span to enforce with the configured rate scaled by `factor` (0..=1): a log counts
@@ -80,8 +95,8 @@ mod tests {
     fn exact_limits_become_logs_with_whole_counts() {
         let limit = Limit::new(2.5, NS_PER_SEC, Unit::Requests, Algorithm::Exact, None).unwrap();
         let spec = WindowSpec::new(&limit);
-        assert_eq!((spec.kind, spec.limit, spec.span_us, spec.merge_us), (Kind::Log, 2, 800_000, 781));
-        assert_eq!(spec.id, "requests-2-per-800000us");
+        assert_eq!((spec.kind, spec.limit, spec.span_us, spec.merge_us), (Kind::Log, 2, 1_000_000, 976));
+        assert_eq!(spec.id, "requests-2-per-1000000us");
     }
 
     #[test]
@@ -95,7 +110,7 @@ mod tests {
     fn gcra_intervals_round_up_to_whole_microseconds() {
         let limit = Limit::new(3.0, NS_PER_SEC, Unit::Tokens, Algorithm::Gcra, Some(2.0)).unwrap();
         let spec = WindowSpec::new(&limit);
-        assert_eq!((spec.kind, spec.limit, spec.span_us), (Kind::Gcra, 2, 333_334));
+        assert_eq!((spec.kind, spec.limit, spec.span_us, spec.whole), (Kind::Gcra, 2, 333_334, 3));
     }
 
     #[test]
@@ -112,5 +127,24 @@ mod tests {
         assert_eq!(log.in_force(0.01), (1, log.span_us));
         let gcra = WindowSpec::new(&Limit::new(10.0, NS_PER_SEC, Unit::Requests, Algorithm::Gcra, None).unwrap());
         assert_eq!(gcra.in_force(0.5), (gcra.limit, 2 * gcra.span_us));
+    }
+
+    // Issue 15: 2.5 per second was 2 per 0.8 s, so some second held 3.
+    #[test]
+    fn a_fractional_amount_counts_its_whole_units_over_the_full_period() {
+        let limit = Limit::new(2.5, NS_PER_SEC, Unit::Requests, Algorithm::Exact, None).unwrap();
+        assert_eq!((WindowSpec::new(&limit).limit, WindowSpec::new(&limit).span_us), (2, 1_000_000));
+        let guarded = Limit::new(62.5, 60 * NS_PER_SEC, Unit::Requests, Algorithm::Counter, None).unwrap().with_guard(50_000_000);
+        assert_eq!((WindowSpec::new(&guarded).limit, WindowSpec::new(&guarded).span_us), (62, 60_050_000));
+        let slow = Limit::new(0.5, NS_PER_SEC, Unit::Requests, Algorithm::Exact, None).unwrap();
+        assert_eq!((WindowSpec::new(&slow).limit, WindowSpec::new(&slow).span_us), (1, 2_000_000));
+    }
+
+    #[test]
+    fn a_budget_counts_micro_dollars_and_says_it_is_one() {
+        let budget = Limit::new(0.001, 3_600 * NS_PER_SEC, Unit::Usd, Algorithm::Exact, None).unwrap();
+        let spec = WindowSpec::new(&budget);
+        assert_eq!((spec.limit, spec.whole, spec.is_budget()), (1_000, 1_000, true));
+        assert!(!WindowSpec::new(&Limit::new(5.0, NS_PER_SEC, Unit::Tokens, Algorithm::Exact, None).unwrap()).is_budget());
     }
 }

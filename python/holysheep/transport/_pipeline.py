@@ -14,11 +14,12 @@ import threading
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from holysheep._holysheep import _check_timeout
 from holysheep._tokens import estimate_request_tokens
 from holysheep.breaker import CircuitBreaker, KeyedBreaker
 from holysheep.classify import verdict
 from holysheep.errors import CircuitOpenError
-from holysheep.pricing import PRICES
+from holysheep.pricing import checked_prices
 from holysheep.retry import RetryPolicy
 from holysheep.transport._admission import Admission, admit_now
 from holysheep.transport._answers import StatusFailure, error_code, is_json, is_malformed, not_json
@@ -98,13 +99,13 @@ class _Pipeline:
             (limits with ``unit="usd"``): a request that would cross one raises BudgetExceeded unsent.
         :raises ConfigError: an argument it cannot work with, named in ``.field``.
         """
-        check_settings(limiter, retry, breaker, inner, acquire_timeout, fallback_models, prices)
+        check_settings(limiter, retry, breaker, inner, fallback_models)
         self.limiter = limiter
         self.retry = retry if retry is not None else RetryPolicy()
         self.breaker = breaker
-        self.acquire_timeout = acquire_timeout
+        self.acquire_timeout = _check_timeout("acquire_timeout", acquire_timeout)
         self.fallback_models = dict(fallback_models or {})
-        self.prices = {**PRICES, **(prices or {})}
+        self.prices = checked_prices(prices)
         #: The limiter, when it counts concurrency slots: an answer's body then holds one until it ends.
         self.slot_limiter = limiter if limiter is not None and limiter.max_concurrency is not None else None
         # The body is read (tokens estimated, model found) only where a limit, a breaker per model or a

@@ -1,35 +1,47 @@
 -- Decides one request for one limiter against all its windows and its concurrency lease, all or
 -- nothing, on Redis's own clock (TIME, microseconds). Every number is an integer below 2^53, so Lua's
 -- doubles hold it exactly: no float drift. (Numbers are written with '%d': Lua's own tostring would
--- print a microsecond timestamp as 1.7640500000000e+15.)
+-- print a microsecond timestamp as 1.7640500000000e+15.) The client (src/redis/windows.rs) turns each
+-- limit into the plain numbers below; the rules of the core's windows are applied there, not here.
 --
 -- KEYS[1]      the state hash: per window "sum:<id>" (units in the log), "seq:<id>" (sequence number of
---              the oldest log entry), "tat:<id>" (a GCRA window's theoretical arrival time)
+--              the oldest log entry), "tat:<id>" (a GCRA window's theoretical arrival time); per
+--              instance "handed:<instance>" (the last hand-over applied, see below)
 -- KEYS[2]      the lease sorted set: lease id -> expiry (us)
 -- KEYS[3]      the member sorted set: limiter instance id -> expiry (us); how many processes share the limit
--- KEYS[3 + i]  window i's admission log (exact windows): a list of "at:cost", oldest first
+-- KEYS[4]      withdrawn lease ids -> expiry (us): decisions their client gave up on (see reclaim.lua)
+-- KEYS[4 + i]  window i's admission log (exact windows): a list of "at:cost", oldest first
 -- ARGV[1]      mode: "peek" (count nothing), "now" (admit only now), "reserve" (admit at a later instant)
 -- ARGV[2]      reserve: the longest wait allowed (us), -1 for any
 -- ARGV[3]      lease id to take ("" for none), ARGV[4] most leases at once, ARGV[5] lease TTL (us)
 -- ARGV[6]      this instance's member id ("" when it renewed its membership lately), ARGV[7] how long it
 --              counts as a member after renewing (us)
--- ARGV[8]      number of windows, then six values per window:
+-- ARGV[8]      number of windows, then eight values per window:
 --              id, kind ("log" | "gcra"), limit (log: units per window; gcra: burst), span (log: window
 --              length; gcra: one unit's interval), cost (units this request takes), merge (log: entries
---              closer than this share one)
+--              closer than this share one), budget (1: a spending limit, which refuses instead of making
+--              a request wait), debt (units this instance admitted on its own while Redis was away)
+-- then         a hand-over: its number (0: none), the instance, and the lease ids of the requests it
+--              admitted on its own that are still running. A hand-over is applied once, whichever of the
+--              instance's decisions carrying it comes first; its leases count from now on.
 --
--- Returns {status, members, ...}, members being the instances that decided lately, and status one of
---   {0, members, wait, at, receipt_1 .. receipt_n}   admitted at `at` (wait = at - now); receipts to settle
---   {1, members, wait, binding}                      passes only after `wait`, more than allowed: nothing counted
---   {2, members, binding, max_cost}                  window `binding` can never admit the cost
---   {3, members, retry}                              no lease free; the oldest expires in `retry` (us)
---   {4, members, wait, binding, leases, remaining_1 .. remaining_n}   peek: when it would pass; what is free
+-- Returns {status, members, leases, a, b, used_1 .. used_n, ...}: members the instances that decided
+-- lately, leases those held (when this request asks for one, or peeks), used_i the units window i
+-- counts now (after this decision), and by status:
+--   0  admitted at `at`: a = wait (at - now), b = at; then receipt_1 .. receipt_n to settle it with
+--   1  passes only after a = wait, more than allowed (b = binding window): nothing counted
+--   2  window a can never admit the cost (b = the most it ever can)
+--   3  no lease free; the oldest expires in a (us)
+--   4  peek: passes after a (b = binding window)
+--   5  its lease id was withdrawn by its client already: nothing counted
+--   6  the request would cross budget window a: nothing counted
 
-local state, lease_key, member_key = KEYS[1], KEYS[2], KEYS[3]
+local state, lease_key, member_key, withdrawn_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local mode, max_wait = ARGV[1], tonumber(ARGV[2])
 local lease_id, max_leases, lease_ttl = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local member_ttl = tonumber(ARGV[7])
 local n = tonumber(ARGV[8])
+local PER_WINDOW = 8
 
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
@@ -41,22 +53,48 @@ if ARGV[6] ~= '' then
 end
 local members = redis.call('ZCARD', member_key)
 
+-- Keeps `key` at least `us` microseconds more (never shortens what another window needs).
+local function keep(key, us)
+  local ms = math.ceil(us / 1000) + 1000
+  if redis.call('PTTL', key) < ms then
+    redis.call('PEXPIRE', key, ms)
+  end
+end
+
 local function parse(entry)
   local at, cost = string.match(entry, '^(%d+):(%d+)$')
   return tonumber(at), tonumber(cost)
 end
 
--- Read every window, forgetting log entries that can no longer share a window with `now`.
+local handover_base = 8 + n * PER_WINDOW
+local handover = tonumber(ARGV[handover_base + 1])
+if handover > 0 then
+  local field = 'handed:' .. ARGV[handover_base + 2]
+  if tonumber(redis.call('HGET', state, field) or '0') >= handover then
+    handover = 0
+  else
+    redis.call('HSET', state, field, handover)
+  end
+end
+
+-- Read every window, forgetting log entries that can no longer share a window with `now`; a hand-over
+-- first counts what the instance admitted on its own, from now on.
 local windows = {}
 for i = 1, n do
-  local base = 8 + (i - 1) * 6
+  local base = 8 + (i - 1) * PER_WINDOW
   local w = {
     id = ARGV[base + 1], kind = ARGV[base + 2], limit = tonumber(ARGV[base + 3]),
     span = tonumber(ARGV[base + 4]), cost = tonumber(ARGV[base + 5]), merge = tonumber(ARGV[base + 6]),
-    log = KEYS[3 + i],
+    budget = ARGV[base + 7] == '1', debt = handover > 0 and tonumber(ARGV[base + 8]) or 0,
+    log = KEYS[4 + i],
   }
   if w.kind == 'gcra' then
     w.tat = tonumber(redis.call('HGET', state, 'tat:' .. w.id) or '0')
+    if w.debt > 0 then
+      w.tat = math.max(w.tat, now) + w.debt * w.span
+      redis.call('HSET', state, 'tat:' .. w.id, w.tat)
+      keep(state, w.tat - now)
+    end
   else
     local fields = redis.call('HMGET', state, 'sum:' .. w.id, 'seq:' .. w.id)
     w.sum, w.seq = tonumber(fields[1] or '0'), tonumber(fields[2] or '0')
@@ -69,13 +107,55 @@ for i = 1, n do
       redis.call('LPOP', w.log)
       w.sum, w.seq, forgotten = w.sum - cost, w.seq + 1, forgotten + 1
     end
-    if forgotten > 0 then
-      redis.call('HSET', state, 'sum:' .. w.id, w.sum, 'seq:' .. w.id, w.seq)
-    end
     local last = redis.call('LINDEX', w.log, -1)
     if last then w.last_at, w.last_cost = parse(last) end
+    if w.debt > 0 then
+      w.last_at, w.last_cost = math.max(now, w.last_at or now), w.debt
+      redis.call('RPUSH', w.log, string.format('%d:%d', w.last_at, w.debt))
+      keep(w.log, w.last_at - now + w.span)
+      keep(state, w.last_at - now + w.span)
+      w.sum = w.sum + w.debt
+    end
+    if forgotten > 0 or w.debt > 0 then
+      redis.call('HSET', state, 'sum:' .. w.id, w.sum, 'seq:' .. w.id, w.seq)
+    end
   end
   windows[i] = w
+end
+if handover > 0 then
+  for i = handover_base + 3, #ARGV do
+    redis.call('ZADD', lease_key, now + lease_ttl, ARGV[i])
+  end
+  keep(lease_key, lease_ttl)
+  keep(state, lease_ttl)
+end
+
+-- The units window w counts now (the GCRA backlog in whole units, rounded up).
+local function used(w)
+  if w.kind == 'gcra' then
+    return math.ceil(math.max(w.tat - now, 0) / w.span)
+  end
+  return w.sum
+end
+
+-- Leases, when this request asks for one or someone looks: expired ones (their holder died) go first.
+local leases = 0
+if lease_id ~= '' or mode == 'peek' then
+  redis.call('ZREMRANGEBYSCORE', lease_key, '-inf', now)
+  leases = redis.call('ZCARD', lease_key)
+end
+
+local function reply(status, a, b)
+  local answer = {status, members, leases, a, b}
+  for i, w in ipairs(windows) do
+    answer[5 + i] = used(w)
+  end
+  return answer
+end
+
+-- A decision its client gave up on before Redis ran it (reclaim.lua came first) takes nothing.
+if lease_id ~= '' and redis.call('ZREM', withdrawn_key, lease_id) == 1 then
+  return reply(5, 0, 0)
 end
 
 -- The earliest instant (not before now) window w admits its cost, or nil and the most it ever can.
@@ -102,48 +182,40 @@ local function earliest(w)
   end
 end
 
+local instants, nevers = {}, {}
+for i, w in ipairs(windows) do
+  if w.cost > 0 then
+    instants[i], nevers[i] = earliest(w)
+    -- A budget never makes a request wait: one that does not fit now is refused (as in the core).
+    if w.budget and mode ~= 'peek' and (not instants[i] or instants[i] > now) then
+      return reply(6, i, 0)
+    end
+  end
+end
 local at, binding = now, 0
 for i, w in ipairs(windows) do
   if w.cost > 0 then
-    local instant, max_cost = earliest(w)
-    if not instant then return {2, members, i, max_cost} end
-    if instant > at then at, binding = instant, i end
+    if not instants[i] then return reply(2, i, nevers[i]) end
+    if instants[i] > at then at, binding = instants[i], i end
   end
-end
-
--- Leases, when this request asks for one or someone looks: expired ones (their holder died) go first.
-local leases = 0
-if lease_id ~= '' or mode == 'peek' then
-  redis.call('ZREMRANGEBYSCORE', lease_key, '-inf', now)
-  leases = redis.call('ZCARD', lease_key)
 end
 
 if mode == 'peek' then
-  local reply = {4, members, at - now, binding, leases}
-  for i, w in ipairs(windows) do
-    local remaining
-    if w.kind == 'gcra' then
-      remaining = math.floor(math.max(w.limit * w.span - math.max(w.tat - now, 0), 0) / w.span)
-    else
-      remaining = math.max(w.limit - w.sum, 0)
-    end
-    reply[5 + i] = remaining
-  end
-  return reply
+  return reply(4, at - now, binding)
 end
 
 if lease_id ~= '' and leases >= max_leases then
   local oldest = redis.call('ZRANGE', lease_key, 0, 0, 'WITHSCORES')
-  return {3, members, tonumber(oldest[2]) - now}
+  return reply(3, tonumber(oldest[2]) - now, 0)
 end
 
 local wait = at - now
 if wait > 0 and (mode == 'now' or (max_wait >= 0 and wait > max_wait)) then
-  return {1, members, wait, binding}
+  return reply(1, wait, binding)
 end
 
 -- Admitted at `at`: count it in every window, take the lease, keep the keys while they matter.
-local reply = {0, members, wait, at}
+local receipts = {}
 local horizon = 0
 for i, w in ipairs(windows) do
   local receipt = 0
@@ -163,17 +235,23 @@ for i, w in ipairs(windows) do
       else
         length = redis.call('RPUSH', w.log, string.format('%d:%d', at, w.cost))
       end
-      redis.call('HSET', state, 'sum:' .. w.id, w.sum + w.cost)
+      w.sum = w.sum + w.cost
+      redis.call('HSET', state, 'sum:' .. w.id, w.sum)
       receipt = w.seq + length  -- 1-based, so that 0 means "counted nothing"
       redis.call('PEXPIRE', w.log, math.ceil((at - now + w.span) / 1000) + 1000)
     end
     horizon = math.max(horizon, at - now + w.span)
   end
-  reply[4 + i] = receipt
+  receipts[i] = receipt
 end
 redis.call('PEXPIRE', state, math.ceil(horizon / 1000) + 1000)
 if lease_id ~= '' then
   redis.call('ZADD', lease_key, now + lease_ttl, lease_id)
   redis.call('PEXPIRE', lease_key, math.ceil(lease_ttl / 1000) + 1000)
 end
-return reply
+leases = leases + (lease_id ~= '' and 1 or 0)
+local answer = reply(0, wait, at)
+for i = 1, n do
+  answer[5 + n + i] = receipts[i]
+end
+return answer

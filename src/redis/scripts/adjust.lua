@@ -1,6 +1,6 @@
 -- Corrects an admission after the fact and returns its lease: settles the real token count (refund or
 -- charge), gives back a reservation whose waiter gave up (actual = 0), or only releases the lease.
--- Same keys as acquire.lua (the member set unused).
+-- Same keys as acquire.lua (the member set and the withdrawals unused).
 --
 -- ARGV[1]  lease id to release ("" for none)
 -- ARGV[2]  number of windows, then six values per window:
@@ -13,6 +13,14 @@ local state, lease_key = KEYS[1], KEYS[2]
 local n = tonumber(ARGV[2])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+
+-- Keeps `key` at least `us` microseconds more (never shortens what another window needs).
+local function keep(key, us)
+  local ms = math.ceil(us / 1000) + 1000
+  if redis.call('PTTL', key) < ms then
+    redis.call('PEXPIRE', key, ms)
+  end
+end
 
 for i = 1, n do
   local base = 2 + (i - 1) * 6
@@ -31,15 +39,15 @@ for i = 1, n do
       end
     elseif counted == 0 then
       -- Nothing was counted here to correct: count the real cost from now (or the last entry) on.
-      local log = KEYS[3 + i]
+      local log = KEYS[4 + i]
       local last = redis.call('LINDEX', log, -1)
       local at = last and math.max(now, tonumber(string.match(last, '^(%d+):'))) or now
       redis.call('RPUSH', log, string.format('%d:%d', at, actual))
       redis.call('HINCRBY', state, 'sum:' .. id, actual)
-      redis.call('PEXPIRE', log, math.ceil((at - now + span) / 1000) + 1000)
-      redis.call('PEXPIRE', state, math.ceil((at - now + span) / 1000) + 1000)
+      keep(log, at - now + span)
+      keep(state, at - now + span)
     else
-      local log = KEYS[3 + i]
+      local log = KEYS[4 + i]
       local seq = tonumber(redis.call('HGET', state, 'seq:' .. id) or '0')
       local index = receipt - seq - 1
       local entry = index >= 0 and redis.call('LINDEX', log, index) or false

@@ -1,0 +1,141 @@
+//! The concurrency leases one limiter instance holds in Redis, and the ones it owes back.
+//!
+//! A lease held is renewed every third of its TTL while its process lives, so only a dead process's
+//! leases expire by themselves. A lease this process gave up on is owed back at once instead of being
+//! left to its TTL: an acquire that timed out on the client (after a stall Redis runs it anyway, and
+//! nobody would own that lease), or a release that could not be sent. Each lease id is chosen by the
+//! client, so it can name what it owes: a task sends the ids in `reclaim.lua` as soon as Redis answers
+//! again (within the backend's pause after a failure, at most half a second), which removes the lease
+//! or, when the acquire has not run yet, withdraws it so that it takes nothing when it does.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use crate::redis::limiter::RemoteLimiter;
+use crate::redis::process::PerProcess;
+use crate::redis::scripts;
+
+/// How often owed leases are sent while Redis does not take them (the backend's pause after a
+/// failure spaces the tries further).
+const RECLAIM_EVERY: Duration = Duration::from_millis(50);
+
+/// One instance's leases (a forked child holds and owes none of its parent's).
+#[derive(Debug)]
+pub struct Leases {
+    held: Mutex<PerProcess<HashSet<String>>>,
+    owed: Mutex<PerProcess<Vec<String>>>,
+    /// The process whose renewal task runs (0: none yet).
+    renewer_pid: AtomicU32,
+    /// The process whose reclaiming task runs (0: none now).
+    reclaimer_pid: AtomicU32,
+}
+
+impl Leases {
+    pub fn new() -> Self {
+        Self {
+            held: Mutex::new(PerProcess::new(HashSet::new())),
+            owed: Mutex::new(PerProcess::new(Vec::new())),
+            renewer_pid: AtomicU32::new(0),
+            reclaimer_pid: AtomicU32::new(0),
+        }
+    }
+
+    fn held<R>(&self, with: impl FnOnce(&mut HashSet<String>) -> R) -> R {
+        with(self.held.lock().unwrap_or_else(|p| p.into_inner()).current(HashSet::new))
+    }
+
+    fn owed<R>(&self, with: impl FnOnce(&mut Vec<String>) -> R) -> R {
+        with(self.owed.lock().unwrap_or_else(|p| p.into_inner()).current(Vec::new))
+    }
+
+    /// Counts `id` as held: renewed until released.
+    pub fn hold(&self, id: &str) {
+        self.held(|held| held.insert(id.to_string()));
+    }
+
+    /// Stops renewing `id` (released, or about to be).
+    pub fn forget(&self, id: &str) {
+        self.held(|held| held.remove(id));
+    }
+
+    /// The ids owed back now.
+    pub fn owed_now(&self) -> Vec<String> {
+        self.owed(|owed| owed.clone())
+    }
+
+    /// Adds `id` to what is owed back.
+    fn add_owed(&self, id: String) {
+        self.owed(|owed| owed.push(id));
+    }
+}
+
+/// Starts, once per process, the task that renews `limiter`'s leases every third of their TTL, so a
+/// request that runs longer than the TTL keeps its slot while its process lives.
+pub fn keep_alive(limiter: &Arc<RemoteLimiter>) {
+    let pid = std::process::id();
+    if limiter.leases().renewer_pid.swap(pid, Ordering::AcqRel) == pid {
+        return;
+    }
+    let Ok(runtime) = crate::redis::runtime::handle() else { return };
+    let this: Weak<RemoteLimiter> = Arc::downgrade(limiter);
+    let period = Duration::from_micros(limiter.lease_ttl_us() / 3);
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(period).await;
+            let Some(limiter) = this.upgrade() else { return };
+            let ids: Vec<String> = limiter.leases().held(|held| held.iter().cloned().collect());
+            if ids.is_empty() {
+                continue;
+            }
+            let mut invocation = scripts::RENEW.call(&limiter.keys()[1..2]);
+            invocation.arg(limiter.lease_ttl_us());
+            for id in &ids {
+                invocation.arg(id);
+            }
+            // A failure here is retried next period; the leases' TTL covers two missed periods.
+            let _ = limiter.backend().call(|mut c| async move { invocation.run_async::<i64>(&mut c).await }).await;
+        }
+    });
+}
+
+/// Owes lease `id` back to Redis, and makes sure a task sends it as soon as Redis answers.
+pub fn owe(limiter: &Arc<RemoteLimiter>, id: String) {
+    limiter.leases().forget(&id);
+    limiter.leases().add_owed(id);
+    let pid = std::process::id();
+    if limiter.leases().reclaimer_pid.swap(pid, Ordering::AcqRel) == pid {
+        return;
+    }
+    let Ok(runtime) = crate::redis::runtime::handle() else { return };
+    let this: Weak<RemoteLimiter> = Arc::downgrade(limiter);
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(RECLAIM_EVERY).await;
+            let Some(limiter) = this.upgrade() else { return };
+            let leases = limiter.leases();
+            let ids = leases.owed_now();
+            if ids.is_empty() {
+                // Done, unless an id came in since: then this task goes on (or another one took over).
+                leases.reclaimer_pid.store(0, Ordering::Release);
+                if leases.owed(|owed| owed.is_empty())
+                    || leases.reclaimer_pid.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire).is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            let keys = [limiter.keys()[1].clone(), limiter.keys()[3].clone()];
+            let mut invocation = scripts::RECLAIM.call(&keys);
+            invocation.arg(limiter.lease_ttl_us());
+            for id in &ids {
+                invocation.arg(id);
+            }
+            let sent = limiter.backend().call(|mut c| async move { invocation.run_async::<i64>(&mut c).await }).await;
+            if sent.is_ok() {
+                leases.owed(|owed| owed.retain(|id| !ids.contains(id)));
+            }
+        }
+    });
+}
