@@ -40,6 +40,14 @@ def succeed(breaker: hs.CircuitBreaker) -> str:
         ({"half_open_max_calls": 0}, Err("half_open_max_calls")),
         ({"half_open_max_calls": 100_000}, Err("half_open_max_calls")),
         ({"on_state_change": "print"}, Err("on_state_change")),
+        # Of the wrong kind (issue 15: these raised TypeError or OverflowError, or passed)
+        ({"failure_threshold": "5"}, Err("failure_threshold")),
+        ({"failure_threshold": True}, Err("failure_threshold")),
+        ({"failure_threshold": 1.5}, Err("failure_threshold")),
+        ({"failure_threshold": 2**64}, Err("failure_threshold")),
+        ({"recovery_timeout": "30"}, Err("recovery_timeout")),
+        ({"half_open_max_calls": None}, Err("half_open_max_calls")),
+        ({"name": 5}, Err("name")),
     ],
 )
 def test_config_is_checked_at_construction(settings: dict[str, Any], expected: Err | None) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import socket
+import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import openai
@@ -63,6 +66,13 @@ def test_options_that_would_undo_the_transport_are_refused(options: dict[str, An
     with pytest.raises(hs.ConfigError) as info:
         hs.AsyncHolySheep(api_key="hs_x", **options)
     assert info.value.field == field
+
+
+@pytest.mark.parametrize("client_class", ["AsyncHolySheep", "HolySheep"])
+def test_a_retry_policy_of_the_wrong_kind_is_refused_when_the_client_is_made(client_class: str) -> None:
+    with pytest.raises(hs.ConfigError) as info:
+        getattr(hs, client_class)(api_key="hs_x", retry=5)
+    assert info.value.field == "retry"
 
 
 def test_limiter_and_tier_are_one_or_the_other() -> None:
@@ -220,6 +230,23 @@ async def test_wrong_key_and_insufficient_quota_fail_at_once() -> None:
         assert len([r for r in gw.admission_log() if r.status in (401, 429)]) == 2
 
 
+async def test_a_malformed_answer_raises_the_sdks_own_typed_error_after_the_retries() -> None:
+    """Issue 15: a 200 with a body that is not JSON made the SDK raise json.JSONDecodeError."""
+    with MockGateway(faults=Faults(malformed=1.0)) as gw:
+        async with hs.AsyncHolySheep(base_url=gw.base_url, api_key="hs_test", retry=FAST) as client:
+            with pytest.raises(openai.InternalServerError) as info:
+                await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+        assert info.value.status_code == 502 and "not a JSON object or array" in info.value.message
+        assert len(gw.admission_log()) == FAST.max_attempts
+    with MockGateway(faults=Faults(malformed=0.3), seed=7) as gw:
+        async with hs.AsyncHolySheep(base_url=gw.base_url, api_key="hs_test", retry=FAST) as client:
+            replies = await asyncio.gather(
+                *(client.chat.completions.create(model="gpt-4.1", messages=MESSAGES) for _ in range(20))
+            )
+        assert all(reply.choices for reply in replies)
+        assert any(record.fault == "malformed" for record in gw.admission_log())
+
+
 async def test_nobody_listening_is_a_connection_error_after_the_attempts() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -297,3 +324,168 @@ async def test_batch_helpers_are_methods_of_the_client(gateway: MockGateway) -> 
     assert len(vectors) == 25 and all(isinstance(v, list) for v in vectors)
     assert replies == ["baa baa", "baa baa"]
     assert lim.stats()["admitted"] == 5 and lim.stats()["in_flight"] == 0
+
+
+# --- streams abandoned unread give their slot back without Python's garbage collector (issue 15) ---
+# With as many workers as concurrency slots, a stream that keeps its slot once abandoned stops every
+# worker for good. The collector is off in these tests: the openai Stream sits in a reference cycle, so a
+# slot that waited for it would never come back.
+
+WORKERS, ROUNDS = 3, 4
+
+
+@pytest.fixture
+def gc_disabled() -> Iterator[None]:
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+async def the_common_loop(client: openai.AsyncOpenAI) -> None:
+    """The previous Stream is still bound to ``stream`` while the next create waits for a slot."""
+    for _ in range(ROUNDS):
+        stream = await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+        async for _chunk in stream:
+            break
+
+
+async def a_helper_that_returns(client: openai.AsyncOpenAI) -> None:
+    async def first_chunk() -> object:
+        stream = await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+        async for chunk in stream:
+            return chunk
+        raise AssertionError("an empty stream")
+
+    for _ in range(ROUNDS):
+        await first_chunk()
+
+
+async def a_consumer_that_raises(client: openai.AsyncOpenAI) -> None:
+    async def consume() -> None:
+        stream = await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+        async for _chunk in stream:
+            raise LookupError("the consumer failed")
+
+    for _ in range(ROUNDS):
+        with contextlib.suppress(LookupError):
+            await consume()
+
+
+async def a_task_cancelled_mid_stream(client: openai.AsyncOpenAI) -> None:
+    for _ in range(ROUNDS):
+        reading = asyncio.Event()
+
+        async def consume() -> None:
+            stream = await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+            async for _chunk in stream:
+                reading.set()
+                await asyncio.sleep(60)
+
+        task = asyncio.create_task(consume())
+        await reading.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.parametrize(
+    "abandon", [the_common_loop, a_helper_that_returns, a_consumer_that_raises, a_task_cancelled_mid_stream]
+)
+async def test_abandoned_streams_give_their_slot_back_with_the_garbage_collector_off(
+    gateway: MockGateway, gc_disabled: None, abandon: Callable[[openai.AsyncOpenAI], Awaitable[None]]
+) -> None:
+    lim = hs.HolySheepRateLimiter(max_concurrency=WORKERS)
+    async with hs.AsyncHolySheep(base_url=gateway.base_url, api_key="hs_test", limiter=lim, acquire_timeout=15) as client:
+        await asyncio.wait_for(asyncio.gather(*(abandon(client) for _ in range(WORKERS))), timeout=20)
+    assert len(gateway.admission_log()) == WORKERS * ROUNDS
+
+
+def the_common_loop_in_a_thread(client: openai.OpenAI) -> None:
+    for _ in range(ROUNDS):
+        stream = client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+        for _chunk in stream:
+            break
+
+
+def a_helper_that_returns_in_a_thread(client: openai.OpenAI) -> None:
+    def first_chunk() -> object:
+        stream = client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+        for chunk in stream:
+            return chunk
+        raise AssertionError("an empty stream")
+
+    for _ in range(ROUNDS):
+        first_chunk()
+
+
+def a_consumer_that_raises_in_a_thread(client: openai.OpenAI) -> None:
+    def consume() -> None:
+        stream = client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+        for _chunk in stream:
+            raise LookupError("the consumer failed")
+
+    for _ in range(ROUNDS):
+        with contextlib.suppress(LookupError):
+            consume()
+
+
+@pytest.mark.parametrize(
+    "abandon", [the_common_loop_in_a_thread, a_helper_that_returns_in_a_thread, a_consumer_that_raises_in_a_thread]
+)
+def test_abandoned_streams_of_blocking_clients_give_their_slot_back_with_the_garbage_collector_off(
+    gateway: MockGateway, gc_disabled: None, abandon: Callable[[openai.OpenAI], None]
+) -> None:
+    lim = hs.HolySheepRateLimiter(max_concurrency=WORKERS)
+    with hs.HolySheep(base_url=gateway.base_url, api_key="hs_test", limiter=lim, acquire_timeout=15) as client:
+        failures: list[BaseException] = []
+
+        def worker() -> None:
+            try:
+                abandon(client)
+            except BaseException as exc:  # reported below, as the thread's own error
+                failures.append(exc)
+
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(WORKERS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=20)
+        assert not any(thread.is_alive() for thread in threads), "the workers are stuck waiting for a slot"
+        assert failures == []
+    assert len(gateway.admission_log()) == WORKERS * ROUNDS
+
+
+async def test_a_stream_closed_to_free_its_slot_says_so_when_read_again(gateway: MockGateway) -> None:
+    lim = hs.HolySheepRateLimiter(max_concurrency=1)
+    async with hs.AsyncHolySheep(base_url=gateway.base_url, api_key="hs_test", limiter=lim) as client:
+        first = await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+        async for _chunk in first:
+            break
+        second = await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+        with pytest.raises(httpx_library().StreamClosed, match="started another request"):
+            async for _chunk in first:
+                pass
+        assert [chunk async for chunk in second]
+    assert lim.stats()["in_flight"] == 0
+
+
+async def test_a_stream_not_yet_read_keeps_its_slot_while_its_task_waits(gateway: MockGateway) -> None:
+    """Opening two streams before reading either is the caller's right: the first is not taken away."""
+    lim = hs.HolySheepRateLimiter(max_concurrency=1)
+    async with hs.AsyncHolySheep(base_url=gateway.base_url, api_key="hs_test", limiter=lim, acquire_timeout=0.2) as client:
+        first = await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+        with pytest.raises(hs.RateLimitExceeded):
+            await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+        assert [chunk async for chunk in first]
+    assert lim.stats()["in_flight"] == 0
+
+
+def httpx_library() -> Any:
+    """The HTTP library the SDK is built on: httpx2 for openai 3.x, httpx before."""
+    from holysheep.transport import http_library
+
+    return http_library

@@ -188,6 +188,31 @@ async def test_resilient_reacquires_the_limiter_for_every_attempt() -> None:
     assert breaker.stats()["failures"] == 2 and breaker.stats()["successes"] == 1
 
 
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["def", "async def"])
+async def test_resilient_classifies_each_failure_once(monkeypatch: pytest.MonkeyPatch, asynchronous: bool) -> None:
+    """The breaker and the retry policy both read the verdict the failure carries (issue 15)."""
+    from holysheep import classify
+
+    asked: list[tuple[object, ...]] = []
+    classify_failure = classify.classify_failure
+    monkeypatch.setattr(classify, "classify_failure", lambda *args: asked.append(args) or classify_failure(*args))
+    breaker = hs.CircuitBreaker(failure_threshold=10)
+
+    def fail() -> None:
+        raise FakeStatusError(503)
+
+    async def fail_async() -> None:
+        fail()
+
+    with pytest.raises(FakeStatusError):
+        if asynchronous:
+            await hs.resilient(retry=hs.RetryPolicy(max_attempts=3, base_delay=0.001), breaker=breaker)(fail_async)()
+        else:
+            hs.resilient(retry=hs.RetryPolicy(max_attempts=3, base_delay=0.001), breaker=breaker)(fail)()
+    assert breaker.stats()["failures"] == 3
+    assert len(asked) == 3
+
+
 def test_resilient_checks_the_breaker_before_the_limiter() -> None:
     events: list[str] = []
     limiter = RecordingLimiter(events)
@@ -318,6 +343,14 @@ def test_generator_functions_are_refused_at_decoration() -> None:
         (lambda: hs.resilient(limiter=object()), "limiter"),  # type: ignore[arg-type]
         (lambda: hs.resilient(retry=hs.CircuitBreaker()), "retry"),  # type: ignore[arg-type]
         (lambda: hs.resilient(breaker=FAST), "breaker"),  # type: ignore[arg-type]
+        # What is decorated or called (issue 15: these were accepted, to fail at the first call)
+        (lambda: FAST(5), "fn"),  # type: ignore[arg-type]
+        (lambda: hs.CircuitBreaker()("f"), "fn"),  # type: ignore[arg-type]
+        (lambda: hs.KeyedBreaker(key=lambda: "k")(None), "fn"),  # type: ignore[arg-type]
+        (lambda: hs.rate_limited(RecordingLimiter([]))(5), "fn"),  # type: ignore[arg-type]
+        (lambda: hs.resilient(retry=FAST)(5), "fn"),  # type: ignore[arg-type]
+        (lambda: FAST.call_sync(5), "fn"),  # type: ignore[arg-type]
+        (lambda: hs.CircuitBreaker().call_sync(5), "fn"),  # type: ignore[arg-type]
     ],
 )
 def test_decorator_arguments_of_the_wrong_kind_are_refused(make: Callable[[], object], field: str) -> None:

@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+import types
+import warnings
+from collections.abc import Callable
+from typing import Any
 
+import openai
 import pytest
 
 import holysheep as hs
+from holysheep.testing import Faults, MockGateway
 
 pytestmark = pytest.mark.skipif(
     not hasattr(hs, "HolySheepRateLimiter"), reason="needs hs.HolySheepRateLimiter (the limiter branch)"
@@ -74,3 +80,74 @@ async def test_cancelled_limited_call_gives_its_slot_back() -> None:
     assert lim.stats()["in_flight"] == 0
     assert lim.try_acquire()
     lim.release()
+
+
+# --- the SDK's own retries under the decorators (issue 15) ---
+# README's "3 a.m." pattern around a bare AsyncOpenAI (max_retries=2 by default): the limiter admitted
+# 74, the gateway saw 137 requests. The decorators cannot see those retries, but the failure can: its
+# request carries x-stainless-retry-count.
+
+MESSAGES: list[Any] = [{"role": "user", "content": "hello there"}]
+
+
+async def test_resilient_warns_when_the_openai_client_it_calls_retried_past_the_limiter() -> None:
+    with MockGateway(faults=Faults(unavailable=1.0)) as gw:
+        lim = hs.HolySheepRateLimiter(max_qps=100)
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="hs_test") as bare:
+
+            @hs.resilient(limiter=lim, retry=hs.RetryPolicy(max_attempts=1))
+            async def complete() -> Any:
+                return await bare.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+
+            with pytest.warns(RuntimeWarning, match=r"retried a request 2 time\(s\) on its own.*max_retries=0"):
+                with pytest.raises(openai.InternalServerError):
+                    await complete()
+        assert (lim.stats()["admitted"], len(gw.admission_log())) == (1, 3)
+
+
+async def test_an_openai_client_without_retries_of_its_own_is_not_warned_about() -> None:
+    with MockGateway(faults=Faults(unavailable=1.0)) as gw:
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="hs_test", max_retries=0) as bare:
+
+            @hs.rate_limited(hs.HolySheepRateLimiter(max_qps=100))
+            async def complete() -> Any:
+                return await bare.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                with pytest.raises(openai.InternalServerError):
+                    await complete()
+
+
+class SdkRetriedError(Exception):
+    """A failure of the openai SDK after it retried on its own, as far as the decorators read it."""
+
+    def __init__(self) -> None:
+        super().__init__("HTTP 503")
+        self.request = types.SimpleNamespace(headers={"x-stainless-retry-count": "2"})
+
+
+@pytest.mark.parametrize(
+    "decorate",
+    [
+        hs.rate_limited(hs.HolySheepRateLimiter(max_qps=1_000)),
+        hs.resilient(limiter=hs.HolySheepRateLimiter(max_qps=1_000), retry=FAST),
+        hs.resilient(retry=FAST, breaker=hs.CircuitBreaker(failure_threshold=100)),
+    ],
+    ids=["rate_limited", "resilient", "resilient without a limiter"],
+)
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["def", "async def"])
+async def test_each_decorated_function_warns_once(decorate: Callable[[Any], Any], asynchronous: bool) -> None:
+    def fail() -> None:
+        raise SdkRetriedError()
+
+    async def fail_async() -> None:
+        fail()
+
+    decorated = decorate(fail_async if asynchronous else fail)
+    with pytest.warns(RuntimeWarning) as record:
+        for _ in range(3):
+            with pytest.raises(SdkRetriedError):
+                await decorated() if asynchronous else decorated()
+    assert len(record) == 1
+    assert record[0].filename == __file__

@@ -50,6 +50,18 @@ class Flaky:
         ({"retry_budget": 0.0}, Err("retry_budget")),
         ({"retry_on": "ValueError"}, Err("retry_on")),
         ({"retry_on": (ValueError, 3)}, Err("retry_on")),
+        # Of the wrong kind (issue 15: these raised TypeError or OverflowError, or passed)
+        ({"max_attempts": "5"}, Err("max_attempts")),
+        ({"max_attempts": True}, Err("max_attempts")),
+        ({"max_attempts": 2.5}, Err("max_attempts")),
+        ({"max_attempts": 2**64}, Err("max_attempts")),
+        ({"base_delay": "1"}, Err("base_delay")),
+        ({"max_delay": None}, Err("max_delay")),
+        ({"multiplier": "2"}, Err("multiplier")),
+        ({"jitter": None}, Err("jitter")),
+        ({"respect_retry_after": "yes"}, Err("respect_retry_after")),
+        ({"max_elapsed": "10"}, Err("max_elapsed")),
+        ({"retry_budget": "0.1"}, Err("retry_budget")),
     ],
 )
 def test_config_is_checked_at_construction(settings: dict[str, Any], expected: Err | None) -> None:

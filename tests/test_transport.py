@@ -124,6 +124,72 @@ async def test_open_breaker_raises_circuit_open_without_sending() -> None:
     assert info.value.retry_after > 0
 
 
+@pytest.mark.parametrize(
+    "failing",
+    [httpx2.Response(408), httpx2.Response(503, headers={"x-should-retry": "false"})],
+    ids=["408", "503 asking not to be retried"],
+)
+async def test_the_breaker_opens_on_what_the_table_counts_against_it(failing: httpx2.Response) -> None:
+    # Issue 15: the transport used to decide by its own rule (status >= 500), so a 408, or a 5xx the
+    # server asked not to retry, never counted for the breaker.
+    breaker = hs.CircuitBreaker(failure_threshold=3, recovery_timeout=30.0)
+    handle, calls = answers(failing)
+    async with client(handle, retry=hs.RetryPolicy(max_attempts=1), breaker=breaker) as http:
+        while breaker.state == "closed" and len(calls) < 20:
+            assert (await http.post("/chat/completions", json=CHAT)).status_code == failing.status_code
+        with pytest.raises(hs.CircuitOpenError):
+            await http.post("/chat/completions", json=CHAT)
+    assert len(calls) == 3
+
+
+async def test_a_failure_is_classified_once_per_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table is asked once per failed attempt; the breaker, the retry policy and the fallback read
+    the verdict the failure carries."""
+    from holysheep import classify
+
+    asked: list[tuple[Any, ...]] = []
+
+    def counting(*args: Any) -> tuple[bool, str, bool]:
+        asked.append(args)
+        return classify_failure(*args)
+
+    classify_failure = classify.classify_failure
+    monkeypatch.setattr(classify, "classify_failure", counting)
+    breakers = hs.KeyedBreaker(failure_threshold=100)
+    handle, asked_models = by_model({"gpt-4.1": httpx2.Response(503), "deepseek-v3.2": httpx2.ConnectError("down")})
+    fallbacks = {"gpt-4.1": ["deepseek-v3.2"]}
+    async with client(handle, retry=FAST, breaker=breakers, fallback_models=fallbacks) as http:
+        with pytest.raises(httpx2.ConnectError):
+            await http.post("/chat/completions", json=CHAT)
+    assert len(asked_models) == 2 * FAST.max_attempts
+    assert len(asked) == 2 * FAST.max_attempts
+
+
+async def test_a_model_that_keeps_timing_out_hands_over_to_its_fallback() -> None:
+    handle, asked = by_model({"gpt-4.1": httpx2.ReadTimeout("slow"), "deepseek-v3.2": ok()})
+    async with client(handle, retry=FAST, fallback_models={"gpt-4.1": ["deepseek-v3.2"]}) as http:
+        response = await http.post("/chat/completions", json=CHAT)
+    assert response.headers["x-holysheep-model"] == "deepseek-v3.2"
+    assert asked == ["gpt-4.1"] * FAST.max_attempts + ["deepseek-v3.2"]
+
+
+@pytest.mark.parametrize(
+    ("failing", "handed_over"),
+    [
+        (httpx2.Response(503, headers={"x-should-retry": "false"}), True),
+        (httpx2.Response(400, json={"error": {"message": "bad request"}}), False),
+        (httpx2.Response(429, json={"error": {"code": "insufficient_quota"}}), False),
+    ],
+    ids=["503 not to be retried", "400", "out of credit"],
+)
+async def test_the_fallback_reads_the_failures_verdict(failing: httpx2.Response, handed_over: bool) -> None:
+    handle, asked = by_model({"gpt-4.1": failing, "deepseek-v3.2": ok()})
+    async with client(handle, retry=FAST, fallback_models={"gpt-4.1": ["deepseek-v3.2"]}) as http:
+        response = await http.post("/chat/completions", json=CHAT)
+    assert asked == (["gpt-4.1", "deepseek-v3.2"] if handed_over else ["gpt-4.1"])
+    assert response.status_code == (200 if handed_over else failing.status_code)
+
+
 async def test_usage_settles_the_token_estimate() -> None:
     lim = hs.HolySheepRateLimiter(tpm=1_000)
     handle, _ = answers(ok(usage_tokens=40))
@@ -133,16 +199,97 @@ async def test_usage_settles_the_token_estimate() -> None:
     assert lim.stats()["remaining"] == {"1000 tokens per minute": 960}
 
 
-@pytest.mark.parametrize("usage", [b'"total_tokens": 99999999999999999999999', b'"total_tokens": "many"', b""])
-async def test_a_usage_that_cannot_be_read_leaves_the_estimate_and_returns_the_slot(usage: bytes) -> None:
-    lim = hs.HolySheepRateLimiter(tpm=1_000, max_concurrency=1)
-    handle, _ = answers(httpx2.Response(200, content=b'{"object": "chat.completion", "usage": {' + usage + b"}}"))
-    async with client(handle, limiter=lim) as http:
-        response = await http.post("/chat/completions", json={**CHAT, "max_tokens": 800})
-    assert response.status_code == 200
-    stats = lim.stats()
-    assert stats["in_flight"] == 0
-    assert stats["remaining"]["1000 tokens per minute"] < 200
+#: Counts no answer can really report: too large to be real, or not a plain integer.
+UNREAL_USAGE = [
+    b'"total_tokens": 999999999999999999',
+    b'"total_tokens": 99999999999999999999999',
+    b'"total_tokens": 1e+308',
+    b'"total_tokens": 7.5',
+    b'"total_tokens": -3',
+    b'"total_tokens": "many"',
+    b"",
+]
+
+
+def answering_usage(usage: bytes, streamed: bool) -> Callable[[httpx2.Request], httpx2.Response]:
+    """A handler whose answers end with ``"usage": {<usage>}``, as a JSON body or a stream's last event."""
+
+    async def events() -> AsyncIterator[bytes]:
+        yield b'data: {"choices": [{"delta": {"content": "baa"}}]}\n\n'
+        yield b'data: {"choices": [], "usage": {' + usage + b"}}\n\n"
+        yield b"data: [DONE]\n\n"
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        if streamed:
+            return httpx2.Response(200, content=events(), headers={"content-type": "text/event-stream"})
+        body = b'{"object": "chat.completion", "usage": {' + usage + b"}}"
+        return httpx2.Response(200, content=body, headers={"content-type": "application/json"})
+
+    return handle
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("usage", UNREAL_USAGE)
+async def test_a_usage_that_cannot_be_real_leaves_the_estimate_and_returns_the_slot(usage: bytes, streamed: bool) -> None:
+    """Issue 15: one answer reporting 999999999999999999 tokens blocked every token-carrying request for
+    the whole window, and 1e+308 was read as 1 token."""
+    from holysheep._tokens import estimate_request_tokens
+
+    lim = hs.HolySheepRateLimiter(tpm=10_000, max_concurrency=1)
+    body = {**CHAT, "max_tokens": 800}
+    async with client(answering_usage(usage, streamed), limiter=lim, acquire_timeout=0.5) as http:
+        response = await http.post("/chat/completions", json=body)
+        assert response.status_code == 200
+        stats = lim.stats()
+        assert stats["in_flight"] == 0
+        assert stats["remaining"]["10000 tokens per minute"] == 10_000 - estimate_request_tokens(body)
+        assert (await http.post("/chat/completions", json=body)).status_code == 200
+
+
+def json_answer(body: bytes) -> httpx2.Response:
+    return httpx2.Response(200, content=body, headers={"content-type": "application/json", "x-request-id": "req_1"})
+
+
+CUT_OFF = b'{"id": "chatcmpl-mock", "object": "chat.comp'
+
+
+async def test_a_json_answer_that_is_not_json_is_retried_like_a_bad_gateway() -> None:
+    breaker = hs.CircuitBreaker(failure_threshold=5)
+    handle, calls = answers(json_answer(CUT_OFF), ok())
+    async with client(handle, retry=FAST, breaker=breaker) as http:
+        response = await http.post("/chat/completions", json=CHAT)
+    assert response.status_code == 200 and len(calls) == 2
+    assert breaker.stats()["failures"] == 1
+
+
+@pytest.mark.parametrize("body", [CUT_OFF, b"", b"<html><body>502 Bad Gateway</body></html>", b"OK", b"null"])
+async def test_a_json_answer_that_stays_broken_comes_back_as_a_502_saying_what_came(body: bytes) -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=100, max_concurrency=1)
+    handle, calls = answers(json_answer(body))
+    async with client(handle, limiter=lim, retry=FAST) as http:
+        response = await http.post("/chat/completions", json=CHAT)
+    assert len(calls) == FAST.max_attempts
+    assert response.status_code == 502 and response.headers["x-request-id"] == "req_1"
+    error = response.json()["error"]
+    assert error["code"] == "invalid_json" and "not a JSON object or array" in error["message"]
+    assert lim.stats()["in_flight"] == 0
+
+
+@pytest.mark.parametrize("body", [b'{"object": "list"}', b' \r\n[1, 2]\n', b"\n" * 100 + b'{"a": 1}' + b" " * 100])
+async def test_json_answers_of_any_layout_pass_unchanged(body: bytes) -> None:
+    handle, calls = answers(json_answer(body))
+    async with client(handle, retry=FAST) as http:
+        response = await http.post("/chat/completions", json=CHAT)
+    assert (response.status_code, response.content, len(calls)) == (200, body, 1)
+
+
+async def test_answers_without_a_body_are_not_taken_for_broken_json() -> None:
+    empty = {"content-type": "application/json"}
+    handle, calls = answers(httpx2.Response(204, headers=empty), httpx2.Response(200, headers=empty))
+    async with client(handle, retry=FAST) as http:
+        assert (await http.delete("/files/file-1")).status_code == 204
+        assert (await http.head("/models")).status_code == 200
+    assert len(calls) == 2
 
 
 async def test_an_answer_saying_the_server_has_less_left_lowers_that_units_rate_before_any_429() -> None:
@@ -306,6 +453,28 @@ def test_an_acquire_timeout_that_cannot_work_is_refused_at_construction(timeout:
     assert info.value.field == "acquire_timeout"
 
 
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        ({"limiter": 5}, "limiter"),
+        ({"retry": 5}, "retry"),
+        ({"breaker": "default"}, "breaker"),
+        ({"inner": object()}, "inner"),
+        ({"fallback_models": ["deepseek-v3.2"]}, "fallback_models"),
+        ({"fallback_models": {"gpt-4.1": "deepseek-v3.2"}}, "fallback_models"),
+        ({"prices": {"gpt-4.1": -8.0}}, "prices"),
+        ({"prices": {"gpt-4.1": float("nan")}}, "prices"),
+        ({"prices": {"gpt-4.1": "8"}}, "prices"),
+        ({"prices": 8.0}, "prices"),
+    ],
+)
+def test_arguments_that_cannot_work_are_refused_at_construction(settings: dict[str, Any], field: str) -> None:
+    """Issue 15: a retry=5 failed at the first request with AttributeError."""
+    with pytest.raises(hs.ConfigError) as info:
+        hs.Transport(**settings)
+    assert info.value.field == field
+
+
 async def test_a_request_that_would_wait_past_the_acquire_timeout_fails_at_once() -> None:
     lim = hs.HolySheepRateLimiter(rpm=1)
     handle, calls = answers(ok())
@@ -351,14 +520,19 @@ async def test_a_request_cancelled_in_flight_returns_its_slot_and_leaves_the_bre
     assert breaker.stats()["state"] == "closed"
 
 
-def by_model(replies: dict[str, httpx2.Response]) -> tuple[Callable[[httpx2.Request], httpx2.Response], list[str]]:
-    """A handler answering by the model asked for, and the models asked in order."""
+def by_model(
+    replies: dict[str, httpx2.Response | Exception],
+) -> tuple[Callable[[httpx2.Request], httpx2.Response], list[str]]:
+    """A handler answering (or raising) by the model asked for, and the models asked in order."""
     asked: list[str] = []
 
     def handle(request: httpx2.Request) -> httpx2.Response:
         model = json.loads(request.content)["model"]
         asked.append(model)
-        return replies[model]
+        reply = replies[model]
+        if isinstance(reply, Exception):
+            raise type(reply)(*reply.args)  # a fresh one each time, as a real transport raises
+        return reply
 
     return handle, asked
 

@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from holysheep._holysheep import BreakerCore, RetryCore, SyncGuard
+from holysheep.errors import ConfigError
 
-__all__ = ["OnError", "guard_sync", "refuse_generators", "reraise"]
+__all__ = ["OnError", "check_callable", "check_decorated", "guard_sync", "reraise"]
 
 
 class OnError(Protocol):
@@ -20,11 +21,20 @@ class OnError(Protocol):
     ) -> Any: ...
 
 
-def refuse_generators(fn: Callable[..., Any], decorator: str) -> None:
-    """Generators run after the call returns, so no decorator here could see how they end.
+def check_callable(fn: object, operation: str) -> None:
+    """:raises ConfigError: when ``fn``, what ``operation`` calls, cannot be called."""
+    if not callable(fn):
+        raise ConfigError(f"fn: {operation} takes a function or other callable, got {fn!r}", "fn")
 
+
+def check_decorated(fn: Callable[..., Any], decorator: str) -> None:
+    """What a decorator can wrap: a callable, and not a generator function, which runs after the call
+    returns, so no decorator here could see how it ends.
+
+    :raises ConfigError: when ``fn`` cannot be called.
     :raises TypeError: for a generator or async generator function.
     """
+    check_callable(fn, decorator)
     if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
         name = getattr(fn, "__qualname__", repr(fn))
         raise TypeError(f"{decorator} cannot wrap the generator function {name}: it would only see it start")

@@ -222,15 +222,15 @@ class RetryCore:
     def __new__(
         cls,
         *,
-        max_attempts: int = 5,
-        base_delay: float = 1.0,
-        max_delay: float = 60.0,
-        multiplier: float = 2.0,
-        jitter: str = "full",
-        respect_retry_after: bool = True,
-        max_retry_after: float = 120.0,
-        max_elapsed: float | None = None,
-        retry_budget: float | None = None,
+        max_attempts: int,
+        base_delay: float,
+        max_delay: float,
+        multiplier: float,
+        jitter: str,
+        respect_retry_after: bool,
+        max_retry_after: float,
+        max_elapsed: float | None,
+        retry_budget: float | None,
     ) -> Self: ...
     def begin(self) -> int:
         """Marks the start of a call; returns the token to pass to `next_delay`."""
@@ -264,12 +264,7 @@ class BreakerCore:
     """The native half of ``holysheep.CircuitBreaker``."""
 
     def __new__(
-        cls,
-        *,
-        failure_threshold: int = 5,
-        recovery_timeout: float = 30.0,
-        half_open_max_calls: int = 3,
-        name: str = "default",
+        cls, *, failure_threshold: int, recovery_timeout: float, half_open_max_calls: int, name: str
     ) -> Self: ...
     def allow(self) -> int:
         """Admits a call and returns its permit; odd when this call turned the breaker half-open.
@@ -317,9 +312,10 @@ class SyncGuard:
 
 def classify_failure(
     kind: str, status: int | None = None, should_retry: str | None = None, error_code: str | None = None
-) -> tuple[bool, str]:
-    """`(retry, breaker_outcome)` for a failure of `kind` ("status", "timeout", "connection", "caller",
-    "cancelled", "unknown"); a status failure also gives its code, `x-should-retry` and body error code."""
+) -> tuple[bool, str, bool]:
+    """`(retry, breaker_outcome, fallback)` for a failure of `kind` ("status", "timeout", "connection",
+    "caller", "cancelled", "unknown"); a status failure also gives its code, `x-should-retry` and body
+    error code."""
 
 def retry_after(headers: list[tuple[str, str]]) -> float | None:
     """Seconds the response headers ask to wait (`retry-after-ms`, `retry-after`, `x-ratelimit-reset-*`),

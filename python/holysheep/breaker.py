@@ -1,7 +1,7 @@
 """CircuitBreaker and KeyedBreaker: stop calling a service that is down, and try it again carefully.
 
 The state machine is the Rust core's (one atomic word, exact under threads and tasks); this module feeds
-it each call's outcome as :mod:`holysheep.classify` reads it, announces state changes (the
+it each call's outcome, the verdict :mod:`holysheep.classify` gave the failure, announces state changes (the
 ``holysheep`` logger and ``on_state_change``), and gives back the slot of a cancelled call.
 """
 
@@ -16,9 +16,9 @@ from collections.abc import Awaitable, Callable, Hashable
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
-from holysheep._guard import guard_sync, refuse_generators
+from holysheep._guard import check_callable, check_decorated, guard_sync
 from holysheep._holysheep import BreakerCore
-from holysheep.classify import breaker_outcome
+from holysheep.classify import verdict
 from holysheep.errors import ConfigError
 
 __all__ = ["CircuitBreaker", "KeyedBreaker", "StateListener"]
@@ -132,13 +132,14 @@ class CircuitBreaker:
 
     def __call__(self, fn: F) -> F:
         """Decorates ``fn`` (``def`` or ``async def``) so every call goes through the breaker."""
-        refuse_generators(fn, "CircuitBreaker")
+        check_decorated(fn, "CircuitBreaker")
         if inspect.iscoroutinefunction(fn):
             return cast(F, self._wrap_async(fn))
         return cast(F, self._wrap_sync(fn))
 
     async def call(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         """Awaits ``fn(*args, **kwargs)`` through the breaker."""
+        check_callable(fn, "CircuitBreaker.call")
         permit = self._admit()
         try:
             result = await fn(*args, **kwargs)
@@ -150,6 +151,7 @@ class CircuitBreaker:
 
     def call_sync(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Calls ``fn(*args, **kwargs)`` through the breaker."""
+        check_callable(fn, "CircuitBreaker.call_sync")
         permit = self._admit()
         try:
             result = fn(*args, **kwargs)
@@ -228,8 +230,9 @@ class CircuitBreaker:
             self._announce(changed)
 
     def _settle(self, permit: int, exc: BaseException) -> None:
-        """Feeds a failed call's outcome to the core: a failure, an answer, or just the slot back."""
-        outcome = breaker_outcome(exc)
+        """Feeds a failed call's outcome to the core as the failure's verdict says: a failure, an answer,
+        or just the slot back."""
+        outcome = verdict(exc).breaker
         if outcome == "failure":
             changed = self._core.failure(permit)
         elif outcome == "success":
@@ -323,7 +326,7 @@ class KeyedBreaker:
         key_of = self._key
         if key_of is None:
             raise ConfigError("key: KeyedBreaker needs key= to be used as a decorator", "key")
-        refuse_generators(fn, "KeyedBreaker")
+        check_decorated(fn, "KeyedBreaker")
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)

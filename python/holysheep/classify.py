@@ -1,37 +1,64 @@
-"""What a failure means: retried or not, and whether it counts against a circuit breaker.
+"""What a failure means: retried or not, what it says to a circuit breaker, and whether another model
+should be asked.
 
-The decisions are one table in the Rust core (``src/core/classify.rs``); this module only reads an
+The decisions are one table in the Rust core (``src/core/classify.rs``). A failure is classified once,
+when it happens, and carries its `Verdict` (kept on the exception): the retry policy, the breaker and the
+transport's fallback models all read that verdict, none decides again. This module only reads an
 exception into the table's terms, without importing any HTTP library: ``openai``, ``httpx`` and
 ``httpx2`` exceptions are recognised when their module has been imported (an exception of theirs cannot
 exist otherwise), and any exception carrying ``status_code`` or ``response.status_code`` is read as an
 HTTP failure.
 
-=========================================================  =========  ===================
-failure                                                    retried    counts for breaker
-=========================================================  =========  ===================
-HTTP 408, 5xx                                              yes        yes
-HTTP 409, 429                                              yes        no (it answered)
-HTTP 429 with code ``insufficient_quota``                  no         no
-other HTTP statuses (400, 401, 403, 404, 422, ...)         no         no
-``x-should-retry: true`` / ``false`` header                overrides  unchanged
-timeouts, connection errors and resets                     yes        yes
-the caller's bugs (``TypeError``, ``ValueError``, ...)     no         neutral
-holysheep's own refusals (``CircuitOpenError``, ...)       no         neutral
-cancellation, ``KeyboardInterrupt``                        never      neutral
-anything else                                              no         yes
-=========================================================  =========  ===================
+=========================================================  =========  ===================  ===========
+failure                                                    retried    counts for breaker   fallback
+=========================================================  =========  ===================  ===========
+HTTP 408, 5xx                                              yes        yes                  yes
+HTTP 409, 429                                              yes        no (it answered)     yes
+HTTP 429 with code ``insufficient_quota``                  no         no                   no
+other HTTP statuses (400, 401, 403, 404, 422, ...)         no         no                   no
+``x-should-retry: true`` / ``false`` header                overrides  unchanged            if retried
+                                                                                           or counted
+timeouts, connection errors and resets                     yes        yes                  yes
+the caller's bugs (``TypeError``, ``ValueError``, ...)     no         neutral              no
+holysheep's own refusals (``CircuitOpenError``, ...)       no         neutral              no
+cancellation, ``KeyboardInterrupt``                        never      neutral              no
+anything else                                              no         yes                  no
+=========================================================  =========  ===================  ===========
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from holysheep._holysheep import classify_failure, retry_after
 from holysheep.errors import HolySheepError
 
-__all__ = ["breaker_outcome", "classify_status", "is_retryable", "parse_retry_after", "server_retry_after"]
+__all__ = [
+    "Verdict",
+    "breaker_outcome",
+    "classify_status",
+    "is_retryable",
+    "parse_retry_after",
+    "server_retry_after",
+    "verdict",
+]
+
+
+class Verdict(NamedTuple):
+    """The table's answer for one failure."""
+
+    #: Another attempt at the same request may pass.
+    retry: bool
+    #: ``"failure"`` (the service is unwell), ``"success"`` (it answered) or ``"neutral"`` (says nothing).
+    breaker: str
+    #: Another model may answer where this one failed (the model's service, not the request, was at fault).
+    fallback: bool
+
+
+#: Where an exception carries its verdict once classified.
+_CARRIED = "_holysheep_verdict"
 
 # Bugs in the calling code: retrying cannot fix them and they say nothing about the service.
 _CALLER_ERRORS = (
@@ -49,18 +76,32 @@ _CALLER_ERRORS = (
 )
 
 
+def verdict(exc: BaseException) -> Verdict:
+    """What ``exc`` means, by the table: classified the first time it is asked, then carried by ``exc``
+    so the retry policy, the breaker and the fallback all read the same verdict."""
+    carried = exc.__dict__.get(_CARRIED) if hasattr(exc, "__dict__") else None
+    if carried is not None:
+        return carried  # type: ignore[no-any-return]
+    found = _classify(exc)
+    try:
+        setattr(exc, _CARRIED, found)
+    except AttributeError:  # an exception refusing attributes: classified again if asked again
+        pass
+    return found
+
+
 def is_retryable(exc: BaseException) -> bool:
     """Whether the default table retries ``exc``; cancellation and interrupts never are.
 
     Use it to extend the table: ``RetryPolicy(retry_on=lambda e: isinstance(e, MyError) or is_retryable(e))``.
     """
-    return _verdict(exc)[0]
+    return verdict(exc).retry
 
 
 def breaker_outcome(exc: BaseException) -> str:
     """What ``exc`` means to a circuit breaker: ``"failure"``, ``"success"`` (the service answered) or
     ``"neutral"`` (it says nothing about the service)."""
-    return _verdict(exc)[1]
+    return verdict(exc).breaker
 
 
 def classify_status(status: int, headers: Any = None, error_code: str | None = None) -> tuple[bool, str]:
@@ -70,8 +111,13 @@ def classify_status(status: int, headers: Any = None, error_code: str | None = N
     :param headers: the response headers (anything with ``items()``), for ``x-should-retry``.
     :param error_code: the body's error code, e.g. ``"insufficient_quota"``.
     """
+    retry, breaker, _ = _status_verdict(status, headers, error_code)
+    return retry, breaker
+
+
+def _status_verdict(status: int, headers: Any, error_code: str | None) -> Verdict:
     should_retry = _header(headers, "x-should-retry") if headers is not None else None
-    return classify_failure("status", status, should_retry, error_code)
+    return Verdict(*classify_failure("status", status, should_retry, error_code))
 
 
 def parse_retry_after(headers: Mapping[str, str] | Any) -> float | None:
@@ -94,13 +140,13 @@ def server_retry_after(exc: BaseException) -> float | None:
     return parse_retry_after(headers) if headers is not None else None
 
 
-def _verdict(exc: BaseException) -> tuple[bool, str]:
+def _classify(exc: BaseException) -> Verdict:
     if not isinstance(exc, Exception):
-        return classify_failure("cancelled")
+        return Verdict(*classify_failure("cancelled"))
     status = _status_of(exc)
     if status is not None:
-        return classify_status(status, _headers_of(exc), _error_code(exc) if status == 429 else None)
-    return classify_failure(_kind_of(exc))
+        return _status_verdict(status, _headers_of(exc), _error_code(exc) if status == 429 else None)
+    return Verdict(*classify_failure(_kind_of(exc)))
 
 
 def _kind_of(exc: Exception) -> str:

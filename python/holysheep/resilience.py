@@ -7,17 +7,23 @@ breaker, then takes a limiter slot, then calls::
 
 A retry therefore never breaks a limit (it queues like any call) and never reaches a service the breaker
 has given up on (it raises ``CircuitOpenError``, caused by the last real error).
+
+A bare openai client retries on its own (``max_retries=2`` by default), inside the call, out of sight of
+these decorators: past the limiter, on top of the retry policy. Its failures say so (the request's
+``x-stainless-retry-count`` header), and ``rate_limited`` and ``resilient`` warn once per decorated
+function when one passes through them, with the fix.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
-from holysheep._guard import guard_sync, refuse_generators, reraise
+from holysheep._guard import check_decorated, guard_sync, reraise
 from holysheep.breaker import CircuitBreaker
 from holysheep.errors import ConfigError
 from holysheep.retry import RetryPolicy
@@ -63,6 +69,52 @@ class Limiter(Protocol):
         ...
 
 
+class _SdkRetries:
+    """Watches the failures passing through one decorated function for an openai client that retried on
+    its own, and warns the first time."""
+
+    __slots__ = ("_fn", "_warned")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self._fn = fn
+        self._warned = False
+
+    def saw(self, exc: BaseException) -> None:
+        if self._warned:
+            return
+        retries = _sdk_retries(exc)
+        if retries:
+            self._warned = True
+            name = getattr(self._fn, "__qualname__", repr(self._fn))
+            message = (
+                f"holysheep: the openai client called by {name} retried a request {retries} time(s) on its own, "
+                "past the limiter (the server saw more requests than it admitted) and on top of the retry "
+                "policy. Make that client with max_retries=0, or use hs.wrap(client, limiter=...) or "
+                "hs.AsyncHolySheep / hs.HolySheep, whose transport retries under the limiter."
+            )
+            code = getattr(self._fn, "__code__", None)
+            if code is None:
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
+            else:  # attributed to the decorated function, wherever the failure surfaced
+                warnings.warn_explicit(message, RuntimeWarning, code.co_filename, code.co_firstlineno)
+
+    def on_error(self, permit: int | None, exc: BaseException, started: int, args: Any, kwargs: Any) -> Any:
+        """The ``on_error`` of a guard that only watches: the error goes on."""
+        self.saw(exc)
+        raise exc
+
+
+def _sdk_retries(exc: BaseException) -> int:
+    """How many times the openai client retried the request ``exc`` failed on by itself: its
+    ``x-stainless-retry-count`` header; 0 for any other error."""
+    try:
+        headers = exc.request.headers  # type: ignore[attr-defined]  # openai's errors carry their request
+        count = headers.get("x-stainless-retry-count")
+    except Exception:  # no request (or an httpx error's, which raises when unset): not the SDK's
+        return 0
+    return int(count) if isinstance(count, str) and count.strip().isdigit() else 0
+
+
 def retry(policy: RetryPolicy | None = None) -> Callable[[F], F]:
     """Decorates a ``def`` or ``async def`` so failures that may pass are retried by ``policy``.
 
@@ -101,10 +153,10 @@ def rate_limited(limiter: Limiter) -> Callable[[F], F]:
     _check_limiter(limiter)
 
     def decorate(fn: F) -> F:
-        refuse_generators(fn, "rate_limited")
+        check_decorated(fn, "rate_limited")
         if inspect.iscoroutinefunction(fn):
-            return cast(F, _limit_async(limiter, fn))
-        return cast(F, _limit_sync(limiter, fn))
+            return cast(F, _limit_async(limiter, fn, _SdkRetries(fn)))
+        return cast(F, _limit_sync(limiter, fn, _SdkRetries(fn)))
 
     return decorate
 
@@ -134,15 +186,17 @@ def resilient(
         raise ConfigError(f"breaker: must be a CircuitBreaker, got {breaker!r}", "breaker")
 
     def decorate(fn: F) -> F:
-        refuse_generators(fn, "resilient")
-        attempt = fn
+        check_decorated(fn, "resilient")
+        watch = _SdkRetries(fn)
+        asynchronous = inspect.iscoroutinefunction(fn)
+        attempt: Callable[..., Any] = fn
         if limiter is not None:
-            attempt = rate_limited(limiter)(attempt)
+            attempt = _limit_async(limiter, fn, watch) if asynchronous else _limit_sync(limiter, fn, watch)
         if breaker is not None:
             attempt = breaker(attempt)
-        if inspect.iscoroutinefunction(fn):
-            return cast(F, _resilient_async(fn, attempt, limiter, retry, breaker))
-        return cast(F, _resilient_sync(fn, attempt, limiter, retry, breaker))
+        if asynchronous:
+            return cast(F, _resilient_async(fn, attempt, limiter, retry, breaker, watch))
+        return cast(F, _resilient_sync(fn, attempt, limiter, retry, breaker, watch))
 
     return decorate
 
@@ -159,12 +213,14 @@ def _resilient_sync(
     limiter: Limiter | None,
     retry: RetryPolicy | None,
     breaker: CircuitBreaker | None,
+    watch: _SdkRetries,
 ) -> Callable[..., T]:
     """All three in one native guard for the first attempt; retries go through ``attempt`` (breaker,
     then limiter, then ``fn``), as the composition would."""
     retry_first_error = retry._on_first_error(attempt) if retry is not None else reraise
 
     def on_error(permit: int | None, exc: BaseException, started: int, args: Any, kwargs: Any) -> T:
+        watch.saw(exc)
         if breaker is not None and permit is not None:
             breaker._settle(permit, exc)
         return cast(T, retry_first_error(permit, exc, started, args, kwargs))
@@ -185,6 +241,7 @@ def _resilient_async(
     limiter: Limiter | None,
     retry: RetryPolicy | None,
     breaker: CircuitBreaker | None,
+    watch: _SdkRetries,
 ) -> Callable[..., Awaitable[T]]:
     """The same in one coroutine frame for the first attempt (nested decorators would stack three);
     retries go through ``attempt`` (breaker, then limiter, then ``fn``)."""
@@ -195,6 +252,7 @@ def _resilient_async(
     retry_async = retry._retry_async if retry is not None else None
 
     async def on_error(permit: int | None, exc: BaseException, started: int, args: Any, kwargs: Any) -> T:
+        watch.saw(exc)
         if breaker is not None and permit is not None:
             breaker._settle(permit, exc)
         if retry_async is None or not isinstance(exc, Exception):
@@ -226,14 +284,18 @@ def _resilient_async(
     return resilient_call
 
 
-def _limit_sync(limiter: Limiter, fn: Callable[..., T]) -> Callable[..., T]:
-    return guard_sync(fn, on_error=reraise, limiter=limiter)
+def _limit_sync(limiter: Limiter, fn: Callable[..., T], watch: _SdkRetries) -> Callable[..., T]:
+    return guard_sync(fn, on_error=watch.on_error, limiter=limiter)
 
 
-def _limit_async(limiter: Limiter, fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+def _limit_async(limiter: Limiter, fn: Callable[..., Awaitable[T]], watch: _SdkRetries) -> Callable[..., Awaitable[T]]:
     @functools.wraps(fn)
     async def limited(*args: Any, **kwargs: Any) -> T:
         async with limiter:
-            return await fn(*args, **kwargs)
+            try:
+                return await fn(*args, **kwargs)
+            except BaseException as exc:
+                watch.saw(exc)
+                raise
 
     return limited

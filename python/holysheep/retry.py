@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, Union, cast
 
-from holysheep._guard import OnError, guard_sync, refuse_generators
+from holysheep._guard import OnError, check_callable, check_decorated, guard_sync
 from holysheep._holysheep import RetryCore
 from holysheep.classify import is_retryable, server_retry_after
 from holysheep.errors import CircuitOpenError, ConfigError
@@ -142,13 +142,14 @@ class RetryPolicy:
 
     def __call__(self, fn: F) -> F:
         """Decorates ``fn`` (``def`` or ``async def``) so each call is retried by this policy."""
-        refuse_generators(fn, "RetryPolicy")
+        check_decorated(fn, "RetryPolicy")
         if inspect.iscoroutinefunction(fn):
             return cast(F, self._wrap_async(fn))
         return cast(F, self._wrap_sync(fn))
 
     async def call(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         """Awaits ``fn(*args, **kwargs)``, retrying by this policy; raises the last real error."""
+        check_callable(fn, "RetryPolicy.call")
         started = self._core.begin() if self._timed else 0
         try:
             return await fn(*args, **kwargs)
@@ -157,6 +158,7 @@ class RetryPolicy:
 
     def call_sync(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Calls ``fn(*args, **kwargs)``, retrying by this policy; raises the last real error."""
+        check_callable(fn, "RetryPolicy.call_sync")
         started = self._core.begin() if self._timed else 0
         try:
             return fn(*args, **kwargs)

@@ -12,6 +12,7 @@
 //! changes nothing, so a slow call from before an outage cannot close a half-open breaker, and giving
 //! back a cancelled trial frees exactly the trial slot it took.
 
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::core::clock::{Clock, MonotonicClock, ns_to_secs};
@@ -100,6 +101,11 @@ struct Word(u64);
 
 const HALF_OPEN_COUNT_MASK: u64 = 0xFFFF;
 
+/// The consecutive failures that may open a breaker.
+pub const FAILURE_THRESHOLD: RangeInclusive<u32> = 1..=u32::MAX;
+/// The trial calls a half-open breaker may let through: as many as its state word counts.
+pub const HALF_OPEN_CALLS: RangeInclusive<u32> = 1..=HALF_OPEN_COUNT_MASK as u32;
+
 impl Word {
     fn new(state: State, generation: u16, payload: u64) -> Self {
         let state_bits = match state {
@@ -159,12 +165,14 @@ pub struct CircuitBreaker<C: Clock = MonotonicClock> {
 
 impl<C: Clock> CircuitBreaker<C> {
     pub fn new(config: BreakerConfig, clock: C) -> Result<Self> {
-        if config.failure_threshold == 0 {
-            return Err(Error::config("failure_threshold", "must be at least 1, got 0"));
-        }
-        if !(1..=HALF_OPEN_COUNT_MASK).contains(&u64::from(config.half_open_max_calls)) {
-            let got = config.half_open_max_calls;
-            return Err(Error::config("half_open_max_calls", format!("must be between 1 and 65535, got {got}")));
+        for (field, got, range) in [
+            ("failure_threshold", config.failure_threshold, FAILURE_THRESHOLD),
+            ("half_open_max_calls", config.half_open_max_calls, HALF_OPEN_CALLS),
+        ] {
+            if !range.contains(&got) {
+                let (low, high) = (range.start(), range.end());
+                return Err(Error::config(field, format!("must be between {low} and {high}, got {got}")));
+            }
         }
         Ok(Self {
             config,

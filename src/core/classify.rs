@@ -1,10 +1,13 @@
-//! The one table of what is retried and what counts against a circuit breaker.
+//! The one table of what a failure means: whether it is retried, what it means to a circuit breaker,
+//! and whether another model (a fallback) should be asked once the retries have run out.
 //!
-//! The Python layer reads an exception into a [`Failure`] (status code, `x-should-retry`, the error code
-//! of the body); this table alone decides. Retried: 408, 409, 429 and every 5xx, timeouts and broken
-//! connections. Never: other 4xx, a 429 whose code is `insufficient_quota` (out of credit, so retrying
-//! only burns time), the caller's own bugs, and cancellation. `x-should-retry: true|false` overrides the
-//! status, as the server knows best.
+//! The Python layer reads a failure into a [`Failure`] (status code, `x-should-retry`, the error code of
+//! the body) once, when it happens, and the failure carries the [`Verdict`]; the retry policy, the
+//! breaker and the fallback read it, none decides again. Retried: 408, 409, 429 and every 5xx, timeouts
+//! and broken connections. Never: other 4xx, a 429 whose code is `insufficient_quota` (out of credit, so
+//! retrying only burns time), the caller's own bugs, and cancellation. `x-should-retry: true|false`
+//! overrides the status for retrying, as the server knows best, but not what the answer says about the
+//! server: a 503 it asks not to retry still counts against the breaker.
 
 /// What went wrong, as far as retrying and breaking care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +40,13 @@ pub enum BreakerOutcome {
 /// The table's answer for one failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
+    /// Another attempt at the same request may pass.
     pub retry: bool,
+    /// What the failure says about the service.
     pub breaker: BreakerOutcome,
+    /// Another model may answer where this one failed: the model's service was unwell or busy, the
+    /// request itself was not at fault.
+    pub fallback: bool,
 }
 
 /// The table.
@@ -58,11 +66,11 @@ pub fn classify(failure: Failure<'_>) -> Verdict {
                 Some(v) if v == "false" => false,
                 _ => by_status,
             };
-            Verdict { retry, breaker }
+            Verdict { retry, breaker, fallback: retry || breaker == Trips }
         }
-        Failure::Timeout | Failure::Connection => Verdict { retry: true, breaker: Trips },
-        Failure::Caller | Failure::Cancelled => Verdict { retry: false, breaker: Neutral },
-        Failure::Unknown => Verdict { retry: false, breaker: Trips },
+        Failure::Timeout | Failure::Connection => Verdict { retry: true, breaker: Trips, fallback: true },
+        Failure::Caller | Failure::Cancelled => Verdict { retry: false, breaker: Neutral, fallback: false },
+        Failure::Unknown => Verdict { retry: false, breaker: Trips, fallback: false },
     }
 }
 
@@ -119,7 +127,30 @@ mod tests {
     }
 
     #[test]
+    fn a_server_asking_not_to_be_retried_still_counts_against_the_breaker() {
+        let no = Failure::Status { code: 503, should_retry: Some("false"), error_code: None };
+        assert_eq!(classify(no), Verdict { retry: false, breaker: BreakerOutcome::Failure, fallback: true });
+        let timed_out = Failure::Status { code: 408, should_retry: Some("false"), error_code: None };
+        assert_eq!(classify(timed_out).breaker, BreakerOutcome::Failure);
+    }
+
+    #[test]
+    fn another_model_is_asked_only_where_the_model_not_the_request_failed() {
+        for code in [408, 409, 429, 500, 503] {
+            assert!(classify(status(code)).fallback, "{code}");
+        }
+        for code in [400, 401, 403, 404, 422] {
+            assert!(!classify(status(code)).fallback, "{code}");
+        }
+        let out_of_credit = Failure::Status { code: 429, should_retry: None, error_code: Some("insufficient_quota") };
+        assert!(!classify(out_of_credit).fallback);
+        assert!(classify(Failure::Timeout).fallback && classify(Failure::Connection).fallback);
+        assert!(!classify(Failure::Caller).fallback && !classify(Failure::Unknown).fallback);
+    }
+
+    #[test]
     fn cancellation_is_never_retried_and_neutral() {
-        assert_eq!(classify(Failure::Cancelled), Verdict { retry: false, breaker: BreakerOutcome::Neutral });
+        let verdict = Verdict { retry: false, breaker: BreakerOutcome::Neutral, fallback: false };
+        assert_eq!(classify(Failure::Cancelled), verdict);
     }
 }

@@ -2,6 +2,7 @@
 //! a bound on attempts and on total time, and a retry budget so a fleet does not turn an outage into a
 //! retry storm.
 
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::core::clock::{Clock, MonotonicClock, NS_PER_SEC};
@@ -116,10 +117,14 @@ pub struct RetryPolicy<C: Clock = MonotonicClock> {
     clock: C,
 }
 
+/// The attempts a policy may make in all, the first included.
+pub const ATTEMPTS: RangeInclusive<u32> = 1..=u32::MAX;
+
 impl<C: Clock> RetryPolicy<C> {
     pub fn new(config: RetryConfig, clock: C) -> Result<Self> {
-        if config.max_attempts == 0 {
-            return Err(Error::config("max_attempts", "must be at least 1, got 0"));
+        if !ATTEMPTS.contains(&config.max_attempts) {
+            let (got, low, high) = (config.max_attempts, ATTEMPTS.start(), ATTEMPTS.end());
+            return Err(Error::config("max_attempts", format!("must be between {low} and {high}, got {got}")));
         }
         if config.max_delay_ns < config.base_delay_ns {
             return Err(Error::config("max_delay", "must be at least base_delay"));

@@ -12,6 +12,8 @@
 //! Bools are refused wherever a number is expected: `True` is an `int` in Python, but
 //! `max_concurrency=True` is a slip, never a way to write 1.
 
+use std::ops::RangeInclusive;
+
 use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
@@ -99,6 +101,12 @@ pub fn count(field: &str, value: &Bound<'_, PyAny>, min: u64, max: u64) -> PyRes
     }
 }
 
+/// [`count`] over a core setting's range of `u32`s, e.g. `core::retry::ATTEMPTS`.
+pub fn count_in(field: &str, value: &Bound<'_, PyAny>, range: RangeInclusive<u32>) -> PyResult<u32> {
+    let n = count(field, value, u64::from(*range.start()), u64::from(*range.end()))?;
+    Ok(n as u32) // within the range, so within u32
+}
+
 /// LLM tokens a request carries: an int, 0 or more.
 pub fn tokens(field: &str, value: &Bound<'_, PyAny>) -> PyResult<u64> {
     count(field, value, 0, u64::MAX)
@@ -132,6 +140,22 @@ pub fn choice<T>(
         return refuse(field, "a str naming one of its options", value);
     };
     Ok(parse(&string.to_cow()?)?)
+}
+
+/// `True` or `False`; anything else that merely looks true (`1`, `"yes"`, `None`) is refused.
+pub fn flag(field: &str, value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    match value.cast::<PyBool>() {
+        Ok(flag) => Ok(flag.is_true()),
+        Err(_) => refuse(field, "True or False", value),
+    }
+}
+
+/// A `str` (a name shown in errors and logs).
+pub fn text(field: &str, value: &Bound<'_, PyAny>) -> PyResult<String> {
+    match value.cast::<PyString>() {
+        Ok(string) => Ok(string.to_cow()?.into_owned()),
+        Err(_) => refuse(field, "a str", value),
+    }
 }
 
 /// `check` applied to an argument that may be left out or given as `None`.

@@ -3,10 +3,10 @@
 
 use pyo3::prelude::*;
 
-use crate::core::breaker::{BreakerConfig, CircuitBreaker, Permit, Transition};
+use crate::core::breaker::{BreakerConfig, CircuitBreaker, FAILURE_THRESHOLD, HALF_OPEN_CALLS, Permit, Transition};
 use crate::core::clock::ns_to_secs;
 
-use super::seconds::{field_ns, field_u32};
+use super::args;
 
 /// The native half of `holysheep.CircuitBreaker`; use that class.
 #[pyclass(name = "BreakerCore", module = "holysheep._holysheep", frozen)]
@@ -27,13 +27,19 @@ fn names(transition: Option<Transition>) -> Option<(&'static str, &'static str)>
 #[pymethods]
 impl BreakerCore {
     #[new]
-    #[pyo3(signature = (*, failure_threshold=5, recovery_timeout=30.0, half_open_max_calls=3, name="default"))]
-    fn new(failure_threshold: i64, recovery_timeout: f64, half_open_max_calls: i64, name: &str) -> PyResult<Self> {
+    /// Every setting as the user passed it to `CircuitBreaker`, which holds the defaults.
+    #[pyo3(signature = (*, failure_threshold, recovery_timeout, half_open_max_calls, name))]
+    fn new(
+        failure_threshold: &Bound<'_, PyAny>,
+        recovery_timeout: &Bound<'_, PyAny>,
+        half_open_max_calls: &Bound<'_, PyAny>,
+        name: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
         let config = BreakerConfig {
-            name: name.to_owned(),
-            failure_threshold: field_u32("failure_threshold", failure_threshold)?,
-            recovery_timeout_ns: field_ns("recovery_timeout", recovery_timeout)?,
-            half_open_max_calls: field_u32("half_open_max_calls", half_open_max_calls)?,
+            name: args::text("name", name)?,
+            failure_threshold: args::count_in("failure_threshold", failure_threshold, FAILURE_THRESHOLD)?,
+            recovery_timeout_ns: args::seconds("recovery_timeout", recovery_timeout)?,
+            half_open_max_calls: args::count_in("half_open_max_calls", half_open_max_calls, HALF_OPEN_CALLS)?,
         };
         Ok(Self { inner: CircuitBreaker::new(config, Default::default())? })
     }

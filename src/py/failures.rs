@@ -7,8 +7,9 @@ use crate::core::classify::{BreakerOutcome, Failure, classify};
 use crate::core::clock::ns_to_secs;
 use crate::core::headers::server_delay_now;
 
-/// `(retry, breaker_outcome)` for a failure of `kind` ("status", "timeout", "connection", "caller",
-/// "cancelled", "unknown"); a status failure also gives its code, `x-should-retry` and body error code.
+/// `(retry, breaker_outcome, fallback)` for a failure of `kind` ("status", "timeout", "connection",
+/// "caller", "cancelled", "unknown"); a status failure also gives its code, `x-should-retry` and body
+/// error code.
 #[pyfunction]
 #[pyo3(signature = (kind, status=None, should_retry=None, error_code=None))]
 pub fn classify_failure(
@@ -16,7 +17,7 @@ pub fn classify_failure(
     status: Option<u16>,
     should_retry: Option<&str>,
     error_code: Option<&str>,
-) -> PyResult<(bool, &'static str)> {
+) -> PyResult<(bool, &'static str, bool)> {
     let failure = match (kind, status) {
         ("status", Some(code)) => Failure::Status { code, should_retry, error_code },
         ("timeout", _) => Failure::Timeout,
@@ -32,7 +33,7 @@ pub fn classify_failure(
         BreakerOutcome::Success => "success",
         BreakerOutcome::Neutral => "neutral",
     };
-    Ok((verdict.retry, breaker))
+    Ok((verdict.retry, breaker, verdict.fallback))
 }
 
 /// Seconds the response headers ask to wait (`retry-after-ms`, `retry-after`, `x-ratelimit-reset-*`),

@@ -13,7 +13,6 @@ mod limiter;
 mod redis;
 mod redis_channel;
 mod retry;
-mod seconds;
 mod waiting;
 
 use pyo3::prelude::*;

@@ -3,9 +3,9 @@
 use pyo3::prelude::*;
 
 use crate::core::clock::{ns_to_secs, secs_to_ns};
-use crate::core::retry::{Jitter, RetryConfig, RetryDecision, RetryPolicy};
+use crate::core::retry::{ATTEMPTS, Jitter, RetryConfig, RetryDecision, RetryPolicy};
 
-use super::seconds::{field_ns, field_u32};
+use super::args;
 
 /// The native half of `holysheep.RetryPolicy`; use that class.
 #[pyclass(name = "RetryCore", module = "holysheep._holysheep", frozen)]
@@ -29,30 +29,31 @@ enum NextDelay {
 #[pymethods]
 impl RetryCore {
     #[new]
-    #[pyo3(signature = (*, max_attempts=5, base_delay=1.0, max_delay=60.0, multiplier=2.0, jitter="full",
-                        respect_retry_after=true, max_retry_after=120.0, max_elapsed=None, retry_budget=None))]
+    /// Every setting as the user passed it to `RetryPolicy`, which holds the defaults.
+    #[pyo3(signature = (*, max_attempts, base_delay, max_delay, multiplier, jitter, respect_retry_after,
+                        max_retry_after, max_elapsed, retry_budget))]
     #[allow(clippy::too_many_arguments)] // one per keyword argument of the Python constructor
     fn new(
-        max_attempts: i64,
-        base_delay: f64,
-        max_delay: f64,
-        multiplier: f64,
-        jitter: &str,
-        respect_retry_after: bool,
-        max_retry_after: f64,
-        max_elapsed: Option<f64>,
-        retry_budget: Option<f64>,
+        max_attempts: &Bound<'_, PyAny>,
+        base_delay: &Bound<'_, PyAny>,
+        max_delay: &Bound<'_, PyAny>,
+        multiplier: &Bound<'_, PyAny>,
+        jitter: &Bound<'_, PyAny>,
+        respect_retry_after: &Bound<'_, PyAny>,
+        max_retry_after: &Bound<'_, PyAny>,
+        max_elapsed: Option<&Bound<'_, PyAny>>,
+        retry_budget: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let config = RetryConfig {
-            max_attempts: field_u32("max_attempts", max_attempts)?,
-            base_delay_ns: field_ns("base_delay", base_delay)?,
-            max_delay_ns: field_ns("max_delay", max_delay)?,
-            multiplier,
-            jitter: Jitter::from_name(jitter)?,
-            respect_retry_after,
-            max_retry_after_ns: field_ns("max_retry_after", max_retry_after)?,
-            max_elapsed_ns: max_elapsed.map(|s| field_ns("max_elapsed", s)).transpose()?,
-            retry_budget,
+            max_attempts: args::count_in("max_attempts", max_attempts, ATTEMPTS)?,
+            base_delay_ns: args::seconds("base_delay", base_delay)?,
+            max_delay_ns: args::seconds("max_delay", max_delay)?,
+            multiplier: args::positive("multiplier", multiplier)?,
+            jitter: args::choice("jitter", jitter, Jitter::from_name)?,
+            respect_retry_after: args::flag("respect_retry_after", respect_retry_after)?,
+            max_retry_after_ns: args::seconds("max_retry_after", max_retry_after)?,
+            max_elapsed_ns: args::optional(max_elapsed, |s| args::seconds("max_elapsed", s))?,
+            retry_budget: args::optional(retry_budget, |r| args::positive("retry_budget", r))?,
         };
         Ok(Self { inner: RetryPolicy::new(config, Default::default())? })
     }

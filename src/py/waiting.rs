@@ -8,7 +8,7 @@
 //! Threads: the same polling, blocked on a condition variable with the GIL released, waking every
 //! `SIGNAL_CHECK` to let Ctrl-C through.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::ThreadId;
 use std::time::Duration;
 
@@ -242,7 +242,14 @@ impl Acquiring {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        let state = lock(&self.state);
+        // Never block here: the collector runs inside `step` (an allocation there, with the lock held,
+        // on this thread) or on another thread while this one holds the lock and waits for the GIL.
+        // What is not visited this time is only kept alive until a later collection.
+        let state = match self.state.try_lock() {
+            Ok(state) => state,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return Ok(()),
+        };
         if let Some(future) = &state.future {
             visit.call(future)?;
         }
