@@ -230,6 +230,15 @@ async def test_wrong_key_and_insufficient_quota_fail_at_once() -> None:
         assert len([r for r in gw.admission_log() if r.status in (401, 429)]) == 2
 
 
+async def test_a_raw_response_says_how_long_it_took(gateway: MockGateway) -> None:
+    """JSON answers are read by the transport (to check them), so nothing of httpx's closes them later:
+    their elapsed time is set there (httpx 0.x, under openai 1.x and 2.x, would raise)."""
+    lim = hs.HolySheepRateLimiter(max_concurrency=2)
+    async with hs.AsyncHolySheep(base_url=gateway.base_url, api_key="hs_test", limiter=lim) as client:
+        raw = await client.chat.completions.with_raw_response.create(model="gpt-4.1", messages=MESSAGES)
+    assert raw.elapsed.total_seconds() > 0
+
+
 async def test_a_malformed_answer_raises_the_sdks_own_typed_error_after_the_retries() -> None:
     """Issue 15: a 200 with a body that is not JSON made the SDK raise json.JSONDecodeError."""
     with MockGateway(faults=Faults(malformed=1.0)) as gw:

@@ -35,6 +35,7 @@ def transport_class(lib: Any) -> type:
     reclaimed = {"reclaimed": reclaimed_error(lib)}
     namespace = {
         "lib": lib,
+        "times_read_answers": lib.__name__ == "httpx",
         "async_stream": type("HeldAsyncStream", (_HeldAsyncStream, lib.AsyncByteStream), reclaimed),
         "sync_stream": type("HeldSyncStream", (_HeldSyncStream, lib.SyncByteStream), reclaimed),
         "stamped_body": type("StampedWhenSent", (_StampedWhenSent, lib.SyncByteStream, lib.AsyncByteStream), {}),

@@ -9,8 +9,10 @@ and the fallback read that verdict. The answer handed back holds its admission u
 
 from __future__ import annotations
 
+import datetime
 import json
 import threading
+import time
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +71,9 @@ class _Pipeline:
     stream classes are the held bodies made that library's byte streams."""
 
     lib: Any
+    #: Whether an answer read here needs its ``elapsed`` set: httpx sets it only when the client closes
+    #: the body, which it never does for an answer that comes back read; httpx2 sets it itself.
+    times_read_answers: bool
     async_stream: type[_HeldAsyncStream]
     sync_stream: type[_HeldSyncStream]
     stamped_body: type[_StampedWhenSent]
@@ -207,10 +212,13 @@ class _Pipeline:
             if admission is not None and admission.stamps:
                 request.stream = self.stamped_body(request.stream, admission)
             try:
+                sent = time.perf_counter() if self.times_read_answers else 0.0
                 response = await steps.send(request)
                 status = response.status_code
                 # An answer that is not streamed is read here: a failure to classify it, JSON to check it.
                 body = await steps.read(response) if status >= 400 or is_json(response.headers) else None
+                if body is not None and self.times_read_answers:
+                    response.elapsed = datetime.timedelta(seconds=time.perf_counter() - sent)
             except BaseException as exc:
                 if admission is not None:
                     admission.release()
