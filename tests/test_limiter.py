@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import gc
 import math
 import threading
@@ -215,7 +216,19 @@ async def test_decorates_async_and_sync_functions() -> None:
     assert await embed("four") == 4
     assert count("three") == 5
     assert (embed.__name__, count.__name__) == ("embed", "count")
+    assert inspect.iscoroutinefunction(embed) and not inspect.iscoroutinefunction(count)
     assert lim.stats()["admitted"] == 2
+
+
+def test_decorating_what_cannot_be_called_is_refused() -> None:
+    with pytest.raises(hs.ConfigError, match="function: must be a function") as raised:
+        hs.HolySheepRateLimiter(max_qps=1)(5)  # type: ignore[type-var]
+    assert raised.value.field == "function"
+
+
+def test_the_limiter_is_one_native_class_whatever_it_is_given() -> None:
+    assert type(hs.HolySheepRateLimiter(rpm=60)) is hs.HolySheepRateLimiter
+    assert type(hs.HolySheepRateLimiter.from_tier("pro")) is hs.HolySheepRateLimiter
 
 
 def test_one_limiter_serves_two_event_loops_in_two_threads() -> None:

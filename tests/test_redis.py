@@ -7,30 +7,34 @@ import asyncio
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import Err, max_in_any_window
 from redis_server import RedisServer, cluster_url, redis_server, redis_url, tls_redis  # noqa: F401  (fixtures)
 
 import holysheep as hs
-from holysheep._holysheep import _Grant, _LoopChannel
+from holysheep._holysheep import _LoopChannel
 
 
-def shared(url: str, key: str = "team-a", **limits: object) -> hs.SharedRateLimiter:
+def shared(url: str, key: str = "team-a", **limits: object) -> hs.HolySheepRateLimiter:
     lim = hs.HolySheepRateLimiter(backend=hs.RedisBackend(url), key=key, **limits)  # type: ignore[arg-type]
-    assert isinstance(lim, hs.SharedRateLimiter)
+    assert type(lim) is hs.HolySheepRateLimiter and lim.backend is not None
     return lim
 
 
-def admission_times_us(lim: hs.SharedRateLimiter) -> list[int]:
-    """Redis's times of the admissions held, in whole microseconds: in float seconds an admission
-    exactly one window after another could round into that window."""
-    return [held.at_us for held in lim._held if isinstance(held, _Grant)]
+def admitted_at_us(lim: hs.HolySheepRateLimiter, tokens: int = 0) -> int | None:
+    """Redis's time of an admission decided now, or None when refused; in whole microseconds: in float
+    seconds an admission exactly one window after another could round into that window."""
+    try:
+        return lim._admit_blocking(tokens, 0.0, 0.0).at_us
+    except hs.RateLimitExceeded:
+        return None
 
 
 def test_backend_is_chosen_by_passing_one(redis_url: str) -> None:
     lim = shared(redis_url, rpm=60)
-    assert isinstance(lim, hs.HolySheepRateLimiter)
+    assert type(lim) is hs.HolySheepRateLimiter and lim.backend is not None
     assert type(hs.HolySheepRateLimiter(rpm=60)) is hs.HolySheepRateLimiter
 
 
@@ -63,7 +67,7 @@ def test_refused_credentials_are_a_config_error_at_first_use(redis_server: Redis
         with pytest.raises(hs.ConfigError) as raised:
             lim.try_acquire()
         assert "hunter2" not in str(raised.value) and "***" in str(raised.value)
-        assert "hunter2" not in repr(lim) and "hunter2" not in repr(lim._backend)
+        assert "hunter2" not in repr(lim) and "hunter2" not in repr(lim.backend)
         good = f"redis://app:right-password@127.0.0.1:{redis_server.port}/0"
         assert hs.HolySheepRateLimiter(max_qps=5, backend=hs.RedisBackend(good), key="k").try_acquire()
     finally:
@@ -126,6 +130,35 @@ async def test_cancelled_waiter_gives_its_reservation_back(redis_url: str) -> No
     assert 0.7 < lim.time_until_ready() <= 0.9, "the next one waits only for the first admission"
 
 
+async def test_a_waiter_cancelled_while_redis_decides_gives_back_what_redis_granted(redis_url: str) -> None:
+    lim, peer = shared(redis_url, key="gate", max_concurrency=1), shared(redis_url, key="gate", max_concurrency=1)
+    for _ in range(20):
+        waiter = asyncio.ensure_future(lim.acquire())
+        await asyncio.sleep(0)  # its decision is on its way to Redis
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    deadline = time.monotonic() + 1.0
+    while peer.stats()["fleet_in_flight"]:
+        assert time.monotonic() < deadline, "a lease granted to a cancelled waiter was not given back"
+        await asyncio.sleep(0.01)
+    assert peer.try_acquire() and lim.stats()["in_flight"] == 0 and lim.stats()["waiting"] == 0
+
+
+def test_a_shared_limit_without_a_concurrency_cap_holds_nothing_after_admitting(redis_url: str) -> None:
+    lim = shared(redis_url, max_qps=1_000)
+    assert all(lim.try_acquire() for _ in range(50))
+    lim.acquire_blocking()
+    lim.release()  # nothing to release: it does nothing, as for a local limiter
+    assert lim._held == [] and lim.stats()["in_flight"] == 0
+
+
+def test_release_without_an_acquire_is_an_error_for_a_shared_cap(redis_url: str) -> None:
+    lim = shared(redis_url, max_concurrency=2)
+    with pytest.raises(RuntimeError, match="without a matching acquire"):
+        lim.release()
+
+
 async def test_concurrency_leases_are_shared_and_waiters_get_them_on_release(redis_url: str) -> None:
     one, other = shared(redis_url, max_concurrency=2), shared(redis_url, max_concurrency=2)
     await one.acquire()
@@ -181,9 +214,11 @@ def test_slot_settles_the_shared_token_count(redis_url: str) -> None:
 def test_admissions_in_any_window_stay_within_the_limit(redis_url: str) -> None:
     lim = shared(redis_url, limits=[hs.Limit(10, per=0.2)])
     deadline = time.monotonic() + 0.7
+    times = []
     while time.monotonic() < deadline:
-        lim.try_acquire()
-    times = admission_times_us(lim)
+        at_us = admitted_at_us(lim)
+        if at_us is not None:
+            times.append(at_us)
     assert max_in_any_window(times, 200_000) == 10 and len(times) >= 30
 
 
@@ -212,10 +247,8 @@ def test_presets_take_a_backend_and_stay_what_they_are(redis_url: str) -> None:
     bucket = hs.TokenBucket(rate=5, capacity=2, backend=backend, key="bucket")
     window = hs.SlidingWindow(limit=2, window_s=10, backend=backend, key="window")
     gate = hs.ConcurrencyLimiter(1, backend=backend, key="gate")
-    for lim in (bucket, window, gate):
-        assert isinstance(lim, hs.SharedRateLimiter)
-    assert isinstance(bucket, hs.TokenBucket) and isinstance(window, hs.SlidingWindow)
-    assert isinstance(gate, hs.ConcurrencyLimiter)
+    assert type(bucket) is hs.TokenBucket and type(window) is hs.SlidingWindow and type(gate) is hs.ConcurrencyLimiter
+    assert all(lim.backend is backend for lim in (bucket, window, gate))
     twin = hs.SlidingWindow(limit=2, window_s=10, backend=backend, key="window")
     assert window.try_acquire() and twin.try_acquire() and not window.try_acquire()
     assert gate.try_acquire() and not hs.ConcurrencyLimiter(1, backend=backend, key="gate").try_acquire()
@@ -293,18 +326,20 @@ async def test_the_loop_opens_its_own_connection_off_the_loop_then_uses_it(redis
     await lim.acquire()  # through the runtime while the loop's connection opens
     lim.release()
     for _ in range(50):
-        if isinstance(lim._channels.get(loop), _LoopChannel):
+        if isinstance(lim._loop_channel(loop), _LoopChannel):
             break
         await asyncio.sleep(0.01)
     await lim.acquire()
     lim.release()
-    channel = lim._channels[loop]
+    channel = lim._loop_channel(loop)
     assert isinstance(channel, _LoopChannel) and channel.is_open
 
 
 def test_a_429_cuts_the_rate_this_process_enforces_in_redis(redis_url: str) -> None:
     lim, other = shared(redis_url, key="cut", rpm=10), shared(redis_url, key="cut", rpm=10)
-    lim._server_answered(429, None, None)
+    heard = lim._admit_blocking(0, None, 0.0)
+    heard.observe(429, SimpleNamespace(raw=[]))
+    heard.give_back()
     assert lim.stats()["rate_factor"] == 0.7
     assert sum(lim.try_acquire() for _ in range(10)) == 7, "10 configured, 7 in force"
     assert sum(other.try_acquire() for _ in range(10)) == 3, "a process that heard no 429 keeps the configured 10"
@@ -383,12 +418,12 @@ async def test_a_usd_budget_shared_in_redis_stops_a_runaway_loop_before_the_requ
 def test_a_shared_budget_refuses_at_once_instead_of_waiting_and_settles_in_dollars(redis_url: str) -> None:
     one = shared(redis_url, key="dollars", limits=[hs.Limit(100, per=1.0), hs.Limit(1.0, per="hour", unit="usd")])
     other = shared(redis_url, key="dollars", limits=[hs.Limit(100, per=1.0), hs.Limit(1.0, per="hour", unit="usd")])
-    admitted = one._acquire_blocking(100_000, None, 0, 8.0)  # $0.80 of the fleet's $1.00
+    admitted = one._admit_blocking(100_000, None, 8.0)  # $0.80 of the fleet's $1.00
     started = time.monotonic()
     with pytest.raises(hs.BudgetExceeded, match=r"\$0\.800000 would cross the budget"):
-        other._acquire_blocking(100_000, None, 0, 8.0)
+        other._admit_blocking(100_000, None, 8.0)
     assert time.monotonic() - started < 0.5, "a budget refuses, it never makes a request wait"
     admitted.settle(50_000)  # the request really took half: $0.40
     assert other.stats()["remaining"] == {"100 requests per second": 99, "1 usd per hour": 0.6}
-    other._acquire_blocking(50_000, None, 0, 8.0)
+    other._admit_blocking(50_000, None, 8.0)
     assert other.stats()["remaining"]["1 usd per hour"] == 0.2

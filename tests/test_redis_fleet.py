@@ -19,7 +19,7 @@ from conftest import max_in_any_window
 from redis_server import RedisServer, redis_server, redis_url  # noqa: F401  (fixtures)
 
 import holysheep as hs
-from holysheep._holysheep import _Grant, _LoopChannel
+from holysheep._holysheep import _LoopChannel
 
 # Fresh interpreters: a forked child would inherit the parent's Redis runtime without its threads.
 spawn = multiprocessing.get_context("spawn")
@@ -29,13 +29,19 @@ def hammer(url: str, limits: list[tuple[float, float, str]], tokens: int, second
     """Calls try_acquire as fast as it can for ``seconds``; sends back Redis's times of its admissions (us)."""
     specs = [hs.Limit(amount, per=per, unit=unit) for amount, per, unit in limits]  # type: ignore[arg-type]
     lim = hs.HolySheepRateLimiter(limits=specs, backend=hs.RedisBackend(url), key="fleet")
-    assert isinstance(lim, hs.SharedRateLimiter)
+    assert type(lim) is hs.HolySheepRateLimiter and lim.backend is not None
     lim.time_until_ready()  # connected before the start
     start.wait()
     deadline = time.monotonic() + seconds
+    times = []
     while time.monotonic() < deadline:
-        lim.try_acquire(tokens)
-    out.put([held.at_us for held in lim._held if isinstance(held, _Grant)])
+        try:
+            at_us = lim._admit_blocking(tokens, 0.0, 0.0).at_us
+        except hs.RateLimitExceeded:
+            continue
+        if at_us is not None:
+            times.append(at_us)
+    out.put(times)
 
 
 def run_fleet(url: str, limits: list[tuple[float, float, str]], tokens: int, seconds: float, processes: int = 4) -> list[int]:
@@ -99,13 +105,15 @@ def test_a_killed_process_slots_come_back_after_their_ttl(redis_url: str) -> Non
     assert lim.try_acquire()
 
 
-def recovered(lim: hs.SharedRateLimiter, seconds: float = 5.0) -> bool:
+def recovered(lim: hs.HolySheepRateLimiter, seconds: float = 5.0) -> bool:
     """Whether the limiter decides in Redis again within ``seconds`` (each try admitted by Redis)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            if lim.try_acquire() and isinstance(lim._held[-1], _Grant):
+            if lim._admit_blocking(0, 0.0, 0.0).at_us is not None:
                 return True
+        except hs.RateLimitExceeded:
+            pass
         except hs.BackendUnavailable:
             pass
         time.sleep(0.05)
@@ -114,10 +122,10 @@ def recovered(lim: hs.SharedRateLimiter, seconds: float = 5.0) -> bool:
 
 @pytest.mark.parametrize("policy", ["fail_closed", "fail_open", "local"])
 def test_each_failure_policy_holds_through_a_redis_restart(redis_server: RedisServer, redis_url: str, policy: str) -> None:
-    def limiter() -> hs.SharedRateLimiter:
+    def limiter() -> hs.HolySheepRateLimiter:
         backend = hs.RedisBackend(redis_url, on_error=policy, connect_timeout=0.2, command_timeout=0.2)  # type: ignore[arg-type]
         lim = hs.HolySheepRateLimiter(limits=[hs.Limit(4, per=1.0)], backend=backend, key=f"restart-{policy}")
-        assert isinstance(lim, hs.SharedRateLimiter)
+        assert type(lim) is hs.HolySheepRateLimiter and lim.backend is not None
         return lim
 
     lim, peer = limiter(), limiter()
@@ -160,7 +168,7 @@ async def test_asyncio_decisions_follow_the_policy_through_a_restart(redis_serve
     while True:
         try:
             await lim.acquire()
-            decided_in_redis = isinstance(lim._held[-1], _Grant)
+            decided_in_redis = lim._held[-1].at_us is not None
             lim.release()
             if decided_in_redis:
                 break
@@ -170,7 +178,7 @@ async def test_asyncio_decisions_follow_the_policy_through_a_restart(redis_serve
         await asyncio.sleep(0.05)
 
 
-def forked_worker(lim: hs.SharedRateLimiter) -> None:
+def forked_worker(lim: hs.HolySheepRateLimiter) -> None:
     """In a forked child of a process whose limiter already talked to Redis and holds a slot."""
 
     async def once() -> None:
@@ -192,7 +200,7 @@ def forked_worker(lim: hs.SharedRateLimiter) -> None:
 def test_a_forked_worker_gets_its_own_connections_runtime_and_slots(redis_url: str) -> None:
     backend = hs.RedisBackend(redis_url, lease_ttl=0.5)
     lim = hs.HolySheepRateLimiter(limits=[hs.Limit(100, per=1.0)], max_concurrency=3, backend=backend, key="fork")
-    assert isinstance(lim, hs.SharedRateLimiter)
+    assert type(lim) is hs.HolySheepRateLimiter and lim.backend is not None
     assert lim.try_acquire()
     child = multiprocessing.get_context("fork").Process(target=forked_worker, args=(lim,))
     child.start()
@@ -215,14 +223,14 @@ def spend(url: str, limits: list[tuple[float, float, str]], price: float, second
     backend = hs.RedisBackend(url, on_error="local", connect_timeout=0.2, command_timeout=0.2)
     specs = [hs.Limit(amount, per=per, unit=unit) for amount, per, unit in limits]  # type: ignore[arg-type]
     lim = hs.HolySheepRateLimiter(limits=specs, backend=backend, key="spend")
-    assert isinstance(lim, hs.SharedRateLimiter)
+    assert type(lim) is hs.HolySheepRateLimiter and lim.backend is not None
     lim.time_until_ready()
     start.wait()
     admitted: list[float] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            lim._acquire_blocking(PRICED_TOKENS, 0.0, 0, price)
+            lim._admit_blocking(PRICED_TOKENS, 0.0, price)
             admitted.append(time.monotonic())
         except (hs.RateLimitExceeded, hs.BudgetExceeded):
             time.sleep(0.001)
@@ -264,12 +272,12 @@ def test_the_local_policy_keeps_a_usd_budget(redis_server: RedisServer, redis_ur
 # --- issue 15: a Redis stall or restart costs no more than the stall itself plus one second ---------
 
 
-def wait_for_a_slot(lim: hs.SharedRateLimiter, seconds: float) -> float:
+def wait_for_a_slot(lim: hs.HolySheepRateLimiter, seconds: float) -> float:
     """Seconds until ``lim`` gets a slot decided in Redis (failing the test after ``seconds``)."""
     started = time.monotonic()
     while True:
         try:
-            if lim.try_acquire() and isinstance(lim._held[-1], _Grant):
+            if lim.try_acquire() and lim._held[-1].at_us is not None:
                 return time.monotonic() - started
         except hs.BackendUnavailable:
             pass
@@ -281,9 +289,9 @@ async def test_acquires_that_timed_out_in_a_stall_leave_no_orphaned_slots(redis_
     backend = hs.RedisBackend(redis_url, command_timeout=0.3)
     lim = hs.HolySheepRateLimiter(max_concurrency=4, backend=backend, key="stall")
     peer = hs.HolySheepRateLimiter(max_concurrency=4, backend=hs.RedisBackend(redis_url), key="stall")
-    assert isinstance(lim, hs.SharedRateLimiter) and isinstance(peer, hs.SharedRateLimiter)
+    assert lim.backend is not None and peer.backend is not None
     loop = asyncio.get_running_loop()
-    while not isinstance(lim._channels.get(loop), _LoopChannel):  # this loop's own connection, open
+    while not isinstance(lim._loop_channel(loop), _LoopChannel):  # this loop's own connection, open
         async with lim:
             await asyncio.sleep(0.01)
     pid = int(redis_server.cli("INFO", "server").split("process_id:")[1].split()[0])
@@ -298,7 +306,7 @@ async def test_acquires_that_timed_out_in_a_stall_leave_no_orphaned_slots(redis_
     await asyncio.to_thread(wait_for_a_slot, peer, 1.0)
 
 
-def take_slots(lim: hs.SharedRateLimiter, count: int) -> None:
+def take_slots(lim: hs.HolySheepRateLimiter, count: int) -> None:
     for _ in range(count):
         assert lim.try_acquire()
 
@@ -311,7 +319,7 @@ def test_slots_released_while_redis_was_down_are_free_within_a_second_of_its_res
         backend = hs.RedisBackend(server.url, connect_timeout=0.2, command_timeout=0.2)
         lim = hs.HolySheepRateLimiter(max_concurrency=4, backend=backend, key="restart")
         peer = hs.HolySheepRateLimiter(max_concurrency=4, backend=hs.RedisBackend(server.url), key="restart")
-        assert isinstance(lim, hs.SharedRateLimiter) and isinstance(peer, hs.SharedRateLimiter)
+        assert lim.backend is not None and peer.backend is not None
         take_slots(lim, 4)
         assert server.cli("ZCARD", "{holysheep:restart}:leases") == "4"
         server.stop()  # the four leases are kept on disk, and come back with Redis

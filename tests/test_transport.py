@@ -317,15 +317,16 @@ async def test_what_is_left_is_read_against_a_limit_only_as_long_as_the_servers_
 
 
 def test_what_is_left_is_read_from_headers_that_only_give_raw_pairs() -> None:
-    """httpx's and httpx2's headers are read from the item list they keep; headers without one are read
-    from their ``raw`` (name, value) pairs, as any httpx-like library gives them."""
+    """Headers are read from their public ``raw`` (name, value) pairs, as any httpx-like library gives
+    them."""
 
     class RawOnly:
         raw = [(b"Content-Type", b"application/json"), (b"X-RateLimit-Remaining-Requests", b"39")]
 
     lim = hs.HolySheepRateLimiter(rpm=100)
     admitted = lim._admit_at_once(0, 0.0)
-    lim._server_answered(200, admitted, RawOnly())
+    assert admitted is not None
+    admitted.observe(200, RawOnly())
     assert lim.stats()["rate_factor"] == 0.4
 
 

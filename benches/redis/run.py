@@ -53,9 +53,9 @@ def cli(port: int, *args: str) -> str:
     return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True).stdout.strip()
 
 
-def shared(url: str, key: str, limit: hs.Limit) -> hs.SharedRateLimiter:
+def shared(url: str, key: str, limit: hs.Limit) -> hs.HolySheepRateLimiter:
     lim = hs.HolySheepRateLimiter(limits=[limit], backend=hs.RedisBackend(url), key=key)
-    assert isinstance(lim, hs.SharedRateLimiter)
+    assert type(lim) is hs.HolySheepRateLimiter and lim.backend is not None
     return lim
 
 
@@ -66,7 +66,7 @@ def holysheep_rows(url: str, n: int) -> list[dict[str, Any]]:
     for name, limit in [("exact window", exact), ("GCRA", gcra)]:
         lim = shared(url, f"sync-{name}", limit)
 
-        def decide(lim: hs.SharedRateLimiter = lim) -> bool:
+        def decide(lim: hs.HolySheepRateLimiter = lim) -> bool:
             admitted = lim.try_acquire()
             lim.release()
             return admitted

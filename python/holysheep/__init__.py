@@ -12,7 +12,7 @@ from holysheep._limiter import (
     SlidingWindow,
     TokenBucket,
 )
-from holysheep._redis import RedisBackend, SharedRateLimiter
+from holysheep._redis import RedisBackend
 from holysheep._tokens import chunk_by_tokens
 from holysheep.batch import BatchFailure, batch_chat, batch_chat_sync, batch_embed, batch_embed_sync
 from holysheep.breaker import CircuitBreaker, KeyedBreaker
@@ -76,7 +76,6 @@ __all__ = [
     "RateLimitExceeded",
     "RedisBackend",
     "RetryPolicy",
-    "SharedRateLimiter",
     "SlidingWindow",
     "TokenBucket",
     "Transport",

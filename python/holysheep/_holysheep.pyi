@@ -1,13 +1,13 @@
 """Stubs for the native module; import ``holysheep`` rather than this."""
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable, Generator, Hashable, Sequence
 from types import TracebackType
-from typing import Any, Literal, final
+from typing import Any, Literal, TypeVar, final
 
 from typing_extensions import Self, disjoint_base
 
-from holysheep._limiter import Admitted
 
 __all__ = [
     "BreakerCore",
@@ -16,15 +16,14 @@ __all__ = [
     "MockGatewayServer",
     "RetryCore",
     "SyncGuard",
-    "_Grant",
+    "HolySheepRateLimiter",
+    "Permit",
+    "RedisBackend",
+    "_Acquiring",
+    "_Admission",
     "_KeyedTable",
-    "_Limiter",
     "_LoopChannel",
     "_Ready",
-    "_RedisBackend",
-    "_RedisLimiter",
-    "_Acquiring",
-    "_Reservation",
     "__version__",
     "_check_count",
     "_check_positive",
@@ -85,14 +84,20 @@ class _Acquiring:
     def close(self) -> None: ...
 
 @final
-class _Reservation:
-    """One request's admission: stamp when sent, settle, observe the answer, release or give back."""
+class _Admission:
+    """One request's admission, whichever backend decided it: stamp when sent, settle, observe the
+    answer, then release it (done) or give it back (never sent), once."""
 
     @property
     def tokens(self) -> int: ...
+    @property
+    def at_us(self) -> int | None:
+        """Redis's time of the admission in microseconds since the epoch; None when this process decided it."""
+    @property
+    def stamps(self) -> bool: ...
     def stamp(self) -> None: ...
     def settle(self, actual_tokens: int) -> None: ...
-    def observe(self, status: int, headers: object) -> None: ...
+    def observe(self, status: int, headers: Any) -> None: ...
     def release(self) -> None: ...
     def give_back(self) -> None: ...
 
@@ -110,8 +115,34 @@ class _KeyedTable:
     def limits(self) -> list[Limit]: ...
     def __len__(self) -> int: ...
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
 @disjoint_base
-class _Limiter:
+class HolySheepRateLimiter:
+    """Keeps requests inside rate limits and a concurrency cap; waiters are served in arrival order.
+
+        lim = HolySheepRateLimiter(max_qps=10, max_concurrency=20)
+        async with lim:
+            await client.chat.completions.create(...)
+
+    A limit of n per period admits at most n in ANY interval of that length (the whole n may go at
+    once, then one more as each old admission leaves the window), so a server enforcing the same limit
+    never answers 429 because of us.
+
+    :param max_qps: requests per second.
+    :param max_concurrency: requests in flight at once (between acquire and release).
+    :param rpm: requests per minute.
+    :param tpm: LLM tokens per minute; pass ``tokens=`` to acquire or use ``slot(tokens=...)``.
+    :param burst: pace ``max_qps``/``rpm`` evenly with GCRA, with room for this many at once.
+    :param limits: more limits, e.g. ``[Limit(1_000, per="day")]``; all must admit a request.
+    :param tier: a HolySheep plan's limits (``"free"``, ``"starter"``, ``"pro"``, ``"enterprise"``);
+        explicit ``rpm``/``tpm``/``max_concurrency`` override it.
+    :param backend: a `RedisBackend`: every decision is made in Redis, so all processes passing the
+        same ``key`` share these limits.
+    :param key: names the shared limit; required with ``backend``.
+    :raises ConfigError: a value that cannot work, named in the message and in ``.field``.
+    """
+
     def __new__(
         cls,
         max_qps: float | None = None,
@@ -122,17 +153,26 @@ class _Limiter:
         burst: float | None = None,
         limits: Sequence[Limit] | None = None,
         tier: str | None = None,
+        backend: RedisBackend | None = None,
+        key: str | None = None,
     ) -> Self: ...
+    @classmethod
+    def from_tier(cls, tier: str) -> Self:
+        """The limits of a HolySheep plan: ``"free"``, ``"starter"``, ``"pro"`` or ``"enterprise"``.
+
+        :raises ConfigError: an unknown tier (the message lists the known ones).
+        """
     def try_acquire(self, tokens: int = 0) -> bool:
-        """Takes one request (and ``tokens`` LLM tokens) now if every limit allows; never waits."""
+        """Takes one request (and ``tokens`` LLM tokens) now if every limit allows; never waits (beyond
+        one round trip to Redis). With ``max_concurrency``, call `release` after."""
     def time_until_ready(self, tokens: int = 0) -> float:
-        """Seconds until the rate limits would admit the request; 0.0 when now."""
+        """Seconds until the limits would admit the request; 0.0 when now."""
     def acquire(self, tokens: int = 0, timeout: float | None = None, priority: int = 0) -> Awaitable[None]:
         """Waits for one request slot and the rate for it (and ``tokens`` LLM tokens); call `release` after.
 
         :param timeout: seconds to wait at most; RateLimitExceeded is raised at once when the predicted
             wait is longer, without sleeping first. None (or ``math.inf``) waits as long as it takes.
-        :param priority: higher goes ahead of lower among those still waiting (default 0).
+        :param priority: higher goes ahead of lower among those still waiting in this process (default 0).
         :raises RateLimitExceeded: out of time, or a cost no limit can ever admit (at once).
         """
     def acquire_blocking(self, tokens: int = 0, timeout: float | None = None, priority: int = 0) -> None:
@@ -140,10 +180,19 @@ class _Limiter:
     def release(self) -> None:
         """Returns the concurrency slot taken by acquire; the next waiter, if any, gets it. Does nothing
         on a limiter without ``max_concurrency``."""
-    def _acquire(self, tokens: int, timeout: float | None, priority: int, price: float = 0.0) -> Awaitable[Admitted]: ...
-    def _acquire_blocking(self, tokens: int, timeout: float | None, priority: int, price: float = 0.0) -> Admitted: ...
-    def _release_admitted(self, admitted: Any) -> None: ...
-    def _settle_admitted(self, admitted: Any, actual_tokens: int) -> None: ...
+    def slot(self, tokens: int = 0, timeout: float | None = None, priority: int = 0) -> Permit:
+        """One request carrying an estimate of ``tokens`` LLM tokens, as a context manager whose permit
+        can `Permit.settle` the real count once the response says it.
+
+            async with lim.slot(tokens=850) as permit:
+                resp = await client.chat.completions.create(...)
+                permit.settle(resp.usage.total_tokens)
+        """
+    def __call__(self, function: _F) -> _F:
+        """Decorates a ``def`` or ``async def``: each call holds one admission while it runs."""
+    def _admit_at_once(self, tokens: int, price: float) -> _Admission | None: ...
+    def _admit(self, tokens: int, timeout: float | None, price: float) -> Awaitable[_Admission]: ...
+    def _admit_blocking(self, tokens: int, timeout: float | None, price: float) -> _Admission: ...
     def __aenter__(self) -> Awaitable[None]: ...
     def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -156,14 +205,39 @@ class _Limiter:
     def limits(self) -> list[Limit]: ...
     @property
     def max_concurrency(self) -> int | None: ...
+    @property
+    def backend(self) -> RedisBackend | None:
+        """The `RedisBackend` the limits are shared through; None for a limiter of this process alone."""
+    @property
+    def key(self) -> str | None:
+        """The name of the shared limit; None for a limiter of this process alone."""
+    @property
+    def _held(self) -> list[_Admission]: ...
+    def _loop_channel(self, event_loop: asyncio.AbstractEventLoop) -> _LoopChannel | None: ...
     def stats(self) -> dict[str, Any]:
         """admitted, rejected, in_flight, waiting, waited, waited_s_p50, waited_s_p99, server_429s,
         rate_factor and tokens_rate_factor (the fractions of the configured requests and tokens rates in
-        force: below 1 while the server allows less), remaining."""
-    def _admit_now(self, tokens: int) -> bool: ...
-    def _admit_at_once(self, tokens: int, price: float) -> _Reservation | None: ...
-    def _server_answered(self, status: int, admitted: object, headers: object) -> None: ...
-    def _rate_factors(self) -> tuple[float, float]: ...
+        force: below 1 while the server allows less), remaining. Shared through Redis, the counts are
+        this process's and ``remaining`` the fleet's (None while Redis is away), with fleet_in_flight,
+        fleet_members and fallbacks."""
+
+@final
+class Permit:
+    """One admission taken by `HolySheepRateLimiter.slot`; held until the ``with`` block ends."""
+
+    @property
+    def tokens(self) -> int:
+        """The LLM tokens counted for this request now: the estimate, or the last settled count."""
+    def settle(self, actual_tokens: int) -> None:
+        """Replaces the estimate by the real token count: refunds the difference or charges it."""
+    def __aenter__(self) -> Awaitable[Permit]: ...
+    def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Awaitable[None]: ...
+    def __enter__(self) -> Permit: ...
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
 
 # --- the mock gateway (python/holysheep/testing.py wraps these) ---
 
@@ -321,113 +395,68 @@ def retry_after(headers: list[tuple[str, str]]) -> float | None:
     """Seconds the response headers ask to wait (`retry-after-ms`, `retry-after`, `x-ratelimit-reset-*`),
     or `None` when they ask nothing readable."""
 
-@disjoint_base
-class _RedisBackend:
-    """A Redis server and its settings; use ``holysheep.RedisBackend``."""
+_OnError = Literal["fail_closed", "fail_open", "local"]
+
+@final
+class RedisBackend:
+    """A Redis server that holds shared limits; pass it as ``backend=`` with a ``key=``.
+
+        backend = RedisBackend("redis://127.0.0.1:6379/0")
+        lim = HolySheepRateLimiter(rpm=600, max_concurrency=50, backend=backend, key="team-a")
+        async with lim: ...
+
+    :param url: ``redis://[[user]:password@]host[:port][/db]``; the password never appears in
+        messages or repr.
+    :param prefix: starts every key; each limit's keys share one hash tag, ``{prefix:key}``, so they
+        sit in one Redis Cluster slot.
+    :param on_error: when Redis cannot be reached or does not answer in time: ``"fail_closed"`` raises
+        `BackendUnavailable`; ``"fail_open"`` admits (logging a warning once per outage);
+        ``"local"`` decides in this process at its share of every limit, each unit (budgets
+        included) and algorithm kept: ``floor(n / processes)`` of a limit of n, with what the fleet
+        had used when Redis last answered still counted, so the fleet never passes the limit; a
+        request its share cannot admit raises `BackendUnavailable`. Once Redis answers again, what
+        the process admitted alone is counted there.
+    :param connect_timeout: seconds to wait for a connection.
+    :param command_timeout: seconds to wait for each answer.
+    :param lease_ttl: seconds a concurrency slot outlives its process: a live process renews its
+        slots every third of this, so only a dead one's come back, after at most this long.
+    :param tls_ca_cert: for ``rediss://`` (TLS): a PEM file of the certificates to trust instead of
+        the system's, e.g. a managed Redis's private CA.
+    :param cluster: ``url`` is one node of a Redis Cluster; the others are found from it.
+    :raises ConfigError: a malformed URL or a setting that cannot work. Refused credentials raise it
+        at first use.
+    """
 
     def __new__(
         cls,
         url: str,
         *,
         prefix: str = "holysheep",
+        on_error: _OnError = "fail_closed",
         connect_timeout: float = 2.0,
         command_timeout: float = 1.0,
-        tls_ca_cert: bytes | None = None,
+        lease_ttl: float = 15.0,
+        tls_ca_cert: str | os.PathLike[str] | None = None,
         cluster: bool = False,
     ) -> Self: ...
     @property
-    def url(self) -> str: ...
+    def url(self) -> str:
+        """The server's URL, its password shown as ``***``."""
     @property
     def prefix(self) -> str: ...
+    @property
+    def on_error(self) -> _OnError: ...
     @property
     def connect_timeout(self) -> float: ...
     @property
     def command_timeout(self) -> float: ...
-
-@final
-class _Grant:
-    """One admission of a limit shared in Redis: decided there, or at this process's share while it is away."""
-
     @property
-    def wait(self) -> float: ...
-    @property
-    def at(self) -> float: ...
-    @property
-    def at_us(self) -> int: ...
-    @property
-    def tokens(self) -> int: ...
-    @property
-    def has_lease(self) -> bool: ...
-    @property
-    def in_redis(self) -> bool: ...
-    def settle(self, actual_tokens: int, wait: bool = True) -> None: ...
-    def give_back(self, wait: bool = True) -> None: ...
-    def release(self, wait: bool = True) -> None: ...
-
-@final
-class _RedisLimiter:
-    """One limit shared through Redis."""
-
-    def __new__(
-        cls,
-        backend: _RedisBackend,
-        key: str,
-        limits: Sequence[Limit],
-        max_concurrency: int | None,
-        lease_ttl: float,
-    ) -> Self: ...
-    def decide(
-        self,
-        tokens: int,
-        max_wait: float | None,
-        reserve: bool,
-        lease: bool,
-        operation: str = "acquire",
-        price: float = 0.0,
-    ) -> _Grant | float: ...
-    def decide_soon(
-        self,
-        future: asyncio.Future[_Grant | float],
-        resolve: Callable[[asyncio.Future[Any], bool, Any], None],
-        tokens: int,
-        max_wait: float | None,
-        reserve: bool,
-        lease: bool,
-        operation: str,
-        price: float = 0.0,
-    ) -> None: ...
-    def decide_locally(
-        self,
-        tokens: int,
-        max_wait: float | None,
-        reserve: bool,
-        lease: bool,
-        operation: str = "acquire",
-        price: float = 0.0,
-    ) -> _Grant | float: ...
-    def wait_locally(self, tokens: int = 0) -> float: ...
-    def follow(self, requests: float, tokens: float) -> None: ...
-    def open_channel(self, event_loop: asyncio.AbstractEventLoop) -> _LoopChannel | None: ...
-    def peek(self, tokens: int = 0) -> tuple[float, int, list[float]]: ...
-    @property
-    def members(self) -> int: ...
-    @property
-    def keys(self) -> list[str]: ...
+    def lease_ttl(self) -> float: ...
 
 @final
 class _LoopChannel:
     """One limit's connection to Redis driven by one asyncio event loop."""
 
-    def decide(
-        self,
-        future: asyncio.Future[_Grant | float],
-        tokens: int,
-        max_wait: float | None,
-        reserve: bool,
-        lease: bool,
-        operation: str,
-        price: float = 0.0,
-    ) -> None: ...
     def attach(self) -> None: ...
     @property
     def is_open(self) -> bool: ...

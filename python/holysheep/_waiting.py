@@ -1,10 +1,9 @@
-"""Waiting helpers for what still waits in Python: the Redis-backed limiter and the keyed limiter.
-(A local limiter's waiters stand in the core's line, driven natively.)"""
+"""Waiting for what still waits in Python: the keyed limiter's table. (A limiter's waiters stand in
+the core's line or wait for Redis, driven natively.)"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from holysheep._holysheep import _timer_leg
 
@@ -17,24 +16,3 @@ async def sleep_exactly(seconds: float) -> None:
     left = due - loop.time()
     if left > 0.0:
         await asyncio.sleep(left)
-
-
-class Remaining:
-    """A wait's budget on some clock: seconds left before its deadline (None without a timeout), and
-    seconds spent so far."""
-
-    __slots__ = ("clock", "deadline", "start", "timeout")
-
-    def __init__(self, timeout: float | None, clock: Callable[[], float]) -> None:
-        self.timeout = timeout
-        self.clock = clock
-        self.start = clock()
-        self.deadline = None if timeout is None else self.start + timeout
-
-    def __call__(self) -> float | None:
-        if self.deadline is None:
-            return None
-        return max(0.0, self.deadline - self.clock())
-
-    def elapsed(self) -> float:
-        return float(self.clock() - self.start)

@@ -61,8 +61,8 @@ pub enum Awaited {
 /// A waiter whose deadline passed while it stood in line.
 pub fn timed_out(operation: &str, awaited: Awaited) -> Error {
     let (what, limit) = match awaited {
-        Awaited::Slot => ("a concurrency slot", "concurrency slot"),
-        Awaited::Rate => ("its turn at the rate limits", "rate admission"),
+        Awaited::Slot => ("concurrency slot", "concurrency slot"),
+        Awaited::Rate => ("turn at the rate limits", "rate admission"),
     };
     Error::RateLimited {
         message: format!("{operation}: no {what} within its timeout"),

@@ -62,6 +62,14 @@ pub fn positive(field: &str, value: &Bound<'_, PyAny>) -> PyResult<f64> {
     }
 }
 
+/// Dollars per million tokens: finite, 0 or more.
+pub fn price(field: &str, value: &Bound<'_, PyAny>) -> PyResult<f64> {
+    match real(value) {
+        Some(number) if number.is_finite() && number >= 0.0 => Ok(number),
+        _ => refuse(field, "a finite number of dollars per million tokens, 0 or more", value),
+    }
+}
+
 /// A duration in seconds, finite and 0 or more, in nanoseconds.
 pub fn seconds(field: &str, value: &Bound<'_, PyAny>) -> PyResult<u64> {
     match real(value).and_then(secs_to_ns) {

@@ -1,23 +1,26 @@
-//! The native half of `HolySheepRateLimiter`: every admission, the no-wait fast paths (`try_acquire`,
-//! `async with` and `with` when free), and waiting in the core's line through the drivers of
-//! `waiting.rs` (on the caller's event loop, or its thread with the GIL released).
+//! `HolySheepRateLimiter`: one native class holding its limits once, over a backend: the core (this
+//! process) or Redis (a fleet). Every admission, the no-wait fast paths (`try_acquire`, `async with`
+//! and `with` when free) and the waits, in the core's line through the drivers of `waiting.rs` (on the
+//! caller's event loop, or its thread with the GIL released) or in Redis through those of `shared.rs`.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use pyo3::exceptions::PyStopIteration;
+use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
-use pyo3::intern;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyList, PyTuple, PyType};
 
 use crate::core::clock::{ns_to_secs, secs_to_ns};
-use crate::core::limiter::{Admission, Limiter};
-use crate::core::feedback::FOLLOWED;
-use crate::core::headers::server_left;
+use crate::core::limiter::Limiter;
 use crate::core::{Cost, Error, LimiterConfig, Tier, Unit};
+use crate::py::admission::{Decided, PyAdmission};
 use crate::py::args;
 use crate::py::limit::PyLimit;
-use crate::py::waiting::{Acquiring, Finish, wait_blocking};
+use crate::py::redis::{PyRedisBackend, refusal};
+use crate::py::shared::{self, Ask, Channels, InRedis};
+use crate::py::waiting::{Acquiring, Finish, InLine, wait_blocking};
+use crate::redis::RemoteLimiter;
+use crate::redis::shared::{OnError, Shared};
 
 /// An awaitable that is already done, with its result: what `acquire` and `async with` return when
 /// nothing had to wait.
@@ -40,160 +43,68 @@ impl Ready {
     }
 }
 
-pub fn tokens_cost(tokens: i64) -> PyResult<Cost> {
-    if tokens < 0 {
-        return Err(Error::config("tokens", format!("must be 0 or more, got {tokens}")).into());
-    }
-    Ok(Cost::request(tokens as u64))
+/// What a limit has left as `stats()` shows it: a count of requests or tokens, dollars for a budget.
+pub fn remaining_amount(py: Python<'_>, unit: Unit, counted: u64) -> PyResult<Py<PyAny>> {
+    Ok(match unit {
+        Unit::Usd => unit.amount_of(counted).into_pyobject(py)?.into_any().unbind(),
+        Unit::Requests | Unit::Tokens => counted.into_pyobject(py)?.into_any().unbind(),
+    })
 }
 
-/// A wait's limit in ns: `None` (and an infinite timeout) waits as long as it takes.
-pub fn max_wait_ns(timeout: Option<f64>) -> PyResult<Option<u64>> {
-    match timeout {
-        None => Ok(None),
-        Some(secs) if secs == f64::INFINITY => Ok(None),
-        Some(secs) => secs_to_ns(secs)
-            .map(Some)
-            .ok_or_else(|| Error::config("timeout", format!("must be None or 0 or more seconds, got {secs}")).into()),
-    }
+/// Where a limiter decides.
+enum Backend {
+    /// In this process, in the core.
+    Local,
+    /// In Redis, shared by every process naming the same key.
+    Redis(Redis),
 }
 
-/// One request's admission, and its lifecycle: `stamp` when it is sent, `settle` its real token count,
-/// `observe` the server's answer, then `release` its slot once done, or `give_back` all of it when it
-/// was never sent. Releasing (or giving back) twice does nothing the second time.
-#[pyclass(name = "_Reservation", module = "holysheep._holysheep", frozen)]
-pub struct Reservation {
-    limiter: Arc<Limiter>,
-    admission: Admission,
-    /// The tokens counted for it now: the estimate, then each settled count.
-    tokens: AtomicU64,
-    /// Dollars per million of its tokens, for a budget.
-    price: f64,
-    /// Whether it still holds its concurrency slot (and, before it is sent, its place in the rates).
-    held: AtomicBool,
+struct Redis {
+    shared: Arc<Shared>,
+    channels: Arc<Channels>,
+    backend: Py<PyRedisBackend>,
+    key: String,
+    held: Held,
 }
 
-impl Reservation {
-    fn new(limiter: &Arc<Limiter>, admission: Admission, cost: Cost, price: f64) -> Self {
-        Self {
-            limiter: Arc::clone(limiter),
-            admission,
-            tokens: AtomicU64::new(cost.tokens),
-            price,
-            held: AtomicBool::new(true),
-        }
+/// Admissions holding a lease taken by `acquire`, `try_acquire` or `async with` and not yet released,
+/// most recent last (`release` ends one; leases are alike).
+#[derive(Clone, Default)]
+struct Held(Arc<Mutex<Vec<Py<PyAdmission>>>>);
+
+impl Held {
+    fn push(&self, admission: Py<PyAdmission>) {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(admission);
     }
 
-    fn cost(&self) -> Cost {
-        self.cost_of(self.tokens.load(Ordering::Acquire))
+    fn pop(&self) -> Option<Py<PyAdmission>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop()
     }
 
-    fn cost_of(&self, tokens: u64) -> Cost {
-        Cost::priced(tokens, self.price)
-    }
-
-    /// True the first time only: what is held is handed back once.
-    fn let_go(&self) -> bool {
-        self.held.swap(false, Ordering::AcqRel)
+    fn all(&self, py: Python<'_>) -> Vec<Py<PyAdmission>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().map(|held| held.clone_ref(py)).collect()
     }
 }
 
-#[pymethods]
-impl Reservation {
-    /// The tokens counted for it now.
-    #[getter]
-    fn tokens(&self) -> u64 {
-        self.tokens.load(Ordering::Acquire)
-    }
-
-    /// Marks it sent now: its admission moves to when its request really goes.
-    fn stamp(&self) {
-        self.limiter.stamp(&self.admission, self.cost());
-    }
-
-    /// Replaces the tokens counted so far by the actual count: refunds or charges the difference.
-    fn settle(&self, actual_tokens: &Bound<'_, PyAny>) -> PyResult<()> {
-        let actual = self.cost_of(args::tokens("actual_tokens", actual_tokens)?);
-        let counted = self.cost_of(self.tokens.swap(actual.tokens, Ordering::AcqRel));
-        self.limiter.settle(&self.admission, counted, actual);
-        Ok(())
-    }
-
-    /// What the server answered: see `_Limiter._server_answered`.
-    fn observe(&self, status: u16, headers: &Bound<'_, PyAny>) -> PyResult<()> {
-        observe_answer(&self.limiter, Some(self), status, headers)
-    }
-
-    /// Its request is done: the concurrency slot goes back (to the next waiter first).
-    fn release(&self) -> PyResult<()> {
-        if self.let_go() {
-            self.limiter.release()?;
-        }
-        Ok(())
-    }
-
-    /// Its request was never sent: its place in the rates and its slot go back.
-    fn give_back(&self) -> PyResult<()> {
-        if self.let_go() {
-            self.limiter.give_back(&self.admission, self.cost());
-            self.limiter.release()?;
-        }
-        Ok(())
-    }
-}
-
-/// Tells the limiter what an answer says of the server's limits: a 429 cuts the rates in force, any
-/// other answer lets them climb back; and for an admission of this limiter, what the answer's
-/// `x-ratelimit-remaining-*` and `-reset-*` say is left is held against our own count. `headers` is the
-/// answer's httpx (or httpx2) `Headers`; unreadable values are ignored.
-fn observe_answer(limiter: &Limiter, admitted: Option<&Reservation>, status: u16, headers: &Bound<'_, PyAny>) -> PyResult<()> {
-    if status == 429 {
-        limiter.record_server_rejection();
-    } else {
-        limiter.record_server_answer();
-    }
-    let Some(reservation) = admitted else { return Ok(()) };
-    let pairs = rate_limit_headers(headers)?;
-    let said = server_left(pairs.iter().map(|(name, value)| (name.as_bytes(), value.as_bytes())));
-    for (unit, left) in FOLLOWED.into_iter().zip(said) {
-        if let Some((remaining, reset_ns)) = left {
-            limiter.record_server_remaining(&reservation.admission, reservation.cost(), unit, remaining, reset_ns);
-        }
-    }
-    Ok(())
-}
-
-/// The `x-ratelimit-*` (name, value) pairs of an httpx `Headers`. Read from the item list it keeps
-/// (raw name, lower-cased name, value), not from `raw`, which builds a new list of every header on
-/// each call; `raw` only where that list is not there.
-fn rate_limit_headers<'py>(headers: &Bound<'py, PyAny>) -> PyResult<Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
-    let py = headers.py();
-    let items = match headers.getattr(intern!(py, "_list")) {
-        Ok(items) => items,
-        Err(_) => headers.getattr(intern!(py, "raw"))?,
-    };
-    let mut found = Vec::new();
-    for item in items.try_iter()? {
-        let Ok(item) = item?.cast_into::<PyTuple>() else { continue };
-        // The name is next to last and the value last, in a triple of the item list as in a raw pair.
-        let Some(last) = item.len().checked_sub(1).filter(|&last| last >= 1) else { continue };
-        let (Ok(name), Ok(value)) = (item.get_item(last - 1)?.cast_into::<PyBytes>(), item.get_item(last)?.cast_into::<PyBytes>()) else {
-            continue;
-        };
-        if name.as_bytes().get(..RATE_LIMIT_PREFIX.len()).is_some_and(|start| start.eq_ignore_ascii_case(RATE_LIMIT_PREFIX)) {
-            found.push((name, value));
-        }
-    }
-    Ok(found)
-}
-
-/// What the names of the headers `server_left` reads begin with.
-const RATE_LIMIT_PREFIX: &[u8] = b"x-ratelimit-";
-
-/// The native base of `HolySheepRateLimiter`; use that class.
-#[pyclass(name = "_Limiter", module = "holysheep._holysheep", frozen, subclass)]
+/// Keeps requests inside rate limits and a concurrency cap; waiters are served in arrival order
+/// (higher ``priority`` first).
+///
+///     lim = HolySheepRateLimiter(max_qps=10, max_concurrency=20)
+///     async with lim:
+///         await client.chat.completions.create(...)
+///
+/// A limit of n per period admits at most n in ANY interval of that length, so a server enforcing the
+/// same limit never answers 429 because of us. max_qps, rpm: requests per second, per minute.
+/// max_concurrency: requests in flight at once. tpm: LLM tokens per minute (pass ``tokens=``).
+/// burst: pace max_qps/rpm evenly (GCRA) with room for this many at once. limits: more `Limit`s, all
+/// of which must admit a request. tier: a HolySheep plan's limits (explicit rpm/tpm/max_concurrency
+/// override it). backend, key: a `RedisBackend` and the name of the limit every process passing the
+/// same key shares. Raises ConfigError for a value that cannot work, named in ``.field``.
+#[pyclass(name = "HolySheepRateLimiter", module = "holysheep._holysheep", frozen, subclass)]
 pub struct PyLimiter {
+    /// The limits, held once: deciding them (local), and what the server's answers teach.
     inner: Arc<Limiter>,
+    backend: Backend,
 }
 
 /// One request of `tokens` (`None`: 0), its tokens checked as the `tokens` argument.
@@ -204,47 +115,39 @@ fn request_of(tokens: Option<&Bound<'_, PyAny>>) -> PyResult<Cost> {
 /// What a call that may wait asks for, its arguments checked when the call starts.
 struct Waiting {
     cost: Cost,
+    /// Dollars per million of its tokens, for a budget.
+    price: f64,
     max_wait_ns: Option<u64>,
     priority: i64,
 }
 
 impl Waiting {
-    fn of(cost: Cost, timeout: Option<&Bound<'_, PyAny>>, priority: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+    fn of(tokens: Option<&Bound<'_, PyAny>>, timeout: Option<&Bound<'_, PyAny>>, priority: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
         Ok(Self {
-            cost,
+            cost: request_of(tokens)?,
+            price: 0.0,
             max_wait_ns: args::timeout("timeout", timeout)?,
             priority: args::optional(priority, |v| args::priority("priority", v))?.unwrap_or(0),
         })
     }
 
-    /// One request of `tokens` at `price` dollars per million of them (the transport, a permit).
-    fn priced(tokens: &Bound<'_, PyAny>, timeout: Option<&Bound<'_, PyAny>>, priority: &Bound<'_, PyAny>, price: f64) -> PyResult<Self> {
-        Self::of(Cost::priced(request_of(Some(tokens))?.tokens, price), timeout, Some(priority))
+    /// One request of `tokens` at `price` dollars per million of them (the transport).
+    fn priced(tokens: &Bound<'_, PyAny>, timeout: Option<&Bound<'_, PyAny>>, price: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let price = args::price("price", price)?;
+        let waiting = Self::of(Some(tokens), timeout, None)?;
+        Ok(Self { cost: Cost::priced(waiting.cost.tokens, price), price, ..waiting })
     }
 
     /// One request without tokens, waiting as long as it takes (`async with`, `with`).
     fn one() -> Self {
-        Self { cost: Cost::request(0), max_wait_ns: None, priority: 0 }
+        Self { cost: Cost::request(0), price: 0.0, max_wait_ns: None, priority: 0 }
     }
 }
 
-/// What a limit has left as `stats()` shows it: a count of requests or tokens, dollars for a budget.
-pub fn remaining_amount(py: Python<'_>, unit: Unit, counted: u64) -> PyResult<Py<PyAny>> {
-    Ok(match unit {
-        Unit::Usd => unit.amount_of(counted).into_pyobject(py)?.into_any().unbind(),
-        Unit::Requests | Unit::Tokens => counted.into_pyobject(py)?.into_any().unbind(),
-    })
-}
-
-/// What `acquire` resolves to: nothing.
-fn nothing() -> Finish {
-    Box::new(|py, _| Ok(py.None()))
-}
-
 impl PyLimiter {
-    /// The admission of `cost` at `price` now, kept for settling and releasing, or None when it would
-    /// have to wait; a cost that can never pass raises here, before any wait.
-    fn admit_at_once(&self, cost: Cost) -> PyResult<Option<Admission>> {
+    /// The local admission of `cost` now, or None when it would have to wait; a cost that can never
+    /// pass raises here, before any wait.
+    fn admit_at_once(&self, cost: Cost) -> PyResult<Option<crate::core::Admission>> {
         let admitted = self.inner.try_reserve(cost)?;
         if admitted.is_none() {
             self.inner.time_until_ready(cost)?;
@@ -252,38 +155,82 @@ impl PyLimiter {
         Ok(admitted)
     }
 
-    /// `acquire` and its variants: admitted now (`Ready`) or an awaitable waiting its turn.
+    /// An admission waited for on the running loop: done now (`Ready`) or an `_Acquiring` to await.
     fn acquiring(&self, py: Python<'_>, waiting: Waiting, finish: Finish) -> PyResult<Py<PyAny>> {
-        let Waiting { cost, max_wait_ns, priority } = waiting;
-        if let Some(admission) = self.admit_at_once(cost)? {
-            return Ok(Py::new(py, Ready(Some(finish(py, admission)?)))?.into_any());
+        let Waiting { cost, price, max_wait_ns, priority } = waiting;
+        let wait: Box<dyn crate::py::waiting::Wait> = match &self.backend {
+            Backend::Local => match self.admit_at_once(cost)? {
+                Some(admission) => return Ok(Py::new(py, Ready(Some(finish(py, Decided::Local(admission))?)))?.into_any()),
+                None => Box::new(InLine::start(py, &self.inner, cost, priority, max_wait_ns, finish)?),
+            },
+            Backend::Redis(redis) => {
+                let ask = Ask { cost, price, operation: "acquire" };
+                Box::new(InRedis::start(py, &redis.shared, &redis.channels, ask, max_wait_ns, finish)?)
+            }
+        };
+        Ok(Py::new(py, Acquiring::new(wait))?.into_any())
+    }
+
+    /// An admission waited for on this thread, the GIL released.
+    fn blocking(&self, py: Python<'_>, waiting: Waiting) -> PyResult<Decided> {
+        let Waiting { cost, price, max_wait_ns, priority } = waiting;
+        match &self.backend {
+            Backend::Local => match self.admit_at_once(cost)? {
+                Some(admission) => Ok(Decided::Local(admission)),
+                None => wait_blocking(py, &self.inner, cost, priority, max_wait_ns).map(Decided::Local),
+            },
+            Backend::Redis(redis) => {
+                let grant = shared::wait_blocking(py, &redis.shared, Ask { cost, price, operation: "acquire" }, max_wait_ns)?;
+                Ok(Decided::Shared { shared: Arc::clone(&redis.shared), grant })
+            }
         }
-        Ok(Py::new(py, Acquiring::start(py, &self.inner, cost, priority, max_wait_ns, finish)?)?.into_any())
     }
 
-    fn blocking(&self, py: Python<'_>, waiting: Waiting) -> PyResult<Admission> {
-        let Waiting { cost, max_wait_ns, priority } = waiting;
-        match self.admit_at_once(cost)? {
-            Some(admission) => Ok(admission),
-            None => wait_blocking(py, &self.inner, cost, priority, max_wait_ns),
-        }
+    fn admission(&self, decided: Decided, cost: Cost, price: f64) -> PyAdmission {
+        PyAdmission::new(&self.inner, decided, cost.tokens, price)
     }
 
-    fn reservation(&self, admission: Admission, cost: Cost, price: f64) -> Reservation {
-        Reservation::new(&self.inner, admission, cost, price)
+    /// Makes the awaited result: the admission, for its owner to settle and end.
+    fn keeping(&self, waiting: &Waiting) -> Finish {
+        let (limiter, tokens, price) = (Arc::clone(&self.inner), waiting.cost.tokens, waiting.price);
+        Box::new(move |py, decided| Ok(Py::new(py, PyAdmission::new(&limiter, decided, tokens, price))?.into_any()))
     }
 
-    /// Makes the awaited result: the admission as a `_Reservation`.
-    fn keeping(&self, cost: Cost, price: f64) -> Finish {
-        let limiter = Arc::clone(&self.inner);
-        Box::new(move |py, admission| Ok(Py::new(py, Reservation::new(&limiter, admission, cost, price))?.into_any()))
+    /// Makes the awaited result of `acquire` and `async with`: nothing; what `release` will end is
+    /// kept (a lease in Redis; a local slot is the core's to count).
+    fn holding(&self) -> Finish {
+        let held = match &self.backend {
+            Backend::Redis(redis) if redis.shared.leases() => Some((Arc::clone(&self.inner), redis.held.clone())),
+            _ => None,
+        };
+        Box::new(move |py, decided| {
+            if let Some((limiter, held)) = &held {
+                held.push(Py::new(py, PyAdmission::new(limiter, decided, 0, 0.0))?);
+            }
+            Ok(py.None())
+        })
     }
+}
+
+/// The decorator's wrappers, in Python: an ``async def`` must stay one (``inspect`` and frameworks
+/// check), which only Python code makes.
+static DECORATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn decorate(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    DECORATE
+        .get_or_try_init(py, || {
+            let code = pyo3::ffi::c_str!(include_str!("decorate.py"));
+            let module = pyo3::types::PyModule::from_code(py, code, c"holysheep/_decorate.py", c"holysheep._decorate")?;
+            Ok::<_, PyErr>(module.getattr("limited")?.unbind())
+        })
+        .map(|limited| limited.bind(py))
 }
 
 #[pymethods]
 impl PyLimiter {
     #[new]
-    #[pyo3(signature = (max_qps = None, max_concurrency = None, *, rpm = None, tpm = None, burst = None, limits = None, tier = None))]
+    #[pyo3(signature = (max_qps = None, max_concurrency = None, *, rpm = None, tpm = None, burst = None, limits = None, tier = None, backend = None, key = None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         max_qps: Option<&Bound<'_, PyAny>>,
         max_concurrency: Option<&Bound<'_, PyAny>>,
@@ -292,6 +239,8 @@ impl PyLimiter {
         burst: Option<&Bound<'_, PyAny>>,
         limits: Option<&Bound<'_, PyAny>>,
         tier: Option<&Bound<'_, PyAny>>,
+        backend: Option<&Bound<'_, PyAny>>,
+        key: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let rate = |field: &'static str, value| args::optional(value, |v| args::positive(field, v));
         let limits = args::optional(limits, |v| {
@@ -319,35 +268,48 @@ impl PyLimiter {
         if let Some(tier) = tier {
             limiter = limiter.with_cooldown(secs_to_ns(tier.cooldown_s).expect("a plan's cooldown is a valid duration"));
         }
-        Ok(Self { inner: Arc::new(limiter) })
+        let backend = shared_backend(&limiter, backend, key)?;
+        Ok(Self { inner: Arc::new(limiter), backend })
     }
 
-    /// Takes one request (and ``tokens`` LLM tokens) now if every limit allows it, without waiting.
-    /// Returns False otherwise; raises RateLimitExceeded when the cost could never pass.
+    /// The limits of a HolySheep plan: ``"free"``, ``"starter"``, ``"pro"`` or ``"enterprise"``.
+    #[classmethod]
+    fn from_tier<'py>(cls: &Bound<'py, PyType>, tier: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let kwargs = PyDict::new(cls.py());
+        kwargs.set_item("tier", tier)?;
+        cls.call((), Some(&kwargs))
+    }
+
+    /// Takes one request (and ``tokens`` LLM tokens) now if every limit allows it, without waiting
+    /// (in Redis: one round trip). Returns False otherwise; raises RateLimitExceeded when the cost
+    /// could never pass. With ``max_concurrency``, call `release` after.
     #[pyo3(signature = (tokens = None), text_signature = "(self, tokens=0)")]
-    fn try_acquire(&self, tokens: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
-        let admitted = self.inner.try_acquire(request_of(tokens)?)?;
-        if !admitted {
-            self.inner.reject();
+    fn try_acquire(&self, py: Python<'_>, tokens: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+        let cost = request_of(tokens)?;
+        match &self.backend {
+            Backend::Local => {
+                let admitted = self.inner.try_acquire(cost)?;
+                if !admitted {
+                    self.inner.reject();
+                }
+                Ok(admitted)
+            }
+            Backend::Redis(redis) => {
+                let Some(grant) = shared::decide_now(py, &redis.shared, Ask { cost, price: 0.0, operation: "try_acquire" })? else {
+                    return Ok(false);
+                };
+                if redis.shared.leases() {
+                    let decided = Decided::Shared { shared: Arc::clone(&redis.shared), grant };
+                    redis.held.push(Py::new(py, self.admission(decided, cost, 0.0))?);
+                }
+                Ok(true)
+            }
         }
-        Ok(admitted)
-    }
-
-    /// `try_acquire` for a caller that waits when refused: a refusal is not counted.
-    fn _admit_now(&self, tokens: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Ok(self.inner.try_acquire(request_of(Some(tokens))?)?)
-    }
-
-    /// The admission of one request of ``tokens`` at ``price`` dollars per million of them when
-    /// nobody waits and all is free, else None; a cost that can never pass raises here.
-    fn _admit_at_once(&self, tokens: &Bound<'_, PyAny>, price: f64) -> PyResult<Option<Reservation>> {
-        let cost = Cost::priced(request_of(Some(tokens))?.tokens, price);
-        Ok(self.admit_at_once(cost)?.map(|admission| self.reservation(admission, cost, price)))
     }
 
     /// Waits for one request slot and the rate for it (and ``tokens`` LLM tokens); call `release`
     /// after. ``timeout``: seconds to wait at most (RateLimitExceeded at once when the predicted wait is
-    /// longer); ``priority``: higher goes ahead of lower among those still waiting.
+    /// longer); ``priority``: higher goes ahead of lower among those still waiting in this process.
     #[pyo3(signature = (tokens = None, timeout = None, priority = None), text_signature = "(self, tokens=0, timeout=None, priority=0)")]
     fn acquire(
         &self,
@@ -356,8 +318,7 @@ impl PyLimiter {
         timeout: Option<&Bound<'_, PyAny>>,
         priority: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let waiting = Waiting::of(request_of(tokens)?, timeout, priority)?;
-        self.acquiring(py, waiting, nothing())
+        self.acquiring(py, Waiting::of(tokens, timeout, priority)?, self.holding())
     }
 
     /// `acquire` for threads: blocks with the GIL released, so other threads keep running.
@@ -369,91 +330,122 @@ impl PyLimiter {
         timeout: Option<&Bound<'_, PyAny>>,
         priority: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        self.blocking(py, Waiting::of(request_of(tokens)?, timeout, priority)?).map(drop)
+        let decided = self.blocking(py, Waiting::of(tokens, timeout, priority)?)?;
+        (self.holding())(py, decided).map(drop)
     }
 
-    /// `acquire` resolving to the admission, to settle and release it (a permit, the transport).
-    #[pyo3(signature = (tokens, timeout, priority, price = 0.0))]
-    fn _acquire(
-        &self,
-        py: Python<'_>,
-        tokens: &Bound<'_, PyAny>,
-        timeout: Option<&Bound<'_, PyAny>>,
-        priority: &Bound<'_, PyAny>,
-        price: f64,
-    ) -> PyResult<Py<PyAny>> {
-        let waiting = Waiting::priced(tokens, timeout, priority, price)?;
-        let finish = self.keeping(waiting.cost, price);
+    /// The admission of one request of ``tokens`` at ``price`` dollars per million of them when it
+    /// passes now without waiting (a local limiter only), else None; a cost that can never pass raises.
+    fn _admit_at_once(&self, py: Python<'_>, tokens: &Bound<'_, PyAny>, price: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAdmission>>> {
+        let waiting = Waiting::priced(tokens, None, price)?;
+        if !matches!(self.backend, Backend::Local) {
+            return Ok(None);
+        }
+        match self.admit_at_once(waiting.cost)? {
+            Some(admission) => Ok(Some(Py::new(py, self.admission(Decided::Local(admission), waiting.cost, waiting.price))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The admission of one request of ``tokens`` at ``price``, waited for on the running loop (at
+    /// most ``timeout`` seconds): an awaitable of an `_Admission`, which its owner ends.
+    fn _admit(&self, py: Python<'_>, tokens: &Bound<'_, PyAny>, timeout: Option<&Bound<'_, PyAny>>, price: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let waiting = Waiting::priced(tokens, timeout, price)?;
+        let finish = self.keeping(&waiting);
         self.acquiring(py, waiting, finish)
     }
 
-    /// `acquire_blocking` returning the admission.
-    #[pyo3(signature = (tokens, timeout, priority, price = 0.0))]
-    fn _acquire_blocking(
-        &self,
-        py: Python<'_>,
-        tokens: &Bound<'_, PyAny>,
-        timeout: Option<&Bound<'_, PyAny>>,
-        priority: &Bound<'_, PyAny>,
-        price: f64,
-    ) -> PyResult<Reservation> {
-        let waiting = Waiting::priced(tokens, timeout, priority, price)?;
-        let cost = waiting.cost;
-        Ok(self.reservation(self.blocking(py, waiting)?, cost, price))
+    /// `_admit` on this thread, the GIL released.
+    fn _admit_blocking(&self, py: Python<'_>, tokens: &Bound<'_, PyAny>, timeout: Option<&Bound<'_, PyAny>>, price: &Bound<'_, PyAny>) -> PyResult<PyAdmission> {
+        let waiting = Waiting::priced(tokens, timeout, price)?;
+        let (cost, price) = (waiting.cost, waiting.price);
+        Ok(self.admission(self.blocking(py, waiting)?, cost, price))
     }
 
-    /// Seconds until the rate limits would admit the request; 0.0 when now.
+    /// One request carrying an estimate of ``tokens`` LLM tokens, as a context manager whose permit can
+    /// `Permit.settle` the real count once the response says it.
+    ///
+    ///     async with lim.slot(tokens=850) as permit:
+    ///         resp = await client.chat.completions.create(...)
+    ///         permit.settle(resp.usage.total_tokens)
+    #[pyo3(signature = (tokens = None, timeout = None, priority = None), text_signature = "(self, tokens=0, timeout=None, priority=0)")]
+    fn slot(
+        slf: &Bound<'_, Self>,
+        tokens: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        priority: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyPermit> {
+        let waiting = Waiting::of(tokens, timeout, priority)?;
+        Ok(PyPermit { limiter: slf.clone().unbind(), tokens: waiting.cost.tokens, max_wait_ns: waiting.max_wait_ns, priority: waiting.priority, admission: Mutex::default() })
+    }
+
+    /// Decorates a ``def`` or ``async def``: each call holds one admission while it runs.
+    fn __call__<'py>(slf: &Bound<'py, Self>, function: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        if !function.is_callable() {
+            return args::refuse("function", "a function (def or async def) to limit", function);
+        }
+        decorate(slf.py())?.call1((slf, function))
+    }
+
+    /// Seconds until the limits would admit the request; 0.0 when now.
     #[pyo3(signature = (tokens = None), text_signature = "(self, tokens=0)")]
-    fn time_until_ready(&self, tokens: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
-        Ok(ns_to_secs(self.inner.time_until_ready(request_of(tokens)?)?))
+    fn time_until_ready(&self, py: Python<'_>, tokens: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
+        let cost = request_of(tokens)?;
+        match &self.backend {
+            Backend::Local => Ok(ns_to_secs(self.inner.time_until_ready(cost)?)),
+            Backend::Redis(redis) => {
+                let remote = &redis.shared.remote;
+                let peeked = py.detach(|| remote.peek_blocking(cost));
+                match peeked {
+                    Ok(peek) => {
+                        shared::report(py, redis.shared.reachable(), redis.shared.on_error);
+                        Ok(peek.wait_us as f64 / 1e6)
+                    }
+                    Err(Err(err)) => {
+                        let turn = redis.shared.on_failure(err).map_err(|err| refusal(Err(err)))?;
+                        shared::report(py, turn, redis.shared.on_error);
+                        match redis.shared.on_error {
+                            OnError::Local => Ok(remote.wait_locally(cost).map_err(refusal)? as f64 / 1e9),
+                            _ => Ok(0.0),
+                        }
+                    }
+                    Err(refused) => Err(refusal(refused)),
+                }
+            }
+        }
     }
 
     /// Returns the concurrency slot taken by acquire; the next waiter, if any, gets it. Does nothing
     /// on a limiter without ``max_concurrency`` (its admissions hold nothing).
-    fn release(&self) -> PyResult<()> {
-        Ok(self.inner.release()?)
-    }
-
-    /// Ends the request an admission was taken for: returns its concurrency slot.
-    fn _release_admitted(&self, admitted: &Bound<'_, Reservation>) -> PyResult<()> {
-        admitted.get().release()
-    }
-
-    /// Settles the real token count of a request once its answer says it.
-    fn _settle_admitted(&self, admitted: &Bound<'_, Reservation>, actual_tokens: &Bound<'_, PyAny>) -> PyResult<()> {
-        admitted.get().settle(actual_tokens)
-    }
-
-    /// What an answer says of the server's limits (see `_Reservation.observe`); ``admitted`` is the
-    /// answered request's admission, if it is this limiter's.
-    fn _server_answered(&self, status: u16, admitted: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult<()> {
-        let reservation = admitted.cast::<Reservation>().ok();
-        observe_answer(&self.inner, reservation.as_ref().map(|r| r.get()), status, headers)
+    fn release(&self, py: Python<'_>) -> PyResult<()> {
+        match &self.backend {
+            Backend::Local => Ok(self.inner.release()?),
+            Backend::Redis(redis) if !redis.shared.leases() => Ok(()),
+            Backend::Redis(redis) => match redis.held.pop() {
+                Some(admission) => admission.get().release(py),
+                None => Err(PyRuntimeError::new_err("release() without a matching acquire")),
+            },
+        }
     }
 
     fn __aenter__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.acquiring(py, Waiting::one(), nothing())
+        self.acquiring(py, Waiting::one(), self.holding())
     }
 
     #[pyo3(signature = (*_exc))]
     fn __aexit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<Py<Ready>> {
-        self.inner.release()?;
+        self.release(py)?;
         Py::new(py, Ready(None))
     }
 
     fn __enter__(&self, py: Python<'_>) -> PyResult<()> {
-        self.blocking(py, Waiting::one()).map(drop)
+        let decided = self.blocking(py, Waiting::one())?;
+        (self.holding())(py, decided).map(drop)
     }
 
     #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, _exc: &Bound<'_, PyTuple>) -> PyResult<()> {
-        Ok(self.inner.release()?)
-    }
-
-    /// The fractions of the configured requests and tokens rates in force.
-    fn _rate_factors(&self) -> (f64, f64) {
-        let [requests, tokens] = self.inner.rate_factors();
-        (requests, tokens)
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<()> {
+        self.release(py)
     }
 
     /// The limits this limiter enforces.
@@ -467,41 +459,232 @@ impl PyLimiter {
         self.inner.max_concurrency()
     }
 
-    /// What the limiter has done: admitted, rejected, in_flight, waiting, waited_s_p50/p99,
+    /// The `RedisBackend` the limits are shared through; None for a limiter of this process alone.
+    #[getter]
+    fn backend(&self, py: Python<'_>) -> Option<Py<PyRedisBackend>> {
+        match &self.backend {
+            Backend::Local => None,
+            Backend::Redis(redis) => Some(redis.backend.clone_ref(py)),
+        }
+    }
+
+    /// The name of the shared limit (its Redis keys share the hash tag ``{prefix:key}``); None for a
+    /// limiter of this process alone.
+    #[getter]
+    fn key(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Local => None,
+            Backend::Redis(redis) => Some(&redis.key),
+        }
+    }
+
+    /// Admissions held for `release` (Redis leases), most recent last: for tests and diagnostics.
+    #[getter]
+    fn _held(&self, py: Python<'_>) -> Vec<Py<PyAdmission>> {
+        match &self.backend {
+            Backend::Local => Vec::new(),
+            Backend::Redis(redis) => redis.held.all(py),
+        }
+    }
+
+    /// This event loop's own connection to Redis once it is open (None before, and for a local
+    /// limiter): for tests and diagnostics.
+    fn _loop_channel(&self, event_loop: &Bound<'_, PyAny>) -> Option<Py<crate::py::redis_channel::PyLoopChannel>> {
+        match &self.backend {
+            Backend::Local => None,
+            Backend::Redis(redis) => redis.channels.open_for(event_loop),
+        }
+    }
+
+    /// What the limiter has done: admitted, rejected, in_flight, waiting, waited, waited_s_p50/p99,
     /// server_429s, rate_factor and tokens_rate_factor, and the units remaining now in each limit.
+    /// Shared through Redis, the counts are this process's and ``remaining`` the fleet's (None while
+    /// Redis is away), with fleet_in_flight, fleet_members (processes seen lately) and fallbacks
+    /// (decisions made by the failure policy).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let snapshot = self.inner.snapshot();
         let stats = PyDict::new(py);
-        stats.set_item("admitted", snapshot.admitted)?;
-        stats.set_item("rejected", snapshot.rejected)?;
-        stats.set_item("in_flight", snapshot.in_flight)?;
-        stats.set_item("waiting", snapshot.waiting)?;
-        stats.set_item("waited", snapshot.waited)?;
-        stats.set_item("waited_s_p50", ns_to_secs(snapshot.wait_p50_ns))?;
-        stats.set_item("waited_s_p99", ns_to_secs(snapshot.wait_p99_ns))?;
-        stats.set_item("server_429s", snapshot.server_rejections)?;
         let [requests_factor, tokens_factor] = self.inner.rate_factors();
+        match &self.backend {
+            Backend::Local => {
+                stats.set_item("admitted", snapshot.admitted)?;
+                stats.set_item("rejected", snapshot.rejected)?;
+                stats.set_item("in_flight", snapshot.in_flight)?;
+                stats.set_item("waiting", snapshot.waiting)?;
+                stats.set_item("waited", snapshot.waited)?;
+                stats.set_item("waited_s_p50", ns_to_secs(snapshot.wait_p50_ns))?;
+                stats.set_item("waited_s_p99", ns_to_secs(snapshot.wait_p99_ns))?;
+            }
+            Backend::Redis(redis) => {
+                let counts = redis.shared.counts();
+                stats.set_item("admitted", counts.admitted)?;
+                stats.set_item("rejected", counts.rejected)?;
+                stats.set_item("in_flight", counts.in_flight)?;
+                stats.set_item("waiting", counts.waiting)?;
+                stats.set_item("waited", counts.waited)?;
+                stats.set_item("waited_s_p50", ns_to_secs(counts.wait_p50_ns))?;
+                stats.set_item("waited_s_p99", ns_to_secs(counts.wait_p99_ns))?;
+            }
+        }
+        stats.set_item("server_429s", snapshot.server_rejections)?;
         stats.set_item("rate_factor", requests_factor)?;
         stats.set_item("tokens_rate_factor", tokens_factor)?;
-        let remaining = PyDict::new(py);
-        for window in &snapshot.windows {
-            remaining.set_item(&window.limit, remaining_amount(py, window.unit, window.remaining)?)?;
+        match &self.backend {
+            Backend::Local => {
+                let remaining = PyDict::new(py);
+                for window in &snapshot.windows {
+                    remaining.set_item(&window.limit, remaining_amount(py, window.unit, window.remaining)?)?;
+                }
+                stats.set_item("remaining", remaining)?;
+            }
+            Backend::Redis(redis) => {
+                let remote = &redis.shared.remote;
+                match py.detach(|| remote.peek_blocking(Cost::request(0))) {
+                    Ok(peek) => {
+                        let remaining = PyDict::new(py);
+                        for (limit, left) in remote.limits().iter().zip(peek.remaining) {
+                            remaining.set_item(limit.to_string(), remaining_amount(py, limit.unit(), left)?)?;
+                        }
+                        stats.set_item("remaining", remaining)?;
+                        stats.set_item("fleet_in_flight", peek.leases)?;
+                    }
+                    Err(Err(crate::redis::BackendError::Unavailable { .. })) => {
+                        stats.set_item("remaining", py.None())?;
+                        stats.set_item("fleet_in_flight", py.None())?;
+                    }
+                    Err(refused) => return Err(refusal(refused)),
+                }
+                stats.set_item("fleet_members", remote.members())?;
+                stats.set_item("fallbacks", redis.shared.counts().fallbacks)?;
+            }
         }
-        stats.set_item("remaining", remaining)?;
         Ok(stats)
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
-        let limiter = &slf.get().inner;
+        let this = slf.get();
+        let limiter = &this.inner;
         let limits = PyList::new(slf.py(), limiter.limits().iter().map(ToString::to_string))?;
-        let snapshot = limiter.snapshot();
+        // What this process holds: no round trip to Redis for a repr.
+        let (in_flight, waiting, shared) = match &this.backend {
+            Backend::Local => {
+                let snapshot = limiter.snapshot();
+                (snapshot.in_flight, snapshot.waiting, String::new())
+            }
+            Backend::Redis(redis) => {
+                let counts = redis.shared.counts();
+                (counts.in_flight, counts.waiting, format!(" key={:?} backend={}", redis.key, redis.backend.bind(slf.py()).repr()?))
+            }
+        };
         Ok(format!(
-            "<{} limits={} max_concurrency={} in_flight={} waiting={}>",
+            "<{} limits={} max_concurrency={} in_flight={in_flight} waiting={waiting}{shared}>",
             slf.get_type().name()?,
             limits.repr()?,
             limiter.max_concurrency().map_or("None".into(), |n| n.to_string()),
-            snapshot.in_flight,
-            snapshot.waiting,
         ))
     }
 }
+
+/// The backend `backend=` and `key=` name: this process alone when neither is given.
+fn shared_backend(limiter: &Limiter, backend: Option<&Bound<'_, PyAny>>, key: Option<&Bound<'_, PyAny>>) -> PyResult<Backend> {
+    let backend = backend.filter(|backend| !backend.is_none());
+    let key = key.filter(|key| !key.is_none());
+    let Some(backend) = backend else {
+        return match key {
+            None => Ok(Backend::Local),
+            Some(_) => Err(Error::config("backend", "must be a RedisBackend for a shared limit named by key, got None").into()),
+        };
+    };
+    let Ok(backend) = backend.cast::<PyRedisBackend>() else {
+        return args::refuse("backend", "a holysheep.RedisBackend", backend);
+    };
+    let Some(key) = key else {
+        return Err(Error::config("key", "a shared limit needs a key naming it, got None").into());
+    };
+    let key = args::text("key", key)?;
+    let settings = backend.get();
+    let remote = RemoteLimiter::new(Arc::clone(&settings.inner), &key, limiter.limits().to_vec(), limiter.max_concurrency(), settings.lease_ttl)?;
+    let shared = Arc::new(Shared::new(Arc::new(remote), settings.on_error));
+    Ok(Backend::Redis(Redis { shared, channels: Arc::default(), backend: backend.clone().unbind(), key, held: Held::default() }))
+}
+
+/// One admission taken by `HolySheepRateLimiter.slot`; held until the ``with`` block ends.
+#[pyclass(name = "Permit", module = "holysheep._holysheep", frozen)]
+pub struct PyPermit {
+    limiter: Py<PyLimiter>,
+    tokens: u64,
+    max_wait_ns: Option<u64>,
+    priority: i64,
+    admission: Mutex<Option<Py<PyAdmission>>>,
+}
+
+impl PyPermit {
+    fn waiting(&self) -> Waiting {
+        Waiting { cost: Cost::request(self.tokens), price: 0.0, max_wait_ns: self.max_wait_ns, priority: self.priority }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<Py<PyAdmission>>> {
+        self.admission.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn end(&self, py: Python<'_>) -> PyResult<()> {
+        let admission = self.held().take();
+        admission.map_or(Ok(()), |admission| admission.get().release(py))
+    }
+}
+
+#[pymethods]
+impl PyPermit {
+    /// The LLM tokens counted for this request now: the estimate, or the last settled count.
+    #[getter]
+    fn tokens(&self) -> u64 {
+        self.held().as_ref().map_or(self.tokens, |admission| admission.get().tokens())
+    }
+
+    /// Replaces the estimate by the real token count: refunds the difference or charges it.
+    fn settle(&self, py: Python<'_>, actual_tokens: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Some(admission) = self.held().as_ref().map(|admission| admission.clone_ref(py)) else {
+            return Err(PyRuntimeError::new_err("settle() needs an acquired permit: call it inside the `with` block"));
+        };
+        admission.get().settle(py, actual_tokens)
+    }
+
+    fn __aenter__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        let limiter = this.limiter.bind(py).get();
+        let (core, tokens, permit) = (Arc::clone(&limiter.inner), this.tokens, slf.clone().unbind());
+        let finish: Finish = Box::new(move |py, decided| {
+            let admission = Py::new(py, PyAdmission::new(&core, decided, tokens, 0.0))?;
+            *permit.get().held() = Some(admission);
+            Ok(permit.clone_ref(py).into_any())
+        });
+        limiter.acquiring(py, this.waiting(), finish)
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __aexit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<Py<Ready>> {
+        self.end(py)?;
+        Py::new(py, Ready(None))
+    }
+
+    fn __enter__(slf: &Bound<'_, Self>) -> PyResult<Py<Self>> {
+        let py = slf.py();
+        let this = slf.get();
+        let limiter = this.limiter.bind(py).get();
+        let decided = limiter.blocking(py, this.waiting())?;
+        *this.held() = Some(Py::new(py, PyAdmission::new(&limiter.inner, decided, this.tokens, 0.0))?);
+        Ok(slf.clone().unbind())
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<()> {
+        self.end(py)
+    }
+
+    fn __repr__(&self) -> String {
+        let state = if self.held().is_some() { "held" } else { "not acquired" };
+        format!("<Permit tokens={} {state}>", self.tokens())
+    }
+}
+

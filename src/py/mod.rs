@@ -1,6 +1,7 @@
 //! The pyo3 layer: thin wrappers that convert types, map errors and release the GIL around blocking
 //! waits. Every decision is the core's.
 
+mod admission;
 mod args;
 mod breaker;
 mod errors;
@@ -13,6 +14,7 @@ mod limiter;
 mod redis;
 mod redis_channel;
 mod retry;
+mod shared;
 mod waiting;
 
 use pyo3::prelude::*;
@@ -35,11 +37,13 @@ mod native {
     #[pymodule_export]
     use super::limit::PyLimit;
     #[pymodule_export]
-    use super::limiter::{PyLimiter, Ready, Reservation};
+    use super::admission::PyAdmission;
+    #[pymodule_export]
+    use super::limiter::{PyLimiter, PyPermit, Ready};
     #[pymodule_export]
     use super::waiting::{Acquiring, timer_leg};
     #[pymodule_export]
-    use super::redis::{_shutdown_redis_runtime, PyGrant, PyRedisBackend, PyRedisLimiter};
+    use super::redis::{_shutdown_redis_runtime, PyRedisBackend};
     #[pymodule_export]
     use super::redis_channel::PyLoopChannel;
     #[pymodule_export]

@@ -2,22 +2,22 @@
 //! asyncio decision crosses no thread (see `crate::redis::loop_connection`).
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
-use crate::py::redis::{PyGrant, PyRedisLimiter, mode, priced_cost, refusal};
-use crate::redis::BackendError;
-use crate::redis::limiter::Ask;
+use crate::core::Cost;
+use crate::py::shared::Reply;
+use crate::redis::limiter::{Ask, Mode};
 use crate::redis::loop_connection::LoopConnection;
+use crate::redis::{BackendError, RemoteLimiter};
 
 /// A request sent on a `_LoopChannel`, waiting for its answer.
 struct Pending {
-    future: Py<PyAny>,
+    reply: Arc<Reply>,
     ask: Ask,
-    reserve: bool,
-    operation: String,
+    operation: &'static str,
     sent: Instant,
 }
 
@@ -35,16 +35,16 @@ struct Channel {
 /// the loop's thread. Used only from that loop.
 #[pyclass(name = "_LoopChannel", module = "holysheep._holysheep", frozen)]
 pub struct PyLoopChannel {
-    limiter: Py<PyRedisLimiter>,
+    limiter: Arc<RemoteLimiter>,
     event_loop: Py<PyAny>,
     state: Mutex<Channel>,
 }
 
 impl PyLoopChannel {
     /// A channel over `connection` for `event_loop`; `attach` registers it with the loop.
-    pub fn new(limiter: &Bound<'_, PyRedisLimiter>, event_loop: Py<PyAny>, connection: LoopConnection) -> Self {
+    pub fn new(limiter: &Arc<RemoteLimiter>, event_loop: Py<PyAny>, connection: LoopConnection) -> Self {
         Self {
-            limiter: limiter.clone().unbind(),
+            limiter: Arc::clone(limiter),
             event_loop,
             state: Mutex::new(Channel { connection: Some(connection), pending: VecDeque::new(), watchdog: false }),
         }
@@ -65,11 +65,41 @@ impl PyLoopChannel {
         if let Some(connection) = connection {
             let _ = self.event_loop.call_method1(py, "remove_reader", (connection.fd(),));
         }
-        let limiter = &self.limiter.get().inner;
         for request in pending {
-            let error = PyErr::from(limiter.gave_up(request.ask, err.clone())).into_value(py);
-            settle_future(py, &request.future, Err(error.into_any()));
+            request.reply.deliver(py, Err(Err(self.limiter.gave_up(request.ask, err.clone()))));
         }
+    }
+
+    /// Sends one decision for its loop's task; `reply` gets the answer. Fails at once when the
+    /// channel is closed or the request cannot be written (which closes it).
+    pub fn send(slf: &Bound<'_, Self>, cost: Cost, price: f64, mode: Mode, lease: bool, operation: &'static str, reply: Arc<Reply>) -> Result<(), BackendError> {
+        let this = slf.get();
+        let limiter = &this.limiter;
+        let arm = {
+            let mut state = this.state();
+            let Some(connection) = state.connection.as_mut() else {
+                return Err(BackendError::Unavailable { message: "the connection to Redis closed".into() });
+            };
+            let (call, ask) = limiter.ask(cost, price, mode, lease);
+            if let Err(err) = connection.send(&call.packed()) {
+                drop(state);
+                let err = limiter.gave_up(ask, limiter.backend().failed(err.into()));
+                this.close(slf.py(), err.clone());
+                return Err(err);
+            }
+            state.pending.push_back(Pending { reply, ask, operation, sent: Instant::now() });
+            !state.watchdog
+        };
+        if arm {
+            // Without its watchdog a stalled Redis would leave the request unanswered for good.
+            Self::arm_watchdog(slf, limiter.backend().timeouts().command)
+                .map_err(|err| BackendError::Unavailable { message: format!("cannot time the request to Redis: {err}") })?;
+        }
+        Ok(())
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.state().connection.is_some()
     }
 
     fn arm_watchdog(slf: &Bound<'_, Self>, after: Duration) -> PyResult<()> {
@@ -81,63 +111,8 @@ impl PyLoopChannel {
     }
 }
 
-/// Completes `future` unless its waiter was cancelled meanwhile; a grant nobody takes goes back.
-fn settle_future(py: Python<'_>, future: &Py<PyAny>, result: Result<Py<PyAny>, Py<PyAny>>) {
-    let future = future.bind(py);
-    if future.call_method0("done").and_then(|done| done.extract::<bool>()).unwrap_or(true) {
-        if let Ok(value) = &result
-            && let Ok(grant) = value.bind(py).cast::<PyGrant>()
-        {
-            let _ = grant.get().give_back(py, false);
-        }
-        return;
-    }
-    let _ = match result {
-        Ok(value) => future.call_method1("set_result", (value,)),
-        Err(error) => future.call_method1("set_exception", (error,)),
-    };
-}
-
 #[pymethods]
 impl PyLoopChannel {
-    /// `_RedisLimiter.decide` for the loop's tasks: sends the request and returns; ``future`` gets
-    /// what `decide` would return or raise.
-    #[pyo3(signature = (future, tokens, max_wait, reserve, lease, operation, price = 0.0))]
-    #[allow(clippy::too_many_arguments)]
-    fn decide(
-        slf: &Bound<'_, Self>,
-        future: Py<PyAny>,
-        tokens: i64,
-        max_wait: Option<f64>,
-        reserve: bool,
-        lease: bool,
-        operation: String,
-        price: f64,
-    ) -> PyResult<()> {
-        let this = slf.get();
-        let (cost, mode) = (priced_cost(tokens, price)?, mode(reserve, max_wait)?);
-        let limiter = &this.limiter.get().inner;
-        let arm = {
-            let mut state = this.state();
-            let Some(connection) = state.connection.as_mut() else {
-                return Err(BackendError::Unavailable { message: "the connection to Redis closed".into() }.into());
-            };
-            let (call, ask) = limiter.ask(cost, price, mode, lease);
-            if let Err(err) = connection.send(&call.packed()) {
-                drop(state);
-                let err = limiter.gave_up(ask, limiter.backend().failed(err.into()));
-                this.close(slf.py(), err.clone());
-                return Err(err.into());
-            }
-            state.pending.push_back(Pending { future, ask, reserve, operation, sent: Instant::now() });
-            !state.watchdog
-        };
-        if arm {
-            Self::arm_watchdog(slf, limiter.backend().timeouts().command)?;
-        }
-        Ok(())
-    }
-
     /// Registers it with its loop, to be called when answers arrive; on the loop's thread.
     fn attach(slf: &Bound<'_, Self>) -> PyResult<()> {
         let Some(fd) = slf.get().state().connection.as_ref().map(LoopConnection::fd) else { return Ok(()) };
@@ -146,40 +121,36 @@ impl PyLoopChannel {
     }
 
     /// Whether it can still send (a failure closes it for good).
-    #[getter]
-    fn is_open(&self) -> bool {
-        self.state().connection.is_some()
+    #[getter(is_open)]
+    fn open_now(&self) -> bool {
+        self.is_open()
     }
 
     /// Called by the loop when answers arrived: completes their futures, in order.
     fn _on_readable(&self, py: Python<'_>) {
-        let limiter_py = self.limiter.get();
+        let limiter = &self.limiter;
         let received = match self.state().connection.as_mut() {
             Some(connection) => connection.receive(),
             None => return,
         };
         let answers = match received {
             Ok(answers) => answers,
-            Err(err) => return self.close(py, limiter_py.inner.backend().failed(err)),
+            Err(err) => return self.close(py, limiter.backend().failed(err)),
         };
         for answer in answers {
             let Some(request) = self.state().pending.pop_front() else { break };
-            let outcome = match answer.extract_error() {
-                Ok(value) => limiter_py.inner.interpret(value, request.ask, &request.operation),
-                Err(err) => Err(Err(limiter_py.inner.gave_up(request.ask, limiter_py.inner.backend().failed(err)))),
+            let decided = match answer.extract_error() {
+                Ok(value) => limiter.interpret(value, request.ask, request.operation),
+                Err(err) => Err(Err(limiter.gave_up(request.ask, limiter.backend().failed(err)))),
             };
-            let result = outcome
-                .map_err(refusal)
-                .and_then(|outcome| limiter_py.outcome(py, outcome, request.reserve, &request.operation))
-                .map_err(|err| err.into_value(py).into_any());
-            settle_future(py, &request.future, result);
+            request.reply.deliver(py, decided);
         }
     }
 
     /// Fails the channel when its oldest request went unanswered past the command timeout.
     fn _check_overdue(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
-        let backend = this.limiter.get().inner.backend();
+        let backend = this.limiter.backend();
         let timeout = backend.timeouts().command;
         let oldest = {
             let mut state = this.state();

@@ -21,6 +21,7 @@ use pyo3::{PyTraverseError, PyVisit, intern};
 use crate::core::clock::ns_to_secs;
 use crate::core::line::{Ticket, timer_leg_ns};
 use crate::core::{Admission, Cost, Limiter, Next, Wake};
+use crate::py::admission::Decided;
 
 /// How often a blocked thread looks for a pending signal (Ctrl-C).
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);
@@ -32,7 +33,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Sets an asyncio future's result unless it is done already (cancelled, or resolved by the other of
 /// its timer and its wake-up).
 #[pyfunction]
-fn resolve_if_pending(future: &Bound<'_, PyAny>) -> PyResult<()> {
+pub fn resolve_if_pending(future: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = future.py();
     if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
         future.call_method1(intern!(py, "set_result"), (py.None(),))?;
@@ -50,7 +51,7 @@ pub fn timer_leg(seconds: f64) -> f64 {
 
 static RESOLVE: PyOnceLock<Py<PyCFunction>> = PyOnceLock::new();
 
-fn resolver(py: Python<'_>) -> PyResult<&Bound<'_, PyCFunction>> {
+pub fn resolver(py: Python<'_>) -> PyResult<&Bound<'_, PyCFunction>> {
     Ok(RESOLVE.get_or_try_init(py, || wrap_pyfunction!(resolve_if_pending, py).map(Bound::unbind))?.bind(py))
 }
 
@@ -93,110 +94,103 @@ impl Wake for LoopWaker {
 
 /// Makes the result of an admission: nothing (`acquire`), or the admission itself (for a permit or the
 /// transport, which settle and release it).
-pub type Finish = Box<dyn Fn(Python<'_>, Admission) -> PyResult<Py<PyAny>> + Send + Sync>;
+pub type Finish = Box<dyn Fn(Python<'_>, Decided) -> PyResult<Py<PyAny>> + Send + Sync>;
 
-struct Waiting {
-    ticket: Option<Ticket>,
-    /// The future the task awaits now, and the timer that resolves it, if any.
+/// The loop future a waiting task awaits now, and the timer that resolves it, if any.
+#[derive(Default)]
+pub struct Armed {
     future: Option<Py<PyAny>>,
     timer: Option<Py<PyAny>>,
 }
 
-/// An admission being waited for on an asyncio loop: `await` it.
-#[pyclass(name = "_Acquiring", module = "holysheep._holysheep", frozen)]
-pub struct Acquiring {
-    limiter: Arc<Limiter>,
-    waker: Arc<LoopWaker>,
-    finish: Finish,
-    state: Mutex<Waiting>,
-}
-
-impl Acquiring {
-    /// Stands in line on the running loop for `cost`; `finish` makes the awaited result.
-    pub fn start(
-        py: Python<'_>,
-        limiter: &Arc<Limiter>,
-        cost: Cost,
-        priority: i64,
-        max_wait_ns: Option<u64>,
-        finish: Finish,
-    ) -> PyResult<Self> {
-        let event_loop = py.import(intern!(py, "asyncio"))?.call_method0(intern!(py, "get_running_loop"))?;
-        let waker = Arc::new(LoopWaker {
-            event_loop: event_loop.unbind(),
-            loop_thread: std::thread::current().id(),
-            state: Mutex::new(Parked::default()),
-        });
-        let ticket = limiter.enqueue(cost, priority, max_wait_ns, Arc::clone(&waker) as Arc<dyn Wake>);
-        Ok(Self {
-            limiter: Arc::clone(limiter),
-            waker,
-            finish,
-            state: Mutex::new(Waiting { ticket: Some(ticket), future: None, timer: None }),
-        })
-    }
-
-    /// Polls the line until the waiter is admitted (raises StopIteration with the result), refused
-    /// (raises), or must wait (returns the future to yield to the loop).
-    fn step(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let mut state = lock(&self.state);
-        Self::disarm(py, &mut state)?;
-        let Some(ticket) = state.ticket else {
-            return Err(PyTypeError::new_err("an admission is awaited only once"));
-        };
-        loop {
-            let next = match self.limiter.poll(ticket) {
-                Ok(next) => next,
-                Err(refused) => {
-                    state.ticket = None;
-                    return Err(refused.into());
-                }
-            };
-            let event_loop = self.waker.event_loop.bind(py);
-            let wake_at = match next {
-                Next::Ready(admission) => {
-                    state.ticket = None;
-                    drop(state);
-                    return Err(PyStopIteration::new_err(((self.finish)(py, admission)?,)));
-                }
-                Next::SleepUntil(at) => Some(at),
-                Next::Parked(deadline) => deadline,
-            };
-            let future = event_loop.call_method0(intern!(py, "create_future"))?;
-            if matches!(next, Next::Parked(_)) {
-                let mut parked = lock(&self.waker.state);
-                if std::mem::take(&mut parked.woken) {
-                    continue;
-                }
-                parked.future = Some(future.clone().unbind());
-            }
-            if let Some(at) = wake_at {
-                let delay = ns_to_secs(timer_leg_ns(at.saturating_sub(self.limiter.now_ns())));
-                let timer = event_loop.call_method1(intern!(py, "call_later"), (delay, resolver(py)?, &future))?;
-                state.timer = Some(timer.unbind());
-            }
-            state.future = Some(future.clone().unbind());
-            // Yield the future as awaiting it would, so the task knows to wait for it.
-            return future.call_method0(intern!(py, "__await__"))?.call_method0(intern!(py, "__next__")).map(Bound::unbind);
-        }
-    }
-
+impl Armed {
     /// Drops the wait in progress: its timer, and the future a wake-up would resolve.
-    fn disarm(py: Python<'_>, state: &mut Waiting) -> PyResult<()> {
-        state.future = None;
-        if let Some(timer) = state.timer.take() {
+    fn disarm(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.future = None;
+        if let Some(timer) = self.timer.take() {
             timer.bind(py).call_method0(intern!(py, "cancel"))?;
         }
         Ok(())
     }
 
+    /// Awaits `future`, resolved by someone else.
+    pub fn on(&mut self, future: Py<PyAny>) {
+        self.future = Some(future);
+    }
+
+    /// Awaits a new future on `event_loop` that a timer resolves after `ns` (`None`: only a wake-up
+    /// does); returns it, for a waker to resolve sooner.
+    pub fn sleep<'py>(&mut self, event_loop: &Bound<'py, PyAny>, ns: Option<u64>) -> PyResult<Bound<'py, PyAny>> {
+        let py = event_loop.py();
+        let future = event_loop.call_method0(intern!(py, "create_future"))?;
+        if let Some(ns) = ns {
+            let timer = event_loop.call_method1(intern!(py, "call_later"), (ns_to_secs(timer_leg_ns(ns)), resolver(py)?, &future))?;
+            self.timer = Some(timer.unbind());
+        }
+        self.future = Some(future.clone().unbind());
+        Ok(future)
+    }
+}
+
+/// What an asyncio waiter waits for: the core's line (a local limiter) or Redis (a shared one).
+pub trait Wait: Send + Sync {
+    /// Goes on once the future it armed completed (or at the start): the awaited result when admitted,
+    /// else None with `armed` holding the future to wait for; raises when refused.
+    fn advance(&self, py: Python<'_>, armed: &mut Armed) -> PyResult<Option<Py<PyAny>>>;
+    /// Its task gave up (cancelled, closed, dropped): what it holds or is owed goes back.
+    fn leave(&self);
+}
+
+struct Awaiting {
+    armed: Armed,
+    /// Admitted, refused or gone: it is not awaited again.
+    over: bool,
+}
+
+/// An admission being waited for on an asyncio loop: `await` it.
+#[pyclass(name = "_Acquiring", module = "holysheep._holysheep", frozen)]
+pub struct Acquiring {
+    wait: Box<dyn Wait>,
+    state: Mutex<Awaiting>,
+}
+
+impl Acquiring {
+    pub fn new(wait: Box<dyn Wait>) -> Self {
+        Self { wait, state: Mutex::new(Awaiting { armed: Armed::default(), over: false }) }
+    }
+
+    /// Advances the wait: raises StopIteration with the result when admitted, raises when refused,
+    /// or returns the future to yield to the loop.
+    fn step(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let mut state = lock(&self.state);
+        state.armed.disarm(py)?;
+        if state.over {
+            return Err(PyTypeError::new_err("an admission is awaited only once"));
+        }
+        match self.wait.advance(py, &mut state.armed) {
+            Ok(Some(result)) => {
+                state.over = true;
+                Err(PyStopIteration::new_err((result,)))
+            }
+            Ok(None) => {
+                let future = state.armed.future.as_ref().expect("a wait that goes on arms a future").clone_ref(py);
+                drop(state);
+                // Yield the future as awaiting it would, so the task knows to wait for it.
+                future.bind(py).call_method0(intern!(py, "__await__"))?.call_method0(intern!(py, "__next__")).map(Bound::unbind)
+            }
+            Err(refused) => {
+                state.over = true;
+                Err(refused)
+            }
+        }
+    }
+
     fn leave(&self, py: Python<'_>) -> PyResult<()> {
         let mut state = lock(&self.state);
-        if let Some(ticket) = state.ticket.take() {
-            self.limiter.leave(ticket);
+        if !std::mem::replace(&mut state.over, true) {
+            self.wait.leave();
         }
-        lock(&self.waker.state).future = None;
-        Self::disarm(py, &mut state)
+        state.armed.disarm(py)
     }
 }
 
@@ -218,8 +212,8 @@ impl Acquiring {
         self.step(py)
     }
 
-    /// A task cancelled (or an exception thrown in) while waiting: it leaves the line, giving back
-    /// what it held, and the exception goes on.
+    /// A task cancelled (or an exception thrown in) while waiting: it leaves, giving back what it
+    /// held, and the exception goes on.
     #[pyo3(signature = (kind, value = None, _traceback = None))]
     fn throw(
         &self,
@@ -250,10 +244,10 @@ impl Acquiring {
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => return Ok(()),
         };
-        if let Some(future) = &state.future {
+        if let Some(future) = &state.armed.future {
             visit.call(future)?;
         }
-        if let Some(timer) = &state.timer {
+        if let Some(timer) = &state.armed.timer {
             visit.call(timer)?;
         }
         Ok(())
@@ -263,10 +257,83 @@ impl Acquiring {
 impl Drop for Acquiring {
     fn drop(&mut self) {
         // Never awaited to its end (its coroutine dropped): what it held goes back.
-        let ticket = lock(&self.state).ticket.take();
-        if let Some(ticket) = ticket {
+        if !std::mem::replace(&mut lock(&self.state).over, true) {
+            self.wait.leave();
+        }
+    }
+}
+
+/// A place in the core's line, waited for on a loop.
+pub struct InLine {
+    limiter: Arc<Limiter>,
+    waker: Arc<LoopWaker>,
+    ticket: Mutex<Option<Ticket>>,
+    finish: Finish,
+}
+
+impl InLine {
+    /// Stands in line on the running loop for `cost`; `finish` makes the awaited result.
+    pub fn start(py: Python<'_>, limiter: &Arc<Limiter>, cost: Cost, priority: i64, max_wait_ns: Option<u64>, finish: Finish) -> PyResult<Self> {
+        let waker = Arc::new(LoopWaker {
+            event_loop: running_loop(py)?.unbind(),
+            loop_thread: std::thread::current().id(),
+            state: Mutex::new(Parked::default()),
+        });
+        let ticket = limiter.enqueue(cost, priority, max_wait_ns, Arc::clone(&waker) as Arc<dyn Wake>);
+        Ok(Self { limiter: Arc::clone(limiter), waker, ticket: Mutex::new(Some(ticket)), finish })
+    }
+}
+
+/// The running event loop (raises RuntimeError outside one, as asyncio does).
+pub fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    py.import(intern!(py, "asyncio"))?.call_method0(intern!(py, "get_running_loop"))
+}
+
+impl Wait for InLine {
+    fn advance(&self, py: Python<'_>, armed: &mut Armed) -> PyResult<Option<Py<PyAny>>> {
+        let mut ticket_slot = lock(&self.ticket);
+        let Some(ticket) = *ticket_slot else {
+            return Err(PyTypeError::new_err("an admission is awaited only once"));
+        };
+        lock(&self.waker.state).future = None;
+        loop {
+            let next = match self.limiter.poll(ticket) {
+                Ok(next) => next,
+                Err(refused) => {
+                    *ticket_slot = None;
+                    return Err(refused.into());
+                }
+            };
+            let wake_at = match next {
+                Next::Ready(admission) => {
+                    *ticket_slot = None;
+                    drop(ticket_slot);
+                    return (self.finish)(py, Decided::Local(admission)).map(Some);
+                }
+                Next::SleepUntil(at) => Some(at),
+                Next::Parked(deadline) => deadline,
+            };
+            let event_loop = self.waker.event_loop.bind(py);
+            let future = armed.sleep(event_loop, wake_at.map(|at| at.saturating_sub(self.limiter.now_ns())))?;
+            if matches!(next, Next::Parked(_)) {
+                // No Python under this lock: a thread waking us holds the GIL while it waits for it.
+                let mut parked = lock(&self.waker.state);
+                if std::mem::take(&mut parked.woken) {
+                    drop(parked);
+                    armed.disarm(py)?;
+                    continue;
+                }
+                parked.future = Some(future.unbind());
+            }
+            return Ok(None);
+        }
+    }
+
+    fn leave(&self) {
+        if let Some(ticket) = lock(&self.ticket).take() {
             self.limiter.leave(ticket);
         }
+        lock(&self.waker.state).future = None;
     }
 }
 

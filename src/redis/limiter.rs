@@ -43,6 +43,8 @@ pub enum Counted {
     InRedis(Vec<u64>),
     /// By this process alone, at its share (the `local` policy while Redis was away).
     Here { share: Arc<LocalShare>, receipts: Vec<Receipt> },
+    /// Nowhere: let through uncounted by the `fail_open` policy while Redis was away.
+    Nowhere,
 }
 
 /// An admission: when it may proceed, and what settles or returns it later.
@@ -221,6 +223,11 @@ impl RemoteLimiter {
 
     pub(crate) fn lease_ttl_us(&self) -> u64 {
         self.lease_ttl_us
+    }
+
+    /// The most concurrency leases held at once across the fleet.
+    pub fn max_concurrency(&self) -> Option<u64> {
+        self.max_leases
     }
 
     /// The limits shared under this key.
@@ -449,6 +456,7 @@ impl RemoteLimiter {
     fn adjust_invocation(self: &Arc<Self>, grant: &Grant, counted: Cost, actual: Cost, release: bool) -> Option<Call> {
         let lease = if release { grant.lease.as_deref() } else { None };
         let (receipts, lease, counted, actual) = match &grant.counted {
+            Counted::Nowhere => return None,
             Counted::InRedis(receipts) => {
                 if let Some(id) = lease {
                     self.leases.forget(id);

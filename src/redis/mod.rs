@@ -12,6 +12,7 @@ pub mod loop_connection;
 mod process;
 mod scripts;
 pub mod share;
+pub mod shared;
 mod windows;
 pub(crate) mod leases;
 

@@ -219,7 +219,7 @@ fn the_scripts_gcra_is_the_cores_through_cuts_give_backs_and_settles() {
     };
     let receipt = |grant: &Grant, index: usize| match &grant.counted {
         Counted::InRedis(receipts) => receipts[index],
-        Counted::Here { .. } => unreachable!("counted in Redis"),
+        Counted::Here { .. } | Counted::Nowhere => unreachable!("counted in Redis"),
     };
     for _ in 0..3 {
         admit(&gcras, &mut tats, Cost::request(200));

@@ -1,0 +1,334 @@
+//! One shared limit as a limiter uses it: each decision made in Redis with the failure policy applied
+//! when Redis is away, one request's wait as a sans-IO state machine that any driver (an asyncio task,
+//! a thread) runs, and what this process saw.
+//!
+//! A request waits for two things. A concurrency lease held elsewhere cannot wake it (Redis cannot
+//! call into another process), so it asks again after a short pause that grows; a rate reservation is
+//! made in Redis, in the order Redis decides (which is arrival order across the fleet), and then slept
+//! out here. Giving up while sleeping gives the reservation back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::core::clock::{Clock, MonotonicClock};
+use crate::core::limit::Cost;
+use crate::core::refusal::{self, Awaited};
+use crate::core::stats::WaitHistogram;
+use crate::core::Error;
+use crate::redis::error::BackendError;
+use crate::redis::limiter::{Counted, Grant, Mode, Outcome, Refused, RemoteLimiter};
+
+/// Asking again for a concurrency lease held elsewhere: the first pause, and the longest.
+const FIRST_POLL_NS: u64 = 2_000_000;
+const LONGEST_POLL_NS: u64 = 50_000_000;
+
+/// What a limiter does when Redis cannot be reached or does not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Raise: no decision without Redis.
+    FailClosed,
+    /// Admit, counting nothing.
+    FailOpen,
+    /// Decide in this process at its share of every limit.
+    Local,
+}
+
+impl OnError {
+    pub const NAMES: [&'static str; 3] = ["fail_closed", "fail_open", "local"];
+
+    pub fn named(name: &str) -> Option<Self> {
+        match name {
+            "fail_closed" => Some(Self::FailClosed),
+            "fail_open" => Some(Self::FailOpen),
+            "local" => Some(Self::Local),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::FailClosed => "fail_closed",
+            Self::FailOpen => "fail_open",
+            Self::Local => "local",
+        }
+    }
+}
+
+/// A change in whether Redis answers, for the caller to report once per outage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Turn {
+    Unchanged,
+    /// Redis stopped answering: decided by the policy from now on.
+    Outage(String),
+    /// Redis answers again.
+    Back,
+}
+
+/// This process's counts for a shared limit.
+#[derive(Debug, Default)]
+pub struct SharedStats {
+    pub admitted: AtomicU64,
+    pub rejected: AtomicU64,
+    pub waiting: AtomicU64,
+    /// Admissions held now (admitted, not yet released or given back).
+    pub in_flight: AtomicU64,
+    /// Decisions made by the failure policy.
+    pub fallbacks: AtomicU64,
+    pub waits: WaitHistogram,
+}
+
+/// A look at [`SharedStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub admitted: u64,
+    pub rejected: u64,
+    pub in_flight: u64,
+    pub waiting: u64,
+    /// Admissions that had to wait.
+    pub waited: u64,
+    pub wait_p50_ns: u64,
+    pub wait_p99_ns: u64,
+    pub fallbacks: u64,
+}
+
+/// A limit decided in Redis, under a failure policy.
+pub struct Shared {
+    pub remote: Arc<RemoteLimiter>,
+    pub on_error: OnError,
+    outage: AtomicBool,
+    pub stats: SharedStats,
+    /// What waits are timed on.
+    clock: MonotonicClock,
+}
+
+impl Shared {
+    pub fn new(remote: Arc<RemoteLimiter>, on_error: OnError) -> Self {
+        Self { remote, on_error, outage: AtomicBool::new(false), stats: SharedStats::default(), clock: MonotonicClock::new() }
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        self.clock.now_ns()
+    }
+
+    /// Whether admissions hold a concurrency lease.
+    pub fn leases(&self) -> bool {
+        self.remote.max_concurrency().is_some()
+    }
+
+    /// What a decision in Redis comes to once the failure policy has ruled on a Redis failure:
+    /// `fail_closed` keeps the failure, `fail_open` admits uncounted, `local` decides in this process.
+    pub fn judge(&self, decided: Result<Outcome, Refused>, cost: Cost, price: f64, mode: Mode, operation: &str) -> (Result<Outcome, Refused>, Turn) {
+        match decided {
+            Err(Err(err)) => match self.on_failure(err) {
+                Ok(turn) => {
+                    let outcome = match self.on_error {
+                        OnError::FailOpen => Ok(Outcome::Admitted(open(cost, price))),
+                        _ => self.remote.decide_locally(cost, price, mode, self.leases(), operation),
+                    };
+                    (outcome, turn)
+                }
+                Err(err) => (Err(Err(err)), Turn::Unchanged),
+            },
+            answered => (answered, self.reachable()),
+        }
+    }
+
+    /// Whether the policy decides instead of Redis after `err` (counted, with the outage it starts,
+    /// if any), or the failure stands (`fail_closed`, or a setting that cannot work).
+    pub fn on_failure(&self, err: BackendError) -> Result<Turn, BackendError> {
+        match err {
+            BackendError::Unavailable { message } if self.on_error != OnError::FailClosed => {
+                self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                Ok(if self.outage.swap(true, Ordering::AcqRel) { Turn::Unchanged } else { Turn::Outage(message) })
+            }
+            err => Err(err),
+        }
+    }
+
+    /// This process's counts now.
+    pub fn counts(&self) -> Counts {
+        let stats = &self.stats;
+        let admitted = stats.admitted.load(Ordering::Relaxed);
+        let waited = stats.waits.count();
+        let zeros = admitted.saturating_sub(waited);
+        Counts {
+            admitted,
+            rejected: stats.rejected.load(Ordering::Relaxed),
+            in_flight: stats.in_flight.load(Ordering::Relaxed),
+            waiting: stats.waiting.load(Ordering::Relaxed),
+            waited,
+            wait_p50_ns: stats.waits.quantile(0.50, zeros),
+            wait_p99_ns: stats.waits.quantile(0.99, zeros),
+            fallbacks: stats.fallbacks.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Redis answered: the end of an outage, if one was on.
+    pub fn reachable(&self) -> Turn {
+        if self.outage.swap(false, Ordering::AcqRel) { Turn::Back } else { Turn::Unchanged }
+    }
+
+    /// A request that waited `waited_ns` was admitted.
+    pub fn admitted(&self, waited_ns: u64) {
+        self.stats.admitted.fetch_add(1, Ordering::Relaxed);
+        if waited_ns > FIRST_POLL_NS {
+            self.stats.waits.record(waited_ns);
+        }
+    }
+
+    pub fn rejected(&self) {
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// An admission of `cost` counted nowhere (`fail_open`).
+fn open(cost: Cost, price: f64) -> Grant {
+    Grant { wait_us: 0, at_us: 0, lease: None, cost, price, counted: Counted::Nowhere }
+}
+
+/// What a waiting request does next.
+#[derive(Debug)]
+pub enum Step {
+    /// Ask Redis (or the policy) for a reservation waiting at most this long (`None`: any).
+    Ask { max_wait_us: Option<u64> },
+    /// Sleep until this instant (the local monotonic clock), then call `woke`.
+    Sleep { until_ns: u64 },
+    /// Admitted: it holds this grant, due now.
+    Admitted(Grant),
+}
+
+/// One request waiting for a shared limit. The driver asks when told (`Step::Ask`), hands the answer
+/// to `answered`, sleeps when told and then calls `woke`; a driver that gives up calls `abandon` and
+/// gives back what it returns.
+#[derive(Debug)]
+pub struct SharedWait {
+    started_ns: u64,
+    deadline_ns: Option<u64>,
+    pause_ns: u64,
+    /// A reservation slept out until `until_ns`.
+    holding: Option<(Grant, u64)>,
+}
+
+impl SharedWait {
+    /// A wait starting at `now` that gives up after `max_wait_ns` (`None`: never); its first step.
+    pub fn start(now: u64, max_wait_ns: Option<u64>) -> (Self, Step) {
+        let wait = Self { started_ns: now, deadline_ns: max_wait_ns.map(|ns| now.saturating_add(ns)), pause_ns: FIRST_POLL_NS, holding: None };
+        let first = wait.ask(now);
+        (wait, first)
+    }
+
+    fn ask(&self, now: u64) -> Step {
+        Step::Ask { max_wait_us: self.deadline_ns.map(|deadline| deadline.saturating_sub(now) / 1_000) }
+    }
+
+    /// How long it has waited by `now`.
+    pub fn waited_ns(&self, now: u64) -> u64 {
+        now.saturating_sub(self.started_ns)
+    }
+
+    /// What Redis (or the policy) decided at `now`.
+    pub fn answered(&mut self, now: u64, outcome: Outcome, remote: &RemoteLimiter, operation: &str) -> Result<Step, Error> {
+        match outcome {
+            Outcome::Later { wait_us, limit } => Err(remote.too_long(operation, wait_us, limit)),
+            outcome => self.after(now, outcome, operation),
+        }
+    }
+
+    /// `answered`, for every outcome but a wait past the deadline (worded by the limiter).
+    fn after(&mut self, now: u64, outcome: Outcome, operation: &str) -> Result<Step, Error> {
+        match outcome {
+            Outcome::Admitted(grant) if grant.wait_us == 0 => Ok(Step::Admitted(grant)),
+            Outcome::Admitted(grant) => {
+                let until_ns = now.saturating_add(grant.wait_us.saturating_mul(1_000));
+                self.holding = Some((grant, until_ns));
+                Ok(Step::Sleep { until_ns })
+            }
+            Outcome::Later { .. } => unreachable!("answered words it"),
+            Outcome::NoLease { retry_us } => {
+                let left = self.deadline_ns.map(|deadline| deadline.saturating_sub(now));
+                if left == Some(0) {
+                    return Err(refusal::timed_out(operation, Awaited::Slot));
+                }
+                let pause = self.pause_ns.min(retry_us.saturating_mul(1_000)).min(left.unwrap_or(u64::MAX)).max(1);
+                self.pause_ns = (self.pause_ns * 2).min(LONGEST_POLL_NS);
+                Ok(Step::Sleep { until_ns: now.saturating_add(pause) })
+            }
+        }
+    }
+
+    /// The sleep it was told to take ended (or a timer fired early) at `now`.
+    pub fn woke(&mut self, now: u64) -> Step {
+        match self.holding.take() {
+            Some((grant, until_ns)) if now >= until_ns => Step::Admitted(grant),
+            Some((grant, until_ns)) => {
+                self.holding = Some((grant, until_ns));
+                Step::Sleep { until_ns }
+            }
+            None => self.ask(now),
+        }
+    }
+
+    /// It gives up: the reservation it holds, if any, to give back.
+    pub fn abandon(&mut self) -> Option<Grant> {
+        self.holding.take().map(|(grant, _)| grant)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(wait_us: u64) -> Grant {
+        Grant { wait_us, ..open(Cost::request(0), 0.0) }
+    }
+
+    #[test]
+    fn a_reservation_is_slept_out_then_admitted() {
+        let (mut wait, first) = SharedWait::start(1_000, None);
+        assert!(matches!(first, Step::Ask { max_wait_us: None }));
+        let Ok(Step::Sleep { until_ns }) = wait.after(2_000, Outcome::Admitted(grant(5)), "acquire") else { panic!() };
+        assert_eq!(until_ns, 7_000);
+        assert!(matches!(wait.woke(6_999), Step::Sleep { until_ns: 7_000 }), "a timer that fired early sleeps again");
+        assert!(matches!(wait.woke(7_000), Step::Admitted(_)));
+        assert_eq!(wait.waited_ns(7_000), 6_000);
+    }
+
+    #[test]
+    fn giving_up_while_sleeping_hands_back_the_reservation() {
+        let (mut wait, _) = SharedWait::start(0, None);
+        assert!(matches!(wait.after(0, Outcome::Admitted(grant(1_000)), "acquire"), Ok(Step::Sleep { .. })));
+        assert!(wait.abandon().is_some());
+        assert!(wait.abandon().is_none(), "given back once");
+    }
+
+    #[test]
+    fn a_lease_held_elsewhere_is_asked_for_again_after_a_growing_pause_within_the_timeout() {
+        let (mut wait, first) = SharedWait::start(0, Some(30_000_000));
+        assert!(matches!(first, Step::Ask { max_wait_us: Some(30_000) }));
+        let mut now = 0;
+        let mut pauses = Vec::new();
+        loop {
+            match wait.after(now, Outcome::NoLease { retry_us: 1_000_000 }, "acquire") {
+                Ok(Step::Sleep { until_ns }) => {
+                    pauses.push(until_ns - now);
+                    now = until_ns;
+                    assert!(matches!(wait.woke(now), Step::Ask { .. }));
+                }
+                Ok(other) => panic!("{other:?}"),
+                Err(err) => {
+                    assert!(err.to_string().contains("acquire: no concurrency slot within its timeout"), "{err}");
+                    break;
+                }
+            }
+        }
+        assert_eq!(pauses[..4], [2_000_000, 4_000_000, 8_000_000, 16_000_000]);
+        assert_eq!(now, 30_000_000, "the last pause ends at the deadline");
+    }
+
+    #[test]
+    fn the_pause_never_outlasts_the_lease_holders_ttl() {
+        let (mut wait, _) = SharedWait::start(0, None);
+        let Ok(Step::Sleep { until_ns }) = wait.after(0, Outcome::NoLease { retry_us: 500 }, "acquire") else { panic!() };
+        assert_eq!(until_ns, 500_000);
+    }
+}
