@@ -12,18 +12,12 @@ use pyo3::types::{PyBytes, PyTuple};
 
 use crate::core::feedback::FOLLOWED;
 use crate::core::headers::server_left;
-use crate::core::limiter::Admission;
+use crate::backend::Decided;
 use crate::core::{Cost, Limiter};
 use crate::py::args;
-use crate::redis::limiter::Counted;
-use crate::redis::shared::Shared;
-use crate::redis::{BackendError, Grant, runtime};
-
-/// Where an admission was decided, and what names it there.
-pub enum Decided {
-    Local(Admission),
-    Shared { shared: Arc<Shared>, grant: Grant },
-}
+use crate::backend::redis::limiter::Counted;
+use crate::backend::redis::shared::Shared;
+use crate::backend::redis::{BackendError, Grant, runtime};
 
 #[pyclass(name = "_Admission", module = "holysheep._holysheep", frozen)]
 pub struct PyAdmission {
@@ -41,7 +35,7 @@ pub struct PyAdmission {
 impl PyAdmission {
     /// An admission of `tokens` at `price` dollars per million of them.
     pub fn new(limiter: &Arc<Limiter>, decided: Decided, tokens: u64, price: f64) -> Self {
-        if let Decided::Shared { shared, .. } = &decided {
+        if let Decided::Redis { shared, .. } = &decided {
             shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         }
         Self { limiter: Arc::clone(limiter), decided, tokens: AtomicU64::new(tokens), price, held: AtomicBool::new(true) }
@@ -58,15 +52,10 @@ impl PyAdmission {
     /// True the first time only: what is held is handed back once.
     fn let_go(&self) -> bool {
         let first = self.held.swap(false, Ordering::AcqRel);
-        if let (true, Decided::Shared { shared, .. }) = (first, &self.decided) {
+        if let (true, Decided::Redis { shared, .. }) = (first, &self.decided) {
             shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
         first
-    }
-
-    /// Whether it was decided in Redis (not by this process alone while Redis was away).
-    pub fn in_redis(&self) -> bool {
-        matches!(&self.decided, Decided::Shared { grant, .. } if matches!(grant.counted, Counted::InRedis(_)))
     }
 
     /// Ends it: `release` (its slot) or `give_back` (all of it).
@@ -81,7 +70,7 @@ impl PyAdmission {
                 }
                 Ok(self.limiter.release()?)
             }
-            Decided::Shared { shared, grant } => {
+            Decided::Redis { shared, grant } => {
                 let counted = self.cost();
                 let actual = if give_back { Cost::default() } else { counted };
                 if grant.lease.is_none() && !give_back {
@@ -139,7 +128,7 @@ impl PyAdmission {
     #[getter]
     fn at_us(&self) -> Option<u64> {
         match &self.decided {
-            Decided::Shared { grant, .. } if grant.at_us > 0 => Some(grant.at_us),
+            Decided::Redis { grant, .. } if grant.at_us > 0 => Some(grant.at_us),
             _ => None,
         }
     }
@@ -164,7 +153,7 @@ impl PyAdmission {
         let counted = self.cost_of(self.tokens.swap(actual.tokens, Ordering::AcqRel));
         match &self.decided {
             Decided::Local(admission) => self.limiter.settle(admission, counted, actual),
-            Decided::Shared { shared, grant } => adjust_shared(py, shared, grant, counted, actual, false)?,
+            Decided::Redis { shared, grant } => adjust_shared(py, shared, grant, counted, actual, false)?,
         }
         Ok(())
     }
@@ -185,7 +174,7 @@ impl PyAdmission {
                     }
                 }
             }
-            Decided::Shared { shared, .. } => shared.remote.follow(self.limiter.rate_factors()),
+            Decided::Redis { shared, .. } => shared.remote.follow(self.limiter.rate_factors()),
         }
         Ok(())
     }
@@ -204,7 +193,7 @@ impl PyAdmission {
         let state = if self.held.load(Ordering::Acquire) { "held" } else { "ended" };
         let place = match &self.decided {
             Decided::Local(_) => "local",
-            Decided::Shared { grant, .. } => match grant.counted {
+            Decided::Redis { grant, .. } => match grant.counted {
                 Counted::InRedis(_) => "redis",
                 Counted::Here { .. } => "local share",
                 Counted::Nowhere => "fail_open",

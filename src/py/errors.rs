@@ -28,11 +28,11 @@ impl From<Error> for PyErr {
     }
 }
 
-impl From<crate::redis::BackendError> for PyErr {
-    fn from(err: crate::redis::BackendError) -> PyErr {
+impl From<crate::backend::redis::BackendError> for PyErr {
+    fn from(err: crate::backend::redis::BackendError) -> PyErr {
         match err {
-            crate::redis::BackendError::Config { field, message } => ConfigError::new_err((message, field)),
-            crate::redis::BackendError::Unavailable { message } => BackendUnavailable::new_err(message),
+            crate::backend::redis::BackendError::Config { field, message } => ConfigError::new_err((message, field)),
+            crate::backend::redis::BackendError::Unavailable { message } => BackendUnavailable::new_err(message),
         }
     }
 }

@@ -13,14 +13,15 @@ use pyo3::types::{PyDict, PyList, PyTuple, PyType};
 use crate::core::clock::{ns_to_secs, secs_to_ns};
 use crate::core::limiter::Limiter;
 use crate::core::{Cost, Error, LimiterConfig, Tier, Unit};
-use crate::py::admission::{Decided, PyAdmission};
+use crate::backend::Decided;
+use crate::py::admission::PyAdmission;
 use crate::py::args;
 use crate::py::limit::PyLimit;
 use crate::py::redis::{PyRedisBackend, refusal};
 use crate::py::shared::{self, Ask, Channels, InRedis};
 use crate::py::waiting::{Acquiring, Finish, InLine, wait_blocking};
-use crate::redis::RemoteLimiter;
-use crate::redis::shared::{OnError, Shared};
+use crate::backend::redis::RemoteLimiter;
+use crate::backend::redis::shared::{OnError, Shared};
 
 /// An awaitable that is already done, with its result: what `acquire` and `async with` return when
 /// nothing had to wait.
@@ -181,7 +182,7 @@ impl PyLimiter {
             },
             Backend::Redis(redis) => {
                 let grant = shared::wait_blocking(py, &redis.shared, Ask { cost, price, operation: "acquire" }, max_wait_ns)?;
-                Ok(Decided::Shared { shared: Arc::clone(&redis.shared), grant })
+                Ok(Decided::Redis { shared: Arc::clone(&redis.shared), grant })
             }
         }
     }
@@ -299,7 +300,7 @@ impl PyLimiter {
                     return Ok(false);
                 };
                 if redis.shared.leases() {
-                    let decided = Decided::Shared { shared: Arc::clone(&redis.shared), grant };
+                    let decided = Decided::Redis { shared: Arc::clone(&redis.shared), grant };
                     redis.held.push(Py::new(py, self.admission(decided, cost, 0.0))?);
                 }
                 Ok(true)
@@ -548,7 +549,7 @@ impl PyLimiter {
                         stats.set_item("remaining", remaining)?;
                         stats.set_item("fleet_in_flight", peek.leases)?;
                     }
-                    Err(Err(crate::redis::BackendError::Unavailable { .. })) => {
+                    Err(Err(crate::backend::redis::BackendError::Unavailable { .. })) => {
                         stats.set_item("remaining", py.None())?;
                         stats.set_item("fleet_in_flight", py.None())?;
                     }

@@ -8,8 +8,8 @@ use pyo3::prelude::*;
 
 use crate::core::Error;
 use crate::py::args;
-use crate::redis::shared::OnError;
-use crate::redis::{Backend, BackendError, Timeouts, runtime};
+use crate::backend::redis::shared::OnError;
+use crate::backend::redis::{Backend, BackendError, Timeouts, runtime};
 
 /// A decision's failure as a Python exception: a refusal (never, a budget) or Redis failing.
 pub(crate) fn refusal(err: Result<Error, BackendError>) -> PyErr {

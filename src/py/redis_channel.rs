@@ -1,5 +1,5 @@
 //! `_LoopChannel`: one shared limit's connection to Redis driven by one asyncio event loop, so an
-//! asyncio decision crosses no thread (see `crate::redis::loop_connection`).
+//! asyncio decision crosses no thread (see `crate::backend::redis::loop_connection`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -9,9 +9,9 @@ use pyo3::prelude::*;
 
 use crate::core::Cost;
 use crate::py::shared::Reply;
-use crate::redis::limiter::{Ask, Mode};
-use crate::redis::loop_connection::LoopConnection;
-use crate::redis::{BackendError, RemoteLimiter};
+use crate::backend::redis::limiter::{Ask, Mode};
+use crate::backend::redis::loop_connection::LoopConnection;
+use crate::backend::redis::{BackendError, RemoteLimiter};
 
 /// A request sent on a `_LoopChannel`, waiting for its answer.
 struct Pending {

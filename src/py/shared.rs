@@ -11,13 +11,14 @@ use pyo3::intern;
 use pyo3::prelude::*;
 
 use crate::core::Cost;
-use crate::py::admission::{Decided, give_back_soon};
+use crate::backend::Decided;
+use crate::py::admission::give_back_soon;
 use crate::py::redis::refusal;
 use crate::py::redis_channel::PyLoopChannel;
 use crate::py::waiting::{Armed, Finish, Wait, resolver, running_loop};
-use crate::redis::limiter::{Mode, Outcome, Refused};
-use crate::redis::shared::{OnError, Shared, SharedWait, Step, Turn};
-use crate::redis::{Grant, runtime};
+use crate::backend::redis::limiter::{Mode, Outcome, Refused};
+use crate::backend::redis::shared::{OnError, Shared, SharedWait, Step, Turn};
+use crate::backend::redis::{Grant, runtime};
 
 /// How often a thread sleeping out a wait looks for a pending signal (Ctrl-C).
 const SIGNAL_CHECK_NS: u64 = 100_000_000;
@@ -367,7 +368,7 @@ impl InRedis {
     fn admitted(&self, py: Python<'_>, state: &mut AsyncState, grant: Grant) -> PyResult<Py<PyAny>> {
         self.shared.admitted(state.wait.waited_ns(self.shared.now_ns()));
         state.waiting = None;
-        (self.finish)(py, Decided::Shared { shared: Arc::clone(&self.shared), grant })
+        (self.finish)(py, Decided::Redis { shared: Arc::clone(&self.shared), grant })
     }
 }
 

@@ -21,7 +21,7 @@ use pyo3::{PyTraverseError, PyVisit, intern};
 use crate::core::clock::ns_to_secs;
 use crate::core::line::{Ticket, timer_leg_ns};
 use crate::core::{Admission, Cost, Limiter, Next, Wake};
-use crate::py::admission::Decided;
+use crate::backend::Decided;
 
 /// How often a blocked thread looks for a pending signal (Ctrl-C).
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);

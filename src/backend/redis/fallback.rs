@@ -8,10 +8,10 @@ use std::sync::atomic::Ordering;
 
 use crate::core::clock::Clock;
 use crate::core::limit::Cost;
-use crate::redis::error::BackendError;
-use crate::redis::leases;
-use crate::redis::limiter::{Ask, Counted, Grant, Mode, Outcome, Refused, RemoteLimiter, unavailable};
-use crate::redis::share::{Decided, LocalShare, Refusal};
+use crate::backend::redis::error::BackendError;
+use crate::backend::redis::leases;
+use crate::backend::redis::limiter::{Ask, Counted, Grant, Mode, Outcome, Refused, RemoteLimiter, unavailable};
+use crate::backend::redis::share::{Decided, LocalShare, Refusal};
 
 /// How soon a request waiting for a slot of the local share asks again (slots come back by release).
 const LOCAL_SLOT_RETRY_US: u64 = 50_000;

@@ -15,8 +15,8 @@ use crate::core::limit::Cost;
 use crate::core::refusal::{self, Awaited};
 use crate::core::stats::WaitHistogram;
 use crate::core::Error;
-use crate::redis::error::BackendError;
-use crate::redis::limiter::{Counted, Grant, Mode, Outcome, Refused, RemoteLimiter};
+use crate::backend::redis::error::BackendError;
+use crate::backend::redis::limiter::{Counted, Grant, Mode, Outcome, Refused, RemoteLimiter};
 
 /// Asking again for a concurrency lease held elsewhere: the first pause, and the longest.
 const FIRST_POLL_NS: u64 = 2_000_000;

@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use redis::{Cmd, ConnectionLike, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRedisArgs};
 
-use crate::redis::connections::Shared;
+use crate::backend::redis::connections::Shared;
 
 pub struct LuaScript {
     source: &'static str,

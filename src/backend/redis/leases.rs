@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use crate::redis::limiter::RemoteLimiter;
-use crate::redis::process::PerProcess;
-use crate::redis::scripts;
+use crate::backend::redis::limiter::RemoteLimiter;
+use crate::backend::redis::process::PerProcess;
+use crate::backend::redis::scripts;
 
 /// How often owed leases are sent while Redis does not take them (the backend's pause after a
 /// failure spaces the tries further).
@@ -78,7 +78,7 @@ pub fn keep_alive(limiter: &Arc<RemoteLimiter>) {
     if limiter.leases().renewer_pid.swap(pid, Ordering::AcqRel) == pid {
         return;
     }
-    let Ok(runtime) = crate::redis::runtime::handle() else { return };
+    let Ok(runtime) = crate::backend::redis::runtime::handle() else { return };
     let this: Weak<RemoteLimiter> = Arc::downgrade(limiter);
     let period = Duration::from_micros(limiter.lease_ttl_us() / 3);
     runtime.spawn(async move {
@@ -108,7 +108,7 @@ pub fn owe(limiter: &Arc<RemoteLimiter>, id: String) {
     if limiter.leases().reclaimer_pid.swap(pid, Ordering::AcqRel) == pid {
         return;
     }
-    let Ok(runtime) = crate::redis::runtime::handle() else { return };
+    let Ok(runtime) = crate::backend::redis::runtime::handle() else { return };
     let this: Weak<RemoteLimiter> = Arc::downgrade(limiter);
     runtime.spawn(async move {
         loop {

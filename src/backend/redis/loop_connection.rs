@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, Value};
 
-use crate::redis::scripts;
+use crate::backend::redis::scripts;
 
 pub struct LoopConnection {
     stream: TcpStream,

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-/// A Redis failure. Messages never hold the password: see [`crate::redis::backend::Backend::scrub`].
+/// A Redis failure. Messages never hold the password: see [`crate::backend::redis::backend::Backend::scrub`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum BackendError {
     /// A setting that cannot work (a malformed URL, a refused password or ACL user): fix it, retrying

@@ -7,7 +7,7 @@ use redis::aio::{ConnectionLike as AsyncConnectionLike, ConnectionManager, Conne
 use redis::cluster::{ClusterClient, ClusterConnection};
 use redis::{Cmd, ConnectionInfo, ConnectionLike, Pipeline, RedisFuture, RedisResult, Value};
 
-use crate::redis::backend::Timeouts;
+use crate::backend::redis::backend::Timeouts;
 
 /// Where a backend's Redis is (one value per backend: its size does not matter).
 #[allow(clippy::large_enum_variant)]

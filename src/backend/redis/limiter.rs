@@ -16,14 +16,14 @@ use crate::core::limit::{Cost, Limit, Unit};
 use crate::core::quota::Receipt;
 use crate::core::refusal;
 use crate::core::Error;
-use crate::redis::backend::Backend;
-use crate::redis::error::BackendError;
-use crate::redis::leases::{self, Leases};
-use crate::redis::process::PerProcess;
-use crate::redis::scripts::{self, Call};
-use crate::redis::fallback::Handover;
-use crate::redis::share::{LocalShare, Sighting};
-use crate::redis::windows::WindowSpec;
+use crate::backend::redis::backend::Backend;
+use crate::backend::redis::error::BackendError;
+use crate::backend::redis::leases::{self, Leases};
+use crate::backend::redis::process::PerProcess;
+use crate::backend::redis::scripts::{self, Call};
+use crate::backend::redis::fallback::Handover;
+use crate::backend::redis::share::{LocalShare, Sighting};
+use crate::backend::redis::windows::WindowSpec;
 
 /// What a decision may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

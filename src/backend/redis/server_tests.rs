@@ -10,8 +10,8 @@ use crate::core::clock::NS_PER_SEC;
 use crate::core::gcra::Gcra;
 use crate::core::limit::{Algorithm, Cost, Limit, Unit};
 use crate::core::Error;
-use crate::redis::limiter::Counted;
-use crate::redis::{Backend, BackendError, Grant, Mode, Outcome, RemoteLimiter, Timeouts, leases, runtime};
+use crate::backend::redis::limiter::Counted;
+use crate::backend::redis::{Backend, BackendError, Grant, Mode, Outcome, RemoteLimiter, Timeouts, leases, runtime};
 
 struct Server {
     child: Child,

@@ -24,7 +24,7 @@ use std::sync::Mutex;
 
 use crate::core::limit::{Algorithm, Cost, Limit, Unit};
 use crate::core::quota::{Quota, Receipt};
-use crate::redis::windows::{Kind, WindowSpec};
+use crate::backend::redis::windows::{Kind, WindowSpec};
 
 /// What Redis said at its last answer, by this process's clock.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use redis::{ErrorKind, RedisError};
 
-use crate::redis::connections::{Blocking, Server, Shared, cluster_client};
-use crate::redis::error::BackendError;
-use crate::redis::loop_connection::LoopConnection;
-use crate::redis::process::PerProcess;
+use crate::backend::redis::connections::{Blocking, Server, Shared, cluster_client};
+use crate::backend::redis::error::BackendError;
+use crate::backend::redis::loop_connection::LoopConnection;
+use crate::backend::redis::process::PerProcess;
 
 /// How long to wait for a connection, and for an answer to each command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::runtime::{Builder, Handle, Runtime};
 
-use crate::redis::error::BackendError;
+use crate::backend::redis::error::BackendError;
 
 enum State {
     NotStarted,
