@@ -199,14 +199,15 @@ impl PyLimiter {
 
     /// Makes the awaited result of `acquire` and `async with`: nothing; what `release` will end is
     /// kept (a lease in Redis; a local slot is the core's to count).
-    fn holding(&self) -> Finish {
+    fn holding(&self, waiting: &Waiting) -> Finish {
         let held = match &self.backend {
             Backend::Redis(redis) if redis.shared.leases() => Some((Arc::clone(&self.inner), redis.held.clone())),
             _ => None,
         };
+        let (tokens, price) = (waiting.cost.tokens, waiting.price);
         Box::new(move |py, decided| {
             if let Some((limiter, held)) = &held {
-                held.push(Py::new(py, PyAdmission::new(limiter, decided, 0, 0.0))?);
+                held.push(Py::new(py, PyAdmission::new(limiter, decided, tokens, price))?);
             }
             Ok(py.None())
         })
@@ -319,7 +320,9 @@ impl PyLimiter {
         timeout: Option<&Bound<'_, PyAny>>,
         priority: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        self.acquiring(py, Waiting::of(tokens, timeout, priority)?, self.holding())
+        let waiting = Waiting::of(tokens, timeout, priority)?;
+        let finish = self.holding(&waiting);
+        self.acquiring(py, waiting, finish)
     }
 
     /// `acquire` for threads: blocks with the GIL released, so other threads keep running.
@@ -331,8 +334,9 @@ impl PyLimiter {
         timeout: Option<&Bound<'_, PyAny>>,
         priority: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let decided = self.blocking(py, Waiting::of(tokens, timeout, priority)?)?;
-        (self.holding())(py, decided).map(drop)
+        let waiting = Waiting::of(tokens, timeout, priority)?;
+        let finish = self.holding(&waiting);
+        finish(py, self.blocking(py, waiting)?).map(drop)
     }
 
     /// The admission of one request of ``tokens`` at ``price`` dollars per million of them when it
@@ -430,7 +434,8 @@ impl PyLimiter {
     }
 
     fn __aenter__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.acquiring(py, Waiting::one(), self.holding())
+        let finish = self.holding(&Waiting::one());
+        self.acquiring(py, Waiting::one(), finish)
     }
 
     #[pyo3(signature = (*_exc))]
@@ -440,8 +445,8 @@ impl PyLimiter {
     }
 
     fn __enter__(&self, py: Python<'_>) -> PyResult<()> {
-        let decided = self.blocking(py, Waiting::one())?;
-        (self.holding())(py, decided).map(drop)
+        let finish = self.holding(&Waiting::one());
+        finish(py, self.blocking(py, Waiting::one())?).map(drop)
     }
 
     #[pyo3(signature = (*_exc))]

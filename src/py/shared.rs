@@ -237,30 +237,47 @@ fn is_closed(event_loop: &Bound<'_, PyAny>) -> bool {
 
 impl Channels {
     /// This loop's channel, if open; else starts opening one (unless one is on its way) and returns
-    /// None, for the decision to go through the runtime meanwhile.
+    /// None, for the decision to go through the runtime meanwhile. No Python runs under the lock (a
+    /// thread switch there would leave a thread holding the GIL waiting for the lock).
     fn for_loop(&self, shared: &Shared, event_loop: &Bound<'_, PyAny>) -> Option<Py<PyLoopChannel>> {
         let py = event_loop.py();
-        let mut by_loop = lock(&self.by_loop);
-        // Loops that closed have no use for theirs.
-        by_loop.retain(|(other, _)| other.is(event_loop) || !is_closed(other.bind(py)));
-        match by_loop.iter().position(|(other, _)| other.is(event_loop)) {
-            Some(at) => match &by_loop[at].1 {
-                Channel::Open(channel) if channel.get().is_open() => return Some(channel.clone_ref(py)),
-                Channel::Opening | Channel::Unsupported => return None,
-                Channel::Open(_) => by_loop[at].1 = Channel::Opening,
-            },
-            None => by_loop.push((event_loop.clone().unbind(), Channel::Opening)),
+        {
+            let mut by_loop = lock(&self.by_loop);
+            match by_loop.iter().position(|(other, _)| other.is(event_loop)) {
+                Some(at) => match &by_loop[at].1 {
+                    Channel::Open(channel) if channel.get().is_open() => return Some(channel.clone_ref(py)),
+                    Channel::Opening | Channel::Unsupported => return None,
+                    Channel::Open(_) => {
+                        let closed = std::mem::replace(&mut by_loop[at].1, Channel::Opening);
+                        drop(by_loop);
+                        drop(closed);
+                    }
+                },
+                None => by_loop.push((event_loop.clone().unbind(), Channel::Opening)),
+            }
         }
-        drop(by_loop);
+        self.forget_closed_loops(py);
         self.open(shared, event_loop.clone().unbind());
         None
+    }
+
+    /// Drops the channels of loops that closed (their connections with them).
+    fn forget_closed_loops(&self, py: Python<'_>) {
+        let loops: Vec<Py<PyAny>> = lock(&self.by_loop).iter().map(|(other, _)| other.clone_ref(py)).collect();
+        let closed: Vec<Py<PyAny>> = loops.into_iter().filter(|other| is_closed(other.bind(py))).collect();
+        for event_loop in closed {
+            drop(take(&self.by_loop, &event_loop));
+        }
     }
 
     /// Connects on the runtime, then hands the channel to its loop; a failure forgets it, for the
     /// next decision to try again (as often as the backend's pause after a failure allows).
     fn open(&self, shared: &Shared, event_loop: Py<PyAny>) {
         let (remote, by_loop) = (Arc::clone(&shared.remote), Arc::clone(&self.by_loop));
-        let Ok(handle) = runtime::handle() else { return forget(&by_loop, &event_loop) };
+        let Ok(handle) = runtime::handle() else {
+            drop(take(&by_loop, &event_loop));
+            return;
+        };
         handle.spawn_blocking(move || {
             let opened = remote.backend().open_loop_connection();
             Python::attach(|py| {
@@ -276,13 +293,16 @@ impl Channels {
                     Ok(None) => Some(Channel::Unsupported),
                     Err(_) => None,
                 };
-                let mut entries = lock(&by_loop);
-                let at = entries.iter().position(|(other, _)| other.is(&event_loop));
-                match (at, channel) {
-                    (Some(at), Some(channel)) => entries[at].1 = channel,
-                    (Some(at), None) => drop(entries.remove(at)),
-                    (None, _) => {}
-                }
+                let replaced = {
+                    let mut entries = lock(&by_loop);
+                    match (entries.iter().position(|(other, _)| other.is(&event_loop)), channel) {
+                        (Some(at), Some(channel)) => Some(std::mem::replace(&mut entries[at].1, channel)),
+                        (Some(at), None) => Some(entries.remove(at).1),
+                        (None, _) => None,
+                    }
+                };
+                // Dropped with the lock released: dropping Python objects may run Python.
+                drop(replaced);
             });
         });
     }
@@ -296,8 +316,11 @@ impl Channels {
     }
 }
 
-fn forget(by_loop: &ByLoop, event_loop: &Py<PyAny>) {
-    lock(by_loop).retain(|(other, _)| !other.is(event_loop));
+/// Takes `event_loop`'s entry out, for the caller to drop once the lock is released.
+fn take(by_loop: &ByLoop, event_loop: &Py<PyAny>) -> Option<(Py<PyAny>, Channel)> {
+    let mut entries = lock(by_loop);
+    let at = entries.iter().position(|(other, _)| other.is(event_loop))?;
+    Some(entries.remove(at))
 }
 
 /// A wait for a shared limit, on an asyncio loop.
