@@ -4,6 +4,7 @@ with from threads, slot + settle, stats; bad URLs and credentials fail clearly, 
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from pathlib import Path
@@ -143,6 +144,41 @@ async def test_a_waiter_cancelled_while_redis_decides_gives_back_what_redis_gran
         assert time.monotonic() < deadline, "a lease granted to a cancelled waiter was not given back"
         await asyncio.sleep(0.01)
     assert peer.try_acquire() and lim.stats()["in_flight"] == 0 and lim.stats()["waiting"] == 0
+
+
+async def test_every_shared_release_path_returns_its_lease_with_the_collector_off(redis_url: str) -> None:
+    """Done, failed, cancelled while deciding or while waiting, a permit, the transport's admission:
+    each gives its lease back by itself, never by Python's cyclic garbage collector."""
+    lim, peer = shared(redis_url, key="no-gc", max_concurrency=2), shared(redis_url, key="no-gc", max_concurrency=2)
+
+    async def hold(fail: bool) -> None:
+        async with lim:
+            await asyncio.sleep(0.002)
+            if fail:
+                raise ValueError("the request failed")
+
+    gc.disable()
+    try:
+        outcomes = await asyncio.gather(*(hold(fail=i % 3 == 0) for i in range(30)), return_exceptions=True)
+        assert sum(isinstance(outcome, ValueError) for outcome in outcomes) == 10
+        async with lim.slot(tokens=10) as permit:
+            permit.settle(5)
+        admission = await lim._admit(0, None, 0.0)
+        admission.release()
+        waiters = [asyncio.ensure_future(lim.acquire()) for _ in range(6)]
+        await asyncio.sleep(0)  # their decisions are on their way
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        for _ in range(lim.stats()["in_flight"]):
+            lim.release()  # those admitted before the cancel came
+        deadline = time.monotonic() + 2.0
+        while peer.stats()["fleet_in_flight"]:
+            assert time.monotonic() < deadline, "a lease was not given back"
+            await asyncio.sleep(0.01)
+        assert lim.stats()["in_flight"] == 0 and lim.stats()["waiting"] == 0
+    finally:
+        gc.enable()
 
 
 def test_a_shared_limit_without_a_concurrency_cap_holds_nothing_after_admitting(redis_url: str) -> None:
