@@ -24,7 +24,8 @@ from holysheep.errors import CircuitOpenError
 from holysheep.pricing import checked_prices
 from holysheep.retry import RetryPolicy
 from holysheep.transport._admission import Admission, admit_now
-from holysheep.transport._answers import StatusFailure, error_code, is_json, is_malformed, not_json
+from holysheep.transport._answers import StatusFailure, error_code, is_event_stream, is_json, is_malformed, not_json
+from holysheep.transport._events import EventCheck
 from holysheep.transport._holds import Hold, finish, register
 from holysheep.transport._settings import check_settings
 from holysheep.transport._steps import _AsyncSteps, _BlockingSteps, _run_blocking, _Steps
@@ -268,14 +269,19 @@ class _Pipeline:
     def _answer(self, response: Any, admission: Admission | None, model: str | None, steps: _Steps) -> Any:
         """The response handed to the client, saying which model answered. A body read in full (JSON, a
         failure, or an answer made in memory) is done with: its usage settled, its slot back now. A
-        streamed one holds its admission until it is read to the end, closed or abandoned."""
+        streamed one holds its admission until it is read to the end, closed or abandoned; a stream of
+        server-sent events has its events checked as they pass, with a limiter or without."""
         if model is not None:
             response.headers["x-holysheep-model"] = model
-        if admission is None:  # no limiter: nothing held
+        streamed = not response.is_closed
+        events = EventCheck() if streamed and is_event_stream(response.headers) else None
+        if admission is None:  # no limiter: nothing held, but events are checked all the same
+            if events is not None:
+                response.stream = steps.held(Hold(response.stream, None, None, False), events)
             return response
-        if not response.is_closed:
+        if streamed:
             held = Hold(response.stream, self.slot_limiter, steps.me(), self._settles)
-            response.stream = steps.held(register(admission, held))
+            response.stream = steps.held(register(admission, held), events)
         elif self._settles:
             finish(admission, True, response.content)
         else:
