@@ -68,6 +68,18 @@ def test_options_that_would_undo_the_transport_are_refused(options: dict[str, An
     assert info.value.field == field
 
 
+@pytest.mark.parametrize(
+    "setting", [{"acquire_timeout": 5.0}, {"fallback_models": {"gpt-4.1": ["deepseek-v3.2"]}}, {"prices": {"m": 1.0}}]
+)
+def test_a_setting_given_with_the_http_client_of_another_client_is_refused_not_ignored(setting: dict[str, Any]) -> None:
+    """The shared client's transport has its own settings: one given beside it could not apply."""
+    shared = hs.AsyncHolySheep(api_key="hs_x")._client
+    with pytest.raises(hs.ConfigError) as info:
+        hs.AsyncHolySheep(api_key="hs_x", http_client=shared, **setting)
+    assert info.value.field == "http_client"
+    assert hs.AsyncHolySheep(api_key="hs_x", http_client=shared).transport is shared._transport
+
+
 @pytest.mark.parametrize("client_class", ["AsyncHolySheep", "HolySheep"])
 def test_a_retry_policy_of_the_wrong_kind_is_refused_when_the_client_is_made(client_class: str) -> None:
     with pytest.raises(hs.ConfigError) as info:

@@ -110,7 +110,8 @@ class _Pipeline:
         self.retry = retry if retry is not None else RetryPolicy()
         self.breaker = breaker
         self.acquire_timeout = _check_timeout("acquire_timeout", acquire_timeout)
-        self.fallback_models = dict(fallback_models or {})
+        # Copied: a list the caller changes later does not change the fallbacks.
+        self.fallback_models = {model: list(names) for model, names in (fallback_models or {}).items()}
         self.prices = checked_prices(prices)
         #: The limiter, when it counts concurrency slots: an answer's body then holds one until it ends.
         self.slot_limiter = limiter if limiter is not None and limiter.max_concurrency is not None else None
