@@ -124,6 +124,36 @@ async def test_open_breaker_raises_circuit_open_without_sending() -> None:
     assert info.value.retry_after > 0
 
 
+async def test_requests_a_half_open_breaker_refuses_take_nothing_from_the_rate_limit() -> None:
+    """While the breaker's trials are out, the requests it fails fast must not use up the limiter's
+    window: the demo's workers, polling a half-open breaker, filled a window with requests never sent,
+    and the calls that came once it closed waited a window more."""
+    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(10, per=60.0)])
+    breaker = hs.CircuitBreaker(failure_threshold=1, recovery_timeout=0.05, half_open_max_calls=1)
+    trial_sent, trial_answers = asyncio.Event(), asyncio.Event()
+
+    async def handle(request: httpx2.Request) -> httpx2.Response:
+        if breaker.state == "closed":
+            return httpx2.Response(503)
+        trial_sent.set()
+        await trial_answers.wait()
+        return ok()
+
+    async with client(handle, limiter=lim, retry=hs.RetryPolicy(max_attempts=1), breaker=breaker) as http:
+        assert (await http.post("/chat/completions", json=CHAT)).status_code == 503
+        await asyncio.sleep(0.06)
+        trial = asyncio.create_task(http.post("/chat/completions", json=CHAT))
+        await trial_sent.wait()
+        assert breaker.state == "half_open"
+        for _ in range(5):
+            with pytest.raises(hs.CircuitOpenError):
+                await http.post("/chat/completions", json=CHAT)
+        trial_answers.set()
+        assert (await trial).status_code == 200
+    assert breaker.state == "closed"
+    assert lim.stats()["remaining"] == {"10 requests per minute": 10 - 2}
+
+
 @pytest.mark.parametrize(
     "failing",
     [httpx2.Response(408), httpx2.Response(503, headers={"x-should-retry": "false"})],

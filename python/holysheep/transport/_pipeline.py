@@ -188,9 +188,11 @@ class _Pipeline:
         price = self.prices.get(model or "", 0.0)
         while True:
             attempts += 1
-            if breaker is not None and breaker.state == "open":
-                # Fail fast (or ask the next model) without waiting for the limiter first. The breaker
-                # refuses (and counts it); should it have just turned half-open, the trial goes back.
+            if breaker is not None and breaker.state != "closed":
+                # Fail fast (or ask the next model) before the limiter: while the breaker is open, or
+                # half-open with its trials all out, what the limiter admitted could not be sent, and its
+                # place in the rate windows would be lost. The breaker refuses (and counts it); should it
+                # let a trial through, the trial goes back until the request is about to go.
                 try:
                     breaker._core.release(breaker._admit())
                 except CircuitOpenError:
