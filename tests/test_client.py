@@ -179,7 +179,13 @@ async def test_the_gateways_remaining_headers_bring_the_limiter_down_before_429s
 
 
 async def test_faults_are_retried_and_the_breaker_rides_out_an_outage() -> None:
-    faults = Faults(unavailable=0.2, reset=0.05, outage=(0.2, 0.6))
+    # The outage is timed from the gateway's start, and the first request leaves only once all 100 calls
+    # have built theirs (they start together; about 2.8 ms each on openai 1.x): 0.4-0.6 s after the start
+    # here (0.2 s on 3.x), later on a busy machine, when an outage from 0.2 s to 0.6 s could be over
+    # before it (the breaker never opened). The calls then take about 2 s (100/s, a quarter of the
+    # attempts failing, the outage), so one from 0.8 s to 1.2 s meets them however late they start, up to
+    # about 1 s.
+    faults = Faults(unavailable=0.2, reset=0.05, outage=(0.8, 1.2))
     with MockGateway(latency=0.005, faults=faults, seed=3) as gw:
         # Paced evenly (GCRA, no burst), so the calls span the outage.
         lim = hs.HolySheepRateLimiter(limits=[hs.Limit(100, per=1.0, algorithm="gcra")], max_concurrency=8)
