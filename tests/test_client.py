@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import openai
@@ -66,6 +66,18 @@ def test_options_that_would_undo_the_transport_are_refused(options: dict[str, An
     with pytest.raises(hs.ConfigError) as info:
         hs.AsyncHolySheep(api_key="hs_x", **options)
     assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    "setting", [{"acquire_timeout": 5.0}, {"fallback_models": {"gpt-4.1": ["deepseek-v3.2"]}}, {"prices": {"m": 1.0}}]
+)
+def test_a_setting_given_with_the_http_client_of_another_client_is_refused_not_ignored(setting: dict[str, Any]) -> None:
+    """The shared client's transport has its own settings: one given beside it could not apply."""
+    shared = hs.AsyncHolySheep(api_key="hs_x")._client
+    with pytest.raises(hs.ConfigError) as info:
+        hs.AsyncHolySheep(api_key="hs_x", http_client=shared, **setting)
+    assert info.value.field == "http_client"
+    assert hs.AsyncHolySheep(api_key="hs_x", http_client=shared).transport is shared._transport
 
 
 @pytest.mark.parametrize("client_class", ["AsyncHolySheep", "HolySheep"])
@@ -167,7 +179,13 @@ async def test_the_gateways_remaining_headers_bring_the_limiter_down_before_429s
 
 
 async def test_faults_are_retried_and_the_breaker_rides_out_an_outage() -> None:
-    faults = Faults(unavailable=0.2, reset=0.05, outage=(0.2, 0.6))
+    # The outage is timed from the gateway's start, and the first request leaves only once all 100 calls
+    # have built theirs (they start together; about 2.8 ms each on openai 1.x): 0.4-0.6 s after the start
+    # here (0.2 s on 3.x), later on a busy machine, when an outage from 0.2 s to 0.6 s could be over
+    # before it (the breaker never opened). The calls then take about 2 s (100/s, a quarter of the
+    # attempts failing, the outage), so one from 0.8 s to 1.2 s meets them however late they start, up to
+    # about 1 s.
+    faults = Faults(unavailable=0.2, reset=0.05, outage=(0.8, 1.2))
     with MockGateway(latency=0.005, faults=faults, seed=3) as gw:
         # Paced evenly (GCRA, no burst), so the calls span the outage.
         lim = hs.HolySheepRateLimiter(limits=[hs.Limit(100, per=1.0, algorithm="gcra")], max_concurrency=8)
@@ -498,3 +516,104 @@ def httpx_library() -> Any:
     from holysheep.transport import http_library
 
     return http_library
+
+
+# --- a stream whose events are not all JSON (issue 15: untyped errors out of the SDK) ---
+
+
+class ChunksOf:
+    """A response body sent in the chunks given, for blocking and asyncio clients alike."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.chunks)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+
+
+class BreaksTheThirdEvent:
+    """An HTTP transport sending to the gateway for real, whose streamed answers come back with their
+    third event cut off (``data: {not json``, split over two chunks) and the rest after it."""
+
+    def __init__(self) -> None:
+        lib = httpx_library()
+        self.lib, self.blocking, self.asynchronous = lib, lib.HTTPTransport(), lib.AsyncHTTPTransport()
+
+    def broken(self, request: Any, response: Any, body: bytes) -> Any:
+        if not response.headers["content-type"].startswith("text/event-stream"):
+            return self.lib.Response(response.status_code, headers=response.headers, content=body, request=request)
+        events = [event + b"\n\n" for event in body.split(b"\n\n") if event]
+        assert len(events) > 4 and all(event.startswith(b"data: ") for event in events)
+        chunks = [*events[:2], b"data: {not", b" json\n\n", *events[3:]]
+        stream = type("Chunks", (ChunksOf, self.lib.SyncByteStream, self.lib.AsyncByteStream), {})(chunks)
+        framing = ("content-length", "transfer-encoding")
+        headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in framing]
+        return self.lib.Response(response.status_code, headers=headers, stream=stream, request=request)
+
+    def handle_request(self, request: Any) -> Any:
+        response = self.blocking.handle_request(request)
+        return self.broken(request, response, response.read())
+
+    async def handle_async_request(self, request: Any) -> Any:
+        response = await self.asynchronous.handle_async_request(request)
+        return self.broken(request, response, await response.aread())
+
+    def close(self) -> None:
+        self.blocking.close()
+
+    async def aclose(self) -> None:
+        await self.asynchronous.aclose()
+        self.blocking.close()
+
+
+def client_breaking_events(asynchronous: bool, gateway: MockGateway, limiter: hs.HolySheepRateLimiter | None) -> Any:
+    """An SDK client over a holysheep Transport over `BreaksTheThirdEvent`."""
+    transport = hs.Transport(limiter, FAST, inner=BreaksTheThirdEvent())
+    if asynchronous:
+        http_client, sdk_client = SDK_HTTP_CLIENT, openai.AsyncOpenAI
+    else:
+        http_client = getattr(openai, "DefaultHttpx2Client", None) or getattr(openai, "DefaultHttpxClient")
+        sdk_client = openai.OpenAI
+    return sdk_client(
+        base_url=gateway.base_url, api_key="hs_test", max_retries=0, http_client=http_client(transport=transport)
+    )
+
+
+@pytest.mark.parametrize("max_concurrency", [2, None], ids=["slots", "no-limiter"])
+async def test_a_stream_event_that_is_not_json_ends_the_stream_with_the_sdks_typed_error(
+    gateway: MockGateway, gc_disabled: None, max_concurrency: int | None
+) -> None:
+    """Issue 15: ``data: {not json`` in a streamed answer made the SDK raise json.JSONDecodeError out of the
+    consumer's loop."""
+    lim = hs.HolySheepRateLimiter(max_concurrency=max_concurrency) if max_concurrency else None
+    received: list[Any] = []
+    async with client_breaking_events(True, gateway, lim) as client:
+        stream = await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+        with pytest.raises(openai.APIError) as info:
+            async for chunk in stream:
+                received.append(chunk)
+        assert len(received) == 2
+        assert info.value.code == "invalid_json" and "not JSON" in info.value.message
+        if lim is not None:
+            assert lim.stats()["in_flight"] == 0
+        assert (await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)).choices
+
+
+def test_a_blocking_stream_event_that_is_not_json_ends_the_stream_with_the_sdks_typed_error(
+    gateway: MockGateway, gc_disabled: None
+) -> None:
+    lim = hs.HolySheepRateLimiter(max_concurrency=1)
+    received: list[Any] = []
+    with client_breaking_events(False, gateway, lim) as client:
+        stream = client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+        with pytest.raises(openai.APIError) as info:
+            for chunk in stream:
+                received.append(chunk)
+        assert len(received) == 2
+        assert info.value.code == "invalid_json"
+        assert lim.stats()["in_flight"] == 0
+        assert client.chat.completions.create(model="gpt-4.1", messages=MESSAGES).choices

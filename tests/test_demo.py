@@ -41,9 +41,9 @@ async def test_demo_keeps_holysheep_inside_the_limits_through_the_outage_and_sho
     assert max_in_any_window([r.at for r in ours.log if r.admitted], SMALL.window_s) <= 25
     assert ours.breaker_changes is not None and ours.breaker_changes[0][1] == "closed->open"
     assert ours.breaker_changes[-1][1] == "half_open->closed"
-    # 0.6 before this round; on openai 1.x (httpx) it now ends at 0.596-0.599 (3.x still passes 0.6):
-    # a regression under investigation, see the closing note.
-    assert ours.goodput(SMALL) > 0.58
+    # 0.635-0.648 on openai 1.x, 0.654-0.658 on 3.x (1.x builds each request's body more slowly, which
+    # delays the breaker's trials behind the workers that wake with them).
+    assert ours.goodput(SMALL) > 0.6
     assert bare.count(429) > 0 and bare.breaker_changes is None
 
     for row in ("429s seen by the gateway", "goodput, % of the limit", "breaker transitions", "cost (USD)"):

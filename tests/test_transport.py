@@ -124,6 +124,36 @@ async def test_open_breaker_raises_circuit_open_without_sending() -> None:
     assert info.value.retry_after > 0
 
 
+async def test_requests_a_half_open_breaker_refuses_take_nothing_from_the_rate_limit() -> None:
+    """While the breaker's trials are out, the requests it fails fast must not use up the limiter's
+    window: the demo's workers, polling a half-open breaker, filled a window with requests never sent,
+    and the calls that came once it closed waited a window more."""
+    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(10, per=60.0)])
+    breaker = hs.CircuitBreaker(failure_threshold=1, recovery_timeout=0.05, half_open_max_calls=1)
+    trial_sent, trial_answers = asyncio.Event(), asyncio.Event()
+
+    async def handle(request: httpx2.Request) -> httpx2.Response:
+        if breaker.state == "closed":
+            return httpx2.Response(503)
+        trial_sent.set()
+        await trial_answers.wait()
+        return ok()
+
+    async with client(handle, limiter=lim, retry=hs.RetryPolicy(max_attempts=1), breaker=breaker) as http:
+        assert (await http.post("/chat/completions", json=CHAT)).status_code == 503
+        await asyncio.sleep(0.06)
+        trial = asyncio.create_task(http.post("/chat/completions", json=CHAT))
+        await trial_sent.wait()
+        assert breaker.state == "half_open"
+        for _ in range(5):
+            with pytest.raises(hs.CircuitOpenError):
+                await http.post("/chat/completions", json=CHAT)
+        trial_answers.set()
+        assert (await trial).status_code == 200
+    assert breaker.state == "closed"
+    assert lim.stats()["remaining"] == {"10 requests per minute": 10 - 2}
+
+
 @pytest.mark.parametrize(
     "failing",
     [httpx2.Response(408), httpx2.Response(503, headers={"x-should-retry": "false"})],
@@ -630,3 +660,95 @@ def test_a_blocking_admission_counts_from_when_its_body_was_sent() -> None:
         for _ in range(2):
             http.post("/chat/completions", json=CHAT)
     assert slow.arrivals[1] - slow.arrivals[0] >= 1.0
+
+
+# --- streamed events the SDK could not parse (issue 15: json.JSONDecodeError out of the consumer's loop) ---
+
+#: Streams as servers send them, good and broken, with each kind of line end.
+EVENT_STREAMS = [
+    b'data: {"a": 1}\n\ndata: {"b": 2}\n\ndata: [DONE]\n\n',
+    b'data: {"a": 1}\r\n\r\n: keep-alive\r\n\r\nevent: delta\ndata: {"b":\ndata: 2}\rid: 4\r\r',
+    b'data: {"a": 1}\n\ndata: {not json\n\ndata: {"b": 2}\n\n',
+    b'data: {"a": 1}\r\rdata: ping\r\r',
+    b'data: {"a": 1}\n\ndata: \xff\xfe\n\n',
+    b'event: error\ndata: <html>502 Bad Gateway</html>\n\n',
+    b"retry: 100\n\n",
+    b'retry: soon\n\ndata: {"a": 1}\n\n',
+    b'id: 7\ndata: {"a": 1}\n\n\n',
+    b'data: [DONE]\n\ndata: {not json, but after the end\n\n',
+    b'data: {"a": 1}\n\ndata: {"cut off',
+    b'data: {"a": 1}\n\n: a comment, then a line never ended',
+]
+
+
+def sdk_reading(chunks: list[bytes]) -> tuple[list[Any], BaseException | None]:
+    """What the openai SDK's stream makes of ``chunks``: the data of each event up to ``[DONE]``, and
+    the error that ended its reading, if any."""
+    from openai._streaming import SSEDecoder
+
+    payloads: list[Any] = []
+    try:
+        for event in SSEDecoder().iter_bytes(iter(chunks)):
+            if event.data.startswith("[DONE]"):
+                break
+            payloads.append(event.json())
+    except ValueError as exc:  # json.JSONDecodeError, UnicodeDecodeError
+        return payloads, exc
+    return payloads, None
+
+
+def checked(chunks: list[bytes]) -> list[bytes]:
+    from holysheep.transport._events import EventCheck
+
+    check, passed = EventCheck(), []
+    for chunk in chunks:
+        passed.append(check.feed(chunk))
+        if check.broken:
+            return passed
+    return [*passed, check.finish()]
+
+
+def every_split(stream: bytes) -> list[list[bytes]]:
+    """The stream in one chunk, cut in two at each byte, and byte by byte."""
+    halves = [[stream[:at], stream[at:]] for at in range(1, len(stream))]
+    return [[stream], *halves, [stream[at : at + 1] for at in range(len(stream))]]
+
+
+@pytest.mark.parametrize("stream", EVENT_STREAMS)
+def test_a_stream_passes_unchanged_until_an_event_the_sdk_cannot_parse_which_ends_it_with_an_error_event(
+    stream: bytes,
+) -> None:
+    """However the stream is cut into chunks, the SDK reads the same events through the check, and in
+    place of the first one it would fail on, an error event it raises as APIError (code invalid_json)."""
+    expected, failure = sdk_reading([stream])
+    for chunks in every_split(stream):
+        passed = checked(chunks)
+        if failure is None:
+            assert b"".join(passed) == stream
+            continue
+        payloads, error = sdk_reading(passed)
+        assert error is None and payloads[:-1] == expected
+        assert payloads[-1]["error"]["code"] == "invalid_json" and "not JSON" in payloads[-1]["error"]["message"]
+
+
+async def test_a_broken_event_ends_the_stream_and_returns_its_slot_before_the_client_closes_it() -> None:
+    lim = hs.HolySheepRateLimiter(max_concurrency=1)
+    sent = [b'data: {"a": 1}\n\n', b"data: {not", b" json\n\n", b'data: {"b": 2}\n\n']
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for chunk in sent:
+            yield chunk
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, content=chunks(), headers={"content-type": "text/event-stream"})
+
+    async with client(handle, limiter=lim) as http:
+        async with http.stream("POST", "/chat/completions", json={**CHAT, "stream": True}) as response:
+            lines = []
+            async for line in response.aiter_lines():
+                lines.append(line)
+                if line.startswith("data: {\"type\": \"error\""):
+                    assert lim.stats()["in_flight"] == 0
+    assert lines[:3] == ['data: {"a": 1}', "", "event: error"]
+    assert json.loads(lines[3].removeprefix("data: "))["error"]["code"] == "invalid_json"
+    assert not any('"b"' in line for line in lines)

@@ -19,12 +19,10 @@ from urllib.parse import urlsplit
 import openai
 
 from holysheep import batch
-from holysheep._holysheep import _check_timeout
 from holysheep._limiter import HolySheepRateLimiter
 from holysheep.batch import BatchFailure, Prompt
 from holysheep.breaker import CircuitBreaker, KeyedBreaker
 from holysheep.errors import ConfigError, HolySheepError
-from holysheep.pricing import checked_prices
 from holysheep.retry import RetryPolicy
 from holysheep.transport import Transport, _Pipeline, http_library, transport_class
 
@@ -98,21 +96,6 @@ def resolve_api_key(api_key: str | None, base_url: Any) -> str:
     return key
 
 
-def _checked_fallbacks(fallback_models: object) -> dict[str, list[str]] | None:
-    expected = 'a mapping of model name to a list of model names, e.g. {"gpt-4.1": ["deepseek-v3.2"]}'
-    if fallback_models is None:
-        return None
-    if not isinstance(fallback_models, Mapping):
-        _refuse("fallback_models", expected, fallback_models)
-    checked: dict[str, list[str]] = {}
-    for model, fallbacks in fallback_models.items():
-        names = isinstance(fallbacks, Sequence) and not isinstance(fallbacks, str)
-        if not (isinstance(model, str) and names and all(isinstance(name, str) for name in fallbacks)):
-            _refuse("fallback_models", expected, fallback_models)
-        checked[model] = list(fallbacks)
-    return checked
-
-
 def _transport_settings(
     limiter: HolySheepRateLimiter | None,
     tier: str | None,
@@ -122,28 +105,23 @@ def _transport_settings(
     fallback_models: Mapping[str, Sequence[str]] | None,
     prices: Mapping[str, float] | None,
 ) -> dict[str, Any]:
-    """The transport's settings, each checked here, when the client is made, so that a wrong one is a
-    ConfigError naming it rather than an error at the first request.
+    """The transport's settings, ``tier`` made its preset limiter. The transport checks the others when
+    it is made, with the client, so a wrong one is a ConfigError naming it, not an error at the first
+    request.
 
-    :raises ConfigError: naming the first bad field.
+    :raises ConfigError: a tier that is not a plan's name, or both ``limiter`` and ``tier``.
     """
-    if limiter is not None and not isinstance(limiter, HolySheepRateLimiter):
-        _refuse("limiter", "a HolySheepRateLimiter or None", limiter)
     if tier is not None and not isinstance(tier, str):
         _refuse("tier", "a plan's name ('free', 'starter', 'pro', 'enterprise') or None", tier)
     if limiter is not None and tier is not None:
         raise ConfigError("tier: give limiter= or tier=, not both", "tier")
-    if retry is not None and not isinstance(retry, RetryPolicy):
-        _refuse("retry", "a RetryPolicy or None", retry)
-    if breaker is not None and not isinstance(breaker, (CircuitBreaker, KeyedBreaker)):
-        _refuse("breaker", "a CircuitBreaker, a KeyedBreaker or None", breaker)
     return {
         "limiter": HolySheepRateLimiter.from_tier(tier) if isinstance(tier, str) else limiter,
         "retry": retry,
         "breaker": breaker,
-        "acquire_timeout": _check_timeout("acquire_timeout", acquire_timeout),
-        "fallback_models": _checked_fallbacks(fallback_models),
-        "prices": checked_prices(prices),
+        "acquire_timeout": acquire_timeout,
+        "fallback_models": fallback_models,
+        "prices": prices,
     }
 
 
@@ -240,10 +218,11 @@ class _HolySheepClient:
         if shared is None:
             self.transport = _transport(settings)
             shared = http_client(transport=self.transport)
-        elif all(settings[name] is None for name in ("limiter", "retry", "breaker")):
+        elif all(setting is None for setting in settings.values()):
             self.transport = _transport_of(shared)
         else:
-            raise ConfigError("http_client: give it or limiter, tier, retry and breaker, not both", "http_client")
+            settings_named = "limiter, tier, retry, breaker, acquire_timeout, fallback_models and prices"
+            raise ConfigError(f"http_client: give it or {settings_named}, not both", "http_client")
         sdk_client.__init__(self, api_key=key, base_url=base_url, max_retries=0, http_client=shared, **kwargs)
 
     @property

@@ -4,6 +4,8 @@
 - `_steps`: what an exchange waits on, for asyncio clients and for blocking ones;
 - `_streams`: the bodies of answers, which hold their admission (the concurrency slot) until read,
   closed or abandoned, and settle the token estimate; the request body that stamps its admission;
+- `_events`: a streamed answer's server-sent events, checked as they pass, so that one the SDK could not
+  parse ends the stream with an error event it raises as its own ``APIError``;
 - `_library`: the `Transport` class made for httpx or httpx2.
 """
 

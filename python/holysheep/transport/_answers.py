@@ -1,5 +1,5 @@
-"""Reading answers: the failure an error status stands for, a JSON answer that is not JSON, and the
-``usage`` an answer reports.
+"""Reading answers: the failure an error status stands for, a JSON answer that is not JSON, an answer
+streamed as server-sent events, and the ``usage`` an answer reports.
 
 A 200 whose body claims to be JSON but is not would make the SDK raise ``json.JSONDecodeError``, an
 untyped error a pipeline cannot count on. Such an answer is read here as a 502 (the gateway passed on an
@@ -8,7 +8,8 @@ the retries run out, handed to the SDK as a 502 whose error body says what came,
 own ``InternalServerError``. Only the body's first and last non-blank bytes are looked at (a JSON
 document is an object or an array: ``{...}`` or ``[...]``): that catches what breaks in practice (an
 empty or cut-off body, an HTML or plain-text page) without parsing every body twice; the SDK's own parse
-remains the full check.
+remains the full check. (A streamed answer's events are checked in full as they pass:
+`holysheep.transport._events`.)
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ import json
 import re
 from typing import Any
 
-__all__ = ["StatusFailure", "error_code", "is_json", "is_malformed", "not_json", "usage_tokens"]
+__all__ = [
+    "StatusFailure",
+    "error_code",
+    "invalid_json_error",
+    "is_event_stream",
+    "is_json",
+    "is_malformed",
+    "not_json",
+    "usage_tokens",
+]
 
 #: How much of a response's end is kept to find its ``usage`` (it comes last in a body or a stream).
 TAIL_BYTES = 2048
@@ -60,18 +70,27 @@ def error_code(body: bytes) -> str | None:
 
 def is_json(headers: Any) -> bool:
     """Whether an answer says its body is JSON, as the openai SDK reads it (the media type ends in
-    ``json``: ``application/json``, ``application/problem+json``).
+    ``json``: ``application/json``, ``application/problem+json``)."""
+    return _media_type(headers).endswith(b"json")
+
+
+def is_event_stream(headers: Any) -> bool:
+    """Whether an answer says its body is a stream of server-sent events (``text/event-stream``)."""
+    return _media_type(headers).lower() == b"text/event-stream"
+
+
+def _media_type(headers: Any) -> bytes:
+    """An answer's media type (its ``content-type`` without parameters), ``b""`` when it has none.
 
     Read from the (raw name, lower-cased name, value) list httpx and httpx2 headers keep, as the limiter
     reads them: half the cost of ``headers.get``, on every answer; ``get`` for headers without it."""
     items = getattr(headers, "_list", None)
     if items is None:
-        media_type = str(headers.get("content-type", "")).partition(";")[0].rstrip()
-        return media_type.endswith("json")
+        return str(headers.get("content-type", "")).partition(";")[0].strip().encode("latin-1", "replace")
     for _, name, value in items:
         if name == b"content-type":
-            return value.partition(b";")[0].rstrip().endswith(b"json")  # type: ignore[no-any-return]
-    return False
+            return value.partition(b";")[0].strip()  # type: ignore[no-any-return]
+    return b""
 
 
 def is_malformed(request: Any, status: int, body: bytes) -> bool:
@@ -100,10 +119,15 @@ def not_json(lib: Any, request: Any, response: Any, body: bytes) -> Any:
         f"holysheep: the server answered {response.status_code} with a body that is not a JSON object or array "
         f"({len(body)} bytes: {shown!r}); passed on as {NOT_JSON_STATUS}"
     )
-    error = {"error": {"message": message, "type": "invalid_response", "param": None, "code": "invalid_json"}}
     dropped = {"content-length", "content-type", "content-encoding", "transfer-encoding"}
     headers = [(name, value) for name, value in response.headers.multi_items() if name.lower() not in dropped]
-    return lib.Response(NOT_JSON_STATUS, headers=headers, json=error, request=request)
+    return lib.Response(NOT_JSON_STATUS, headers=headers, json=invalid_json_error(message), request=request)
+
+
+def invalid_json_error(message: str) -> dict[str, Any]:
+    """The OpenAI-shaped error holysheep passes on in place of an answer (or a streamed event) that is
+    not JSON: the SDK raises it as its own typed error, with ``code == "invalid_json"``."""
+    return {"error": {"message": message, "type": "invalid_response", "param": None, "code": "invalid_json"}}
 
 
 def usage_tokens(tail: bytes, most: int) -> int | None:

@@ -23,7 +23,9 @@ guarded and retried in this one place:
 - the answer is classified by the one table in ``holysheep.classify``: retried answers (429, 5xx, ...)
   and connection errors go round again after the retry policy's delay (``Retry-After`` obeyed);
 - the response's stream keeps the slot until it is read to the end or closed, then settles the token
-  estimate with the ``usage`` the server reported.
+  estimate with the ``usage`` the server reported;
+- a stream of server-sent events is checked as it passes: an event that is not JSON ends it with an
+  ``error`` event (``code: invalid_json``), which the openai SDK raises as ``openai.APIError``.
 
 Errors of the inner transport pass through unchanged (the SDK maps them); a final failing answer is
 returned as it is, so the SDK raises its own typed error for it.

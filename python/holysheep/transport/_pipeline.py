@@ -24,7 +24,8 @@ from holysheep.errors import CircuitOpenError
 from holysheep.pricing import checked_prices
 from holysheep.retry import RetryPolicy
 from holysheep.transport._admission import Admission, admit_now
-from holysheep.transport._answers import StatusFailure, error_code, is_json, is_malformed, not_json
+from holysheep.transport._answers import StatusFailure, error_code, is_event_stream, is_json, is_malformed, not_json
+from holysheep.transport._events import EventCheck
 from holysheep.transport._holds import Hold, finish, register
 from holysheep.transport._settings import check_settings
 from holysheep.transport._steps import _AsyncSteps, _BlockingSteps, _run_blocking, _Steps
@@ -109,7 +110,8 @@ class _Pipeline:
         self.retry = retry if retry is not None else RetryPolicy()
         self.breaker = breaker
         self.acquire_timeout = _check_timeout("acquire_timeout", acquire_timeout)
-        self.fallback_models = dict(fallback_models or {})
+        # Copied: a list the caller changes later does not change the fallbacks.
+        self.fallback_models = {model: list(names) for model, names in (fallback_models or {}).items()}
         self.prices = checked_prices(prices)
         #: The limiter, when it counts concurrency slots: an answer's body then holds one until it ends.
         self.slot_limiter = limiter if limiter is not None and limiter.max_concurrency is not None else None
@@ -186,9 +188,11 @@ class _Pipeline:
         price = self.prices.get(model or "", 0.0)
         while True:
             attempts += 1
-            if breaker is not None and breaker.state == "open":
-                # Fail fast (or ask the next model) without waiting for the limiter first. The breaker
-                # refuses (and counts it); should it have just turned half-open, the trial goes back.
+            if breaker is not None and breaker.state != "closed":
+                # Fail fast (or ask the next model) before the limiter: while the breaker is open, or
+                # half-open with its trials all out, what the limiter admitted could not be sent, and its
+                # place in the rate windows would be lost. The breaker refuses (and counts it); should it
+                # let a trial through, the trial goes back until the request is about to go.
                 try:
                     breaker._core.release(breaker._admit())
                 except CircuitOpenError:
@@ -268,14 +272,19 @@ class _Pipeline:
     def _answer(self, response: Any, admission: Admission | None, model: str | None, steps: _Steps) -> Any:
         """The response handed to the client, saying which model answered. A body read in full (JSON, a
         failure, or an answer made in memory) is done with: its usage settled, its slot back now. A
-        streamed one holds its admission until it is read to the end, closed or abandoned."""
+        streamed one holds its admission until it is read to the end, closed or abandoned; a stream of
+        server-sent events has its events checked as they pass, with a limiter or without."""
         if model is not None:
             response.headers["x-holysheep-model"] = model
-        if admission is None:  # no limiter: nothing held
+        streamed = not response.is_closed
+        events = EventCheck() if streamed and is_event_stream(response.headers) else None
+        if admission is None:  # no limiter: nothing held, but events are checked all the same
+            if events is not None:
+                response.stream = steps.held(Hold(response.stream, None, None, False), events)
             return response
-        if not response.is_closed:
+        if streamed:
             held = Hold(response.stream, self.slot_limiter, steps.me(), self._settles)
-            response.stream = steps.held(register(admission, held))
+            response.stream = steps.held(register(admission, held), events)
         elif self._settles:
             finish(admission, True, response.content)
         else:

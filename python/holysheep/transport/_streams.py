@@ -2,10 +2,13 @@
 concurrency slot) until it is read to the end, closed or abandoned, and a request's body that stamps its
 admission when it starts out on the connection.
 
-A held body keeps nothing but its `Hold` (`holysheep.transport._holds`), which the rules for abandoned
-bodies read: who read it last, whether a read is in progress. It ends its hold when it is read to the
-end, closed, or freed; the hold settles the token estimate with the ``usage`` the body ended with and
-gives the slot back, once.
+A held body keeps its `Hold` (`holysheep.transport._holds`), which the rules for abandoned bodies read:
+who read it last, whether a read is in progress. It ends its hold when it is read to the end, closed, or
+freed; the hold settles the token estimate with the ``usage`` the body ended with and gives the slot
+back, once. A stream of server-sent events is checked as it passes (`holysheep.transport._events`): one
+whose event is not JSON ends with an ``error`` event, its connection closed and its hold ended before
+the client gets that event. (Without a limiter, the body is made only for that check: its hold, never
+registered, holds nothing.)
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from holysheep.transport._holds import Hold, end
 
 if TYPE_CHECKING:
     from holysheep.transport._admission import Admission
+    from holysheep.transport._events import EventCheck
 
 __all__ = ["_HeldAsyncStream", "_HeldSyncStream", "_StampedWhenSent", "reclaimed_error"]
 
@@ -46,14 +50,15 @@ def reclaimed_error(lib: Any) -> type[Exception]:
 class _HeldAsyncStream:
     """A held body for asyncio clients (made a byte stream of the HTTP library by `transport_class`)."""
 
-    __slots__ = ("_hold",)
+    __slots__ = ("_events", "_hold")
     reclaimed: ClassVar[type[Exception]]
 
-    def __init__(self, held: Hold) -> None:
+    def __init__(self, held: Hold, events: EventCheck | None = None) -> None:
         self._hold = held
+        self._events = events
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        held = self._hold
+        held, events = self._hold, self._events
         chunks = held.inner.__aiter__()
         try:
             while True:
@@ -63,12 +68,25 @@ class _HeldAsyncStream:
                 try:
                     chunk = await chunks.__anext__()
                 except StopAsyncIteration:
-                    return
+                    break
                 finally:
                     held.reading = False
                 if held.settles:
                     held.saw(chunk)
+                if events is not None:
+                    chunk = events.feed(chunk)
+                    if events.broken:  # the last chunk: ended here, not when the client closes the body
+                        try:
+                            await held.inner.aclose()
+                        finally:
+                            end(held)
+                        yield chunk
+                        return
+                    if not chunk:  # an event not ended yet
+                        continue
                 yield chunk
+            if events is not None and (rest := events.finish()):
+                yield rest
         finally:
             end(held)
 
@@ -87,14 +105,15 @@ class _HeldAsyncStream:
 class _HeldSyncStream:
     """A held body for blocking clients (made a byte stream of the HTTP library by `transport_class`)."""
 
-    __slots__ = ("_hold",)
+    __slots__ = ("_events", "_hold")
     reclaimed: ClassVar[type[Exception]]
 
-    def __init__(self, held: Hold) -> None:
+    def __init__(self, held: Hold, events: EventCheck | None = None) -> None:
         self._hold = held
+        self._events = events
 
     def __iter__(self) -> Iterator[bytes]:
-        held = self._hold
+        held, events = self._hold, self._events
         chunks = iter(held.inner)
         try:
             while True:
@@ -104,12 +123,25 @@ class _HeldSyncStream:
                 try:
                     chunk = next(chunks)
                 except StopIteration:
-                    return
+                    break
                 finally:
                     held.reading = False
                 if held.settles:
                     held.saw(chunk)
+                if events is not None:
+                    chunk = events.feed(chunk)
+                    if events.broken:  # the last chunk: ended here, not when the client closes the body
+                        try:
+                            held.inner.close()
+                        finally:
+                            end(held)
+                        yield chunk
+                        return
+                    if not chunk:  # an event not ended yet
+                        continue
                 yield chunk
+            if events is not None and (rest := events.finish()):
+                yield rest
         finally:
             end(held)
 
