@@ -381,7 +381,7 @@ impl Window {
     /// instants.
     pub fn restamp(&mut self, receipt: u64, cost: u64, at: u64, now: u64) {
         match self {
-            Window::Exact(w) => w.restamp(receipt, now),
+            Window::Exact(w) => w.restamp(receipt, cost, now),
             _ if now <= at => {}
             Window::Gcra { gcra, tat } => *tat = gcra.restamp(*tat, cost, now),
             Window::Counter(c) => c.restamp(receipt, cost, now),
@@ -390,9 +390,9 @@ impl Window {
 
     /// The instant an admission reserved for `from` really conforms (see [`ExactWindow::recheck`]);
     /// `from` for the algorithms that keep no instants per admission.
-    pub fn recheck(&mut self, receipt: u64, from: u64) -> u64 {
+    pub fn recheck(&mut self, receipt: u64, cost: u64, from: u64) -> u64 {
         match self {
-            Window::Exact(w) => w.recheck(receipt, from),
+            Window::Exact(w) => w.recheck(receipt, cost, from),
             _ => from,
         }
     }

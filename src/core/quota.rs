@@ -216,8 +216,9 @@ impl Quota {
         loop {
             let mut latest = conforms;
             for ((window, limit), ticket) in windows.iter_mut().zip(&self.limits).zip(receipt.tickets) {
-                if limit.unit().of(cost) > 0 {
-                    latest = latest.max(window.recheck(ticket, conforms));
+                let units = limit.unit().of(cost);
+                if units > 0 {
+                    latest = latest.max(window.recheck(ticket, units, conforms));
                 }
             }
             if latest == conforms {

@@ -39,6 +39,9 @@ struct Entry {
     /// The admission's receipt (shared by merged admissions): entries move when restamped, so a receipt
     /// names an entry, not a place.
     id: u64,
+    /// Its place in arrival order: its id, or a later one once it was counted again (it went so late
+    /// that its first entry had left the window, so it arrived anew).
+    rank: u64,
     /// The cost in the window that ends at this entry, itself included, when it was admitted or its
     /// request went: what a server counting the same requests counted on its arrival.
     counted_through: u64,
@@ -152,7 +155,7 @@ impl ExactWindow {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.log.push_back(Entry { at, since: ALONE, cost, id, counted_through });
+        self.log.push_back(Entry { at, since: ALONE, cost, id, rank: id, counted_through });
         id
     }
 
@@ -161,6 +164,28 @@ impl ExactWindow {
         self.forget_before(now);
         let at = self.log.back().map_or(now, |last| last.at.max(now));
         self.admit(at, cost);
+    }
+
+    /// The instant `cost` fits again from `from`, for an admission whose entry has left the window,
+    /// counted there under its receipt (what never fits, after a cut, is counted from `from`): after
+    /// every admission already made, as a newcomer is.
+    fn reckon_again(&mut self, receipt: u64, cost: u64, from: u64) -> u64 {
+        let goes = from.max(self.latest_now);
+        let at = self.earliest(cost, goes).unwrap_or(goes);
+        self.count_again(receipt, cost, at);
+        at
+    }
+
+    /// Counts `cost` under `receipt` again at `at`, its earlier entry gone, as a new arrival: so
+    /// settling or giving it back finds it.
+    fn count_again(&mut self, receipt: u64, cost: u64, at: u64) {
+        self.counted += cost;
+        let rank = self.next_id;
+        self.next_id += 1;
+        let place = self.log.iter().rposition(|other| other.at <= at).map_or(0, |p| p + 1);
+        self.log.insert(place, Entry { at, since: ALONE, cost, id: receipt, rank, counted_through: 0 });
+        let after = self.log.range(place + 1..).map(|e| e.cost).sum::<u64>();
+        self.log[place].counted_through = self.counted - after;
     }
 
     /// Where the entry of a receipt stands: near the end, since receipts are used soon after admission
@@ -190,11 +215,20 @@ impl ExactWindow {
         }
     }
 
-    /// Moves an admission to `now`, when its request really goes, if that is later: it then leaves the
-    /// window when the server's count of it does. A later admission reckoned from the old instant checks
-    /// again ([`ExactWindow::recheck`]).
-    pub fn restamp(&mut self, receipt: u64, now: u64) {
-        let Some(mut index) = self.position(receipt) else { return };
+    /// Moves an admission of `cost` to `now`, when its request really goes, if that is later: it then
+    /// leaves the window when the server's count of it does. A later admission reckoned from the old
+    /// instant checks again ([`ExactWindow::recheck`]). One that goes so late that its entry has left
+    /// the window is counted again from now, under its receipt, whatever room is left: the server
+    /// counts it when it arrives. So is one whose receipt names an entry counted again already: the
+    /// admissions that shared its first entry cannot be told apart, so each that goes late counts
+    /// itself (a waiter that was reckoned again then counts twice for a window: never too little).
+    pub fn restamp(&mut self, receipt: u64, cost: u64, now: u64) {
+        let first_entry = self.position(receipt).filter(|&index| self.log[index].rank == self.log[index].id);
+        let Some(mut index) = first_entry else {
+            self.forget_before(now);
+            self.count_again(receipt, cost, now);
+            return;
+        };
         if now > self.log[index].at {
             index = self.move_later(index, now);
         }
@@ -212,13 +246,14 @@ impl ExactWindow {
     /// log at its real instant. It counts those that went (two waiters reserved for one instant may
     /// wake in either order, and the later counts the earlier) and those ahead of it in line; those
     /// behind it check again when they go. An entry that stands later than `from` (it shares the entry
-    /// of a later admission) stays there. 0 once it has left the window.
-    pub fn recheck(&mut self, receipt: u64, from: u64) -> u64 {
-        let Some(index) = self.position(receipt) else { return 0 };
+    /// of a later admission) stays there. One whose entry has left the window (it goes more than a
+    /// window after its instant) is reckoned again as a new admission of `cost`, under its receipt.
+    pub fn recheck(&mut self, receipt: u64, cost: u64, from: u64) -> u64 {
+        let Some(index) = self.position(receipt) else { return self.reckon_again(receipt, cost, from) };
         let entry = self.log[index];
         let goes = from.max(self.latest_now);
         let (window_ns, latest_now) = (self.window_ns, self.latest_now);
-        let counted = move |e: &&Entry| e.id != entry.id && (e.id < entry.id || e.at <= latest_now);
+        let counted = move |e: &&Entry| e.id != entry.id && (e.rank < entry.rank || e.at <= latest_now);
         let in_window = move |e: &&Entry| e.first_at() <= goes && e.at.saturating_add(window_ns) > goes;
         let sharing = || self.log.iter().filter(counted).filter(in_window);
         let others = sharing().map(|e| e.cost).sum::<u64>();
@@ -357,7 +392,7 @@ mod tests {
         window.admit(0, 1);
         let at = window.earliest(1, SEC).unwrap();
         let late = window.admit(at, 1);
-        window.restamp(late, at + 3);
+        window.restamp(late, 1, at + 3);
         // Later ones come after the late one's real instant, and leave a window after it.
         assert_eq!(window.earliest(1, SEC), Ok(10 * SEC + 3));
         assert_eq!(window.earliest(2, SEC), Ok(20 * SEC + 3));
@@ -370,10 +405,33 @@ mod tests {
         let at = window.earliest(1, 0).unwrap();
         let waiter = window.admit(at, 1);
         assert_eq!(at, SEC);
-        window.restamp(first, SEC / 4);
-        assert_eq!(window.recheck(waiter, SEC), SEC + SEC / 4);
-        assert_eq!(window.recheck(waiter, SEC), SEC + SEC / 4, "checking again changes nothing");
-        assert_eq!(window.recheck(first, SEC / 4), SEC / 4, "the one that went stays where it went");
+        window.restamp(first, 1, SEC / 4);
+        assert_eq!(window.recheck(waiter, 1, SEC), SEC + SEC / 4);
+        assert_eq!(window.recheck(waiter, 1, SEC), SEC + SEC / 4, "checking again changes nothing");
+        assert_eq!(window.recheck(first, 1, SEC / 4), SEC / 4, "the one that went stays where it went");
+    }
+
+    #[test]
+    fn a_request_sent_after_its_entry_left_the_window_is_counted_from_when_it_went() {
+        let mut window = ExactWindow::new(1, SEC);
+        let stale = window.admit(0, 1);
+        assert_eq!(window.earliest(1, SEC + SEC / 2), Ok(SEC + SEC / 2), "the first left the window");
+        window.admit(SEC + SEC / 2, 1);
+        window.restamp(stale, 1, 2 * SEC);
+        assert_eq!(window.earliest(1, 2 * SEC + SEC / 10), Ok(3 * SEC), "the one sent at 2 s counts until 3 s");
+        window.settle(stale, 1, 0);
+        assert_eq!(window.earliest(1, 2 * SEC + SEC / 10), Ok(2 * SEC + SEC / 2), "and its receipt still finds it");
+    }
+
+    #[test]
+    fn a_waiter_whose_entry_left_the_window_is_reckoned_again_after_those_admitted_since() {
+        let mut window = ExactWindow::new(1, SEC);
+        let stale = window.admit(0, 1);
+        assert_eq!(window.earliest(1, SEC + SEC / 2), Ok(SEC + SEC / 2));
+        window.admit(SEC + SEC / 2, 1);
+        assert_eq!(window.recheck(stale, 1, 2 * SEC), 2 * SEC + SEC / 2, "it goes when the one admitted at 1.5 s leaves");
+        assert_eq!(window.recheck(stale, 1, 2 * SEC), 2 * SEC + SEC / 2, "checking again changes nothing");
+        assert_eq!(window.earliest(1, 2 * SEC), Ok(3 * SEC + SEC / 2), "its place is held meanwhile");
     }
 
     #[test]
@@ -381,7 +439,7 @@ mod tests {
         let mut window = ExactWindow::new(10, SEC);
         let first = window.admit(0, 1);
         window.admit(SEC / 10, 1);
-        window.restamp(first, SEC / 2);
+        window.restamp(first, 1, SEC / 2);
         assert_eq!(window.earliest(8, SEC / 2), Ok(SEC / 2));
         window.settle(first, 1, 3);
         assert_eq!(window.remaining(SEC / 2), 6, "its receipt still finds it");
@@ -411,7 +469,7 @@ mod tests {
         let late = window.admit(0, 1);
         let waiter = window.admit(2 * SEC, 1);
         assert_eq!(window.counted_around(late, 0), Some(2));
-        window.restamp(late, SEC + 1);
+        window.restamp(late, 1, SEC + 1);
         assert_eq!(window.counted_around(late, 0), Some(1), "the first had left; the waiter goes after");
         assert_eq!(window.counted_around(waiter, 0), Some(3), "reckoned before anything left");
     }
@@ -442,11 +500,11 @@ mod tests {
         window.admit(0, 60_000);
         let shared = window.admit(0, 30_000);
         let waiter = window.admit(SEC, 10_000);
-        window.restamp(shared, 10 * SEC);
+        window.restamp(shared, 30_000, 10 * SEC);
         assert_eq!(window.len(), 2);
-        assert_eq!(window.recheck(waiter, SEC), SEC, "the 90,000 and the waiter fit");
+        assert_eq!(window.recheck(waiter, 10_000, SEC), SEC, "the 90,000 and the waiter fit");
         window.settle(waiter, 10_000, 20_000);
-        assert_eq!(window.recheck(waiter, SEC), window_ns + 10 * SEC, "the 90,000 count where the first went");
+        assert_eq!(window.recheck(waiter, 10_000, SEC), window_ns + 10 * SEC, "the 90,000 count where the first went");
     }
 
     // Two waiters reserved for one instant may go in either order: the one that goes later counts the
@@ -460,9 +518,9 @@ mod tests {
         assert_eq!((first, second), (SEC, SEC));
         let early = window.admit(SEC, 1);
         let late = window.admit(SEC, 1);
-        window.restamp(went_late, SEC / 10);
-        window.restamp(early, SEC + SEC / 20);
-        assert_eq!(window.recheck(late, SEC), SEC + SEC / 10);
+        window.restamp(went_late, 1, SEC / 10);
+        window.restamp(early, 1, SEC + SEC / 20);
+        assert_eq!(window.recheck(late, 1, SEC), SEC + SEC / 10);
     }
 
     #[test]
