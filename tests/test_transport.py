@@ -154,6 +154,31 @@ async def test_requests_a_half_open_breaker_refuses_take_nothing_from_the_rate_l
     assert lim.stats()["remaining"] == {"10 requests per minute": 10 - 2}
 
 
+async def test_a_request_the_breaker_refuses_after_its_admission_gives_its_place_back() -> None:
+    """The breaker may open while a request waits for the limiter: refused then, it was never sent, so
+    its place in the rate windows goes back with its slot."""
+    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(10, per=60.0)], max_concurrency=1)
+    breaker = hs.CircuitBreaker(failure_threshold=1, recovery_timeout=30.0)
+    failing_sent, fail_now = asyncio.Event(), asyncio.Event()
+
+    async def handle(request: httpx2.Request) -> httpx2.Response:
+        failing_sent.set()
+        await fail_now.wait()
+        return httpx2.Response(503)
+
+    async with client(handle, limiter=lim, retry=hs.RetryPolicy(max_attempts=1), breaker=breaker) as http:
+        failing = asyncio.create_task(http.post("/chat/completions", json=CHAT))
+        await failing_sent.wait()
+        waiting = asyncio.create_task(http.post("/chat/completions", json=CHAT))
+        await asyncio.sleep(0.01)  # past the breaker's check, waiting for the slot
+        fail_now.set()
+        assert (await failing).status_code == 503
+        with pytest.raises(hs.CircuitOpenError):
+            await waiting
+    assert lim.stats()["remaining"] == {"10 requests per minute": 10 - 1}
+    assert lim.stats()["in_flight"] == 0
+
+
 @pytest.mark.parametrize(
     "failing",
     [httpx2.Response(408), httpx2.Response(503, headers={"x-should-retry": "false"})],

@@ -1,8 +1,9 @@
 """How the transport takes one request's admission: the only place it calls the limiter.
 
 From then on it holds the limiter's own `_Admission` and only calls its methods: `stamp` when the
-request starts out on the connection, `observe` the answer's status and headers, `settle` the real
-token count, and `release` it once, when the exchange or its body ends (`give_back` if never sent).
+request's body starts out on the connection (just after its headers), `observe` the answer's status
+and headers, `settle` the real token count, and `release` it once, when the exchange or its body ends
+(`give_back` if it was never sent).
 """
 
 from __future__ import annotations

@@ -209,7 +209,7 @@ class _Pipeline:
                 permit = None if breaker is None else breaker._admit()
             except CircuitOpenError:
                 if admission is not None:
-                    admission.release()
+                    admission.give_back()  # never sent: its place in the rate windows goes back too
                 if last:
                     raise
                 return _NEXT_MODEL
