@@ -15,7 +15,7 @@ use crate::core::limit::{Cost, Limit, Unit};
 use crate::core::line::{Gate, Line, Poll, Reserved, Ticket};
 use crate::core::refusal::{self, Awaited};
 use crate::core::quota::{Quota, Receipt};
-use crate::core::stats::Stats;
+use crate::core::stats::{Counts, Stats};
 
 /// Rate limits and a concurrency bound.
 #[derive(Debug)]
@@ -69,13 +69,7 @@ pub struct WindowStats {
 /// What a limiter has done so far.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
-    pub admitted: u64,
-    pub rejected: u64,
-    pub in_flight: u64,
-    pub waiting: u64,
-    pub waited: u64,
-    pub wait_p50_ns: u64,
-    pub wait_p99_ns: u64,
+    pub counts: Counts,
     pub server_rejections: u64,
     pub windows: Vec<WindowStats>,
 }
@@ -411,16 +405,9 @@ impl<C: Clock> Limiter<C> {
         };
         let abandoned = self.stats.abandoned.load(Ordering::Relaxed);
         let admitted = self.slots.acquired().saturating_sub(abandoned);
-        let waited = self.stats.waits.count();
-        let zeros = admitted.saturating_sub(waited);
+        let rejected = self.stats.rejected.load(Ordering::Relaxed);
         Snapshot {
-            admitted,
-            rejected: self.stats.rejected.load(Ordering::Relaxed),
-            in_flight: self.slots.in_use(),
-            waiting: self.waiting(),
-            waited,
-            wait_p50_ns: self.stats.waits.quantile(0.50, zeros),
-            wait_p99_ns: self.stats.waits.quantile(0.99, zeros),
+            counts: Counts::of(admitted, rejected, self.slots.in_use(), self.waiting(), &self.stats.waits),
             server_rejections: self.stats.server_rejections.load(Ordering::Relaxed),
             windows,
         }
@@ -525,7 +512,7 @@ mod tests {
         lim.release().unwrap();
         assert!(!lim.try_acquire(Cost::request(0)).unwrap(), "rate spent");
         let stats = lim.snapshot();
-        assert_eq!((stats.admitted, stats.in_flight), (2, 0));
+        assert_eq!((stats.counts.admitted, stats.counts.in_flight), (2, 0));
     }
 
     #[test]
@@ -540,7 +527,7 @@ mod tests {
             other => panic!("expected a refusal, got {other:?}"),
         }
         assert!(matches!(lim.try_acquire(Cost::request(12_000)), Err(Error::RateLimited { .. })));
-        assert_eq!(lim.snapshot().in_flight, 0);
+        assert_eq!(lim.snapshot().counts.in_flight, 0);
     }
 
     #[test]
@@ -581,7 +568,7 @@ mod tests {
         assert_eq!(wakes(&woken), 1);
         assert!(!lim.try_acquire(Cost::request(0)).unwrap(), "the slot is the waiter's");
         assert!(matches!(lim.poll(ticket).unwrap(), Next::Ready(_)));
-        assert_eq!((lim.snapshot().in_flight, lim.snapshot().waiting), (1, 0));
+        assert_eq!((lim.snapshot().counts.in_flight, lim.snapshot().counts.waiting), (1, 0));
         lim.release().unwrap();
         assert!(lim.try_acquire(Cost::request(0)).unwrap());
     }
@@ -595,7 +582,7 @@ mod tests {
         clock.advance(SEC);
         assert!(!lim.try_acquire(Cost::request(0)).unwrap(), "a newcomer does not overtake");
         assert!(matches!(lim.poll(ticket).unwrap(), Next::Ready(Admission { at_ns, .. }) if at_ns == SEC));
-        assert_eq!(lim.snapshot().waited, 1);
+        assert_eq!(lim.snapshot().counts.waited, 1);
         assert!(lim.time_until_ready(Cost::request(0)).unwrap() == SEC);
     }
 
@@ -612,7 +599,7 @@ mod tests {
         assert_eq!(wakes(&second), 1);
         assert_eq!(lim.poll(next).unwrap(), Next::SleepUntil(SEC), "the given-back instant is the next one's");
         lim.leave(next);
-        assert_eq!(lim.snapshot().waiting, 0);
+        assert_eq!(lim.snapshot().counts.waiting, 0);
         assert_eq!(lim.time_until_ready(Cost::request(0)).unwrap(), SEC);
     }
 
@@ -631,7 +618,7 @@ mod tests {
             other => panic!("expected a timeout, got {other:?}"),
         }
         let stats = lim.snapshot();
-        assert_eq!((stats.rejected, stats.waiting, stats.in_flight), (1, 0, 1));
+        assert_eq!((stats.counts.rejected, stats.counts.waiting, stats.counts.in_flight), (1, 0, 1));
     }
 
     #[test]
@@ -640,7 +627,7 @@ mod tests {
         assert!(lim.try_acquire(Cost::request(0)).unwrap());
         let ticket = lim.enqueue(Cost::request(0), 0, Some(SEC / 2), waker());
         assert!(matches!(lim.poll(ticket), Err(Error::RateLimited { retry_after_ns: Some(SEC), .. })));
-        assert_eq!(lim.snapshot().in_flight, 1, "the waiter's slot came back");
+        assert_eq!(lim.snapshot().counts.in_flight, 1, "the waiter's slot came back");
     }
 
     #[test]
@@ -651,7 +638,7 @@ mod tests {
         }
         lim.release().unwrap();
         let stats = lim.snapshot();
-        assert_eq!((stats.admitted, stats.in_flight), (3, 0));
+        assert_eq!((stats.counts.admitted, stats.counts.in_flight), (3, 0));
     }
 
     #[test]
@@ -686,8 +673,8 @@ mod tests {
             }
         }
         let stats = lim.snapshot();
-        assert_eq!(stats.waited, 3);
-        assert!(stats.wait_p99_ns >= 3 * SEC && stats.wait_p99_ns < 4 * SEC, "{}", stats.wait_p99_ns);
+        assert_eq!(stats.counts.waited, 3);
+        assert!(stats.counts.wait_p99_ns >= 3 * SEC && stats.counts.wait_p99_ns < 4 * SEC, "{}", stats.counts.wait_p99_ns);
     }
 
     #[test]

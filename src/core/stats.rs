@@ -71,6 +71,37 @@ impl WaitHistogram {
     }
 }
 
+/// What a limiter has done, as `stats()` shows it: the same for every backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub admitted: u64,
+    pub rejected: u64,
+    /// Admissions held now (taken, not yet released).
+    pub in_flight: u64,
+    pub waiting: u64,
+    /// Admissions that had to wait.
+    pub waited: u64,
+    pub wait_p50_ns: u64,
+    pub wait_p99_ns: u64,
+}
+
+impl Counts {
+    /// The counts of `admitted` admissions, some of which waited as `waits` recorded.
+    pub fn of(admitted: u64, rejected: u64, in_flight: u64, waiting: u64, waits: &WaitHistogram) -> Self {
+        let waited = waits.count();
+        let zeros = admitted.saturating_sub(waited);
+        Self {
+            admitted,
+            rejected,
+            in_flight,
+            waiting,
+            waited,
+            wait_p50_ns: waits.quantile(0.50, zeros),
+            wait_p99_ns: waits.quantile(0.99, zeros),
+        }
+    }
+}
+
 /// Counters beside a limiter's state.
 #[derive(Debug, Default)]
 pub struct Stats {

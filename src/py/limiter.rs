@@ -511,27 +511,17 @@ impl PyLimiter {
         let snapshot = self.inner.snapshot();
         let stats = PyDict::new(py);
         let [requests_factor, tokens_factor] = self.inner.rate_factors();
-        match &self.backend {
-            Backend::Local => {
-                stats.set_item("admitted", snapshot.admitted)?;
-                stats.set_item("rejected", snapshot.rejected)?;
-                stats.set_item("in_flight", snapshot.in_flight)?;
-                stats.set_item("waiting", snapshot.waiting)?;
-                stats.set_item("waited", snapshot.waited)?;
-                stats.set_item("waited_s_p50", ns_to_secs(snapshot.wait_p50_ns))?;
-                stats.set_item("waited_s_p99", ns_to_secs(snapshot.wait_p99_ns))?;
-            }
-            Backend::Redis(redis) => {
-                let counts = redis.shared.counts();
-                stats.set_item("admitted", counts.admitted)?;
-                stats.set_item("rejected", counts.rejected)?;
-                stats.set_item("in_flight", counts.in_flight)?;
-                stats.set_item("waiting", counts.waiting)?;
-                stats.set_item("waited", counts.waited)?;
-                stats.set_item("waited_s_p50", ns_to_secs(counts.wait_p50_ns))?;
-                stats.set_item("waited_s_p99", ns_to_secs(counts.wait_p99_ns))?;
-            }
-        }
+        let counts = match &self.backend {
+            Backend::Local => snapshot.counts,
+            Backend::Redis(redis) => redis.shared.counts(),
+        };
+        stats.set_item("admitted", counts.admitted)?;
+        stats.set_item("rejected", counts.rejected)?;
+        stats.set_item("in_flight", counts.in_flight)?;
+        stats.set_item("waiting", counts.waiting)?;
+        stats.set_item("waited", counts.waited)?;
+        stats.set_item("waited_s_p50", ns_to_secs(counts.wait_p50_ns))?;
+        stats.set_item("waited_s_p99", ns_to_secs(counts.wait_p99_ns))?;
         stats.set_item("server_429s", snapshot.server_rejections)?;
         stats.set_item("rate_factor", requests_factor)?;
         stats.set_item("tokens_rate_factor", tokens_factor)?;
@@ -561,7 +551,7 @@ impl PyLimiter {
                     Err(refused) => return Err(refusal(refused)),
                 }
                 stats.set_item("fleet_members", remote.members())?;
-                stats.set_item("fallbacks", redis.shared.counts().fallbacks)?;
+                stats.set_item("fallbacks", redis.shared.fallbacks())?;
             }
         }
         Ok(stats)
@@ -572,16 +562,11 @@ impl PyLimiter {
         let limiter = &this.inner;
         let limits = PyList::new(slf.py(), limiter.limits().iter().map(ToString::to_string))?;
         // What this process holds: no round trip to Redis for a repr.
-        let (in_flight, waiting, shared) = match &this.backend {
-            Backend::Local => {
-                let snapshot = limiter.snapshot();
-                (snapshot.in_flight, snapshot.waiting, String::new())
-            }
-            Backend::Redis(redis) => {
-                let counts = redis.shared.counts();
-                (counts.in_flight, counts.waiting, format!(" key={:?} backend={}", redis.key, redis.backend.bind(slf.py()).repr()?))
-            }
+        let (counts, shared) = match &this.backend {
+            Backend::Local => (limiter.snapshot().counts, String::new()),
+            Backend::Redis(redis) => (redis.shared.counts(), format!(" key={:?} backend={}", redis.key, redis.backend.bind(slf.py()).repr()?)),
         };
+        let (in_flight, waiting) = (counts.in_flight, counts.waiting);
         Ok(format!(
             "<{} limits={} max_concurrency={} in_flight={in_flight} waiting={waiting}{shared}>",
             slf.get_type().name()?,

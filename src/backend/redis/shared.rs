@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::core::clock::{Clock, MonotonicClock};
 use crate::core::limit::Cost;
 use crate::core::refusal::{self, Awaited};
-use crate::core::stats::WaitHistogram;
+use crate::core::stats::{Counts, WaitHistogram};
 use crate::core::Error;
 use crate::backend::redis::error::BackendError;
 use crate::backend::redis::limiter::{Counted, Grant, Mode, Outcome, Refused, RemoteLimiter};
@@ -77,20 +77,6 @@ pub struct SharedStats {
     pub waits: WaitHistogram,
 }
 
-/// A look at [`SharedStats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Counts {
-    pub admitted: u64,
-    pub rejected: u64,
-    pub in_flight: u64,
-    pub waiting: u64,
-    /// Admissions that had to wait.
-    pub waited: u64,
-    pub wait_p50_ns: u64,
-    pub wait_p99_ns: u64,
-    pub fallbacks: u64,
-}
-
 /// A limit decided in Redis, under a failure policy.
 pub struct Shared {
     pub remote: Arc<RemoteLimiter>,
@@ -148,19 +134,13 @@ impl Shared {
     /// This process's counts now.
     pub fn counts(&self) -> Counts {
         let stats = &self.stats;
-        let admitted = stats.admitted.load(Ordering::Relaxed);
-        let waited = stats.waits.count();
-        let zeros = admitted.saturating_sub(waited);
-        Counts {
-            admitted,
-            rejected: stats.rejected.load(Ordering::Relaxed),
-            in_flight: stats.in_flight.load(Ordering::Relaxed),
-            waiting: stats.waiting.load(Ordering::Relaxed),
-            waited,
-            wait_p50_ns: stats.waits.quantile(0.50, zeros),
-            wait_p99_ns: stats.waits.quantile(0.99, zeros),
-            fallbacks: stats.fallbacks.load(Ordering::Relaxed),
-        }
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Counts::of(load(&stats.admitted), load(&stats.rejected), load(&stats.in_flight), load(&stats.waiting), &stats.waits)
+    }
+
+    /// Decisions made by the failure policy.
+    pub fn fallbacks(&self) -> u64 {
+        self.stats.fallbacks.load(Ordering::Relaxed)
     }
 
     /// Redis answered: the end of an outage, if one was on.
