@@ -172,7 +172,8 @@ class HolySheepRateLimiter:
 
         :param timeout: seconds to wait at most; RateLimitExceeded is raised at once when the predicted
             wait is longer, without sleeping first. None (or ``math.inf``) waits as long as it takes.
-        :param priority: higher goes ahead of lower among those still waiting in this process (default 0).
+        :param priority: higher goes ahead of lower among those still waiting (default 0); not applied
+            to a limit shared in Redis, whose waiters are served in the order Redis decides them.
         :raises RateLimitExceeded: out of time, or a cost no limit can ever admit (at once).
         """
     def acquire_blocking(self, tokens: int = 0, timeout: float | None = None, priority: int = 0) -> None:

@@ -311,7 +311,8 @@ impl PyLimiter {
 
     /// Waits for one request slot and the rate for it (and ``tokens`` LLM tokens); call `release`
     /// after. ``timeout``: seconds to wait at most (RateLimitExceeded at once when the predicted wait is
-    /// longer); ``priority``: higher goes ahead of lower among those still waiting in this process.
+    /// longer); ``priority``: higher goes ahead of lower among those still waiting (not applied to a
+    /// limit shared in Redis, whose waiters are served in the order Redis decides them).
     #[pyo3(signature = (tokens = None, timeout = None, priority = None), text_signature = "(self, tokens=0, timeout=None, priority=0)")]
     fn acquire(
         &self,
