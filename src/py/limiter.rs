@@ -15,7 +15,7 @@ use crate::core::limiter::Limiter;
 use crate::core::{Cost, Error, LimiterConfig, Tier, Unit};
 use crate::backend::Decided;
 use crate::py::admission::PyAdmission;
-use crate::py::args;
+use crate::py::{args, lock};
 use crate::py::limit::PyLimit;
 use crate::py::redis::{PyRedisBackend, refusal};
 use crate::py::shared::{self, Ask, Channels, InRedis};
@@ -75,15 +75,15 @@ struct Held(Arc<Mutex<Vec<Py<PyAdmission>>>>);
 
 impl Held {
     fn push(&self, admission: Py<PyAdmission>) {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(admission);
+        lock(&self.0).push(admission);
     }
 
     fn pop(&self) -> Option<Py<PyAdmission>> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop()
+        lock(&self.0).pop()
     }
 
     fn all(&self, py: Python<'_>) -> Vec<Py<PyAdmission>> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().map(|held| held.clone_ref(py)).collect()
+        lock(&self.0).iter().map(|held| held.clone_ref(py)).collect()
     }
 }
 
@@ -616,7 +616,7 @@ impl PyPermit {
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, Option<Py<PyAdmission>>> {
-        self.admission.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.admission)
     }
 
     fn end(&self, py: Python<'_>) -> PyResult<()> {

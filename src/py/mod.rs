@@ -17,7 +17,15 @@ mod retry;
 mod shared;
 mod waiting;
 
+use std::sync::{Mutex, MutexGuard};
+
 use pyo3::prelude::*;
+
+/// A mutex's guard, even after a panic elsewhere poisoned it: what it guards stays consistent (each
+/// holder leaves it whole), and a limiter must keep working.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// The native half of the `holysheep` package; import `holysheep`, not this module.
 #[pymodule(name = "_holysheep")]

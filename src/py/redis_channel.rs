@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 
 use crate::core::Cost;
+use crate::py::lock;
 use crate::py::shared::Reply;
 use crate::backend::redis::limiter::{Ask, Mode};
 use crate::backend::redis::loop_connection::LoopConnection;
@@ -51,7 +52,7 @@ impl PyLoopChannel {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, Channel> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// Ends the channel after a failure: every waiting future gets the error, and the backend's

@@ -4,7 +4,7 @@
 //! decision goes out on the loop's own connection to Redis (`_LoopChannel`) once it is open, and
 //! through the Redis runtime until then.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pyo3::intern;
@@ -14,6 +14,7 @@ use crate::core::Cost;
 use crate::backend::Decided;
 use crate::py::admission::give_back_soon;
 use crate::py::redis::refusal;
+use crate::py::lock;
 use crate::py::redis_channel::PyLoopChannel;
 use crate::py::waiting::{Armed, Finish, Wait, resolver, running_loop};
 use crate::backend::redis::limiter::{Mode, Outcome, Refused};
@@ -23,9 +24,6 @@ use crate::backend::redis::{Grant, runtime};
 /// How often a thread sleeping out a wait looks for a pending signal (Ctrl-C).
 const SIGNAL_CHECK_NS: u64 = 100_000_000;
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Logs the start and the end of an outage, once each.
 pub fn report(py: Python<'_>, turn: Turn, on_error: OnError) {
@@ -84,16 +82,16 @@ pub fn decide_now(py: Python<'_>, shared: &Arc<Shared>, ask: Ask<'_>) -> PyResul
 }
 
 /// Counts a waiter while it waits.
-struct Waiting(Arc<Shared>);
+struct WaitingCount(Arc<Shared>);
 
-impl Waiting {
+impl WaitingCount {
     fn new(shared: &Arc<Shared>) -> Self {
         shared.stats.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Self(Arc::clone(shared))
     }
 }
 
-impl Drop for Waiting {
+impl Drop for WaitingCount {
     fn drop(&mut self) {
         self.0.stats.waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -102,7 +100,7 @@ impl Drop for Waiting {
 /// Waits on this thread, the GIL released, until admitted or refused; a pending signal's exception
 /// (Ctrl-C) gives back what the wait holds and is raised.
 pub fn wait_blocking(py: Python<'_>, shared: &Arc<Shared>, ask: Ask<'_>, max_wait_ns: Option<u64>) -> PyResult<Grant> {
-    let _waiting = Waiting::new(shared);
+    let _waiting = WaitingCount::new(shared);
     let (mut wait, mut step) = SharedWait::start(shared.now_ns(), max_wait_ns);
     loop {
         step = match step {
@@ -207,7 +205,7 @@ impl Reply {
 impl Drop for Reply {
     fn drop(&mut self) {
         // Answered after its loop closed, nobody took it.
-        if let Answer::Ready(Ok(Outcome::Admitted(grant))) = std::mem::replace(self.answer.get_mut().unwrap_or_else(|p| p.into_inner()), Answer::Abandoned) {
+        if let Answer::Ready(Ok(Outcome::Admitted(grant))) = std::mem::replace(self.answer.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()), Answer::Abandoned) {
             give_back_soon(&self.shared, grant);
         }
     }
@@ -340,7 +338,7 @@ struct AsyncState {
     /// What it does when the armed future completes.
     then: Then,
     /// Counts it while it waits.
-    waiting: Option<Waiting>,
+    waiting: Option<WaitingCount>,
 }
 
 enum Then {
@@ -363,7 +361,7 @@ impl InRedis {
             price: ask.price,
             operation: ask.operation,
             finish,
-            state: Mutex::new(AsyncState { wait, then: Then::Take(first), waiting: Some(Waiting::new(shared)) }),
+            state: Mutex::new(AsyncState { wait, then: Then::Take(first), waiting: Some(WaitingCount::new(shared)) }),
         })
     }
 

@@ -8,7 +8,7 @@
 //! Threads: the same polling, blocked on a condition variable with the GIL released, waking every
 //! `SIGNAL_CHECK` to let Ctrl-C through.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, TryLockError};
 use std::thread::ThreadId;
 use std::time::Duration;
 
@@ -22,13 +22,11 @@ use crate::core::clock::ns_to_secs;
 use crate::core::line::{Ticket, timer_leg_ns};
 use crate::core::{Admission, Cost, Limiter, Next, Wake};
 use crate::backend::Decided;
+use crate::py::lock;
 
 /// How often a blocked thread looks for a pending signal (Ctrl-C).
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Sets an asyncio future's result unless it is done already (cancelled, or resolved by the other of
 /// its timer and its wake-up).
