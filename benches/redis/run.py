@@ -26,7 +26,7 @@ from timing import REPEATS, fastest, time_async, time_async_concurrent, time_syn
 import holysheep as hs
 
 HERE = Path(__file__).resolve().parent
-ACQUIRE_LUA = HERE.parents[1] / "src" / "redis" / "scripts" / "acquire.lua"
+ACQUIRE_LUA = HERE.parents[1] / "src" / "backend" / "redis" / "scripts" / "acquire.lua"
 TASKS = 32
 
 
@@ -92,11 +92,11 @@ def ceiling_rows(port: int, n: int) -> list[dict[str, Any]]:
     """redis-benchmark running the same decision (acquire.lua, one exact window) by EVALSHA."""
     sha = cli(port, "SCRIPT", "LOAD", ACQUIRE_LUA.read_text())
     tag = "{holysheep:ceiling}"
-    # The keys and arguments as src/redis/limiter.rs sends them (see acquire.lua's header): one window
-    # (id, kind, limit, span, cost, merge, budget, debt), then no hand-over.
+    # The keys and arguments as src/backend/redis/limiter.rs sends them (see acquire.lua's header): one
+    # window (id, kind, limit, span, base, cost, merge, budget, debt), then no hand-over.
     args = [
         "EVALSHA", sha, "5", f"{tag}:state", f"{tag}:leases", f"{tag}:members", f"{tag}:withdrawn", f"{tag}:log",
-        "now", "-1", "", "0", "1000000", "", "10000000", "1", "w", "log", str(10**9), "1000000", "1", "976", "0", "0",
+        "now", "-1", "", "0", "1000000", "", "10000000", "1", "w", "log", str(10**9), "1000000", "1000000", "1", "976", "0", "0",
         "0", "",
     ]  # fmt: skip
     rows = []
