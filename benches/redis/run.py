@@ -115,6 +115,28 @@ def ceiling_rows(port: int, n: int) -> list[dict[str, Any]]:
     return rows
 
 
+def ping_row(port: int, n: int) -> dict[str, Any]:
+    """redis-benchmark PING on one connection: the round trip a single caller's decision can never beat."""
+    repeats = []
+    for _ in range(REPEATS):
+        done = subprocess.run(
+            ["redis-benchmark", "-p", str(port), "-n", str(n), "-c", "1", "-q", "-t", "ping_mbulk"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        found = re.search(r"([\d.]+) requests per second, p50=([\d.]+) msec", done.stdout)
+        assert found, done.stdout
+        repeats.append({"name": "redis-benchmark PING (one round trip)", "mode": "sync", "decisions_per_s": float(found.group(1)), "p50_us": float(found.group(2)) * 1e3, "p99_us": None})
+    return fastest(repeats)
+
+
+def ping_verdict(rows: list[dict[str, Any]]) -> str:
+    """DESIGN.md section 5: one caller's decisions/s at least 80% of one round trip's rate."""
+    ours = next(row for row in rows if row["mode"] == "sync" and row["name"].startswith("holysheep") and "exact" in row["name"])
+    ping = next(row for row in rows if row["name"].startswith("redis-benchmark PING"))
+    share = ours["decisions_per_s"] / ping["decisions_per_s"]
+    return f"- one caller's decisions/s at least 80% of PING on one connection: {'met' if share >= 0.8 else 'MISSED'} ({share:.0%})"
+
+
 def table(rows: list[dict[str, Any]], header: str) -> str:
     modes = ["sync", "async", f"async x{TASKS}"]
     lines = [header, "", "| implementation | calls | decisions/s | p50 µs | p99 µs | holysheep exact ÷ this |", "|---|---|---:|---:|---:|---:|"]
@@ -145,6 +167,7 @@ def main() -> None:
             )
             rows += [json.loads(line) for line in peers.stdout.splitlines()]
         rows += ceiling_rows(port, options.n * 2)
+        rows.append(ping_row(port, options.n * 2))
         redis_version = cli(port, "INFO", "server").split("redis_version:")[1].split()[0]
     finally:
         server.terminate()
@@ -156,6 +179,8 @@ def main() -> None:
         f"{options.n:,} decisions per row."
     )
     print(table(rows, header))
+    print()
+    print(ping_verdict(rows))
 
 
 if __name__ == "__main__":
