@@ -332,6 +332,30 @@ def limiter_rows() -> list[Any]:
     return rows
 
 
+def redis_backend_rows() -> list[Any]:
+    url = "redis://127.0.0.1:1/0"  # never connected to: every argument is checked before
+    bad_seconds = {"negative": -1, "zero": 0, "nan": NAN, "inf": INF, "str": "2", "bool": True}
+    rows = [
+        row(lambda: hs.RedisBackend(5), "url", "url-int"),  # type: ignore[arg-type]
+        row(lambda: hs.RedisBackend(url, prefix=5), "prefix", "prefix-int"),  # type: ignore[arg-type]
+        row(lambda: hs.RedisBackend(url, on_error="ignore"), "on_error", "on_error-unknown"),  # type: ignore[arg-type]
+        row(lambda: hs.RedisBackend(url, on_error=1), "on_error", "on_error-int"),  # type: ignore[arg-type]
+        row(lambda: hs.RedisBackend(url, lease_ttl=0.0001), "lease_ttl", "lease_ttl-below-a-millisecond"),
+        row(lambda: hs.RedisBackend(url, tls_ca_cert="/nonexistent/ca.pem"), "tls_ca_cert", "tls_ca_cert-missing"),
+        row(lambda: hs.RedisBackend(url, tls_ca_cert=5), "tls_ca_cert", "tls_ca_cert-int"),  # type: ignore[arg-type]
+        row(lambda: hs.RedisBackend(url, cluster="yes"), "cluster", "cluster-str"),  # type: ignore[arg-type]
+    ]
+    for field in ("connect_timeout", "command_timeout", "lease_ttl"):
+        for name, v in bad_seconds.items():
+            rows.append(row(lambda field=field, v=v: hs.RedisBackend(url, **{field: v}), field, f"{field}-{name}"))
+    return rows
+
+
+@pytest.mark.parametrize(("call", "field"), redis_backend_rows())
+async def test_redis_backend_refuses_a_bad_argument_naming_it(call: Callable[[], Any], field: str) -> None:
+    await assert_refused(call, field)
+
+
 @pytest.mark.parametrize(("call", "field"), limiter_rows())
 async def test_limiter_refuses_a_bad_argument_naming_it(call: Callable[[], Any], field: str) -> None:
     await assert_refused(call, field)

@@ -34,9 +34,13 @@ def admitted_at_us(lim: hs.HolySheepRateLimiter, tokens: int = 0) -> int | None:
 
 
 def test_backend_is_chosen_by_passing_one(redis_url: str) -> None:
-    lim = shared(redis_url, rpm=60)
-    assert type(lim) is hs.HolySheepRateLimiter and lim.backend is not None
-    assert type(hs.HolySheepRateLimiter(rpm=60)) is hs.HolySheepRateLimiter
+    backend = hs.RedisBackend(redis_url, prefix="app", on_error="local", lease_ttl=3.0)
+    lim = hs.HolySheepRateLimiter(rpm=60, backend=backend, key="team-a")
+    assert type(lim) is hs.HolySheepRateLimiter and lim.backend is backend and lim.key == "team-a"
+    assert (backend.prefix, backend.on_error, backend.lease_ttl) == ("app", "local", 3.0)
+    assert repr(backend) == f"RedisBackend('{redis_url}', prefix='app', on_error='local')"
+    alone = hs.HolySheepRateLimiter(rpm=60)
+    assert type(alone) is hs.HolySheepRateLimiter and alone.backend is None and alone.key is None
 
 
 def test_limiters_sharing_a_key_share_the_limit(redis_url: str) -> None:
@@ -85,8 +89,12 @@ def test_unreachable_redis_fails_closed_by_default() -> None:
 def test_a_key_and_a_known_policy_are_required(redis_url: str) -> None:
     with pytest.raises(hs.ConfigError, match="key"):
         hs.HolySheepRateLimiter(max_qps=5, backend=hs.RedisBackend(redis_url))
-    with pytest.raises(hs.ConfigError, match="on_error"):
+    with pytest.raises(hs.ConfigError, match="backend"):
+        hs.HolySheepRateLimiter(max_qps=5, key="team-a")
+    with pytest.raises(hs.ConfigError, match="on_error: must be one of 'fail_closed', 'fail_open', 'local'"):
         hs.RedisBackend(redis_url, on_error="ignore")  # type: ignore[arg-type]
+    with pytest.raises(hs.ConfigError, match="lease_ttl"):
+        hs.RedisBackend(redis_url, lease_ttl=0.0001)
 
 
 def test_a_cost_no_limit_can_pass_raises_at_once(redis_url: str) -> None:
