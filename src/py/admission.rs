@@ -204,7 +204,7 @@ impl PyAdmission {
 }
 
 /// A 429 cuts the rates in force; any other answer lets them climb back.
-pub fn observe_status(limiter: &Limiter, status: u16) {
+fn observe_status(limiter: &Limiter, status: u16) {
     if status == 429 {
         limiter.record_server_rejection();
     } else {

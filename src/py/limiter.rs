@@ -45,7 +45,7 @@ impl Ready {
 }
 
 /// What a limit has left as `stats()` shows it: a count of requests or tokens, dollars for a budget.
-pub fn remaining_amount(py: Python<'_>, unit: Unit, counted: u64) -> PyResult<Py<PyAny>> {
+fn remaining_amount(py: Python<'_>, unit: Unit, counted: u64) -> PyResult<Py<PyAny>> {
     Ok(match unit {
         Unit::Usd => unit.amount_of(counted).into_pyobject(py)?.into_any().unbind(),
         Unit::Requests | Unit::Tokens => counted.into_pyobject(py)?.into_any().unbind(),
@@ -200,15 +200,14 @@ impl PyLimiter {
     /// Makes the awaited result of `acquire` and `async with`: nothing; what `release` will end is
     /// kept (a lease in Redis; a local slot is the core's to count).
     fn holding(&self, waiting: &Waiting) -> Finish {
-        let held = match &self.backend {
-            Backend::Redis(redis) if redis.shared.leases() => Some((Arc::clone(&self.inner), redis.held.clone())),
-            _ => None,
+        let (limiter, held) = match &self.backend {
+            Backend::Redis(redis) if redis.shared.leases() => (Arc::clone(&self.inner), redis.held.clone()),
+            // Nothing to keep: a closure that captures nothing, so the fast path allocates nothing.
+            _ => return Box::new(|py, _| Ok(py.None())),
         };
         let (tokens, price) = (waiting.cost.tokens, waiting.price);
         Box::new(move |py, decided| {
-            if let Some((limiter, held)) = &held {
-                held.push(Py::new(py, PyAdmission::new(limiter, decided, tokens, price))?);
-            }
+            held.push(Py::new(py, PyAdmission::new(&limiter, decided, tokens, price))?);
             Ok(py.None())
         })
     }

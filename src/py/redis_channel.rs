@@ -169,9 +169,4 @@ impl PyLoopChannel {
             None => Ok(()),
         }
     }
-
-    /// Closes it (its loop is going away).
-    fn close_channel(&self, py: Python<'_>) {
-        self.close(py, BackendError::Unavailable { message: "the connection to Redis was closed".into() });
-    }
 }

@@ -204,10 +204,8 @@ impl Reply {
 
 impl Drop for Reply {
     fn drop(&mut self) {
-        // Answered after its loop closed, nobody took it.
-        if let Answer::Ready(Ok(Outcome::Admitted(grant))) = std::mem::replace(self.answer.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()), Answer::Abandoned) {
-            give_back_soon(&self.shared, grant);
-        }
+        // Answered after its loop closed: nobody took it.
+        self.abandon();
     }
 }
 
