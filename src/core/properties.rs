@@ -77,7 +77,7 @@ fn arrival() -> impl Strategy<Value = Arrival> {
         prop_oneof![1 => Just(0.0), 3 => 0.0..2.0f64],
         prop_oneof![1 => Just(0.0), 8 => 0.0..0.4f64, 1 => 0.0..1.2f64],
         any::<bool>(),
-        prop_oneof![1 => Just(0.0), 1 => 0.0..0.5f64],
+        prop_oneof![2 => Just(0.0), 2 => 0.0..0.5f64, 1 => 0.5..3.0f64],
         prop::bool::weighted(0.15),
         prop::option::weighted(0.4, (0.0..2.0f64, 0.0..1.0f64)),
     )
@@ -473,4 +473,3 @@ fn a_saturated_stream_gets_at_least_99_percent_of_the_whole_count() {
         }
     }
 }
-

@@ -4,11 +4,13 @@
 //! Above 65,536 per window, admissions less than 1/65,536 of the window apart share one entry, dated at
 //! the later of them: that only ever keeps an admission in the window longer than its own time would
 //! (never over the limit), costs at most 0.002% of the window's capacity, and bounds the log however
-//! large the limit. A shared entry moved later (one of its requests went late) keeps the instant of
-//! its first admission too, and counts from there: the others went somewhere in between.
+//! large the limit. Each keeps a receipt of its own (an entry holds a run of them), so one that must
+//! move (its request went late, or it waits longer) leaves the shared entry first and moves alone: the
+//! others stay counted where they were.
 //!
-//! Memory: 40 bytes per entry, and never more entries than the limit (costs are at least one) nor more
-//! than 65,536 per window (2.5 MiB), plus one per reservation not yet due (a waiter's place in line).
+//! Memory: 56 bytes per entry, and never more entries than the limit (costs are at least one) nor more
+//! than 65,536 per window (3.5 MiB), plus one per waiter (its place in line, or its own entry once it
+//! leaves a shared one).
 //!
 //! A server counts a request when it arrives, and a client sends some time after admitting it, not
 //! always in the order it admitted (a burst of a hundred waits for a hundred connections). So an
@@ -36,11 +38,12 @@ struct Entry {
     /// (merged); `ALONE` for one admission.
     since: u64,
     cost: u64,
-    /// The admission's receipt (shared by merged admissions): entries move when restamped, so a receipt
-    /// names an entry, not a place.
-    id: u64,
-    /// Its place in arrival order: its id, or a later one once it was counted again (it went so late
-    /// that its first entry had left the window, so it arrived anew).
+    /// The receipts of the admissions it counts: one, or a run admitted one after another (merged).
+    /// Entries move when restamped, so a receipt names an entry, not a place.
+    first: u64,
+    last: u64,
+    /// Its place in arrival order: its first receipt, or a later number once it was counted again (it
+    /// went so late that its first entry had left the window, so it arrived anew).
     rank: u64,
     /// The cost in the window that ends at this entry, itself included, when it was admitted or its
     /// request went: what a server counting the same requests counted on its arrival.
@@ -48,6 +51,10 @@ struct Entry {
 }
 
 impl Entry {
+    fn holds(&self, receipt: u64) -> bool {
+        (self.first..=self.last).contains(&receipt)
+    }
+
     /// The earliest instant any of its admissions may have gone.
     fn first_at(&self) -> u64 {
         if self.since == ALONE { self.at } else { self.since }
@@ -144,19 +151,22 @@ impl ExactWindow {
         // The last in the log, so its window holds all that is counted (an overcount for a reservation
         // not yet due, corrected when its request goes).
         let counted_through = self.counted;
+        let receipt = self.next_id;
+        self.next_id += 1;
         if let Some(last) = self.log.back_mut() {
-            if at - last.at < self.merge_ns {
+            // Only a run of receipts shares an entry, so that an entry names exactly its admissions.
+            if at - last.at < self.merge_ns && last.last + 1 == receipt {
                 last.since = last.first_at();
                 last.at = at;
                 last.cost += cost;
+                last.last = receipt;
                 last.counted_through = counted_through;
-                return last.id;
+                return receipt;
             }
         }
-        let id = self.next_id;
-        self.next_id += 1;
-        self.log.push_back(Entry { at, since: ALONE, cost, id, rank: id, counted_through });
-        id
+        let entry = Entry { at, since: ALONE, cost, first: receipt, last: receipt, rank: receipt, counted_through };
+        self.log.push_back(entry);
+        receipt
     }
 
     /// Counts `cost` from `now` (or the last admission, if later) whatever room is left.
@@ -183,15 +193,38 @@ impl ExactWindow {
         let rank = self.next_id;
         self.next_id += 1;
         let place = self.log.iter().rposition(|other| other.at <= at).map_or(0, |p| p + 1);
-        self.log.insert(place, Entry { at, since: ALONE, cost, id: receipt, rank, counted_through: 0 });
+        let entry = Entry { at, since: ALONE, cost, first: receipt, last: receipt, rank, counted_through: 0 };
+        self.log.insert(place, entry);
         let after = self.log.range(place + 1..).map(|e| e.cost).sum::<u64>();
         self.log[place].counted_through = self.counted - after;
     }
 
     /// Where the entry of a receipt stands: near the end, since receipts are used soon after admission
     /// or not at all once their entry has left the window.
+    /// The latest entry holding it: one it moved to alone stands after the shared one it left.
     fn position(&self, receipt: u64) -> Option<usize> {
-        self.log.iter().rposition(|entry| entry.id == receipt)
+        self.log.iter().rposition(|entry| entry.holds(receipt))
+    }
+
+    /// The entry that counts only the admission of `receipt` (of `cost`), taken out of the entry it
+    /// shares if it does: it may have gone anywhere from that entry's first instant, and counts from
+    /// there until it moves. `None` once it has left the window.
+    fn own_entry(&mut self, receipt: u64, cost: u64) -> Option<usize> {
+        let index = self.position(receipt)?;
+        let shared = self.log[index];
+        if shared.first == shared.last {
+            return Some(index);
+        }
+        let cost = cost.min(shared.cost);
+        let left = shared.cost - cost;
+        let own = Entry { since: shared.first_at(), cost, first: receipt, last: receipt, rank: receipt, ..shared };
+        self.log.insert(index + 1, own);
+        if left == 0 {
+            self.log.remove(index);
+            return Some(index);
+        }
+        self.log[index].cost = left;
+        Some(index + 1)
     }
 
     /// Moves the entry at `index` to the later instant `at`, keeping the log in order; returns where
@@ -219,18 +252,16 @@ impl ExactWindow {
     /// leaves the window when the server's count of it does. A later admission reckoned from the old
     /// instant checks again ([`ExactWindow::recheck`]). One that goes so late that its entry has left
     /// the window is counted again from now, under its receipt, whatever room is left: the server
-    /// counts it when it arrives. So is one whose receipt names an entry counted again already: the
-    /// admissions that shared its first entry cannot be told apart, so each that goes late counts
-    /// itself (a waiter that was reckoned again then counts twice for a window: never too little).
+    /// counts it when it arrives.
     pub fn restamp(&mut self, receipt: u64, cost: u64, now: u64) {
-        let first_entry = self.position(receipt).filter(|&index| self.log[index].rank == self.log[index].id);
-        let Some(mut index) = first_entry else {
+        let Some(mut index) = self.own_entry(receipt, cost) else {
             self.forget_before(now);
             self.count_again(receipt, cost, now);
             return;
         };
         if now > self.log[index].at {
             index = self.move_later(index, now);
+            self.log[index].since = ALONE;
         }
         // Counted as the server will on its arrival: all still in the window but what goes after it
         // (reservations not yet due, few). It stays itself, being at `now` or later.
@@ -249,13 +280,17 @@ impl ExactWindow {
     /// of a later admission) stays there. One whose entry has left the window (it goes more than a
     /// window after its instant) is reckoned again as a new admission of `cost`, under its receipt.
     pub fn recheck(&mut self, receipt: u64, cost: u64, from: u64) -> u64 {
-        let Some(index) = self.position(receipt) else { return self.reckon_again(receipt, cost, from) };
+        let Some(index) = self.own_entry(receipt, cost) else { return self.reckon_again(receipt, cost, from) };
         let entry = self.log[index];
         let goes = from.max(self.latest_now);
         let (window_ns, latest_now) = (self.window_ns, self.latest_now);
-        let counted = move |e: &&Entry| e.id != entry.id && (e.rank < entry.rank || e.at <= latest_now);
-        let in_window = move |e: &&Entry| e.first_at() <= goes && e.at.saturating_add(window_ns) > goes;
-        let sharing = || self.log.iter().filter(counted).filter(in_window);
+        let counted = move |e: &Entry| e.rank < entry.rank || e.at <= latest_now;
+        let in_window = move |e: &Entry| e.first_at() <= goes && e.at.saturating_add(window_ns) > goes;
+        let log = &self.log;
+        let sharing = || {
+            let others = log.iter().enumerate().filter(move |&(i, e)| i != index && counted(e) && in_window(e));
+            others.map(|(_, e)| e)
+        };
         let others = sharing().map(|e| e.cost).sum::<u64>();
         let mut excess = (others + entry.cost).saturating_sub(self.limit_for(entry.cost));
         let mut conforms = from;
@@ -479,7 +514,7 @@ mod tests {
         let mut window = ExactWindow::new(100_000, 65_536 * SEC);
         let first = window.admit(0, 1);
         let second = window.admit(SEC / 2, 1);
-        assert_eq!((first, second, window.len()), (0, 0, 1));
+        assert_eq!((first, second, window.len()), (0, 1, 1), "each keeps its own receipt");
         window.admit(2 * SEC, 1);
         assert_eq!(window.len(), 2);
         // Both early admissions leave together, a window after the later one.
@@ -491,20 +526,37 @@ mod tests {
         assert_eq!(small.len(), 2, "a log bounded by its limit keeps every admission");
     }
 
-    // A shared entry moved later by one of its requests that went late still counts the others from
-    // where they went: a waiter checking in between sees them.
+    // One admission of a shared entry that went late leaves it and counts from when it went; the others
+    // stay counted where they were: a waiter checking in between sees both.
     #[test]
-    fn a_shared_entry_moved_later_counts_from_its_first_admission() {
+    fn an_admission_that_went_late_leaves_its_shared_entry() {
         let window_ns = 65_536 * SEC;
         let mut window = ExactWindow::new(100_000, window_ns);
         window.admit(0, 60_000);
         let shared = window.admit(0, 30_000);
         let waiter = window.admit(SEC, 10_000);
-        window.restamp(shared, 30_000, 10 * SEC);
         assert_eq!(window.len(), 2);
+        window.restamp(shared, 30_000, 10 * SEC);
+        assert_eq!(window.len(), 3);
         assert_eq!(window.recheck(waiter, 10_000, SEC), SEC, "the 90,000 and the waiter fit");
         window.settle(waiter, 10_000, 20_000);
-        assert_eq!(window.recheck(waiter, 10_000, SEC), window_ns + 10 * SEC, "the 90,000 count where the first went");
+        assert_eq!(window.recheck(waiter, 10_000, SEC), window_ns, "it waits for the 60,000 to leave, not the 30,000");
+        assert_eq!(window.remaining(window_ns), 50_000, "the 30,000 count from 10 s");
+    }
+
+    // Several admissions of one entry that go more than a window late each count themselves: a sibling's
+    // re-count is not taken for its own.
+    #[test]
+    fn admissions_of_one_entry_that_go_very_late_each_count_themselves() {
+        let mut window = ExactWindow::new(100_000, 65_536 * SEC);
+        let first = window.admit(0, 40_000);
+        let second = window.admit(0, 40_000);
+        let later = 3 * 65_536 * SEC;
+        window.restamp(first, 40_000, later);
+        assert_eq!(window.recheck(second, 40_000, later), later, "80,000 fit");
+        window.restamp(second, 40_000, later + SEC);
+        assert_eq!(window.remaining(later + SEC), 20_000);
+        assert_eq!(window.earliest(40_000, later + SEC), Ok(later + 65_536 * SEC));
     }
 
     // Two waiters reserved for one instant may go in either order: the one that goes later counts the
@@ -521,6 +573,11 @@ mod tests {
         window.restamp(went_late, 1, SEC / 10);
         window.restamp(early, 1, SEC + SEC / 20);
         assert_eq!(window.recheck(late, 1, SEC), SEC + SEC / 10);
+    }
+
+    #[test]
+    fn an_entry_costs_what_the_docs_say() {
+        assert_eq!(std::mem::size_of::<Entry>(), 56);
     }
 
     #[test]
