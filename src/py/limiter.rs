@@ -28,6 +28,18 @@ use crate::backend::redis::shared::{OnError, Shared};
 #[pyclass(name = "_Ready", module = "holysheep._holysheep", frozen)]
 pub struct Ready(Option<Py<PyAny>>);
 
+static DONE: PyOnceLock<Py<Ready>> = PyOnceLock::new();
+
+impl Ready {
+    /// Done with `result`: for None, one shared instance, so the free `async with` allocates nothing.
+    pub fn with(py: Python<'_>, result: Py<PyAny>) -> PyResult<Py<Ready>> {
+        if result.is_none(py) {
+            return DONE.get_or_try_init(py, || Py::new(py, Ready(None))).map(|done| done.clone_ref(py));
+        }
+        Py::new(py, Ready(Some(result)))
+    }
+}
+
 #[pymethods]
 impl Ready {
     fn __await__(slf: Py<Self>) -> Py<Self> {
@@ -38,9 +50,13 @@ impl Ready {
         slf
     }
 
-    fn __next__(&self, py: Python<'_>) -> PyResult<()> {
-        let result = self.0.as_ref().map_or_else(|| py.None(), |result| result.clone_ref(py));
-        Err(PyStopIteration::new_err((result,)))
+    /// Ends the await with the result. Ending without raising (no StopIteration made) is how an
+    /// iterator ends with None, and the cheapest.
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        match &self.0 {
+            None => Ok(None),
+            Some(result) => Err(PyStopIteration::new_err((result.clone_ref(py),))),
+        }
     }
 }
 
@@ -161,7 +177,7 @@ impl PyLimiter {
         let Waiting { cost, price, max_wait_ns, priority } = waiting;
         let wait: Box<dyn crate::py::waiting::Wait> = match &self.backend {
             Backend::Local => match self.admit_at_once(cost)? {
-                Some(admission) => return Ok(Py::new(py, Ready(Some(finish(py, Decided::Local(admission))?)))?.into_any()),
+                Some(admission) => return Ok(Ready::with(py, finish(py, Decided::Local(admission))?)?.into_any()),
                 None => Box::new(InLine::start(py, &self.inner, cost, priority, max_wait_ns, finish)?),
             },
             Backend::Redis(redis) => {
@@ -441,7 +457,7 @@ impl PyLimiter {
     #[pyo3(signature = (*_exc))]
     fn __aexit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<Py<Ready>> {
         self.release(py)?;
-        Py::new(py, Ready(None))
+        Ready::with(py, py.None())
     }
 
     fn __enter__(&self, py: Python<'_>) -> PyResult<()> {
@@ -656,7 +672,7 @@ impl PyPermit {
     #[pyo3(signature = (*_exc))]
     fn __aexit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<Py<Ready>> {
         self.end(py)?;
-        Py::new(py, Ready(None))
+        Ready::with(py, py.None())
     }
 
     fn __enter__(slf: &Bound<'_, Self>) -> PyResult<Py<Self>> {
