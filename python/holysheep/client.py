@@ -25,6 +25,7 @@ from holysheep.breaker import CircuitBreaker, KeyedBreaker
 from holysheep.errors import ConfigError, HolySheepError
 from holysheep.retry import RetryPolicy
 from holysheep.transport import Transport, _Pipeline, http_library, transport_class
+from holysheep.transport._routes import LimiterSetting
 
 __all__ = ["HOLYSHEEP_BASE_URL", "AsyncHolySheep", "HolySheep", "wrap"]
 
@@ -97,7 +98,7 @@ def resolve_api_key(api_key: str | None, base_url: Any) -> str:
 
 
 def _transport_settings(
-    limiter: HolySheepRateLimiter | None,
+    limiter: LimiterSetting,
     tier: str | None,
     retry: RetryPolicy | None,
     breaker: CircuitBreaker | KeyedBreaker | None,
@@ -226,9 +227,9 @@ class _HolySheepClient:
         sdk_client.__init__(self, api_key=key, base_url=base_url, max_retries=0, http_client=shared, **kwargs)
 
     @property
-    def limiter(self) -> HolySheepRateLimiter | None:
-        """The limiter every request passes, if any."""
-        limiter: HolySheepRateLimiter | None = self.transport.limiter
+    def limiter(self) -> LimiterSetting:
+        """The limiter requests pass, as given: one, a `KeyedLimiter` (one per model), routes, or None."""
+        limiter: LimiterSetting = self.transport.limiter
         return limiter
 
 
@@ -240,7 +241,9 @@ class AsyncHolySheep(_HolySheepClient, _AsyncOwnErrors):
 
     :param api_key: defaults to ``$HOLYSHEEP_API_KEY``.
     :param base_url: defaults to ``https://api.holysheep.ai/v1``.
-    :param limiter: admits each request; or ``tier=`` for a plan's preset; or neither for no limits.
+    :param limiter: admits each request; or ``tier=`` for a plan's preset; or neither for no limits. A
+        dict gives each route its own (``{"/embeddings": lim_e, "/chat/completions": lim_c, "*": lim}``:
+        the end of the path, else ``"*"``, else no limit); a `KeyedLimiter` keeps one per model.
     :param retry: ``RetryPolicy()`` by default; ``RetryPolicy(max_attempts=1)`` for none.
     :param breaker: a `CircuitBreaker` to fail fast while the endpoint is down; a `KeyedBreaker` keeps
         one per model.
@@ -256,7 +259,7 @@ class AsyncHolySheep(_HolySheepClient, _AsyncOwnErrors):
         *,
         api_key: str | None = None,
         base_url: str | None = None,
-        limiter: HolySheepRateLimiter | None = None,
+        limiter: LimiterSetting = None,
         tier: str | None = None,
         retry: RetryPolicy | None = None,
         breaker: CircuitBreaker | KeyedBreaker | None = None,
@@ -286,7 +289,7 @@ class HolySheep(_HolySheepClient, _SyncOwnErrors):
         *,
         api_key: str | None = None,
         base_url: str | None = None,
-        limiter: HolySheepRateLimiter | None = None,
+        limiter: LimiterSetting = None,
         tier: str | None = None,
         retry: RetryPolicy | None = None,
         breaker: CircuitBreaker | KeyedBreaker | None = None,
@@ -310,7 +313,7 @@ class HolySheep(_HolySheepClient, _SyncOwnErrors):
 def wrap(
     client: ClientT,
     *,
-    limiter: HolySheepRateLimiter | None = None,
+    limiter: LimiterSetting = None,
     tier: str | None = None,
     retry: RetryPolicy | None = None,
     breaker: CircuitBreaker | KeyedBreaker | None = None,

@@ -17,6 +17,7 @@ from collections.abc import Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from holysheep._holysheep import _check_timeout
+from holysheep._limiter import HolySheepRateLimiter
 from holysheep._tokens import estimate_request_tokens
 from holysheep.breaker import CircuitBreaker, KeyedBreaker
 from holysheep.classify import verdict
@@ -27,11 +28,11 @@ from holysheep.transport._admission import Admission, admit_now
 from holysheep.transport._answers import StatusFailure, error_code, is_event_stream, is_json, is_malformed, not_json
 from holysheep.transport._events import EventCheck
 from holysheep.transport._holds import Hold, finish, register
+from holysheep.transport._routes import LimiterSetting, routes_of
 from holysheep.transport._settings import check_settings
 from holysheep.transport._steps import _AsyncSteps, _BlockingSteps, _run_blocking, _Steps
 
 if TYPE_CHECKING:
-    from holysheep._limiter import HolySheepRateLimiter
     from holysheep.transport._streams import _HeldAsyncStream, _HeldSyncStream, _StampedWhenSent
 
 
@@ -81,7 +82,7 @@ class _Pipeline:
 
     def __init__(
         self,
-        limiter: HolySheepRateLimiter | None = None,
+        limiter: LimiterSetting = None,
         retry: RetryPolicy | None = None,
         breaker: CircuitBreaker | KeyedBreaker | None = None,
         *,
@@ -91,7 +92,10 @@ class _Pipeline:
         prices: Mapping[str, float] | None = None,
     ) -> None:
         """
-        :param limiter: admits each request (and its estimated tokens); None sends without limits.
+        :param limiter: admits each request (and its estimated tokens); None sends without limits. Also a
+            limiter per route, ``{"/embeddings": lim_e, "/chat/completions": lim_c, "*": lim_rest}`` (the
+            end of the path; the longest match, else ``"*"``, else no limit), or a `KeyedLimiter` (alone or
+            as a route's) for one limiter per model (`holysheep.transport._routes`).
         :param retry: retries failed answers and connection errors; ``RetryPolicy()`` by default,
             ``RetryPolicy(max_attempts=1)`` for none.
         :param breaker: fails fast while the endpoint is down; a `KeyedBreaker` keeps one per model.
@@ -105,20 +109,25 @@ class _Pipeline:
             (limits with ``unit="usd"``): a request that would cross one raises BudgetExceeded unsent.
         :raises ConfigError: an argument it cannot work with, named in ``.field``.
         """
-        check_settings(limiter, retry, breaker, inner, fallback_models)
+        #: How a request's limiter is chosen; None when ``limiter`` admits every request (or is None).
+        self._routes = routes_of(limiter)
+        check_settings(retry, breaker, inner, fallback_models)
+        #: The limiter setting as given: one limiter, a KeyedLimiter, or routes.
         self.limiter = limiter
+        #: The one limiter of every request, when there is one.
+        self._one = limiter if isinstance(limiter, HolySheepRateLimiter) else None
         self.retry = retry if retry is not None else RetryPolicy()
         self.breaker = breaker
         self.acquire_timeout = _check_timeout("acquire_timeout", acquire_timeout)
         # Copied: a list the caller changes later does not change the fallbacks.
         self.fallback_models = {model: list(names) for model, names in (fallback_models or {}).items()}
         self.prices = checked_prices(prices)
-        #: The limiter, when it counts concurrency slots: an answer's body then holds one until it ends.
-        self.slot_limiter = limiter if limiter is not None and limiter.max_concurrency is not None else None
-        # The body is read (tokens estimated, model found) only where a limit, a breaker per model or a
-        # fallback needs it.
-        units = {limit.unit for limit in limiter.limits} if limiter is not None else set()
-        self._settles = bool(units - {"requests"})
+        # The body is read (tokens estimated, model found) only where a limit, a limiter per model, a
+        # breaker per model or a fallback needs it. A limiter per model made later may count tokens.
+        known = [self._one] if self._one is not None else self._routes.known if self._routes is not None else []
+        units = {limit.unit for one in known for limit in one.limits}
+        by_model = self._routes is not None and self._routes.by_model
+        self._settles = by_model or bool(units - {"requests"})
         self._read_bodies = self._settles or bool(self.fallback_models) or isinstance(breaker, KeyedBreaker)
         self._inner = inner
         self._async_steps: _AsyncSteps | None = None
@@ -200,9 +209,10 @@ class _Pipeline:
                         raise
                     return _NEXT_MODEL
             admission: Admission | None = None
-            if self.limiter is not None:
+            limiter = self._one if self._routes is None else self._routes.choose(request.url.path, model)
+            if limiter is not None:
                 # Admitted in one call when nobody waits and all is free; else it waits its turn.
-                admission = admit_now(self.limiter, tokens, price) or await steps.acquire(tokens, price)
+                admission = admit_now(limiter, tokens, price) or await steps.acquire(limiter, tokens, price)
             try:
                 # The permit is taken when the request is about to go, so a half-open breaker's trials
                 # are the next requests sent, not the next to start waiting for the limiter.
@@ -244,7 +254,7 @@ class _Pipeline:
                 if status < 400:
                     if breaker is not None and permit is not None:
                         breaker._succeeded(permit)
-                    return self._answer(response, admission, model, steps)
+                    return self._answer(response, limiter, admission, model, steps)
                 code = error_code(body) if status == 429 and body is not None else None
                 failure = StatusFailure(status, response.headers, code)
                 hands_over = verdict(failure).fallback
@@ -253,7 +263,7 @@ class _Pipeline:
                 delay = self._next_delay(failure, attempts, started, previous)
                 if delay is None:
                     if not hands_over or last:
-                        return self._answer(response, admission, model, steps)
+                        return self._answer(response, limiter, admission, model, steps)
                     if admission is not None:
                         admission.release()
                     return _NEXT_MODEL
@@ -269,7 +279,14 @@ class _Pipeline:
     def handle_request(self, request: Any) -> Any:
         return _run_blocking(self._exchange(request, self._blocking_steps or self._make_blocking_steps()))
 
-    def _answer(self, response: Any, admission: Admission | None, model: str | None, steps: _Steps) -> Any:
+    def _answer(
+        self,
+        response: Any,
+        limiter: HolySheepRateLimiter | None,
+        admission: Admission | None,
+        model: str | None,
+        steps: _Steps,
+    ) -> Any:
         """The response handed to the client, saying which model answered. A body read in full (JSON, a
         failure, or an answer made in memory) is done with: its usage settled, its slot back now. A
         streamed one holds its admission until it is read to the end, closed or abandoned; a stream of
@@ -283,7 +300,8 @@ class _Pipeline:
                 response.stream = steps.held(Hold(response.stream, None, None, False), events)
             return response
         if streamed:
-            held = Hold(response.stream, self.slot_limiter, steps.me(), self._settles)
+            slots = limiter if limiter is not None and limiter.max_concurrency is not None else None
+            held = Hold(response.stream, slots, steps.me(), self._settles)
             response.stream = steps.held(register(admission, held), events)
         elif self._settles:
             finish(admission, True, response.content)
