@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING
 from holysheep import testing
 from holysheep._holysheep import Limit, __version__
 from holysheep._keyed import KeyedLimiter
+from holysheep._priority import priority
 from holysheep._limiter import (
     ConcurrencyLimiter,
     HolySheepRateLimiter,
@@ -85,6 +86,7 @@ __all__ = [
     "batch_embed",
     "batch_embed_sync",
     "chunk_by_tokens",
+    "priority",
     "rate_limited",
     "resilient",
     "retry",
