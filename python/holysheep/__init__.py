@@ -23,6 +23,7 @@ from holysheep.errors import (
     CircuitOpenError,
     ConfigError,
     HolySheepError,
+    ModelNotAllowed,
     RateLimitExceeded,
 )
 from holysheep.resilience import rate_limited, resilient, retry
@@ -73,6 +74,7 @@ __all__ = [
     "KeyedBreaker",
     "KeyedLimiter",
     "Limit",
+    "ModelNotAllowed",
     "Permit",
     "RateLimitExceeded",
     "RedisBackend",

@@ -105,6 +105,7 @@ def _transport_settings(
     acquire_timeout: float | None,
     fallback_models: Mapping[str, Sequence[str]] | None,
     prices: Mapping[str, float] | None,
+    allowed_models: Sequence[str] | None,
 ) -> dict[str, Any]:
     """The transport's settings, ``tier`` made its preset limiter. The transport checks the others when
     it is made, with the client, so a wrong one is a ConfigError naming it, not an error at the first
@@ -123,6 +124,7 @@ def _transport_settings(
         "acquire_timeout": acquire_timeout,
         "fallback_models": fallback_models,
         "prices": prices,
+        "allowed_models": allowed_models,
     }
 
 
@@ -222,7 +224,7 @@ class _HolySheepClient:
         elif all(setting is None for setting in settings.values()):
             self.transport = _transport_of(shared)
         else:
-            settings_named = "limiter, tier, retry, breaker, acquire_timeout, fallback_models and prices"
+            settings_named = ", ".join(settings) + " or tier"
             raise ConfigError(f"http_client: give it or {settings_named}, not both", "http_client")
         sdk_client.__init__(self, api_key=key, base_url=base_url, max_retries=0, http_client=shared, **kwargs)
 
@@ -251,6 +253,8 @@ class AsyncHolySheep(_HolySheepClient, _AsyncOwnErrors):
     :param fallback_models: ``{"gpt-4.1": ["deepseek-v3.2"]}``: models to ask next when one's breaker
         is open or its answers still fail after the retries (``x-holysheep-model`` says who answered).
     :param prices: dollars per million tokens by model, over `holysheep.pricing.PRICES`, for budgets.
+    :param allowed_models: the only models requests may ask for: any other raises `ModelNotAllowed`
+        before it is sent (the limiter and the server never see it).
     :param kwargs: anything else ``openai.AsyncOpenAI`` takes (``timeout``, ``default_headers``, ...).
     """
 
@@ -266,9 +270,10 @@ class AsyncHolySheep(_HolySheepClient, _AsyncOwnErrors):
         acquire_timeout: float | None = None,
         fallback_models: Mapping[str, Sequence[str]] | None = None,
         prices: Mapping[str, float] | None = None,
+        allowed_models: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        settings = _transport_settings(limiter, tier, retry, breaker, acquire_timeout, fallback_models, prices)
+        settings = _transport_settings(limiter, tier, retry, breaker, acquire_timeout, fallback_models, prices, allowed_models)
         self._set_up(openai.AsyncOpenAI, _async_http_client, api_key, base_url, settings, kwargs)
 
     async def batch_embed(self, docs: Iterable[str], *, model: str, **options: Any) -> list[list[float] | BatchFailure]:
@@ -296,9 +301,10 @@ class HolySheep(_HolySheepClient, _SyncOwnErrors):
         acquire_timeout: float | None = None,
         fallback_models: Mapping[str, Sequence[str]] | None = None,
         prices: Mapping[str, float] | None = None,
+        allowed_models: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        settings = _transport_settings(limiter, tier, retry, breaker, acquire_timeout, fallback_models, prices)
+        settings = _transport_settings(limiter, tier, retry, breaker, acquire_timeout, fallback_models, prices, allowed_models)
         self._set_up(openai.OpenAI, _sync_http_client, api_key, base_url, settings, kwargs)
 
     def batch_embed(self, docs: Iterable[str], *, model: str, **options: Any) -> list[list[float] | BatchFailure]:
@@ -320,6 +326,7 @@ def wrap(
     acquire_timeout: float | None = None,
     fallback_models: Mapping[str, Sequence[str]] | None = None,
     prices: Mapping[str, float] | None = None,
+    allowed_models: Sequence[str] | None = None,
 ) -> ClientT:
     """A copy of an existing ``openai`` client, pointed wherever it points, with a `Transport` under it.
 
@@ -329,7 +336,7 @@ def wrap(
     """
     if not isinstance(client, (openai.OpenAI, openai.AsyncOpenAI)):
         _refuse("client", "an openai.OpenAI or openai.AsyncOpenAI (or a subclass)", client)
-    transport = _transport(_transport_settings(limiter, tier, retry, breaker, acquire_timeout, fallback_models, prices))
+    transport = _transport(_transport_settings(limiter, tier, retry, breaker, acquire_timeout, fallback_models, prices, allowed_models))
     make_http_client = _async_http_client if isinstance(client, openai.AsyncOpenAI) else _sync_http_client
     wrapped: ClientT = client.with_options(http_client=make_http_client(transport=transport), max_retries=0)
     wrapped.__class__ = _raising_own_errors(type(wrapped))

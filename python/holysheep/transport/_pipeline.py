@@ -28,6 +28,7 @@ from holysheep.transport._admission import Admission, admit_now
 from holysheep.transport._answers import StatusFailure, error_code, is_event_stream, is_json, is_malformed, not_json
 from holysheep.transport._events import EventCheck
 from holysheep.transport._holds import Hold, finish, register
+from holysheep.transport._models import allowed_models_of
 from holysheep.transport._routes import LimiterSetting, routes_of
 from holysheep.transport._settings import check_settings
 from holysheep.transport._steps import _AsyncSteps, _BlockingSteps, _run_blocking, _Steps
@@ -90,6 +91,7 @@ class _Pipeline:
         acquire_timeout: float | None = None,
         fallback_models: Mapping[str, Sequence[str]] | None = None,
         prices: Mapping[str, float] | None = None,
+        allowed_models: Sequence[str] | None = None,
     ) -> None:
         """
         :param limiter: admits each request (and its estimated tokens); None sends without limits. Also a
@@ -107,6 +109,8 @@ class _Pipeline:
             header (and the body's ``model``) says which one answered.
         :param prices: dollars per million tokens by model, over `holysheep.pricing.PRICES`, for budgets
             (limits with ``unit="usd"``): a request that would cross one raises BudgetExceeded unsent.
+        :param allowed_models: the only models requests may ask for; any other raises `ModelNotAllowed`
+            unsent (`holysheep.transport._models`).
         :raises ConfigError: an argument it cannot work with, named in ``.field``.
         """
         #: How a request's limiter is chosen; None when ``limiter`` admits every request (or is None).
@@ -122,13 +126,19 @@ class _Pipeline:
         # Copied: a list the caller changes later does not change the fallbacks.
         self.fallback_models = {model: list(names) for model, names in (fallback_models or {}).items()}
         self.prices = checked_prices(prices)
+        self._allowed = allowed_models_of(allowed_models, fallback_models)
         # The body is read (tokens estimated, model found) only where a limit, a limiter per model, a
         # breaker per model or a fallback needs it. A limiter per model made later may count tokens.
         known = [self._one] if self._one is not None else self._routes.known if self._routes is not None else []
         units = {limit.unit for one in known for limit in one.limits}
         by_model = self._routes is not None and self._routes.by_model
         self._settles = by_model or bool(units - {"requests"})
-        self._read_bodies = self._settles or bool(self.fallback_models) or isinstance(breaker, KeyedBreaker)
+        self._read_bodies = (
+            self._settles
+            or bool(self.fallback_models)
+            or isinstance(breaker, KeyedBreaker)
+            or self._allowed is not None
+        )
         self._inner = inner
         self._async_steps: _AsyncSteps | None = None
         self._blocking_steps: _BlockingSteps | None = None
@@ -174,6 +184,8 @@ class _Pipeline:
         if not self._read_bodies:
             return self._attempts(request, 0, None, True, steps)
         plan = _Plan(request)
+        if self._allowed is not None:
+            self._allowed.check(plan.model)
         models = plan.models(self.fallback_models)
         if len(models) == 1:
             return self._attempts(request, plan.tokens, models[0], True, steps)
