@@ -45,13 +45,14 @@ def allowed_models_of(allowed_models: object, fallback_models: Mapping[str, Sequ
     """
     if allowed_models is None:
         return None
-    names_ok = isinstance(allowed_models, Sequence) and not isinstance(allowed_models, str)
-    if not names_ok or not allowed_models or not all(isinstance(n, str) and n for n in allowed_models):  # type: ignore[union-attr]
+    names = list(allowed_models) if isinstance(allowed_models, Sequence) and not isinstance(allowed_models, str) else []
+    if not names or not all(isinstance(name, str) and name for name in names):
         raise ConfigError(
-            f'allowed_models: must be a non-empty list of model names, e.g. ["deepseek-v3.2"], or None, got {allowed_models!r}',
+            'allowed_models: must be a non-empty list of model names, e.g. ["deepseek-v3.2"], or None, '
+            f"got {allowed_models!r}",
             "allowed_models",
         )
-    rule = AllowedModels(allowed_models)  # type: ignore[arg-type]
+    rule = AllowedModels(names)
     for model, fallbacks in (fallback_models or {}).items():
         refused = [name for name in fallbacks if name not in rule]
         if refused:
