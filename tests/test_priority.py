@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -16,7 +16,29 @@ from holysheep._priority import current_priority
 from holysheep.testing import MockGateway
 
 MESSAGES: list[Any] = [{"role": "user", "content": "hi"}]
-LATENCY = 0.05
+LATENCY = 0.2
+
+
+def stat(limiter: hs.HolySheepRateLimiter, name: str) -> int:
+    value: int = limiter.stats()[name]
+    return value
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Waits (a few seconds at most) until ``condition()`` holds: the state a test sets up, not a guess."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the condition never held")
+
+
+def until_blocking(condition: Callable[[], bool]) -> None:
+    for _ in range(1000):
+        if condition():
+            return
+        time.sleep(0.005)
+    raise AssertionError("the condition never held")
 
 
 @pytest.fixture
@@ -39,9 +61,9 @@ async def test_a_request_inside_a_priority_block_goes_ahead_of_waiting_lower_pri
                 await ask(name)
 
         tasks = [asyncio.create_task(ask("low-0"))]
-        await asyncio.sleep(LATENCY / 5)  # low-0 holds the slot
+        await until(lambda: stat(lim, "in_flight") == 1)  # low-0 holds the slot
         tasks += [asyncio.create_task(ask(f"low-{n}")) for n in (1, 2)]
-        await asyncio.sleep(LATENCY / 5)  # low-1 and low-2 wait
+        await until(lambda: stat(lim, "waiting") == 2)  # low-1 and low-2 wait
         tasks.append(asyncio.create_task(ask_first("high")))
         await asyncio.gather(*tasks)
     assert done == ["low-0", "high", "low-1", "low-2"]
@@ -59,11 +81,11 @@ def test_a_blocking_request_inside_a_priority_block_goes_ahead_too(gateway: Mock
 
         threads = [threading.Thread(target=ask, args=("low-0",))]
         threads[0].start()
-        time.sleep(LATENCY / 5)
-        for name in ("low-1", "low-2"):
+        until_blocking(lambda: stat(lim, "in_flight") == 1)
+        for waiting, name in enumerate(("low-1", "low-2"), 1):  # one after the other: arrival order
             threads.append(threading.Thread(target=ask, args=(name,)))
             threads[-1].start()
-        time.sleep(LATENCY / 5)
+            until_blocking(lambda: stat(lim, "waiting") == waiting)  # noqa: B023 - read before the loop moves on
         threads.append(threading.Thread(target=ask, args=("high", 10)))
         threads[-1].start()
         for thread in threads:
@@ -75,7 +97,7 @@ async def test_a_batch_at_low_priority_lets_an_interactive_request_through_first
     lim = hs.HolySheepRateLimiter(max_concurrency=1)
     async with hs.AsyncHolySheep(api_key="hs_x", base_url=gateway.base_url, limiter=lim) as client:
         batch = asyncio.create_task(client.batch_chat(["p"] * 6, model="gpt-4.1", concurrency=6, priority=-1))
-        await asyncio.sleep(LATENCY / 2)  # one batch prompt holds the slot, five wait
+        await until(lambda: stat(lim, "waiting") == 5)  # one batch prompt holds the slot, five wait
         await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
         answered_before = sum(r.status == 200 for r in gateway.admission_log()) - 1
         replies = await batch

@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING
 from holysheep import testing
 from holysheep._holysheep import Limit, __version__
 from holysheep._keyed import KeyedLimiter
+from holysheep._coalesce import Coalesce
 from holysheep._priority import priority
 from holysheep._limiter import (
     ConcurrencyLimiter,
@@ -66,6 +67,7 @@ __all__ = [
     "BudgetExceeded",
     "CircuitBreaker",
     "CircuitOpenError",
+    "Coalesce",
     "ConcurrencyLimiter",
     "ConfigError",
     "HolySheep",

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import openai
 
 from holysheep import batch
+from holysheep._coalesce import Coalesce
 from holysheep._limiter import HolySheepRateLimiter
 from holysheep.batch import BatchFailure, Prompt
 from holysheep.breaker import CircuitBreaker, KeyedBreaker
@@ -106,6 +107,7 @@ def _transport_settings(
     fallback_models: Mapping[str, Sequence[str]] | None,
     prices: Mapping[str, float] | None,
     allowed_models: Sequence[str] | None,
+    coalesce: Coalesce | None,
 ) -> dict[str, Any]:
     """The transport's settings, ``tier`` made its preset limiter. The transport checks the others when
     it is made, with the client, so a wrong one is a ConfigError naming it, not an error at the first
@@ -125,6 +127,7 @@ def _transport_settings(
         "fallback_models": fallback_models,
         "prices": prices,
         "allowed_models": allowed_models,
+        "coalesce": coalesce,
     }
 
 
@@ -228,6 +231,12 @@ class _HolySheepClient:
             raise ConfigError(f"http_client: give it or {settings_named}, not both", "http_client")
         sdk_client.__init__(self, api_key=key, base_url=base_url, max_retries=0, http_client=shared, **kwargs)
 
+    def coalesce_stats(self) -> dict[str, Any] | None:
+        """How embeddings calls were merged (``coalesce=``): callers, requests, callers per request, waits;
+        None without coalescing."""
+        coalescer = self.transport.coalescer
+        return None if coalescer is None else coalescer.stats()
+
     @property
     def limiter(self) -> LimiterSetting:
         """The limiter requests pass, as given: one, a `KeyedLimiter` (one per model), routes, or None."""
@@ -255,6 +264,8 @@ class AsyncHolySheep(_HolySheepClient, _AsyncOwnErrors):
     :param prices: dollars per million tokens by model, over `holysheep.pricing.PRICES`, for budgets.
     :param allowed_models: the only models requests may ask for: any other raises `ModelNotAllowed`
         before it is sent (the limiter and the server never see it).
+    :param coalesce: ``hs.Coalesce(max_wait_ms=10)``: concurrent ``embeddings.create`` calls with the
+        same model and options go out as one request; each caller gets its own answer.
     :param kwargs: anything else ``openai.AsyncOpenAI`` takes (``timeout``, ``default_headers``, ...).
     """
 
@@ -271,9 +282,10 @@ class AsyncHolySheep(_HolySheepClient, _AsyncOwnErrors):
         fallback_models: Mapping[str, Sequence[str]] | None = None,
         prices: Mapping[str, float] | None = None,
         allowed_models: Sequence[str] | None = None,
+        coalesce: Coalesce | None = None,
         **kwargs: Any,
     ) -> None:
-        settings = _transport_settings(limiter, tier, retry, breaker, acquire_timeout, fallback_models, prices, allowed_models)
+        settings = _transport_settings(limiter, tier, retry, breaker, acquire_timeout, fallback_models, prices, allowed_models, coalesce)
         self._set_up(openai.AsyncOpenAI, _async_http_client, api_key, base_url, settings, kwargs)
 
     async def batch_embed(self, docs: Iterable[str], *, model: str, **options: Any) -> list[list[float] | BatchFailure]:
@@ -302,9 +314,10 @@ class HolySheep(_HolySheepClient, _SyncOwnErrors):
         fallback_models: Mapping[str, Sequence[str]] | None = None,
         prices: Mapping[str, float] | None = None,
         allowed_models: Sequence[str] | None = None,
+        coalesce: Coalesce | None = None,
         **kwargs: Any,
     ) -> None:
-        settings = _transport_settings(limiter, tier, retry, breaker, acquire_timeout, fallback_models, prices, allowed_models)
+        settings = _transport_settings(limiter, tier, retry, breaker, acquire_timeout, fallback_models, prices, allowed_models, coalesce)
         self._set_up(openai.OpenAI, _sync_http_client, api_key, base_url, settings, kwargs)
 
     def batch_embed(self, docs: Iterable[str], *, model: str, **options: Any) -> list[list[float] | BatchFailure]:
@@ -327,6 +340,7 @@ def wrap(
     fallback_models: Mapping[str, Sequence[str]] | None = None,
     prices: Mapping[str, float] | None = None,
     allowed_models: Sequence[str] | None = None,
+    coalesce: Coalesce | None = None,
 ) -> ClientT:
     """A copy of an existing ``openai`` client, pointed wherever it points, with a `Transport` under it.
 
@@ -336,7 +350,7 @@ def wrap(
     """
     if not isinstance(client, (openai.OpenAI, openai.AsyncOpenAI)):
         _refuse("client", "an openai.OpenAI or openai.AsyncOpenAI (or a subclass)", client)
-    transport = _transport(_transport_settings(limiter, tier, retry, breaker, acquire_timeout, fallback_models, prices, allowed_models))
+    transport = _transport(_transport_settings(limiter, tier, retry, breaker, acquire_timeout, fallback_models, prices, allowed_models, coalesce))
     make_http_client = _async_http_client if isinstance(client, openai.AsyncOpenAI) else _sync_http_client
     wrapped: ClientT = client.with_options(http_client=make_http_client(transport=transport), max_retries=0)
     wrapped.__class__ = _raising_own_errors(type(wrapped))

@@ -9,6 +9,7 @@ and the fallback read that verdict. The answer handed back holds its admission u
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import threading
@@ -17,14 +18,16 @@ from collections.abc import Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from holysheep._holysheep import _check_timeout
+from holysheep._coalesce import Coalesce
 from holysheep._limiter import HolySheepRateLimiter
 from holysheep._tokens import estimate_request_tokens
 from holysheep.breaker import CircuitBreaker, KeyedBreaker
 from holysheep.classify import verdict
-from holysheep.errors import CircuitOpenError
+from holysheep.errors import CircuitOpenError, ConfigError
 from holysheep.pricing import checked_prices
 from holysheep.retry import RetryPolicy
 from holysheep.transport._admission import Admission, admit_now
+from holysheep.transport._coalescing import Coalescer
 from holysheep.transport._answers import StatusFailure, error_code, is_event_stream, is_json, is_malformed, not_json
 from holysheep.transport._events import EventCheck
 from holysheep.transport._holds import Hold, finish, register
@@ -92,6 +95,7 @@ class _Pipeline:
         fallback_models: Mapping[str, Sequence[str]] | None = None,
         prices: Mapping[str, float] | None = None,
         allowed_models: Sequence[str] | None = None,
+        coalesce: Coalesce | None = None,
     ) -> None:
         """
         :param limiter: admits each request (and its estimated tokens); None sends without limits. Also a
@@ -111,6 +115,8 @@ class _Pipeline:
             (limits with ``unit="usd"``): a request that would cross one raises BudgetExceeded unsent.
         :param allowed_models: the only models requests may ask for; any other raises `ModelNotAllowed`
             unsent (`holysheep.transport._models`).
+        :param coalesce: merge concurrent embeddings requests with the same model and options into one
+            (`holysheep.Coalesce`; `holysheep.transport._coalescing`).
         :raises ConfigError: an argument it cannot work with, named in ``.field``.
         """
         #: How a request's limiter is chosen; None when ``limiter`` admits every request (or is None).
@@ -127,6 +133,10 @@ class _Pipeline:
         self.fallback_models = {model: list(names) for model, names in (fallback_models or {}).items()}
         self.prices = checked_prices(prices)
         self._allowed = allowed_models_of(allowed_models, fallback_models)
+        if coalesce is not None and not isinstance(coalesce, Coalesce):
+            raise ConfigError(f"coalesce: must be a holysheep.Coalesce(...) or None, got {coalesce!r}", "coalesce")
+        #: Merges concurrent embeddings requests; None sends each as it comes.
+        self.coalescer = None if coalesce is None else Coalescer(coalesce, self.lib, self._limiter_of)
         # The body is read (tokens estimated, model found) only where a limit, a limiter per model, a
         # breaker per model or a fallback needs it. A limiter per model made later may count tokens.
         known = [self._one] if self._one is not None else self._routes.known if self._routes is not None else []
@@ -221,7 +231,7 @@ class _Pipeline:
                         raise
                     return _NEXT_MODEL
             admission: Admission | None = None
-            limiter = self._one if self._routes is None else self._routes.choose(request.url.path, model)
+            limiter = self._limiter_of(request, model)
             if limiter is not None:
                 # Admitted in one call when nobody waits and all is free; else it waits its turn.
                 admission = admit_now(limiter, tokens, price) or await steps.acquire(limiter, tokens, price)
@@ -284,12 +294,30 @@ class _Pipeline:
             await steps.sleep(delay)
             previous = delay
 
+    def _limiter_of(self, request: Any, model: str | None) -> HolySheepRateLimiter | None:
+        """The limiter that admits ``request`` asking ``model``; None for no limit."""
+        return self._one if self._routes is None else self._routes.choose(request.url.path, model)
+
     def handle_async_request(self, request: Any) -> Coroutine[Any, Any, Any]:
+        steps = self._async_steps or self._make_async_steps()
+        if self.coalescer is not None:
+            ask = self.coalescer.ask_of(request, asyncio.get_running_loop())
+            if ask is not None:
+                if self._allowed is not None:
+                    self._allowed.check(ask.model)  # before it waits for company
+                return self.coalescer.join_async(ask, lambda merged: self._exchange(merged, steps))
         # The exchange itself is what the client awaits: no coroutine of ours around it.
-        return self._exchange(request, self._async_steps or self._make_async_steps())
+        return self._exchange(request, steps)
 
     def handle_request(self, request: Any) -> Any:
-        return _run_blocking(self._exchange(request, self._blocking_steps or self._make_blocking_steps()))
+        steps = self._blocking_steps or self._make_blocking_steps()
+        if self.coalescer is not None:
+            ask = self.coalescer.ask_of(request, None)
+            if ask is not None:
+                if self._allowed is not None:
+                    self._allowed.check(ask.model)
+                return self.coalescer.join_blocking(ask, lambda merged: _run_blocking(self._exchange(merged, steps)))
+        return _run_blocking(self._exchange(request, steps))
 
     def _answer(
         self,
