@@ -78,6 +78,7 @@ bench-openai: build  ## the openai wrapper against MockGateway: goodput beside t
 	$(PY) benches/openai/goodput.py
 	$(PY) benches/openai/following.py
 	$(PY) benches/openai/overhead.py
+	$(PY) benches/openai/coalesce.py
 
 # --- resilience benches: the peers (tenacity, backoff, pybreaker, circuitbreaker) get their own venv ---
 PEERS_VENV := benches/python/.venv-peers
