@@ -7,6 +7,7 @@ from holysheep._holysheep import Limit, __version__
 from holysheep._keyed import KeyedLimiter
 from holysheep._coalesce import Coalesce
 from holysheep._priority import priority
+from holysheep._profiles import PROFILES, Profile
 from holysheep._limiter import (
     ConcurrencyLimiter,
     HolySheepRateLimiter,
@@ -77,7 +78,9 @@ __all__ = [
     "KeyedLimiter",
     "Limit",
     "ModelNotAllowed",
+    "PROFILES",
     "Permit",
+    "Profile",
     "RateLimitExceeded",
     "RedisBackend",
     "RetryPolicy",
