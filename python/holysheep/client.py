@@ -111,6 +111,7 @@ def _transport_settings(
     prices: Mapping[str, float] | None,
     allowed_models: Sequence[str] | None,
     coalesce: Coalesce | None,
+    quota_floor: float | None,
 ) -> tuple[dict[str, Any], Profile | None]:
     """The transport's settings, ``tier`` made its preset limiter and ``profile`` filling in the
     limiter, retry policy and breaker not given; and the profile. The transport checks the others when
@@ -139,6 +140,7 @@ def _transport_settings(
         "prices": prices,
         "allowed_models": allowed_models,
         "coalesce": coalesce,
+        "quota_floor": quota_floor,
     }, chosen
 
 
@@ -289,6 +291,9 @@ class AsyncHolySheep(_HolySheepClient, _AsyncOwnErrors):
     :param profile: ``"mvp"``, ``"rag"``, ``"agent"``, ``"enterprise"`` or a `Profile`: the limiter
         (within ``tier``'s limits when given), retry policy, breaker and `batch_embed` batch size of that
         use case (`holysheep.PROFILES`); ``limiter=``, ``retry=``, ``breaker=`` replace its own.
+    :param quota_floor: with ``fallback_models``: while the hour's quota the gateway reports (``/v1/quota``,
+        ``x-ratelimit-*``) is below this fraction of its limit, a request goes to its model's next cheaper
+        fallback; while the day's quota is spent, requests raise RateLimitExceeded until its reset, unsent.
     :param kwargs: anything else ``openai.AsyncOpenAI`` takes (``timeout``, ``default_headers``, ...).
     """
 
@@ -307,6 +312,7 @@ class AsyncHolySheep(_HolySheepClient, _AsyncOwnErrors):
         allowed_models: Sequence[str] | None = None,
         coalesce: Coalesce | None = None,
         profile: str | Profile | None = None,
+        quota_floor: float | None = None,
         **kwargs: Any,
     ) -> None:
         settings = _transport_settings(
@@ -320,6 +326,7 @@ class AsyncHolySheep(_HolySheepClient, _AsyncOwnErrors):
             prices=prices,
             allowed_models=allowed_models,
             coalesce=coalesce,
+            quota_floor=quota_floor,
         )
         self._set_up(openai.AsyncOpenAI, _async_http_client, api_key, base_url, settings, kwargs)
 
@@ -352,6 +359,7 @@ class HolySheep(_HolySheepClient, _SyncOwnErrors):
         allowed_models: Sequence[str] | None = None,
         coalesce: Coalesce | None = None,
         profile: str | Profile | None = None,
+        quota_floor: float | None = None,
         **kwargs: Any,
     ) -> None:
         settings = _transport_settings(
@@ -365,6 +373,7 @@ class HolySheep(_HolySheepClient, _SyncOwnErrors):
             prices=prices,
             allowed_models=allowed_models,
             coalesce=coalesce,
+            quota_floor=quota_floor,
         )
         self._set_up(openai.OpenAI, _sync_http_client, api_key, base_url, settings, kwargs)
 
@@ -391,6 +400,7 @@ def wrap(
     allowed_models: Sequence[str] | None = None,
     coalesce: Coalesce | None = None,
     profile: str | Profile | None = None,
+    quota_floor: float | None = None,
 ) -> ClientT:
     """A copy of an existing ``openai`` client, pointed wherever it points, with a `Transport` under it.
 
@@ -411,6 +421,7 @@ def wrap(
         prices=prices,
         allowed_models=allowed_models,
         coalesce=coalesce,
+        quota_floor=quota_floor,
     )
     transport = _transport(settings)
     make_http_client = _async_http_client if isinstance(client, openai.AsyncOpenAI) else _sync_http_client

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import logging
 import threading
 import time
 from collections.abc import Coroutine, Mapping, Sequence
@@ -32,6 +33,7 @@ from holysheep.transport._answers import StatusFailure, error_code, is_event_str
 from holysheep.transport._events import EventCheck
 from holysheep.transport._holds import Hold, finish, register
 from holysheep.transport._models import allowed_models_of
+from holysheep.transport._quota import QuotaWatch, checked_floor, quota_path
 from holysheep.transport._routes import LimiterSetting, routes_of
 from holysheep.transport._settings import check_settings
 from holysheep.transport._steps import _AsyncSteps, _BlockingSteps, _run_blocking, _Steps
@@ -68,6 +70,8 @@ class _Plan:
         return [self.model, *fallbacks.get(self.model, ())]
 
 
+logger = logging.getLogger("holysheep")
+
 #: What one model's attempts end in when the next model should be asked instead.
 _NEXT_MODEL = object()
 
@@ -96,6 +100,7 @@ class _Pipeline:
         prices: Mapping[str, float] | None = None,
         allowed_models: Sequence[str] | None = None,
         coalesce: Coalesce | None = None,
+        quota_floor: float | None = None,
     ) -> None:
         """
         :param limiter: admits each request (and its estimated tokens); None sends without limits. Also a
@@ -117,6 +122,9 @@ class _Pipeline:
             unsent (`holysheep.transport._models`).
         :param coalesce: merge concurrent embeddings requests with the same model and options into one
             (`holysheep.Coalesce`; `holysheep.transport._coalescing`).
+        :param quota_floor: a fraction of the hour's quota (e.g. 0.2): below it, requests go to their
+            model's next cheaper fallback; and while the day's quota is spent, requests raise
+            RateLimitExceeded unsent (`holysheep.transport._quota`).
         :raises ConfigError: an argument it cannot work with, named in ``.field``.
         """
         #: How a request's limiter is chosen; None when ``limiter`` admits every request (or is None).
@@ -133,6 +141,9 @@ class _Pipeline:
         self.fallback_models = {model: list(names) for model, names in (fallback_models or {}).items()}
         self.prices = checked_prices(prices)
         self._allowed = allowed_models_of(allowed_models, fallback_models)
+        floor = checked_floor(quota_floor)
+        #: What the gateway says is left of the hour's and the day's quota; None without quota_floor.
+        self._quota = None if floor is None else QuotaWatch(floor)
         if coalesce is not None and not isinstance(coalesce, Coalesce):
             raise ConfigError(f"coalesce: must be a holysheep.Coalesce(...) or None, got {coalesce!r}", "coalesce")
         #: Merges concurrent embeddings requests; None sends each as it comes.
@@ -148,6 +159,7 @@ class _Pipeline:
             or bool(self.fallback_models)
             or isinstance(breaker, KeyedBreaker)
             or self._allowed is not None
+            or self._quota is not None
         )
         self._inner = inner
         self._async_steps: _AsyncSteps | None = None
@@ -196,15 +208,61 @@ class _Pipeline:
         plan = _Plan(request)
         if self._allowed is not None:
             self._allowed.check(plan.model)
-        models = plan.models(self.fallback_models)
+        if self._quota is not None:
+            return self._within_quota(request, plan, self._quota, steps)
+        return self._to_models(request, plan, plan.models(self.fallback_models), steps)
+
+    def _to_models(self, request: Any, plan: _Plan, models: list[str | None], steps: _Steps) -> Coroutine[Any, Any, Any]:
+        """The request asking the first of ``models``, then the others in turn."""
         if len(models) == 1:
-            return self._attempts(request, plan.tokens, models[0], True, steps)
+            asking = request if models[0] == plan.model else self._for_model(request, plan, models[0])
+            return self._attempts(asking, plan.tokens, models[0], True, steps)
         return self._across_models(request, plan, models, steps)
+
+    async def _within_quota(self, request: Any, plan: _Plan, watch: QuotaWatch, steps: _Steps) -> Any:
+        """The request, unless the day's quota is spent; to the next cheaper model while the hour's
+        remaining is below the floor (`holysheep.transport._quota`)."""
+        if watch.claim_reading(time.monotonic()):
+            await self._read_quota(request, watch, steps)
+        now = time.monotonic()
+        watch.refuse_if_day_spent(now)
+        models = plan.models(self.fallback_models)
+        if len(models) > 1 and watch.below_floor(now):
+            models = self._from_next_cheaper(models)
+        answer = await self._to_models(request, plan, models, steps)
+        watch.observe(answer.headers, time.monotonic())
+        return answer
+
+    def _from_next_cheaper(self, models: list[str | None]) -> list[str | None]:
+        """``models`` from the first fallback priced below the model asked for (a model without a price is
+        never cheaper); all of them when there is none."""
+        price = self.prices.get(models[0] or "")
+        for index, model in enumerate(models[1:], 1):
+            cheaper = self.prices.get(model or "")
+            if price is not None and cheaper is not None and cheaper < price:
+                return models[index:]
+        return models
+
+    async def _read_quota(self, request: Any, watch: QuotaWatch, steps: _Steps) -> None:
+        """Reads ``/v1/quota`` beside the request's URL, through the limiter like any request; a failure
+        leaves the watch as it was until the next reading."""
+        path = quota_path(request.url.path)
+        if path is None:
+            watch.read(404, None, time.monotonic())
+            return
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in ("content-length", "content-type")]
+        asking = self.lib.Request("GET", request.url.copy_with(path=path), headers=headers, extensions=request.extensions)
+        try:
+            answer = await self._attempts(asking, 0, None, True, steps)
+            body = await steps.read(answer)
+            watch.read(answer.status_code, json.loads(body) if answer.status_code == 200 else None, time.monotonic())
+        except Exception:  # no reading this time: the headers keep it current until the next
+            logger.debug("holysheep: reading /v1/quota failed", exc_info=True)
 
     async def _across_models(self, request: Any, plan: _Plan, models: list[str | None], steps: _Steps) -> Any:
         """Each model in turn gets the retry policy's attempts, until one answers."""
         for index, model in enumerate(models):
-            asking = request if index == 0 else self._for_model(request, plan, model)
+            asking = request if model == plan.model else self._for_model(request, plan, model)
             last = index == len(models) - 1
             answer = await self._attempts(asking, plan.tokens, model, last, steps)
             if answer is not _NEXT_MODEL:
