@@ -219,12 +219,10 @@ class Coalescer:
         if not members:
             return 0.0
         first = members[0].ask
-        limiter = self._limiter_of(first.request, first.model)
-        if limiter is None:
-            return 0.0
         try:
-            hold = limiter.time_until_ready(batch.tokens)
-        except Exception:  # a cost it can never admit: the send says so, to every caller
+            limiter = self._limiter_of(first.request, first.model)
+            hold = 0.0 if limiter is None else limiter.time_until_ready(batch.tokens)
+        except Exception:  # a cost it can never admit, a keyed table without room: the send says so to all
             return 0.0
         return hold if 0.0 < hold < math.inf else 0.0
 

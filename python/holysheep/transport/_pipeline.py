@@ -18,8 +18,8 @@ import time
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from holysheep._holysheep import _check_timeout
 from holysheep._coalesce import Coalesce
+from holysheep._holysheep import _check_timeout
 from holysheep._limiter import HolySheepRateLimiter
 from holysheep._tokens import estimate_request_tokens
 from holysheep.breaker import CircuitBreaker, KeyedBreaker
@@ -28,8 +28,8 @@ from holysheep.errors import CircuitOpenError, ConfigError
 from holysheep.pricing import checked_prices
 from holysheep.retry import RetryPolicy
 from holysheep.transport._admission import Admission, admit_now
-from holysheep.transport._coalescing import Coalescer
 from holysheep.transport._answers import StatusFailure, error_code, is_event_stream, is_json, is_malformed, not_json
+from holysheep.transport._coalescing import Coalescer
 from holysheep.transport._events import EventCheck
 from holysheep.transport._holds import Hold, finish, register
 from holysheep.transport._models import allowed_models_of
@@ -41,6 +41,7 @@ from holysheep.transport._steps import _AsyncSteps, _BlockingSteps, _run_blockin
 if TYPE_CHECKING:
     from holysheep.transport._streams import _HeldAsyncStream, _HeldSyncStream, _StampedWhenSent
 
+logger = logging.getLogger("holysheep")
 
 class _Plan:
     """What the transport needs to know of a request before sending it: its JSON body, model and
@@ -69,8 +70,6 @@ class _Plan:
             return [None]
         return [self.model, *fallbacks.get(self.model, ())]
 
-
-logger = logging.getLogger("holysheep")
 
 #: What one model's attempts end in when the next model should be asked instead.
 _NEXT_MODEL = object()
