@@ -118,26 +118,26 @@ def test_a_quota_floor_that_is_not_a_fraction_is_refused(floor: object) -> None:
 
 
 async def test_where_v1_quota_is_not_served_headers_with_an_hours_reset_steer_the_choice() -> None:
-    import httpx2
+    from holysheep.transport import http_library as httpx  # httpx2 under openai 3.x, httpx before
 
     asked: list[str] = []
     left = iter(range(9, -1, -1))
 
-    def handle(request: httpx2.Request) -> httpx2.Response:
+    def handle(request: Any) -> Any:
         if request.url.path.endswith("/quota"):
-            return httpx2.Response(404, json={"error": {"message": "not found"}})
+            return httpx.Response(404, json={"error": {"message": "not found"}})
         asked.append(json.loads(request.content)["model"])
         headers = {
             "x-ratelimit-limit-requests": "10",
             "x-ratelimit-remaining-requests": str(next(left)),
             "x-ratelimit-reset-requests": "59m30s",
         }
-        return httpx2.Response(200, headers=headers, json={"ok": True})
+        return httpx.Response(200, headers=headers, json={"ok": True})
 
     transport = hs.Transport(
-        inner=httpx2.MockTransport(handle), fallback_models={"gpt-4.1": ["deepseek-v3.2"]}, quota_floor=0.5
+        inner=httpx.MockTransport(handle), fallback_models={"gpt-4.1": ["deepseek-v3.2"]}, quota_floor=0.5
     )
-    async with httpx2.AsyncClient(transport=transport, base_url="http://gw.test/v1") as http:
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw.test/v1") as http:
         for _ in range(8):
             await http.post("/chat/completions", json={"model": "gpt-4.1", "messages": MESSAGES})
     assert asked == ["gpt-4.1"] * 6 + ["deepseek-v3.2"] * 2  # 9 down to 4 left: then below half of 10
