@@ -3,12 +3,13 @@ against a MockGateway allowing 30 requests per 1 s window (a strict sliding wind
 `AsyncHolySheep` whose limiter is told the same limit:
 
 - holysheep, ``coalesce=hs.Coalesce(max_wait_ms=10)``: the calls go out as a few merged requests;
-- the SDK floor: the bare openai SDK making the same 2,000 calls against a gateway without limits, which
-  is what the client side costs at best (every call is built, sent and parsed by the SDK either way);
+- the bare openai SDK making the same 2,000 calls, one request each, against a gateway without limits;
 - holysheep without coalescing, only with ``--uncoalesced`` (it takes 2,000 / 30 = 67 windows).
 
-Wall time in windows, requests the gateway saw, 429s, and callers per merged request. The SDK's first-call
-set-up is done before timing. ``--repeats`` runs (3), in turns; medians.
+Wall time in windows, and for holysheep the part after the last call reached its transport (before
+that, the time is the SDK's own: building 2,000 calls costs about 1.2 ms of CPU each); requests the
+gateway saw, 429s, and callers per merged request. The SDK's first-call set-up is done before timing.
+``--repeats`` runs (3), in turns; medians.
 
     .venv/bin/python benches/openai/coalesce.py [--repeats N] [--uncoalesced]
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -41,6 +43,8 @@ class Outcome:
     requests: int
     refused: int
     per_request: float
+    #: Seconds from the last call reaching the transport to the last answer; None when not coalesced.
+    after_last_s: float | None = None
 
 
 @dataclass
@@ -51,13 +55,24 @@ class Row:
 
 async def timed(client: Any, gateway: MockGateway) -> Outcome:
     await client.models.list()  # the SDK's first-call set-up, outside the timing
+    coalescer = getattr(getattr(client, "transport", None), "coalescer", None)
+    last_joined = [math.nan]
+    if coalescer is not None:
+        join = coalescer.join_async
+
+        def joining(*args: Any) -> Any:
+            last_joined[0] = time.monotonic()
+            return join(*args)
+
+        coalescer.join_async = joining
     started = time.monotonic()
     answers = await asyncio.gather(*(client.embeddings.create(model=MODEL, input=text) for text in TEXTS))
-    wall_s = time.monotonic() - started
+    ended = time.monotonic()
     assert all(len(answer.data) == 1 for answer in answers)
     log = [record for record in gateway.admission_log() if record.endpoint == "/v1/embeddings"]
     refused = sum(record.status == 429 for record in log)
-    return Outcome(wall_s, len(log), refused, CALLS / max(len(log) - refused, 1))
+    after_last = None if math.isnan(last_joined[0]) else ended - last_joined[0]
+    return Outcome(ended - started, len(log), refused, CALLS / max(len(log) - refused, 1), after_last)
 
 
 async def holysheep(coalesce: hs.Coalesce | None) -> Outcome:
@@ -71,7 +86,10 @@ async def holysheep(coalesce: hs.Coalesce | None) -> Outcome:
 
 async def sdk_floor() -> Outcome:
     with MockGateway() as gateway:
-        async with openai.AsyncOpenAI(api_key="hs_bench", base_url=gateway.base_url, max_retries=0) as client:
+        # A connect timeout of a minute: 2,000 calls at once open up to 1,000 connections (the SDK's pool),
+        # which the SDK's default of 5 s does not always allow on a loaded 2-core machine.
+        timeout = openai.Timeout(600.0, connect=60.0)
+        async with openai.AsyncOpenAI(api_key="hs_bench", base_url=gateway.base_url, timeout=timeout) as client:
             return await timed(client, gateway)
 
 
@@ -79,14 +97,16 @@ def table(rows: list[Row]) -> str:
     lines = [
         f"**Coalesced embeddings: {CALLS:,} concurrent single-text calls, {LIMIT} requests per {WINDOW_S:g} s window**",
         "",
-        "| client | median wall s | windows | requests sent | 429s | callers per request |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| client | median wall s | windows | after the last call s | requests sent | 429s | callers per request |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         wall = median([o.wall_s for o in row.outcomes])
+        after = [o.after_last_s for o in row.outcomes if o.after_last_s is not None]
         lines.append(
-            f"| {row.name} | {wall:.2f} | {wall / WINDOW_S:.1f} | {median([o.requests for o in row.outcomes]):.0f} |"
-            f" {max(o.refused for o in row.outcomes)} | {median([o.per_request for o in row.outcomes]):.0f} |"
+            f"| {row.name} | {wall:.2f} | {wall / WINDOW_S:.1f} | {f'{median(after):.2f}' if after else '-'} |"
+            f" {median([o.requests for o in row.outcomes]):.0f} | {max(o.refused for o in row.outcomes)} |"
+            f" {median([o.per_request for o in row.outcomes]):.0f} |"
         )
     return "\n".join(lines)
 
@@ -96,7 +116,7 @@ async def main(repeats: int, uncoalesced: bool) -> None:
     print(flush=True)
     clients: dict[str, Callable[[], Awaitable[Outcome]]] = {
         "holysheep, coalesce=Coalesce(max_wait_ms=10)": lambda: holysheep(hs.Coalesce(max_wait_ms=10)),
-        "bare openai SDK, no limits (the client-side floor)": sdk_floor,
+        "bare openai SDK, no limits, one request a call": sdk_floor,
     }
     if uncoalesced:
         clients["holysheep, not coalesced"] = lambda: holysheep(None)
@@ -108,7 +128,9 @@ async def main(repeats: int, uncoalesced: bool) -> None:
     ours = rows[0].outcomes
     wall, sent = median([o.wall_s for o in ours]), max(o.requests for o in ours)
     print("Targets (DESIGN.md section 5):")
+    after = median([o.after_last_s for o in ours if o.after_last_s is not None])
     print(verdict("finished in at most 3 windows", wall <= 3 * WINDOW_S, f"{wall / WINDOW_S:.1f} windows"))
+    print(verdict("done within 3 windows of the last call", after <= 3 * WINDOW_S, f"{after / WINDOW_S:.1f} windows"))
     print(verdict("in at most 1/30 of the requests", sent <= CALLS // 30, f"{sent} requests for {CALLS:,} calls"))
     print(verdict("zero 429s", all(o.refused == 0 for o in ours), "all runs"))
 
