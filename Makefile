@@ -41,7 +41,7 @@ test: build lint redis-server  ## cargo test, the lint, pytest (the Redis tests 
 
 # --- the drop-in clients against the oldest openai the `openai` extra claims, in a venv of its own ---
 OLDEST_VENV := .venv-openai-oldest
-OLDEST_TESTS := tests/test_client.py tests/test_cli_check.py tests/test_demo.py tests/test_mock_gateway.py
+OLDEST_TESTS := tests/test_client.py tests/test_cli_check.py tests/test_demo.py tests/test_mock_gateway.py tests/test_coalesce.py tests/test_models.py
 
 $(OLDEST_VENV)/.installed: tests/requirements-openai-oldest.txt
 	python3 -m venv $(OLDEST_VENV)
@@ -78,6 +78,7 @@ bench-openai: build  ## the openai wrapper against MockGateway: goodput beside t
 	$(PY) benches/openai/goodput.py
 	$(PY) benches/openai/following.py
 	$(PY) benches/openai/overhead.py
+	$(PY) benches/openai/coalesce.py
 
 # --- resilience benches: the peers (tenacity, backoff, pybreaker, circuitbreaker) get their own venv ---
 PEERS_VENV := benches/python/.venv-peers

@@ -5,6 +5,9 @@ from typing import TYPE_CHECKING
 from holysheep import testing
 from holysheep._holysheep import Limit, __version__
 from holysheep._keyed import KeyedLimiter
+from holysheep._coalesce import Coalesce
+from holysheep._priority import priority
+from holysheep._profiles import PROFILES, Profile
 from holysheep._limiter import (
     ConcurrencyLimiter,
     HolySheepRateLimiter,
@@ -22,6 +25,7 @@ from holysheep.errors import (
     CircuitOpenError,
     ConfigError,
     HolySheepError,
+    ModelNotAllowed,
     RateLimitExceeded,
 )
 from holysheep.resilience import rate_limited, resilient, retry
@@ -64,6 +68,7 @@ __all__ = [
     "BudgetExceeded",
     "CircuitBreaker",
     "CircuitOpenError",
+    "Coalesce",
     "ConcurrencyLimiter",
     "ConfigError",
     "HolySheep",
@@ -72,7 +77,10 @@ __all__ = [
     "KeyedBreaker",
     "KeyedLimiter",
     "Limit",
+    "ModelNotAllowed",
+    "PROFILES",
     "Permit",
+    "Profile",
     "RateLimitExceeded",
     "RedisBackend",
     "RetryPolicy",
@@ -85,6 +93,7 @@ __all__ = [
     "batch_embed",
     "batch_embed_sync",
     "chunk_by_tokens",
+    "priority",
     "rate_limited",
     "resilient",
     "retry",

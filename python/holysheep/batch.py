@@ -32,7 +32,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union
 
 from holysheep._holysheep import _check_count as _check_count_between
-from holysheep._holysheep import _check_timeout
+from holysheep._holysheep import _check_priority, _check_timeout
+from holysheep._priority import current_priority
+from holysheep._priority import priority as at_priority
 from holysheep.errors import CircuitOpenError, ConfigError, HolySheepError
 
 if TYPE_CHECKING:
@@ -108,11 +110,22 @@ class _Settings:
 
     concurrency: int
     max_breaker_wait: float
+    #: The priority of the batch's requests; None: the caller's (`holysheep.priority`), which threads
+    #: would not see otherwise.
+    priority: int | None = None
 
     def __post_init__(self) -> None:
         _check_count("concurrency", self.concurrency)
         if _check_timeout("max_breaker_wait", self.max_breaker_wait) is None:
             object.__setattr__(self, "max_breaker_wait", math.inf)  # None and inf: as long as it takes
+        level = current_priority() if self.priority is None else _check_priority("priority", self.priority)
+        object.__setattr__(self, "priority", level)
+
+    @property
+    def level(self) -> int:
+        """The priority the workers send at."""
+        assert self.priority is not None, "set when made"
+        return self.priority
 
 
 class _Pull(Generic[Item]):
@@ -206,6 +219,10 @@ async def _run_async(
                 waited += pause
 
     async def worker() -> None:
+        with at_priority(settings.level):
+            await work()
+
+    async def work() -> None:
         while (unit := pull.take()) is not None:
             start, items = unit
             outputs: Sequence[Output | BatchFailure]
@@ -251,6 +268,10 @@ def _run_threads(
                 waited += pause
 
     def worker() -> None:
+        with at_priority(settings.level):
+            work()
+
+    def work() -> None:
         try:
             while not stop.is_set() and (unit := pull.take()) is not None:
                 start, items = unit
@@ -321,6 +342,7 @@ async def batch_embed(
     concurrency: int = DEFAULT_EMBED_CONCURRENCY,
     max_breaker_wait: float = DEFAULT_MAX_BREAKER_WAIT,
     progress: bool | str = False,
+    priority: int | None = None,
     **create_kwargs: Any,
 ) -> list[list[float] | BatchFailure]:
     """Embeds documents, ``batch_size`` to a request; one vector (or `BatchFailure`) per document, in order.
@@ -334,13 +356,15 @@ async def batch_embed(
     :param concurrency: requests in flight at most.
     :param max_breaker_wait: seconds a batch may wait, in all, for an open circuit breaker (inf: no end).
     :param progress: show a tqdm bar (``pip install 'holysheep[progress]'``); a string labels it.
+    :param priority: the priority of its requests among those waiting for the client's limiter (see
+        `holysheep.priority`; e.g. ``-1`` so interactive requests go first); default the caller's.
     :param create_kwargs: passed on to ``embeddings.create`` (``dimensions``, ``user``, ...).
     :raises ConfigError: ``batch_size`` or ``concurrency`` below 1, a negative ``max_breaker_wait``,
         ``progress=True`` without tqdm.
     :raises asyncio.CancelledError: when cancelled, at once; requests in flight are cancelled too.
     """
     _check_count("batch_size", batch_size)
-    settings = _Settings(concurrency, max_breaker_wait)
+    settings = _Settings(concurrency, max_breaker_wait, priority)
 
     async def send(batch: list[str]) -> list[list[float]]:
         response = await client.embeddings.create(model=model, input=batch, **create_kwargs)
@@ -358,6 +382,7 @@ async def batch_chat(
     concurrency: int = DEFAULT_CHAT_CONCURRENCY,
     max_breaker_wait: float = DEFAULT_MAX_BREAKER_WAIT,
     progress: bool | str = False,
+    priority: int | None = None,
     **create_kwargs: Any,
 ) -> list[str | BatchFailure]:
     """Runs one chat completion per prompt; the reply texts (or `BatchFailure` items), in prompt order.
@@ -371,13 +396,15 @@ async def batch_chat(
     :param concurrency: calls in flight at most.
     :param max_breaker_wait: seconds a prompt may wait, in all, for an open circuit breaker (inf: no end).
     :param progress: show a tqdm bar (``pip install 'holysheep[progress]'``); a string labels it.
+    :param priority: the priority of its requests among those waiting for the client's limiter (see
+        `holysheep.priority`; e.g. ``-1`` so interactive requests go first); default the caller's.
     :param create_kwargs: passed on to ``chat.completions.create`` (``max_tokens``, ``temperature``, ...).
         A reply is the first choice's text, ``""`` when it has none (e.g. only tool calls).
     :raises ConfigError: ``concurrency`` below 1, a negative ``max_breaker_wait``, ``messages=`` or
         ``stream=True`` given, or ``progress=True`` without tqdm.
     :raises asyncio.CancelledError: when cancelled, at once; calls in flight are cancelled too.
     """
-    settings = _Settings(concurrency, max_breaker_wait)
+    settings = _Settings(concurrency, max_breaker_wait, priority)
     _check_chat_kwargs(create_kwargs)
 
     async def send(batch: list[Prompt]) -> list[str]:
@@ -399,6 +426,7 @@ def batch_embed_sync(
     concurrency: int = DEFAULT_EMBED_CONCURRENCY,
     max_breaker_wait: float = DEFAULT_MAX_BREAKER_WAIT,
     progress: bool | str = False,
+    priority: int | None = None,
     **create_kwargs: Any,
 ) -> list[list[float] | BatchFailure]:
     """`batch_embed` for a blocking ``openai.OpenAI`` client, on ``concurrency`` threads.
@@ -408,7 +436,7 @@ def batch_embed_sync(
     Ctrl-C raises at once; each thread then finishes the request it has in flight and takes no more.
     """
     _check_count("batch_size", batch_size)
-    settings = _Settings(concurrency, max_breaker_wait)
+    settings = _Settings(concurrency, max_breaker_wait, priority)
 
     def send(batch: list[str]) -> list[list[float]]:
         response = client.embeddings.create(model=model, input=batch, **create_kwargs)
@@ -426,6 +454,7 @@ def batch_chat_sync(
     concurrency: int = DEFAULT_CHAT_CONCURRENCY,
     max_breaker_wait: float = DEFAULT_MAX_BREAKER_WAIT,
     progress: bool | str = False,
+    priority: int | None = None,
     **create_kwargs: Any,
 ) -> list[str | BatchFailure]:
     """`batch_chat` for a blocking ``openai.OpenAI`` client, on ``concurrency`` threads.
@@ -434,7 +463,7 @@ def batch_chat_sync(
 
     Ctrl-C raises at once; each thread then finishes the call it has in flight and takes no more.
     """
-    settings = _Settings(concurrency, max_breaker_wait)
+    settings = _Settings(concurrency, max_breaker_wait, priority)
     _check_chat_kwargs(create_kwargs)
 
     def send(batch: list[Prompt]) -> list[str]:

@@ -4,6 +4,7 @@
     ├── RateLimitExceeded(retry_after, limit, remaining)   a request that will not pass in time, or ever
     ├── CircuitOpenError(retry_after)                      a breaker is open: failing fast
     ├── BudgetExceeded                                     a spending limit would be crossed
+    ├── ModelNotAllowed(model, allowed)                    a model outside the client's list: never sent
     ├── ConfigError (also a ValueError)                    a configuration that cannot work
     └── BackendUnavailable (also a ConnectionError)        a shared backend (Redis) is unreachable or slow
 
@@ -18,6 +19,7 @@ __all__ = [
     "CircuitOpenError",
     "ConfigError",
     "HolySheepError",
+    "ModelNotAllowed",
     "RateLimitExceeded",
 ]
 
@@ -59,6 +61,19 @@ class CircuitOpenError(HolySheepError):
 
 class BudgetExceeded(HolySheepError):
     """A request would cross a spending limit, so it is not sent."""
+
+
+class ModelNotAllowed(HolySheepError):
+    """A request asks for a model the client may not use (``allowed_models=``), so it is not sent.
+
+    :ivar model: the model asked for.
+    :ivar allowed: the models the client may use, in the order given.
+    """
+
+    def __init__(self, message: str, model: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.model = model
+        self.allowed = allowed
 
 
 class ConfigError(HolySheepError, ValueError):

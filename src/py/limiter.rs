@@ -148,10 +148,15 @@ impl Waiting {
         })
     }
 
-    /// One request of `tokens` at `price` dollars per million of them (the transport).
-    fn priced(tokens: &Bound<'_, PyAny>, timeout: Option<&Bound<'_, PyAny>>, price: &Bound<'_, PyAny>) -> PyResult<Self> {
+    /// One request of `tokens` at `price` dollars per million of them (the transport), at `priority`.
+    fn priced(
+        tokens: &Bound<'_, PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        price: &Bound<'_, PyAny>,
+        priority: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
         let price = args::price("price", price)?;
-        let waiting = Self::of(Some(tokens), timeout, None)?;
+        let waiting = Self::of(Some(tokens), timeout, priority)?;
         Ok(Self { cost: Cost::priced(waiting.cost.tokens, price), price, ..waiting })
     }
 
@@ -358,7 +363,7 @@ impl PyLimiter {
     /// The admission of one request of ``tokens`` at ``price`` dollars per million of them when it
     /// passes now without waiting (a local limiter only), else None; a cost that can never pass raises.
     fn _admit_at_once(&self, py: Python<'_>, tokens: &Bound<'_, PyAny>, price: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAdmission>>> {
-        let waiting = Waiting::priced(tokens, None, price)?;
+        let waiting = Waiting::priced(tokens, None, price, None)?;
         if !matches!(self.backend, Backend::Local) {
             return Ok(None);
         }
@@ -369,16 +374,33 @@ impl PyLimiter {
     }
 
     /// The admission of one request of ``tokens`` at ``price``, waited for on the running loop (at
-    /// most ``timeout`` seconds): an awaitable of an `_Admission`, which its owner ends.
-    fn _admit(&self, py: Python<'_>, tokens: &Bound<'_, PyAny>, timeout: Option<&Bound<'_, PyAny>>, price: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let waiting = Waiting::priced(tokens, timeout, price)?;
+    /// most ``timeout`` seconds, ahead of lower ``priority`` waiters): an awaitable of an `_Admission`,
+    /// which its owner ends.
+    #[pyo3(signature = (tokens, timeout, price, priority = None))]
+    fn _admit(
+        &self,
+        py: Python<'_>,
+        tokens: &Bound<'_, PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        price: &Bound<'_, PyAny>,
+        priority: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let waiting = Waiting::priced(tokens, timeout, price, priority)?;
         let finish = self.keeping(&waiting);
         self.acquiring(py, waiting, finish)
     }
 
     /// `_admit` on this thread, the GIL released.
-    fn _admit_blocking(&self, py: Python<'_>, tokens: &Bound<'_, PyAny>, timeout: Option<&Bound<'_, PyAny>>, price: &Bound<'_, PyAny>) -> PyResult<PyAdmission> {
-        let waiting = Waiting::priced(tokens, timeout, price)?;
+    #[pyo3(signature = (tokens, timeout, price, priority = None))]
+    fn _admit_blocking(
+        &self,
+        py: Python<'_>,
+        tokens: &Bound<'_, PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        price: &Bound<'_, PyAny>,
+        priority: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyAdmission> {
+        let waiting = Waiting::priced(tokens, timeout, price, priority)?;
         let (cost, price) = (waiting.cost, waiting.price);
         Ok(self.admission(self.blocking(py, waiting)?, cost, price))
     }

@@ -23,11 +23,15 @@ def admit_now(limiter: HolySheepRateLimiter, tokens: int, price: float) -> Admis
     return limiter._admit_at_once(tokens, price)
 
 
-async def admit_waiting(limiter: HolySheepRateLimiter, tokens: int, price: float, timeout: float | None) -> Admission:
-    """The admission, waited for on the running loop."""
-    return await limiter._admit(tokens, timeout, price)
+async def admit_waiting(
+    limiter: HolySheepRateLimiter, tokens: int, price: float, timeout: float | None, priority: int
+) -> Admission:
+    """The admission, waited for on the running loop, ahead of waiters of lower ``priority``."""
+    return await limiter._admit(tokens, timeout, price, priority)
 
 
-def admit_blocking(limiter: HolySheepRateLimiter, tokens: int, price: float, timeout: float | None) -> Admission:
-    """The admission, waited for in this thread (the GIL released)."""
-    return limiter._admit_blocking(tokens, timeout, price)
+def admit_blocking(
+    limiter: HolySheepRateLimiter, tokens: int, price: float, timeout: float | None, priority: int
+) -> Admission:
+    """The admission, waited for in this thread (the GIL released), ahead of waiters of lower ``priority``."""
+    return limiter._admit_blocking(tokens, timeout, price, priority)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from holysheep._limiter import HolySheepRateLimiter
 from holysheep.breaker import CircuitBreaker, KeyedBreaker
 from holysheep.errors import ConfigError
 from holysheep.retry import RetryPolicy
@@ -14,10 +13,9 @@ from holysheep.retry import RetryPolicy
 __all__ = ["check_settings"]
 
 
-def check_settings(limiter: object, retry: object, breaker: object, inner: object, fallback_models: object) -> None:
-    """Raises ConfigError for the first argument `Transport` cannot work with."""
-    if limiter is not None and not isinstance(limiter, HolySheepRateLimiter):
-        raise ConfigError(f"limiter: must be a HolySheepRateLimiter or None, got {limiter!r}", "limiter")
+def check_settings(retry: object, breaker: object, inner: object, fallback_models: object) -> None:
+    """Raises ConfigError for the first argument `Transport` cannot work with (the limiter is checked as
+    its routes are made: `holysheep.transport._routes`)."""
     if retry is not None and not isinstance(retry, RetryPolicy):
         message = f"retry: must be a RetryPolicy (RetryPolicy(max_attempts=1) for none) or None, got {retry!r}"
         raise ConfigError(message, "retry")

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any, Union
 
+from holysheep._priority import current_priority
 from holysheep.transport._admission import Admission, admit_blocking, admit_now, admit_waiting
 from holysheep.transport._holds import reclaim_left, waiting_for_slot
 
@@ -29,18 +30,11 @@ logger = logging.getLogger("holysheep")
 class _StepsOf:
     """What an exchange waits on, for one kind of client."""
 
-    __slots__ = ("acquire_timeout", "inner", "limiter", "slots")
+    __slots__ = ("acquire_timeout", "inner")
 
     def __init__(self, pipeline: _Pipeline, inner: Any) -> None:
         self.inner = inner
-        self.limiter = pipeline.limiter
         self.acquire_timeout = pipeline.acquire_timeout
-        #: The limiter, when it counts concurrency slots (its answers' bodies hold one).
-        self.slots = pipeline.slot_limiter
-
-    def _waiting_limiter(self) -> HolySheepRateLimiter:
-        assert self.limiter is not None, "an admission is only waited for with a limiter"
-        return self.limiter
 
 
 class _AsyncSteps(_StepsOf):
@@ -55,16 +49,17 @@ class _AsyncSteps(_StepsOf):
 
     me = staticmethod(asyncio.current_task)
 
-    async def acquire(self, tokens: int, price: float) -> Admission:
-        limiter = self._waiting_limiter()
-        if self.slots is None:
-            return await admit_waiting(limiter, tokens, price, self.acquire_timeout)
+    async def acquire(self, limiter: HolySheepRateLimiter, tokens: int, price: float) -> Admission:
+        """An admission of ``limiter``, at the priority of the caller's context."""
+        priority = current_priority()
+        if limiter.max_concurrency is None:
+            return await admit_waiting(limiter, tokens, price, self.acquire_timeout, priority)
         if await self._reclaim_left(limiter):
             admission = admit_now(limiter, tokens, price)
             if admission is not None:
                 return admission
         with waiting_for_slot(limiter):
-            return await admit_waiting(limiter, tokens, price, self.acquire_timeout)
+            return await admit_waiting(limiter, tokens, price, self.acquire_timeout, priority)
 
     async def _reclaim_left(self, limiter: HolySheepRateLimiter) -> bool:
         """Closes the bodies this task left half-read while every slot is taken; whether there were any."""
@@ -102,16 +97,17 @@ class _BlockingSteps(_StepsOf):
     async def send(self, request: Any) -> Any:
         return self.inner.handle_request(request)
 
-    async def acquire(self, tokens: int, price: float) -> Admission:
-        limiter = self._waiting_limiter()
-        if self.slots is None:
-            return admit_blocking(limiter, tokens, price, self.acquire_timeout)
+    async def acquire(self, limiter: HolySheepRateLimiter, tokens: int, price: float) -> Admission:
+        """An admission of ``limiter``, at the priority of the calling thread's context."""
+        priority = current_priority()
+        if limiter.max_concurrency is None:
+            return admit_blocking(limiter, tokens, price, self.acquire_timeout, priority)
         if self._reclaim_left(limiter):
             admission = admit_now(limiter, tokens, price)
             if admission is not None:
                 return admission
         with waiting_for_slot(limiter):
-            return admit_blocking(limiter, tokens, price, self.acquire_timeout)
+            return admit_blocking(limiter, tokens, price, self.acquire_timeout, priority)
 
     def _reclaim_left(self, limiter: HolySheepRateLimiter) -> bool:
         """Closes the bodies this thread left half-read while every slot is taken; whether there were any."""
