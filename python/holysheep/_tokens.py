@@ -102,7 +102,7 @@ def chunk_by_tokens(
         ``max_items`` not an int from 1, ``model`` not a string; each named in ``.field``.
     """
     _check_count("max_tokens", max_tokens, 1, _MAX_COUNT)
-    _check_batch_bounds(None, max_items)
+    check_batch_bounds(None, max_items)
     if model is not None and not isinstance(model, str):
         raise ConfigError(f"model: must be a model name (a str) or None, got {model!r}", "model")
     pieces = (
@@ -113,7 +113,7 @@ def chunk_by_tokens(
     return [batch for batch, _ in group_counted(pieces, max_tokens, max_items)]
 
 
-def _check_batch_bounds(max_tokens: int | None, max_items: int | None) -> None:
+def check_batch_bounds(max_tokens: int | None, max_items: int | None) -> None:
     """ConfigError naming ``max_tokens`` or ``max_items`` unless each is None or an int from 1."""
     if max_tokens is not None:
         _check_count("max_tokens", max_tokens, 1, _MAX_COUNT)
