@@ -8,7 +8,7 @@ thread with the GIL released: no polling, no helper thread.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Awaitable, Hashable
 from typing import Callable, Protocol, Union
 
 from holysheep._holysheep import _Admission, _check_count, _check_timeout
@@ -63,7 +63,7 @@ class Gate:
         another limiter, or unhashable; ``timeout`` negative or NaN.
     """
 
-    __slots__ = ("_key", "_limiter", "timeout")
+    __slots__ = ("_fixed_holds_slots", "_key", "_limiter", "timeout")
 
     def __init__(self, limiter: AnyLimiter, key: Hashable | None, timeout: float | None) -> None:
         if isinstance(limiter, KeyedLimiter):
@@ -83,6 +83,8 @@ class Gate:
         self._limiter = limiter
         self._key = key
         self.timeout = _check_timeout("timeout", timeout)
+        #: A limiter's concurrency cap is fixed when it is made; a key's limiter is made on first use.
+        self._fixed_holds_slots = isinstance(limiter, HolySheepRateLimiter) and limiter.max_concurrency is not None
 
     @property
     def limiter(self) -> AnyLimiter:
@@ -100,11 +102,52 @@ class Gate:
 
     def holds_slots(self) -> bool:
         """Whether an admission holds a concurrency slot until released (a limiter with ``max_concurrency``)."""
+        if isinstance(self._limiter, HolySheepRateLimiter):
+            return self._fixed_holds_slots
         try:
             one = self._one()
         except RateLimitExceeded:
             return False  # nothing made yet to hold anything; admitting will say why it waits
         return one is not None and one.max_concurrency is not None
+
+    # --- a request counted and nothing kept: for gates that hold no slots (`holds_slots` False) ---
+
+    def take_now(self, tokens: int) -> bool:
+        """Counts one request if the limits allow it now; never waits (beyond one Redis round trip).
+
+        :raises RateLimitExceeded: ``tokens`` more than a limit could ever admit.
+        """
+        try:
+            one = self._one()
+        except RateLimitExceeded:
+            return False
+        if one is None:
+            assert isinstance(self._limiter, KeyedLimiter)
+            return self._limiter.try_acquire(self._key, tokens)
+        return one.try_acquire(tokens)
+
+    def take(self, tokens: int) -> Awaitable[None]:
+        """Counts one request when awaited, waiting on the running loop (at most ``timeout``); cancelling
+        gives it back. The limiter's own awaitable, not a coroutine around it: this is the hot path.
+
+        :raises RateLimitExceeded: out of time, or a cost no limit can ever admit (at once).
+        """
+        one = self._one()
+        if one is None:
+            assert isinstance(self._limiter, KeyedLimiter)
+            return self._limiter.acquire(self._key, tokens, self.timeout)
+        return one.acquire(tokens, self.timeout)
+
+    def take_blocking(self, tokens: int) -> None:
+        """`take` for threads: blocks with the GIL released."""
+        one = self._one()
+        if one is None:
+            assert isinstance(self._limiter, KeyedLimiter)
+            self._limiter.acquire_blocking(self._key, tokens, self.timeout)
+        else:
+            one.acquire_blocking(tokens, self.timeout)
+
+    # --- a request's admission, kept to settle its tokens and release its slot ---
 
     def admit_now(self, tokens: int, price: float = 0.0) -> Held | None:
         """The admission if the limits allow it now, else None; never waits (beyond one Redis round trip).

@@ -116,9 +116,15 @@ class RateLimiter(BaseRateLimiter):
         :raises ConfigError: the limiter has ``max_concurrency`` and `callback` is not attached.
         """
         call = self._claim()
-        tokens, price = self._cost(call)
+        if call is None:
+            tokens = self._unclaimed_tokens()
+            if blocking:
+                self._gate.take_blocking(tokens)
+                return True
+            return self._gate.take_now(tokens)
         try:
-            held = self._gate.admit_blocking(tokens, price) if blocking else self._gate.admit_now(tokens, price)
+            gate = self._gate
+            held = gate.admit_blocking(call.tokens, call.price) if blocking else gate.admit_now(call.tokens, call.price)
         except BaseException:
             _unclaim(call)
             raise
@@ -132,9 +138,15 @@ class RateLimiter(BaseRateLimiter):
         :raises ConfigError: the limiter has ``max_concurrency`` and `callback` is not attached.
         """
         call = self._claim()
-        tokens, price = self._cost(call)
+        if call is None:
+            tokens = self._unclaimed_tokens()
+            if blocking:
+                await self._gate.take(tokens)
+                return True
+            return self._gate.take_now(tokens)
         try:
-            held = await self._gate.admit(tokens, price) if blocking else self._gate.admit_now(tokens, price)
+            gate = self._gate
+            held = await gate.admit(call.tokens, call.price) if blocking else gate.admit_now(call.tokens, call.price)
         except BaseException:
             _unclaim(call)
             raise
@@ -142,34 +154,34 @@ class RateLimiter(BaseRateLimiter):
 
     def _claim(self) -> _Call | None:
         """The first call of this rate limiter started in this context and not yet admitted, now taken."""
+        started = _STARTED.get()
+        if not started:
+            return None
         with _LOCK:
-            for call in _STARTED.get():
+            for call in started:
                 if call.owner is self and call.state == _Call.WAITING:
                     call.state = _Call.ADMITTED
                     return call
         return None
 
-    def _cost(self, call: _Call | None) -> tuple[int, float]:
-        """The tokens and price to admit with; refuses a slot that nobody would give back."""
-        if call is not None:
-            return call.tokens, call.price
+    def _unclaimed_tokens(self) -> int:
+        """The tokens a call the callback did not see is counted with; refuses a slot nobody would give back."""
         if self._gate.holds_slots():
             raise ConfigError(
                 "callbacks: this limiter has max_concurrency, so each call holds a slot until it ends, which "
                 "LangChain tells only callbacks: give the model callbacks=[rate_limiter.callback] too",
                 "callbacks",
             )
-        return self._tokens or 0, 0.0
+        return self._tokens or 0
 
-    def _keep(self, call: _Call | None, held: Held | None) -> bool:
-        """Hands the admission to its call, which ends it when the model answers; without one, ends it."""
+    def _keep(self, call: _Call, held: Held | None) -> bool:
+        """Hands the admission to its call, which ends it when the model answers (at once if it has)."""
         if held is None:
             _unclaim(call)
             return False
         with _LOCK:
-            kept = call is not None and call.state == _Call.ADMITTED
+            kept = call.state == _Call.ADMITTED
             if kept:
-                assert call is not None
                 call.held = held
         if not kept:
             held.release()
@@ -189,12 +201,11 @@ class RateLimiter(BaseRateLimiter):
         return estimate_request_tokens(body), price
 
 
-def _unclaim(call: _Call | None) -> None:
+def _unclaim(call: _Call) -> None:
     """Puts a call whose admission failed or was refused back in line for the next try."""
-    if call is not None:
-        with _LOCK:
-            if call.state == _Call.ADMITTED and call.held is None:
-                call.state = _Call.WAITING
+    with _LOCK:
+        if call.state == _Call.ADMITTED and call.held is None:
+            call.state = _Call.WAITING
 
 
 class UsageCallback(BaseCallbackHandler):

@@ -101,7 +101,7 @@ class RateLimiter(BaseRateLimiter):
         tokens = self._cost(num_tokens)
         if self._takes_async_grant(tokens):
             return
-        self._gate.admit_blocking(tokens).release()
+        self._gate.take_blocking(tokens)
 
     async def async_acquire(self, num_tokens: int = 0) -> None:
         """Waits on the running loop until one request of ``num_tokens`` may go; cancelling gives the
@@ -110,7 +110,7 @@ class RateLimiter(BaseRateLimiter):
         :raises RateLimitExceeded: out of ``timeout``, or a request bigger than a limit ever admits.
         """
         tokens = self._cost(num_tokens)
-        (await self._gate.admit(tokens)).release()
+        await self._gate.take(tokens)
         grant = _Grant(self, tokens)
         _ASYNC_GRANT.set(grant)
         asyncio.get_running_loop().call_soon(grant.close)
