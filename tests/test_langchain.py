@@ -17,7 +17,7 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.language_models.fake_chat_models import FakeListChatModel, GenericFakeChatModel
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field
 from redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
@@ -159,6 +159,16 @@ def test_the_callback_settles_blocking_and_batched_calls() -> None:
     model.batch(["two", "three", "four"])
     assert lim.stats()["remaining"]["10000 tokens per minute"] == 10_000 - 4 * 25
     assert lim.stats()["in_flight"] == 0
+
+
+async def test_every_call_of_a_batch_and_of_one_agenerate_is_settled_and_ended() -> None:
+    lim = hs.HolySheepRateLimiter(tpm=10_000, max_concurrency=3)
+    rate_limiter = RateLimiter(lim)
+    model = RecordingChat(rate_limiter=rate_limiter, callbacks=[rate_limiter.callback], usage=10)
+    await model.abatch([f"question {n}" for n in range(5)])
+    await model.agenerate([[HumanMessage("one")], [HumanMessage("two")], [HumanMessage("three")]])
+    assert lim.stats()["remaining"]["10000 tokens per minute"] == 10_000 - 8 * 10
+    assert lim.stats()["in_flight"] == 0 and lim.stats()["admitted"] == 8
 
 
 async def test_a_concurrency_slot_is_held_until_the_model_answers_or_fails() -> None:
