@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
 import time
@@ -186,6 +187,37 @@ async def test_a_concurrency_slot_is_held_until_the_model_answers_or_fails() -> 
     for _ in range(3):  # each failure gives its slot back, or the next call would wait forever
         with pytest.raises(RuntimeError, match="the model failed"):
             await asyncio.wait_for(model.ainvoke("c"), 2.0)
+    assert lim.stats()["in_flight"] == 0
+
+
+def stream_model() -> tuple[hs.HolySheepRateLimiter, GenericFakeChatModel]:
+    lim = hs.HolySheepRateLimiter(max_concurrency=1)
+    rate_limiter = RateLimiter(lim, timeout=2.0)  # a slot never given back raises instead of hanging
+    messages = iter([AIMessage("one two three four")] * 4)
+    return lim, GenericFakeChatModel(messages=messages, rate_limiter=rate_limiter, callbacks=[rate_limiter.callback])
+
+
+async def test_an_async_stream_left_after_its_first_chunk_gives_its_slot_back_with_the_collector_off() -> None:
+    lim, model = stream_model()
+    gc.disable()
+    try:
+        async for _ in model.astream("hi"):
+            break
+        assert await model.ainvoke("hi")
+    finally:
+        gc.enable()
+    assert lim.stats()["in_flight"] == 0
+
+
+def test_a_stream_left_after_its_first_chunk_gives_its_slot_back_with_the_collector_off() -> None:
+    lim, model = stream_model()
+    gc.disable()
+    try:
+        for _ in model.stream("hi"):
+            break
+        assert model.invoke("hi")
+    finally:
+        gc.enable()
     assert lim.stats()["in_flight"] == 0
 
 
