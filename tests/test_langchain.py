@@ -254,6 +254,17 @@ def test_a_limiter_with_max_concurrency_needs_the_callback() -> None:
     assert model.sent == []
 
 
+def test_a_token_limit_without_the_callback_needs_a_fixed_estimate_or_refuses() -> None:
+    lim = hs.HolySheepRateLimiter(tpm=10_000)
+    with pytest.raises(hs.ConfigError) as info:
+        RecordingChat(rate_limiter=RateLimiter(lim)).invoke("q")  # would count no tokens at all
+    assert info.value.field == "callbacks"
+    model = RecordingChat(rate_limiter=RateLimiter(lim, tokens=250))
+    model.invoke("q")
+    model.invoke("q")
+    assert lim.stats()["remaining"]["10000 tokens per minute"] == 10_000 - 2 * 250
+
+
 async def test_blocking_false_admits_only_when_the_limit_allows_now() -> None:
     rate_limiter = RateLimiter(hs.HolySheepRateLimiter(limits=[hs.Limit(1, per=60)]))
     assert rate_limiter.acquire(blocking=False) is True
@@ -302,9 +313,10 @@ async def test_a_redis_backed_limiter_paces_and_settles(redis_url: str) -> None:
     assert_paced(model.sent, 3, 0.5, started, guard=0.05)
     await asyncio.sleep(0.2)  # settling in Redis runs in the background on an event loop
     assert lim.stats()["remaining"]["10000 tokens per minute"] == 10_000 - 6 * 11
-    assert rate_limiter.acquire(blocking=False) is False  # the window still holds the last 3
+    uncounted = RateLimiter(lim, tokens=5)  # asked directly, without a model's callback
+    assert uncounted.acquire(blocking=False) is False  # the window still holds the last 3
     await asyncio.sleep(0.5)
-    assert rate_limiter.acquire(blocking=False) is True
+    assert uncounted.acquire(blocking=False) is True
 
 
 def test_embeddings_pass_the_limiter_a_request_at_a_time_with_their_tokens() -> None:

@@ -71,6 +71,17 @@ async def test_num_tokens_count_against_a_token_limit_and_tokens_stand_in_for_no
     assert lim.stats()["remaining"][TPM] == 10_000 - 3_300
 
 
+async def test_a_token_limit_refuses_requests_that_would_count_no_tokens_unless_tokens_is_given() -> None:
+    lim = hs.HolySheepRateLimiter(tpm=10_000)
+    embed_model = MockEmbedding(embed_dim=2, rate_limiter=RateLimiter(lim))
+    with pytest.raises(hs.ConfigError) as info:
+        await embed_model.aget_query_embedding("LlamaIndex passes no num_tokens")
+    assert info.value.field == "tokens" and lim.stats()["admitted"] == 0
+    await RateLimiter(lim).async_acquire(num_tokens=40)  # a size given is counted
+    MockEmbedding(embed_dim=2, rate_limiter=RateLimiter(lim, tokens=0)).get_query_embedding("0 on purpose")
+    assert lim.stats()["remaining"][TPM] == 10_000 - 40
+
+
 async def test_a_request_waits_for_its_tokens_and_one_over_the_limit_raises_at_once() -> None:
     lim = hs.HolySheepRateLimiter(limits=[hs.Limit(1_000, per=0.5, unit="tokens")])
     rate_limiter = RateLimiter(lim)

@@ -63,7 +63,7 @@ class Gate:
         another limiter, or unhashable; ``timeout`` negative or NaN.
     """
 
-    __slots__ = ("_fixed_holds_slots", "_key", "_limiter", "timeout")
+    __slots__ = ("_fixed_counts_tokens", "_fixed_holds_slots", "_key", "_limiter", "timeout")
 
     def __init__(self, limiter: AnyLimiter, key: Hashable | None, timeout: float | None) -> None:
         if isinstance(limiter, KeyedLimiter):
@@ -85,6 +85,7 @@ class Gate:
         self.timeout = _check_timeout("timeout", timeout)
         #: A limiter's concurrency cap is fixed when it is made; a key's limiter is made on first use.
         self._fixed_holds_slots = isinstance(limiter, HolySheepRateLimiter) and limiter.max_concurrency is not None
+        self._fixed_counts_tokens = isinstance(limiter, HolySheepRateLimiter) and _counts_tokens(limiter)
 
     @property
     def limiter(self) -> AnyLimiter:
@@ -109,6 +110,18 @@ class Gate:
         except RateLimitExceeded:
             return False  # nothing made yet to hold anything; admitting will say why it waits
         return one is not None and one.max_concurrency is not None
+
+    def counts_tokens(self) -> bool:
+        """Whether a limit counts tokens or dollars (``tpm``, ``unit="tokens"`` or ``"usd"``), so a request
+        counted with no tokens would not be limited by it. (A key of a keyed GCRA table says False: the
+        table does not show its limits.)"""
+        if isinstance(self._limiter, HolySheepRateLimiter):
+            return self._fixed_counts_tokens
+        try:
+            one = self._one()
+        except RateLimitExceeded:
+            return False
+        return one is not None and _counts_tokens(one)
 
     # --- a request counted and nothing kept: for gates that hold no slots (`holds_slots` False) ---
 
@@ -189,6 +202,10 @@ class Gate:
             self._limiter.acquire_blocking(self._key, tokens, self.timeout)
             return _Counted(None)
         return _stamped(one._admit_blocking(tokens, self.timeout, price))
+
+
+def _counts_tokens(limiter: HolySheepRateLimiter) -> bool:
+    return any(limit.unit != "requests" for limit in limiter.limits)
 
 
 def _stamped(admission: _Admission) -> _Admission:

@@ -80,8 +80,8 @@ class RateLimiter(BaseRateLimiter):
         `KeyedLimiter` (with ``key``).
     :param key: the key of a `KeyedLimiter` these calls count under (e.g. the tenant).
     :param tokens: the LLM tokens each call is counted with. None: estimated from the call's messages
-        and ``max_tokens`` when `callback` is attached (and settled to the model's ``usage_metadata``),
-        0 without it.
+        and ``max_tokens`` by `callback` (and settled to the model's ``usage_metadata``); a limiter that
+        counts tokens then needs `callback` attached.
     :param timeout: seconds a call may wait at most; then ``RateLimitExceeded`` (None: as long as it
         takes). A cost the limiter can never admit raises at once.
     :param prices: dollars per million tokens by model, over `holysheep.pricing.PRICES`, for a budget
@@ -113,7 +113,8 @@ class RateLimiter(BaseRateLimiter):
         limits allow it now (False if not).
 
         :raises RateLimitExceeded: out of ``timeout``, or a call bigger than a limit ever admits.
-        :raises ConfigError: the limiter has ``max_concurrency`` and `callback` is not attached.
+        :raises ConfigError: `callback` is not attached and the limiter has ``max_concurrency``, or
+            counts tokens while ``tokens`` is None.
         """
         call = self._claim()
         if call is None:
@@ -135,7 +136,8 @@ class RateLimiter(BaseRateLimiter):
         else only if the limits allow it now (False if not).
 
         :raises RateLimitExceeded: out of ``timeout``, or a call bigger than a limit ever admits.
-        :raises ConfigError: the limiter has ``max_concurrency`` and `callback` is not attached.
+        :raises ConfigError: `callback` is not attached and the limiter has ``max_concurrency``, or
+            counts tokens while ``tokens`` is None.
         """
         call = self._claim()
         if call is None:
@@ -165,14 +167,23 @@ class RateLimiter(BaseRateLimiter):
         return None
 
     def _unclaimed_tokens(self) -> int:
-        """The tokens a call the callback did not see is counted with; refuses a slot nobody would give back."""
+        """The tokens a call the callback did not see is counted with; refuses a slot nobody would give
+        back, and a token limit that would count nothing."""
         if self._gate.holds_slots():
             raise ConfigError(
                 "callbacks: this limiter has max_concurrency, so each call holds a slot until it ends, which "
                 "LangChain tells only callbacks: give the model callbacks=[rate_limiter.callback] too",
                 "callbacks",
             )
-        return self._tokens or 0
+        if self._tokens is None:
+            if self._gate.counts_tokens():
+                raise ConfigError(
+                    "callbacks: this limiter counts tokens, and only the callback sees a call's size: give the "
+                    "model callbacks=[rate_limiter.callback], or RateLimiter(tokens=...) an estimate per call",
+                    "callbacks",
+                )
+            return 0
+        return self._tokens
 
     def _keep(self, call: _Call, held: Held | None) -> bool:
         """Hands the admission to its call, which ends it when the model answers (at once if it has)."""

@@ -61,7 +61,9 @@ class RateLimiter(BaseRateLimiter):
         without ``max_concurrency``, or a `KeyedLimiter` (with ``key``).
     :param key: the key of a `KeyedLimiter` these requests count under.
     :param tokens: the LLM tokens a request is counted with when ``num_tokens`` is 0 (LlamaIndex's own
-        LLMs and embeddings pass none): an estimate of a typical request, for a ``tpm`` limit.
+        LLMs and embeddings pass none): an estimate of a typical request. Required (0 allowed) with a
+        limiter that counts tokens (``tpm``, ``unit="tokens"`` or ``"usd"``), which would otherwise count
+        none of LlamaIndex's requests.
     :param timeout: seconds a request may wait at most; then ``RateLimitExceeded`` (None: as long as it
         takes). A cost the limiter can never admit raises at once.
     :raises ConfigError: any argument that cannot work (a limiter with ``max_concurrency`` included),
@@ -69,10 +71,10 @@ class RateLimiter(BaseRateLimiter):
     """
 
     def __init__(
-        self, limiter: AnyLimiter, *, key: Hashable | None = None, tokens: int = 0, timeout: float | None = None
+        self, limiter: AnyLimiter, *, key: Hashable | None = None, tokens: int | None = None, timeout: float | None = None
     ) -> None:
         self._gate = Gate(limiter, key, timeout)
-        self._tokens = check_tokens("tokens", tokens)
+        self._tokens = None if tokens is None else check_tokens("tokens", tokens)
         self._refuse_slots()
 
     @property
@@ -91,7 +93,18 @@ class RateLimiter(BaseRateLimiter):
     def _cost(self, num_tokens: int) -> int:
         # A KeyedLimiter's factory makes each key's limiter on first use: refused here, before it admits.
         self._refuse_slots()
-        return check_tokens("num_tokens", num_tokens) or self._tokens
+        tokens = check_tokens("num_tokens", num_tokens)
+        if tokens:
+            return tokens
+        if self._tokens is None:
+            if self._gate.counts_tokens():
+                raise ConfigError(
+                    "tokens: this limiter counts tokens and the request says none (LlamaIndex passes no "
+                    "num_tokens): give RateLimiter(tokens=...) an estimate per request",
+                    "tokens",
+                )
+            return 0
+        return self._tokens
 
     def acquire(self, num_tokens: int = 0) -> None:
         """Waits, in this thread with the GIL released, until one request of ``num_tokens`` may go.
