@@ -101,7 +101,7 @@ def main() -> None:
     for row, wall in median.items():
         low, high = spread[row]
         if row.startswith("cold"):
-            print(f"| {row:<62} | {'':>12} | {wall * 1e6:>11.1f} | {low * 1e3:>6.3f}-{high * 1e3:<6.1f} |")
+            print(f"| {row:<62} | {'':>12} | {wall * 1e6:>11.1f} | {low * 1e3:>6.3f}-{high * 1e3:<6.3f} |")
             continue
         print(f"| {row:<62} | {wall * 1e3:>12.3f} | {wall / CALLS * 1e6:>11.2f} | {low * 1e3:>6.2f}-{high * 1e3:<6.2f} |")
     for mode in ("aacquire", "acquire"):
