@@ -92,6 +92,17 @@ def test_importing_holysheep_imports_neither_langchain_nor_llama_index() -> None
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.parametrize(
+    ("module", "missing", "extra"),
+    [("holysheep.langchain", "langchain_core", "holysheep[langchain]"), ("holysheep.llama_index", "llama_index", "holysheep[llama-index]")],
+)
+def test_an_adapter_without_its_framework_names_the_extra_to_install(module: str, missing: str, extra: str) -> None:
+    code = f"import sys\nsys.modules[{missing!r}] = None\nimport {module}\n"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode != 0
+    assert f"ImportError: {module} needs" in run.stderr and extra in run.stderr
+
+
 async def test_a_fake_chat_model_with_rate_limiter_is_paced_to_the_limit() -> None:
     lim = hs.HolySheepRateLimiter(limits=[hs.Limit(3, per=0.5, guard=GUARD)])
     model = RecordingChat(rate_limiter=RateLimiter(lim))

@@ -32,11 +32,14 @@ from contextvars import ContextVar
 from typing import Any
 from uuid import UUID
 
-from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.embeddings import Embeddings
-from langchain_core.messages import BaseMessage
-from langchain_core.outputs import LLMResult
-from langchain_core.rate_limiters import BaseRateLimiter
+try:
+    from langchain_core.callbacks import BaseCallbackHandler
+    from langchain_core.embeddings import Embeddings
+    from langchain_core.messages import BaseMessage
+    from langchain_core.outputs import LLMResult
+    from langchain_core.rate_limiters import BaseRateLimiter
+except ImportError as missing:
+    raise ImportError(f"holysheep.langchain needs langchain-core: pip install 'holysheep[langchain]' ({missing})") from missing
 
 from holysheep._adapters import AnyLimiter, Gate, Held, check_tokens
 from holysheep._tokens import check_batch_bounds, counted_texts, estimate_request_tokens, group_counted

@@ -21,7 +21,12 @@ import asyncio
 from collections.abc import Hashable
 from contextvars import ContextVar
 
-from llama_index.core.rate_limiter import BaseRateLimiter
+try:
+    from llama_index.core.rate_limiter import BaseRateLimiter
+except ImportError as missing:
+    raise ImportError(
+        f"holysheep.llama_index needs llama-index-core 0.14.16 or later: pip install 'holysheep[llama-index]' ({missing})"
+    ) from missing
 
 from holysheep._adapters import AnyLimiter, Gate, check_tokens
 from holysheep.errors import ConfigError
