@@ -34,17 +34,3 @@ def test_request_estimate_counts_prompt_and_completion() -> None:
     assert _tokens.estimate_request_tokens({"input": ["abcd", "abcdefgh"]}) == 3
     assert _tokens.estimate_request_tokens({"input": "abcd", "max_completion_tokens": 5}) == 6
     assert _tokens.estimate_request_tokens({"model": "x"}) == 0
-
-
-@pytest.mark.usefixtures("heuristic")
-def test_chunks_keep_order_and_stay_within_the_budget() -> None:
-    texts = ["a" * 40, "b" * 40, "c" * 40, "d" * 400, "e" * 4]
-    chunks = hs.chunk_by_tokens(texts, max_tokens=25, model="gpt-4.1")
-    assert chunks == [["a" * 40, "b" * 40], ["c" * 40], ["d" * 400], ["e" * 4]]
-    assert [text for chunk in chunks for text in chunk] == texts
-
-
-def test_chunking_refuses_a_budget_below_one() -> None:
-    with pytest.raises(hs.ConfigError) as info:
-        hs.chunk_by_tokens(["x"], max_tokens=0)
-    assert info.value.field == "max_tokens"
