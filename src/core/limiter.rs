@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::core::clock::{Clock, MonotonicClock};
 use crate::core::concurrency::Concurrency;
-use crate::core::decision::Decision;
+use crate::core::decision::{Decision, Never};
 use crate::core::error::{Error, Result};
 use crate::core::feedback::{Aimd, FOLLOWED, followed};
 use crate::core::spin::SpinLock;
@@ -103,8 +103,34 @@ impl<C: Clock> Limiter<C> {
         self
     }
 
+    /// A limiter configured as this one (its limits, concurrency bound and how it follows the server)
+    /// with nothing counted yet, on `clock`: a preview runs it on a virtual clock, leaving this one alone.
+    pub fn configured_on<D: Clock>(&self, clock: D) -> Limiter<D> {
+        let quota = self.quota.as_ref().map(|quota| Quota::new(quota.limits().to_vec()).expect("these limits were checked once"));
+        Limiter {
+            clock,
+            quota,
+            feedback: self.feedback.each_ref().map(Aimd::fresh),
+            applied: SpinLock::new([1.0; 2]),
+            slots: Concurrency::new(self.slots.max()).expect("this bound was checked once"),
+            line: Mutex::new(Line::default()),
+            waiting: AtomicU64::new(0),
+            stats: Stats::default(),
+        }
+    }
+
     pub fn limits(&self) -> &[Limit] {
         self.quota.as_ref().map_or(&[], Quota::limits)
+    }
+
+    /// Without counting anything: which limit decides when `cost` could pass now (the slowest), and
+    /// its index among [`Limiter::limits`]; the instant it could, or `Err` when it never can. `None`
+    /// without rate limits.
+    pub fn explain(&self, cost: Cost) -> Option<(usize, Result<u64, Never>)> {
+        let quota = self.quota.as_ref()?;
+        let (limit, at) = quota.explain(cost, self.clock.now_ns());
+        let index = quota.limits().iter().position(|l| std::ptr::eq(l, limit)).expect("a limit of this quota");
+        Some((index, at))
     }
 
     pub fn max_concurrency(&self) -> Option<u64> {
