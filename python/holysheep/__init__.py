@@ -24,6 +24,7 @@ from holysheep.errors import (
     HolySheepError,
     RateLimitExceeded,
 )
+from holysheep.preview import PreviewReport, ServerModel, preview
 from holysheep.resilience import rate_limited, resilient, retry
 from holysheep.retry import RetryPolicy
 
@@ -73,9 +74,11 @@ __all__ = [
     "KeyedLimiter",
     "Limit",
     "Permit",
+    "PreviewReport",
     "RateLimitExceeded",
     "RedisBackend",
     "RetryPolicy",
+    "ServerModel",
     "SlidingWindow",
     "TokenBucket",
     "Transport",
@@ -85,6 +88,7 @@ __all__ = [
     "batch_embed",
     "batch_embed_sync",
     "chunk_by_tokens",
+    "preview",
     "rate_limited",
     "resilient",
     "retry",

@@ -33,7 +33,8 @@ pub struct Series {
     pub queue: Vec<u64>,
     /// The most requests sent and not yet answered.
     pub in_flight: Vec<u64>,
-    /// Waits of the requests admitted in the bin, in seconds: the median and the longest.
+    /// Waits of the requests admitted in the bin, in seconds: the median and the longest (NaN for a bin
+    /// without admissions).
     pub wait_p50_s: Vec<f64>,
     pub wait_max_s: Vec<f64>,
     /// For each limit of the limiter: the share of it used over its window ending at the bin's end.
@@ -217,8 +218,10 @@ impl Recorder {
         let (mut wait_p50_s, mut wait_max_s) = (Vec::with_capacity(bins), Vec::with_capacity(bins));
         for waits in &mut waits_in {
             waits.sort_unstable();
-            wait_p50_s.push(quantile(waits, 0.5) as f64 / NS_PER_SEC as f64);
-            wait_max_s.push(waits.last().copied().unwrap_or(0) as f64 / NS_PER_SEC as f64);
+            // NaN where nothing was admitted: a gap in the plot, not a wait of 0.
+            let secs = |ns: Option<u64>| ns.map_or(f64::NAN, |ns| ns as f64 / NS_PER_SEC as f64);
+            wait_p50_s.push(secs((!waits.is_empty()).then(|| quantile(waits, 0.5))));
+            wait_max_s.push(secs(waits.last().copied()));
         }
 
         // The most waiting and in flight within each bin, carried over bins in which nothing changed.
