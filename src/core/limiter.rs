@@ -799,6 +799,35 @@ mod tests {
     }
 
     #[test]
+    fn a_limiter_configured_on_another_clock_has_its_settings_and_nothing_counted() {
+        let (lim, _) = limiter(vec![per_second(2.0)], Some(3));
+        let lim = lim.with_cooldown(60 * SEC);
+        assert!(lim.try_acquire(Cost::request(0)).unwrap());
+        lim.record_server_rejection();
+        let clock = ManualClock::new(0);
+        let copy = lim.configured_on(clock.clone());
+        assert_eq!((copy.limits(), copy.max_concurrency()), (lim.limits(), Some(3)));
+        assert_eq!(copy.rate_factors(), [1.0, 1.0], "no cut carried over");
+        assert_eq!(copy.snapshot().counts.admitted, 0);
+        copy.record_server_rejection();
+        clock.advance(59 * SEC);
+        copy.record_server_answer();
+        assert_eq!(copy.rate_factors(), [0.7, 0.7], "the plan's cooldown carried over");
+        assert_eq!(lim.snapshot().counts.admitted, 1, "the original is untouched");
+    }
+
+    #[test]
+    fn explain_names_the_slowest_limit_without_counting() {
+        let (lim, _) = limiter(vec![per_second(10.0), tokens_per_minute(1_000.0)], None);
+        assert_eq!(lim.explain(Cost::request(600)), Some((0, Ok(0))));
+        assert!(lim.try_acquire(Cost::request(600)).unwrap());
+        assert_eq!(lim.explain(Cost::request(600)), Some((1, Ok(60 * SEC))));
+        assert_eq!(lim.explain(Cost::request(600)), Some((1, Ok(60 * SEC))), "nothing was counted");
+        assert!(matches!(lim.explain(Cost::request(2_000)), Some((1, Err(_)))));
+        assert_eq!(limiter(vec![], Some(1)).0.explain(Cost::request(0)), None);
+    }
+
+    #[test]
     fn a_limiter_needs_some_limit() {
         assert!(matches!(Limiter::new(vec![], None, ManualClock::new(0)), Err(Error::Config { .. })));
         assert!(matches!(Limiter::new(vec![], Some(0), ManualClock::new(0)), Err(Error::Config { .. })));

@@ -4,10 +4,9 @@
 use std::collections::BTreeMap;
 
 use crate::core::clock::NS_PER_SEC;
-use crate::core::error::Error;
 use crate::core::limit::{Cost, Limit};
 use crate::preview::server::ServerModel;
-use crate::preview::sim::{Holding, refusal_kind};
+use crate::preview::sim::Holding;
 
 /// The widths a plot's bins may take, in ms: the narrowest that keeps to [`MAX_BINS`].
 const BIN_WIDTHS_MS: [u64; 14] = [100, 250, 500, 1_000, 2_000, 5_000, 10_000, 15_000, 30_000, 60_000, 120_000, 300_000, 600_000, 3_600_000];
@@ -61,6 +60,8 @@ pub struct Outcome {
     pub wait_p50_ns: u64,
     pub wait_p99_ns: u64,
     pub wait_max_ns: u64,
+    /// When each admission was made, in order.
+    pub admitted_at_ns: Vec<u64>,
     /// When the last admission was made: the line has drained.
     pub drain_ns: u64,
     /// When the last answer came.
@@ -113,8 +114,9 @@ impl Recorder {
         self.admissions.push((at_ns, wait_ns, cost));
     }
 
-    pub fn refused(&mut self, err: &Error) {
-        *self.refusals.entry(refusal_kind(err)).or_default() += 1;
+    /// A request refused, for the reason `kind` (see [`refusal_kind`](crate::preview::sim::refusal_kind)).
+    pub fn refused(&mut self, kind: &'static str) {
+        *self.refusals.entry(kind).or_default() += 1;
     }
 
     pub fn server_refused(&mut self, at_ns: u64) {
@@ -182,6 +184,7 @@ impl Recorder {
             wait_p50_ns: quantile(&waits, 0.50),
             wait_p99_ns: quantile(&waits, 0.99),
             wait_max_ns: waits.last().copied().unwrap_or(0),
+            admitted_at_ns: self.admissions.iter().map(|&(at, _, _)| at).collect(),
             drain_ns,
             end_ns: self.end_ns,
             cost_usd: self.micro_usd as f64 / 1e6,

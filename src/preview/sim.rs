@@ -210,7 +210,7 @@ impl<'a> Sim<'a> {
             Ok(None) => {
                 // As the binding does: a cost that can never pass is refused before any wait.
                 if let Err(err) = self.limiter.time_until_ready(cost) {
-                    return self.recorder.refused(&err);
+                    return self.recorder.refused(refusal_kind(&err, false));
                 }
                 let waker = Arc::new(Woken { queue: Arc::clone(&self.woken), request });
                 let ticket = self.limiter.enqueue(cost, 0, self.scenario.timeout_ns, waker);
@@ -219,7 +219,7 @@ impl<'a> Sim<'a> {
                 (state.ticket, state.entered_ns) = (Some(ticket), now);
                 self.poll(request);
             }
-            Err(err) => self.recorder.refused(&err),
+            Err(err) => self.recorder.refused(refusal_kind(&err, false)),
         }
     }
 
@@ -264,7 +264,7 @@ impl<'a> Sim<'a> {
             }
             Err(err) => {
                 self.leave_line(request);
-                self.recorder.refused(&err);
+                self.recorder.refused(refusal_kind(&err, true));
             }
         }
     }
@@ -377,13 +377,13 @@ impl Holding {
     }
 }
 
-/// A refusal as the report counts it.
-pub fn refusal_kind(err: &Error) -> &'static str {
-    match err {
-        Error::BudgetExceeded { .. } => "over_budget",
-        Error::RateLimited { retry_after_ns: None, .. } => "never",
-        Error::RateLimited { .. } => "timed_out",
-        Error::CircuitOpen { .. } | Error::Config { .. } => "other",
+/// A refusal as the report counts it: a budget crossed; else, before any wait, a cost that never passes
+/// (the binding refuses it at once), and in line, a waiter out of time (predicted or spent).
+pub fn refusal_kind(err: &Error, in_line: bool) -> &'static str {
+    match (err, in_line) {
+        (Error::BudgetExceeded { .. }, _) => "over_budget",
+        (_, false) => "never",
+        (_, true) => "timed_out",
     }
 }
 
@@ -500,6 +500,39 @@ mod tests {
         let outcome = run(&limiter(vec![budget], None), None, &priced);
         assert_eq!((outcome.answered, outcome.refusals.get("over_budget").copied()), (2, Some(1)));
         assert!((outcome.cost_usd - 0.0016).abs() < 1e-12, "{}", outcome.cost_usd);
+    }
+
+    #[test]
+    fn a_waiter_parked_for_a_slot_gives_up_at_its_deadline() {
+        let mut patient = scenario(at_once(2, 0), 10 * SEC);
+        patient.timeout_ns = Some(SEC);
+        let outcome = run(&limiter(vec![], Some(1)), None, &patient);
+        assert_eq!((outcome.admitted, outcome.refusals.get("timed_out").copied()), (1, Some(1)));
+        assert_eq!(outcome.series.queue[0], 1);
+    }
+
+    proptest::proptest! {
+        /// Whatever the arrivals, the fractional limit and the latency: the preview's admissions never
+        /// put more than the whole part of the limit in any interval of the guarded period, and every
+        /// request is answered.
+        #[test]
+        fn the_preview_never_admits_past_a_limit(
+            gaps_ms in proptest::collection::vec(0u64..400, 1..150),
+            amount in 1.0f64..12.0,
+            latency_ms in 0u64..3_000,
+            slots in proptest::option::of(1u64..6),
+        ) {
+            let limit = Limit::new(amount, SEC, Unit::Requests, Algorithm::Exact, None).unwrap().with_guard(SEC / 100);
+            let mut at = 0;
+            let times: Vec<(f64, u64)> = gaps_ms.iter().map(|gap| { at += gap; (at as f64 / 1e3, 0) }).collect();
+            let outcome = run(&limiter(vec![limit], slots), None, &scenario(traffic::from_times(times).unwrap(), latency_ms * 1_000_000));
+            proptest::prop_assert_eq!(outcome.answered, outcome.requests);
+            let (count, window) = limit.whole_window();
+            for (i, &start) in outcome.admitted_at_ns.iter().enumerate() {
+                let inside = outcome.admitted_at_ns[i..].iter().take_while(|&&t| t < start + window).count() as u64;
+                proptest::prop_assert!(inside <= count, "{} admitted in the window from {}", inside, start);
+            }
+        }
     }
 
     #[test]

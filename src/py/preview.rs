@@ -90,12 +90,11 @@ fn arrival_of(item: &Bound<'_, PyAny>, index: usize, tokens: u64) -> PyResult<(f
     if let Some(at) = number(item) {
         return Ok((at, tokens));
     }
-    if let Ok(pair) = item.cast::<PyTuple>() {
-        if pair.len() == 2 {
-            if let Some(at) = number(&pair.get_item(0)?) {
-                return Ok((at, args::tokens("traffic", &pair.get_item(1)?)?));
-            }
-        }
+    if let Ok(pair) = item.cast::<PyTuple>()
+        && pair.len() == 2
+        && let Some(at) = number(&pair.get_item(0)?)
+    {
+        return Ok((at, args::tokens("traffic", &pair.get_item(1)?)?));
     }
     args::refuse("traffic", &format!("a list of arrival times in seconds or (seconds, tokens) pairs; item {index} is not"), item)
 }
@@ -160,7 +159,7 @@ pub fn run_preview<'py>(
         args::refuse("limiter", "a holysheep.HolySheepRateLimiter (or a TokenBucket, SlidingWindow or ConcurrencyLimiter)", limiter)
     })?;
     let server = args::optional(server, |v| {
-        v.cast::<PyServerModel>().map(Bound::clone).or_else(|_| args::refuse("server", "a holysheep.ServerModel or None", v))
+        v.cast::<PyServerModel>().cloned().or_else(|_| args::refuse("server", "a holysheep.ServerModel or None", v))
     })?;
     let tokens = args::optional(tokens, |v| args::tokens("tokens", v))?.unwrap_or(0);
     let duration_s = args::optional(duration, |v| args::positive("duration", v))?;
