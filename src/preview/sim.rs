@@ -116,8 +116,8 @@ struct Sim<'a> {
     woken: Arc<Mutex<Vec<usize>>>,
     /// Requests the server has seen, numbered as the MockGateway numbers them to draw latency.
     server_seq: u64,
-    /// The request holding the line's rate reservation, and the limit that made it wait.
-    sleeper: Option<(usize, Option<usize>)>,
+    /// The limit that made the waiter holding the line's rate reservation (there is one at most) wait.
+    sleeping_for: Option<Holding>,
     parked: usize,
     recorder: Recorder,
 }
@@ -137,7 +137,7 @@ impl<'a> Sim<'a> {
             scheduled: 0,
             woken: Arc::default(),
             server_seq: 0,
-            sleeper: None,
+            sleeping_for: None,
             parked: 0,
         }
     }
@@ -192,11 +192,8 @@ impl<'a> Sim<'a> {
 
     /// Moves the clock to `at_ns`, counting the time since the last event to whatever held the line.
     fn advance_to(&mut self, at_ns: u64) {
-        let holding = match self.sleeper {
-            Some((_, limit)) => limit.map(Holding::Limit),
-            None if self.parked > 0 && self.limiter.max_concurrency().is_some() => Some(Holding::Concurrency),
-            None => None,
-        };
+        let waiting_for_slots = self.parked > 0 && self.limiter.max_concurrency().is_some();
+        let holding = self.sleeping_for.or(waiting_for_slots.then_some(Holding::Concurrency));
         self.recorder.held(self.now(), at_ns, holding);
         self.clock.set(at_ns);
     }
@@ -247,7 +244,7 @@ impl<'a> Sim<'a> {
                     self.leave_line(request);
                     self.requests[request].ticket = Some(ticket);
                     self.requests[request].in_line = InLine::Sleeping;
-                    self.sleeper = Some((request, slowest));
+                    self.sleeping_for = slowest.map(Holding::Limit);
                 }
                 self.schedule(at_ns, Event::Poll(request, generation));
             }
@@ -274,7 +271,7 @@ impl<'a> Sim<'a> {
         let state = &mut self.requests[request];
         match std::mem::take(&mut state.in_line) {
             InLine::Parked => self.parked -= 1,
-            InLine::Sleeping => self.sleeper = None,
+            InLine::Sleeping => self.sleeping_for = None,
             InLine::Out => {}
         }
         state.ticket = None;
