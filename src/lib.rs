@@ -4,11 +4,13 @@
 //! `holysheep` Python package is built on, compiled only with the `python` feature (maturin turns it on).
 //! [`gateway`] is the mock OpenAI-compatible server that tests and benchmarks run against.
 //! [`backend`] is where decisions are made: the core in this process, or Redis (the same limits
-//! decided by Lua scripts, shared by a fleet).
+//! decided by Lua scripts, shared by a fleet). [`preview`] runs a limiter's configuration against a
+//! traffic pattern and a server model on a virtual clock.
 
 pub mod core;
 pub mod gateway;
 pub mod backend;
+pub mod preview;
 
 #[cfg(feature = "python")]
 mod py;

@@ -28,6 +28,7 @@ from holysheep.errors import (
     ModelNotAllowed,
     RateLimitExceeded,
 )
+from holysheep.preview import PreviewReport, ServerModel, preview
 from holysheep.resilience import rate_limited, resilient, retry
 from holysheep.retry import RetryPolicy
 
@@ -80,10 +81,12 @@ __all__ = [
     "ModelNotAllowed",
     "PROFILES",
     "Permit",
+    "PreviewReport",
     "Profile",
     "RateLimitExceeded",
     "RedisBackend",
     "RetryPolicy",
+    "ServerModel",
     "SlidingWindow",
     "TokenBucket",
     "Transport",
@@ -93,6 +96,7 @@ __all__ = [
     "batch_embed",
     "batch_embed_sync",
     "chunk_by_tokens",
+    "preview",
     "priority",
     "rate_limited",
     "resilient",

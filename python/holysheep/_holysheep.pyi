@@ -15,6 +15,7 @@ __all__ = [
     "MockGatewayConfig",
     "MockGatewayServer",
     "RetryCore",
+    "ServerModel",
     "SyncGuard",
     "HolySheepRateLimiter",
     "Permit",
@@ -29,6 +30,7 @@ __all__ = [
     "_check_positive",
     "_check_priority",
     "_check_timeout",
+    "_preview",
     "_shutdown_redis_runtime",
     "_timer_leg",
     "classify_failure",
@@ -293,6 +295,51 @@ class MockGatewayServer:
     def admission_log(self) -> list[tuple[float, str, str, int, int, bool, str | None]]: ...
     def peak_admitted(self, window_s: float, unit: str = "requests", key: str | None = None) -> int: ...
 
+# --- preview (python/holysheep/preview.py wraps _preview) ---
+
+@final
+class ServerModel:
+    """A server a preview sends to, enforcing limits per API key as the MockGateway does.
+
+        server = ServerModel(tier="pro")
+        server = ServerModel(rpm=100, concurrency=8)
+
+    :raises ConfigError: an unknown tier, a limit below 1, or no limit at all, named in ``.field``.
+    """
+
+    def __new__(
+        cls,
+        tier: str | None = None,
+        *,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        concurrency: int | None = None,
+        window_s: float | None = None,
+    ) -> ServerModel: ...
+    @property
+    def tier(self) -> str | None: ...
+    @property
+    def rpm(self) -> int | None: ...
+    @property
+    def tpm(self) -> int | None: ...
+    @property
+    def concurrency(self) -> int | None: ...
+    @property
+    def window_s(self) -> float: ...
+
+def _preview(
+    limiter: HolySheepRateLimiter,
+    traffic: str | float | Sequence[float | tuple[float, int]] | os.PathLike[str],
+    *,
+    latency: float | tuple[float, float] | None = None,
+    tokens: int | None = None,
+    server: ServerModel | None = None,
+    duration: float | None = None,
+    price: float | None = None,
+    max_attempts: int | None = None,
+    timeout: float | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]: ...
 
 @final
 class RetryCore:

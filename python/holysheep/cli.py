@@ -256,7 +256,93 @@ def _run_check(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS: list[Callable[[Subcommands], None]] = [_add_check, _add_demo, _add_mock_server]
+def _add_preview(subcommands: Subcommands) -> None:
+    parser = subcommands.add_parser(
+        "preview",
+        help="simulate a limiter against a traffic pattern on a virtual clock: table + PNG",
+        description="Runs a limiter configuration against a traffic pattern (and a server's limits) on a "
+        "virtual clock, with holysheep's own limiter code, and prints what it would do: admitted, waits, "
+        "time to drain, which limit binds and when, the server's 429s, cost.",
+        epilog='example: holysheep preview "ramp 0->50/s over 1m, 50/s for 10m" --tier pro --latency 2 '
+        "--tokens 800 --server-tier pro --png preview.png",
+    )
+    parser.add_argument(
+        "traffic",
+        help='stages ("ramp 0->50/s over 1m, 50/s for 10m", "1000 at once"), requests per second '
+        "(for --duration), or a JSONL trace path ending in .jsonl",
+    )
+    limiter = parser.add_argument_group("the limiter previewed")
+    limiter.add_argument("--tier", help="a plan's limits: free, starter, pro, enterprise")
+    limiter.add_argument("--rpm", type=float, help="requests per minute")
+    limiter.add_argument("--tpm", type=float, help="LLM tokens per minute")
+    limiter.add_argument("--max-qps", type=float, help="requests per second")
+    limiter.add_argument("--max-concurrency", type=int, help="requests in flight at once")
+    limiter.add_argument("--burst", type=float, help="pace --rpm/--max-qps evenly (GCRA) with room for this many")
+    server = parser.add_argument_group("the server (none by default)")
+    server.add_argument("--server-tier", help="the server enforces this plan's limits")
+    server.add_argument("--server-rpm", type=int, help="requests per minute the server allows")
+    server.add_argument("--server-tpm", type=int, help="tokens per minute the server allows")
+    server.add_argument("--server-concurrency", type=int, help="requests in flight the server allows")
+    requests = parser.add_argument_group("the requests")
+    requests.add_argument("--latency", type=float, default=0.0, metavar="S", help="seconds per answer (0)")
+    requests.add_argument("--latency-max", type=float, metavar="S", help="draw each latency between --latency and this")
+    requests.add_argument("--tokens", type=int, default=0, help="LLM tokens per request (0)")
+    requests.add_argument("--model", help="price the tokens at this model's price (for cost and budgets)")
+    requests.add_argument("--duration", type=float, metavar="S", help="seconds a numeric traffic rate lasts (60)")
+    requests.add_argument("--timeout", type=float, metavar="S", help="seconds a request may wait for the limiter")
+    requests.add_argument("--max-attempts", type=int, default=5, help="attempts per request against 429s (5)")
+    parser.add_argument("--png", metavar="PATH", help="also write the plot here (needs matplotlib)")
+    parser.set_defaults(run=_run_preview)
+
+
+def _traffic_argument(text: str) -> str | float:
+    """A number is a rate in requests per second; anything else is stages or a trace path."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _run_preview(args: argparse.Namespace) -> int:
+    from holysheep import HolySheepRateLimiter, ServerModel, preview
+
+    limiter = HolySheepRateLimiter(
+        args.max_qps,
+        args.max_concurrency,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        burst=args.burst,
+        tier=args.tier,
+    )
+    server_limits = (args.server_tier, args.server_rpm, args.server_tpm, args.server_concurrency)
+    server = None
+    if any(value is not None for value in server_limits):
+        server = ServerModel(
+            args.server_tier, rpm=args.server_rpm, tpm=args.server_tpm, concurrency=args.server_concurrency
+        )
+    latency = args.latency if args.latency_max is None else (args.latency, args.latency_max)
+    report = preview(
+        limiter,
+        _traffic_argument(args.traffic),
+        latency=latency,
+        tokens=args.tokens,
+        server=server,
+        duration=args.duration,
+        model=args.model,
+        max_attempts=args.max_attempts,
+        timeout=args.timeout,
+    )
+    print(report.table())
+    if args.png:
+        try:
+            print(f"plot: {report.plot(args.png)}")
+        except ModuleNotFoundError as err:
+            print(f"no plot: {err}", file=sys.stderr)
+            return 1
+    return 0
+
+
+SUBCOMMANDS: list[Callable[[Subcommands], None]] = [_add_check, _add_demo, _add_mock_server, _add_preview]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,6 +47,11 @@ impl Aimd {
         Self::new(self.burst_ns, cooldown_ns, self.recovery_ns)
     }
 
+    /// The same settings, with no cut yet.
+    pub fn fresh(&self) -> Self {
+        self.with_cooldown(self.cooldown_ns)
+    }
+
     fn factor_after(&self, cut: Option<Cut>, now: u64) -> f64 {
         let Some(cut) = cut else { return 1.0 };
         let since = now.saturating_sub(cut.at_ns);

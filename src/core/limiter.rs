@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::core::clock::{Clock, MonotonicClock};
 use crate::core::concurrency::Concurrency;
-use crate::core::decision::Decision;
+use crate::core::decision::{Decision, Never};
 use crate::core::error::{Error, Result};
 use crate::core::feedback::{Aimd, FOLLOWED, followed};
 use crate::core::spin::SpinLock;
@@ -103,8 +103,34 @@ impl<C: Clock> Limiter<C> {
         self
     }
 
+    /// A limiter configured as this one (its limits, concurrency bound and how it follows the server)
+    /// with nothing counted yet, on `clock`: a preview runs it on a virtual clock, leaving this one alone.
+    pub fn configured_on<D: Clock>(&self, clock: D) -> Limiter<D> {
+        let quota = self.quota.as_ref().map(|quota| Quota::new(quota.limits().to_vec()).expect("these limits were checked once"));
+        Limiter {
+            clock,
+            quota,
+            feedback: self.feedback.each_ref().map(Aimd::fresh),
+            applied: SpinLock::new([1.0; 2]),
+            slots: Concurrency::new(self.slots.max()).expect("this bound was checked once"),
+            line: Mutex::new(Line::default()),
+            waiting: AtomicU64::new(0),
+            stats: Stats::default(),
+        }
+    }
+
     pub fn limits(&self) -> &[Limit] {
         self.quota.as_ref().map_or(&[], Quota::limits)
+    }
+
+    /// Without counting anything: which limit decides when `cost` could pass now (the slowest), and
+    /// its index among [`Limiter::limits`]; the instant it could, or `Err` when it never can. `None`
+    /// without rate limits.
+    pub fn explain(&self, cost: Cost) -> Option<(usize, Result<u64, Never>)> {
+        let quota = self.quota.as_ref()?;
+        let (limit, at) = quota.explain(cost, self.clock.now_ns());
+        let index = quota.limits().iter().position(|l| std::ptr::eq(l, limit)).expect("a limit of this quota");
+        Some((index, at))
     }
 
     pub fn max_concurrency(&self) -> Option<u64> {
@@ -770,6 +796,35 @@ mod tests {
         }
         assert!(matches!(lim.reserve(Cost::priced(200_000, 8.0), None, "acquire"), Err(Error::BudgetExceeded { .. })));
         assert_eq!(lim.reserve(Cost::priced(20_000, 8.0), None, "acquire").unwrap().wait_ns, 0);
+    }
+
+    #[test]
+    fn a_limiter_configured_on_another_clock_has_its_settings_and_nothing_counted() {
+        let (lim, _) = limiter(vec![per_second(2.0)], Some(3));
+        let lim = lim.with_cooldown(60 * SEC);
+        assert!(lim.try_acquire(Cost::request(0)).unwrap());
+        lim.record_server_rejection();
+        let clock = ManualClock::new(0);
+        let copy = lim.configured_on(clock.clone());
+        assert_eq!((copy.limits(), copy.max_concurrency()), (lim.limits(), Some(3)));
+        assert_eq!(copy.rate_factors(), [1.0, 1.0], "no cut carried over");
+        assert_eq!(copy.snapshot().counts.admitted, 0);
+        copy.record_server_rejection();
+        clock.advance(59 * SEC);
+        copy.record_server_answer();
+        assert_eq!(copy.rate_factors(), [0.7, 0.7], "the plan's cooldown carried over");
+        assert_eq!(lim.snapshot().counts.admitted, 1, "the original is untouched");
+    }
+
+    #[test]
+    fn explain_names_the_slowest_limit_without_counting() {
+        let (lim, _) = limiter(vec![per_second(10.0), tokens_per_minute(1_000.0)], None);
+        assert_eq!(lim.explain(Cost::request(600)), Some((0, Ok(0))));
+        assert!(lim.try_acquire(Cost::request(600)).unwrap());
+        assert_eq!(lim.explain(Cost::request(600)), Some((1, Ok(60 * SEC))));
+        assert_eq!(lim.explain(Cost::request(600)), Some((1, Ok(60 * SEC))), "nothing was counted");
+        assert!(matches!(lim.explain(Cost::request(2_000)), Some((1, Err(_)))));
+        assert_eq!(limiter(vec![], Some(1)).0.explain(Cost::request(0)), None);
     }
 
     #[test]

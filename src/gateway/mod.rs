@@ -22,6 +22,6 @@ mod tests;
 pub use config::{GatewayConfig, Limits};
 pub use faults::{Fault, Faults};
 pub use latency::Latency;
-pub use limits::Unit;
+pub use limits::{Admission, KeyLimiter, RateStatus, Refusal, Unit};
 pub use log::{AdmissionRecord, Endpoint, peak_admitted};
 pub use server::{Gateway, StartError};

@@ -167,6 +167,11 @@ impl Waiting {
 }
 
 impl PyLimiter {
+    /// The limits as held once, whichever backend decides them (what a preview configures afresh).
+    pub(crate) fn core(&self) -> &Limiter {
+        &self.inner
+    }
+
     /// The local admission of `cost` now, or None when it would have to wait; a cost that can never
     /// pass raises here, before any wait.
     fn admit_at_once(&self, cost: Cost) -> PyResult<Option<crate::core::Admission>> {

@@ -11,6 +11,7 @@ mod guard;
 mod keyed;
 mod limit;
 mod limiter;
+mod preview;
 mod redis;
 mod redis_channel;
 mod retry;
@@ -48,6 +49,8 @@ mod native {
     use super::admission::PyAdmission;
     #[pymodule_export]
     use super::limiter::{PyLimiter, PyPermit, Ready};
+    #[pymodule_export]
+    use super::preview::{PyServerModel, run_preview};
     #[pymodule_export]
     use super::waiting::{Acquiring, timer_leg};
     #[pymodule_export]
