@@ -8,7 +8,7 @@
 //! latency of a decision on a loaded 2-core machine).
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::{ErrorKind, RedisError};
@@ -17,6 +17,7 @@ use crate::backend::redis::connections::{Blocking, Server, Shared, cluster_clien
 use crate::backend::redis::error::BackendError;
 use crate::backend::redis::loop_connection::LoopConnection;
 use crate::backend::redis::process::PerProcess;
+use crate::backend::redis::scripts::Dialect;
 
 /// How long to wait for a connection, and for an answer to each command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +51,8 @@ pub struct Backend {
     /// Plain connections for `call_blocking`, one per thread calling at once; reused.
     idle: Mutex<PerProcess<Vec<Blocking>>>,
     outage: Mutex<Option<Outage>>,
+    /// Whether the server takes the scripts as Functions.
+    dialect: Arc<Dialect>,
 }
 
 /// `url` with the password (if any) replaced by `***`, for messages and repr.
@@ -115,6 +118,7 @@ impl Backend {
             connection: Mutex::new(PerProcess::new(None)),
             idle: Mutex::new(PerProcess::new(Vec::new())),
             outage: Mutex::new(None),
+            dialect: Arc::default(),
         })
     }
 
@@ -129,6 +133,11 @@ impl Backend {
 
     pub fn timeouts(&self) -> Timeouts {
         self.timeouts
+    }
+
+    /// How the server takes the scripts (Functions, or EVALSHA before Redis 7.0).
+    pub fn dialect(&self) -> &Arc<Dialect> {
+        &self.dialect
     }
 
     /// The runtime's connection, made on first use (on the runtime).
@@ -197,7 +206,7 @@ impl Backend {
     pub fn open_loop_connection(&self) -> Result<Option<LoopConnection>, BackendError> {
         self.check_pause()?;
         let Some(info) = self.server.single_info() else { return Ok(None) };
-        let Some(opened) = LoopConnection::open(info, self.timeouts.connect, self.timeouts.command) else {
+        let Some(opened) = LoopConnection::open(info, self.timeouts.connect, self.timeouts.command, &self.dialect) else {
             return Ok(None);
         };
         let result = opened.map_err(|err| self.classify(err));

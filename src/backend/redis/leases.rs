@@ -89,7 +89,7 @@ pub fn keep_alive(limiter: &Arc<RemoteLimiter>) {
             if ids.is_empty() {
                 continue;
             }
-            let mut invocation = scripts::RENEW.call(&limiter.keys()[1..2]);
+            let mut invocation = scripts::RENEW.call(limiter.backend().dialect(), &limiter.keys()[1..2]);
             invocation.arg(limiter.lease_ttl_us());
             for id in &ids {
                 invocation.arg(id);
@@ -127,7 +127,7 @@ pub fn owe(limiter: &Arc<RemoteLimiter>, id: String) {
                 continue;
             }
             let keys = [limiter.keys()[1].clone(), limiter.keys()[3].clone()];
-            let mut invocation = scripts::RECLAIM.call(&keys);
+            let mut invocation = scripts::RECLAIM.call(limiter.backend().dialect(), &keys);
             invocation.arg(limiter.lease_ttl_us());
             for id in &ids {
                 invocation.arg(id);

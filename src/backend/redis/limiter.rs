@@ -67,8 +67,9 @@ pub enum Outcome {
     Admitted(Grant),
     /// The rate admits it only after `wait_us`, later than allowed: nothing was counted.
     Later { wait_us: u64, limit: usize },
-    /// Every lease is held; the oldest expires in `retry_us` unless its holder releases it first.
-    NoLease { retry_us: u64 },
+    /// No lease it may take (every lease is held, or others are ahead in the fleet's line): ask again
+    /// within `retry_us`. `ticket`: its place in the line (0: it did not join).
+    NoLease { retry_us: u64, ticket: u64 },
 }
 
 /// A look at the shared state without counting anything.
@@ -77,6 +78,22 @@ pub struct Peek {
     pub wait_us: u64,
     pub leases: u64,
     pub remaining: Vec<u64>,
+}
+
+/// A request's place in the fleet's line for concurrency slots (see acquire.lua): who asks, the ticket
+/// Redis gave it when it joined (0: not in line), and its priority (higher goes first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub waiter: String,
+    pub ticket: u64,
+    pub priority: i64,
+}
+
+impl Place {
+    /// A request that will not wait: it only needs to know who is in line before it.
+    pub fn newcomer(priority: i64) -> Self {
+        Self { waiter: String::new(), ticket: 0, priority }
+    }
 }
 
 /// A decision sent to Redis: what its answer is read against.
@@ -107,8 +124,8 @@ pub struct RemoteLimiter {
     backend: Arc<Backend>,
     pub(super) limits: Vec<Limit>,
     pub(super) windows: Vec<WindowSpec>,
-    /// The state hash, the lease set, the member set, the withdrawn leases, then one log per window;
-    /// one hash slot.
+    /// The state hash, the lease set, the member set, the withdrawn leases, the line and its places,
+    /// then one log per window; one hash slot.
     keys: Vec<String>,
     pub(super) max_leases: Option<u64>,
     lease_ttl_us: u64,
@@ -137,6 +154,9 @@ pub struct RemoteLimiter {
 const MEMBER_TTL_US: u64 = 10_000_000;
 /// ...which it does with a decision at most this often, sparing Redis three commands per decision.
 const MEMBER_RENEWAL: Duration = Duration::from_secs(1);
+/// A waiter keeps its place in the fleet's line this long after it last asked (it asks at least every
+/// 50 ms while it waits), so a dead process's waiters hold up the line at most this long.
+const PLACE_TTL_US: u64 = 2_000_000;
 
 pub(super) fn unavailable(message: impl Into<String>) -> BackendError {
     BackendError::Unavailable { message: message.into() }
@@ -184,7 +204,7 @@ impl RemoteLimiter {
         let windows: Vec<WindowSpec> = limits.iter().map(WindowSpec::new).collect();
         // The hash tag puts every key of one limiter in one Redis Cluster slot, so one script sees all.
         let tag = format!("{{{}:{key}}}", backend.prefix());
-        let mut keys = ["state", "leases", "members", "withdrawn"].map(|name| format!("{tag}:{name}")).to_vec();
+        let mut keys = ["state", "leases", "members", "withdrawn", "line", "places"].map(|name| format!("{tag}:{name}")).to_vec();
         keys.extend(windows.iter().map(|w| format!("{tag}:log:{}", w.id)));
         let instance_suffix = RandomState::new().hash_one(key);
         Ok(Self {
@@ -267,10 +287,10 @@ impl RemoteLimiter {
 
     /// Decides one request of `cost` in one round trip, on the runtime. `lease`: take a concurrency
     /// lease with it.
-    pub async fn decide(self: &Arc<Self>, cost: Cost, price: f64, mode: Mode, lease: bool, operation: &str) -> Result<Outcome, Refused> {
+    pub async fn decide(self: &Arc<Self>, cost: Cost, price: f64, mode: Mode, lease: bool, place: &Place, operation: &str) -> Result<Outcome, Refused> {
         // Failing at once during the pause after a failure, without naming a lease it would owe back.
         self.backend.check_pause().map_err(Err)?;
-        let (call, ask) = self.ask(cost, price, mode, lease);
+        let (call, ask) = self.ask(cost, price, mode, lease, place);
         match self.backend.call(|mut c| async move { call.run_async(&mut c).await }).await {
             Ok(value) => self.interpret(value, ask, operation),
             Err(err) => Err(Err(self.gave_up(ask, err))),
@@ -278,9 +298,9 @@ impl RemoteLimiter {
     }
 
     /// `decide` on this thread, blocking until Redis answers.
-    pub fn decide_blocking(self: &Arc<Self>, cost: Cost, price: f64, mode: Mode, lease: bool, operation: &str) -> Result<Outcome, Refused> {
+    pub fn decide_blocking(self: &Arc<Self>, cost: Cost, price: f64, mode: Mode, lease: bool, place: &Place, operation: &str) -> Result<Outcome, Refused> {
         self.backend.check_pause().map_err(Err)?;
-        let (call, ask) = self.ask(cost, price, mode, lease);
+        let (call, ask) = self.ask(cost, price, mode, lease, place);
         match self.backend.call_blocking(|c| call.run(c)) {
             Ok(value) => self.interpret(value, ask, operation),
             Err(err) => Err(Err(self.gave_up(ask, err))),
@@ -293,6 +313,24 @@ impl RemoteLimiter {
             (true, Some(_)) => format!("{}:{}", self.instance(), self.next_lease.fetch_add(1, Ordering::Relaxed)),
             _ => String::new(),
         }
+    }
+
+    /// A place in the fleet's line for a request about to wait, at `priority`.
+    pub fn place(&self, priority: i64) -> Place {
+        Place { waiter: format!("{}:w{}", self.instance(), self.next_lease.fetch_add(1, Ordering::Relaxed)), ticket: 0, priority }
+    }
+
+    /// Takes `place` out of the fleet's line, in the background (its waiter gave up). Not heard, it
+    /// expires by itself.
+    pub fn leave_line(self: &Arc<Self>, place: &Place) {
+        if place.ticket == 0 {
+            return;
+        }
+        let Ok(runtime) = crate::backend::redis::runtime::handle() else { return };
+        let mut call = scripts::LEAVE.call(self.backend.dialect(), &self.keys[4..6]);
+        call.arg(place.ticket).arg(&place.waiter);
+        let this = Arc::clone(self);
+        runtime.spawn(async move { this.backend.call(|mut c| async move { call.run_async::<i64>(&mut c).await }).await });
     }
 
     /// Redis did not answer `ask`: it may still run it later (after a stall), so its lease is owed back.
@@ -329,9 +367,9 @@ impl RemoteLimiter {
 
     /// The acquire script's call for a request of `cost` at `price` dollars per million tokens, and
     /// what its answer is read against. It carries what this process admitted alone, if anything.
-    pub fn ask(&self, cost: Cost, price: f64, mode: Mode, lease: bool) -> (Call, Ask) {
+    pub fn ask(&self, cost: Cost, price: f64, mode: Mode, lease: bool, place: &Place) -> (Call, Ask) {
         let lease_id = self.lease_id(lease);
-        let mut invocation = scripts::ACQUIRE.call(&self.keys);
+        let mut invocation = scripts::ACQUIRE.call(self.backend.dialect(), &self.keys);
         let (mode_name, max_wait) = match mode {
             Mode::Peek => ("peek", -1),
             Mode::Now => ("now", 0),
@@ -345,6 +383,10 @@ impl RemoteLimiter {
             .arg(self.lease_ttl_us)
             .arg(if self.membership_due() { self.instance() } else { String::new() })
             .arg(MEMBER_TTL_US)
+            .arg(&place.waiter)
+            .arg(place.ticket)
+            .arg(place.priority)
+            .arg(PLACE_TTL_US)
             .arg(self.windows.len());
         let handover = if mode == Mode::Peek { None } else { self.handover_due() };
         for (index, window) in self.windows.iter().enumerate() {
@@ -404,7 +446,7 @@ impl RemoteLimiter {
             }
             1 => Ok(Outcome::Later { wait_us: a as u64, limit: b as usize - 1 }),
             2 => Err(Ok(self.never(operation, &ask, a as usize - 1, b as u64))),
-            3 => Ok(Outcome::NoLease { retry_us: a as u64 }),
+            3 => Ok(Outcome::NoLease { retry_us: a as u64, ticket: b as u64 }),
             6 => Err(Ok(self.over_budget(operation, &ask, a as usize - 1))),
             other => Err(Err(unavailable(format!("unexpected status {other} from the Redis script")))),
         }
@@ -412,7 +454,7 @@ impl RemoteLimiter {
 
     /// When `cost` would pass and what is free now, counting nothing (on this thread).
     pub fn peek_blocking(self: &Arc<Self>, cost: Cost) -> Result<Peek, Refused> {
-        let (call, ask) = self.ask(cost, 0.0, Mode::Peek, false);
+        let (call, ask) = self.ask(cost, 0.0, Mode::Peek, false, &Place::newcomer(0));
         let value = self.backend.call_blocking(|c| call.run(c)).map_err(Err)?;
         let reply = self.read(value).map_err(Err)?;
         self.back_in_redis();
@@ -482,7 +524,7 @@ impl RemoteLimiter {
         if !changes && lease.is_none() {
             return None;
         }
-        let mut invocation = scripts::ADJUST.call(&self.keys);
+        let mut invocation = scripts::ADJUST.call(self.backend.dialect(), &self.keys);
         invocation.arg(lease.unwrap_or("")).arg(self.windows.len());
         for (window, receipt) in self.windows.iter().zip(&receipts) {
             invocation

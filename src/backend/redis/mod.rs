@@ -10,7 +10,7 @@ pub mod limiter;
 pub mod runtime;
 pub mod loop_connection;
 mod process;
-mod scripts;
+pub mod scripts;
 pub mod share;
 pub mod shared;
 mod windows;
