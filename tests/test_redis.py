@@ -472,3 +472,15 @@ def test_a_shared_budget_refuses_at_once_instead_of_waiting_and_settles_in_dolla
     assert other.stats()["remaining"] == {"100 requests per second": 99, "1 usd per hour": 0.6}
     other._admit_blocking(50_000, None, 8.0)
     assert other.stats()["remaining"]["1 usd per hour"] == 0.2
+
+
+# Issue 19: the answers' x-ratelimit-remaining-* were followed by local limiters only.
+def test_what_the_server_says_is_left_is_held_against_the_fleets_count(redis_url: str) -> None:
+    lim, other = shared(redis_url, key="left", rpm=10), shared(redis_url, key="left", rpm=10)
+    assert all(other.try_acquire() for _ in range(3))
+    heard = lim._admit_blocking(0, None, 0.0)
+    # The fleet counted 4 in the window; the server has 2 left: it allows 6 a minute, not 10.
+    heard.observe(200, SimpleNamespace(raw=[(b"x-ratelimit-remaining-requests", b"2"), (b"x-ratelimit-reset-requests", b"50s")]))
+    assert lim.stats()["rate_factor"] == pytest.approx(0.6)
+    assert sum(lim.try_acquire() for _ in range(10)) == 2, "6 in force, 4 counted by the fleet"
+    assert sum(other.try_acquire() for _ in range(10)) == 4, "a process that heard nothing keeps the configured 10"

@@ -23,7 +23,7 @@ use crate::backend::redis::process::PerProcess;
 use crate::backend::redis::scripts::{self, Call};
 use crate::backend::redis::fallback::Handover;
 use crate::backend::redis::share::{LocalShare, Sighting};
-use crate::backend::redis::windows::WindowSpec;
+use crate::backend::redis::windows::{Kind, WindowSpec};
 
 /// What a decision may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,8 +39,9 @@ pub enum Mode {
 /// Where an admission was counted, and what names it there for settling or giving it back.
 #[derive(Debug, Clone)]
 pub enum Counted {
-    /// In Redis: one receipt per window (0: that window counted nothing).
-    InRedis(Vec<u64>),
+    /// In Redis: one receipt per window (0: that window counted nothing), and what each window of
+    /// the fleet counted once it was admitted (what a server's remaining count is held against).
+    InRedis { receipts: Vec<u64>, used: Vec<u64> },
     /// By this process alone, at its share (the `local` policy while Redis was away).
     Here { share: Arc<LocalShare>, receipts: Vec<Receipt> },
     /// Nowhere: let through uncounted by the `fail_open` policy while Redis was away.
@@ -112,6 +113,8 @@ struct Reply {
     leases: u64,
     a: i64,
     b: i64,
+    /// The units each window counts now (after this decision).
+    used: Vec<u64>,
     /// One value per window after `used`: an admission's receipts, a peek's remaining units.
     per_window: Vec<u64>,
 }
@@ -420,10 +423,10 @@ impl RemoteLimiter {
         let (members, leases) = (reply[1] as u64, reply[2] as u64);
         self.members.store(members, Ordering::Relaxed);
         let used: Vec<u64> = reply[5..5 + n].iter().map(|&u| u as u64).collect();
-        let seen = Sighting { at_ns: self.clock.now_ns(), members, leases, used };
+        let seen = Sighting { at_ns: self.clock.now_ns(), members, leases, used: used.clone() };
         *self.sighting.lock().unwrap_or_else(|p| p.into_inner()) = Some(seen);
         let per_window = reply[5 + n..].iter().map(|&r| r as u64).collect();
-        Ok(Reply { status: reply[0], leases, a: reply[3], b: reply[4], per_window })
+        Ok(Reply { status: reply[0], leases, a: reply[3], b: reply[4], used, per_window })
     }
 
     /// What the acquire script's answer means for `ask`.
@@ -441,7 +444,7 @@ impl RemoteLimiter {
                     self.leases.hold(id);
                     leases::keep_alive(self);
                 }
-                let counted = Counted::InRedis(reply.per_window);
+                let counted = Counted::InRedis { receipts: reply.per_window, used: reply.used };
                 Ok(Outcome::Admitted(Grant { wait_us: a as u64, at_us: b as u64, lease, cost: ask.cost, price: ask.price, counted }))
             }
             1 => Ok(Outcome::Later { wait_us: a as u64, limit: b as usize - 1 }),
@@ -467,6 +470,25 @@ impl RemoteLimiter {
         }
     }
 
+    /// What the server allows of `unit` (a fraction of the configured rate), from what it said is left
+    /// after `grant`'s request (`remaining`, with the time until its window is whole, `reset_ns`),
+    /// held against what the fleet's windows counted when Redis admitted it: their count plus what
+    /// the server has left is what it allows per window. A window more than twice as long as the
+    /// reset is not the one the server speaks of. `None` when no window can tell (GCRA keeps no
+    /// count; an admission decided outside Redis; a request without that unit).
+    pub fn server_allows(&self, grant: &Grant, unit: Unit, remaining: u64, reset_ns: Option<u64>) -> Option<f64> {
+        let Counted::InRedis { used, .. } = &grant.counted else { return None };
+        if unit.of(grant.cost) == 0 {
+            return None;
+        }
+        self.windows
+            .iter()
+            .zip(used)
+            .filter(|(w, _)| w.unit == unit && w.kind == Kind::Log && reset_ns.is_none_or(|reset| w.period_ns() / 2 <= reset))
+            .map(|(w, &counted)| counted.saturating_add(remaining) as f64 / w.whole as f64)
+            .reduce(f64::max)
+    }
+
     // --- correcting and returning admissions ------------------------------------------------------
 
     /// Replaces what `grant` counted (`counted`) by `actual`, and releases its lease if `release`;
@@ -486,7 +508,7 @@ impl RemoteLimiter {
 
     /// A release Redis did not hear is owed back: its lease must not wait out its TTL.
     fn adjusted(self: &Arc<Self>, grant: &Grant, release: bool, result: Result<(), BackendError>) -> Result<(), BackendError> {
-        if let (Err(_), true, Some(id), Counted::InRedis(_)) = (&result, release, &grant.lease, &grant.counted) {
+        if let (Err(_), true, Some(id), Counted::InRedis { .. }) = (&result, release, &grant.lease, &grant.counted) {
             leases::owe(self, id.clone());
         }
         result
@@ -499,7 +521,7 @@ impl RemoteLimiter {
         let lease = if release { grant.lease.as_deref() } else { None };
         let (receipts, lease, counted, actual) = match &grant.counted {
             Counted::Nowhere => return None,
-            Counted::InRedis(receipts) => {
+            Counted::InRedis { receipts, .. } => {
                 if let Some(id) = lease {
                     self.leases.forget(id);
                 }

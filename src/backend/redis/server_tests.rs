@@ -218,13 +218,13 @@ fn the_scripts_gcra_is_the_cores_through_cuts_give_backs_and_settles() {
                 *tat = gcra.schedule(*tat, units(*unit), at).unwrap().tat;
             }
         }
-        let Counted::InRedis(receipts) = &grant.counted else { panic!("counted in Redis") };
+        let Counted::InRedis { receipts, .. } = &grant.counted else { panic!("counted in Redis") };
         let expected: Vec<u64> = gcras.iter().zip(tats.iter()).map(|((_, unit), &tat)| if units(*unit) > 0 { tat } else { 0 }).collect();
         assert_eq!(receipts, &expected);
         grant
     };
     let receipt = |grant: &Grant, index: usize| match &grant.counted {
-        Counted::InRedis(receipts) => receipts[index],
+        Counted::InRedis { receipts, .. } => receipts[index],
         Counted::Here { .. } | Counted::Nowhere => unreachable!("counted in Redis"),
     };
     for _ in 0..3 {
