@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import max_in_any_window
-from redis_server import RedisServer, redis_server, redis_url  # noqa: F401  (fixtures)
+from redis_server import RedisServer, SentinelPair, redis_server, redis_url, sentinel_pair  # noqa: F401  (fixtures)
 
 import holysheep as hs
 from holysheep._holysheep import _LoopChannel
@@ -423,3 +423,40 @@ def test_fail_closed_logs_an_outage_and_the_recovery_once_each(redis_server: Red
     messages = [record.getMessage() for record in caplog.records if record.name.startswith("holysheep")]
     assert len(messages) == 2, messages
     assert "fail_closed" in messages[0] and "back" in messages[1]
+
+
+# --- issue 19: Sentinel: a failover mid-run exceeds no window and orphans no lease --------------------
+
+
+def test_through_a_sentinel_failover_no_window_is_exceeded_and_no_lease_is_orphaned(sentinel_pair: SentinelPair) -> None:
+    backend = hs.RedisBackend(sentinel_pair.url, connect_timeout=0.3, command_timeout=0.3)
+    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(20, per=0.5)], max_concurrency=3, backend=backend, key="failover")
+    assert lim.backend is not None and lim.backend.url == sentinel_pair.url
+    times: list[int] = []
+    run_until = time.monotonic() + 4.0
+    failover_at = time.monotonic() + 1.0
+    failed_over = False
+    while time.monotonic() < run_until:
+        if not failed_over and time.monotonic() > failover_at:
+            sentinel_pair.failover()
+            failed_over = True
+        try:
+            admission = lim._admit_blocking(0, 0.0, 0.0)
+        except hs.RateLimitExceeded:
+            continue
+        except hs.BackendUnavailable:  # fail_closed, while the Sentinel promotes the replica
+            time.sleep(0.01)
+            continue
+        if admission.at_us is not None:
+            times.append(admission.at_us)
+        admission.release()
+    promoted = sentinel_pair.replica if sentinel_pair.primary_port() == sentinel_pair.replica.port else sentinel_pair.primary
+    assert promoted is sentinel_pair.replica
+    after = [at for at in times if at > times[0] + 1_500_000]
+    assert len(after) >= 20, "decided in the promoted primary after the failover"
+    assert max_in_any_window(sorted(times), 500_000) <= 20
+    deadline = time.monotonic() + 2.0
+    while promoted.cli("ZCARD", "{holysheep:failover}:leases") != "0":
+        assert time.monotonic() < deadline, "a lease was orphaned by the failover"
+        time.sleep(0.05)
+    assert "holysheep_" in promoted.cli("FUNCTION", "LIST"), "the library came over with the data or was loaded again"

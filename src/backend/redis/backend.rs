@@ -8,6 +8,7 @@
 //! latency of a decision on a loaded 2-core machine).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use crate::backend::redis::error::BackendError;
 use crate::backend::redis::loop_connection::LoopConnection;
 use crate::backend::redis::process::PerProcess;
 use crate::backend::redis::scripts::Dialect;
+use crate::backend::redis::sentinel::{self, SentinelUrl};
 
 /// How long to wait for a connection, and for an answer to each command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +55,8 @@ pub struct Backend {
     outage: Mutex<Option<Outage>>,
     /// Whether the server takes the scripts as Functions.
     dialect: Arc<Dialect>,
+    /// Outages that ended (Redis answered again after failing).
+    recoveries: AtomicU64,
 }
 
 /// `url` with the password (if any) replaced by `***`, for messages and repr.
@@ -88,6 +92,7 @@ impl Backend {
         let shown = redact(url);
         let secret = password(url);
         let opened = match (cluster, tls_ca_cert) {
+            (cluster, ca) if url.starts_with(sentinel::SCHEME) => sentinel_server(url, cluster, ca.is_some()),
             (true, None) => cluster_client(url, timeouts).map(Server::Cluster),
             (true, Some(_)) => Err(RedisError::from((
                 ErrorKind::InvalidClientConfig,
@@ -119,6 +124,7 @@ impl Backend {
             idle: Mutex::new(PerProcess::new(Vec::new())),
             outage: Mutex::new(None),
             dialect: Arc::default(),
+            recoveries: AtomicU64::new(0),
         })
     }
 
@@ -133,6 +139,11 @@ impl Backend {
 
     pub fn timeouts(&self) -> Timeouts {
         self.timeouts
+    }
+
+    /// How many outages ended so far: what each limiter compares to learn that one did.
+    pub fn recoveries(&self) -> u64 {
+        self.recoveries.load(Ordering::Acquire)
     }
 
     /// How the server takes the scripts (Functions, or EVALSHA before Redis 7.0).
@@ -249,8 +260,16 @@ impl Backend {
             Err(BackendError::Unavailable { message }) => {
                 let pause = outage.as_ref().map_or(FIRST_PAUSE, |o| (o.pause * 2).min(LONGEST_PAUSE));
                 *outage = Some(Outage { retry_at: Instant::now() + pause, pause, cause: message.clone() });
+                if self.server.follows_failovers() {
+                    // The primary may have moved: the next call asks the Sentinels again.
+                    *self.connection.lock().unwrap_or_else(|p| p.into_inner()).current(|| None) = None;
+                }
             }
-            _ => *outage = None,
+            _ => {
+                if outage.take().is_some() {
+                    self.recoveries.fetch_add(1, Ordering::AcqRel);
+                }
+            }
         }
     }
 
@@ -268,6 +287,17 @@ impl Backend {
             BackendError::Unavailable { message: format!("Redis at {}: {message}", self.url) }
         }
     }
+}
+
+/// A primary found through the Sentinels a `redis+sentinel://` URL names.
+fn sentinel_server(url: &str, cluster: bool, tls: bool) -> Result<Server, RedisError> {
+    let refuse = |message: String| RedisError::from((ErrorKind::InvalidClientConfig, "bad Sentinel URL", message));
+    if cluster || tls {
+        return Err(refuse("cluster=True and tls_ca_cert are not supported with redis+sentinel:// yet".into()));
+    }
+    let parsed = SentinelUrl::parse(url).map_err(refuse)?;
+    let (blocking, shared) = (parsed.client()?, parsed.client()?);
+    Ok(Server::Sentinel { blocking: Mutex::new(blocking), shared: tokio::sync::Mutex::new(shared) })
 }
 
 fn scrub(message: &str, secret: Option<&str>) -> String {

@@ -7,11 +7,15 @@
 //! client, so it can name what it owes: a task sends the ids in `reclaim.lua` as soon as Redis answers
 //! again (within the backend's pause after a failure, at most half a second), which removes the lease
 //! or, when the acquire has not run yet, withdraws it so that it takes nothing when it does.
+//!
+//! A release that a primary took just before a failover may never reach the replica promoted in its
+//! place (replication is asynchronous): the lease would stay there for its TTL. So the leases released
+//! in the last seconds are owed back once more whenever Redis answers again after an outage.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::backend::redis::limiter::RemoteLimiter;
 use crate::backend::redis::process::PerProcess;
@@ -30,7 +34,14 @@ pub struct Leases {
     renewer_pid: AtomicU32,
     /// The process whose reclaiming task runs (0: none now).
     reclaimer_pid: AtomicU32,
+    /// Leases released lately, with when: sent again after an outage (see above).
+    released: Mutex<PerProcess<VecDeque<(Instant, String)>>>,
+    /// The backend's count of ended outages this instance has answered to.
+    recoveries_seen: AtomicU64,
 }
+
+/// How long a released lease is remembered, to release it again on a primary promoted meanwhile.
+const RELEASED_KEPT: Duration = Duration::from_secs(3);
 
 impl Leases {
     pub fn new() -> Self {
@@ -39,7 +50,20 @@ impl Leases {
             owed: Mutex::new(PerProcess::new(Vec::new())),
             renewer_pid: AtomicU32::new(0),
             reclaimer_pid: AtomicU32::new(0),
+            released: Mutex::new(PerProcess::new(VecDeque::new())),
+            recoveries_seen: AtomicU64::new(0),
         }
+    }
+
+    /// Remembers that Redis took the release of `id` (for a while: see the module's notes).
+    pub fn released(&self, id: &str) {
+        let mut released = self.released.lock().unwrap_or_else(|p| p.into_inner());
+        let released = released.current(VecDeque::new);
+        let now = Instant::now();
+        while released.front().is_some_and(|(at, _)| now.duration_since(*at) > RELEASED_KEPT) {
+            released.pop_front();
+        }
+        released.push_back((now, id.to_string()));
     }
 
     fn held<R>(&self, with: impl FnOnce(&mut HashSet<String>) -> R) -> R {
@@ -98,6 +122,23 @@ pub fn keep_alive(limiter: &Arc<RemoteLimiter>) {
             let _ = limiter.backend().call(|mut c| async move { invocation.run_async::<i64>(&mut c).await }).await;
         }
     });
+}
+
+/// After Redis answered again following an outage (once per outage): the leases released lately are
+/// owed back once more, in case the primary that took their release was replaced.
+pub fn after_recovery(limiter: &Arc<RemoteLimiter>) {
+    let recoveries = limiter.backend().recoveries();
+    let leases = limiter.leases();
+    if leases.recoveries_seen.swap(recoveries, Ordering::AcqRel) == recoveries {
+        return;
+    }
+    let recent: Vec<String> = {
+        let mut released = leases.released.lock().unwrap_or_else(|p| p.into_inner());
+        released.current(VecDeque::new).drain(..).map(|(_, id)| id).collect()
+    };
+    for id in recent {
+        owe(limiter, id);
+    }
 }
 
 /// Owes lease `id` back to Redis, and makes sure a task sends it as soon as Redis answers.

@@ -436,6 +436,7 @@ impl RemoteLimiter {
             self.handed_over(ask.handover);
         }
         self.back_in_redis();
+        leases::after_recovery(self);
         let (a, b) = (reply.a, reply.b);
         match reply.status {
             0 => {
@@ -508,8 +509,11 @@ impl RemoteLimiter {
 
     /// A release Redis did not hear is owed back: its lease must not wait out its TTL.
     fn adjusted(self: &Arc<Self>, grant: &Grant, release: bool, result: Result<(), BackendError>) -> Result<(), BackendError> {
-        if let (Err(_), true, Some(id), Counted::InRedis { .. }) = (&result, release, &grant.lease, &grant.counted) {
-            leases::owe(self, id.clone());
+        if let (true, Some(id), Counted::InRedis { .. }) = (release, &grant.lease, &grant.counted) {
+            match result {
+                Ok(()) => self.leases.released(id),
+                Err(_) => leases::owe(self, id.clone()),
+            }
         }
         result
     }

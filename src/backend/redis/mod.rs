@@ -11,6 +11,7 @@ pub mod runtime;
 pub mod loop_connection;
 mod process;
 pub mod scripts;
+mod sentinel;
 pub mod share;
 pub mod shared;
 mod windows;
