@@ -161,7 +161,9 @@ class SentinelPair:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.primary.start()
+        # As recommended for Sentinel: a primary without a replica refuses writes, so one a failover
+        # replaced stops deciding at once instead of deciding apart from the promoted one.
+        self.primary.start("--min-replicas-to-write", "1", "--min-replicas-max-lag", "1")
         self.replica.start("--replicaof", "127.0.0.1", str(self.primary.port))
         self._config.write_text(
             f"port {self.port}\nbind 127.0.0.1\ndir {self._config.parent}\n"
@@ -170,7 +172,7 @@ class SentinelPair:
         )
         self._process = subprocess.Popen(["redis-sentinel", str(self._config)], stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 10.0
-        while "slaves=1" not in self.sentinel("INFO", "sentinel"):
+        while "slaves=1" not in self.sentinel("INFO", "sentinel") or "connected_slaves:1" not in self.primary.cli("INFO", "replication"):
             if time.monotonic() > deadline:
                 raise RuntimeError("the Sentinel did not find the replica")
             time.sleep(0.05)

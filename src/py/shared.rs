@@ -151,8 +151,6 @@ fn wait_blocking_steps(py: Python<'_>, shared: &Arc<Shared>, ask: Ask<'_>, wait:
 pub struct Reply {
     shared: Arc<Shared>,
     future: Py<PyAny>,
-    /// Who asked: a place in the fleet's line that arrives after its waiter left is taken out again.
-    place: Place,
     answer: Mutex<Answer>,
 }
 
@@ -164,18 +162,14 @@ enum Answer {
 }
 
 impl Reply {
-    fn new(shared: &Arc<Shared>, future: Py<PyAny>, place: &Place) -> Arc<Self> {
-        Arc::new(Self { shared: Arc::clone(shared), future, place: place.clone(), answer: Mutex::new(Answer::Pending) })
+    fn new(shared: &Arc<Shared>, future: Py<PyAny>) -> Arc<Self> {
+        Arc::new(Self { shared: Arc::clone(shared), future, answer: Mutex::new(Answer::Pending) })
     }
 
-    /// What an answer nobody will take holds goes back: a grant, or a place in the fleet's line.
+    /// A grant nobody will take goes back (a place in the fleet's line, its waiter's `leave` took out).
     fn let_go(&self, decided: Result<Outcome, Refused>) {
-        match decided {
-            Ok(Outcome::Admitted(grant)) => give_back_soon(&self.shared, grant),
-            Ok(Outcome::NoLease { ticket, .. }) if ticket > 0 => {
-                self.shared.remote.leave_line(&Place { ticket, ..self.place.clone() });
-            }
-            _ => {}
+        if let Ok(Outcome::Admitted(grant)) = decided {
+            give_back_soon(&self.shared, grant);
         }
     }
 
@@ -447,7 +441,7 @@ impl Wait for InRedis {
                 Step::Ask { max_wait_us } => {
                     let mode = Mode::Reserve { max_wait_us };
                     let future = self.event_loop.bind(py).call_method0(intern!(py, "create_future"))?.unbind();
-                    let reply = Reply::new(&self.shared, future, state.wait.place());
+                    let reply = Reply::new(&self.shared, future);
                     self.ask(py, mode, state.wait.place(), &reply);
                     match reply.take() {
                         // Failed at once (a closed channel, the pause after a failure): decided now.

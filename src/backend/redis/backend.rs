@@ -8,7 +8,7 @@
 //! latency of a decision on a loaded 2-core machine).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,7 +57,15 @@ pub struct Backend {
     dialect: Arc<Dialect>,
     /// Outages that ended (Redis answered again after failing).
     recoveries: AtomicU64,
+    /// Bumped when the primary moved (Sentinel): connections made before are not used again.
+    generation: AtomicU64,
+    /// The process whose task watches where the primary is (Sentinel; 0: none yet).
+    watcher_pid: AtomicU32,
 }
+
+/// How often the Sentinels are asked where the primary is: a failover's old primary may accept
+/// writes for seconds before it is turned into a replica, so connections must not wait for an error.
+const PRIMARY_CHECK: Duration = Duration::from_millis(250);
 
 /// `url` with the password (if any) replaced by `***`, for messages and repr.
 pub fn redact(url: &str) -> String {
@@ -125,6 +133,8 @@ impl Backend {
             outage: Mutex::new(None),
             dialect: Arc::default(),
             recoveries: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            watcher_pid: AtomicU32::new(0),
         })
     }
 
@@ -144,6 +154,32 @@ impl Backend {
     /// How many outages ended so far: what each limiter compares to learn that one did.
     pub fn recoveries(&self) -> u64 {
         self.recoveries.load(Ordering::Acquire)
+    }
+
+    /// For a primary found through Sentinel: starts, once per process, the task that asks the
+    /// Sentinels where it is every [`PRIMARY_CHECK`] and, when it moved, drops every connection made
+    /// to the old one (the next call connects to the new one). Nothing for other servers.
+    pub fn follow_primary(backend: &Arc<Backend>) {
+        let pid = std::process::id();
+        if !backend.server.follows_failovers() || backend.watcher_pid.swap(pid, Ordering::AcqRel) == pid {
+            return;
+        }
+        let Ok(runtime) = crate::backend::redis::runtime::handle() else { return };
+        let this = Arc::downgrade(backend);
+        runtime.spawn(async move {
+            let mut known: Option<String> = None;
+            loop {
+                tokio::time::sleep(PRIMARY_CHECK).await;
+                let Some(backend) = this.upgrade() else { return };
+                let Ok(Some(now)) = backend.server.primary().await else { continue };
+                if known.as_ref().is_some_and(|before| *before != now) {
+                    backend.generation.fetch_add(1, Ordering::AcqRel);
+                    backend.idle().current(Vec::new).clear();
+                    *backend.connection.lock().unwrap_or_else(|p| p.into_inner()).current(|| None) = None;
+                }
+                known = Some(now);
+            }
+        });
     }
 
     /// How the server takes the scripts (Functions, or EVALSHA before Redis 7.0).
@@ -192,6 +228,7 @@ impl Backend {
         call: impl FnOnce(&mut dyn redis::ConnectionLike) -> Result<T, RedisError>,
     ) -> Result<T, BackendError> {
         self.check_pause()?;
+        let generation = self.generation.load(Ordering::Acquire);
         let pooled = self.idle().current(Vec::new).pop();
         let mut connection = match pooled {
             Some(connection) => connection,
@@ -205,7 +242,7 @@ impl Backend {
             },
         };
         let result = call(connection.as_connection()).map_err(|err| self.classify(err));
-        if result.is_ok() {
+        if result.is_ok() && self.generation.load(Ordering::Acquire) == generation {
             self.idle().current(Vec::new).push(connection);
         }
         self.note(&result);

@@ -42,6 +42,17 @@ impl Server {
         }
     }
 
+    /// Where the primary is now, as the Sentinels say (`None` for other servers).
+    pub async fn primary(&self) -> RedisResult<Option<String>> {
+        match self {
+            Server::Sentinel { shared, .. } => {
+                let client = shared.lock().await.async_get_client().await?;
+                Ok(Some(client.get_connection_info().addr().to_string()))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Whether connections must be made again after a failure (to find a promoted primary).
     pub fn follows_failovers(&self) -> bool {
         matches!(self, Server::Sentinel { .. })

@@ -11,12 +11,16 @@
 //! A release that a primary took just before a failover may never reach the replica promoted in its
 //! place (replication is asynchronous): the lease would stay there for its TTL. So the leases released
 //! in the last seconds are owed back once more whenever Redis answers again after an outage.
+//!
+//! Places in the fleet's line for concurrency slots are owed back the same way: a waiter that gave up
+//! while Redis did not answer (a stall) must not hold up the line until its place expires.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use crate::backend::redis::error::BackendError;
 use crate::backend::redis::limiter::RemoteLimiter;
 use crate::backend::redis::process::PerProcess;
 use crate::backend::redis::scripts;
@@ -30,6 +34,8 @@ const RECLAIM_EVERY: Duration = Duration::from_millis(50);
 pub struct Leases {
     held: Mutex<PerProcess<HashSet<String>>>,
     owed: Mutex<PerProcess<Vec<String>>>,
+    /// Waiters owed back: their places in the line, or their asks withdrawn.
+    places_owed: Mutex<PerProcess<Vec<String>>>,
     /// The process whose renewal task runs (0: none yet).
     renewer_pid: AtomicU32,
     /// The process whose reclaiming task runs (0: none now).
@@ -48,6 +54,7 @@ impl Leases {
         Self {
             held: Mutex::new(PerProcess::new(HashSet::new())),
             owed: Mutex::new(PerProcess::new(Vec::new())),
+            places_owed: Mutex::new(PerProcess::new(Vec::new())),
             renewer_pid: AtomicU32::new(0),
             reclaimer_pid: AtomicU32::new(0),
             released: Mutex::new(PerProcess::new(VecDeque::new())),
@@ -93,6 +100,22 @@ impl Leases {
     fn add_owed(&self, id: String) {
         self.owed(|owed| owed.push(id));
     }
+
+    fn places_owed<R>(&self, with: impl FnOnce(&mut Vec<String>) -> R) -> R {
+        with(self.places_owed.lock().unwrap_or_else(|p| p.into_inner()).current(Vec::new))
+    }
+
+    fn nothing_owed(&self) -> bool {
+        self.owed(|owed| owed.is_empty()) && self.places_owed(|places| places.is_empty())
+    }
+}
+
+/// Takes `waiters` out of the line, or withdraws them (see leave.lua).
+pub async fn send_leave(limiter: &RemoteLimiter, waiters: &[String]) -> Result<(), BackendError> {
+    let keys = limiter.keys();
+    let mut call = scripts::LEAVE.call(limiter.backend().dialect(), &[keys[4].clone(), keys[5].clone(), keys[3].clone()]);
+    call.arg(limiter.place_ttl_us()).arg(waiters);
+    limiter.backend().call(|mut c| async move { call.run_async::<i64>(&mut c).await }).await.map(drop)
 }
 
 /// Starts, once per process, the task that renews `limiter`'s leases every third of their TTL, so a
@@ -145,6 +168,17 @@ pub fn after_recovery(limiter: &Arc<RemoteLimiter>) {
 pub fn owe(limiter: &Arc<RemoteLimiter>, id: String) {
     limiter.leases().forget(&id);
     limiter.leases().add_owed(id);
+    reclaim_soon(limiter);
+}
+
+/// Owes `waiter`'s place in the line back to Redis, sent as soon as Redis answers.
+pub fn owe_place(limiter: &Arc<RemoteLimiter>, waiter: String) {
+    limiter.leases().places_owed(|places| places.push(waiter));
+    reclaim_soon(limiter);
+}
+
+/// Makes sure a task sends what is owed back as soon as Redis answers.
+fn reclaim_soon(limiter: &Arc<RemoteLimiter>) {
     let pid = std::process::id();
     if limiter.leases().reclaimer_pid.swap(pid, Ordering::AcqRel) == pid {
         return;
@@ -157,14 +191,19 @@ pub fn owe(limiter: &Arc<RemoteLimiter>, id: String) {
             let Some(limiter) = this.upgrade() else { return };
             let leases = limiter.leases();
             let ids = leases.owed_now();
-            if ids.is_empty() {
+            let places = leases.places_owed(|places| places.clone());
+            if ids.is_empty() && places.is_empty() {
                 // Done, unless an id came in since: then this task goes on (or another one took over).
                 leases.reclaimer_pid.store(0, Ordering::Release);
-                if leases.owed(|owed| owed.is_empty())
-                    || leases.reclaimer_pid.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire).is_err()
-                {
+                if leases.nothing_owed() || leases.reclaimer_pid.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire).is_err() {
                     return;
                 }
+                continue;
+            }
+            if !places.is_empty() && send_leave(&limiter, &places).await.is_ok() {
+                leases.places_owed(|owed| owed.retain(|place| !places.contains(place)));
+            }
+            if ids.is_empty() {
                 continue;
             }
             let keys = [limiter.keys()[1].clone(), limiter.keys()[3].clone()];

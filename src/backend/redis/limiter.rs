@@ -81,14 +81,19 @@ pub struct Peek {
     pub remaining: Vec<u64>,
 }
 
-/// A request's place in the fleet's line for concurrency slots (see acquire.lua): who asks, the ticket
-/// Redis gave it when it joined (0: not in line), and its priority (higher goes first).
+/// A request's place in the fleet's line for concurrency slots (see acquire.lua): who asks, whether
+/// Redis put it in line (`ticket` > 0), and its priority (higher goes first; across the fleet, within
+/// +-[`FLEET_PRIORITIES`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Place {
     pub waiter: String,
     pub ticket: u64,
     pub priority: i64,
 }
+
+/// Priorities beyond this (either way) order the fleet's line as this one does: the line's score
+/// holds the priority and a 32-bit arrival ticket in a double's 53 bits.
+pub const FLEET_PRIORITIES: i64 = (1 << 20) - 1;
 
 impl Place {
     /// A request that will not wait: it only needs to know who is in line before it.
@@ -323,17 +328,24 @@ impl RemoteLimiter {
         Place { waiter: format!("{}:w{}", self.instance(), self.next_lease.fetch_add(1, Ordering::Relaxed)), ticket: 0, priority }
     }
 
-    /// Takes `place` out of the fleet's line, in the background (its waiter gave up). Not heard, it
-    /// expires by itself.
+    /// Takes `place` out of the fleet's line, or withdraws it if an ask of it may still run late, in
+    /// the background (its waiter gave up); while Redis does not answer, it is owed back like a lease
+    /// (see `leases.rs`).
     pub fn leave_line(self: &Arc<Self>, place: &Place) {
-        if place.ticket == 0 {
+        if self.max_leases.is_none() {
             return;
         }
         let Ok(runtime) = crate::backend::redis::runtime::handle() else { return };
-        let mut call = scripts::LEAVE.call(self.backend.dialect(), &self.keys[4..6]);
-        call.arg(place.ticket).arg(&place.waiter);
-        let this = Arc::clone(self);
-        runtime.spawn(async move { this.backend.call(|mut c| async move { call.run_async::<i64>(&mut c).await }).await });
+        let (this, waiter) = (Arc::clone(self), place.waiter.clone());
+        runtime.spawn(async move {
+            if leases::send_leave(&this, std::slice::from_ref(&waiter)).await.is_err() {
+                leases::owe_place(&this, waiter);
+            }
+        });
+    }
+
+    pub(crate) fn place_ttl_us(&self) -> u64 {
+        PLACE_TTL_US
     }
 
     /// Redis did not answer `ask`: it may still run it later (after a stall), so its lease is owed back.
@@ -387,8 +399,7 @@ impl RemoteLimiter {
             .arg(if self.membership_due() { self.instance() } else { String::new() })
             .arg(MEMBER_TTL_US)
             .arg(&place.waiter)
-            .arg(place.ticket)
-            .arg(place.priority)
+            .arg(place.priority.clamp(-FLEET_PRIORITIES, FLEET_PRIORITIES))
             .arg(PLACE_TTL_US)
             .arg(self.windows.len());
         let handover = if mode == Mode::Peek { None } else { self.handover_due() };
@@ -437,6 +448,7 @@ impl RemoteLimiter {
         }
         self.back_in_redis();
         leases::after_recovery(self);
+        Backend::follow_primary(&self.backend);
         let (a, b) = (reply.a, reply.b);
         match reply.status {
             0 => {

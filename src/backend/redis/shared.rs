@@ -189,6 +189,8 @@ pub struct SharedWait {
     pause_ns: u64,
     /// Its place in the fleet's line for concurrency slots.
     place: Place,
+    /// Whether an ask is out, unanswered: Redis may put it in line even if its answer never comes.
+    asking: bool,
     /// A reservation slept out until `until_ns`.
     holding: Option<(Grant, u64)>,
 }
@@ -198,12 +200,13 @@ impl SharedWait {
     /// fleet's line; its first step.
     pub fn start(now: u64, max_wait_ns: Option<u64>, place: Place) -> (Self, Step) {
         let deadline_ns = max_wait_ns.map(|ns| now.saturating_add(ns));
-        let wait = Self { started_ns: now, deadline_ns, pause_ns: FIRST_POLL_NS, place, holding: None };
+        let mut wait = Self { started_ns: now, deadline_ns, pause_ns: FIRST_POLL_NS, place, asking: false, holding: None };
         let first = wait.ask(now);
         (wait, first)
     }
 
-    fn ask(&self, now: u64) -> Step {
+    fn ask(&mut self, now: u64) -> Step {
+        self.asking = true;
         Step::Ask { max_wait_us: self.deadline_ns.map(|deadline| deadline.saturating_sub(now) / 1_000) }
     }
 
@@ -213,11 +216,11 @@ impl SharedWait {
     }
 
     /// It leaves the fleet's line (admitted or refused by Redis, which took it out, or giving up):
-    /// the place to take out of Redis's line, if it still holds one there.
+    /// the place to take out of Redis's line, if it holds one there or an ask of it may still run.
     pub fn leave_line(&mut self) -> Option<Place> {
-        (self.place.ticket > 0).then(|| {
+        (self.place.ticket > 0 || self.asking).then(|| {
             let place = self.place.clone();
-            self.place.ticket = 0;
+            (self.place.ticket, self.asking) = (0, false);
             place
         })
     }
@@ -229,6 +232,7 @@ impl SharedWait {
 
     /// What Redis (or the policy) decided at `now`.
     pub fn answered(&mut self, now: u64, outcome: Outcome, remote: &RemoteLimiter, operation: &str) -> Result<Step, Error> {
+        self.asking = false;
         match outcome {
             Outcome::Later { wait_us, limit } => {
                 self.place.ticket = 0; // Redis took it out of the line
@@ -240,6 +244,7 @@ impl SharedWait {
 
     /// `answered`, for every outcome but a wait past the deadline (worded by the limiter).
     fn after(&mut self, now: u64, outcome: Outcome, operation: &str) -> Result<Step, Error> {
+        self.asking = false;
         match outcome {
             Outcome::Admitted(grant) if grant.wait_us == 0 => {
                 self.place.ticket = 0;

@@ -10,7 +10,8 @@
 -- A free slot goes to those at the front: a request is admitted only while fewer are ahead of it than
 -- slots are free, so nobody overtakes a waiter, whichever process releases the slot or asks first.
 -- Waiters ask again until admitted (Redis cannot call them); one that stops asking (its process died)
--- leaves the line once its place expires.
+-- leaves the line once its place expires, and one that gave up is withdrawn by leave.lua (if its ask
+-- runs after that, late, it takes nothing).
 --
 -- KEYS[1]      the state hash: per window "sum:<id>" (units in the log), "seq:<id>" (sequence number of
 --              the oldest log entry), "tat:<id>" (a GCRA window's theoretical arrival time); per
@@ -18,7 +19,8 @@
 -- KEYS[2]      the lease sorted set: lease id -> expiry (us)
 -- KEYS[3]      the member sorted set: limiter instance id -> expiry (us); how many processes share the limit
 -- KEYS[4]      withdrawn lease ids -> expiry (us): decisions their client gave up on (see reclaim.lua)
--- KEYS[5]      the line: "<ticket>:<waiter>" -> -priority (equal scores in ticket order)
+-- KEYS[5]      the line: waiter -> -priority * 2^32 + ticket (priorities within +-2^20, so the score is
+--              exact in a double; a ticket numbers arrivals, modulo 2^32)
 -- KEYS[6]      the line's places -> expiry (us): a waiter that stops asking leaves the line
 -- KEYS[6 + i]  window i's admission log (exact windows): a list of "at:cost", oldest first
 -- ARGV[1]      mode: "peek" (count nothing), "now" (admit only now), "reserve" (admit at a later instant)
@@ -26,9 +28,9 @@
 -- ARGV[3]      lease id to take ("" for none), ARGV[4] most leases at once, ARGV[5] lease TTL (us)
 -- ARGV[6]      this instance's member id ("" when it renewed its membership lately), ARGV[7] how long it
 --              counts as a member after renewing (us)
--- ARGV[8]      the waiter asking ("" for a request that will not wait), ARGV[9] its ticket (0: not in
---              line yet), ARGV[10] its priority, ARGV[11] how long its place is kept unless it asks (us)
--- ARGV[12]     number of windows, then nine values per window:
+-- ARGV[8]      the waiter asking ("" for a request that will not wait), ARGV[9] its priority,
+--              ARGV[10] how long its place is kept unless it asks (us)
+-- ARGV[11]     number of windows, then nine values per window:
 --              id, kind ("log" | "gcra"), limit (log: units per window; gcra: burst), span (log: window
 --              length; gcra: one unit's interval in force, wider while the rate is cut), base (gcra: the
 --              configured interval, which with the burst makes the tolerance), cost (units this request
@@ -47,6 +49,7 @@
 --   2  window a can never admit the cost (b = the most it ever can)
 --   3  no lease it may take: a = when to look again at the latest (us: the oldest lease's expiry, or
 --      its place's), b = its ticket in the line (0: it did not join)
+--      (status 5 also when the waiter was withdrawn: it gave up before this ask ran)
 --   4  peek: passes after a (b = binding window); then remaining_1 .. remaining_n, the units window i
 --      could take now without waiting
 --   5  its lease id was withdrawn by its client already: nothing counted
@@ -57,9 +60,9 @@ local line_key, places_key = KEYS[5], KEYS[6]
 local mode, max_wait = ARGV[1], tonumber(ARGV[2])
 local lease_id, max_leases, lease_ttl = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local member_ttl = tonumber(ARGV[7])
-local waiter, ticket, priority, place_ttl = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-local n = tonumber(ARGV[12])
-local BASE, PER_WINDOW, LOGS = 12, 9, 6
+local waiter, priority, place_ttl = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+local n = tonumber(ARGV[11])
+local BASE, PER_WINDOW, LOGS = 11, 9, 6
 
 local now = redis_now()
 
@@ -150,16 +153,13 @@ if lease_id ~= '' or mode == 'peek' then
   leases = redis.call('ZCARD', lease_key)
 end
 
--- The line's member naming this waiter, once it has a ticket.
-local function place(number)
-  return line_place(number, waiter)
-end
+local in_line = false
 
 -- Takes this waiter out of the line (admitted, or refused for good).
 local function leave_line()
-  if ticket > 0 then
-    redis.call('ZREM', line_key, place(ticket))
-    redis.call('ZREM', places_key, place(ticket))
+  if in_line then
+    redis.call('ZREM', line_key, waiter)
+    redis.call('ZREM', places_key, waiter)
   end
 end
 
@@ -172,12 +172,14 @@ local function ahead_in_line()
     redis.call('ZREM', line_key, unpack(gone))
     redis.call('ZREMRANGEBYSCORE', places_key, '-inf', now)
   end
-  if ticket > 0 then
-    local rank = redis.call('ZRANK', line_key, place(ticket))
-    if rank then return rank end
-    ticket = 0  -- its place expired: it joins again at the back
+  if waiter ~= '' then
+    local rank = redis.call('ZRANK', line_key, waiter)
+    if rank then
+      in_line = true
+      return rank
+    end
   end
-  return redis.call('ZCOUNT', line_key, '-inf', -priority)
+  return redis.call('ZCOUNT', line_key, '-inf', line_score(priority, TICKETS - 1))
 end
 
 local function reply(status, a, b)
@@ -189,8 +191,7 @@ local function reply(status, a, b)
 end
 
 -- A decision its client gave up on before Redis ran it (reclaim.lua came first) takes nothing.
-if lease_id ~= '' and redis.call('ZREM', withdrawn_key, lease_id) == 1 then
-  leave_line()
+if lease_id ~= '' and (redis.call('ZREM', withdrawn_key, lease_id) == 1 or (waiter ~= '' and redis.call('ZREM', withdrawn_key, waiter) == 1)) then
   return reply(5, 0, 0)
 end
 
@@ -270,15 +271,15 @@ if lease_id ~= '' then
       look_again = math.min(look_again, 10000)
     end
     if waiter ~= '' and mode == 'reserve' then
-      if ticket == 0 then
-        ticket = redis.call('HINCRBY', state, 'ticket', 1)
-        redis.call('ZADD', line_key, -priority, place(ticket))
+      if not in_line then
+        local ticket = redis.call('HINCRBY', state, 'ticket', 1) % TICKETS
+        redis.call('ZADD', line_key, line_score(priority, ticket), waiter)
       end
-      redis.call('ZADD', places_key, now + place_ttl, place(ticket))
+      redis.call('ZADD', places_key, now + place_ttl, waiter)
       keep(line_key, place_ttl)
       keep(places_key, place_ttl)
       keep(state, place_ttl)
-      return reply(3, look_again, ticket)
+      return reply(3, look_again, 1)
     end
     return reply(3, look_again, 0)
   end

@@ -30,8 +30,11 @@ local function gcra_charge(tat, from, units, span)
   return math.max(tat, from) + units * span
 end
 
--- A waiter's member in a limiter's line for concurrency slots (see acquire.lua): its ticket first, so
--- that waiters of one priority sort in arrival order.
-local function line_place(ticket, waiter)
-  return string.format('%016d:%s', ticket, waiter)
+-- Tickets number arrivals in a limiter's line for concurrency slots (see acquire.lua), modulo this.
+local TICKETS = 4294967296
+
+-- A waiter's score in the line: higher priority first, then earlier arrival; written with '%d', since
+-- Redis would turn a Lua number into a string with 14 significant digits only.
+local function line_score(priority, ticket)
+  return string.format('%d', -priority * TICKETS + ticket)
 end
