@@ -152,7 +152,8 @@ pub fn keep_alive(limiter: &Arc<RemoteLimiter>) {
 pub fn after_recovery(limiter: &Arc<RemoteLimiter>) {
     let recoveries = limiter.backend().recoveries();
     let leases = limiter.leases();
-    if leases.recoveries_seen.swap(recoveries, Ordering::AcqRel) == recoveries {
+    // A load first: every decision passes here, and a write would bounce the line between cores.
+    if leases.recoveries_seen.load(Ordering::Acquire) == recoveries || leases.recoveries_seen.swap(recoveries, Ordering::AcqRel) == recoveries {
         return;
     }
     let recent: Vec<String> = {

@@ -9,7 +9,7 @@
 //! connection can send the same bytes itself.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use redis::{Arg, Cmd, ConnectionLike, ErrorKind, FromRedisValue, RedisError, RedisResult, Script, ServerErrorKind, ToRedisArgs};
 
@@ -25,18 +25,20 @@ pub struct LuaScript {
     standalone: String,
     /// ...and its SHA-1.
     hash: String,
+    /// Its name as a function of the library, made once.
+    function: OnceLock<String>,
 }
 
 impl LuaScript {
     fn new(name: &'static str, body: &'static str) -> Self {
         let standalone = format!("{COMMON}\nlocal function run(KEYS, ARGV)\n{body}\nend\nreturn run(KEYS, ARGV)\n");
         let hash = Script::new(&standalone).get_hash().to_string();
-        Self { name, body, standalone, hash }
+        Self { name, body, standalone, hash, function: OnceLock::new() }
     }
 
     /// Its name as a function of the library (FCALL).
-    fn function(&self) -> String {
-        format!("{}_{}", LIBRARY.name, self.name)
+    fn function(&self) -> &str {
+        self.function.get_or_init(|| format!("{}_{}", LIBRARY.name, self.name))
     }
 
     /// A call of this script on `keys` in the way `dialect` says the server takes; arguments follow
