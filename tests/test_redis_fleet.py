@@ -460,3 +460,44 @@ def test_through_a_sentinel_failover_no_window_is_exceeded_and_no_lease_is_orpha
         assert time.monotonic() < deadline, "a lease was orphaned by the failover"
         time.sleep(0.05)
     assert "holysheep_" in promoted.cli("FUNCTION", "LIST"), "the library came over with the data or was loaded again"
+
+
+def test_after_a_stall_with_waiters_in_the_fleets_line_a_shared_cap_is_in_full_use_within_a_second(redis_server: RedisServer, redis_url: str) -> None:
+    # Waiters that gave up in the stall (their asks timed out) must not leave dead places ahead in
+    # line, even when Redis runs those asks after it resumes.
+    import threading
+
+    backend = hs.RedisBackend(redis_url, connect_timeout=0.2, command_timeout=0.2)
+    lim = hs.HolySheepRateLimiter(max_concurrency=2, backend=backend, key="stall-line")
+    held, full, lock = [0], [], threading.Lock()
+    deadline = time.monotonic() + 3.5
+
+    def work() -> None:
+        while time.monotonic() < deadline:
+            try:
+                admission = lim._admit_blocking(0, None, 0.0)
+            except hs.BackendUnavailable:
+                time.sleep(0.01)
+                continue
+            with lock:
+                held[0] += 1
+                if held[0] == 2:
+                    full.append(time.monotonic())
+            time.sleep(0.02)
+            with lock:
+                held[0] -= 1
+            admission.release()
+
+    threads = [threading.Thread(target=work) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.8)
+    pid = int(redis_server.cli("INFO", "server").split("process_id:")[1].split()[0])
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(1.0)
+    os.kill(pid, signal.SIGCONT)
+    resumed = time.monotonic()
+    for thread in threads:
+        thread.join()
+    after = [at for at in full if at > resumed]
+    assert after and after[0] - resumed < 1.0, f"full use {after[0] - resumed if after else None} s after the stall"
