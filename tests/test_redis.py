@@ -484,3 +484,11 @@ def test_what_the_server_says_is_left_is_held_against_the_fleets_count(redis_url
     assert lim.stats()["rate_factor"] == pytest.approx(0.6)
     assert sum(lim.try_acquire() for _ in range(10)) == 2, "6 in force, 4 counted by the fleet"
     assert sum(other.try_acquire() for _ in range(10)) == 4, "a process that heard nothing keeps the configured 10"
+
+
+def test_a_sentinel_url_is_read_at_construction_its_password_hidden_and_without_a_service_refused() -> None:
+    backend = hs.RedisBackend("redis+sentinel://:s3cret@10.0.0.1,10.0.0.2:26380/mymaster/0")
+    assert backend.url == "redis+sentinel://:***@10.0.0.1,10.0.0.2:26380/mymaster/0" and "s3cret" not in repr(backend)
+    with pytest.raises(hs.ConfigError) as refused:
+        hs.RedisBackend("redis+sentinel://10.0.0.1:26379")
+    assert refused.value.field == "url" and "must name the service" in str(refused.value)
