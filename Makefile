@@ -30,8 +30,8 @@ lint: build  ## mypy --strict on the package and a typed example; stubtest check
 	$(PY) -m mypy.stubtest holysheep._holysheep
 
 .PHONY: redis-server
-redis-server:  ## install Debian's redis-server for the Redis backend's tests, when missing
-	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+redis-server:  ## install Debian's redis-server and redis-sentinel for the Redis backend's tests, when missing
+	@command -v redis-server >/dev/null && command -v redis-sentinel >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server redis-sentinel >/dev/null; }
 
 .PHONY: test
 test: build lint redis-server  ## cargo test, the lint, pytest (the Redis tests start their own redis-server), the oldest openai

@@ -146,3 +146,69 @@ def cluster_url(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFact
     finally:
         for node in nodes:
             node.stop()
+
+
+class SentinelPair:
+    """A primary, its replica and one Sentinel watching them (Debian's redis-sentinel), on loopback."""
+
+    SERVICE = "hs"
+
+    def __init__(self, directory: Path) -> None:
+        self.primary, self.replica = RedisServer(), RedisServer()
+        self.port = free_port()
+        self.url = f"redis+sentinel://127.0.0.1:{self.port}/{self.SERVICE}/0"
+        self._config = directory / "sentinel.conf"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        # As recommended for Sentinel: a primary without a replica refuses writes, so one a failover
+        # replaced stops deciding at once instead of deciding apart from the promoted one.
+        self.primary.start("--min-replicas-to-write", "1", "--min-replicas-max-lag", "1")
+        self.replica.start("--replicaof", "127.0.0.1", str(self.primary.port))
+        self._config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self._config.parent}\n"
+            f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary.port} 1\n"
+            f"sentinel down-after-milliseconds {self.SERVICE} 500\nsentinel failover-timeout {self.SERVICE} 5000\n"
+        )
+        self._process = subprocess.Popen(["redis-sentinel", str(self._config)], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10.0
+        while "slaves=1" not in self.sentinel("INFO", "sentinel") or "connected_slaves:1" not in self.primary.cli("INFO", "replication"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Sentinel did not find the replica")
+            time.sleep(0.05)
+
+    def sentinel(self, *args: str) -> str:
+        done = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=5)
+        return done.stdout.strip()
+
+    def primary_port(self) -> int:
+        return int(self.sentinel("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.SERVICE).split()[1])
+
+    def failover(self) -> None:
+        """Promotes the replica (as when the primary fails) and waits until the Sentinel names it."""
+        before = self.primary_port()
+        self.sentinel("SENTINEL", "FAILOVER", self.SERVICE)
+        deadline = time.monotonic() + 10.0
+        while self.primary_port() == before:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the failover did not happen")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=5)
+        self.primary.stop()
+        self.replica.stop()
+
+
+@pytest.fixture
+def sentinel_pair(tmp_path: Path) -> Iterator[SentinelPair]:
+    if shutil.which("redis-sentinel") is None:
+        pytest.skip("redis-sentinel is not installed (make test installs it with apt-get)")
+    pair = SentinelPair(tmp_path)
+    pair.start()
+    try:
+        yield pair
+    finally:
+        pair.stop()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import max_in_any_window
-from redis_server import RedisServer, redis_server, redis_url  # noqa: F401  (fixtures)
+from redis_server import RedisServer, SentinelPair, redis_server, redis_url, sentinel_pair  # noqa: F401  (fixtures)
 
 import holysheep as hs
 from holysheep._holysheep import _LoopChannel
@@ -329,3 +329,175 @@ def test_slots_released_while_redis_was_down_are_free_within_a_second_of_its_res
         wait_for_a_slot(peer, 1.0)
     finally:
         server.stop()
+
+
+# --- issue 19: the fleet's line for a shared concurrency cap: fair shares, priority across processes ---
+
+
+def share_slots(url: str, threads: int, seconds: float, start: Barrier, out: "multiprocessing.Queue[int]") -> None:
+    """``threads`` threads each taking a slot, holding it 5 ms and giving it back, for ``seconds``;
+    sends back how many slots this process got."""
+    import threading
+
+    lim = hs.HolySheepRateLimiter(max_concurrency=2, backend=hs.RedisBackend(url), key="fair")
+    lim.time_until_ready()
+    got = [0] * threads
+    start.wait()
+    deadline = time.monotonic() + seconds
+
+    def work(index: int) -> None:
+        while time.monotonic() < deadline:
+            with lim:
+                time.sleep(0.005)
+            got[index] += 1
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    out.put(sum(got))
+
+
+def test_four_processes_with_equal_demand_get_equal_shares_of_a_shared_concurrency_cap(redis_url: str) -> None:
+    # Before the fleet's line, the process that released a slot mostly took it again: [8, 8, 15, 61].
+    start, out = spawn.Barrier(4), spawn.Queue()
+    workers = [spawn.Process(target=share_slots, args=(redis_url, 3, 3.0, start, out)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    shares = [out.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(10)
+    mean = sum(shares) / len(shares)
+    assert all(abs(share - mean) <= 0.35 * mean for share in shares), shares
+
+
+def wait_at(url: str, priority: int, queued: Event, out: "multiprocessing.Queue[tuple[int, float]]") -> None:
+    lim = hs.HolySheepRateLimiter(max_concurrency=1, backend=hs.RedisBackend(url), key="ranked")
+    lim.time_until_ready()
+    queued.set()
+
+    async def take() -> None:
+        await lim.acquire(priority=priority)
+        out.put((priority, time.monotonic()))
+        await asyncio.sleep(0.05)
+        lim.release()
+
+    asyncio.run(take())
+
+
+def test_a_waiters_priority_orders_it_in_the_fleets_line_not_just_its_processes(redis_url: str) -> None:
+    holder = hs.HolySheepRateLimiter(max_concurrency=1, backend=hs.RedisBackend(redis_url), key="ranked")
+    assert holder.try_acquire()
+    out = spawn.Queue()
+    workers = []
+    for priority in [0, 1, 5]:  # the low-priority ones line up first, each in a process of its own
+        queued = spawn.Event()
+        workers.append(spawn.Process(target=wait_at, args=(redis_url, priority, queued, out)))
+        workers[-1].start()
+        assert queued.wait(20)
+        time.sleep(0.3)  # in line
+    holder.release()
+    order = [out.get(timeout=20)[0] for _ in workers]
+    for worker in workers:
+        worker.join(10)
+    assert order == [5, 1, 0]
+
+
+def test_fail_closed_logs_an_outage_and_the_recovery_once_each(redis_server: RedisServer, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    backend = hs.RedisBackend(redis_url, connect_timeout=0.2, command_timeout=0.2)
+    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(100, per=1.0)], backend=backend, key="closed-logs")
+    assert lim.try_acquire()
+    redis_server.stop()
+    try:
+        with caplog.at_level("WARNING", logger="holysheep"):
+            for _ in range(5):
+                with pytest.raises(hs.BackendUnavailable):
+                    lim.try_acquire()
+                time.sleep(0.05)
+    finally:
+        redis_server.start()
+    with caplog.at_level("WARNING", logger="holysheep"):
+        assert recovered(lim)
+        lim.try_acquire()
+    messages = [record.getMessage() for record in caplog.records if record.name.startswith("holysheep")]
+    assert len(messages) == 2, messages
+    assert "fail_closed" in messages[0] and "back" in messages[1]
+
+
+# --- issue 19: Sentinel: a failover mid-run exceeds no window and orphans no lease --------------------
+
+
+def test_through_a_sentinel_failover_no_window_is_exceeded_and_no_lease_is_orphaned(sentinel_pair: SentinelPair) -> None:
+    backend = hs.RedisBackend(sentinel_pair.url, connect_timeout=0.3, command_timeout=0.3)
+    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(20, per=0.5)], max_concurrency=3, backend=backend, key="failover")
+    assert lim.backend is not None and lim.backend.url == sentinel_pair.url
+    times: list[int] = []
+    run_until = time.monotonic() + 4.0
+    failover_at = time.monotonic() + 1.0
+    failed_over = False
+    while time.monotonic() < run_until:
+        if not failed_over and time.monotonic() > failover_at:
+            sentinel_pair.failover()
+            failed_over = True
+        try:
+            admission = lim._admit_blocking(0, 0.0, 0.0)
+        except hs.RateLimitExceeded:
+            continue
+        except hs.BackendUnavailable:  # fail_closed, while the Sentinel promotes the replica
+            time.sleep(0.01)
+            continue
+        if admission.at_us is not None:
+            times.append(admission.at_us)
+        admission.release()
+    promoted = sentinel_pair.replica if sentinel_pair.primary_port() == sentinel_pair.replica.port else sentinel_pair.primary
+    assert promoted is sentinel_pair.replica
+    after = [at for at in times if at > times[0] + 1_500_000]
+    assert len(after) >= 20, "decided in the promoted primary after the failover"
+    assert max_in_any_window(sorted(times), 500_000) <= 20
+    deadline = time.monotonic() + 2.0
+    while promoted.cli("ZCARD", "{holysheep:failover}:leases") != "0":
+        assert time.monotonic() < deadline, "a lease was orphaned by the failover"
+        time.sleep(0.05)
+    assert "holysheep_" in promoted.cli("FUNCTION", "LIST"), "the library came over with the data or was loaded again"
+
+
+def test_after_a_stall_with_waiters_in_the_fleets_line_a_shared_cap_is_in_full_use_within_a_second(redis_server: RedisServer, redis_url: str) -> None:
+    # Waiters that gave up in the stall (their asks timed out) must not leave dead places ahead in
+    # line, even when Redis runs those asks after it resumes.
+    import threading
+
+    backend = hs.RedisBackend(redis_url, connect_timeout=0.2, command_timeout=0.2)
+    lim = hs.HolySheepRateLimiter(max_concurrency=2, backend=backend, key="stall-line")
+    held, full, lock = [0], [], threading.Lock()
+    deadline = time.monotonic() + 3.5
+
+    def work() -> None:
+        while time.monotonic() < deadline:
+            try:
+                admission = lim._admit_blocking(0, None, 0.0)
+            except hs.BackendUnavailable:
+                time.sleep(0.01)
+                continue
+            with lock:
+                held[0] += 1
+                if held[0] == 2:
+                    full.append(time.monotonic())
+            time.sleep(0.02)
+            with lock:
+                held[0] -= 1
+            admission.release()
+
+    threads = [threading.Thread(target=work) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.8)
+    pid = int(redis_server.cli("INFO", "server").split("process_id:")[1].split()[0])
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(1.0)
+    os.kill(pid, signal.SIGCONT)
+    resumed = time.monotonic()
+    for thread in threads:
+        thread.join()
+    after = [at for at in full if at > resumed]
+    assert after and after[0] - resumed < 1.0, f"full use {after[0] - resumed if after else None} s after the stall"

@@ -30,14 +30,14 @@ def summary(name: str, mode: str, latencies_ns: list[int], total_s: float) -> di
     }
 
 
-def time_sync(name: str, decide: Callable[[], Any], n: int) -> dict[str, Any]:
+def time_sync(name: str, decide: Callable[[], Any], n: int, repeats_wanted: int = REPEATS) -> dict[str, Any]:
     """``decide`` must admit: its first answer is checked once, before timing."""
     assert decide(), f"{name}: the first decision was not an admission"
     for _ in range(WARMUP):
         decide()
     clock = time.perf_counter_ns
     repeats = []
-    for _ in range(REPEATS):
+    for _ in range(repeats_wanted):
         latencies = [0] * n
         started = clock()
         for i in range(n):

@@ -457,12 +457,15 @@ class RedisBackend:
         lim = HolySheepRateLimiter(rpm=600, max_concurrency=50, backend=backend, key="team-a")
         async with lim: ...
 
-    :param url: ``redis://[[user]:password@]host[:port][/db]``; the password never appears in
-        messages or repr.
+    :param url: ``redis://[[user]:password@]host[:port][/db]``, or
+        ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]`` for a primary
+        found through Redis Sentinel (port 26379 by default; the credentials are the primary's); the
+        password never appears in messages or repr.
     :param prefix: starts every key; each limit's keys share one hash tag, ``{prefix:key}``, so they
         sit in one Redis Cluster slot.
     :param on_error: when Redis cannot be reached or does not answer in time: ``"fail_closed"`` raises
-        `BackendUnavailable`; ``"fail_open"`` admits (logging a warning once per outage);
+        `BackendUnavailable` (logging the outage and the recovery once each on the ``holysheep.redis``
+        logger); ``"fail_open"`` admits (logging likewise);
         ``"local"`` decides in this process at its share of every limit, each unit (budgets
         included) and algorithm kept: ``floor(n / processes)`` of a limit of n, with what the fleet
         had used when Redis last answered still counted, so the fleet never passes the limit; a

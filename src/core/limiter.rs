@@ -399,6 +399,14 @@ impl<C: Clock> Limiter<C> {
         }
     }
 
+    /// The server allows `allowed` (a fraction of the configured rates) of `unit`, as reckoned
+    /// elsewhere (a limit shared in Redis holds the headers against the fleet's count): the rates of
+    /// that unit are cut to it when it is below what is in force.
+    pub fn record_server_allows(&self, unit: Unit, allowed: f64) {
+        let Some(index) = followed(unit) else { return };
+        self.apply(index, self.feedback[index].limited_to(allowed, self.clock.now_ns()));
+    }
+
     /// Enforces the configured rates of `FOLLOWED[followed]` scaled by `factor`: a cut at once, a climb
     /// back in steps worth a rescale.
     fn apply(&self, followed: usize, factor: f64) {

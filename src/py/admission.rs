@@ -159,22 +159,26 @@ impl PyAdmission {
     }
 
     /// What the server answered: a 429 cuts the rates in force, any other answer lets them climb back;
-    /// for a local admission, what the `x-ratelimit-remaining-*` and `-reset-*` headers say is left is
-    /// held against our own count. `headers` is the answer's httpx `Headers`; unreadable values are
-    /// ignored.
+    /// what the `x-ratelimit-remaining-*` and `-reset-*` headers say is left is held against our own
+    /// count (local), or against the fleet's count when Redis admitted it (read from the decision's
+    /// answer: no round trip). `headers` is the answer's httpx `Headers`; unreadable values are ignored.
     fn observe(&self, status: u16, headers: &Bound<'_, PyAny>) -> PyResult<()> {
         observe_status(&self.limiter, status);
-        match &self.decided {
-            Decided::Local(admission) => {
-                let pairs = rate_limit_headers(headers)?;
-                let said = server_left(pairs.iter().map(|(name, value)| (name.as_bytes(), value.as_bytes())));
-                for (unit, left) in FOLLOWED.into_iter().zip(said) {
-                    if let Some((remaining, reset_ns)) = left {
-                        self.limiter.record_server_remaining(admission, self.cost(), unit, remaining, reset_ns);
+        let pairs = rate_limit_headers(headers)?;
+        let said = server_left(pairs.iter().map(|(name, value)| (name.as_bytes(), value.as_bytes())));
+        for (unit, left) in FOLLOWED.into_iter().zip(said) {
+            let Some((remaining, reset_ns)) = left else { continue };
+            match &self.decided {
+                Decided::Local(admission) => self.limiter.record_server_remaining(admission, self.cost(), unit, remaining, reset_ns),
+                Decided::Redis { shared, grant } => {
+                    if let Some(allowed) = shared.remote.server_allows(grant, unit, remaining, reset_ns) {
+                        self.limiter.record_server_allows(unit, allowed);
                     }
                 }
             }
-            Decided::Redis { shared, .. } => shared.remote.follow(self.limiter.rate_factors()),
+        }
+        if let Decided::Redis { shared, .. } = &self.decided {
+            shared.remote.follow(self.limiter.rate_factors());
         }
         Ok(())
     }
@@ -194,7 +198,7 @@ impl PyAdmission {
         let place = match &self.decided {
             Decided::Local(_) => "local",
             Decided::Redis { grant, .. } => match grant.counted {
-                Counted::InRedis(_) => "redis",
+                Counted::InRedis { .. } => "redis",
                 Counted::Here { .. } => "local share",
                 Counted::Nowhere => "fail_open",
             },

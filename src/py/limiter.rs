@@ -191,7 +191,7 @@ impl PyLimiter {
                 None => Box::new(InLine::start(py, &self.inner, cost, priority, max_wait_ns, finish)?),
             },
             Backend::Redis(redis) => {
-                let ask = Ask { cost, price, operation: "acquire" };
+                let ask = Ask { cost, price, priority, operation: "acquire" };
                 Box::new(InRedis::start(py, &redis.shared, &redis.channels, ask, max_wait_ns, finish)?)
             }
         };
@@ -207,7 +207,7 @@ impl PyLimiter {
                 None => wait_blocking(py, &self.inner, cost, priority, max_wait_ns).map(Decided::Local),
             },
             Backend::Redis(redis) => {
-                let grant = shared::wait_blocking(py, &redis.shared, Ask { cost, price, operation: "acquire" }, max_wait_ns)?;
+                let grant = shared::wait_blocking(py, &redis.shared, Ask { cost, price, priority, operation: "acquire" }, max_wait_ns)?;
                 Ok(Decided::Redis { shared: Arc::clone(&redis.shared), grant })
             }
         }
@@ -322,7 +322,7 @@ impl PyLimiter {
                 Ok(admitted)
             }
             Backend::Redis(redis) => {
-                let Some(grant) = shared::decide_now(py, &redis.shared, Ask { cost, price: 0.0, operation: "try_acquire" })? else {
+                let Some(grant) = shared::decide_now(py, &redis.shared, Ask { cost, price: 0.0, priority: 0, operation: "try_acquire" })? else {
                     return Ok(false);
                 };
                 if redis.shared.leases() {
@@ -450,8 +450,9 @@ impl PyLimiter {
                         Ok(peek.wait_us as f64 / 1e6)
                     }
                     Err(Err(err)) => {
-                        let turn = redis.shared.on_failure(err).map_err(|err| refusal(Err(err)))?;
+                        let (ruling, turn) = redis.shared.on_failure(err);
                         shared::report(py, turn, redis.shared.on_error);
+                        ruling.map_err(|err| refusal(Err(err)))?;
                         match redis.shared.on_error {
                             OnError::Local => Ok(remote.wait_locally(cost).map_err(refusal)? as f64 / 1e9),
                             _ => Ok(0.0),

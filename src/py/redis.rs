@@ -29,14 +29,16 @@ fn duration(field: &str, value: &Bound<'_, PyAny>) -> PyResult<Duration> {
 ///     backend = RedisBackend("redis://127.0.0.1:6379/0")
 ///     lim = HolySheepRateLimiter(rpm=600, max_concurrency=50, backend=backend, key="team-a")
 ///
-/// url: ``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for TLS); the password never
-/// appears in messages or repr. prefix: starts every key; each limit's keys share one hash tag,
-/// ``{prefix:key}``, so they sit in one Redis Cluster slot. on_error: when Redis cannot be reached or
-/// does not answer in time, ``"fail_closed"`` raises `BackendUnavailable`; ``"fail_open"`` admits
-/// (logging a warning once per outage); ``"local"`` decides in this process at its share of every
-/// limit (see the README). connect_timeout, command_timeout: seconds to wait for a connection and for
-/// each answer. lease_ttl: seconds a concurrency slot outlives its process. tls_ca_cert: a PEM file of
-/// the certificates to trust for ``rediss://``. cluster: ``url`` is one node of a Redis Cluster.
+/// url: ``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for TLS;
+/// ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]`` for a primary
+/// found through Sentinel); the password never appears in messages or repr. prefix: starts every key;
+/// each limit's keys share one hash tag, ``{prefix:key}``, so they sit in one Redis Cluster slot.
+/// on_error: when Redis cannot be reached or does not answer in time, ``"fail_closed"`` raises
+/// `BackendUnavailable`; ``"fail_open"`` admits; ``"local"`` decides in this process at its share of
+/// every limit (see the README); each logs the outage and the recovery once. connect_timeout,
+/// command_timeout: seconds to wait for a connection and for each answer. lease_ttl: seconds a
+/// concurrency slot outlives its process. tls_ca_cert: a PEM file of the certificates to trust for
+/// ``rediss://``. cluster: ``url`` is one node of a Redis Cluster.
 #[pyclass(name = "RedisBackend", module = "holysheep._holysheep", frozen)]
 pub struct PyRedisBackend {
     pub(crate) inner: Arc<Backend>,

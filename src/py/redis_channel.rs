@@ -10,16 +10,28 @@ use pyo3::prelude::*;
 use crate::core::Cost;
 use crate::py::lock;
 use crate::py::shared::Reply;
-use crate::backend::redis::limiter::{Ask, Mode};
+use crate::backend::redis::limiter::{Ask, Mode, Place};
+use crate::backend::redis::scripts::Call;
 use crate::backend::redis::loop_connection::LoopConnection;
 use crate::backend::redis::{BackendError, RemoteLimiter};
 
 /// A request sent on a `_LoopChannel`, waiting for its answer.
 struct Pending {
-    reply: Arc<Reply>,
-    ask: Ask,
-    operation: &'static str,
+    /// What it asks: a decision, or loading the scripts the server lost.
+    kind: Kind,
     sent: Instant,
+}
+
+enum Kind {
+    Decision {
+        reply: Arc<Reply>,
+        ask: Ask,
+        operation: &'static str,
+        /// The call, kept to send once more if the server lost the scripts (`None` once it was).
+        call: Option<Call>,
+    },
+    /// Its answer is the next decision's business, not the caller's: a failure shows there.
+    Load,
 }
 
 struct Channel {
@@ -67,13 +79,16 @@ impl PyLoopChannel {
             let _ = self.event_loop.call_method1(py, "remove_reader", (connection.fd(),));
         }
         for request in pending {
-            request.reply.deliver(py, Err(Err(self.limiter.gave_up(request.ask, err.clone()))));
+            if let Kind::Decision { reply, ask, .. } = request.kind {
+                reply.deliver(py, Err(Err(self.limiter.gave_up(ask, err.clone()))));
+            }
         }
     }
 
     /// Sends one decision for its loop's task; `reply` gets the answer. Fails at once when the
     /// channel is closed or the request cannot be written (which closes it).
-    pub fn send(slf: &Bound<'_, Self>, cost: Cost, price: f64, mode: Mode, lease: bool, operation: &'static str, reply: Arc<Reply>) -> Result<(), BackendError> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn send(slf: &Bound<'_, Self>, cost: Cost, price: f64, mode: Mode, lease: bool, place: &Place, operation: &'static str, reply: Arc<Reply>) -> Result<(), BackendError> {
         let this = slf.get();
         let limiter = &this.limiter;
         let arm = {
@@ -81,14 +96,14 @@ impl PyLoopChannel {
             let Some(connection) = state.connection.as_mut() else {
                 return Err(BackendError::Unavailable { message: "the connection to Redis closed".into() });
             };
-            let (call, ask) = limiter.ask(cost, price, mode, lease);
+            let (call, ask) = limiter.ask(cost, price, mode, lease, place);
             if let Err(err) = connection.send(&call.packed()) {
                 drop(state);
                 let err = limiter.gave_up(ask, limiter.backend().failed(err.into()));
                 this.close(slf.py(), err.clone());
                 return Err(err);
             }
-            state.pending.push_back(Pending { reply, ask, operation, sent: Instant::now() });
+            state.pending.push_back(Pending { kind: Kind::Decision { reply, ask, operation, call: Some(call) }, sent: Instant::now() });
             !state.watchdog
         };
         if arm {
@@ -101,6 +116,30 @@ impl PyLoopChannel {
 
     pub fn is_open(&self) -> bool {
         self.state().connection.is_some()
+    }
+
+    /// The server lost the scripts (restarted, flushed, a replica promoted): loads them and sends
+    /// `call` once more, its answer going to the same `reply`, so no error reaches the caller.
+    fn load_and_resend(&self, py: Python<'_>, call: Call, reply: Arc<Reply>, ask: Ask, operation: &'static str) {
+        let again = call.again();
+        let mut state = self.state();
+        let sent = match state.connection.as_mut() {
+            Some(connection) => connection.send(&again.load_command().get_packed_command()).and_then(|()| connection.send(&again.packed())),
+            None => Err(std::io::Error::from(std::io::ErrorKind::NotConnected)),
+        };
+        match sent {
+            Ok(()) => {
+                let now = Instant::now();
+                state.pending.push_back(Pending { kind: Kind::Load, sent: now });
+                state.pending.push_back(Pending { kind: Kind::Decision { reply, ask, operation, call: None }, sent: now });
+            }
+            Err(err) => {
+                drop(state);
+                let err = self.limiter.backend().failed(err.into());
+                self.close(py, err.clone());
+                reply.deliver(py, Err(Err(self.limiter.gave_up(ask, err))));
+            }
+        }
     }
 
     fn arm_watchdog(slf: &Bound<'_, Self>, after: Duration) -> PyResult<()> {
@@ -140,11 +179,18 @@ impl PyLoopChannel {
         };
         for answer in answers {
             let Some(request) = self.state().pending.pop_front() else { break };
+            let Kind::Decision { reply, ask, operation, call } = request.kind else { continue };
             let decided = match answer.extract_error() {
-                Ok(value) => limiter.interpret(value, request.ask, request.operation),
-                Err(err) => Err(Err(limiter.gave_up(request.ask, limiter.backend().failed(err)))),
+                Ok(value) => limiter.interpret(value, ask, operation),
+                Err(err) => match call {
+                    Some(call) if limiter.backend().dialect().missing(&err).is_some() => {
+                        self.load_and_resend(py, call, reply, ask, operation);
+                        continue;
+                    }
+                    _ => Err(Err(limiter.gave_up(ask, limiter.backend().failed(err)))),
+                },
             };
-            request.reply.deliver(py, decided);
+            reply.deliver(py, decided);
         }
     }
 

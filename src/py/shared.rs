@@ -17,7 +17,7 @@ use crate::py::redis::refusal;
 use crate::py::lock;
 use crate::py::redis_channel::PyLoopChannel;
 use crate::py::waiting::{Armed, Finish, Wait, resolver, running_loop};
-use crate::backend::redis::limiter::{Mode, Outcome, Refused};
+use crate::backend::redis::limiter::{Mode, Outcome, Place, Refused};
 use crate::backend::redis::shared::{OnError, Shared, SharedWait, Step, Turn};
 use crate::backend::redis::{Grant, runtime};
 
@@ -29,7 +29,10 @@ const SIGNAL_CHECK_NS: u64 = 100_000_000;
 pub fn report(py: Python<'_>, turn: Turn, on_error: OnError) {
     let message = match turn {
         Turn::Unchanged => return,
-        Turn::Outage(why) => format!("Redis unavailable, deciding by on_error='{}' until it is back: {why}", on_error.name()),
+        Turn::Outage(why) => match on_error {
+            OnError::FailClosed => format!("Redis unavailable, refusing shared decisions (on_error='fail_closed') until it is back: {why}"),
+            _ => format!("Redis unavailable, deciding by on_error='{}' until it is back: {why}", on_error.name()),
+        },
         Turn::Back => "Redis is back: shared limits decided in Redis again".to_owned(),
     };
     let logged = py
@@ -60,6 +63,8 @@ fn refused(shared: &Shared, refused: Refused) -> PyErr {
 pub struct Ask<'a> {
     pub cost: Cost,
     pub price: f64,
+    /// Its place among waiters of the whole fleet (higher first).
+    pub priority: i64,
     pub operation: &'a str,
 }
 
@@ -67,7 +72,8 @@ pub struct Ask<'a> {
 pub fn decide_now(py: Python<'_>, shared: &Arc<Shared>, ask: Ask<'_>) -> PyResult<Option<Grant>> {
     let remote = &shared.remote;
     let lease = shared.leases();
-    let decided = py.detach(|| remote.decide_blocking(ask.cost, ask.price, Mode::Now, lease, ask.operation));
+    let place = Place::newcomer(ask.priority);
+    let decided = py.detach(|| remote.decide_blocking(ask.cost, ask.price, Mode::Now, lease, &place, ask.operation));
     match judged(py, shared, decided, ask.cost, ask.price, Mode::Now, ask.operation) {
         Ok(Outcome::Admitted(grant)) => {
             shared.admitted(0);
@@ -101,7 +107,16 @@ impl Drop for WaitingCount {
 /// (Ctrl-C) gives back what the wait holds and is raised.
 pub fn wait_blocking(py: Python<'_>, shared: &Arc<Shared>, ask: Ask<'_>, max_wait_ns: Option<u64>) -> PyResult<Grant> {
     let _waiting = WaitingCount::new(shared);
-    let (mut wait, mut step) = SharedWait::start(shared.now_ns(), max_wait_ns);
+    let (mut wait, step) = SharedWait::start(shared.now_ns(), max_wait_ns, shared.remote.place(ask.priority));
+    let waited = wait_blocking_steps(py, shared, ask, &mut wait, step);
+    if let Some(place) = wait.leave_line() {
+        shared.remote.leave_line(&place);
+    }
+    waited
+}
+
+/// `wait_blocking`'s steps, until admitted or refused.
+fn wait_blocking_steps(py: Python<'_>, shared: &Arc<Shared>, ask: Ask<'_>, wait: &mut SharedWait, mut step: Step) -> PyResult<Grant> {
     loop {
         step = match step {
             Step::Admitted(grant) => {
@@ -111,7 +126,8 @@ pub fn wait_blocking(py: Python<'_>, shared: &Arc<Shared>, ask: Ask<'_>, max_wai
             Step::Ask { max_wait_us } => {
                 let mode = Mode::Reserve { max_wait_us };
                 let remote = &shared.remote;
-                let decided = py.detach(|| remote.decide_blocking(ask.cost, ask.price, mode, shared.leases(), ask.operation));
+                let place = wait.place();
+                let decided = py.detach(|| remote.decide_blocking(ask.cost, ask.price, mode, shared.leases(), place, ask.operation));
                 let outcome = judged(py, shared, decided, ask.cost, ask.price, mode, ask.operation).map_err(|err| refused(shared, err))?;
                 wait.answered(shared.now_ns(), outcome, remote, ask.operation).map_err(|err| refused(shared, Ok(err)))?
             }
@@ -150,6 +166,13 @@ impl Reply {
         Arc::new(Self { shared: Arc::clone(shared), future, answer: Mutex::new(Answer::Pending) })
     }
 
+    /// A grant nobody will take goes back (a place in the fleet's line, its waiter's `leave` took out).
+    fn let_go(&self, decided: Result<Outcome, Refused>) {
+        if let Ok(Outcome::Admitted(grant)) = decided {
+            give_back_soon(&self.shared, grant);
+        }
+    }
+
     /// Hands over the answer, on the loop's thread.
     pub fn deliver(&self, py: Python<'_>, decided: Result<Outcome, Refused>) {
         if self.keep(decided) {
@@ -176,9 +199,8 @@ impl Reply {
                 true
             }
             _ => {
-                if let Ok(Outcome::Admitted(grant)) = decided {
-                    give_back_soon(&self.shared, grant);
-                }
+                drop(answer);
+                self.let_go(decided);
                 false
             }
         }
@@ -196,8 +218,9 @@ impl Reply {
     }
 
     fn abandon(&self) {
-        if let Answer::Ready(Ok(Outcome::Admitted(grant))) = std::mem::replace(&mut *lock(&self.answer), Answer::Abandoned) {
-            give_back_soon(&self.shared, grant);
+        let answer = std::mem::replace(&mut *lock(&self.answer), Answer::Abandoned);
+        if let Answer::Ready(decided) = answer {
+            self.let_go(decided);
         }
     }
 }
@@ -350,7 +373,7 @@ enum Then {
 
 impl InRedis {
     pub fn start(py: Python<'_>, shared: &Arc<Shared>, channels: &Arc<Channels>, ask: Ask<'static>, max_wait_ns: Option<u64>, finish: Finish) -> PyResult<Self> {
-        let (wait, first) = SharedWait::start(shared.now_ns(), max_wait_ns);
+        let (wait, first) = SharedWait::start(shared.now_ns(), max_wait_ns, shared.remote.place(ask.priority));
         Ok(Self {
             shared: Arc::clone(shared),
             channels: Arc::clone(channels),
@@ -363,21 +386,21 @@ impl InRedis {
         })
     }
 
-    /// Sends one decision for this loop's task; its answer comes to `reply`.
-    fn ask(&self, py: Python<'_>, mode: Mode, reply: &Arc<Reply>) {
+    /// Sends one decision for this loop's task, at `place` in the fleet's line; its answer comes to `reply`.
+    fn ask(&self, py: Python<'_>, mode: Mode, place: &Place, reply: &Arc<Reply>) {
         let event_loop = self.event_loop.bind(py);
         let lease = self.shared.leases();
         if let Some(channel) = self.channels.for_loop(&self.shared, event_loop) {
-            if let Err(err) = PyLoopChannel::send(channel.bind(py), self.cost, self.price, mode, lease, self.operation, Arc::clone(reply)) {
+            if let Err(err) = PyLoopChannel::send(channel.bind(py), self.cost, self.price, mode, lease, place, self.operation, Arc::clone(reply)) {
                 reply.deliver(py, Err(Err(err)));
             }
             return;
         }
         let (remote, reply, event_loop, operation) = (Arc::clone(&self.shared.remote), Arc::clone(reply), self.event_loop.clone_ref(py), self.operation);
-        let (cost, price) = (self.cost, self.price);
+        let (cost, price, place) = (self.cost, self.price, place.clone());
         match runtime::handle() {
             Ok(handle) => drop(handle.spawn(async move {
-                let decided = remote.decide(cost, price, mode, lease, operation).await;
+                let decided = remote.decide(cost, price, mode, lease, &place, operation).await;
                 Python::attach(|py| reply.deliver_from_afar(py, &event_loop, decided));
             })),
             Err(err) => reply.deliver(py, Err(Err(err))),
@@ -419,7 +442,7 @@ impl Wait for InRedis {
                     let mode = Mode::Reserve { max_wait_us };
                     let future = self.event_loop.bind(py).call_method0(intern!(py, "create_future"))?.unbind();
                     let reply = Reply::new(&self.shared, future);
-                    self.ask(py, mode, &reply);
+                    self.ask(py, mode, state.wait.place(), &reply);
                     match reply.take() {
                         // Failed at once (a closed channel, the pause after a failure): decided now.
                         Some(decided) => step = self.read(py, &mut state, decided, mode)?,
@@ -442,6 +465,9 @@ impl Wait for InRedis {
         if let Some(grant) = state.wait.abandon() {
             give_back_soon(&self.shared, grant);
         }
+        if let Some(place) = state.wait.leave_line() {
+            self.shared.remote.leave_line(&place);
+        }
         state.waiting = None;
     }
 }
@@ -453,6 +479,9 @@ impl InRedis {
         let step = outcome.and_then(|outcome| state.wait.answered(self.shared.now_ns(), outcome, &self.shared.remote, self.operation).map_err(Ok));
         step.map_err(|err| {
             state.waiting = None;
+            if let Some(place) = state.wait.leave_line() {
+                self.shared.remote.leave_line(&place);
+            }
             refused(&self.shared, err)
         })
     }

@@ -8,7 +8,8 @@
 //! latency of a decision on a loaded 2-core machine).
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::{ErrorKind, RedisError};
@@ -17,6 +18,8 @@ use crate::backend::redis::connections::{Blocking, Server, Shared, cluster_clien
 use crate::backend::redis::error::BackendError;
 use crate::backend::redis::loop_connection::LoopConnection;
 use crate::backend::redis::process::PerProcess;
+use crate::backend::redis::scripts::Dialect;
+use crate::backend::redis::sentinel::{self, SentinelUrl};
 
 /// How long to wait for a connection, and for an answer to each command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +53,19 @@ pub struct Backend {
     /// Plain connections for `call_blocking`, one per thread calling at once; reused.
     idle: Mutex<PerProcess<Vec<Blocking>>>,
     outage: Mutex<Option<Outage>>,
+    /// Whether the server takes the scripts as Functions.
+    dialect: Arc<Dialect>,
+    /// Outages that ended (Redis answered again after failing).
+    recoveries: AtomicU64,
+    /// Bumped when the primary moved (Sentinel): connections made before are not used again.
+    generation: AtomicU64,
+    /// The process whose task watches where the primary is (Sentinel; 0: none yet).
+    watcher_pid: AtomicU32,
 }
+
+/// How often the Sentinels are asked where the primary is: a failover's old primary may accept
+/// writes for seconds before it is turned into a replica, so connections must not wait for an error.
+const PRIMARY_CHECK: Duration = Duration::from_millis(250);
 
 /// `url` with the password (if any) replaced by `***`, for messages and repr.
 pub fn redact(url: &str) -> String {
@@ -85,6 +100,7 @@ impl Backend {
         let shown = redact(url);
         let secret = password(url);
         let opened = match (cluster, tls_ca_cert) {
+            (cluster, ca) if url.starts_with(sentinel::SCHEME) => sentinel_server(url, cluster, ca.is_some()),
             (true, None) => cluster_client(url, timeouts).map(Server::Cluster),
             (true, Some(_)) => Err(RedisError::from((
                 ErrorKind::InvalidClientConfig,
@@ -115,6 +131,10 @@ impl Backend {
             connection: Mutex::new(PerProcess::new(None)),
             idle: Mutex::new(PerProcess::new(Vec::new())),
             outage: Mutex::new(None),
+            dialect: Arc::default(),
+            recoveries: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            watcher_pid: AtomicU32::new(0),
         })
     }
 
@@ -129,6 +149,42 @@ impl Backend {
 
     pub fn timeouts(&self) -> Timeouts {
         self.timeouts
+    }
+
+    /// How many outages ended so far: what each limiter compares to learn that one did.
+    pub fn recoveries(&self) -> u64 {
+        self.recoveries.load(Ordering::Acquire)
+    }
+
+    /// For a primary found through Sentinel: starts, once per process, the task that asks the
+    /// Sentinels where it is every [`PRIMARY_CHECK`] and, when it moved, drops every connection made
+    /// to the old one (the next call connects to the new one). Nothing for other servers.
+    pub fn follow_primary(backend: &Arc<Backend>) {
+        let pid = std::process::id();
+        if !backend.server.follows_failovers() || backend.watcher_pid.swap(pid, Ordering::AcqRel) == pid {
+            return;
+        }
+        let Ok(runtime) = crate::backend::redis::runtime::handle() else { return };
+        let this = Arc::downgrade(backend);
+        runtime.spawn(async move {
+            let mut known: Option<String> = None;
+            loop {
+                tokio::time::sleep(PRIMARY_CHECK).await;
+                let Some(backend) = this.upgrade() else { return };
+                let Ok(Some(now)) = backend.server.primary().await else { continue };
+                if known.as_ref().is_some_and(|before| *before != now) {
+                    backend.generation.fetch_add(1, Ordering::AcqRel);
+                    backend.idle().current(Vec::new).clear();
+                    *backend.connection.lock().unwrap_or_else(|p| p.into_inner()).current(|| None) = None;
+                }
+                known = Some(now);
+            }
+        });
+    }
+
+    /// How the server takes the scripts (Functions, or EVALSHA before Redis 7.0).
+    pub fn dialect(&self) -> &Arc<Dialect> {
+        &self.dialect
     }
 
     /// The runtime's connection, made on first use (on the runtime).
@@ -172,6 +228,7 @@ impl Backend {
         call: impl FnOnce(&mut dyn redis::ConnectionLike) -> Result<T, RedisError>,
     ) -> Result<T, BackendError> {
         self.check_pause()?;
+        let generation = self.generation.load(Ordering::Acquire);
         let pooled = self.idle().current(Vec::new).pop();
         let mut connection = match pooled {
             Some(connection) => connection,
@@ -185,7 +242,7 @@ impl Backend {
             },
         };
         let result = call(connection.as_connection()).map_err(|err| self.classify(err));
-        if result.is_ok() {
+        if result.is_ok() && self.generation.load(Ordering::Acquire) == generation {
             self.idle().current(Vec::new).push(connection);
         }
         self.note(&result);
@@ -197,7 +254,7 @@ impl Backend {
     pub fn open_loop_connection(&self) -> Result<Option<LoopConnection>, BackendError> {
         self.check_pause()?;
         let Some(info) = self.server.single_info() else { return Ok(None) };
-        let Some(opened) = LoopConnection::open(info, self.timeouts.connect, self.timeouts.command) else {
+        let Some(opened) = LoopConnection::open(info, self.timeouts.connect, self.timeouts.command, &self.dialect) else {
             return Ok(None);
         };
         let result = opened.map_err(|err| self.classify(err));
@@ -240,8 +297,16 @@ impl Backend {
             Err(BackendError::Unavailable { message }) => {
                 let pause = outage.as_ref().map_or(FIRST_PAUSE, |o| (o.pause * 2).min(LONGEST_PAUSE));
                 *outage = Some(Outage { retry_at: Instant::now() + pause, pause, cause: message.clone() });
+                if self.server.follows_failovers() {
+                    // The primary may have moved: the next call asks the Sentinels again.
+                    *self.connection.lock().unwrap_or_else(|p| p.into_inner()).current(|| None) = None;
+                }
             }
-            _ => *outage = None,
+            _ => {
+                if outage.take().is_some() {
+                    self.recoveries.fetch_add(1, Ordering::AcqRel);
+                }
+            }
         }
     }
 
@@ -259,6 +324,17 @@ impl Backend {
             BackendError::Unavailable { message: format!("Redis at {}: {message}", self.url) }
         }
     }
+}
+
+/// A primary found through the Sentinels a `redis+sentinel://` URL names.
+fn sentinel_server(url: &str, cluster: bool, tls: bool) -> Result<Server, RedisError> {
+    let refuse = |message: String| RedisError::from((ErrorKind::InvalidClientConfig, "bad Sentinel URL", message));
+    if cluster || tls {
+        return Err(refuse("cluster=True and tls_ca_cert are not supported with redis+sentinel:// yet".into()));
+    }
+    let parsed = SentinelUrl::parse(url).map_err(refuse)?;
+    let (blocking, shared) = (parsed.client()?, parsed.client()?);
+    Ok(Server::Sentinel { blocking: Mutex::new(blocking), shared: tokio::sync::Mutex::new(shared) })
 }
 
 fn scrub(message: &str, secret: Option<&str>) -> String {

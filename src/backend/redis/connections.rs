@@ -1,10 +1,12 @@
-//! The two kinds of Redis deployment a backend talks to: one server, or a Cluster (whose client
-//! finds each key's node, following MOVED/ASK). Every limiter's keys share one hash tag, so each script
-//! call goes to the one node that holds them all.
+//! The kinds of Redis deployment a backend talks to: one server, a primary found through Sentinel
+//! (asked again for each new connection, so one made after a failover reaches the new primary), or a
+//! Cluster (whose client finds each key's node, following MOVED/ASK). Every limiter's keys share one
+//! hash tag, so each script call goes to the one node that holds them all.
 
 
 use redis::aio::{ConnectionLike as AsyncConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConnection};
+use redis::sentinel::SentinelClient;
 use redis::{Cmd, ConnectionInfo, ConnectionLike, Pipeline, RedisFuture, RedisResult, Value};
 
 use crate::backend::redis::backend::Timeouts;
@@ -13,6 +15,8 @@ use crate::backend::redis::backend::Timeouts;
 #[allow(clippy::large_enum_variant)]
 pub enum Server {
     Single(redis::Client),
+    /// The Sentinels' client twice: one for blocking connections, one for the runtime's.
+    Sentinel { blocking: std::sync::Mutex<SentinelClient>, shared: tokio::sync::Mutex<SentinelClient> },
     Cluster(ClusterClient),
 }
 
@@ -34,18 +38,36 @@ impl Server {
     pub fn single_info(&self) -> Option<&ConnectionInfo> {
         match self {
             Server::Single(client) => Some(client.get_connection_info()),
-            Server::Cluster(_) => None,
+            Server::Sentinel { .. } | Server::Cluster(_) => None,
         }
     }
 
-    pub fn connect_blocking(&self, timeouts: Timeouts) -> RedisResult<Blocking> {
+    /// Where the primary is now, as the Sentinels say (`None` for other servers).
+    pub async fn primary(&self) -> RedisResult<Option<String>> {
         match self {
-            Server::Single(client) => {
-                let connection = client.get_connection_with_timeout(timeouts.connect)?;
-                connection.set_read_timeout(Some(timeouts.command))?;
-                connection.set_write_timeout(Some(timeouts.command))?;
-                Ok(Blocking::Single(connection))
+            Server::Sentinel { shared, .. } => {
+                let client = shared.lock().await.async_get_client().await?;
+                Ok(Some(client.get_connection_info().addr().to_string()))
             }
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether connections must be made again after a failure (to find a promoted primary).
+    pub fn follows_failovers(&self) -> bool {
+        matches!(self, Server::Sentinel { .. })
+    }
+
+    pub fn connect_blocking(&self, timeouts: Timeouts) -> RedisResult<Blocking> {
+        let single = |client: &redis::Client| -> RedisResult<Blocking> {
+            let connection = client.get_connection_with_timeout(timeouts.connect)?;
+            connection.set_read_timeout(Some(timeouts.command))?;
+            connection.set_write_timeout(Some(timeouts.command))?;
+            Ok(Blocking::Single(connection))
+        };
+        match self {
+            Server::Single(client) => single(client),
+            Server::Sentinel { blocking, .. } => single(&blocking.lock().unwrap_or_else(|p| p.into_inner()).get_client()?),
             Server::Cluster(client) => {
                 let connection = client.get_connection()?;
                 connection.set_read_timeout(Some(timeouts.command))?;
@@ -58,15 +80,17 @@ impl Server {
     /// The runtime's connection; must be called on the runtime. A single server's connects on first
     /// use; a Cluster's learns the slot map now.
     pub async fn connect_shared(&self, timeouts: Timeouts) -> RedisResult<Shared> {
+        // No retries inside the manager: a failed call returns at once and the backend's pause
+        // decides when to try again; the manager reconnects on the next call.
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(0)
+            .set_connection_timeout(Some(timeouts.connect))
+            .set_response_timeout(Some(timeouts.command));
         match self {
-            Server::Single(client) => {
-                // No retries inside the manager: a failed call returns at once and the backend's pause
-                // decides when to try again; the manager reconnects on the next call.
-                let config = ConnectionManagerConfig::new()
-                    .set_number_of_retries(0)
-                    .set_connection_timeout(Some(timeouts.connect))
-                    .set_response_timeout(Some(timeouts.command));
-                Ok(Shared::Single(ConnectionManager::new_lazy_with_config(client.clone(), config)?))
+            Server::Single(client) => Ok(Shared::Single(ConnectionManager::new_lazy_with_config(client.clone(), config)?)),
+            Server::Sentinel { shared, .. } => {
+                let client = shared.lock().await.async_get_client().await?;
+                Ok(Shared::Single(ConnectionManager::new_lazy_with_config(client, config)?))
             }
             Server::Cluster(client) => Ok(Shared::Cluster(client.get_async_connection().await?)),
         }

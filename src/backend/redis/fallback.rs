@@ -64,7 +64,7 @@ impl RemoteLimiter {
                     counted: Counted::Here { share, receipts },
                 })),
                 Ok(Decided::Later { at_ns, binding }) => Ok(Outcome::Later { wait_us: (at_ns - now).div_ceil(1_000), limit: binding }),
-                Ok(Decided::NoSlot) => Ok(Outcome::NoLease { retry_us: LOCAL_SLOT_RETRY_US }),
+                Ok(Decided::NoSlot) => Ok(Outcome::NoLease { retry_us: LOCAL_SLOT_RETRY_US, ticket: 0 }),
                 // Redis answered meanwhile and this share handed over what it admitted: a new one decides.
                 Err(Refusal::Retired) => continue,
                 Err(refusal) => Err(self.local_refusal(refusal, &share, operation, &ask)),

@@ -7,12 +7,20 @@
 //! client, so it can name what it owes: a task sends the ids in `reclaim.lua` as soon as Redis answers
 //! again (within the backend's pause after a failure, at most half a second), which removes the lease
 //! or, when the acquire has not run yet, withdraws it so that it takes nothing when it does.
+//!
+//! A release that a primary took just before a failover may never reach the replica promoted in its
+//! place (replication is asynchronous): the lease would stay there for its TTL. So the leases released
+//! in the last seconds are owed back once more whenever Redis answers again after an outage.
+//!
+//! Places in the fleet's line for concurrency slots are owed back the same way: a waiter that gave up
+//! while Redis did not answer (a stall) must not hold up the line until its place expires.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::backend::redis::error::BackendError;
 use crate::backend::redis::limiter::RemoteLimiter;
 use crate::backend::redis::process::PerProcess;
 use crate::backend::redis::scripts;
@@ -26,20 +34,43 @@ const RECLAIM_EVERY: Duration = Duration::from_millis(50);
 pub struct Leases {
     held: Mutex<PerProcess<HashSet<String>>>,
     owed: Mutex<PerProcess<Vec<String>>>,
+    /// Waiters owed back: their places in the line, or their asks withdrawn.
+    places_owed: Mutex<PerProcess<Vec<String>>>,
     /// The process whose renewal task runs (0: none yet).
     renewer_pid: AtomicU32,
     /// The process whose reclaiming task runs (0: none now).
     reclaimer_pid: AtomicU32,
+    /// Leases released lately, with when: sent again after an outage (see above).
+    released: Mutex<PerProcess<VecDeque<(Instant, String)>>>,
+    /// The backend's count of ended outages this instance has answered to.
+    recoveries_seen: AtomicU64,
 }
+
+/// How long a released lease is remembered, to release it again on a primary promoted meanwhile.
+const RELEASED_KEPT: Duration = Duration::from_secs(3);
 
 impl Leases {
     pub fn new() -> Self {
         Self {
             held: Mutex::new(PerProcess::new(HashSet::new())),
             owed: Mutex::new(PerProcess::new(Vec::new())),
+            places_owed: Mutex::new(PerProcess::new(Vec::new())),
             renewer_pid: AtomicU32::new(0),
             reclaimer_pid: AtomicU32::new(0),
+            released: Mutex::new(PerProcess::new(VecDeque::new())),
+            recoveries_seen: AtomicU64::new(0),
         }
+    }
+
+    /// Remembers that Redis took the release of `id` (for a while: see the module's notes).
+    pub fn released(&self, id: &str) {
+        let mut released = self.released.lock().unwrap_or_else(|p| p.into_inner());
+        let released = released.current(VecDeque::new);
+        let now = Instant::now();
+        while released.front().is_some_and(|(at, _)| now.duration_since(*at) > RELEASED_KEPT) {
+            released.pop_front();
+        }
+        released.push_back((now, id.to_string()));
     }
 
     fn held<R>(&self, with: impl FnOnce(&mut HashSet<String>) -> R) -> R {
@@ -69,6 +100,22 @@ impl Leases {
     fn add_owed(&self, id: String) {
         self.owed(|owed| owed.push(id));
     }
+
+    fn places_owed<R>(&self, with: impl FnOnce(&mut Vec<String>) -> R) -> R {
+        with(self.places_owed.lock().unwrap_or_else(|p| p.into_inner()).current(Vec::new))
+    }
+
+    fn nothing_owed(&self) -> bool {
+        self.owed(|owed| owed.is_empty()) && self.places_owed(|places| places.is_empty())
+    }
+}
+
+/// Takes `waiters` out of the line, or withdraws them (see leave.lua).
+pub async fn send_leave(limiter: &RemoteLimiter, waiters: &[String]) -> Result<(), BackendError> {
+    let keys = limiter.keys();
+    let mut call = scripts::LEAVE.call(limiter.backend().dialect(), &[keys[4].clone(), keys[5].clone(), keys[3].clone()]);
+    call.arg(limiter.place_ttl_us()).arg(waiters);
+    limiter.backend().call(|mut c| async move { call.run_async::<i64>(&mut c).await }).await.map(drop)
 }
 
 /// Starts, once per process, the task that renews `limiter`'s leases every third of their TTL, so a
@@ -89,7 +136,7 @@ pub fn keep_alive(limiter: &Arc<RemoteLimiter>) {
             if ids.is_empty() {
                 continue;
             }
-            let mut invocation = scripts::RENEW.call(&limiter.keys()[1..2]);
+            let mut invocation = scripts::RENEW.call(limiter.backend().dialect(), &limiter.keys()[1..2]);
             invocation.arg(limiter.lease_ttl_us());
             for id in &ids {
                 invocation.arg(id);
@@ -100,10 +147,39 @@ pub fn keep_alive(limiter: &Arc<RemoteLimiter>) {
     });
 }
 
+/// After Redis answered again following an outage (once per outage): the leases released lately are
+/// owed back once more, in case the primary that took their release was replaced.
+pub fn after_recovery(limiter: &Arc<RemoteLimiter>) {
+    let recoveries = limiter.backend().recoveries();
+    let leases = limiter.leases();
+    // A load first: every decision passes here, and a write would bounce the line between cores.
+    if leases.recoveries_seen.load(Ordering::Acquire) == recoveries || leases.recoveries_seen.swap(recoveries, Ordering::AcqRel) == recoveries {
+        return;
+    }
+    let recent: Vec<String> = {
+        let mut released = leases.released.lock().unwrap_or_else(|p| p.into_inner());
+        released.current(VecDeque::new).drain(..).map(|(_, id)| id).collect()
+    };
+    for id in recent {
+        owe(limiter, id);
+    }
+}
+
 /// Owes lease `id` back to Redis, and makes sure a task sends it as soon as Redis answers.
 pub fn owe(limiter: &Arc<RemoteLimiter>, id: String) {
     limiter.leases().forget(&id);
     limiter.leases().add_owed(id);
+    reclaim_soon(limiter);
+}
+
+/// Owes `waiter`'s place in the line back to Redis, sent as soon as Redis answers.
+pub fn owe_place(limiter: &Arc<RemoteLimiter>, waiter: String) {
+    limiter.leases().places_owed(|places| places.push(waiter));
+    reclaim_soon(limiter);
+}
+
+/// Makes sure a task sends what is owed back as soon as Redis answers.
+fn reclaim_soon(limiter: &Arc<RemoteLimiter>) {
     let pid = std::process::id();
     if limiter.leases().reclaimer_pid.swap(pid, Ordering::AcqRel) == pid {
         return;
@@ -116,18 +192,23 @@ pub fn owe(limiter: &Arc<RemoteLimiter>, id: String) {
             let Some(limiter) = this.upgrade() else { return };
             let leases = limiter.leases();
             let ids = leases.owed_now();
-            if ids.is_empty() {
+            let places = leases.places_owed(|places| places.clone());
+            if ids.is_empty() && places.is_empty() {
                 // Done, unless an id came in since: then this task goes on (or another one took over).
                 leases.reclaimer_pid.store(0, Ordering::Release);
-                if leases.owed(|owed| owed.is_empty())
-                    || leases.reclaimer_pid.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire).is_err()
-                {
+                if leases.nothing_owed() || leases.reclaimer_pid.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire).is_err() {
                     return;
                 }
                 continue;
             }
+            if !places.is_empty() && send_leave(&limiter, &places).await.is_ok() {
+                leases.places_owed(|owed| owed.retain(|place| !places.contains(place)));
+            }
+            if ids.is_empty() {
+                continue;
+            }
             let keys = [limiter.keys()[1].clone(), limiter.keys()[3].clone()];
-            let mut invocation = scripts::RECLAIM.call(&keys);
+            let mut invocation = scripts::RECLAIM.call(limiter.backend().dialect(), &keys);
             invocation.arg(limiter.lease_ttl_us());
             for id in &ids {
                 invocation.arg(id);

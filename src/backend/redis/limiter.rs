@@ -23,7 +23,7 @@ use crate::backend::redis::process::PerProcess;
 use crate::backend::redis::scripts::{self, Call};
 use crate::backend::redis::fallback::Handover;
 use crate::backend::redis::share::{LocalShare, Sighting};
-use crate::backend::redis::windows::WindowSpec;
+use crate::backend::redis::windows::{Kind, WindowSpec};
 
 /// What a decision may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,8 +39,9 @@ pub enum Mode {
 /// Where an admission was counted, and what names it there for settling or giving it back.
 #[derive(Debug, Clone)]
 pub enum Counted {
-    /// In Redis: one receipt per window (0: that window counted nothing).
-    InRedis(Vec<u64>),
+    /// In Redis: one receipt per window (0: that window counted nothing), and what each window of
+    /// the fleet counted once it was admitted (what a server's remaining count is held against).
+    InRedis { receipts: Vec<u64>, used: Vec<u64> },
     /// By this process alone, at its share (the `local` policy while Redis was away).
     Here { share: Arc<LocalShare>, receipts: Vec<Receipt> },
     /// Nowhere: let through uncounted by the `fail_open` policy while Redis was away.
@@ -67,8 +68,9 @@ pub enum Outcome {
     Admitted(Grant),
     /// The rate admits it only after `wait_us`, later than allowed: nothing was counted.
     Later { wait_us: u64, limit: usize },
-    /// Every lease is held; the oldest expires in `retry_us` unless its holder releases it first.
-    NoLease { retry_us: u64 },
+    /// No lease it may take (every lease is held, or others are ahead in the fleet's line): ask again
+    /// within `retry_us`. `ticket`: its place in the line (0: it did not join).
+    NoLease { retry_us: u64, ticket: u64 },
 }
 
 /// A look at the shared state without counting anything.
@@ -77,6 +79,27 @@ pub struct Peek {
     pub wait_us: u64,
     pub leases: u64,
     pub remaining: Vec<u64>,
+}
+
+/// A request's place in the fleet's line for concurrency slots (see acquire.lua): who asks, whether
+/// Redis put it in line (`ticket` > 0), and its priority (higher goes first; across the fleet, within
+/// +-[`FLEET_PRIORITIES`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub waiter: String,
+    pub ticket: u64,
+    pub priority: i64,
+}
+
+/// Priorities beyond this (either way) order the fleet's line as this one does: the line's score
+/// holds the priority and a 32-bit arrival ticket in a double's 53 bits.
+pub const FLEET_PRIORITIES: i64 = (1 << 20) - 1;
+
+impl Place {
+    /// A request that will not wait: it only needs to know who is in line before it.
+    pub fn newcomer(priority: i64) -> Self {
+        Self { waiter: String::new(), ticket: 0, priority }
+    }
 }
 
 /// A decision sent to Redis: what its answer is read against.
@@ -95,6 +118,8 @@ struct Reply {
     leases: u64,
     a: i64,
     b: i64,
+    /// The units each window counts now (after this decision).
+    used: Vec<u64>,
     /// One value per window after `used`: an admission's receipts, a peek's remaining units.
     per_window: Vec<u64>,
 }
@@ -107,8 +132,8 @@ pub struct RemoteLimiter {
     backend: Arc<Backend>,
     pub(super) limits: Vec<Limit>,
     pub(super) windows: Vec<WindowSpec>,
-    /// The state hash, the lease set, the member set, the withdrawn leases, then one log per window;
-    /// one hash slot.
+    /// The state hash, the lease set, the member set, the withdrawn leases, the line and its places,
+    /// then one log per window; one hash slot.
     keys: Vec<String>,
     pub(super) max_leases: Option<u64>,
     lease_ttl_us: u64,
@@ -137,6 +162,9 @@ pub struct RemoteLimiter {
 const MEMBER_TTL_US: u64 = 10_000_000;
 /// ...which it does with a decision at most this often, sparing Redis three commands per decision.
 const MEMBER_RENEWAL: Duration = Duration::from_secs(1);
+/// A waiter keeps its place in the fleet's line this long after it last asked (it asks at least every
+/// 50 ms while it waits), so a dead process's waiters hold up the line at most this long.
+const PLACE_TTL_US: u64 = 2_000_000;
 
 pub(super) fn unavailable(message: impl Into<String>) -> BackendError {
     BackendError::Unavailable { message: message.into() }
@@ -184,7 +212,7 @@ impl RemoteLimiter {
         let windows: Vec<WindowSpec> = limits.iter().map(WindowSpec::new).collect();
         // The hash tag puts every key of one limiter in one Redis Cluster slot, so one script sees all.
         let tag = format!("{{{}:{key}}}", backend.prefix());
-        let mut keys = ["state", "leases", "members", "withdrawn"].map(|name| format!("{tag}:{name}")).to_vec();
+        let mut keys = ["state", "leases", "members", "withdrawn", "line", "places"].map(|name| format!("{tag}:{name}")).to_vec();
         keys.extend(windows.iter().map(|w| format!("{tag}:log:{}", w.id)));
         let instance_suffix = RandomState::new().hash_one(key);
         Ok(Self {
@@ -267,10 +295,10 @@ impl RemoteLimiter {
 
     /// Decides one request of `cost` in one round trip, on the runtime. `lease`: take a concurrency
     /// lease with it.
-    pub async fn decide(self: &Arc<Self>, cost: Cost, price: f64, mode: Mode, lease: bool, operation: &str) -> Result<Outcome, Refused> {
+    pub async fn decide(self: &Arc<Self>, cost: Cost, price: f64, mode: Mode, lease: bool, place: &Place, operation: &str) -> Result<Outcome, Refused> {
         // Failing at once during the pause after a failure, without naming a lease it would owe back.
         self.backend.check_pause().map_err(Err)?;
-        let (call, ask) = self.ask(cost, price, mode, lease);
+        let (call, ask) = self.ask(cost, price, mode, lease, place);
         match self.backend.call(|mut c| async move { call.run_async(&mut c).await }).await {
             Ok(value) => self.interpret(value, ask, operation),
             Err(err) => Err(Err(self.gave_up(ask, err))),
@@ -278,9 +306,9 @@ impl RemoteLimiter {
     }
 
     /// `decide` on this thread, blocking until Redis answers.
-    pub fn decide_blocking(self: &Arc<Self>, cost: Cost, price: f64, mode: Mode, lease: bool, operation: &str) -> Result<Outcome, Refused> {
+    pub fn decide_blocking(self: &Arc<Self>, cost: Cost, price: f64, mode: Mode, lease: bool, place: &Place, operation: &str) -> Result<Outcome, Refused> {
         self.backend.check_pause().map_err(Err)?;
-        let (call, ask) = self.ask(cost, price, mode, lease);
+        let (call, ask) = self.ask(cost, price, mode, lease, place);
         match self.backend.call_blocking(|c| call.run(c)) {
             Ok(value) => self.interpret(value, ask, operation),
             Err(err) => Err(Err(self.gave_up(ask, err))),
@@ -293,6 +321,31 @@ impl RemoteLimiter {
             (true, Some(_)) => format!("{}:{}", self.instance(), self.next_lease.fetch_add(1, Ordering::Relaxed)),
             _ => String::new(),
         }
+    }
+
+    /// A place in the fleet's line for a request about to wait, at `priority`.
+    pub fn place(&self, priority: i64) -> Place {
+        Place { waiter: format!("{}:w{}", self.instance(), self.next_lease.fetch_add(1, Ordering::Relaxed)), ticket: 0, priority }
+    }
+
+    /// Takes `place` out of the fleet's line, or withdraws it if an ask of it may still run late, in
+    /// the background (its waiter gave up); while Redis does not answer, it is owed back like a lease
+    /// (see `leases.rs`).
+    pub fn leave_line(self: &Arc<Self>, place: &Place) {
+        if self.max_leases.is_none() {
+            return;
+        }
+        let Ok(runtime) = crate::backend::redis::runtime::handle() else { return };
+        let (this, waiter) = (Arc::clone(self), place.waiter.clone());
+        runtime.spawn(async move {
+            if leases::send_leave(&this, std::slice::from_ref(&waiter)).await.is_err() {
+                leases::owe_place(&this, waiter);
+            }
+        });
+    }
+
+    pub(crate) fn place_ttl_us(&self) -> u64 {
+        PLACE_TTL_US
     }
 
     /// Redis did not answer `ask`: it may still run it later (after a stall), so its lease is owed back.
@@ -329,9 +382,9 @@ impl RemoteLimiter {
 
     /// The acquire script's call for a request of `cost` at `price` dollars per million tokens, and
     /// what its answer is read against. It carries what this process admitted alone, if anything.
-    pub fn ask(&self, cost: Cost, price: f64, mode: Mode, lease: bool) -> (Call, Ask) {
+    pub fn ask(&self, cost: Cost, price: f64, mode: Mode, lease: bool, place: &Place) -> (Call, Ask) {
         let lease_id = self.lease_id(lease);
-        let mut invocation = scripts::ACQUIRE.call(&self.keys);
+        let mut invocation = scripts::ACQUIRE.call(self.backend.dialect(), &self.keys);
         let (mode_name, max_wait) = match mode {
             Mode::Peek => ("peek", -1),
             Mode::Now => ("now", 0),
@@ -345,6 +398,9 @@ impl RemoteLimiter {
             .arg(self.lease_ttl_us)
             .arg(if self.membership_due() { self.instance() } else { String::new() })
             .arg(MEMBER_TTL_US)
+            .arg(&place.waiter)
+            .arg(place.priority.clamp(-FLEET_PRIORITIES, FLEET_PRIORITIES))
+            .arg(PLACE_TTL_US)
             .arg(self.windows.len());
         let handover = if mode == Mode::Peek { None } else { self.handover_due() };
         for (index, window) in self.windows.iter().enumerate() {
@@ -378,10 +434,10 @@ impl RemoteLimiter {
         let (members, leases) = (reply[1] as u64, reply[2] as u64);
         self.members.store(members, Ordering::Relaxed);
         let used: Vec<u64> = reply[5..5 + n].iter().map(|&u| u as u64).collect();
-        let seen = Sighting { at_ns: self.clock.now_ns(), members, leases, used };
+        let seen = Sighting { at_ns: self.clock.now_ns(), members, leases, used: used.clone() };
         *self.sighting.lock().unwrap_or_else(|p| p.into_inner()) = Some(seen);
         let per_window = reply[5 + n..].iter().map(|&r| r as u64).collect();
-        Ok(Reply { status: reply[0], leases, a: reply[3], b: reply[4], per_window })
+        Ok(Reply { status: reply[0], leases, a: reply[3], b: reply[4], used, per_window })
     }
 
     /// What the acquire script's answer means for `ask`.
@@ -391,6 +447,8 @@ impl RemoteLimiter {
             self.handed_over(ask.handover);
         }
         self.back_in_redis();
+        leases::after_recovery(self);
+        Backend::follow_primary(&self.backend);
         let (a, b) = (reply.a, reply.b);
         match reply.status {
             0 => {
@@ -399,12 +457,12 @@ impl RemoteLimiter {
                     self.leases.hold(id);
                     leases::keep_alive(self);
                 }
-                let counted = Counted::InRedis(reply.per_window);
+                let counted = Counted::InRedis { receipts: reply.per_window, used: reply.used };
                 Ok(Outcome::Admitted(Grant { wait_us: a as u64, at_us: b as u64, lease, cost: ask.cost, price: ask.price, counted }))
             }
             1 => Ok(Outcome::Later { wait_us: a as u64, limit: b as usize - 1 }),
             2 => Err(Ok(self.never(operation, &ask, a as usize - 1, b as u64))),
-            3 => Ok(Outcome::NoLease { retry_us: a as u64 }),
+            3 => Ok(Outcome::NoLease { retry_us: a as u64, ticket: b as u64 }),
             6 => Err(Ok(self.over_budget(operation, &ask, a as usize - 1))),
             other => Err(Err(unavailable(format!("unexpected status {other} from the Redis script")))),
         }
@@ -412,7 +470,7 @@ impl RemoteLimiter {
 
     /// When `cost` would pass and what is free now, counting nothing (on this thread).
     pub fn peek_blocking(self: &Arc<Self>, cost: Cost) -> Result<Peek, Refused> {
-        let (call, ask) = self.ask(cost, 0.0, Mode::Peek, false);
+        let (call, ask) = self.ask(cost, 0.0, Mode::Peek, false, &Place::newcomer(0));
         let value = self.backend.call_blocking(|c| call.run(c)).map_err(Err)?;
         let reply = self.read(value).map_err(Err)?;
         self.back_in_redis();
@@ -423,6 +481,25 @@ impl RemoteLimiter {
             2 => Err(Ok(self.never("time_until_ready", &ask, reply.a as usize - 1, reply.b as u64))),
             other => Err(Err(unavailable(format!("unexpected status {other} from the Redis script")))),
         }
+    }
+
+    /// What the server allows of `unit` (a fraction of the configured rate), from what it said is left
+    /// after `grant`'s request (`remaining`, with the time until its window is whole, `reset_ns`),
+    /// held against what the fleet's windows counted when Redis admitted it: their count plus what
+    /// the server has left is what it allows per window. A window more than twice as long as the
+    /// reset is not the one the server speaks of. `None` when no window can tell (GCRA keeps no
+    /// count; an admission decided outside Redis; a request without that unit).
+    pub fn server_allows(&self, grant: &Grant, unit: Unit, remaining: u64, reset_ns: Option<u64>) -> Option<f64> {
+        let Counted::InRedis { used, .. } = &grant.counted else { return None };
+        if unit.of(grant.cost) == 0 {
+            return None;
+        }
+        self.windows
+            .iter()
+            .zip(used)
+            .filter(|(w, _)| w.unit == unit && w.kind == Kind::Log && reset_ns.is_none_or(|reset| w.period_ns() / 2 <= reset))
+            .map(|(w, &counted)| counted.saturating_add(remaining) as f64 / w.whole as f64)
+            .reduce(f64::max)
     }
 
     // --- correcting and returning admissions ------------------------------------------------------
@@ -444,8 +521,11 @@ impl RemoteLimiter {
 
     /// A release Redis did not hear is owed back: its lease must not wait out its TTL.
     fn adjusted(self: &Arc<Self>, grant: &Grant, release: bool, result: Result<(), BackendError>) -> Result<(), BackendError> {
-        if let (Err(_), true, Some(id), Counted::InRedis(_)) = (&result, release, &grant.lease, &grant.counted) {
-            leases::owe(self, id.clone());
+        if let (true, Some(id), Counted::InRedis { .. }) = (release, &grant.lease, &grant.counted) {
+            match result {
+                Ok(()) => self.leases.released(id),
+                Err(_) => leases::owe(self, id.clone()),
+            }
         }
         result
     }
@@ -457,7 +537,7 @@ impl RemoteLimiter {
         let lease = if release { grant.lease.as_deref() } else { None };
         let (receipts, lease, counted, actual) = match &grant.counted {
             Counted::Nowhere => return None,
-            Counted::InRedis(receipts) => {
+            Counted::InRedis { receipts, .. } => {
                 if let Some(id) = lease {
                     self.leases.forget(id);
                 }
@@ -482,7 +562,7 @@ impl RemoteLimiter {
         if !changes && lease.is_none() {
             return None;
         }
-        let mut invocation = scripts::ADJUST.call(&self.keys);
+        let mut invocation = scripts::ADJUST.call(self.backend.dialect(), &self.keys);
         invocation.arg(lease.unwrap_or("")).arg(self.windows.len());
         for (window, receipt) in self.windows.iter().zip(&receipts) {
             invocation

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, Value};
 
-use crate::backend::redis::scripts;
+use crate::backend::redis::scripts::{self, Dialect, Missing};
 
 pub struct LoopConnection {
     stream: TcpStream,
@@ -26,7 +26,7 @@ fn protocol_error(what: &str) -> RedisError {
 impl LoopConnection {
     /// Connects, authenticates, selects the database and loads the scripts, blocking (once per event
     /// loop, bounded by the timeouts); then turns non-blocking. `None` when the address is not plain TCP.
-    pub fn open(info: &ConnectionInfo, connect: Duration, command: Duration) -> Option<Result<Self, RedisError>> {
+    pub fn open(info: &ConnectionInfo, connect: Duration, command: Duration, dialect: &Dialect) -> Option<Result<Self, RedisError>> {
         let ConnectionAddr::Tcp(host, port) = info.addr() else { return None };
         Some((|| {
             let address = (host.as_str(), *port)
@@ -49,12 +49,19 @@ impl LoopConnection {
             if settings.db() != 0 {
                 connection.call_blocking(&redis::cmd("SELECT").arg(settings.db()).get_packed_command())?;
             }
-            for script in [&*scripts::ACQUIRE, &*scripts::ADJUST] {
-                connection.call_blocking(&redis::cmd("SCRIPT").arg("LOAD").arg(script.source()).get_packed_command())?;
-            }
+            connection.load(dialect)?;
             connection.stream.set_nonblocking(true)?;
             Ok(connection)
         })())
+    }
+
+    /// Puts on the server what this connection sends (decisions): the library, or before Redis 7.0
+    /// the acquire script.
+    fn load(&mut self, dialect: &Dialect) -> Result<(), RedisError> {
+        match self.call_blocking(&dialect.load_command(&scripts::ACQUIRE).get_packed_command()) {
+            Err(err) if dialect.missing(&err) == Some(Missing::Unsupported) => self.load(dialect),
+            loaded => loaded.map(drop),
+        }
     }
 
     /// One request and its answer, blocking: the handshake only.

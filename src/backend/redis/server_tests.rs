@@ -10,7 +10,7 @@ use crate::core::clock::NS_PER_SEC;
 use crate::core::gcra::Gcra;
 use crate::core::limit::{Algorithm, Cost, Limit, Unit};
 use crate::core::Error;
-use crate::backend::redis::limiter::Counted;
+use crate::backend::redis::limiter::{Counted, Place};
 use crate::backend::redis::{Backend, BackendError, Grant, Mode, Outcome, RemoteLimiter, Timeouts, leases, runtime};
 
 struct Server {
@@ -26,9 +26,15 @@ impl Drop for Server {
 }
 
 fn start_server() -> Option<Server> {
+    start_server_with(&[])
+}
+
+/// A redis-server with `extra` settings (e.g. `--rename-command FCALL ""`: a server without Functions).
+fn start_server_with(extra: &[&str]) -> Option<Server> {
     let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(extra)
         .stdout(Stdio::null())
         .spawn();
     let Ok(child) = child else {
@@ -52,7 +58,7 @@ fn limiter(server: &Server, limits: Vec<Limit>, max_leases: Option<u64>, ttl: Du
 
 fn decide(limiter: &Arc<RemoteLimiter>, cost: Cost, mode: Mode, lease: bool) -> Outcome {
     let handle = runtime::handle().unwrap();
-    handle.block_on(limiter.decide(cost, 0.0, mode, lease, "acquire")).map_err(|e| format!("{e:?}")).unwrap()
+    handle.block_on(limiter.decide(cost, 0.0, mode, lease, &Place::newcomer(0), "acquire")).map_err(|e| format!("{e:?}")).unwrap()
 }
 
 fn remaining(limiter: &Arc<RemoteLimiter>) -> Vec<u64> {
@@ -118,7 +124,7 @@ fn a_cost_no_window_can_pass_is_refused_at_once() {
     let tokens = limit(1_000.0, 60_000, Unit::Tokens, Algorithm::Exact);
     let lim = limiter(&server, vec![tokens], None, Duration::from_secs(5));
     let handle = runtime::handle().unwrap();
-    let refusal = handle.block_on(lim.decide(Cost::request(1_200), 0.0, Mode::Now, false, "acquire")).unwrap_err();
+    let refusal = handle.block_on(lim.decide(Cost::request(1_200), 0.0, Mode::Now, false, &Place::newcomer(0), "acquire")).unwrap_err();
     let message = format!("{:?}", refusal.unwrap());
     assert!(message.contains("never passes") && message.contains("1200 tokens"), "{message}");
 }
@@ -212,13 +218,13 @@ fn the_scripts_gcra_is_the_cores_through_cuts_give_backs_and_settles() {
                 *tat = gcra.schedule(*tat, units(*unit), at).unwrap().tat;
             }
         }
-        let Counted::InRedis(receipts) = &grant.counted else { panic!("counted in Redis") };
+        let Counted::InRedis { receipts, .. } = &grant.counted else { panic!("counted in Redis") };
         let expected: Vec<u64> = gcras.iter().zip(tats.iter()).map(|((_, unit), &tat)| if units(*unit) > 0 { tat } else { 0 }).collect();
         assert_eq!(receipts, &expected);
         grant
     };
     let receipt = |grant: &Grant, index: usize| match &grant.counted {
-        Counted::InRedis(receipts) => receipts[index],
+        Counted::InRedis { receipts, .. } => receipts[index],
         Counted::Here { .. } | Counted::Nowhere => unreachable!("counted in Redis"),
     };
     for _ in 0..3 {
@@ -285,17 +291,17 @@ fn a_budget_refuses_at_once_instead_of_waiting_and_settles_in_dollars() {
     let lim = limiter(&server, vec![limit(100.0, 1_000, Unit::Requests, Algorithm::Exact), budget], None, Duration::from_secs(5));
     let reserve = Mode::Reserve { max_wait_us: None };
     let handle = runtime::handle().unwrap();
-    let grant = match handle.block_on(lim.decide(Cost::priced(100_000, 8.0), 8.0, reserve, false, "acquire")) {
+    let grant = match handle.block_on(lim.decide(Cost::priced(100_000, 8.0), 8.0, reserve, false, &Place::newcomer(0), "acquire")) {
         Ok(Outcome::Admitted(grant)) => grant,
         other => panic!("expected an admission, got {other:?}"),
     };
     assert_eq!(remaining(&lim), vec![99, 200_000], "$0.80 of $1.00 spent");
-    match handle.block_on(lim.decide(Cost::priced(100_000, 8.0), 8.0, reserve, false, "acquire")) {
+    match handle.block_on(lim.decide(Cost::priced(100_000, 8.0), 8.0, reserve, false, &Place::newcomer(0), "acquire")) {
         Err(Ok(Error::BudgetExceeded { message })) => assert!(message.contains("$0.800000 would cross the budget"), "{message}"),
         other => panic!("expected the budget to refuse at once, got {other:?}"),
     }
     assert!(matches!(
-        handle.block_on(lim.decide(Cost::priced(1_000_000, 8.0), 8.0, reserve, false, "acquire")),
+        handle.block_on(lim.decide(Cost::priced(1_000_000, 8.0), 8.0, reserve, false, &Place::newcomer(0), "acquire")),
         Err(Ok(Error::BudgetExceeded { .. }))
     ), "more than the whole budget is a budget refusal too");
     lim.adjust_blocking(&grant, Cost::priced(100_000, 8.0), Cost::priced(25_000, 8.0), false).unwrap();
@@ -320,7 +326,7 @@ fn a_lease_given_up_on_is_reclaimed_whether_redis_ran_its_acquire_or_not() {
     let lim = limiter(&server, vec![], Some(2), Duration::from_secs(15));
     let held = admitted(decide(&lim, Cost::request(0), Mode::Now, true));
     // An acquire the client gave up on before Redis ran it: withdrawn first, it takes nothing.
-    let (late, ask) = lim.ask(Cost::request(0), 0.0, Mode::Now, true);
+    let (late, ask) = lim.ask(Cost::request(0), 0.0, Mode::Now, true, &Place::newcomer(0));
     let given_up = lim.gave_up(ask.clone(), BackendError::Unavailable { message: "timed out".into() });
     assert!(matches!(given_up, BackendError::Unavailable { .. }));
     // And one that Redis ran, but whose answer never came: its lease goes back.
@@ -350,4 +356,99 @@ fn what_a_process_admitted_alone_is_counted_in_redis_when_it_answers_again() {
     lim.adjust_blocking(&alone[0], Cost::request(0), Cost::request(0), true).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(lim.peek_blocking(Cost::request(0)).unwrap().leases, 2, "and released there");
+}
+
+fn cli(server: &Server, args: &[&str]) -> String {
+    let port = server.url.rsplit(':').next().unwrap().trim_end_matches("/0");
+    let out = Command::new("redis-cli").args(["-p", port]).args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+// Issue 19: the scripts are one Functions library, which a server that lost it gets again without an
+// error reaching the caller.
+#[test]
+fn the_scripts_live_as_a_functions_library_loaded_again_when_the_server_lost_it() {
+    let Some(server) = start_server() else { return };
+    let lim = limiter(&server, vec![limit(100.0, 1_000, Unit::Requests, Algorithm::Exact)], Some(4), Duration::from_secs(5));
+    let grant = admitted(decide(&lim, Cost::request(0), Mode::Now, true));
+    assert!(cli(&server, &["FUNCTION", "LIST"]).contains("holysheep_"), "the library is on the server");
+    assert_eq!(cli(&server, &["SCRIPT", "EXISTS", "0000000000000000000000000000000000000000"]), "0");
+    cli(&server, &["FUNCTION", "FLUSH"]);
+    lim.adjust_blocking(&grant, Cost::request(0), Cost::request(0), true).expect("released after a flush");
+    cli(&server, &["FUNCTION", "FLUSH"]);
+    admitted(decide(&lim, Cost::request(0), Mode::Now, true));
+    cli(&server, &["FUNCTION", "FLUSH"]);
+    assert_eq!(remaining(&lim), vec![98]);
+}
+
+// Issue 19: a server without Functions (before Redis 7.0) runs the same scripts by EVALSHA.
+#[test]
+fn a_server_without_functions_runs_the_scripts_by_evalsha() {
+    let Some(server) = start_server_with(&["--rename-command", "FCALL", "", "--rename-command", "FUNCTION", ""]) else { return };
+    let lim = limiter(&server, vec![limit(2.0, 60_000, Unit::Requests, Algorithm::Exact)], Some(4), Duration::from_secs(5));
+    let grant = admitted(decide(&lim, Cost::request(0), Mode::Now, true));
+    assert!(!lim.backend().dialect().functions());
+    cli(&server, &["SCRIPT", "FLUSH"]);
+    lim.adjust_blocking(&grant, Cost::request(0), Cost::request(0), true).unwrap();
+    admitted(decide(&lim, Cost::request(0), Mode::Now, true));
+    assert!(matches!(decide(&lim, Cost::request(0), Mode::Now, true), Outcome::Later { .. }));
+}
+
+fn ask_in_line(lim: &Arc<RemoteLimiter>, place: &mut Place) -> Option<Grant> {
+    let handle = runtime::handle().unwrap();
+    match handle.block_on(lim.decide(Cost::request(0), 0.0, Mode::Reserve { max_wait_us: None }, true, place, "acquire")) {
+        Ok(Outcome::Admitted(grant)) => Some(grant),
+        Ok(Outcome::NoLease { ticket, .. }) => {
+            assert!(ticket > 0, "a waiter joins the line");
+            place.ticket = ticket;
+            None
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+// Issue 19: a slot released anywhere goes to the front of the fleet's line (priority, then arrival),
+// never to a newcomer or to whoever asks first.
+#[test]
+fn a_released_slot_goes_to_the_front_of_the_fleets_line_by_priority_then_arrival() {
+    let Some(server) = start_server() else { return };
+    let (a, b) = (
+        limiter(&server, vec![], Some(1), Duration::from_secs(5)),
+        limiter(&server, vec![], Some(1), Duration::from_secs(5)),
+    );
+    let held = admitted(decide(&a, Cost::request(0), Mode::Now, true));
+    let mut first = b.place(0);
+    let mut urgent = a.place(5);
+    let mut second = b.place(0);
+    assert!(ask_in_line(&b, &mut first).is_none());
+    assert!(ask_in_line(&b, &mut second).is_none());
+    assert!(ask_in_line(&a, &mut urgent).is_none());
+    a.adjust_blocking(&held, Cost::request(0), Cost::request(0), true).unwrap();
+    assert!(matches!(decide(&a, Cost::request(0), Mode::Now, true), Outcome::NoLease { .. }), "no overtaking the line");
+    assert!(ask_in_line(&b, &mut second).is_none(), "not its turn");
+    assert!(ask_in_line(&b, &mut first).is_none(), "the higher priority goes first");
+    let got = ask_in_line(&a, &mut urgent).expect("the urgent waiter's turn");
+    a.adjust_blocking(&got, Cost::request(0), Cost::request(0), true).unwrap();
+    assert!(ask_in_line(&b, &mut second).is_none(), "arrival order within a priority");
+    assert!(ask_in_line(&b, &mut first).is_some());
+}
+
+#[test]
+fn a_waiter_that_gives_up_or_stops_asking_leaves_the_line() {
+    let Some(server) = start_server() else { return };
+    let lim = limiter(&server, vec![], Some(1), Duration::from_secs(5));
+    let held = admitted(decide(&lim, Cost::request(0), Mode::Now, true));
+    let (mut gone, mut quitter, mut next) = (lim.place(0), lim.place(0), lim.place(0));
+    for place in [&mut gone, &mut quitter, &mut next] {
+        assert!(ask_in_line(&lim, place).is_none());
+    }
+    lim.leave_line(&quitter);
+    lim.adjust_blocking(&held, Cost::request(0), Cost::request(0), true).unwrap();
+    // `gone` never asks again: its place expires, and `next` (behind the one that left) gets the slot.
+    let started = Instant::now();
+    while ask_in_line(&lim, &mut next).is_none() {
+        assert!(started.elapsed() < Duration::from_secs(3), "a dead waiter held up the line");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(started.elapsed() >= Duration::from_secs(1), "a live waiter keeps its place between asks");
 }

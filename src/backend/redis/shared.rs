@@ -2,10 +2,12 @@
 //! when Redis is away, one request's wait as a sans-IO state machine that any driver (an asyncio task,
 //! a thread) runs, and what this process saw.
 //!
-//! A request waits for two things. A concurrency lease held elsewhere cannot wake it (Redis cannot
-//! call into another process), so it asks again after a short pause that grows; a rate reservation is
-//! made in Redis, in the order Redis decides (which is arrival order across the fleet), and then slept
-//! out here. Giving up while sleeping gives the reservation back.
+//! A request waits for two things. For a concurrency lease it stands in the fleet's line in Redis
+//! (priority, then arrival, across every process; see acquire.lua): a slot released anywhere goes to
+//! the front of that line, never to a newcomer nor to the releaser's own process. Redis cannot call
+//! into a process, so a waiter asks again after a short pause that grows; each ask keeps its place.
+//! A rate reservation is made in Redis, in the order Redis decides, and then slept out here. Giving
+//! up takes the waiter out of the line and gives its reservation back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,7 +18,7 @@ use crate::core::refusal::{self, Awaited};
 use crate::core::stats::{Counts, WaitHistogram};
 use crate::core::Error;
 use crate::backend::redis::error::BackendError;
-use crate::backend::redis::limiter::{Counted, Grant, Mode, Outcome, Refused, RemoteLimiter};
+use crate::backend::redis::limiter::{Counted, Grant, Mode, Outcome, Place, Refused, RemoteLimiter};
 
 /// Asking again for a concurrency lease held elsewhere: the first pause, and the longest.
 const FIRST_POLL_NS: u64 = 2_000_000;
@@ -105,30 +107,30 @@ impl Shared {
     /// `fail_closed` keeps the failure, `fail_open` admits uncounted, `local` decides in this process.
     pub fn judge(&self, decided: Result<Outcome, Refused>, cost: Cost, price: f64, mode: Mode, operation: &str) -> (Result<Outcome, Refused>, Turn) {
         match decided {
-            Err(Err(err)) => match self.on_failure(err) {
-                Ok(turn) => {
-                    let outcome = match self.on_error {
-                        OnError::FailOpen => Ok(Outcome::Admitted(open(cost, price))),
-                        _ => self.remote.decide_locally(cost, price, mode, self.leases(), operation),
-                    };
-                    (outcome, turn)
-                }
-                Err(err) => (Err(Err(err)), Turn::Unchanged),
-            },
+            Err(Err(err)) => {
+                let (ruling, turn) = self.on_failure(err);
+                let outcome = match ruling {
+                    Err(err) => Err(Err(err)),
+                    Ok(()) if self.on_error == OnError::FailOpen => Ok(Outcome::Admitted(open(cost, price))),
+                    Ok(()) => self.remote.decide_locally(cost, price, mode, self.leases(), operation),
+                };
+                (outcome, turn)
+            }
             answered => (answered, self.reachable()),
         }
     }
 
-    /// Whether the policy decides instead of Redis after `err` (counted, with the outage it starts,
-    /// if any), or the failure stands (`fail_closed`, or a setting that cannot work).
-    pub fn on_failure(&self, err: BackendError) -> Result<Turn, BackendError> {
-        match err {
-            BackendError::Unavailable { message } if self.on_error != OnError::FailClosed => {
-                self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
-                Ok(if self.outage.swap(true, Ordering::AcqRel) { Turn::Unchanged } else { Turn::Outage(message) })
-            }
-            err => Err(err),
+    /// Whether the policy decides instead of Redis after `err` (counted), or the failure stands
+    /// (`fail_closed`, or a setting that cannot work); with the outage it starts, if any, under every
+    /// policy.
+    pub fn on_failure(&self, err: BackendError) -> (Result<(), BackendError>, Turn) {
+        let BackendError::Unavailable { message } = &err else { return (Err(err), Turn::Unchanged) };
+        let turn = if self.outage.swap(true, Ordering::AcqRel) { Turn::Unchanged } else { Turn::Outage(message.clone()) };
+        if self.on_error == OnError::FailClosed {
+            return (Err(err), turn);
         }
+        self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+        (Ok(()), turn)
     }
 
     /// This process's counts now.
@@ -185,20 +187,42 @@ pub struct SharedWait {
     started_ns: u64,
     deadline_ns: Option<u64>,
     pause_ns: u64,
+    /// Its place in the fleet's line for concurrency slots.
+    place: Place,
+    /// Whether an ask is out, unanswered: Redis may put it in line even if its answer never comes.
+    asking: bool,
     /// A reservation slept out until `until_ns`.
     holding: Option<(Grant, u64)>,
 }
 
 impl SharedWait {
-    /// A wait starting at `now` that gives up after `max_wait_ns` (`None`: never); its first step.
-    pub fn start(now: u64, max_wait_ns: Option<u64>) -> (Self, Step) {
-        let wait = Self { started_ns: now, deadline_ns: max_wait_ns.map(|ns| now.saturating_add(ns)), pause_ns: FIRST_POLL_NS, holding: None };
+    /// A wait starting at `now` that gives up after `max_wait_ns` (`None`: never), at `place` in the
+    /// fleet's line; its first step.
+    pub fn start(now: u64, max_wait_ns: Option<u64>, place: Place) -> (Self, Step) {
+        let deadline_ns = max_wait_ns.map(|ns| now.saturating_add(ns));
+        let mut wait = Self { started_ns: now, deadline_ns, pause_ns: FIRST_POLL_NS, place, asking: false, holding: None };
         let first = wait.ask(now);
         (wait, first)
     }
 
-    fn ask(&self, now: u64) -> Step {
+    fn ask(&mut self, now: u64) -> Step {
+        self.asking = true;
         Step::Ask { max_wait_us: self.deadline_ns.map(|deadline| deadline.saturating_sub(now) / 1_000) }
+    }
+
+    /// Who asks, and its place in the fleet's line: sent with each ask.
+    pub fn place(&self) -> &Place {
+        &self.place
+    }
+
+    /// It leaves the fleet's line (admitted or refused by Redis, which took it out, or giving up):
+    /// the place to take out of Redis's line, if it holds one there or an ask of it may still run.
+    pub fn leave_line(&mut self) -> Option<Place> {
+        (self.place.ticket > 0 || self.asking).then(|| {
+            let place = self.place.clone();
+            (self.place.ticket, self.asking) = (0, false);
+            place
+        })
     }
 
     /// How long it has waited by `now`.
@@ -208,23 +232,33 @@ impl SharedWait {
 
     /// What Redis (or the policy) decided at `now`.
     pub fn answered(&mut self, now: u64, outcome: Outcome, remote: &RemoteLimiter, operation: &str) -> Result<Step, Error> {
+        self.asking = false;
         match outcome {
-            Outcome::Later { wait_us, limit } => Err(remote.too_long(operation, wait_us, limit)),
+            Outcome::Later { wait_us, limit } => {
+                self.place.ticket = 0; // Redis took it out of the line
+                Err(remote.too_long(operation, wait_us, limit))
+            }
             outcome => self.after(now, outcome, operation),
         }
     }
 
     /// `answered`, for every outcome but a wait past the deadline (worded by the limiter).
     fn after(&mut self, now: u64, outcome: Outcome, operation: &str) -> Result<Step, Error> {
+        self.asking = false;
         match outcome {
-            Outcome::Admitted(grant) if grant.wait_us == 0 => Ok(Step::Admitted(grant)),
+            Outcome::Admitted(grant) if grant.wait_us == 0 => {
+                self.place.ticket = 0;
+                Ok(Step::Admitted(grant))
+            }
             Outcome::Admitted(grant) => {
+                self.place.ticket = 0;
                 let until_ns = now.saturating_add(grant.wait_us.saturating_mul(1_000));
                 self.holding = Some((grant, until_ns));
                 Ok(Step::Sleep { until_ns })
             }
             Outcome::Later { .. } => unreachable!("answered words it"),
-            Outcome::NoLease { retry_us } => {
+            Outcome::NoLease { retry_us, ticket } => {
+                self.place.ticket = ticket;
                 let left = self.deadline_ns.map(|deadline| deadline.saturating_sub(now));
                 if left == Some(0) {
                     return Err(refusal::timed_out(operation, Awaited::Slot));
@@ -264,7 +298,7 @@ mod tests {
 
     #[test]
     fn a_reservation_is_slept_out_then_admitted() {
-        let (mut wait, first) = SharedWait::start(1_000, None);
+        let (mut wait, first) = SharedWait::start(1_000, None, Place::newcomer(0));
         assert!(matches!(first, Step::Ask { max_wait_us: None }));
         let Ok(Step::Sleep { until_ns }) = wait.after(2_000, Outcome::Admitted(grant(5)), "acquire") else { panic!() };
         assert_eq!(until_ns, 7_000);
@@ -275,7 +309,7 @@ mod tests {
 
     #[test]
     fn giving_up_while_sleeping_hands_back_the_reservation() {
-        let (mut wait, _) = SharedWait::start(0, None);
+        let (mut wait, _) = SharedWait::start(0, None, Place::newcomer(0));
         assert!(matches!(wait.after(0, Outcome::Admitted(grant(1_000)), "acquire"), Ok(Step::Sleep { .. })));
         assert!(wait.abandon().is_some());
         assert!(wait.abandon().is_none(), "given back once");
@@ -283,12 +317,12 @@ mod tests {
 
     #[test]
     fn a_lease_held_elsewhere_is_asked_for_again_after_a_growing_pause_within_the_timeout() {
-        let (mut wait, first) = SharedWait::start(0, Some(30_000_000));
+        let (mut wait, first) = SharedWait::start(0, Some(30_000_000), Place::newcomer(0));
         assert!(matches!(first, Step::Ask { max_wait_us: Some(30_000) }));
         let mut now = 0;
         let mut pauses = Vec::new();
         loop {
-            match wait.after(now, Outcome::NoLease { retry_us: 1_000_000 }, "acquire") {
+            match wait.after(now, Outcome::NoLease { retry_us: 1_000_000, ticket: 0 }, "acquire") {
                 Ok(Step::Sleep { until_ns }) => {
                     pauses.push(until_ns - now);
                     now = until_ns;
@@ -306,9 +340,22 @@ mod tests {
     }
 
     #[test]
+    fn a_waiter_keeps_its_ticket_while_it_waits_and_leaves_the_line_once() {
+        let place = Place { waiter: "w".into(), ticket: 0, priority: 3 };
+        let (mut wait, _) = SharedWait::start(0, None, place);
+        assert!(matches!(wait.after(0, Outcome::NoLease { retry_us: 1_000, ticket: 7 }, "acquire"), Ok(Step::Sleep { .. })));
+        assert_eq!((wait.place().ticket, wait.place().priority), (7, 3), "its next ask keeps its place");
+        assert_eq!(wait.leave_line().map(|p| p.ticket), Some(7));
+        assert!(wait.leave_line().is_none(), "left once");
+        assert!(matches!(wait.after(0, Outcome::NoLease { retry_us: 1_000, ticket: 8 }, "acquire"), Ok(Step::Sleep { .. })));
+        assert!(matches!(wait.after(0, Outcome::Admitted(grant(0)), "acquire"), Ok(Step::Admitted(_))));
+        assert!(wait.leave_line().is_none(), "admitted: Redis took it out of the line");
+    }
+
+    #[test]
     fn the_pause_never_outlasts_the_lease_holders_ttl() {
-        let (mut wait, _) = SharedWait::start(0, None);
-        let Ok(Step::Sleep { until_ns }) = wait.after(0, Outcome::NoLease { retry_us: 500 }, "acquire") else { panic!() };
+        let (mut wait, _) = SharedWait::start(0, None, Place::newcomer(0));
+        let Ok(Step::Sleep { until_ns }) = wait.after(0, Outcome::NoLease { retry_us: 500, ticket: 0 }, "acquire") else { panic!() };
         assert_eq!(until_ns, 500_000);
     }
 }

@@ -85,6 +85,11 @@ impl WindowSpec {
         }
     }
 
+    /// The period of the limit it enforces (its guard not included).
+    pub fn period_ns(&self) -> u64 {
+        self.source.period_ns()
+    }
+
     /// The units of `cost` this window counts.
     pub fn units(&self, cost: Cost) -> u64 {
         self.unit.of(cost)

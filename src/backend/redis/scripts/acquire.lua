@@ -1,10 +1,17 @@
 -- Decides one request for one limiter against all its windows and its concurrency lease, all or
--- nothing, on Redis's own clock (TIME, microseconds). Every number is an integer below 2^53, so Lua's
--- doubles hold it exactly: no float drift. (Numbers are written with '%d': Lua's own tostring would
--- print a microsecond timestamp as 1.7640500000000e+15.) The client (src/redis/windows.rs) turns each
--- limit into the plain numbers below; the rules of the core's windows are applied there, not here.
--- A GCRA window applies the core's pure functions (src/core/gcra.rs) and nothing else: `schedule` to
--- admit (at the instant every window agreed on), `charge` for a hand-over's debt, `remaining` to peek.
+-- nothing, on Redis's own clock (TIME, microseconds); common.lua comes first. The client
+-- (src/backend/redis/windows.rs) turns each limit into the plain numbers below; the rules of the core's
+-- windows are applied there, not here. A GCRA window applies the core's pure functions
+-- (src/core/gcra.rs) and nothing else: `schedule` to admit (at the instant every window agreed on),
+-- `charge` for a hand-over's debt, `remaining` to peek.
+--
+-- The fleet's line for concurrency slots: a request that finds no slot it may take joins one line
+-- across every process, ordered by priority (higher first), then by arrival (a ticket Redis numbers).
+-- A free slot goes to those at the front: a request is admitted only while fewer are ahead of it than
+-- slots are free, so nobody overtakes a waiter, whichever process releases the slot or asks first.
+-- Waiters ask again until admitted (Redis cannot call them); one that stops asking (its process died)
+-- leaves the line once its place expires, and one that gave up is withdrawn by leave.lua (if its ask
+-- runs after that, late, it takes nothing).
 --
 -- KEYS[1]      the state hash: per window "sum:<id>" (units in the log), "seq:<id>" (sequence number of
 --              the oldest log entry), "tat:<id>" (a GCRA window's theoretical arrival time); per
@@ -12,13 +19,18 @@
 -- KEYS[2]      the lease sorted set: lease id -> expiry (us)
 -- KEYS[3]      the member sorted set: limiter instance id -> expiry (us); how many processes share the limit
 -- KEYS[4]      withdrawn lease ids -> expiry (us): decisions their client gave up on (see reclaim.lua)
--- KEYS[4 + i]  window i's admission log (exact windows): a list of "at:cost", oldest first
+-- KEYS[5]      the line: waiter -> -priority * 2^32 + ticket (priorities within +-2^20, so the score is
+--              exact in a double; a ticket numbers arrivals, modulo 2^32)
+-- KEYS[6]      the line's places -> expiry (us): a waiter that stops asking leaves the line
+-- KEYS[6 + i]  window i's admission log (exact windows): a list of "at:cost", oldest first
 -- ARGV[1]      mode: "peek" (count nothing), "now" (admit only now), "reserve" (admit at a later instant)
 -- ARGV[2]      reserve: the longest wait allowed (us), -1 for any
 -- ARGV[3]      lease id to take ("" for none), ARGV[4] most leases at once, ARGV[5] lease TTL (us)
 -- ARGV[6]      this instance's member id ("" when it renewed its membership lately), ARGV[7] how long it
 --              counts as a member after renewing (us)
--- ARGV[8]      number of windows, then nine values per window:
+-- ARGV[8]      the waiter asking ("" for a request that will not wait), ARGV[9] its priority,
+--              ARGV[10] how long its place is kept unless it asks (us)
+-- ARGV[11]     number of windows, then nine values per window:
 --              id, kind ("log" | "gcra"), limit (log: units per window; gcra: burst), span (log: window
 --              length; gcra: one unit's interval in force, wider while the rate is cut), base (gcra: the
 --              configured interval, which with the burst makes the tolerance), cost (units this request
@@ -35,21 +47,24 @@
 --   0  admitted at `at`: a = wait (at - now), b = at; then receipt_1 .. receipt_n to settle it with
 --   1  passes only after a = wait, more than allowed (b = binding window): nothing counted
 --   2  window a can never admit the cost (b = the most it ever can)
---   3  no lease free; the oldest expires in a (us)
+--   3  no lease it may take: a = when to look again at the latest (us: the oldest lease's expiry, or
+--      its place's), b = its ticket in the line (0: it did not join)
+--      (status 5 also when the waiter was withdrawn: it gave up before this ask ran)
 --   4  peek: passes after a (b = binding window); then remaining_1 .. remaining_n, the units window i
 --      could take now without waiting
 --   5  its lease id was withdrawn by its client already: nothing counted
 --   6  the request would cross budget window a: nothing counted
 
 local state, lease_key, member_key, withdrawn_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local line_key, places_key = KEYS[5], KEYS[6]
 local mode, max_wait = ARGV[1], tonumber(ARGV[2])
 local lease_id, max_leases, lease_ttl = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local member_ttl = tonumber(ARGV[7])
-local n = tonumber(ARGV[8])
-local PER_WINDOW = 9
+local waiter, priority, place_ttl = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+local n = tonumber(ARGV[11])
+local BASE, PER_WINDOW, LOGS = 11, 9, 6
 
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local now = redis_now()
 
 if ARGV[6] ~= '' then
   redis.call('ZADD', member_key, now + member_ttl, ARGV[6])
@@ -58,20 +73,7 @@ if ARGV[6] ~= '' then
 end
 local members = redis.call('ZCARD', member_key)
 
--- Keeps `key` at least `us` microseconds more (never shortens what another window needs).
-local function keep(key, us)
-  local ms = math.ceil(us / 1000) + 1000
-  if redis.call('PTTL', key) < ms then
-    redis.call('PEXPIRE', key, ms)
-  end
-end
-
-local function parse(entry)
-  local at, cost = string.match(entry, '^(%d+):(%d+)$')
-  return tonumber(at), tonumber(cost)
-end
-
-local handover_base = 8 + n * PER_WINDOW
+local handover_base = BASE + n * PER_WINDOW
 local handover = tonumber(ARGV[handover_base + 1])
 if handover > 0 then
   local field = 'handed:' .. ARGV[handover_base + 2]
@@ -86,18 +88,18 @@ end
 -- first counts what the instance admitted on its own, from now on.
 local windows = {}
 for i = 1, n do
-  local first = 8 + (i - 1) * PER_WINDOW
+  local first = BASE + (i - 1) * PER_WINDOW
   local w = {
     id = ARGV[first + 1], kind = ARGV[first + 2], limit = tonumber(ARGV[first + 3]),
     span = tonumber(ARGV[first + 4]), base = tonumber(ARGV[first + 5]), cost = tonumber(ARGV[first + 6]),
     merge = tonumber(ARGV[first + 7]), budget = ARGV[first + 8] == '1',
     debt = handover > 0 and tonumber(ARGV[first + 9]) or 0,
-    log = KEYS[4 + i],
+    log = KEYS[LOGS + i],
   }
   if w.kind == 'gcra' then
     w.tat = tonumber(redis.call('HGET', state, 'tat:' .. w.id) or '0')
     if w.debt > 0 then
-      w.tat = math.max(w.tat, now) + w.debt * w.span
+      w.tat = gcra_charge(w.tat, now, w.debt, w.span)
       redis.call('HSET', state, 'tat:' .. w.id, w.tat)
       keep(state, w.tat - now)
     end
@@ -151,6 +153,35 @@ if lease_id ~= '' or mode == 'peek' then
   leases = redis.call('ZCARD', lease_key)
 end
 
+local in_line = false
+
+-- Takes this waiter out of the line (admitted, or refused for good).
+local function leave_line()
+  if in_line then
+    redis.call('ZREM', line_key, waiter)
+    redis.call('ZREM', places_key, waiter)
+  end
+end
+
+-- How many in line go before this request: those ahead of its place, or for a request not in line
+-- (a newcomer), every waiter of its priority or higher. Places not renewed in time are let go first.
+local function ahead_in_line()
+  if redis.call('EXISTS', line_key) == 0 then return 0 end
+  local gone = redis.call('ZRANGEBYSCORE', places_key, '-inf', now)
+  if #gone > 0 then
+    redis.call('ZREM', line_key, unpack(gone))
+    redis.call('ZREMRANGEBYSCORE', places_key, '-inf', now)
+  end
+  if waiter ~= '' then
+    local rank = redis.call('ZRANK', line_key, waiter)
+    if rank then
+      in_line = true
+      return rank
+    end
+  end
+  return redis.call('ZCOUNT', line_key, '-inf', line_score(priority, TICKETS - 1))
+end
+
 local function reply(status, a, b)
   local answer = {status, members, leases, a, b}
   for i, w in ipairs(windows) do
@@ -160,7 +191,7 @@ local function reply(status, a, b)
 end
 
 -- A decision its client gave up on before Redis ran it (reclaim.lua came first) takes nothing.
-if lease_id ~= '' and redis.call('ZREM', withdrawn_key, lease_id) == 1 then
+if lease_id ~= '' and (redis.call('ZREM', withdrawn_key, lease_id) == 1 or (waiter ~= '' and redis.call('ZREM', withdrawn_key, waiter) == 1)) then
   return reply(5, 0, 0)
 end
 
@@ -176,7 +207,7 @@ end
 local function earliest(w)
   if w.kind == 'gcra' then
     if w.cost > w.limit then return nil, w.limit end
-    local tat = math.max(w.tat, now) + w.cost * w.span
+    local tat = gcra_charge(w.tat, now, w.cost, w.span)
     return math.max(tat - math.max(w.limit * w.base, w.cost * w.span), now)
   end
   if w.cost > w.limit then return nil, w.limit end
@@ -202,6 +233,7 @@ for i, w in ipairs(windows) do
     instants[i], nevers[i] = earliest(w)
     -- A budget never makes a request wait: one that does not fit now is refused (as in the core).
     if w.budget and mode ~= 'peek' and (not instants[i] or instants[i] > now) then
+      leave_line()
       return reply(6, i, 0)
     end
   end
@@ -209,7 +241,10 @@ end
 local at, binding = now, 0
 for i, w in ipairs(windows) do
   if w.cost > 0 then
-    if not instants[i] then return reply(2, i, nevers[i]) end
+    if not instants[i] then
+      leave_line()
+      return reply(2, i, nevers[i])
+    end
     if instants[i] > at then at, binding = instants[i], i end
   end
 end
@@ -222,15 +257,40 @@ if mode == 'peek' then
   return answer
 end
 
-if lease_id ~= '' and leases >= max_leases then
-  local oldest = redis.call('ZRANGE', lease_key, 0, 0, 'WITHSCORES')
-  return reply(3, tonumber(oldest[2]) - now, 0)
+if lease_id ~= '' then
+  local ahead = ahead_in_line()
+  if ahead >= max_leases - leases then
+    local look_again = place_ttl
+    if leases >= max_leases then
+      local oldest = redis.call('ZRANGE', lease_key, 0, 0, 'WITHSCORES')
+      look_again = math.min(look_again, tonumber(oldest[2]) - now)
+    end
+    if ahead < max_leases then
+      -- Within reach of the next release: it looks again within 10 ms (the others back off to 50 ms),
+      -- so a slot freed anywhere goes back to work soon; at most max_leases waiters poll this often.
+      look_again = math.min(look_again, 10000)
+    end
+    if waiter ~= '' and mode == 'reserve' then
+      if not in_line then
+        local ticket = redis.call('HINCRBY', state, 'ticket', 1) % TICKETS
+        redis.call('ZADD', line_key, line_score(priority, ticket), waiter)
+      end
+      redis.call('ZADD', places_key, now + place_ttl, waiter)
+      keep(line_key, place_ttl)
+      keep(places_key, place_ttl)
+      keep(state, place_ttl)
+      return reply(3, look_again, 1)
+    end
+    return reply(3, look_again, 0)
+  end
 end
 
 local wait = at - now
 if wait > 0 and (mode == 'now' or (max_wait >= 0 and wait > max_wait)) then
+  leave_line()
   return reply(1, wait, binding)
 end
+leave_line()
 
 -- Admitted at `at`: count it in every window, take the lease, keep the keys while they matter.
 local receipts = {}
@@ -240,7 +300,7 @@ for i, w in ipairs(windows) do
   if w.kind == 'gcra' then
     if w.cost > 0 then
       -- Gcra::schedule(tat, cost, at).tat: counted from when every window lets it go.
-      w.tat = math.max(w.tat, at) + w.cost * w.span
+      w.tat = gcra_charge(w.tat, at, w.cost, w.span)
       redis.call('HSET', state, 'tat:' .. w.id, w.tat)
       receipt = w.tat
     end

@@ -1,6 +1,6 @@
 -- Corrects an admission after the fact and returns its lease: settles the real token count (refund or
 -- charge), gives back a reservation whose waiter gave up (actual = 0), or only releases the lease.
--- Same keys as acquire.lua (the member set and the withdrawals unused).
+-- Same keys as acquire.lua (the member set, the withdrawals and the line unused); common.lua first.
 --
 -- ARGV[1]  lease id to release ("" for none)
 -- ARGV[2]  number of windows, then seven values per window:
@@ -13,16 +13,8 @@
 
 local state, lease_key = KEYS[1], KEYS[2]
 local n = tonumber(ARGV[2])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-
--- Keeps `key` at least `us` microseconds more (never shortens what another window needs).
-local function keep(key, us)
-  local ms = math.ceil(us / 1000) + 1000
-  if redis.call('PTTL', key) < ms then
-    redis.call('PEXPIRE', key, ms)
-  end
-end
+local now = redis_now()
+local LOGS = 6
 
 for i = 1, n do
   local at_arg = 2 + (i - 1) * 7
@@ -34,30 +26,30 @@ for i = 1, n do
       local tat = tonumber(redis.call('HGET', state, field) or '0')
       if actual > counted then
         -- Tokens nobody estimated were spent anyway: the server counted them, so do we.
-        redis.call('HSET', state, field, math.max(tat, now) + (actual - counted) * span)
+        redis.call('HSET', state, field, gcra_charge(tat, now, actual - counted, span))
       elseif receipt ~= 0 and tat == receipt then
         -- A refund only while nothing was admitted after it: later admissions relied on this TAT.
         redis.call('HSET', state, field, tat - (counted - actual) * base)
       end
     elseif counted == 0 then
       -- Nothing was counted here to correct: count the real cost from now (or the last entry) on.
-      local log = KEYS[4 + i]
+      local log = KEYS[LOGS + i]
       local last = redis.call('LINDEX', log, -1)
-      local at = last and math.max(now, tonumber(string.match(last, '^(%d+):'))) or now
+      local at = last and math.max(now, (parse(last))) or now
       redis.call('RPUSH', log, string.format('%d:%d', at, actual))
       redis.call('HINCRBY', state, 'sum:' .. id, actual)
       keep(log, at - now + span)
       keep(state, at - now + span)
     else
-      local log = KEYS[4 + i]
+      local log = KEYS[LOGS + i]
       local seq = tonumber(redis.call('HGET', state, 'seq:' .. id) or '0')
       local index = receipt - seq - 1
       local entry = index >= 0 and redis.call('LINDEX', log, index) or false
       if entry then
-        local at, cost = string.match(entry, '^(%d+):(%d+)$')
-        local corrected = math.max(tonumber(cost) + actual - counted, 0)
+        local at, cost = parse(entry)
+        local corrected = math.max(cost + actual - counted, 0)
         redis.call('LSET', log, index, string.format('%d:%d', at, corrected))
-        redis.call('HINCRBY', state, 'sum:' .. id, corrected - tonumber(cost))
+        redis.call('HINCRBY', state, 'sum:' .. id, corrected - cost)
         if corrected == 0 and index == redis.call('LLEN', log) - 1 then
           redis.call('RPOP', log)
         end

@@ -4,8 +4,7 @@
 -- nothing (acquire.lua). Withdrawals are kept as long as a lease would be, then forgotten.
 -- KEYS[1] the lease sorted set, KEYS[2] withdrawn lease ids; ARGV[1] the lease TTL (us), ARGV[2..] ids.
 -- Returns the number of leases removed.
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local now = redis_now()
 local ttl = tonumber(ARGV[1])
 local removed = 0
 for i = 2, #ARGV do

@@ -1,8 +1,7 @@
 -- Extends the leases still held by a live process, so only a dead process's leases expire.
 -- KEYS[1] the lease sorted set; ARGV[1] the TTL (us); ARGV[2..] lease ids.
 -- ZADD XX: a lease that expired already (and may have been taken over) is not brought back.
-local clock = redis.call('TIME')
-local expiry = tonumber(clock[1]) * 1000000 + tonumber(clock[2]) + tonumber(ARGV[1])
+local expiry = redis_now() + tonumber(ARGV[1])
 for i = 2, #ARGV do
   redis.call('ZADD', KEYS[1], 'XX', expiry, ARGV[i])
 end

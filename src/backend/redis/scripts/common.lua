@@ -1,0 +1,40 @@
+-- What every holysheep script shares: Redis's clock, key lifetimes, the log's entries and GCRA's
+-- charge. Loaded once as the head of the holysheep Functions library (Redis 7.0+), or put before each
+-- script run by EVALSHA on older servers (src/backend/redis/scripts.rs). Every number is an integer
+-- below 2^53, so Lua's doubles hold it exactly: no float drift. (Numbers are written with '%d': Lua's
+-- own tostring would print a microsecond timestamp as 1.7640500000000e+15.)
+
+-- Redis's own clock, in microseconds.
+local function redis_now()
+  local clock = redis.call('TIME')
+  return tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+end
+
+-- Keeps `key` at least `us` microseconds more (never shortens what another window needs).
+local function keep(key, us)
+  local ms = math.ceil(us / 1000) + 1000
+  if redis.call('PTTL', key) < ms then
+    redis.call('PEXPIRE', key, ms)
+  end
+end
+
+-- An exact window's log entry "at:cost", read.
+local function parse(entry)
+  local at, cost = string.match(entry, '^(%d+):(%d+)$')
+  return tonumber(at), tonumber(cost)
+end
+
+-- Gcra::charge (src/core/gcra.rs): the theoretical arrival time after `units` more, each `span` apart,
+-- counted from `from` or the old one, whichever is later.
+local function gcra_charge(tat, from, units, span)
+  return math.max(tat, from) + units * span
+end
+
+-- Tickets number arrivals in a limiter's line for concurrency slots (see acquire.lua), modulo this.
+local TICKETS = 4294967296
+
+-- A waiter's score in the line: higher priority first, then earlier arrival; written with '%d', since
+-- Redis would turn a Lua number into a string with 14 significant digits only.
+local function line_score(priority, ticket)
+  return string.format('%d', -priority * TICKETS + ticket)
+end
