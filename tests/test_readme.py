@@ -106,8 +106,13 @@ def test_the_readme_has_runnable_examples_and_few_that_are_not() -> None:
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[f"README.md:{block.line}" for block in BLOCKS])
 def test_a_readme_example_runs_as_written(
-    block: Block, gateway: MockGateway, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+    block: Block,
+    gateway: MockGateway,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # what a block writes (a plot) lands there
     if block.not_run is not None:
         pytest.skip(f"marked not run: {block.not_run}")
     if "RedisBackend" in block.code:
