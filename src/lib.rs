@@ -9,6 +9,7 @@
 pub mod core;
 pub mod gateway;
 pub mod backend;
+pub mod engine;
 
 #[cfg(feature = "python")]
 mod py;

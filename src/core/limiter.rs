@@ -10,6 +10,7 @@ use crate::core::concurrency::Concurrency;
 use crate::core::decision::Decision;
 use crate::core::error::{Error, Result};
 use crate::core::feedback::{Aimd, FOLLOWED, followed};
+use crate::core::headers::server_left;
 use crate::core::spin::SpinLock;
 use crate::core::limit::{Cost, Limit, Unit};
 use crate::core::line::{Gate, Line, Poll, Reserved, Ticket};
@@ -358,6 +359,27 @@ impl<C: Clock> Limiter<C> {
             if factor != self.applied.lock()[followed] {
                 self.apply(followed, factor);
             }
+        }
+    }
+
+    /// What the server answered to `admission` (charged `cost`): a 429 cuts the rates in force, any
+    /// other answer lets them climb back, and what its `x-ratelimit-remaining-*` / `-reset-*` headers
+    /// (among `headers`, names compared case-insensitively) say is left is held against our own count.
+    pub fn observe<'a>(&self, admission: &Admission, cost: Cost, status: u16, headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) {
+        self.observe_status(status);
+        for (unit, left) in FOLLOWED.into_iter().zip(server_left(headers)) {
+            if let Some((remaining, reset_ns)) = left {
+                self.record_server_remaining(admission, cost, unit, remaining, reset_ns);
+            }
+        }
+    }
+
+    /// An answer's status alone: a 429 cuts the rates in force; any other answer lets them climb back.
+    pub fn observe_status(&self, status: u16) {
+        if status == 429 {
+            self.record_server_rejection();
+        } else {
+            self.record_server_answer();
         }
     }
 

@@ -10,8 +10,6 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
-use crate::core::feedback::FOLLOWED;
-use crate::core::headers::server_left;
 use crate::backend::Decided;
 use crate::core::{Cost, Limiter};
 use crate::py::args;
@@ -163,18 +161,16 @@ impl PyAdmission {
     /// held against our own count. `headers` is the answer's httpx `Headers`; unreadable values are
     /// ignored.
     fn observe(&self, status: u16, headers: &Bound<'_, PyAny>) -> PyResult<()> {
-        observe_status(&self.limiter, status);
         match &self.decided {
             Decided::Local(admission) => {
                 let pairs = rate_limit_headers(headers)?;
-                let said = server_left(pairs.iter().map(|(name, value)| (name.as_bytes(), value.as_bytes())));
-                for (unit, left) in FOLLOWED.into_iter().zip(said) {
-                    if let Some((remaining, reset_ns)) = left {
-                        self.limiter.record_server_remaining(admission, self.cost(), unit, remaining, reset_ns);
-                    }
-                }
+                let pairs = pairs.iter().map(|(name, value)| (name.as_bytes(), value.as_bytes()));
+                self.limiter.observe(admission, self.cost(), status, pairs);
             }
-            Decided::Redis { shared, .. } => shared.remote.follow(self.limiter.rate_factors()),
+            Decided::Redis { shared, .. } => {
+                self.limiter.observe_status(status);
+                shared.remote.follow(self.limiter.rate_factors());
+            }
         }
         Ok(())
     }
@@ -200,15 +196,6 @@ impl PyAdmission {
             },
         };
         format!("<_Admission tokens={} {place} {state}>", self.tokens())
-    }
-}
-
-/// A 429 cuts the rates in force; any other answer lets them climb back.
-fn observe_status(limiter: &Limiter, status: u16) {
-    if status == 429 {
-        limiter.record_server_rejection();
-    } else {
-        limiter.record_server_answer();
     }
 }
 
