@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING
 
 from holysheep import testing
 from holysheep._holysheep import Limit, __version__
+from holysheep._engine import BatchReport, arun_batch, run_batch
 from holysheep._keyed import KeyedLimiter
 from holysheep._limiter import (
     ConcurrencyLimiter,
@@ -61,6 +62,7 @@ __all__ = [
     "AsyncHolySheep",
     "BackendUnavailable",
     "BatchFailure",
+    "BatchReport",
     "BudgetExceeded",
     "CircuitBreaker",
     "CircuitOpenError",
@@ -80,6 +82,7 @@ __all__ = [
     "TokenBucket",
     "Transport",
     "__version__",
+    "arun_batch",
     "batch_chat",
     "batch_chat_sync",
     "batch_embed",
@@ -88,6 +91,7 @@ __all__ = [
     "rate_limited",
     "resilient",
     "retry",
+    "run_batch",
     "transport_class",
     "wrap",
 ]

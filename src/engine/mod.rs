@@ -7,6 +7,7 @@
 //! the whole file and [`plan`] says what a job would take without sending.
 
 pub mod admit;
+pub mod body;
 pub mod input;
 pub mod job;
 pub mod output;

@@ -17,6 +17,7 @@ use crate::core::headers::server_delay_now;
 use crate::core::retry::RetryDecision;
 use crate::core::{Admission, Cost, Error, Limiter};
 use crate::engine::admit::admit;
+use crate::engine::body::{Stamp, StampedBody};
 use crate::engine::input::Request;
 use crate::engine::job::Cancel;
 use crate::engine::output::{self, Answer};
@@ -94,8 +95,9 @@ impl Sender {
         }
     }
 
-    async fn attempt(&self, url: &str, body: &str) -> Got {
-        let sent = self.client.post(url).headers(self.headers.clone()).timeout(self.timeout).body(body.to_owned()).send().await;
+    async fn attempt(&self, url: &str, body: Bytes, stamp: Option<Stamp>) -> Got {
+        let body = reqwest::Body::wrap(StampedBody::new(body, stamp));
+        let sent = self.client.post(url).headers(self.headers.clone()).timeout(self.timeout).body(body).send().await;
         let read = match sent {
             Ok(response) => {
                 let (status, headers) = (response.status().as_u16(), response.headers().clone());
@@ -116,7 +118,8 @@ impl Sender {
     /// Sends `request` (estimated at `cost`) until it succeeds, fails for good, or a budget stops it.
     pub async fn send(&self, request: &Request, cost: Cost, price: f64) -> Sent {
         let url = self.url(&request.url);
-        let limiter = self.guards.limiter.as_deref();
+        let body = Bytes::copy_from_slice(request.body.get().as_bytes());
+        let limiter = self.guards.limiter.as_ref();
         let retry = &*self.guards.retry;
         let started = retry.begin();
         let (mut attempts, mut previous_delay) = (0, 0);
@@ -151,11 +154,12 @@ impl Sender {
                 Some(Ok(permit)) => Some(permit),
                 None => None,
             };
-            if let Some((limiter, admission)) = &admission {
-                limiter.stamp(admission, cost);
-            }
+            let stamp = admission.map(|(limiter, admission)| {
+                let limiter = Arc::clone(limiter);
+                Box::new(move || limiter.stamp(&admission, cost)) as Stamp
+            });
             attempts += 1;
-            let Some(got) = self.unless_cancelled(self.attempt(&url, request.body.get())).await else {
+            let Some(got) = self.unless_cancelled(self.attempt(&url, body.clone(), stamp)).await else {
                 // Sent, never answered: the rates keep it (the server may have counted it).
                 if let Some((limiter, _)) = &admission {
                     let _ = limiter.release();
@@ -165,7 +169,7 @@ impl Sender {
                 }
                 return Sent::Cancelled;
             };
-            let ended = self.judge(request, &got, admission.as_ref().map(|(l, a)| (*l, a)), cost, price, permit);
+            let ended = self.judge(request, &got, admission.as_ref().map(|(l, a)| (l.as_ref(), a)), cost, price, permit);
             let (line, failure, tokens, retry_after) = match ended {
                 Judged::Succeeded { line, tokens } => return Sent::Done { line, failure: None, tokens },
                 Judged::Failed { line, reason, retry, server_delay } => (line, reason, cost.tokens, retry.then_some(server_delay)),
