@@ -15,6 +15,7 @@ Output lines: ``{"id", "custom_id", "response": {"status_code", "request_id", "b
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import sys
 import time
@@ -198,11 +199,9 @@ class _ProgressLine:
         self._bar: Any = None
         self._tqdm: Any = None
         try:
-            from tqdm import tqdm
+            self._tqdm = importlib.import_module("tqdm.auto").tqdm
         except ImportError:
             pass
-        else:
-            self._tqdm = tqdm
         self._t0: float | None = None
 
     def update(self, counts: Mapping[str, Any]) -> None:
