@@ -126,6 +126,19 @@ def test_an_open_breaker_stops_sending_until_it_lets_a_trial_through(tmp_path: P
     assert breaker.state == "closed"
 
 
+def test_a_request_no_limit_can_ever_pass_is_a_failed_line_and_the_rest_go_on(tmp_path: Path) -> None:
+    requests = write_lines(tmp_path / "in.jsonl", [chat_line("small"), chat_line("huge", content="x" * 2_000)])
+    output = tmp_path / "out.jsonl"
+    limiter = hs.HolySheepRateLimiter(tpm=100)
+    with MockGateway() as gw:
+        report = hs.run_batch(requests, output, base_url=gw.base_url, api_key=KEY, limiter=limiter)
+        assert len(gw.admission_log()) == 1
+    assert (report.ok, report.failed, report.failures) == (1, 1, {"exceeds_limit": 1})
+    huge = next(line for line in read_output(output) if line["custom_id"] == "huge")
+    assert huge["response"] is None and huge["error"]["code"] == "exceeds_limit"
+    assert "never" in huge["error"]["message"]
+
+
 def test_a_budget_stops_sending_and_reports_the_rest_unsent(tmp_path: Path) -> None:
     # About 1,000 tokens a request at gpt-4.1's $8 per million: $0.008 each, so $0.05 pays for six.
     requests = write_lines(tmp_path / "in.jsonl", [chat_line(f"r{i}", content="x" * 4_000) for i in range(30)])

@@ -205,6 +205,8 @@ class _ProgressLine:
         self._t0: float | None = None
 
     def update(self, counts: Mapping[str, Any]) -> None:
+        if counts["total"] == 0:  # the input is still being checked
+            return
         now = time.monotonic()
         if self._t0 is None:
             self._t0 = now

@@ -12,7 +12,7 @@ use std::time::Duration;
 use pyo3::exceptions::{PyOSError, PyRuntimeError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
 use crate::core::clock::ns_to_secs;
 use crate::core::{CircuitBreaker, Error, RetryPolicy};
@@ -54,7 +54,7 @@ impl From<JobError> for PyErr {
     }
 }
 
-type Running = JoinHandle<Result<Report, JobError>>;
+type Running = oneshot::Receiver<Result<Report, JobError>>;
 
 /// One batch job; `holysheep.run_batch` and `arun_batch` drive it.
 #[pyclass(name = "_BatchJob", module = "holysheep._holysheep", frozen)]
@@ -63,6 +63,7 @@ pub struct PyBatchJob {
     running: Mutex<Option<Running>>,
 }
 
+/// Where a thread waits for a job's report.
 fn runtime() -> &'static tokio::runtime::Runtime {
     pyo3_async_runtimes::tokio::get_runtime()
 }
@@ -130,14 +131,13 @@ impl PyBatchJob {
         plan_dict(py, &plan)
     }
 
-    /// Starts the job on the engine's runtime.
+    /// Starts the job on a thread of its own.
     fn start(&self) -> PyResult<()> {
         let mut running = lock(&self.running);
         if running.is_some() {
             return Err(PyRuntimeError::new_err("the batch job is already running"));
         }
-        let job = Arc::clone(&self.job);
-        *running = Some(runtime().spawn(async move { job.run().await }));
+        *running = Some(self.job.spawn()?);
         Ok(())
     }
 
@@ -152,7 +152,7 @@ impl PyBatchJob {
         let joined = py.detach(|| runtime().block_on(async { tokio::time::timeout(wait, handle).await }));
         let Ok(joined) = joined else { return Ok(None) };
         *running = None;
-        let report = joined.map_err(|err| PyRuntimeError::new_err(format!("the batch job failed: {err}")))??;
+        let report = joined.map_err(|_| PyRuntimeError::new_err("the batch job's thread ended without a report"))??;
         report_dict(py, &report).map(Some)
     }
 
@@ -162,7 +162,7 @@ impl PyBatchJob {
             return Err(PyRuntimeError::new_err("the batch job is not running"));
         };
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let report = handle.await.map_err(|err| PyRuntimeError::new_err(format!("the batch job failed: {err}")))??;
+            let report = handle.await.map_err(|_| PyRuntimeError::new_err("the batch job's thread ended without a report"))??;
             Python::attach(|py| report_dict(py, &report).map(Bound::unbind))
         })
     }
