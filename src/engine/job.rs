@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, oneshot, watch};
 
 use crate::core::{Cost, Unit};
 use crate::engine::input::{self, Request};
-use crate::engine::output::{self, Writer};
+use crate::engine::output::{self, Appender};
 use crate::engine::progress::Progress;
 use crate::engine::send::{Sender, Sent};
 use crate::engine::{Guards, JobError, tokens};
@@ -179,7 +179,7 @@ impl Job {
             Arc::clone(&self.progress),
             Arc::clone(&self.cancel),
         )?);
-        let writer = Writer::open(&config.output)?;
+        let appender = Arc::new(Appender::open(&config.output)?);
         let budget = config.budget_usd.map(|usd| Arc::new(Budget { limit: (usd * 1e6).floor() as u64, committed: AtomicU64::new(0) }));
         let failures: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
         let stopped: Arc<Mutex<Option<String>>> = Arc::default();
@@ -187,7 +187,7 @@ impl Job {
         let started = Instant::now();
         let lines = input::lines(&config.input).map_err(|err| JobError::io("input", &config.input, err))?;
         for line in lines {
-            if self.cancel.is_set() || stopped.lock().expect("not poisoned").is_some() {
+            if self.cancel.is_set() || stopped.lock().expect("not poisoned").is_some() || appender.has_failed() {
                 break;
             }
             let (number, text) = line.map_err(|err| JobError::io("input", &config.input, err))?;
@@ -208,14 +208,16 @@ impl Job {
                 slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
                 () = self.cancel.cancelled() => break,
             };
-            let (sender, lines, progress) = (Arc::clone(&sender), writer.sender(), Arc::clone(&self.progress));
+            let (sender, appender, progress) = (Arc::clone(&sender), Arc::clone(&appender), Arc::clone(&self.progress));
             let (budget, failures, stopped) = (budget.clone(), Arc::clone(&failures), Arc::clone(&stopped));
             tokio::spawn(async move {
                 let sent = sender.send(&request, cost, price).await;
                 let actual = match sent {
                     Sent::Done { line, failure, tokens } => {
-                        // The writer thread outlives every request: it ends after they all did.
-                        let _ = lines.send(line);
+                        if !appender.append(&line) {
+                            // Not written: not answered, so a rerun sends it again.
+                            return;
+                        }
                         let counter = if let Some(reason) = failure {
                             *failures.lock().expect("not poisoned").entry(reason).or_default() += 1;
                             &progress.failed
@@ -242,8 +244,9 @@ impl Job {
         }
         // Every slot back: every request spawned has ended.
         let _all = slots.acquire_many(config.max_in_flight as u32).await.expect("the semaphore is never closed");
-        let written = tokio::task::spawn_blocking(move || writer.finish()).await.expect("the writer's join does not panic");
-        written.map_err(|err| JobError::io("output", &config.output, err))?;
+        if let Some(err) = appender.take_error() {
+            return Err(JobError::io("output", &config.output, err));
+        }
         let counts = self.progress.counts();
         let mut stopped = stopped.lock().expect("not poisoned").take();
         if self.cancel.is_set() {

@@ -10,17 +10,13 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
+use std::sync::Mutex;
 
 use serde::Deserialize;
-use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 use crate::core::Error;
 use crate::engine::JobError;
 use crate::engine::input::fingerprint;
-
-/// At most this much of the lines waiting is written in one call.
-const WRITE_CHUNK: usize = 1 << 16;
 
 /// An HTTP answer to a request: its status, the server's request id and its body.
 pub struct Answer<'a> {
@@ -209,47 +205,40 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Appends lines to the output on a thread of its own: each line is written as soon as it arrives
-/// (those waiting together in one call), never held in a buffer of ours.
-pub struct Writer {
-    sender: UnboundedSender<Vec<u8>>,
-    thread: JoinHandle<io::Result<()>>,
+/// Appends whole lines to the output, each in one `write` to a file opened for appending: it is in
+/// the kernel's hands (a `kill -9` of this process loses none of it) as soon as the call returns, and
+/// lines written from several tasks never interleave.
+pub struct Appender {
+    file: File,
+    /// The first write that failed; the job stops on it.
+    failed: Mutex<Option<io::Error>>,
 }
 
-impl Writer {
+impl Appender {
     pub fn open(path: &Path) -> Result<Self, JobError> {
-        let mut file = OpenOptions::new().append(true).open(path).map_err(|err| JobError::io("output", path, err))?;
-        let (sender, mut lines) = unbounded_channel::<Vec<u8>>();
-        let thread = std::thread::Builder::new()
-            .name("holysheep-batch-writer".into())
-            .spawn(move || {
-                let mut pending = Vec::with_capacity(WRITE_CHUNK);
-                while let Some(line) = lines.blocking_recv() {
-                    pending.extend_from_slice(&line);
-                    while pending.len() < WRITE_CHUNK {
-                        match lines.try_recv() {
-                            Ok(more) => pending.extend_from_slice(&more),
-                            Err(_) => break,
-                        }
-                    }
-                    file.write_all(&pending)?;
-                    pending.clear();
-                }
-                file.flush()
-            })
-            .map_err(|err| JobError::io("output", path, err))?;
-        Ok(Self { sender, thread })
+        let file = OpenOptions::new().append(true).open(path).map_err(|err| JobError::io("output", path, err))?;
+        Ok(Self { file, failed: Mutex::new(None) })
     }
 
-    /// Where answered lines go.
-    pub fn sender(&self) -> UnboundedSender<Vec<u8>> {
-        self.sender.clone()
+    /// Appends `line` (which ends with a newline); false when it could not be written.
+    pub fn append(&self, line: &[u8]) -> bool {
+        match (&self.file).write_all(line) {
+            Ok(()) => true,
+            Err(err) => {
+                self.failed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get_or_insert(err);
+                false
+            }
+        }
     }
 
-    /// Waits until every line sent is written.
-    pub fn finish(self) -> io::Result<()> {
-        drop(self.sender);
-        self.thread.join().unwrap_or_else(|_| Err(io::Error::other("the output writer panicked")))
+    /// Whether a write failed.
+    pub fn has_failed(&self) -> bool {
+        self.failed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_some()
+    }
+
+    /// The first write that failed, if any.
+    pub fn take_error(&self) -> Option<io::Error> {
+        self.failed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
     }
 }
 

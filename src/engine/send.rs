@@ -18,7 +18,7 @@ use crate::core::retry::RetryDecision;
 use crate::core::{Admission, Cost, Error, Limiter};
 use crate::engine::admit::admit;
 use crate::engine::body::{Stamp, StampedBody};
-use crate::engine::input::Request;
+use crate::engine::input::{ENDPOINTS, Request};
 use crate::engine::job::Cancel;
 use crate::engine::output::{self, Answer};
 use crate::engine::progress::Progress;
@@ -42,7 +42,8 @@ pub enum Sent {
 pub struct Sender {
     client: reqwest::Client,
     base_url: String,
-    headers: HeaderMap,
+    /// The URL of each endpoint, parsed once.
+    urls: Vec<(&'static str, reqwest::Url)>,
     timeout: Duration,
     guards: Guards,
     progress: Arc<Progress>,
@@ -71,21 +72,21 @@ impl Sender {
         // reqwest's rustls takes the process's crypto provider: ring, the one this crate builds.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
+            .default_headers(headers)
             .pool_max_idle_per_host(max_in_flight)
             .tcp_nodelay(true)
             .build()
             .map_err(|err| Error::config("base_url", format!("cannot make an HTTP client: {err}")))?;
-        Ok(Self { client, base_url: base_url.trim_end_matches('/').to_owned(), headers, timeout, guards, progress, cancel })
+        let base_url = base_url.trim_end_matches('/').to_owned();
+        let mut urls = Vec::new();
+        for endpoint in ENDPOINTS {
+            let joined = joined(&base_url, endpoint);
+            let url = reqwest::Url::parse(&joined).map_err(|err| Error::config("base_url", format!("{joined:?} is not a URL ({err})")))?;
+            urls.push((endpoint, url));
+        }
+        Ok(Self { client, base_url, urls, timeout, guards, progress, cancel })
     }
 
-    /// The URL of an input line's `url` under the base URL: `/v1/embeddings` under `.../v1` is
-    /// `.../v1/embeddings`, not `.../v1/v1/embeddings`.
-    pub fn url(&self, path: &str) -> String {
-        match path.strip_prefix("/v1/") {
-            Some(rest) if self.base_url.ends_with("/v1") => format!("{}/{rest}", self.base_url),
-            _ => format!("{}{path}", self.base_url),
-        }
-    }
 
     /// `work`'s result, or None when the job is cancelled first (`work` is dropped).
     async fn unless_cancelled<T>(&self, work: impl Future<Output = T>) -> Option<T> {
@@ -95,9 +96,13 @@ impl Sender {
         }
     }
 
-    async fn attempt(&self, url: &str, body: Bytes, stamp: Option<Stamp>) -> Got {
+    async fn attempt(&self, path: &str, body: Bytes, stamp: Option<Stamp>) -> Got {
         let body = reqwest::Body::wrap(StampedBody::new(body, stamp));
-        let sent = self.client.post(url).headers(self.headers.clone()).timeout(self.timeout).body(body).send().await;
+        let post = match self.urls.iter().find(|(endpoint, _)| *endpoint == path) {
+            Some((_, url)) => self.client.post(url.clone()),
+            None => self.client.post(joined(&self.base_url, path)),
+        };
+        let sent = post.timeout(self.timeout).body(body).send().await;
         let read = match sent {
             Ok(response) => {
                 let (status, headers) = (response.status().as_u16(), response.headers().clone());
@@ -117,7 +122,6 @@ impl Sender {
 
     /// Sends `request` (estimated at `cost`) until it succeeds, fails for good, or a budget stops it.
     pub async fn send(&self, request: &Request, cost: Cost, price: f64) -> Sent {
-        let url = self.url(&request.url);
         let body = Bytes::copy_from_slice(request.body.get().as_bytes());
         let limiter = self.guards.limiter.as_ref();
         let retry = &*self.guards.retry;
@@ -159,7 +163,7 @@ impl Sender {
                 Box::new(move || limiter.stamp(&admission, cost)) as Stamp
             });
             attempts += 1;
-            let Some(got) = self.unless_cancelled(self.attempt(&url, body.clone(), stamp)).await else {
+            let Some(got) = self.unless_cancelled(self.attempt(&request.url, body.clone(), stamp)).await else {
                 // Sent, never answered: the rates keep it (the server may have counted it).
                 if let Some((limiter, _)) = &admission {
                     let _ = limiter.release();
@@ -261,6 +265,15 @@ enum Judged {
     Failed { line: Vec<u8>, reason: String, retry: bool, server_delay: Option<u64> },
 }
 
+/// An input line's `url` under the base URL: `/v1/embeddings` under `.../v1` is `.../v1/embeddings`,
+/// not `.../v1/v1/embeddings`.
+fn joined(base_url: &str, path: &str) -> String {
+    match path.strip_prefix("/v1/") {
+        Some(rest) if base_url.ends_with("/v1") => format!("{base_url}/{rest}"),
+        _ => format!("{base_url}{path}"),
+    }
+}
+
 /// The `error.code` of an OpenAI-shaped error body, if any.
 fn error_code(body: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
@@ -277,4 +290,15 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_input_url_goes_under_the_base_url_without_repeating_v1() {
+        assert_eq!(joined("http://h/v1", "/v1/embeddings"), "http://h/v1/embeddings");
+        assert_eq!(joined("http://h/api", "/v1/embeddings"), "http://h/api/v1/embeddings");
+    }
 }
