@@ -220,6 +220,16 @@ def test_dry_run_says_how_long_and_how_much_without_sending(tmp_path: Path) -> N
     assert "dry run" in str(report)
 
 
+def test_progress_draws_a_live_line_with_the_rate_and_the_failures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    requests = write_lines(tmp_path / "in.jsonl", [chat_line(f"r{i}") for i in range(30)])
+    with MockGateway(latency=0.05) as gw:
+        report = hs.run_batch(requests, tmp_path / "out.jsonl", base_url=gw.base_url, api_key=KEY, max_concurrency=4,
+                              progress=True)
+    assert report.ok == 30
+    drawn = capsys.readouterr().err
+    assert "req" in drawn and "failed" in drawn
+
+
 async def test_arun_batch_runs_the_job_while_the_event_loop_stays_free(tmp_path: Path) -> None:
     requests = write_lines(tmp_path / "in.jsonl", [chat_line(f"r{i}") for i in range(40)])
     ticks = 0

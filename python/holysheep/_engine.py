@@ -194,8 +194,8 @@ def _planned(plan: Mapping[str, Any]) -> BatchReport:
 class _ProgressLine:
     """A live line: done of to send, requests/s, 429s, failures and ETA; tqdm's bar when installed."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self._stream = stream
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = sys.stderr if stream is None else stream
         self._bar: Any = None
         self._tqdm: Any = None
         try:
