@@ -64,6 +64,7 @@ bench: build  ## criterion benches for the core, the Python benches beside the p
 	$(MAKE) --no-print-directory bench-resilience
 	$(MAKE) --no-print-directory bench-redis
 	$(MAKE) --no-print-directory bench-openai
+	$(MAKE) --no-print-directory bench-engine
 
 .PHONY: soak
 soak: build  ## minutes of mixed openai calls (streams, threads, faults) at the gateway's limits: leaks, 429s (SOAK_MINUTES=10)
@@ -104,6 +105,18 @@ $(BENCH_REDIS_VENV)/.installed: benches/redis/requirements.txt
 .PHONY: bench-redis
 bench-redis: build redis-server $(BENCH_REDIS_VENV)/.installed  ## decisions/s and latency in Redis beside limits, PyrateLimiter, throttled-py
 	$(PY) benches/redis/run.py --peers-python $(BENCH_REDIS_VENV)/bin/python
+
+BENCH_ENGINE_VENV := benches/engine/.venv
+
+$(BENCH_ENGINE_VENV)/.installed: benches/engine/requirements.txt
+	python3 -m venv $(BENCH_ENGINE_VENV)
+	$(BENCH_ENGINE_VENV)/bin/pip install -q -r benches/engine/requirements.txt
+	touch $@
+
+.PHONY: bench-engine
+bench-engine: build $(BENCH_ENGINE_VENV)/.installed  ## the batch engine beside AsyncOpenAI, a cookbook-style aiohttp loop and wrk; strict limits; RSS for 1,000,000 lines
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	$(PY) benches/engine/run.py --peers-python $(BENCH_ENGINE_VENV)/bin/python
 
 .PHONY: clean
 clean:  ## remove build output and the venv

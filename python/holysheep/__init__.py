@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING
 
 from holysheep import testing
 from holysheep._holysheep import Limit, __version__
+from holysheep._engine import BatchReport, arun_batch, run_batch
 from holysheep._keyed import KeyedLimiter
 from holysheep._coalesce import Coalesce
 from holysheep._priority import priority
@@ -66,6 +67,7 @@ __all__ = [
     "AsyncHolySheep",
     "BackendUnavailable",
     "BatchFailure",
+    "BatchReport",
     "BudgetExceeded",
     "CircuitBreaker",
     "CircuitOpenError",
@@ -91,6 +93,7 @@ __all__ = [
     "TokenBucket",
     "Transport",
     "__version__",
+    "arun_batch",
     "batch_chat",
     "batch_chat_sync",
     "batch_embed",
@@ -101,6 +104,7 @@ __all__ = [
     "rate_limited",
     "resilient",
     "retry",
+    "run_batch",
     "transport_class",
     "wrap",
 ]

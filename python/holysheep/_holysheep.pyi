@@ -22,6 +22,7 @@ __all__ = [
     "RedisBackend",
     "_Acquiring",
     "_Admission",
+    "_BatchJob",
     "_KeyedTable",
     "_LoopChannel",
     "_Ready",
@@ -519,6 +520,33 @@ class _LoopChannel:
     def _check_overdue(self) -> None: ...
 
 def _shutdown_redis_runtime() -> None: ...
+
+@final
+class _BatchJob:
+    """One batch job of the engine (tokio + reqwest); ``holysheep.run_batch`` and ``arun_batch`` drive it."""
+
+    def __new__(
+        cls,
+        input: str | os.PathLike[str],
+        output: str | os.PathLike[str],
+        *,
+        base_url: str,
+        api_key: str | None,
+        limiter: HolySheepRateLimiter | None,
+        retry: RetryCore,
+        breaker: BreakerCore | None,
+        max_in_flight: int,
+        timeout: float,
+        budget_usd: float | None,
+        retry_failed: bool,
+        prices: dict[str, float],
+    ) -> _BatchJob: ...
+    def plan(self) -> dict[str, Any]: ...
+    def start(self) -> None: ...
+    def wait(self, timeout: float) -> dict[str, Any] | None: ...
+    def finished(self) -> Awaitable[dict[str, Any]]: ...
+    def cancel(self) -> None: ...
+    def progress(self) -> dict[str, Any]: ...
 
 # Argument checks for the Python layer: each returns the value checked, or raises ConfigError naming `field`.
 def _check_count(field: str, value: object, min: int, max: int) -> int:

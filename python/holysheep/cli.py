@@ -342,7 +342,61 @@ def _run_preview(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS: list[Callable[[Subcommands], None]] = [_add_check, _add_demo, _add_mock_server, _add_preview]
+def _add_batch(subcommands: Subcommands) -> None:
+    parser = subcommands.add_parser(
+        "batch",
+        help="send a JSONL file of requests (OpenAI Batch API format) under limits; resumable",
+        description="Sends every request of INPUT (lines {custom_id, method, url, body}) not yet answered in "
+        "OUTPUT, appending one answer line per request (the Batch API's output format). Rerun with the same "
+        "OUTPUT to resume. Exit status: 0 when every request succeeded, 1 when some failed or were left "
+        "unsent, 2 for a setting or an input that cannot work.",
+    )
+    parser.add_argument("input", help="the requests, one JSON object a line")
+    parser.add_argument("-o", "--output", required=True, help="where answers are appended (and resumed from)")
+    parser.add_argument("--base-url", default=None, help="the API (default https://api.holysheep.ai/v1)")
+    parser.add_argument("--api-key", default=None, help="the key (default $HOLYSHEEP_API_KEY)")
+    limits = parser.add_argument_group("limits (none by default)")
+    limits.add_argument("--tier", default=None, help="a HolySheep plan's limits: free, starter, pro, enterprise")
+    limits.add_argument("--rpm", type=float, default=None, metavar="N", help="requests per minute")
+    limits.add_argument("--tpm", type=float, default=None, metavar="N", help="LLM tokens per minute")
+    limits.add_argument(
+        "--max-concurrency", type=int, default=None, metavar="N", help="requests in flight at once (default 64)"
+    )
+    parser.add_argument("--budget-usd", type=float, default=None, metavar="X", help="stop sending once X dollars are spent")
+    parser.add_argument("--timeout", type=float, default=600.0, metavar="S", help="seconds per attempt (600)")
+    parser.add_argument("--retry-failed", action="store_true", help="send again the requests OUTPUT says failed")
+    parser.add_argument("--dry-run", action="store_true", help="send nothing: say what it would take and cost")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no live progress line")
+    parser.set_defaults(run=_run_batch)
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from holysheep._engine import run_batch
+
+    try:
+        report = run_batch(
+            args.input,
+            args.output,
+            base_url=args.base_url,
+            api_key=args.api_key,
+            max_concurrency=args.max_concurrency,
+            timeout=args.timeout,
+            budget_usd=args.budget_usd,
+            retry_failed=args.retry_failed,
+            tier=args.tier,
+            rpm=args.rpm,
+            tpm=args.tpm,
+            progress=args.progress and not args.dry_run,
+            dry_run=args.dry_run,
+        )
+    except OSError as err:
+        print(f"holysheep batch: {err}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0 if args.dry_run or (report.failed == 0 and report.unsent == 0) else 1
+
+
+SUBCOMMANDS: list[Callable[[Subcommands], None]] = [_add_batch, _add_check, _add_demo, _add_mock_server, _add_preview]
 
 
 def build_parser() -> argparse.ArgumentParser:

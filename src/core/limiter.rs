@@ -10,6 +10,7 @@ use crate::core::concurrency::Concurrency;
 use crate::core::decision::{Decision, Never};
 use crate::core::error::{Error, Result};
 use crate::core::feedback::{Aimd, FOLLOWED, followed};
+use crate::core::headers::server_left;
 use crate::core::spin::SpinLock;
 use crate::core::limit::{Cost, Limit, Unit};
 use crate::core::line::{Gate, Line, Poll, Reserved, Ticket};
@@ -387,15 +388,51 @@ impl<C: Clock> Limiter<C> {
         }
     }
 
+    /// What the server answered to `admission` (charged `cost`): a 429 cuts the rates in force, any
+    /// other answer lets them climb back, and what its `x-ratelimit-remaining-*` / `-reset-*` headers
+    /// (among `headers`, names compared case-insensitively) say is left is held against our own count.
+    pub fn observe<'a>(&self, admission: &Admission, cost: Cost, status: u16, headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) {
+        let Some(quota) = &self.quota else { return self.observe_status(status) };
+        self.observe_held_against(status, headers, |unit, remaining, reset_ns| {
+            quota.server_allows(&admission.receipt, cost, unit, remaining, reset_ns)
+        });
+    }
+
+    /// [`Limiter::observe`] for an admission counted elsewhere: `allows(unit, remaining, reset_ns)`
+    /// holds what the server says is left against that count (a fleet's, in Redis) and says what
+    /// fraction of the configured rates the server allows, if it can tell.
+    pub fn observe_held_against<'a>(
+        &self,
+        status: u16,
+        headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+        allows: impl Fn(Unit, u64, Option<u64>) -> Option<f64>,
+    ) {
+        self.observe_status(status);
+        for (unit, left) in FOLLOWED.into_iter().zip(server_left(headers)) {
+            let Some((remaining, reset_ns)) = left else { continue };
+            if let Some(allowed) = allows(unit, remaining, reset_ns) {
+                self.record_server_allows(unit, allowed);
+            }
+        }
+    }
+
+    /// An answer's status alone: a 429 cuts the rates in force; any other answer lets them climb back.
+    pub fn observe_status(&self, status: u16) {
+        if status == 429 {
+            self.record_server_rejection();
+        } else {
+            self.record_server_answer();
+        }
+    }
+
     /// Records what the server said is left of `unit` in its answer to an admission (its
     /// `x-ratelimit-remaining-*`, and `-reset-*` when given). Where that is less than our own count
     /// leaves, the server allows less than we were told (or others spend the same quota): the rates of
     /// that unit are cut to what it allows, before any 429 (see [`Quota::server_allows`]).
     pub fn record_server_remaining(&self, admission: &Admission, cost: Cost, unit: Unit, remaining: u64, reset_ns: Option<u64>) {
         let Some(quota) = &self.quota else { return };
-        let Some(index) = followed(unit) else { return };
         if let Some(allowed) = quota.server_allows(&admission.receipt, cost, unit, remaining, reset_ns) {
-            self.apply(index, self.feedback[index].limited_to(allowed, self.clock.now_ns()));
+            self.record_server_allows(unit, allowed);
         }
     }
 

@@ -10,8 +10,6 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
-use crate::core::feedback::FOLLOWED;
-use crate::core::headers::server_left;
 use crate::backend::Decided;
 use crate::core::{Cost, Limiter};
 use crate::py::args;
@@ -163,22 +161,16 @@ impl PyAdmission {
     /// count (local), or against the fleet's count when Redis admitted it (read from the decision's
     /// answer: no round trip). `headers` is the answer's httpx `Headers`; unreadable values are ignored.
     fn observe(&self, status: u16, headers: &Bound<'_, PyAny>) -> PyResult<()> {
-        observe_status(&self.limiter, status);
         let pairs = rate_limit_headers(headers)?;
-        let said = server_left(pairs.iter().map(|(name, value)| (name.as_bytes(), value.as_bytes())));
-        for (unit, left) in FOLLOWED.into_iter().zip(said) {
-            let Some((remaining, reset_ns)) = left else { continue };
-            match &self.decided {
-                Decided::Local(admission) => self.limiter.record_server_remaining(admission, self.cost(), unit, remaining, reset_ns),
-                Decided::Redis { shared, grant } => {
-                    if let Some(allowed) = shared.remote.server_allows(grant, unit, remaining, reset_ns) {
-                        self.limiter.record_server_allows(unit, allowed);
-                    }
-                }
+        let pairs = pairs.iter().map(|(name, value)| (name.as_bytes(), value.as_bytes()));
+        match &self.decided {
+            Decided::Local(admission) => self.limiter.observe(admission, self.cost(), status, pairs),
+            Decided::Redis { shared, grant } => {
+                self.limiter.observe_held_against(status, pairs, |unit, remaining, reset_ns| {
+                    shared.remote.server_allows(grant, unit, remaining, reset_ns)
+                });
+                shared.remote.follow(self.limiter.rate_factors());
             }
-        }
-        if let Decided::Redis { shared, .. } = &self.decided {
-            shared.remote.follow(self.limiter.rate_factors());
         }
         Ok(())
     }
@@ -204,15 +196,6 @@ impl PyAdmission {
             },
         };
         format!("<_Admission tokens={} {place} {state}>", self.tokens())
-    }
-}
-
-/// A 429 cuts the rates in force; any other answer lets them climb back.
-fn observe_status(limiter: &Limiter, status: u16) {
-    if status == 429 {
-        limiter.record_server_rejection();
-    } else {
-        limiter.record_server_answer();
     }
 }
 

@@ -172,6 +172,14 @@ impl PyLimiter {
         &self.inner
     }
 
+    /// The core limiter deciding in this process; None when the limits are decided in Redis.
+    pub(crate) fn local_core(&self) -> Option<&Arc<Limiter>> {
+        match self.backend {
+            Backend::Local => Some(&self.inner),
+            Backend::Redis(_) => None,
+        }
+    }
+
     /// The local admission of `cost` now, or None when it would have to wait; a cost that can never
     /// pass raises here, before any wait.
     fn admit_at_once(&self, cost: Cost) -> PyResult<Option<crate::core::Admission>> {

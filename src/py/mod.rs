@@ -4,6 +4,7 @@
 mod admission;
 mod args;
 mod breaker;
+mod engine;
 mod errors;
 mod failures;
 mod gateway;
@@ -35,6 +36,8 @@ mod native {
     use super::args::{check_count, check_positive, check_priority, check_timeout};
     #[pymodule_export]
     use super::breaker::BreakerCore;
+    #[pymodule_export]
+    use super::engine::PyBatchJob;
     #[pymodule_export]
     use super::failures::{classify_failure, retry_after};
     #[pymodule_export]
