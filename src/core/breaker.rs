@@ -343,8 +343,8 @@ impl<C: Clock> CircuitBreaker<C> {
         Error::CircuitOpen { message, retry_after_ns }
     }
 
-    /// Whether a call that started at `started_us` (of a permit) took longer than `slow_call`.
-    fn was_slow(&self, permit: Permit) -> bool {
+    /// Whether the call of `permit` (stamped when admitted) took longer than `slow_call`.
+    pub fn is_slow(&self, permit: Permit) -> bool {
         self.config.slow_call_ns.is_some_and(|slow| {
             let now_us = self.clock.now_ns() / NS_PER_US;
             let took_us = now_us.wrapping_sub(permit.started_us) & STARTED_MASK;
@@ -356,7 +356,7 @@ impl<C: Clock> CircuitBreaker<C> {
     /// slower than `slow_call` counts as a failure instead.
     #[inline]
     pub fn record_success(&self, permit: Permit) -> Option<Transition> {
-        if self.config.slow_call_ns.is_some() && self.was_slow(permit) {
+        if self.config.slow_call_ns.is_some() && self.is_slow(permit) {
             self.slow_calls.fetch_add(1, Ordering::Relaxed);
             return self.record_failure(permit, None);
         }
