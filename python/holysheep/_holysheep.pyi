@@ -306,6 +306,7 @@ class RetryCore:
         max_retry_after: float,
         max_elapsed: float | None,
         retry_budget: float | None,
+        attempt_timeout: float | None = None,
     ) -> Self: ...
     def begin(self) -> int:
         """Marks the start of a call; returns the token to pass to `next_delay`."""
@@ -313,6 +314,9 @@ class RetryCore:
         self, attempts: int, started: int, previous_delay: float, retry_after: float | None = None
     ) -> float | str:
         """After `attempts` retryable failures: seconds to wait, or the setting that says to give up."""
+    def attempt_budget(self, started: int) -> float | None:
+        """Seconds the attempt starting now may run (the attempt timeout, cut to what `max_elapsed` leaves
+        of the call begun at `started`); None when neither is set."""
     def delays(self) -> list[float]:
         """The backoff schedule in seconds (random draws unless the jitter is "none")."""
     @property
@@ -331,6 +335,8 @@ class RetryCore:
     def max_retry_after(self) -> float: ...
     @property
     def max_elapsed(self) -> float | None: ...
+    @property
+    def attempt_timeout(self) -> float | None: ...
     @property
     def retry_budget(self) -> float | None: ...
 
