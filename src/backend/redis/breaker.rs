@@ -2,15 +2,16 @@
 //! machine on Redis's clock), cached in each process so a closed breaker's calls cost no round trip.
 //!
 //! - Closed: calls are admitted from the cache; their successes are counted here and reach Redis in a
-//!   batch with the next call to it. While calls are made, the cache is re-read in the background at
-//!   most every [`SYNC_INTERVAL_NS`] (on the runtime; the caller never waits), so a breaker another
-//!   process opened is seen open within that interval plus one round trip. A process idle for longer
-//!   decides its first call on what it saw last, and re-reads.
+//!   batch with the next call to it. While calls are made, the cache is re-read in the background
+//!   once it is [`SYNC_INTERVAL_NS`] old (on the runtime; the caller never waits), so a breaker another
+//!   process opened is seen open within that interval plus one round trip. A cache older than
+//!   [`REREAD_FIRST_NS`] (a process making fewer than ten calls a second) is re-read before deciding.
 //! - A failure is reported at once (one round trip), so the process whose failure opens the breaker
 //!   sees it open at its very next call.
 //! - Open: refused from the cache until the time Redis gave; then each trial is asked of Redis, which
 //!   hands out `half_open_max_calls` trials for the whole fleet, not per process. A trial's result is
-//!   reported at once. Trials lost with their process are handed out again after `recovery_timeout`.
+//!   reported at once. Trials lost with their process are handed out again after a minute (or
+//!   `slow_call`, when slow calls count; never sooner than `recovery_timeout`).
 //! - When Redis cannot be reached, the backend's failure policy decides: `local` uses a breaker in this
 //!   process alone until Redis answers again, `fail_open` lets calls pass uncounted, `fail_closed`
 //!   raises `BackendUnavailable`.
@@ -36,7 +37,12 @@ static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scr
 
 /// The longest a busy process's cached state may be out of date (plus one round trip).
 pub const SYNC_INTERVAL_NS: u64 = 50_000_000;
+/// A cache older than this is re-read before the call is decided (one round trip): only a process
+/// making fewer than ten calls a second pays it, at most once per call.
+pub const REREAD_FIRST_NS: u64 = 2 * SYNC_INTERVAL_NS;
 const NS_PER_MS: u64 = 1_000_000;
+/// How long a trial may go unanswered, unless `slow_call` says otherwise: an LLM call takes up to a minute.
+const TRIAL_LEASE_NS: u64 = 60_000_000_000;
 
 /// Where a permit came from (`Permit::source`).
 const FLEET: u8 = 0;
@@ -169,8 +175,14 @@ impl FleetBreaker {
     #[inline]
     pub fn allow(&self) -> Result<Permit, Refusal> {
         let inner = &*self.inner;
-        let now = inner.clock.now_ns();
-        self.refresh_if_stale(now);
+        let mut now = inner.clock.now_ns();
+        if now.saturating_sub(inner.synced_at_ns.load(Ordering::Relaxed)) >= REREAD_FIRST_NS {
+            // Quiet for a while: what this process saw may be long gone; look before deciding.
+            let _ = self.run("sync", 0, None);
+            now = inner.clock.now_ns();
+        } else {
+            self.refresh_if_stale(now);
+        }
         if inner.down.load(Ordering::Acquire) {
             return self.allow_alone();
         }
@@ -377,8 +389,17 @@ impl FleetBreaker {
             .arg(minimum)
             .arg(successes)
             .arg(generation)
-            .arg(open_for_ns.map_or(0, |ns| ns.div_ceil(NS_PER_MS).max(1)));
+            .arg(open_for_ns.map_or(0, |ns| ns.div_ceil(NS_PER_MS).max(1)))
+            .arg(self.trial_lease_ns().div_ceil(NS_PER_MS));
         invocation
+    }
+
+    /// How long a trial may stay unanswered before Redis hands its slot to another process (its own
+    /// may have died holding it): a slow call's length when slow calls count, else a minute, and never
+    /// less than the recovery timeout.
+    fn trial_lease_ns(&self) -> u64 {
+        let c = &self.inner.config;
+        c.slow_call_ns.unwrap_or(TRIAL_LEASE_NS).max(c.recovery_timeout_ns)
     }
 
     /// Runs `op` now on this thread (one round trip), reporting the successes counted so far.

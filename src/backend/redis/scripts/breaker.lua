@@ -13,6 +13,7 @@
 -- ARGV[8]  successes this client saw since it last reported them (counted first, while closed)
 -- ARGV[9]  the permit's generation modulo 65536 (fail, trial_ok, trial_back)
 -- ARGV[10] fail: how long the server said it is away (ms; 0: it did not say)
+-- ARGV[11] how long a trial may stay unanswered before it is presumed lost with its client (ms)
 --
 -- Returns {state, gen, wait, granted, previous}: wait = ms until trials may start (open; -1 isolated),
 -- granted = 1 when a trial was given (op "trial"), previous = the state before this call.
@@ -22,6 +23,7 @@ local op = ARGV[1]
 local threshold, recovery, trials = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local rate, window, minimum = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local successes, permit_gen, open_for = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local trial_lease = tonumber(ARGV[11])
 
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -94,8 +96,8 @@ if op == 'fail' and current then
     open(recovery)
   end
 elseif op == 'trial' then
-  -- Trials out for a whole recovery timeout without an answer belong to clients that are gone.
-  if state == 2 and now - (h.trial_at or 0) >= recovery then set({admitted = 0}) end
+  -- Trials unanswered for a whole lease belong to clients that are gone.
+  if state == 2 and now - (h.trial_at or 0) >= trial_lease then set({admitted = 0}) end
   if state == 1 and h['until'] >= 0 and now >= h['until'] then
     gen = gen + 1
     state = 2
