@@ -35,6 +35,10 @@ StateListener = Callable[["CircuitBreaker", str, str], object]
 FailureOn = Union[type[BaseException], tuple[type[BaseException], ...], Callable[[BaseException], bool]]
 
 
+def _is_instance(exc: BaseException, classes: tuple[type[BaseException], ...]) -> bool:
+    return isinstance(exc, classes)
+
+
 def _counting(failure_on: FailureOn | None) -> Callable[[BaseException], str]:
     """What an exception means to the breaker: ``"failure"``, ``"success"`` or ``"neutral"``; by the
     classification table, or by ``failure_on`` (cancellation and interrupts stay neutral)."""
@@ -42,13 +46,13 @@ def _counting(failure_on: FailureOn | None) -> Callable[[BaseException], str]:
         return lambda exc: verdict(exc).breaker
     if isinstance(failure_on, type) and issubclass(failure_on, BaseException):
         failure_on = (failure_on,)
+    counts: Callable[[BaseException], bool]
     if isinstance(failure_on, tuple):
         if not failure_on or not all(isinstance(t, type) and issubclass(t, BaseException) for t in failure_on):
             raise ConfigError(f"failure_on: must be exception classes or a predicate, got {failure_on!r}", "failure_on")
-        classes = failure_on
-        counts: Callable[[BaseException], bool] = lambda exc: isinstance(exc, classes)  # noqa: E731
+        counts = functools.partial(_is_instance, classes=failure_on)
     elif callable(failure_on):
-        counts = failure_on
+        counts = cast(Callable[[BaseException], bool], failure_on)
     else:
         raise ConfigError(f"failure_on: must be exception classes or a predicate, got {failure_on!r}", "failure_on")
 

@@ -331,7 +331,8 @@ def wrap(
         _refuse("client", "an openai.OpenAI or openai.AsyncOpenAI (or a subclass)", client)
     transport = _transport(_transport_settings(limiter, tier, retry, breaker, acquire_timeout, fallback_models, prices))
     make_http_client = _async_http_client if isinstance(client, openai.AsyncOpenAI) else _sync_http_client
-    timeout = {"timeout": retry.attempt_timeout} if isinstance(retry, RetryPolicy) and retry.attempt_timeout is not None else {}
-    wrapped: ClientT = client.with_options(http_client=make_http_client(transport=transport), max_retries=0, **timeout)
+    wrapped: ClientT = client.with_options(http_client=make_http_client(transport=transport), max_retries=0)
+    if isinstance(retry, RetryPolicy) and retry.attempt_timeout is not None:
+        wrapped = wrapped.with_options(timeout=retry.attempt_timeout)  # the SDK's per-request timeout
     wrapped.__class__ = _raising_own_errors(type(wrapped))
     return wrapped
