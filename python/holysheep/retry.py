@@ -29,6 +29,9 @@ from holysheep.errors import CircuitOpenError, ConfigError
 
 __all__ = ["RetryOn", "RetryPolicy"]
 
+#: ``asyncio.timeout`` (Python 3.11+), which cuts the running task itself.
+_timeout = getattr(asyncio, "timeout", None)
+
 # The start of the call whose attempts a `_bounding` wrapper is cutting (a composed decorator's
 # attempts are made by code that does not pass it along).
 _CALL_STARTED: contextvars.ContextVar[int] = contextvars.ContextVar("holysheep_call_started", default=0)
@@ -293,15 +296,29 @@ class RetryPolicy:
         budget = self._core.attempt_budget(started)
         if budget is None:
             return await attempt
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget
+        if _timeout is None:  # Python 3.10: wait_for, which runs the attempt in a task of its own
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + budget
+            try:
+                return await asyncio.wait_for(attempt, budget)
+            except asyncio.TimeoutError as exc:
+                if loop.time() < deadline:
+                    raise  # the attempt's own timeout, not ours
+                raise self._cut(budget) from exc
+        # A timer that cancels this very task: no second task, about a microsecond.
+        bound = _timeout(budget)
         try:
-            return await asyncio.wait_for(attempt, budget)
-        except asyncio.TimeoutError as exc:  # not TimeoutError itself before Python 3.11
-            if loop.time() < deadline:
+            async with bound:
+                return await attempt
+        except TimeoutError as exc:
+            if not bound.expired():
                 raise  # the attempt's own timeout, not ours
-            setting = "attempt_timeout" if budget == self._core.attempt_timeout else "max_elapsed"
-            raise TimeoutError(f"the attempt was cut after {budget:.3f} s ({setting})") from exc
+            raise self._cut(budget) from exc
+
+    def _cut(self, budget: float) -> TimeoutError:
+        """The error of an attempt cut after ``budget`` seconds, naming the setting that cut it."""
+        setting = "attempt_timeout" if budget == self._core.attempt_timeout else "max_elapsed"
+        return TimeoutError(f"the attempt was cut after {budget:.3f} s ({setting})")
 
     def _next_delay(self, error: Exception, attempts: int, started: int, previous: float) -> float:
         """Seconds to wait before the next attempt; raises ``error`` when there is none."""

@@ -143,8 +143,9 @@ impl FleetBreaker {
         if key.is_empty() || key.contains(['{', '}']) {
             return Err(Error::config("key", format!("must be non-empty without braces, got {key:?}")));
         }
-        let local = CircuitBreaker::new(config.clone(), MonotonicClock::new())?;
+        // One clock for both: the local breaker times slow calls on the permits this one stamps.
         let clock = MonotonicClock::new();
+        let local = CircuitBreaker::new(config.clone(), clock.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 key: format!("{{{}:{key}}}:breaker", backend.prefix()),
