@@ -5,7 +5,8 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use holysheep::core::breaker::{BreakerConfig, CircuitBreaker};
+use holysheep::core::breaker::{BreakerConfig, CircuitBreaker, RateRule};
+use holysheep::core::outcomes::Span;
 use holysheep::core::headers::{parse_duration, parse_retry_after, parse_retry_after_ms, server_delay};
 use holysheep::core::retry::{RetryConfig, RetryPolicy};
 use holysheep::core::{Clock, MonotonicClock};
@@ -59,10 +60,21 @@ fn breaker(c: &mut Criterion) {
             closed.record_success(black_box(permit))
         })
     });
-    let open =
-        CircuitBreaker::new(BreakerConfig { failure_threshold: 1, ..BreakerConfig::default() }, MonotonicClock::new())
-            .unwrap();
-    open.record_failure(open.allow().unwrap());
+    let rated = BreakerConfig {
+        failure_threshold: None,
+        failure_rate: Some(RateRule { threshold: 0.5, span: Span::Calls(100), minimum_calls: 20 }),
+        ..BreakerConfig::default()
+    };
+    let rated = CircuitBreaker::new(rated, MonotonicClock::new()).unwrap();
+    group.bench_function("closed, failure rate over 100 calls: allow + record_success", |b| {
+        b.iter(|| {
+            let permit = rated.allow().unwrap();
+            rated.record_success(black_box(permit))
+        })
+    });
+    let open = CircuitBreaker::new(BreakerConfig { failure_threshold: Some(1), ..BreakerConfig::default() }, MonotonicClock::new())
+        .unwrap();
+    open.record_failure(open.allow().unwrap(), None);
     group.bench_function("open: allow refused", |b| b.iter(|| black_box(open.allow()).is_err()));
     group.finish();
 }

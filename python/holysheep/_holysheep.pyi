@@ -358,6 +358,7 @@ class RetryCore:
         max_retry_after: float,
         max_elapsed: float | None,
         retry_budget: float | None,
+        attempt_timeout: float | None = None,
     ) -> Self: ...
     def begin(self) -> int:
         """Marks the start of a call; returns the token to pass to `next_delay`."""
@@ -365,6 +366,9 @@ class RetryCore:
         self, attempts: int, started: int, previous_delay: float, retry_after: float | None = None
     ) -> float | str:
         """After `attempts` retryable failures: seconds to wait, or the setting that says to give up."""
+    def attempt_budget(self, started: int) -> float | None:
+        """Seconds the attempt starting now may run (the attempt timeout, cut to what `max_elapsed` leaves
+        of the call begun at `started`); None when neither is set."""
     def delays(self) -> list[float]:
         """The backoff schedule in seconds (random draws unless the jitter is "none")."""
     @property
@@ -384,40 +388,85 @@ class RetryCore:
     @property
     def max_elapsed(self) -> float | None: ...
     @property
+    def attempt_timeout(self) -> float | None: ...
+    @property
     def retry_budget(self) -> float | None: ...
 
 @final
 class BreakerCore:
-    """The native half of ``holysheep.CircuitBreaker``."""
+    """The native half of ``holysheep.CircuitBreaker``: the core's state machine in this process, or
+    one shared by a fleet through a `RedisBackend`."""
 
     def __new__(
-        cls, *, failure_threshold: int, recovery_timeout: float, half_open_max_calls: int, name: str
+        cls,
+        *,
+        failure_threshold: int | None,
+        recovery_timeout: float,
+        half_open_max_calls: int,
+        name: str,
+        failure_rate: float | None = None,
+        window: int | None = None,
+        window_s: float | None = None,
+        minimum_calls: int | None = None,
+        slow_call_s: float | None = None,
+        backend: RedisBackend | None = None,
+        key: str | None = None,
     ) -> Self: ...
     def allow(self) -> int:
         """Admits a call and returns its permit; odd when this call turned the breaker half-open.
         Raises `CircuitOpenError` while open."""
     def success(self, permit: int) -> tuple[str, str] | None:
         """Records a success; returns `(from, to)` when that changed the state."""
-    def failure(self, permit: int) -> tuple[str, str] | None:
-        """Records a failure; returns `(from, to)` when that changed the state."""
+    def failure(self, permit: int, open_for: float | None = None) -> tuple[str, str] | None:
+        """Records a failure; `open_for` is how long the server said it is away (seconds), which opens the
+        breaker now for that long. Returns `(from, to)` when that changed the state."""
     def release(self, permit: int) -> None:
         """Gives a permit back without a verdict (a cancelled call, or the caller's own bug)."""
-    def counters(self) -> tuple[int, int, int, int]:
-        """`(successes, failures, rejected, times_opened)` since the breaker was made."""
+    def isolate(self) -> tuple[str, str] | None:
+        """Opens the breaker until `reset`; returns `(from, to)` when that changed the state."""
+    def reset(self) -> tuple[str, str] | None:
+        """Closes the breaker and forgets its failures; returns `(from, to)` when that changed the state."""
+    def sync(self) -> None:
+        """Re-reads a shared breaker's state from Redis now (a local one has nothing to read)."""
+    def counters(self) -> tuple[int, int, int, int, int]:
+        """`(successes, failures, slow_calls, rejected, times_opened)` since the breaker was made (this
+        process's, for a local breaker)."""
     @property
     def state(self) -> str: ...
     @property
-    def retry_after(self) -> float | None: ...
+    def retry_after(self) -> float | None:
+        """Seconds until trials may start; infinity when isolated; None unless open."""
+    @property
+    def isolated(self) -> bool: ...
+    @property
+    def shared(self) -> bool:
+        """Whether the state is shared through a backend."""
+    @property
+    def degraded(self) -> bool:
+        """A shared breaker whose Redis failed lately, so the backend's failure policy decides."""
     @property
     def consecutive_failures(self) -> int: ...
     @property
+    def window_counts(self) -> tuple[int, int] | None:
+        """`(calls, failures)` in this process's failure-rate window, or None without one."""
+    @property
     def name(self) -> str: ...
     @property
-    def failure_threshold(self) -> int: ...
+    def failure_threshold(self) -> int | None: ...
     @property
     def recovery_timeout(self) -> float: ...
     @property
     def half_open_max_calls(self) -> int: ...
+    @property
+    def failure_rate(self) -> float | None: ...
+    @property
+    def window(self) -> int | None: ...
+    @property
+    def window_s(self) -> float | None: ...
+    @property
+    def minimum_calls(self) -> int | None: ...
+    @property
+    def slow_call_s(self) -> float | None: ...
 
 @final
 class SyncGuard:

@@ -14,14 +14,14 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable, Hashable
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, Union, cast
 
 from holysheep._guard import check_callable, check_decorated, guard_sync
-from holysheep._holysheep import BreakerCore
-from holysheep.classify import verdict
+from holysheep._holysheep import BreakerCore, RedisBackend
+from holysheep.classify import server_retry_after, verdict
 from holysheep.errors import ConfigError
 
-__all__ = ["CircuitBreaker", "KeyedBreaker", "StateListener"]
+__all__ = ["CircuitBreaker", "FailureOn", "KeyedBreaker", "StateListener"]
 
 logger = logging.getLogger("holysheep")
 
@@ -30,6 +30,39 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: ``on_state_change(breaker, old_state, new_state)``.
 StateListener = Callable[["CircuitBreaker", str, str], object]
+
+#: What ``failure_on`` accepts: exception classes that count as failures, or a predicate over the exception.
+FailureOn = Union[type[BaseException], tuple[type[BaseException], ...], Callable[[BaseException], bool]]
+
+
+def _is_instance(exc: BaseException, classes: tuple[type[BaseException], ...]) -> bool:
+    return isinstance(exc, classes)
+
+
+def _counting(failure_on: FailureOn | None) -> Callable[[BaseException], str]:
+    """What an exception means to the breaker: ``"failure"``, ``"success"`` or ``"neutral"``; by the
+    classification table, or by ``failure_on`` (cancellation and interrupts stay neutral)."""
+    if failure_on is None:
+        return lambda exc: verdict(exc).breaker
+    if isinstance(failure_on, type) and issubclass(failure_on, BaseException):
+        failure_on = (failure_on,)
+    counts: Callable[[BaseException], bool]
+    if isinstance(failure_on, tuple):
+        if not failure_on or not all(isinstance(t, type) and issubclass(t, BaseException) for t in failure_on):
+            raise ConfigError(f"failure_on: must be exception classes or a predicate, got {failure_on!r}", "failure_on")
+        counts = functools.partial(_is_instance, classes=failure_on)
+    elif callable(failure_on):
+        counts = cast(Callable[[BaseException], bool], failure_on)
+    else:
+        raise ConfigError(f"failure_on: must be exception classes or a predicate, got {failure_on!r}", "failure_on")
+
+    def outcome(exc: BaseException) -> str:
+        if not isinstance(exc, Exception):
+            return "neutral"
+        return "failure" if counts(exc) else "success"
+
+    return outcome
+
 
 # A permit is an int from the core; an odd one means admitting that call turned the breaker half-open.
 _OPENED_TRIALS = 1
@@ -44,12 +77,18 @@ _OPEN_BLOCKS: contextvars.ContextVar[_Block | None] = contextvars.ContextVar("ho
 class CircuitBreaker:
     """Fails fast while a service is down, then lets a few trial calls decide when it is back.
 
-    Closed: calls pass; ``failure_threshold`` consecutive failures open it. Open: calls raise
-    :class:`~holysheep.CircuitOpenError` (with ``retry_after``) without running. After
-    ``recovery_timeout`` it is half-open: ``half_open_max_calls`` trial calls pass; when all succeed it
-    closes, and the first that fails opens it again. Only failures that say the service is unwell count
-    (5xx, timeouts, connection errors, unknown exceptions; see :mod:`holysheep.classify`); a cancelled
-    call gives its trial slot back.
+    Closed: calls pass. It opens on ``failure_threshold`` consecutive failures (5 by default), or,
+    with ``failure_rate``, when failures reach that fraction of the last ``window`` calls (or of the
+    calls of the last ``window_s`` seconds) once ``minimum_calls`` were seen there; a failure that says
+    how long the service is away (a 503 with ``Retry-After``) opens it at once for that long (up to 10
+    minutes, or ``recovery_timeout`` if longer). Open: calls raise :class:`~holysheep.CircuitOpenError`
+    (with ``retry_after``) without running. After ``recovery_timeout`` it is half-open:
+    ``half_open_max_calls`` trial calls pass; when all succeed it closes, and the first that fails
+    opens it again. ``isolate()`` holds it open until ``reset()``.
+
+    What counts as a failure: by default the classification table (5xx, 408, timeouts, connection
+    errors, unknown exceptions; see :mod:`holysheep.classify`), or ``failure_on``. A call slower than
+    ``slow_call_s`` counts as a failure even when it succeeds. A cancelled call gives its slot back.
 
     Example::
 
@@ -57,32 +96,65 @@ class CircuitBreaker:
         @breaker                       # on def and async def; also `with breaker:` / `async with breaker:`
         async def embed(texts): ...
 
-    :param failure_threshold: consecutive failures that open the breaker.
+    :param failure_threshold: consecutive failures that open the breaker; 5 unless ``failure_rate`` is
+        given, when only the rate opens it unless this is given too.
     :param recovery_timeout: seconds it stays open before trial calls.
     :param half_open_max_calls: trial calls let through while half-open; all must succeed to close.
     :param name: shown in errors, logs and ``repr``.
     :param on_state_change: called as ``on_state_change(breaker, old, new)`` on each change; its errors
         are logged, never raised into the call.
+    :param failure_on: exception classes, or a predicate over the exception, that count as failures;
+        other exceptions count as the service answering (pybreaker's ``exclude`` is its negation).
+        Cancellation never counts.
+    :param failure_rate: open when failures reach this fraction (0 to 1, e.g. 0.5) of the window.
+    :param window: the failure rate's window in calls (100 when neither it nor ``window_s`` is given).
+    :param window_s: the failure rate's window in seconds instead (ten buckets of a tenth each).
+    :param minimum_calls: calls the window must hold before its rate counts (at most ``window``).
+    :param slow_call_s: a call that takes longer counts as a failure.
+    :param backend: a :class:`~holysheep.RedisBackend`: with ``key``, one state for every process
+        naming that key (see the README's "A breaker for the fleet"); the rate's window is then
+        ``window_s``. When Redis is away, the backend's ``on_error`` decides: ``"local"`` uses a
+        breaker in this process alone, ``"fail_open"`` lets calls pass uncounted, ``"fail_closed"``
+        raises ``BackendUnavailable``.
+    :param key: names the shared state.
     :raises ConfigError: for a setting that cannot work, naming it.
     """
 
-    __slots__ = ("_core", "_on_state_change")
+    __slots__ = ("_core", "_counts", "_failure_on", "_on_state_change")
 
     def __init__(
         self,
-        failure_threshold: int = 5,
+        failure_threshold: int | None = None,
         recovery_timeout: float = 30.0,
         half_open_max_calls: int = 3,
         name: str = "default",
         on_state_change: StateListener | None = None,
+        *,
+        failure_on: FailureOn | None = None,
+        failure_rate: float | None = None,
+        window: int | None = None,
+        window_s: float | None = None,
+        minimum_calls: int = 20,
+        slow_call_s: float | None = None,
+        backend: RedisBackend | None = None,
+        key: str | None = None,
     ) -> None:
         if on_state_change is not None and not callable(on_state_change):
             raise ConfigError(f"on_state_change: must be callable, got {on_state_change!r}", "on_state_change")
+        self._failure_on = failure_on
+        self._counts = _counting(failure_on)
         self._core = BreakerCore(
             failure_threshold=failure_threshold,
             recovery_timeout=recovery_timeout,
             half_open_max_calls=half_open_max_calls,
             name=name,
+            failure_rate=failure_rate,
+            window=window,
+            window_s=window_s,
+            minimum_calls=minimum_calls,
+            slow_call_s=slow_call_s,
+            backend=backend,
+            key=key,
         )
         self._on_state_change = on_state_change
 
@@ -102,9 +174,63 @@ class CircuitBreaker:
         return self._core.retry_after
 
     @property
-    def failure_threshold(self) -> int:
-        """Consecutive failures that open the breaker."""
+    def failure_threshold(self) -> int | None:
+        """Consecutive failures that open the breaker; ``None`` when only the failure rate does."""
         return self._core.failure_threshold
+
+    @property
+    def failure_rate(self) -> float | None:
+        """The failure rate that opens the breaker, or ``None``."""
+        return self._core.failure_rate
+
+    @property
+    def window(self) -> int | None:
+        """The failure rate's window in calls, or ``None``."""
+        return self._core.window
+
+    @property
+    def window_s(self) -> float | None:
+        """The failure rate's window in seconds, or ``None``."""
+        return self._core.window_s
+
+    @property
+    def minimum_calls(self) -> int | None:
+        """Calls the window must hold before its rate counts, or ``None`` without a rate."""
+        return self._core.minimum_calls
+
+    @property
+    def slow_call_s(self) -> float | None:
+        """Calls slower than this count as failures, or ``None``."""
+        return self._core.slow_call_s
+
+    @property
+    def failure_on(self) -> FailureOn | None:
+        """What counts as a failure, as given; ``None``: the classification table."""
+        return self._failure_on
+
+    @property
+    def isolated(self) -> bool:
+        """Whether it was isolated by hand (and not reset since)."""
+        return self._core.isolated
+
+    @property
+    def shared(self) -> bool:
+        """Whether its state is shared by a fleet through a backend."""
+        return self._core.shared
+
+    def isolate(self) -> None:
+        """Opens the breaker until :meth:`reset`, whatever its state (for the whole fleet when shared):
+        calls raise ``CircuitOpenError`` with ``retry_after`` infinite."""
+        changed = self._core.isolate()
+        if changed is not None:
+            self._announce(changed)
+
+    def reset(self) -> None:
+        """Closes the breaker and forgets its failures, whatever its state (for the whole fleet when
+        shared)."""
+        changed = self._core.reset()
+        if changed is not None:
+            self._announce(changed)
 
     @property
     def recovery_timeout(self) -> float:
@@ -117,17 +243,25 @@ class CircuitBreaker:
         return self._core.half_open_max_calls
 
     def stats(self) -> dict[str, Any]:
-        """State and counters: ``state``, ``consecutive_failures``, ``retry_after`` and the totals
-        ``successes``, ``failures``, ``rejected`` (failed fast) and ``times_opened``."""
-        successes, failures, rejected, times_opened = self._core.counters()
+        """State and counters: ``state``, ``isolated``, ``consecutive_failures``, ``retry_after``,
+        ``window`` (``(calls, failures)`` in the failure-rate window, or ``None``) and the totals
+        ``successes``, ``failures``, ``slow_calls`` (among the failures), ``rejected`` (failed fast) and
+        ``times_opened``. A shared breaker's totals are those of the local breaker that stands in while
+        Redis is away; ``degraded`` says whether it does now."""
+        successes, failures, slow_calls, rejected, times_opened = self._core.counters()
         return {
             "state": self._core.state,
+            "isolated": self._core.isolated,
             "consecutive_failures": self._core.consecutive_failures,
             "retry_after": self._core.retry_after,
+            "window": self._core.window_counts,
             "successes": successes,
             "failures": failures,
+            "slow_calls": slow_calls,
             "rejected": rejected,
             "times_opened": times_opened,
+            "shared": self._core.shared,
+            "degraded": self._core.degraded,
         }
 
     def __call__(self, fn: F) -> F:
@@ -230,11 +364,12 @@ class CircuitBreaker:
             self._announce(changed)
 
     def _settle(self, permit: int, exc: BaseException) -> None:
-        """Feeds a failed call's outcome to the core as the failure's verdict says: a failure, an answer,
-        or just the slot back."""
-        outcome = verdict(exc).breaker
+        """Feeds a failed call's outcome to the core as ``failure_on`` or the failure's verdict says: a
+        failure (open at once for as long as the server said it is away, when it said), an answer, or
+        just the slot back."""
+        outcome = self._counts(exc)
         if outcome == "failure":
-            changed = self._core.failure(permit)
+            changed = self._core.failure(permit, server_retry_after(exc))
         elif outcome == "success":
             changed = self._core.success(permit)
         else:
@@ -255,8 +390,13 @@ class CircuitBreaker:
 
     def __repr__(self) -> str:
         c = self._core
+        rule = f" failures={c.consecutive_failures}/{c.failure_threshold}" if c.failure_threshold else ""
+        if c.failure_rate is not None:
+            over = f"{c.window} calls" if c.window is not None else f"{c.window_s} s"
+            rule += f" failure_rate={c.failure_rate} over {over}"
+        shared = " shared" if c.shared else ""
         return (
-            f"<CircuitBreaker {c.name!r} {c.state} failures={c.consecutive_failures}/{c.failure_threshold} "
+            f"<CircuitBreaker {c.name!r} {c.state}{shared}{rule} "
             f"recovery_timeout={c.recovery_timeout} half_open_max_calls={c.half_open_max_calls}>"
         )
 
@@ -275,6 +415,8 @@ class KeyedBreaker:
 
     :param key: for use as a decorator: computes the key from the decorated call's arguments.
     :param name: the prefix of each breaker's name.
+    :param options: any other :class:`CircuitBreaker` setting (``failure_on``, ``failure_rate``,
+        ``window``, ``window_s``, ``minimum_calls``, ``slow_call_s``), for every key's breaker.
     :raises ConfigError: for a setting that cannot work, naming it (checked at construction).
     """
 
@@ -282,21 +424,27 @@ class KeyedBreaker:
 
     def __init__(
         self,
-        failure_threshold: int = 5,
+        failure_threshold: int | None = None,
         recovery_timeout: float = 30.0,
         half_open_max_calls: int = 3,
         name: str = "keyed",
         on_state_change: StateListener | None = None,
         key: Callable[..., Hashable] | None = None,
+        **options: Any,
     ) -> None:
         if key is not None and not callable(key):
             raise ConfigError(f"key: must be callable, got {key!r}", "key")
+        shared = {"backend", "key"} & options.keys()
+        if shared:
+            field = sorted(shared)[0]
+            raise ConfigError(f"{field}: a KeyedBreaker's breakers are this process's own", field)
         self._settings: dict[str, Any] = {
             "failure_threshold": failure_threshold,
             "recovery_timeout": recovery_timeout,
             "half_open_max_calls": half_open_max_calls,
             "name": name,
             "on_state_change": on_state_change,
+            **options,
         }
         CircuitBreaker(**self._settings)  # refuse a bad setting now, not at the first call
         self._key = key

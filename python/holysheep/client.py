@@ -236,6 +236,9 @@ class _HolySheepClient:
                 "max_retries: the transport retries (retry=RetryPolicy(...)); the SDK's would stack on it",
                 "max_retries",
             )
+        retry = settings.get("retry")
+        if isinstance(retry, RetryPolicy) and retry.attempt_timeout is not None:
+            kwargs.setdefault("timeout", retry.attempt_timeout)  # the SDK's per-request timeout cuts blocking calls too
         shared = kwargs.pop("http_client", None)
         if shared is None:
             self.transport = _transport(settings)
@@ -426,5 +429,7 @@ def wrap(
     transport = _transport(settings)
     make_http_client = _async_http_client if isinstance(client, openai.AsyncOpenAI) else _sync_http_client
     wrapped: ClientT = client.with_options(http_client=make_http_client(transport=transport), max_retries=0)
+    if isinstance(retry, RetryPolicy) and retry.attempt_timeout is not None:
+        wrapped = wrapped.with_options(timeout=retry.attempt_timeout)  # the SDK's per-request timeout
     wrapped.__class__ = _raising_own_errors(type(wrapped))
     return wrapped

@@ -26,7 +26,7 @@ from typing import Any, Protocol, TypeVar, cast
 from holysheep._guard import check_decorated, guard_sync, reraise
 from holysheep.breaker import CircuitBreaker
 from holysheep.errors import ConfigError
-from holysheep.retry import RetryPolicy
+from holysheep.retry import _CALL_STARTED, RetryPolicy
 
 __all__ = ["Limiter", "rate_limited", "resilient", "retry"]
 
@@ -192,6 +192,9 @@ def resilient(
         attempt: Callable[..., Any] = fn
         if limiter is not None:
             attempt = _limit_async(limiter, fn, watch) if asynchronous else _limit_sync(limiter, fn, watch)
+        if asynchronous and retry is not None and retry._bounded:
+            # The timeout cuts the call inside the breaker's permit, so a cut attempt counts as a timeout.
+            attempt = retry._bounding(attempt)
         if breaker is not None:
             attempt = breaker(attempt)
         if asynchronous:
@@ -244,8 +247,9 @@ def _resilient_async(
     watch: _SdkRetries,
 ) -> Callable[..., Awaitable[T]]:
     """The same in one coroutine frame for the first attempt (nested decorators would stack three);
-    retries go through ``attempt`` (breaker, then limiter, then ``fn``)."""
+    retries go through ``attempt`` (breaker, then the attempt timeout, then limiter, then ``fn``)."""
     begin = retry._core.begin if retry is not None and retry._timed else None
+    within = retry._within if retry is not None and retry._bounded else None
     allow = breaker._core.allow if breaker is not None else None
     success = breaker._core.success if breaker is not None else None
     announce = breaker._announce if breaker is not None else None
@@ -257,7 +261,7 @@ def _resilient_async(
             breaker._settle(permit, exc)
         if retry_async is None or not isinstance(exc, Exception):
             raise exc
-        return await retry_async(exc, started, attempt, args, kwargs)
+        return await retry_async(exc, started, attempt, args, kwargs, bound=False)
 
     @functools.wraps(fn)
     async def resilient_call(*args: Any, **kwargs: Any) -> T:
@@ -268,7 +272,10 @@ def _resilient_async(
             if permit & 1 and announce is not None:  # admitting this call turned the breaker half-open
                 announce(("open", "half_open"))
         try:
-            if limiter is not None:
+            if within is not None:
+                _CALL_STARTED.set(started)  # for the retries' attempts (this task's own context)
+                result = await within(_limited_call(limiter, fn, args, kwargs), started)
+            elif limiter is not None:
                 async with limiter:
                     result = await fn(*args, **kwargs)
             else:
@@ -282,6 +289,15 @@ def _resilient_async(
         return result
 
     return resilient_call
+
+
+async def _limited_call(
+    limiter: Limiter | None, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> T:
+    if limiter is None:
+        return await fn(*args, **kwargs)
+    async with limiter:
+        return await fn(*args, **kwargs)
 
 
 def _limit_sync(limiter: Limiter, fn: Callable[..., T], watch: _SdkRetries) -> Callable[..., T]:

@@ -1,14 +1,21 @@
 """RetryPolicy: try again after failures that may pass, with backoff, jitter and the server's own delay.
 
-The decisions (delays, when to give up, the retry budget) are the Rust core's; this module runs the
-loop: the call, the classification of its failure, and the sleep (``asyncio.sleep`` on the running loop
-for coroutines, ``time.sleep`` for threads). Cancellation and ``KeyboardInterrupt`` are never caught, so
-they stop the loop at once, even mid-sleep.
+The decisions (delays, when to give up, the retry budget, how long an attempt may run) are the Rust
+core's; this module runs the loop: the call, the classification of its failure, and the sleep
+(``asyncio.sleep`` on the running loop for coroutines, ``time.sleep`` for threads). Cancellation and
+``KeyboardInterrupt`` are never caught, so they stop the loop at once, even mid-sleep.
+
+Timeouts: a coroutine's attempt that runs past ``attempt_timeout`` (or past what ``max_elapsed``
+leaves of the whole call) is cancelled and raises ``TimeoutError``, which the classification table
+retries. A plain function cannot be interrupted from outside: its attempts run to their end, and
+``max_elapsed`` bounds only whether another starts. (Through the openai clients, ``attempt_timeout``
+becomes the SDK's own per-request timeout, which cuts blocking requests too.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import time
@@ -21,6 +28,13 @@ from holysheep.classify import is_retryable, server_retry_after
 from holysheep.errors import CircuitOpenError, ConfigError
 
 __all__ = ["RetryOn", "RetryPolicy"]
+
+#: ``asyncio.timeout`` (Python 3.11+), which cuts the running task itself.
+_timeout = getattr(asyncio, "timeout", None)
+
+# The start of the call whose attempts a `_bounding` wrapper is cutting (a composed decorator's
+# attempts are made by code that does not pass it along).
+_CALL_STARTED: contextvars.ContextVar[int] = contextvars.ContextVar("holysheep_call_started", default=0)
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,14 +61,18 @@ class RetryPolicy:
         ``x-ratelimit-reset-*``) when it is at most ``max_retry_after``; longer or unreadable values fall
         back to the backoff.
     :param max_retry_after: the longest server-given delay obeyed, in seconds.
-    :param max_elapsed: seconds from the first attempt, waits included, past which no retry starts.
+    :param max_elapsed: seconds for the whole call from its first attempt, waits included: no retry
+        starts past it, and a coroutine's running attempt is cut at it.
+    :param attempt_timeout: seconds one attempt of a coroutine may run before it is cancelled and
+        counted as a timeout (``TimeoutError``, retried). Plain functions are not interruptible: for
+        them it applies only through the openai clients, where it is the SDK's per-request timeout.
     :param retry_budget: retries may add at most this fraction of the calls made with this policy over the
         last 10 s (at least 10 retries per 10 s always pass), so an outage does not become a retry storm.
     :param retry_on: exception classes to retry, or a predicate; default :func:`holysheep.classify.is_retryable`.
     :raises ConfigError: for a setting that cannot work, naming it.
     """
 
-    __slots__ = ("_core", "_retryable", "_timed")
+    __slots__ = ("_bounded", "_core", "_retryable", "_timed")
 
     def __init__(
         self,
@@ -68,6 +86,7 @@ class RetryPolicy:
         max_elapsed: float | None = None,
         retry_budget: float | None = None,
         retry_on: RetryOn | None = None,
+        attempt_timeout: float | None = None,
     ) -> None:
         self._core = RetryCore(
             max_attempts=max_attempts,
@@ -79,10 +98,13 @@ class RetryPolicy:
             max_retry_after=max_retry_after,
             max_elapsed=max_elapsed,
             retry_budget=retry_budget,
+            attempt_timeout=attempt_timeout,
         )
         self._retryable = _predicate(retry_on)
         # Only these need the start of each call; without them a successful call never enters Rust.
         self._timed = max_elapsed is not None or retry_budget is not None
+        # A coroutine's attempts run under a timeout only when one of these bounds them.
+        self._bounded = attempt_timeout is not None or max_elapsed is not None
 
     @property
     def max_attempts(self) -> int:
@@ -125,6 +147,11 @@ class RetryPolicy:
         return self._core.max_elapsed
 
     @property
+    def attempt_timeout(self) -> float | None:
+        """Seconds one attempt of a coroutine may run, or ``None``."""
+        return self._core.attempt_timeout
+
+    @property
     def retry_budget(self) -> float | None:
         """The fraction of calls that retries may add, or ``None``."""
         return self._core.retry_budget
@@ -152,7 +179,7 @@ class RetryPolicy:
         check_callable(fn, "RetryPolicy.call")
         started = self._core.begin() if self._timed else 0
         try:
-            return await fn(*args, **kwargs)
+            return await (self._within(fn(*args, **kwargs), started) if self._bounded else fn(*args, **kwargs))
         except Exception as exc:
             return await self._retry_async(exc, started, fn, args, kwargs)
 
@@ -183,6 +210,18 @@ class RetryPolicy:
     def _wrap_async(self, fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         # The first attempt is inlined: on success, one Python frame and no call into Rust.
         retry_async = self._retry_async
+        if self._bounded:
+            begin, within = self._core.begin, self._within
+
+            @functools.wraps(fn)
+            async def bounded_retrying(*args: Any, **kwargs: Any) -> T:
+                started = begin()
+                try:
+                    return await within(fn(*args, **kwargs), started)
+                except Exception as exc:
+                    return await retry_async(exc, started, fn, args, kwargs)
+
+            return bounded_retrying
         if self._timed:
             begin = self._core.begin
 
@@ -225,16 +264,61 @@ class RetryPolicy:
         fn: Callable[..., Awaitable[T]],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        bound: bool = True,
     ) -> T:
+        """The retries after a first attempt failed with ``error``; each attempt under this policy's
+        timeout unless ``bound`` is false (``fn`` applies it itself)."""
+        bounded = bound and self._bounded
         attempts, previous = 1, 0.0
         while True:
             delay = self._next_delay(error, attempts, started, previous)
             await asyncio.sleep(delay)
             attempts, previous = attempts + 1, delay
             try:
-                return await fn(*args, **kwargs)
+                return await (self._within(fn(*args, **kwargs), started) if bounded else fn(*args, **kwargs))
             except Exception as exc:
                 error = _chain(exc, error)
+
+    def _bounding(self, fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        """``fn`` with each call under this policy's attempt timeout, for the call whose start is in
+        ``_CALL_STARTED`` (set by the composing decorator)."""
+        within = self._within
+
+        @functools.wraps(fn)
+        async def bounded(*args: Any, **kwargs: Any) -> T:
+            return await within(fn(*args, **kwargs), _CALL_STARTED.get())
+
+        return bounded
+
+    async def _within(self, attempt: Awaitable[T], started: int) -> T:
+        """Awaits ``attempt``, cancelling it once it has run for what this policy allows an attempt (the
+        attempt timeout, cut to what ``max_elapsed`` leaves); a cut attempt raises ``TimeoutError``."""
+        budget = self._core.attempt_budget(started)
+        if budget is None:
+            return await attempt
+        if _timeout is None:  # Python 3.10: wait_for, which runs the attempt in a task of its own
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + budget
+            try:
+                return await asyncio.wait_for(attempt, budget)
+            except asyncio.TimeoutError as exc:
+                if loop.time() < deadline:
+                    raise  # the attempt's own timeout, not ours
+                raise self._cut(budget) from exc
+        # A timer that cancels this very task: no second task, about a microsecond.
+        bound = _timeout(budget)
+        try:
+            async with bound:
+                return await attempt
+        except TimeoutError as exc:
+            if not bound.expired():
+                raise  # the attempt's own timeout, not ours
+            raise self._cut(budget) from exc
+
+    def _cut(self, budget: float) -> TimeoutError:
+        """The error of an attempt cut after ``budget`` seconds, naming the setting that cut it."""
+        setting = "attempt_timeout" if budget == self._core.attempt_timeout else "max_elapsed"
+        return TimeoutError(f"the attempt was cut after {budget:.3f} s ({setting})")
 
     def _next_delay(self, error: Exception, attempts: int, started: int, previous: float) -> float:
         """Seconds to wait before the next attempt; raises ``error`` when there is none."""
@@ -255,7 +339,8 @@ class RetryPolicy:
         return (
             f"RetryPolicy(max_attempts={c.max_attempts}, base_delay={c.base_delay}, max_delay={c.max_delay}, "
             f"multiplier={c.multiplier}, jitter={c.jitter!r}, respect_retry_after={c.respect_retry_after}, "
-            f"max_retry_after={c.max_retry_after}, max_elapsed={c.max_elapsed}, retry_budget={c.retry_budget})"
+            f"max_retry_after={c.max_retry_after}, max_elapsed={c.max_elapsed}, retry_budget={c.retry_budget}, "
+            f"attempt_timeout={c.attempt_timeout})"
         )
 
 

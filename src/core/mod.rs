@@ -17,6 +17,7 @@ pub mod keyed;
 pub mod limit;
 pub mod limiter;
 pub mod line;
+pub mod outcomes;
 pub mod quota;
 pub mod refusal;
 pub mod retry;

@@ -55,8 +55,12 @@ pub struct RetryConfig {
     /// Obey the server's `retry-after` (and kin) when it is at most `max_retry_after_ns`.
     pub respect_retry_after: bool,
     pub max_retry_after_ns: u64,
-    /// Total time from the first attempt, waits included, past which no retry starts.
+    /// Total time from the first attempt, waits included: no retry starts past it, and a running
+    /// attempt that can be cut (a coroutine) is cut at it.
     pub max_elapsed_ns: Option<u64>,
+    /// The longest one attempt may run before it is cut (where it can be: a coroutine) and counted
+    /// as a timeout.
+    pub attempt_timeout_ns: Option<u64>,
     /// Retries may add at most this fraction of the first attempts over the last [`BUDGET_PERIOD_NS`].
     pub retry_budget: Option<f64>,
 }
@@ -72,6 +76,7 @@ impl Default for RetryConfig {
             respect_retry_after: true,
             max_retry_after_ns: 120 * NS_PER_SEC,
             max_elapsed_ns: None,
+            attempt_timeout_ns: None,
             retry_budget: None,
         }
     }
@@ -135,6 +140,9 @@ impl<C: Clock> RetryPolicy<C> {
         if config.max_elapsed_ns == Some(0) {
             return Err(Error::config("max_elapsed", "must be positive or None"));
         }
+        if config.attempt_timeout_ns == Some(0) {
+            return Err(Error::config("attempt_timeout", "must be positive or None"));
+        }
         let budget = match config.retry_budget {
             None => None,
             Some(ratio) if ratio.is_finite() && ratio > 0.0 => Some(RetryBudget::new(ratio)),
@@ -187,6 +195,16 @@ impl<C: Clock> RetryPolicy<C> {
             return RetryDecision::GiveUp(GiveUp::RetryBudget);
         }
         RetryDecision::Wait(delay)
+    }
+
+    /// How long the attempt starting now may run, for a call that began at `started_ns`: the attempt
+    /// timeout, cut to what `max_elapsed` leaves of the whole call; `None` when neither is set.
+    pub fn attempt_budget_ns(&self, started_ns: u64) -> Option<u64> {
+        let left = self.config.max_elapsed_ns.map(|max| max.saturating_sub(self.clock.now_ns().saturating_sub(started_ns)));
+        match (self.config.attempt_timeout_ns, left) {
+            (Some(attempt), Some(left)) => Some(attempt.min(left)),
+            (attempt, left) => attempt.or(left),
+        }
     }
 
     /// [`decide`](Self::decide) with the jitter drawn from a thread-local generator.
@@ -334,6 +352,27 @@ mod tests {
     fn policy(config: RetryConfig) -> (RetryPolicy<ManualClock>, ManualClock) {
         let clock = ManualClock::new(1_000 * SEC);
         (RetryPolicy::new(config, clock.clone()).expect("valid config"), clock)
+    }
+
+    #[test]
+    fn an_attempt_may_run_for_the_attempt_timeout_or_what_max_elapsed_leaves() {
+        let both = RetryConfig { attempt_timeout_ns: Some(10 * SEC), max_elapsed_ns: Some(25 * SEC), ..RetryConfig::default() };
+        let (p, clock) = policy(both);
+        let started = p.begin();
+        assert_eq!(p.attempt_budget_ns(started), Some(10 * SEC));
+        clock.advance(20 * SEC);
+        assert_eq!(p.attempt_budget_ns(started), Some(5 * SEC), "max_elapsed bounds the running attempt");
+        clock.advance(10 * SEC);
+        assert_eq!(p.attempt_budget_ns(started), Some(0));
+        let (neither, _) = policy(RetryConfig::default());
+        assert_eq!(neither.attempt_budget_ns(0), None);
+    }
+
+    #[test]
+    fn a_zero_attempt_timeout_is_refused() {
+        let zero = RetryConfig { attempt_timeout_ns: Some(0), ..RetryConfig::default() };
+        let got = RetryPolicy::new(zero, ManualClock::new(0));
+        assert!(matches!(got, Err(Error::Config { field, .. }) if field == "attempt_timeout"));
     }
 
     fn no_jitter() -> RetryConfig {

@@ -1,21 +1,78 @@
-//! `BreakerCore`: the circuit breaker's state machine, for the Python `holysheep.CircuitBreaker` to drive.
-//! Permits cross the boundary as plain integers (`Permit::to_bits`).
+//! `BreakerCore`: the circuit breaker's state machine, for the Python `holysheep.CircuitBreaker` to drive:
+//! the core's in this process, or one shared by a fleet through Redis. Permits cross the boundary as
+//! plain integers (`Permit::to_bits`).
 
 use pyo3::prelude::*;
 
-use crate::core::breaker::{BreakerConfig, CircuitBreaker, FAILURE_THRESHOLD, HALF_OPEN_CALLS, Permit, Transition};
-use crate::core::clock::ns_to_secs;
+use crate::backend::redis::breaker::{FleetBreaker, Refusal};
+use crate::core::breaker::{
+    BreakerConfig, CircuitBreaker, Counters, FAILURE_THRESHOLD, HALF_OPEN_CALLS, MINIMUM_CALLS, Permit, RateRule,
+    Transition, WINDOW_CALLS,
+};
+use crate::core::clock::{ns_to_secs, secs_to_ns};
+use crate::core::error::Error;
+use crate::core::outcomes::Span;
 
 use super::args;
+use super::redis::PyRedisBackend;
+
+/// A breaker in this process, or the fleet's.
+pub enum Breaker {
+    Local(CircuitBreaker),
+    Fleet(FleetBreaker),
+}
+
+impl Breaker {
+    #[inline]
+    pub fn allow(&self) -> PyResult<Permit> {
+        match self {
+            Breaker::Local(breaker) => Ok(breaker.allow()?),
+            Breaker::Fleet(breaker) => breaker.allow().map_err(|refusal| match refusal {
+                Refusal::Open(err) => err.into(),
+                Refusal::Backend(err) => err.into(),
+            }),
+        }
+    }
+
+    #[inline]
+    pub fn record_success(&self, permit: Permit) -> Option<Transition> {
+        match self {
+            Breaker::Local(breaker) => breaker.record_success(permit),
+            Breaker::Fleet(breaker) => breaker.record_success(permit),
+        }
+    }
+
+    fn record_failure(&self, permit: Permit, open_for_ns: Option<u64>) -> Option<Transition> {
+        match self {
+            Breaker::Local(breaker) => breaker.record_failure(permit, open_for_ns),
+            Breaker::Fleet(breaker) => breaker.record_failure(permit, open_for_ns),
+        }
+    }
+
+    fn config(&self) -> &BreakerConfig {
+        match self {
+            Breaker::Local(breaker) => breaker.config(),
+            Breaker::Fleet(breaker) => breaker.config(),
+        }
+    }
+
+    /// This process's breaker: the one deciding, or (fleet) the one counting here and standing in.
+    fn local(&self) -> &CircuitBreaker {
+        match self {
+            Breaker::Local(breaker) => breaker,
+            Breaker::Fleet(breaker) => breaker.local(),
+        }
+    }
+}
 
 /// The native half of `holysheep.CircuitBreaker`; use that class.
 #[pyclass(name = "BreakerCore", module = "holysheep._holysheep", frozen)]
 pub struct BreakerCore {
-    inner: CircuitBreaker,
+    inner: Breaker,
 }
 
 impl BreakerCore {
-    pub(crate) fn core(&self) -> &CircuitBreaker {
+    pub(crate) fn core(&self) -> &Breaker {
         &self.inner
     }
 }
@@ -24,24 +81,68 @@ fn names(transition: Option<Transition>) -> Option<(&'static str, &'static str)>
     transition.map(|t| (t.from.name(), t.to.name()))
 }
 
+/// Seconds for Python; infinity for "until reset".
+fn secs(ns: u64) -> f64 {
+    if ns == u64::MAX { f64::INFINITY } else { ns_to_secs(ns) }
+}
+
 #[pymethods]
 impl BreakerCore {
     #[new]
     /// Every setting as the user passed it to `CircuitBreaker`, which holds the defaults.
-    #[pyo3(signature = (*, failure_threshold, recovery_timeout, half_open_max_calls, name))]
+    #[pyo3(signature = (*, failure_threshold, recovery_timeout, half_open_max_calls, name, failure_rate=None,
+                        window=None, window_s=None, minimum_calls=None, slow_call_s=None, backend=None, key=None))]
+    #[allow(clippy::too_many_arguments)] // one per keyword argument of the Python constructor
     fn new(
-        failure_threshold: &Bound<'_, PyAny>,
+        py: Python<'_>,
+        failure_threshold: Option<&Bound<'_, PyAny>>,
         recovery_timeout: &Bound<'_, PyAny>,
         half_open_max_calls: &Bound<'_, PyAny>,
         name: &Bound<'_, PyAny>,
+        failure_rate: Option<&Bound<'_, PyAny>>,
+        window: Option<&Bound<'_, PyAny>>,
+        window_s: Option<&Bound<'_, PyAny>>,
+        minimum_calls: Option<&Bound<'_, PyAny>>,
+        slow_call_s: Option<&Bound<'_, PyAny>>,
+        backend: Option<&Bound<'_, PyAny>>,
+        key: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let span = match (args::optional(window, |v| args::count_in("window", v, WINDOW_CALLS))?, window_s) {
+            (Some(_), Some(_)) => return Err(Error::config("window_s", "give window (calls) or window_s (seconds), not both").into()),
+            (_, Some(seconds)) => Span::Time(args::seconds("window_s", seconds)?),
+            (calls, None) => Span::Calls(calls.unwrap_or(100)),
+        };
+        let minimum_calls = args::optional(minimum_calls, |v| args::count_in("minimum_calls", v, MINIMUM_CALLS))?.unwrap_or(20);
+        let failure_rate = args::optional(failure_rate, |v| args::positive("failure_rate", v))?
+            .map(|threshold| RateRule { threshold, span, minimum_calls });
         let config = BreakerConfig {
             name: args::text("name", name)?,
-            failure_threshold: args::count_in("failure_threshold", failure_threshold, FAILURE_THRESHOLD)?,
+            failure_threshold: args::optional(failure_threshold, |v| args::count_in("failure_threshold", v, FAILURE_THRESHOLD))?
+                .or(if failure_rate.is_none() { Some(5) } else { None }),
             recovery_timeout_ns: args::seconds("recovery_timeout", recovery_timeout)?,
             half_open_max_calls: args::count_in("half_open_max_calls", half_open_max_calls, HALF_OPEN_CALLS)?,
+            failure_rate,
+            slow_call_ns: args::optional(slow_call_s, |v| Ok(secs_to_ns(args::positive("slow_call_s", v)?).unwrap_or(u64::MAX)))?,
         };
-        Ok(Self { inner: CircuitBreaker::new(config, Default::default())? })
+        let inner = match (backend, key) {
+            (None, None) => Breaker::Local(CircuitBreaker::new(config, Default::default())?),
+            (Some(backend), Some(key)) => {
+                let Ok(backend) = backend.cast::<PyRedisBackend>() else {
+                    return args::refuse("backend", "a RedisBackend or None", backend);
+                };
+                let key = args::text("key", key)?;
+                let backend = backend.get();
+                let fleet = FleetBreaker::new(backend.inner.clone(), &key, config, backend.on_error)?;
+                // One read now: a bad URL or refused credentials show at construction, and the state is known.
+                match py.detach(|| fleet.sync()) {
+                    Err(err @ crate::backend::redis::BackendError::Config { .. }) => return Err(err.into()),
+                    _ => Breaker::Fleet(fleet),
+                }
+            }
+            (Some(_), None) => return Err(Error::config("key", "a breaker with a backend needs key= to name the state it shares").into()),
+            (None, Some(_)) => return Err(Error::config("backend", "key= names a state shared through a backend: give backend= too").into()),
+        };
+        Ok(Self { inner })
     }
 
     /// Admits a call and returns its permit; odd when this call turned the breaker half-open.
@@ -55,39 +156,104 @@ impl BreakerCore {
         names(self.inner.record_success(Permit::from_bits(permit)))
     }
 
-    /// Records a failure; returns `(from, to)` when that changed the state.
-    fn failure(&self, permit: u64) -> Option<(&'static str, &'static str)> {
-        names(self.inner.record_failure(Permit::from_bits(permit)))
+    /// Records a failure; `open_for` is how long the server said it is away (seconds), which opens the
+    /// breaker now for that long. Returns `(from, to)` when that changed the state.
+    #[pyo3(signature = (permit, open_for=None))]
+    fn failure(&self, permit: u64, open_for: Option<f64>) -> Option<(&'static str, &'static str)> {
+        names(self.inner.record_failure(Permit::from_bits(permit), open_for.and_then(secs_to_ns)))
     }
 
     /// Gives a permit back without a verdict (a cancelled call, or the caller's own bug).
     fn release(&self, permit: u64) {
-        self.inner.release(Permit::from_bits(permit))
+        let permit = Permit::from_bits(permit);
+        match &self.inner {
+            Breaker::Local(breaker) => breaker.release(permit),
+            Breaker::Fleet(breaker) => breaker.release(permit),
+        }
+    }
+
+    /// Opens the breaker until `reset`; returns `(from, to)` when that changed the state.
+    fn isolate(&self, py: Python<'_>) -> PyResult<Option<(&'static str, &'static str)>> {
+        Ok(names(match &self.inner {
+            Breaker::Local(breaker) => breaker.isolate(),
+            Breaker::Fleet(breaker) => py.detach(|| breaker.isolate())?,
+        }))
+    }
+
+    /// Closes the breaker and forgets its failures; returns `(from, to)` when that changed the state.
+    fn reset(&self, py: Python<'_>) -> PyResult<Option<(&'static str, &'static str)>> {
+        Ok(names(match &self.inner {
+            Breaker::Local(breaker) => breaker.reset(),
+            Breaker::Fleet(breaker) => py.detach(|| breaker.reset())?,
+        }))
+    }
+
+    /// Re-reads a shared breaker's state from Redis now (a local one has nothing to read).
+    fn sync(&self, py: Python<'_>) -> PyResult<()> {
+        if let Breaker::Fleet(breaker) = &self.inner {
+            py.detach(|| breaker.sync())?;
+        }
+        Ok(())
     }
 
     #[getter]
     fn state(&self) -> &'static str {
-        self.inner.state().name()
+        match &self.inner {
+            Breaker::Local(breaker) => breaker.state(),
+            Breaker::Fleet(breaker) => breaker.state(),
+        }
+        .name()
     }
+    /// Seconds until trials may start; infinity when isolated; None unless open.
     #[getter]
     fn retry_after(&self) -> Option<f64> {
-        self.inner.retry_after_ns().map(ns_to_secs)
+        match &self.inner {
+            Breaker::Local(breaker) => breaker.retry_after_ns(),
+            Breaker::Fleet(breaker) => breaker.retry_after_ns(),
+        }
+        .map(secs)
+    }
+    #[getter]
+    fn isolated(&self) -> bool {
+        match &self.inner {
+            Breaker::Local(breaker) => breaker.isolated(),
+            Breaker::Fleet(breaker) => breaker.isolated(),
+        }
+    }
+    /// Whether the state is shared through a backend.
+    #[getter]
+    fn shared(&self) -> bool {
+        matches!(self.inner, Breaker::Fleet(_))
+    }
+    /// A shared breaker whose Redis failed lately, so the backend's failure policy decides.
+    #[getter]
+    fn degraded(&self) -> bool {
+        matches!(&self.inner, Breaker::Fleet(breaker) if breaker.degraded())
     }
     #[getter]
     fn consecutive_failures(&self) -> u64 {
-        self.inner.consecutive_failures()
+        self.inner.local().consecutive_failures()
     }
-    /// `(successes, failures, rejected, times_opened)` since the breaker was made.
-    fn counters(&self) -> (u64, u64, u64, u64) {
-        let c = self.inner.counters();
-        (c.successes, c.failures, c.rejected, c.times_opened)
+    /// `(calls, failures)` in this process's failure-rate window, or None without one.
+    #[getter]
+    fn window_counts(&self) -> Option<(u64, u64)> {
+        match &self.inner {
+            Breaker::Local(breaker) => breaker.window(),
+            Breaker::Fleet(_) => None,
+        }
+    }
+    /// `(successes, failures, slow_calls, rejected, times_opened)` since the breaker was made (this
+    /// process's, for a local breaker).
+    fn counters(&self) -> (u64, u64, u64, u64, u64) {
+        let Counters { successes, failures, slow_calls, rejected, times_opened } = self.inner.local().counters();
+        (successes, failures, slow_calls, rejected, times_opened)
     }
     #[getter]
     fn name(&self) -> &str {
         &self.inner.config().name
     }
     #[getter]
-    fn failure_threshold(&self) -> u32 {
+    fn failure_threshold(&self) -> Option<u32> {
         self.inner.config().failure_threshold
     }
     #[getter]
@@ -98,4 +264,31 @@ impl BreakerCore {
     fn half_open_max_calls(&self) -> u32 {
         self.inner.config().half_open_max_calls
     }
+    #[getter]
+    fn failure_rate(&self) -> Option<f64> {
+        self.inner.config().failure_rate.map(|rule| rule.threshold)
+    }
+    #[getter]
+    fn window(&self) -> Option<u32> {
+        match self.inner.config().failure_rate?.span {
+            Span::Calls(calls) => Some(calls),
+            Span::Time(_) => None,
+        }
+    }
+    #[getter]
+    fn window_s(&self) -> Option<f64> {
+        match self.inner.config().failure_rate?.span {
+            Span::Time(ns) => Some(ns_to_secs(ns)),
+            Span::Calls(_) => None,
+        }
+    }
+    #[getter]
+    fn minimum_calls(&self) -> Option<u32> {
+        self.inner.config().failure_rate.map(|rule| rule.minimum_calls)
+    }
+    #[getter]
+    fn slow_call_s(&self) -> Option<f64> {
+        self.inner.config().slow_call_ns.map(ns_to_secs)
+    }
 }
+

@@ -20,7 +20,9 @@ impl From<Error> for PyErr {
                 RateLimitExceeded::new_err((message, retry_after_ns.map(ns_to_secs), limit, remaining))
             }
             Error::CircuitOpen { message, retry_after_ns } => {
-                CircuitOpenError::new_err((message, ns_to_secs(retry_after_ns)))
+                // u64::MAX: isolated by hand, until reset()
+                let retry_after = if retry_after_ns == u64::MAX { f64::INFINITY } else { ns_to_secs(retry_after_ns) };
+                CircuitOpenError::new_err((message, retry_after))
             }
             Error::BudgetExceeded { message } => BudgetExceeded::new_err(message),
             Error::Config { field, message } => ConfigError::new_err((message, field)),

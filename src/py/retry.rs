@@ -31,7 +31,7 @@ impl RetryCore {
     #[new]
     /// Every setting as the user passed it to `RetryPolicy`, which holds the defaults.
     #[pyo3(signature = (*, max_attempts, base_delay, max_delay, multiplier, jitter, respect_retry_after,
-                        max_retry_after, max_elapsed, retry_budget))]
+                        max_retry_after, max_elapsed, retry_budget, attempt_timeout=None))]
     #[allow(clippy::too_many_arguments)] // one per keyword argument of the Python constructor
     fn new(
         max_attempts: &Bound<'_, PyAny>,
@@ -43,6 +43,7 @@ impl RetryCore {
         max_retry_after: &Bound<'_, PyAny>,
         max_elapsed: Option<&Bound<'_, PyAny>>,
         retry_budget: Option<&Bound<'_, PyAny>>,
+        attempt_timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let config = RetryConfig {
             max_attempts: args::count_in("max_attempts", max_attempts, ATTEMPTS)?,
@@ -53,6 +54,7 @@ impl RetryCore {
             respect_retry_after: args::flag("respect_retry_after", respect_retry_after)?,
             max_retry_after_ns: args::seconds("max_retry_after", max_retry_after)?,
             max_elapsed_ns: args::optional(max_elapsed, |s| args::seconds("max_elapsed", s))?,
+            attempt_timeout_ns: args::optional(attempt_timeout, |s| args::seconds("attempt_timeout", s))?,
             retry_budget: args::optional(retry_budget, |r| args::positive("retry_budget", r))?,
         };
         Ok(Self { inner: RetryPolicy::new(config, Default::default())? })
@@ -71,6 +73,12 @@ impl RetryCore {
             RetryDecision::Wait(ns) => NextDelay::Wait(ns_to_secs(ns)),
             RetryDecision::GiveUp(why) => NextDelay::GiveUp(why.setting()),
         }
+    }
+
+    /// Seconds the attempt starting now may run (the attempt timeout, cut to what `max_elapsed` leaves
+    /// of the call begun at `started`); None when neither is set.
+    fn attempt_budget(&self, started: u64) -> Option<f64> {
+        self.inner.attempt_budget_ns(started).map(ns_to_secs)
     }
 
     /// The backoff schedule in seconds (random draws unless the jitter is "none").
@@ -109,6 +117,10 @@ impl RetryCore {
     #[getter]
     fn max_elapsed(&self) -> Option<f64> {
         self.inner.config().max_elapsed_ns.map(ns_to_secs)
+    }
+    #[getter]
+    fn attempt_timeout(&self) -> Option<f64> {
+        self.inner.config().attempt_timeout_ns.map(ns_to_secs)
     }
     #[getter]
     fn retry_budget(&self) -> Option<f64> {

@@ -3,6 +3,7 @@
 //! I/O, so it lives beside the pure core, not in it; the algorithms' semantics match the core's.
 
 pub mod backend;
+pub mod breaker;
 mod connections;
 pub mod error;
 mod fallback;

@@ -1,0 +1,453 @@
+//! A circuit breaker shared by a fleet: one state in Redis (`scripts/breaker.lua`, the core's state
+//! machine on Redis's clock), cached in each process so a closed breaker's calls cost no round trip.
+//!
+//! - Closed: calls are admitted from the cache; their successes are counted here and reach Redis in a
+//!   batch with the next call to it. While calls are made, the cache is re-read in the background
+//!   once it is [`SYNC_INTERVAL_NS`] old (on the runtime; the caller never waits), so a breaker another
+//!   process opened is seen open within that interval plus one round trip. A cache older than
+//!   [`REREAD_FIRST_NS`] (a process making fewer than ten calls a second) is re-read before deciding.
+//! - A failure is reported at once (one round trip), so the process whose failure opens the breaker
+//!   sees it open at its very next call.
+//! - Open: refused from the cache until the time Redis gave; then each trial is asked of Redis, which
+//!   hands out `half_open_max_calls` trials for the whole fleet, not per process. A trial's result is
+//!   reported at once. Trials lost with their process are handed out again after a minute (or
+//!   `slow_call`, when slow calls count; never sooner than `recovery_timeout`).
+//! - When Redis cannot be reached, the backend's failure policy decides: `local` uses a breaker in this
+//!   process alone until Redis answers again, `fail_open` lets calls pass uncounted, `fail_closed`
+//!   raises `BackendUnavailable`.
+//!
+//! The script is run by EVALSHA and loaded again on NOSCRIPT (redis-rs's `Script`), as the limiter's
+//! scripts were before they moved to Redis Functions.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+
+use redis::Script;
+
+use crate::backend::redis::backend::Backend;
+use crate::backend::redis::error::BackendError;
+use crate::backend::redis::runtime;
+use crate::backend::redis::shared::OnError;
+use crate::core::breaker::{BreakerConfig, CircuitBreaker, HALF_OPEN_RETRY_NS, Permit, State, Transition};
+use crate::core::clock::{Clock, MonotonicClock, ns_to_secs};
+use crate::core::error::Error;
+use crate::core::outcomes::Span;
+
+static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/breaker.lua")));
+
+/// The longest a busy process's cached state may be out of date (plus one round trip).
+pub const SYNC_INTERVAL_NS: u64 = 50_000_000;
+/// A cache older than this is re-read before the call is decided (one round trip): only a process
+/// making fewer than ten calls a second pays it, at most once per call.
+pub const REREAD_FIRST_NS: u64 = 2 * SYNC_INTERVAL_NS;
+const NS_PER_MS: u64 = 1_000_000;
+/// How long a trial may go unanswered, unless `slow_call` says otherwise: an LLM call takes up to a minute.
+const TRIAL_LEASE_NS: u64 = 60_000_000_000;
+
+/// Where a permit came from (`Permit::source`).
+const FLEET: u8 = 0;
+const LOCAL: u8 = 1;
+const UNCOUNTED: u8 = 2;
+
+/// A fleet breaker's refusal: the breaker is open, or Redis failed under `fail_closed`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    Open(Error),
+    Backend(BackendError),
+}
+
+/// The cached state: state (bits 0-1), generation modulo 2^16 (bits 2-17), and when open the end of
+/// the open period in ms of this process's clock (bits 18-63; all ones: isolated).
+#[derive(Debug, Clone, Copy)]
+struct Cached(u64);
+
+const ISOLATED_MS: u64 = (1 << 46) - 1;
+
+impl Cached {
+    fn new(state: State, generation: u16, until_ms: u64) -> Self {
+        let bits = match state {
+            State::Closed => 0,
+            State::Open => 1,
+            State::HalfOpen => 2,
+        };
+        Cached(bits | (u64::from(generation) << 2) | (until_ms.min(ISOLATED_MS) << 18))
+    }
+    fn state(self) -> State {
+        match self.0 & 3 {
+            0 => State::Closed,
+            1 => State::Open,
+            _ => State::HalfOpen,
+        }
+    }
+    fn generation(self) -> u16 {
+        (self.0 >> 2) as u16
+    }
+    fn until_ms(self) -> u64 {
+        self.0 >> 18
+    }
+}
+
+/// What the script answered.
+struct Answer {
+    state: State,
+    generation: u16,
+    /// ms until trials may start; `None` when isolated.
+    wait_ms: Option<u64>,
+    granted: bool,
+    previous: State,
+}
+
+fn state_of(code: i64) -> State {
+    match code {
+        1 => State::Open,
+        2 => State::HalfOpen,
+        _ => State::Closed,
+    }
+}
+
+struct Inner {
+    backend: Arc<Backend>,
+    key: String,
+    config: BreakerConfig,
+    on_error: OnError,
+    /// Decides alone while Redis is away (the `local` policy); also times slow calls.
+    local: CircuitBreaker,
+    cached: AtomicU64,
+    synced_at_ns: AtomicU64,
+    syncing: AtomicBool,
+    /// Successes seen since they were last reported.
+    successes: AtomicU64,
+    /// Redis failed lately: the policy decides until a re-read succeeds.
+    down: AtomicBool,
+    clock: MonotonicClock,
+}
+
+/// One breaker state for every process naming the same key.
+#[derive(Clone)]
+pub struct FleetBreaker {
+    inner: Arc<Inner>,
+}
+
+impl FleetBreaker {
+    /// A breaker over `backend` under `key`; the failure-rate window must be one of time (`window_s`),
+    /// which is what a fleet can share.
+    pub fn new(backend: Arc<Backend>, key: &str, config: BreakerConfig, on_error: OnError) -> Result<Self, Error> {
+        if let Some(rule) = &config.failure_rate
+            && matches!(rule.span, Span::Calls(_))
+        {
+            return Err(Error::config(
+                "window",
+                "a breaker shared through a backend measures its failure rate over time: give window_s= instead of window=",
+            ));
+        }
+        if key.is_empty() || key.contains(['{', '}']) {
+            return Err(Error::config("key", format!("must be non-empty without braces, got {key:?}")));
+        }
+        // One clock for both: the local breaker times slow calls on the permits this one stamps.
+        let clock = MonotonicClock::new();
+        let local = CircuitBreaker::new(config.clone(), clock.clone())?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                key: format!("{{{}:{key}}}:breaker", backend.prefix()),
+                backend,
+                config,
+                on_error,
+                local,
+                cached: AtomicU64::new(Cached::new(State::Closed, 0, 0).0),
+                synced_at_ns: AtomicU64::new(0),
+                syncing: AtomicBool::new(false),
+                successes: AtomicU64::new(0),
+                down: AtomicBool::new(false),
+                clock,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &BreakerConfig {
+        &self.inner.config
+    }
+
+    /// The Redis key holding the state.
+    pub fn key(&self) -> &str {
+        &self.inner.key
+    }
+
+    /// Admits a call: from the cache while closed, from Redis for a half-open trial.
+    #[inline]
+    pub fn allow(&self) -> Result<Permit, Refusal> {
+        let inner = &*self.inner;
+        let mut now = inner.clock.now_ns();
+        if now.saturating_sub(inner.synced_at_ns.load(Ordering::Relaxed)) >= REREAD_FIRST_NS {
+            // Quiet for a while: what this process saw may be long gone; look before deciding.
+            let _ = self.run("sync", 0, None);
+            now = inner.clock.now_ns();
+        } else {
+            self.refresh_if_stale(now);
+        }
+        if inner.down.load(Ordering::Acquire) {
+            return self.allow_alone();
+        }
+        let cached = Cached(inner.cached.load(Ordering::Acquire));
+        match cached.state() {
+            State::Closed => Ok(self.permit(cached.generation(), false, false, now)),
+            State::Open if cached.until_ms() == ISOLATED_MS => Err(self.refuse(u64::MAX)),
+            State::Open if now / NS_PER_MS < cached.until_ms() => Err(self.refuse(cached.until_ms() * NS_PER_MS - now)),
+            _ => self.ask_for_trial(now),
+        }
+    }
+
+    fn permit(&self, generation: u16, opened_trials: bool, trial: bool, now: u64) -> Permit {
+        let started_us = if self.inner.config.slow_call_ns.is_some() { now / 1_000 } else { 0 };
+        Permit { generation, opened_trials, trial, source: FLEET, started_us: started_us & ((1 << 43) - 1) }
+    }
+
+    fn refuse(&self, retry_after_ns: u64) -> Refusal {
+        let name = &self.inner.config.name;
+        let message = if retry_after_ns == u64::MAX {
+            format!("circuit {name:?} is isolated (fleet-wide): failing fast until reset()")
+        } else {
+            format!("circuit {name:?} is open (fleet-wide): failing fast for another {:.3} s", ns_to_secs(retry_after_ns))
+        };
+        Refusal::Open(Error::CircuitOpen { message, retry_after_ns })
+    }
+
+    /// The failure policy's decision while Redis is away.
+    fn allow_alone(&self) -> Result<Permit, Refusal> {
+        match self.inner.on_error {
+            OnError::Local => self.inner.local.allow().map(|p| Permit { source: LOCAL, ..p }).map_err(Refusal::Open),
+            OnError::FailOpen => Ok(Permit { source: UNCOUNTED, ..Permit::default() }),
+            OnError::FailClosed => Err(Refusal::Backend(BackendError::Unavailable {
+                message: format!("the breaker {:?} cannot reach Redis (on_error='fail_closed')", self.inner.config.name),
+            })),
+        }
+    }
+
+    fn ask_for_trial(&self, now: u64) -> Result<Permit, Refusal> {
+        match self.run("trial", 0, None) {
+            Ok(answer) if answer.granted => {
+                Ok(self.permit(answer.generation, answer.previous == State::Open, true, now))
+            }
+            Ok(answer) => Err(self.refuse(match answer.wait_ms {
+                None => u64::MAX,
+                Some(0) => HALF_OPEN_RETRY_NS.min(self.inner.config.recovery_timeout_ns),
+                Some(ms) => ms * NS_PER_MS,
+            })),
+            Err(_) => self.allow_alone(),
+        }
+    }
+
+    /// A success: counted here for the next report, unless it was a trial (reported now) or too slow
+    /// (a failure).
+    #[inline]
+    pub fn record_success(&self, permit: Permit) -> Option<Transition> {
+        match permit.source {
+            LOCAL => return self.inner.local.record_success(permit),
+            UNCOUNTED => return None,
+            _ => {}
+        }
+        if self.inner.config.slow_call_ns.is_some() && self.inner.local.is_slow(permit) {
+            return self.record_failure(permit, None);
+        }
+        if !permit.trial {
+            self.inner.successes.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.run("trial_ok", permit.generation, None).ok().and_then(|answer| changed(&answer))
+    }
+
+    /// A failure, reported at once with the successes counted since the last report.
+    pub fn record_failure(&self, permit: Permit, open_for_ns: Option<u64>) -> Option<Transition> {
+        match permit.source {
+            LOCAL => return self.inner.local.record_failure(permit, open_for_ns),
+            UNCOUNTED => return None,
+            _ => {}
+        }
+        match self.run("fail", permit.generation, open_for_ns) {
+            Ok(answer) => changed(&answer),
+            Err(_) if self.inner.on_error == OnError::Local => {
+                // Redis left during the call: the local breaker counts it, as it decides from now on.
+                let local = self.inner.local.allow().ok()?;
+                self.inner.local.record_failure(local, open_for_ns)
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// A call that says nothing about the service: a trial gives its slot back.
+    pub fn release(&self, permit: Permit) {
+        match permit.source {
+            LOCAL => self.inner.local.release(permit),
+            FLEET if permit.trial => _ = self.run("trial_back", permit.generation, None),
+            _ => {}
+        }
+    }
+
+    /// Opens the breaker for the whole fleet until [`reset`](Self::reset).
+    pub fn isolate(&self) -> Result<Option<Transition>, BackendError> {
+        self.run("isolate", 0, None).map(|answer| changed(&answer))
+    }
+
+    /// Closes the breaker for the whole fleet.
+    pub fn reset(&self) -> Result<Option<Transition>, BackendError> {
+        self.inner.local.reset();
+        self.run("reset", 0, None).map(|answer| changed(&answer))
+    }
+
+    /// The state as this process last saw it (at most [`SYNC_INTERVAL_NS`] old while calls are made);
+    /// open reads half-open once trials may start.
+    pub fn state(&self) -> State {
+        self.refresh_if_stale(self.inner.clock.now_ns());
+        if self.inner.down.load(Ordering::Acquire) && self.inner.on_error == OnError::Local {
+            return self.inner.local.state();
+        }
+        match self.retry_after_ns() {
+            Some(0) => State::HalfOpen,
+            _ => Cached(self.inner.cached.load(Ordering::Acquire)).state(),
+        }
+    }
+
+    /// How long until trials may start (`u64::MAX` when isolated); `None` unless open.
+    pub fn retry_after_ns(&self) -> Option<u64> {
+        if self.inner.down.load(Ordering::Acquire) && self.inner.on_error == OnError::Local {
+            return self.inner.local.retry_after_ns();
+        }
+        let cached = Cached(self.inner.cached.load(Ordering::Acquire));
+        match cached.state() {
+            State::Open if cached.until_ms() == ISOLATED_MS => Some(u64::MAX),
+            State::Open => Some((cached.until_ms() * NS_PER_MS).saturating_sub(self.inner.clock.now_ns())),
+            _ => None,
+        }
+    }
+
+    /// Whether the fleet's breaker was isolated by hand.
+    pub fn isolated(&self) -> bool {
+        let cached = Cached(self.inner.cached.load(Ordering::Acquire));
+        cached.state() == State::Open && cached.until_ms() == ISOLATED_MS
+    }
+
+    /// Whether Redis failed lately, so the failure policy decides.
+    pub fn degraded(&self) -> bool {
+        self.inner.down.load(Ordering::Acquire)
+    }
+
+    /// The local breaker: the `local` policy's, and its counters of this process's calls.
+    pub fn local(&self) -> &CircuitBreaker {
+        &self.inner.local
+    }
+
+    /// Re-reads the state now, waiting for the answer (tests, and `stats()`).
+    pub fn sync(&self) -> Result<(), BackendError> {
+        self.run("sync", 0, None).map(|_| ())
+    }
+
+    /// Starts a background re-read when the cache is older than the interval and none is running.
+    #[inline]
+    fn refresh_if_stale(&self, now: u64) {
+        let inner = &*self.inner;
+        if now.saturating_sub(inner.synced_at_ns.load(Ordering::Relaxed)) < SYNC_INTERVAL_NS {
+            return;
+        }
+        if inner.syncing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(handle) = runtime::handle() else {
+            inner.syncing.store(false, Ordering::Release);
+            return;
+        };
+        let me = self.clone();
+        handle.spawn(async move {
+            let successes = me.inner.successes.swap(0, Ordering::AcqRel);
+            let call = me.invocation("sync", successes, 0, None);
+            let result =
+                me.inner.backend.call(|mut connection| async move { call.invoke_async::<Vec<i64>>(&mut connection).await }).await;
+            // A failure marked Redis down: the failure policy decides until a re-read succeeds.
+            let _ = me.adopt(result, successes);
+            me.inner.syncing.store(false, Ordering::Release);
+        });
+    }
+
+    fn invocation(&self, op: &str, successes: u64, generation: u16, open_for_ns: Option<u64>) -> redis::ScriptInvocation<'static> {
+        let c = &self.inner.config;
+        let (rate, window_ms, minimum) = match c.failure_rate {
+            Some(rule) => {
+                let window_ns = match rule.span {
+                    Span::Time(ns) => ns,
+                    Span::Calls(_) => 0,
+                };
+                (rule.threshold, window_ns.div_ceil(NS_PER_MS), rule.minimum_calls)
+            }
+            None => (0.0, 0, 0),
+        };
+        let mut invocation = SCRIPT.prepare_invoke();
+        invocation
+            .key(&self.inner.key)
+            .arg(op)
+            .arg(c.failure_threshold.unwrap_or(0))
+            .arg(c.recovery_timeout_ns.div_ceil(NS_PER_MS))
+            .arg(c.half_open_max_calls)
+            .arg(rate)
+            .arg(window_ms)
+            .arg(minimum)
+            .arg(successes)
+            .arg(generation)
+            .arg(open_for_ns.map_or(0, |ns| ns.div_ceil(NS_PER_MS).max(1)))
+            .arg(self.trial_lease_ns().div_ceil(NS_PER_MS));
+        invocation
+    }
+
+    /// How long a trial may stay unanswered before Redis hands its slot to another process (its own
+    /// may have died holding it): a slow call's length when slow calls count, else a minute, and never
+    /// less than the recovery timeout.
+    fn trial_lease_ns(&self) -> u64 {
+        let c = &self.inner.config;
+        c.slow_call_ns.unwrap_or(TRIAL_LEASE_NS).max(c.recovery_timeout_ns)
+    }
+
+    /// Runs `op` now on this thread (one round trip), reporting the successes counted so far.
+    fn run(&self, op: &str, generation: u16, open_for_ns: Option<u64>) -> Result<Answer, BackendError> {
+        let successes = self.inner.successes.swap(0, Ordering::AcqRel);
+        let invocation = self.invocation(op, successes, generation, open_for_ns);
+        let result = self.inner.backend.call_blocking(|connection| invocation.invoke::<Vec<i64>>(connection));
+        self.adopt(result, successes)
+    }
+
+    /// Takes Redis's answer into the cache; on a failure, marks Redis down and keeps the successes for
+    /// the next report.
+    fn adopt(&self, result: Result<Vec<i64>, BackendError>, successes: u64) -> Result<Answer, BackendError> {
+        let inner = &*self.inner;
+        let now = inner.clock.now_ns();
+        inner.synced_at_ns.store(now, Ordering::Relaxed);
+        let values = match result {
+            Ok(values) if values.len() == 5 => values,
+            Ok(values) => {
+                return Err(BackendError::Unavailable { message: format!("the breaker script answered {values:?}") });
+            }
+            Err(err) => {
+                inner.successes.fetch_add(successes, Ordering::Relaxed);
+                if matches!(err, BackendError::Unavailable { .. }) {
+                    inner.down.store(true, Ordering::Release);
+                }
+                return Err(err);
+            }
+        };
+        inner.down.store(false, Ordering::Release);
+        let answer = Answer {
+            state: state_of(values[0]),
+            generation: values[1] as u16,
+            wait_ms: u64::try_from(values[2]).ok(),
+            granted: values[3] == 1,
+            previous: state_of(values[4]),
+        };
+        let until_ms = match (answer.state, answer.wait_ms) {
+            (State::Open, None) => ISOLATED_MS,
+            (State::Open, Some(ms)) => (now / NS_PER_MS).saturating_add(ms),
+            _ => 0,
+        };
+        inner.cached.store(Cached::new(answer.state, answer.generation, until_ms).0, Ordering::Release);
+        Ok(answer)
+    }
+}
+
+fn changed(answer: &Answer) -> Option<Transition> {
+    (answer.previous != answer.state).then_some(Transition { from: answer.previous, to: answer.state })
+}
