@@ -21,6 +21,8 @@ PRICES: dict[str, float] = {
     "claude-sonnet-4.5": 15.0,
     "gemini-2.5-flash": 2.50,
     "deepseek-v3.2": 0.42,
+    "text-embedding-3-small": 0.02,
+    "text-embedding-3-large": 0.13,
 }
 
 

@@ -250,7 +250,8 @@ impl Sender {
         }
         if let (Some(breaker), Some(permit)) = (self.guards.breaker.as_deref(), permit) {
             match verdict.breaker {
-                BreakerOutcome::Failure => drop(breaker.record_failure(permit)),
+                // The server's own delay (its Retry-After on a 5xx) opens it for that long.
+                BreakerOutcome::Failure => drop(breaker.record_failure(permit, server_delay)),
                 BreakerOutcome::Success => drop(breaker.record_success(permit)),
                 BreakerOutcome::Neutral => breaker.release(permit),
             }
