@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use crate::core::clock::ns_to_secs;
 use crate::core::{CircuitBreaker, Error, RetryPolicy};
 use crate::engine::{Guards, Job, JobConfig, JobError, Plan, Report};
-use crate::py::breaker::BreakerCore;
+use crate::py::breaker::{Breaker, BreakerCore};
 use crate::py::limiter::PyLimiter;
 use crate::py::retry::RetryCore;
 use crate::py::{args, lock};
@@ -35,13 +35,28 @@ impl Deref for HeldRetry {
     }
 }
 
-/// The breaker of a `CircuitBreaker`, shared with it (and whoever else calls through it) while the job runs.
+/// The breaker of a `CircuitBreaker` of this process, shared with it (and whoever else calls through it)
+/// while the job runs.
 struct HeldBreaker(Py<BreakerCore>);
+
+impl HeldBreaker {
+    /// Holds a breaker deciding in this process; a fleet's is refused (its reports block on Redis).
+    fn of(breaker: Py<BreakerCore>) -> PyResult<Self> {
+        if let Breaker::Fleet(_) = breaker.get().core() {
+            let why = "must decide in this process: a breaker shared through Redis is not supported by the batch engine yet";
+            return Err(Error::config("breaker", why).into());
+        }
+        Ok(Self(breaker))
+    }
+}
 
 impl Deref for HeldBreaker {
     type Target = CircuitBreaker;
     fn deref(&self) -> &CircuitBreaker {
-        self.0.get().core()
+        match self.0.get().core() {
+            Breaker::Local(breaker) => breaker,
+            Breaker::Fleet(_) => unreachable!("refused when held"),
+        }
     }
 }
 
@@ -118,7 +133,7 @@ impl PyBatchJob {
         let guards = Guards {
             limiter,
             retry: Arc::new(HeldRetry(retry)),
-            breaker: breaker.map(|breaker| Arc::new(HeldBreaker(breaker)) as _),
+            breaker: breaker.map(HeldBreaker::of).transpose()?.map(|breaker| Arc::new(breaker) as _),
         };
         Ok(Self { job: Arc::new(Job::new(config, guards)?), running: Mutex::new(None) })
     }
