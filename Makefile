@@ -65,6 +65,12 @@ bench: build  ## criterion benches for the core, the Python benches beside the p
 	$(MAKE) --no-print-directory bench-redis
 	$(MAKE) --no-print-directory bench-openai
 	$(MAKE) --no-print-directory bench-engine
+	$(MAKE) --no-print-directory bench-preview
+	$(PY) benches/python/bench_adapters.py
+
+.PHONY: bench-preview
+bench-preview: build  ## hs.preview: an hour of traffic at 50 requests/s on the virtual clock, wall time
+	$(PY) benches/preview.py
 
 .PHONY: soak
 soak: build  ## minutes of mixed openai calls (streams, threads, faults) at the gateway's limits: leaks, 429s (SOAK_MINUTES=10)
