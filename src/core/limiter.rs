@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::core::alerts::{self, Alerts};
 use crate::core::clock::{Clock, MonotonicClock};
 use crate::core::concurrency::Concurrency;
 use crate::core::decision::Decision;
@@ -15,22 +16,26 @@ use crate::core::limit::{Cost, Limit, Unit};
 use crate::core::line::{Gate, Line, Poll, Reserved, Ticket};
 use crate::core::refusal::{self, Awaited};
 use crate::core::quota::{Quota, Receipt};
+use crate::core::shadow::{Asked, Shadow, ShadowCounts};
 use crate::core::stats::{Counts, Stats};
 
 /// Rate limits and a concurrency bound.
 #[derive(Debug)]
 pub struct Limiter<C: Clock = MonotonicClock> {
     clock: C,
-    quota: Option<Quota>,
+    pub(super) quota: Option<Quota>,
     /// How the rates of each unit of [`FOLLOWED`] follow the server, and the fractions of the configured
     /// rates last applied.
     feedback: [Aimd; 2],
     applied: SpinLock<[f64; 2]>,
-    slots: Concurrency,
+    pub(super) slots: Concurrency,
     /// Those who wait, and how many: while any wait, the fast path admits nobody.
     line: Mutex<Line<Receipt, Arc<dyn Wake>>>,
     waiting: AtomicU64,
     stats: Stats,
+    /// Set in shadow mode: everything is admitted, and what enforcing would have held back is counted.
+    shadow: Option<Box<Shadow>>,
+    alerts: Alerts,
 }
 
 /// Wakes a parked waiter, from any thread: its driver then polls the line again.
@@ -72,6 +77,8 @@ pub struct Snapshot {
     pub counts: Counts,
     pub server_rejections: u64,
     pub windows: Vec<WindowStats>,
+    /// What a limiter in shadow mode would have held back; `None` when it enforces.
+    pub shadow: Option<ShadowCounts>,
 }
 
 impl<C: Clock> Limiter<C> {
@@ -93,7 +100,36 @@ impl<C: Clock> Limiter<C> {
             line: Mutex::new(Line::default()),
             waiting: AtomicU64::new(0),
             stats: Stats::default(),
+            shadow: None,
+            alerts: Alerts::default(),
         })
+    }
+
+    /// This limiter in shadow mode: it decides as usual but admits everything (see [`Shadow`]).
+    pub fn in_shadow(mut self) -> Self {
+        self.shadow = Some(Box::default());
+        self
+    }
+
+    /// The thresholds on this limiter's use (see [`Alerts`]).
+    pub fn alerts(&self) -> &Alerts {
+        &self.alerts
+    }
+
+    /// Lets the thresholds see the use after an admission or a settle; only a flag when none is set.
+    #[inline]
+    pub(super) fn alert(&self, now: u64) {
+        if self.alerts.armed() {
+            self.alert_use(now);
+        }
+    }
+
+    #[cold]
+    fn alert_use(&self, now: u64) {
+        let Some(quota) = &self.quota else { return };
+        let factors = self.rate_factors();
+        let used: Vec<f64> = quota.limits().iter().zip(quota.remaining(now)).map(|(limit, left)| alerts::used_of_remaining(limit, left, factors)).collect();
+        self.alerts.observe(quota.limits(), &used);
     }
 
     /// Holds each cut from the server's feedback for `cooldown_ns` before the rates climb back (a
@@ -151,12 +187,24 @@ impl<C: Clock> Limiter<C> {
     /// A `false` is not counted as a rejection: the caller may go on to wait (see [`Limiter::reject`]).
     #[inline]
     pub fn try_acquire(&self, cost: Cost) -> Result<bool> {
+        if let Some(shadow) = &self.shadow {
+            return self.admit_in_shadow(shadow, cost, Asked::Try).map(|_| true);
+        }
         Ok(self.admit_now(cost, &mut Receipt::default(), "try_acquire")?.is_some())
     }
 
     /// `try_acquire` with the receipt kept, for a caller that may settle or restamp the admission;
     /// `None` when it would have to wait. A request that would cross a budget is refused.
     pub fn try_reserve(&self, cost: Cost) -> Result<Option<Admission>> {
+        self.try_reserve_within(cost, None)
+    }
+
+    /// `try_reserve` for a caller that would then wait up to `max_wait_ns`: in shadow mode, a longer
+    /// wait counts as refused.
+    pub fn try_reserve_within(&self, cost: Cost, max_wait_ns: Option<u64>) -> Result<Option<Admission>> {
+        if let Some(shadow) = &self.shadow {
+            return self.admit_in_shadow(shadow, cost, Asked::Wait { max_wait_ns }).map(Some);
+        }
         if let Some(quota) = &self.quota {
             if let Some(budget) = quota.over_budget(cost, self.clock.now_ns()) {
                 self.stats.reject();
@@ -179,6 +227,7 @@ impl<C: Clock> Limiter<C> {
         let now = self.clock.now_ns();
         let decision = quota.decide(cost, now, now, receipt);
         if decision == Decision::Now {
+            self.alert(now);
             return Ok(Some(now));
         }
         self.abandon_permit()?;
@@ -263,6 +312,7 @@ impl<C: Clock> Limiter<C> {
                     self.slots.try_acquire();
                 }
                 self.stats.waits.record(now.saturating_sub(entered_ns));
+                self.alert(now);
                 let admission = Admission { wait_ns: 0, at_ns: reserved.at_ns, receipt: reserved.receipt };
                 Ok(Next::Ready(admission))
             }
@@ -294,6 +344,7 @@ impl<C: Clock> Limiter<C> {
         let now = self.clock.now_ns();
         let latest = max_wait_ns.map_or(u64::MAX, |wait| now.saturating_add(wait));
         let reserved = self.gate(operation).reserve(cost, now, latest)?;
+        self.alert(now);
         Ok(Admission { wait_ns: reserved.at_ns - now, at_ns: reserved.at_ns, receipt: reserved.receipt })
     }
 
@@ -322,7 +373,9 @@ impl<C: Clock> Limiter<C> {
     /// Replaces an admission's estimated cost by the actual one (refund or charge).
     pub fn settle(&self, admission: &Admission, estimated: Cost, actual: Cost) {
         if let Some(quota) = &self.quota {
-            quota.settle(&admission.receipt, estimated, actual, self.clock.now_ns());
+            let now = self.clock.now_ns();
+            quota.settle(&admission.receipt, estimated, actual, now);
+            self.alert(now);
         }
     }
 
@@ -410,6 +463,7 @@ impl<C: Clock> Limiter<C> {
             counts: Counts::of(admitted, rejected, self.slots.in_use(), self.waiting(), &self.stats.waits),
             server_rejections: self.stats.server_rejections.load(Ordering::Relaxed),
             windows,
+            shadow: self.shadow.as_ref().map(|shadow| shadow.counts()),
         }
     }
 }
