@@ -240,6 +240,20 @@ mod tests {
     }
 
     #[test]
+    fn a_budget_that_refuses_a_request_counts_as_all_used() {
+        use crate::core::clock::ManualClock;
+        use crate::core::limit::Cost;
+        use crate::core::limiter::Limiter;
+        let lim = Limiter::new(limits()[1..].to_vec(), None, ManualClock::new(0)).unwrap();
+        let recorded = Arc::new(Recorded::default());
+        lim.alerts().add(1.0, Scope::Budgets, recorded.clone()).unwrap();
+        // $2 of $5, then $4 more would cross it.
+        assert!(lim.try_reserve(Cost::priced(1_000_000, 2.0)).unwrap().is_some());
+        assert!(lim.try_reserve(Cost::priced(2_000_000, 2.0)).is_err());
+        assert_eq!(*recorded.0.lock().unwrap(), vec![("5 usd per day".to_string(), 1.0)]);
+    }
+
+    #[test]
     fn a_fraction_outside_zero_to_one_is_refused_naming_it() {
         let alerts = Alerts::default();
         for bad in [0.0, -0.5, 1.5, f64::NAN] {

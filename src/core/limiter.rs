@@ -111,6 +111,10 @@ impl<C: Clock> Limiter<C> {
         self
     }
 
+    pub fn is_shadow(&self) -> bool {
+        self.shadow.is_some()
+    }
+
     /// The thresholds on this limiter's use (see [`Alerts`]).
     pub fn alerts(&self) -> &Alerts {
         &self.alerts
@@ -120,15 +124,30 @@ impl<C: Clock> Limiter<C> {
     #[inline]
     pub(super) fn alert(&self, now: u64) {
         if self.alerts.armed() {
-            self.alert_use(now);
+            self.alert_use(now, None);
+        }
+    }
+
+    /// Lets the thresholds see `budget` as all used: it just refused a request.
+    pub(super) fn alert_spent(&self, budget: &Limit, now: u64) {
+        if self.alerts.armed() {
+            self.alert_use(now, Some(budget));
         }
     }
 
     #[cold]
-    fn alert_use(&self, now: u64) {
+    fn alert_use(&self, now: u64, spent: Option<&Limit>) {
         let Some(quota) = &self.quota else { return };
         let factors = self.rate_factors();
-        let used: Vec<f64> = quota.limits().iter().zip(quota.remaining(now)).map(|(limit, left)| alerts::used_of_remaining(limit, left, factors)).collect();
+        let used: Vec<f64> = quota
+            .limits()
+            .iter()
+            .zip(quota.remaining(now))
+            .map(|(limit, left)| match spent {
+                Some(budget) if std::ptr::eq(budget, limit) => 1.0,
+                _ => alerts::used_of_remaining(limit, left, factors),
+            })
+            .collect();
         self.alerts.observe(quota.limits(), &used);
     }
 
@@ -206,8 +225,10 @@ impl<C: Clock> Limiter<C> {
             return self.admit_in_shadow(shadow, cost, Asked::Wait { max_wait_ns }).map(Some);
         }
         if let Some(quota) = &self.quota {
-            if let Some(budget) = quota.over_budget(cost, self.clock.now_ns()) {
+            let now = self.clock.now_ns();
+            if let Some(budget) = quota.over_budget(cost, now) {
                 self.stats.reject();
+                self.alert_spent(budget, now);
                 return Err(refusal::over_budget("acquire", cost, budget));
             }
         }

@@ -90,7 +90,10 @@ impl<C: Clock> Limiter<C> {
                         Asked::Wait { max_wait_ns } => max_wait_ns.map_or(u64::MAX, |wait| now.saturating_add(wait)),
                     };
                     let decision = match quota.over_budget(cost, now) {
-                        Some(_) => Decision::Never { max_cost: 0 },
+                        Some(budget) => {
+                            self.alert_spent(budget, now);
+                            Decision::Never { max_cost: 0 }
+                        }
                         None => quota.decide(cost, now, latest, &mut receipt),
                     };
                     match decision {
