@@ -234,7 +234,9 @@ class HolySheepRateLimiter:
     def _held(self) -> list[_Admission]: ...
     def _loop_channel(self, event_loop: asyncio.AbstractEventLoop) -> _LoopChannel | None: ...
     def stats(self) -> dict[str, Any]:
-        """admitted, rejected, in_flight, waiting, waited, waited_s_p50, waited_s_p99, server_429s,
+        """admitted, rejected (rejected_by_budget of them), in_flight, waiting, waited, waited_s_p50,
+        waited_s_p99, server_429s, tokens_reserved, tokens_settled and tokens_refunded (as admissions are
+        settled: the counts replaced, the real ones, and what went back),
         rate_factor and tokens_rate_factor (the fractions of the configured requests and tokens rates in
         force: below 1 while the server allows less), remaining. Shared through Redis, the counts are
         this process's and ``remaining`` the fleet's (None while Redis is away), with fleet_in_flight,

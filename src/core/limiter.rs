@@ -17,7 +17,7 @@ use crate::core::line::{Gate, Line, Poll, Reserved, Ticket};
 use crate::core::refusal::{self, Awaited};
 use crate::core::quota::{Quota, Receipt};
 use crate::core::shadow::{Asked, Shadow, ShadowCounts};
-use crate::core::stats::{Counts, Stats};
+use crate::core::stats::{Counts, Stats, TokenCounts};
 
 /// Rate limits and a concurrency bound.
 #[derive(Debug)]
@@ -77,6 +77,9 @@ pub struct Snapshot {
     pub counts: Counts,
     pub server_rejections: u64,
     pub windows: Vec<WindowStats>,
+    /// Of the refusals in `counts`, those a budget made.
+    pub budget_refusals: u64,
+    pub tokens: TokenCounts,
     /// What a limiter in shadow mode would have held back; `None` when it enforces.
     pub shadow: Option<ShadowCounts>,
 }
@@ -227,7 +230,7 @@ impl<C: Clock> Limiter<C> {
         if let Some(quota) = &self.quota {
             let now = self.clock.now_ns();
             if let Some(budget) = quota.over_budget(cost, now) {
-                self.stats.reject();
+                self.stats.reject_by_budget();
                 self.alert_spent(budget, now);
                 return Err(refusal::over_budget("acquire", cost, budget));
             }
@@ -400,6 +403,11 @@ impl<C: Clock> Limiter<C> {
         }
     }
 
+    /// Counts the tokens of an admission (of either backend) settled from `counted` to `actual`.
+    pub fn count_settled(&self, counted: u64, actual: u64) {
+        self.stats.tokens.settled(counted, actual);
+    }
+
     /// Nanoseconds until the rate limits admit `cost`: 0 when now. `Err` when it never can.
     pub fn time_until_ready(&self, cost: Cost) -> Result<u64> {
         let Some(quota) = &self.quota else { return Ok(0) };
@@ -484,6 +492,8 @@ impl<C: Clock> Limiter<C> {
             counts: Counts::of(admitted, rejected, self.slots.in_use(), self.waiting(), &self.stats.waits),
             server_rejections: self.stats.server_rejections.load(Ordering::Relaxed),
             windows,
+            budget_refusals: self.stats.budget_refusals.load(Ordering::Relaxed),
+            tokens: self.stats.tokens.counts(),
             shadow: self.shadow.as_ref().map(|shadow| shadow.counts()),
         }
     }
@@ -520,7 +530,7 @@ impl<C: Clock> Gate for LimiterGate<'_, C> {
         let mut receipt = Receipt::default();
         let Some(quota) = &limiter.quota else { return Ok(Reserved { at_ns: now, receipt }) };
         if let Some(budget) = quota.over_budget(cost, now) {
-            limiter.stats.reject();
+            limiter.stats.reject_by_budget();
             return Err(refusal::over_budget(self.operation, cost, budget));
         }
         match quota.decide(cost, now, latest, &mut receipt) {

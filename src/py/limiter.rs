@@ -548,8 +548,9 @@ impl PyLimiter {
         }
     }
 
-    /// What the limiter has done: admitted, rejected, in_flight, waiting, waited, waited_s_p50/p99,
-    /// server_429s, rate_factor and tokens_rate_factor, and the units remaining now in each limit.
+    /// What the limiter has done: admitted, rejected (rejected_by_budget of them), in_flight, waiting,
+    /// waited, waited_s_p50/p99, server_429s, tokens_reserved/settled/refunded (as admissions are
+    /// settled), rate_factor and tokens_rate_factor, and the units remaining now in each limit.
     /// Shared through Redis, the counts are this process's and ``remaining`` the fleet's (None while
     /// Redis is away), with fleet_in_flight, fleet_members (processes seen lately) and fallbacks
     /// (decisions made by the failure policy).
@@ -568,7 +569,11 @@ impl PyLimiter {
         stats.set_item("waited", counts.waited)?;
         stats.set_item("waited_s_p50", ns_to_secs(counts.wait_p50_ns))?;
         stats.set_item("waited_s_p99", ns_to_secs(counts.wait_p99_ns))?;
+        stats.set_item("rejected_by_budget", snapshot.budget_refusals)?;
         stats.set_item("server_429s", snapshot.server_rejections)?;
+        stats.set_item("tokens_reserved", snapshot.tokens.reserved)?;
+        stats.set_item("tokens_settled", snapshot.tokens.settled)?;
+        stats.set_item("tokens_refunded", snapshot.tokens.refunded)?;
         stats.set_item("rate_factor", requests_factor)?;
         stats.set_item("tokens_rate_factor", tokens_factor)?;
         if let Some(shadow) = snapshot.shadow {

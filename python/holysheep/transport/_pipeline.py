@@ -21,6 +21,7 @@ from holysheep._tokens import estimate_request_tokens
 from holysheep.breaker import CircuitBreaker, KeyedBreaker
 from holysheep.classify import verdict
 from holysheep.errors import CircuitOpenError
+from holysheep.metrics import _hook as _metrics
 from holysheep.pricing import checked_prices
 from holysheep.retry import RetryPolicy
 from holysheep.transport._admission import Admission, admit_now
@@ -263,11 +264,17 @@ class _Pipeline:
             previous = delay
 
     def handle_async_request(self, request: Any) -> Coroutine[Any, Any, Any]:
-        # The exchange itself is what the client awaits: no coroutine of ours around it.
-        return self._exchange(request, self._async_steps or self._make_async_steps())
+        # The exchange itself is what the client awaits: no coroutine of ours around it unless recorded.
+        steps = self._async_steps or self._make_async_steps()
+        if _metrics.recorder is not None:
+            return _metrics.recorder.exchange(self, request, steps, self._exchange)
+        return self._exchange(request, steps)
 
     def handle_request(self, request: Any) -> Any:
-        return _run_blocking(self._exchange(request, self._blocking_steps or self._make_blocking_steps()))
+        steps = self._blocking_steps or self._make_blocking_steps()
+        if _metrics.recorder is not None:
+            return _run_blocking(_metrics.recorder.exchange(self, request, steps, self._exchange))
+        return _run_blocking(self._exchange(request, steps))
 
     def _answer(self, response: Any, admission: Admission | None, model: str | None, steps: _Steps) -> Any:
         """The response handed to the client, saying which model answered. A body read in full (JSON, a
