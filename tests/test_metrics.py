@@ -68,6 +68,13 @@ def gateway() -> Iterator[MockGateway]:
         yield gw
 
 
+def scrape(port: int) -> str:
+    """The Prometheus text served on 127.0.0.1:``port``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text: str = answer.read().decode()
+    return text
+
+
 def value_by(points: list[Any], attribute: str) -> dict[str, float]:
     return {point.attributes[attribute]: point.value for point in points}
 
@@ -198,8 +205,7 @@ def test_prometheus_text_is_served_on_loopback(gateway: MockGateway) -> None:
         with hs.HolySheep(api_key="hs_test", base_url=gateway.base_url, limiter=lim) as client:
             for _ in range(2):
                 client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
-            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as answer:
-                text = answer.read().decode()
+            text = scrape(server.port)
     finally:
         uninstrument()
     assert 'holysheep_rate_limiting_requests_total{holysheep_limiter="chat",holysheep_rate_limiting_result="admitted"} 2.0' in text
@@ -218,3 +224,28 @@ def test_serve_metrics_refuses_a_bad_port_naming_it(port: Any) -> None:
         hs.serve_metrics(port)
     assert err.value.field == "port"
     assert _hook.recorder is None
+
+
+def test_instrumenting_twice_keeps_one_set_of_instruments_and_watches_the_new_limiters(telemetry: Telemetry) -> None:
+    first, second = hs.HolySheepRateLimiter(max_qps=5), hs.TokenBucket(rate=5, capacity=5)
+    hs.instrument(meter_provider=telemetry.meter_provider, limiters={"first": first})
+    hs.instrument(meter_provider=telemetry.meter_provider, limiters={"second": second})
+    assert second.try_acquire()
+    admitted = {
+        p.attributes["holysheep.limiter"]: p.value
+        for p in telemetry.points("holysheep.rate_limiting.requests")
+        if p.attributes["holysheep.rate_limiting.result"] == "admitted"
+    }
+    assert admitted == {"first": 0, "second": 1}
+
+
+def test_two_ports_serve_the_same_metrics(gateway: MockGateway) -> None:
+    lim = hs.HolySheepRateLimiter(rpm=600)
+    servers = [hs.serve_metrics(0, limiters={"chat": lim}) for _ in range(2)]
+    try:
+        assert lim.try_acquire()
+        texts = [scrape(server.port) for server in servers]
+    finally:
+        uninstrument()
+    line = 'holysheep_rate_limiting_requests_total{holysheep_limiter="chat",holysheep_rate_limiting_result="admitted"} 1.0'
+    assert all(line in text for text in texts)

@@ -50,10 +50,12 @@ def instrument(meter_provider: Any = None, tracer_provider: Any = None, *, limit
     """
     from holysheep.metrics._otel import OpenTelemetrySink
 
-    sink = OpenTelemetrySink(meter_provider, tracer_provider)
     recorder = _active_recorder()
     recorder.watch_all(limiters)
-    recorder.replace_sink(sink)
+    current = recorder.sinks.get(OpenTelemetrySink)
+    # Instruments are made once per provider: an SDK keeps the first callbacks of a name.
+    if not (isinstance(current, OpenTelemetrySink) and current.providers == (meter_provider, tracer_provider)):
+        recorder.replace_sink(OpenTelemetrySink(meter_provider, tracer_provider))
 
 
 def serve_metrics(port: int = 9464, *, limiters: Limiters = None) -> MetricsServer:
@@ -72,9 +74,11 @@ def serve_metrics(port: int = 9464, *, limiters: Limiters = None) -> MetricsServ
 
     _check_count("port", port, 0, 65_535)
     recorder = _active_recorder()
-    sink = PrometheusSink(recorder)
     recorder.watch_all(limiters)
-    recorder.replace_sink(sink)
+    sink = recorder.sinks.get(PrometheusSink)
+    if not isinstance(sink, PrometheusSink):
+        sink = PrometheusSink(recorder)
+        recorder.replace_sink(sink)
     return sink.serve(port)
 
 

@@ -38,6 +38,7 @@ class OpenTelemetrySink:
 
     def __init__(self, meter_provider: Any = None, tracer_provider: Any = None) -> None:
 
+        self.providers = (meter_provider, tracer_provider)
         meter = (meter_provider or metrics.get_meter_provider()).get_meter("holysheep", _version())
         self._tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer("holysheep", _version())
         self._closed = False
