@@ -52,7 +52,8 @@ class OpenTelemetrySink:
         )
         self._time_in_queue = meter.create_histogram(
             "holysheep.rate_limiting.request.time_in_queue", unit="s",
-            description="Time a request sent through holysheep's transport waited for its limiter.",
+            description="Time a request sent through holysheep's transport waited in its limiter's queue "
+            "(those that queued, as ASP.NET Core's time_in_queue).",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self._readings: Readings | None = None
@@ -110,7 +111,8 @@ class OpenTelemetrySink:
             duration_attributes["error.type"] = exchange.error_type
         self._duration.record(exchange.duration_s, duration_attributes)
         if exchange.decision is not None:
-            self._time_in_queue.record(exchange.waited_s, {"holysheep.rate_limiting.result": exchange.decision, **attributes})
+            if exchange.queued:
+                self._time_in_queue.record(exchange.waited_s, {"holysheep.rate_limiting.result": exchange.decision, **attributes})
             span.set_attribute("holysheep.rate_limiting.result", exchange.decision)
             span.set_attribute("holysheep.rate_limiting.wait_s", exchange.waited_s)
         span.set_attributes({key: value for key, value in exchange.attributes.items() if key.startswith(("gen_ai.response", "http."))})

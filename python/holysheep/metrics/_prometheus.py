@@ -96,7 +96,7 @@ class PrometheusSink:
         )
         self._time_in_queue = Histogram(
             "holysheep_rate_limiting_request_time_in_queue_seconds",
-            "Time a request sent through holysheep's transport waited for its limiter.",
+            "Time a request sent through holysheep's transport waited in its limiter's queue (those that queued).",
             [*_REQUEST_LABELS, "holysheep_rate_limiting_result"], registry=self.registry, buckets=DURATION_BUCKETS,
         )
         self.registry.register(_LimiterCollector(Readings(recorder)))
@@ -116,7 +116,7 @@ class PrometheusSink:
         for token_type, count in exchange.tokens.items():
             self._token_usage.labels(*labels, token_type).observe(count)
         self._duration.labels(*labels, exchange.error_type or "").observe(exchange.duration_s)
-        if exchange.decision is not None:
+        if exchange.queued:
             self._time_in_queue.labels(*labels, exchange.decision).observe(exchange.waited_s)
 
     def close(self) -> None:

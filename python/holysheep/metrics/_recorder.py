@@ -62,12 +62,14 @@ def _json_of(content: bytes) -> dict[str, Any] | None:
 class Exchange:
     """One request as recorded: its attributes, then its outcome."""
 
-    __slots__ = ("attributes", "decision", "duration_s", "error_type", "tokens", "waited_s")
+    __slots__ = ("attributes", "decision", "duration_s", "error_type", "queued", "tokens", "waited_s")
 
     def __init__(self, attributes: dict[str, Any]) -> None:
         self.attributes = attributes
         #: admitted (at once), waited, rejected or budget; None without a limiter.
         self.decision: str | None = None
+        #: Whether it had to queue (not admitted at once), and for how long in all.
+        self.queued = False
         self.waited_s = 0.0
         self.duration_s = 0.0
         self.error_type: str | None = None
@@ -94,6 +96,7 @@ class _TimedSteps:
 
     async def acquire(self, tokens: int, price: float) -> Any:
         started = time.perf_counter()
+        self._exchange.queued = True
         try:
             return await self._steps.acquire(tokens, price)
         finally:
