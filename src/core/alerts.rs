@@ -47,8 +47,8 @@ struct Threshold {
     above: [bool; MAX_LIMITS],
 }
 
-/// A crossing to report once the caller's locks are released.
-pub struct Crossing {
+/// A crossing to report once the threshold's lock is released.
+struct Crossing {
     alert: Arc<dyn Alert>,
     limit: usize,
     used: f64,

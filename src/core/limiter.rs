@@ -210,7 +210,8 @@ impl<C: Clock> Limiter<C> {
     #[inline]
     pub fn try_acquire(&self, cost: Cost) -> Result<bool> {
         if let Some(shadow) = &self.shadow {
-            return self.admit_in_shadow(shadow, cost, Asked::Try).map(|_| true);
+            self.admit_in_shadow(shadow, cost, Asked::Try);
+            return Ok(true);
         }
         Ok(self.admit_now(cost, &mut Receipt::default(), "try_acquire")?.is_some())
     }
@@ -225,7 +226,7 @@ impl<C: Clock> Limiter<C> {
     /// wait counts as refused.
     pub fn try_reserve_within(&self, cost: Cost, max_wait_ns: Option<u64>) -> Result<Option<Admission>> {
         if let Some(shadow) = &self.shadow {
-            return self.admit_in_shadow(shadow, cost, Asked::Wait { max_wait_ns }).map(Some);
+            return Ok(Some(self.admit_in_shadow(shadow, cost, Asked::Wait { max_wait_ns })));
         }
         if let Some(quota) = &self.quota {
             let now = self.clock.now_ns();

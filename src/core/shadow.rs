@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::core::clock::Clock;
 use crate::core::decision::Decision;
-use crate::core::error::Result;
 use crate::core::limit::Cost;
 use crate::core::limiter::{Admission, Limiter};
 use crate::core::quota::Receipt;
@@ -72,7 +71,7 @@ pub enum Asked {
 impl<C: Clock> Limiter<C> {
     /// Decides `cost` as the enforcing limiter would when `asked` so, counts what that would have held
     /// back, and admits it now whatever the decision.
-    pub(crate) fn admit_in_shadow(&self, shadow: &Shadow, cost: Cost, asked: Asked) -> Result<Admission> {
+    pub(crate) fn admit_in_shadow(&self, shadow: &Shadow, cost: Cost, asked: Asked) -> Admission {
         let now = self.now_ns();
         let mut receipt = Receipt::default();
         let slot_free = self.slots.acquire_even_if_full();
@@ -108,7 +107,7 @@ impl<C: Clock> Limiter<C> {
                 }
             }
         }
-        Ok(Admission { wait_ns: 0, at_ns, receipt })
+        Admission { wait_ns: 0, at_ns, receipt }
     }
 }
 
