@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use crate::core::error::{Error, Result};
 use crate::core::feedback::followed;
 use crate::core::limit::{Algorithm, Limit, Unit};
-use crate::core::quota::MAX_LIMITS;
+use crate::core::quota::{MAX_LIMITS, Quota};
 
 /// A threshold alerts again once the use has fallen below this share of its fraction.
 pub const REARM: f64 = 0.9;
@@ -127,6 +127,20 @@ pub fn capacity(limit: &Limit, factors: [f64; 2]) -> u64 {
 pub fn used_of_remaining(limit: &Limit, remaining: u64, factors: [f64; 2]) -> f64 {
     let capacity = capacity(limit, factors).max(1);
     capacity.saturating_sub(remaining) as f64 / capacity as f64
+}
+
+/// Each limit's use in `quota` now at the rates in force, `spent` (a budget that just refused a
+/// request) counted as all used.
+pub fn used_now(quota: &Quota, factors: [f64; 2], now: u64, spent: Option<&Limit>) -> Vec<f64> {
+    quota
+        .limits()
+        .iter()
+        .zip(quota.remaining(now))
+        .map(|(limit, left)| match spent {
+            Some(budget) if std::ptr::eq(budget, limit) => 1.0,
+            _ => used_of_remaining(limit, left, factors),
+        })
+        .collect()
 }
 
 /// The fraction of `limit` used when `counted` units of it are counted in its window (as Redis

@@ -141,17 +141,7 @@ impl<C: Clock> Limiter<C> {
     #[cold]
     fn alert_use(&self, now: u64, spent: Option<&Limit>) {
         let Some(quota) = &self.quota else { return };
-        let factors = self.rate_factors();
-        let used: Vec<f64> = quota
-            .limits()
-            .iter()
-            .zip(quota.remaining(now))
-            .map(|(limit, left)| match spent {
-                Some(budget) if std::ptr::eq(budget, limit) => 1.0,
-                _ => alerts::used_of_remaining(limit, left, factors),
-            })
-            .collect();
-        self.alerts.observe(quota.limits(), &used);
+        self.alerts.observe(quota.limits(), &alerts::used_now(quota, self.rate_factors(), now, spent));
     }
 
     /// Holds each cut from the server's feedback for `cooldown_ns` before the rates climb back (a
