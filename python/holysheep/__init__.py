@@ -38,6 +38,8 @@ _LAZY = {
     "AsyncHolySheep": "holysheep.client",
     "HolySheep": "holysheep.client",
     "Transport": "holysheep.transport",
+    "instrument": "holysheep.metrics",
+    "serve_metrics": "holysheep.metrics",
     "transport_class": "holysheep.transport",
     "wrap": "holysheep.client",
 }
@@ -45,6 +47,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from holysheep.client import AsyncHolySheep, HolySheep, wrap
+    from holysheep.metrics import instrument, serve_metrics
     from holysheep.transport import Transport, transport_class
 
 
@@ -99,12 +102,14 @@ __all__ = [
     "batch_embed",
     "batch_embed_sync",
     "chunk_by_tokens",
+    "instrument",
     "preview",
     "priority",
     "rate_limited",
     "resilient",
     "retry",
     "run_batch",
+    "serve_metrics",
     "transport_class",
     "wrap",
 ]

@@ -143,7 +143,12 @@ class HolySheepRateLimiter:
     :param backend: a `RedisBackend`: every decision is made in Redis, so all processes passing the
         same ``key`` share these limits.
     :param key: names the shared limit; required with ``backend``.
+    :param shadow: decide as usual but admit everything, counting in `stats` what would have waited
+        (and how long) or been refused: roll a limit out before enforcing it. Not with ``backend``.
     :raises ConfigError: a value that cannot work, named in the message and in ``.field``.
+
+    A budget (a limit in ``"usd"``) warns on the ``holysheep`` logger at 80%, 95% and 100% used (a
+    request it refuses counts as 100%).
     """
 
     def __new__(
@@ -158,6 +163,7 @@ class HolySheepRateLimiter:
         tier: str | None = None,
         backend: RedisBackend | None = None,
         key: str | None = None,
+        shadow: bool | None = None,
     ) -> Self: ...
     @classmethod
     def from_tier(cls, tier: str) -> Self:
@@ -220,14 +226,29 @@ class HolySheepRateLimiter:
     def key(self) -> str | None:
         """The name of the shared limit; None for a limiter of this process alone."""
     @property
+    def shadow(self) -> bool:
+        """Whether it only watches (``shadow=True``): admitting everything, counting what it would hold back."""
+    def on_threshold(self, fraction: float, callback: Callable[[Self, str, float], object]) -> None:
+        """Calls ``callback(limiter, limit_name, used_fraction)`` once each time a limit's use (a rate
+        window or a budget) reaches ``fraction`` of it, and again once it has fallen back below 90% of
+        ``fraction``; from whichever thread or task made the admission, after it. Shared through Redis,
+        the use is the fleet's as Redis reports it with each decision. A callback that raises is
+        reported as unraisable and never fails a request.
+
+        :raises ConfigError: ``fraction`` not in (0, 1], or ``callback`` not callable.
+        """
+    @property
     def _held(self) -> list[_Admission]: ...
     def _loop_channel(self, event_loop: asyncio.AbstractEventLoop) -> _LoopChannel | None: ...
     def stats(self) -> dict[str, Any]:
-        """admitted, rejected, in_flight, waiting, waited, waited_s_p50, waited_s_p99, server_429s,
+        """admitted, rejected (rejected_by_budget of them), in_flight, waiting, waited, waited_s_p50,
+        waited_s_p99, server_429s, tokens_reserved, tokens_settled and tokens_refunded (as admissions are
+        settled: the counts replaced, the real ones, and what went back),
         rate_factor and tokens_rate_factor (the fractions of the configured requests and tokens rates in
         force: below 1 while the server allows less), remaining. Shared through Redis, the counts are
         this process's and ``remaining`` the fleet's (None while Redis is away), with fleet_in_flight,
-        fleet_members and fallbacks."""
+        fleet_members and fallbacks. In shadow mode also would_wait, would_wait_s (in all),
+        would_wait_s_p50, would_wait_s_p99, would_wait_for_slot and would_reject."""
 
 @final
 class Permit:

@@ -49,6 +49,12 @@ impl Concurrency {
         }
     }
 
+    /// Takes a permit even past the bound (shadow mode, which admits everyone); whether one was free.
+    pub fn acquire_even_if_full(&self) -> bool {
+        let acquired = self.acquired.fetch_add(1, Ordering::AcqRel);
+        acquired.saturating_sub(self.released.load(Ordering::Acquire)) < self.max
+    }
+
     /// Returns a permit; refuses to return one that was never taken. Unbounded, there is none to return.
     #[inline]
     pub fn release(&self) -> Result<()> {

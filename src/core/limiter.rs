@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::core::alerts::{self, Alerts};
 use crate::core::clock::{Clock, MonotonicClock};
 use crate::core::concurrency::Concurrency;
 use crate::core::decision::{Decision, Never};
@@ -16,22 +17,26 @@ use crate::core::limit::{Cost, Limit, Unit};
 use crate::core::line::{Gate, Line, Poll, Reserved, Ticket};
 use crate::core::refusal::{self, Awaited};
 use crate::core::quota::{Quota, Receipt};
-use crate::core::stats::{Counts, Stats};
+use crate::core::shadow::{Asked, Shadow, ShadowCounts};
+use crate::core::stats::{Counts, Stats, TokenCounts};
 
 /// Rate limits and a concurrency bound.
 #[derive(Debug)]
 pub struct Limiter<C: Clock = MonotonicClock> {
     clock: C,
-    quota: Option<Quota>,
+    pub(super) quota: Option<Quota>,
     /// How the rates of each unit of [`FOLLOWED`] follow the server, and the fractions of the configured
     /// rates last applied.
     feedback: [Aimd; 2],
     applied: SpinLock<[f64; 2]>,
-    slots: Concurrency,
+    pub(super) slots: Concurrency,
     /// Those who wait, and how many: while any wait, the fast path admits nobody.
     line: Mutex<Line<Receipt, Arc<dyn Wake>>>,
     waiting: AtomicU64,
     stats: Stats,
+    /// Set in shadow mode: everything is admitted, and what enforcing would have held back is counted.
+    shadow: Option<Box<Shadow>>,
+    alerts: Alerts,
 }
 
 /// Wakes a parked waiter, from any thread: its driver then polls the line again.
@@ -73,6 +78,11 @@ pub struct Snapshot {
     pub counts: Counts,
     pub server_rejections: u64,
     pub windows: Vec<WindowStats>,
+    /// Of the refusals in `counts`, those a budget made.
+    pub budget_refusals: u64,
+    pub tokens: TokenCounts,
+    /// What a limiter in shadow mode would have held back; `None` when it enforces.
+    pub shadow: Option<ShadowCounts>,
 }
 
 impl<C: Clock> Limiter<C> {
@@ -94,7 +104,45 @@ impl<C: Clock> Limiter<C> {
             line: Mutex::new(Line::default()),
             waiting: AtomicU64::new(0),
             stats: Stats::default(),
+            shadow: None,
+            alerts: Alerts::default(),
         })
+    }
+
+    /// This limiter in shadow mode: it decides as usual but admits everything (see [`Shadow`]).
+    pub fn in_shadow(mut self) -> Self {
+        self.shadow = Some(Box::default());
+        self
+    }
+
+    pub fn is_shadow(&self) -> bool {
+        self.shadow.is_some()
+    }
+
+    /// The thresholds on this limiter's use (see [`Alerts`]).
+    pub fn alerts(&self) -> &Alerts {
+        &self.alerts
+    }
+
+    /// Lets the thresholds see the use after an admission or a settle; only a flag when none is set.
+    #[inline]
+    pub(super) fn alert(&self, now: u64) {
+        if self.alerts.armed() {
+            self.alert_use(now, None);
+        }
+    }
+
+    /// Lets the thresholds see `budget` as all used: it just refused a request.
+    pub(super) fn alert_spent(&self, budget: &Limit, now: u64) {
+        if self.alerts.armed() {
+            self.alert_use(now, Some(budget));
+        }
+    }
+
+    #[cold]
+    fn alert_use(&self, now: u64, spent: Option<&Limit>) {
+        let Some(quota) = &self.quota else { return };
+        self.alerts.observe(quota.limits(), &alerts::used_now(quota, self.rate_factors(), now, spent));
     }
 
     /// Holds each cut from the server's feedback for `cooldown_ns` before the rates climb back (a
@@ -104,8 +152,8 @@ impl<C: Clock> Limiter<C> {
         self
     }
 
-    /// A limiter configured as this one (its limits, concurrency bound and how it follows the server)
-    /// with nothing counted yet, on `clock`: a preview runs it on a virtual clock, leaving this one alone.
+    /// A limiter configured as this one (its limits, concurrency bound and how it follows the server),
+    /// enforcing even if this one is in shadow mode, with nothing counted yet, on `clock`: a preview runs it on a virtual clock, leaving this one alone.
     pub fn configured_on<D: Clock>(&self, clock: D) -> Limiter<D> {
         let quota = self.quota.as_ref().map(|quota| Quota::new(quota.limits().to_vec()).expect("these limits were checked once"));
         Limiter {
@@ -117,6 +165,9 @@ impl<C: Clock> Limiter<C> {
             line: Mutex::new(Line::default()),
             waiting: AtomicU64::new(0),
             stats: Stats::default(),
+            // A preview shows what the limits would enforce, without alerting anyone.
+            shadow: None,
+            alerts: Alerts::default(),
         }
     }
 
@@ -178,15 +229,30 @@ impl<C: Clock> Limiter<C> {
     /// A `false` is not counted as a rejection: the caller may go on to wait (see [`Limiter::reject`]).
     #[inline]
     pub fn try_acquire(&self, cost: Cost) -> Result<bool> {
+        if let Some(shadow) = &self.shadow {
+            self.admit_in_shadow(shadow, cost, Asked::Try);
+            return Ok(true);
+        }
         Ok(self.admit_now(cost, &mut Receipt::default(), "try_acquire")?.is_some())
     }
 
     /// `try_acquire` with the receipt kept, for a caller that may settle or restamp the admission;
     /// `None` when it would have to wait. A request that would cross a budget is refused.
     pub fn try_reserve(&self, cost: Cost) -> Result<Option<Admission>> {
+        self.try_reserve_within(cost, None)
+    }
+
+    /// `try_reserve` for a caller that would then wait up to `max_wait_ns`: in shadow mode, a longer
+    /// wait counts as refused.
+    pub fn try_reserve_within(&self, cost: Cost, max_wait_ns: Option<u64>) -> Result<Option<Admission>> {
+        if let Some(shadow) = &self.shadow {
+            return Ok(Some(self.admit_in_shadow(shadow, cost, Asked::Wait { max_wait_ns })));
+        }
         if let Some(quota) = &self.quota {
-            if let Some(budget) = quota.over_budget(cost, self.clock.now_ns()) {
-                self.stats.reject();
+            let now = self.clock.now_ns();
+            if let Some(budget) = quota.over_budget(cost, now) {
+                self.stats.reject_by_budget();
+                self.alert_spent(budget, now);
                 return Err(refusal::over_budget("acquire", cost, budget));
             }
         }
@@ -206,6 +272,7 @@ impl<C: Clock> Limiter<C> {
         let now = self.clock.now_ns();
         let decision = quota.decide(cost, now, now, receipt);
         if decision == Decision::Now {
+            self.alert(now);
             return Ok(Some(now));
         }
         self.abandon_permit()?;
@@ -290,6 +357,7 @@ impl<C: Clock> Limiter<C> {
                     self.slots.try_acquire();
                 }
                 self.stats.waits.record(now.saturating_sub(entered_ns));
+                self.alert(now);
                 let admission = Admission { wait_ns: 0, at_ns: reserved.at_ns, receipt: reserved.receipt };
                 Ok(Next::Ready(admission))
             }
@@ -321,6 +389,7 @@ impl<C: Clock> Limiter<C> {
         let now = self.clock.now_ns();
         let latest = max_wait_ns.map_or(u64::MAX, |wait| now.saturating_add(wait));
         let reserved = self.gate(operation).reserve(cost, now, latest)?;
+        self.alert(now);
         Ok(Admission { wait_ns: reserved.at_ns - now, at_ns: reserved.at_ns, receipt: reserved.receipt })
     }
 
@@ -349,8 +418,15 @@ impl<C: Clock> Limiter<C> {
     /// Replaces an admission's estimated cost by the actual one (refund or charge).
     pub fn settle(&self, admission: &Admission, estimated: Cost, actual: Cost) {
         if let Some(quota) = &self.quota {
-            quota.settle(&admission.receipt, estimated, actual, self.clock.now_ns());
+            let now = self.clock.now_ns();
+            quota.settle(&admission.receipt, estimated, actual, now);
+            self.alert(now);
         }
+    }
+
+    /// Counts the tokens of an admission (of either backend) settled from `counted` to `actual`.
+    pub fn count_settled(&self, counted: u64, actual: u64) {
+        self.stats.tokens.settled(counted, actual);
     }
 
     /// Nanoseconds until the rate limits admit `cost`: 0 when now. `Err` when it never can.
@@ -481,6 +557,9 @@ impl<C: Clock> Limiter<C> {
             counts: Counts::of(admitted, rejected, self.slots.in_use(), self.waiting(), &self.stats.waits),
             server_rejections: self.stats.server_rejections.load(Ordering::Relaxed),
             windows,
+            budget_refusals: self.stats.budget_refusals.load(Ordering::Relaxed),
+            tokens: self.stats.tokens.counts(),
+            shadow: self.shadow.as_ref().map(|shadow| shadow.counts()),
         }
     }
 }
@@ -516,7 +595,7 @@ impl<C: Clock> Gate for LimiterGate<'_, C> {
         let mut receipt = Receipt::default();
         let Some(quota) = &limiter.quota else { return Ok(Reserved { at_ns: now, receipt }) };
         if let Some(budget) = quota.over_budget(cost, now) {
-            limiter.stats.reject();
+            limiter.stats.reject_by_budget();
             return Err(refusal::over_budget(self.operation, cost, budget));
         }
         match quota.decide(cost, now, latest, &mut receipt) {

@@ -1,6 +1,7 @@
 //! The pure core: every admission, retry and breaker decision, with time from an injectable clock.
 //! No pyo3 here: `cargo test` builds and tests it alone.
 
+pub mod alerts;
 pub mod breaker;
 pub mod cell;
 pub mod classify;
@@ -21,6 +22,7 @@ pub mod outcomes;
 pub mod quota;
 pub mod refusal;
 pub mod retry;
+pub mod shadow;
 pub mod spin;
 pub mod stats;
 pub mod tiers;

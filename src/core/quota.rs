@@ -147,8 +147,10 @@ impl Quota {
             return over.then(|| &self.limits[0]);
         };
         let mut windows = lock.lock();
+        // What is left now, counting every admission: reservations for later instants (a request waiting
+        // for another limit) have spent their money already, but must not make the budget look shut now.
         windows.iter_mut().zip(&self.limits).find_map(|(window, limit)| {
-            let over = limit.unit() == Unit::Usd && !matches!(window.earliest(units, now), Ok(at) if at <= now);
+            let over = limit.unit() == Unit::Usd && window.remaining(now) < units;
             over.then_some(limit)
         })
     }
@@ -327,6 +329,20 @@ mod tests {
 
     fn try_now(quota: &Quota, cost: Cost, now: u64) -> Decision {
         quota.decide(cost, now, now, &mut Receipt::default())
+    }
+
+    #[test]
+    fn a_budget_with_room_is_not_crossed_while_requests_wait_for_another_limit() {
+        let quota = Quota::new(vec![limit(5.0, 1, Unit::Requests), limit(0.01, 3_600, Unit::Usd)]).unwrap();
+        let cost = Cost::priced(100, 8.0);
+        for _ in 0..6 {
+            assert!(quota.decide(cost, 0, u64::MAX, &mut Receipt::default()).is_admitted());
+        }
+        assert_eq!(quota.over_budget(cost, 0), None, "6 of 12 requests' worth spent, one reserved for later");
+        for _ in 0..6 {
+            quota.decide(cost, 0, u64::MAX, &mut Receipt::default());
+        }
+        assert!(quota.over_budget(cost, 0).is_some(), "$0.0096 spent of $0.01");
     }
 
     #[test]

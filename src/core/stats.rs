@@ -111,17 +111,64 @@ pub struct Stats {
     pub waits: WaitHistogram,
     /// 429 answers seen from the server, reported by the transport.
     pub server_rejections: AtomicU64,
+    /// Of `rejected`, those a budget refused.
+    pub budget_refusals: AtomicU64,
+    pub tokens: TokenCounters,
 }
 
 impl Stats {
     pub fn reject(&self) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
     }
+
+    pub fn reject_by_budget(&self) {
+        self.reject();
+        self.budget_refusals.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// LLM tokens as settled: estimates (or earlier counts) replaced, the real counts that replaced them,
+/// and what went back where the real count was lower.
+#[derive(Debug, Default)]
+pub struct TokenCounters {
+    reserved: AtomicU64,
+    settled: AtomicU64,
+    refunded: AtomicU64,
+}
+
+/// [`TokenCounters`] read at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenCounts {
+    pub reserved: u64,
+    pub settled: u64,
+    pub refunded: u64,
+}
+
+impl TokenCounters {
+    /// An admission counted for `counted` tokens is settled at `actual`.
+    pub fn settled(&self, counted: u64, actual: u64) {
+        self.reserved.fetch_add(counted, Ordering::Relaxed);
+        self.settled.fetch_add(actual, Ordering::Relaxed);
+        self.refunded.fetch_add(counted.saturating_sub(actual), Ordering::Relaxed);
+    }
+
+    pub fn counts(&self) -> TokenCounts {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        TokenCounts { reserved: load(&self.reserved), settled: load(&self.settled), refunded: load(&self.refunded) }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settled_tokens_count_what_was_reserved_what_replaced_it_and_what_went_back() {
+        let tokens = TokenCounters::default();
+        tokens.settled(800, 300);
+        tokens.settled(100, 250);
+        assert_eq!(tokens.counts(), TokenCounts { reserved: 900, settled: 550, refunded: 500 });
+    }
 
     #[test]
     fn buckets_hold_their_values() {

@@ -149,6 +149,7 @@ impl PyAdmission {
     pub fn settle(&self, py: Python<'_>, actual_tokens: &Bound<'_, PyAny>) -> PyResult<()> {
         let actual = self.cost_of(args::tokens("actual_tokens", actual_tokens)?);
         let counted = self.cost_of(self.tokens.swap(actual.tokens, Ordering::AcqRel));
+        self.limiter.count_settled(counted.tokens, actual.tokens);
         match &self.decided {
             Decided::Local(admission) => self.limiter.settle(admission, counted, actual),
             Decided::Redis { shared, grant } => adjust_shared(py, shared, grant, counted, actual, false)?,

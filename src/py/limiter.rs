@@ -11,10 +11,12 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyTuple, PyType};
 
 use crate::core::clock::{ns_to_secs, secs_to_ns};
+use crate::core::alerts::{BUDGET_WARNINGS, Scope};
 use crate::core::limiter::Limiter;
 use crate::core::{Cost, Error, LimiterConfig, Tier, Unit};
 use crate::backend::Decided;
 use crate::py::admission::PyAdmission;
+use crate::py::alerts::{self, BudgetWarning, Callback};
 use crate::py::{args, lock};
 use crate::py::limit::PyLimit;
 use crate::py::redis::{PyRedisBackend, refusal};
@@ -116,8 +118,11 @@ impl Held {
 /// burst: pace max_qps/rpm evenly (GCRA) with room for this many at once. limits: more `Limit`s, all
 /// of which must admit a request. tier: a HolySheep plan's limits (explicit rpm/tpm/max_concurrency
 /// override it). backend, key: a `RedisBackend` and the name of the limit every process passing the
-/// same key shares. Raises ConfigError for a value that cannot work, named in ``.field``.
-#[pyclass(name = "HolySheepRateLimiter", module = "holysheep._holysheep", frozen, subclass)]
+/// same key shares. shadow: decide as usual but admit everything, counting in `stats` what would have
+/// waited or been refused (roll a limit out before enforcing it). A budget (a limit in ``"usd"``) warns
+/// on the ``holysheep`` logger at 80%, 95% and 100% used. Raises ConfigError for a value that cannot
+/// work, named in ``.field``.
+#[pyclass(name = "HolySheepRateLimiter", module = "holysheep._holysheep", frozen, subclass, weakref)]
 pub struct PyLimiter {
     /// The limits, held once: deciding them (local), and what the server's answers teach.
     inner: Arc<Limiter>,
@@ -180,10 +185,10 @@ impl PyLimiter {
         }
     }
 
-    /// The local admission of `cost` now, or None when it would have to wait; a cost that can never
-    /// pass raises here, before any wait.
-    fn admit_at_once(&self, cost: Cost) -> PyResult<Option<crate::core::Admission>> {
-        let admitted = self.inner.try_reserve(cost)?;
+    /// The local admission of `cost` now, or None when it would have to wait (at most `max_wait_ns`);
+    /// a cost that can never pass raises here, before any wait.
+    fn admit_at_once(&self, cost: Cost, max_wait_ns: Option<u64>) -> PyResult<Option<crate::core::Admission>> {
+        let admitted = self.inner.try_reserve_within(cost, max_wait_ns)?;
         if admitted.is_none() {
             self.inner.time_until_ready(cost)?;
         }
@@ -194,12 +199,17 @@ impl PyLimiter {
     fn acquiring(&self, py: Python<'_>, waiting: Waiting, finish: Finish) -> PyResult<Py<PyAny>> {
         let Waiting { cost, price, max_wait_ns, priority } = waiting;
         let wait: Box<dyn crate::py::waiting::Wait> = match &self.backend {
-            Backend::Local => match self.admit_at_once(cost)? {
+            Backend::Local => match self.admit_at_once(cost, max_wait_ns)? {
                 Some(admission) => return Ok(Ready::with(py, finish(py, Decided::Local(admission))?)?.into_any()),
                 None => Box::new(InLine::start(py, &self.inner, cost, priority, max_wait_ns, finish)?),
             },
             Backend::Redis(redis) => {
                 let ask = Ask { cost, price, priority, operation: "acquire" };
+                let (limiter, remote) = (Arc::clone(&self.inner), Arc::clone(&redis.shared.remote));
+                let finish: Finish = Box::new(move |py, decided| {
+                    alerts::fleet_decided(&limiter, &remote);
+                    finish(py, decided)
+                });
                 Box::new(InRedis::start(py, &redis.shared, &redis.channels, ask, max_wait_ns, finish)?)
             }
         };
@@ -210,12 +220,13 @@ impl PyLimiter {
     fn blocking(&self, py: Python<'_>, waiting: Waiting) -> PyResult<Decided> {
         let Waiting { cost, price, max_wait_ns, priority } = waiting;
         match &self.backend {
-            Backend::Local => match self.admit_at_once(cost)? {
+            Backend::Local => match self.admit_at_once(cost, max_wait_ns)? {
                 Some(admission) => Ok(Decided::Local(admission)),
                 None => wait_blocking(py, &self.inner, cost, priority, max_wait_ns).map(Decided::Local),
             },
             Backend::Redis(redis) => {
                 let grant = shared::wait_blocking(py, &redis.shared, Ask { cost, price, priority, operation: "acquire" }, max_wait_ns)?;
+                alerts::fleet_decided(&self.inner, &redis.shared.remote);
                 Ok(Decided::Redis { shared: Arc::clone(&redis.shared), grant })
             }
         }
@@ -264,7 +275,7 @@ fn decorate(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
 #[pymethods]
 impl PyLimiter {
     #[new]
-    #[pyo3(signature = (max_qps = None, max_concurrency = None, *, rpm = None, tpm = None, burst = None, limits = None, tier = None, backend = None, key = None))]
+    #[pyo3(signature = (max_qps = None, max_concurrency = None, *, rpm = None, tpm = None, burst = None, limits = None, tier = None, backend = None, key = None, shadow = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         max_qps: Option<&Bound<'_, PyAny>>,
@@ -276,6 +287,7 @@ impl PyLimiter {
         tier: Option<&Bound<'_, PyAny>>,
         backend: Option<&Bound<'_, PyAny>>,
         key: Option<&Bound<'_, PyAny>>,
+        shadow: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let rate = |field: &'static str, value| args::optional(value, |v| args::positive(field, v));
         let limits = args::optional(limits, |v| {
@@ -303,7 +315,19 @@ impl PyLimiter {
         if let Some(tier) = tier {
             limiter = limiter.with_cooldown(secs_to_ns(tier.cooldown_s).expect("a plan's cooldown is a valid duration"));
         }
+        let shadow = args::optional(shadow, |v| args::flag("shadow", v))?.unwrap_or(false);
+        if shadow {
+            limiter = limiter.in_shadow();
+        }
+        if limiter.limits().iter().any(|limit| limit.unit() == Unit::Usd) {
+            for fraction in BUDGET_WARNINGS {
+                limiter.alerts().add(fraction, Scope::Budgets, Arc::new(BudgetWarning))?;
+            }
+        }
         let backend = shared_backend(&limiter, backend, key)?;
+        if shadow && matches!(backend, Backend::Redis(_)) {
+            return Err(Error::config("shadow", "a limit shared through Redis is always enforced; shadow=True needs a limiter of this process").into());
+        }
         Ok(Self { inner: Arc::new(limiter), backend })
     }
 
@@ -330,7 +354,9 @@ impl PyLimiter {
                 Ok(admitted)
             }
             Backend::Redis(redis) => {
-                let Some(grant) = shared::decide_now(py, &redis.shared, Ask { cost, price: 0.0, priority: 0, operation: "try_acquire" })? else {
+                let decided = shared::decide_now(py, &redis.shared, Ask { cost, price: 0.0, priority: 0, operation: "try_acquire" })?;
+                alerts::fleet_decided(&self.inner, &redis.shared.remote);
+                let Some(grant) = decided else {
                     return Ok(false);
                 };
                 if redis.shared.leases() {
@@ -380,7 +406,7 @@ impl PyLimiter {
         if !matches!(self.backend, Backend::Local) {
             return Ok(None);
         }
-        match self.admit_at_once(waiting.cost)? {
+        match self.admit_at_once(waiting.cost, None)? {
             Some(admission) => Ok(Some(Py::new(py, self.admission(Decided::Local(admission), waiting.cost, waiting.price))?)),
             None => Ok(None),
         }
@@ -506,6 +532,26 @@ impl PyLimiter {
         self.release(py)
     }
 
+    /// Calls ``callback(limiter, limit_name, used_fraction)`` once each time a limit's use (a rate
+    /// window or a budget) reaches ``fraction`` of it, and again once it has fallen back below 90% of
+    /// ``fraction``; from whichever thread or task made the admission, after it. Shared through Redis,
+    /// the use is the fleet's as Redis reports it with each decision. A callback that raises is reported
+    /// as unraisable and never fails a request. ``limit_name`` is the limit as `stats` names it.
+    fn on_threshold(slf: &Bound<'_, Self>, fraction: &Bound<'_, PyAny>, callback: &Bound<'_, PyAny>) -> PyResult<()> {
+        let fraction = args::positive("fraction", fraction)?;
+        if !callback.is_callable() {
+            return args::refuse("callback", "a callable taking (limiter, limit_name, used_fraction)", callback);
+        }
+        let alert = Arc::new(Callback::new(slf.as_any(), callback)?);
+        Ok(slf.get().inner.alerts().add(fraction, Scope::Every, alert)?)
+    }
+
+    /// Whether it only watches (``shadow=True``): admitting everything, counting what it would hold back.
+    #[getter]
+    fn shadow(&self) -> bool {
+        self.inner.is_shadow()
+    }
+
     /// The limits this limiter enforces.
     #[getter]
     fn limits(&self) -> Vec<PyLimit> {
@@ -554,8 +600,9 @@ impl PyLimiter {
         }
     }
 
-    /// What the limiter has done: admitted, rejected, in_flight, waiting, waited, waited_s_p50/p99,
-    /// server_429s, rate_factor and tokens_rate_factor, and the units remaining now in each limit.
+    /// What the limiter has done: admitted, rejected (rejected_by_budget of them), in_flight, waiting,
+    /// waited, waited_s_p50/p99, server_429s, tokens_reserved/settled/refunded (as admissions are
+    /// settled), rate_factor and tokens_rate_factor, and the units remaining now in each limit.
     /// Shared through Redis, the counts are this process's and ``remaining`` the fleet's (None while
     /// Redis is away), with fleet_in_flight, fleet_members (processes seen lately) and fallbacks
     /// (decisions made by the failure policy).
@@ -574,9 +621,21 @@ impl PyLimiter {
         stats.set_item("waited", counts.waited)?;
         stats.set_item("waited_s_p50", ns_to_secs(counts.wait_p50_ns))?;
         stats.set_item("waited_s_p99", ns_to_secs(counts.wait_p99_ns))?;
+        stats.set_item("rejected_by_budget", snapshot.budget_refusals)?;
         stats.set_item("server_429s", snapshot.server_rejections)?;
+        stats.set_item("tokens_reserved", snapshot.tokens.reserved)?;
+        stats.set_item("tokens_settled", snapshot.tokens.settled)?;
+        stats.set_item("tokens_refunded", snapshot.tokens.refunded)?;
         stats.set_item("rate_factor", requests_factor)?;
         stats.set_item("tokens_rate_factor", tokens_factor)?;
+        if let Some(shadow) = snapshot.shadow {
+            stats.set_item("would_wait", shadow.delayed)?;
+            stats.set_item("would_wait_s", ns_to_secs(shadow.delayed_total_ns))?;
+            stats.set_item("would_wait_s_p50", ns_to_secs(shadow.delay_p50_ns))?;
+            stats.set_item("would_wait_s_p99", ns_to_secs(shadow.delay_p99_ns))?;
+            stats.set_item("would_wait_for_slot", shadow.slot_waits)?;
+            stats.set_item("would_reject", shadow.refused)?;
+        }
         match &self.backend {
             Backend::Local => {
                 let remaining = PyDict::new(py);

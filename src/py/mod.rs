@@ -2,6 +2,7 @@
 //! waits. Every decision is the core's.
 
 mod admission;
+mod alerts;
 mod args;
 mod breaker;
 mod engine;

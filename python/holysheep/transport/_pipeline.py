@@ -25,6 +25,7 @@ from holysheep._tokens import estimate_request_tokens
 from holysheep.breaker import CircuitBreaker, KeyedBreaker
 from holysheep.classify import verdict
 from holysheep.errors import CircuitOpenError, ConfigError
+from holysheep.metrics import _hook as _metrics
 from holysheep.pricing import checked_prices
 from holysheep.retry import RetryPolicy
 from holysheep.transport._admission import Admission, admit_now
@@ -362,9 +363,9 @@ class _Pipeline:
             if ask is not None:
                 if self._allowed is not None:
                     self._allowed.check(ask.model)  # before it waits for company
-                return self.coalescer.join_async(ask, lambda merged: self._exchange(merged, steps))
-        # The exchange itself is what the client awaits: no coroutine of ours around it.
-        return self._exchange(request, steps)
+                return self.coalescer.join_async(ask, lambda merged: self._recorded(merged, steps))
+        # The exchange itself is what the client awaits: no coroutine of ours around it unless recorded.
+        return self._recorded(request, steps)
 
     def handle_request(self, request: Any) -> Any:
         steps = self._blocking_steps or self._make_blocking_steps()
@@ -373,8 +374,15 @@ class _Pipeline:
             if ask is not None:
                 if self._allowed is not None:
                     self._allowed.check(ask.model)
-                return self.coalescer.join_blocking(ask, lambda merged: _run_blocking(self._exchange(merged, steps)))
-        return _run_blocking(self._exchange(request, steps))
+                return self.coalescer.join_blocking(ask, lambda merged: _run_blocking(self._recorded(merged, steps)))
+        return _run_blocking(self._recorded(request, steps))
+
+    def _recorded(self, request: Any, steps: _Steps) -> Coroutine[Any, Any, Any]:
+        """The exchange of ``request``, recorded in the metrics once they are on (a merged request of
+        coalesced calls counts as the one request the server saw)."""
+        if _metrics.recorder is not None:
+            return _metrics.recorder.exchange(self, request, steps, self._exchange)
+        return self._exchange(request, steps)
 
     def _answer(
         self,

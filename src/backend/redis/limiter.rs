@@ -263,6 +263,12 @@ impl RemoteLimiter {
         &self.limits
     }
 
+    /// Units each window counted fleet-wide at Redis's last answer (`None` before any): what every
+    /// decision reports anyway, read by the alerts on the fleet's use.
+    pub fn last_used(&self) -> Option<Vec<u64>> {
+        self.sighting.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|seen| seen.used.clone())
+    }
+
     /// Instances that shared the limit lately, as of the last answer from Redis (0 before any).
     pub fn members(&self) -> u64 {
         self.members.load(Ordering::Relaxed)

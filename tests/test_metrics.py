@@ -1,0 +1,251 @@
+"""OpenTelemetry and Prometheus: GenAI client metrics and a span per request through the transport
+(checked against an InMemoryMetricReader and the MockGateway's log), the limiters' ``holysheep.*``
+metrics agreeing with ``stats()``, Prometheus text scraped over 127.0.0.1, and nothing recorded (one
+flag checked) when not instrumented."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import holysheep as hs
+from holysheep.metrics import _hook, uninstrument
+from holysheep.testing import MockGateway
+
+MESSAGES: list[Any] = [{"role": "user", "content": "hello there"}]
+
+
+class Telemetry:
+    """An SDK meter and tracer provider whose metrics and spans the test reads."""
+
+    def __init__(self) -> None:
+        self.reader = InMemoryMetricReader()
+        self.spans = InMemorySpanExporter()
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+        self.tracer_provider = tracer_provider
+
+    def metrics(self) -> dict[str, Any]:
+        """Each metric by name, as collected now."""
+        data = self.reader.get_metrics_data()
+        assert data is not None
+        return {
+            metric.name: metric
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+        }
+
+    def points(self, name: str) -> list[Any]:
+        metric = self.metrics().get(name)
+        return [] if metric is None else list(metric.data.data_points)
+
+
+@pytest.fixture
+def telemetry() -> Iterator[Telemetry]:
+    seen = Telemetry()
+    yield seen
+    uninstrument()
+    seen.meter_provider.shutdown()
+
+
+@pytest.fixture
+def gateway() -> Iterator[MockGateway]:
+    with MockGateway(latency=0.002) as gw:
+        yield gw
+
+
+def scrape(port: int) -> str:
+    """The Prometheus text served on 127.0.0.1:``port``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text: str = answer.read().decode()
+    return text
+
+
+def value_by(points: list[Any], attribute: str) -> dict[str, float]:
+    return {point.attributes[attribute]: point.value for point in points}
+
+
+def test_nothing_is_imported_or_recorded_until_instrumented() -> None:
+    code = (
+        "import sys, holysheep, holysheep.transport\n"
+        "from holysheep.metrics import _hook\n"
+        "assert _hook.recorder is None\n"
+        "heavy = {'opentelemetry', 'prometheus_client', 'holysheep.metrics._recorder'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_requests_are_recorded_in_the_genai_conventions(telemetry: Telemetry, gateway: MockGateway) -> None:
+    lim = hs.HolySheepRateLimiter(rpm=600, tpm=100_000)
+    hs.instrument(meter_provider=telemetry.meter_provider, tracer_provider=telemetry.tracer_provider)
+    async with hs.AsyncHolySheep(api_key="hs_test", base_url=gateway.base_url, limiter=lim) as client:
+        for _ in range(3):
+            await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+        await client.embeddings.create(model="text-embedding-3-small", input="one text")
+
+    metrics = telemetry.metrics()
+    usage, duration = metrics["gen_ai.client.token.usage"], metrics["gen_ai.client.operation.duration"]
+    assert (usage.unit, duration.unit) == ("{token}", "s")
+    chat_input = [p for p in usage.data.data_points if p.attributes["gen_ai.operation.name"] == "chat" and p.attributes["gen_ai.token.type"] == "input"]
+    assert len(chat_input) == 1
+    attributes = dict(chat_input[0].attributes)
+    assert attributes == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.token.type": "input",
+        "gen_ai.request.model": "gpt-4.1",
+        "gen_ai.response.model": "gpt-4.1",
+        "server.address": "127.0.0.1",
+        "server.port": gateway.port,
+    }
+    log = gateway.admission_log()
+    chat_log = [record for record in log if record.endpoint == "/v1/chat/completions"]
+    assert chat_input[0].count == len(chat_log) == 3
+    token_types = {(p.attributes["gen_ai.operation.name"], p.attributes["gen_ai.token.type"]): p.sum for p in usage.data.data_points}
+    assert token_types[("chat", "input")] + token_types[("chat", "output")] == sum(record.tokens for record in chat_log)
+    assert ("embeddings", "output") not in token_types
+    assert sum(p.count for p in duration.data.data_points) == len(log) == 4
+    assert {p.attributes["gen_ai.operation.name"] for p in duration.data.data_points} == {"chat", "embeddings"}
+    assert list(usage.data.data_points)[0].explicit_bounds[:3] == (1, 4, 16)
+
+    spans = telemetry.spans.get_finished_spans()
+    assert [span.name for span in spans] == ["chat gpt-4.1"] * 3 + ["embeddings text-embedding-3-small"]
+    first = spans[0].attributes or {}
+    assert first["holysheep.rate_limiting.result"] == "admitted"
+    assert first["gen_ai.usage.input_tokens"] > 0 and first["holysheep.rate_limiting.wait_s"] == 0.0
+
+
+async def test_a_failed_request_records_its_error_type(telemetry: Telemetry) -> None:
+    with MockGateway(rpm=1, latency=0.0) as gateway:
+        hs.instrument(meter_provider=telemetry.meter_provider, tracer_provider=telemetry.tracer_provider)
+        async with hs.AsyncHolySheep(api_key="hs_test", base_url=gateway.base_url, retry=hs.RetryPolicy(max_attempts=1)) as client:
+            await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+            with pytest.raises(openai.RateLimitError):
+                await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    errors = [p.attributes.get("error.type") for p in telemetry.points("gen_ai.client.operation.duration")]
+    assert sorted(errors, key=str) == ["429", None]
+    assert telemetry.metrics()["holysheep.server.remaining"] is not None
+    assert value_by(telemetry.points("holysheep.server.remaining"), "holysheep.limit.unit")["requests"] == 0
+
+
+async def test_the_decision_and_the_wait_are_on_the_span(telemetry: Telemetry, gateway: MockGateway) -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=2, limits=[hs.Limit(0.0005, per="day", unit="usd")])
+    hs.instrument(meter_provider=telemetry.meter_provider, tracer_provider=telemetry.tracer_provider)
+    async with hs.AsyncHolySheep(api_key="hs_test", base_url=gateway.base_url, limiter=lim, prices={"gpt-4.1": 8.0}) as client:
+        await asyncio.gather(*(client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, max_tokens=5) for _ in range(3)))
+        with pytest.raises(hs.BudgetExceeded):
+            for _ in range(20):
+                await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, max_tokens=5)
+        spans = telemetry.spans.get_finished_spans()
+        results = [(span.attributes or {})["holysheep.rate_limiting.result"] for span in spans]
+        assert results[:3].count("waited") == 1 and results[-1] == "budget"
+        waited = next(span for span in spans if (span.attributes or {})["holysheep.rate_limiting.result"] == "waited")
+        assert 0.3 < (waited.attributes or {})["holysheep.rate_limiting.wait_s"] < 1.5
+        queued = {p.attributes["holysheep.rate_limiting.result"]: p.count for p in telemetry.points("holysheep.rate_limiting.request.time_in_queue")}
+        assert queued == {"waited": results.count("waited")}, "only those that queued, as ASP.NET Core's time_in_queue"
+
+
+async def test_the_limiters_metrics_agree_with_its_stats(telemetry: Telemetry, gateway: MockGateway) -> None:
+    lim = hs.HolySheepRateLimiter(max_qps=3, max_concurrency=4, tpm=50_000)
+    hs.instrument(meter_provider=telemetry.meter_provider, limiters={"chat": lim})
+    async with hs.AsyncHolySheep(api_key="hs_test", base_url=gateway.base_url, limiter=lim) as client:
+        await asyncio.gather(*(client.chat.completions.create(model="gpt-4.1", messages=MESSAGES) for _ in range(5)))
+        with pytest.raises(hs.RateLimitExceeded):
+            lim.try_acquire(tokens=60_000)  # never passes: a rejection
+        stats = lim.stats()
+        metrics = telemetry.metrics()
+        requests = metrics["holysheep.rate_limiting.requests"]
+        assert requests.unit == "{request}" and requests.data.is_monotonic
+        by_result = value_by(list(requests.data.data_points), "holysheep.rate_limiting.result")
+        assert by_result == {"admitted": stats["admitted"] - stats["waited"], "waited": stats["waited"], "rejected": 1, "budget": 0}
+        assert by_result["admitted"] + by_result["waited"] == 5 == len(gateway.admission_log())
+        assert {p.attributes["holysheep.limiter"] for p in requests.data.data_points} == {"chat"}
+        tokens = value_by(telemetry.points("holysheep.rate_limiting.tokens"), "holysheep.token.state")
+        assert tokens == {"reserved": stats["tokens_reserved"], "settled": stats["tokens_settled"], "refunded": stats["tokens_refunded"]}
+        assert tokens["settled"] == sum(record.tokens for record in gateway.admission_log())
+        remaining = value_by(telemetry.points("holysheep.rate_limiting.remaining"), "holysheep.limit")
+        assert remaining == {name: float(left) for name, left in stats["remaining"].items()}
+        assert value_by(telemetry.points("holysheep.rate_limiting.active_request_leases"), "holysheep.limiter") == {"chat": 0}
+        assert value_by(telemetry.points("holysheep.rate_limiting.queued_requests"), "holysheep.limiter") == {"chat": 0}
+        assert metrics["holysheep.rate_limiting.request.time_in_queue.quantile"].unit == "s"
+
+
+async def test_shadow_and_breaker_state_are_metrics_too(telemetry: Telemetry, gateway: MockGateway) -> None:
+    shadow = hs.HolySheepRateLimiter(max_qps=1, shadow=True)
+    breaker = hs.CircuitBreaker(name="gateway")
+    hs.instrument(meter_provider=telemetry.meter_provider)
+    async with hs.AsyncHolySheep(api_key="hs_test", base_url=gateway.base_url, limiter=shadow, breaker=breaker) as client:
+        for _ in range(3):
+            await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+        held_back = value_by(telemetry.points("holysheep.rate_limiting.shadow.requests"), "holysheep.rate_limiting.result")
+        assert held_back == {"would_wait": 2, "would_wait_for_slot": 0, "would_reject": 0} == {k: shadow.stats()[k] for k in held_back}
+        states = {p.attributes["holysheep.breaker.state"]: p.value for p in telemetry.points("holysheep.breaker.state")}
+        assert states == {"closed": 1, "open": 0, "half_open": 0}
+
+
+def test_prometheus_text_is_served_on_loopback(gateway: MockGateway) -> None:
+    lim = hs.HolySheepRateLimiter(rpm=600)
+    server = hs.serve_metrics(0, limiters={"chat": lim})
+    try:
+        with hs.HolySheep(api_key="hs_test", base_url=gateway.base_url, limiter=lim) as client:
+            for _ in range(2):
+                client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+            text = scrape(server.port)
+    finally:
+        uninstrument()
+    assert 'holysheep_rate_limiting_requests_total{holysheep_limiter="chat",holysheep_rate_limiting_result="admitted"} 2.0' in text
+    assert 'holysheep_rate_limiting_remaining{holysheep_limit="600 requests per minute",holysheep_limit_unit="requests",holysheep_limiter="chat"} 598.0' in text
+    assert "# TYPE gen_ai_client_operation_duration_seconds histogram" in text
+    count = next(line for line in text.splitlines() if line.startswith("gen_ai_client_operation_duration_seconds_count"))
+    assert 'gen_ai_operation_name="chat"' in count and count.endswith(" 2.0")
+    assert 'gen_ai_client_token_usage_count{' in text and 'gen_ai_token_type="input"' in text
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=1)
+
+
+@pytest.mark.parametrize("port", [-1, 70_000, "9464", 1.5])
+def test_serve_metrics_refuses_a_bad_port_naming_it(port: Any) -> None:
+    with pytest.raises(hs.ConfigError) as err:
+        hs.serve_metrics(port)
+    assert err.value.field == "port"
+    assert _hook.recorder is None
+
+
+def test_instrumenting_twice_keeps_one_set_of_instruments_and_watches_the_new_limiters(telemetry: Telemetry) -> None:
+    first, second = hs.HolySheepRateLimiter(max_qps=5), hs.TokenBucket(rate=5, capacity=5)
+    hs.instrument(meter_provider=telemetry.meter_provider, limiters={"first": first})
+    hs.instrument(meter_provider=telemetry.meter_provider, limiters={"second": second})
+    assert second.try_acquire()
+    admitted = {
+        p.attributes["holysheep.limiter"]: p.value
+        for p in telemetry.points("holysheep.rate_limiting.requests")
+        if p.attributes["holysheep.rate_limiting.result"] == "admitted"
+    }
+    assert admitted == {"first": 0, "second": 1}
+
+
+def test_two_ports_serve_the_same_metrics(gateway: MockGateway) -> None:
+    lim = hs.HolySheepRateLimiter(rpm=600)
+    servers = [hs.serve_metrics(0, limiters={"chat": lim}) for _ in range(2)]
+    try:
+        assert lim.try_acquire()
+        texts = [scrape(server.port) for server in servers]
+    finally:
+        uninstrument()
+    line = 'holysheep_rate_limiting_requests_total{holysheep_limiter="chat",holysheep_rate_limiting_result="admitted"} 1.0'
+    assert all(line in text for text in texts)
