@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 import holysheep.client
+import holysheep.metrics
 from holysheep.testing import MockGateway
 
 from redis_server import redis_server, redis_url  # noqa: F401 (fixtures)
@@ -73,9 +74,12 @@ def run_as_written(block: Block) -> None:
     source = "\n" * (block.line - 1) + block.code
     code = compile(source, str(README), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
     namespace = {"__name__": "__main__"}
-    result = eval(code, namespace)
-    if inspect.iscoroutine(result):
-        asyncio.run(result)
+    try:
+        result = eval(code, namespace)
+        if inspect.iscoroutine(result):
+            asyncio.run(result)
+    finally:
+        holysheep.metrics.uninstrument()  # a block that instruments leaves the others as they were
     # What the block left open (a client never closed) is reported now, against this block.
     del namespace, result
     gc.collect()
