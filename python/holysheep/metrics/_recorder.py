@@ -94,11 +94,11 @@ class _TimedSteps:
         self._steps = steps
         self._exchange = exchange
 
-    async def acquire(self, tokens: int, price: float) -> Any:
+    async def acquire(self, limiter: HolySheepRateLimiter, tokens: int, price: float) -> Any:
         started = time.perf_counter()
         self._exchange.queued = True
         try:
-            return await self._steps.acquire(tokens, price)
+            return await self._steps.acquire(limiter, tokens, price)
         finally:
             self._exchange.waited_s += time.perf_counter() - started
             self._exchange.decision = "waited"
