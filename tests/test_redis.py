@@ -390,7 +390,7 @@ def test_a_429_cuts_the_rate_this_process_enforces_in_redis(redis_url: str) -> N
     assert sum(other.try_acquire() for _ in range(10)) == 3, "a process that heard no 429 keeps the configured 10"
 
 
-async def test_a_limit_shared_in_redis_set_above_the_gateways_follows_its_429s(redis_url: str) -> None:
+async def test_a_limit_shared_in_redis_set_above_the_gateways_follows_it(redis_url: str) -> None:
     from holysheep.testing import MockGateway
 
     # The hourly limit never binds; it makes a cut hold (a quarter of the longest period) past the run.
@@ -404,7 +404,8 @@ async def test_a_limit_shared_in_redis_set_above_the_gateways_follows_its_429s(r
         assert gw.peak_admitted() <= 40
     stats = lim.stats()
     assert len(results) == 120 and stats["fleet_in_flight"] == 0
-    assert stats["server_429s"] > 0 and stats["rate_factor"] < 1.0, "the 429s cut what this process asks Redis for"
+    # Its x-ratelimit-remaining (held against the fleet's count) may cut the rate before any 429 does.
+    assert stats["rate_factor"] < 1.0, "the gateway's answers cut what this process asks Redis for"
 
 
 @pytest.mark.parametrize("flavour", ["async", "blocking"])
