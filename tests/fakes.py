@@ -1,9 +1,14 @@
-"""Fakes shared by the tests: HTTP failures shaped like the openai SDK's and httpx's, and a table row for errors."""
+"""Fakes shared by the tests: HTTP failures shaped like the openai SDK's and httpx's, a table row for errors,
+and a breaker's failing and succeeding calls."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+import pytest
+
+import holysheep as hs
 
 
 @dataclass
@@ -33,3 +38,18 @@ class Err:
 
     def __init__(self, field: str) -> None:
         self.field = field
+
+
+def fail(breaker: hs.CircuitBreaker, error: BaseException | None = None) -> None:
+    """One call through ``breaker`` that raises ``error`` (a 503 by default), as the caller sees it."""
+
+    def broken() -> None:
+        raise error if error is not None else FakeStatusError(503)
+
+    with pytest.raises(type(error) if error is not None else FakeStatusError):
+        breaker.call_sync(broken)
+
+
+def succeed(breaker: hs.CircuitBreaker) -> str:
+    """One call through ``breaker`` that succeeds."""
+    return breaker.call_sync(lambda: "ok")

@@ -12,21 +12,9 @@ from typing import Any
 import pytest
 
 import holysheep as hs
-from fakes import Err, FakeStatusError
+from fakes import Err, FakeStatusError, fail, succeed
 
 RECOVERY = 0.05  # seconds; tests wait a little longer than this for half-open
-
-
-def fail(breaker: hs.CircuitBreaker, error: BaseException | None = None) -> None:
-    def broken() -> None:
-        raise error if error is not None else FakeStatusError(503)
-
-    with pytest.raises(type(error) if error is not None else FakeStatusError):
-        breaker.call_sync(broken)
-
-
-def succeed(breaker: hs.CircuitBreaker) -> str:
-    return breaker.call_sync(lambda: "ok")
 
 
 @pytest.mark.parametrize(

@@ -15,19 +15,7 @@ from typing import Any
 import pytest
 
 import holysheep as hs
-from fakes import Err, FakeStatusError
-
-
-def fail(breaker: hs.CircuitBreaker, error: BaseException | None = None) -> None:
-    def broken() -> None:
-        raise error if error is not None else FakeStatusError(503)
-
-    with pytest.raises(type(error) if error is not None else FakeStatusError):
-        breaker.call_sync(broken)
-
-
-def succeed(breaker: hs.CircuitBreaker) -> str:
-    return breaker.call_sync(lambda: "ok")
+from fakes import Err, FakeStatusError, fail, succeed
 
 
 class QuotaError(Exception):
