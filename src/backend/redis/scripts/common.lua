@@ -18,6 +18,23 @@ local function keep(key, us)
   end
 end
 
+-- Removes each of ids[first..] from the sorted set `set`; one not there is withdrawn instead, held in
+-- `withdrawn` for `ttl` us, so that an ask of it that Redis runs late (after a stall) takes nothing.
+-- Withdrawals past their time are forgotten. Returns how many were removed.
+local function remove_or_withdraw(set, withdrawn, ids, first, now, ttl)
+  local removed = 0
+  for i = first, #ids do
+    if redis.call('ZREM', set, ids[i]) == 1 then
+      removed = removed + 1
+    else
+      redis.call('ZADD', withdrawn, now + ttl, ids[i])
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', withdrawn, '-inf', now)
+  keep(withdrawn, ttl)
+  return removed
+end
+
 -- An exact window's log entry "at:cost", read.
 local function parse(entry)
   local at, cost = string.match(entry, '^(%d+):(%d+)$')

@@ -5,14 +5,7 @@
 -- KEYS[1] the line, KEYS[2] the line's places, KEYS[3] withdrawn ids; ARGV[1] a place's TTL (us),
 -- ARGV[2..] the waiters. Returns how many were in line.
 local now, ttl = redis_now(), tonumber(ARGV[1])
-local left = 0
 for i = 2, #ARGV do
   redis.call('ZREM', KEYS[2], ARGV[i])
-  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
-    left = left + 1
-  else
-    redis.call('ZADD', KEYS[3], now + ttl, ARGV[i])
-  end
 end
-keep(KEYS[3], ttl)
-return left
+return remove_or_withdraw(KEYS[1], KEYS[3], ARGV, 2, now, ttl)
