@@ -4,6 +4,7 @@ and a breaker's failing and succeeding calls."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -38,6 +39,17 @@ class Err:
 
     def __init__(self, field: str) -> None:
         self.field = field
+
+
+def made_or_refused(make: Callable[..., Any], settings: dict[str, Any], expected: Err | None) -> Any:
+    """``make(**settings)``; with ``expected``, checks instead that it is refused with a ConfigError
+    naming that field, and returns the error."""
+    if expected is None:
+        return make(**settings)
+    with pytest.raises(hs.ConfigError) as info:
+        make(**settings)
+    assert info.value.field == expected.field
+    return info.value
 
 
 def fail(breaker: hs.CircuitBreaker, error: BaseException | None = None) -> None:

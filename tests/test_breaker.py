@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import holysheep as hs
-from fakes import Err, FakeStatusError, fail, succeed
+from fakes import Err, FakeStatusError, fail, made_or_refused, succeed
 
 RECOVERY = 0.05  # seconds; tests wait a little longer than this for half-open
 
@@ -39,12 +39,7 @@ RECOVERY = 0.05  # seconds; tests wait a little longer than this for half-open
     ],
 )
 def test_config_is_checked_at_construction(settings: dict[str, Any], expected: Err | None) -> None:
-    if expected is None:
-        hs.CircuitBreaker(**settings)
-        return
-    with pytest.raises(hs.ConfigError) as info:
-        hs.CircuitBreaker(**settings)
-    assert info.value.field == expected.field
+    made_or_refused(hs.CircuitBreaker, settings, expected)
 
 
 def test_opens_after_threshold_consecutive_failures() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import holysheep as hs
-from fakes import Err, FakeStatusError, fail, succeed
+from fakes import Err, FakeStatusError, fail, made_or_refused, succeed
 
 
 class QuotaError(Exception):
@@ -48,12 +48,7 @@ class QuotaError(Exception):
     ],
 )
 def test_the_new_settings_are_checked_at_construction(settings: dict[str, Any], expected: Err | None) -> None:
-    if expected is None:
-        hs.CircuitBreaker(**settings)
-        return
-    with pytest.raises(hs.ConfigError) as info:
-        hs.CircuitBreaker(**settings)
-    assert info.value.field == expected.field
+    made_or_refused(hs.CircuitBreaker, settings, expected)
 
 
 def test_failure_on_classes_decide_what_counts_and_the_rest_counts_as_the_service_answering() -> None:
