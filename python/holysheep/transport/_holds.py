@@ -38,7 +38,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from holysheep.transport._answers import MOST_TOKENS_PER_ANSWER, TAIL_BYTES, usage_tokens
+from holysheep._holysheep import MOST_TOKENS_PER_ANSWER
+from holysheep.transport._answers import TAIL_BYTES, usage_tokens
 
 if TYPE_CHECKING:
     from holysheep._limiter import HolySheepRateLimiter
