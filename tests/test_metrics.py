@@ -39,9 +39,10 @@ class Telemetry:
         self.tracer_provider = tracer_provider
 
     def metrics(self) -> dict[str, Any]:
-        """Each metric by name, as collected now."""
+        """Each metric by name, as collected now (none before anything was recorded)."""
         data = self.reader.get_metrics_data()
-        assert data is not None
+        if data is None:
+            return {}
         return {
             metric.name: metric
             for resource in data.resource_metrics
@@ -158,6 +159,42 @@ async def test_the_decision_and_the_wait_are_on_the_span(telemetry: Telemetry, g
         assert 0.3 < (waited.attributes or {})["holysheep.rate_limiting.wait_s"] < 1.5
         queued = {p.attributes["holysheep.rate_limiting.result"]: p.count for p in telemetry.points("holysheep.rate_limiting.request.time_in_queue")}
         assert queued == {"waited": results.count("waited")}, "only those that queued, as ASP.NET Core's time_in_queue"
+
+
+@pytest.mark.parametrize("limited", [True, False], ids=["with a limiter", "without"])
+async def test_a_streamed_answer_is_recorded_when_its_body_ends_with_the_usage_of_its_last_event(
+    telemetry: Telemetry, gateway: MockGateway, limited: bool
+) -> None:
+    hs.instrument(meter_provider=telemetry.meter_provider, tracer_provider=telemetry.tracer_provider)
+    lim = hs.HolySheepRateLimiter(rpm=600, tpm=100_000) if limited else None
+    async with hs.AsyncHolySheep(api_key="hs_test", base_url=gateway.base_url, limiter=lim) as client:
+        stream = await client.chat.completions.create(
+            model="gpt-4.1", messages=MESSAGES, max_tokens=8, stream=True, stream_options={"include_usage": True}
+        )
+        assert telemetry.points("gen_ai.client.operation.duration") == [], "not at its headers"
+        async for _ in stream:
+            await asyncio.sleep(0.05)
+    [duration] = telemetry.points("gen_ai.client.operation.duration")
+    assert duration.count == 1 and duration.sum >= 0.05 * 3, "the whole stream's time, the reader's pace included"
+    [record] = gateway.admission_log()
+    usage = {p.attributes["gen_ai.token.type"]: p.sum for p in telemetry.points("gen_ai.client.token.usage")}
+    assert usage["input"] + usage["output"] == record.tokens
+    [span] = telemetry.spans.get_finished_spans()
+    assert (span.attributes or {})["gen_ai.response.model"] == "gpt-4.1"
+
+
+def test_an_abandoned_blocking_stream_is_recorded_when_closed_and_once(telemetry: Telemetry, gateway: MockGateway) -> None:
+    hs.instrument(meter_provider=telemetry.meter_provider, tracer_provider=telemetry.tracer_provider)
+    with hs.HolySheep(api_key="hs_test", base_url=gateway.base_url, limiter=hs.HolySheepRateLimiter(max_concurrency=1)) as client:
+        stream = client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, max_tokens=64, stream=True)
+        next(iter(stream))
+        assert telemetry.points("gen_ai.client.operation.duration") == []
+        stream.close()
+        stream.close()
+    [duration] = telemetry.points("gen_ai.client.operation.duration")
+    assert duration.count == 1
+    assert telemetry.points("gen_ai.client.token.usage") == [], "no usage was read: none is made up"
+    assert len(telemetry.spans.get_finished_spans()) == 1
 
 
 async def test_the_limiters_metrics_agree_with_its_stats(telemetry: Telemetry, gateway: MockGateway) -> None:

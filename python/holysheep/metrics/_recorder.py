@@ -1,6 +1,10 @@
 """What is recorded and where it goes: each request through the transport (GenAI attributes, its time
 in the limiter's queue, the decision, its tokens, the server's ``x-ratelimit-remaining-*``), and the
-limiters and breakers watched, whose state the sinks read when they collect."""
+limiters and breakers watched, whose state the sinks read when they collect.
+
+A streamed answer is recorded when its body ends (read to the end, closed or freed), not at its headers:
+its duration is the whole stream's, and its tokens are the ``usage`` of its last event (sent when the
+request asks for it: ``stream_options={"include_usage": True}``)."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ if TYPE_CHECKING:
     from holysheep._holysheep import HolySheepRateLimiter
     from holysheep.breaker import CircuitBreaker
     from holysheep.transport._pipeline import _Pipeline
+    from holysheep.transport._holds import Hold
     from holysheep.transport._steps import _Steps
 
 #: The GenAI operation of each endpoint (by the end of its path); other endpoints are not recorded.
@@ -62,7 +67,7 @@ def _json_of(content: bytes) -> dict[str, Any] | None:
 class Exchange:
     """One request as recorded: its attributes, then its outcome."""
 
-    __slots__ = ("attributes", "decision", "duration_s", "error_type", "queued", "tokens", "waited_s")
+    __slots__ = ("attributes", "decision", "duration_s", "error_type", "queued", "recorded", "streamed", "tokens", "waited_s")
 
     def __init__(self, attributes: dict[str, Any]) -> None:
         self.attributes = attributes
@@ -75,6 +80,9 @@ class Exchange:
         self.error_type: str | None = None
         #: ``{"input": n, "output": m}`` as the answer's ``usage`` says.
         self.tokens: dict[str, int] = {}
+        #: Whether its answer is streamed (recorded when the body ends), and whether it was recorded.
+        self.streamed = False
+        self.recorded = False
 
 
 class Sink(Protocol):
@@ -86,13 +94,15 @@ class Sink(Protocol):
 
 
 class _TimedSteps:
-    """The pipeline's steps, its waits for the limiter timed into the exchange being recorded."""
+    """The pipeline's steps, its waits for the limiter timed into the exchange being recorded, and a
+    streamed answer's end watched."""
 
-    __slots__ = ("_exchange", "_steps")
+    __slots__ = ("_ended", "_exchange", "_steps")
 
-    def __init__(self, steps: _Steps, exchange: Exchange) -> None:
+    def __init__(self, steps: _Steps, exchange: Exchange, ended: Callable[[bytes], None]) -> None:
         self._steps = steps
         self._exchange = exchange
+        self._ended = ended
 
     async def acquire(self, limiter: HolySheepRateLimiter, tokens: int, price: float) -> Any:
         started = time.perf_counter()
@@ -102,6 +112,12 @@ class _TimedSteps:
         finally:
             self._exchange.waited_s += time.perf_counter() - started
             self._exchange.decision = "waited"
+
+    def held(self, hold: Hold, events: Any = None) -> Any:
+        """The answer's body, streamed: the exchange is recorded when it ends."""
+        self._exchange.streamed = True
+        hold.watch(self._ended)
+        return self._steps.held(hold, events)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._steps, name)
@@ -192,22 +208,32 @@ class Recorder:
         sinks = list(self.sinks.values())
         started_at = time.perf_counter()
         started = [sink.start(exchange) for sink in sinks]
-        try:
-            response = await run(request, _TimedSteps(steps, exchange))
-        except BaseException as exc:
+
+        def record() -> None:
+            if exchange.recorded:
+                return
+            exchange.recorded = True
             exchange.duration_s = time.perf_counter() - started_at
+            for sink, began in zip(sinks, started):
+                sink.record(exchange, began)
+
+        def stream_ended(tail: bytes) -> None:
+            _read_usage(exchange, _last_event_with_usage(tail))
+            record()
+
+        try:
+            response = await run(request, _TimedSteps(steps, exchange, stream_ended))
+        except BaseException as exc:
             exchange.error_type = type(exc).__qualname__
             if isinstance(exc, BudgetExceeded):
                 exchange.decision = "budget"
             elif isinstance(exc, RateLimitExceeded):
                 exchange.decision = "rejected"
-            for sink, began in zip(sinks, started):
-                sink.record(exchange, began)
+            record()
             raise
-        exchange.duration_s = time.perf_counter() - started_at
         self._read_answer(exchange, response)
-        for sink, began in zip(sinks, started):
-            sink.record(exchange, began)
+        if not exchange.streamed:
+            record()
         return response
 
     def _read_answer(self, exchange: Exchange, response: Any) -> None:
@@ -227,14 +253,28 @@ class Recorder:
                     pass
         if not response.is_closed or status >= 400:
             return
-        body = _json_of(response.content) if "json" in response.headers.get("content-type", "") else None
-        if body is None:
-            return
-        if isinstance(body.get("model"), str):
-            exchange.attributes["gen_ai.response.model"] = body["model"]
-        usage = body.get("usage")
-        if isinstance(usage, dict):
-            for token_type, keys in (("input", ("prompt_tokens", "input_tokens")), ("output", ("completion_tokens", "output_tokens"))):
-                count = next((usage[key] for key in keys if isinstance(usage.get(key), int)), None)
-                if count is not None:
-                    exchange.tokens[token_type] = count
+        _read_usage(exchange, _json_of(response.content) if "json" in response.headers.get("content-type", "") else None)
+
+
+def _read_usage(exchange: Exchange, answer: dict[str, Any] | None) -> None:
+    """The model that answered and the tokens it counted, from an answer (or a stream's last event)."""
+    if answer is None:
+        return
+    if isinstance(answer.get("model"), str):
+        exchange.attributes["gen_ai.response.model"] = answer["model"]
+    usage = answer.get("usage")
+    if isinstance(usage, dict):
+        for token_type, keys in (("input", ("prompt_tokens", "input_tokens")), ("output", ("completion_tokens", "output_tokens"))):
+            count = next((usage[key] for key in keys if isinstance(usage.get(key), int)), None)
+            if count is not None:
+                exchange.tokens[token_type] = count
+
+
+def _last_event_with_usage(tail: bytes) -> dict[str, Any] | None:
+    """The last server-sent event at the end of a stream whose data is a JSON object with ``usage``."""
+    for line in reversed(tail.splitlines()):
+        if line.startswith(b"data:"):
+            event = _json_of(line[5:])
+            if event is not None and isinstance(event.get("usage"), dict):
+                return event
+    return None

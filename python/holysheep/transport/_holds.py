@@ -34,7 +34,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +60,7 @@ _MOST_COLLECTION_GAP = _COLLECTION_GAP * 64
 class Hold:
     """The state of one held body: what it reads from, whose it is, whether a read is in progress."""
 
-    __slots__ = ("inner", "limiter", "pulls", "reader", "reading", "reclaimed", "settles", "tail")
+    __slots__ = ("inner", "keeps_tail", "limiter", "pulls", "reader", "reading", "reclaimed", "settles", "tail")
 
     def __init__(self, inner: Any, limiter: HolySheepRateLimiter | None, reader: object, settles: bool) -> None:
         #: The library's body underneath, closed when the hold is reclaimed.
@@ -74,7 +74,15 @@ class Hold:
         self.reclaimed = False
         #: Whether the ``usage`` at the body's end settles the request's token estimate.
         self.settles = settles
+        #: Whether the end of the body is kept (for settling, or for whoever watches its end).
+        self.keeps_tail = settles
         self.tail = b""
+
+    def watch(self, ended: Callable[[bytes], None]) -> None:
+        """Calls ``ended(tail)`` once when the body ends (read to the end, closed or freed), with the end
+        of what was read: the metrics record a streamed answer then, not at its headers."""
+        self.keeps_tail = True
+        _watchers[self] = ended
 
     def saw(self, chunk: bytes) -> None:
         """Keeps the end of the body read so far, where ``usage`` comes."""
@@ -83,6 +91,8 @@ class Hold:
 
 #: The holds whose admission is not given back yet, each with its admission.
 _held: dict[Hold, Admission] = {}
+#: The holds whose end is watched, each with what to call then.
+_watchers: dict[Hold, Callable[[bytes], None]] = {}
 
 
 def register(admission: Admission, held: Hold) -> Hold:
@@ -104,10 +114,19 @@ def finish(admission: Admission, settles: bool, tail: bytes) -> None:
 
 
 def end(held: Hold) -> None:
-    """The body was read to the end, closed or freed: settles and gives the slot back, only the first time."""
+    """The body was read to the end, closed or freed: settles and gives the slot back, then tells its
+    watcher; each only the first time (one atomic ``dict.pop`` each, however many ends race)."""
     admission = _held.pop(held, None)
-    if admission is not None:
-        finish(admission, held.settles, held.tail)
+    try:
+        if admission is not None:
+            finish(admission, held.settles, held.tail)
+    finally:
+        ended = _watchers.pop(held, None)
+        if ended is not None:
+            try:
+                ended(held.tail)
+            except Exception:  # a watcher (the metrics) never breaks a stream, nor a garbage collection
+                logger.exception("holysheep: watching the end of a streamed answer failed")
 
 
 def reclaim_left(reader: object, limiter: HolySheepRateLimiter) -> list[tuple[Hold, Admission]]:

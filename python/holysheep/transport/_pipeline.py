@@ -400,8 +400,8 @@ class _Pipeline:
             response.headers["x-holysheep-model"] = model
         streamed = not response.is_closed
         events = EventCheck() if streamed and is_event_stream(response.headers) else None
-        if admission is None:  # no limiter: nothing held, but events are checked all the same
-            if events is not None:
+        if admission is None:  # no limiter: nothing held, but events are checked and the end seen all the same
+            if streamed:
                 response.stream = steps.held(Hold(response.stream, None, None, False), events)
             return response
         if streamed:

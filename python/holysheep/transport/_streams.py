@@ -71,7 +71,7 @@ class _HeldAsyncStream:
                     break
                 finally:
                     held.reading = False
-                if held.settles:
+                if held.keeps_tail:
                     held.saw(chunk)
                 if events is not None:
                     chunk = events.feed(chunk)
@@ -126,7 +126,7 @@ class _HeldSyncStream:
                     break
                 finally:
                     held.reading = False
-                if held.settles:
+                if held.keeps_tail:
                     held.saw(chunk)
                 if events is not None:
                     chunk = events.feed(chunk)
