@@ -6,10 +6,12 @@ flag checked) when not instrumented."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -22,7 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import holysheep as hs
 from holysheep.metrics import _hook, uninstrument
-from holysheep.testing import MockGateway
+from holysheep.testing import Faults, MockGateway
 
 MESSAGES: list[Any] = [{"role": "user", "content": "hello there"}]
 
@@ -195,6 +197,52 @@ def test_an_abandoned_blocking_stream_is_recorded_when_closed_and_once(telemetry
     assert duration.count == 1
     assert telemetry.points("gen_ai.client.token.usage") == [], "no usage was read: none is made up"
     assert len(telemetry.spans.get_finished_spans()) == 1
+
+
+def batch_file(path: Path, chats: int, embeddings: int) -> Path:
+    chat = {"model": "gpt-4.1", "messages": MESSAGES, "max_tokens": 4}
+    embed = {"model": "text-embedding-3-small", "input": "a document"}
+    lines = [{"custom_id": f"c{n}", "method": "POST", "url": "/v1/chat/completions", "body": chat} for n in range(chats)]
+    lines += [{"custom_id": f"e{n}", "method": "POST", "url": "/v1/embeddings", "body": embed} for n in range(embeddings)]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+@pytest.mark.parametrize("awaited", [False, True], ids=["run_batch", "arun_batch"])
+async def test_the_batch_engines_requests_are_recorded_as_the_clients_are(
+    telemetry: Telemetry, gateway: MockGateway, tmp_path: Path, awaited: bool
+) -> None:
+    hs.instrument(meter_provider=telemetry.meter_provider, tracer_provider=telemetry.tracer_provider)
+    requests, output = batch_file(tmp_path / "in.jsonl", chats=5, embeddings=2), tmp_path / "out.jsonl"
+    if awaited:
+        report = await hs.arun_batch(requests, output, base_url=gateway.base_url, api_key="hs_test")
+    else:
+        report = hs.run_batch(requests, output, base_url=gateway.base_url, api_key="hs_test")
+    assert report.ok == 7
+    durations = telemetry.points("gen_ai.client.operation.duration")
+    assert {p.attributes["gen_ai.operation.name"]: p.count for p in durations} == {"chat": 5, "embeddings": 2}
+    assert all(p.sum > 0 for p in durations)
+    log = gateway.admission_log()
+    usage = {(p.attributes["gen_ai.operation.name"], p.attributes["gen_ai.token.type"]): p.sum for p in telemetry.points("gen_ai.client.token.usage")}
+    assert usage[("chat", "input")] + usage[("chat", "output")] == sum(r.tokens for r in log if r.endpoint == "/v1/chat/completions")
+    spans = telemetry.spans.get_finished_spans()
+    assert sorted(span.name for span in spans) == ["chat gpt-4.1"] * 5 + ["embeddings text-embedding-3-small"] * 2
+    for span in spans:
+        attributes = span.attributes or {}
+        assert attributes["server.port"] == gateway.port and attributes["http.response.status_code"] == 200
+        assert span.start_time is not None and span.end_time is not None and 0 < span.end_time - span.start_time < 10e9
+
+
+def test_a_batch_request_that_failed_records_its_status_as_its_error_type(telemetry: Telemetry, tmp_path: Path) -> None:
+    hs.instrument(meter_provider=telemetry.meter_provider)
+    with MockGateway(faults=Faults(server_error=1.0)) as gw:
+        report = hs.run_batch(
+            batch_file(tmp_path / "in.jsonl", chats=2, embeddings=0), tmp_path / "out.jsonl",
+            base_url=gw.base_url, api_key="hs_test", retry=hs.RetryPolicy(max_attempts=1),
+        )
+    assert report.failed == 2
+    [point] = telemetry.points("gen_ai.client.operation.duration")
+    assert (point.attributes["error.type"], point.count) == ("500", 2)
 
 
 async def test_the_limiters_metrics_agree_with_its_stats(telemetry: Telemetry, gateway: MockGateway) -> None:

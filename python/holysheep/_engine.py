@@ -21,14 +21,18 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from holysheep._holysheep import _BatchJob
 from holysheep._limiter import HolySheepRateLimiter
 from holysheep.breaker import CircuitBreaker
 from holysheep.errors import ConfigError
+from holysheep.metrics import _hook as _metrics
 from holysheep.pricing import checked_prices
 from holysheep.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from holysheep.metrics._recorder import Recorder
 
 __all__ = ["BatchReport", "arun_batch", "run_batch"]
 
@@ -138,8 +142,9 @@ def _job(
     tier: str | None,
     rpm: float | None,
     tpm: float | None,
-) -> _BatchJob:
-    """The native job, every argument checked (ConfigError naming it)."""
+) -> tuple[_BatchJob, _Finished | None]:
+    """The native job, every argument checked (ConfigError naming it), and its requests' recording in
+    the metrics when they are on."""
     from holysheep.client import HOLYSHEEP_BASE_URL, checked_base_url, resolve_api_key
 
     source, target = _path("input", input), _path("output", output)
@@ -157,7 +162,9 @@ def _job(
         raise ConfigError(f"breaker: must be a holysheep.CircuitBreaker or None, got {breaker!r}", "breaker")
     if not isinstance(retry_failed, bool):
         raise ConfigError(f"retry_failed: must be True or False, got {retry_failed!r}", "retry_failed")
-    return _BatchJob(
+    recorder = _metrics.recorder
+    finished = _Finished(recorder, url) if recorder is not None and recorder.sinks else None
+    job = _BatchJob(
         source,
         target,
         base_url=url,
@@ -170,7 +177,22 @@ def _job(
         budget_usd=budget_usd,
         retry_failed=retry_failed,
         prices=checked_prices(prices),
+        record=finished is not None,
     )
+    return job, finished
+
+
+class _Finished:
+    """Hands the requests a job finished to the metrics, as the transport's requests are recorded."""
+
+    def __init__(self, recorder: Recorder, base_url: str) -> None:
+        self._recorder = recorder
+        self._base_url = base_url
+
+    def record(self, job: _BatchJob) -> None:
+        rows = job.take_finished()
+        if rows:
+            self._recorder.record_finished(self._base_url, rows)
 
 
 def _planned(plan: Mapping[str, Any]) -> BatchReport:
@@ -283,22 +305,22 @@ def run_batch(
         sent; the message names the lines).
     :raises OSError: a file that cannot be read or written.
     """
-    job = _job(input, output, base_url, api_key, limiter, retry, breaker, max_concurrency, timeout, budget_usd,
-               retry_failed, prices, tier, rpm, tpm)
+    job, recording = _job(input, output, base_url, api_key, limiter, retry, breaker, max_concurrency, timeout,
+                          budget_usd, retry_failed, prices, tier, rpm, tpm)
     if dry_run:
         return _planned(job.plan())
     line = _ProgressLine() if progress else None
     job.start()
     try:
         while (report := job.wait(_TICK_S)) is None:
-            if line is not None:
-                line.update(job.progress())
+            _tick_once(job, line, recording)
     except KeyboardInterrupt:
         job.cancel()
         while job.wait(_TICK_S) is None:
             pass
         raise
     finally:
+        _tick_once(job, None, recording)
         if line is not None:
             line.close()
     return BatchReport._of(report)
@@ -326,14 +348,14 @@ async def arun_batch(
 ) -> BatchReport:
     """`run_batch`, awaited: the job runs on the engine's threads and the event loop stays free (one
     bridge for the whole job). Cancelling the awaiting task stops the job (nothing more is sent)."""
-    job = _job(input, output, base_url, api_key, limiter, retry, breaker, max_concurrency, timeout, budget_usd,
-               retry_failed, prices, tier, rpm, tpm)
+    job, recording = _job(input, output, base_url, api_key, limiter, retry, breaker, max_concurrency, timeout,
+                          budget_usd, retry_failed, prices, tier, rpm, tpm)
     if dry_run:
         return _planned(await asyncio.to_thread(job.plan))
     line = _ProgressLine() if progress else None
     job.start()
     finished = job.finished()
-    ticker = asyncio.ensure_future(_tick(job, line)) if line is not None else None
+    ticker = asyncio.ensure_future(_tick(job, line, recording)) if line is not None or recording is not None else None
     try:
         report = await finished
     except asyncio.CancelledError:
@@ -342,12 +364,21 @@ async def arun_batch(
     finally:
         if ticker is not None:
             ticker.cancel()
+        _tick_once(job, None, recording)
         if line is not None:
             line.close()
     return BatchReport._of(report)
 
 
-async def _tick(job: _BatchJob, line: _ProgressLine) -> None:
-    while True:
+def _tick_once(job: _BatchJob, line: _ProgressLine | None, recording: _Finished | None) -> None:
+    """Redraws the progress line and records the requests finished since the last tick, as asked."""
+    if line is not None:
         line.update(job.progress())
+    if recording is not None:
+        recording.record(job)
+
+
+async def _tick(job: _BatchJob, line: _ProgressLine | None, recording: _Finished | None) -> None:
+    while True:
+        _tick_once(job, line, recording)
         await asyncio.sleep(_TICK_S)

@@ -629,7 +629,13 @@ class _BatchJob:
         budget_usd: float | None,
         retry_failed: bool,
         prices: dict[str, float],
+        record: bool = False,
     ) -> _BatchJob: ...
+    def take_finished(
+        self,
+    ) -> list[tuple[str, str | None, int | None, str | None, float, int, str | None, int | None, int | None]]:
+        """The requests ended since the last call, when the job records them: (endpoint, model, status,
+        failure, duration_s, ended_ns, response_model, input_tokens, output_tokens)."""
     def plan(self) -> dict[str, Any]: ...
     def start(self) -> None: ...
     def wait(self, timeout: float) -> dict[str, Any] | None: ...

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, oneshot, watch};
 
 use crate::core::{Cost, Unit};
+use crate::engine::finished::Finished;
 use crate::engine::input::{self, Request};
 use crate::engine::output::{self, Appender};
 use crate::engine::progress::Progress;
@@ -35,6 +36,8 @@ pub struct JobConfig {
     pub retry_failed: bool,
     /// Dollars per million tokens by model.
     pub prices: HashMap<String, f64>,
+    /// Keep each request that ends for the metrics to take (`Job::take_finished`).
+    pub record: bool,
 }
 
 /// What a run did.
@@ -107,6 +110,8 @@ pub struct Job {
     guards: Guards,
     progress: Arc<Progress>,
     cancel: Arc<Cancel>,
+    /// The requests ended since the metrics last took them, when recording.
+    finished: Option<Arc<Mutex<Vec<Finished>>>>,
 }
 
 impl Job {
@@ -114,7 +119,13 @@ impl Job {
         if config.max_in_flight == 0 || config.max_in_flight > Semaphore::MAX_PERMITS.min(u32::MAX as usize) {
             return Err(crate::core::Error::config("max_in_flight", format!("must be at least 1, got {}", config.max_in_flight)).into());
         }
-        Ok(Self { config, guards, progress: Arc::default(), cancel: Arc::new(Cancel(watch::Sender::new(false))) })
+        let finished = config.record.then(Arc::default);
+        Ok(Self { config, guards, progress: Arc::default(), cancel: Arc::new(Cancel(watch::Sender::new(false))), finished })
+    }
+
+    /// The requests ended since the last call (none unless the config records them).
+    pub fn take_finished(&self) -> Vec<Finished> {
+        self.finished.as_ref().map_or_else(Vec::new, |finished| std::mem::take(&mut *finished.lock().expect("not poisoned")))
     }
 
     pub fn config(&self) -> &JobConfig {
@@ -210,13 +221,19 @@ impl Job {
             };
             let (sender, appender, progress) = (Arc::clone(&sender), Arc::clone(&appender), Arc::clone(&self.progress));
             let (budget, failures, stopped) = (budget.clone(), Arc::clone(&failures), Arc::clone(&stopped));
+            let finished = self.finished.clone();
             tokio::spawn(async move {
+                let began = Instant::now();
                 let sent = sender.send(&request, cost, price).await;
                 let actual = match sent {
                     Sent::Done { line, failure, tokens } => {
                         if !appender.append(&line) {
                             // Not written: not answered, so a rerun sends it again.
                             return;
+                        }
+                        if let Some(finished) = finished {
+                            let ended = Finished::read(&request, &line, failure.as_deref(), began.elapsed());
+                            finished.lock().expect("not poisoned").push(ended);
                         }
                         let counter = if let Some(reason) = failure {
                             *failures.lock().expect("not poisoned").entry(reason).or_default() += 1;

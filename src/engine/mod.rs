@@ -4,10 +4,12 @@
 //!
 //! [`input`] reads and checks the requests, [`output`] writes and reads back the answers, [`admit`]
 //! drives the limiter's waiting line from tokio, [`send`] lives one request's attempts, [`job`] runs
-//! the whole file and [`plan`] says what a job would take without sending.
+//! the whole file, [`finished`] reads each request that ended for the metrics, and [`plan`] says what
+//! a job would take without sending.
 
 pub mod admit;
 pub mod body;
+pub mod finished;
 pub mod input;
 pub mod job;
 pub mod output;
@@ -23,6 +25,7 @@ use std::sync::Arc;
 
 use crate::core::{CircuitBreaker, Error, Limiter, RetryPolicy};
 
+pub use finished::Finished;
 pub use job::{Job, JobConfig, Report};
 pub use plan::Plan;
 pub use progress::{Counts, Progress};

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError};
 use pyo3::prelude::*;
@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::core::clock::ns_to_secs;
 use crate::core::{CircuitBreaker, Error, RetryPolicy};
-use crate::engine::{Guards, Job, JobConfig, JobError, Plan, Report};
+use crate::engine::{Finished, Guards, Job, JobConfig, JobError, Plan, Report};
 use crate::py::breaker::{Breaker, BreakerCore};
 use crate::py::limiter::PyLimiter;
 use crate::py::retry::RetryCore;
@@ -71,6 +71,9 @@ impl From<JobError> for PyErr {
 
 type Running = oneshot::Receiver<Result<Report, JobError>>;
 
+/// A request that ended, as `take_finished` hands it to Python.
+type FinishedRow = (String, Option<String>, Option<u16>, Option<String>, f64, u64, Option<String>, Option<u64>, Option<u64>);
+
 /// One batch job; `holysheep.run_batch` and `arun_batch` drive it.
 #[pyclass(name = "_BatchJob", module = "holysheep._holysheep", frozen)]
 pub struct PyBatchJob {
@@ -88,7 +91,7 @@ impl PyBatchJob {
     /// Every setting checked here; `retry` and `breaker` are the native halves of a `RetryPolicy` and a
     /// `CircuitBreaker`, `prices` the checked price table.
     #[new]
-    #[pyo3(signature = (input, output, *, base_url, api_key, limiter, retry, breaker, max_in_flight, timeout, budget_usd, retry_failed, prices))]
+    #[pyo3(signature = (input, output, *, base_url, api_key, limiter, retry, breaker, max_in_flight, timeout, budget_usd, retry_failed, prices, record=false))]
     #[allow(clippy::too_many_arguments)] // one per keyword argument of run_batch
     fn new(
         input: PathBuf,
@@ -103,6 +106,7 @@ impl PyBatchJob {
         budget_usd: Option<&Bound<'_, PyAny>>,
         retry_failed: bool,
         prices: HashMap<String, f64>,
+        record: bool,
     ) -> PyResult<Self> {
         let limiter = match limiter.filter(|limiter| !limiter.is_none()) {
             None => None,
@@ -129,6 +133,7 @@ impl PyBatchJob {
             budget_usd: args::optional(budget_usd, |v| args::positive("budget_usd", v))?,
             retry_failed,
             prices,
+            record,
         };
         let guards = Guards {
             limiter,
@@ -186,6 +191,17 @@ impl PyBatchJob {
     /// them again); waiting then returns the report.
     fn cancel(&self) {
         self.job.cancel();
+    }
+
+    /// The requests ended since the last call, when the job records them: each as (endpoint, model,
+    /// status, failure, duration_s, ended_ns (since the Unix epoch), response_model, input_tokens,
+    /// output_tokens).
+    fn take_finished(&self) -> Vec<FinishedRow> {
+        let row = |f: Finished| {
+            let ended_ns = f.ended.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_nanos() as u64);
+            (f.endpoint, f.model, f.status, f.failure, f.duration.as_secs_f64(), ended_ns, f.response_model, f.input_tokens, f.output_tokens)
+        };
+        self.job.take_finished().into_iter().map(row).collect()
     }
 
     /// The job's counts so far: total, skipped, sent, ok, failed, server_429s, retries, cost_usd.

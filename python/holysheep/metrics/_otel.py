@@ -96,11 +96,11 @@ class OpenTelemetrySink:
 
         return observe
 
-    def start(self, exchange: Exchange) -> Any:
+    def start(self, exchange: Exchange, started_ns: int | None = None) -> Any:
         attributes = exchange.attributes
         model = attributes.get("gen_ai.request.model")
         name = attributes["gen_ai.operation.name"] + (f" {model}" if model else "")
-        return self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+        return self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes, start_time=started_ns)
 
     def record(self, exchange: Exchange, span: Any) -> None:
         attributes = {key: value for key, value in exchange.attributes.items() if key in _USAGE_ATTRIBUTES}
@@ -121,7 +121,7 @@ class OpenTelemetrySink:
         if exchange.error_type is not None:
             span.set_attribute("error.type", exchange.error_type)
             span.set_status(Status(StatusCode.ERROR))
-        span.end()
+        span.end(end_time=exchange.ended_ns)
 
     def close(self) -> None:
         """Its observable instruments report nothing from now on (an SDK cannot unregister them)."""

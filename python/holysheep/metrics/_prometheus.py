@@ -108,7 +108,7 @@ class PrometheusSink:
         self._servers.append(served)
         return served
 
-    def start(self, exchange: Exchange) -> None:
+    def start(self, exchange: Exchange, started_ns: int | None = None) -> None:
         return None
 
     def record(self, exchange: Exchange, started: None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 import weakref
+from urllib.parse import urlsplit
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -67,7 +68,10 @@ def _json_of(content: bytes) -> dict[str, Any] | None:
 class Exchange:
     """One request as recorded: its attributes, then its outcome."""
 
-    __slots__ = ("attributes", "decision", "duration_s", "error_type", "queued", "recorded", "streamed", "tokens", "waited_s")
+    __slots__ = (
+        "attributes", "decision", "duration_s", "ended_ns", "error_type", "queued", "recorded", "streamed", "tokens",
+        "waited_s",
+    )
 
     def __init__(self, attributes: dict[str, Any]) -> None:
         self.attributes = attributes
@@ -83,12 +87,21 @@ class Exchange:
         #: Whether its answer is streamed (recorded when the body ends), and whether it was recorded.
         self.streamed = False
         self.recorded = False
+        #: When it ended on the wall clock (ns since the epoch), for one recorded after the fact (the
+        #: batch engine's); None: it ends as it is recorded.
+        self.ended_ns: int | None = None
+
+
+#: A request the batch engine finished: (endpoint, model, status, failure, duration_s, ended_ns,
+#: response_model, input_tokens, output_tokens).
+FinishedRow = tuple[str, str | None, int | None, str | None, float, int, str | None, int | None, int | None]
 
 
 class Sink(Protocol):
-    """Where recordings go: OpenTelemetry or Prometheus."""
+    """Where recordings go: OpenTelemetry or Prometheus. ``started_ns`` (wall clock, ns since the epoch)
+    dates a request recorded after the fact; None: it starts now."""
 
-    def start(self, exchange: Exchange) -> Any: ...
+    def start(self, exchange: Exchange, started_ns: int | None = None) -> Any: ...
     def record(self, exchange: Exchange, started: Any) -> None: ...
     def close(self) -> None: ...
 
@@ -235,6 +248,35 @@ class Recorder:
         if not exchange.streamed:
             record()
         return response
+
+    def record_finished(self, base_url: str, rows: Iterable[FinishedRow]) -> None:
+        """Records the requests the batch engine finished (`holysheep._holysheep._BatchJob.take_finished`)
+        as the transport records its own; a failure's ``error.type`` is its status, else the engine's
+        reason (``timeout``, ``connection_error``, ...)."""
+        url = urlsplit(base_url)
+        host = url.hostname or ""
+        base: dict[str, Any] = {"gen_ai.provider.name": provider_of(host), "server.address": host}
+        if url.port is not None:
+            base["server.port"] = url.port
+        sinks = list(self.sinks.values())
+        for endpoint, model, status, failure, duration_s, ended_ns, response_model, input_tokens, output_tokens in rows:
+            operation = operation_of(endpoint)
+            if operation is None:
+                continue
+            exchange = Exchange({"gen_ai.operation.name": operation, **base})
+            if model is not None:
+                exchange.attributes["gen_ai.request.model"] = model
+            if status is not None:
+                exchange.attributes["http.response.status_code"] = status
+            if response_model is not None:
+                exchange.attributes["gen_ai.response.model"] = response_model
+            if failure is not None:
+                exchange.error_type = str(status) if status is not None and status >= 400 else failure
+            exchange.tokens = {kind: n for kind, n in (("input", input_tokens), ("output", output_tokens)) if n is not None}
+            exchange.duration_s = duration_s
+            exchange.ended_ns = ended_ns
+            for sink in sinks:
+                sink.record(exchange, sink.start(exchange, ended_ns - int(duration_s * 1e9)))
 
     def _read_answer(self, exchange: Exchange, response: Any) -> None:
         """What the answer says: its status, the model that answered and the tokens it counted (an
