@@ -22,10 +22,10 @@ pub struct Finished {
     pub duration: Duration,
     /// When its line was written, on the wall clock (for a span's end).
     pub ended: SystemTime,
-    /// The model that answered, and the tokens its `usage` counted.
+    /// The model that answered, and its `usage` object as JSON (read by the metrics, which name the
+    /// token types).
     pub response_model: Option<String>,
-    pub input_tokens: Option<u64>,
-    pub output_tokens: Option<u64>,
+    pub usage: Option<String>,
 }
 
 impl Finished {
@@ -35,7 +35,6 @@ impl Finished {
         let written: Value = serde_json::from_slice(line).unwrap_or(Value::Null);
         let response = &written["response"];
         let body = &response["body"];
-        let count = |keys: [&str; 2]| keys.iter().find_map(|key| body["usage"][key].as_u64());
         Self {
             endpoint: request.url.clone(),
             model: asked["model"].as_str().map(str::to_owned),
@@ -44,8 +43,7 @@ impl Finished {
             duration,
             ended: SystemTime::now(),
             response_model: body["model"].as_str().map(str::to_owned),
-            input_tokens: count(["prompt_tokens", "input_tokens"]),
-            output_tokens: count(["completion_tokens", "output_tokens"]),
+            usage: body.get("usage").filter(|usage| usage.is_object()).map(Value::to_string),
         }
     }
 }
@@ -77,8 +75,7 @@ mod tests {
                 duration: Duration::from_millis(5),
                 ended: finished.ended,
                 response_model: Some("gpt-4.1-2025".into()),
-                input_tokens: Some(7),
-                output_tokens: Some(3),
+                usage: Some(r#"{"completion_tokens":3,"prompt_tokens":7,"total_tokens":10}"#.into()),
             }
         );
     }
@@ -87,7 +84,7 @@ mod tests {
     fn a_failure_without_an_answer_or_a_body_that_is_not_json_reads_what_there_is() {
         let asked = request(r#"{"model": "m"}"#);
         let finished = Finished::read(&asked, &line("a", Err(("timeout", "no answer"))), Some("timeout"), Duration::ZERO);
-        assert_eq!((finished.status, finished.failure.as_deref(), finished.input_tokens), (None, Some("timeout"), None));
+        assert_eq!((finished.status, finished.failure.as_deref(), finished.usage), (None, Some("timeout"), None));
         let text = line("a", Ok(Answer { status_code: 502, request_id: None, body: b"<html>", json: false }));
         let finished = Finished::read(&asked, &text, Some("http_502"), Duration::ZERO);
         assert_eq!((finished.status, finished.response_model), (Some(502), None));

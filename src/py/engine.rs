@@ -72,7 +72,7 @@ impl From<JobError> for PyErr {
 type Running = oneshot::Receiver<Result<Report, JobError>>;
 
 /// A request that ended, as `take_finished` hands it to Python.
-type FinishedRow = (String, Option<String>, Option<u16>, Option<String>, f64, u64, Option<String>, Option<u64>, Option<u64>);
+type FinishedRow = (String, Option<String>, Option<u16>, Option<String>, f64, u64, Option<String>, Option<String>);
 
 /// One batch job; `holysheep.run_batch` and `arun_batch` drive it.
 #[pyclass(name = "_BatchJob", module = "holysheep._holysheep", frozen)]
@@ -194,12 +194,11 @@ impl PyBatchJob {
     }
 
     /// The requests ended since the last call, when the job records them: each as (endpoint, model,
-    /// status, failure, duration_s, ended_ns (since the Unix epoch), response_model, input_tokens,
-    /// output_tokens).
+    /// status, failure, duration_s, ended_ns (since the Unix epoch), response_model, usage as JSON).
     fn take_finished(&self) -> Vec<FinishedRow> {
         let row = |f: Finished| {
             let ended_ns = f.ended.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_nanos() as u64);
-            (f.endpoint, f.model, f.status, f.failure, f.duration.as_secs_f64(), ended_ns, f.response_model, f.input_tokens, f.output_tokens)
+            (f.endpoint, f.model, f.status, f.failure, f.duration.as_secs_f64(), ended_ns, f.response_model, f.usage)
         };
         self.job.take_finished().into_iter().map(row).collect()
     }

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import time
 import weakref
-from urllib.parse import urlsplit
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 from holysheep.errors import BudgetExceeded, RateLimitExceeded
 
@@ -93,8 +93,8 @@ class Exchange:
 
 
 #: A request the batch engine finished: (endpoint, model, status, failure, duration_s, ended_ns,
-#: response_model, input_tokens, output_tokens).
-FinishedRow = tuple[str, str | None, int | None, str | None, float, int, str | None, int | None, int | None]
+#: response_model, usage as JSON).
+FinishedRow = tuple[str, str | None, int | None, str | None, float, int, str | None, str | None]
 
 
 class Sink(Protocol):
@@ -259,7 +259,7 @@ class Recorder:
         if url.port is not None:
             base["server.port"] = url.port
         sinks = list(self.sinks.values())
-        for endpoint, model, status, failure, duration_s, ended_ns, response_model, input_tokens, output_tokens in rows:
+        for endpoint, model, status, failure, duration_s, ended_ns, response_model, usage in rows:
             operation = operation_of(endpoint)
             if operation is None:
                 continue
@@ -268,11 +268,9 @@ class Recorder:
                 exchange.attributes["gen_ai.request.model"] = model
             if status is not None:
                 exchange.attributes["http.response.status_code"] = status
-            if response_model is not None:
-                exchange.attributes["gen_ai.response.model"] = response_model
             if failure is not None:
                 exchange.error_type = str(status) if status is not None and status >= 400 else failure
-            exchange.tokens = {kind: n for kind, n in (("input", input_tokens), ("output", output_tokens)) if n is not None}
+            _read_usage(exchange, {"model": response_model, "usage": None if usage is None else json.loads(usage)})
             exchange.duration_s = duration_s
             exchange.ended_ns = ended_ns
             for sink in sinks:
