@@ -245,6 +245,23 @@ def test_a_batch_request_that_failed_records_its_status_as_its_error_type(teleme
     assert (point.attributes["error.type"], point.count) == ("500", 2)
 
 
+async def test_coalescing_is_seen_in_the_metrics_as_in_coalesce_stats(telemetry: Telemetry) -> None:
+    hs.instrument(meter_provider=telemetry.meter_provider)
+    with MockGateway(embedding_dim=4) as gateway:
+        async with hs.AsyncHolySheep(api_key="hs_test", base_url=gateway.base_url, coalesce=hs.Coalesce(max_wait_ms=20)) as client:
+            await asyncio.gather(*(client.embeddings.create(model="text-embedding-3-small", input=f"text {n}") for n in range(40)))
+            stats = client.coalesce_stats()
+            assert stats is not None
+            calls = value_by(telemetry.points("holysheep.coalescing.calls"), "holysheep.coalescing.result")
+            assert calls == {"merged": 40, "alone": 0, "left": 0}
+            [requests] = telemetry.points("holysheep.coalescing.requests")
+            assert requests.value == stats["requests"] == len(gateway.admission_log())
+            sizes = value_by(telemetry.points("holysheep.coalescing.batch_size.quantile"), "quantile")
+            assert sizes == {"0.5": stats["callers_per_request_p50"], "1": stats["callers_per_request_max"]}
+            waits = value_by(telemetry.points("holysheep.coalescing.wait.quantile"), "quantile")
+            assert waits == {"0.5": stats["wait_s_p50"], "0.99": stats["wait_s_p99"]} and waits["0.5"] > 0
+
+
 async def test_the_limiters_metrics_agree_with_its_stats(telemetry: Telemetry, gateway: MockGateway) -> None:
     lim = hs.HolySheepRateLimiter(max_qps=3, max_concurrency=4, tpm=50_000)
     hs.instrument(meter_provider=telemetry.meter_provider, limiters={"chat": lim})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from holysheep.metrics._readings import EXTRA_GAUGES, INSTRUMENTS, Instrument, Reading, Readings
+from holysheep.metrics._readings import EXTRA_INSTRUMENTS, INSTRUMENTS, Instrument, Reading, Readings
 from holysheep.metrics._recorder import DURATION_BUCKETS, TOKEN_BUCKETS, Exchange
 
 try:
@@ -64,8 +64,8 @@ class OpenTelemetrySink:
         }
         for instrument in INSTRUMENTS:
             makers[instrument.kind](instrument.name, callbacks=[self._observer(instrument)], unit=instrument.unit, description=instrument.description)
-        for name, unit, description, read in EXTRA_GAUGES:
-            meter.create_observable_gauge(name, callbacks=[self._extra(read)], unit=unit, description=description)
+        for name, kind, unit, description, read in EXTRA_INSTRUMENTS:
+            makers[kind](name, callbacks=[self._extra(read)], unit=unit, description=description)
 
     def _readings_now(self) -> Readings | None:
         from holysheep.metrics import _hook

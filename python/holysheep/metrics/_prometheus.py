@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from holysheep.metrics._readings import EXTRA_GAUGES, INSTRUMENTS, Reading, Readings
+from holysheep.metrics._readings import EXTRA_INSTRUMENTS, INSTRUMENTS, Reading, Readings
 from holysheep.metrics._recorder import DURATION_BUCKETS, TOKEN_BUCKETS, Exchange
 
 try:
@@ -46,10 +46,14 @@ class _LimiterCollector(Collector):
         self._readings.fresh()
         for instrument in INSTRUMENTS:
             name = prometheus_name(instrument.name, instrument.unit)
-            family: type[CounterMetricFamily | GaugeMetricFamily] = CounterMetricFamily if instrument.kind == "counter" else GaugeMetricFamily
-            yield _family(family, name, instrument.description, self._readings.of(instrument))
-        for gauge, unit, description, read in EXTRA_GAUGES:
-            yield _family(GaugeMetricFamily, prometheus_name(gauge, unit), description, read(self._readings))
+            yield _family(_family_of(instrument.kind), name, instrument.description, self._readings.of(instrument))
+        for extra, kind, unit, description, read in EXTRA_INSTRUMENTS:
+            yield _family(_family_of(kind), prometheus_name(extra, unit), description, read(self._readings))
+
+
+def _family_of(kind: str) -> type[CounterMetricFamily | GaugeMetricFamily]:
+    """A counter is a Prometheus counter; an up-down counter or a gauge is a gauge."""
+    return CounterMetricFamily if kind == "counter" else GaugeMetricFamily
 
 
 def _family(family: type[CounterMetricFamily | GaugeMetricFamily], name: str, description: str, readings: list[Reading]) -> Metric:

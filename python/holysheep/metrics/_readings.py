@@ -133,6 +133,37 @@ class Readings:
             for (address, unit), left in list(self._recorder.server_remaining.items())
         ]
 
+    def _coalescing(self) -> dict[str, Any] | None:
+        """The coalescing stats of every client that sent requests with ``coalesce=``, as one."""
+        from holysheep.transport._coalescing import stats_of
+
+        coalescers = [coalescer for p in list(self._recorder.pipelines) if (coalescer := getattr(p, "coalescer", None)) is not None]
+        return stats_of(coalescers) if coalescers else None
+
+    def coalesced_calls(self) -> list[Reading]:
+        stats = self._coalescing()
+        if stats is None:
+            return []
+        result = "holysheep.coalescing.result"
+        merged = stats["callers"] - stats["left"]
+        return [(merged, {result: "merged"}), (stats["alone"], {result: "alone"}), (stats["left"], {result: "left"})]
+
+    def coalesced_requests(self) -> list[Reading]:
+        stats = self._coalescing()
+        return [] if stats is None else [(stats["requests"], {})]
+
+    def coalesced_batch_sizes(self) -> list[Reading]:
+        stats = self._coalescing()
+        if stats is None or stats["callers_per_request_p50"] is None:
+            return []
+        return [(stats["callers_per_request_p50"], {"quantile": "0.5"}), (stats["callers_per_request_max"], {"quantile": "1"})]
+
+    def coalesced_waits(self) -> list[Reading]:
+        stats = self._coalescing()
+        if stats is None or stats["wait_s_p50"] is None:
+            return []
+        return [(stats["wait_s_p50"], {"quantile": "0.5"}), (stats["wait_s_p99"], {"quantile": "0.99"})]
+
     def breaker_states(self) -> list[Reading]:
         return [
             (1.0 if breaker.state == state else 0.0, {"holysheep.breaker": name, "holysheep.breaker.state": state})
@@ -141,10 +172,21 @@ class Readings:
         ]
 
 
-#: Read from the recorder rather than a limiter: ``(name, unit, description, method of Readings)``.
-EXTRA_GAUGES = [
-    ("holysheep.server.remaining", "{unit}",
+#: Read from the recorder rather than a limiter: ``(name, kind, unit, description, method of Readings)``.
+EXTRA_INSTRUMENTS: list[tuple[str, Literal["counter", "gauge"], str, str, Callable[[Readings], list[Reading]]]] = [
+    ("holysheep.server.remaining", "gauge", "{unit}",
      "What the server said it has left (x-ratelimit-remaining-requests and -tokens) in its last answer.",
      Readings.server_remaining),
-    ("holysheep.breaker.state", "1", "1 for each breaker's state now, 0 for the others.", Readings.breaker_states),
+    ("holysheep.breaker.state", "gauge", "1", "1 for each breaker's state now, 0 for the others.", Readings.breaker_states),
+    ("holysheep.coalescing.calls", "counter", "{call}",
+     "Embeddings calls through coalescing clients: merged into a shared request, sent alone (too big to "
+     "share), or left while waiting (cancelled).", Readings.coalesced_calls),
+    ("holysheep.coalescing.requests", "counter", "{request}", "Merged embeddings requests sent.",
+     Readings.coalesced_requests),
+    ("holysheep.coalescing.batch_size.quantile", "gauge", "{call}",
+     "Calls per merged request: the median and the largest, over the last 1,024 requests.",
+     Readings.coalesced_batch_sizes),
+    ("holysheep.coalescing.wait.quantile", "gauge", "s",
+     "From a merged request's first call to its send: the median and 99th percentile, over the last 1,024.",
+     Readings.coalesced_waits),
 ]

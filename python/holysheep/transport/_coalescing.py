@@ -26,7 +26,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Union
 
 from holysheep._priority import current_priority
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from holysheep._coalesce import Coalesce
     from holysheep._limiter import HolySheepRateLimiter
 
-__all__ = ["Coalescer"]
+__all__ = ["Coalescer", "stats_of"]
 
 #: The headers a merged request's answer cannot pass on to a caller's: they describe the merged body.
 _BODY_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
@@ -402,19 +402,31 @@ class Coalescer:
         too big to share, sent on their own), left (callers cancelled while waiting), callers_per_request
         p50 and max, and wait_s p50 and p99 (from a batch's first call to its send), over the last
         1,024 batches."""
-        with self._lock:
-            sizes, waits = sorted(self._sizes), sorted(self._waits)
-            return {
-                "callers": self._callers,
-                "requests": self._requests,
-                "alone": self._alone,
-                "left": self._left,
-                "open": len(self._open),
-                "callers_per_request_p50": _percentile(sizes, 0.5),
-                "callers_per_request_max": sizes[-1] if sizes else None,
-                "wait_s_p50": _percentile(waits, 0.5),
-                "wait_s_p99": _percentile(waits, 0.99),
-            }
+        return stats_of([self])
+
+
+def stats_of(coalescers: Iterable[Coalescer]) -> dict[str, Any]:
+    """`Coalescer.stats` of several coalescers as one (the metrics' view of every client): their counts
+    added, the percentiles taken over their batches together."""
+    counts = dict.fromkeys(("callers", "requests", "alone", "left", "open"), 0)
+    sizes: list[int] = []
+    waits: list[float] = []
+    for coalescer in coalescers:
+        with coalescer._lock:
+            for name, count in (("callers", coalescer._callers), ("requests", coalescer._requests), ("alone", coalescer._alone),
+                                ("left", coalescer._left), ("open", len(coalescer._open))):
+                counts[name] += count
+            sizes += coalescer._sizes
+            waits += coalescer._waits
+    sizes.sort()
+    waits.sort()
+    return {
+        **counts,
+        "callers_per_request_p50": _percentile(sizes, 0.5),
+        "callers_per_request_max": sizes[-1] if sizes else None,
+        "wait_s_p50": _percentile(waits, 0.5),
+        "wait_s_p99": _percentile(waits, 0.99),
+    }
 
 
 def _percentile(ordered: list[Any], fraction: float) -> Any:
