@@ -81,10 +81,11 @@ bench-gateway: build  ## requests/s of the MockGateway under wrk (installs wrk w
 	PY=$(PY) bash benches/gateway/run.sh
 
 .PHONY: bench-openai
-bench-openai: build  ## the openai wrapper against MockGateway: goodput beside the bare SDK and a deque limiter; following the server; overhead
+bench-openai: build  ## the openai wrapper against MockGateway: goodput beside the bare SDK and a deque limiter; following the server; overhead (plain and instrumented); coalescing
 	$(PY) benches/openai/goodput.py
 	$(PY) benches/openai/following.py
 	$(PY) benches/openai/overhead.py
+	$(PY) benches/openai/overhead.py --instrumented
 	$(PY) benches/openai/coalesce.py
 
 # --- resilience benches: the peers (tenacity, backoff, pybreaker, circuitbreaker) get their own venv ---
