@@ -119,18 +119,32 @@ def server_us_per_call(port: int) -> dict[str, float]:
     return {name: float(us) for name, us in found}
 
 
+#: A Redis function that returns at once, called with a decision's keys and arguments (seven keys, the
+#: numbers, three empty strings, one window's id): what any decision made by a function costs before
+#: it does anything.
+EMPTY_FUNCTION = "#!lua name=bench_floor\nredis.register_function('bench_floor_empty', function() return 1 end)"
+EMPTY_CALL = ["FCALL", "bench_floor_empty", "7", *(f"{{bench}}:{name}" for name in ["state", "leases", "members", "withdrawn", "line", "places", "log"]), "x" * 136, "", "", "", "w"]
+
+
+def empty_function_row(port: int, n: int) -> tuple[dict[str, Any], float]:
+    """redis-benchmark calling EMPTY_FUNCTION on one connection (best of ALTERNATIONS), and Redis's own
+    time per call of it."""
+    cli(port, "FUNCTION", "LOAD", "REPLACE", EMPTY_FUNCTION)
+    cli(port, "CONFIG", "RESETSTAT")
+    row = fastest([benchmark_row(port, n, "redis-benchmark FCALL of an empty function", EMPTY_CALL) for _ in range(ALTERNATIONS)])
+    return row, server_us_per_call(port).get("fcall", float("nan"))
+
+
 def ping_row(port: int, n: int, repeats: int = REPEATS) -> dict[str, Any]:
     """redis-benchmark PING on one connection: the round trip a single caller's decision can never beat."""
-    runs = []
-    for _ in range(repeats):
-        done = subprocess.run(
-            ["redis-benchmark", "-p", str(port), "-n", str(n), "-c", "1", "-q", "-t", "ping_mbulk"],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        found = re.search(r"([\d.]+) requests per second, p50=([\d.]+) msec", done.stdout)
-        assert found, done.stdout
-        runs.append({"name": "redis-benchmark PING (one round trip)", "mode": "sync", "decisions_per_s": float(found.group(1)), "p50_us": float(found.group(2)) * 1e3, "p99_us": None})
-    return fastest(runs)
+    return fastest([benchmark_row(port, n, "redis-benchmark PING (one round trip)", ["-t", "ping_mbulk"]) for _ in range(repeats)])
+
+
+def benchmark_row(port: int, n: int, name: str, command: list[str]) -> dict[str, Any]:
+    done = subprocess.run(["redis-benchmark", "-p", str(port), "-n", str(n), "-c", "1", "-q", *command], capture_output=True, text=True, check=True)
+    found = re.search(r"([\d.]+) requests per second, p50=([\d.]+) msec", done.stdout)
+    assert found, done.stdout
+    return {"name": name, "mode": "sync", "decisions_per_s": float(found.group(1)), "p50_us": float(found.group(2)) * 1e3, "p99_us": None}
 
 
 def ping_verdict(rows: list[dict[str, Any]]) -> str:
@@ -178,6 +192,8 @@ def main() -> None:
     try:
         rows = single_caller_and_ping_rows(url, port, options.n)
         server_us = server_us_per_call(port)
+        empty, empty_us = empty_function_row(port, options.n * 2)
+        rows.append(empty)
         rows += holysheep_rows(url, options.n)
         if options.peers_python:
             peers = subprocess.run(
@@ -200,7 +216,8 @@ def main() -> None:
     print(table(rows, header))
     print()
     print(ping_verdict(rows))
-    print(f"- Redis's own time per call in those runs (INFO commandstats): the decision (FCALL) {server_us.get('fcall', float('nan')):.2f} µs, PING {server_us.get('ping', float('nan')):.2f} µs")
+    print(f"- the floor of any decision made by a Redis function, an empty one called with a decision's keys and arguments: {empty['decisions_per_s'] / next(row for row in rows if row['name'].startswith('redis-benchmark PING'))['decisions_per_s']:.0%} of PING")
+    print(f"- Redis's own time per call (INFO commandstats): a decision {server_us.get('fcall', float('nan')):.2f} µs, an empty function {empty_us:.2f} µs, PING {server_us.get('ping', float('nan')):.2f} µs")
     print(peers_verdict(rows))
     mean = sum(shares) / len(shares)
     spread = max(abs(share - mean) / mean for share in shares)
