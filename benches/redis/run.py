@@ -1,8 +1,9 @@
 """Decisions per second and latency of a limiter decided in Redis, from Python, beside the peers'
-Redis backends on the same fresh redis-server, with redis-benchmark running holysheep's own function
-(FCALL) as the ceiling and PING on one connection as the floor of one round trip (alternated with our
-single caller, best of each). `make bench-redis` runs it; it prints one markdown table for the docs,
-then the fleet: 4 processes, fair shares of a shared concurrency cap, and a stall's cost.
+Redis backends on the same fresh redis-server, with redis-benchmark PING on one connection as the floor
+of one round trip (alternated with our single caller, best of each), and the server's own time per
+decision (`INFO commandstats`: the function against PING). `make bench-redis` runs it; it prints one
+markdown table for the docs, then the fleet: 4 processes, fair shares of a shared concurrency cap, and
+a stall's cost.
 
 Every limit is far above the rate reached, so each decision is an admission. Rows: one caller
 deciding one decision after another (sync; async), 32 asyncio tasks deciding at once, 4 processes.
@@ -103,53 +104,47 @@ def single_caller_and_ping_rows(url: str, port: int, n: int) -> list[dict[str, A
         return admitted
 
     ours, pings = [], []
+    cli(port, "CONFIG", "RESETSTAT")
     for _ in range(ALTERNATIONS):
         ours.append(time_sync(f"holysheep {hs.__version__} exact window", decide, n, repeats_wanted=1))
         pings.append(ping_row(port, n * 2, repeats=1))
     return [fastest(ours), fastest(pings)]
 
 
-def ceiling_rows(port: int, n: int) -> list[dict[str, Any]]:
-    """redis-benchmark running the same decision (acquire, one exact window) by FCALL of the library
-    holysheep loaded."""
-    library = cli(port, "FUNCTION", "LIST", "LIBRARYNAME", "holysheep_*")
-    function = next(line for line in library.splitlines() if line.endswith("_acquire"))
-    tag = "{holysheep:ceiling}"
-    # The keys and arguments as src/backend/redis/limiter.rs sends them (see acquire.lua's header): no
-    # waiter, priority 0; one window (id, kind, limit, span, base, cost, merge, budget, debt), then no hand-over.
-    args = [
-        "FCALL", function, "7", *(f"{tag}:{name}" for name in ["state", "leases", "members", "withdrawn", "line", "places", "log"]),
-        "now", "-1", "", "0", "1000000", "", "10000000", "", "0", "2000000",
-        "1", "w", "log", str(10**9), "1000000", "1000000", "1", "976", "0", "0", "0", "",
-    ]  # fmt: skip
-    rows = []
-    for clients, mode in [(1, "sync"), (TASKS, f"async x{TASKS}")]:
-        repeats = []
-        for _ in range(REPEATS):
-            done = subprocess.run(
-                ["redis-benchmark", "-p", str(port), "-n", str(n), "-c", str(clients), "-q", *args],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            found = re.search(r"([\d.]+) requests per second, p50=([\d.]+) msec", done.stdout)
-            assert found, done.stdout
-            rate, p50_ms = float(found.group(1)), float(found.group(2))
-            repeats.append({"name": "redis-benchmark FCALL (ceiling)", "mode": mode, "decisions_per_s": rate, "p50_us": p50_ms * 1e3, "p99_us": None})
-        rows.append(fastest(repeats))
-    return rows
+def server_us_per_call(port: int) -> dict[str, float]:
+    """Redis's own time per call of each command since the last CONFIG RESETSTAT (`INFO commandstats`):
+    what a decision costs the server, beside PING's."""
+    stats = cli(port, "INFO", "commandstats")
+    found = re.findall(r"cmdstat_(\w+):calls=\d+,usec=\d+,usec_per_call=([\d.]+)", stats)
+    return {name: float(us) for name, us in found}
+
+
+#: A Redis function that returns at once, called with a decision's keys and arguments (seven keys, the
+#: numbers, three empty strings, one window's id): what any decision made by a function costs before
+#: it does anything.
+EMPTY_FUNCTION = "#!lua name=bench_floor\nredis.register_function('bench_floor_empty', function() return 1 end)"
+EMPTY_CALL = ["FCALL", "bench_floor_empty", "7", *(f"{{bench}}:{name}" for name in ["state", "leases", "members", "withdrawn", "line", "places", "log"]), "x" * 136, "", "", "", "w"]
+
+
+def empty_function_row(port: int, n: int) -> tuple[dict[str, Any], float]:
+    """redis-benchmark calling EMPTY_FUNCTION on one connection (best of ALTERNATIONS), and Redis's own
+    time per call of it."""
+    cli(port, "FUNCTION", "LOAD", "REPLACE", EMPTY_FUNCTION)
+    cli(port, "CONFIG", "RESETSTAT")
+    row = fastest([benchmark_row(port, n, "redis-benchmark FCALL of an empty function", EMPTY_CALL) for _ in range(ALTERNATIONS)])
+    return row, server_us_per_call(port).get("fcall", float("nan"))
 
 
 def ping_row(port: int, n: int, repeats: int = REPEATS) -> dict[str, Any]:
     """redis-benchmark PING on one connection: the round trip a single caller's decision can never beat."""
-    runs = []
-    for _ in range(repeats):
-        done = subprocess.run(
-            ["redis-benchmark", "-p", str(port), "-n", str(n), "-c", "1", "-q", "-t", "ping_mbulk"],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        found = re.search(r"([\d.]+) requests per second, p50=([\d.]+) msec", done.stdout)
-        assert found, done.stdout
-        runs.append({"name": "redis-benchmark PING (one round trip)", "mode": "sync", "decisions_per_s": float(found.group(1)), "p50_us": float(found.group(2)) * 1e3, "p99_us": None})
-    return fastest(runs)
+    return fastest([benchmark_row(port, n, "redis-benchmark PING (one round trip)", ["-t", "ping_mbulk"]) for _ in range(repeats)])
+
+
+def benchmark_row(port: int, n: int, name: str, command: list[str]) -> dict[str, Any]:
+    done = subprocess.run(["redis-benchmark", "-p", str(port), "-n", str(n), "-c", "1", "-q", *command], capture_output=True, text=True, check=True)
+    found = re.search(r"([\d.]+) requests per second, p50=([\d.]+) msec", done.stdout)
+    assert found, done.stdout
+    return {"name": name, "mode": "sync", "decisions_per_s": float(found.group(1)), "p50_us": float(found.group(2)) * 1e3, "p99_us": None}
 
 
 def ping_verdict(rows: list[dict[str, Any]]) -> str:
@@ -176,7 +171,7 @@ def table(rows: list[dict[str, Any]], header: str) -> str:
     lines = [header, "", "| implementation | calls | decisions/s | p50 µs | p99 µs | holysheep exact ÷ this |", "|---|---|---:|---:|---:|---:|"]
     for mode in modes:
         in_mode = [row for row in rows if row["mode"] == mode]
-        # Compared with the default (the exact window, which the ceiling row runs too), not the faster GCRA.
+        # Compared with the default (the exact window), not the faster GCRA.
         ours = next((row["decisions_per_s"] for row in in_mode if row["name"].startswith("holysheep") and "exact" in row["name"]), None)
         for row in in_mode:
             ratio = "" if ours is None or row["name"].startswith("holysheep") else f"{ours / row['decisions_per_s']:.2f}x"
@@ -196,13 +191,15 @@ def main() -> None:
     server = start_server(port)
     try:
         rows = single_caller_and_ping_rows(url, port, options.n)
+        server_us = server_us_per_call(port)
+        empty, empty_us = empty_function_row(port, options.n * 2)
+        rows.append(empty)
         rows += holysheep_rows(url, options.n)
         if options.peers_python:
             peers = subprocess.run(
                 [options.peers_python, str(HERE / "peers.py"), url, str(options.n)], capture_output=True, text=True, check=True
             )
             rows += [json.loads(line) for line in peers.stdout.splitlines()]
-        rows += ceiling_rows(port, options.n * 2)
         rows.append(processes_row(url))
         shares = fair_shares(url)
         stall_s = stall_to_full_use(url, server.pid)
@@ -219,6 +216,8 @@ def main() -> None:
     print(table(rows, header))
     print()
     print(ping_verdict(rows))
+    print(f"- the floor of any decision made by a Redis function, an empty one called with a decision's keys and arguments: {empty['decisions_per_s'] / next(row for row in rows if row['name'].startswith('redis-benchmark PING'))['decisions_per_s']:.0%} of PING")
+    print(f"- Redis's own time per call (INFO commandstats): a decision {server_us.get('fcall', float('nan')):.2f} µs, an empty function {empty_us:.2f} µs, PING {server_us.get('ping', float('nan')):.2f} µs")
     print(peers_verdict(rows))
     mean = sum(shares) / len(shares)
     spread = max(abs(share - mean) / mean for share in shares)

@@ -127,6 +127,30 @@ struct Reply {
 /// A decision's failure: a refusal (`Ok`: never, a budget) or Redis failing (`Err`).
 pub type Refused = Result<Error, BackendError>;
 
+/// The acquire script's numbers, packed as it reads them: little-endian signed 64-bit integers, one
+/// argument (see acquire.lua), so Redis converts no number from text.
+struct Numbers(Vec<u8>);
+
+/// Numbers before the windows' (see acquire.lua), and per window.
+const HEADER_NUMBERS: usize = 9;
+const WINDOW_NUMBERS: usize = 8;
+
+impl Numbers {
+    fn with_windows(windows: usize) -> Self {
+        Self(Vec::with_capacity(8 * (HEADER_NUMBERS + WINDOW_NUMBERS * windows)))
+    }
+
+    /// Appends `value`; one beyond `i64` (never sent: limits, spans and costs are far below) is clamped.
+    fn push(&mut self, value: impl TryInto<i64>) -> &mut Self {
+        self.0.extend_from_slice(&value.try_into().unwrap_or(i64::MAX).to_le_bytes());
+        self
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// A limiter decided in Redis.
 pub struct RemoteLimiter {
     backend: Arc<Backend>,
@@ -170,17 +194,15 @@ pub(super) fn unavailable(message: impl Into<String>) -> BackendError {
     BackendError::Unavailable { message: message.into() }
 }
 
+/// The acquire script's answer: little-endian signed 64-bit integers in one bulk string.
 fn integers(value: Value) -> Result<Vec<i64>, BackendError> {
-    let Value::Array(items) = value else {
+    let Value::BulkString(bytes) = value else {
         return Err(unavailable(format!("unexpected answer from the Redis script: {value:?}")));
     };
-    items
-        .into_iter()
-        .map(|item| match item {
-            Value::Int(n) => Ok(n),
-            other => Err(unavailable(format!("unexpected item from the Redis script: {other:?}"))),
-        })
-        .collect()
+    if bytes.len() % 8 != 0 {
+        return Err(unavailable(format!("an answer of {} bytes from the Redis script", bytes.len())));
+    }
+    Ok(bytes.chunks_exact(8).map(|number| i64::from_le_bytes(number.try_into().expect("eight bytes"))).collect())
 }
 
 /// What `cost` adds over `counted` in each unit (nothing where it is less).
@@ -390,42 +412,47 @@ impl RemoteLimiter {
     /// what its answer is read against. It carries what this process admitted alone, if anything.
     pub fn ask(&self, cost: Cost, price: f64, mode: Mode, lease: bool, place: &Place) -> (Call, Ask) {
         let lease_id = self.lease_id(lease);
-        let mut invocation = scripts::ACQUIRE.call(self.backend.dialect(), &self.keys);
-        let (mode_name, max_wait) = match mode {
-            Mode::Peek => ("peek", -1),
-            Mode::Now => ("now", 0),
-            Mode::Reserve { max_wait_us } => ("reserve", max_wait_us.map_or(-1, |us| us.min(i64::MAX as u64) as i64)),
+        let (mode_number, max_wait) = match mode {
+            Mode::Peek => (0, -1),
+            Mode::Now => (1, 0),
+            Mode::Reserve { max_wait_us } => (2, max_wait_us.map_or(-1, |us| us.min(i64::MAX as u64) as i64)),
         };
-        invocation
-            .arg(mode_name)
-            .arg(max_wait)
-            .arg(&lease_id)
-            .arg(self.max_leases.unwrap_or(0))
-            .arg(self.lease_ttl_us)
-            .arg(if self.membership_due() { self.instance() } else { String::new() })
-            .arg(MEMBER_TTL_US)
-            .arg(&place.waiter)
-            .arg(place.priority.clamp(-FLEET_PRIORITIES, FLEET_PRIORITIES))
-            .arg(PLACE_TTL_US)
-            .arg(self.windows.len());
         let handover = if mode == Mode::Peek { None } else { self.handover_due() };
+        let mut numbers = Numbers::with_windows(self.windows.len());
+        numbers
+            .push(mode_number)
+            .push(max_wait)
+            .push(self.max_leases.unwrap_or(0))
+            .push(self.lease_ttl_us)
+            .push(MEMBER_TTL_US)
+            .push(place.priority.clamp(-FLEET_PRIORITIES, FLEET_PRIORITIES))
+            .push(PLACE_TTL_US)
+            .push(self.windows.len())
+            .push(handover.as_ref().map_or(0, |h| h.number));
         for (index, window) in self.windows.iter().enumerate() {
             let (limit, span_us) = window.in_force(self.rate_factor(window.unit));
-            invocation
-                .arg(&window.id)
-                .arg(window.kind_name())
-                .arg(limit)
-                .arg(span_us)
-                .arg(window.span_us)
-                .arg(window.units(cost))
-                .arg(window.merge_us)
-                .arg(u8::from(window.is_budget()))
-                .arg(handover.as_ref().map_or(0, |h| h.debt[index]));
+            numbers
+                .push(u8::from(window.kind == Kind::Gcra))
+                .push(limit)
+                .push(span_us)
+                .push(window.span_us)
+                .push(window.units(cost))
+                .push(window.merge_us)
+                .push(u8::from(window.is_budget()))
+                .push(handover.as_ref().map_or(0, |h| h.debt[index]));
         }
-        match &handover {
-            Some(h) => invocation.arg(h.number).arg(self.instance()).arg(&h.leases),
-            None => invocation.arg(0).arg(""),
-        };
+        let mut invocation = scripts::ACQUIRE.call(self.backend.dialect(), &self.keys);
+        invocation
+            .arg(numbers.bytes())
+            .arg(&lease_id)
+            .arg(if self.membership_due() { self.instance() } else { String::new() })
+            .arg(&place.waiter);
+        for window in &self.windows {
+            invocation.arg(&window.id);
+        }
+        if let Some(h) = &handover {
+            invocation.arg(self.instance()).arg(&h.leases);
+        }
         (invocation, Ask { lease_id, cost, price, handover: handover.map_or(0, |h| h.number) })
     }
 

@@ -94,6 +94,61 @@ fn exact_window_admits_the_full_limit_at_once_then_when_the_oldest_leaves() {
     assert!(fifth.at_us > first.at_us + 2_010_000 && fifth.at_us < first.at_us + 2_500_000, "{fifth:?}");
 }
 
+// A short window's log key expires with its last entry while the state hash lives on for a longer
+// window: its count must go too. It stayed, and the next request it pushed over the limit searched the
+// empty log for entries to wait out forever: Redis ran the script until killed (BUSY for every client).
+#[test]
+fn a_short_windows_count_goes_with_its_expired_log_while_a_longer_window_lives_on() {
+    let Some(server) = start_server() else { return };
+    let short = limit(2.0, 200, Unit::Requests, Algorithm::Exact);
+    let long = limit(100.0, 60_000, Unit::Requests, Algorithm::Exact);
+    let lim = limiter(&server, vec![short, long], None, Duration::from_secs(5));
+    for _ in 0..2 {
+        admitted(decide(&lim, Cost::request(0), Mode::Now, false));
+    }
+    // The short log's key lives its window and one second more.
+    std::thread::sleep(Duration::from_millis(1_500));
+    admitted(decide(&lim, Cost::request(0), Mode::Now, false));
+    assert_eq!(remaining(&lim), vec![1, 97]);
+}
+
+// Expiries are set about once per window length, not per decision (acquire.lua's `expiry`): a key
+// made afresh in between must get one all the same, and every key must outlive what it counts.
+#[test]
+fn every_key_of_a_limit_expires_and_outlives_what_it_counts() {
+    let Some(server) = start_server() else { return };
+    let short = limit(2.0, 200, Unit::Requests, Algorithm::Exact);
+    let long = limit(100.0, 60_000, Unit::Requests, Algorithm::Exact);
+    let lim = limiter(&server, vec![short, long], None, Duration::from_secs(5));
+    let ttl_ms = |key: &str| cli(&server, &["PTTL", key]).parse::<i64>().unwrap();
+    let (state, short_log, long_log) = (&lim.keys()[0], &lim.keys()[6], &lim.keys()[7]);
+    admitted(decide(&lim, Cost::request(0), Mode::Now, false));
+    for key in [state, short_log, long_log] {
+        assert!(ttl_ms(key) > 61_000, "{key}: {}", ttl_ms(key));
+    }
+    // The short window's entry leaves it: the next admission empties its log (Redis deletes the key)
+    // and makes it afresh, while the others' expiry still reaches far enough not to be set again.
+    std::thread::sleep(Duration::from_millis(300));
+    admitted(decide(&lim, Cost::request(0), Mode::Now, false));
+    let fresh = ttl_ms(short_log);
+    assert!(fresh > 61_000, "the log made afresh expires with the others: {fresh}");
+    assert_eq!(remaining(&lim), vec![1, 98]);
+}
+
+// A settle that counts into a log that counted nothing yet makes it with a short expiry of its own:
+// the next admission must not take the limit's longer `expiry` for it.
+#[test]
+fn a_log_a_settle_made_is_kept_as_long_as_later_admissions_need_it() {
+    let Some(server) = start_server() else { return };
+    let lim = limiter(&server, vec![limit(1_000.0, 60_000, Unit::Tokens, Algorithm::Exact)], None, Duration::from_secs(5));
+    let grant = admitted(decide(&lim, Cost::request(0), Mode::Now, false));
+    lim.adjust_blocking(&grant, Cost::request(0), Cost::request(500), false).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    admitted(decide(&lim, Cost::request(400), Mode::Now, false));
+    let ttl_ms: i64 = cli(&server, &["PTTL", &lim.keys()[6]]).parse().unwrap();
+    assert!(ttl_ms > 100_000, "the log outlives the second admission's window by twice: {ttl_ms} ms");
+}
+
 #[test]
 fn windows_admit_all_or_nothing() {
     let Some(server) = start_server() else { return };

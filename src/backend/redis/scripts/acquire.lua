@@ -15,7 +15,8 @@
 --
 -- KEYS[1]      the state hash: per window "sum:<id>" (units in the log), "seq:<id>" (sequence number of
 --              the oldest log entry), "tat:<id>" (a GCRA window's theoretical arrival time); per
---              instance "handed:<instance>" (the last hand-over applied, see below)
+--              instance "handed:<instance>" (the last hand-over applied, see below); "expiry" (us:
+--              until when the hash and every log live at least, see the end)
 -- KEYS[2]      the lease sorted set: lease id -> expiry (us)
 -- KEYS[3]      the member sorted set: limiter instance id -> expiry (us); how many processes share the limit
 -- KEYS[4]      withdrawn lease ids -> expiry (us): decisions their client gave up on (see reclaim.lua)
@@ -23,25 +24,28 @@
 --              exact in a double; a ticket numbers arrivals, modulo 2^32)
 -- KEYS[6]      the line's places -> expiry (us): a waiter that stops asking leaves the line
 -- KEYS[6 + i]  window i's admission log (exact windows): a list of "at:cost", oldest first
--- ARGV[1]      mode: "peek" (count nothing), "now" (admit only now), "reserve" (admit at a later instant)
--- ARGV[2]      reserve: the longest wait allowed (us), -1 for any
--- ARGV[3]      lease id to take ("" for none), ARGV[4] most leases at once, ARGV[5] lease TTL (us)
--- ARGV[6]      this instance's member id ("" when it renewed its membership lately), ARGV[7] how long it
---              counts as a member after renewing (us)
--- ARGV[8]      the waiter asking ("" for a request that will not wait), ARGV[9] its priority,
---              ARGV[10] how long its place is kept unless it asks (us)
--- ARGV[11]     number of windows, then nine values per window:
---              id, kind ("log" | "gcra"), limit (log: units per window; gcra: burst), span (log: window
---              length; gcra: one unit's interval in force, wider while the rate is cut), base (gcra: the
---              configured interval, which with the burst makes the tolerance), cost (units this request
---              takes), merge (log: entries closer than this share one), budget (1: a spending limit,
---              which refuses instead of making a request wait), debt (units this instance admitted on
---              its own while Redis was away)
--- then         a hand-over: its number (0: none), the instance, and the lease ids of the requests it
---              admitted on its own that are still running. A hand-over is applied once, whichever of the
---              instance's decisions carrying it comes first; its leases count from now on.
+-- ARGV[1]      the numbers, little-endian signed 64-bit integers (struct format '<i8...'), read in one
+--              step (each number as text would cost Redis a conversion both ways): mode (0 "peek": count
+--              nothing; 1 "now": admit only now; 2 "reserve": admit at a later instant), the longest wait
+--              allowed in reserve (us, -1 for any), most leases at once, lease TTL (us), how long an
+--              instance counts as a member after renewing (us), the waiter's priority, how long its
+--              place is kept unless it asks (us), the number of windows n, the hand-over's number (0:
+--              none); then eight per window: kind (0 "log", 1 "gcra"), limit (log: units per window;
+--              gcra: burst), span (log: window length; gcra: one unit's interval in force, wider while
+--              the rate is cut), base (gcra: the configured interval, which with the burst makes the
+--              tolerance), cost (units this request takes), merge (log: entries closer than this share
+--              one), budget (1: a spending limit, which refuses instead of making a request wait), debt
+--              (units this instance admitted on its own while Redis was away)
+-- ARGV[2]      lease id to take ("" for none)
+-- ARGV[3]      this instance's member id ("" when it renewed its membership lately)
+-- ARGV[4]      the waiter asking ("" for a request that will not wait)
+-- ARGV[4 + i]  window i's id (names its fields in the state hash)
+-- then         with a hand-over: the instance, and the lease ids of the requests it admitted on its own
+--              that are still running. A hand-over is applied once, whichever of the instance's
+--              decisions carrying it comes first; its leases count from now on.
 --
--- Returns {status, members, leases, a, b, used_1 .. used_n, ...}: members the instances that decided
+-- Returns, packed as ARGV[1] (one bulk string of little-endian 64-bit integers), status, members,
+-- leases, a, b, used_1 .. used_n, ...: members the instances that decided
 -- lately, leases those held (when this request asks for one, or peeks), used_i the units window i
 -- counts now (after this decision), and by status:
 --   0  admitted at `at`: a = wait (at - now), b = at; then receipt_1 .. receipt_n to settle it with
@@ -57,26 +61,25 @@
 
 local state, lease_key, member_key, withdrawn_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local line_key, places_key = KEYS[5], KEYS[6]
-local mode, max_wait = ARGV[1], tonumber(ARGV[2])
-local lease_id, max_leases, lease_ttl = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-local member_ttl = tonumber(ARGV[7])
-local waiter, priority, place_ttl = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
-local n = tonumber(ARGV[11])
-local BASE, PER_WINDOW, LOGS = 11, 9, 6
+local lease_id, member, waiter = ARGV[2], ARGV[3], ARGV[4]
+local LOGS, HEADER, PER_WINDOW = 6, 9, 8
+local numbers = {struct.unpack('<' .. string.rep('i8', #ARGV[1] / 8), ARGV[1])}
+local mode = numbers[1] == 1 and 'now' or (numbers[1] == 2 and 'reserve' or 'peek')
+local max_wait, max_leases, lease_ttl = numbers[2], numbers[3], numbers[4]
+local member_ttl, priority, place_ttl, n, handover = numbers[5], numbers[6], numbers[7], numbers[8], numbers[9]
 
 local now = redis_now()
 
-if ARGV[6] ~= '' then
-  redis.call('ZADD', member_key, now + member_ttl, ARGV[6])
+if member ~= '' then
+  redis.call('ZADD', member_key, now + member_ttl, member)
   redis.call('ZREMRANGEBYSCORE', member_key, '-inf', now)
   redis.call('PEXPIRE', member_key, math.ceil(member_ttl / 1000))
 end
 local members = redis.call('ZCARD', member_key)
 
-local handover_base = BASE + n * PER_WINDOW
-local handover = tonumber(ARGV[handover_base + 1])
+local handover_base = 4 + n
 if handover > 0 then
-  local field = 'handed:' .. ARGV[handover_base + 2]
+  local field = 'handed:' .. ARGV[handover_base + 1]
   if tonumber(redis.call('HGET', state, field) or '0') >= handover then
     handover = 0
   else
@@ -85,53 +88,73 @@ if handover > 0 then
 end
 
 -- Read every window, forgetting log entries that can no longer share a window with `now`; a hand-over
--- first counts what the instance admitted on its own, from now on.
-local windows = {}
+-- first counts what the instance admitted on its own, from now on. The state hash is read once, for
+-- every window and the keys' expiry (see below); what changed in it is written back once, by `save`
+-- (`dirty`: a log's count and sequence number, a GCRA's arrival time). Every field of a window is
+-- named in its table's constructor, so the table is made at its full size at once.
+local windows, fields = {}, {'expiry'}
 for i = 1, n do
-  local first = BASE + (i - 1) * PER_WINDOW
-  local w = {
-    id = ARGV[first + 1], kind = ARGV[first + 2], limit = tonumber(ARGV[first + 3]),
-    span = tonumber(ARGV[first + 4]), base = tonumber(ARGV[first + 5]), cost = tonumber(ARGV[first + 6]),
-    merge = tonumber(ARGV[first + 7]), budget = ARGV[first + 8] == '1',
-    debt = handover > 0 and tonumber(ARGV[first + 9]) or 0,
-    log = KEYS[LOGS + i],
+  local first = HEADER + (i - 1) * PER_WINDOW
+  local id, kind = ARGV[4 + i], numbers[first + 1] == 1 and 'gcra' or 'log'
+  windows[i] = {
+    id = id, kind = kind, limit = numbers[first + 2],
+    span = numbers[first + 3], base = numbers[first + 4], cost = numbers[first + 5],
+    merge = numbers[first + 6], budget = numbers[first + 7] == 1,
+    debt = handover > 0 and numbers[first + 8] or 0,
+    log = KEYS[LOGS + i], tat = 0, sum = 0, seq = 0, last_at = false, last_cost = 0, dirty = false,
+    field = (kind == 'gcra' and 'tat:' or 'sum:') .. id, seq_field = 'seq:' .. id,
   }
+  fields[#fields + 1] = windows[i].field
+  if kind == 'log' then fields[#fields + 1] = windows[i].seq_field end
+end
+local stored = redis.call('HMGET', state, unpack(fields))
+-- Every key of the limit lives at least until `expiry` (us, Redis's clock): each was given that long
+-- at once, and nothing shortens it. An admission needing no longer sets no expiry (see the end).
+local expiry = tonumber(stored[1] or '0')
+local read = 1
+for _, w in ipairs(windows) do
+  read = read + 1
   if w.kind == 'gcra' then
-    w.tat = tonumber(redis.call('HGET', state, 'tat:' .. w.id) or '0')
+    w.tat = tonumber(stored[read] or '0')
     if w.debt > 0 then
       w.tat = gcra_charge(w.tat, now, w.debt, w.span)
-      redis.call('HSET', state, 'tat:' .. w.id, w.tat)
+      redis.call('HSET', state, w.field, int(w.tat))
       keep(state, w.tat - now)
     end
   else
-    local fields = redis.call('HMGET', state, 'sum:' .. w.id, 'seq:' .. w.id)
-    w.sum, w.seq = tonumber(fields[1] or '0'), tonumber(fields[2] or '0')
+    w.sum, w.seq = tonumber(stored[read] or '0'), tonumber(stored[read + 1] or '0')
+    read = read + 1
     local forgotten = 0
     while true do
-      local head = redis.call('LINDEX', w.log, 0)
-      if not head then break end
+      local head = redis.call('LINDEX', w.log, '0')
+      if not head then
+        -- An empty log counts nothing. Its key may have expired with its last entry while the state
+        -- hash, kept longer (a longer window, a lease), still held its count.
+        if w.sum ~= 0 then w.sum, forgotten = 0, forgotten + 1 end
+        break
+      end
       local at, cost = parse(head)
       if at + w.span > now then break end
       redis.call('LPOP', w.log)
       w.sum, w.seq, forgotten = w.sum - cost, w.seq + 1, forgotten + 1
     end
-    local last = redis.call('LINDEX', w.log, -1)
+    local last = redis.call('LINDEX', w.log, '-1')
     if last then w.last_at, w.last_cost = parse(last) end
     if w.debt > 0 then
       w.last_at, w.last_cost = math.max(now, w.last_at or now), w.debt
       redis.call('RPUSH', w.log, string.format('%d:%d', w.last_at, w.debt))
       keep(w.log, w.last_at - now + w.span)
       keep(state, w.last_at - now + w.span)
+      -- The log may be new, with less time than `expiry` promised: the next admission sets it again.
+      redis.call('HDEL', state, 'expiry')
+      expiry = 0
       w.sum = w.sum + w.debt
     end
-    if forgotten > 0 or w.debt > 0 then
-      redis.call('HSET', state, 'sum:' .. w.id, w.sum, 'seq:' .. w.id, w.seq)
-    end
+    w.dirty = forgotten > 0 or w.debt > 0
   end
-  windows[i] = w
 end
 if handover > 0 then
-  for i = handover_base + 3, #ARGV do
+  for i = handover_base + 2, #ARGV do
     redis.call('ZADD', lease_key, now + lease_ttl, ARGV[i])
   end
   keep(lease_key, lease_ttl)
@@ -182,12 +205,39 @@ local function ahead_in_line()
   return redis.call('ZCOUNT', line_key, '-inf', line_score(priority, TICKETS - 1))
 end
 
-local function reply(status, a, b)
+-- Writes back what changed in the windows' state (a log's count and sequence number, a GCRA's
+-- theoretical arrival time), and `expiry` if given, in one command.
+local function save(new_expiry)
+  local changed = {}
+  for _, w in ipairs(windows) do
+    if w.dirty then
+      changed[#changed + 1], changed[#changed + 2] = w.field, int(w.kind == 'gcra' and w.tat or w.sum)
+      if w.kind == 'log' then
+        changed[#changed + 1], changed[#changed + 2] = w.seq_field, int(w.seq)
+      end
+    end
+    w.dirty = false
+  end
+  if new_expiry then
+    changed[#changed + 1], changed[#changed + 2] = 'expiry', int(new_expiry)
+  end
+  if #changed > 0 then
+    redis.call('HSET', state, unpack(changed))
+  end
+end
+
+-- The answer (see the top), with `per_window` (receipts, or what is free) after each window's use; its
+-- numbers packed as the call's are, in one bulk string that the client reads in one step.
+local function reply(status, a, b, per_window)
+  save()
   local answer = {status, members, leases, a, b}
   for i, w in ipairs(windows) do
     answer[5 + i] = used(w)
   end
-  return answer
+  for i, value in ipairs(per_window or {}) do
+    answer[5 + n + i] = value
+  end
+  return struct.pack('<' .. string.rep('i8', #answer), unpack(answer))
 end
 
 -- A decision its client gave up on before Redis ran it (reclaim.lua came first) takes nothing.
@@ -214,7 +264,8 @@ local function earliest(w)
   local floor = math.max(now, w.last_at or now)
   local excess = w.sum + w.cost - w.limit
   if excess <= 0 then return floor end
-  -- The oldest entries that must leave the window first; read a few at a time.
+  -- The oldest entries that must leave the window first; read a few at a time. (Past the last one,
+  -- which only a count out of step with its log could reach, it waits for the last to leave.)
   local start = 0
   while true do
     local entries = redis.call('LRANGE', w.log, start, start + 15)
@@ -223,6 +274,7 @@ local function earliest(w)
       excess = excess - cost
       if excess <= 0 then return math.max(floor, at + w.span) end
     end
+    if #entries < 16 then return floor + w.span end
     start = start + 16
   end
 end
@@ -250,11 +302,11 @@ for i, w in ipairs(windows) do
 end
 
 if mode == 'peek' then
-  local answer = reply(4, at - now, binding)
+  local free = {}
   for i, w in ipairs(windows) do
-    answer[5 + n + i] = w.kind == 'gcra' and gcra_remaining(w) or math.max(w.limit - w.sum, 0)
+    free[i] = w.kind == 'gcra' and gcra_remaining(w) or math.max(w.limit - w.sum, 0)
   end
-  return answer
+  return reply(4, at - now, binding, free)
 end
 
 if lease_id ~= '' then
@@ -293,15 +345,14 @@ end
 leave_line()
 
 -- Admitted at `at`: count it in every window, take the lease, keep the keys while they matter.
-local receipts = {}
+local receipts, fresh = {}, {}
 local horizon = 0
 for i, w in ipairs(windows) do
   local receipt = 0
   if w.kind == 'gcra' then
     if w.cost > 0 then
       -- Gcra::schedule(tat, cost, at).tat: counted from when every window lets it go.
-      w.tat = gcra_charge(w.tat, at, w.cost, w.span)
-      redis.call('HSET', state, 'tat:' .. w.id, w.tat)
+      w.tat, w.dirty = gcra_charge(w.tat, at, w.cost, w.span), true
       receipt = w.tat
     end
     horizon = math.max(horizon, w.tat - now)
@@ -309,28 +360,40 @@ for i, w in ipairs(windows) do
     if w.cost > 0 then
       local length
       if w.last_at and at - w.last_at < w.merge then
-        redis.call('LSET', w.log, -1, string.format('%d:%d', at, (w.last_cost + w.cost)))
+        redis.call('LSET', w.log, '-1', string.format('%d:%d', at, (w.last_cost + w.cost)))
         length = redis.call('LLEN', w.log)
       else
         length = redis.call('RPUSH', w.log, string.format('%d:%d', at, w.cost))
+        fresh[#fresh + 1] = length == 1 and w.log or nil
       end
-      w.sum = w.sum + w.cost
-      redis.call('HSET', state, 'sum:' .. w.id, w.sum)
+      w.sum, w.dirty = w.sum + w.cost, true
       receipt = w.seq + length  -- 1-based, so that 0 means "counted nothing"
-      redis.call('PEXPIRE', w.log, math.ceil((at - now + w.span) / 1000) + 1000)
     end
     horizon = math.max(horizon, at - now + w.span)
   end
   receipts[i] = receipt
 end
-redis.call('PEXPIRE', state, math.ceil(horizon / 1000) + 1000)
+-- Every key must live a second past the last instant a window needs it. While `expiry` says so, only a
+-- log made afresh (it has no expiry yet) gets one, to `expiry`; else every key gets twice what it
+-- needs now, so that this is done about once per window length rather than per decision. The hash is
+-- written first: one that HSET makes afresh would have no expiry.
+local needed = now + horizon + 1000000
+if expiry >= needed then
+  save()
+  for _, log in ipairs(fresh) do
+    redis.call('PEXPIRE', log, int(math.ceil((expiry - now) / 1000)))
+  end
+else
+  local ttl_ms = math.ceil((2 * horizon + 1000000) / 1000)
+  save(now + ttl_ms * 1000)
+  redis.call('PEXPIRE', state, int(ttl_ms))
+  for _, w in ipairs(windows) do
+    if w.kind == 'log' then redis.call('PEXPIRE', w.log, int(ttl_ms)) end
+  end
+end
 if lease_id ~= '' then
   redis.call('ZADD', lease_key, now + lease_ttl, lease_id)
   redis.call('PEXPIRE', lease_key, math.ceil(lease_ttl / 1000) + 1000)
 end
 leases = leases + (lease_id ~= '' and 1 or 0)
-local answer = reply(0, wait, at)
-for i = 1, n do
-  answer[5 + n + i] = receipts[i]
-end
-return answer
+return reply(0, wait, at, receipts)

@@ -40,6 +40,8 @@ for i = 1, n do
       redis.call('HINCRBY', state, 'sum:' .. id, actual)
       keep(log, at - now + span)
       keep(state, at - now + span)
+      -- The log may be new, with less time than acquire.lua's `expiry` promised: it sets it again.
+      redis.call('HDEL', state, 'expiry')
     else
       local log = KEYS[LOGS + i]
       local seq = tonumber(redis.call('HGET', state, 'seq:' .. id) or '0')
