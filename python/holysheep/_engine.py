@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from holysheep._endpoint import HOLYSHEEP_BASE_URL, checked_base_url, resolve_api_key
 from holysheep._holysheep import _BatchJob
 from holysheep._limiter import HolySheepRateLimiter
 from holysheep.breaker import CircuitBreaker
@@ -140,8 +141,6 @@ def _job(
     tpm: float | None,
 ) -> _BatchJob:
     """The native job, every argument checked (ConfigError naming it)."""
-    from holysheep.client import HOLYSHEEP_BASE_URL, checked_base_url, resolve_api_key
-
     source, target = _path("input", input), _path("output", output)
     if os.path.abspath(source) == os.path.abspath(target):
         raise ConfigError("output: must not be the input file", "output")
