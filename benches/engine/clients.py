@@ -1,11 +1,12 @@
 """One client of the engine bench, in a process of its own: sends every request of a Batch API input file
 to a MockGateway with 64 in flight, writes one output line per answer, and prints what it measured as
-JSON: requests, wall_s, cpu_s (this process: every thread, interpreter start excluded), maxrss_mb, ok.
+JSON: requests, wall_s, cpu_s (this process: every thread, interpreter start excluded), maxrss_mb, and
+server_429s (the engine's report; 0 for the others, which do not retry).
 
-    python clients.py engine|sdk|cookbook BASE_URL INPUT OUTPUT [--strict]
+    python clients.py engine|sdk|cookbook BASE_URL INPUT OUTPUT [--strict [--guard SECONDS]]
 
 - engine: ``holysheep.run_batch`` (Rust: tokio + reqwest), no limiter unless ``--strict`` (100 per 2 s,
-  16 in flight).
+  16 in flight; the limit's default guard, 1% of the period, unless ``--guard``).
 - sdk: ``openai.AsyncOpenAI`` (``max_retries=0``), one task per request through ``asyncio.gather`` and a
   semaphore of 64, as users write it.
 - cookbook: the loop of OpenAI's cookbook parallel processor, written here on aiohttp: a loop that starts
@@ -31,15 +32,16 @@ def requests_of(path: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in lines]
 
 
-def run_engine(base_url: str, source: str, target: str, strict: bool) -> int:
+def run_engine(base_url: str, source: str, target: str, strict: bool, guard: float | None) -> tuple[int, int]:
     import holysheep as hs
 
-    limiter = hs.HolySheepRateLimiter(limits=[hs.Limit(100, per=2.0)], max_concurrency=16) if strict else None
+    limit = hs.Limit(100, per=2.0, guard=guard)
+    limiter = hs.HolySheepRateLimiter(limits=[limit], max_concurrency=16) if strict else None
     report = hs.run_batch(source, target, base_url=base_url, api_key=KEY, limiter=limiter,
                           max_concurrency=16 if strict else IN_FLIGHT)
     if report.failed or report.server_429s:
         print(report, file=sys.stderr)
-    return report.ok
+    return report.ok, report.server_429s
 
 
 async def run_sdk(base_url: str, source: str, target: str) -> int:
@@ -101,13 +103,16 @@ async def run_cookbook(base_url: str, source: str, target: str) -> int:
 
 def main() -> None:
     kind, base_url, source, target = sys.argv[1:5]
-    strict = "--strict" in sys.argv[5:]
+    flags = sys.argv[5:]
+    strict = "--strict" in flags
+    guard = float(flags[flags.index("--guard") + 1]) if "--guard" in flags else None
     # Imported before the clock starts: what is timed is the job.
     __import__({"engine": "holysheep", "sdk": "openai", "cookbook": "aiohttp"}[kind])
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
+    server_429s = 0
     if kind == "engine":
-        ok = run_engine(base_url, source, target, strict)
+        ok, server_429s = run_engine(base_url, source, target, strict, guard)
     elif kind == "sdk":
         ok = asyncio.run(run_sdk(base_url, source, target))
     elif kind == "cookbook":
@@ -117,7 +122,8 @@ def main() -> None:
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    print(json.dumps({"requests": ok, "wall_s": wall, "cpu_s": cpu, "maxrss_mb": after.ru_maxrss / 1024}))
+    print(json.dumps({"requests": ok, "wall_s": wall, "cpu_s": cpu, "maxrss_mb": after.ru_maxrss / 1024,
+                      "server_429s": server_429s}))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
+from holysheep._endpoint import HOLYSHEEP_BASE_URL, checked_base_url, resolve_api_key
 from holysheep._holysheep import _BatchJob
 from holysheep._limiter import HolySheepRateLimiter
 from holysheep.breaker import CircuitBreaker
@@ -145,8 +146,6 @@ def _job(
 ) -> tuple[_BatchJob, _Finished | None]:
     """The native job, every argument checked (ConfigError naming it), and its requests' recording in
     the metrics when they are on."""
-    from holysheep.client import HOLYSHEEP_BASE_URL, checked_base_url, resolve_api_key
-
     source, target = _path("input", input), _path("output", output)
     if os.path.abspath(source) == os.path.abspath(target):
         raise ConfigError("output: must not be the input file", "output")

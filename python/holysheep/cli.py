@@ -215,7 +215,7 @@ def _model_count(models: Any) -> int | None:
 
 def _run_check(args: argparse.Namespace) -> int:
     from holysheep._holysheep import _check_positive
-    from holysheep.client import HOLYSHEEP_BASE_URL, checked_base_url, resolve_api_key
+    from holysheep._endpoint import HOLYSHEEP_BASE_URL, checked_base_url, resolve_api_key
     from holysheep.transport import http_library as http_lib
 
     _check_positive("timeout", args.timeout)

@@ -10,16 +10,14 @@ The SDK's own retries are switched off (``max_retries=0``): the transport retrie
 from __future__ import annotations
 
 import importlib
-import os
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NoReturn, TypeVar
-from urllib.parse import urlsplit
+from typing import Any, TypeVar
 
 import openai
 
 from holysheep import batch
 from holysheep._coalesce import Coalesce
+from holysheep._endpoint import HOLYSHEEP_BASE_URL, _refuse, checked_base_url, resolve_api_key
 from holysheep._limiter import HolySheepRateLimiter
 from holysheep._profiles import Profile, profile_of
 from holysheep.batch import BatchFailure, Prompt
@@ -31,72 +29,22 @@ from holysheep.transport._routes import LimiterSetting
 
 __all__ = ["HOLYSHEEP_BASE_URL", "AsyncHolySheep", "HolySheep", "wrap"]
 
-HOLYSHEEP_BASE_URL = "https://api.holysheep.ai/v1"
-API_KEY_ENV = "HOLYSHEEP_API_KEY"
-
 ClientT = TypeVar("ClientT", openai.OpenAI, openai.AsyncOpenAI)
 
 
-def _sdk_http() -> tuple[Any, Any, Any, Any]:
-    """The SDK's own HTTP client classes (its timeouts and connection limits), the `Transport` made for
-    their library and its URL type: openai 3.x is built on httpx2, 1.x and 2.x on httpx."""
+def _sdk_http() -> tuple[Any, Any, Any]:
+    """The SDK's own HTTP client classes (its timeouts and connection limits) and the `Transport` made for
+    their library: openai 3.x is built on httpx2, 1.x and 2.x on httpx."""
     if hasattr(openai, "DefaultAsyncHttpx2Client"):
         clients, library = (openai.DefaultAsyncHttpx2Client, openai.DefaultHttpx2Client), "httpx2"
     else:
         clients = (getattr(openai, "DefaultAsyncHttpxClient"), getattr(openai, "DefaultHttpxClient"))
         library = "httpx"
     lib = importlib.import_module(library)
-    return (*clients, Transport if lib is http_library else transport_class(lib), lib.URL)
+    return (*clients, Transport if lib is http_library else transport_class(lib))
 
 
-_async_http_client, _sync_http_client, _SdkTransport, _SdkURL = _sdk_http()
-
-
-def _points_at_holysheep(base_url: Any) -> bool:
-    return (urlsplit(str(base_url)).hostname or "").endswith("holysheep.ai")
-
-
-def _refuse(field: str, expected: str, value: object) -> NoReturn:
-    raise ConfigError(f"{field}: must be {expected}, got {value!r}", field)
-
-
-def checked_base_url(base_url: object) -> str:
-    """``base_url`` (a str or the SDK's URL type) as a str, if it is an http(s) URL with a host.
-
-    :raises ConfigError: anything else, naming ``base_url``.
-    """
-    expected = "an http:// or https:// URL with a host, e.g. https://api.holysheep.ai/v1"
-    if not isinstance(base_url, (str, _SdkURL)):
-        _refuse("base_url", expected, base_url)
-    try:
-        parts = urlsplit(str(base_url))
-        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-    except ValueError:  # an unclosed IPv6 bracket, a port that is not a number from 0 to 65535
-        usable = False
-    if not usable:
-        _refuse("base_url", expected, base_url)
-    return str(base_url)
-
-
-def resolve_api_key(api_key: str | None, base_url: Any) -> str:
-    """The API key to use: ``api_key``, else ``$HOLYSHEEP_API_KEY``, whitespace trimmed.
-
-    :raises ConfigError: not a str, or no key at all. Warns when an OpenAI key (``sk-``) is pointed at
-        HolySheep, whose keys start ``hs_``. The key is never put in a message.
-    """
-    if api_key is not None and not isinstance(api_key, str):
-        kind = type(api_key).__name__
-        raise ConfigError(f"api_key: must be a str or None (then ${API_KEY_ENV}), got a {kind}", "api_key")
-    key = (api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")).strip()
-    if not key:
-        raise ConfigError(f"api_key: none given; pass api_key= or set {API_KEY_ENV}", "api_key")
-    if key.startswith("sk-") and _points_at_holysheep(base_url):
-        warnings.warn(
-            "api_key looks like an OpenAI key (sk-...) but the client points at HolySheep, whose keys "
-            "start with hs_",
-            stacklevel=3,
-        )
-    return key
+_async_http_client, _sync_http_client, _SdkTransport = _sdk_http()
 
 
 def _transport_settings(

@@ -637,7 +637,7 @@ impl<C: Clock> Gate for LimiterGate<'_, C> {
 mod tests {
     use super::*;
     use crate::core::clock::{ManualClock, NS_PER_SEC as SEC};
-    use crate::core::limit::Algorithm;
+    use crate::core::limit::{Algorithm, default_guard_ns};
 
     fn limiter(limits: Vec<Limit>, max_concurrency: Option<u64>) -> (Limiter<ManualClock>, ManualClock) {
         let clock = ManualClock::new(0);
@@ -863,6 +863,69 @@ mod tests {
         lim.record_server_rejection();
         let [requests, tokens] = lim.rate_factors();
         assert!((requests - 0.35).abs() < 1e-9 && (tokens - 0.49).abs() < 1e-9, "a later 429 cuts every unit again");
+    }
+
+    /// 100 per 2 s, with the default guard (20 ms), as the batch engine's strict bench sets it.
+    fn strict_limiter() -> (Limiter<ManualClock>, ManualClock) {
+        let limit = Limit::new(100.0, 2 * SEC, Unit::Requests, Algorithm::Exact, None).unwrap();
+        limiter(vec![limit.with_guard(default_guard_ns(2 * SEC))], None)
+    }
+
+    const MS: u64 = SEC / 1_000;
+
+    /// Sends `requests` (sent, took to reach the server, took to answer after it counted them) one after
+    /// another through `lim`, to a server that allows `allows` per 2 s and says on each answer what it
+    /// has left after counting it on arrival; after each answer, `check` sees the limiter.
+    fn replay(lim: &Limiter<ManualClock>, clock: &ManualClock, requests: &[(u64, u64, u64)], allows: u64, mut check: impl FnMut(&Limiter<ManualClock>)) {
+        let arrived = |i: usize| requests[i].0 + requests[i].1;
+        // (instant, is an answer, request): a request goes before an answer at the same instant.
+        let mut events: Vec<(u64, bool, usize)> =
+            (0..requests.len()).flat_map(|i| [(requests[i].0, false, i), (arrived(i) + requests[i].2, true, i)]).collect();
+        events.sort();
+        let mut admissions = vec![None; requests.len()];
+        for (at, is_answer, i) in events {
+            clock.set(at);
+            if !is_answer {
+                let admission = lim.reserve(Cost::request(0), None, "acquire").unwrap();
+                lim.stamp(&admission, Cost::request(0));
+                admissions[i] = Some(admission);
+                continue;
+            }
+            let counted = (0..requests.len()).filter(|&j| (arrived(j), j) <= (arrived(i), i)).count() as u64;
+            let admission = admissions[i].as_ref().expect("sent before answered");
+            lim.record_server_remaining(admission, Cost::request(0), Unit::Requests, allows - counted, Some(2 * SEC));
+            check(lim);
+        }
+    }
+
+    // Issue 16's suspicion, checked: a burst's requests reach the server in another order than they went
+    // (each within the guard of the others' trip), and it answers them in any order up to 300 ms later.
+    // No answer reads as a server allowing less than it does.
+    proptest::proptest! {
+        #[test]
+        fn jitter_within_the_guard_never_reads_as_a_server_that_allows_less(
+            trips in proptest::collection::vec((0..5 * MS, 0..=20 * MS, 0..300 * MS), 1..60),
+            spare in 0..40u64,
+        ) {
+            let (lim, clock) = strict_limiter();
+            let allows = (trips.len() as u64 + spare).min(100);
+            let mut sent = 0;
+            let requests: Vec<_> = trips.into_iter().map(|(gap, to_server, to_answer)| { sent += gap; (sent, to_server, to_answer) }).collect();
+            let mut lowest = 1.0_f64;
+            replay(&lim, &clock, &requests, allows, |lim| lowest = lowest.min(lim.rate_factors()[0]));
+            proptest::prop_assert!(lowest >= allows as f64 / 100.0 - 1e-9, "cut to {lowest}, the server allows {allows}");
+        }
+    }
+
+    #[test]
+    fn a_server_that_allows_half_is_followed_to_half_through_jitter_within_the_guard() {
+        let (lim, clock) = strict_limiter();
+        // 40 sent 1 ms apart; every other one takes the whole guard to get there, so later ones overtake it.
+        let requests: Vec<_> = (0..40).map(|k| (k * MS, if k % 2 == 0 { 20 * MS } else { 0 }, 300 * MS)).collect();
+        replay(&lim, &clock, &requests, 50, |_| {});
+        assert_eq!(lim.rate_factors(), [0.5, 1.0]);
+        let admitted = (0..100).filter(|_| lim.try_acquire(Cost::request(0)).unwrap()).count();
+        assert_eq!(admitted, 10, "50 in force, 40 counted");
     }
 
     #[test]
