@@ -8,7 +8,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from redis_server import RedisServer, redis_server, redis_url  # noqa: F401  (fixtures)
@@ -35,7 +35,7 @@ def answered(path: Path) -> list[str]:
     return [json.loads(line)["custom_id"] for line in path.read_text().splitlines()]
 
 
-def fleet_limiter(url: str, key: str, on_error: str = "fail_closed", **limits: Any) -> hs.HolySheepRateLimiter:
+def fleet_limiter(url: str, key: str, on_error: Literal["fail_closed", "fail_open", "local"] = "fail_closed", **limits: Any) -> hs.HolySheepRateLimiter:
     """A limiter on its own RedisBackend, as another process would have it."""
     return hs.HolySheepRateLimiter(backend=hs.RedisBackend(url, on_error=on_error), key=key, **limits)
 
