@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from holysheep.testing import MockGateway
 pytestmark = pytest.mark.timeout(30)
 
 KEY = "hs_test"
+spawn = multiprocessing.get_context("spawn")
 
 
 def chat_line(custom_id: str) -> dict[str, Any]:
@@ -68,6 +70,30 @@ def test_two_jobs_sharing_a_limit_in_redis_keep_to_it_together(tmp_path: Path, r
     for name, (_, output) in zip("ab", jobs, strict=True):
         assert sorted(answered(output)) == sorted(f"{name}{i}" for i in range(60)), "every custom_id answered once"
     assert wall >= 2.0, "120 at 40 per second, shared: at least two more windows"
+
+
+def run_job_in_a_process(url: str, base_url: str, requests: Path, output: Path, out: "multiprocessing.Queue[tuple[int, int]]") -> None:
+    limiter = fleet_limiter(url, "processes", limits=[hs.Limit(30, per=1.0, guard=0.1)], max_concurrency=4)
+    report = hs.run_batch(requests, output, base_url=base_url, api_key=KEY, limiter=limiter)
+    out.put((report.ok, report.server_429s))
+
+
+def test_jobs_in_two_processes_keep_to_the_limit_they_share_in_redis(tmp_path: Path, redis_url: str) -> None:  # noqa: F811
+    out: multiprocessing.Queue[tuple[int, int]] = spawn.Queue()
+    with MockGateway(rpm=30, window_s=1.0) as gw:
+        workers = [
+            spawn.Process(target=run_job_in_a_process, args=(redis_url, gw.base_url, write_requests(tmp_path / f"in-{n}.jsonl", f"p{n}-", 30), tmp_path / f"out-{n}.jsonl", out))
+            for n in range(2)
+        ]
+        for worker in workers:
+            worker.start()
+        results = [out.get(timeout=25) for _ in workers]
+        for worker in workers:
+            worker.join(timeout=5)
+        log = gw.admission_log()
+        peak = gw.peak_admitted()
+    assert results == [(30, 0), (30, 0)]
+    assert peak <= 30 and len(log) == 60 and all(record.status == 200 for record in log)
 
 
 async def test_two_async_jobs_share_one_concurrency_limit_in_redis(tmp_path: Path, redis_url: str) -> None:  # noqa: F811
@@ -146,3 +172,25 @@ async def test_a_job_cancelled_while_waiting_in_the_fleets_line_leaves_nothing_h
             assert time.monotonic() < deadline, f"still held: {fresh.stats()}"
             await asyncio.sleep(0.01)
         assert fresh.try_acquire() and fresh.try_acquire(), "the next job gets the full concurrency"
+
+
+def test_a_budget_shared_in_redis_stops_every_job_of_the_fleet_once_spent(tmp_path: Path, redis_url: str) -> None:  # noqa: F811
+    budget = [hs.Limit(0.001, per="hour", unit="usd")]
+    with MockGateway() as gw:
+        first = hs.run_batch(write_requests(tmp_path / "in-1.jsonl", "a", 40), tmp_path / "out-1.jsonl", base_url=gw.base_url,
+                             api_key=KEY, limiter=fleet_limiter(redis_url, "dollars", limits=budget), max_concurrency=1)  # fmt: skip
+        second = hs.run_batch(write_requests(tmp_path / "in-2.jsonl", "b", 40), tmp_path / "out-2.jsonl", base_url=gw.base_url,
+                              api_key=KEY, limiter=fleet_limiter(redis_url, "dollars", limits=budget), max_concurrency=1)  # fmt: skip
+    assert 0 < first.sent < 40 and first.unsent == 40 - first.sent
+    assert first.stopped is not None and "usd" in first.stopped
+    assert (second.sent, second.unsent) == (0, 40), "the fleet's budget is spent for every job"
+    assert second.stopped is not None and "usd" in second.stopped
+
+
+def test_a_job_whose_redis_is_down_under_fail_open_sends_everything_uncounted(tmp_path: Path, redis_server: RedisServer) -> None:  # noqa: F811
+    down = f"redis://127.0.0.1:{redis_server.port + 1}/0"
+    limiter = hs.HolySheepRateLimiter(backend=hs.RedisBackend(down, on_error="fail_open", connect_timeout=0.2), key="k", rpm=600, max_concurrency=4)
+    with MockGateway() as gw:
+        report = hs.run_batch(write_requests(tmp_path / "in.jsonl", "r", 10), tmp_path / "out.jsonl", base_url=gw.base_url, api_key=KEY, limiter=limiter)
+    assert report.ok == 10 and report.stopped is None
+    assert limiter.stats()["fallbacks"] >= 10

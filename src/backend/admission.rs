@@ -124,6 +124,18 @@ impl Admitted {
         }
     }
 
+    /// Settles it at `actual_tokens` and ends it as done (`settle`, then `end(false)`), a shared one in
+    /// one adjustment: one round trip to Redis where the two would take two.
+    #[must_use = "a shared admission's adjustment must be run"]
+    pub fn settle_and_end(&self, actual_tokens: u64) -> Result<Option<Adjustment>, Error> {
+        let settled = self.settle(actual_tokens);
+        let ended = self.end(false)?;
+        Ok(match (settled, ended) {
+            (Some(settled), Some(ended)) => Some(Adjustment { release: ended.release, ending: true, ..settled }),
+            (settled, ended) => settled.or(ended),
+        })
+    }
+
     /// Ends it, once (later calls do nothing): `give_back` false when its request is done (its
     /// concurrency slot goes back, to the next waiter first), true when it was never sent (its place in
     /// the rates goes back too). A shared admission's ending is the adjustment returned.
@@ -221,5 +233,50 @@ impl Adjustment {
             }
             done => done,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::clock::NS_PER_SEC;
+    use crate::core::{Algorithm, Limit, Unit};
+
+    fn limiter() -> Arc<Limiter> {
+        let tokens = Limit::new(1_000.0, NS_PER_SEC, Unit::Tokens, Algorithm::Exact, None).unwrap();
+        Arc::new(Limiter::new(vec![tokens], Some(1), Default::default()).unwrap())
+    }
+
+    fn admitted(limiter: &Arc<Limiter>, tokens: u64) -> Admitted {
+        let admission = limiter.try_reserve(Cost::request(tokens)).unwrap().expect("free");
+        Admitted::new(limiter, Decided::Local(admission), tokens, 0.0)
+    }
+
+    #[test]
+    fn an_admission_ends_once_however_often_it_is_ended() {
+        let limiter = limiter();
+        let held = admitted(&limiter, 10);
+        assert!(held.end(false).unwrap().is_none(), "a local ending is done at once");
+        assert!(held.end(true).unwrap().is_none() && !held.is_held());
+        assert_eq!(limiter.snapshot().counts.in_flight, 0);
+        assert!(limiter.try_reserve(Cost::request(0)).unwrap().is_some(), "its one slot back, once");
+    }
+
+    #[test]
+    fn settling_and_ending_at_once_counts_the_actual_tokens_and_frees_the_slot() {
+        let limiter = limiter();
+        let held = admitted(&limiter, 900);
+        assert!(held.settle_and_end(300).unwrap().is_none());
+        assert_eq!((held.tokens(), limiter.snapshot().counts.in_flight), (300, 0));
+        assert_eq!(limiter.snapshot().tokens.refunded, 600);
+        assert!(limiter.try_reserve(Cost::request(700)).unwrap().is_some(), "the 600 refunded are free again");
+    }
+
+    #[test]
+    fn an_admission_given_back_frees_its_place_in_the_rates() {
+        let limiter = limiter();
+        let held = admitted(&limiter, 1_000);
+        assert!(held.end(true).unwrap().is_none());
+        assert!(limiter.try_reserve(Cost::request(1_000)).unwrap().is_some());
     }
 }

@@ -204,12 +204,9 @@ impl Sender {
                 let ok = (200..300).contains(&status);
                 if ok && let Ok(usage) = usage {
                     let tokens = usage.unwrap_or(cost.tokens);
-                    if let Some(admission) = admission {
-                        if let Some(adjustment) = admission.settle(tokens) {
-                            // Not settled in Redis: the fleet's windows keep the estimate.
-                            let _ = adjustment.run().await;
-                        }
-                        end(Some(admission), false).await;
+                    if let Some(Ok(Some(adjustment))) = admission.map(|admission| admission.settle_and_end(tokens)) {
+                        // Not settled in Redis: the fleet's windows keep the estimate.
+                        let _ = adjustment.run().await;
                     }
                     if let (Some(breaker), Some(permit)) = (self.guards.breaker.as_deref(), permit) {
                         breaker.record_success(permit);
