@@ -287,8 +287,10 @@ def run_batch(
         ``/v1/embeddings`` are taken under it.
     :param api_key: default ``$HOLYSHEEP_API_KEY``.
     :param limiter: admits every attempt (requests, estimated tokens settled from ``usage``, usd), waits
-        in its line and follows the server's 429s and ``x-ratelimit-*``; a limiter of this process
-        (one shared through Redis is refused). Or give ``tier`` / ``rpm`` / ``tpm`` to make one.
+        in its line and follows the server's 429s and ``x-ratelimit-*``; one shared through Redis
+        (``backend=``) makes jobs in any number of processes keep to one limit together, its
+        ``on_error`` policy deciding while Redis is away (``fail_closed`` stops the job, the rest left
+        for a rerun). Or give ``tier`` / ``rpm`` / ``tpm`` to make one.
     :param retry: the retry policy (default ``RetryPolicy()``); ``Retry-After`` is obeyed.
     :param breaker: a ``CircuitBreaker``: while open, nothing is sent.
     :param max_concurrency: requests in flight at once (default 64; a limiter's cap may hold fewer).

@@ -2,20 +2,23 @@
 //! OpenAI-compatible API on tokio + reqwest, under the same limiter, retry policy and breaker as
 //! every other call, its answers appended to an output file that a rerun resumes from.
 //!
-//! [`input`] reads and checks the requests, [`output`] writes and reads back the answers, [`admit`]
-//! drives the limiter's waiting line from tokio, [`send`] lives one request's attempts, [`job`] runs
+//! [`input`] reads and checks the requests, [`output`] writes and reads back the answers, [`gate`]
+//! admits them through the limiter (the core's, whose waiting line [`admit`] drives from tokio, or a
+//! limit shared through Redis, whose wait [`shared`] drives), [`send`] lives one request's attempts, [`job`] runs
 //! the whole file, [`finished`] reads each request that ended for the metrics, and [`plan`] says what
 //! a job would take without sending.
 
 pub mod admit;
 pub mod body;
 pub mod finished;
+pub mod gate;
 pub mod input;
 pub mod job;
 pub mod output;
 pub mod plan;
 pub mod progress;
 pub mod send;
+pub mod shared;
 pub mod tokens;
 
 use std::fmt;
@@ -23,9 +26,10 @@ use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::core::{CircuitBreaker, Error, Limiter, RetryPolicy};
+use crate::core::{CircuitBreaker, Error, RetryPolicy};
 
 pub use finished::Finished;
+pub use gate::{Fleet, FleetHooks, Gate};
 pub use job::{Job, JobConfig, Report};
 pub use plan::Plan;
 pub use progress::{Counts, Progress};
@@ -37,7 +41,7 @@ pub type Held<T> = Arc<dyn Deref<Target = T> + Send + Sync>;
 /// What every request of a job passes: the limiter (none: no limits), the retry policy, the breaker.
 #[derive(Clone)]
 pub struct Guards {
-    pub limiter: Option<Arc<Limiter>>,
+    pub limiter: Option<Gate>,
     pub retry: Held<RetryPolicy>,
     pub breaker: Option<Held<CircuitBreaker>>,
 }

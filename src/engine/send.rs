@@ -15,8 +15,8 @@ use crate::core::breaker::Permit;
 use crate::core::classify::{BreakerOutcome, Failure, classify};
 use crate::core::headers::server_delay_now;
 use crate::core::retry::RetryDecision;
-use crate::core::{Admission, Cost, Error, Limiter};
-use crate::engine::admit::admit;
+use crate::backend::Admitted;
+use crate::core::{Cost, Error};
 use crate::engine::body::{Stamp, StampedBody};
 use crate::engine::input::{ENDPOINTS, Request};
 use crate::engine::job::Cancel;
@@ -123,18 +123,20 @@ impl Sender {
     /// Sends `request` (estimated at `cost`) until it succeeds, fails for good, or a budget stops it.
     pub async fn send(&self, request: &Request, cost: Cost, price: f64) -> Sent {
         let body = Bytes::copy_from_slice(request.body.get().as_bytes());
-        let limiter = self.guards.limiter.as_ref();
         let retry = &*self.guards.retry;
         let started = retry.begin();
         let (mut attempts, mut previous_delay) = (0, 0);
         loop {
-            let admission = match limiter.map(|limiter| (limiter, admit(limiter, cost))) {
+            let admission = match &self.guards.limiter {
                 None => None,
-                Some((limiter, admitting)) => match self.unless_cancelled(admitting).await {
+                Some(gate) => match self.unless_cancelled(gate.admit(cost, price)).await {
                     None => return Sent::Cancelled,
-                    Some(Ok(admission)) => Some((limiter, admission)),
-                    Some(Err(Error::BudgetExceeded { message })) => return Sent::Stopped(message),
-                    Some(Err(refused)) => {
+                    Some(Ok(admission)) => Some(admission),
+                    Some(Err(Ok(Error::BudgetExceeded { message }))) => return Sent::Stopped(message),
+                    // The shared limiter's Redis failed and its policy (`fail_closed`) decides nothing
+                    // without it: the job stops, the rest left for a rerun.
+                    Some(Err(Err(failed))) => return Sent::Stopped(format!("the shared limiter could not decide: {failed}")),
+                    Some(Err(Ok(refused))) => {
                         let line = output::line(&request.custom_id, Err(("exceeds_limit", refused.message())));
                         return Sent::Done { line, failure: Some("exceeds_limit".into()), tokens: 0 };
                     }
@@ -142,10 +144,7 @@ impl Sender {
             };
             let permit = match self.guards.breaker.as_deref().map(|breaker| breaker.allow()) {
                 Some(Err(open)) => {
-                    if let Some((limiter, admission)) = &admission {
-                        limiter.give_back(admission, cost);
-                        let _ = limiter.release();
-                    }
+                    end(admission.as_ref(), true).await;
                     let wait = match open {
                         Error::CircuitOpen { retry_after_ns, .. } => Duration::from_nanos(retry_after_ns),
                         _ => OPEN_BREAKER_MIN_WAIT,
@@ -158,22 +157,17 @@ impl Sender {
                 Some(Ok(permit)) => Some(permit),
                 None => None,
             };
-            let stamp = admission.map(|(limiter, admission)| {
-                let limiter = Arc::clone(limiter);
-                Box::new(move || limiter.stamp(&admission, cost)) as Stamp
-            });
+            let stamp = admission.as_ref().and_then(Admitted::stamp_later).map(|stamp| Box::new(stamp) as Stamp);
             attempts += 1;
             let Some(got) = self.unless_cancelled(self.attempt(&request.url, body.clone(), stamp)).await else {
                 // Sent, never answered: the rates keep it (the server may have counted it).
-                if let Some((limiter, _)) = &admission {
-                    let _ = limiter.release();
-                }
+                end(admission.as_ref(), false).await;
                 if let (Some(breaker), Some(permit)) = (self.guards.breaker.as_deref(), permit) {
                     breaker.release(permit);
                 }
                 return Sent::Cancelled;
             };
-            let ended = self.judge(request, &got, admission.as_ref().map(|(l, a)| (l.as_ref(), a)), cost, price, permit);
+            let ended = self.judge(request, &got, admission.as_ref(), cost, permit).await;
             let (line, failure, tokens, retry_after) = match ended {
                 Judged::Succeeded { line, tokens } => return Sent::Done { line, failure: None, tokens },
                 Judged::Failed { line, reason, retry, server_delay } => (line, reason, cost.tokens, retry.then_some(server_delay)),
@@ -194,16 +188,15 @@ impl Sender {
 
     /// Reads one attempt's outcome once: the limiter observes the answer and gets its slot back (its
     /// tokens settled from `usage`), the breaker hears the verdict of the one classification table.
-    fn judge(&self, request: &Request, got: &Got, admission: Option<(&Limiter, &Admission)>, cost: Cost, price: f64, permit: Option<Permit>) -> Judged {
+    async fn judge(&self, request: &Request, got: &Got, admission: Option<&Admitted>, cost: Cost, permit: Option<Permit>) -> Judged {
         let (failure, line, reason, server_delay) = match got {
             Got::Answer { status, headers, body } => {
                 let status = *status;
                 if status == 429 {
                     self.progress.server_429s.fetch_add(1, Ordering::Relaxed);
                 }
-                if let Some((limiter, admission)) = admission {
-                    let pairs = headers.iter().map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
-                    limiter.observe(admission, cost, status, pairs);
+                if let Some(admission) = admission {
+                    admission.observe(status, headers.iter().map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes())));
                 }
                 let usage = tokens::usage(body);
                 let request_id = headers.get("x-request-id").and_then(|id| id.to_str().ok());
@@ -211,9 +204,9 @@ impl Sender {
                 let ok = (200..300).contains(&status);
                 if ok && let Ok(usage) = usage {
                     let tokens = usage.unwrap_or(cost.tokens);
-                    if let Some((limiter, admission)) = admission {
-                        limiter.settle(admission, cost, Cost::priced(tokens, price));
-                        let _ = limiter.release();
+                    if let Some(Ok(Some(adjustment))) = admission.map(|admission| admission.settle_and_end(tokens)) {
+                        // Not settled in Redis: the fleet's windows keep the estimate.
+                        let _ = adjustment.run().await;
                     }
                     if let (Some(breaker), Some(permit)) = (self.guards.breaker.as_deref(), permit) {
                         breaker.record_success(permit);
@@ -234,20 +227,18 @@ impl Sender {
                     let failure = Failure::Status { code: status, should_retry: text("x-should-retry"), error_code: code.as_deref() };
                     let verdict = classify(failure);
                     let line = output::line(&request.custom_id, Ok(answer));
-                    return self.failed(admission, permit, verdict, line, format!("http_{status}"), server_delay);
+                    return self.failed(admission, permit, verdict, line, format!("http_{status}"), server_delay).await;
                 }
             }
             Got::Nothing { failure, code, message } => {
                 (*failure, output::line(&request.custom_id, Err((code, message))), (*code).to_owned(), None)
             }
         };
-        self.failed(admission, permit, classify(failure), line, reason, server_delay)
+        self.failed(admission, permit, classify(failure), line, reason, server_delay).await
     }
 
-    fn failed(&self, admission: Option<(&Limiter, &Admission)>, permit: Option<Permit>, verdict: crate::core::classify::Verdict, line: Vec<u8>, reason: String, server_delay: Option<u64>) -> Judged {
-        if let Some((limiter, _)) = admission {
-            let _ = limiter.release();
-        }
+    async fn failed(&self, admission: Option<&Admitted>, permit: Option<Permit>, verdict: crate::core::classify::Verdict, line: Vec<u8>, reason: String, server_delay: Option<u64>) -> Judged {
+        end(admission, false).await;
         if let (Some(breaker), Some(permit)) = (self.guards.breaker.as_deref(), permit) {
             match verdict.breaker {
                 // The server's own delay (its Retry-After on a 5xx) opens it for that long.
@@ -257,6 +248,14 @@ impl Sender {
             }
         }
         Judged::Failed { line, reason, retry: verdict.retry, server_delay }
+    }
+}
+
+/// Ends an admission, if any: its slot goes back, and when its request was never sent (`give_back`) its
+/// place in the rates too; a shared one's in Redis, awaited (a failure there is the backend's to count).
+async fn end(admission: Option<&Admitted>, give_back: bool) {
+    if let Some(Ok(Some(adjustment))) = admission.map(|admission| admission.end(give_back)) {
+        let _ = adjustment.run().await;
     }
 }
 

@@ -16,11 +16,14 @@ use tokio::sync::oneshot;
 
 use crate::core::clock::ns_to_secs;
 use crate::core::{CircuitBreaker, Error, RetryPolicy};
-use crate::engine::{Finished, Guards, Job, JobConfig, JobError, Plan, Report};
+use crate::backend::redis::RemoteLimiter;
+use crate::backend::redis::shared::{OnError, Turn};
+use crate::core::Limiter;
+use crate::engine::{Finished, Fleet, FleetHooks, Gate, Guards, Job, JobConfig, JobError, Plan, Report};
 use crate::py::breaker::{Breaker, BreakerCore};
 use crate::py::limiter::PyLimiter;
 use crate::py::retry::RetryCore;
-use crate::py::{args, lock};
+use crate::py::{alerts, args, lock, shared};
 
 /// Requests in flight at once, at most.
 const MAX_IN_FLIGHT: u64 = 65_536;
@@ -57,6 +60,37 @@ impl Deref for HeldBreaker {
             Breaker::Local(breaker) => breaker,
             Breaker::Fleet(_) => unreachable!("refused when held"),
         }
+    }
+}
+
+/// What a job's requests are admitted through: the limiter's core, or the limit it shares through
+/// Redis (its outages logged and its budget alerts raised in Python, as for any other call).
+fn gate(limiter: &PyLimiter) -> Gate {
+    let core = Arc::clone(limiter.core());
+    match limiter.fleet() {
+        None => Gate::Local(core),
+        Some(shared) => {
+            let hooks = Arc::new(InPython { limiter: Arc::clone(&core), remote: Arc::clone(&shared.remote) });
+            Gate::Fleet(Fleet { limiter: core, shared: Arc::clone(shared), hooks })
+        }
+    }
+}
+
+/// Tells Python what a shared limit does during a job.
+struct InPython {
+    limiter: Arc<Limiter>,
+    remote: Arc<RemoteLimiter>,
+}
+
+impl FleetHooks for InPython {
+    fn turned(&self, turn: Turn, on_error: OnError) {
+        if turn != Turn::Unchanged {
+            Python::attach(|py| shared::report(py, turn, on_error));
+        }
+    }
+
+    fn decided(&self) {
+        alerts::fleet_decided(&self.limiter, &self.remote);
     }
 }
 
@@ -114,12 +148,7 @@ impl PyBatchJob {
                 let Ok(limiter) = limiter.cast::<PyLimiter>() else {
                     return args::refuse("limiter", "a holysheep.HolySheepRateLimiter or None", limiter);
                 };
-                let Some(core) = limiter.get().local_core() else {
-                    let why = "must decide in this process: a limiter shared through Redis is not supported by the batch engine yet \
-                               (run one job per limit, or give each process its share of the limits)";
-                    return Err(Error::config("limiter", why).into());
-                };
-                Some(Arc::clone(core))
+                Some(gate(limiter.get()))
             }
         };
         let timeout = Duration::from_secs_f64(args::positive("timeout", timeout)?);

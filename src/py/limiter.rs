@@ -173,15 +173,15 @@ impl Waiting {
 
 impl PyLimiter {
     /// The limits as held once, whichever backend decides them (what a preview configures afresh).
-    pub(crate) fn core(&self) -> &Limiter {
+    pub(crate) fn core(&self) -> &Arc<Limiter> {
         &self.inner
     }
 
-    /// The core limiter deciding in this process; None when the limits are decided in Redis.
-    pub(crate) fn local_core(&self) -> Option<&Arc<Limiter>> {
-        match self.backend {
-            Backend::Local => Some(&self.inner),
-            Backend::Redis(_) => None,
+    /// The limit shared through Redis; None when the limits are decided in this process.
+    pub(crate) fn fleet(&self) -> Option<&Arc<Shared>> {
+        match &self.backend {
+            Backend::Local => None,
+            Backend::Redis(redis) => Some(&redis.shared),
         }
     }
 

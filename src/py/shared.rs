@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 
 use crate::core::Cost;
 use crate::backend::Decided;
-use crate::py::admission::give_back_soon;
+use crate::backend::Adjustment;
 use crate::py::redis::refusal;
 use crate::py::lock;
 use crate::py::redis_channel::PyLoopChannel;
@@ -136,7 +136,7 @@ fn wait_blocking_steps(py: Python<'_>, shared: &Arc<Shared>, ask: Ask<'_>, wait:
                 py.detach(|| std::thread::sleep(Duration::from_nanos(left.min(SIGNAL_CHECK_NS))));
                 if let Err(signal) = py.check_signals() {
                     if let Some(grant) = wait.abandon() {
-                        give_back_soon(shared, grant);
+                        Adjustment::give_back(shared, grant).in_background();
                     }
                     return Err(signal);
                 }
@@ -169,7 +169,7 @@ impl Reply {
     /// A grant nobody will take goes back (a place in the fleet's line, its waiter's `leave` took out).
     fn let_go(&self, decided: Result<Outcome, Refused>) {
         if let Ok(Outcome::Admitted(grant)) = decided {
-            give_back_soon(&self.shared, grant);
+            Adjustment::give_back(&self.shared, grant).in_background();
         }
     }
 
@@ -463,7 +463,7 @@ impl Wait for InRedis {
             reply.abandon();
         }
         if let Some(grant) = state.wait.abandon() {
-            give_back_soon(&self.shared, grant);
+            Adjustment::give_back(&self.shared, grant).in_background();
         }
         if let Some(place) = state.wait.leave_line() {
             self.shared.remote.leave_line(&place);
