@@ -26,7 +26,7 @@ import tenacity
 
 import holysheep as hs
 
-BATCHES = 25
+BATCHES = int(os.environ.get("BATCHES", "25"))  # fewer for a quick look while iterating
 CALLS_PER_BATCH = 20_000
 
 
