@@ -285,6 +285,8 @@ async def test_call_cuts_any_awaitable_not_only_coroutines() -> None:
     assert await policy.call(resolved_soon) == "answer"
     with pytest.raises(TimeoutError):
         await policy.call(loop.create_future)
+    with pytest.raises(TypeError, match="can't be used in 'await' expression"):
+        await policy.call(lambda: 5)
 
 
 async def test_closing_a_suspended_call_closes_its_attempt() -> None:

@@ -1,5 +1,6 @@
 //! `RetryCore`: the retry policy's decisions, for the Python `holysheep.RetryPolicy` to drive.
 
+use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -107,7 +108,11 @@ impl RetryCore {
             // `am_send`, as every coroutine's does; nothing else of `PyIterator` is used.
             unsafe { attempt.clone().cast_into_unchecked::<PyIterator>() }
         } else {
-            attempt.call_method0(intern!(py, "__await__"))?.cast_into::<PyIterator>()?
+            let Ok(await_) = attempt.getattr(intern!(py, "__await__")) else {
+                let kind = attempt.get_type().name()?;
+                return Err(PyTypeError::new_err(format!("object {kind} can't be used in 'await' expression")));
+            };
+            await_.call0()?.cast_into::<PyIterator>()?
         };
         Ok(match steps.send(&py.None().into_bound(py))? {
             PySendResult::Return(result) => (true, result, None),
