@@ -115,3 +115,204 @@ def test_wrap_takes_attempt_timeout_as_the_sdks_per_request_timeout() -> None:
     bare = openai.AsyncOpenAI(api_key="sk-test", base_url="http://127.0.0.1:9/v1")
     wrapped = hs.wrap(bare, retry=hs.RetryPolicy(attempt_timeout=4.0))
     assert wrapped.timeout == 4.0
+
+
+# --- the first attempts' one timer per loop (issue 19: a timer per call cost 5.8 µs) -------------------
+
+needs_cancel_counts = pytest.mark.skipif(not hasattr(asyncio.Task, "uncancel"), reason="Python 3.11+ counts cancellations")
+
+
+async def test_many_first_attempts_share_the_timer_and_only_the_hanging_ones_are_cut() -> None:
+    policy = hs.RetryPolicy(max_attempts=1, attempt_timeout=0.2)
+
+    @policy
+    async def answer(hang: bool) -> str:
+        await asyncio.sleep(10 if hang else 0.01)
+        return "answer"
+
+    started = time.monotonic()
+    results = await asyncio.gather(*(answer(i % 2 == 1) for i in range(40)), return_exceptions=True)
+    assert results[0::2] == ["answer"] * 20
+    assert all(isinstance(r, TimeoutError) and "attempt_timeout" in str(r) for r in results[1::2]), results[1::2]
+    assert time.monotonic() - started < 2.0
+
+
+async def test_a_younger_attempt_is_cut_at_its_own_deadline_when_the_older_one_ended_first() -> None:
+    # The timer was armed for the older call; finding it gone, it must re-arm for the younger one.
+    policy = hs.RetryPolicy(max_attempts=1, attempt_timeout=0.3)
+
+    @policy
+    async def sleeps(seconds: float) -> float:
+        await asyncio.sleep(seconds)
+        return seconds
+
+    older = asyncio.create_task(sleeps(0.05))
+    await asyncio.sleep(0.15)
+    younger_started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await sleeps(10)
+    took = time.monotonic() - younger_started
+    assert await older == 0.05
+    assert 0.25 < took < 1.5, f"cut after {took:.3f} s, its budget is 0.3 s"
+
+
+async def test_a_deadline_that_passes_during_a_retrys_backoff_ends_the_call_with_the_last_error() -> None:
+    attempts = 0
+
+    @hs.RetryPolicy(max_attempts=10, base_delay=0.05, jitter="none", max_elapsed=0.3)
+    async def fails() -> None:
+        nonlocal attempts
+        attempts += 1
+        await asyncio.sleep(0.01)
+        raise ConnectionError("refused")
+
+    started = time.monotonic()
+    with pytest.raises(ConnectionError):
+        await fails()
+    assert 2 <= attempts < 10 and time.monotonic() - started < 2.0
+
+
+async def test_a_first_attempt_that_never_waits_returns_its_result_and_raises_its_error() -> None:
+    policy = hs.RetryPolicy(max_attempts=1, max_elapsed=5.0)
+
+    @policy
+    async def at_once(x: int) -> int:
+        if x < 0:
+            raise ValueError("negative")
+        return x * 2
+
+    assert await at_once(21) == 42
+    with pytest.raises(ValueError, match="negative"):
+        await at_once(-1)
+    assert await policy.call(at_once, 4) == 8
+
+
+async def test_a_callers_cancellation_during_an_attempt_propagates_and_is_not_retried() -> None:
+    attempts = 0
+
+    @hs.RetryPolicy(max_attempts=5, base_delay=0.01, attempt_timeout=5.0)
+    async def hangs() -> None:
+        nonlocal attempts
+        attempts += 1
+        await asyncio.sleep(10)
+
+    task = asyncio.create_task(hangs())
+    await asyncio.sleep(0.05)  # suspended, with the timer armed
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert attempts == 1, "a cancellation is never mistaken for a timeout and retried"
+
+
+@needs_cancel_counts
+async def test_a_callers_cancellation_that_meets_the_cut_is_not_swallowed() -> None:
+    # The caller cancels, and the timer cuts, before the task runs again: asyncio.timeout's rule says
+    # the caller's cancellation wins, so CancelledError, not a TimeoutError to retry.
+    attempts = 0
+
+    @hs.RetryPolicy(max_attempts=5, base_delay=0.01, attempt_timeout=0.02)
+    async def hangs() -> None:
+        nonlocal attempts
+        attempts += 1
+        await asyncio.sleep(10)
+
+    task = asyncio.create_task(hangs())
+    await asyncio.sleep(0)  # the attempt is suspended, the timer armed
+    loop = asyncio.get_running_loop()
+    time.sleep(0.05)  # the loop is blocked past the deadline: the timer is due and has not run
+    loop.call_soon(task.cancel)  # runs just before the due timer, both before the task resumes
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert attempts == 1
+
+
+async def test_the_users_own_timeout_around_the_call_stays_theirs() -> None:
+    attempts = 0
+
+    @hs.RetryPolicy(max_attempts=5, base_delay=0.01, attempt_timeout=5.0)
+    async def hangs() -> None:
+        nonlocal attempts
+        attempts += 1
+        await asyncio.sleep(10)
+
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(hangs(), 0.05)
+    assert attempts == 1, "the enclosing timeout's cancellation is not retried"
+
+
+@needs_cancel_counts
+async def test_a_cut_inside_the_users_longer_timeout_leaves_their_timeout_working() -> None:
+    @hs.RetryPolicy(max_attempts=3, base_delay=0.01, jitter="none", attempt_timeout=0.05)
+    async def hangs_once(state: list[int]) -> str:
+        state.append(1)
+        await asyncio.sleep(10 if len(state) == 1 else 0)
+        return "answer"
+
+    async with asyncio.timeout(5.0):
+        assert await hangs_once([]) == "answer"
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0, "the cut's cancellation was withdrawn"
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await asyncio.sleep(1)  # the user's timeout still fires
+
+
+@needs_cancel_counts
+async def test_an_attempt_that_swallows_the_cut_and_returns_keeps_its_result() -> None:
+    # As with asyncio.timeout: the cut is withdrawn, the result stands.
+    @hs.RetryPolicy(max_attempts=1, attempt_timeout=0.05)
+    async def stubborn() -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            return "late"
+        return "never"
+
+    assert await stubborn() == "late"
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+
+
+async def test_call_cuts_any_awaitable_not_only_coroutines() -> None:
+    loop = asyncio.get_running_loop()
+    policy = hs.RetryPolicy(max_attempts=1, attempt_timeout=0.1)
+
+    def resolved_soon() -> asyncio.Future[str]:
+        future: asyncio.Future[str] = loop.create_future()
+        loop.call_later(0.01, future.set_result, "answer")
+        return future
+
+    assert await policy.call(resolved_soon) == "answer"
+    with pytest.raises(TimeoutError):
+        await policy.call(loop.create_future)
+    with pytest.raises(TypeError, match="can't be used in 'await' expression"):
+        await policy.call(lambda: 5)
+
+
+async def test_closing_a_suspended_call_closes_its_attempt() -> None:
+    closed: list[str] = []
+
+    @hs.RetryPolicy(max_attempts=1, attempt_timeout=5.0)
+    async def holds() -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            closed.append("attempt")
+
+    call = holds()
+    assert call.send(None) is not None  # suspended in its first attempt, as a task would see it
+    call.close()
+    assert closed == ["attempt"], "close() reached the attempt"
+
+
+async def test_under_resilient_with_a_limiter_the_timeout_cuts_the_first_attempt_too() -> None:
+    limiter = hs.HolySheepRateLimiter(max_qps=1000, max_concurrency=1)
+    retry = hs.RetryPolicy(max_attempts=1, attempt_timeout=0.05)
+
+    @hs.resilient(limiter=limiter, retry=retry)
+    async def hangs() -> None:
+        await asyncio.sleep(10)
+
+    with pytest.raises(TimeoutError):
+        await hangs()
+    assert limiter.stats()["in_flight"] == 0, "the cut attempt gave its slot back"

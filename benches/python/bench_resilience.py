@@ -2,8 +2,10 @@
 
 Each row decorates the same trivial function (sync: returns its argument; async: the same as a
 coroutine) and asserts the result once; then rounds of one batch per row are timed, and the median
-ns per call over the rounds is printed. The undecorated call is the floor. Run by
-`make bench-resilience`, which installs the peers and this package into benches/python/.venv-peers.
+ns per call over the rounds is printed. The undecorated call is the floor. A second table times
+coroutines that wait once (`await asyncio.sleep(0)`), as real calls do: a timeout that costs nothing
+for a coroutine that never waits must stay cheap for one that does. Run by `make bench-resilience`,
+which installs the peers and this package into benches/python/.venv-peers.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import tenacity
 
 import holysheep as hs
 
-BATCHES = 25
+BATCHES = int(os.environ.get("BATCHES", "25"))  # fewer for a quick look while iterating
 CALLS_PER_BATCH = 20_000
 
 
@@ -38,6 +40,15 @@ async def plain_async(x: int) -> int:
     return x
 
 
+async def waits_once(x: int) -> int:
+    await asyncio.sleep(0)
+    return x
+
+
+#: The second table's calls each take a turn of the event loop, so fewer of them.
+WAITING_CALLS_PER_BATCH = 2_000
+
+
 def batch_ns_sync(fn: Callable[[int], int]) -> float:
     started = time.perf_counter_ns()
     for i in range(CALLS_PER_BATCH):
@@ -45,11 +56,11 @@ def batch_ns_sync(fn: Callable[[int], int]) -> float:
     return (time.perf_counter_ns() - started) / CALLS_PER_BATCH
 
 
-async def batch_ns_async(fn: Callable[[int], Awaitable[int]]) -> float:
+async def batch_ns_async(fn: Callable[[int], Awaitable[int]], calls: int = CALLS_PER_BATCH) -> float:
     started = time.perf_counter_ns()
-    for i in range(CALLS_PER_BATCH):
+    for i in range(calls):
         await fn(i)
-    return (time.perf_counter_ns() - started) / CALLS_PER_BATCH
+    return (time.perf_counter_ns() - started) / calls
 
 
 def medians_sync(fns: list[Callable[[int], int]]) -> list[float]:
@@ -61,11 +72,11 @@ def medians_sync(fns: list[Callable[[int], int]]) -> list[float]:
     return [statistics.median(column) for column in zip(*rounds)]
 
 
-def medians_async(fns: list[Callable[[int], Awaitable[int]]]) -> list[float]:
+def medians_async(fns: list[Callable[[int], Awaitable[int]]], calls: int = CALLS_PER_BATCH) -> list[float]:
     async def run() -> list[float]:
         for fn in fns:
             assert await fn(7) == 7
-        rounds = [[await batch_ns_async(fn) for fn in fns] for _ in range(BATCHES)]
+        rounds = [[await batch_ns_async(fn, calls) for fn in fns] for _ in range(BATCHES)]
         return [statistics.median(column) for column in zip(*rounds)]
 
     return asyncio.run(run())
@@ -91,6 +102,17 @@ def rows() -> list[tuple[str, Callable[[int], int], Callable[[int], Awaitable[in
         ("backoff @on_exception", *both(backoff_retry)),
         ("pybreaker @CircuitBreaker (async: tornado only)", pybreaker_sync, None),
         ("circuitbreaker @circuit", *both(circuitbreaker.circuit(failure_threshold=5, recovery_timeout=30))),
+    ]
+
+
+def waiting_rows() -> list[tuple[str, Callable[[int], Awaitable[int]]]]:
+    timed_policy = hs.RetryPolicy(max_attempts=5, max_elapsed=300.0, retry_budget=0.1)
+    tenacity_retry = tenacity.retry(stop=tenacity.stop_after_attempt(5), wait=tenacity.wait_random_exponential(max=60))
+    return [
+        ("undecorated call (floor)", waits_once),
+        ("holysheep @hs.retry(policy)", hs.retry(hs.RetryPolicy(max_attempts=5))(waits_once)),
+        ("holysheep @hs.retry(policy with max_elapsed, retry_budget)", hs.retry(timed_policy)(waits_once)),
+        ("tenacity @retry", tenacity_retry(waits_once)),
     ]
 
 
@@ -124,6 +146,17 @@ def main() -> None:
     for (name, _, async_fn), sync in zip(table, sync_ns):
         async_cell = f"{next(async_ns):,.0f}" if async_fn is not None else "n/a"
         print(f"| {name} | {sync:,.0f} | {async_cell} |")
+    print()
+    print(f"# Coroutines that wait once (asyncio.sleep(0)); batches of {WAITING_CALLS_PER_BATCH:,} calls")
+    print()
+    print("| decorator | async ns/call |")
+    print("|---|---:|")
+    waiting = waiting_rows()
+    gc.disable()
+    waiting_ns = medians_async([fn for _, fn in waiting], WAITING_CALLS_PER_BATCH)
+    gc.enable()
+    for (name, _), ns in zip(waiting, waiting_ns):
+        print(f"| {name} | {ns:,.0f} |")
 
 
 if __name__ == "__main__":

@@ -409,6 +409,13 @@ class RetryCore:
     def attempt_budget(self, started: int) -> float | None:
         """Seconds the attempt starting now may run (the attempt timeout, cut to what `max_elapsed` leaves
         of the call begun at `started`); None when neither is set."""
+    @staticmethod
+    def first_step(attempt: Awaitable[Any]) -> tuple[bool, Any, Any]:
+        """Runs an attempt (an awaitable) until it first suspends or ends: `(True, its result, None)` when
+        it ended, `(False, what it waits on, its iterator)` when it suspended; raises what it raised."""
+    def first_attempt_left(self, started: int) -> float | None:
+        """Seconds the first attempt of a call begun at `started` has left before it is cut (0.0 once
+        past); None when neither `attempt_timeout` nor `max_elapsed` is set."""
     def delays(self) -> list[float]:
         """The backoff schedule in seconds (random draws unless the jitter is "none")."""
     @property

@@ -249,7 +249,7 @@ def _resilient_async(
     """The same in one coroutine frame for the first attempt (nested decorators would stack three);
     retries go through ``attempt`` (breaker, then the attempt timeout, then limiter, then ``fn``)."""
     begin = retry._core.begin if retry is not None and retry._timed else None
-    within = retry._within if retry is not None and retry._bounded else None
+    first = retry._first if retry is not None and retry._bounded else None
     allow = breaker._core.allow if breaker is not None else None
     success = breaker._core.success if breaker is not None else None
     announce = breaker._announce if breaker is not None else None
@@ -261,6 +261,8 @@ def _resilient_async(
             breaker._settle(permit, exc)
         if retry_async is None or not isinstance(exc, Exception):
             raise exc
+        if first is not None:
+            _CALL_STARTED.set(started)  # for the retries' attempts (this task's own context)
         return await retry_async(exc, started, attempt, args, kwargs, bound=False)
 
     @functools.wraps(fn)
@@ -272,9 +274,9 @@ def _resilient_async(
             if permit & 1 and announce is not None:  # admitting this call turned the breaker half-open
                 announce(("open", "half_open"))
         try:
-            if within is not None:
-                _CALL_STARTED.set(started)  # for the retries' attempts (this task's own context)
-                result = await within(_limited_call(limiter, fn, args, kwargs), started)
+            if first is not None:  # the first attempt's timeout cuts the limiter's wait too
+                attempt = _limited_call(limiter, fn, args, kwargs) if limiter is not None else fn(*args, **kwargs)
+                result = await first.run(attempt, started)
             elif limiter is not None:
                 async with limiter:
                     result = await fn(*args, **kwargs)
@@ -292,10 +294,8 @@ def _resilient_async(
 
 
 async def _limited_call(
-    limiter: Limiter | None, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    limiter: Limiter, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> T:
-    if limiter is None:
-        return await fn(*args, **kwargs)
     async with limiter:
         return await fn(*args, **kwargs)
 

@@ -7,9 +7,12 @@ core's; this module runs the loop: the call, the classification of its failure, 
 
 Timeouts: a coroutine's attempt that runs past ``attempt_timeout`` (or past what ``max_elapsed``
 leaves of the whole call) is cancelled and raises ``TimeoutError``, which the classification table
-retries. A plain function cannot be interrupted from outside: its attempts run to their end, and
-``max_elapsed`` bounds only whether another starts. (Through the openai clients, ``attempt_timeout``
-becomes the SDK's own per-request timeout, which cuts blocking requests too.)
+retries. A cancellation from elsewhere propagates as ``CancelledError``. A first attempt that never
+waits needs no timer, and those that wait share one per loop (:mod:`holysheep._first_attempts`);
+retries, after their backoff, use ``asyncio.timeout``. A plain function cannot be interrupted from
+outside: its attempts run to their end, and ``max_elapsed`` bounds only whether another starts.
+(Through the openai clients, ``attempt_timeout`` becomes the SDK's own per-request timeout, which
+cuts blocking requests too.)
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, Union, cast
 
+from holysheep._first_attempts import FirstAttempts
 from holysheep._guard import OnError, check_callable, check_decorated, guard_sync
 from holysheep._holysheep import RetryCore
 from holysheep.classify import is_retryable, server_retry_after
@@ -72,7 +76,7 @@ class RetryPolicy:
     :raises ConfigError: for a setting that cannot work, naming it.
     """
 
-    __slots__ = ("_bounded", "_core", "_retryable", "_timed")
+    __slots__ = ("_bounded", "_core", "_first", "_retryable", "_timed")
 
     def __init__(
         self,
@@ -105,6 +109,7 @@ class RetryPolicy:
         self._timed = max_elapsed is not None or retry_budget is not None
         # A coroutine's attempts run under a timeout only when one of these bounds them.
         self._bounded = attempt_timeout is not None or max_elapsed is not None
+        self._first = FirstAttempts(self._core.first_attempt_left, self._first_cut)
 
     @property
     def max_attempts(self) -> int:
@@ -178,8 +183,13 @@ class RetryPolicy:
         """Awaits ``fn(*args, **kwargs)``, retrying by this policy; raises the last real error."""
         check_callable(fn, "RetryPolicy.call")
         started = self._core.begin() if self._timed else 0
+        if not self._bounded:
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as exc:
+                return await self._retry_async(exc, started, fn, args, kwargs)
         try:
-            return await (self._within(fn(*args, **kwargs), started) if self._bounded else fn(*args, **kwargs))
+            return await self._first.run(fn(*args, **kwargs), started)
         except Exception as exc:
             return await self._retry_async(exc, started, fn, args, kwargs)
 
@@ -211,13 +221,16 @@ class RetryPolicy:
         # The first attempt is inlined: on success, one Python frame and no call into Rust.
         retry_async = self._retry_async
         if self._bounded:
-            begin, within = self._core.begin, self._within
+            begin, first_step, until_done = self._core.begin, RetryCore.first_step, self._first.until_done
 
             @functools.wraps(fn)
             async def bounded_retrying(*args: Any, **kwargs: Any) -> T:
                 started = begin()
-                try:
-                    return await within(fn(*args, **kwargs), started)
+                try:  # FirstAttempts.run, inlined: a coroutine frame less
+                    ended, value, steps = first_step(fn(*args, **kwargs))
+                    if ended:
+                        return cast(T, value)  # it never waited, so nothing could cut it: no timer
+                    return cast(T, await until_done(steps, value, started))
                 except Exception as exc:
                     return await retry_async(exc, started, fn, args, kwargs)
 
@@ -319,6 +332,11 @@ class RetryPolicy:
         """The error of an attempt cut after ``budget`` seconds, naming the setting that cut it."""
         setting = "attempt_timeout" if budget == self._core.attempt_timeout else "max_elapsed"
         return TimeoutError(f"the attempt was cut after {budget:.3f} s ({setting})")
+
+    def _first_cut(self) -> TimeoutError:
+        """The error of a first attempt cut at its budget (the attempt timeout, cut to ``max_elapsed``)."""
+        budgets = [b for b in (self._core.attempt_timeout, self._core.max_elapsed) if b is not None]
+        return self._cut(min(budgets))
 
     def _next_delay(self, error: Exception, attempts: int, started: int, previous: float) -> float:
         """Seconds to wait before the next attempt; raises ``error`` when there is none."""

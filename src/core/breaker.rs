@@ -287,11 +287,19 @@ impl<C: Clock> CircuitBreaker<C> {
     /// trial slots taken).
     #[inline]
     pub fn allow(&self) -> Result<Permit> {
-        let word = Word(self.word.load(Ordering::Acquire));
-        if word.state() == State::Closed {
-            return Ok(self.permit(word.generation(), false, false));
+        match self.allow_closed() {
+            Some(permit) => Ok(permit),
+            None => self.allow_slow(Word(self.word.load(Ordering::Acquire))),
         }
-        self.allow_slow(word)
+    }
+
+    /// [`allow`](Self::allow) while closed, the success path: `None` when the breaker is not closed,
+    /// and `allow` must decide. An `Option<Permit>` comes back in registers where a `Result` with its
+    /// error goes through memory (on the Python decorator's path, a tenth of the call's time).
+    #[inline]
+    pub fn allow_closed(&self) -> Option<Permit> {
+        let word = Word(self.word.load(Ordering::Acquire));
+        (word.state() == State::Closed).then(|| self.permit(word.generation(), false, false))
     }
 
     /// A permit of `generation`, stamped with the start when slow calls count.

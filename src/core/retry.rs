@@ -207,6 +207,18 @@ impl<C: Clock> RetryPolicy<C> {
         }
     }
 
+    /// How long the first attempt of a call begun at `started_ns` has left before it is cut: its
+    /// budget (the attempt timeout, cut to `max_elapsed`) less the time since; 0 once past, `None` when
+    /// neither is set. Every first attempt of a policy has the same budget, so their deadlines come in
+    /// the order the calls began: one timer armed for the oldest running one can cut them all.
+    pub fn first_attempt_left_ns(&self, started_ns: u64) -> Option<u64> {
+        let budget = match (self.config.attempt_timeout_ns, self.config.max_elapsed_ns) {
+            (Some(attempt), Some(total)) => attempt.min(total),
+            (attempt, total) => attempt.or(total)?,
+        };
+        Some(budget.saturating_sub(self.clock.now_ns().saturating_sub(started_ns)))
+    }
+
     /// [`decide`](Self::decide) with the jitter drawn from a thread-local generator.
     pub fn decide_randomly(
         &self,
@@ -366,6 +378,25 @@ mod tests {
         assert_eq!(p.attempt_budget_ns(started), Some(0));
         let (neither, _) = policy(RetryConfig::default());
         assert_eq!(neither.attempt_budget_ns(0), None);
+    }
+
+    #[test]
+    fn a_first_attempt_has_its_budget_left_less_the_time_since_the_call_began() {
+        let both = RetryConfig { attempt_timeout_ns: Some(10 * SEC), max_elapsed_ns: Some(25 * SEC), ..RetryConfig::default() };
+        let (p, clock) = policy(both);
+        let started = p.begin();
+        assert_eq!(p.first_attempt_left_ns(started), Some(10 * SEC));
+        clock.advance(4 * SEC);
+        assert_eq!(p.first_attempt_left_ns(started), Some(6 * SEC));
+        clock.advance(7 * SEC);
+        assert_eq!(p.first_attempt_left_ns(started), Some(0), "past its deadline");
+        let total_only = RetryConfig { max_elapsed_ns: Some(3 * SEC), ..RetryConfig::default() };
+        let (p, clock) = policy(total_only);
+        let started = p.begin();
+        clock.advance(SEC);
+        assert_eq!(p.first_attempt_left_ns(started), Some(2 * SEC), "max_elapsed alone bounds it");
+        let (neither, _) = policy(RetryConfig::default());
+        assert_eq!(neither.first_attempt_left_ns(0), None);
     }
 
     #[test]

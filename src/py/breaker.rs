@@ -23,8 +23,20 @@ pub enum Breaker {
 }
 
 impl Breaker {
+    /// Admits a call, or raises `CircuitOpenError` (or the backend's error). A closed local breaker
+    /// answers inline; everything else is behind a call (see `CircuitBreaker::allow_closed`).
     #[inline]
     pub fn allow(&self) -> PyResult<Permit> {
+        if let Breaker::Local(breaker) = self
+            && let Some(permit) = breaker.allow_closed()
+        {
+            return Ok(permit);
+        }
+        self.allow_slow()
+    }
+
+    #[inline(never)]
+    fn allow_slow(&self) -> PyResult<Permit> {
         match self {
             Breaker::Local(breaker) => Ok(breaker.allow()?),
             Breaker::Fleet(breaker) => breaker.allow().map_err(|refusal| match refusal {

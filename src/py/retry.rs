@@ -1,11 +1,18 @@
 //! `RetryCore`: the retry policy's decisions, for the Python `holysheep.RetryPolicy` to drive.
 
+use pyo3::exceptions::PyTypeError;
+use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::iterator::PySendResult;
+use pyo3::types::{PyIterator, PyType};
 
 use crate::core::clock::{ns_to_secs, secs_to_ns};
 use crate::core::retry::{ATTEMPTS, Jitter, RetryConfig, RetryDecision, RetryPolicy};
 
 use super::args;
+
+static COROUTINE_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 /// The native half of `holysheep.RetryPolicy`; use that class.
 #[pyclass(name = "RetryCore", module = "holysheep._holysheep", frozen)]
@@ -79,6 +86,38 @@ impl RetryCore {
     /// of the call begun at `started`); None when neither is set.
     fn attempt_budget(&self, started: u64) -> Option<f64> {
         self.inner.attempt_budget_ns(started).map(ns_to_secs)
+    }
+
+    /// Seconds the first attempt of a call begun at `started` has left before it is cut (0.0 once
+    /// past); None when neither `attempt_timeout` nor `max_elapsed` is set.
+    fn first_attempt_left(&self, started: u64) -> Option<f64> {
+        self.inner.first_attempt_left_ns(started).map(ns_to_secs)
+    }
+
+    /// Runs an attempt (an awaitable) until it first suspends or ends: `(True, its result, None)` when
+    /// it ended, `(False, what it waits on, what to resume)` when it suspended; raises what it raised.
+    /// A coroutine is resumed natively through its `am_send` slot, which hands back its result
+    /// without the `StopIteration` that `coroutine.send` (or its `__await__` iterator) raises at the
+    /// end: that exception costs more than the rest of a call that never waits.
+    #[staticmethod]
+    fn first_step<'py>(attempt: &Bound<'py, PyAny>) -> PyResult<(bool, Bound<'py, PyAny>, Option<Bound<'py, PyAny>>)> {
+        let py = attempt.py();
+        let coroutine_type = COROUTINE_TYPE.import(py, "types", "CoroutineType")?;
+        let steps = if attempt.get_type().is(coroutine_type) {
+            // SAFETY: `PyIterator::send` is `PyIter_Send`, which takes any object whose type has
+            // `am_send`, as every coroutine's does; nothing else of `PyIterator` is used.
+            unsafe { attempt.clone().cast_into_unchecked::<PyIterator>() }
+        } else {
+            let Ok(await_) = attempt.getattr(intern!(py, "__await__")) else {
+                let kind = attempt.get_type().name()?;
+                return Err(PyTypeError::new_err(format!("object {kind} can't be used in 'await' expression")));
+            };
+            await_.call0()?.cast_into::<PyIterator>()?
+        };
+        Ok(match steps.send(&py.None().into_bound(py))? {
+            PySendResult::Return(result) => (true, result, None),
+            PySendResult::Next(waiting_on) => (false, waiting_on, Some(steps.into_any())),
+        })
     }
 
     /// The backoff schedule in seconds (random draws unless the jitter is "none").
