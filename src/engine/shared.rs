@@ -5,14 +5,13 @@
 //! and gives back a reservation it holds, and an answer that comes after it left is given back too.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 
 use crate::backend::Adjustment;
 use crate::backend::redis::limiter::{Mode, Outcome, Place, Refused};
-use crate::backend::redis::shared::{Shared, SharedWait, Step};
+use crate::backend::redis::shared::{Shared, SharedWait, Step, WaitingCount};
 use crate::backend::redis::{BackendError, Grant, runtime};
 use crate::core::Cost;
 use crate::engine::gate::Fleet;
@@ -24,13 +23,13 @@ const OPERATION: &str = "acquire";
 struct Waiting {
     shared: Arc<Shared>,
     wait: SharedWait,
+    _counted: WaitingCount,
 }
 
 impl Waiting {
     fn start(shared: &Arc<Shared>) -> (Self, Step) {
-        shared.stats.waiting.fetch_add(1, Ordering::Relaxed);
         let (wait, first) = SharedWait::start(shared.now_ns(), None, shared.remote.place(0));
-        (Self { shared: Arc::clone(shared), wait }, first)
+        (Self { shared: Arc::clone(shared), wait, _counted: WaitingCount::new(shared) }, first)
     }
 }
 
@@ -42,7 +41,6 @@ impl Drop for Waiting {
         if let Some(place) = self.wait.leave_line() {
             self.shared.remote.leave_line(&place);
         }
-        self.shared.stats.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -18,7 +18,7 @@ use crate::py::lock;
 use crate::py::redis_channel::PyLoopChannel;
 use crate::py::waiting::{Armed, Finish, Wait, resolver, running_loop};
 use crate::backend::redis::limiter::{Mode, Outcome, Place, Refused};
-use crate::backend::redis::shared::{OnError, Shared, SharedWait, Step, Turn};
+use crate::backend::redis::shared::{OnError, Shared, SharedWait, Step, Turn, WaitingCount};
 use crate::backend::redis::{Grant, runtime};
 
 /// How often a thread sleeping out a wait looks for a pending signal (Ctrl-C).
@@ -84,22 +84,6 @@ pub fn decide_now(py: Python<'_>, shared: &Arc<Shared>, ask: Ask<'_>) -> PyResul
             Ok(None)
         }
         Err(err) => Err(refused(shared, err)),
-    }
-}
-
-/// Counts a waiter while it waits.
-struct WaitingCount(Arc<Shared>);
-
-impl WaitingCount {
-    fn new(shared: &Arc<Shared>) -> Self {
-        shared.stats.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self(Arc::clone(shared))
-    }
-}
-
-impl Drop for WaitingCount {
-    fn drop(&mut self) {
-        self.0.stats.waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

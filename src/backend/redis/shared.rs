@@ -163,6 +163,22 @@ impl Shared {
     }
 }
 
+/// Counts a waiter in `stats().waiting` while it lives (every driver of a [`SharedWait`] holds one).
+pub struct WaitingCount(Arc<Shared>);
+
+impl WaitingCount {
+    pub fn new(shared: &Arc<Shared>) -> Self {
+        shared.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(shared))
+    }
+}
+
+impl Drop for WaitingCount {
+    fn drop(&mut self) {
+        self.0.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// An admission of `cost` counted nowhere (`fail_open`).
 fn open(cost: Cost, price: f64) -> Grant {
     Grant { wait_us: 0, at_us: 0, lease: None, cost, price, counted: Counted::Nowhere }
