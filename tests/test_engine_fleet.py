@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -194,3 +196,31 @@ def test_a_job_whose_redis_is_down_under_fail_open_sends_everything_uncounted(tm
         report = hs.run_batch(write_requests(tmp_path / "in.jsonl", "r", 10), tmp_path / "out.jsonl", base_url=gw.base_url, api_key=KEY, limiter=limiter)
     assert report.ok == 10 and report.stopped is None
     assert limiter.stats()["fallbacks"] >= 10
+
+
+def batch_command(requests: Path, output: Path, base_url: str, *more: str) -> list[str]:
+    return [sys.executable, "-m", "holysheep", "batch", str(requests), "-o", str(output), "--base-url", base_url,
+            "--api-key", KEY, "--no-progress", *more]
+
+
+def test_batch_commands_naming_one_key_share_its_limits_through_redis(tmp_path: Path, redis_url: str) -> None:  # noqa: F811
+    fleet = ("--redis-url", redis_url, "--key", "cli-fleet", "--rpm", "20")
+    with MockGateway(rpm=20) as gw:
+        runs = [
+            subprocess.Popen(batch_command(write_requests(tmp_path / f"in-{name}.jsonl", name, 10), tmp_path / f"out-{name}.jsonl", gw.base_url, *fleet),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for name in "ab"
+        ]
+        done = [run.communicate(timeout=25) for run in runs]
+        assert [run.returncode for run in runs] == [0, 0], done
+        assert sum(record.status == 429 for record in gw.admission_log()) == 0
+    assert sorted(answered(tmp_path / "out-a.jsonl") + answered(tmp_path / "out-b.jsonl")) == sorted([f"a{i}" for i in range(10)] + [f"b{i}" for i in range(10)])
+    peer = fleet_limiter(redis_url, "cli-fleet", rpm=20)
+    assert peer.stats()["remaining"] == {"20 requests per minute": 0}, "both jobs were counted under the key, in Redis"
+
+
+def test_the_batch_command_refuses_a_key_without_a_redis_url_naming_it(tmp_path: Path) -> None:
+    requests = write_requests(tmp_path / "in.jsonl", "a", 1)
+    done = subprocess.run(batch_command(requests, tmp_path / "out.jsonl", "http://127.0.0.1:9/v1", "--key", "k"), capture_output=True, text=True)
+    assert done.returncode == 2 and "key" in done.stderr and "--redis-url" in done.stderr
+    assert not (tmp_path / "out.jsonl").exists()

@@ -362,6 +362,13 @@ def _add_batch(subcommands: Subcommands) -> None:
     limits.add_argument(
         "--max-concurrency", type=int, default=None, metavar="N", help="requests in flight at once (default 64)"
     )
+    fleet = parser.add_argument_group("a fleet of jobs sharing the limits through Redis")
+    fleet.add_argument("--redis-url", default=None, metavar="URL", help="hold the limits in this Redis (redis://, rediss://, redis+sentinel://)")
+    fleet.add_argument("--key", default=None, help="the shared limit's name: every job naming it keeps to it together")
+    fleet.add_argument(
+        "--on-error", default="local", choices=["local", "fail_open", "fail_closed"],
+        help="while Redis is away: this job's share of the limits (local), no limits (fail_open), or stop (fail_closed)",
+    )
     parser.add_argument("--budget-usd", type=float, default=None, metavar="X", help="stop sending once X dollars are spent")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="S", help="seconds per attempt (600)")
     parser.add_argument("--retry-failed", action="store_true", help="send again the requests OUTPUT says failed")
@@ -373,19 +380,28 @@ def _add_batch(subcommands: Subcommands) -> None:
 def _run_batch(args: argparse.Namespace) -> int:
     from holysheep._engine import run_batch
 
+    limits: dict[str, Any] = {"tier": args.tier, "rpm": args.rpm, "tpm": args.tpm}
+    limiter = None
+    if args.redis_url is not None or args.key is not None:
+        from holysheep import HolySheepRateLimiter, RedisBackend
+
+        if args.redis_url is None:
+            raise ConfigError("key: names a limit shared through Redis; give --redis-url too", "key")
+        backend = RedisBackend(args.redis_url, on_error=args.on_error)
+        limiter = HolySheepRateLimiter(max_concurrency=args.max_concurrency, backend=backend, key=args.key, **limits)
+        limits = {}
     try:
         report = run_batch(
             args.input,
             args.output,
             base_url=args.base_url,
             api_key=args.api_key,
+            limiter=limiter,
             max_concurrency=args.max_concurrency,
             timeout=args.timeout,
             budget_usd=args.budget_usd,
             retry_failed=args.retry_failed,
-            tier=args.tier,
-            rpm=args.rpm,
-            tpm=args.tpm,
+            **limits,
             progress=args.progress and not args.dry_run,
             dry_run=args.dry_run,
         )
