@@ -6,6 +6,7 @@ flag checked) when not instrumented."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import subprocess
 import sys
@@ -183,6 +184,32 @@ async def test_a_streamed_answer_is_recorded_when_its_body_ends_with_the_usage_o
     assert usage["input"] + usage["output"] == record.tokens
     [span] = telemetry.spans.get_finished_spans()
     assert (span.attributes or {})["gen_ai.response.model"] == "gpt-4.1"
+
+
+async def test_streams_abandoned_with_the_garbage_collector_off_still_free_their_slots_and_are_recorded(
+    telemetry: Telemetry, gateway: MockGateway
+) -> None:
+    hs.instrument(meter_provider=telemetry.meter_provider, tracer_provider=telemetry.tracer_provider)
+    lim = hs.HolySheepRateLimiter(max_concurrency=2)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        async with hs.AsyncHolySheep(api_key="hs_test", base_url=gateway.base_url, limiter=lim, acquire_timeout=10) as client:
+
+            async def abandon_each_stream() -> None:
+                for _ in range(3):
+                    stream = await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, max_tokens=32, stream=True)
+                    async for _chunk in stream:
+                        break
+
+            await asyncio.wait_for(asyncio.gather(abandon_each_stream(), abandon_each_stream()), timeout=20)
+    finally:
+        if was_enabled:
+            gc.enable()
+    assert len(gateway.admission_log()) == 6
+    recorded = sum(p.count for p in telemetry.points("gen_ai.client.operation.duration"))
+    assert 4 <= recorded <= 6, "each ended stream once; the last two may still be waiting for their end"
+    assert lim.stats()["in_flight"] <= 2
 
 
 def test_an_abandoned_blocking_stream_is_recorded_when_closed_and_once(telemetry: Telemetry, gateway: MockGateway) -> None:
