@@ -29,15 +29,14 @@ pub struct Finished {
 }
 
 impl Finished {
-    /// Reads `request` and the output `line` written for it.
-    pub fn read(request: &Request, line: &[u8], failure: Option<&str>, duration: Duration) -> Self {
-        let asked: Value = serde_json::from_str(request.body.get()).unwrap_or(Value::Null);
+    /// Reads `request` (asking for `model`) and the output `line` written for it.
+    pub fn read(request: &Request, model: Option<String>, line: &[u8], failure: Option<&str>, duration: Duration) -> Self {
         let written: Value = serde_json::from_slice(line).unwrap_or(Value::Null);
         let response = &written["response"];
         let body = &response["body"];
         Self {
             endpoint: request.url.clone(),
-            model: asked["model"].as_str().map(str::to_owned),
+            model,
             status: response["status_code"].as_u64().and_then(|status| u16::try_from(status).ok()),
             failure: failure.map(str::to_owned),
             duration,
@@ -63,7 +62,7 @@ mod tests {
         let asked = request(r#"{"model": "gpt-4.1", "messages": []}"#);
         let body = br#"{"model": "gpt-4.1-2025", "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}"#;
         let written = line("a", Ok(Answer { status_code: 200, request_id: None, body, json: true }));
-        let finished = Finished::read(&asked, &written, None, Duration::from_millis(5));
+        let finished = Finished::read(&asked, Some("gpt-4.1".into()), &written, None, Duration::from_millis(5));
         assert!(finished.ended <= SystemTime::now());
         assert_eq!(
             finished,
@@ -83,10 +82,10 @@ mod tests {
     #[test]
     fn a_failure_without_an_answer_or_a_body_that_is_not_json_reads_what_there_is() {
         let asked = request(r#"{"model": "m"}"#);
-        let finished = Finished::read(&asked, &line("a", Err(("timeout", "no answer"))), Some("timeout"), Duration::ZERO);
+        let finished = Finished::read(&asked, Some("m".into()), &line("a", Err(("timeout", "no answer"))), Some("timeout"), Duration::ZERO);
         assert_eq!((finished.status, finished.failure.as_deref(), finished.usage), (None, Some("timeout"), None));
         let text = line("a", Ok(Answer { status_code: 502, request_id: None, body: b"<html>", json: false }));
-        let finished = Finished::read(&asked, &text, Some("http_502"), Duration::ZERO);
+        let finished = Finished::read(&asked, None, &text, Some("http_502"), Duration::ZERO);
         assert_eq!((finished.status, finished.response_model), (Some(502), None));
     }
 }

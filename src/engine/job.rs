@@ -151,11 +151,11 @@ impl Job {
         model.and_then(|model| self.config.prices.get(model)).copied().unwrap_or(0.0)
     }
 
-    /// What a request is estimated to cost.
-    pub fn estimate(&self, request: &Request) -> (Cost, f64) {
+    /// What a request is estimated to cost, its price per million tokens, and the model it asks for.
+    pub fn estimate(&self, request: &Request) -> (Cost, f64, Option<String>) {
         let estimate = tokens::estimate(request.body.get());
         let price = self.price(estimate.model.as_deref());
-        (Cost::priced(estimate.tokens, price), price)
+        (Cost::priced(estimate.tokens, price), price, estimate.model)
     }
 
     /// Runs the job on a thread of its own, on a tokio runtime of one thread: the requests share
@@ -208,7 +208,7 @@ impl Job {
             if answered.contains(&request.custom_id) {
                 continue;
             }
-            let (cost, price) = self.estimate(&request);
+            let (cost, price, model) = self.estimate(&request);
             if let Some(budget) = &budget {
                 if !budget.reserve(cost.micro_usd) {
                     *stopped.lock().expect("not poisoned") = Some(format!("budget_usd={} spent", config.budget_usd.unwrap_or_default()));
@@ -232,7 +232,7 @@ impl Job {
                             return;
                         }
                         if let Some(finished) = finished {
-                            let ended = Finished::read(&request, &line, failure.as_deref(), began.elapsed());
+                            let ended = Finished::read(&request, model, &line, failure.as_deref(), began.elapsed());
                             finished.lock().expect("not poisoned").push(ended);
                         }
                         let counter = if let Some(reason) = failure {

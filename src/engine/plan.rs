@@ -42,7 +42,7 @@ impl Job {
                 return;
             }
             plan.to_send += 1;
-            let (cost, _) = self.estimate(request);
+            let (cost, _, _) = self.estimate(request);
             plan.tokens += cost.tokens;
             micro_usd += cost.micro_usd;
             over_budget |= budget.is_some_and(|budget| micro_usd > budget);

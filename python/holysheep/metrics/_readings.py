@@ -106,6 +106,8 @@ class Readings:
     def __init__(self, recorder: Recorder) -> None:
         self._recorder = recorder
         self._cache: dict[int, tuple[float, dict[str, Any], str]] = {}
+        #: The coalescing clients' stats as one, and when they were read (its four instruments share them).
+        self._coalesced: tuple[float, dict[str, Any] | None] | None = None
 
     def _stats(self) -> Iterator[tuple[HolySheepRateLimiter, dict[str, Any], str]]:
         now = time.monotonic()
@@ -117,8 +119,9 @@ class Readings:
             yield limiter, cached[1], cached[2]
 
     def fresh(self) -> None:
-        """Reads every limiter anew at the next collection."""
+        """Reads every limiter (and the coalescing clients) anew at the next collection."""
         self._cache.clear()
+        self._coalesced = None
 
     def of(self, instrument: Instrument) -> list[Reading]:
         readings: list[Reading] = []
@@ -134,11 +137,15 @@ class Readings:
         ]
 
     def _coalescing(self) -> dict[str, Any] | None:
-        """The coalescing stats of every client that sent requests with ``coalesce=``, as one."""
+        """The coalescing stats of every client that sent requests with ``coalesce=``, as one; read once
+        per collection."""
         from holysheep.transport._coalescing import stats_of
 
-        coalescers = [coalescer for p in list(self._recorder.pipelines) if (coalescer := getattr(p, "coalescer", None)) is not None]
-        return stats_of(coalescers) if coalescers else None
+        now = time.monotonic()
+        if self._coalesced is None or now - self._coalesced[0] > _FRESH_S:
+            coalescers = [coalescer for p in list(self._recorder.pipelines) if (coalescer := getattr(p, "coalescer", None)) is not None]
+            self._coalesced = (now, stats_of(coalescers) if coalescers else None)
+        return self._coalesced[1]
 
     def coalesced_calls(self) -> list[Reading]:
         stats = self._coalescing()

@@ -57,6 +57,14 @@ def provider_of(host: str) -> str:
     return "openai"
 
 
+def server_attributes(host: str, port: int | None) -> dict[str, Any]:
+    """The attributes naming who answered, on every request recorded (the transport's and the engine's)."""
+    attributes: dict[str, Any] = {"gen_ai.provider.name": provider_of(host), "server.address": host}
+    if port is not None:
+        attributes["server.port"] = port
+    return attributes
+
+
 def _json_of(content: bytes) -> dict[str, Any] | None:
     try:
         value = json.loads(content)
@@ -204,14 +212,7 @@ class Recorder:
         return self._recorded(pipeline, request, steps, run, operation)
 
     async def _recorded(self, pipeline: _Pipeline, request: Any, steps: _Steps, run: Callable[[Any, Any], Coroutine[Any, Any, Any]], operation: str) -> Any:
-        host = request.url.host
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": operation,
-            "gen_ai.provider.name": provider_of(host),
-            "server.address": host,
-        }
-        if request.url.port is not None:
-            attributes["server.port"] = request.url.port
+        attributes = {"gen_ai.operation.name": operation, **server_attributes(request.url.host, request.url.port)}
         body = _json_of(request.content) if request.headers.get("content-type", "").startswith("application/json") else None
         if body is not None and isinstance(body.get("model"), str):
             attributes["gen_ai.request.model"] = body["model"]
@@ -254,10 +255,7 @@ class Recorder:
         as the transport records its own; a failure's ``error.type`` is its status, else the engine's
         reason (``timeout``, ``connection_error``, ...)."""
         url = urlsplit(base_url)
-        host = url.hostname or ""
-        base: dict[str, Any] = {"gen_ai.provider.name": provider_of(host), "server.address": host}
-        if url.port is not None:
-            base["server.port"] = url.port
+        base = server_attributes(url.hostname or "", url.port)
         sinks = list(self.sinks.values())
         for endpoint, model, status, failure, duration_s, ended_ns, response_model, usage in rows:
             operation = operation_of(endpoint)
