@@ -13,6 +13,13 @@
 -- leaves the line once its place expires, and one that gave up is withdrawn by leave.lua (if its ask
 -- runs after that, late, it takes nothing).
 --
+-- The same line orders waits for the rate. A request reserves a later instant only when nobody waits
+-- ahead of it and the instant is within HORIZON of now; else it stands in line and asks again. So a
+-- reservation, once made, is a turn that has come, and a later arrival of higher priority goes ahead
+-- of every waiter of lower priority whose instant is further off than that (a reservation made far
+-- ahead would keep it behind first come, first reserved). Only the front reserves, one at a time, in
+-- line order; those behind it ask again sooner the closer they stand to the front.
+--
 -- KEYS[1]      the state hash: per window "sum:<id>" (units in the log), "seq:<id>" (sequence number of
 --              the oldest log entry), "tat:<id>" (a GCRA window's theoretical arrival time); per
 --              instance "handed:<instance>" (the last hand-over applied, see below); "expiry" (us:
@@ -53,6 +60,9 @@
 --   2  window a can never admit the cost (b = the most it ever can)
 --   3  no lease it may take: a = when to look again at the latest (us: the oldest lease's expiry, or
 --      its place's), b = its ticket in the line (0: it did not join)
+--   7  not its turn at the rate yet (others wait ahead of it, or its instant is beyond HORIZON): a =
+--      when to ask again (us), b = 1 when it stands in line (0: it did not join: a request that will not
+--      wait, refused)
 --      (status 5 also when the waiter was withdrawn: it gave up before this ask ran)
 --   4  peek: passes after a (b = binding window); then remaining_1 .. remaining_n, the units window i
 --      could take now without waiting
@@ -67,6 +77,13 @@ local numbers = {struct.unpack('<' .. string.rep('i8', #ARGV[1] / 8), ARGV[1])}
 local mode = numbers[1] == 1 and 'now' or (numbers[1] == 2 and 'reserve' or 'peek')
 local max_wait, max_leases, lease_ttl = numbers[2], numbers[3], numbers[4]
 local member_ttl, priority, place_ttl, n, handover = numbers[5], numbers[6], numbers[7], numbers[8], numbers[9]
+
+-- How far ahead of now a request may reserve its instant at the rate (us); a request that would wait
+-- longer stands in the line instead. What a higher-priority arrival may find reserved ahead of it.
+local HORIZON = 250000
+-- A waiter behind the front asks again after this per place ahead of it (us), within these bounds: it
+-- cannot go before those ahead, each of whom takes about one ask.
+local STEP, SOONEST = 2000, 1000
 
 local now = redis_now()
 
@@ -205,6 +222,19 @@ local function ahead_in_line()
   return redis.call('ZCOUNT', line_key, '-inf', line_score(priority, TICKETS - 1))
 end
 
+-- Puts this waiter in line (a newcomer gets the next ticket), or keeps it there: its place is
+-- renewed for another place_ttl.
+local function stand_in_line()
+  if not in_line then
+    local ticket = redis.call('HINCRBY', state, 'ticket', 1) % TICKETS
+    redis.call('ZADD', line_key, line_score(priority, ticket), waiter)
+  end
+  redis.call('ZADD', places_key, now + place_ttl, waiter)
+  keep(line_key, place_ttl)
+  keep(places_key, place_ttl)
+  keep(state, place_ttl)
+end
+
 -- Writes back what changed in the windows' state (a log's count and sequence number, a GCRA's
 -- theoretical arrival time), and `expiry` if given, in one command.
 local function save(new_expiry)
@@ -309,8 +339,8 @@ if mode == 'peek' then
   return reply(4, at - now, binding, free)
 end
 
+local ahead = ahead_in_line()
 if lease_id ~= '' then
-  local ahead = ahead_in_line()
   if ahead >= max_leases - leases then
     local look_again = place_ttl
     if leases >= max_leases then
@@ -323,14 +353,7 @@ if lease_id ~= '' then
       look_again = math.min(look_again, 10000)
     end
     if waiter ~= '' and mode == 'reserve' then
-      if not in_line then
-        local ticket = redis.call('HINCRBY', state, 'ticket', 1) % TICKETS
-        redis.call('ZADD', line_key, line_score(priority, ticket), waiter)
-      end
-      redis.call('ZADD', places_key, now + place_ttl, waiter)
-      keep(line_key, place_ttl)
-      keep(places_key, place_ttl)
-      keep(state, place_ttl)
+      stand_in_line()
       return reply(3, look_again, 1)
     end
     return reply(3, look_again, 0)
@@ -341,6 +364,21 @@ local wait = at - now
 if wait > 0 and (mode == 'now' or (max_wait >= 0 and wait > max_wait)) then
   leave_line()
   return reply(1, wait, binding)
+end
+-- The rate's turn: nobody of its priority or higher waits ahead of it (a free lease within reach is
+-- shared by those near the front, as above), and its instant is near. A request that may not wait
+-- (`now`, or no time to) is refused behind others; one without a place in line is decided at once.
+local behind = ahead > 0 and (wait > 0 or lease_id == '')
+if behind and (mode == 'now' or max_wait == 0) then
+  leave_line()
+  return reply(7, 0, 0)
+end
+if mode == 'reserve' and waiter ~= '' and (behind or wait > HORIZON) then
+  stand_in_line()
+  -- Not before its instant's horizon, nor before those ahead have had their turns; renewing its
+  -- place in time.
+  local look_again = math.max(wait - HORIZON, ahead * STEP, SOONEST)
+  return reply(7, math.min(look_again, math.floor(place_ttl / 2)), 1)
 end
 leave_line()
 
