@@ -8,8 +8,9 @@
 //!   needing it fails as with `fail_closed` (one unit each for some processes would let `m` through
 //!   where the limit allows fewer);
 //! - what the fleet had used in each window at the last answer from Redis (`used`) stays counted until
-//!   that answer's instant plus the window: each process may add only `floor((n - used) / m)` in that
-//!   time, so Redis's admissions and all processes' own together stay within n (a GCRA's backlog is
+//!   the last of it leaves the window (a reservation Redis made ahead of the answer leaves after it):
+//!   each process may add only `floor((n - used) / m)` in that time, so Redis's admissions and all
+//!   processes' own together stay within n (a GCRA's backlog is
 //!   split the same way, and so are the leases in flight, which are kept for the whole outage since
 //!   their end is not known here);
 //! - what it admits alone is its debt: handed to Redis with its first decision once Redis answers again
