@@ -198,10 +198,13 @@ def test_a_shared_limit_without_a_concurrency_cap_holds_nothing_after_admitting(
     assert lim._held == [] and lim.stats()["in_flight"] == 0
 
 
-def test_release_without_an_acquire_is_an_error_for_a_shared_cap(redis_url: str) -> None:
-    lim = shared(redis_url, max_concurrency=2)
-    with pytest.raises(RuntimeError, match="without a matching acquire"):
-        lim.release()
+def test_release_without_an_acquire_is_the_same_config_error_as_a_local_limiters(redis_url: str) -> None:
+    errors = []
+    for lim in (shared(redis_url, max_concurrency=2), hs.HolySheepRateLimiter(max_concurrency=2)):
+        with pytest.raises(hs.ConfigError) as raised:
+            lim.release()
+        errors.append((raised.value.field, str(raised.value)))
+    assert errors[0] == errors[1] == ("release", "release: release() called more often than acquire()")
 
 
 async def test_concurrency_leases_are_shared_and_waiters_get_them_on_release(redis_url: str) -> None:
