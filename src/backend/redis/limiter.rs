@@ -596,7 +596,8 @@ impl RemoteLimiter {
             return None;
         }
         let mut invocation = scripts::ADJUST.call(self.backend.dialect(), &self.keys);
-        invocation.arg(lease.unwrap_or("")).arg(self.windows.len());
+        // The admission's instant: a receipt is honoured only while its admission is in its window.
+        invocation.arg(lease.unwrap_or("")).arg(grant.at_us).arg(self.windows.len());
         for (window, receipt) in self.windows.iter().zip(&receipts) {
             invocation
                 .arg(&window.id)
