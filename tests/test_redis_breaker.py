@@ -82,8 +82,12 @@ async def test_a_failing_coroutine_does_not_block_the_event_loop_on_a_stalled_re
 
 def test_the_process_whose_failure_opens_it_is_refused_at_its_very_next_call(redis_url: str) -> None:
     changes: list[tuple[str, str, int]] = []
-    breaker = shared(redis_url, failure_threshold=1, recovery_timeout=30.0)
-    breaker._on_state_change = lambda b, old, new: changes.append((old, new, threading.get_ident()))
+    breaker = shared(
+        redis_url,
+        failure_threshold=1,
+        recovery_timeout=30.0,
+        on_state_change=lambda b, old, new: changes.append((old, new, threading.get_ident())),
+    )
     fail(breaker)
     with pytest.raises(hs.CircuitOpenError) as refused:
         breaker.call_sync(lambda: None)
