@@ -614,3 +614,50 @@ impl FleetBreaker {
 fn changed(answer: &Answer) -> Option<Transition> {
     (answer.previous != answer.state).then_some(Transition { from: answer.previous, to: answer.state })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decision_waits_for_the_reports_in_flight_until_they_land() {
+        let reports = Arc::new(Reports::default());
+        assert!(!reports.in_flight());
+        reports.sending();
+        assert!(reports.in_flight());
+        let landing = Arc::clone(&reports);
+        let report = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            landing.landed(Some(Transition { from: State::Closed, to: State::Open }));
+        });
+        let started = Instant::now();
+        reports.wait(Duration::from_secs(5));
+        assert!(started.elapsed() >= Duration::from_millis(25), "{:?}", started.elapsed());
+        assert!(!reports.in_flight());
+        report.join().unwrap();
+        assert_eq!(reports.take_changes(), vec![Transition { from: State::Closed, to: State::Open }]);
+        assert!(reports.take_changes().is_empty(), "each change is announced once");
+    }
+
+    #[test]
+    fn a_report_that_never_lands_holds_a_decision_up_no_longer_than_allowed() {
+        let reports = Reports::default();
+        reports.sending();
+        let started = Instant::now();
+        reports.wait(Duration::from_millis(40));
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(40) && waited < Duration::from_secs(2), "{waited:?}");
+    }
+
+    #[test]
+    fn reports_sent_by_a_parent_process_are_none_of_a_forked_childs() {
+        let reports = Reports::default();
+        reports.sending();
+        reports.pid.store(std::process::id().wrapping_add(1), Ordering::Release);
+        assert!(!reports.in_flight(), "the parent's report never lands here");
+        reports.sending();
+        assert!(reports.in_flight());
+        reports.landed(None);
+        assert!(!reports.in_flight(), "only the child's own report counted");
+    }
+}
