@@ -78,3 +78,18 @@ def test_what_the_server_says_is_left_is_held_against_the_fleets_count(redis_url
     assert rate_factor_after_the_logs_are_read(lim, 0.6) == 0.6
     assert sum(lim.try_acquire() for _ in range(10)) == 2, "6 in force, 4 counted by the fleet"
     assert sum(other.try_acquire() for _ in range(10)) == 4, "a process that heard nothing keeps the configured 10"
+
+
+def test_requests_admitted_within_the_guard_count_whether_or_not_they_share_a_log_entry(redis_url: str) -> None:
+    # A 1 s window: admissions over 1.2 ms apart (1/1024 of the window and its guard) get entries of
+    # their own; those within the 200 ms guard after the first still count with it.
+    limit = hs.Limit(10, per=1.0, guard=0.2)
+    lim, other = shared(redis_url, limits=[limit]), shared(redis_url, limits=[limit])
+    first = lim._admit_blocking(0, None, 0.0)
+    for _ in range(2):
+        time.sleep(0.02)
+        assert other.try_acquire()
+    raw = [(b"x-ratelimit-remaining-requests", b"7"), (b"x-ratelimit-reset-requests", b"1s")]
+    first.observe(200, SimpleNamespace(raw=raw))
+    time.sleep(0.3)
+    assert lim.stats()["rate_factor"] == 1.0
