@@ -478,18 +478,6 @@ def test_a_shared_budget_refuses_at_once_instead_of_waiting_and_settles_in_dolla
     assert other.stats()["remaining"]["1 usd per hour"] == 0.2
 
 
-# Issue 19: the answers' x-ratelimit-remaining-* were followed by local limiters only.
-def test_what_the_server_says_is_left_is_held_against_the_fleets_count(redis_url: str) -> None:
-    lim, other = shared(redis_url, key="left", rpm=10), shared(redis_url, key="left", rpm=10)
-    assert all(other.try_acquire() for _ in range(3))
-    heard = lim._admit_blocking(0, None, 0.0)
-    # The fleet counted 4 in the window; the server has 2 left: it allows 6 a minute, not 10.
-    heard.observe(200, SimpleNamespace(raw=[(b"x-ratelimit-remaining-requests", b"2"), (b"x-ratelimit-reset-requests", b"50s")]))
-    assert lim.stats()["rate_factor"] == pytest.approx(0.6)
-    assert sum(lim.try_acquire() for _ in range(10)) == 2, "6 in force, 4 counted by the fleet"
-    assert sum(other.try_acquire() for _ in range(10)) == 4, "a process that heard nothing keeps the configured 10"
-
-
 def test_a_sentinel_url_is_read_at_construction_its_password_hidden_and_without_a_service_refused() -> None:
     backend = hs.RedisBackend("redis+sentinel://:s3cret@10.0.0.1,10.0.0.2:26380/mymaster/0")
     assert backend.url == "redis+sentinel://:***@10.0.0.1,10.0.0.2:26380/mymaster/0" and "s3cret" not in repr(backend)
