@@ -304,31 +304,36 @@ def limiter_rows() -> list[Any]:
         row(lambda: hs.ConcurrencyLimiter("2"), "n", "concurrency_limiter-str"),  # type: ignore[arg-type]
         row(lambda: hs.ConcurrencyLimiter(True), "n", "concurrency_limiter-bool"),
     ]
-    free = lambda: hs.HolySheepRateLimiter(rpm=600, tpm=100_000, max_concurrency=10)  # noqa: E731
+    return rows + call_rows(lambda: hs.HolySheepRateLimiter(rpm=600, tpm=100_000, max_concurrency=10), "")
+
+
+def call_rows(free: Callable[[], hs.HolySheepRateLimiter], kind: str) -> list[Any]:
+    """Every call of a free limiter that ``free`` makes, with each bad argument; ``kind`` prefixes the ids."""
+    rows = []
     for name, v in {"negative": -1, "str": "1", "float": 1.5, "bool": True, "huge": 2**64}.items():
-        rows.append(row(lambda v=v: free().try_acquire(tokens=v), "tokens", f"try_acquire-tokens-{name}"))
+        rows.append(row(lambda v=v: free().try_acquire(tokens=v), "tokens", f"{kind}try_acquire-tokens-{name}"))
         rows.append(
-            row(lambda v=v: free().time_until_ready(tokens=v), "tokens", f"time_until_ready-tokens-{name}")
+            row(lambda v=v: free().time_until_ready(tokens=v), "tokens", f"{kind}time_until_ready-tokens-{name}")
         )
-        rows.append(row(lambda v=v: free().acquire(tokens=v), "tokens", f"acquire-tokens-{name}"))
+        rows.append(row(lambda v=v: free().acquire(tokens=v), "tokens", f"{kind}acquire-tokens-{name}"))
         rows.append(
-            row(lambda v=v: free().acquire_blocking(tokens=v), "tokens", f"acquire_blocking-tokens-{name}")
+            row(lambda v=v: free().acquire_blocking(tokens=v), "tokens", f"{kind}acquire_blocking-tokens-{name}")
         )
-        rows.append(row(lambda v=v: free().slot(tokens=v), "tokens", f"slot-tokens-{name}"))
+        rows.append(row(lambda v=v: free().slot(tokens=v), "tokens", f"{kind}slot-tokens-{name}"))
     for name, v in {"negative": -1, "nan": NAN, "str": "1", "bool": True}.items():
-        rows.append(row(lambda v=v: free().acquire(timeout=v), "timeout", f"acquire-timeout-{name}"))
+        rows.append(row(lambda v=v: free().acquire(timeout=v), "timeout", f"{kind}acquire-timeout-{name}"))
         rows.append(
-            row(lambda v=v: free().acquire_blocking(timeout=v), "timeout", f"acquire_blocking-timeout-{name}")
+            row(lambda v=v: free().acquire_blocking(timeout=v), "timeout", f"{kind}acquire_blocking-timeout-{name}")
         )
-        rows.append(row(lambda v=v: free().slot(timeout=v), "timeout", f"slot-timeout-{name}"))
+        rows.append(row(lambda v=v: free().slot(timeout=v), "timeout", f"{kind}slot-timeout-{name}"))
     for name, v in {"str": "x", "float": 1.5, "bool": True, "huge": 2**64}.items():
-        rows.append(row(lambda v=v: free().acquire(priority=v), "priority", f"acquire-priority-{name}"))
+        rows.append(row(lambda v=v: free().acquire(priority=v), "priority", f"{kind}acquire-priority-{name}"))
         rows.append(
             row(
-                lambda v=v: free().acquire_blocking(priority=v), "priority", f"acquire_blocking-priority-{name}"
+                lambda v=v: free().acquire_blocking(priority=v), "priority", f"{kind}acquire_blocking-priority-{name}"
             )
         )
-        rows.append(row(lambda v=v: free().slot(priority=v), "priority", f"slot-priority-{name}"))
+        rows.append(row(lambda v=v: free().slot(priority=v), "priority", f"{kind}slot-priority-{name}"))
     return rows
 
 
@@ -358,4 +363,18 @@ async def test_redis_backend_refuses_a_bad_argument_naming_it(call: Callable[[],
 
 @pytest.mark.parametrize(("call", "field"), limiter_rows())
 async def test_limiter_refuses_a_bad_argument_naming_it(call: Callable[[], Any], field: str) -> None:
+    await assert_refused(call, field)
+
+
+def unreachable_shared_limiter() -> hs.HolySheepRateLimiter:
+    """A limiter shared through a Redis nobody answers at, refusing while it is away: any call that asked
+    Redis before checking its arguments would raise BackendUnavailable instead of ConfigError."""
+    backend = hs.RedisBackend("redis://127.0.0.1:1/0", connect_timeout=0.2, on_error="fail_closed")
+    return hs.HolySheepRateLimiter(rpm=600, tpm=100_000, max_concurrency=10, backend=backend, key="bad-input")
+
+
+@pytest.mark.parametrize(("call", "field"), call_rows(unreachable_shared_limiter, "redis-"))
+async def test_a_limiter_shared_through_redis_refuses_a_bad_argument_before_asking_redis(
+    call: Callable[[], Any], field: str
+) -> None:
     await assert_refused(call, field)

@@ -137,6 +137,7 @@ def test_a_503_with_retry_after_opens_it_for_the_whole_fleet_for_that_long(redis
     one = shared(redis_url, recovery_timeout=30.0)
     other = shared(redis_url, recovery_timeout=30.0)
     fail(one, FakeStatusError(503, {"retry-after": "4"}))
+    assert one.state == "open", "its report landed: this process's next look waits for it"
     other._core.sync()
     with pytest.raises(hs.CircuitOpenError) as info:
         other.call_sync(lambda: None)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import holysheep as hs
+from holysheep.testing import MockGateway
 from fakes import Err, FakeStatusError, fail, made_or_refused, succeed
 
 
@@ -271,3 +272,67 @@ def test_an_outage_with_retry_after_opens_the_breaker_for_that_long_then_trials_
     assert breaker.state == "half_open"
     assert get() == 200 and get() == 200
     assert breaker.state == "closed"
+
+
+# --- end to end: slow answers count as failures --------------------------------------------------
+
+
+class _Slow(http.server.BaseHTTPRequestHandler):
+    """200 after `delay` seconds; counts what it was sent."""
+
+    delay = 0.0
+    seen: list[float] = []
+
+    def do_GET(self) -> None:
+        self.seen.append(time.monotonic())
+        time.sleep(self.delay)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def slow_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    _Slow.seen, _Slow.delay = [], 0.0
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_answers_slower_than_slow_call_s_open_the_breaker_though_each_succeeded(slow_server: str) -> None:
+    breaker = hs.CircuitBreaker(failure_threshold=2, recovery_timeout=30.0, slow_call_s=0.1)
+
+    @breaker
+    def get() -> int:
+        with urllib.request.urlopen(slow_server, timeout=5) as answer:
+            return int(answer.status)
+
+    assert get() == 200 and breaker.state == "closed", "a fast answer is a success"
+    _Slow.delay = 0.2
+    assert get() == 200 and get() == 200, "slow answers still return"
+    assert breaker.state == "open", "two answers over 0.1 s"
+    sent = len(_Slow.seen)
+    with pytest.raises(hs.CircuitOpenError):
+        get()
+    assert len(_Slow.seen) == sent, "failing fast sends nothing"
+
+
+async def test_slow_answers_through_the_openai_client_open_its_breaker() -> None:
+    breaker = hs.CircuitBreaker(failure_threshold=2, recovery_timeout=30.0, slow_call_s=0.1)
+    with MockGateway(latency=0.2) as gw:
+        client = hs.AsyncHolySheep(base_url=gw.base_url, api_key="hs_test", breaker=breaker)
+        try:
+            for _ in range(2):
+                await client.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "hi"}])
+            assert breaker.state == "open", "two answers over 0.1 s, each a success"
+            with pytest.raises(hs.CircuitOpenError):
+                await client.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "hi"}])
+            assert len(gw.admission_log()) == 2, "failing fast sends nothing"
+        finally:
+            await client.close()

@@ -224,3 +224,23 @@ def test_the_batch_command_refuses_a_key_without_a_redis_url_naming_it(tmp_path:
     done = subprocess.run(batch_command(requests, tmp_path / "out.jsonl", "http://127.0.0.1:9/v1", "--key", "k"), capture_output=True, text=True)
     assert done.returncode == 2 and "key" in done.stderr and "--redis-url" in done.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_dry_run_under_a_shared_limit_says_its_time_assumes_the_job_alone(tmp_path: Path, redis_url: str) -> None:  # noqa: F811
+    requests = write_requests(tmp_path / "in.jsonl", "r", 30)
+    limiter = fleet_limiter(redis_url, "plan", rpm=60)
+    report = hs.run_batch(requests, tmp_path / "out.jsonl", base_url="http://127.0.0.1:9/v1", api_key=KEY,
+                          limiter=limiter, dry_run=True)  # fmt: skip
+    assert report.sent == 0 and report.unsent == 30
+    assert report.planned_s == 0.0, "30 fit 60 a minute at once"
+    assert "shared through Redis" in str(report) and "alone" in str(report)
+    local = hs.run_batch(requests, tmp_path / "out.jsonl", base_url="http://127.0.0.1:9/v1", api_key=KEY,
+                         limiter=hs.HolySheepRateLimiter(rpm=60), dry_run=True)  # fmt: skip
+    assert "Redis" not in str(local)
+
+
+def test_a_dry_run_over_budget_says_how_many_the_budget_lets_go(tmp_path: Path) -> None:
+    requests = write_requests(tmp_path / "in.jsonl", "r", 30)
+    report = hs.run_batch(requests, tmp_path / "out.jsonl", base_url="http://127.0.0.1:9/v1", api_key=KEY,
+                          budget_usd=1e-9, dry_run=True)  # fmt: skip
+    assert report.unsent < 30 and "the budget lets" in str(report)

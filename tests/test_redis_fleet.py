@@ -300,6 +300,14 @@ def test_when_redis_dies_four_processes_at_their_local_share_never_exceed_the_li
     assert len(times) >= 35, "after Redis's window, the shares (5 each) admit again"
 
 
+def test_when_redis_dies_four_processes_at_a_fractional_share_never_exceed_the_limit(redis_server: RedisServer, redis_url: str) -> None:
+    # 50 per 2 s over four processes is 12.5 each: a share that rounded up, or let its half carry over,
+    # would let the fleet past 50 in some 2 s (116 were seen once).
+    times = spend_through_redis_death(redis_server, [(50, 2.0, "requests")], 0.0, dies_after=0.6, seconds=2.8)
+    assert max_in_any_window(times, 2.0) <= 50
+    assert len(times) >= 50 + 4 * 12, "after Redis's window, each share admits its 12 whole requests"
+
+
 def test_the_local_policy_keeps_a_usd_budget(redis_server: RedisServer, redis_url: str) -> None:
     # $0.0024 is 30 requests of $0.00008: Redis admits 20, then up to 10 a second later, then refuses.
     # Once it is gone, each process's share of the budget counts what the fleet spent.

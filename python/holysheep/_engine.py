@@ -90,7 +90,7 @@ class BatchReport:
         return cls(requests_per_s=rate, **report)
 
     def __str__(self) -> str:
-        if self.planned_s is not None or self.stopped == "dry run":
+        if self.planned_s is not None or (self.stopped or "").startswith("dry run"):
             return self._plan_text()
         lines = [
             f"{self.sent:,} sent in {self.wall_s:.2f} s ({self.requests_per_s:,.0f} requests/s): "
@@ -105,11 +105,13 @@ class BatchReport:
 
     def _plan_text(self) -> str:
         duration = "no limiter: as fast as the server answers" if self.planned_s is None else _duration(self.planned_s)
-        return (
+        text = (
             f"dry run: {self.total:,} requests, {self.skipped:,} answered before, {self.unsent:,} to send, "
             f"~${self.cost_usd:.4f} at the price table; sending at these limits takes {duration} "
             "(latency not included)"
         )
+        notes = self.stopped.removeprefix("dry run").removeprefix(": ") if self.stopped else ""
+        return f"{text}\n{notes}" if notes else text
 
 
 def _duration(seconds: float) -> str:
@@ -194,11 +196,16 @@ class _Finished:
             self._recorder.record_finished(self._base_url, rows)
 
 
-def _planned(plan: Mapping[str, Any]) -> BatchReport:
+def _planned(plan: Mapping[str, Any], limiter: HolySheepRateLimiter | None) -> BatchReport:
     unsent = plan["within_budget"]
-    stopped = "dry run"
+    notes = []
     if plan["within_budget"] < plan["to_send"]:
-        stopped = f"dry run: the budget lets {plan['within_budget']:,} of {plan['to_send']:,} go"
+        notes.append(f"the budget lets {plan['within_budget']:,} of {plan['to_send']:,} go")
+    if limiter is not None and limiter.backend is not None:
+        # The plan runs the limits on a virtual clock of its own: what the rest of the fleet will
+        # send through them is unknown, so the time is the least the job can take.
+        notes.append("the limits are shared through Redis: the time assumes this job has them alone")
+    stopped = f"dry run: {'; '.join(notes)}" if notes else "dry run"
     return BatchReport(
         total=plan["total"],
         sent=0,
@@ -309,7 +316,7 @@ def run_batch(
     job, recording = _job(input, output, base_url, api_key, limiter, retry, breaker, max_concurrency, timeout,
                           budget_usd, retry_failed, prices, tier, rpm, tpm)
     if dry_run:
-        return _planned(job.plan())
+        return _planned(job.plan(), limiter)
     line = _ProgressLine() if progress else None
     job.start()
     try:
@@ -352,7 +359,7 @@ async def arun_batch(
     job, recording = _job(input, output, base_url, api_key, limiter, retry, breaker, max_concurrency, timeout,
                           budget_usd, retry_failed, prices, tier, rpm, tpm)
     if dry_run:
-        return _planned(await asyncio.to_thread(job.plan))
+        return _planned(await asyncio.to_thread(job.plan), limiter)
     line = _ProgressLine() if progress else None
     job.start()
     finished = job.finished()

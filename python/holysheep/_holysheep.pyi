@@ -458,7 +458,10 @@ class BreakerCore:
         slow_call_s: float | None = None,
         backend: RedisBackend | None = None,
         key: str | None = None,
-    ) -> Self: ...
+        announce: Callable[[str, str], object] | None = None,
+    ) -> Self:
+        """`announce(old, new)`: for a shared breaker, called on the caller's thread at this process's
+        next call of it with each change its reports to Redis made (they do not hold up the call)."""
     def allow(self) -> int:
         """Admits a call and returns its permit; odd when this call turned the breaker half-open.
         Raises `CircuitOpenError` while open."""

@@ -12,6 +12,7 @@ import functools
 import inspect
 import logging
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Hashable
 from types import TracebackType
 from typing import Any, TypeVar, Union, cast
@@ -37,6 +38,20 @@ FailureOn = Union[type[BaseException], tuple[type[BaseException], ...], Callable
 
 def _is_instance(exc: BaseException, classes: tuple[type[BaseException], ...]) -> bool:
     return isinstance(exc, classes)
+
+
+def _announcer(breaker: CircuitBreaker) -> Callable[[str, str], None]:
+    """What announces the changes a shared breaker's reports to Redis made, which land after the call
+    that sent them (the core calls it at this process's next call of the breaker); it holds the breaker
+    weakly, so the breaker and its core are no cycle."""
+    ref = weakref.ref(breaker)
+
+    def announce(old: str, new: str) -> None:
+        alive = ref()
+        if alive is not None:
+            alive._announce((old, new))
+
+    return announce
 
 
 def _counting(failure_on: FailureOn | None) -> Callable[[BaseException], str]:
@@ -120,7 +135,7 @@ class CircuitBreaker:
     :raises ConfigError: for a setting that cannot work, naming it.
     """
 
-    __slots__ = ("_core", "_counts", "_failure_on", "_on_state_change")
+    __slots__ = ("__weakref__", "_core", "_counts", "_failure_on", "_on_state_change")
 
     def __init__(
         self,
@@ -155,6 +170,7 @@ class CircuitBreaker:
             slow_call_s=slow_call_s,
             backend=backend,
             key=key,
+            announce=_announcer(self),
         )
         self._on_state_change = on_state_change
 

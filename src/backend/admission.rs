@@ -12,6 +12,7 @@ use crate::backend::Decided;
 use crate::backend::redis::limiter::Counted;
 use crate::backend::redis::shared::Shared;
 use crate::backend::redis::{BackendError, Grant, runtime};
+use crate::core::feedback::followed;
 use crate::core::{Cost, Error, Limiter};
 
 /// An admission held by its owner until it ends.
@@ -111,13 +112,27 @@ impl Admitted {
     /// What the server answered: a 429 cuts the rates in force, any other answer lets them climb back;
     /// what the `x-ratelimit-remaining-*` and `-reset-*` headers say is left is held against our own
     /// count (local), or against the fleet's count when Redis admitted it (read from the decision's
-    /// answer: no round trip). Unreadable values are ignored.
+    /// answer: no round trip; a cut it calls for is checked against the fleet's logs first, in the
+    /// background, for what went just after). Unreadable values are ignored.
     pub fn observe<'a>(&self, status: u16, headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) {
         match &self.decided {
             Decided::Local(admission) => self.limiter.observe(admission, self.cost(), status, headers),
             Decided::Redis { shared, grant } => {
+                let in_force = self.limiter.rate_factors();
                 self.limiter.observe_held_against(status, headers, |unit, remaining, reset_ns| {
-                    shared.remote.server_allows(grant, unit, remaining, reset_ns)
+                    let allowed = shared.remote.server_allows(grant, unit, remaining, reset_ns)?;
+                    if followed(unit).is_some_and(|index| allowed < in_force[index]) {
+                        // A cut: what the fleet admitted just after this request may account for it,
+                        // which only the logs tell. They are read in the background, and the cut made
+                        // by what they say.
+                        let (limiter, remote) = (Arc::clone(&self.limiter), Arc::clone(&shared.remote));
+                        shared.remote.hold_against_logs(grant, unit, remaining, reset_ns, move |allowed| {
+                            limiter.record_server_allows(unit, allowed);
+                            remote.follow(limiter.rate_factors());
+                        });
+                        return None;
+                    }
+                    Some(allowed)
                 });
                 shared.remote.follow(self.limiter.rate_factors());
             }

@@ -64,7 +64,7 @@ impl Concurrency {
         let mut released = self.released.load(Ordering::Acquire);
         loop {
             if released >= self.acquired.load(Ordering::Acquire) {
-                return Err(Error::config("release", "release() called more often than acquire()"));
+                return Err(Error::unmatched_release());
             }
             match self.released.compare_exchange_weak(released, released + 1, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Ok(()),

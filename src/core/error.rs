@@ -24,6 +24,11 @@ impl Error {
         Error::Config { field, message }
     }
 
+    /// A `release()` with no admission of this limiter left to return: the one wording for every backend.
+    pub fn unmatched_release() -> Self {
+        Error::config("release", "release() called more often than acquire()")
+    }
+
     pub fn message(&self) -> &str {
         match self {
             Error::RateLimited { message, .. }

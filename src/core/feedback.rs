@@ -96,9 +96,55 @@ impl Aimd {
     }
 }
 
+// --- what the server says is left, held against our count ----------------------------------------
+//
+// A server's `x-ratelimit-remaining-*` in its answer to a request says what it has left once it counted
+// that request on its arrival. What we count where it counted it, plus what it says is left, is what it
+// allows per window. Both backends apply the rule below: the local limiter on its own log
+// (`core::quota`), the Redis backend on the fleet's (`backend::redis::limiter`).
+
+/// Whether a server whose window is whole again within `reset_ns` speaks of a limit of `period_ns`.
+/// Its window is at least as long as the reset it reports, so a limit more than twice as long is not
+/// the one it speaks of (what a server counting per second has left, read against our minute, would
+/// look like a sixtieth of our rate). Without a reset, any limit of the unit may be.
+pub fn speaks_of(period_ns: u64, reset_ns: Option<u64>) -> bool {
+    reset_ns.is_none_or(|reset| period_ns / 2 <= reset)
+}
+
+/// The fraction of a limit of `whole` units per window the server allows: `counted`, what we count
+/// where it counted the request (the window that ends at the request's admission, plus what went up to
+/// the limit's guard after it: [`went_just_after`]), plus what it says is left (`server_remaining`).
+pub fn server_allows(counted: u64, server_remaining: u64, whole: u64) -> f64 {
+    counted.saturating_add(server_remaining) as f64 / whole.max(1) as f64
+}
+
+/// Units admitted up to `late` after an admission at `at`, from the admissions `(instant, units)` that
+/// follow it, in order: the server may have counted them first, since a request arrives a little after
+/// its admission and by a different little each time (what a limit's guard allows for).
+pub fn went_just_after(following: impl IntoIterator<Item = (u64, u64)>, at: u64, late: u64) -> u64 {
+    let until = at.saturating_add(late);
+    following.into_iter().take_while(|&(instant, _)| instant <= until).map(|(_, units)| units).sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_speaks_of_limits_no_longer_than_twice_its_reset() {
+        assert!(speaks_of(60 * SEC, None));
+        assert!(speaks_of(60 * SEC, Some(30 * SEC)));
+        assert!(!speaks_of(60 * SEC, Some(SEC)), "a per-second server is not our minute");
+    }
+
+    #[test]
+    fn what_went_just_after_an_admission_counts_with_it_and_the_rest_not() {
+        let following = [(10, 1), (15, 2), (16, 4), (40, 8)];
+        assert_eq!(went_just_after(following, 10, 5), 3, "those at 10 and 15, not 16");
+        assert_eq!(went_just_after(following, 10, 0), 1);
+        assert_eq!(server_allows(7 + 3, 0, 10), 1.0, "all ten counted: nothing cut");
+        assert_eq!(server_allows(7, 0, 10), 0.7, "without them the server would seem to allow 7");
+    }
 
     const SEC: u64 = 1_000_000_000;
 

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::core::cell::GcraCell;
 use crate::core::decision::{Decision, Never};
 use crate::core::error::{Error, Result};
+use crate::core::feedback;
 use crate::core::gcra::Gcra;
 use crate::core::limit::{Algorithm, Cost, Limit, Unit, Window};
 use crate::core::spin::SpinLock;
@@ -260,15 +261,11 @@ impl Quota {
     }
 
     /// The fraction of its configured `unit` limits a server allows, judged from the answer to an
-    /// admission saying `server_remaining` units are left: what we count where the server counted that
-    /// admission, plus what it says remains, over the configured limit. Of several limits of the unit,
-    /// the largest fraction (the least cut any of them accounts for).
-    ///
-    /// A server's window is at least as long as the reset it reports (`reset_ns`, until its window is
-    /// whole again); a limit more than twice as long is not the one it speaks of (what a server
-    /// counting per second has left, read against our minute, would look like a sixtieth of our rate)
-    /// and is left out. `None` when no limit can tell: GCRA and the approximate counter keep no
-    /// instants per admission, and an admission leaves the log with its window.
+    /// admission saying `server_remaining` units are left, by the rule of `core::feedback`
+    /// ([`feedback::server_allows`], of the limits the server speaks of: [`feedback::speaks_of`]). Of
+    /// several limits of the unit, the largest fraction (the least cut any of them accounts for).
+    /// `None` when no limit can tell: GCRA and the approximate counter keep no instants per admission,
+    /// and an admission leaves the log with its window.
     pub fn server_allows(
         &self,
         receipt: &Receipt,
@@ -281,13 +278,13 @@ impl Quota {
         if unit.of(cost) == 0 {
             return None;
         }
-        let spoken_of = |limit: &Limit| limit.unit() == unit && reset_ns.is_none_or(|reset| limit.period_ns() / 2 <= reset);
+        let spoken_of = |limit: &Limit| limit.unit() == unit && feedback::speaks_of(limit.period_ns(), reset_ns);
         let windows = lock.lock();
         let of_unit = windows.iter().zip(&self.limits).zip(receipt.tickets).filter(|((_, limit), _)| spoken_of(limit));
         of_unit
             .filter_map(|((window, limit), ticket)| {
                 let counted = window.counted_around(ticket, limit.guard_ns())?;
-                Some(counted.saturating_add(server_remaining) as f64 / limit.scaled_count(1.0) as f64)
+                Some(feedback::server_allows(counted, server_remaining, limit.scaled_count(1.0)))
             })
             .reduce(f64::max)
     }

@@ -23,6 +23,7 @@
 use std::collections::VecDeque;
 
 use crate::core::decision::Never;
+use crate::core::feedback;
 
 /// Limits above this share entries between close admissions; below it the log is bounded by the limit.
 const MERGE_ABOVE: u64 = 65_536;
@@ -314,9 +315,8 @@ impl ExactWindow {
     pub fn counted_around(&self, receipt: u64, late_ns: u64) -> Option<u64> {
         let index = self.position(receipt)?;
         let entry = &self.log[index];
-        let until = entry.at.saturating_add(late_ns);
-        let late = self.log.range(index + 1..).take_while(|e| e.at <= until).map(|e| e.cost).sum::<u64>();
-        Some(entry.counted_through + late)
+        let following = self.log.range(index + 1..).map(|e| (e.at, e.cost));
+        Some(entry.counted_through + feedback::went_just_after(following, entry.at, late_ns))
     }
 
     /// Takes an admission of `cost` back (a waiter gave up before its turn). Removing an admission never

@@ -19,7 +19,47 @@ use super::redis::PyRedisBackend;
 /// A breaker in this process, or the fleet's.
 pub enum Breaker {
     Local(CircuitBreaker),
-    Fleet(FleetBreaker),
+    Fleet(Fleet),
+}
+
+/// A fleet's breaker, with what announces the changes its reports to Redis made (`CircuitBreaker`'s
+/// announcer: it logs them and calls `on_state_change`), on the caller's thread at this process's next
+/// call of the breaker.
+pub struct Fleet {
+    breaker: FleetBreaker,
+    announce: Option<Py<PyAny>>,
+}
+
+impl std::ops::Deref for Fleet {
+    type Target = FleetBreaker;
+
+    fn deref(&self) -> &FleetBreaker {
+        &self.breaker
+    }
+}
+
+impl Fleet {
+    /// Announces what this process's reports changed since last asked. An error the announcer raises is
+    /// reported as unraisable, never raised into the call.
+    #[inline]
+    fn announce_changes(&self) {
+        let changes = self.breaker.take_changes();
+        let Some(announce) = self.announce.as_ref().filter(|_| !changes.is_empty()) else { return };
+        Python::attach(|py| {
+            for change in changes {
+                if let Err(err) = announce.call1(py, (change.from.name(), change.to.name())) {
+                    err.write_unraisable(py, Some(announce.bind(py)));
+                }
+            }
+        });
+    }
+
+    /// Waits for this process's reports in flight with the GIL released.
+    fn await_reports(&self) {
+        if self.breaker.reports_in_flight() {
+            Python::attach(|py| py.detach(|| self.breaker.await_reports()));
+        }
+    }
 }
 
 impl Breaker {
@@ -39,10 +79,15 @@ impl Breaker {
     fn allow_slow(&self) -> PyResult<Permit> {
         match self {
             Breaker::Local(breaker) => Ok(breaker.allow()?),
-            Breaker::Fleet(breaker) => breaker.allow().map_err(|refusal| match refusal {
-                Refusal::Open(err) => err.into(),
-                Refusal::Backend(err) => err.into(),
-            }),
+            Breaker::Fleet(fleet) => {
+                // Waiting on Redis (reports in flight, a re-read, a trial) with the GIL released.
+                let allowed = if fleet.may_wait() { Python::attach(|py| py.detach(|| fleet.allow())) } else { fleet.allow() };
+                fleet.announce_changes();
+                allowed.map_err(|refusal| match refusal {
+                    Refusal::Open(err) => err.into(),
+                    Refusal::Backend(err) => err.into(),
+                })
+            }
         }
     }
 
@@ -50,14 +95,22 @@ impl Breaker {
     pub fn record_success(&self, permit: Permit) -> Option<Transition> {
         match self {
             Breaker::Local(breaker) => breaker.record_success(permit),
-            Breaker::Fleet(breaker) => breaker.record_success(permit),
+            Breaker::Fleet(fleet) => {
+                let change = fleet.record_success(permit);
+                fleet.announce_changes();
+                change
+            }
         }
     }
 
     fn record_failure(&self, permit: Permit, open_for_ns: Option<u64>) -> Option<Transition> {
         match self {
             Breaker::Local(breaker) => breaker.record_failure(permit, open_for_ns),
-            Breaker::Fleet(breaker) => breaker.record_failure(permit, open_for_ns),
+            Breaker::Fleet(fleet) => {
+                let change = fleet.record_failure(permit, open_for_ns);
+                fleet.announce_changes();
+                change
+            }
         }
     }
 
@@ -103,7 +156,8 @@ impl BreakerCore {
     #[new]
     /// Every setting as the user passed it to `CircuitBreaker`, which holds the defaults.
     #[pyo3(signature = (*, failure_threshold, recovery_timeout, half_open_max_calls, name, failure_rate=None,
-                        window=None, window_s=None, minimum_calls=None, slow_call_s=None, backend=None, key=None))]
+                        window=None, window_s=None, minimum_calls=None, slow_call_s=None, backend=None, key=None,
+                        announce=None))]
     #[allow(clippy::too_many_arguments)] // one per keyword argument of the Python constructor
     fn new(
         py: Python<'_>,
@@ -118,6 +172,7 @@ impl BreakerCore {
         slow_call_s: Option<&Bound<'_, PyAny>>,
         backend: Option<&Bound<'_, PyAny>>,
         key: Option<&Bound<'_, PyAny>>,
+        announce: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let span = match (args::optional(window, |v| args::count_in("window", v, WINDOW_CALLS))?, window_s) {
             (Some(_), Some(_)) => return Err(Error::config("window_s", "give window (calls) or window_s (seconds), not both").into()),
@@ -148,7 +203,7 @@ impl BreakerCore {
                 // One read now: a bad URL or refused credentials show at construction, and the state is known.
                 match py.detach(|| fleet.sync()) {
                     Err(err @ crate::backend::redis::BackendError::Config { .. }) => return Err(err.into()),
-                    _ => Breaker::Fleet(fleet),
+                    _ => Breaker::Fleet(Fleet { breaker: fleet, announce }),
                 }
             }
             (Some(_), None) => return Err(Error::config("key", "a breaker with a backend needs key= to name the state it shares").into()),
@@ -188,7 +243,11 @@ impl BreakerCore {
     fn isolate(&self, py: Python<'_>) -> PyResult<Option<(&'static str, &'static str)>> {
         Ok(names(match &self.inner {
             Breaker::Local(breaker) => breaker.isolate(),
-            Breaker::Fleet(breaker) => py.detach(|| breaker.isolate())?,
+            Breaker::Fleet(fleet) => {
+                let change = py.detach(|| fleet.isolate())?;
+                fleet.announce_changes();
+                change
+            }
         }))
     }
 
@@ -196,14 +255,19 @@ impl BreakerCore {
     fn reset(&self, py: Python<'_>) -> PyResult<Option<(&'static str, &'static str)>> {
         Ok(names(match &self.inner {
             Breaker::Local(breaker) => breaker.reset(),
-            Breaker::Fleet(breaker) => py.detach(|| breaker.reset())?,
+            Breaker::Fleet(fleet) => {
+                let change = py.detach(|| fleet.reset())?;
+                fleet.announce_changes();
+                change
+            }
         }))
     }
 
     /// Re-reads a shared breaker's state from Redis now (a local one has nothing to read).
     fn sync(&self, py: Python<'_>) -> PyResult<()> {
-        if let Breaker::Fleet(breaker) = &self.inner {
-            py.detach(|| breaker.sync())?;
+        if let Breaker::Fleet(fleet) = &self.inner {
+            py.detach(|| fleet.sync())?;
+            fleet.announce_changes();
         }
         Ok(())
     }
@@ -212,7 +276,12 @@ impl BreakerCore {
     fn state(&self) -> &'static str {
         match &self.inner {
             Breaker::Local(breaker) => breaker.state(),
-            Breaker::Fleet(breaker) => breaker.state(),
+            Breaker::Fleet(fleet) => {
+                fleet.await_reports();
+                let state = fleet.state();
+                fleet.announce_changes();
+                state
+            }
         }
         .name()
     }
@@ -221,7 +290,10 @@ impl BreakerCore {
     fn retry_after(&self) -> Option<f64> {
         match &self.inner {
             Breaker::Local(breaker) => breaker.retry_after_ns(),
-            Breaker::Fleet(breaker) => breaker.retry_after_ns(),
+            Breaker::Fleet(fleet) => {
+                fleet.await_reports();
+                fleet.retry_after_ns()
+            }
         }
         .map(secs)
     }
@@ -229,7 +301,10 @@ impl BreakerCore {
     fn isolated(&self) -> bool {
         match &self.inner {
             Breaker::Local(breaker) => breaker.isolated(),
-            Breaker::Fleet(breaker) => breaker.isolated(),
+            Breaker::Fleet(fleet) => {
+                fleet.await_reports();
+                fleet.isolated()
+            }
         }
     }
     /// Whether the state is shared through a backend.

@@ -506,7 +506,7 @@ impl PyLimiter {
             Backend::Redis(redis) if !redis.shared.leases() => Ok(()),
             Backend::Redis(redis) => match redis.held.pop() {
                 Some(admission) => admission.get().release(py),
-                None => Err(PyRuntimeError::new_err("release() without a matching acquire")),
+                None => Err(Error::unmatched_release().into()),
             },
         }
     }

@@ -6,12 +6,17 @@
 //!   once it is [`SYNC_INTERVAL_NS`] old (on the runtime; the caller never waits), so a breaker another
 //!   process opened is seen open within that interval plus one round trip. A cache older than
 //!   [`REREAD_FIRST_NS`] (a process making fewer than ten calls a second) is re-read before deciding.
-//! - A failure is reported at once (one round trip), so the process whose failure opens the breaker
-//!   sees it open at its very next call.
+//! - A failure is reported at once, on the runtime: the failing call does not wait for Redis. This
+//!   process's next decision does, if the report has not landed yet (at most the backend's timeouts),
+//!   so the process whose failure opens the breaker sees it open at its very next call, and a reset or
+//!   isolation comes after its failures. What a report changed is kept for the caller's thread to
+//!   announce ([`FleetBreaker::take_changes`]).
 //! - Open: refused from the cache until the time Redis gave; then each trial is asked of Redis, which
 //!   hands out `half_open_max_calls` trials for the whole fleet, not per process. A trial's result is
-//!   reported at once. Trials lost with their process are handed out again after a minute (or
+//!   reported as a failure is. Trials lost with their process are handed out again after a minute (or
 //!   `slow_call`, when slow calls count; never sooner than `recovery_timeout`).
+//! - Answers are taken into the cache in the order their calls were made: one that comes late (a
+//!   re-read sent before a failure's report) does not undo a later one.
 //! - When Redis cannot be reached, the backend's failure policy decides: `local` uses a breaker in this
 //!   process alone until Redis answers again, `fail_open` lets calls pass uncounted, `fail_closed`
 //!   raises `BackendUnavailable`.
@@ -19,8 +24,9 @@
 //! The script is run by EVALSHA and loaded again on NOSCRIPT (redis-rs's `Script`), as the limiter's
 //! scripts were before they moved to Redis Functions.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use redis::Script;
 
@@ -105,6 +111,69 @@ fn state_of(code: i64) -> State {
     }
 }
 
+/// Reports of this process's calls on their way to Redis (failures, trials' results). The caller that
+/// sends one does not wait for it; the next decision does ([`Reports::wait`]).
+#[derive(Default)]
+struct Reports {
+    /// The process that sent those counted: a forked child has none of them in flight.
+    pid: AtomicU32,
+    sent: AtomicU64,
+    landed: AtomicU64,
+    lock: Mutex<()>,
+    wake: Condvar,
+    /// What landed reports changed, for the caller's thread to announce.
+    changes: Mutex<Vec<Transition>>,
+    changed: AtomicBool,
+}
+
+impl Reports {
+    fn sending(&self) {
+        let pid = std::process::id();
+        if self.pid.swap(pid, Ordering::AcqRel) != pid {
+            // A forked child: the parent's reports in flight never land here.
+            self.landed.store(self.sent.load(Ordering::Acquire), Ordering::Release);
+        }
+        self.sent.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn landed(&self, change: Option<Transition>) {
+        if let Some(change) = change {
+            self.changes.lock().unwrap_or_else(|p| p.into_inner()).push(change);
+            self.changed.store(true, Ordering::Release);
+        }
+        self.landed.fetch_add(1, Ordering::AcqRel);
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.wake.notify_all();
+    }
+
+    #[inline]
+    fn in_flight(&self) -> bool {
+        self.landed.load(Ordering::Acquire) < self.sent.load(Ordering::Acquire) && self.pid.load(Ordering::Acquire) == std::process::id()
+    }
+
+    /// Waits until the reports sent so far have landed, at most `limit`.
+    fn wait(&self, limit: Duration) {
+        if !self.in_flight() {
+            return;
+        }
+        let target = self.sent.load(Ordering::Acquire);
+        let deadline = Instant::now() + limit;
+        let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        while self.landed.load(Ordering::Acquire) < target {
+            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|left| !left.is_zero()) else { break };
+            guard = self.wake.wait_timeout(guard, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    #[inline]
+    fn take_changes(&self) -> Vec<Transition> {
+        if !self.changed.load(Ordering::Acquire) || !self.changed.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.changes.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 struct Inner {
     backend: Arc<Backend>,
     key: String,
@@ -119,6 +188,10 @@ struct Inner {
     successes: AtomicU64,
     /// Redis failed lately: the policy decides until a re-read succeeds.
     down: AtomicBool,
+    reports: Reports,
+    /// Numbers the calls to Redis as they are made; the newest whose answer the cache holds.
+    issued: AtomicU64,
+    adopted: AtomicU64,
     clock: MonotonicClock,
 }
 
@@ -158,6 +231,9 @@ impl FleetBreaker {
                 syncing: AtomicBool::new(false),
                 successes: AtomicU64::new(0),
                 down: AtomicBool::new(false),
+                reports: Reports::default(),
+                issued: AtomicU64::new(0),
+                adopted: AtomicU64::new(0),
                 clock,
             }),
         })
@@ -176,6 +252,7 @@ impl FleetBreaker {
     #[inline]
     pub fn allow(&self) -> Result<Permit, Refusal> {
         let inner = &*self.inner;
+        self.await_reports();
         let mut now = inner.clock.now_ns();
         if now.saturating_sub(inner.synced_at_ns.load(Ordering::Relaxed)) >= REREAD_FIRST_NS {
             // Quiet for a while: what this process saw may be long gone; look before deciding.
@@ -252,19 +329,74 @@ impl FleetBreaker {
             self.inner.successes.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        self.run("trial_ok", permit.generation, None).ok().and_then(|answer| changed(&answer))
+        self.report("trial_ok", permit.generation, None);
+        None
     }
 
-    /// A failure, reported at once with the successes counted since the last report.
+    /// A failure, reported with the successes counted since the last report, without waiting for Redis
+    /// (see the module's notes): what it changes is announced later ([`take_changes`](Self::take_changes)),
+    /// except for a breaker of this process alone (the `local` policy), which answers at once.
     pub fn record_failure(&self, permit: Permit, open_for_ns: Option<u64>) -> Option<Transition> {
         match permit.source {
             LOCAL => return self.inner.local.record_failure(permit, open_for_ns),
             UNCOUNTED => return None,
             _ => {}
         }
-        match self.run("fail", permit.generation, open_for_ns) {
+        self.report("fail", permit.generation, open_for_ns);
+        None
+    }
+
+    /// A call that says nothing about the service: a trial gives its slot back.
+    pub fn release(&self, permit: Permit) {
+        match permit.source {
+            LOCAL => self.inner.local.release(permit),
+            FLEET if permit.trial => self.report("trial_back", permit.generation, None),
+            _ => {}
+        }
+    }
+
+    /// Opens the breaker for the whole fleet until [`reset`](Self::reset), after this process's
+    /// reports in flight.
+    pub fn isolate(&self) -> Result<Option<Transition>, BackendError> {
+        self.await_reports();
+        self.run("isolate", 0, None).map(|answer| changed(&answer))
+    }
+
+    /// Closes the breaker for the whole fleet, after this process's reports in flight.
+    pub fn reset(&self) -> Result<Option<Transition>, BackendError> {
+        self.await_reports();
+        self.inner.local.reset();
+        self.run("reset", 0, None).map(|answer| changed(&answer))
+    }
+
+    /// Sends `op` on the runtime with the successes counted so far; what it changes is kept for
+    /// [`take_changes`](Self::take_changes). A failure Redis does not hear is counted by the local
+    /// breaker under the `local` policy, which decides from then on. Without the runtime (the
+    /// interpreter is exiting), on this thread.
+    fn report(&self, op: &'static str, generation: u16, open_for_ns: Option<u64>) {
+        let inner = &*self.inner;
+        inner.reports.sending();
+        let Ok(handle) = runtime::handle() else {
+            let result = self.run(op, generation, open_for_ns);
+            inner.reports.landed(self.reported(op, result, open_for_ns));
+            return;
+        };
+        let successes = inner.successes.swap(0, Ordering::AcqRel);
+        let (call, number) = self.invocation(op, successes, generation, open_for_ns);
+        let me = self.clone();
+        handle.spawn(async move {
+            let result = me.inner.backend.call(|mut connection| async move { call.invoke_async::<Vec<i64>>(&mut connection).await }).await;
+            let result = me.adopt(result, successes, number);
+            me.inner.reports.landed(me.reported(op, result, open_for_ns));
+        });
+    }
+
+    /// What a report changed, from Redis's answer or, for a failure Redis did not hear under the
+    /// `local` policy, the local breaker's.
+    fn reported(&self, op: &str, result: Result<Answer, BackendError>, open_for_ns: Option<u64>) -> Option<Transition> {
+        match result {
             Ok(answer) => changed(&answer),
-            Err(_) if self.inner.on_error == OnError::Local => {
+            Err(_) if op == "fail" && self.inner.on_error == OnError::Local => {
                 // Redis left during the call: the local breaker counts it, as it decides from now on.
                 let local = self.inner.local.allow().ok()?;
                 self.inner.local.record_failure(local, open_for_ns)
@@ -273,29 +405,52 @@ impl FleetBreaker {
         }
     }
 
-    /// A call that says nothing about the service: a trial gives its slot back.
-    pub fn release(&self, permit: Permit) {
-        match permit.source {
-            LOCAL => self.inner.local.release(permit),
-            FLEET if permit.trial => _ = self.run("trial_back", permit.generation, None),
-            _ => {}
+    /// Whether reports of this process's calls are on their way to Redis: the next decision waits for
+    /// them (a binding releases the GIL first).
+    #[inline]
+    pub fn reports_in_flight(&self) -> bool {
+        self.inner.reports.in_flight()
+    }
+
+    /// Waits for this process's reports in flight, at most as long as the backend allows one call.
+    pub fn await_reports(&self) {
+        if self.inner.reports.in_flight() {
+            let timeouts = self.inner.backend.timeouts();
+            self.inner.reports.wait(timeouts.connect + timeouts.command + Duration::from_millis(50));
         }
     }
 
-    /// Opens the breaker for the whole fleet until [`reset`](Self::reset).
-    pub fn isolate(&self) -> Result<Option<Transition>, BackendError> {
-        self.run("isolate", 0, None).map(|answer| changed(&answer))
+    /// What this process's reports changed since last asked, oldest first: for the caller's thread to
+    /// announce (the changes a call makes at once are returned by that call instead).
+    #[inline]
+    pub fn take_changes(&self) -> Vec<Transition> {
+        self.inner.reports.take_changes()
     }
 
-    /// Closes the breaker for the whole fleet.
-    pub fn reset(&self) -> Result<Option<Transition>, BackendError> {
-        self.inner.local.reset();
-        self.run("reset", 0, None).map(|answer| changed(&answer))
+    /// Whether [`allow`](Self::allow) may wait on Redis: reports in flight, a cache old enough to be
+    /// read first, or a trial to ask for.
+    #[inline]
+    pub fn may_wait(&self) -> bool {
+        let inner = &*self.inner;
+        if self.reports_in_flight() {
+            return true;
+        }
+        let now = inner.clock.now_ns();
+        if now.saturating_sub(inner.synced_at_ns.load(Ordering::Relaxed)) >= REREAD_FIRST_NS {
+            return true;
+        }
+        let cached = Cached(inner.cached.load(Ordering::Acquire));
+        match cached.state() {
+            State::Closed => false,
+            State::Open => cached.until_ms() != ISOLATED_MS && now / NS_PER_MS >= cached.until_ms(),
+            State::HalfOpen => true,
+        }
     }
 
     /// The state as this process last saw it (at most [`SYNC_INTERVAL_NS`] old while calls are made);
     /// open reads half-open once trials may start.
     pub fn state(&self) -> State {
+        self.await_reports();
         self.refresh_if_stale(self.inner.clock.now_ns());
         if self.inner.down.load(Ordering::Acquire) && self.inner.on_error == OnError::Local {
             return self.inner.local.state();
@@ -308,6 +463,7 @@ impl FleetBreaker {
 
     /// How long until trials may start (`u64::MAX` when isolated); `None` unless open.
     pub fn retry_after_ns(&self) -> Option<u64> {
+        self.await_reports();
         if self.inner.down.load(Ordering::Acquire) && self.inner.on_error == OnError::Local {
             return self.inner.local.retry_after_ns();
         }
@@ -321,6 +477,7 @@ impl FleetBreaker {
 
     /// Whether the fleet's breaker was isolated by hand.
     pub fn isolated(&self) -> bool {
+        self.await_reports();
         let cached = Cached(self.inner.cached.load(Ordering::Acquire));
         cached.state() == State::Open && cached.until_ms() == ISOLATED_MS
     }
@@ -337,6 +494,7 @@ impl FleetBreaker {
 
     /// Re-reads the state now, waiting for the answer (tests, and `stats()`).
     pub fn sync(&self) -> Result<(), BackendError> {
+        self.await_reports();
         self.run("sync", 0, None).map(|_| ())
     }
 
@@ -357,16 +515,17 @@ impl FleetBreaker {
         let me = self.clone();
         handle.spawn(async move {
             let successes = me.inner.successes.swap(0, Ordering::AcqRel);
-            let call = me.invocation("sync", successes, 0, None);
+            let (call, number) = me.invocation("sync", successes, 0, None);
             let result =
                 me.inner.backend.call(|mut connection| async move { call.invoke_async::<Vec<i64>>(&mut connection).await }).await;
             // A failure marked Redis down: the failure policy decides until a re-read succeeds.
-            let _ = me.adopt(result, successes);
+            let _ = me.adopt(result, successes, number);
             me.inner.syncing.store(false, Ordering::Release);
         });
     }
 
-    fn invocation(&self, op: &str, successes: u64, generation: u16, open_for_ns: Option<u64>) -> redis::ScriptInvocation<'static> {
+    /// The script's call for `op`, and its number among this breaker's calls (see [`Self::adopt`]).
+    fn invocation(&self, op: &str, successes: u64, generation: u16, open_for_ns: Option<u64>) -> (redis::ScriptInvocation<'static>, u64) {
         let c = &self.inner.config;
         let (rate, window_ms, minimum) = match c.failure_rate {
             Some(rule) => {
@@ -392,7 +551,7 @@ impl FleetBreaker {
             .arg(generation)
             .arg(open_for_ns.map_or(0, |ns| ns.div_ceil(NS_PER_MS).max(1)))
             .arg(self.trial_lease_ns().div_ceil(NS_PER_MS));
-        invocation
+        (invocation, self.inner.issued.fetch_add(1, Ordering::AcqRel) + 1)
     }
 
     /// How long a trial may stay unanswered before Redis hands its slot to another process (its own
@@ -406,14 +565,14 @@ impl FleetBreaker {
     /// Runs `op` now on this thread (one round trip), reporting the successes counted so far.
     fn run(&self, op: &str, generation: u16, open_for_ns: Option<u64>) -> Result<Answer, BackendError> {
         let successes = self.inner.successes.swap(0, Ordering::AcqRel);
-        let invocation = self.invocation(op, successes, generation, open_for_ns);
+        let (invocation, number) = self.invocation(op, successes, generation, open_for_ns);
         let result = self.inner.backend.call_blocking(|connection| invocation.invoke::<Vec<i64>>(connection));
-        self.adopt(result, successes)
+        self.adopt(result, successes, number)
     }
 
-    /// Takes Redis's answer into the cache; on a failure, marks Redis down and keeps the successes for
-    /// the next report.
-    fn adopt(&self, result: Result<Vec<i64>, BackendError>, successes: u64) -> Result<Answer, BackendError> {
+    /// Takes Redis's answer to call `number` into the cache, unless the answer to a later call is there
+    /// already; on a failure, marks Redis down and keeps the successes for the next report.
+    fn adopt(&self, result: Result<Vec<i64>, BackendError>, successes: u64, number: u64) -> Result<Answer, BackendError> {
         let inner = &*self.inner;
         let now = inner.clock.now_ns();
         inner.synced_at_ns.store(now, Ordering::Relaxed);
@@ -438,6 +597,10 @@ impl FleetBreaker {
             granted: values[3] == 1,
             previous: state_of(values[4]),
         };
+        if inner.adopted.fetch_max(number, Ordering::AcqRel) > number {
+            // The answer to a later call is in the cache already: this one would undo it.
+            return Ok(answer);
+        }
         let until_ms = match (answer.state, answer.wait_ms) {
             (State::Open, None) => ISOLATED_MS,
             (State::Open, Some(ms)) => (now / NS_PER_MS).saturating_add(ms),
@@ -450,4 +613,51 @@ impl FleetBreaker {
 
 fn changed(answer: &Answer) -> Option<Transition> {
     (answer.previous != answer.state).then_some(Transition { from: answer.previous, to: answer.state })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decision_waits_for_the_reports_in_flight_until_they_land() {
+        let reports = Arc::new(Reports::default());
+        assert!(!reports.in_flight());
+        reports.sending();
+        assert!(reports.in_flight());
+        let landing = Arc::clone(&reports);
+        let report = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            landing.landed(Some(Transition { from: State::Closed, to: State::Open }));
+        });
+        let started = Instant::now();
+        reports.wait(Duration::from_secs(5));
+        assert!(started.elapsed() >= Duration::from_millis(25), "{:?}", started.elapsed());
+        assert!(!reports.in_flight());
+        report.join().unwrap();
+        assert_eq!(reports.take_changes(), vec![Transition { from: State::Closed, to: State::Open }]);
+        assert!(reports.take_changes().is_empty(), "each change is announced once");
+    }
+
+    #[test]
+    fn a_report_that_never_lands_holds_a_decision_up_no_longer_than_allowed() {
+        let reports = Reports::default();
+        reports.sending();
+        let started = Instant::now();
+        reports.wait(Duration::from_millis(40));
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(40) && waited < Duration::from_secs(2), "{waited:?}");
+    }
+
+    #[test]
+    fn reports_sent_by_a_parent_process_are_none_of_a_forked_childs() {
+        let reports = Reports::default();
+        reports.sending();
+        reports.pid.store(std::process::id().wrapping_add(1), Ordering::Release);
+        assert!(!reports.in_flight(), "the parent's report never lands here");
+        reports.sending();
+        assert!(reports.in_flight());
+        reports.landed(None);
+        assert!(!reports.in_flight(), "only the child's own report counted");
+    }
 }

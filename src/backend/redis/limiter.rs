@@ -4,14 +4,14 @@
 //! Redis is away, the `local` failure policy decides in this process (`fallback.rs`, `share.rs`).
 
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::Value;
+use redis::{Script, Value};
 
 use crate::core::clock::{Clock, MonotonicClock};
-use crate::core::feedback::followed;
+use crate::core::feedback::{self, followed};
 use crate::core::limit::{Cost, Limit, Unit};
 use crate::core::quota::Receipt;
 use crate::core::refusal;
@@ -183,6 +183,30 @@ pub struct RemoteLimiter {
     pub(super) share: Mutex<PerProcess<Option<Arc<LocalShare>>>>,
     pub(super) handover: Mutex<PerProcess<Option<Handover>>>,
     pub(super) next_handover: AtomicU64,
+    /// The process reading the logs for a cut ([`RemoteLimiter::hold_against_logs`]), 0 when none.
+    reading_logs: AtomicU32,
+}
+
+/// Where the logs start among a limiter's keys (after the state hash, the leases, the members, the
+/// withdrawals, the line and its places).
+const LOG_KEYS: usize = 6;
+
+/// Reads the state hash's sequence number of each log given (KEYS[1] the hash; then per log its key,
+/// and in ARGV its field) and the log: what numbers its entries, and the entries (`at:units`).
+static LOGS_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local logs = {}\n\
+         for i = 2, #KEYS do\n\
+           logs[i - 1] = {redis.call('HGET', KEYS[1], ARGV[i - 1]) or '0', redis.call('LRANGE', KEYS[i], 0, -1)}\n\
+         end\n\
+         return logs",
+    )
+});
+
+/// A log entry `at:units` read (see acquire.lua).
+fn parse_entry(entry: &str) -> Option<(u64, u64)> {
+    let (at, units) = entry.split_once(':')?;
+    Some((at.parse().ok()?, units.parse().ok()?))
 }
 
 /// An instance counts as a member of the fleet this long after renewing its membership...
@@ -259,6 +283,7 @@ impl RemoteLimiter {
             share: Mutex::new(PerProcess::new(None)),
             handover: Mutex::new(PerProcess::new(None)),
             next_handover: AtomicU64::new(1),
+            reading_logs: AtomicU32::new(0),
         })
     }
 
@@ -523,22 +548,97 @@ impl RemoteLimiter {
     }
 
     /// What the server allows of `unit` (a fraction of the configured rate), from what it said is left
-    /// after `grant`'s request (`remaining`, with the time until its window is whole, `reset_ns`),
-    /// held against what the fleet's windows counted when Redis admitted it: their count plus what
-    /// the server has left is what it allows per window. A window more than twice as long as the
-    /// reset is not the one the server speaks of. `None` when no window can tell (GCRA keeps no
-    /// count; an admission decided outside Redis; a request without that unit).
+    /// after `grant`'s request (`remaining`, with the time until its window is whole, `reset_ns`), as
+    /// far as the decision's own answer tells (no round trip): by the core's rule
+    /// ([`feedback::server_allows`], over the windows the server speaks of), with what the fleet's
+    /// windows counted when Redis admitted it. What the fleet admitted up to the guard after it, which
+    /// the rule counts too, came later: this is never above what the rule gives, and a cut it calls for
+    /// is checked against the logs first ([`RemoteLimiter::hold_against_logs`]). `None` when no
+    /// window can tell (GCRA keeps no count; an admission decided outside Redis; a request without
+    /// that unit).
     pub fn server_allows(&self, grant: &Grant, unit: Unit, remaining: u64, reset_ns: Option<u64>) -> Option<f64> {
         let Counted::InRedis { used, .. } = &grant.counted else { return None };
         if unit.of(grant.cost) == 0 {
             return None;
         }
-        self.windows
-            .iter()
-            .zip(used)
-            .filter(|(w, _)| w.unit == unit && w.kind == Kind::Log && reset_ns.is_none_or(|reset| w.period_ns() / 2 <= reset))
-            .map(|(w, &counted)| counted.saturating_add(remaining) as f64 / w.whole as f64)
+        self.spoken_of(unit, reset_ns)
+            .map(|i| feedback::server_allows(used[i], remaining, self.windows[i].whole))
             .reduce(f64::max)
+    }
+
+    /// The log windows of `unit` a server that is whole again within `reset_ns` speaks of.
+    fn spoken_of(&self, unit: Unit, reset_ns: Option<u64>) -> impl Iterator<Item = usize> + '_ {
+        (0..self.windows.len()).filter(move |&i| {
+            let w = &self.windows[i];
+            w.unit == unit && w.kind == Kind::Log && feedback::speaks_of(w.period_ns(), reset_ns)
+        })
+    }
+
+    /// [`RemoteLimiter::server_allows`] by the core's whole rule, in the background: the fleet's logs
+    /// are read (one round trip) for what went up to the guard after `grant`'s request, which the
+    /// server may have counted first, and `apply` gets what the server allows. At most one read runs at
+    /// a time per limiter; while one does, another answer calling for a cut is let go (the next
+    /// will tell). Nothing is applied when no window can tell any more (the admission left its log).
+    pub fn hold_against_logs(
+        self: &Arc<Self>,
+        grant: &Grant,
+        unit: Unit,
+        remaining: u64,
+        reset_ns: Option<u64>,
+        apply: impl FnOnce(f64) + Send + 'static,
+    ) {
+        let pid = std::process::id();
+        let reader = self.reading_logs.load(Ordering::Acquire);
+        // A reader of another process (this is a forked child) left the flag behind: it is free here.
+        if reader == pid || self.reading_logs.compare_exchange(reader, pid, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return;
+        }
+        let Ok(runtime) = crate::backend::redis::runtime::handle() else {
+            self.reading_logs.store(0, Ordering::Release);
+            return;
+        };
+        let (this, grant) = (Arc::clone(self), grant.clone());
+        runtime.spawn(async move {
+            if let Ok(Some(allowed)) = this.server_allows_by_the_logs(&grant, unit, remaining, reset_ns).await {
+                apply(allowed);
+            }
+            this.reading_logs.store(0, Ordering::Release);
+        });
+    }
+
+    /// What the server allows of `unit` by the core's whole rule, from the fleet's logs as they stand:
+    /// per window, what it counted in the window that ends at the admission (never less than when Redis
+    /// admitted it: entries that left since were in it), with its own entry, plus what went up to the
+    /// guard after it ([`feedback::went_just_after`]). An entry shared by admissions closer than
+    /// 1/1024 of the window counts whole. `None` when no window can tell.
+    async fn server_allows_by_the_logs(&self, grant: &Grant, unit: Unit, remaining: u64, reset_ns: Option<u64>) -> Result<Option<f64>, BackendError> {
+        let Counted::InRedis { receipts, used } = &grant.counted else { return Ok(None) };
+        let windows: Vec<usize> = self.spoken_of(unit, reset_ns).filter(|&i| receipts[i] != 0).collect();
+        if windows.is_empty() {
+            return Ok(None);
+        }
+        let mut invocation = LOGS_SCRIPT.prepare_invoke();
+        invocation.key(&self.keys[0]);
+        for &i in &windows {
+            invocation.key(&self.keys[LOG_KEYS + i]).arg(format!("seq:{}", self.windows[i].id));
+        }
+        let logs: Vec<(u64, Vec<String>)> =
+            self.backend.call(|mut c| async move { invocation.invoke_async(&mut c).await }).await?;
+        let at = grant.at_us;
+        let counts = windows.iter().zip(logs).filter_map(|(&i, (seq, entries))| {
+            let w = &self.windows[i];
+            let entries: Vec<(u64, u64)> = entries.iter().filter_map(|entry| parse_entry(entry)).collect();
+            let own = usize::try_from(receipts[i].checked_sub(seq)?.checked_sub(1)?).ok()?;
+            // Its own entry is dated at its admission or, shared with admissions just after, a little
+            // later; a later number's entry (the log was made afresh) is dated past its window.
+            let &(own_at, own_units) = entries.get(own).filter(|(entry_at, _)| (at..at + w.span_us).contains(entry_at))?;
+            let before: u64 = entries[..own].iter().filter(|(entry_at, _)| entry_at + w.span_us > at).map(|(_, units)| units).sum();
+            let after = feedback::went_just_after(entries[own + 1..].iter().copied(), at, w.guard_us());
+            let just_after_own = if own_at <= at + w.guard_us() { own_units } else { own_units.min(w.units(grant.cost)) };
+            let counted = (before + just_after_own + after).max(used[i]);
+            Some(feedback::server_allows(counted, remaining, w.whole))
+        });
+        Ok(counts.reduce(f64::max))
     }
 
     // --- correcting and returning admissions ------------------------------------------------------
@@ -602,7 +702,8 @@ impl RemoteLimiter {
             return None;
         }
         let mut invocation = scripts::ADJUST.call(self.backend.dialect(), &self.keys);
-        invocation.arg(lease.unwrap_or("")).arg(self.windows.len());
+        // The admission's instant: a receipt is honoured only while its admission is in its window.
+        invocation.arg(lease.unwrap_or("")).arg(grant.at_us).arg(self.windows.len());
         for (window, receipt) in self.windows.iter().zip(&receipts) {
             invocation
                 .arg(&window.id)

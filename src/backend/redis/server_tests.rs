@@ -173,6 +173,28 @@ fn settle_refunds_and_give_back_returns_everything() {
     assert_eq!(lim.peek_blocking(Cost::request(0)).unwrap().remaining, vec![1_000]);
 }
 
+// A receipt names its log entry by the log's sequence number, which started again from 0 once the
+// limit's keys expired (idle past their TTL): an admission settled or given back that late corrected
+// the newer admission that now had its number, so the window undercounted (a give-back) or overcounted
+// (a charge).
+#[test]
+fn a_late_correction_after_the_keys_expired_leaves_a_newer_admissions_count_alone() {
+    let Some(server) = start_server() else { return };
+    let tokens = limit(1_000.0, 100, Unit::Tokens, Algorithm::Exact);
+    let lim = limiter(&server, vec![tokens], None, Duration::from_secs(5));
+    let old = admitted(decide(&lim, Cost::request(600), Mode::Now, false));
+    let started = Instant::now();
+    while cli(&server, &["EXISTS", &lim.keys()[0]]) != "0" {
+        assert!(started.elapsed() < Duration::from_secs(5), "the limit's keys never expired");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    admitted(decide(&lim, Cost::request(600), Mode::Now, false));
+    lim.adjust_blocking(&old, Cost::request(600), Cost::request(0), false).unwrap();
+    assert_eq!(remaining(&lim), vec![400], "a late give-back takes nothing from the newer admission");
+    lim.adjust_blocking(&old, Cost::request(600), Cost::request(900), false).unwrap();
+    assert_eq!(remaining(&lim), vec![400], "a late charge adds nothing to it");
+}
+
 #[test]
 fn a_cost_no_window_can_pass_is_refused_at_once() {
     let Some(server) = start_server() else { return };

@@ -90,6 +90,12 @@ impl WindowSpec {
         self.source.period_ns()
     }
 
+    /// How long past its admission a request may still arrive before the server counts it (the limit's
+    /// guard), in whole microseconds rounded up.
+    pub fn guard_us(&self) -> u64 {
+        self.source.guard_ns().div_ceil(1_000)
+    }
+
     /// The units of `cost` this window counts.
     pub fn units(&self, cost: Cost) -> u64 {
         self.unit.of(cost)

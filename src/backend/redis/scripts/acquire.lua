@@ -192,6 +192,9 @@ for i, w in ipairs(windows) do
     end
   else
     w.sum, w.seq = tonumber(stored[read] or '0'), tonumber(stored[read + 1] or '0')
+    -- A new state numbers its log from Redis's clock: a receipt from before a loss (or an expiry)
+    -- names no entry after it.
+    if absent then w.seq = now end
     read = read + 1
     local forgotten = 0
     while true do
