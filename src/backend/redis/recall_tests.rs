@@ -65,3 +65,16 @@ fn a_gcra_window_redis_lost_keeps_the_backlog_its_client_recalls() {
     lose_everything(&server);
     assert!(matches!(now(&lim), Outcome::Later { .. }), "one every 0.5 s: the next is not due yet");
 }
+
+#[test]
+fn a_late_correction_from_before_the_loss_leaves_an_admission_after_it_alone() {
+    let Some(server) = start_server() else { return };
+    let tokens = || vec![limit(1_000.0, 2_000, Unit::Tokens, Algorithm::Exact)];
+    let (before, after) = (limiter(&server, tokens(), None, Duration::from_secs(5)), limiter(&server, tokens(), None, Duration::from_secs(5)));
+    let old = admitted(before.decide_blocking(Cost::request(600), 0.0, Mode::Now, false, &Place::newcomer(0), "acquire").unwrap());
+    lose_everything(&server);
+    // The first decision after the loss is one that recalls nothing: the log starts again.
+    admitted(after.decide_blocking(Cost::request(300), 0.0, Mode::Now, false, &Place::newcomer(0), "acquire").unwrap());
+    before.adjust_blocking(&old, Cost::request(600), Cost::request(0), false).unwrap();
+    assert_eq!(after.peek_blocking(Cost::request(0)).unwrap().remaining, vec![700], "its receipt names no entry of the new log");
+}
