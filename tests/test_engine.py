@@ -248,16 +248,6 @@ async def test_arun_batch_runs_the_job_while_the_event_loop_stays_free(tmp_path:
     assert ticks >= 20, "the loop ran while the engine worked"
 
 
-def test_a_breaker_shared_through_redis_is_refused_naming_it(tmp_path: Path) -> None:
-    requests = write_lines(tmp_path / "in.jsonl", [chat_line("r0")])
-    backend = hs.RedisBackend("redis://127.0.0.1:1/0", on_error="local")
-    breaker = hs.CircuitBreaker(window_s=10.0, backend=backend, key="k")
-    with pytest.raises(hs.ConfigError, match="Redis") as raised:
-        hs.run_batch(requests, tmp_path / "out.jsonl", base_url="http://127.0.0.1:9/v1", api_key=KEY, breaker=breaker)
-    assert raised.value.field == "breaker"
-    assert not (tmp_path / "out.jsonl").exists() or (tmp_path / "out.jsonl").read_text() == ""
-
-
 @pytest.mark.parametrize(
     ("arguments", "field"),
     [
