@@ -120,6 +120,18 @@ async def test_one_jobs_failures_open_the_breaker_for_another_job_sharing_it(tmp
             await asyncio.gather(*jobs, return_exceptions=True)
 
 
+def test_a_job_through_a_closed_shared_breaker_asks_redis_nothing_per_request(tmp_path: Path, redis_server: RedisServer, redis_url: str) -> None:  # noqa: F811
+    requests = write_requests(tmp_path / "in.jsonl", "r", 2_000)
+    breaker = shared(redis_url)
+    redis_server.cli("CONFIG", "RESETSTAT")
+    with MockGateway() as gw:
+        report = hs.run_batch(requests, tmp_path / "out.jsonl", base_url=gw.base_url, api_key=KEY, breaker=breaker)
+    stats = redis_server.cli("INFO", "commandstats")
+    calls = sum(int(line.split("calls=")[1].split(",")[0]) for line in stats.splitlines() if "evalsha" in line or "cmdstat_eval:" in line)
+    assert report.ok == 2_000
+    assert calls <= report.wall_s / STALENESS + 3, f"{calls} script calls for 2,000 requests in {report.wall_s:.3f} s"
+
+
 def test_a_job_whose_shared_breaker_another_process_isolated_sends_nothing_and_says_why(tmp_path: Path, redis_url: str) -> None:  # noqa: F811
     requests, output = write_requests(tmp_path / "in.jsonl", "r", 10), tmp_path / "out.jsonl"
     operator = shared(redis_url)
