@@ -11,6 +11,9 @@
 //!   so the process whose failure opens the breaker sees it open at its very next call, and a reset or
 //!   isolation comes after its failures. What a report changed is kept for the caller's thread to
 //!   announce ([`FleetBreaker::take_changes`]).
+//! - A caller on tokio (the batch engine) decides with [`FleetBreaker::allow_async`]: the same
+//!   decision, whose waits (reports in flight, a re-read, a trial) are awaited on the Redis runtime
+//!   instead of blocking the caller's thread.
 //! - Open: refused from the cache until the time Redis gave; then each trial is asked of Redis, which
 //!   hands out `half_open_max_calls` trials for the whole fleet, not per process. A trial's result is
 //!   reported as a failure is. Trials lost with their process are handed out again after a minute (or
