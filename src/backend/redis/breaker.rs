@@ -216,6 +216,8 @@ struct Inner {
     /// Redis failed lately: the policy decides until a re-read succeeds.
     down: AtomicBool,
     reports: Reports,
+    /// Held by the one re-read the callers on tokio await together (see [`FleetBreaker::allow_async`]).
+    rereading: tokio::sync::Mutex<()>,
     /// Numbers the calls to Redis as they are made; the newest whose answer the cache holds.
     issued: AtomicU64,
     adopted: AtomicU64,
@@ -259,6 +261,7 @@ impl FleetBreaker {
                 successes: AtomicU64::new(0),
                 down: AtomicBool::new(false),
                 reports: Reports::default(),
+                rereading: tokio::sync::Mutex::new(()),
                 issued: AtomicU64::new(0),
                 adopted: AtomicU64::new(0),
                 clock,
@@ -300,7 +303,12 @@ impl FleetBreaker {
         }
         let mut now = self.inner.clock.now_ns();
         if self.reread_first(now) {
-            let _ = self.run_async("sync").await;
+            // One re-read for all the requests deciding at once (a job's first dozens): the rest
+            // wait for it and decide from what it read.
+            let _one = self.inner.rereading.lock().await;
+            if self.reread_first(self.inner.clock.now_ns()) {
+                let _ = self.run_async("sync").await;
+            }
             now = self.inner.clock.now_ns();
         }
         match self.decide_cached(now) {
