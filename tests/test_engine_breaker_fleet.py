@@ -132,6 +132,33 @@ def test_a_job_through_a_closed_shared_breaker_asks_redis_nothing_per_request(tm
     assert calls <= report.wall_s / STALENESS + 3, f"{calls} script calls for 2,000 requests in {report.wall_s:.3f} s"
 
 
+def test_a_job_held_back_by_a_shared_breaker_goes_on_soon_after_another_process_resets_it(tmp_path: Path, redis_url: str) -> None:  # noqa: F811
+    requests, output = write_requests(tmp_path / "in.jsonl", "r", 10), tmp_path / "out.jsonl"
+    operator = shared(redis_url, failure_threshold=1, recovery_timeout=60.0)
+    with pytest.raises(OSError):
+        operator.call_sync(_raise_connection_error)
+    assert operator.state == "open"
+    reports: list[hs.BatchReport] = []
+    with MockGateway() as gw:
+        job = threading.Thread(target=lambda: reports.append(hs.run_batch(
+            requests, output, base_url=gw.base_url, api_key=KEY, breaker=shared(redis_url, recovery_timeout=60.0),
+        )))
+        started = time.monotonic()
+        job.start()
+        time.sleep(0.5)
+        assert gw.admission_log() == [], "open for a minute: nothing sent"
+        operator.reset()
+        job.join(timeout=10)
+        took = time.monotonic() - started
+    [report] = reports
+    assert report.ok == 10
+    assert took < 5.0, f"{took:.1f} s: the job saw the reset long before the minute was out"
+
+
+def _raise_connection_error() -> None:
+    raise ConnectionError("the gateway is down")
+
+
 def test_a_job_whose_shared_breaker_another_process_isolated_sends_nothing_and_says_why(tmp_path: Path, redis_url: str) -> None:  # noqa: F811
     requests, output = write_requests(tmp_path / "in.jsonl", "r", 10), tmp_path / "out.jsonl"
     operator = shared(redis_url)

@@ -3,11 +3,17 @@
 //! own rules; this only says which one `send` asks, and never blocks the job's thread on Redis: a
 //! fleet's decisions that need Redis are awaited on its runtime, and its reports are sent there.
 
+use std::time::Duration;
+
 use crate::backend::redis::BackendError;
 use crate::backend::redis::breaker::{FleetBreaker, Refusal};
 use crate::core::CircuitBreaker;
 use crate::core::breaker::Permit;
 use crate::engine::Held;
+
+/// The longest an open fleet breaker is waited out before asking it again: another process may
+/// reset it (or isolate it) meanwhile.
+const FLEET_RECHECK: Duration = Duration::from_secs(1);
 
 /// Where a job's requests are let through.
 #[derive(Clone)]
@@ -29,6 +35,15 @@ impl Breaker {
                 Refusal::Open(open) => Ok(open),
                 Refusal::Backend(failed) => Err(failed),
             }),
+        }
+    }
+
+    /// The longest to wait out an open breaker before asking it again: a local one changes only by
+    /// its own calls, a fleet's by any process's.
+    pub fn longest_wait(&self) -> Duration {
+        match self {
+            Breaker::Local(_) => Duration::MAX,
+            Breaker::Fleet(_) => FLEET_RECHECK,
         }
     }
 

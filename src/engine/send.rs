@@ -156,7 +156,8 @@ impl Sender {
                             Error::CircuitOpen { retry_after_ns, .. } => Duration::from_nanos(retry_after_ns),
                             _ => OPEN_BREAKER_MIN_WAIT,
                         };
-                        if self.unless_cancelled(tokio::time::sleep(wait.max(OPEN_BREAKER_MIN_WAIT))).await.is_none() {
+                        let wait = wait.min(breaker.longest_wait()).max(OPEN_BREAKER_MIN_WAIT);
+                        if self.unless_cancelled(tokio::time::sleep(wait)).await.is_none() {
                             return Sent::Cancelled;
                         }
                         continue;
