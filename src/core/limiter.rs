@@ -268,11 +268,17 @@ impl<C: Clock> Limiter<C> {
     /// on in [`Limiter::not_admitted`].
     #[inline(always)]
     fn admit_now(&self, cost: Cost, receipt: &mut Receipt, operation: &str) -> Result<Option<u64>> {
-        if self.has_waiters() || !self.slots.try_acquire() {
+        if self.has_waiters() {
             return Ok(None);
         }
-        let Some(quota) = &self.quota else { return Ok(Some(0)) };
+        let Some(quota) = &self.quota else { return Ok(self.slots.try_acquire().then_some(0)) };
+        // The clock before the permit: the permit's atomic add then overlaps the clock read instead of
+        // delaying it. A decision may always find its instant a little old (another thread can decide
+        // between a clock read and the quota's lock): the windows admit no earlier than they admitted last.
         let now = self.clock.now_ns();
+        if !self.slots.try_acquire() {
+            return Ok(None);
+        }
         let decision = quota.decide(cost, now, now, receipt);
         if decision != Decision::Now {
             return self.not_admitted(decision, cost, now, operation);
