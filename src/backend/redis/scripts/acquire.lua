@@ -23,7 +23,9 @@
 -- KEYS[1]      the state hash: per window "sum:<id>" (units in the log), "seq:<id>" (sequence number of
 --              the oldest log entry), "tat:<id>" (a GCRA window's theoretical arrival time); per
 --              instance "handed:<instance>" (the last hand-over applied, see below); "expiry" (us:
---              until when the hash and every log live at least, see the end)
+--              until when the hash and every log live at least, see the end); "ticket" (the line's
+--              last); "line" (us: no place in the line lasts longer, so a decision made later need not
+--              look at the line)
 -- KEYS[2]      the lease sorted set: lease id -> expiry (us)
 -- KEYS[3]      the member sorted set: limiter instance id -> expiry (us); how many processes share the limit
 -- KEYS[4]      withdrawn lease ids -> expiry (us): decisions their client gave up on (see reclaim.lua)
@@ -109,7 +111,7 @@ end
 -- every window and the keys' expiry (see below); what changed in it is written back once, by `save`
 -- (`dirty`: a log's count and sequence number, a GCRA's arrival time). Every field of a window is
 -- named in its table's constructor, so the table is made at its full size at once.
-local windows, fields = {}, {'expiry'}
+local windows, fields = {}, {'expiry', 'line'}
 for i = 1, n do
   local first = HEADER + (i - 1) * PER_WINDOW
   local id, kind = ARGV[4 + i], numbers[first + 1] == 1 and 'gcra' or 'log'
@@ -128,7 +130,8 @@ local stored = redis.call('HMGET', state, unpack(fields))
 -- Every key of the limit lives at least until `expiry` (us, Redis's clock): each was given that long
 -- at once, and nothing shortens it. An admission needing no longer sets no expiry (see the end).
 local expiry = tonumber(stored[1] or '0')
-local read = 1
+local line_until = tonumber(stored[2] or '0')
+local read = 2
 for _, w in ipairs(windows) do
   read = read + 1
   if w.kind == 'gcra' then
@@ -206,7 +209,7 @@ end
 -- How many in line go before this request: those ahead of its place, or for a request not in line
 -- (a newcomer), every waiter of its priority or higher. Places not renewed in time are let go first.
 local function ahead_in_line()
-  if redis.call('EXISTS', line_key) == 0 then return 0 end
+  if line_until <= now or redis.call('EXISTS', line_key) == 0 then return 0 end
   local gone = redis.call('ZRANGEBYSCORE', places_key, '-inf', now)
   if #gone > 0 then
     redis.call('ZREM', line_key, unpack(gone))
@@ -230,6 +233,7 @@ local function stand_in_line()
     redis.call('ZADD', line_key, line_score(priority, ticket), waiter)
   end
   redis.call('ZADD', places_key, now + place_ttl, waiter)
+  redis.call('HSET', state, 'line', int(now + place_ttl))
   keep(line_key, place_ttl)
   keep(places_key, place_ttl)
   keep(state, place_ttl)
@@ -414,7 +418,9 @@ end
 -- Every key must live a second past the last instant a window needs it. While `expiry` says so, only a
 -- log made afresh (it has no expiry yet) gets one, to `expiry`; else every key gets twice what it
 -- needs now, so that this is done about once per window length rather than per decision. The hash is
--- written first: one that HSET makes afresh would have no expiry.
+-- written first: one that HSET makes afresh would have no expiry. It never gets less than a place in
+-- line lasts, so its "line" field outlives every place.
+horizon = math.max(horizon, place_ttl)
 local needed = now + horizon + 1000000
 if expiry >= needed then
   save()
