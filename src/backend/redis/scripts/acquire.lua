@@ -84,8 +84,10 @@ local member_ttl, priority, place_ttl, n, handover = numbers[5], numbers[6], num
 -- longer stands in the line instead. What a higher-priority arrival may find reserved ahead of it.
 local HORIZON = 250000
 -- A waiter behind the front asks again after this per place ahead of it (us), within these bounds: it
--- cannot go before those ahead, each of whom takes about one ask.
-local STEP, SOONEST = 2000, 1000
+-- cannot go before those ahead, each of whom takes about one ask. Its place lasts until it is due to
+-- ask again and place_ttl more, so a long backlog costs Redis an ask per waiter per LATEST at most, and
+-- a dead waiter holds up those behind it for place_ttl past its turn at most.
+local STEP, SOONEST, LATEST = 2000, 1000, 10000000
 
 local now = redis_now()
 
@@ -226,17 +228,21 @@ local function ahead_in_line()
 end
 
 -- Puts this waiter in line (a newcomer gets the next ticket), or keeps it there: its place is
--- renewed for another place_ttl.
-local function stand_in_line()
+-- renewed until `asks_in` from now (us: when it will ask again) and place_ttl more.
+local function stand_in_line(asks_in)
   if not in_line then
     local ticket = redis.call('HINCRBY', state, 'ticket', 1) % TICKETS
     redis.call('ZADD', line_key, line_score(priority, ticket), waiter)
   end
-  redis.call('ZADD', places_key, now + place_ttl, waiter)
-  redis.call('HSET', state, 'line', int(now + place_ttl))
-  keep(line_key, place_ttl)
-  keep(places_key, place_ttl)
-  keep(state, place_ttl)
+  local lasts = asks_in + place_ttl
+  redis.call('ZADD', places_key, now + lasts, waiter)
+  if now + lasts > line_until then
+    line_until = now + lasts
+    redis.call('HSET', state, 'line', int(line_until))
+  end
+  keep(line_key, lasts)
+  keep(places_key, lasts)
+  keep(state, lasts)
 end
 
 -- Writes back what changed in the windows' state (a log's count and sequence number, a GCRA's
@@ -357,7 +363,7 @@ if lease_id ~= '' then
       look_again = math.min(look_again, 10000)
     end
     if waiter ~= '' and mode == 'reserve' then
-      stand_in_line()
+      stand_in_line(0)
       return reply(3, look_again, 1)
     end
     return reply(3, look_again, 0)
@@ -378,11 +384,10 @@ if behind and (mode == 'now' or max_wait == 0) then
   return reply(7, 0, 0)
 end
 if mode == 'reserve' and waiter ~= '' and (behind or wait > HORIZON) then
-  stand_in_line()
-  -- Not before its instant's horizon, nor before those ahead have had their turns; renewing its
-  -- place in time.
-  local look_again = math.max(wait - HORIZON, ahead * STEP, SOONEST)
-  return reply(7, math.min(look_again, math.floor(place_ttl / 2)), 1)
+  -- Not before its instant's horizon, nor before those ahead have had their turns.
+  local look_again = math.min(math.max(wait - HORIZON, ahead * STEP, SOONEST), LATEST)
+  stand_in_line(look_again)
+  return reply(7, look_again, 1)
 end
 leave_line()
 
@@ -420,7 +425,7 @@ end
 -- needs now, so that this is done about once per window length rather than per decision. The hash is
 -- written first: one that HSET makes afresh would have no expiry. It never gets less than a place in
 -- line lasts, so its "line" field outlives every place.
-horizon = math.max(horizon, place_ttl)
+horizon = math.max(horizon, place_ttl, line_until - now)
 local needed = now + horizon + 1000000
 if expiry >= needed then
   save()
