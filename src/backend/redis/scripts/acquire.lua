@@ -62,14 +62,14 @@
 --   2  window a can never admit the cost (b = the most it ever can)
 --   3  no lease it may take: a = when to look again at the latest (us: the oldest lease's expiry, or
 --      its place's), b = its ticket in the line (0: it did not join)
---   7  not its turn at the rate yet (others wait ahead of it, or its instant is beyond HORIZON): a =
---      when to ask again (us), b = 1 when it stands in line (0: it did not join: a request that will not
---      wait, refused)
 --      (status 5 also when the waiter was withdrawn: it gave up before this ask ran)
 --   4  peek: passes after a (b = binding window); then remaining_1 .. remaining_n, the units window i
 --      could take now without waiting
 --   5  its lease id was withdrawn by its client already: nothing counted
 --   6  the request would cross budget window a: nothing counted
+--   7  not its turn at the rate yet (others wait ahead of it, or its instant is beyond HORIZON): a =
+--      when to ask again (us), b = 1 when it stands in line (0: it did not join: a request that will not
+--      wait, refused)
 
 local state, lease_key, member_key, withdrawn_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local line_key, places_key = KEYS[5], KEYS[6]
