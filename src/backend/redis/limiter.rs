@@ -71,6 +71,9 @@ pub enum Outcome {
     /// No lease it may take (every lease is held, or others are ahead in the fleet's line): ask again
     /// within `retry_us`. `ticket`: its place in the line (0: it did not join).
     NoLease { retry_us: u64, ticket: u64 },
+    /// Not its turn at the rate yet (others wait ahead of it in the fleet's line, or its instant is
+    /// too far off to reserve now): ask again after `retry_us`. `ticket` as for `NoLease`.
+    NotYet { retry_us: u64, ticket: u64 },
 }
 
 /// A look at the shared state without counting anything.
@@ -81,9 +84,9 @@ pub struct Peek {
     pub remaining: Vec<u64>,
 }
 
-/// A request's place in the fleet's line for concurrency slots (see acquire.lua): who asks, whether
-/// Redis put it in line (`ticket` > 0), and its priority (higher goes first; across the fleet, within
-/// +-[`FLEET_PRIORITIES`]).
+/// A request's place in the fleet's line for concurrency slots and turns at the rate (see
+/// acquire.lua): who asks, whether Redis put it in line (`ticket` > 0), and its priority (higher goes
+/// first; across the fleet, within +-[`FLEET_PRIORITIES`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Place {
     pub waiter: String,
@@ -385,9 +388,6 @@ impl RemoteLimiter {
     /// the background (its waiter gave up); while Redis does not answer, it is owed back like a lease
     /// (see `leases.rs`).
     pub fn leave_line(self: &Arc<Self>, place: &Place) {
-        if self.max_leases.is_none() {
-            return;
-        }
         let Ok(runtime) = crate::backend::redis::runtime::handle() else { return };
         let (this, waiter) = (Arc::clone(self), place.waiter.clone());
         runtime.spawn(async move {
@@ -521,6 +521,7 @@ impl RemoteLimiter {
             1 => Ok(Outcome::Later { wait_us: a as u64, limit: b as usize - 1 }),
             2 => Err(Ok(self.never(operation, &ask, a as usize - 1, b as u64))),
             3 => Ok(Outcome::NoLease { retry_us: a as u64, ticket: b as u64 }),
+            7 => Ok(Outcome::NotYet { retry_us: a as u64, ticket: b as u64 }),
             6 => Err(Ok(self.over_budget(operation, &ask, a as usize - 1))),
             other => Err(Err(unavailable(format!("unexpected status {other} from the Redis script")))),
         }

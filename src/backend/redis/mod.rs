@@ -24,3 +24,5 @@ pub use limiter::{Grant, Mode, Outcome, Peek, RemoteLimiter};
 
 #[cfg(test)]
 mod server_tests;
+#[cfg(test)]
+mod priority_tests;

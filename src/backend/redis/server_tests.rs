@@ -13,7 +13,7 @@ use crate::core::Error;
 use crate::backend::redis::limiter::{Counted, Place};
 use crate::backend::redis::{Backend, BackendError, Grant, Mode, Outcome, RemoteLimiter, Timeouts, leases, runtime};
 
-struct Server {
+pub(super) struct Server {
     child: Child,
     url: String,
 }
@@ -25,7 +25,7 @@ impl Drop for Server {
     }
 }
 
-fn start_server() -> Option<Server> {
+pub(super) fn start_server() -> Option<Server> {
     start_server_with(&[])
 }
 
@@ -50,7 +50,7 @@ fn start_server_with(extra: &[&str]) -> Option<Server> {
     Some(server)
 }
 
-fn limiter(server: &Server, limits: Vec<Limit>, max_leases: Option<u64>, ttl: Duration) -> Arc<RemoteLimiter> {
+pub(super) fn limiter(server: &Server, limits: Vec<Limit>, max_leases: Option<u64>, ttl: Duration) -> Arc<RemoteLimiter> {
     let timeouts = Timeouts { connect: Duration::from_secs(1), command: Duration::from_secs(1) };
     let backend = Arc::new(Backend::new(&server.url, "test", timeouts, None, false).unwrap());
     Arc::new(RemoteLimiter::new(backend, "team", limits, max_leases, ttl).unwrap())
@@ -65,14 +65,14 @@ fn remaining(limiter: &Arc<RemoteLimiter>) -> Vec<u64> {
     limiter.peek_blocking(Cost::request(0)).map_err(|e| format!("{e:?}")).unwrap().remaining
 }
 
-fn admitted(outcome: Outcome) -> Grant {
+pub(super) fn admitted(outcome: Outcome) -> Grant {
     match outcome {
         Outcome::Admitted(grant) => grant,
         other => panic!("expected an admission, got {other:?}"),
     }
 }
 
-fn limit(n: f64, period_ms: u64, unit: Unit, algorithm: Algorithm) -> Limit {
+pub(super) fn limit(n: f64, period_ms: u64, unit: Unit, algorithm: Algorithm) -> Limit {
     let burst = (algorithm == Algorithm::Gcra).then_some(1.0);
     Limit::new(n, period_ms * NS_PER_SEC / 1000, unit, algorithm, burst).unwrap()
 }

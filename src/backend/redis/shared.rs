@@ -2,12 +2,14 @@
 //! when Redis is away, one request's wait as a sans-IO state machine that any driver (an asyncio task,
 //! a thread) runs, and what this process saw.
 //!
-//! A request waits for two things. For a concurrency lease it stands in the fleet's line in Redis
-//! (priority, then arrival, across every process; see acquire.lua): a slot released anywhere goes to
-//! the front of that line, never to a newcomer nor to the releaser's own process. Redis cannot call
-//! into a process, so a waiter asks again after a short pause that grows; each ask keeps its place.
-//! A rate reservation is made in Redis, in the order Redis decides, and then slept out here. Giving
-//! up takes the waiter out of the line and gives its reservation back.
+//! A request waits for two things, in one line in Redis across every process (priority, then
+//! arrival; see acquire.lua). For a concurrency lease: a slot released anywhere goes to the front of
+//! the line, never to a newcomer nor to the releaser's own process. For the rate: only a request with
+//! nobody ahead of it reserves an instant, and no further off than a short horizon, so a request of
+//! higher priority goes before every lower one whose turn has not come, whichever process it is in;
+//! the reservation is then slept out here. Redis cannot call into a process, so a waiter asks again:
+//! for a lease after a short pause that grows, for the rate when Redis says its turn may come; each
+//! ask keeps its place. Giving up takes the waiter out of the line and gives its reservation back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -209,6 +211,8 @@ pub struct SharedWait {
     asking: bool,
     /// A reservation slept out until `until_ns`.
     holding: Option<(Grant, u64)>,
+    /// When it asks again, standing in line (a driver's timer may end its sleep sooner).
+    ask_at_ns: u64,
 }
 
 impl SharedWait {
@@ -216,7 +220,7 @@ impl SharedWait {
     /// fleet's line; its first step.
     pub fn start(now: u64, max_wait_ns: Option<u64>, place: Place) -> (Self, Step) {
         let deadline_ns = max_wait_ns.map(|ns| now.saturating_add(ns));
-        let mut wait = Self { started_ns: now, deadline_ns, pause_ns: FIRST_POLL_NS, place, asking: false, holding: None };
+        let mut wait = Self { started_ns: now, deadline_ns, pause_ns: FIRST_POLL_NS, place, asking: false, holding: None, ask_at_ns: 0 };
         let first = wait.ask(now);
         (wait, first)
     }
@@ -274,16 +278,26 @@ impl SharedWait {
             }
             Outcome::Later { .. } => unreachable!("answered words it"),
             Outcome::NoLease { retry_us, ticket } => {
-                self.place.ticket = ticket;
-                let left = self.deadline_ns.map(|deadline| deadline.saturating_sub(now));
-                if left == Some(0) {
-                    return Err(refusal::timed_out(operation, Awaited::Slot));
-                }
-                let pause = self.pause_ns.min(retry_us.saturating_mul(1_000)).min(left.unwrap_or(u64::MAX)).max(1);
+                let pause = self.pause_ns.min(retry_us.saturating_mul(1_000));
                 self.pause_ns = (self.pause_ns * 2).min(LONGEST_POLL_NS);
-                Ok(Step::Sleep { until_ns: now.saturating_add(pause) })
+                self.in_line(now, ticket, pause, Awaited::Slot, operation)
             }
+            // Redis knows how far its turn is: it asks again when told.
+            Outcome::NotYet { retry_us, ticket } => self.in_line(now, ticket, retry_us.saturating_mul(1_000), Awaited::Rate, operation),
         }
+    }
+
+    /// It stands in the fleet's line (`ticket` > 0) or must ask again (0), for `awaited`: it sleeps
+    /// `pause`, cut short by its deadline, or gives up at the deadline.
+    fn in_line(&mut self, now: u64, ticket: u64, pause: u64, awaited: Awaited, operation: &str) -> Result<Step, Error> {
+        self.place.ticket = ticket;
+        let left = self.deadline_ns.map(|deadline| deadline.saturating_sub(now));
+        if left == Some(0) {
+            return Err(refusal::timed_out(operation, awaited));
+        }
+        let pause = pause.min(left.unwrap_or(u64::MAX)).max(1);
+        self.ask_at_ns = now.saturating_add(pause);
+        Ok(Step::Sleep { until_ns: self.ask_at_ns })
     }
 
     /// The sleep it was told to take ended (or a timer fired early) at `now`.
@@ -294,6 +308,7 @@ impl SharedWait {
                 self.holding = Some((grant, until_ns));
                 Step::Sleep { until_ns }
             }
+            None if now < self.ask_at_ns => Step::Sleep { until_ns: self.ask_at_ns },
             None => self.ask(now),
         }
     }
@@ -366,6 +381,21 @@ mod tests {
         assert!(matches!(wait.after(0, Outcome::NoLease { retry_us: 1_000, ticket: 8 }, "acquire"), Ok(Step::Sleep { .. })));
         assert!(matches!(wait.after(0, Outcome::Admitted(grant(0)), "acquire"), Ok(Step::Admitted(_))));
         assert!(wait.leave_line().is_none(), "admitted: Redis took it out of the line");
+    }
+
+    #[test]
+    fn a_waiter_whose_turn_at_the_rate_has_not_come_asks_again_when_redis_says_until_its_deadline() {
+        let (mut wait, _) = SharedWait::start(0, Some(900_000_000), Place::newcomer(0));
+        let Ok(Step::Sleep { until_ns }) = wait.after(0, Outcome::NotYet { retry_us: 400_000, ticket: 1 }, "acquire") else { panic!() };
+        assert_eq!(until_ns, 400_000_000, "as long as Redis says, not the lease line's short pauses");
+        assert_eq!(wait.place().ticket, 1);
+        assert!(matches!(wait.woke(100_000_000), Step::Sleep { until_ns: 400_000_000 }), "a timer that ends the sleep early does not ask sooner");
+        assert!(matches!(wait.woke(until_ns), Step::Ask { max_wait_us: Some(500_000) }));
+        let Ok(Step::Sleep { until_ns }) = wait.after(400_000_000, Outcome::NotYet { retry_us: 800_000, ticket: 1 }, "acquire") else { panic!() };
+        assert_eq!(until_ns, 900_000_000, "cut short by its deadline");
+        let err = wait.after(until_ns, Outcome::NotYet { retry_us: 1_000, ticket: 1 }, "acquire").unwrap_err();
+        assert!(err.to_string().contains("acquire: no turn at the rate limits within its timeout"), "{err}");
+        assert_eq!(wait.leave_line().map(|p| p.ticket), Some(1), "it still stands in line: its driver takes it out");
     }
 
     #[test]

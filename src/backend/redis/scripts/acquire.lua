@@ -13,10 +13,19 @@
 -- leaves the line once its place expires, and one that gave up is withdrawn by leave.lua (if its ask
 -- runs after that, late, it takes nothing).
 --
+-- The same line orders waits for the rate. A request reserves a later instant only when nobody waits
+-- ahead of it and the instant is within HORIZON of now; else it stands in line and asks again. So a
+-- reservation, once made, is a turn that has come, and a later arrival of higher priority goes ahead
+-- of every waiter of lower priority whose instant is further off than that (a reservation made far
+-- ahead would keep it behind first come, first reserved). Only the front reserves, one at a time, in
+-- line order; those behind it ask again sooner the closer they stand to the front.
+--
 -- KEYS[1]      the state hash: per window "sum:<id>" (units in the log), "seq:<id>" (sequence number of
 --              the oldest log entry), "tat:<id>" (a GCRA window's theoretical arrival time); per
 --              instance "handed:<instance>" (the last hand-over applied, see below); "expiry" (us:
---              until when the hash and every log live at least, see the end)
+--              until when the hash and every log live at least, see the end); "ticket" (the line's
+--              last); "line" (us: no place in the line lasts longer, so a decision made later need not
+--              look at the line)
 -- KEYS[2]      the lease sorted set: lease id -> expiry (us)
 -- KEYS[3]      the member sorted set: limiter instance id -> expiry (us); how many processes share the limit
 -- KEYS[4]      withdrawn lease ids -> expiry (us): decisions their client gave up on (see reclaim.lua)
@@ -58,6 +67,9 @@
 --      could take now without waiting
 --   5  its lease id was withdrawn by its client already: nothing counted
 --   6  the request would cross budget window a: nothing counted
+--   7  not its turn at the rate yet (others wait ahead of it, or its instant is beyond HORIZON): a =
+--      when to ask again (us), b = 1 when it stands in line (0: it did not join: a request that will not
+--      wait, refused)
 
 local state, lease_key, member_key, withdrawn_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local line_key, places_key = KEYS[5], KEYS[6]
@@ -67,6 +79,15 @@ local numbers = {struct.unpack('<' .. string.rep('i8', #ARGV[1] / 8), ARGV[1])}
 local mode = numbers[1] == 1 and 'now' or (numbers[1] == 2 and 'reserve' or 'peek')
 local max_wait, max_leases, lease_ttl = numbers[2], numbers[3], numbers[4]
 local member_ttl, priority, place_ttl, n, handover = numbers[5], numbers[6], numbers[7], numbers[8], numbers[9]
+
+-- How far ahead of now a request may reserve its instant at the rate (us); a request that would wait
+-- longer stands in the line instead. What a higher-priority arrival may find reserved ahead of it.
+local HORIZON = 250000
+-- A waiter behind the front asks again after this per place ahead of it (us), within these bounds: it
+-- cannot go before those ahead, each of whom takes about one ask. Its place lasts until it is due to
+-- ask again and place_ttl more, so a long backlog costs Redis an ask per waiter per LATEST at most, and
+-- a dead waiter holds up those behind it for place_ttl past its turn at most.
+local STEP, SOONEST, LATEST = 2000, 1000, 10000000
 
 local now = redis_now()
 
@@ -92,7 +113,7 @@ end
 -- every window and the keys' expiry (see below); what changed in it is written back once, by `save`
 -- (`dirty`: a log's count and sequence number, a GCRA's arrival time). Every field of a window is
 -- named in its table's constructor, so the table is made at its full size at once.
-local windows, fields = {}, {'expiry'}
+local windows, fields = {}, {'expiry', 'line'}
 for i = 1, n do
   local first = HEADER + (i - 1) * PER_WINDOW
   local id, kind = ARGV[4 + i], numbers[first + 1] == 1 and 'gcra' or 'log'
@@ -111,7 +132,8 @@ local stored = redis.call('HMGET', state, unpack(fields))
 -- Every key of the limit lives at least until `expiry` (us, Redis's clock): each was given that long
 -- at once, and nothing shortens it. An admission needing no longer sets no expiry (see the end).
 local expiry = tonumber(stored[1] or '0')
-local read = 1
+local line_until = tonumber(stored[2] or '0')
+local read = 2
 for _, w in ipairs(windows) do
   read = read + 1
   if w.kind == 'gcra' then
@@ -189,7 +211,7 @@ end
 -- How many in line go before this request: those ahead of its place, or for a request not in line
 -- (a newcomer), every waiter of its priority or higher. Places not renewed in time are let go first.
 local function ahead_in_line()
-  if redis.call('EXISTS', line_key) == 0 then return 0 end
+  if line_until <= now or redis.call('EXISTS', line_key) == 0 then return 0 end
   local gone = redis.call('ZRANGEBYSCORE', places_key, '-inf', now)
   if #gone > 0 then
     redis.call('ZREM', line_key, unpack(gone))
@@ -203,6 +225,24 @@ local function ahead_in_line()
     end
   end
   return redis.call('ZCOUNT', line_key, '-inf', line_score(priority, TICKETS - 1))
+end
+
+-- Puts this waiter in line (a newcomer gets the next ticket), or keeps it there: its place is
+-- renewed until `asks_in` from now (us: when it will ask again) and place_ttl more.
+local function stand_in_line(asks_in)
+  if not in_line then
+    local ticket = redis.call('HINCRBY', state, 'ticket', 1) % TICKETS
+    redis.call('ZADD', line_key, line_score(priority, ticket), waiter)
+  end
+  local lasts = asks_in + place_ttl
+  redis.call('ZADD', places_key, now + lasts, waiter)
+  if now + lasts > line_until then
+    line_until = now + lasts
+    redis.call('HSET', state, 'line', int(line_until))
+  end
+  keep(line_key, lasts)
+  keep(places_key, lasts)
+  keep(state, lasts)
 end
 
 -- Writes back what changed in the windows' state (a log's count and sequence number, a GCRA's
@@ -309,8 +349,8 @@ if mode == 'peek' then
   return reply(4, at - now, binding, free)
 end
 
+local ahead = ahead_in_line()
 if lease_id ~= '' then
-  local ahead = ahead_in_line()
   if ahead >= max_leases - leases then
     local look_again = place_ttl
     if leases >= max_leases then
@@ -323,14 +363,7 @@ if lease_id ~= '' then
       look_again = math.min(look_again, 10000)
     end
     if waiter ~= '' and mode == 'reserve' then
-      if not in_line then
-        local ticket = redis.call('HINCRBY', state, 'ticket', 1) % TICKETS
-        redis.call('ZADD', line_key, line_score(priority, ticket), waiter)
-      end
-      redis.call('ZADD', places_key, now + place_ttl, waiter)
-      keep(line_key, place_ttl)
-      keep(places_key, place_ttl)
-      keep(state, place_ttl)
+      stand_in_line(0)
       return reply(3, look_again, 1)
     end
     return reply(3, look_again, 0)
@@ -341,6 +374,20 @@ local wait = at - now
 if wait > 0 and (mode == 'now' or (max_wait >= 0 and wait > max_wait)) then
   leave_line()
   return reply(1, wait, binding)
+end
+-- The rate's turn: nobody of its priority or higher waits ahead of it (a free lease within reach is
+-- shared by those near the front, as above), and its instant is near. A request that may not wait
+-- (`now`, or no time to) is refused behind others; one without a place in line is decided at once.
+local behind = ahead > 0 and (wait > 0 or lease_id == '')
+if behind and (mode == 'now' or max_wait == 0) then
+  leave_line()
+  return reply(7, 0, 0)
+end
+if mode == 'reserve' and waiter ~= '' and (behind or wait > HORIZON) then
+  -- Not before its instant's horizon, nor before those ahead have had their turns.
+  local look_again = math.min(math.max(wait - HORIZON, ahead * STEP, SOONEST), LATEST)
+  stand_in_line(look_again)
+  return reply(7, look_again, 1)
 end
 leave_line()
 
@@ -376,7 +423,9 @@ end
 -- Every key must live a second past the last instant a window needs it. While `expiry` says so, only a
 -- log made afresh (it has no expiry yet) gets one, to `expiry`; else every key gets twice what it
 -- needs now, so that this is done about once per window length rather than per decision. The hash is
--- written first: one that HSET makes afresh would have no expiry.
+-- written first: one that HSET makes afresh would have no expiry. It never gets less than a place in
+-- line lasts, so its "line" field outlives every place.
+horizon = math.max(horizon, place_ttl, line_until - now)
 local needed = now + horizon + 1000000
 if expiry >= needed then
   save()
