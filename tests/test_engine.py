@@ -126,6 +126,17 @@ def test_an_open_breaker_stops_sending_until_it_lets_a_trial_through(tmp_path: P
     assert breaker.state == "closed"
 
 
+def test_a_job_whose_breaker_is_isolated_sends_nothing_and_stops_saying_why(tmp_path: Path) -> None:
+    requests = write_lines(tmp_path / "in.jsonl", [chat_line(f"r{i}") for i in range(5)])
+    breaker = hs.CircuitBreaker()
+    breaker.isolate()
+    with MockGateway() as gw:
+        report = hs.run_batch(requests, tmp_path / "out.jsonl", base_url=gw.base_url, api_key=KEY, breaker=breaker)
+        assert gw.admission_log() == []
+    assert (report.sent, report.unsent) == (0, 5), "isolated until reset(): the job ends instead of waiting forever"
+    assert report.stopped is not None and "isolated" in report.stopped
+
+
 def test_a_request_no_limit_can_ever_pass_is_a_failed_line_and_the_rest_go_on(tmp_path: Path) -> None:
     requests = write_lines(tmp_path / "in.jsonl", [chat_line("small"), chat_line("huge", content="x" * 2_000)])
     output = tmp_path / "out.jsonl"
@@ -246,16 +257,6 @@ async def test_arun_batch_runs_the_job_while_the_event_loop_stays_free(tmp_path:
         ticker.cancel()
     assert report.ok == 40
     assert ticks >= 20, "the loop ran while the engine worked"
-
-
-def test_a_breaker_shared_through_redis_is_refused_naming_it(tmp_path: Path) -> None:
-    requests = write_lines(tmp_path / "in.jsonl", [chat_line("r0")])
-    backend = hs.RedisBackend("redis://127.0.0.1:1/0", on_error="local")
-    breaker = hs.CircuitBreaker(window_s=10.0, backend=backend, key="k")
-    with pytest.raises(hs.ConfigError, match="Redis") as raised:
-        hs.run_batch(requests, tmp_path / "out.jsonl", base_url="http://127.0.0.1:9/v1", api_key=KEY, breaker=breaker)
-    assert raised.value.field == "breaker"
-    assert not (tmp_path / "out.jsonl").exists() or (tmp_path / "out.jsonl").read_text() == ""
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,8 @@ class BatchReport:
     :ivar failed: answered with an error status after the retries, or no usable answer (timeout,
         connection error, invalid JSON): their lines carry the status or the ``error``.
     :ivar skipped: answered already in the output file (an earlier run), not sent again.
-    :ivar unsent: left unsent: a budget stopped the run, or it was cancelled (``stopped`` says which);
+    :ivar unsent: left unsent: a budget stopped the run, the breaker was isolated, a shared limiter's
+        or breaker's Redis was away under ``fail_closed``, or it was cancelled (``stopped`` says which);
         a rerun sends them.
     :ivar failures: failed requests by reason (``http_500``, ``timeout``, ``connection_error``,
         ``invalid_json``, ``exceeds_limit``).
@@ -299,7 +300,11 @@ def run_batch(
         ``on_error`` policy deciding while Redis is away (``fail_closed`` stops the job, the rest left
         for a rerun). Or give ``tier`` / ``rpm`` / ``tpm`` to make one.
     :param retry: the retry policy (default ``RetryPolicy()``); ``Retry-After`` is obeyed.
-    :param breaker: a ``CircuitBreaker``: while open, nothing is sent.
+    :param breaker: a ``CircuitBreaker``: while open, nothing is sent; isolated (``isolate()``), the
+        job stops, the rest left for a rerun. One shared through Redis (``backend=``, ``key=``) is one
+        state for every job and process naming the key: one job's failures open it for all, a
+        ``reset()`` or ``isolate()`` anywhere reaches a running job within a second, and its backend's
+        ``on_error`` policy decides while Redis is away (``fail_closed`` stops the job).
     :param max_concurrency: requests in flight at once (default 64; a limiter's cap may hold fewer).
     :param timeout: seconds one attempt may take.
     :param budget_usd: dollars this run may spend at the price table; then it stops sending and the

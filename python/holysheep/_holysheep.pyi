@@ -200,8 +200,9 @@ class HolySheepRateLimiter:
 
         :param timeout: seconds to wait at most; RateLimitExceeded is raised at once when the predicted
             wait is longer, without sleeping first. None (or ``math.inf``) waits as long as it takes.
-        :param priority: higher goes ahead of lower among those still waiting (default 0); not applied
-            to a limit shared in Redis, whose waiters are served in the order Redis decides them.
+        :param priority: higher goes ahead of lower among those still waiting (default 0); with a
+            limit shared in Redis, among the waiters of every process (a reservation at the rate made
+            at most 0.25 s ahead is no longer waiting).
         :raises RateLimitExceeded: out of time, or a cost no limit can ever admit (at once).
         """
     def acquire_blocking(self, tokens: int = 0, timeout: float | None = None, priority: int = 0) -> None:

@@ -227,7 +227,8 @@ impl<C: Clock> Limiter<C> {
 
     /// A permit and the rate, both now, or neither; never waits. `Err` only when the cost can never pass.
     /// A `false` is not counted as a rejection: the caller may go on to wait (see [`Limiter::reject`]).
-    #[inline]
+    /// Inlined whole: a call that returned its large `Result` through memory measured slower.
+    #[inline(always)]
     pub fn try_acquire(&self, cost: Cost) -> Result<bool> {
         if let Some(shadow) = &self.shadow {
             self.admit_in_shadow(shadow, cost, Asked::Try);
@@ -263,18 +264,33 @@ impl<C: Clock> Limiter<C> {
 
     /// A permit and the rate, both now, or neither: the instant admitted, `None` when not now, `Err`
     /// when the cost can never pass. The receipt is written when admitted.
-    #[inline]
+    /// Inlined whole into the callers (a free `try_acquire` is the product): what is not admitted goes
+    /// on in [`Limiter::not_admitted`].
+    #[inline(always)]
     fn admit_now(&self, cost: Cost, receipt: &mut Receipt, operation: &str) -> Result<Option<u64>> {
-        if self.has_waiters() || !self.slots.try_acquire() {
+        if self.has_waiters() {
             return Ok(None);
         }
-        let Some(quota) = &self.quota else { return Ok(Some(0)) };
+        let Some(quota) = &self.quota else { return Ok(self.slots.try_acquire().then_some(0)) };
+        // The clock before the permit: the permit's atomic add then overlaps the clock read instead of
+        // delaying it. A decision may always find its instant a little old (another thread can decide
+        // between a clock read and the quota's lock): the windows admit no earlier than they admitted last.
         let now = self.clock.now_ns();
-        let decision = quota.decide(cost, now, now, receipt);
-        if decision == Decision::Now {
-            self.alert(now);
-            return Ok(Some(now));
+        if !self.slots.try_acquire() {
+            return Ok(None);
         }
+        let decision = quota.decide(cost, now, now, receipt);
+        if decision != Decision::Now {
+            return self.not_admitted(decision, cost, now, operation);
+        }
+        self.alert(now);
+        Ok(Some(now))
+    }
+
+    /// [`Limiter::admit_now`] when the quota did not admit `cost` at `now`: the permit goes back, and
+    /// a cost that can never pass is refused and counted.
+    #[cold]
+    fn not_admitted(&self, decision: Decision, cost: Cost, now: u64, operation: &str) -> Result<Option<u64>> {
         self.abandon_permit()?;
         if let Decision::Never { .. } = decision {
             self.stats.reject();

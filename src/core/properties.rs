@@ -424,6 +424,44 @@ proptest! {
         }
     }
 
+    // The default limiter's quota (one exact window) is decided on a path of its own, without the loops
+    // over several limits: tries, reservations and late requests, at random and fractional limits and
+    // arrivals, find it deciding as the general path does where a second limit never binds.
+    #[test]
+    fn one_exact_window_decides_as_the_general_path_does(
+        amount in amount(), period in period_and_guard(), tokens: bool,
+        arrivals in prop::collection::vec(
+            (prop_oneof![1 => Just(0.0), 3 => 0.0..2.0f64], 0.0..1.2f64, any::<bool>(), prop_oneof![2 => Just(0.0), 1 => 0.0..0.5f64]),
+            1..300,
+        ),
+    ) {
+        let unit = if tokens { Unit::Tokens } else { Unit::Requests };
+        let Some(limit) = make_limit(amount, period, unit, Algorithm::Exact, None) else { return Ok(()) };
+        let alone = Quota::new(vec![limit]).unwrap();
+        // A budget no request here spends: the same window, decided by the loops over both.
+        let budget = Limit::new(1.0, SEC, Unit::Usd, Algorithm::Exact, None).unwrap();
+        let beside = Quota::new(vec![limit, budget]).unwrap();
+        let (count, window) = promise(&limit);
+        let pace = window as f64 / count as f64;
+        let mut now = 0u64;
+        for (gap, size, reserve, late) in arrivals {
+            now = now.saturating_add((gap * pace) as u64);
+            let cost = Cost::request((size * count as f64) as u64);
+            let latest = if reserve { u64::MAX } else { now };
+            let (mut one, mut general) = (Receipt::default(), Receipt::default());
+            let decision = alone.decide(cost, now, latest, &mut one);
+            prop_assert_eq!(decision, beside.decide(cost, now, latest, &mut general));
+            if decision == Decision::Now && late > 0.0 {
+                // It went late: both move it to when it went.
+                let went = now + (late * window as f64) as u64;
+                alone.restamp(&one, cost, now, went);
+                beside.restamp(&general, cost, now, went);
+                now = went;
+            }
+            prop_assert_eq!(alone.remaining(now)[0], beside.remaining(now)[0]);
+        }
+    }
+
     #[test]
     fn reservations_are_served_in_arrival_order(
         stream in prop::collection::vec((0..SEC / 2, 1u64..=5), 1..300), algorithm in algorithm(),

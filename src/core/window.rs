@@ -110,6 +110,7 @@ impl ExactWindow {
 
     /// Drops the entries that can no longer share a window with an admission at `now` or later;
     /// returns how many. `now` is the caller's clock: it is remembered as the latest seen.
+    #[inline]
     fn forget_before(&mut self, now: u64) -> usize {
         self.latest_now = self.latest_now.max(now);
         let mut forgotten = 0;
@@ -125,6 +126,7 @@ impl ExactWindow {
     }
 
     /// The earliest instant, not before `now` nor before the last admission, at which `cost` more fits.
+    #[inline]
     pub fn earliest(&mut self, cost: u64, now: u64) -> Result<u64, Never> {
         if cost > self.ceiling {
             return Err(Never { max_cost: self.ceiling });
@@ -147,6 +149,7 @@ impl ExactWindow {
     /// Counts `cost` admitted at `at` (never before an earlier admission); returns its receipt.
     /// Entries are forgotten by the next decision at its own `now`, never by a reservation's later
     /// instant: a reservation given back must leave the log as it was.
+    #[inline]
     pub fn admit(&mut self, at: u64, cost: u64) -> u64 {
         self.counted += cost;
         // The last in the log, so its window holds all that is counted (an overcount for a reservation

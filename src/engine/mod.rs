@@ -10,6 +10,7 @@
 
 pub mod admit;
 pub mod body;
+pub mod breaker;
 pub mod finished;
 pub mod gate;
 pub mod input;
@@ -26,8 +27,9 @@ use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::core::{CircuitBreaker, Error, RetryPolicy};
+use crate::core::{Error, RetryPolicy};
 
+pub use breaker::Breaker;
 pub use finished::Finished;
 pub use gate::{Fleet, FleetHooks, Gate};
 pub use job::{Job, JobConfig, Report};
@@ -43,7 +45,7 @@ pub type Held<T> = Arc<dyn Deref<Target = T> + Send + Sync>;
 pub struct Guards {
     pub limiter: Option<Gate>,
     pub retry: Held<RetryPolicy>,
-    pub breaker: Option<Held<CircuitBreaker>>,
+    pub breaker: Option<Breaker>,
 }
 
 /// Why a job could not run: a setting or an input that cannot work, or a file it cannot read or write.

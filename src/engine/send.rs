@@ -2,7 +2,7 @@
 //! breaker, stamped and sent, its answer classified once by the core's table and observed by the
 //! limiter (429s, `x-ratelimit-*`), its tokens settled from `usage`, and tried again as the retry
 //! policy says (the server's `Retry-After` in every form). It always ends in an output line, unless a
-//! budget stops the job before it is sent.
+//! budget, an isolated breaker or an unreachable Redis under `fail_closed` stops the job before it is sent.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -32,7 +32,8 @@ pub enum Sent {
     /// Its output line, whether it succeeded, why not (the reason counted in the report) and the
     /// tokens it cost in the end.
     Done { line: Vec<u8>, failure: Option<String>, tokens: u64 },
-    /// Not sent: a budget limit of the limiter would be crossed (the message says which).
+    /// Not sent, and the job stops (the message says why): a budget limit of the limiter would be
+    /// crossed, the breaker is isolated, or a shared guard's Redis failed under `fail_closed`.
     Stopped(String),
     /// The job was cancelled before an answer came: no line (a rerun sends it again).
     Cancelled,
@@ -142,27 +143,39 @@ impl Sender {
                     }
                 },
             };
-            let permit = match self.guards.breaker.as_deref().map(|breaker| breaker.allow()) {
-                Some(Err(open)) => {
-                    end(admission.as_ref(), true).await;
-                    let wait = match open {
-                        Error::CircuitOpen { retry_after_ns, .. } => Duration::from_nanos(retry_after_ns),
-                        _ => OPEN_BREAKER_MIN_WAIT,
-                    };
-                    if self.unless_cancelled(tokio::time::sleep(wait.max(OPEN_BREAKER_MIN_WAIT))).await.is_none() {
-                        return Sent::Cancelled;
-                    }
-                    continue;
-                }
-                Some(Ok(permit)) => Some(permit),
+            let permit = match &self.guards.breaker {
                 None => None,
+                Some(breaker) => match breaker.allow().await {
+                    Ok(permit) => Some(permit),
+                    Err(Ok(open)) => {
+                        end(admission.as_ref(), true).await;
+                        let wait = match open {
+                            // Isolated by hand (here or by any process sharing it): nothing goes
+                            // until reset(), so the job stops, the rest left for a rerun.
+                            Error::CircuitOpen { retry_after_ns: u64::MAX, message } => return Sent::Stopped(message),
+                            Error::CircuitOpen { retry_after_ns, .. } => Duration::from_nanos(retry_after_ns),
+                            _ => OPEN_BREAKER_MIN_WAIT,
+                        };
+                        let wait = wait.min(breaker.longest_wait()).max(OPEN_BREAKER_MIN_WAIT);
+                        if self.unless_cancelled(tokio::time::sleep(wait)).await.is_none() {
+                            return Sent::Cancelled;
+                        }
+                        continue;
+                    }
+                    // The shared breaker's Redis failed and its policy (`fail_closed`) lets nothing
+                    // through without it: the job stops, the rest left for a rerun.
+                    Err(Err(failed)) => {
+                        end(admission.as_ref(), true).await;
+                        return Sent::Stopped(format!("the shared breaker could not decide: {failed}"));
+                    }
+                },
             };
             let stamp = admission.as_ref().and_then(Admitted::stamp_later).map(|stamp| Box::new(stamp) as Stamp);
             attempts += 1;
             let Some(got) = self.unless_cancelled(self.attempt(&request.url, body.clone(), stamp)).await else {
                 // Sent, never answered: the rates keep it (the server may have counted it).
                 end(admission.as_ref(), false).await;
-                if let (Some(breaker), Some(permit)) = (self.guards.breaker.as_deref(), permit) {
+                if let (Some(breaker), Some(permit)) = (&self.guards.breaker, permit) {
                     breaker.release(permit);
                 }
                 return Sent::Cancelled;
@@ -208,7 +221,7 @@ impl Sender {
                         // Not settled in Redis: the fleet's windows keep the estimate.
                         let _ = adjustment.run().await;
                     }
-                    if let (Some(breaker), Some(permit)) = (self.guards.breaker.as_deref(), permit) {
+                    if let (Some(breaker), Some(permit)) = (&self.guards.breaker, permit) {
                         breaker.record_success(permit);
                     }
                     return Judged::Succeeded { line: output::line(&request.custom_id, Ok(answer)), tokens };
@@ -239,11 +252,11 @@ impl Sender {
 
     async fn failed(&self, admission: Option<&Admitted>, permit: Option<Permit>, verdict: crate::core::classify::Verdict, line: Vec<u8>, reason: String, server_delay: Option<u64>) -> Judged {
         end(admission, false).await;
-        if let (Some(breaker), Some(permit)) = (self.guards.breaker.as_deref(), permit) {
+        if let (Some(breaker), Some(permit)) = (&self.guards.breaker, permit) {
             match verdict.breaker {
                 // The server's own delay (its Retry-After on a 5xx) opens it for that long.
-                BreakerOutcome::Failure => drop(breaker.record_failure(permit, server_delay)),
-                BreakerOutcome::Success => drop(breaker.record_success(permit)),
+                BreakerOutcome::Failure => breaker.record_failure(permit, server_delay),
+                BreakerOutcome::Success => breaker.record_success(permit),
                 BreakerOutcome::Neutral => breaker.release(permit),
             }
         }

@@ -15,11 +15,12 @@ use pyo3::types::PyDict;
 use tokio::sync::oneshot;
 
 use crate::core::clock::ns_to_secs;
-use crate::core::{CircuitBreaker, Error, RetryPolicy};
+use crate::core::{CircuitBreaker, RetryPolicy};
 use crate::backend::redis::RemoteLimiter;
 use crate::backend::redis::shared::{OnError, Turn};
 use crate::core::Limiter;
-use crate::engine::{Finished, Fleet, FleetHooks, Gate, Guards, Job, JobConfig, JobError, Plan, Report};
+use crate::backend::redis::breaker::FleetBreaker;
+use crate::engine::{self, Finished, Fleet, FleetHooks, Gate, Guards, Job, JobConfig, JobError, Plan, Report};
 use crate::py::breaker::{Breaker, BreakerCore};
 use crate::py::limiter::PyLimiter;
 use crate::py::retry::RetryCore;
@@ -38,28 +39,27 @@ impl Deref for HeldRetry {
     }
 }
 
-/// The breaker of a `CircuitBreaker` of this process, shared with it (and whoever else calls through it)
-/// while the job runs.
+/// The breaker of a `CircuitBreaker` deciding in this process, shared with it (and whoever else calls
+/// through it) while the job runs. Made only by [`breaker`], for such a breaker.
 struct HeldBreaker(Py<BreakerCore>);
-
-impl HeldBreaker {
-    /// Holds a breaker deciding in this process; a fleet's is refused (its reports block on Redis).
-    fn of(breaker: Py<BreakerCore>) -> PyResult<Self> {
-        if let Breaker::Fleet(_) = breaker.get().core() {
-            let why = "must decide in this process: a breaker shared through Redis is not supported by the batch engine yet";
-            return Err(Error::config("breaker", why).into());
-        }
-        Ok(Self(breaker))
-    }
-}
 
 impl Deref for HeldBreaker {
     type Target = CircuitBreaker;
     fn deref(&self) -> &CircuitBreaker {
         match self.0.get().core() {
             Breaker::Local(breaker) => breaker,
-            Breaker::Fleet(_) => unreachable!("refused when held"),
+            Breaker::Fleet(_) => unreachable!("held only for a breaker of this process"),
         }
+    }
+}
+
+/// What a job's requests are let through by: the breaker of this process, or the state a
+/// `CircuitBreaker` with a backend shares through Redis (the same state, its cache and its reports
+/// in flight: the job's failures count for the Python callers too, and theirs for the job).
+fn breaker(core: Py<BreakerCore>) -> engine::Breaker {
+    match core.get().core() {
+        Breaker::Local(_) => engine::Breaker::Local(Arc::new(HeldBreaker(core))),
+        Breaker::Fleet(fleet) => engine::Breaker::Fleet(FleetBreaker::clone(fleet)),
     }
 }
 
@@ -167,7 +167,7 @@ impl PyBatchJob {
         let guards = Guards {
             limiter,
             retry: Arc::new(HeldRetry(retry)),
-            breaker: breaker.map(HeldBreaker::of).transpose()?.map(|breaker| Arc::new(breaker) as _),
+            breaker: breaker.map(self::breaker),
         };
         Ok(Self { job: Arc::new(Job::new(config, guards)?), running: Mutex::new(None) })
     }

@@ -3,12 +3,14 @@
 //! and `with` when free) and the waits, in the core's line through the drivers of `waiting.rs` (on the
 //! caller's event loop, or its thread with the GIL released) or in Redis through those of `shared.rs`.
 
+use std::ffi::CStr;
 use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList, PyTuple, PyType};
+use pyo3::types::{PyBool, PyDict, PyList, PySuper, PyTuple, PyType};
 
 use crate::core::clock::{ns_to_secs, secs_to_ns};
 use crate::core::alerts::{BUDGET_WARNINGS, Scope};
@@ -17,6 +19,7 @@ use crate::core::{Cost, Error, LimiterConfig, Tier, Unit};
 use crate::backend::Decided;
 use crate::py::admission::PyAdmission;
 use crate::py::alerts::{self, BudgetWarning, Callback};
+use crate::py::fastcall::{self, Call, Method};
 use crate::py::{args, lock};
 use crate::py::limit::PyLimit;
 use crate::py::redis::{PyRedisBackend, refusal};
@@ -185,6 +188,35 @@ impl PyLimiter {
         }
     }
 
+    /// `try_acquire` of `cost` (see [`TRY_ACQUIRE_DOC`]), whichever backend decides.
+    fn try_acquire_cost(&self, py: Python<'_>, cost: Cost) -> PyResult<bool> {
+        let redis = match &self.backend {
+            Backend::Local => return Ok(self.try_acquire_here(cost)?),
+            Backend::Redis(redis) => redis,
+        };
+        let decided = shared::decide_now(py, &redis.shared, Ask { cost, price: 0.0, priority: 0, operation: "try_acquire" })?;
+        alerts::fleet_decided(&self.inner, &redis.shared.remote);
+        let Some(grant) = decided else {
+            return Ok(false);
+        };
+        if redis.shared.leases() {
+            let decided = Decided::Redis { shared: Arc::clone(&redis.shared), grant };
+            redis.held.push(Py::new(py, self.admission(decided, cost, 0.0))?);
+        }
+        Ok(true)
+    }
+
+    /// `try_acquire` of `cost` decided in this process: a refusal is counted as one. Inlined whole
+    /// into the entry, as [`Limiter::try_acquire`] is into it.
+    #[inline(always)]
+    fn try_acquire_here(&self, cost: Cost) -> Result<bool, Error> {
+        let admitted = self.inner.try_acquire(cost)?;
+        if !admitted {
+            self.inner.reject();
+        }
+        Ok(admitted)
+    }
+
     /// The local admission of `cost` now, or None when it would have to wait (at most `max_wait_ns`);
     /// a cost that can never pass raises here, before any wait.
     fn admit_at_once(&self, cost: Cost, max_wait_ns: Option<u64>) -> PyResult<Option<crate::core::Admission>> {
@@ -256,6 +288,41 @@ impl PyLimiter {
             Ok(py.None())
         })
     }
+}
+
+/// `try_acquire`'s docstring, after its text signature as CPython reads one.
+const TRY_ACQUIRE_DOC: &CStr = c"try_acquire(self, tokens=0)
+--
+
+Takes one request (and ``tokens`` LLM tokens) now if every limit allows it, without waiting
+(in Redis: one round trip). Returns False otherwise; raises RateLimitExceeded when the cost
+could never pass. With ``max_concurrency``, call `release` after.";
+
+/// `HolySheepRateLimiter.try_acquire`, entered by CPython directly (see `fastcall`): a call without
+/// arguments on a limiter of this process is decided at once; any other goes the way of every method.
+unsafe extern "C" fn try_acquire(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this entry, which `TRY_ACQUIRE` put on the class, with these arguments.
+    let (limiter, call) = unsafe { (fastcall::receiver::<PyLimiter>(slf), Call::new(args, nargs, kwnames)) };
+    if call.is_empty() && matches!(limiter.backend, Backend::Local) {
+        return fastcall::decided(|| limiter.try_acquire_here(Cost::request(0)));
+    }
+    call.run(|py, call| {
+        let tokens = call.one_optional(py, "HolySheepRateLimiter.try_acquire", "tokens")?;
+        let admitted = limiter.try_acquire_cost(py, request_of(tokens.as_ref())?)?;
+        Ok(PyBool::new(py, admitted).to_owned().into_any())
+    })
+}
+
+static TRY_ACQUIRE: Method = Method::new(c"try_acquire", TRY_ACQUIRE_DOC, try_acquire);
+
+/// Puts the methods CPython enters directly on `HolySheepRateLimiter`: once, when the module is made.
+pub(crate) fn install_entries(py: Python<'_>) -> PyResult<()> {
+    TRY_ACQUIRE.put_on(&py.get_type::<PyLimiter>())
 }
 
 /// The decorator's wrappers, in Python: an ``async def`` must stay one (``inspect`` and frameworks
@@ -331,41 +398,22 @@ impl PyLimiter {
         Ok(Self { inner: Arc::new(limiter), backend })
     }
 
+    /// Gives a subclass its own `try_acquire` descriptor (see `Method::inherit`), then does what
+    /// ``object.__init_subclass__`` does with ``kwargs``.
+    #[classmethod]
+    #[pyo3(signature = (**kwargs))]
+    fn __init_subclass__(cls: &Bound<'_, PyType>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+        let base = cls.py().get_type::<PyLimiter>();
+        TRY_ACQUIRE.inherit(cls, &base)?;
+        PySuper::new(&base, cls)?.call_method("__init_subclass__", (), kwargs).map(drop)
+    }
+
     /// The limits of a HolySheep plan: ``"free"``, ``"starter"``, ``"pro"`` or ``"enterprise"``.
     #[classmethod]
     fn from_tier<'py>(cls: &Bound<'py, PyType>, tier: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let kwargs = PyDict::new(cls.py());
         kwargs.set_item("tier", tier)?;
         cls.call((), Some(&kwargs))
-    }
-
-    /// Takes one request (and ``tokens`` LLM tokens) now if every limit allows it, without waiting
-    /// (in Redis: one round trip). Returns False otherwise; raises RateLimitExceeded when the cost
-    /// could never pass. With ``max_concurrency``, call `release` after.
-    #[pyo3(signature = (tokens = None), text_signature = "(self, tokens=0)")]
-    fn try_acquire(&self, py: Python<'_>, tokens: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
-        let cost = request_of(tokens)?;
-        match &self.backend {
-            Backend::Local => {
-                let admitted = self.inner.try_acquire(cost)?;
-                if !admitted {
-                    self.inner.reject();
-                }
-                Ok(admitted)
-            }
-            Backend::Redis(redis) => {
-                let decided = shared::decide_now(py, &redis.shared, Ask { cost, price: 0.0, priority: 0, operation: "try_acquire" })?;
-                alerts::fleet_decided(&self.inner, &redis.shared.remote);
-                let Some(grant) = decided else {
-                    return Ok(false);
-                };
-                if redis.shared.leases() {
-                    let decided = Decided::Redis { shared: Arc::clone(&redis.shared), grant };
-                    redis.held.push(Py::new(py, self.admission(decided, cost, 0.0))?);
-                }
-                Ok(true)
-            }
-        }
     }
 
     /// Waits for one request slot and the rate for it (and ``tokens`` LLM tokens); call `release`

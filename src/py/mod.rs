@@ -8,6 +8,7 @@ mod breaker;
 mod engine;
 mod errors;
 mod failures;
+mod fastcall;
 mod gateway;
 mod guard;
 mod keyed;
@@ -71,6 +72,7 @@ mod native {
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
         use pyo3::types::PyModuleMethods;
         use crate::core::tokens::{MESSAGE_OVERHEAD, MOST_TOKENS_PER_ANSWER, REPLY_PRIMING};
+        super::limiter::install_entries(m.py())?;
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         m.add("MESSAGE_OVERHEAD", MESSAGE_OVERHEAD)?;
         m.add("REPLY_PRIMING", REPLY_PRIMING)?;

@@ -11,6 +11,9 @@
 //!   so the process whose failure opens the breaker sees it open at its very next call, and a reset or
 //!   isolation comes after its failures. What a report changed is kept for the caller's thread to
 //!   announce ([`FleetBreaker::take_changes`]).
+//! - A caller on tokio (the batch engine) decides with [`FleetBreaker::allow_async`]: the same
+//!   decision, whose waits (reports in flight, a re-read, a trial) are awaited on the Redis runtime
+//!   instead of blocking the caller's thread.
 //! - Open: refused from the cache until the time Redis gave; then each trial is asked of Redis, which
 //!   hands out `half_open_max_calls` trials for the whole fleet, not per process. A trial's result is
 //!   reported as a failure is. Trials lost with their process are handed out again after a minute (or
@@ -124,6 +127,8 @@ struct Reports {
     /// What landed reports changed, for the caller's thread to announce.
     changes: Mutex<Vec<Transition>>,
     changed: AtomicBool,
+    /// Wakes the decisions awaiting reports on tokio (the threads' wait on `wake`).
+    landing: tokio::sync::Notify,
 }
 
 impl Reports {
@@ -144,6 +149,7 @@ impl Reports {
         self.landed.fetch_add(1, Ordering::AcqRel);
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.wake.notify_all();
+        self.landing.notify_waiters();
     }
 
     #[inline]
@@ -163,6 +169,27 @@ impl Reports {
             let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|left| !left.is_zero()) else { break };
             guard = self.wake.wait_timeout(guard, left).unwrap_or_else(|p| p.into_inner()).0;
         }
+    }
+
+    /// [`wait`](Self::wait) for a caller on tokio: the same limit, its worker free meanwhile.
+    async fn landed_async(&self, limit: Duration) {
+        if !self.in_flight() {
+            return;
+        }
+        let target = self.sent.load(Ordering::Acquire);
+        let all_landed = async {
+            loop {
+                let landing = self.landing.notified();
+                tokio::pin!(landing);
+                // Listening before looking: a report landing in between still wakes this one.
+                landing.as_mut().enable();
+                if self.landed.load(Ordering::Acquire) >= target {
+                    return;
+                }
+                landing.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, all_landed).await;
     }
 
     #[inline]
@@ -189,6 +216,8 @@ struct Inner {
     /// Redis failed lately: the policy decides until a re-read succeeds.
     down: AtomicBool,
     reports: Reports,
+    /// Held by the one re-read the callers on tokio await together (see [`FleetBreaker::allow_async`]).
+    rereading: tokio::sync::Mutex<()>,
     /// Numbers the calls to Redis as they are made; the newest whose answer the cache holds.
     issued: AtomicU64,
     adopted: AtomicU64,
@@ -232,6 +261,7 @@ impl FleetBreaker {
                 successes: AtomicU64::new(0),
                 down: AtomicBool::new(false),
                 reports: Reports::default(),
+                rereading: tokio::sync::Mutex::new(()),
                 issued: AtomicU64::new(0),
                 adopted: AtomicU64::new(0),
                 clock,
@@ -251,25 +281,66 @@ impl FleetBreaker {
     /// Admits a call: from the cache while closed, from Redis for a half-open trial.
     #[inline]
     pub fn allow(&self) -> Result<Permit, Refusal> {
-        let inner = &*self.inner;
         self.await_reports();
-        let mut now = inner.clock.now_ns();
-        if now.saturating_sub(inner.synced_at_ns.load(Ordering::Relaxed)) >= REREAD_FIRST_NS {
+        let mut now = self.inner.clock.now_ns();
+        if self.reread_first(now) {
             // Quiet for a while: what this process saw may be long gone; look before deciding.
             let _ = self.run("sync", 0, None);
-            now = inner.clock.now_ns();
-        } else {
-            self.refresh_if_stale(now);
+            now = self.inner.clock.now_ns();
         }
-        if inner.down.load(Ordering::Acquire) {
-            return self.allow_alone();
+        match self.decide_cached(now) {
+            Some(decided) => decided,
+            None => self.trial_answered(self.run("trial", 0, None), now),
         }
-        let cached = Cached(inner.cached.load(Ordering::Acquire));
+    }
+
+    /// [`allow`](Self::allow) for a caller on tokio (the batch engine), which never blocks on Redis:
+    /// reports in flight, a re-read and a trial are awaited on the Redis runtime. A closed breaker
+    /// decides from its cache without awaiting anything.
+    pub async fn allow_async(&self) -> Result<Permit, Refusal> {
+        if self.inner.reports.in_flight() {
+            self.inner.reports.landed_async(self.report_wait_limit()).await;
+        }
+        let mut now = self.inner.clock.now_ns();
+        if self.reread_first(now) {
+            // One re-read for all the requests deciding at once (a job's first dozens): the rest
+            // wait for it and decide from what it read.
+            let _one = self.inner.rereading.lock().await;
+            if self.reread_first(self.inner.clock.now_ns()) {
+                let _ = self.run_async("sync").await;
+            }
+            now = self.inner.clock.now_ns();
+        }
+        match self.decide_cached(now) {
+            Some(decided) => decided,
+            None => self.trial_answered(self.run_async("trial").await, now),
+        }
+    }
+
+    /// Whether the cache is too old to decide from before a re-read (else a stale one is re-read in
+    /// the background).
+    #[inline]
+    fn reread_first(&self, now: u64) -> bool {
+        if now.saturating_sub(self.inner.synced_at_ns.load(Ordering::Relaxed)) >= REREAD_FIRST_NS {
+            return true;
+        }
+        self.refresh_if_stale(now);
+        false
+    }
+
+    /// The decision the cache (or the failure policy, while Redis is away) makes; `None`: a trial is
+    /// to be asked of Redis.
+    #[inline]
+    fn decide_cached(&self, now: u64) -> Option<Result<Permit, Refusal>> {
+        if self.inner.down.load(Ordering::Acquire) {
+            return Some(self.allow_alone());
+        }
+        let cached = Cached(self.inner.cached.load(Ordering::Acquire));
         match cached.state() {
-            State::Closed => Ok(self.permit(cached.generation(), false, false, now)),
-            State::Open if cached.until_ms() == ISOLATED_MS => Err(self.refuse(u64::MAX)),
-            State::Open if now / NS_PER_MS < cached.until_ms() => Err(self.refuse(cached.until_ms() * NS_PER_MS - now)),
-            _ => self.ask_for_trial(now),
+            State::Closed => Some(Ok(self.permit(cached.generation(), false, false, now))),
+            State::Open if cached.until_ms() == ISOLATED_MS => Some(Err(self.refuse(u64::MAX))),
+            State::Open if now / NS_PER_MS < cached.until_ms() => Some(Err(self.refuse(cached.until_ms() * NS_PER_MS - now))),
+            _ => None,
         }
     }
 
@@ -299,8 +370,9 @@ impl FleetBreaker {
         }
     }
 
-    fn ask_for_trial(&self, now: u64) -> Result<Permit, Refusal> {
-        match self.run("trial", 0, None) {
+    /// A trial's permit, or why not, from Redis's answer to asking for one.
+    fn trial_answered(&self, asked: Result<Answer, BackendError>, now: u64) -> Result<Permit, Refusal> {
+        match asked {
             Ok(answer) if answer.granted => {
                 Ok(self.permit(answer.generation, answer.previous == State::Open, true, now))
             }
@@ -415,9 +487,14 @@ impl FleetBreaker {
     /// Waits for this process's reports in flight, at most as long as the backend allows one call.
     pub fn await_reports(&self) {
         if self.inner.reports.in_flight() {
-            let timeouts = self.inner.backend.timeouts();
-            self.inner.reports.wait(timeouts.connect + timeouts.command + Duration::from_millis(50));
+            self.inner.reports.wait(self.report_wait_limit());
         }
+    }
+
+    /// The longest a decision waits for reports in flight: as long as the backend allows one call.
+    fn report_wait_limit(&self) -> Duration {
+        let timeouts = self.inner.backend.timeouts();
+        timeouts.connect + timeouts.command + Duration::from_millis(50)
     }
 
     /// What this process's reports changed since last asked, oldest first: for the caller's thread to
@@ -570,6 +647,20 @@ impl FleetBreaker {
         self.adopt(result, successes, number)
     }
 
+    /// Runs `op` on the Redis runtime, where its connections live, and awaits the answer (taken into the
+    /// cache there): [`run`](Self::run) for a caller on another runtime.
+    async fn run_async(&self, op: &'static str) -> Result<Answer, BackendError> {
+        let handle = runtime::handle()?;
+        let successes = self.inner.successes.swap(0, Ordering::AcqRel);
+        let (call, number) = self.invocation(op, successes, 0, None);
+        let me = self.clone();
+        let task = handle.spawn(async move {
+            let result = me.inner.backend.call(|mut connection| async move { call.invoke_async::<Vec<i64>>(&mut connection).await }).await;
+            me.adopt(result, successes, number)
+        });
+        task.await.unwrap_or_else(|_| Err(BackendError::Unavailable { message: "the Redis runtime stopped before it answered".into() }))
+    }
+
     /// Takes Redis's answer to call `number` into the cache, unless the answer to a later call is there
     /// already; on a failure, marks Redis down and keeps the successes for the next report.
     fn adopt(&self, result: Result<Vec<i64>, BackendError>, successes: u64, number: u64) -> Result<Answer, BackendError> {
@@ -637,6 +728,37 @@ mod tests {
         report.join().unwrap();
         assert_eq!(reports.take_changes(), vec![Transition { from: State::Closed, to: State::Open }]);
         assert!(reports.take_changes().is_empty(), "each change is announced once");
+    }
+
+    #[test]
+    fn a_decision_on_tokio_awaits_the_reports_in_flight_with_its_thread_free_to_land_them() {
+        // One thread: were the wait to block it, the report landing on it could never land.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let reports = Arc::new(Reports::default());
+        reports.sending();
+        let waited = runtime.block_on(async {
+            let landing = Arc::clone(&reports);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                landing.landed(None);
+            });
+            let started = Instant::now();
+            reports.landed_async(Duration::from_secs(5)).await;
+            started.elapsed()
+        });
+        assert!(waited >= Duration::from_millis(25) && waited < Duration::from_secs(2), "{waited:?}");
+        assert!(!reports.in_flight());
+    }
+
+    #[test]
+    fn a_decision_on_tokio_waits_for_a_report_that_never_lands_no_longer_than_allowed() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let reports = Reports::default();
+        reports.sending();
+        let started = Instant::now();
+        runtime.block_on(reports.landed_async(Duration::from_millis(40)));
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(40) && waited < Duration::from_secs(2), "{waited:?}");
     }
 
     #[test]

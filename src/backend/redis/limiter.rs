@@ -84,9 +84,9 @@ pub struct Peek {
     pub remaining: Vec<u64>,
 }
 
-/// A request's place in the fleet's line for concurrency slots and turns at the rate (see acquire.lua): who asks, whether
-/// Redis put it in line (`ticket` > 0), and its priority (higher goes first; across the fleet, within
-/// +-[`FLEET_PRIORITIES`]).
+/// A request's place in the fleet's line for concurrency slots and turns at the rate (see
+/// acquire.lua): who asks, whether Redis put it in line (`ticket` > 0), and its priority (higher goes
+/// first; across the fleet, within +-[`FLEET_PRIORITIES`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Place {
     pub waiter: String,

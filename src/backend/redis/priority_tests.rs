@@ -97,6 +97,25 @@ fn a_rate_waiter_that_gives_up_or_stops_asking_leaves_the_line_and_takes_nothing
     assert_eq!(lim.peek_blocking(Cost::request(0)).unwrap().remaining, vec![0], "one admission in the window");
 }
 
+// A long backlog must not cost Redis an ask per waiter every second: a waiter is told to ask again
+// when its turn may come (here its instant less the horizon), and its place lasts until then.
+#[test]
+fn a_waiter_far_from_its_turn_asks_again_only_near_it_and_keeps_its_place_meanwhile() {
+    let Some(server) = start_server() else { return };
+    let lim = limiter(&server, vec![limit(1.0, 3_000, Unit::Requests, Algorithm::Exact)], None, Duration::from_secs(5));
+    admitted(lim.decide_blocking(Cost::request(0), 0.0, Mode::Now, false, &Place::newcomer(0), "acquire").unwrap());
+    let patient = lim.place(0);
+    let reserve = Mode::Reserve { max_wait_us: None };
+    let Ok(Outcome::NotYet { retry_us, ticket: 1 }) = lim.decide_blocking(Cost::request(0), 0.0, reserve, false, &patient, "acquire") else { panic!() };
+    assert!((2_700_000..=2_750_000).contains(&retry_us), "asks again at its instant less the horizon: {retry_us} us");
+    // Within the horizon of the instant, 2.8 s after it last asked (a place used to last 2 s):
+    std::thread::sleep(Duration::from_millis(2_800));
+    let mut behind = lim.place(0);
+    assert!(ask(&lim, &mut behind).is_none(), "the patient waiter still stands ahead");
+    let mut patient = Place { ticket: 1, ..patient };
+    assert!(ask(&lim, &mut patient).is_some(), "its turn");
+}
+
 /// Waits for `cost` at `priority` as the drivers do (`SharedWait`, blocking asks): Redis's time of its
 /// admission, or None when it gave up at its deadline.
 fn wait_for(lim: &Arc<RemoteLimiter>, cost: Cost, priority: i64, max_wait: Option<Duration>) -> Option<u64> {

@@ -211,6 +211,8 @@ pub struct SharedWait {
     asking: bool,
     /// A reservation slept out until `until_ns`.
     holding: Option<(Grant, u64)>,
+    /// When it asks again, standing in line (a driver's timer may end its sleep sooner).
+    ask_at_ns: u64,
 }
 
 impl SharedWait {
@@ -218,7 +220,7 @@ impl SharedWait {
     /// fleet's line; its first step.
     pub fn start(now: u64, max_wait_ns: Option<u64>, place: Place) -> (Self, Step) {
         let deadline_ns = max_wait_ns.map(|ns| now.saturating_add(ns));
-        let mut wait = Self { started_ns: now, deadline_ns, pause_ns: FIRST_POLL_NS, place, asking: false, holding: None };
+        let mut wait = Self { started_ns: now, deadline_ns, pause_ns: FIRST_POLL_NS, place, asking: false, holding: None, ask_at_ns: 0 };
         let first = wait.ask(now);
         (wait, first)
     }
@@ -294,7 +296,8 @@ impl SharedWait {
             return Err(refusal::timed_out(operation, awaited));
         }
         let pause = pause.min(left.unwrap_or(u64::MAX)).max(1);
-        Ok(Step::Sleep { until_ns: now.saturating_add(pause) })
+        self.ask_at_ns = now.saturating_add(pause);
+        Ok(Step::Sleep { until_ns: self.ask_at_ns })
     }
 
     /// The sleep it was told to take ended (or a timer fired early) at `now`.
@@ -305,6 +308,7 @@ impl SharedWait {
                 self.holding = Some((grant, until_ns));
                 Step::Sleep { until_ns }
             }
+            None if now < self.ask_at_ns => Step::Sleep { until_ns: self.ask_at_ns },
             None => self.ask(now),
         }
     }
@@ -385,6 +389,7 @@ mod tests {
         let Ok(Step::Sleep { until_ns }) = wait.after(0, Outcome::NotYet { retry_us: 400_000, ticket: 1 }, "acquire") else { panic!() };
         assert_eq!(until_ns, 400_000_000, "as long as Redis says, not the lease line's short pauses");
         assert_eq!(wait.place().ticket, 1);
+        assert!(matches!(wait.woke(100_000_000), Step::Sleep { until_ns: 400_000_000 }), "a timer that ends the sleep early does not ask sooner");
         assert!(matches!(wait.woke(until_ns), Step::Ask { max_wait_us: Some(500_000) }));
         let Ok(Step::Sleep { until_ns }) = wait.after(400_000_000, Outcome::NotYet { retry_us: 800_000, ticket: 1 }, "acquire") else { panic!() };
         assert_eq!(until_ns, 900_000_000, "cut short by its deadline");

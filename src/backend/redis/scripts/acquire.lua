@@ -23,9 +23,11 @@
 -- KEYS[1]      the state hash: per window "sum:<id>" (units in the log), "seq:<id>" (sequence number of
 --              the oldest log entry), "tat:<id>" (a GCRA window's theoretical arrival time); per
 --              instance "handed:<instance>" (the last hand-over applied, see below); "expiry" (us:
---              until when the hash and every log live at least, see the end); "reborn" (us: until when
---              what clients recall is still counted after the state was lost, see below) with, per
---              window, "recalled:<id>" (what was counted again so far)
+--              until when the hash and every log live at least, see the end); "ticket" (the line's
+--              last); "line" (us: no place in the line lasts longer, so a decision made later need not
+--              look at the line); "reborn" (us: until when what clients recall is still counted after
+--              the state was lost, see below) with, per window, "recalled:<id>" (what was counted again
+--              so far)
 -- KEYS[2]      the lease sorted set: lease id -> expiry (us)
 -- KEYS[3]      the member sorted set: limiter instance id -> expiry (us); how many processes share the limit
 -- KEYS[4]      withdrawn lease ids -> expiry (us): decisions their client gave up on (see reclaim.lua)
@@ -65,14 +67,14 @@
 --   2  window a can never admit the cost (b = the most it ever can)
 --   3  no lease it may take: a = when to look again at the latest (us: the oldest lease's expiry, or
 --      its place's), b = its ticket in the line (0: it did not join)
---   7  not its turn at the rate yet (others wait ahead of it, or its instant is beyond HORIZON): a =
---      when to ask again (us), b = 1 when it stands in line (0: it did not join: a request that will not
---      wait, refused)
 --      (status 5 also when the waiter was withdrawn: it gave up before this ask ran)
 --   4  peek: passes after a (b = binding window); then remaining_1 .. remaining_n, the units window i
 --      could take now without waiting
 --   5  its lease id was withdrawn by its client already: nothing counted
 --   6  the request would cross budget window a: nothing counted
+--   7  not its turn at the rate yet (others wait ahead of it, or its instant is beyond HORIZON): a =
+--      when to ask again (us), b = 1 when it stands in line (0: it did not join: a request that will not
+--      wait, refused)
 
 local state, lease_key, member_key, withdrawn_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local line_key, places_key = KEYS[5], KEYS[6]
@@ -87,8 +89,10 @@ local member_ttl, priority, place_ttl, n, handover = numbers[5], numbers[6], num
 -- longer stands in the line instead. What a higher-priority arrival may find reserved ahead of it.
 local HORIZON = 250000
 -- A waiter behind the front asks again after this per place ahead of it (us), within these bounds: it
--- cannot go before those ahead, each of whom takes about one ask.
-local STEP, SOONEST = 2000, 1000
+-- cannot go before those ahead, each of whom takes about one ask. Its place lasts until it is due to
+-- ask again and place_ttl more, so a long backlog costs Redis an ask per waiter per LATEST at most, and
+-- a dead waiter holds up those behind it for place_ttl past its turn at most.
+local STEP, SOONEST, LATEST = 2000, 1000, 10000000
 
 local now = redis_now()
 
@@ -114,7 +118,7 @@ end
 -- every window and the keys' expiry (see below); what changed in it is written back once, by `save`
 -- (`dirty`: a log's count and sequence number, a GCRA's arrival time). Every field of a window is
 -- named in its table's constructor, so the table is made at its full size at once.
-local windows, fields = {}, {'expiry'}
+local windows, fields = {}, {'expiry', 'line'}
 for i = 1, n do
   local first = HEADER + (i - 1) * PER_WINDOW
   local id, kind = ARGV[4 + i], numbers[first + 1] == 1 and 'gcra' or 'log'
@@ -179,7 +183,8 @@ local function recall(i, w)
   expiry = 0
 end
 
-local read = 1
+local line_until = tonumber(stored[2] or '0')
+local read = 2
 for i, w in ipairs(windows) do
   read = read + 1
   if w.kind == 'gcra' then
@@ -280,7 +285,7 @@ end
 -- How many in line go before this request: those ahead of its place, or for a request not in line
 -- (a newcomer), every waiter of its priority or higher. Places not renewed in time are let go first.
 local function ahead_in_line()
-  if redis.call('EXISTS', line_key) == 0 then return 0 end
+  if line_until <= now or redis.call('EXISTS', line_key) == 0 then return 0 end
   local gone = redis.call('ZRANGEBYSCORE', places_key, '-inf', now)
   if #gone > 0 then
     redis.call('ZREM', line_key, unpack(gone))
@@ -297,16 +302,21 @@ local function ahead_in_line()
 end
 
 -- Puts this waiter in line (a newcomer gets the next ticket), or keeps it there: its place is
--- renewed for another place_ttl.
-local function stand_in_line()
+-- renewed until `asks_in` from now (us: when it will ask again) and place_ttl more.
+local function stand_in_line(asks_in)
   if not in_line then
     local ticket = redis.call('HINCRBY', state, 'ticket', 1) % TICKETS
     redis.call('ZADD', line_key, line_score(priority, ticket), waiter)
   end
-  redis.call('ZADD', places_key, now + place_ttl, waiter)
-  keep(line_key, place_ttl)
-  keep(places_key, place_ttl)
-  keep(state, place_ttl)
+  local lasts = asks_in + place_ttl
+  redis.call('ZADD', places_key, now + lasts, waiter)
+  if now + lasts > line_until then
+    line_until = now + lasts
+    redis.call('HSET', state, 'line', int(line_until))
+  end
+  keep(line_key, lasts)
+  keep(places_key, lasts)
+  keep(state, lasts)
 end
 
 -- Writes back what changed in the windows' state (a log's count and sequence number, a GCRA's
@@ -427,7 +437,7 @@ if lease_id ~= '' then
       look_again = math.min(look_again, 10000)
     end
     if waiter ~= '' and mode == 'reserve' then
-      stand_in_line()
+      stand_in_line(0)
       return reply(3, look_again, 1)
     end
     return reply(3, look_again, 0)
@@ -448,11 +458,10 @@ if behind and (mode == 'now' or max_wait == 0) then
   return reply(7, 0, 0)
 end
 if mode == 'reserve' and waiter ~= '' and (behind or wait > HORIZON) then
-  stand_in_line()
-  -- Not before its instant's horizon, nor before those ahead have had their turns; renewing its
-  -- place in time.
-  local look_again = math.max(wait - HORIZON, ahead * STEP, SOONEST)
-  return reply(7, math.min(look_again, math.floor(place_ttl / 2)), 1)
+  -- Not before its instant's horizon, nor before those ahead have had their turns.
+  local look_again = math.min(math.max(wait - HORIZON, ahead * STEP, SOONEST), LATEST)
+  stand_in_line(look_again)
+  return reply(7, look_again, 1)
 end
 leave_line()
 
@@ -488,7 +497,9 @@ end
 -- Every key must live a second past the last instant a window needs it. While `expiry` says so, only a
 -- log made afresh (it has no expiry yet) gets one, to `expiry`; else every key gets twice what it
 -- needs now, so that this is done about once per window length rather than per decision. The hash is
--- written first: one that HSET makes afresh would have no expiry.
+-- written first: one that HSET makes afresh would have no expiry. It never gets less than a place in
+-- line lasts, so its "line" field outlives every place.
+horizon = math.max(horizon, place_ttl, line_until - now)
 local needed = now + horizon + 1000000
 if expiry >= needed then
   save()
