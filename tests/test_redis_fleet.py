@@ -10,6 +10,7 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
@@ -146,6 +147,44 @@ def test_each_failure_policy_holds_through_a_redis_restart(redis_server: RedisSe
     finally:
         redis_server.start()
     assert recovered(lim), "the limiter did not go back to Redis by itself"
+
+
+@pytest.mark.parametrize("policy", ["fail_closed", "local"])
+def test_a_restart_that_loses_redis_data_mid_run_exceeds_no_window(redis_server: RedisServer, redis_url: str, policy: str) -> None:
+    # Four waiting threads, 20 a second; Redis restarts without its data (nor the scripts) a second
+    # into the run. What the limiter recalls of its windows from its last answer is counted again by
+    # the restarted server (a window does not start empty), and while Redis is away the `local` share
+    # counts the reservations Redis had made ahead of that answer until they leave their window.
+    backend = hs.RedisBackend(redis_url, on_error=policy, connect_timeout=0.2, command_timeout=0.2)  # type: ignore[arg-type]
+    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(20, per=1.0)], backend=backend, key=f"restart-run-{policy}")
+    admitted: list[float] = []
+    errors: list[BaseException] = []
+    deadline = time.monotonic() + 3.5
+
+    def work() -> None:
+        while time.monotonic() < deadline:
+            try:
+                lim.acquire_blocking(timeout=5.0)
+                admitted.append(time.monotonic())
+            except hs.BackendUnavailable as err:
+                errors.append(err)
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    redis_server.stop()
+    time.sleep(0.3)
+    redis_server.start()
+    for thread in threads:
+        thread.join(10)
+    assert max_in_any_window(admitted, 1.0) <= 20
+    assert len(admitted) >= 2 * 20, f"the limit used through the restart: {len(admitted)}"
+    if policy == "local":
+        assert errors == [], "nothing reaches the callers under the local policy"
+    assert recovered(lim), "it decides in Redis again"
+    assert "holysheep_" in redis_server.cli("FUNCTION", "LIST"), "the scripts are back in the restarted server"
 
 
 @pytest.mark.parametrize("policy", ["fail_closed", "fail_open", "local"])

@@ -136,7 +136,7 @@ struct Numbers(Vec<u8>);
 
 /// Numbers before the windows' (see acquire.lua), and per window.
 const HEADER_NUMBERS: usize = 9;
-const WINDOW_NUMBERS: usize = 8;
+const WINDOW_NUMBERS: usize = 10;
 
 impl Numbers {
     fn with_windows(windows: usize) -> Self {
@@ -443,6 +443,8 @@ impl RemoteLimiter {
             Mode::Reserve { max_wait_us } => (2, max_wait_us.map_or(-1, |us| us.min(i64::MAX as u64) as i64)),
         };
         let handover = if mode == Mode::Peek { None } else { self.handover_due() };
+        // What the last answer said of each window, for Redis to count again should it have lost them.
+        let recalled = self.sighting.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(Sighting::recalled);
         let mut numbers = Numbers::with_windows(self.windows.len());
         numbers
             .push(mode_number)
@@ -465,6 +467,8 @@ impl RemoteLimiter {
                 .push(window.merge_us)
                 .push(u8::from(window.is_budget()))
                 .push(handover.as_ref().map_or(0, |h| h.debt[index]));
+            let (used, until_us) = recalled.as_ref().map_or((0, 0), |recalled| recalled[index]);
+            numbers.push(used).push(until_us);
         }
         let mut invocation = scripts::ACQUIRE.call(self.backend.dialect(), &self.keys);
         invocation
@@ -486,15 +490,16 @@ impl RemoteLimiter {
     fn read(&self, value: Value) -> Result<Reply, BackendError> {
         let reply = integers(value)?;
         let n = self.windows.len();
-        if reply.len() < 5 + n {
+        if reply.len() < 6 + 2 * n {
             return Err(unavailable("short answer from the Redis script"));
         }
-        let (members, leases) = (reply[1] as u64, reply[2] as u64);
+        let (members, leases, redis_now_us) = (reply[1] as u64, reply[2] as u64, reply[5] as u64);
         self.members.store(members, Ordering::Relaxed);
-        let used: Vec<u64> = reply[5..5 + n].iter().map(|&u| u as u64).collect();
-        let seen = Sighting { at_ns: self.clock.now_ns(), members, leases, used: used.clone() };
+        let used: Vec<u64> = reply[6..6 + n].iter().map(|&u| u as u64).collect();
+        let until_us = reply[6 + n..6 + 2 * n].iter().map(|&u| u as u64).collect();
+        let seen = Sighting { at_ns: self.clock.now_ns(), members, leases, used: used.clone(), redis_now_us, until_us };
         *self.sighting.lock().unwrap_or_else(|p| p.into_inner()) = Some(seen);
-        let per_window = reply[5 + n..].iter().map(|&r| r as u64).collect();
+        let per_window = reply[6 + 2 * n..].iter().map(|&r| r as u64).collect();
         Ok(Reply { status: reply[0], leases, a: reply[3], b: reply[4], used, per_window })
     }
 

@@ -26,3 +26,5 @@ pub use limiter::{Grant, Mode, Outcome, Peek, RemoteLimiter};
 mod server_tests;
 #[cfg(test)]
 mod priority_tests;
+#[cfg(test)]
+mod recall_tests;

@@ -15,7 +15,7 @@ use crate::backend::redis::{Backend, BackendError, Grant, Mode, Outcome, RemoteL
 
 pub(super) struct Server {
     child: Child,
-    url: String,
+    pub(super) url: String,
 }
 
 impl Drop for Server {

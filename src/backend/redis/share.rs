@@ -8,8 +8,9 @@
 //!   needing it fails as with `fail_closed` (one unit each for some processes would let `m` through
 //!   where the limit allows fewer);
 //! - what the fleet had used in each window at the last answer from Redis (`used`) stays counted until
-//!   that answer's instant plus the window: each process may add only `floor((n - used) / m)` in that
-//!   time, so Redis's admissions and all processes' own together stay within n (a GCRA's backlog is
+//!   the last of it leaves the window (a reservation Redis made ahead of the answer leaves after it):
+//!   each process may add only `floor((n - used) / m)` in that time, so Redis's admissions and all
+//!   processes' own together stay within n (a GCRA's backlog is
 //!   split the same way, and so are the leases in flight, which are kept for the whole outage since
 //!   their end is not known here);
 //! - what it admits alone is its debt: handed to Redis with its first decision once Redis answers again
@@ -36,6 +37,26 @@ pub struct Sighting {
     pub leases: u64,
     /// Units each window counted.
     pub used: Vec<u64>,
+    /// Redis's clock at that answer, and when (by Redis's clock, us) the last unit each window counted
+    /// leaves it (0: it counted nothing). Reservations made ahead of the answer leave after it.
+    pub redis_now_us: u64,
+    pub until_us: Vec<u64>,
+}
+
+impl Sighting {
+    /// What this answer says of each window, as Redis is told it with every decision: the units it
+    /// counted, and until when (Redis's clock) they count. Should Redis lose the limit's state, it counts
+    /// them again from this (see acquire.lua).
+    pub fn recalled(&self) -> Vec<(u64, u64)> {
+        self.used.iter().copied().zip(self.until_us.iter().copied()).collect()
+    }
+
+    /// How long after the answer, by this process's clock, window `index`'s last counted unit was
+    /// admitted (0 when none was admitted after the answer): a reservation made ahead of it.
+    fn reserved_ahead_ns(&self, index: usize, span_us: u64) -> u64 {
+        let last_admitted_us = self.until_us.get(index).map_or(0, |until| until.saturating_sub(span_us));
+        last_admitted_us.saturating_sub(self.redis_now_us).saturating_mul(1_000)
+    }
 }
 
 /// Why a request is not decided here.
@@ -121,7 +142,7 @@ fn cost_in(unit: Unit, units: u64) -> Cost {
 
 impl Part {
     /// `limit`'s share among `members`, charged with the fleet's use seen at `seen`.
-    fn new(limit: &Limit, spec: &WindowSpec, members: u64, used: u64, seen_ns: u64) -> Self {
+    fn new(limit: &Limit, spec: &WindowSpec, members: u64, used: u64, seen_ns: u64, reserved_ahead_ns: u64) -> Self {
         let (share, full) = (spec.whole / members, spec.limit);
         let span_ns = spec.span_us.saturating_mul(1_000);
         let mut part = Part { quota: None, unit: spec.unit, budget: spec.is_budget(), share, full, span_ns };
@@ -137,14 +158,15 @@ impl Part {
                 .with_guard(limit.guard_ns())
         };
         let quota = Quota::new(vec![shared]).expect("one limit makes a quota");
-        let taken = match spec.kind {
-            // The fleet's use stays counted a whole window from `seen`: only a slice of what was left.
-            Kind::Log => share - share.min(spec.whole.saturating_sub(used) / members),
+        let (taken, at_ns) = match spec.kind {
+            // The fleet's use stays counted a whole window from its last admission, which a reservation
+            // may have put after `seen`: only a slice of what was left.
+            Kind::Log => (share - share.min(spec.whole.saturating_sub(used) / members), seen_ns.saturating_add(reserved_ahead_ns)),
             // A backlog of `used` units takes a share running m times slower as long for a slice of them.
-            Kind::Gcra => used.div_ceil(members),
+            Kind::Gcra => (used.div_ceil(members), seen_ns),
         };
         if taken > 0 {
-            quota.settle(&Receipt::default(), Cost::default(), cost_in(spec.unit, taken), seen_ns);
+            quota.settle(&Receipt::default(), Cost::default(), cost_in(spec.unit, taken), at_ns);
         }
         part.quota = Some(quota);
         part
@@ -159,7 +181,10 @@ impl LocalShare {
             .iter()
             .zip(specs)
             .zip(&seen.used)
-            .map(|((limit, spec), &used)| Part::new(limit, spec, members, used, seen.at_ns))
+            .enumerate()
+            .map(|(index, ((limit, spec), &used))| {
+                Part::new(limit, spec, members, used, seen.at_ns, seen.reserved_ahead_ns(index, spec.span_us))
+            })
             .collect();
         let held = Held {
             // The leases in flight at the last answer end when their holders release them, which this
@@ -342,7 +367,8 @@ mod tests {
 
     fn share(limits: &[Limit], members: u64, used: &[u64], slots: Option<u64>, leases: u64) -> LocalShare {
         let specs: Vec<WindowSpec> = limits.iter().map(WindowSpec::new).collect();
-        LocalShare::new(limits, &specs, slots, &Sighting { at_ns: 0, members, leases, used: used.to_vec() })
+        let until_us = vec![0; used.len()];
+        LocalShare::new(limits, &specs, slots, &Sighting { at_ns: 0, members, leases, used: used.to_vec(), redis_now_us: 0, until_us })
     }
 
     fn admitted_now(share: &LocalShare, cost: Cost, now: u64) -> bool {
@@ -383,6 +409,18 @@ mod tests {
         let fleet = share(&limits, 4, &[14], None, 0);
         assert_eq!(count_admitted(&fleet, Cost::request(0), SEC / 2), 1);
         assert_eq!(count_admitted(&fleet, Cost::request(0), SEC + SEC / 100), 4, "the fleet's use left with its window");
+    }
+
+    #[test]
+    fn the_fleets_use_stays_counted_a_window_from_its_last_reservation_not_from_the_answer() {
+        // 20 per second among 2: 10 each. At the last answer the fleet counted all 20, the last of them
+        // reserved 0.2 s after the answer: none of the share is free until that one leaves, 1.2 s on.
+        let limits = [limit(20.0, Unit::Requests, Algorithm::Exact)];
+        let span_us = WindowSpec::new(&limits[0]).span_us;
+        let seen = Sighting { at_ns: 0, members: 2, leases: 0, used: vec![20], redis_now_us: 5_000_000, until_us: vec![5_200_000 + span_us] };
+        let fleet = LocalShare::new(&limits, &[WindowSpec::new(&limits[0])], None, &seen);
+        assert_eq!(count_admitted(&fleet, Cost::request(0), SEC + SEC / 10), 0, "the reservation is still in its window");
+        assert_eq!(count_admitted(&fleet, Cost::request(0), SEC / 5 + span_us * 1_000), 10, "all of it left");
     }
 
     #[test]

@@ -25,7 +25,9 @@
 --              instance "handed:<instance>" (the last hand-over applied, see below); "expiry" (us:
 --              until when the hash and every log live at least, see the end); "ticket" (the line's
 --              last); "line" (us: no place in the line lasts longer, so a decision made later need not
---              look at the line)
+--              look at the line); "reborn" (us: until when what clients recall is still counted after
+--              the state was lost, see below) with, per window, "recalled:<id>" (what was counted again
+--              so far)
 -- KEYS[2]      the lease sorted set: lease id -> expiry (us)
 -- KEYS[3]      the member sorted set: limiter instance id -> expiry (us); how many processes share the limit
 -- KEYS[4]      withdrawn lease ids -> expiry (us): decisions their client gave up on (see reclaim.lua)
@@ -39,12 +41,14 @@
 --              allowed in reserve (us, -1 for any), most leases at once, lease TTL (us), how long an
 --              instance counts as a member after renewing (us), the waiter's priority, how long its
 --              place is kept unless it asks (us), the number of windows n, the hand-over's number (0:
---              none); then eight per window: kind (0 "log", 1 "gcra"), limit (log: units per window;
+--              none); then ten per window: kind (0 "log", 1 "gcra"), limit (log: units per window;
 --              gcra: burst), span (log: window length; gcra: one unit's interval in force, wider while
 --              the rate is cut), base (gcra: the configured interval, which with the burst makes the
 --              tolerance), cost (units this request takes), merge (log: entries closer than this share
 --              one), budget (1: a spending limit, which refuses instead of making a request wait), debt
---              (units this instance admitted on its own while Redis was away)
+--              (units this instance admitted on its own while Redis was away), and what this instance
+--              recalls from its last answer: the units the window counted, and until when (us, Redis's
+--              clock) the last of them stays in it (0, 0: nothing)
 -- ARGV[2]      lease id to take ("" for none)
 -- ARGV[3]      this instance's member id ("" when it renewed its membership lately)
 -- ARGV[4]      the waiter asking ("" for a request that will not wait)
@@ -54,9 +58,10 @@
 --              decisions carrying it comes first; its leases count from now on.
 --
 -- Returns, packed as ARGV[1] (one bulk string of little-endian 64-bit integers), status, members,
--- leases, a, b, used_1 .. used_n, ...: members the instances that decided
--- lately, leases those held (when this request asks for one, or peeks), used_i the units window i
--- counts now (after this decision), and by status:
+-- leases, a, b, now, used_1 .. used_n, until_1 .. until_n, ...: members the instances that decided
+-- lately, leases those held (when this request asks for one, or peeks), now Redis's clock (us),
+-- used_i the units window i counts now (after this decision) and until_i when the last of them leaves
+-- it (us; 0 when it counts nothing), and by status:
 --   0  admitted at `at`: a = wait (at - now), b = at; then receipt_1 .. receipt_n to settle it with
 --   1  passes only after a = wait, more than allowed (b = binding window): nothing counted
 --   2  window a can never admit the cost (b = the most it ever can)
@@ -74,7 +79,7 @@
 local state, lease_key, member_key, withdrawn_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local line_key, places_key = KEYS[5], KEYS[6]
 local lease_id, member, waiter = ARGV[2], ARGV[3], ARGV[4]
-local LOGS, HEADER, PER_WINDOW = 6, 9, 8
+local LOGS, HEADER, PER_WINDOW = 6, 9, 10
 local numbers = {struct.unpack('<' .. string.rep('i8', #ARGV[1] / 8), ARGV[1])}
 local mode = numbers[1] == 1 and 'now' or (numbers[1] == 2 and 'reserve' or 'peek')
 local max_wait, max_leases, lease_ttl = numbers[2], numbers[3], numbers[4]
@@ -122,22 +127,69 @@ for i = 1, n do
     span = numbers[first + 3], base = numbers[first + 4], cost = numbers[first + 5],
     merge = numbers[first + 6], budget = numbers[first + 7] == 1,
     debt = handover > 0 and numbers[first + 8] or 0,
+    recall_used = numbers[first + 9], recall_until = numbers[first + 10],
     log = KEYS[LOGS + i], tat = 0, sum = 0, seq = 0, last_at = false, last_cost = 0, dirty = false,
     field = (kind == 'gcra' and 'tat:' or 'sum:') .. id, seq_field = 'seq:' .. id,
   }
   fields[#fields + 1] = windows[i].field
   if kind == 'log' then fields[#fields + 1] = windows[i].seq_field end
 end
+fields[#fields + 1] = 'reborn'
 local stored = redis.call('HMGET', state, unpack(fields))
 -- Every key of the limit lives at least until `expiry` (us, Redis's clock): each was given that long
 -- at once, and nothing shortens it. An admission needing no longer sets no expiry (see the end).
 local expiry = tonumber(stored[1] or '0')
+
+-- A limit whose state Redis lost (a restart without persistence, a failover to a replica behind, a
+-- flush) would start with empty windows while the fleet's last admissions still count at the server.
+-- Every decision carries what its client recalls of each window from its last answer; the first to
+-- find the state gone counts that again, as admitted at the instant its last unit leaves minus the
+-- window (so all of it stays until then), and until the longest window has passed ("reborn") a client
+-- that recalls more adds the difference. Clients' last answers differ by what the fleet admitted
+-- between them: that much can be missed, no more.
+local absent = true
+for i = 1, #fields do
+  if stored[i] then absent = false break end
+end
+local reborn = tonumber(stored[#fields] or '0')
+local recalled, recalls = {}, {}
+if not absent and reborn > now then
+  local names = {}
+  for i, w in ipairs(windows) do names[i] = 'recalled:' .. w.id end
+  recalled = redis.call('HMGET', state, unpack(names))
+end
+local recalling = absent or reborn > now
+
+-- Counts again what window w's client recalls beyond what was recalled already (see above).
+local function recall(i, w)
+  if not recalling or w.recall_until <= now or w.recall_used <= 0 then return end
+  local before = absent and 0 or tonumber(recalled[i] or '0')
+  if w.kind == 'gcra' then
+    -- The backlog runs until recall_until: what runs past what was counted again so far is added.
+    local extra = w.recall_until - math.max(before, now)
+    if extra <= 0 then return end
+    w.tat, w.dirty = math.max(w.tat, now) + extra, true
+    recalls[#recalls + 1], recalls[#recalls + 2] = 'recalled:' .. w.id, int(w.recall_until)
+  else
+    local extra = w.recall_used - before
+    if extra <= 0 then return end
+    local at = math.max(w.recall_until - w.span, w.last_at or 0)
+    redis.call('RPUSH', w.log, string.format('%d:%d', at, extra))
+    keep(w.log, at - now + w.span)
+    w.last_at, w.last_cost, w.sum, w.dirty = at, extra, w.sum + extra, true
+    recalls[#recalls + 1], recalls[#recalls + 2] = 'recalled:' .. w.id, int(w.recall_used)
+  end
+  -- The keys must live as long as what was counted again: the end sets their expiry afresh.
+  expiry = 0
+end
+
 local line_until = tonumber(stored[2] or '0')
 local read = 2
-for _, w in ipairs(windows) do
+for i, w in ipairs(windows) do
   read = read + 1
   if w.kind == 'gcra' then
     w.tat = tonumber(stored[read] or '0')
+    recall(i, w)
     if w.debt > 0 then
       w.tat = gcra_charge(w.tat, now, w.debt, w.span)
       redis.call('HSET', state, w.field, int(w.tat))
@@ -145,6 +197,9 @@ for _, w in ipairs(windows) do
     end
   else
     w.sum, w.seq = tonumber(stored[read] or '0'), tonumber(stored[read + 1] or '0')
+    -- A new state numbers its log from Redis's clock: a receipt from before a loss (or an expiry)
+    -- names no entry after it.
+    if absent then w.seq = now end
     read = read + 1
     local forgotten = 0
     while true do
@@ -162,6 +217,8 @@ for _, w in ipairs(windows) do
     end
     local last = redis.call('LINDEX', w.log, '-1')
     if last then w.last_at, w.last_cost = parse(last) end
+    local counted = w.sum
+    recall(i, w)
     if w.debt > 0 then
       w.last_at, w.last_cost = math.max(now, w.last_at or now), w.debt
       redis.call('RPUSH', w.log, string.format('%d:%d', w.last_at, w.debt))
@@ -172,8 +229,17 @@ for _, w in ipairs(windows) do
       expiry = 0
       w.sum = w.sum + w.debt
     end
-    w.dirty = forgotten > 0 or w.debt > 0
+    w.dirty = forgotten > 0 or w.debt > 0 or w.sum ~= counted
   end
+end
+if #recalls > 0 then
+  if absent then
+    local longest = 0
+    for _, w in ipairs(windows) do longest = math.max(longest, w.kind == 'gcra' and w.tat - now or w.span) end
+    -- What a client recalls was reserved at most HORIZON after its last answer, before the loss.
+    recalls[#recalls + 1], recalls[#recalls + 2] = 'reborn', int(now + longest + HORIZON)
+  end
+  redis.call('HSET', state, unpack(recalls))
 end
 if handover > 0 then
   for i = handover_base + 2, #ARGV do
@@ -189,6 +255,14 @@ local function used(w)
     return math.ceil(math.max(w.tat - now, 0) / w.span)
   end
   return w.sum
+end
+
+-- When the last unit window w counts leaves it (us; 0 when it counts nothing): what its client recalls.
+local function clears(w)
+  if w.kind == 'gcra' then
+    return w.tat > now and w.tat or 0
+  end
+  return (w.sum > 0 and w.last_at) and w.last_at + w.span or 0
 end
 
 -- Leases, when this request asks for one or someone looks: expired ones (their holder died) go first.
@@ -270,12 +344,12 @@ end
 -- numbers packed as the call's are, in one bulk string that the client reads in one step.
 local function reply(status, a, b, per_window)
   save()
-  local answer = {status, members, leases, a, b}
+  local answer = {status, members, leases, a, b, now}
   for i, w in ipairs(windows) do
-    answer[5 + i] = used(w)
+    answer[6 + i], answer[6 + n + i] = used(w), clears(w)
   end
   for i, value in ipairs(per_window or {}) do
-    answer[5 + n + i] = value
+    answer[6 + 2 * n + i] = value
   end
   return struct.pack('<' .. string.rep('i8', #answer), unpack(answer))
 end
@@ -413,7 +487,7 @@ for i, w in ipairs(windows) do
         length = redis.call('RPUSH', w.log, string.format('%d:%d', at, w.cost))
         fresh[#fresh + 1] = length == 1 and w.log or nil
       end
-      w.sum, w.dirty = w.sum + w.cost, true
+      w.sum, w.dirty, w.last_at = w.sum + w.cost, true, at
       receipt = w.seq + length  -- 1-based, so that 0 means "counted nothing"
     end
     horizon = math.max(horizon, at - now + w.span)

@@ -1,0 +1,80 @@
+//! A limit whose state Redis lost (a restart without persistence, a failover to a replica behind, a
+//! flush) against a real redis-server (see server_tests.rs): what its clients recall of the windows
+//! from their last answers is counted again, so the window after the loss does not start empty.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::redis::limiter::Place;
+use crate::backend::redis::server_tests::{Server, admitted, limit, limiter, start_server};
+use crate::backend::redis::{Mode, Outcome, RemoteLimiter};
+use crate::core::limit::{Algorithm, Cost, Unit};
+
+fn now(lim: &Arc<RemoteLimiter>) -> Outcome {
+    lim.decide_blocking(Cost::request(0), 0.0, Mode::Now, false, &Place::newcomer(0), "try_acquire").map_err(|e| format!("{e:?}")).unwrap()
+}
+
+/// Redis loses everything it held: the limit's keys and the scripts, as a restart without persistence.
+fn lose_everything(server: &Server) {
+    let port = server.url.rsplit(':').next().unwrap().trim_end_matches("/0");
+    for command in [["FLUSHALL"], ["FUNCTION FLUSH"]] {
+        let args: Vec<&str> = command[0].split(' ').collect();
+        let out = Command::new("redis-cli").args(["-p", port]).args(&args).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    }
+}
+
+// Issue 19: a restart without persistence used to start every window empty: a full window admitted
+// its whole limit again at once.
+#[test]
+fn a_window_redis_lost_still_counts_what_its_client_recalls() {
+    let Some(server) = start_server() else { return };
+    let lim = limiter(&server, vec![limit(10.0, 2_000, Unit::Requests, Algorithm::Exact)], None, Duration::from_secs(5));
+    for _ in 0..10 {
+        admitted(now(&lim));
+    }
+    lose_everything(&server);
+    assert!(matches!(now(&lim), Outcome::Later { .. }), "the 10 admitted before the loss still fill the window");
+    assert!(matches!(now(&lim), Outcome::Later { .. }));
+}
+
+#[test]
+fn a_client_that_recalls_more_adds_what_the_first_one_back_did_not_know() {
+    let Some(server) = start_server() else { return };
+    let limits = || vec![limit(10.0, 2_000, Unit::Requests, Algorithm::Exact)];
+    let (first, second) = (limiter(&server, limits(), None, Duration::from_secs(5)), limiter(&server, limits(), None, Duration::from_secs(5)));
+    for _ in 0..6 {
+        admitted(now(&first));
+    }
+    for _ in 0..3 {
+        admitted(now(&second));
+    }
+    lose_everything(&server);
+    // The first recalls 6: one more fits. The second recalls 9: it adds its 3, and the window is full.
+    admitted(now(&first));
+    assert!(matches!(now(&second), Outcome::Later { .. }), "6 + 1 + the 3 only the second knew of");
+    assert!(matches!(now(&first), Outcome::Later { .. }));
+}
+
+#[test]
+fn a_gcra_window_redis_lost_keeps_the_backlog_its_client_recalls() {
+    let Some(server) = start_server() else { return };
+    let lim = limiter(&server, vec![limit(2.0, 1_000, Unit::Requests, Algorithm::Gcra)], None, Duration::from_secs(5));
+    admitted(now(&lim));
+    lose_everything(&server);
+    assert!(matches!(now(&lim), Outcome::Later { .. }), "one every 0.5 s: the next is not due yet");
+}
+
+#[test]
+fn a_late_correction_from_before_the_loss_leaves_an_admission_after_it_alone() {
+    let Some(server) = start_server() else { return };
+    let tokens = || vec![limit(1_000.0, 2_000, Unit::Tokens, Algorithm::Exact)];
+    let (before, after) = (limiter(&server, tokens(), None, Duration::from_secs(5)), limiter(&server, tokens(), None, Duration::from_secs(5)));
+    let old = admitted(before.decide_blocking(Cost::request(600), 0.0, Mode::Now, false, &Place::newcomer(0), "acquire").unwrap());
+    lose_everything(&server);
+    // The first decision after the loss is one that recalls nothing: the log starts again.
+    admitted(after.decide_blocking(Cost::request(300), 0.0, Mode::Now, false, &Place::newcomer(0), "acquire").unwrap());
+    before.adjust_blocking(&old, Cost::request(600), Cost::request(0), false).unwrap();
+    assert_eq!(after.peek_blocking(Cost::request(0)).unwrap().remaining, vec![700], "its receipt names no entry of the new log");
+}
