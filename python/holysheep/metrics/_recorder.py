@@ -70,13 +70,16 @@ def server_attributes(host: str, port: int | None) -> dict[str, Any]:
     return attributes
 
 
+_DECODE = json.JSONDecoder().decode
+
+
 def _json_of(content: bytes) -> dict[str, Any] | None:
     """A JSON object's value, or None for anything else (checked by its first byte before parsing:
     every body and answer of the GenAI operations that holds one is a JSON object)."""
     if content[:1] != b"{":
         return None
-    try:
-        value = json.loads(content)
+    try:  # UTF-8, as JSON between systems is (RFC 8259): json.loads would first guess the encoding in Python
+        value = _DECODE(content.decode())
     except (ValueError, UnicodeDecodeError):
         return None
     return value if isinstance(value, dict) else None
