@@ -186,6 +186,41 @@ async def test_a_streamed_answer_is_recorded_when_its_body_ends_with_the_usage_o
     assert (span.attributes or {})["gen_ai.response.model"] == "gpt-4.1"
 
 
+async def test_a_requests_points_and_span_belong_to_the_context_it_started_in_even_when_its_stream_ends_elsewhere(
+    telemetry: Telemetry, gateway: MockGateway
+) -> None:
+    hs.instrument(meter_provider=telemetry.meter_provider, tracer_provider=telemetry.tracer_provider)
+    tracer = telemetry.tracer_provider.get_tracer("test")
+    async with hs.AsyncHolySheep(api_key="hs_test", base_url=gateway.base_url) as client:
+        with tracer.start_as_current_span("caller") as caller:
+            stream = await client.chat.completions.create(
+                model="gpt-4.1", messages=MESSAGES, max_tokens=8, stream=True, stream_options={"include_usage": True}
+            )
+        async for _ in stream:  # read after the caller's span ended: another span may be current by then
+            await asyncio.sleep(0.02)
+    caller_id = caller.get_span_context().span_id
+    [duration] = telemetry.points("gen_ai.client.operation.duration")
+    assert [exemplar.span_id for exemplar in duration.exemplars] == [caller_id], "the SDK's trace-based exemplar"
+    [span] = [span for span in telemetry.spans.get_finished_spans() if span.name == "chat gpt-4.1"]
+    assert span.parent is not None and span.parent.span_id == caller_id
+    assert caller.end_time is not None and span.start_time is not None and span.end_time is not None
+    assert span.start_time < caller.end_time < span.end_time, "dated from the request's start to the stream's end"
+    assert abs((span.end_time - span.start_time) / 1e9 - duration.sum) < 1e-3, "one clock for the span and the point"
+
+
+def test_the_attribute_caches_start_again_once_full() -> None:
+    from holysheep.metrics._recorder import CACHED_KINDS, Recorder
+
+    recorder = Recorder()
+    first = recorder.target("chat", "127.0.0.1", 80, "model-0")
+    assert recorder.target("chat", "127.0.0.1", 80, "model-0") is first, "one per kind of request"
+    for n in range(1, CACHED_KINDS + 1):
+        recorder.target("chat", "127.0.0.1", 80, f"model-{n}")
+    again = recorder.target("chat", "127.0.0.1", 80, "model-0")
+    assert again is not first and again.attributes == first.attributes
+    assert len(recorder._targets) <= CACHED_KINDS
+
+
 async def test_streams_abandoned_with_the_garbage_collector_off_still_free_their_slots_and_are_recorded(
     telemetry: Telemetry, gateway: MockGateway
 ) -> None:

@@ -3,7 +3,10 @@ limits and no latency, for the bare openai SDK and for `AsyncHolySheep` with a l
 bind, so what is timed is the transport itself (limiter, breaker bookkeeping, retry loop, held stream).
 
 Each round times both clients on ``--requests`` (2,000) through 64 workers, in turns whose order flips
-from round to round, so drift on a noisy machine falls on both alike. The rounds are spread over
+from round to round, so drift on a noisy machine falls on both alike. Beside requests/s it reads the CPU
+time of the event loop's thread per request (``time.thread_time``: the gateway's threads not counted),
+which other processes on a shared machine do not inflate the way they inflate wall time: the client is
+bound by that thread, so the two ratios agree on a quiet machine. The rounds are spread over
 ``--processes`` (4) fresh processes, each with its own gateway, alternating which client is made first
 (an even number, so each order gets half the rounds): one process can carry a bias of its own (where its
 objects and connections landed), which paired rounds inside it cannot cancel. The verdict is the median
@@ -41,17 +44,19 @@ OURS_INSTRUMENTED = OURS + ", instrumented (OpenTelemetry SDK)"
 PROCESS_TIMEOUT_S = 600.0
 
 
-async def requests_per_s(client: openai.AsyncOpenAI, requests: int) -> float:
-    """Sends ``requests`` chat calls through CONCURRENCY workers; calls per second."""
+async def requests_per_s(client: openai.AsyncOpenAI, requests: int) -> tuple[float, float]:
+    """Sends ``requests`` chat calls through CONCURRENCY workers; calls per second, and the event loop
+    thread's CPU microseconds per call."""
     left = iter(range(requests))
 
     async def worker() -> None:
         for _ in left:
             await client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=1)
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.thread_time()
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    return requests / (time.perf_counter() - started)
+    cpu_us = (time.thread_time() - cpu_started) * 1e6 / requests
+    return requests / (time.perf_counter() - started), cpu_us
 
 
 def instrument() -> None:
@@ -63,8 +68,8 @@ def instrument() -> None:
     hs.instrument(meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]), tracer_provider=TracerProvider())
 
 
-async def one_process(rounds: int, requests: int, ours_first: bool, instrumented: bool) -> dict[str, list[float]]:
-    """Both clients' requests/s in each round, in this process."""
+async def one_process(rounds: int, requests: int, ours_first: bool, instrumented: bool) -> dict[str, dict[str, list[float]]]:
+    """Both clients' requests/s and CPU per request in each round, in this process."""
     if instrumented:
         instrument()
     with MockGateway(log=False) as gateway:
@@ -79,16 +84,18 @@ async def one_process(rounds: int, requests: int, ours_first: bool, instrumented
         made = [(OURS, ours()), (BARE, bare())] if ours_first else [(BARE, bare()), (OURS, ours())]
         for _, client in made:  # connections opened, the SDK's one-off set-up done
             await requests_per_s(client, CONCURRENCY * 4)
-        samples: dict[str, list[float]] = {BARE: [], OURS: []}
+        samples: dict[str, dict[str, list[float]]] = {name: {"rate": [], "cpu_us": []} for name in (BARE, OURS)}
         for round_ in range(rounds):
             for name, client in made if round_ % 2 == 0 else reversed(made):
-                samples[name].append(await requests_per_s(client, requests))
+                rate, cpu_us = await requests_per_s(client, requests)
+                samples[name]["rate"].append(rate)
+                samples[name]["cpu_us"].append(cpu_us)
         for _, client in made:
             await client.close()
     return samples
 
 
-def run_processes(processes: int, rounds: int, requests: int, instrumented: bool) -> list[dict[str, list[float]]]:
+def run_processes(processes: int, rounds: int, requests: int, instrumented: bool) -> list[dict[str, dict[str, list[float]]]]:
     """Each process's samples, the processes run one after another."""
     results = []
     for index in range(processes):
@@ -105,26 +112,29 @@ def report(processes: int, rounds: int, requests: int, instrumented: bool) -> No
     print(header(f"{processes} processes x {rounds} rounds, each round timing both clients on {requests:,} requests"))
     print(flush=True)
     results = run_processes(processes, rounds, requests, instrumented)
-    samples = {name: [value for result in results for value in result[name]] for name in (BARE, OURS)}
-    ratios = [ours / bare for result in results for ours, bare in zip(result[OURS], result[BARE])]
-    per_process = [median([o / b for o, b in zip(result[OURS], result[BARE])]) for result in results]
-    ratio = median(ratios)
-    bare = median(samples[BARE])
+    rates = {name: [value for result in results for value in result[name]["rate"]] for name in (BARE, OURS)}
+    cpus = {name: [value for result in results for value in result[name]["cpu_us"]] for name in (BARE, OURS)}
+    ratios = [ours / bare for result in results for ours, bare in zip(result[OURS]["rate"], result[BARE]["rate"])]
+    cpu_ratios = [bare / ours for result in results for ours, bare in zip(result[OURS]["cpu_us"], result[BARE]["cpu_us"])]
+    per_process = [median([o / b for o, b in zip(result[OURS]["rate"], result[BARE]["rate"])]) for result in results]
+    ratio, cpu_ratio = median(ratios), median(cpu_ratios)
+    bare = median(rates[BARE])
     lines = [
         f"**Wrapper overhead: chat calls, {CONCURRENCY} concurrent, MockGateway without limits or latency**",
         "",
-        "| client | median requests/s | range | vs bare SDK |",
-        "| --- | ---: | ---: | ---: |",
+        "| client | median requests/s | range | vs bare SDK | event loop CPU per request |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
-    for name, values in samples.items():
+    for name in (BARE, OURS):
         shown = OURS_INSTRUMENTED if name == OURS and instrumented else name
         lines.append(
-            f"| {shown} | {median(values):,.0f} | {min(values):,.0f}..{max(values):,.0f} |"
-            f" {100 * median(values) / bare:.1f}% |"
+            f"| {shown} | {median(rates[name]):,.0f} | {min(rates[name]):,.0f}..{max(rates[name]):,.0f} |"
+            f" {100 * median(rates[name]) / bare:.1f}% | {median(cpus[name]):,.0f} µs |"
         )
     print("\n".join(lines), end="\n\n")
     print("Each process's median ratio: " + ", ".join(f"{value:.1%}" for value in per_process))
-    print(f"Median of all {len(ratios)} rounds' ratios, AsyncHolySheep / bare SDK: {ratio:.1%}", end="\n\n")
+    print(f"Median of all {len(ratios)} rounds' ratios, AsyncHolySheep / bare SDK: {ratio:.1%}")
+    print(f"Median of all {len(cpu_ratios)} rounds' CPU ratios, bare SDK / AsyncHolySheep per request: {cpu_ratio:.1%}", end="\n\n")
     print("Targets (DESIGN.md section 5):")
     if instrumented:
         print(verdict("instrumented AsyncHolySheep at least 95% of the bare SDK's requests/s", ratio >= 0.95, f"{ratio:.1%}"))

@@ -7,24 +7,18 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from holysheep.metrics._readings import EXTRA_INSTRUMENTS, INSTRUMENTS, Instrument, Reading, Readings
-from holysheep.metrics._recorder import DURATION_BUCKETS, TOKEN_BUCKETS, Exchange
+from holysheep.metrics._recorder import DURATION_BUCKETS, TOKEN_BUCKETS, Exchange, Target, cached
 
 try:
     from opentelemetry import metrics, trace
+    from opentelemetry.context import Context, get_current
     from opentelemetry.metrics import CallbackOptions, Observation
     from opentelemetry.trace import SpanKind, Status, StatusCode
 except ImportError as err:  # pragma: no cover - the extra is installed in tests
     raise ImportError("hs.instrument() needs opentelemetry-api: pip install 'holysheep[otel]'") from err
 
-#: The attributes a token-usage point carries (besides ``gen_ai.token.type``).
-_USAGE_ATTRIBUTES = (
-    "gen_ai.operation.name",
-    "gen_ai.provider.name",
-    "gen_ai.request.model",
-    "gen_ai.response.model",
-    "server.address",
-    "server.port",
-)
+#: The span attribute of each token type's count.
+_USAGE_SPAN_ATTRIBUTES = {"input": "gen_ai.usage.input_tokens", "output": "gen_ai.usage.output_tokens"}
 
 
 def _version() -> str:
@@ -57,6 +51,8 @@ class OpenTelemetrySink:
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self._readings: Readings | None = None
+        #: The attribute sets of each kind of answer, made once (`_Points`).
+        self._points: dict[tuple[Target, str | None, str | None], _Points] = {}
         makers = {
             "counter": meter.create_observable_counter,
             "updown": meter.create_observable_up_down_counter,
@@ -96,36 +92,56 @@ class OpenTelemetrySink:
 
         return observe
 
-    def start(self, exchange: Exchange, started_ns: int | None = None) -> Any:
-        attributes = exchange.attributes
-        model = attributes.get("gen_ai.request.model")
-        name = attributes["gen_ai.operation.name"] + (f" {model}" if model else "")
-        return self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes, start_time=started_ns)
+    def start(self, exchange: Exchange) -> Context:
+        """The context the request starts in: its span's parent, and the context its points are recorded
+        in (so the SDK's trace-based exemplar filter sees the caller's span, wherever the request ends)."""
+        return get_current()
 
-    def record(self, exchange: Exchange, span: Any) -> None:
-        attributes = {key: value for key, value in exchange.attributes.items() if key in _USAGE_ATTRIBUTES}
+    def record(self, exchange: Exchange, parent: Context) -> None:
+        """Its points (tokens by type, duration, time in queue) and its span, made now with everything it
+        carries at once and dated from the request's start (it is never made current: nothing nests in it)."""
+        points = cached(self._points, (exchange.target, exchange.response_model, exchange.error_type), lambda: _Points(exchange))
         for token_type, count in exchange.tokens.items():
-            self._token_usage.record(count, {**attributes, "gen_ai.token.type": token_type})
-        duration_attributes = dict(attributes)
-        if exchange.error_type is not None:
-            duration_attributes["error.type"] = exchange.error_type
-        self._duration.record(exchange.duration_s, duration_attributes)
+            self._token_usage.record(count, points.tokens[token_type], context=parent)
+        self._duration.record(exchange.duration_s, points.duration, context=parent)
+        attributes = dict(points.duration)
         if exchange.decision is not None:
             if exchange.queued:
-                self._time_in_queue.record(exchange.waited_s, {"holysheep.rate_limiting.result": exchange.decision, **attributes})
-            span.set_attribute("holysheep.rate_limiting.result", exchange.decision)
-            span.set_attribute("holysheep.rate_limiting.wait_s", exchange.waited_s)
-        span.set_attributes({key: value for key, value in exchange.attributes.items() if key.startswith(("gen_ai.response", "http."))})
+                self._time_in_queue.record(exchange.waited_s, {"holysheep.rate_limiting.result": exchange.decision, **points.usage}, context=parent)
+            attributes["holysheep.rate_limiting.result"] = exchange.decision
+            attributes["holysheep.rate_limiting.wait_s"] = exchange.waited_s
+        if exchange.status is not None:
+            attributes["http.response.status_code"] = exchange.status
         for token_type, count in exchange.tokens.items():
-            span.set_attribute(f"gen_ai.usage.{token_type}_tokens", count)
+            attributes[_USAGE_SPAN_ATTRIBUTES[token_type]] = count
+        span = self._tracer.start_span(
+            exchange.target.span_name, context=parent, kind=SpanKind.CLIENT, attributes=attributes, start_time=exchange.started_ns
+        )
         if exchange.error_type is not None:
-            span.set_attribute("error.type", exchange.error_type)
             span.set_status(Status(StatusCode.ERROR))
-        span.end(end_time=exchange.ended_ns)
+        span.end(end_time=exchange.started_ns + exchange.duration_ns)
 
     def close(self) -> None:
         """Its observable instruments report nothing from now on (an SDK cannot unregister them)."""
         self._closed = True
+
+
+class _Points:
+    """The attribute sets recorded for one kind of answer (its target, the model that answered, its
+    error type), made once and reused: the SDK copies what it is given, and builds them anew per record
+    only at a price."""
+
+    __slots__ = ("duration", "tokens", "usage")
+
+    def __init__(self, exchange: Exchange) -> None:
+        usage = dict(exchange.target.attributes)
+        if exchange.response_model is not None:
+            usage["gen_ai.response.model"] = exchange.response_model
+        #: What a token-usage point carries besides its ``gen_ai.token.type``.
+        self.usage = usage
+        self.tokens = {token_type: {**usage, "gen_ai.token.type": token_type} for token_type in _USAGE_SPAN_ATTRIBUTES}
+        #: What a duration point carries, and a span before its outcome is added.
+        self.duration = usage if exchange.error_type is None else {**usage, "error.type": exchange.error_type}
 
 
 def _observations(readings: list[Reading]) -> list[Observation]:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from holysheep.metrics._readings import EXTRA_INSTRUMENTS, INSTRUMENTS, Reading, Readings
-from holysheep.metrics._recorder import DURATION_BUCKETS, TOKEN_BUCKETS, Exchange
+from holysheep.metrics._recorder import DURATION_BUCKETS, TOKEN_BUCKETS, Exchange, Target, cached
 
 try:
     from prometheus_client import CollectorRegistry, Histogram, start_http_server
@@ -24,6 +24,12 @@ if TYPE_CHECKING:
 #: The attributes a request's points carry, as labels.
 _REQUEST_ATTRIBUTES = ["gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model", "gen_ai.response.model", "server.address"]
 _REQUEST_LABELS = [attribute.replace(".", "_") for attribute in _REQUEST_ATTRIBUTES]
+
+
+def _request_labels(exchange: Exchange) -> list[str]:
+    """The values of a request's labels (`_REQUEST_ATTRIBUTES`), empty where it has none."""
+    attributes = {**exchange.target.attributes, "gen_ai.response.model": exchange.response_model or ""}
+    return [str(attributes.get(attribute, "")) for attribute in _REQUEST_ATTRIBUTES]
 
 
 def prometheus_name(name: str, unit: str) -> str:
@@ -105,6 +111,8 @@ class PrometheusSink:
         )
         self.registry.register(_LimiterCollector(Readings(recorder)))
         self._servers: list[MetricsServer] = []
+        #: The label values of each kind of answer (its target, the model that answered), made once.
+        self._labels: dict[tuple[Target, str | None], list[str]] = {}
 
     def serve(self, port: int) -> MetricsServer:
         server, _thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
@@ -112,11 +120,11 @@ class PrometheusSink:
         self._servers.append(served)
         return served
 
-    def start(self, exchange: Exchange, started_ns: int | None = None) -> None:
+    def start(self, exchange: Exchange) -> None:
         return None
 
     def record(self, exchange: Exchange, started: None) -> None:
-        labels = [str(exchange.attributes.get(attribute, "")) for attribute in _REQUEST_ATTRIBUTES]
+        labels = cached(self._labels, (exchange.target, exchange.response_model), lambda: _request_labels(exchange))
         for token_type, count in exchange.tokens.items():
             self._token_usage.labels(*labels, token_type).observe(count)
         self._duration.labels(*labels, exchange.error_type or "").observe(exchange.duration_s)

@@ -12,7 +12,7 @@ import json
 import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from holysheep.errors import BudgetExceeded, RateLimitExceeded
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from holysheep.transport._pipeline import _Pipeline
     from holysheep.transport._holds import Hold
     from holysheep.transport._steps import _Steps
+
+_T = TypeVar("_T")
 
 #: The GenAI operation of each endpoint (by the end of its path); other endpoints are not recorded.
 _OPERATIONS = {
@@ -35,6 +37,9 @@ _OPERATIONS = {
 #: The bucket boundaries the GenAI conventions advise.
 TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864]
 DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
+
+#: Each token type with its count's key in a chat completion's ``usage``, then in a response's.
+_USAGE_KEYS = (("input", "prompt_tokens", "input_tokens"), ("output", "completion_tokens", "output_tokens"))
 
 #: The server's headers saying what it has left, by the unit they count.
 _SERVER_REMAINING = {"x-ratelimit-remaining-requests": "requests", "x-ratelimit-remaining-tokens": "tokens"}
@@ -65,39 +70,104 @@ def server_attributes(host: str, port: int | None) -> dict[str, Any]:
     return attributes
 
 
+_DECODE = json.JSONDecoder().decode
+
+
 def _json_of(content: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(content)
+    """A JSON object's value, or None for anything else (checked by its first byte before parsing:
+    every body and answer of the GenAI operations that holds one is a JSON object)."""
+    if content[:1] != b"{":
+        return None
+    try:  # UTF-8, as JSON between systems is (RFC 8259): json.loads would first guess the encoding in Python
+        value = _DECODE(content.decode())
     except (ValueError, UnicodeDecodeError):
         return None
     return value if isinstance(value, dict) else None
 
 
+#: How many kinds of request (operation, server, model) and of answer the caches below keep before
+#: they start again: more only costs building their attributes anew.
+CACHED_KINDS = 1024
+
+
+def cached(cache: dict[Any, _T], key: Any, make: Callable[[], _T]) -> _T:
+    """``cache[key]``, made by ``make()`` the first time; the cache is emptied once it holds
+    CACHED_KINDS entries, so a stream of new models cannot grow it without bound."""
+    found = cache.get(key)
+    if found is None:
+        if len(cache) >= CACHED_KINDS:
+            cache.clear()
+        found = cache[key] = make()
+    return found
+
+
+class Target:
+    """What a kind of request asks and of whom: the attributes all its points and spans carry (GenAI
+    operation, provider, server, the model asked for) and its span's name. Made once per kind and
+    shared by every request of that kind, so a sink can cache what it derives from it by identity;
+    never changed."""
+
+    __slots__ = ("attributes", "span_name")
+
+    def __init__(self, operation: str, host: str, port: int | None, model: str | None) -> None:
+        attributes = {"gen_ai.operation.name": operation, **server_attributes(host, port)}
+        if model is not None:
+            attributes["gen_ai.request.model"] = model
+        self.attributes: dict[str, Any] = attributes
+        self.span_name = f"{operation} {model}" if model else operation
+
+
 class Exchange:
-    """One request as recorded: its attributes, then its outcome."""
+    """One request as recorded: what it asked (its `Target`), then its outcome. Recorded once, into
+    the sinks it started with, when it ends (a streamed answer: when its body ends)."""
 
     __slots__ = (
-        "attributes", "decision", "duration_s", "ended_ns", "error_type", "queued", "recorded", "streamed", "tokens",
-        "waited_s",
+        "decision", "duration_ns", "error_type", "queued", "recorded", "response_model", "started_ns", "status",
+        "streamed", "target", "tokens", "waited_s", "_began", "_sinks", "_started",
     )
 
-    def __init__(self, attributes: dict[str, Any]) -> None:
-        self.attributes = attributes
+    def __init__(self, target: Target, sinks: tuple[Sink, ...] = ()) -> None:
+        self.target = target
         #: admitted (at once), waited, rejected or budget; None without a limiter.
         self.decision: str | None = None
         #: Whether it had to queue (not admitted at once), and for how long in all.
         self.queued = False
         self.waited_s = 0.0
-        self.duration_s = 0.0
+        #: The answer's status and the model that answered; None until (unless) known.
+        self.status: int | None = None
+        self.response_model: str | None = None
         self.error_type: str | None = None
         #: ``{"input": n, "output": m}`` as the answer's ``usage`` says.
         self.tokens: dict[str, int] = {}
+        #: When it started on the wall clock (ns since the epoch) and how long it took (a monotonic
+        #: clock's ns): a span's start and end.
+        self.started_ns = time.time_ns()
+        self.duration_ns = 0
         #: Whether its answer is streamed (recorded when the body ends), and whether it was recorded.
         self.streamed = False
         self.recorded = False
-        #: When it ended on the wall clock (ns since the epoch), for one recorded after the fact (the
-        #: batch engine's); None: it ends as it is recorded.
-        self.ended_ns: int | None = None
+        self._sinks = sinks
+        self._began = [sink.start(self) for sink in sinks]
+        self._started = time.perf_counter_ns()
+
+    @property
+    def duration_s(self) -> float:
+        return self.duration_ns / 1e9
+
+    def record(self, duration_ns: int | None = None) -> None:
+        """Records it into its sinks, the first time only: it ends now, or took ``duration_ns`` from its
+        ``started_ns`` (a request recorded after the fact: the batch engine's)."""
+        if self.recorded:
+            return
+        self.recorded = True
+        self.duration_ns = time.perf_counter_ns() - self._started if duration_ns is None else duration_ns
+        for sink, began in zip(self._sinks, self._began):
+            sink.record(self, began)
+
+    def stream_ended(self, tail: bytes) -> None:
+        """Its streamed body ended: the usage of its last event, then recorded."""
+        _read_usage(self, _last_event_with_usage(tail))
+        self.record()
 
 
 #: A request the batch engine finished: (endpoint, model, status, failure, duration_s, ended_ns,
@@ -106,10 +176,10 @@ FinishedRow = tuple[str, str | None, int | None, str | None, float, int, str | N
 
 
 class Sink(Protocol):
-    """Where recordings go: OpenTelemetry or Prometheus. ``started_ns`` (wall clock, ns since the epoch)
-    dates a request recorded after the fact; None: it starts now."""
+    """Where recordings go: OpenTelemetry or Prometheus. ``start`` runs as a request starts, in its
+    caller's context; what it returns is handed to ``record`` as the request ends."""
 
-    def start(self, exchange: Exchange, started_ns: int | None = None) -> Any: ...
+    def start(self, exchange: Exchange) -> Any: ...
     def record(self, exchange: Exchange, started: Any) -> None: ...
     def close(self) -> None: ...
 
@@ -118,12 +188,11 @@ class _TimedSteps:
     """The pipeline's steps, its waits for the limiter timed into the exchange being recorded, and a
     streamed answer's end watched."""
 
-    __slots__ = ("_ended", "_exchange", "_steps")
+    __slots__ = ("_exchange", "_steps")
 
-    def __init__(self, steps: _Steps, exchange: Exchange, ended: Callable[[bytes], None]) -> None:
+    def __init__(self, steps: _Steps, exchange: Exchange) -> None:
         self._steps = steps
         self._exchange = exchange
-        self._ended = ended
 
     async def acquire(self, limiter: HolySheepRateLimiter, tokens: int, price: float) -> Any:
         started = time.perf_counter()
@@ -137,7 +206,7 @@ class _TimedSteps:
     def held(self, hold: Hold, events: Any = None) -> Any:
         """The answer's body, streamed: the exchange is recorded when it ends."""
         self._exchange.streamed = True
-        hold.watch(self._ended)
+        hold.watch(self._exchange.stream_ended)
         return self._steps.held(hold, events)
 
     def __getattr__(self, name: str) -> Any:
@@ -155,17 +224,23 @@ class Recorder:
         self.pipelines: weakref.WeakSet[_Pipeline] = weakref.WeakSet()
         #: ``(server.address, unit) -> remaining`` from the last answer's ``x-ratelimit-remaining-*``.
         self.server_remaining: dict[tuple[str, str], float] = {}
+        #: The targets made so far, by (operation, host, port, model): one per kind of request.
+        self._targets: dict[tuple[str, str, int | None, str | None], Target] = {}
+        #: The sinks as a tuple, made anew when they change (each request takes it as it is).
+        self._sink_tuple: tuple[Sink, ...] = ()
 
     def replace_sink(self, sink: Sink) -> None:
         old = self.sinks.pop(type(sink), None)
         if old is not None:
             old.close()
         self.sinks[type(sink)] = sink
+        self._sink_tuple = tuple(self.sinks.values())
 
     def close(self) -> None:
         for sink in self.sinks.values():
             sink.close()
         self.sinks.clear()
+        self._sink_tuple = ()
 
     def watch_all(self, limiters: Mapping[str, HolySheepRateLimiter] | Iterable[HolySheepRateLimiter] | None) -> None:
         if isinstance(limiters, Mapping):
@@ -201,53 +276,41 @@ class Recorder:
                     found[id(each)] = (f"{each.name}[{key}]", each)
         return list(found.values())
 
+    def target(self, operation: str, host: str, port: int | None, model: str | None) -> Target:
+        """The one `Target` of requests of this kind (made the first time)."""
+        key = (operation, host, port, model)
+        return cached(self._targets, key, lambda: Target(*key))
+
     def exchange(self, pipeline: _Pipeline, request: Any, steps: _Steps, run: Callable[[Any, Any], Coroutine[Any, Any, Any]]) -> Coroutine[Any, Any, Any]:
         """``run(request, steps)`` (the pipeline's exchange), recorded; an endpoint that is not a GenAI
         operation only makes its limiter and breaker watched."""
         if pipeline not in self.pipelines:
             self.pipelines.add(pipeline)
         operation = operation_of(request.url.path)
-        if operation is None or not self.sinks:
+        if operation is None or not self._sink_tuple:
             return run(request, steps)
         return self._recorded(pipeline, request, steps, run, operation)
 
     async def _recorded(self, pipeline: _Pipeline, request: Any, steps: _Steps, run: Callable[[Any, Any], Coroutine[Any, Any, Any]], operation: str) -> Any:
-        attributes = {"gen_ai.operation.name": operation, **server_attributes(request.url.host, request.url.port)}
-        body = _json_of(request.content) if request.headers.get("content-type", "").startswith("application/json") else None
-        if body is not None and isinstance(body.get("model"), str):
-            attributes["gen_ai.request.model"] = body["model"]
-        exchange = Exchange(attributes)
+        url = request.url
+        body = _json_of(request.content)
+        model = body.get("model") if body is not None else None
+        exchange = Exchange(self.target(operation, url.host, url.port, model if isinstance(model, str) else None), self._sink_tuple)
         if pipeline.limiter is not None:
             exchange.decision = "admitted"
-        sinks = list(self.sinks.values())
-        started_at = time.perf_counter()
-        started = [sink.start(exchange) for sink in sinks]
-
-        def record() -> None:
-            if exchange.recorded:
-                return
-            exchange.recorded = True
-            exchange.duration_s = time.perf_counter() - started_at
-            for sink, began in zip(sinks, started):
-                sink.record(exchange, began)
-
-        def stream_ended(tail: bytes) -> None:
-            _read_usage(exchange, _last_event_with_usage(tail))
-            record()
-
         try:
-            response = await run(request, _TimedSteps(steps, exchange, stream_ended))
+            response = await run(request, _TimedSteps(steps, exchange))
         except BaseException as exc:
             exchange.error_type = type(exc).__qualname__
             if isinstance(exc, BudgetExceeded):
                 exchange.decision = "budget"
             elif isinstance(exc, RateLimitExceeded):
                 exchange.decision = "rejected"
-            record()
+            exchange.record()
             raise
         self._read_answer(exchange, response)
         if not exchange.streamed:
-            record()
+            exchange.record()
         return response
 
     def record_finished(self, base_url: str, rows: Iterable[FinishedRow]) -> None:
@@ -255,43 +318,36 @@ class Recorder:
         as the transport records its own; a failure's ``error.type`` is its status, else the engine's
         reason (``timeout``, ``connection_error``, ...)."""
         url = urlsplit(base_url)
-        base = server_attributes(url.hostname or "", url.port)
-        sinks = list(self.sinks.values())
+        host, port = url.hostname or "", url.port
         for endpoint, model, status, failure, duration_s, ended_ns, response_model, usage in rows:
             operation = operation_of(endpoint)
             if operation is None:
                 continue
-            exchange = Exchange({"gen_ai.operation.name": operation, **base})
-            if model is not None:
-                exchange.attributes["gen_ai.request.model"] = model
-            if status is not None:
-                exchange.attributes["http.response.status_code"] = status
+            exchange = Exchange(self.target(operation, host, port, model), self._sink_tuple)
+            exchange.status = status
             if failure is not None:
                 exchange.error_type = str(status) if status is not None and status >= 400 else failure
             _read_usage(exchange, {"model": response_model, "usage": None if usage is None else json.loads(usage)})
-            exchange.duration_s = duration_s
-            exchange.ended_ns = ended_ns
-            for sink in sinks:
-                sink.record(exchange, sink.start(exchange, ended_ns - int(duration_s * 1e9)))
+            took_ns = int(duration_s * 1e9)
+            exchange.started_ns = ended_ns - took_ns
+            exchange.record(took_ns)
 
     def _read_answer(self, exchange: Exchange, response: Any) -> None:
         """What the answer says: its status, the model that answered and the tokens it counted (an
         answer read in full; a streamed one is still on its way), what the server has left."""
-        status = response.status_code
-        exchange.attributes["http.response.status_code"] = status
+        status = exchange.status = response.status_code
         if status >= 400:
             exchange.error_type = str(status)
-        address = exchange.attributes["server.address"]
+        headers = response.headers
         for header, unit in _SERVER_REMAINING.items():
-            value = response.headers.get(header)
+            value = headers.get(header)
             if value is not None:
                 try:
-                    self.server_remaining[(address, unit)] = float(value)
+                    self.server_remaining[(exchange.target.attributes["server.address"], unit)] = float(value)
                 except ValueError:
                     pass
-        if not response.is_closed or status >= 400:
-            return
-        _read_usage(exchange, _json_of(response.content) if "json" in response.headers.get("content-type", "") else None)
+        if status < 400 and response.is_closed:
+            _read_usage(exchange, _json_of(response.content))
 
 
 def _read_usage(exchange: Exchange, answer: dict[str, Any] | None) -> None:
@@ -299,12 +355,14 @@ def _read_usage(exchange: Exchange, answer: dict[str, Any] | None) -> None:
     if answer is None:
         return
     if isinstance(answer.get("model"), str):
-        exchange.attributes["gen_ai.response.model"] = answer["model"]
+        exchange.response_model = answer["model"]
     usage = answer.get("usage")
     if isinstance(usage, dict):
-        for token_type, keys in (("input", ("prompt_tokens", "input_tokens")), ("output", ("completion_tokens", "output_tokens"))):
-            count = next((usage[key] for key in keys if isinstance(usage.get(key), int)), None)
-            if count is not None:
+        for token_type, chat_key, responses_key in _USAGE_KEYS:
+            count = usage.get(chat_key)
+            if not isinstance(count, int):
+                count = usage.get(responses_key)
+            if isinstance(count, int):
                 exchange.tokens[token_type] = count
 
 
@@ -312,7 +370,7 @@ def _last_event_with_usage(tail: bytes) -> dict[str, Any] | None:
     """The last server-sent event at the end of a stream whose data is a JSON object with ``usage``."""
     for line in reversed(tail.splitlines()):
         if line.startswith(b"data:"):
-            event = _json_of(line[5:])
+            event = _json_of(line[5:].lstrip())
             if event is not None and isinstance(event.get("usage"), dict):
                 return event
     return None
