@@ -236,16 +236,21 @@ class _Outage(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def outage_server() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Outage)
-    _Outage.seen = []
-    _Outage.down.clear()
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A stdlib server of ``handler`` on a free loopback port, in a thread; yields its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def outage_server() -> Iterator[str]:
+    _Outage.seen = []
+    _Outage.down.clear()
+    yield from serving(_Outage)
 
 
 def test_an_outage_with_retry_after_opens_the_breaker_for_that_long_then_trials_close_it(outage_server: str) -> None:
@@ -296,13 +301,8 @@ class _Slow(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def slow_server() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
     _Slow.seen, _Slow.delay = [], 0.0
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
+    yield from serving(_Slow)
 
 
 def test_answers_slower_than_slow_call_s_open_the_breaker_though_each_succeeded(slow_server: str) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from batch_lines import chat_line
 
 import holysheep as hs
 from holysheep.testing import Faults, MockGateway
@@ -16,11 +17,6 @@ from holysheep.testing import Faults, MockGateway
 pytestmark = pytest.mark.timeout(20)
 
 KEY = "hs_test"
-
-
-def chat_line(custom_id: str, content: str = "hello there", model: str = "gpt-4.1") -> dict[str, Any]:
-    body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 1}
-    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
 
 
 def embedding_line(custom_id: str, text: str = "a document") -> dict[str, Any]:

@@ -5,7 +5,6 @@ Redis is away the backend's on_error policy decides as it does for any other cal
 from __future__ import annotations
 
 import asyncio
-import json
 import multiprocessing
 import threading
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from batch_lines import answered, write_requests
 from redis_server import RedisServer, redis_server, redis_url  # noqa: F401  (fixtures)
 
 import holysheep as hs
@@ -28,20 +28,6 @@ spawn = multiprocessing.get_context("spawn")
 #: SYNC_INTERVAL_NS), plus slack for a loaded 2-core machine.
 STALENESS = 0.05
 SLACK = 0.5
-
-
-def chat_line(custom_id: str) -> dict[str, Any]:
-    body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 1}
-    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
-
-
-def write_requests(path: Path, prefix: str, n: int) -> Path:
-    path.write_text("".join(json.dumps(chat_line(f"{prefix}{i}")) + "\n" for i in range(n)))
-    return path
-
-
-def answered(path: Path) -> list[str]:
-    return [json.loads(line)["custom_id"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
 OnError = Literal["fail_closed", "fail_open", "local"]

@@ -4,7 +4,6 @@ a Redis outage follows the limiter's on_error policy, and a cancelled job leaves
 from __future__ import annotations
 
 import asyncio
-import json
 import multiprocessing
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from batch_lines import answered, write_requests
 from redis_server import RedisServer, redis_server, redis_url  # noqa: F401  (fixtures)
 
 import holysheep as hs
@@ -23,20 +23,6 @@ pytestmark = pytest.mark.timeout(30)
 
 KEY = "hs_test"
 spawn = multiprocessing.get_context("spawn")
-
-
-def chat_line(custom_id: str) -> dict[str, Any]:
-    body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 1}
-    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
-
-
-def write_requests(path: Path, prefix: str, n: int) -> Path:
-    path.write_text("".join(json.dumps(chat_line(f"{prefix}{i}")) + "\n" for i in range(n)))
-    return path
-
-
-def answered(path: Path) -> list[str]:
-    return [json.loads(line)["custom_id"] for line in path.read_text().splitlines()]
 
 
 def fleet_limiter(url: str, key: str, on_error: Literal["fail_closed", "fail_open", "local"] = "fail_closed", **limits: Any) -> hs.HolySheepRateLimiter:
