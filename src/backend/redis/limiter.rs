@@ -443,8 +443,9 @@ impl RemoteLimiter {
             Mode::Reserve { max_wait_us } => (2, max_wait_us.map_or(-1, |us| us.min(i64::MAX as u64) as i64)),
         };
         let handover = if mode == Mode::Peek { None } else { self.handover_due() };
-        // What the last answer said of each window, for Redis to count again should it have lost them.
-        let recalled = self.sighting.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(Sighting::recalled);
+        // What the last answer said of each window, for Redis to count again should it have lost them
+        // (read under the lock while the numbers are written: no copy of it per decision).
+        let sighting = self.sighting.lock().unwrap_or_else(|p| p.into_inner());
         let mut numbers = Numbers::with_windows(self.windows.len());
         numbers
             .push(mode_number)
@@ -467,9 +468,10 @@ impl RemoteLimiter {
                 .push(window.merge_us)
                 .push(u8::from(window.is_budget()))
                 .push(handover.as_ref().map_or(0, |h| h.debt[index]));
-            let (used, until_us) = recalled.as_ref().map_or((0, 0), |recalled| recalled[index]);
+            let (used, until_us) = sighting.as_ref().map_or((0, 0), |seen| seen.recalled(index));
             numbers.push(used).push(until_us);
         }
+        drop(sighting);
         let mut invocation = scripts::ACQUIRE.call(self.backend.dialect(), &self.keys);
         invocation
             .arg(numbers.bytes())

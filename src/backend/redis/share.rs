@@ -44,11 +44,11 @@ pub struct Sighting {
 }
 
 impl Sighting {
-    /// What this answer says of each window, as Redis is told it with every decision: the units it
+    /// What this answer says of window `index`, as Redis is told it with every decision: the units it
     /// counted, and until when (Redis's clock) they count. Should Redis lose the limit's state, it counts
     /// them again from this (see acquire.lua).
-    pub fn recalled(&self) -> Vec<(u64, u64)> {
-        self.used.iter().copied().zip(self.until_us.iter().copied()).collect()
+    pub fn recalled(&self, index: usize) -> (u64, u64) {
+        (self.used.get(index).copied().unwrap_or(0), self.until_us.get(index).copied().unwrap_or(0))
     }
 
     /// How long after the answer, by this process's clock, window `index`'s last counted unit was
