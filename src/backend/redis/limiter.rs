@@ -5,10 +5,10 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::{Script, Value};
+use redis::Value;
 
 use crate::core::clock::{Clock, MonotonicClock};
 use crate::core::feedback::{self, followed};
@@ -190,18 +190,6 @@ pub struct RemoteLimiter {
 /// Where the logs start among a limiter's keys (after the state hash, the leases, the members, the
 /// withdrawals, the line and its places).
 const LOG_KEYS: usize = 6;
-
-/// Reads the state hash's sequence number of each log given (KEYS[1] the hash; then per log its key,
-/// and in ARGV its field) and the log: what numbers its entries, and the entries (`at:units`).
-static LOGS_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        "local logs = {}\n\
-         for i = 2, #KEYS do\n\
-           logs[i - 1] = {redis.call('HGET', KEYS[1], ARGV[i - 1]) or '0', redis.call('LRANGE', KEYS[i], 0, -1)}\n\
-         end\n\
-         return logs",
-    )
-});
 
 /// A log entry `at:units` read (see acquire.lua).
 fn parse_entry(entry: &str) -> Option<(u64, u64)> {
@@ -619,13 +607,12 @@ impl RemoteLimiter {
         if windows.is_empty() {
             return Ok(None);
         }
-        let mut invocation = LOGS_SCRIPT.prepare_invoke();
-        invocation.key(&self.keys[0]);
+        let keys: Vec<String> = std::iter::once(self.keys[0].clone()).chain(windows.iter().map(|&i| self.keys[LOG_KEYS + i].clone())).collect();
+        let mut invocation = scripts::LOGS.call(self.backend.dialect(), &keys);
         for &i in &windows {
-            invocation.key(&self.keys[LOG_KEYS + i]).arg(format!("seq:{}", self.windows[i].id));
+            invocation.arg(&self.windows[i].id);
         }
-        let logs: Vec<(u64, Vec<String>)> =
-            self.backend.call(|mut c| async move { invocation.invoke_async(&mut c).await }).await?;
+        let logs: Vec<(u64, Vec<String>)> = self.backend.call(|mut c| async move { invocation.run_async(&mut c).await }).await?;
         let at = grant.at_us;
         let counts = windows.iter().zip(logs).filter_map(|(&i, (seq, entries))| {
             let w = &self.windows[i];

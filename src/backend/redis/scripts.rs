@@ -3,7 +3,8 @@
 //! promoted by a failover; on older servers each script is run by EVALSHA. Either way a server that
 //! lost them (a restart without persistence, a flush) gets them again, and the call is repeated,
 //! without an error reaching the caller. `common.lua` is written once: the library's head, or put
-//! before each script for EVALSHA.
+//! before each script for EVALSHA. Each script is a chunk that returns its function of KEYS and ARGV,
+//! so what it defines outside that function is made when the library loads, not at every call.
 //!
 //! Calls are built here rather than by redis-rs's `ScriptInvocation` so that the event-loop
 //! connection can send the same bytes itself.
@@ -21,7 +22,7 @@ pub struct LuaScript {
     /// Its name in the library.
     name: &'static str,
     body: &'static str,
-    /// The script for EVALSHA: `common.lua`, then its body as a function of KEYS and ARGV...
+    /// The script for EVALSHA: `common.lua`, then its chunk, whose function it calls...
     standalone: String,
     /// ...and its SHA-1.
     hash: String,
@@ -31,7 +32,7 @@ pub struct LuaScript {
 
 impl LuaScript {
     fn new(name: &'static str, body: &'static str) -> Self {
-        let standalone = format!("{COMMON}\nlocal function run(KEYS, ARGV)\n{body}\nend\nreturn run(KEYS, ARGV)\n");
+        let standalone = format!("{COMMON}\nlocal run = (function()\n{body}\nend)()\nbind()\nreturn run(KEYS, ARGV)\n");
         let hash = Script::new(&standalone).get_hash().to_string();
         Self { name, body, standalone, hash, function: OnceLock::new() }
     }
@@ -64,11 +65,15 @@ struct Library {
 }
 
 static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
-    let scripts = [&*ACQUIRE, &*ADJUST, &*RECLAIM, &*RENEW, &*LEAVE];
-    let functions: String = scripts.iter().map(|s| format!("local function {}(KEYS, ARGV)\n{}\nend\n", s.name, s.body)).collect();
+    let scripts = [&*ACQUIRE, &*ADJUST, &*RECLAIM, &*RENEW, &*LEAVE, &*LOGS];
+    let functions: String = scripts.iter().map(|s| format!("local {} = (function()\n{}\nend)()\n", s.name, s.body)).collect();
     let hash = Script::new(&format!("{COMMON}{functions}")).get_hash().to_string();
     let name = format!("holysheep_{}", &hash[..12]);
-    let registered: String = scripts.iter().map(|s| format!("redis.register_function('{name}_{0}', {0})\n", s.name)).collect();
+    // `bind` first: the API a script uses is there only once a function runs (see common.lua).
+    let registered: String = scripts
+        .iter()
+        .map(|s| format!("redis.register_function('{name}_{0}', function(KEYS, ARGV) bind() return {0}(KEYS, ARGV) end)\n", s.name))
+        .collect();
     let source = format!("#!lua name={name}\n{COMMON}\n{functions}{registered}");
     Library { name, source }
 });
@@ -136,6 +141,8 @@ pub static RECLAIM: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new("recla
 pub static RENEW: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new("renew", include_str!("scripts/renew.lua")));
 /// Takes a waiter that gave up out of the line for concurrency slots.
 pub static LEAVE: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new("leave", include_str!("scripts/leave.lua")));
+/// Reads exact windows' logs as they stand.
+pub static LOGS: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new("logs", include_str!("scripts/logs.lua")));
 
 /// One script call, ready to run on any connection.
 pub struct Call {
@@ -213,8 +220,8 @@ mod tests {
         let source = &LIBRARY.source;
         assert!(source.starts_with("#!lua name=holysheep_"));
         assert_eq!(source.matches("local function redis_now()").count(), 1);
-        for name in ["acquire", "adjust", "reclaim", "renew", "leave"] {
-            assert!(source.contains(&format!("redis.register_function('{}_{name}', {name})", LIBRARY.name)), "{name}");
+        for name in ["acquire", "adjust", "reclaim", "renew", "leave", "logs"] {
+            assert!(source.contains(&format!("redis.register_function('{}_{name}', function(KEYS, ARGV) bind() return {name}(KEYS, ARGV) end)", LIBRARY.name)), "{name}");
         }
     }
 

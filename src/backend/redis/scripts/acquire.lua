@@ -20,14 +20,10 @@
 -- ahead would keep it behind first come, first reserved). Only the front reserves, one at a time, in
 -- line order; those behind it ask again sooner the closer they stand to the front.
 --
--- KEYS[1]      the state hash: per window "sum:<id>" (units in the log), "seq:<id>" (sequence number of
---              the oldest log entry), "tat:<id>" (a GCRA window's theoretical arrival time); per
---              instance "handed:<instance>" (the last hand-over applied, see below); "expiry" (us:
---              until when the hash and every log live at least, see the end); "ticket" (the line's
---              last); "line" (us: no place in the line lasts longer, so a decision made later need not
---              look at the line); "reborn" (us: until when what clients recall is still counted after
---              the state was lost, see below) with, per window, "recalled:<id>" (what was counted again
---              so far)
+-- KEYS[1]      the state hash: "limit" (the limit's own numbers) and per window the field named by its
+--              id (its numbers), each packed (see common.lua); "ticket" (the line's last); per instance
+--              "handed:<instance>" (the last hand-over applied, see below); per window "recalled:<id>"
+--              (what was counted again so far after the state was lost, see below)
 -- KEYS[2]      the lease sorted set: lease id -> expiry (us)
 -- KEYS[3]      the member sorted set: limiter instance id -> expiry (us); how many processes share the limit
 -- KEYS[4]      withdrawn lease ids -> expiry (us): decisions their client gave up on (see reclaim.lua)
@@ -76,14 +72,8 @@
 --      when to ask again (us), b = 1 when it stands in line (0: it did not join: a request that will not
 --      wait, refused)
 
-local state, lease_key, member_key, withdrawn_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local line_key, places_key = KEYS[5], KEYS[6]
-local lease_id, member, waiter = ARGV[2], ARGV[3], ARGV[4]
+
 local LOGS, HEADER, PER_WINDOW = 6, 9, 10
-local numbers = {struct.unpack('<' .. string.rep('i8', #ARGV[1] / 8), ARGV[1])}
-local mode = numbers[1] == 1 and 'now' or (numbers[1] == 2 and 'reserve' or 'peek')
-local max_wait, max_leases, lease_ttl = numbers[2], numbers[3], numbers[4]
-local member_ttl, priority, place_ttl, n, handover = numbers[5], numbers[6], numbers[7], numbers[8], numbers[9]
 
 -- How far ahead of now a request may reserve its instant at the rate (us); a request that would wait
 -- longer stands in the line instead. What a higher-priority arrival may find reserved ahead of it.
@@ -94,51 +84,222 @@ local HORIZON = 250000
 -- a dead waiter holds up those behind it for place_ttl past its turn at most.
 local STEP, SOONEST, LATEST = 2000, 1000, 10000000
 
-local now = redis_now()
-
-if member ~= '' then
-  redis.call('ZADD', member_key, now + member_ttl, member)
-  redis.call('ZREMRANGEBYSCORE', member_key, '-inf', now)
-  redis.call('PEXPIRE', member_key, math.ceil(member_ttl / 1000))
+-- Forgets the entries of window w's log that can no longer share a window with `now`, oldest first.
+-- The oldest entry's instant says whether any must go without reading the log; those that must are
+-- read 16 at a time and cut off in one step.
+local function forget(w, now)
+  if w.length == 0 or w.head + w.span > now then return end
+  local gone, first = 0, 0
+  while true do
+    local entries = call('LRANGE', w.log, first, first + 15)
+    for j = 1, #entries do
+      local at, cost = parse(entries[j])
+      if at + w.span > now then
+        call('LTRIM', w.log, gone, -1)
+        w.seq, w.length, w.head, w.dirty = w.seq + gone, w.length - gone, at, true
+        return
+      end
+      gone, w.sum = gone + 1, w.sum - cost
+    end
+    if #entries < 16 then break end
+    first = first + 16
+  end
+  -- Every entry went. (Or the log expired with its last entry while the state hash, kept longer by a
+  -- longer window or a lease, still held its count.) An empty log counts nothing.
+  call('DEL', w.log)
+  w.sum, w.seq, w.length, w.head, w.last_at, w.last_cost, w.dirty = 0, w.seq + gone, 0, 0, 0, 0, true
 end
-local members = redis.call('ZCARD', member_key)
 
-local handover_base = 4 + n
-if handover > 0 then
-  local field = 'handed:' .. ARGV[handover_base + 1]
-  if tonumber(redis.call('HGET', state, field) or '0') >= handover then
-    handover = 0
+-- Counts again what window w's client recalls beyond `before`, what was counted again already (see
+-- the decision below). Returns how far that now goes, for "recalled:<id>", or nil when it added nothing.
+local function recall(w, now, before)
+  if w.recall_until <= now or w.recall_used <= 0 then return nil end
+  if w.gcra then
+    -- The backlog runs until recall_until: what runs past what was counted again so far is added.
+    local extra = w.recall_until - max(before, now)
+    if extra <= 0 then return nil end
+    w.tat, w.dirty = max(w.tat, now) + extra, true
+    return w.recall_until
+  end
+  local extra = w.recall_used - before
+  if extra <= 0 then return nil end
+  -- Admitted, as far as the window is concerned, when its last unit leaves minus the window.
+  w.fresh = push(w, max(w.recall_until - w.span, w.last_at), extra) or w.fresh
+  w.dirty = true
+  return w.recall_used
+end
+
+-- Counts what this instance admitted on its own while Redis was away (its hand-over), from now on.
+local function count_debt(w, now)
+  if w.gcra then
+    w.tat = gcra_charge(w.tat, now, w.debt, w.span)
   else
-    redis.call('HSET', state, field, handover)
+    w.fresh = push(w, max(now, w.last_at), w.debt) or w.fresh
+  end
+  w.dirty = true
+end
+
+-- The units window w counts now (the GCRA backlog in whole units, rounded up).
+local function used(w, now)
+  if w.gcra then
+    return ceil(max(w.tat - now, 0) / w.span)
+  end
+  return w.sum
+end
+
+-- When the last unit window w counts leaves it (us; 0 when it counts nothing): what its client recalls.
+local function clears(w, now)
+  if w.gcra then
+    return w.tat > now and w.tat or 0
+  end
+  return (w.sum > 0 and w.length > 0) and w.last_at + w.span or 0
+end
+
+-- Gcra::remaining: the whole units a GCRA window could take now without waiting. Its tolerance is the
+-- configured one (burst * base) whatever the rate in force.
+local function gcra_remaining(w, now)
+  if w.tat <= now then return w.limit end
+  return floor(max(w.limit * w.base - (w.tat - now), 0) / w.span)
+end
+
+-- The earliest instant (not before now) window w admits its cost, or nil and the most it ever can.
+-- GCRA: Gcra::schedule's instant; its tolerance never below the request's own span.
+local function earliest(w, now)
+  if w.cost > w.limit then return nil, w.limit end
+  if w.gcra then
+    local tat = gcra_charge(w.tat, now, w.cost, w.span)
+    return max(tat - max(w.limit * w.base, w.cost * w.span), now)
+  end
+  local from = max(now, w.last_at)
+  local excess = w.sum + w.cost - w.limit
+  if excess <= 0 then return from end
+  -- The oldest entries that must leave the window first; read a few at a time. (Past the last one,
+  -- which only a count out of step with its log could reach, it waits for the last to leave.)
+  local first = 0
+  while true do
+    local entries = call('LRANGE', w.log, first, first + 15)
+    for j = 1, #entries do
+      local at, cost = parse(entries[j])
+      excess = excess - cost
+      if excess <= 0 then return max(from, at + w.span) end
+    end
+    if #entries < 16 then return from + w.span end
+    first = first + 16
   end
 end
 
--- Read every window, forgetting log entries that can no longer share a window with `now`; a hand-over
--- first counts what the instance admitted on its own, from now on. The state hash is read once, for
--- every window and the keys' expiry (see below); what changed in it is written back once, by `save`
--- (`dirty`: a log's count and sequence number, a GCRA's arrival time). Every field of a window is
--- named in its table's constructor, so the table is made at its full size at once.
-local windows, fields = {}, {'expiry', 'line'}
-for i = 1, n do
-  local first = HEADER + (i - 1) * PER_WINDOW
-  local id, kind = ARGV[4 + i], numbers[first + 1] == 1 and 'gcra' or 'log'
-  windows[i] = {
-    id = id, kind = kind, limit = numbers[first + 2],
-    span = numbers[first + 3], base = numbers[first + 4], cost = numbers[first + 5],
-    merge = numbers[first + 6], budget = numbers[first + 7] == 1,
-    debt = handover > 0 and numbers[first + 8] or 0,
-    recall_used = numbers[first + 9], recall_until = numbers[first + 10],
-    log = KEYS[LOGS + i], tat = 0, sum = 0, seq = 0, last_at = false, last_cost = 0, dirty = false,
-    field = (kind == 'gcra' and 'tat:' or 'sum:') .. id, seq_field = 'seq:' .. id,
-  }
-  fields[#fields + 1] = windows[i].field
-  if kind == 'log' then fields[#fields + 1] = windows[i].seq_field end
+-- How long from now the limit's keys are needed: until the last instant a window counts, and no less
+-- than a place in line lasts, so the hash's record of the line outlives every place.
+local function needed(d)
+  local horizon = max(d.place_ttl, d.line_until - d.now, d.handover and d.lease_ttl or 0)
+  for i = 1, d.n do
+    local w = d.windows[i]
+    if w.gcra then
+      horizon = max(horizon, w.tat - d.now)
+    elseif w.length > 0 then
+      horizon = max(horizon, w.last_at + w.span - d.now)
+    end
+  end
+  return horizon
 end
-fields[#fields + 1] = 'reborn'
-local stored = redis.call('HMGET', state, unpack(fields))
--- Every key of the limit lives at least until `expiry` (us, Redis's clock): each was given that long
--- at once, and nothing shortens it. An admission needing no longer sets no expiry (see the end).
-local expiry = tonumber(stored[1] or '0')
+
+-- Writes back what changed (the windows' numbers, the limit's), in one command, and keeps the keys
+-- while they are needed. Every key lives at least until `expiry` (us, Redis's clock), a second past
+-- the last instant it is needed: each was given that long at once, and nothing shortens it. While that
+-- holds, only a log made afresh gets an expiry (to `expiry`); else every key gets twice what it needs
+-- now, so that this is done about once per window length rather than per decision. The hash is
+-- written first: a key made afresh by HSET has no expiry to keep.
+local function save(d)
+  local changed = {}
+  for i = 1, d.n do
+    local w = d.windows[i]
+    if w.dirty then
+      changed[#changed + 1], changed[#changed + 2] = w.id, w.gcra and gcra_packed(w.tat) or log_packed(w)
+    end
+  end
+  if #changed == 0 and not d.limit_changed then return end
+  local horizon = needed(d)
+  local renew = d.expiry < d.now + horizon + 1000000
+  local ttl_ms = ceil((2 * horizon + 1000000) / 1000)
+  if renew then
+    d.expiry, d.limit_changed = d.now + ttl_ms * 1000, true
+  end
+  if d.limit_changed then
+    changed[#changed + 1] = 'limit'
+    changed[#changed + 1] = limit_packed(d.expiry, d.line_until, d.reborn, d.members, d.members_until)
+  end
+  call('HSET', d.state, unpack_list(changed))
+  if renew then
+    call('PEXPIRE', d.state, int(ttl_ms))
+  end
+  for i = 1, d.n do
+    local w = d.windows[i]
+    if not w.gcra and w.length > 0 and (renew or w.fresh) then
+      call('PEXPIRE', w.log, int(renew and ttl_ms or ceil((d.expiry - d.now) / 1000)))
+    end
+    w.dirty, w.fresh = false, false
+  end
+  d.limit_changed = false
+end
+
+-- The answer (see the top), with `per_window` (receipts, or what is free) after each window's use; its
+-- numbers packed as the call's are, in one bulk string that the client reads in one step.
+local function reply(d, status, a, b, per_window)
+  save(d)
+  local n, now = d.n, d.now
+  local answer = {status, d.members, d.leases, a, b, now}
+  for i = 1, n do
+    local w = d.windows[i]
+    answer[6 + i], answer[6 + n + i] = used(w, now), clears(w, now)
+  end
+  if per_window then
+    for i = 1, n do answer[6 + 2 * n + i] = per_window[i] end
+  end
+  return pack(integers(#answer), unpack_list(answer))
+end
+
+-- Takes this waiter out of the line (admitted, or refused for good).
+local function leave_line(d)
+  if d.in_line then
+    call('ZREM', d.line_key, d.waiter)
+    call('ZREM', d.places_key, d.waiter)
+  end
+end
+
+-- How many in line go before this request: those ahead of its place, or for a request not in line
+-- (a newcomer), every waiter of its priority or higher. Places not renewed in time are let go first.
+local function ahead_in_line(d)
+  if d.line_until <= d.now or call('EXISTS', d.line_key) == 0 then return 0 end
+  local gone = call('ZRANGEBYSCORE', d.places_key, '-inf', d.now)
+  if #gone > 0 then
+    call('ZREM', d.line_key, unpack_list(gone))
+    call('ZREMRANGEBYSCORE', d.places_key, '-inf', d.now)
+  end
+  if d.waiter ~= '' then
+    local rank = call('ZRANK', d.line_key, d.waiter)
+    if rank then
+      d.in_line = true
+      return rank
+    end
+  end
+  return call('ZCOUNT', d.line_key, '-inf', line_score(d.priority, TICKETS - 1))
+end
+
+-- Puts this waiter in line (a newcomer gets the next ticket), or keeps it there: its place is
+-- renewed until `asks_in` from now (us: when it will ask again) and place_ttl more.
+local function stand_in_line(d, asks_in)
+  if not d.in_line then
+    local ticket = call('HINCRBY', d.state, 'ticket', 1) % TICKETS
+    call('ZADD', d.line_key, line_score(d.priority, ticket), d.waiter)
+  end
+  local lasts = asks_in + d.place_ttl
+  call('ZADD', d.places_key, d.now + lasts, d.waiter)
+  if d.now + lasts > d.line_until then
+    d.line_until, d.limit_changed = d.now + lasts, true
+  end
+  keep(d.line_key, lasts)
+  keep(d.places_key, lasts)
+end
 
 -- A limit whose state Redis lost (a restart without persistence, a failover to a replica behind, a
 -- flush) would start with empty windows while the fleet's last admissions still count at the server.
@@ -147,376 +308,231 @@ local expiry = tonumber(stored[1] or '0')
 -- window (so all of it stays until then), and until the longest window has passed ("reborn") a client
 -- that recalls more adds the difference. Clients' last answers differ by what the fleet admitted
 -- between them: that much can be missed, no more.
-local absent = true
-for i = 1, #fields do
-  if stored[i] then absent = false break end
-end
-local reborn = tonumber(stored[#fields] or '0')
-local recalled, recalls = {}, {}
-if not absent and reborn > now then
-  local names = {}
-  for i, w in ipairs(windows) do names[i] = 'recalled:' .. w.id end
-  recalled = redis.call('HMGET', state, unpack(names))
-end
-local recalling = absent or reborn > now
-
--- Counts again what window w's client recalls beyond what was recalled already (see above).
-local function recall(i, w)
-  if not recalling or w.recall_until <= now or w.recall_used <= 0 then return end
-  local before = absent and 0 or tonumber(recalled[i] or '0')
-  if w.kind == 'gcra' then
-    -- The backlog runs until recall_until: what runs past what was counted again so far is added.
-    local extra = w.recall_until - math.max(before, now)
-    if extra <= 0 then return end
-    w.tat, w.dirty = math.max(w.tat, now) + extra, true
-    recalls[#recalls + 1], recalls[#recalls + 2] = 'recalled:' .. w.id, int(w.recall_until)
-  else
-    local extra = w.recall_used - before
-    if extra <= 0 then return end
-    local at = math.max(w.recall_until - w.span, w.last_at or 0)
-    redis.call('RPUSH', w.log, string.format('%d:%d', at, extra))
-    keep(w.log, at - now + w.span)
-    w.last_at, w.last_cost, w.sum, w.dirty = at, extra, w.sum + extra, true
-    recalls[#recalls + 1], recalls[#recalls + 2] = 'recalled:' .. w.id, int(w.recall_used)
+local function recall_lost_state(d, absent)
+  local recalled = {}
+  if not absent then
+    local names = {}
+    for i = 1, d.n do names[i] = 'recalled:' .. d.windows[i].id end
+    recalled = call('HMGET', d.state, unpack_list(names))
   end
-  -- The keys must live as long as what was counted again: the end sets their expiry afresh.
-  expiry = 0
-end
-
-local line_until = tonumber(stored[2] or '0')
-local read = 2
-for i, w in ipairs(windows) do
-  read = read + 1
-  if w.kind == 'gcra' then
-    w.tat = tonumber(stored[read] or '0')
-    recall(i, w)
-    if w.debt > 0 then
-      w.tat = gcra_charge(w.tat, now, w.debt, w.span)
-      redis.call('HSET', state, w.field, int(w.tat))
-      keep(state, w.tat - now)
+  local recalls = {}
+  for i = 1, d.n do
+    local w = d.windows[i]
+    local counted = recall(w, d.now, absent and 0 or to_number(recalled[i] or '0'))
+    if counted then
+      recalls[#recalls + 1], recalls[#recalls + 2] = 'recalled:' .. w.id, int(counted)
     end
-  else
-    w.sum, w.seq = tonumber(stored[read] or '0'), tonumber(stored[read + 1] or '0')
-    -- A new state numbers its log from Redis's clock: a receipt from before a loss (or an expiry)
-    -- names no entry after it.
-    if absent then w.seq = now end
-    read = read + 1
-    local forgotten = 0
-    while true do
-      local head = redis.call('LINDEX', w.log, '0')
-      if not head then
-        -- An empty log counts nothing. Its key may have expired with its last entry while the state
-        -- hash, kept longer (a longer window, a lease), still held its count.
-        if w.sum ~= 0 then w.sum, forgotten = 0, forgotten + 1 end
-        break
-      end
-      local at, cost = parse(head)
-      if at + w.span > now then break end
-      redis.call('LPOP', w.log)
-      w.sum, w.seq, forgotten = w.sum - cost, w.seq + 1, forgotten + 1
-    end
-    local last = redis.call('LINDEX', w.log, '-1')
-    if last then w.last_at, w.last_cost = parse(last) end
-    local counted = w.sum
-    recall(i, w)
-    if w.debt > 0 then
-      w.last_at, w.last_cost = math.max(now, w.last_at or now), w.debt
-      redis.call('RPUSH', w.log, string.format('%d:%d', w.last_at, w.debt))
-      keep(w.log, w.last_at - now + w.span)
-      keep(state, w.last_at - now + w.span)
-      -- The log may be new, with less time than `expiry` promised: the next admission sets it again.
-      redis.call('HDEL', state, 'expiry')
-      expiry = 0
-      w.sum = w.sum + w.debt
-    end
-    w.dirty = forgotten > 0 or w.debt > 0 or w.sum ~= counted
   end
-end
-if #recalls > 0 then
+  if #recalls == 0 then return end
   if absent then
     local longest = 0
-    for _, w in ipairs(windows) do longest = math.max(longest, w.kind == 'gcra' and w.tat - now or w.span) end
+    for i = 1, d.n do
+      local w = d.windows[i]
+      longest = max(longest, w.gcra and w.tat - d.now or w.span)
+    end
     -- What a client recalls was reserved at most HORIZON after its last answer, before the loss.
-    recalls[#recalls + 1], recalls[#recalls + 2] = 'reborn', int(now + longest + HORIZON)
+    d.reborn, d.limit_changed = d.now + longest + HORIZON, true
   end
-  redis.call('HSET', state, unpack(recalls))
-end
-if handover > 0 then
-  for i = handover_base + 2, #ARGV do
-    redis.call('ZADD', lease_key, now + lease_ttl, ARGV[i])
-  end
-  keep(lease_key, lease_ttl)
-  keep(state, lease_ttl)
+  call('HSET', d.state, unpack_list(recalls))
 end
 
--- The units window w counts now (the GCRA backlog in whole units, rounded up).
-local function used(w)
-  if w.kind == 'gcra' then
-    return math.ceil(math.max(w.tat - now, 0) / w.span)
+return function(KEYS, ARGV)
+  local state, lease_key, member_key, withdrawn_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+  local lease_id, member, waiter = ARGV[2], ARGV[3], ARGV[4]
+  local numbers = {unpack_bytes(integers(#ARGV[1] / 8), ARGV[1])}
+  local mode = numbers[1] == 1 and 'now' or (numbers[1] == 2 and 'reserve' or 'peek')
+  local max_wait, max_leases, lease_ttl = numbers[2], numbers[3], numbers[4]
+  local member_ttl, priority, place_ttl, n, handover = numbers[5], numbers[6], numbers[7], numbers[8], numbers[9]
+  local now = redis_now()
+
+  -- The limit's numbers and every window's, in one read.
+  local stored = call('HMGET', state, 'limit', unpack_list(ARGV, 5, 4 + n))
+  local absent = true
+  for i = 1, n + 1 do
+    if stored[i] then absent = false break end
   end
-  return w.sum
-end
+  local d = {
+    now = now, state = state, n = n, windows = {}, leases = 0, waiter = waiter, priority = priority,
+    place_ttl = place_ttl, line_key = KEYS[5], places_key = KEYS[6], in_line = false,
+    handover = false, lease_ttl = lease_ttl, limit_changed = false,
+  }
+  d.expiry, d.line_until, d.reborn, d.members, d.members_until = limit_state(stored[1])
 
--- When the last unit window w counts leaves it (us; 0 when it counts nothing): what its client recalls.
-local function clears(w)
-  if w.kind == 'gcra' then
-    return w.tat > now and w.tat or 0
+  -- How many processes share the limit: counted afresh when this one renews its membership (about
+  -- once a second), else as counted then, which holds until the last renewal counted expires.
+  if member ~= '' then
+    call('ZADD', member_key, now + member_ttl, member)
+    call('ZREMRANGEBYSCORE', member_key, '-inf', now)
+    call('PEXPIRE', member_key, ceil(member_ttl / 1000))
+    d.members, d.members_until, d.limit_changed = call('ZCARD', member_key), now + member_ttl, true
+  elseif d.members_until <= now then
+    d.members = call('ZCARD', member_key)
   end
-  return (w.sum > 0 and w.last_at) and w.last_at + w.span or 0
-end
 
--- Leases, when this request asks for one or someone looks: expired ones (their holder died) go first.
-local leases = 0
-if lease_id ~= '' or mode == 'peek' then
-  redis.call('ZREMRANGEBYSCORE', lease_key, '-inf', now)
-  leases = redis.call('ZCARD', lease_key)
-end
-
-local in_line = false
-
--- Takes this waiter out of the line (admitted, or refused for good).
-local function leave_line()
-  if in_line then
-    redis.call('ZREM', line_key, waiter)
-    redis.call('ZREM', places_key, waiter)
-  end
-end
-
--- How many in line go before this request: those ahead of its place, or for a request not in line
--- (a newcomer), every waiter of its priority or higher. Places not renewed in time are let go first.
-local function ahead_in_line()
-  if line_until <= now or redis.call('EXISTS', line_key) == 0 then return 0 end
-  local gone = redis.call('ZRANGEBYSCORE', places_key, '-inf', now)
-  if #gone > 0 then
-    redis.call('ZREM', line_key, unpack(gone))
-    redis.call('ZREMRANGEBYSCORE', places_key, '-inf', now)
-  end
-  if waiter ~= '' then
-    local rank = redis.call('ZRANK', line_key, waiter)
-    if rank then
-      in_line = true
-      return rank
+  local handover_base = 4 + n
+  if handover > 0 then
+    local field = 'handed:' .. ARGV[handover_base + 1]
+    if to_number(call('HGET', state, field) or '0') >= handover then
+      handover = 0
+    else
+      call('HSET', state, field, handover)
+      d.handover, d.limit_changed = true, true
     end
   end
-  return redis.call('ZCOUNT', line_key, '-inf', line_score(priority, TICKETS - 1))
-end
 
--- Puts this waiter in line (a newcomer gets the next ticket), or keeps it there: its place is
--- renewed until `asks_in` from now (us: when it will ask again) and place_ttl more.
-local function stand_in_line(asks_in)
-  if not in_line then
-    local ticket = redis.call('HINCRBY', state, 'ticket', 1) % TICKETS
-    redis.call('ZADD', line_key, line_score(priority, ticket), waiter)
+  -- Every window as the call describes it, with its numbers as the hash holds them. A new state's logs
+  -- are numbered from Redis's clock, so a receipt from before a loss (or an expiry) names no entry
+  -- after it; whatever a log held without its state counts nothing.
+  for i = 1, n do
+    local first = HEADER + (i - 1) * PER_WINDOW
+    local w = {
+      id = ARGV[4 + i], gcra = numbers[first + 1] == 1, limit = numbers[first + 2],
+      span = numbers[first + 3], base = numbers[first + 4], cost = numbers[first + 5],
+      merge = numbers[first + 6], budget = numbers[first + 7] == 1,
+      debt = handover > 0 and numbers[first + 8] or 0,
+      recall_used = numbers[first + 9], recall_until = numbers[first + 10],
+      log = KEYS[LOGS + i], dirty = false, fresh = false,
+      tat = 0, sum = 0, seq = 0, length = 0, head = 0, last_at = 0, last_cost = 0,
+    }
+    d.windows[i] = w
+    if w.gcra then
+      w.tat = read_gcra(stored[i + 1])
+    else
+      read_log(w, stored[i + 1])
+      if absent then
+        call('DEL', w.log)
+        w.seq = now
+      end
+      forget(w, now)
+    end
   end
-  local lasts = asks_in + place_ttl
-  redis.call('ZADD', places_key, now + lasts, waiter)
-  if now + lasts > line_until then
-    line_until = now + lasts
-    redis.call('HSET', state, 'line', int(line_until))
+  if absent or d.reborn > now then
+    recall_lost_state(d, absent)
   end
-  keep(line_key, lasts)
-  keep(places_key, lasts)
-  keep(state, lasts)
-end
+  if handover > 0 then
+    for i = 1, n do
+      local w = d.windows[i]
+      if w.debt > 0 then count_debt(w, now) end
+    end
+    for i = handover_base + 2, #ARGV do
+      call('ZADD', lease_key, now + lease_ttl, ARGV[i])
+    end
+    keep(lease_key, lease_ttl)
+  end
 
--- Writes back what changed in the windows' state (a log's count and sequence number, a GCRA's
--- theoretical arrival time), and `expiry` if given, in one command.
-local function save(new_expiry)
-  local changed = {}
-  for _, w in ipairs(windows) do
-    if w.dirty then
-      changed[#changed + 1], changed[#changed + 2] = w.field, int(w.kind == 'gcra' and w.tat or w.sum)
-      if w.kind == 'log' then
-        changed[#changed + 1], changed[#changed + 2] = w.seq_field, int(w.seq)
+  -- Leases, when this request asks for one or someone looks: expired ones (their holder died) go first.
+  if lease_id ~= '' or mode == 'peek' then
+    call('ZREMRANGEBYSCORE', lease_key, '-inf', now)
+    d.leases = call('ZCARD', lease_key)
+  end
+
+  -- A decision its client gave up on before Redis ran it (reclaim.lua came first) takes nothing.
+  if lease_id ~= '' and (call('ZREM', withdrawn_key, lease_id) == 1 or (waiter ~= '' and call('ZREM', withdrawn_key, waiter) == 1)) then
+    return reply(d, 5, 0, 0)
+  end
+
+  local windows = d.windows
+  local instants, nevers = {}, {}
+  for i = 1, n do
+    local w = windows[i]
+    if w.cost > 0 then
+      instants[i], nevers[i] = earliest(w, now)
+      -- A budget never makes a request wait: one that does not fit now is refused (as in the core).
+      if w.budget and mode ~= 'peek' and (not instants[i] or instants[i] > now) then
+        leave_line(d)
+        return reply(d, 6, i, 0)
       end
     end
-    w.dirty = false
   end
-  if new_expiry then
-    changed[#changed + 1], changed[#changed + 2] = 'expiry', int(new_expiry)
-  end
-  if #changed > 0 then
-    redis.call('HSET', state, unpack(changed))
-  end
-end
-
--- The answer (see the top), with `per_window` (receipts, or what is free) after each window's use; its
--- numbers packed as the call's are, in one bulk string that the client reads in one step.
-local function reply(status, a, b, per_window)
-  save()
-  local answer = {status, members, leases, a, b, now}
-  for i, w in ipairs(windows) do
-    answer[6 + i], answer[6 + n + i] = used(w), clears(w)
-  end
-  for i, value in ipairs(per_window or {}) do
-    answer[6 + 2 * n + i] = value
-  end
-  return struct.pack('<' .. string.rep('i8', #answer), unpack(answer))
-end
-
--- A decision its client gave up on before Redis ran it (reclaim.lua came first) takes nothing.
-if lease_id ~= '' and (redis.call('ZREM', withdrawn_key, lease_id) == 1 or (waiter ~= '' and redis.call('ZREM', withdrawn_key, waiter) == 1)) then
-  return reply(5, 0, 0)
-end
-
--- Gcra::remaining: the whole units a GCRA window could take now without waiting. Its tolerance is the
--- configured one (burst * base) whatever the rate in force.
-local function gcra_remaining(w)
-  if w.tat <= now then return w.limit end
-  return math.floor(math.max(w.limit * w.base - (w.tat - now), 0) / w.span)
-end
-
--- The earliest instant (not before now) window w admits its cost, or nil and the most it ever can.
--- GCRA: Gcra::schedule's instant; its tolerance never below the request's own span.
-local function earliest(w)
-  if w.kind == 'gcra' then
-    if w.cost > w.limit then return nil, w.limit end
-    local tat = gcra_charge(w.tat, now, w.cost, w.span)
-    return math.max(tat - math.max(w.limit * w.base, w.cost * w.span), now)
-  end
-  if w.cost > w.limit then return nil, w.limit end
-  local floor = math.max(now, w.last_at or now)
-  local excess = w.sum + w.cost - w.limit
-  if excess <= 0 then return floor end
-  -- The oldest entries that must leave the window first; read a few at a time. (Past the last one,
-  -- which only a count out of step with its log could reach, it waits for the last to leave.)
-  local start = 0
-  while true do
-    local entries = redis.call('LRANGE', w.log, start, start + 15)
-    for _, entry in ipairs(entries) do
-      local at, cost = parse(entry)
-      excess = excess - cost
-      if excess <= 0 then return math.max(floor, at + w.span) end
-    end
-    if #entries < 16 then return floor + w.span end
-    start = start + 16
-  end
-end
-
-local instants, nevers = {}, {}
-for i, w in ipairs(windows) do
-  if w.cost > 0 then
-    instants[i], nevers[i] = earliest(w)
-    -- A budget never makes a request wait: one that does not fit now is refused (as in the core).
-    if w.budget and mode ~= 'peek' and (not instants[i] or instants[i] > now) then
-      leave_line()
-      return reply(6, i, 0)
+  local at, binding = now, 0
+  for i = 1, n do
+    if windows[i].cost > 0 then
+      if not instants[i] then
+        leave_line(d)
+        return reply(d, 2, i, nevers[i])
+      end
+      if instants[i] > at then at, binding = instants[i], i end
     end
   end
-end
-local at, binding = now, 0
-for i, w in ipairs(windows) do
-  if w.cost > 0 then
-    if not instants[i] then
-      leave_line()
-      return reply(2, i, nevers[i])
+
+  if mode == 'peek' then
+    local free = {}
+    for i = 1, n do
+      local w = windows[i]
+      free[i] = w.gcra and gcra_remaining(w, now) or max(w.limit - w.sum, 0)
     end
-    if instants[i] > at then at, binding = instants[i], i end
+    return reply(d, 4, at - now, binding, free)
   end
-end
 
-if mode == 'peek' then
-  local free = {}
-  for i, w in ipairs(windows) do
-    free[i] = w.kind == 'gcra' and gcra_remaining(w) or math.max(w.limit - w.sum, 0)
-  end
-  return reply(4, at - now, binding, free)
-end
-
-local ahead = ahead_in_line()
-if lease_id ~= '' then
-  if ahead >= max_leases - leases then
+  local ahead = ahead_in_line(d)
+  if lease_id ~= '' and ahead >= max_leases - d.leases then
     local look_again = place_ttl
-    if leases >= max_leases then
-      local oldest = redis.call('ZRANGE', lease_key, 0, 0, 'WITHSCORES')
-      look_again = math.min(look_again, tonumber(oldest[2]) - now)
+    if d.leases >= max_leases then
+      local oldest = call('ZRANGE', lease_key, 0, 0, 'WITHSCORES')
+      look_again = min(look_again, to_number(oldest[2]) - now)
     end
     if ahead < max_leases then
       -- Within reach of the next release: it looks again within 10 ms (the others back off to 50 ms),
       -- so a slot freed anywhere goes back to work soon; at most max_leases waiters poll this often.
-      look_again = math.min(look_again, 10000)
+      look_again = min(look_again, 10000)
     end
     if waiter ~= '' and mode == 'reserve' then
-      stand_in_line(0)
-      return reply(3, look_again, 1)
+      stand_in_line(d, 0)
+      return reply(d, 3, look_again, 1)
     end
-    return reply(3, look_again, 0)
+    return reply(d, 3, look_again, 0)
   end
-end
 
-local wait = at - now
-if wait > 0 and (mode == 'now' or (max_wait >= 0 and wait > max_wait)) then
-  leave_line()
-  return reply(1, wait, binding)
-end
--- The rate's turn: nobody of its priority or higher waits ahead of it (a free lease within reach is
--- shared by those near the front, as above), and its instant is near. A request that may not wait
--- (`now`, or no time to) is refused behind others; one without a place in line is decided at once.
-local behind = ahead > 0 and (wait > 0 or lease_id == '')
-if behind and (mode == 'now' or max_wait == 0) then
-  leave_line()
-  return reply(7, 0, 0)
-end
-if mode == 'reserve' and waiter ~= '' and (behind or wait > HORIZON) then
-  -- Not before its instant's horizon, nor before those ahead have had their turns.
-  local look_again = math.min(math.max(wait - HORIZON, ahead * STEP, SOONEST), LATEST)
-  stand_in_line(look_again)
-  return reply(7, look_again, 1)
-end
-leave_line()
+  local wait = at - now
+  if wait > 0 and (mode == 'now' or (max_wait >= 0 and wait > max_wait)) then
+    leave_line(d)
+    return reply(d, 1, wait, binding)
+  end
+  -- The rate's turn: nobody of its priority or higher waits ahead of it (a free lease within reach is
+  -- shared by those near the front, as above), and its instant is near. A request that may not wait
+  -- (`now`, or no time to) is refused behind others; one without a place in line is decided at once.
+  local behind = ahead > 0 and (wait > 0 or lease_id == '')
+  if behind and (mode == 'now' or max_wait == 0) then
+    leave_line(d)
+    return reply(d, 7, 0, 0)
+  end
+  if mode == 'reserve' and waiter ~= '' and (behind or wait > HORIZON) then
+    -- Not before its instant's horizon, nor before those ahead have had their turns.
+    local look_again = min(max(wait - HORIZON, ahead * STEP, SOONEST), LATEST)
+    stand_in_line(d, look_again)
+    return reply(d, 7, look_again, 1)
+  end
+  leave_line(d)
 
--- Admitted at `at`: count it in every window, take the lease, keep the keys while they matter.
-local receipts, fresh = {}, {}
-local horizon = 0
-for i, w in ipairs(windows) do
-  local receipt = 0
-  if w.kind == 'gcra' then
+  -- Admitted at `at`: count it in every window, take the lease.
+  local receipts = {}
+  for i = 1, n do
+    local w = windows[i]
+    local receipt = 0
     if w.cost > 0 then
-      -- Gcra::schedule(tat, cost, at).tat: counted from when every window lets it go.
-      w.tat, w.dirty = gcra_charge(w.tat, at, w.cost, w.span), true
-      receipt = w.tat
-    end
-    horizon = math.max(horizon, w.tat - now)
-  else
-    if w.cost > 0 then
-      local length
-      if w.last_at and at - w.last_at < w.merge then
-        redis.call('LSET', w.log, '-1', string.format('%d:%d', at, (w.last_cost + w.cost)))
-        length = redis.call('LLEN', w.log)
+      w.dirty = true
+      if w.gcra then
+        -- Gcra::schedule(tat, cost, at).tat: counted from when every window lets it go.
+        w.tat = gcra_charge(w.tat, at, w.cost, w.span)
+        receipt = w.tat
       else
-        length = redis.call('RPUSH', w.log, string.format('%d:%d', at, w.cost))
-        fresh[#fresh + 1] = length == 1 and w.log or nil
+        if w.length > 0 and at - w.last_at < w.merge then
+          -- Closer to the newest entry than `merge`: they share it, dated at the later instant.
+          w.last_at, w.last_cost, w.sum = at, w.last_cost + w.cost, w.sum + w.cost
+          if w.length == 1 then w.head = at end
+          call('LSET', w.log, '-1', entry(at, w.last_cost))
+        else
+          w.fresh = push(w, at, w.cost) or w.fresh
+        end
+        receipt = w.seq + w.length  -- 1-based, so that 0 means "counted nothing"
       end
-      w.sum, w.dirty, w.last_at = w.sum + w.cost, true, at
-      receipt = w.seq + length  -- 1-based, so that 0 means "counted nothing"
     end
-    horizon = math.max(horizon, at - now + w.span)
+    receipts[i] = receipt
   end
-  receipts[i] = receipt
-end
--- Every key must live a second past the last instant a window needs it. While `expiry` says so, only a
--- log made afresh (it has no expiry yet) gets one, to `expiry`; else every key gets twice what it
--- needs now, so that this is done about once per window length rather than per decision. The hash is
--- written first: one that HSET makes afresh would have no expiry. It never gets less than a place in
--- line lasts, so its "line" field outlives every place.
-horizon = math.max(horizon, place_ttl, line_until - now)
-local needed = now + horizon + 1000000
-if expiry >= needed then
-  save()
-  for _, log in ipairs(fresh) do
-    redis.call('PEXPIRE', log, int(math.ceil((expiry - now) / 1000)))
+  if lease_id ~= '' then
+    call('ZADD', lease_key, now + lease_ttl, lease_id)
+    call('PEXPIRE', lease_key, ceil(lease_ttl / 1000) + 1000)
+    d.leases = d.leases + 1
   end
-else
-  local ttl_ms = math.ceil((2 * horizon + 1000000) / 1000)
-  save(now + ttl_ms * 1000)
-  redis.call('PEXPIRE', state, int(ttl_ms))
-  for _, w in ipairs(windows) do
-    if w.kind == 'log' then redis.call('PEXPIRE', w.log, int(ttl_ms)) end
-  end
+  return reply(d, 0, wait, at, receipts)
 end
-if lease_id ~= '' then
-  redis.call('ZADD', lease_key, now + lease_ttl, lease_id)
-  redis.call('PEXPIRE', lease_key, math.ceil(lease_ttl / 1000) + 1000)
-end
-leases = leases + (lease_id ~= '' and 1 or 0)
-return reply(0, wait, at, receipts)

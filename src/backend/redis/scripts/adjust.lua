@@ -10,64 +10,90 @@
 --          nothing), counted (units counted so far), actual (units it really took)
 -- A GCRA window applies the core's pure functions (src/core/gcra.rs): `charge` to count more (at the
 -- interval in force), `give_back` to count less (at the configured one: never more than was added).
+-- A log window keeps its numbers in step with its log, as acquire.lua does.
 -- Returns the number of leases released (0 when it had expired already).
 
-local state, lease_key = KEYS[1], KEYS[2]
-local admitted, n = tonumber(ARGV[2]), tonumber(ARGV[3])
-local now = redis_now()
 local LOGS = 6
 
-for i = 1, n do
-  local at_arg = 3 + (i - 1) * 7
-  local id, kind, span, base = ARGV[at_arg + 1], ARGV[at_arg + 2], tonumber(ARGV[at_arg + 3]), tonumber(ARGV[at_arg + 4])
-  local receipt, counted, actual = tonumber(ARGV[at_arg + 5]), tonumber(ARGV[at_arg + 6]), tonumber(ARGV[at_arg + 7])
-  if counted ~= actual then
-    if kind == 'gcra' then
-      local field = 'tat:' .. id
-      local tat = tonumber(redis.call('HGET', state, field) or '0')
-      if actual > counted then
-        -- Tokens nobody estimated were spent anyway: the server counted them, so do we.
-        redis.call('HSET', state, field, gcra_charge(tat, now, actual - counted, span))
-      elseif receipt ~= 0 and tat == receipt then
-        -- A refund only while nothing was admitted after it: later admissions relied on this TAT.
-        redis.call('HSET', state, field, tat - (counted - actual) * base)
-      end
-    elseif counted == 0 then
-      -- Nothing was counted here to correct: count the real cost from now (or the last entry) on.
-      local log = KEYS[LOGS + i]
-      local last = redis.call('LINDEX', log, -1)
-      local at = last and math.max(now, (parse(last))) or now
-      redis.call('RPUSH', log, string.format('%d:%d', at, actual))
-      redis.call('HINCRBY', state, 'sum:' .. id, actual)
-      keep(log, at - now + span)
-      keep(state, at - now + span)
-      -- The log may be new, with less time than acquire.lua's `expiry` promised: it sets it again.
-      redis.call('HDEL', state, 'expiry')
-    elseif now < admitted + span then
-      -- A receipt names its entry by the log's sequence number, which starts again from 0 once the
-      -- limit's keys expire. They outlive every entry's window by a second, so while this admission is
-      -- in its window the numbering is still the one that named it. Past it, its entry no longer
-      -- counts (it left the window, or its number now names a newer admission's): nothing to correct.
-      local log = KEYS[LOGS + i]
-      local seq = tonumber(redis.call('HGET', state, 'seq:' .. id) or '0')
-      local index = receipt - seq - 1
-      local entry = index >= 0 and redis.call('LINDEX', log, index) or false
-      local at, cost
-      if entry then at, cost = parse(entry) end
-      -- Its entry is dated at its admission, or later when later admissions merged into it.
-      if entry and at >= admitted then
-        local corrected = math.max(cost + actual - counted, 0)
-        redis.call('LSET', log, index, string.format('%d:%d', at, corrected))
-        redis.call('HINCRBY', state, 'sum:' .. id, corrected - cost)
-        if corrected == 0 and index == redis.call('LLEN', log) - 1 then
-          redis.call('RPOP', log)
+-- Counts `actual` units nobody counted yet in log window w (its field `id`), from now (or its newest
+-- entry) on.
+local function count_late(state, id, w, now, actual)
+  push(w, max(now, w.last_at), actual)
+  -- The log may be new, with less time than acquire.lua's `expiry` promised: it is set again.
+  local _, line, reborn, members, members_until = limit_state(call('HGET', state, 'limit'))
+  call('HSET', state, id, log_packed(w), 'limit', limit_packed(0, line, reborn, members, members_until))
+  keep(w.log, w.last_at - now + w.span)
+  keep(state, w.last_at - now + w.span)
+end
+
+-- Replaces the units of the entry `receipt` names in log window w by `counted` less, `actual` more,
+-- if it is still the entry of the admission made at `admitted` (see below). Returns whether it did.
+local function correct(w, receipt, admitted, counted, actual)
+  local index = receipt - w.seq - 1
+  if index < 0 or index >= w.length then return false end
+  local text = call('LINDEX', w.log, index)
+  if not text then return false end
+  local at, cost = parse(text)
+  -- Its entry is dated at its admission, or later when later admissions merged into it.
+  if at < admitted then return false end
+  local corrected = max(cost + actual - counted, 0)
+  w.sum = w.sum + corrected - cost
+  if index < w.length - 1 then
+    call('LSET', w.log, index, entry(at, corrected))
+  elseif corrected > 0 then
+    call('LSET', w.log, index, entry(at, corrected))
+    w.last_cost = corrected
+  else
+    -- The newest entry, now empty, goes; the one before it is the newest.
+    call('RPOP', w.log)
+    w.length = w.length - 1
+    if w.length == 0 then
+      w.head, w.last_at, w.last_cost = 0, 0, 0
+    else
+      w.last_at, w.last_cost = parse(call('LINDEX', w.log, -1))
+    end
+  end
+  return true
+end
+
+return function(KEYS, ARGV)
+  local state, lease_key = KEYS[1], KEYS[2]
+  local admitted, n = to_number(ARGV[2]), to_number(ARGV[3])
+  local now = redis_now()
+
+  for i = 1, n do
+    local at_arg = 3 + (i - 1) * 7
+    local id, kind, span, base = ARGV[at_arg + 1], ARGV[at_arg + 2], to_number(ARGV[at_arg + 3]), to_number(ARGV[at_arg + 4])
+    local receipt, counted, actual = to_number(ARGV[at_arg + 5]), to_number(ARGV[at_arg + 6]), to_number(ARGV[at_arg + 7])
+    if counted ~= actual then
+      if kind == 'gcra' then
+        local tat = read_gcra(call('HGET', state, id))
+        if actual > counted then
+          -- Tokens nobody estimated were spent anyway: the server counted them, so do we.
+          call('HSET', state, id, gcra_packed(gcra_charge(tat, now, actual - counted, span)))
+        elseif receipt ~= 0 and tat == receipt then
+          -- A refund only while nothing was admitted after it: later admissions relied on this TAT.
+          call('HSET', state, id, gcra_packed(tat - (counted - actual) * base))
+        end
+      else
+        local w = {log = KEYS[LOGS + i], span = span}
+        read_log(w, call('HGET', state, id))
+        -- A receipt names its entry by the log's sequence number, which starts again from Redis's clock
+        -- once the limit's keys expire. They outlive every entry's window by a second, so while this
+        -- admission is in its window the numbering is still the one that named it. Past it, its entry
+        -- no longer counts (it left the window, or its number now names a newer admission's): nothing
+        -- to correct.
+        if counted == 0 then
+          count_late(state, id, w, now, actual)
+        elseif now < admitted + span and correct(w, receipt, admitted, counted, actual) then
+          call('HSET', state, id, log_packed(w))
         end
       end
     end
   end
-end
 
-if ARGV[1] ~= '' then
-  return redis.call('ZREM', lease_key, ARGV[1])
+  if ARGV[1] ~= '' then
+    return call('ZREM', lease_key, ARGV[1])
+  end
+  return 0
 end
-return 0

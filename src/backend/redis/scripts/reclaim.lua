@@ -4,4 +4,6 @@
 -- nothing (acquire.lua). Withdrawals are kept as long as a lease would be, then forgotten.
 -- KEYS[1] the lease sorted set, KEYS[2] withdrawn lease ids; ARGV[1] the lease TTL (us), ARGV[2..] ids.
 -- Returns the number of leases removed.
-return remove_or_withdraw(KEYS[1], KEYS[2], ARGV, 2, redis_now(), tonumber(ARGV[1]))
+return function(KEYS, ARGV)
+  return remove_or_withdraw(KEYS[1], KEYS[2], ARGV, 2, redis_now(), to_number(ARGV[1]))
+end
