@@ -28,3 +28,5 @@ mod server_tests;
 mod priority_tests;
 #[cfg(test)]
 mod recall_tests;
+#[cfg(test)]
+mod log_state_tests;
