@@ -242,8 +242,8 @@ local function save(d)
   d.limit_changed = false
 end
 
--- The answer (see the top), with `per_window` (receipts, or what is free) after each window's use; its
--- numbers packed as the call's are, in one bulk string that the client reads in one step.
+-- The answer (see the top), with each window's `per_window` (its receipt, or what is free) after
+-- their use; its numbers packed as the call's are, in one bulk string that the client reads in one step.
 local function reply(d, status, a, b, per_window)
   save(d)
   local n, now = d.n, d.now
@@ -253,7 +253,7 @@ local function reply(d, status, a, b, per_window)
     answer[6 + i], answer[6 + n + i] = used(w, now), clears(w, now)
   end
   if per_window then
-    for i = 1, n do answer[6 + 2 * n + i] = per_window[i] end
+    for i = 1, n do answer[6 + 2 * n + i] = d.windows[i][per_window] end
   end
   return pack(integers(#answer), unpack_list(answer))
 end
@@ -355,6 +355,7 @@ return function(KEYS, ARGV)
     now = now, state = state, n = n, windows = {}, leases = 0, waiter = waiter, priority = priority,
     place_ttl = place_ttl, line_key = KEYS[5], places_key = KEYS[6], in_line = false,
     handover = false, lease_ttl = lease_ttl, limit_changed = false,
+    expiry = 0, line_until = 0, reborn = 0, members = 0, members_until = 0,
   }
   d.expiry, d.line_until, d.reborn, d.members, d.members_until = limit_state(stored[1])
 
@@ -393,6 +394,7 @@ return function(KEYS, ARGV)
       recall_used = numbers[first + 9], recall_until = numbers[first + 10],
       log = KEYS[LOGS + i], dirty = false, fresh = false,
       tat = 0, sum = 0, seq = 0, length = 0, head = 0, last_at = 0, last_cost = 0,
+      instant = false, most = 0, free = 0, receipt = 0,
     }
     d.windows[i] = w
     if w.gcra then
@@ -432,13 +434,12 @@ return function(KEYS, ARGV)
   end
 
   local windows = d.windows
-  local instants, nevers = {}, {}
   for i = 1, n do
     local w = windows[i]
     if w.cost > 0 then
-      instants[i], nevers[i] = earliest(w, now)
+      w.instant, w.most = earliest(w, now)
       -- A budget never makes a request wait: one that does not fit now is refused (as in the core).
-      if w.budget and mode ~= 'peek' and (not instants[i] or instants[i] > now) then
+      if w.budget and mode ~= 'peek' and (not w.instant or w.instant > now) then
         leave_line(d)
         return reply(d, 6, i, 0)
       end
@@ -446,22 +447,22 @@ return function(KEYS, ARGV)
   end
   local at, binding = now, 0
   for i = 1, n do
-    if windows[i].cost > 0 then
-      if not instants[i] then
+    local w = windows[i]
+    if w.cost > 0 then
+      if not w.instant then
         leave_line(d)
-        return reply(d, 2, i, nevers[i])
+        return reply(d, 2, i, w.most)
       end
-      if instants[i] > at then at, binding = instants[i], i end
+      if w.instant > at then at, binding = w.instant, i end
     end
   end
 
   if mode == 'peek' then
-    local free = {}
     for i = 1, n do
       local w = windows[i]
-      free[i] = w.gcra and gcra_remaining(w, now) or max(w.limit - w.sum, 0)
+      w.free = w.gcra and gcra_remaining(w, now) or max(w.limit - w.sum, 0)
     end
-    return reply(d, 4, at - now, binding, free)
+    return reply(d, 4, at - now, binding, 'free')
   end
 
   local ahead = ahead_in_line(d)
@@ -505,7 +506,6 @@ return function(KEYS, ARGV)
   leave_line(d)
 
   -- Admitted at `at`: count it in every window, take the lease.
-  local receipts = {}
   for i = 1, n do
     local w = windows[i]
     local receipt = 0
@@ -527,12 +527,12 @@ return function(KEYS, ARGV)
         receipt = w.seq + w.length  -- 1-based, so that 0 means "counted nothing"
       end
     end
-    receipts[i] = receipt
+    w.receipt = receipt
   end
   if lease_id ~= '' then
     call('ZADD', lease_key, now + lease_ttl, lease_id)
     call('PEXPIRE', lease_key, ceil(lease_ttl / 1000) + 1000)
     d.leases = d.leases + 1
   end
-  return reply(d, 0, wait, at, receipts)
+  return reply(d, 0, wait, at, 'receipt')
 end
