@@ -157,6 +157,8 @@ def test_a_budget_stops_sending_and_reports_the_rest_unsent(tmp_path: Path) -> N
     assert 1 <= report.sent <= 6 and report.sent == sent
     assert report.unsent == 30 - report.sent and report.stopped and "budget" in report.stopped
     assert report.cost_usd <= 0.05
+    assert report.notes == (), "notes are a dry run's: a real run says why it stopped in stopped"
+    assert str(report).splitlines()[-1] == f"stopped: {report.stopped}"
 
 
 def test_a_rerun_skips_what_is_answered_and_drops_a_line_cut_short(tmp_path: Path) -> None:
@@ -224,7 +226,17 @@ def test_dry_run_says_how_long_and_how_much_without_sending(tmp_path: Path) -> N
     assert report.planned_s is not None and 120.0 <= report.planned_s <= 121.0
     assert report.cost_usd == pytest.approx(250 * (3 + 4 + 3 + 1) * 8.0 / 1e6)
     assert not (tmp_path / "out.jsonl").exists()
-    assert "dry run" in str(report)
+    assert report.stopped == "dry run" and report.notes == (), "a limit of this process alone, no budget: nothing to note"
+    assert str(report).startswith("dry run: 250 requests") and "\n" not in str(report)
+
+
+def test_a_real_run_has_no_notes(tmp_path: Path) -> None:
+    requests = write_lines(tmp_path / "in.jsonl", [chat_line(f"r{i}") for i in range(5)])
+    with MockGateway() as gw:
+        report = hs.run_batch(requests, tmp_path / "out.jsonl", base_url=gw.base_url, api_key=KEY,
+                              limiter=hs.HolySheepRateLimiter(rpm=600), budget_usd=1.0)  # fmt: skip
+    assert (report.ok, report.stopped, report.notes) == (5, None, ())
+    assert len(str(report).splitlines()) == 2, "the counts and the 429s, retries and cost: nothing else to say"
 
 
 def test_progress_draws_a_live_line_with_the_rate_and_the_failures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

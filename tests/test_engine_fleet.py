@@ -219,14 +219,32 @@ def test_a_dry_run_under_a_shared_limit_says_its_time_assumes_the_job_alone(tmp_
                           limiter=limiter, dry_run=True)  # fmt: skip
     assert report.sent == 0 and report.unsent == 30
     assert report.planned_s == 0.0, "30 fit 60 a minute at once"
-    assert "shared through Redis" in str(report) and "alone" in str(report)
+    assert report.stopped == "dry run", "why nothing was sent, and nothing more"
+    assert report.notes == ("The limits are shared through Redis: the time assumes this job has them alone.",)
+    assert str(report).splitlines()[1:] == list(report.notes), "the plan, then each note on a line of its own"
     local = hs.run_batch(requests, tmp_path / "out.jsonl", base_url="http://127.0.0.1:9/v1", api_key=KEY,
                          limiter=hs.HolySheepRateLimiter(rpm=60), dry_run=True)  # fmt: skip
-    assert "Redis" not in str(local)
+    assert local.notes == () and "Redis" not in str(local)
 
 
 def test_a_dry_run_over_budget_says_how_many_the_budget_lets_go(tmp_path: Path) -> None:
     requests = write_requests(tmp_path / "in.jsonl", "r", 30)
     report = hs.run_batch(requests, tmp_path / "out.jsonl", base_url="http://127.0.0.1:9/v1", api_key=KEY,
                           budget_usd=1e-9, dry_run=True)  # fmt: skip
-    assert report.unsent < 30 and "the budget lets" in str(report)
+    assert report.unsent < 30 and report.stopped == "dry run"
+    assert report.notes == (
+        f"The budget covers {report.unsent} of the 30 requests left to send: "
+        "a run would stop after them and report the rest unsent.",
+    )
+    assert str(report).splitlines()[1:] == list(report.notes)
+
+
+def test_a_dry_run_over_budget_under_a_shared_limit_gives_both_notes_in_order(tmp_path: Path, redis_url: str) -> None:  # noqa: F811
+    requests = write_requests(tmp_path / "in.jsonl", "r", 30)
+    report = hs.run_batch(requests, tmp_path / "out.jsonl", base_url="http://127.0.0.1:9/v1", api_key=KEY,
+                          limiter=fleet_limiter(redis_url, "plan", rpm=60), budget_usd=1e-9, dry_run=True)  # fmt: skip
+    assert [note.split(":")[0] for note in report.notes] == [
+        f"The budget covers {report.unsent} of the 30 requests left to send",
+        "The limits are shared through Redis",
+    ]
+    assert str(report).splitlines()[1:] == list(report.notes)

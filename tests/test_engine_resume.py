@@ -83,6 +83,19 @@ def test_the_batch_command_dry_run_sends_nothing_and_says_how_long(tmp_path: Pat
     assert not (tmp_path / "out.jsonl").exists()
 
 
+def test_the_batch_command_dry_run_prints_what_the_budget_lets_go(tmp_path: Path) -> None:
+    requests = write_requests(tmp_path / "in.jsonl", 30)
+    done = subprocess.run(
+        batch_command(requests, tmp_path / "out.jsonl", "http://127.0.0.1:9/v1", "--budget-usd", "1e-9", "--dry-run"),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    plan, note = done.stdout.splitlines()
+    assert plan.startswith("dry run: 30 requests, 0 answered before, 0 to send")
+    assert note == "The budget covers 0 of the 30 requests left to send: a run would stop after them and report the rest unsent."
+
+
 def test_the_batch_command_refuses_a_bad_input_with_status_2_naming_the_line(tmp_path: Path) -> None:
     requests = tmp_path / "in.jsonl"
     requests.write_text('{"custom_id": "a", "url": "/v1/embeddings", "body": {}}\n{oops\n')

@@ -41,6 +41,8 @@ __all__ = ["BatchReport", "arun_batch", "run_batch"]
 DEFAULT_IN_FLIGHT = 64
 #: How often the progress line is redrawn, in seconds.
 _TICK_S = 0.25
+#: A dry run's ``stopped``: nothing was meant to be sent.
+_DRY_RUN = "dry run"
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class BatchReport:
     :ivar skipped: answered already in the output file (an earlier run), not sent again.
     :ivar unsent: left unsent: a budget stopped the run, the breaker was isolated, a shared limiter's
         or breaker's Redis was away under ``fail_closed``, or it was cancelled (``stopped`` says which);
-        a rerun sends them.
+        a rerun sends them. After a dry run: the requests a run would send (within the budget).
     :ivar failures: failed requests by reason (``http_500``, ``timeout``, ``connection_error``,
         ``invalid_json``, ``exceeds_limit``).
     :ivar server_429s: answers with status 429 seen, retried ones included.
@@ -64,9 +66,13 @@ class BatchReport:
     :ivar requests_per_s: ``sent / wall_s``.
     :ivar cost_usd: at the price table: the tokens ``usage`` reported for answered requests, the estimate
         for the others (a dry run: the estimate for every request to send).
-    :ivar stopped: why requests were left unsent, if any were.
+    :ivar stopped: why requests were left unsent, if any were: what stopped a run (the budget spent,
+        the breaker isolated, Redis away, ``"cancelled"``), or ``"dry run"`` (nothing is sent).
     :ivar planned_s: a dry run's time to send at the limiter's rate limits (latency not included); None
         after a real run or without a limiter.
+    :ivar notes: what to keep in mind when reading the figures, each a full sentence: a dry run's
+        budget letting only some of the requests go, or its limits shared through Redis (the time then
+        assumes the job has them alone). Empty after a real run.
     """
 
     total: int
@@ -83,6 +89,7 @@ class BatchReport:
     cost_usd: float = 0.0
     stopped: str | None = None
     planned_s: float | None = None
+    notes: tuple[str, ...] = ()
 
     @classmethod
     def _of(cls, report: Mapping[str, Any]) -> BatchReport:
@@ -91,8 +98,8 @@ class BatchReport:
         return cls(requests_per_s=rate, **report)
 
     def __str__(self) -> str:
-        if self.planned_s is not None or (self.stopped or "").startswith("dry run"):
-            return self._plan_text()
+        if self.stopped == _DRY_RUN:
+            return "\n".join([self._plan_text(), *self.notes])
         lines = [
             f"{self.sent:,} sent in {self.wall_s:.2f} s ({self.requests_per_s:,.0f} requests/s): "
             f"{self.ok:,} ok, {self.failed:,} failed; {self.skipped:,} answered before, {self.unsent:,} unsent",
@@ -102,17 +109,15 @@ class BatchReport:
             lines.append("failed: " + ", ".join(f"{reason} {count:,}" for reason, count in sorted(self.failures.items())))
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
-        return "\n".join(lines)
+        return "\n".join([*lines, *self.notes])
 
     def _plan_text(self) -> str:
         duration = "no limiter: as fast as the server answers" if self.planned_s is None else _duration(self.planned_s)
-        text = (
-            f"dry run: {self.total:,} requests, {self.skipped:,} answered before, {self.unsent:,} to send, "
+        return (
+            f"{_DRY_RUN}: {self.total:,} requests, {self.skipped:,} answered before, {self.unsent:,} to send, "
             f"~${self.cost_usd:.4f} at the price table; sending at these limits takes {duration} "
             "(latency not included)"
         )
-        notes = self.stopped.removeprefix("dry run").removeprefix(": ") if self.stopped else ""
-        return f"{text}\n{notes}" if notes else text
 
 
 def _duration(seconds: float) -> str:
@@ -201,12 +206,14 @@ def _planned(plan: Mapping[str, Any], limiter: HolySheepRateLimiter | None) -> B
     unsent = plan["within_budget"]
     notes = []
     if plan["within_budget"] < plan["to_send"]:
-        notes.append(f"the budget lets {plan['within_budget']:,} of {plan['to_send']:,} go")
+        notes.append(
+            f"The budget covers {plan['within_budget']:,} of the {plan['to_send']:,} requests left to send: "
+            "a run would stop after them and report the rest unsent."
+        )
     if limiter is not None and limiter.backend is not None:
         # The plan runs the limits on a virtual clock of its own: what the rest of the fleet will
         # send through them is unknown, so the time is the least the job can take.
-        notes.append("the limits are shared through Redis: the time assumes this job has them alone")
-    stopped = f"dry run: {'; '.join(notes)}" if notes else "dry run"
+        notes.append("The limits are shared through Redis: the time assumes this job has them alone.")
     return BatchReport(
         total=plan["total"],
         sent=0,
@@ -215,8 +222,9 @@ def _planned(plan: Mapping[str, Any], limiter: HolySheepRateLimiter | None) -> B
         skipped=plan["skipped"],
         unsent=unsent,
         cost_usd=plan["cost_usd"],
-        stopped=stopped,
+        stopped=_DRY_RUN,
         planned_s=plan["duration_s"],
+        notes=tuple(notes),
     )
 
 
@@ -312,8 +320,8 @@ def run_batch(
     :param retry_failed: send again the requests the output says failed (their lines are replaced).
     :param prices: dollars per million tokens by model, over `holysheep.pricing.PRICES`.
     :param progress: draw a live progress line on stderr (tqdm's bar when installed).
-    :param dry_run: send nothing: the report says what would be sent, its cost and how long the limits
-        make it take (``planned_s``).
+    :param dry_run: send nothing: the report says what would be sent, its cost, how long the limits
+        make it take (``planned_s``) and what to keep in mind about those figures (``notes``).
     :raises ConfigError: a bad argument, or an input with bad lines or duplicate custom_ids (nothing is
         sent; the message names the lines).
     :raises OSError: a file that cannot be read or written.
