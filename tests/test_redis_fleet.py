@@ -7,6 +7,7 @@ second after a stall (SIGSTOP/SIGCONT) or a restart."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -549,3 +550,37 @@ def test_after_a_stall_with_waiters_in_the_fleets_line_a_shared_cap_is_in_full_u
         thread.join()
     after = [at for at in full if at > resumed]
     assert after and after[0] - resumed < 1.0, f"full use {after[0] - resumed if after else None} s after the stall"
+
+
+def test_slots_held_through_a_restart_that_loses_redis_data_stay_held(redis_server: RedisServer, redis_url: str) -> None:
+    # Two processes share a cap of 2, and one holds both while Redis restarts without its data. The
+    # other saw them held: it takes no slot after the restart, neither while stand-ins hold them nor
+    # once those would have expired, since the holder's renewals put its own slots back.
+    def limiter() -> hs.HolySheepRateLimiter:
+        backend = hs.RedisBackend(redis_url, on_error="fail_closed", connect_timeout=0.2, command_timeout=0.2, lease_ttl=3.0)
+        return hs.HolySheepRateLimiter(max_concurrency=2, backend=backend, key="restart-slots")
+
+    holder, other = limiter(), limiter()
+    assert holder.try_acquire() and holder.try_acquire()
+    assert not other.try_acquire()
+    redis_server.stop()
+    redis_server.start()
+    taken = 0
+    past_the_stand_ins = time.monotonic() + 4.0
+    while time.monotonic() < past_the_stand_ins:
+        with contextlib.suppress(hs.BackendUnavailable):
+            taken += other.try_acquire()
+        time.sleep(0.02)
+    assert taken == 0, "a slot the holder still holds was taken"
+    holder.release()
+    assert recovered_slot(other), "the slot released after the restart goes to the other process"
+
+
+def recovered_slot(lim: hs.HolySheepRateLimiter, seconds: float = 2.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(hs.BackendUnavailable):
+            if lim.try_acquire():
+                return True
+        time.sleep(0.02)
+    return False

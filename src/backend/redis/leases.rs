@@ -136,7 +136,8 @@ pub fn keep_alive(limiter: &Arc<RemoteLimiter>) {
             if ids.is_empty() {
                 continue;
             }
-            let mut invocation = scripts::RENEW.call(limiter.backend().dialect(), &limiter.keys()[1..2]);
+            let keys = limiter.keys();
+            let mut invocation = scripts::RENEW.call(limiter.backend().dialect(), &[keys[1].clone(), keys[0].clone()]);
             invocation.arg(limiter.lease_ttl_us());
             for id in &ids {
                 invocation.arg(id);

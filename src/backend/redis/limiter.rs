@@ -135,7 +135,7 @@ pub type Refused = Result<Error, BackendError>;
 struct Numbers(Vec<u8>);
 
 /// Numbers before the windows' (see acquire.lua), and per window.
-const HEADER_NUMBERS: usize = 9;
+const HEADER_NUMBERS: usize = 11;
 const WINDOW_NUMBERS: usize = 10;
 
 impl Numbers {
@@ -445,6 +445,8 @@ impl RemoteLimiter {
             .push(PLACE_TTL_US)
             .push(self.windows.len())
             .push(handover.as_ref().map_or(0, |h| h.number));
+        let (leases, leases_until_us) = sighting.as_ref().map_or((0, 0), |seen| seen.recalled_leases(self.lease_ttl_us));
+        numbers.push(leases).push(leases_until_us);
         for (index, window) in self.windows.iter().enumerate() {
             let (limit, span_us) = window.in_force(self.rate_factor(window.unit));
             numbers

@@ -78,3 +78,40 @@ fn a_late_correction_from_before_the_loss_leaves_an_admission_after_it_alone() {
     before.adjust_blocking(&old, Cost::request(600), Cost::request(0), false).unwrap();
     assert_eq!(after.peek_blocking(Cost::request(0)).unwrap().remaining, vec![700], "its receipt names no entry of the new log");
 }
+
+fn with_lease(lim: &Arc<RemoteLimiter>) -> Outcome {
+    lim.decide_blocking(Cost::request(0), 0.0, Mode::Now, true, &Place::newcomer(0), "try_acquire").map_err(|e| format!("{e:?}")).unwrap()
+}
+
+fn leases_in_redis(server: &Server, lim: &Arc<RemoteLimiter>) -> Vec<String> {
+    let port = server.url.rsplit(':').next().unwrap().trim_end_matches("/0");
+    let out = Command::new("redis-cli").args(["-p", port, "ZRANGE", &lim.keys()[1], "0", "-1"]).output().unwrap();
+    let mut ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).filter(|l| !l.is_empty()).collect();
+    ids.sort();
+    ids
+}
+
+// Issue 19: leases were lost with the state while their requests ran on, so a shared cap admitted
+// that many more until the requests ended.
+#[test]
+fn leases_redis_lost_are_held_by_stand_ins_until_their_holders_put_them_back() {
+    let Some(server) = start_server() else { return };
+    let limits = || vec![limit(1_000.0, 1_000, Unit::Requests, Algorithm::Exact)];
+    // Leases renewed every 200 ms.
+    let ttl = Duration::from_millis(600);
+    let (holder, other) = (limiter(&server, limits(), Some(2), ttl), limiter(&server, limits(), Some(2), ttl));
+    let first = admitted(with_lease(&holder));
+    let second = admitted(with_lease(&holder));
+    assert!(matches!(with_lease(&other), Outcome::NoLease { .. }), "both slots are held");
+    lose_everything(&server);
+    assert!(matches!(with_lease(&other), Outcome::NoLease { .. }), "the two it saw held are held by stand-ins");
+    // The holder's next renewals put its own leases back in place of the stand-ins, which would have
+    // lasted no longer than a lease's TTL after the other's last answer.
+    std::thread::sleep(ttl + Duration::from_millis(200));
+    let mut held = vec![first.lease.clone().unwrap(), second.lease.clone().unwrap()];
+    held.sort();
+    assert_eq!(leases_in_redis(&server, &holder), held);
+    assert!(matches!(with_lease(&other), Outcome::NoLease { .. }), "the holder's own leases hold both slots");
+    holder.adjust_blocking(&first, Cost::request(0), Cost::request(0), true).unwrap();
+    admitted(with_lease(&other));
+}

@@ -51,6 +51,13 @@ impl Sighting {
         (self.used.get(index).copied().unwrap_or(0), self.until_us.get(index).copied().unwrap_or(0))
     }
 
+    /// What this answer says of the fleet's leases, as Redis is told it with every decision: how many
+    /// were held, and until when (Redis's clock) they last unless renewed, `lease_ttl_us` after it.
+    /// Should Redis lose them, it holds that many by stand-ins until their holders renew them.
+    pub fn recalled_leases(&self, lease_ttl_us: u64) -> (u64, u64) {
+        (self.leases, self.redis_now_us.saturating_add(lease_ttl_us))
+    }
+
     /// How long after the answer, by this process's clock, window `index`'s last counted unit was
     /// admitted (0 when none was admitted after the answer): a reservation made ahead of it.
     fn reserved_ahead_ns(&self, index: usize, span_us: u64) -> u64 {

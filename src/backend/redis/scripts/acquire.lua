@@ -23,7 +23,8 @@
 -- KEYS[1]      the state hash: "limit" (the limit's own numbers) and per window the field named by its
 --              id (its numbers), each packed (see common.lua); "ticket" (the line's last); per instance
 --              "handed:<instance>" (the last hand-over applied, see below); per window "recalled:<id>"
---              (what was counted again so far after the state was lost, see below)
+--              (what was counted again so far after the state was lost, see below); "stand_ins" (how
+--              many lost leases are held by stand-ins, see below)
 -- KEYS[2]      the lease sorted set: lease id -> expiry (us)
 -- KEYS[3]      the member sorted set: limiter instance id -> expiry (us); how many processes share the limit
 -- KEYS[4]      withdrawn lease ids -> expiry (us): decisions their client gave up on (see reclaim.lua)
@@ -37,7 +38,8 @@
 --              allowed in reserve (us, -1 for any), most leases at once, lease TTL (us), how long an
 --              instance counts as a member after renewing (us), the waiter's priority, how long its
 --              place is kept unless it asks (us), the number of windows n, the hand-over's number (0:
---              none); then ten per window: kind (0 "log", 1 "gcra"), limit (log: units per window;
+--              none), the leases this instance saw held in its last answer and until when (us, Redis's
+--              clock) they would last unless renewed (0, 0: none); then ten per window: kind (0 "log", 1 "gcra"), limit (log: units per window;
 --              gcra: burst), span (log: window length; gcra: one unit's interval in force, wider while
 --              the rate is cut), base (gcra: the configured interval, which with the burst makes the
 --              tolerance), cost (units this request takes), merge (log: entries closer than this share
@@ -73,7 +75,7 @@
 --      wait, refused)
 
 
-local LOGS, HEADER, PER_WINDOW = 6, 9, 10
+local LOGS, HEADER, PER_WINDOW = 6, 11, 10
 
 -- How far ahead of now a request may reserve its instant at the rate (us); a request that would wait
 -- longer stands in the line instead. What a higher-priority arrival may find reserved ahead of it.
@@ -226,7 +228,7 @@ local function save(d)
   end
   if d.limit_changed then
     changed[#changed + 1] = 'limit'
-    changed[#changed + 1] = limit_packed(d.expiry, d.line_until, d.reborn, d.members, d.members_until)
+    changed[#changed + 1] = limit_packed(d.expiry, d.line_until, d.reborn, d.members, d.members_until, d.restoring)
   end
   call('HSET', d.state, unpack_list(changed))
   if renew then
@@ -331,9 +333,27 @@ local function recall_lost_state(d, absent)
       longest = max(longest, w.gcra and w.tat - d.now or w.span)
     end
     -- What a client recalls was reserved at most HORIZON after its last answer, before the loss.
-    d.reborn, d.limit_changed = d.now + longest + HORIZON, true
+    d.reborn, d.limit_changed = max(d.reborn, d.now + longest + HORIZON), true
   end
   call('HSET', d.state, unpack_list(recalls))
+end
+
+-- Leases are lost with the state too, while their requests run on. The first decision to find the
+-- state gone holds as many as its client saw held in its last answer (those still there aside) by
+-- stand-ins, "recalled:<k>", which last no longer than those leases would have unless renewed; and for
+-- a lease's TTL each live process's next renewal puts its own leases back, each in place of a stand-in
+-- (renew.lua). What no client saw lately can be missed until its holder renews it, no longer.
+local function recall_leases(d, lease_key, recalled, last_until)
+  d.restoring, d.limit_changed = d.now + d.lease_ttl, true
+  if recalled <= 0 or last_until <= d.now then return end
+  call('ZREMRANGEBYSCORE', lease_key, '-inf', d.now)
+  local stand_ins = recalled - call('ZCARD', lease_key)
+  if stand_ins <= 0 then return end
+  for k = 1, stand_ins do
+    call('ZADD', lease_key, last_until, 'recalled:' .. k)
+  end
+  call('HSET', d.state, 'stand_ins', stand_ins)
+  keep(lease_key, last_until - d.now)
 end
 
 return function(KEYS, ARGV)
@@ -343,6 +363,7 @@ return function(KEYS, ARGV)
   local mode = numbers[1] == 1 and 'now' or (numbers[1] == 2 and 'reserve' or 'peek')
   local max_wait, max_leases, lease_ttl = numbers[2], numbers[3], numbers[4]
   local member_ttl, priority, place_ttl, n, handover = numbers[5], numbers[6], numbers[7], numbers[8], numbers[9]
+  local recalled_leases, recalled_leases_until = numbers[10], numbers[11]
   local now = redis_now()
 
   -- The limit's numbers and every window's, in one read.
@@ -355,9 +376,9 @@ return function(KEYS, ARGV)
     now = now, state = state, n = n, windows = {}, leases = 0, waiter = waiter, priority = priority,
     place_ttl = place_ttl, line_key = KEYS[5], places_key = KEYS[6], in_line = false,
     handover = false, lease_ttl = lease_ttl, limit_changed = false,
-    expiry = 0, line_until = 0, reborn = 0, members = 0, members_until = 0,
+    expiry = 0, line_until = 0, reborn = 0, members = 0, members_until = 0, restoring = 0,
   }
-  d.expiry, d.line_until, d.reborn, d.members, d.members_until = limit_state(stored[1])
+  d.expiry, d.line_until, d.reborn, d.members, d.members_until, d.restoring = limit_state(stored[1])
 
   -- How many processes share the limit: counted afresh when this one renews its membership (about
   -- once a second), else as counted then, which holds until the last renewal counted expires.
@@ -408,8 +429,11 @@ return function(KEYS, ARGV)
       forget(w, now)
     end
   end
-  if absent or d.reborn > now then
+  if n > 0 and (absent or d.reborn > now) then
     recall_lost_state(d, absent)
+  end
+  if absent and max_leases > 0 then
+    recall_leases(d, lease_key, recalled_leases, recalled_leases_until)
   end
   if handover > 0 then
     for i = 1, n do

@@ -20,8 +20,8 @@ local LOGS = 6
 local function count_late(state, id, w, now, actual)
   push(w, max(now, w.last_at), actual)
   -- The log may be new, with less time than acquire.lua's `expiry` promised: it is set again.
-  local _, line, reborn, members, members_until = limit_state(call('HGET', state, 'limit'))
-  call('HSET', state, id, log_packed(w), 'limit', limit_packed(0, line, reborn, members, members_until))
+  local _, line, reborn, members, members_until, restoring = limit_state(call('HGET', state, 'limit'))
+  call('HSET', state, id, log_packed(w), 'limit', limit_packed(0, line, reborn, members, members_until, restoring))
   keep(w.log, w.last_at - now + w.span)
   keep(state, w.last_at - now + w.span)
 end

@@ -82,16 +82,17 @@ end
 -- The state hash keeps what every decision reads in a few fields, each its numbers packed.
 -- The limit's own, field "limit": until when its keys live at least (us; 0: to be set afresh), until
 -- when a place in its line may last (no decision made later need look at the line), until when what
--- clients recall is counted again after its state was lost ("reborn", see acquire.lua), and how many
--- processes share it, which holds until the last of them has to renew its membership.
+-- clients recall of its windows is counted again after its state was lost ("reborn", see acquire.lua),
+-- how many processes share it, which holds until the last of them has to renew its membership, and
+-- until when a renewal puts back a lease lost with the state ("restoring", see renew.lua).
 local function limit_state(packed)
-  if not packed then return 0, 0, 0, 0, 0 end
-  local expiry, line, reborn, members, members_until = unpack_bytes(integers(5), packed)
-  return expiry, line, reborn, members, members_until
+  if not packed then return 0, 0, 0, 0, 0, 0 end
+  local expiry, line, reborn, members, members_until, restoring = unpack_bytes(integers(6), packed)
+  return expiry, line, reborn, members, members_until, restoring
 end
 
-local function limit_packed(expiry, line, reborn, members, members_until)
-  return pack(integers(5), expiry, line, reborn, members, members_until)
+local function limit_packed(expiry, line, reborn, members, members_until, restoring)
+  return pack(integers(6), expiry, line, reborn, members, members_until, restoring)
 end
 
 -- An exact window's, in the field named by its id: the units its log counts, the sequence number of
