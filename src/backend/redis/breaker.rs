@@ -24,25 +24,23 @@
 //!   process alone until Redis answers again, `fail_open` lets calls pass uncounted, `fail_closed`
 //!   raises `BackendUnavailable`.
 //!
-//! The script is run by EVALSHA and loaded again on NOSCRIPT (redis-rs's `Script`), as the limiter's
-//! scripts were before they moved to Redis Functions.
+//! The script is a function of the one holysheep library, called as the limiter's scripts are (see
+//! [`scripts`](crate::backend::redis::scripts)): FCALL on Redis 7.0+, EVALSHA before; a server that
+//! lost it (restarted, flushed, failed over) gets it again without an error reaching the caller.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, LazyLock, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-
-use redis::Script;
 
 use crate::backend::redis::backend::Backend;
 use crate::backend::redis::error::BackendError;
 use crate::backend::redis::runtime;
+use crate::backend::redis::scripts::{BREAKER, Call};
 use crate::backend::redis::shared::OnError;
 use crate::core::breaker::{BreakerConfig, CircuitBreaker, HALF_OPEN_RETRY_NS, Permit, State, Transition};
 use crate::core::clock::{Clock, MonotonicClock, ns_to_secs};
 use crate::core::error::Error;
 use crate::core::outcomes::Span;
-
-static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/breaker.lua")));
 
 /// The longest a busy process's cached state may be out of date (plus one round trip).
 pub const SYNC_INTERVAL_NS: u64 = 50_000_000;
@@ -457,7 +455,7 @@ impl FleetBreaker {
         let (call, number) = self.invocation(op, successes, generation, open_for_ns);
         let me = self.clone();
         handle.spawn(async move {
-            let result = me.inner.backend.call(|mut connection| async move { call.invoke_async::<Vec<i64>>(&mut connection).await }).await;
+            let result = me.inner.backend.call(|mut connection| async move { call.run_async::<Vec<i64>>(&mut connection).await }).await;
             let result = me.adopt(result, successes, number);
             me.inner.reports.landed(me.reported(op, result, open_for_ns));
         });
@@ -594,7 +592,7 @@ impl FleetBreaker {
             let successes = me.inner.successes.swap(0, Ordering::AcqRel);
             let (call, number) = me.invocation("sync", successes, 0, None);
             let result =
-                me.inner.backend.call(|mut connection| async move { call.invoke_async::<Vec<i64>>(&mut connection).await }).await;
+                me.inner.backend.call(|mut connection| async move { call.run_async::<Vec<i64>>(&mut connection).await }).await;
             // A failure marked Redis down: the failure policy decides until a re-read succeeds.
             let _ = me.adopt(result, successes, number);
             me.inner.syncing.store(false, Ordering::Release);
@@ -602,7 +600,7 @@ impl FleetBreaker {
     }
 
     /// The script's call for `op`, and its number among this breaker's calls (see [`Self::adopt`]).
-    fn invocation(&self, op: &str, successes: u64, generation: u16, open_for_ns: Option<u64>) -> (redis::ScriptInvocation<'static>, u64) {
+    fn invocation(&self, op: &str, successes: u64, generation: u16, open_for_ns: Option<u64>) -> (Call, u64) {
         let c = &self.inner.config;
         let (rate, window_ms, minimum) = match c.failure_rate {
             Some(rule) => {
@@ -614,10 +612,8 @@ impl FleetBreaker {
             }
             None => (0.0, 0, 0),
         };
-        let mut invocation = SCRIPT.prepare_invoke();
-        invocation
-            .key(&self.inner.key)
-            .arg(op)
+        let mut call = BREAKER.call(self.inner.backend.dialect(), std::slice::from_ref(&self.inner.key));
+        call.arg(op)
             .arg(c.failure_threshold.unwrap_or(0))
             .arg(c.recovery_timeout_ns.div_ceil(NS_PER_MS))
             .arg(c.half_open_max_calls)
@@ -628,7 +624,7 @@ impl FleetBreaker {
             .arg(generation)
             .arg(open_for_ns.map_or(0, |ns| ns.div_ceil(NS_PER_MS).max(1)))
             .arg(self.trial_lease_ns().div_ceil(NS_PER_MS));
-        (invocation, self.inner.issued.fetch_add(1, Ordering::AcqRel) + 1)
+        (call, self.inner.issued.fetch_add(1, Ordering::AcqRel) + 1)
     }
 
     /// How long a trial may stay unanswered before Redis hands its slot to another process (its own
@@ -642,8 +638,8 @@ impl FleetBreaker {
     /// Runs `op` now on this thread (one round trip), reporting the successes counted so far.
     fn run(&self, op: &str, generation: u16, open_for_ns: Option<u64>) -> Result<Answer, BackendError> {
         let successes = self.inner.successes.swap(0, Ordering::AcqRel);
-        let (invocation, number) = self.invocation(op, successes, generation, open_for_ns);
-        let result = self.inner.backend.call_blocking(|connection| invocation.invoke::<Vec<i64>>(connection));
+        let (call, number) = self.invocation(op, successes, generation, open_for_ns);
+        let result = self.inner.backend.call_blocking(|connection| call.run::<Vec<i64>>(connection));
         self.adopt(result, successes, number)
     }
 
@@ -655,7 +651,7 @@ impl FleetBreaker {
         let (call, number) = self.invocation(op, successes, 0, None);
         let me = self.clone();
         let task = handle.spawn(async move {
-            let result = me.inner.backend.call(|mut connection| async move { call.invoke_async::<Vec<i64>>(&mut connection).await }).await;
+            let result = me.inner.backend.call(|mut connection| async move { call.run_async::<Vec<i64>>(&mut connection).await }).await;
             me.adopt(result, successes, number)
         });
         task.await.unwrap_or_else(|_| Err(BackendError::Unavailable { message: "the Redis runtime stopped before it answered".into() }))
@@ -783,3 +779,7 @@ mod tests {
         assert!(!reports.in_flight(), "only the child's own report counted");
     }
 }
+
+#[cfg(test)]
+#[path = "breaker_tests.rs"]
+mod server_tests;

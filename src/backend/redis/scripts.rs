@@ -64,7 +64,7 @@ struct Library {
 }
 
 static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
-    let scripts = [&*ACQUIRE, &*ADJUST, &*RECLAIM, &*RENEW, &*LEAVE];
+    let scripts = [&*ACQUIRE, &*ADJUST, &*RECLAIM, &*RENEW, &*LEAVE, &*BREAKER];
     let functions: String = scripts.iter().map(|s| format!("local function {}(KEYS, ARGV)\n{}\nend\n", s.name, s.body)).collect();
     let hash = Script::new(&format!("{COMMON}{functions}")).get_hash().to_string();
     let name = format!("holysheep_{}", &hash[..12]);
@@ -136,6 +136,8 @@ pub static RECLAIM: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new("recla
 pub static RENEW: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new("renew", include_str!("scripts/renew.lua")));
 /// Takes a waiter that gave up out of the line for concurrency slots.
 pub static LEAVE: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new("leave", include_str!("scripts/leave.lua")));
+/// The fleet's circuit breaker: its state machine on Redis's clock (src/backend/redis/breaker.rs).
+pub static BREAKER: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new("breaker", include_str!("scripts/breaker.lua")));
 
 /// One script call, ready to run on any connection.
 pub struct Call {
@@ -213,7 +215,7 @@ mod tests {
         let source = &LIBRARY.source;
         assert!(source.starts_with("#!lua name=holysheep_"));
         assert_eq!(source.matches("local function redis_now()").count(), 1);
-        for name in ["acquire", "adjust", "reclaim", "renew", "leave"] {
+        for name in ["acquire", "adjust", "reclaim", "renew", "leave", "breaker"] {
             assert!(source.contains(&format!("redis.register_function('{}_{name}', {name})", LIBRARY.name)), "{name}");
         }
     }

@@ -2,6 +2,8 @@
 -- half-open, generations, trials, the consecutive and the failure-rate rules), kept in one hash on
 -- Redis's own clock (TIME, ms). The client (src/backend/redis/breaker.rs) caches what this returns and
 -- decides a closed breaker's calls without asking; successes reach here in batches with the next call.
+-- A function of the holysheep library like the limiter's scripts (src/backend/redis/scripts.rs):
+-- common.lua's helpers (redis_now, int) come before it.
 --
 -- KEYS[1]  the state hash: state (0 closed, 1 open, 2 half-open), gen, until (open: ms of TIME when
 --          trials may start; -1 isolated), admitted / succeeded / trial_at (half-open trials), streak
@@ -25,8 +27,7 @@ local rate, window, minimum = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARG
 local successes, permit_gen, open_for = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local trial_lease = tonumber(ARGV[11])
 
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local now = math.floor(redis_now() / 1000)
 
 local h = {}
 local raw = redis.call('HGETALL', key)
@@ -38,7 +39,7 @@ local granted = 0
 local function set(fields)
   for name, value in pairs(fields) do
     h[name] = value
-    redis.call('HSET', key, name, string.format('%d', value))
+    redis.call('HSET', key, name, int(value))
   end
 end
 
@@ -127,6 +128,6 @@ end
 if state == 1 and wait == -1 then
   redis.call('PERSIST', key)
 else
-  redis.call('PEXPIRE', key, math.max(wait, recovery, window) + 3600000)
+  redis.call('PEXPIRE', key, int(math.max(wait, recovery, window) + 3600000))
 end
 return {state, gen, wait, granted, previous}
