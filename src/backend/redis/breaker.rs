@@ -5,7 +5,8 @@
 //!   batch with the next call to it. While calls are made, the cache is re-read in the background
 //!   once it is [`SYNC_INTERVAL_NS`] old (on the runtime; the caller never waits), so a breaker another
 //!   process opened is seen open within that interval plus one round trip. A cache older than
-//!   [`REREAD_FIRST_NS`] (a process making fewer than ten calls a second) is re-read before deciding.
+//!   [`REREAD_FIRST_NS`] (a process making fewer than ten calls a second) is re-read before deciding,
+//!   once for all the callers deciding at that moment (threads and tasks alike; the others wait for it).
 //! - A failure is reported at once, on the runtime: the failing call does not wait for Redis. This
 //!   process's next decision does, if the report has not landed yet (at most the backend's timeouts),
 //!   so the process whose failure opens the breaker sees it open at its very next call, and a reset or
@@ -199,6 +200,63 @@ impl Reports {
     }
 }
 
+/// The re-read before deciding (a cache older than [`REREAD_FIRST_NS`]), shared by every caller
+/// deciding at that moment, threads and tasks alike: one leads and reads, the others wait for it and
+/// decide from what it read. Nothing is locked while it reads; a waiter waits at most as long as the
+/// backend allows one call.
+#[derive(Default)]
+struct Reread {
+    running: Mutex<bool>,
+    done: Condvar,
+    /// Wakes the callers awaiting it on tokio (the threads wait on `done`).
+    finished: tokio::sync::Notify,
+}
+
+/// The lead of a re-read, handed back when dropped (after the read, or with a panic or a cancelled task).
+struct Leading<'a>(&'a Reread);
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        *self.0.running.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.0.done.notify_all();
+        self.0.finished.notify_waiters();
+    }
+}
+
+impl Reread {
+    /// The lead when no re-read is under way; else waits for the one that is, at most `limit`.
+    fn lead_or_wait(&self, limit: Duration) -> Option<Leading<'_>> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if !*running {
+            *running = true;
+            return Some(Leading(self));
+        }
+        let deadline = Instant::now() + limit;
+        while *running {
+            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|left| !left.is_zero()) else { break };
+            running = self.done.wait_timeout(running, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        None
+    }
+
+    /// [`lead_or_wait`](Self::lead_or_wait) for a caller on tokio: the same limit, its worker free meanwhile.
+    async fn lead_or_await(&self, limit: Duration) -> Option<Leading<'_>> {
+        let finished = self.finished.notified();
+        tokio::pin!(finished);
+        // Listening before looking: a re-read ending in between still wakes this one.
+        finished.as_mut().enable();
+        {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            if !*running {
+                *running = true;
+                return Some(Leading(self));
+            }
+        }
+        let _ = tokio::time::timeout(limit, finished).await;
+        None
+    }
+}
+
 struct Inner {
     backend: Arc<Backend>,
     key: String,
@@ -214,8 +272,7 @@ struct Inner {
     /// Redis failed lately: the policy decides until a re-read succeeds.
     down: AtomicBool,
     reports: Reports,
-    /// Held by the one re-read the callers on tokio await together (see [`FleetBreaker::allow_async`]).
-    rereading: tokio::sync::Mutex<()>,
+    reread: Reread,
     /// Numbers the calls to Redis as they are made; the newest whose answer the cache holds.
     issued: AtomicU64,
     adopted: AtomicU64,
@@ -259,7 +316,7 @@ impl FleetBreaker {
                 successes: AtomicU64::new(0),
                 down: AtomicBool::new(false),
                 reports: Reports::default(),
-                rereading: tokio::sync::Mutex::new(()),
+                reread: Reread::default(),
                 issued: AtomicU64::new(0),
                 adopted: AtomicU64::new(0),
                 clock,
@@ -282,8 +339,13 @@ impl FleetBreaker {
         self.await_reports();
         let mut now = self.inner.clock.now_ns();
         if self.reread_first(now) {
-            // Quiet for a while: what this process saw may be long gone; look before deciding.
-            let _ = self.run("sync", 0, None);
+            // Quiet for a while: what this process saw may be long gone; look before deciding, once
+            // for all the threads deciding now (a burst after a quiet spell would send one each).
+            if let Some(_lead) = self.inner.reread.lead_or_wait(self.report_wait_limit())
+                && self.still_reread_first()
+            {
+                let _ = self.run("sync", 0, None);
+            }
             now = self.inner.clock.now_ns();
         }
         match self.decide_cached(now) {
@@ -303,8 +365,9 @@ impl FleetBreaker {
         if self.reread_first(now) {
             // One re-read for all the requests deciding at once (a job's first dozens): the rest
             // wait for it and decide from what it read.
-            let _one = self.inner.rereading.lock().await;
-            if self.reread_first(self.inner.clock.now_ns()) {
+            if let Some(_lead) = self.inner.reread.lead_or_await(self.report_wait_limit()).await
+                && self.still_reread_first()
+            {
                 let _ = self.run_async("sync").await;
             }
             now = self.inner.clock.now_ns();
@@ -319,11 +382,24 @@ impl FleetBreaker {
     /// the background).
     #[inline]
     fn reread_first(&self, now: u64) -> bool {
-        if now.saturating_sub(self.inner.synced_at_ns.load(Ordering::Relaxed)) >= REREAD_FIRST_NS {
+        if self.too_old(now) {
             return true;
         }
         self.refresh_if_stale(now);
         false
+    }
+
+    /// Whether the cache is [`REREAD_FIRST_NS`] old: too old to decide from before reading it again.
+    #[inline]
+    fn too_old(&self, now: u64) -> bool {
+        now.saturating_sub(self.inner.synced_at_ns.load(Ordering::Relaxed)) >= REREAD_FIRST_NS
+    }
+
+    /// For the lead of a re-read: whether it is still needed (one that ended between looking and
+    /// leading has read what this one would).
+    #[inline]
+    fn still_reread_first(&self) -> bool {
+        self.too_old(self.inner.clock.now_ns())
     }
 
     /// The decision the cache (or the failure policy, while Redis is away) makes; `None`: a trial is
@@ -489,7 +565,8 @@ impl FleetBreaker {
         }
     }
 
-    /// The longest a decision waits for reports in flight: as long as the backend allows one call.
+    /// The longest a decision waits for calls others made (reports in flight, a re-read another caller
+    /// leads): as long as the backend allows one call.
     fn report_wait_limit(&self) -> Duration {
         let timeouts = self.inner.backend.timeouts();
         timeouts.connect + timeouts.command + Duration::from_millis(50)
@@ -511,7 +588,7 @@ impl FleetBreaker {
             return true;
         }
         let now = inner.clock.now_ns();
-        if now.saturating_sub(inner.synced_at_ns.load(Ordering::Relaxed)) >= REREAD_FIRST_NS {
+        if self.too_old(now) {
             return true;
         }
         let cached = Cached(inner.cached.load(Ordering::Acquire));

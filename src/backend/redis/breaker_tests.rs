@@ -1,12 +1,13 @@
 //! The fleet breaker against a real redis-server (skipped, saying why, when redis-server is not
 //! installed; `make test` installs it).
 
-use std::sync::Arc;
+use std::process::Command;
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use redis::Value;
 
-use super::{FleetBreaker, Refusal};
+use super::{FleetBreaker, REREAD_FIRST_NS, Refusal};
 use crate::backend::redis::server_tests::{Server, start_server};
 use crate::backend::redis::shared::OnError;
 use crate::backend::redis::{Backend, Timeouts};
@@ -49,6 +50,15 @@ fn functions(server: &Server) -> Vec<String> {
     names
 }
 
+/// How many scripts and functions Redis ran since its statistics were reset.
+fn script_runs(server: &Server) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(&mut admin(server)).unwrap();
+    info.lines()
+        .filter(|line| line.starts_with("cmdstat_fcall:") || line.starts_with("cmdstat_evalsha:"))
+        .filter_map(|line| line.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 fn refused_open(refused: Result<crate::core::breaker::Permit, Refusal>) -> bool {
     matches!(refused, Err(Refusal::Open(Error::CircuitOpen { .. })))
 }
@@ -75,4 +85,63 @@ fn the_breakers_function_is_in_the_library_and_loaded_again_after_a_flush_withou
     assert!(refused_open(fleet.allow()), "the failure reached Redis and opened the breaker");
     assert!(!fleet.degraded(), "no error reached the breaker");
     assert!(listed(), "the breaker's function is back");
+}
+
+/// Redis held still (SIGSTOP) until dropped, as a busy or slow one would be: connections stay open and
+/// requests wait for their answers.
+struct Stalled(String);
+
+impl Stalled {
+    fn new(server: &Server) -> Self {
+        let info: String = redis::cmd("INFO").arg("server").query(&mut admin(server)).unwrap();
+        let pid = info.split("process_id:").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap();
+        let stalled = Stalled(pid.to_string());
+        stalled.signal("-STOP");
+        stalled
+    }
+
+    fn signal(&self, name: &str) {
+        assert!(Command::new("kill").args([name, &self.0]).status().unwrap().success());
+    }
+}
+
+impl Drop for Stalled {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+    }
+}
+
+// Issue 19: a burst of threads after a quiet spell re-read the fleet's state once, not once each: 16
+// round trips to Redis where one tells them all the same. Redis is held still while they decide, so
+// every thread comes while the re-read is under way.
+#[test]
+fn threads_deciding_together_after_a_quiet_spell_share_one_reread() {
+    const THREADS: usize = 16;
+    let Some(server) = start_server() else { return };
+    let fleet = breaker(&server, "burst");
+    fleet.sync().unwrap();
+    std::thread::sleep(Duration::from_nanos(REREAD_FIRST_NS) + Duration::from_millis(20));
+    redis::cmd("CONFIG").arg("RESETSTAT").exec(&mut admin(&server)).unwrap();
+
+    let barrier = Arc::new(Barrier::new(THREADS + 1));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (fleet, barrier) = (fleet.clone(), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                let permit = fleet.allow().expect("closed");
+                fleet.record_success(permit);
+            })
+        })
+        .collect();
+    {
+        let _stalled = Stalled::new(&server);
+        barrier.wait();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    threads.into_iter().for_each(|thread| thread.join().unwrap());
+
+    // One; two if a thread was held up past the background re-read's interval.
+    let runs = script_runs(&server);
+    assert!((1..=2).contains(&runs), "{THREADS} threads made {runs} calls to Redis, not one for all");
 }
