@@ -341,7 +341,7 @@ impl FleetBreaker {
         if self.reread_first(now) {
             // Quiet for a while: what this process saw may be long gone; look before deciding, once
             // for all the threads deciding now (a burst after a quiet spell would send one each).
-            if let Some(_lead) = self.inner.reread.lead_or_wait(self.report_wait_limit())
+            if let Some(_lead) = self.inner.reread.lead_or_wait(self.wait_limit())
                 && self.still_reread_first()
             {
                 let _ = self.run("sync", 0, None);
@@ -359,13 +359,13 @@ impl FleetBreaker {
     /// decides from its cache without awaiting anything.
     pub async fn allow_async(&self) -> Result<Permit, Refusal> {
         if self.inner.reports.in_flight() {
-            self.inner.reports.landed_async(self.report_wait_limit()).await;
+            self.inner.reports.landed_async(self.wait_limit()).await;
         }
         let mut now = self.inner.clock.now_ns();
         if self.reread_first(now) {
             // One re-read for all the requests deciding at once (a job's first dozens): the rest
             // wait for it and decide from what it read.
-            if let Some(_lead) = self.inner.reread.lead_or_await(self.report_wait_limit()).await
+            if let Some(_lead) = self.inner.reread.lead_or_await(self.wait_limit()).await
                 && self.still_reread_first()
             {
                 let _ = self.run_async("sync").await;
@@ -561,13 +561,13 @@ impl FleetBreaker {
     /// Waits for this process's reports in flight, at most as long as the backend allows one call.
     pub fn await_reports(&self) {
         if self.inner.reports.in_flight() {
-            self.inner.reports.wait(self.report_wait_limit());
+            self.inner.reports.wait(self.wait_limit());
         }
     }
 
     /// The longest a decision waits for calls others made (reports in flight, a re-read another caller
     /// leads): as long as the backend allows one call.
-    fn report_wait_limit(&self) -> Duration {
+    fn wait_limit(&self) -> Duration {
         let timeouts = self.inner.backend.timeouts();
         timeouts.connect + timeouts.command + Duration::from_millis(50)
     }
@@ -842,6 +842,62 @@ mod tests {
         reports.wait(Duration::from_millis(40));
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(40) && waited < Duration::from_secs(2), "{waited:?}");
+    }
+
+    #[test]
+    fn callers_deciding_during_a_reread_wait_for_it_and_do_not_read_themselves() {
+        let reread = Arc::new(Reread::default());
+        let lead = reread.lead_or_wait(Duration::from_secs(5)).expect("the first caller leads");
+        let waiting = Arc::clone(&reread);
+        let waiter = std::thread::spawn(move || {
+            let started = Instant::now();
+            (waiting.lead_or_wait(Duration::from_secs(5)).is_some(), started.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        drop(lead);
+        let (led, waited) = waiter.join().unwrap();
+        assert!(!led, "the waiter decides from what the lead read");
+        assert!(waited >= Duration::from_millis(25) && waited < Duration::from_secs(2), "{waited:?}");
+        assert!(reread.lead_or_wait(Duration::from_secs(5)).is_some(), "the next re-read has a lead again");
+    }
+
+    #[test]
+    fn a_reread_that_never_ends_holds_the_others_up_no_longer_than_allowed() {
+        let reread = Reread::default();
+        let _lead = reread.lead_or_wait(Duration::from_secs(5)).unwrap();
+        let started = Instant::now();
+        assert!(reread.lead_or_wait(Duration::from_millis(40)).is_none());
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(40) && waited < Duration::from_secs(2), "{waited:?}");
+    }
+
+    #[test]
+    fn a_caller_on_tokio_awaits_a_reread_a_thread_leads_and_a_cancelled_lead_is_handed_back() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let reread = Reread::default();
+        let (waited, led) = std::thread::scope(|scope| {
+            let lead = reread.lead_or_wait(Duration::from_secs(5)).unwrap();
+            scope.spawn(move || {
+                std::thread::sleep(Duration::from_millis(30));
+                drop(lead);
+            });
+            runtime.block_on(async {
+                let started = Instant::now();
+                let led = reread.lead_or_await(Duration::from_secs(5)).await.is_some();
+                (started.elapsed(), led)
+            })
+        });
+        assert!(!led && waited >= Duration::from_millis(25) && waited < Duration::from_secs(2), "{waited:?}");
+
+        // A task cancelled while it leads (its caller gave up) hands the lead back.
+        runtime.block_on(async {
+            let cancelled = tokio::time::timeout(Duration::from_millis(10), async {
+                let _lead = reread.lead_or_await(Duration::from_secs(5)).await;
+                std::future::pending::<()>().await;
+            });
+            assert!(cancelled.await.is_err());
+        });
+        assert!(reread.lead_or_wait(Duration::from_millis(40)).is_some());
     }
 
     #[test]
