@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from redis_server import RedisServer, redis_server, redis_url  # noqa: F401  (fixtures)
+from redis_server import RedisServer, cluster_url, redis_server, redis_url  # noqa: F401  (fixtures)
 
 import holysheep as hs
 from fakes import FakeStatusError
@@ -95,3 +95,17 @@ def test_a_server_without_functions_runs_the_breakers_script_by_evalsha(
     other._core.sync()
     assert other.state == "open"
     assert server.script_calls() > 0 and "cmdstat_evalsha" in server.cli("INFO", "commandstats")
+
+
+def test_breakers_shared_through_a_redis_cluster_run_their_function_on_their_keys_nodes(cluster_url: str) -> None:
+    def breaker(key: str) -> hs.CircuitBreaker:
+        backend = hs.RedisBackend(cluster_url, cluster=True, on_error="fail_closed")
+        return hs.CircuitBreaker(backend=backend, key=key, failure_threshold=1)
+
+    for key in "abcdef":  # keys spread over the three nodes
+        one, other = breaker(key), breaker(key)
+        fail(one)
+        with pytest.raises(hs.CircuitOpenError):
+            one.call_sync(lambda: None)
+        other._core.sync()
+        assert other.state == "open", f"breaker {key}"
