@@ -68,6 +68,11 @@ class RedisServer:
             self._process.wait(timeout=5)
             self._process = None
 
+    def script_calls(self) -> int:
+        """How many scripts and functions (EVAL*, FCALL*) the server ran since CONFIG RESETSTAT."""
+        stats = self.cli("INFO", "commandstats").splitlines()
+        return sum(int(line.split("calls=")[1].split(",")[0]) for line in stats if line.startswith(("cmdstat_fcall", "cmdstat_eval")))
+
     def cli(self, *args: str) -> str:
         """One command through redis-cli; its answer, stripped ("" when the server is down)."""
         tls = ["--tls", "--cacert", self._extra[self._extra.index("--tls-ca-cert-file") + 1]] if "--tls-port" in self._extra else []

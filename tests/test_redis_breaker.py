@@ -104,3 +104,31 @@ def test_failures_reported_in_the_background_reach_the_fleet_in_order(redis_url:
     assert one.state == "closed" and other.state == "closed"
     fail(one)
     assert one.stats()["state"] == "closed", "the streak began again at the reset"
+
+
+def test_threads_deciding_together_after_a_quiet_spell_share_one_reread_of_the_fleets_state(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    # After a quiet spell a call reads the fleet's state before deciding: once for every thread deciding
+    # then, not once each. Redis is held still while they decide, so all come while the read is out.
+    threads = 16
+    breaker = shared(redis_url)
+    time.sleep(0.15)  # quiet: the cache is old enough to be read again before deciding
+    redis_server.cli("CONFIG", "RESETSTAT")
+    together = threading.Barrier(threads + 1)
+    results: list[str] = []
+
+    def call() -> None:
+        together.wait()
+        results.append(breaker.call_sync(lambda: "passed"))
+
+    workers = [threading.Thread(target=call) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    with stalled(redis_server):
+        together.wait()
+        time.sleep(0.3)
+    for worker in workers:
+        worker.join(10)
+    assert results == ["passed"] * threads
+    assert 1 <= redis_server.script_calls() <= 2, f"{redis_server.script_calls()} calls to Redis for {threads} threads"

@@ -5,7 +5,8 @@
 //!   batch with the next call to it. While calls are made, the cache is re-read in the background
 //!   once it is [`SYNC_INTERVAL_NS`] old (on the runtime; the caller never waits), so a breaker another
 //!   process opened is seen open within that interval plus one round trip. A cache older than
-//!   [`REREAD_FIRST_NS`] (a process making fewer than ten calls a second) is re-read before deciding.
+//!   [`REREAD_FIRST_NS`] (a process making fewer than ten calls a second) is re-read before deciding,
+//!   once for all the callers deciding at that moment (threads and tasks alike; the others wait for it).
 //! - A failure is reported at once, on the runtime: the failing call does not wait for Redis. This
 //!   process's next decision does, if the report has not landed yet (at most the backend's timeouts),
 //!   so the process whose failure opens the breaker sees it open at its very next call, and a reset or
@@ -24,25 +25,23 @@
 //!   process alone until Redis answers again, `fail_open` lets calls pass uncounted, `fail_closed`
 //!   raises `BackendUnavailable`.
 //!
-//! The script is run by EVALSHA and loaded again on NOSCRIPT (redis-rs's `Script`), as the limiter's
-//! scripts were before they moved to Redis Functions.
+//! The script is a function of the one holysheep library, called as the limiter's scripts are (see
+//! [`scripts`](crate::backend::redis::scripts)): FCALL on Redis 7.0+, EVALSHA before; a server that
+//! lost it (restarted, flushed, failed over) gets it again without an error reaching the caller.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, LazyLock, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-
-use redis::Script;
 
 use crate::backend::redis::backend::Backend;
 use crate::backend::redis::error::BackendError;
 use crate::backend::redis::runtime;
+use crate::backend::redis::scripts::{BREAKER, Call};
 use crate::backend::redis::shared::OnError;
 use crate::core::breaker::{BreakerConfig, CircuitBreaker, HALF_OPEN_RETRY_NS, Permit, State, Transition};
 use crate::core::clock::{Clock, MonotonicClock, ns_to_secs};
 use crate::core::error::Error;
 use crate::core::outcomes::Span;
-
-static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/breaker.lua")));
 
 /// The longest a busy process's cached state may be out of date (plus one round trip).
 pub const SYNC_INTERVAL_NS: u64 = 50_000_000;
@@ -201,6 +200,63 @@ impl Reports {
     }
 }
 
+/// The re-read before deciding (a cache older than [`REREAD_FIRST_NS`]), shared by every caller
+/// deciding at that moment, threads and tasks alike: one leads and reads, the others wait for it and
+/// decide from what it read. Nothing is locked while it reads; a waiter waits at most as long as the
+/// backend allows one call.
+#[derive(Default)]
+struct Reread {
+    running: Mutex<bool>,
+    done: Condvar,
+    /// Wakes the callers awaiting it on tokio (the threads wait on `done`).
+    finished: tokio::sync::Notify,
+}
+
+/// The lead of a re-read, handed back when dropped (after the read, or with a panic or a cancelled task).
+struct Leading<'a>(&'a Reread);
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        *self.0.running.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.0.done.notify_all();
+        self.0.finished.notify_waiters();
+    }
+}
+
+impl Reread {
+    /// The lead when no re-read is under way; else waits for the one that is, at most `limit`.
+    fn lead_or_wait(&self, limit: Duration) -> Option<Leading<'_>> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if !*running {
+            *running = true;
+            return Some(Leading(self));
+        }
+        let deadline = Instant::now() + limit;
+        while *running {
+            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|left| !left.is_zero()) else { break };
+            running = self.done.wait_timeout(running, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        None
+    }
+
+    /// [`lead_or_wait`](Self::lead_or_wait) for a caller on tokio: the same limit, its worker free meanwhile.
+    async fn lead_or_await(&self, limit: Duration) -> Option<Leading<'_>> {
+        let finished = self.finished.notified();
+        tokio::pin!(finished);
+        // Listening before looking: a re-read ending in between still wakes this one.
+        finished.as_mut().enable();
+        {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            if !*running {
+                *running = true;
+                return Some(Leading(self));
+            }
+        }
+        let _ = tokio::time::timeout(limit, finished).await;
+        None
+    }
+}
+
 struct Inner {
     backend: Arc<Backend>,
     key: String,
@@ -216,8 +272,7 @@ struct Inner {
     /// Redis failed lately: the policy decides until a re-read succeeds.
     down: AtomicBool,
     reports: Reports,
-    /// Held by the one re-read the callers on tokio await together (see [`FleetBreaker::allow_async`]).
-    rereading: tokio::sync::Mutex<()>,
+    reread: Reread,
     /// Numbers the calls to Redis as they are made; the newest whose answer the cache holds.
     issued: AtomicU64,
     adopted: AtomicU64,
@@ -261,7 +316,7 @@ impl FleetBreaker {
                 successes: AtomicU64::new(0),
                 down: AtomicBool::new(false),
                 reports: Reports::default(),
-                rereading: tokio::sync::Mutex::new(()),
+                reread: Reread::default(),
                 issued: AtomicU64::new(0),
                 adopted: AtomicU64::new(0),
                 clock,
@@ -284,8 +339,13 @@ impl FleetBreaker {
         self.await_reports();
         let mut now = self.inner.clock.now_ns();
         if self.reread_first(now) {
-            // Quiet for a while: what this process saw may be long gone; look before deciding.
-            let _ = self.run("sync", 0, None);
+            // Quiet for a while: what this process saw may be long gone; look before deciding, once
+            // for all the threads deciding now (a burst after a quiet spell would send one each).
+            if let Some(_lead) = self.inner.reread.lead_or_wait(self.wait_limit())
+                && self.still_reread_first()
+            {
+                let _ = self.run("sync", 0, None);
+            }
             now = self.inner.clock.now_ns();
         }
         match self.decide_cached(now) {
@@ -299,14 +359,15 @@ impl FleetBreaker {
     /// decides from its cache without awaiting anything.
     pub async fn allow_async(&self) -> Result<Permit, Refusal> {
         if self.inner.reports.in_flight() {
-            self.inner.reports.landed_async(self.report_wait_limit()).await;
+            self.inner.reports.landed_async(self.wait_limit()).await;
         }
         let mut now = self.inner.clock.now_ns();
         if self.reread_first(now) {
             // One re-read for all the requests deciding at once (a job's first dozens): the rest
             // wait for it and decide from what it read.
-            let _one = self.inner.rereading.lock().await;
-            if self.reread_first(self.inner.clock.now_ns()) {
+            if let Some(_lead) = self.inner.reread.lead_or_await(self.wait_limit()).await
+                && self.still_reread_first()
+            {
                 let _ = self.run_async("sync").await;
             }
             now = self.inner.clock.now_ns();
@@ -321,11 +382,24 @@ impl FleetBreaker {
     /// the background).
     #[inline]
     fn reread_first(&self, now: u64) -> bool {
-        if now.saturating_sub(self.inner.synced_at_ns.load(Ordering::Relaxed)) >= REREAD_FIRST_NS {
+        if self.too_old(now) {
             return true;
         }
         self.refresh_if_stale(now);
         false
+    }
+
+    /// Whether the cache is [`REREAD_FIRST_NS`] old: too old to decide from before reading it again.
+    #[inline]
+    fn too_old(&self, now: u64) -> bool {
+        now.saturating_sub(self.inner.synced_at_ns.load(Ordering::Relaxed)) >= REREAD_FIRST_NS
+    }
+
+    /// For the lead of a re-read: whether it is still needed (one that ended between looking and
+    /// leading has read what this one would).
+    #[inline]
+    fn still_reread_first(&self) -> bool {
+        self.too_old(self.inner.clock.now_ns())
     }
 
     /// The decision the cache (or the failure policy, while Redis is away) makes; `None`: a trial is
@@ -457,7 +531,7 @@ impl FleetBreaker {
         let (call, number) = self.invocation(op, successes, generation, open_for_ns);
         let me = self.clone();
         handle.spawn(async move {
-            let result = me.inner.backend.call(|mut connection| async move { call.invoke_async::<Vec<i64>>(&mut connection).await }).await;
+            let result = me.inner.backend.call(|mut connection| async move { call.run_async::<Vec<i64>>(&mut connection).await }).await;
             let result = me.adopt(result, successes, number);
             me.inner.reports.landed(me.reported(op, result, open_for_ns));
         });
@@ -487,12 +561,13 @@ impl FleetBreaker {
     /// Waits for this process's reports in flight, at most as long as the backend allows one call.
     pub fn await_reports(&self) {
         if self.inner.reports.in_flight() {
-            self.inner.reports.wait(self.report_wait_limit());
+            self.inner.reports.wait(self.wait_limit());
         }
     }
 
-    /// The longest a decision waits for reports in flight: as long as the backend allows one call.
-    fn report_wait_limit(&self) -> Duration {
+    /// The longest a decision waits for calls others made (reports in flight, a re-read another caller
+    /// leads): as long as the backend allows one call.
+    fn wait_limit(&self) -> Duration {
         let timeouts = self.inner.backend.timeouts();
         timeouts.connect + timeouts.command + Duration::from_millis(50)
     }
@@ -513,7 +588,7 @@ impl FleetBreaker {
             return true;
         }
         let now = inner.clock.now_ns();
-        if now.saturating_sub(inner.synced_at_ns.load(Ordering::Relaxed)) >= REREAD_FIRST_NS {
+        if self.too_old(now) {
             return true;
         }
         let cached = Cached(inner.cached.load(Ordering::Acquire));
@@ -594,7 +669,7 @@ impl FleetBreaker {
             let successes = me.inner.successes.swap(0, Ordering::AcqRel);
             let (call, number) = me.invocation("sync", successes, 0, None);
             let result =
-                me.inner.backend.call(|mut connection| async move { call.invoke_async::<Vec<i64>>(&mut connection).await }).await;
+                me.inner.backend.call(|mut connection| async move { call.run_async::<Vec<i64>>(&mut connection).await }).await;
             // A failure marked Redis down: the failure policy decides until a re-read succeeds.
             let _ = me.adopt(result, successes, number);
             me.inner.syncing.store(false, Ordering::Release);
@@ -602,7 +677,7 @@ impl FleetBreaker {
     }
 
     /// The script's call for `op`, and its number among this breaker's calls (see [`Self::adopt`]).
-    fn invocation(&self, op: &str, successes: u64, generation: u16, open_for_ns: Option<u64>) -> (redis::ScriptInvocation<'static>, u64) {
+    fn invocation(&self, op: &str, successes: u64, generation: u16, open_for_ns: Option<u64>) -> (Call, u64) {
         let c = &self.inner.config;
         let (rate, window_ms, minimum) = match c.failure_rate {
             Some(rule) => {
@@ -614,10 +689,8 @@ impl FleetBreaker {
             }
             None => (0.0, 0, 0),
         };
-        let mut invocation = SCRIPT.prepare_invoke();
-        invocation
-            .key(&self.inner.key)
-            .arg(op)
+        let mut call = BREAKER.call(self.inner.backend.dialect(), std::slice::from_ref(&self.inner.key));
+        call.arg(op)
             .arg(c.failure_threshold.unwrap_or(0))
             .arg(c.recovery_timeout_ns.div_ceil(NS_PER_MS))
             .arg(c.half_open_max_calls)
@@ -628,7 +701,7 @@ impl FleetBreaker {
             .arg(generation)
             .arg(open_for_ns.map_or(0, |ns| ns.div_ceil(NS_PER_MS).max(1)))
             .arg(self.trial_lease_ns().div_ceil(NS_PER_MS));
-        (invocation, self.inner.issued.fetch_add(1, Ordering::AcqRel) + 1)
+        (call, self.inner.issued.fetch_add(1, Ordering::AcqRel) + 1)
     }
 
     /// How long a trial may stay unanswered before Redis hands its slot to another process (its own
@@ -642,8 +715,8 @@ impl FleetBreaker {
     /// Runs `op` now on this thread (one round trip), reporting the successes counted so far.
     fn run(&self, op: &str, generation: u16, open_for_ns: Option<u64>) -> Result<Answer, BackendError> {
         let successes = self.inner.successes.swap(0, Ordering::AcqRel);
-        let (invocation, number) = self.invocation(op, successes, generation, open_for_ns);
-        let result = self.inner.backend.call_blocking(|connection| invocation.invoke::<Vec<i64>>(connection));
+        let (call, number) = self.invocation(op, successes, generation, open_for_ns);
+        let result = self.inner.backend.call_blocking(|connection| call.run::<Vec<i64>>(connection));
         self.adopt(result, successes, number)
     }
 
@@ -655,7 +728,7 @@ impl FleetBreaker {
         let (call, number) = self.invocation(op, successes, 0, None);
         let me = self.clone();
         let task = handle.spawn(async move {
-            let result = me.inner.backend.call(|mut connection| async move { call.invoke_async::<Vec<i64>>(&mut connection).await }).await;
+            let result = me.inner.backend.call(|mut connection| async move { call.run_async::<Vec<i64>>(&mut connection).await }).await;
             me.adopt(result, successes, number)
         });
         task.await.unwrap_or_else(|_| Err(BackendError::Unavailable { message: "the Redis runtime stopped before it answered".into() }))
@@ -772,6 +845,62 @@ mod tests {
     }
 
     #[test]
+    fn callers_deciding_during_a_reread_wait_for_it_and_do_not_read_themselves() {
+        let reread = Arc::new(Reread::default());
+        let lead = reread.lead_or_wait(Duration::from_secs(5)).expect("the first caller leads");
+        let waiting = Arc::clone(&reread);
+        let waiter = std::thread::spawn(move || {
+            let started = Instant::now();
+            (waiting.lead_or_wait(Duration::from_secs(5)).is_some(), started.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        drop(lead);
+        let (led, waited) = waiter.join().unwrap();
+        assert!(!led, "the waiter decides from what the lead read");
+        assert!(waited >= Duration::from_millis(25) && waited < Duration::from_secs(2), "{waited:?}");
+        assert!(reread.lead_or_wait(Duration::from_secs(5)).is_some(), "the next re-read has a lead again");
+    }
+
+    #[test]
+    fn a_reread_that_never_ends_holds_the_others_up_no_longer_than_allowed() {
+        let reread = Reread::default();
+        let _lead = reread.lead_or_wait(Duration::from_secs(5)).unwrap();
+        let started = Instant::now();
+        assert!(reread.lead_or_wait(Duration::from_millis(40)).is_none());
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(40) && waited < Duration::from_secs(2), "{waited:?}");
+    }
+
+    #[test]
+    fn a_caller_on_tokio_awaits_a_reread_a_thread_leads_and_a_cancelled_lead_is_handed_back() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let reread = Reread::default();
+        let (waited, led) = std::thread::scope(|scope| {
+            let lead = reread.lead_or_wait(Duration::from_secs(5)).unwrap();
+            scope.spawn(move || {
+                std::thread::sleep(Duration::from_millis(30));
+                drop(lead);
+            });
+            runtime.block_on(async {
+                let started = Instant::now();
+                let led = reread.lead_or_await(Duration::from_secs(5)).await.is_some();
+                (started.elapsed(), led)
+            })
+        });
+        assert!(!led && waited >= Duration::from_millis(25) && waited < Duration::from_secs(2), "{waited:?}");
+
+        // A task cancelled while it leads (its caller gave up) hands the lead back.
+        runtime.block_on(async {
+            let cancelled = tokio::time::timeout(Duration::from_millis(10), async {
+                let _lead = reread.lead_or_await(Duration::from_secs(5)).await;
+                std::future::pending::<()>().await;
+            });
+            assert!(cancelled.await.is_err());
+        });
+        assert!(reread.lead_or_wait(Duration::from_millis(40)).is_some());
+    }
+
+    #[test]
     fn reports_sent_by_a_parent_process_are_none_of_a_forked_childs() {
         let reports = Reports::default();
         reports.sending();
@@ -783,3 +912,7 @@ mod tests {
         assert!(!reports.in_flight(), "only the child's own report counted");
     }
 }
+
+#[cfg(test)]
+#[path = "breaker_tests.rs"]
+mod server_tests;

@@ -65,7 +65,7 @@ struct Library {
 }
 
 static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
-    let scripts = [&*ACQUIRE, &*ADJUST, &*RECLAIM, &*RENEW, &*LEAVE, &*LOGS];
+    let scripts = [&*ACQUIRE, &*ADJUST, &*RECLAIM, &*RENEW, &*LEAVE, &*LOGS, &*BREAKER];
     let functions: String = scripts.iter().map(|s| format!("local {} = (function()\n{}\nend)()\n", s.name, s.body)).collect();
     let hash = Script::new(&format!("{COMMON}{functions}")).get_hash().to_string();
     let name = format!("holysheep_{}", &hash[..12]);
@@ -143,6 +143,8 @@ pub static RENEW: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new("renew",
 pub static LEAVE: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new("leave", include_str!("scripts/leave.lua")));
 /// Reads exact windows' logs as they stand.
 pub static LOGS: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new("logs", include_str!("scripts/logs.lua")));
+/// The fleet's circuit breaker: its state machine on Redis's clock (src/backend/redis/breaker.rs).
+pub static BREAKER: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new("breaker", include_str!("scripts/breaker.lua")));
 
 /// One script call, ready to run on any connection.
 pub struct Call {
@@ -220,7 +222,7 @@ mod tests {
         let source = &LIBRARY.source;
         assert!(source.starts_with("#!lua name=holysheep_"));
         assert_eq!(source.matches("local function redis_now()").count(), 1);
-        for name in ["acquire", "adjust", "reclaim", "renew", "leave", "logs"] {
+        for name in ["acquire", "adjust", "reclaim", "renew", "leave", "logs", "breaker"] {
             assert!(source.contains(&format!("redis.register_function('{}_{name}', function(KEYS, ARGV) bind() return {name}(KEYS, ARGV) end)", LIBRARY.name)), "{name}");
         }
     }
