@@ -191,9 +191,10 @@ local function earliest(w, now)
 end
 
 -- How long from now the limit's keys are needed: until the last instant a window counts, and no less
--- than a place in line lasts, so the hash's record of the line outlives every place.
+-- than a place in line lasts, so the hash's record of the line outlives every place; nor less than
+-- what it says of a lost state ("reborn", "restoring") holds.
 local function needed(d)
-  local horizon = max(d.place_ttl, d.line_until - d.now, d.handover and d.lease_ttl or 0)
+  local horizon = max(d.place_ttl, d.line_until - d.now, d.reborn - d.now, d.restoring - d.now, d.handover and d.lease_ttl or 0)
   for i = 1, d.n do
     local w = d.windows[i]
     if w.gcra then
