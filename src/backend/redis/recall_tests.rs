@@ -115,3 +115,18 @@ fn leases_redis_lost_are_held_by_stand_ins_until_their_holders_put_them_back() {
     holder.adjust_blocking(&first, Cost::request(0), Cost::request(0), true).unwrap();
     admitted(with_lease(&other));
 }
+
+// A settle that counts tokens into a window whose numbers Redis lost starts its log afresh, numbered
+// from Redis's clock: a receipt from before the loss names none of its entries.
+#[test]
+fn a_late_correction_from_before_the_loss_leaves_what_a_settle_counted_after_it_alone() {
+    let Some(server) = start_server() else { return };
+    let tokens = || vec![limit(1_000.0, 2_000, Unit::Tokens, Algorithm::Exact)];
+    let (before, after) = (limiter(&server, tokens(), None, Duration::from_secs(5)), limiter(&server, tokens(), None, Duration::from_secs(5)));
+    let old = admitted(before.decide_blocking(Cost::request(600), 0.0, Mode::Now, false, &Place::newcomer(0), "acquire").unwrap());
+    let unestimated = admitted(after.decide_blocking(Cost::request(0), 0.0, Mode::Now, false, &Place::newcomer(0), "acquire").unwrap());
+    lose_everything(&server);
+    after.adjust_blocking(&unestimated, Cost::request(0), Cost::request(300), false).unwrap();
+    before.adjust_blocking(&old, Cost::request(600), Cost::request(0), false).unwrap();
+    assert_eq!(after.peek_blocking(Cost::request(0)).unwrap().remaining, vec![700], "the 300 settled after the loss still count");
+}

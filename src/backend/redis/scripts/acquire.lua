@@ -403,9 +403,8 @@ return function(KEYS, ARGV)
     end
   end
 
-  -- Every window as the call describes it, with its numbers as the hash holds them. A new state's logs
-  -- are numbered from Redis's clock, so a receipt from before a loss (or an expiry) names no entry
-  -- after it; whatever a log held without its state counts nothing.
+  -- Every window as the call describes it, with its numbers as the hash holds them (a window without
+  -- them starts afresh, see common.lua); whatever a log held without its state counts nothing.
   for i = 1, n do
     local first = HEADER + (i - 1) * PER_WINDOW
     local w = {
@@ -422,11 +421,8 @@ return function(KEYS, ARGV)
     if w.gcra then
       w.tat = read_gcra(stored[i + 1])
     else
-      read_log(w, stored[i + 1])
-      if absent then
-        call('DEL', w.log)
-        w.seq = now
-      end
+      read_log(w, stored[i + 1], now)
+      if absent then call('DEL', w.log) end
       forget(w, now)
     end
   end

@@ -77,12 +77,12 @@ return function(KEYS, ARGV)
         end
       else
         local w = {log = KEYS[LOGS + i], span = span}
-        read_log(w, call('HGET', state, id))
-        -- A receipt names its entry by the log's sequence number, which starts again from Redis's clock
-        -- once the limit's keys expire. They outlive every entry's window by a second, so while this
-        -- admission is in its window the numbering is still the one that named it. Past it, its entry
-        -- no longer counts (it left the window, or its number now names a newer admission's): nothing
-        -- to correct.
+        read_log(w, call('HGET', state, id), now)
+        -- A receipt names its entry by the log's sequence number, which starts again from Redis's
+        -- clock once the limit's keys expire (see common.lua's read_log). They outlive every entry's
+        -- window by a second, so while this admission is in its window the numbering is still the one
+        -- that named it. Past it, its entry no longer counts (it left the window, or its number now
+        -- names a newer admission's): nothing to correct.
         if counted == 0 then
           count_late(state, id, w, now, actual)
         elseif now < admitted + span and correct(w, receipt, admitted, counted, actual) then

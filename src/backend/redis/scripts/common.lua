@@ -99,11 +99,13 @@ end
 -- its oldest entry (a receipt names an entry by it), how many entries the log holds, and the instants
 -- of the oldest and newest entries with the newest's units. The log is what counts; these say what a
 -- decision would otherwise read of it each time, and every script that changes the log keeps them.
-local function read_log(w, packed)
+-- A window without numbers has an empty log, numbered from `now` (Redis's clock), so that a receipt
+-- from before its numbers were lost names no entry after it.
+local function read_log(w, packed, now)
   if packed then
     w.sum, w.seq, w.length, w.head, w.last_at, w.last_cost = unpack_bytes(integers(6), packed)
   else
-    w.sum, w.seq, w.length, w.head, w.last_at, w.last_cost = 0, 0, 0, 0, 0, 0
+    w.sum, w.seq, w.length, w.head, w.last_at, w.last_cost = 0, now, 0, 0, 0, 0
   end
 end
 

@@ -6,7 +6,7 @@ return function(KEYS, ARGV)
   local logs = {}
   for i = 1, #ARGV do
     local w = {}
-    read_log(w, call('HGET', KEYS[1], ARGV[i]))
+    read_log(w, call('HGET', KEYS[1], ARGV[i]), 0)
     logs[i] = {w.seq, call('LRANGE', KEYS[1 + i], 0, -1)}
   end
   return logs
