@@ -222,31 +222,48 @@ impl Backend {
     }
 
     /// Runs one call on this thread over a pooled plain connection, unless Redis failed lately and its
-    /// pause has not passed. A connection that failed is dropped; the next call opens a new one.
+    /// pause has not passed. A connection that failed is dropped; the next call opens a new one. A
+    /// pooled connection the server had closed while it sat idle (a restart closes them all) is found so
+    /// by the call, which then goes again on a new connection: the server it was sent to is gone, and a
+    /// restart costs the caller no error.
     pub fn call_blocking<T>(
         &self,
-        call: impl FnOnce(&mut dyn redis::ConnectionLike) -> Result<T, RedisError>,
+        call: impl Fn(&mut dyn redis::ConnectionLike) -> Result<T, RedisError>,
     ) -> Result<T, BackendError> {
         self.check_pause()?;
         let generation = self.generation.load(Ordering::Acquire);
         let pooled = self.idle().current(Vec::new).pop();
+        let reused = pooled.is_some();
         let mut connection = match pooled {
             Some(connection) => connection,
-            None => match self.server.connect_blocking(self.timeouts) {
+            None => match self.connect_blocking() {
                 Ok(connection) => connection,
-                Err(err) => {
-                    let err = Err(self.classify(err));
-                    self.note(&err);
-                    return err;
-                }
+                Err(err) => return err,
             },
         };
-        let result = call(connection.as_connection()).map_err(|err| self.classify(err));
+        let mut result = call(connection.as_connection());
+        if reused && result.as_ref().is_err_and(|err| err.is_connection_dropped() && !err.is_timeout()) {
+            connection = match self.connect_blocking() {
+                Ok(connection) => connection,
+                Err(err) => return err,
+            };
+            result = call(connection.as_connection());
+        }
+        let result = result.map_err(|err| self.classify(err));
         if result.is_ok() && self.generation.load(Ordering::Acquire) == generation {
             self.idle().current(Vec::new).push(connection);
         }
         self.note(&result);
         result
+    }
+
+    /// A new plain connection for `call_blocking`, or the failure to make one (noted).
+    fn connect_blocking<T>(&self) -> Result<Blocking, Result<T, BackendError>> {
+        self.server.connect_blocking(self.timeouts).map_err(|err| {
+            let err = Err(self.classify(err));
+            self.note(&err);
+            err
+        })
     }
 
     /// A connection for an asyncio event loop to drive (see [`LoopConnection`]); `None` for addresses

@@ -29,6 +29,32 @@ pub(super) fn start_server() -> Option<Server> {
     start_server_with(&[])
 }
 
+impl Server {
+    /// Stops this redis-server and starts another on its port, without its data (nor the scripts).
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port: u16 = self.url.rsplit(':').next().unwrap().trim_end_matches("/0").parse().unwrap();
+        self.child = spawn_on(port).expect("redis-server started before");
+        wait_for(port);
+    }
+}
+
+fn spawn_on(port: u16) -> std::io::Result<Child> {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+}
+
+fn wait_for(port: u16) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(5), "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A redis-server with `extra` settings (e.g. `--rename-command FCALL ""`: a server without Functions).
 fn start_server_with(extra: &[&str]) -> Option<Server> {
     let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
@@ -42,11 +68,7 @@ fn start_server_with(extra: &[&str]) -> Option<Server> {
         return None;
     };
     let server = Server { child, url: format!("redis://127.0.0.1:{port}/0") };
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(5), "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(port);
     Some(server)
 }
 
@@ -528,4 +550,18 @@ fn a_waiter_that_gives_up_or_stops_asking_leaves_the_line() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(started.elapsed() >= Duration::from_secs(1), "a live waiter keeps its place between asks");
+}
+
+// A restart closes every connection: a blocking caller's pooled one failed its next call, an outage
+// under fail_closed. The call that finds its connection closed goes again on a new one.
+#[test]
+fn a_restart_costs_a_blocking_caller_no_error() {
+    let Some(mut server) = start_server() else { return };
+    let lim = limiter(&server, vec![limit(100.0, 1_000, Unit::Requests, Algorithm::Exact)], Some(4), Duration::from_secs(5));
+    let before = admitted(lim.decide_blocking(Cost::request(0), 0.0, Mode::Now, true, &Place::newcomer(0), "try_acquire").unwrap());
+    lim.adjust_blocking(&before, Cost::request(0), Cost::request(0), true).unwrap();
+    server.restart();
+    let after = lim.decide_blocking(Cost::request(0), 0.0, Mode::Now, true, &Place::newcomer(0), "try_acquire");
+    let after = admitted(after.map_err(|e| format!("{e:?}")).unwrap());
+    lim.adjust_blocking(&after, Cost::request(0), Cost::request(0), true).unwrap();
 }
