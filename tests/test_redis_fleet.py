@@ -584,3 +584,22 @@ def recovered_slot(lim: hs.HolySheepRateLimiter, seconds: float = 2.0) -> bool:
                 return True
         time.sleep(0.02)
     return False
+
+
+async def test_a_restart_costs_asyncio_and_blocking_callers_no_error(redis_server: RedisServer, redis_url: str) -> None:
+    # A restart closes every connection. The decisions that find theirs closed are sent again on new
+    # ones, so under fail_closed no caller sees the restart (before: BackendUnavailable, and a pause
+    # that refused every caller for 50 ms).
+    backend = hs.RedisBackend(redis_url, on_error="fail_closed")
+    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(1000, per=1.0)], max_concurrency=4, backend=backend, key="restart-no-error")
+    for _ in range(3):  # the loop's own connection is open after the first
+        await lim.acquire()
+        lim.release()
+    assert lim.try_acquire()
+    lim.release()
+    redis_server.stop()
+    redis_server.start()
+    await lim.acquire()
+    lim.release()
+    assert lim.try_acquire()
+    lim.release()

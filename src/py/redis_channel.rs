@@ -13,7 +13,7 @@ use crate::py::shared::Reply;
 use crate::backend::redis::limiter::{Ask, Mode, Place};
 use crate::backend::redis::scripts::Call;
 use crate::backend::redis::loop_connection::LoopConnection;
-use crate::backend::redis::{BackendError, RemoteLimiter};
+use crate::backend::redis::{BackendError, RemoteLimiter, closed_by_server};
 
 /// A request sent on a `_LoopChannel`, waiting for its answer.
 struct Pending {
@@ -27,7 +27,8 @@ enum Kind {
         reply: Arc<Reply>,
         ask: Ask,
         operation: &'static str,
-        /// The call, kept to send once more if the server lost the scripts (`None` once it was).
+        /// The call, kept to send once more if the server lost the scripts or closed the connection
+        /// before answering (`None` once it was sent again: never a third time).
         call: Option<Call>,
     },
     /// Its answer is the next decision's business, not the caller's: a failure shows there.
@@ -85,6 +86,51 @@ impl PyLoopChannel {
         }
     }
 
+    /// A failure of the connection: when the server closed it before answering (a restart closes them
+    /// all), a new connection is opened and every request waiting is sent again on it (a decision that
+    /// Redis ran before closing then runs twice: it counts twice, never less), so a restart costs the
+    /// callers no error; else, or when that fails too, the channel ends (`close`). Err when it ended.
+    fn failed(slf: &Bound<'_, Self>, err: redis::RedisError) -> Result<(), BackendError> {
+        let this = slf.get();
+        let backend = this.limiter.backend();
+        if closed_by_server(&err) {
+            backend.went_away();
+            if this.reopen(slf).is_ok() {
+                return Ok(());
+            }
+        }
+        let err = backend.failed(err);
+        this.close(slf.py(), err.clone());
+        Err(err)
+    }
+
+    /// Opens a new connection in place of the closed one and sends every request waiting on it, once.
+    fn reopen(&self, slf: &Bound<'_, Self>) -> Result<(), ()> {
+        let py = slf.py();
+        let mut state = self.state();
+        if state.pending.iter().any(|request| matches!(request.kind, Kind::Decision { call: None, .. })) {
+            return Err(());
+        }
+        let Ok(Some(mut connection)) = self.limiter.backend().open_loop_connection() else { return Err(()) };
+        let now = Instant::now();
+        state.pending.retain(|request| matches!(request.kind, Kind::Decision { .. }));
+        for request in state.pending.iter_mut() {
+            let Kind::Decision { call, .. } = &mut request.kind else { continue };
+            let again = call.take().map(|call| call.again());
+            let Some(again) = again else { return Err(()) };
+            connection.send(&again.packed()).map_err(drop)?;
+            request.sent = now;
+        }
+        if let Some(closed) = state.connection.replace(connection) {
+            let _ = self.event_loop.call_method1(py, "remove_reader", (closed.fd(),));
+        }
+        let Some(fd) = state.connection.as_ref().map(LoopConnection::fd) else { return Err(()) };
+        drop(state);
+        let on_readable = slf.getattr("_on_readable").map_err(drop)?;
+        self.event_loop.call_method1(py, "add_reader", (fd, on_readable)).map_err(drop)?;
+        Ok(())
+    }
+
     /// Sends one decision for its loop's task; `reply` gets the answer. Fails at once when the
     /// channel is closed or the request cannot be written (which closes it).
     #[allow(clippy::too_many_arguments)]
@@ -97,14 +143,15 @@ impl PyLoopChannel {
                 return Err(BackendError::Unavailable { message: "the connection to Redis closed".into() });
             };
             let (call, ask) = limiter.ask(cost, price, mode, lease, place);
-            if let Err(err) = connection.send(&call.packed()) {
-                drop(state);
-                let err = limiter.gave_up(ask, limiter.backend().failed(err.into()));
-                this.close(slf.py(), err.clone());
-                return Err(err);
-            }
+            let sent = connection.send(&call.packed());
             state.pending.push_back(Pending { kind: Kind::Decision { reply, ask, operation, call: Some(call) }, sent: Instant::now() });
-            !state.watchdog
+            let arm = !state.watchdog;
+            drop(state);
+            if let Err(err) = sent {
+                // Its reply gets the outcome either way: its answer on a new connection, or the failure.
+                let _ = Self::failed(slf, err.into());
+            }
+            arm
         };
         if arm {
             // Without its watchdog a stalled Redis would leave the request unanswered for good.
@@ -167,24 +214,28 @@ impl PyLoopChannel {
     }
 
     /// Called by the loop when answers arrived: completes their futures, in order.
-    fn _on_readable(&self, py: Python<'_>) {
-        let limiter = &self.limiter;
-        let received = match self.state().connection.as_mut() {
+    fn _on_readable(slf: &Bound<'_, Self>) {
+        let (this, py) = (slf.get(), slf.py());
+        let limiter = &this.limiter;
+        let received = match this.state().connection.as_mut() {
             Some(connection) => connection.receive(),
             None => return,
         };
         let answers = match received {
             Ok(answers) => answers,
-            Err(err) => return self.close(py, limiter.backend().failed(err)),
+            Err(err) => {
+                let _ = Self::failed(slf, err);
+                return;
+            }
         };
         for answer in answers {
-            let Some(request) = self.state().pending.pop_front() else { break };
+            let Some(request) = this.state().pending.pop_front() else { break };
             let Kind::Decision { reply, ask, operation, call } = request.kind else { continue };
             let decided = match answer.extract_error() {
                 Ok(value) => limiter.interpret(value, ask, operation),
                 Err(err) => match call {
                     Some(call) if limiter.backend().dialect().missing(&err).is_some() => {
-                        self.load_and_resend(py, call, reply, ask, operation);
+                        this.load_and_resend(py, call, reply, ask, operation);
                         continue;
                     }
                     _ => Err(Err(limiter.gave_up(ask, limiter.backend().failed(err)))),

@@ -41,6 +41,22 @@ struct Outage {
     cause: String,
 }
 
+/// Whether `err` says the server closed the connection (it went away: a restart closes every
+/// connection), rather than that it could not be reached or did not answer in time.
+pub fn closed_by_server(err: &RedisError) -> bool {
+    err.is_connection_dropped() && !err.is_connection_refusal() && !err.is_timeout()
+}
+
+/// Whether a blocking call may be sent again on a new connection when the server had closed its pooled
+/// one. A server closes a connection before answering when it goes away (a restart); should it have run
+/// the call first, a call sent again runs twice: a decision then counts twice, never less, but a
+/// correction would take a refund twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resend {
+    IfClosed,
+    Never,
+}
+
 /// A Redis server shared by limiters.
 pub struct Backend {
     server: Server,
@@ -224,10 +240,11 @@ impl Backend {
     /// Runs one call on this thread over a pooled plain connection, unless Redis failed lately and its
     /// pause has not passed. A connection that failed is dropped; the next call opens a new one. A
     /// pooled connection the server had closed while it sat idle (a restart closes them all) is found so
-    /// by the call, which then goes again on a new connection: the server it was sent to is gone, and a
-    /// restart costs the caller no error.
+    /// by the call, which `resend` may then send again on a new connection, so that a restart costs the
+    /// caller no error.
     pub fn call_blocking<T>(
         &self,
+        resend: Resend,
         call: impl Fn(&mut dyn redis::ConnectionLike) -> Result<T, RedisError>,
     ) -> Result<T, BackendError> {
         self.check_pause()?;
@@ -242,28 +259,25 @@ impl Backend {
             },
         };
         let mut result = call(connection.as_connection());
-        if reused && result.as_ref().is_err_and(|err| err.is_connection_dropped() && !err.is_timeout()) {
+        if resend == Resend::IfClosed && reused && result.as_ref().is_err_and(closed_by_server) {
+            self.went_away();
             connection = match self.connect_blocking() {
                 Ok(connection) => connection,
                 Err(err) => return err,
             };
             result = call(connection.as_connection());
         }
-        let result = result.map_err(|err| self.classify(err));
-        if result.is_ok() && self.generation.load(Ordering::Acquire) == generation {
+        let value = result.map_err(|err| self.failure(err))?;
+        if self.generation.load(Ordering::Acquire) == generation {
             self.idle().current(Vec::new).push(connection);
         }
-        self.note(&result);
-        result
+        self.answered();
+        Ok(value)
     }
 
     /// A new plain connection for `call_blocking`, or the failure to make one (noted).
     fn connect_blocking<T>(&self) -> Result<Blocking, Result<T, BackendError>> {
-        self.server.connect_blocking(self.timeouts).map_err(|err| {
-            let err = Err(self.classify(err));
-            self.note(&err);
-            err
-        })
+        self.server.connect_blocking(self.timeouts).map_err(|err| Err(self.failure(err)))
     }
 
     /// A connection for an asyncio event loop to drive (see [`LoopConnection`]); `None` for addresses
@@ -274,16 +288,42 @@ impl Backend {
         let Some(opened) = LoopConnection::open(info, self.timeouts.connect, self.timeouts.command, &self.dialect) else {
             return Ok(None);
         };
-        let result = opened.map_err(|err| self.classify(err));
-        self.note(&result);
-        result.map(Some)
+        let connection = opened.map_err(|err| self.failure(err))?;
+        self.answered();
+        Ok(Some(connection))
     }
 
     /// Records a failure seen on a loop connection (the pause applies to every way of calling).
     pub fn failed(&self, err: RedisError) -> BackendError {
+        self.failure(err)
+    }
+
+    /// A failed call's error, noted. A server that closed the connection went away and may be back
+    /// already (a restart closes every connection): that starts no pause, and the next call finds out
+    /// on a new connection. Any other failure to reach Redis starts one.
+    fn failure(&self, err: RedisError) -> BackendError {
+        let closed = closed_by_server(&err);
         let err = self.classify(err);
-        self.note(&Err::<(), _>(err.clone()));
+        if closed {
+            self.went_away();
+        } else {
+            self.note(&Err::<(), _>(err.clone()));
+        }
         err
+    }
+
+    /// The server closed a connection: what it was told last may be lost with it, as after an outage
+    /// (`recoveries`); following failovers, the next call asks the Sentinels where the primary is.
+    pub fn went_away(&self) {
+        self.recoveries.fetch_add(1, Ordering::AcqRel);
+        if self.server.follows_failovers() {
+            *self.connection.lock().unwrap_or_else(|p| p.into_inner()).current(|| None) = None;
+        }
+    }
+
+    /// Ends the pause after a success.
+    fn answered(&self) {
+        self.note(&Ok::<(), BackendError>(()));
     }
 
     /// Runs one call on the runtime, unless Redis failed lately and its pause has not passed.
@@ -296,15 +336,20 @@ impl Backend {
         // The connections' own timeouts bound connecting and each answer; this bounds it all together.
         let limit = self.timeouts.connect + self.timeouts.command;
         let attempt = async { call(self.connection().await?).await };
-        let result = match tokio::time::timeout(limit, attempt).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(self.classify(err)),
-            Err(_) => Err(BackendError::Unavailable {
-                message: format!("Redis at {} did not answer within {} ms", self.url, limit.as_millis()),
-            }),
-        };
-        self.note(&result);
-        result
+        match tokio::time::timeout(limit, attempt).await {
+            Ok(Ok(value)) => {
+                self.answered();
+                Ok(value)
+            }
+            Ok(Err(err)) => Err(self.failure(err)),
+            Err(_) => {
+                let result = Err(BackendError::Unavailable {
+                    message: format!("Redis at {} did not answer within {} ms", self.url, limit.as_millis()),
+                });
+                self.note(&result);
+                result
+            }
+        }
     }
 
     /// Starts or lengthens the pause after a failure to reach Redis; ends it after a success.

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::backend::redis::backend::Backend;
+use crate::backend::redis::backend::{Backend, Resend};
 use crate::backend::redis::error::BackendError;
 use crate::backend::redis::runtime;
 use crate::backend::redis::scripts::{BREAKER, Call};
@@ -716,7 +716,7 @@ impl FleetBreaker {
     fn run(&self, op: &str, generation: u16, open_for_ns: Option<u64>) -> Result<Answer, BackendError> {
         let successes = self.inner.successes.swap(0, Ordering::AcqRel);
         let (call, number) = self.invocation(op, successes, generation, open_for_ns);
-        let result = self.inner.backend.call_blocking(|connection| call.run::<Vec<i64>>(connection));
+        let result = self.inner.backend.call_blocking(Resend::Never, |connection| call.run::<Vec<i64>>(connection));
         self.adopt(result, successes, number)
     }
 

@@ -73,6 +73,11 @@ impl Leases {
         released.push_back((now, id.to_string()));
     }
 
+    /// How many leases this process holds now.
+    pub fn held_count(&self) -> u64 {
+        self.held(|held| held.len() as u64)
+    }
+
     fn held<R>(&self, with: impl FnOnce(&mut HashSet<String>) -> R) -> R {
         with(self.held.lock().unwrap_or_else(|p| p.into_inner()).current(HashSet::new))
     }

@@ -16,7 +16,7 @@ use crate::core::limit::{Cost, Limit, Unit};
 use crate::core::quota::Receipt;
 use crate::core::refusal;
 use crate::core::Error;
-use crate::backend::redis::backend::Backend;
+use crate::backend::redis::backend::{Backend, Resend};
 use crate::backend::redis::error::BackendError;
 use crate::backend::redis::leases::{self, Leases};
 use crate::backend::redis::process::PerProcess;
@@ -353,7 +353,7 @@ impl RemoteLimiter {
     pub fn decide_blocking(self: &Arc<Self>, cost: Cost, price: f64, mode: Mode, lease: bool, place: &Place, operation: &str) -> Result<Outcome, Refused> {
         self.backend.check_pause().map_err(Err)?;
         let (call, ask) = self.ask(cost, price, mode, lease, place);
-        match self.backend.call_blocking(|c| call.run(c)) {
+        match self.backend.call_blocking(Resend::IfClosed, |c| call.run(c)) {
             Ok(value) => self.interpret(value, ask, operation),
             Err(err) => Err(Err(self.gave_up(ask, err))),
         }
@@ -445,7 +445,8 @@ impl RemoteLimiter {
             .push(PLACE_TTL_US)
             .push(self.windows.len())
             .push(handover.as_ref().map_or(0, |h| h.number));
-        let (leases, leases_until_us) = sighting.as_ref().map_or((0, 0), |seen| seen.recalled_leases(self.lease_ttl_us));
+        let own_now = self.leases.held_count();
+        let (leases, leases_until_us) = sighting.as_ref().map_or((0, 0), |seen| seen.recalled_leases(own_now, self.lease_ttl_us));
         numbers.push(leases).push(leases_until_us);
         for (index, window) in self.windows.iter().enumerate() {
             let (limit, span_us) = window.in_force(self.rate_factor(window.unit));
@@ -478,8 +479,9 @@ impl RemoteLimiter {
     }
 
     /// The acquire script's answer read: its header, and what it says of the fleet noted (members,
-    /// leases, each window's use) for the `local` policy.
-    fn read(&self, value: Value) -> Result<Reply, BackendError> {
+    /// leases, each window's use) for the `local` policy and for Redis to recall. `asked_lease`: the
+    /// request asked for one, which the fleet's count includes when it was admitted.
+    fn read(&self, value: Value, asked_lease: bool) -> Result<Reply, BackendError> {
         let reply = integers(value)?;
         let n = self.windows.len();
         if reply.len() < 6 + 2 * n {
@@ -489,7 +491,8 @@ impl RemoteLimiter {
         self.members.store(members, Ordering::Relaxed);
         let used: Vec<u64> = reply[6..6 + n].iter().map(|&u| u as u64).collect();
         let until_us = reply[6 + n..6 + 2 * n].iter().map(|&u| u as u64).collect();
-        let seen = Sighting { at_ns: self.clock.now_ns(), members, leases, used: used.clone(), redis_now_us, until_us };
+        let own_leases = self.leases.held_count() + u64::from(asked_lease && reply[0] == 0);
+        let seen = Sighting { at_ns: self.clock.now_ns(), members, leases, own_leases, used: used.clone(), redis_now_us, until_us };
         *self.sighting.lock().unwrap_or_else(|p| p.into_inner()) = Some(seen);
         let per_window = reply[6 + 2 * n..].iter().map(|&r| r as u64).collect();
         Ok(Reply { status: reply[0], leases, a: reply[3], b: reply[4], used, per_window })
@@ -497,7 +500,7 @@ impl RemoteLimiter {
 
     /// What the acquire script's answer means for `ask`.
     pub fn interpret(self: &Arc<Self>, value: Value, ask: Ask, operation: &str) -> Result<Outcome, Refused> {
-        let reply = self.read(value).map_err(Err)?;
+        let reply = self.read(value, !ask.lease_id.is_empty()).map_err(Err)?;
         if ask.handover > 0 {
             self.handed_over(ask.handover);
         }
@@ -527,8 +530,8 @@ impl RemoteLimiter {
     /// When `cost` would pass and what is free now, counting nothing (on this thread).
     pub fn peek_blocking(self: &Arc<Self>, cost: Cost) -> Result<Peek, Refused> {
         let (call, ask) = self.ask(cost, 0.0, Mode::Peek, false, &Place::newcomer(0));
-        let value = self.backend.call_blocking(|c| call.run(c)).map_err(Err)?;
-        let reply = self.read(value).map_err(Err)?;
+        let value = self.backend.call_blocking(Resend::IfClosed, |c| call.run(c)).map_err(Err)?;
+        let reply = self.read(value, false).map_err(Err)?;
         self.back_in_redis();
         match reply.status {
             4 => {
@@ -645,7 +648,7 @@ impl RemoteLimiter {
     /// `adjust` on this thread, blocking until Redis answers.
     pub fn adjust_blocking(self: &Arc<Self>, grant: &Grant, counted: Cost, actual: Cost, release: bool) -> Result<(), BackendError> {
         let Some(invocation) = self.adjust_invocation(grant, counted, actual, release) else { return Ok(()) };
-        let result = self.backend.call_blocking(|c| invocation.run::<i64>(c));
+        let result = self.backend.call_blocking(Resend::Never, |c| invocation.run::<i64>(c));
         self.adjusted(grant, release, result.map(|_| ()))
     }
 

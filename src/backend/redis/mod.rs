@@ -18,7 +18,7 @@ pub mod shared;
 mod windows;
 pub(crate) mod leases;
 
-pub use backend::{Backend, Timeouts};
+pub use backend::{Backend, Timeouts, closed_by_server};
 pub use error::BackendError;
 pub use limiter::{Grant, Mode, Outcome, Peek, RemoteLimiter};
 

@@ -33,8 +33,10 @@ pub struct Sighting {
     pub at_ns: u64,
     /// Limiter instances deciding lately (this one included).
     pub members: u64,
-    /// Leases held fleet-wide.
+    /// Leases held fleet-wide...
     pub leases: u64,
+    /// ...of which this process held these (as far as it knew when it read the answer: never more).
+    pub own_leases: u64,
     /// Units each window counted.
     pub used: Vec<u64>,
     /// Redis's clock at that answer, and when (by Redis's clock, us) the last unit each window counted
@@ -52,10 +54,12 @@ impl Sighting {
     }
 
     /// What this answer says of the fleet's leases, as Redis is told it with every decision: how many
-    /// were held, and until when (Redis's clock) they last unless renewed, `lease_ttl_us` after it.
-    /// Should Redis lose them, it holds that many by stand-ins until their holders renew them.
-    pub fn recalled_leases(&self, lease_ttl_us: u64) -> (u64, u64) {
-        (self.leases, self.redis_now_us.saturating_add(lease_ttl_us))
+    /// the other processes held, with the `own_now` this process holds now (not those it released
+    /// since), and until when (Redis's clock) the others' last unless renewed, `lease_ttl_us` after
+    /// the answer. Should Redis lose them, it holds that many by stand-ins until their holders renew
+    /// them.
+    pub fn recalled_leases(&self, own_now: u64, lease_ttl_us: u64) -> (u64, u64) {
+        (self.leases.saturating_sub(self.own_leases) + own_now, self.redis_now_us.saturating_add(lease_ttl_us))
     }
 
     /// How long after the answer, by this process's clock, window `index`'s last counted unit was
@@ -375,7 +379,7 @@ mod tests {
     fn share(limits: &[Limit], members: u64, used: &[u64], slots: Option<u64>, leases: u64) -> LocalShare {
         let specs: Vec<WindowSpec> = limits.iter().map(WindowSpec::new).collect();
         let until_us = vec![0; used.len()];
-        LocalShare::new(limits, &specs, slots, &Sighting { at_ns: 0, members, leases, used: used.to_vec(), redis_now_us: 0, until_us })
+        LocalShare::new(limits, &specs, slots, &Sighting { at_ns: 0, members, leases, own_leases: 0, used: used.to_vec(), redis_now_us: 0, until_us })
     }
 
     fn admitted_now(share: &LocalShare, cost: Cost, now: u64) -> bool {
@@ -424,7 +428,7 @@ mod tests {
         // reserved 0.2 s after the answer: none of the share is free until that one leaves, 1.2 s on.
         let limits = [limit(20.0, Unit::Requests, Algorithm::Exact)];
         let span_us = WindowSpec::new(&limits[0]).span_us;
-        let seen = Sighting { at_ns: 0, members: 2, leases: 0, used: vec![20], redis_now_us: 5_000_000, until_us: vec![5_200_000 + span_us] };
+        let seen = Sighting { at_ns: 0, members: 2, leases: 0, own_leases: 0, used: vec![20], redis_now_us: 5_000_000, until_us: vec![5_200_000 + span_us] };
         let fleet = LocalShare::new(&limits, &[WindowSpec::new(&limits[0])], None, &seen);
         assert_eq!(count_admitted(&fleet, Cost::request(0), SEC + SEC / 10), 0, "the reservation is still in its window");
         assert_eq!(count_admitted(&fleet, Cost::request(0), SEC / 5 + span_us * 1_000), 10, "all of it left");
