@@ -121,18 +121,20 @@ impl PyLoopChannel {
             connection.send(&again.packed()).map_err(drop)?;
             request.sent = now;
         }
-        if let Some(closed) = state.connection.replace(connection) {
+        let fd = connection.fd();
+        let closed = state.connection.replace(connection);
+        // No Python runs under the lock: it may come back here (a finalizer that decides).
+        drop(state);
+        if let Some(closed) = closed {
             let _ = self.event_loop.call_method1(py, "remove_reader", (closed.fd(),));
         }
-        let Some(fd) = state.connection.as_ref().map(LoopConnection::fd) else { return Err(()) };
-        drop(state);
         let on_readable = slf.getattr("_on_readable").map_err(drop)?;
         self.event_loop.call_method1(py, "add_reader", (fd, on_readable)).map_err(drop)?;
         Ok(())
     }
 
-    /// Sends one decision for its loop's task; `reply` gets the answer. Fails at once when the
-    /// channel is closed or the request cannot be written (which closes it).
+    /// Sends one decision for its loop's task; `reply` gets the answer, or the failure when the request
+    /// cannot be written (see `failed`). Fails at once when the channel is closed.
     #[allow(clippy::too_many_arguments)]
     pub fn send(slf: &Bound<'_, Self>, cost: Cost, price: f64, mode: Mode, lease: bool, place: &Place, operation: &'static str, reply: Arc<Reply>) -> Result<(), BackendError> {
         let this = slf.get();

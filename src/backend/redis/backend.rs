@@ -267,7 +267,7 @@ impl Backend {
             };
             result = call(connection.as_connection());
         }
-        let value = result.map_err(|err| self.failure(err))?;
+        let value = result.map_err(|err| self.failed(err))?;
         if self.generation.load(Ordering::Acquire) == generation {
             self.idle().current(Vec::new).push(connection);
         }
@@ -277,7 +277,7 @@ impl Backend {
 
     /// A new plain connection for `call_blocking`, or the failure to make one (noted).
     fn connect_blocking<T>(&self) -> Result<Blocking, Result<T, BackendError>> {
-        self.server.connect_blocking(self.timeouts).map_err(|err| Err(self.failure(err)))
+        self.server.connect_blocking(self.timeouts).map_err(|err| Err(self.failed(err)))
     }
 
     /// A connection for an asyncio event loop to drive (see [`LoopConnection`]); `None` for addresses
@@ -288,20 +288,16 @@ impl Backend {
         let Some(opened) = LoopConnection::open(info, self.timeouts.connect, self.timeouts.command, &self.dialect) else {
             return Ok(None);
         };
-        let connection = opened.map_err(|err| self.failure(err))?;
+        let connection = opened.map_err(|err| self.failed(err))?;
         self.answered();
         Ok(Some(connection))
     }
 
-    /// Records a failure seen on a loop connection (the pause applies to every way of calling).
+    /// A failed call's error, noted, by whichever way it was called (a loop connection's too). A
+    /// server that closed the connection went away and may be back already (a restart closes every
+    /// connection): that starts no pause, and the next call finds out on a new connection. Any other
+    /// failure to reach Redis starts one, which applies to every way of calling.
     pub fn failed(&self, err: RedisError) -> BackendError {
-        self.failure(err)
-    }
-
-    /// A failed call's error, noted. A server that closed the connection went away and may be back
-    /// already (a restart closes every connection): that starts no pause, and the next call finds out
-    /// on a new connection. Any other failure to reach Redis starts one.
-    fn failure(&self, err: RedisError) -> BackendError {
         let closed = closed_by_server(&err);
         let err = self.classify(err);
         if closed {
@@ -341,7 +337,7 @@ impl Backend {
                 self.answered();
                 Ok(value)
             }
-            Ok(Err(err)) => Err(self.failure(err)),
+            Ok(Err(err)) => Err(self.failed(err)),
             Err(_) => {
                 let result = Err(BackendError::Unavailable {
                     message: format!("Redis at {} did not answer within {} ms", self.url, limit.as_millis()),
