@@ -92,14 +92,11 @@ impl PyLoopChannel {
     /// callers no error; else, or when that fails too, the channel ends (`close`). Err when it ended.
     fn failed(slf: &Bound<'_, Self>, err: redis::RedisError) -> Result<(), BackendError> {
         let this = slf.get();
-        let backend = this.limiter.backend();
-        if closed_by_server(&err) {
-            backend.went_away();
-            if this.reopen(slf).is_ok() {
-                return Ok(());
-            }
+        let closed = closed_by_server(&err);
+        let err = this.limiter.backend().failed(err);
+        if closed && this.reopen(slf).is_ok() {
+            return Ok(());
         }
-        let err = backend.failed(err);
         this.close(slf.py(), err.clone());
         Err(err)
     }

@@ -310,7 +310,7 @@ impl Backend {
 
     /// The server closed a connection: what it was told last may be lost with it, as after an outage
     /// (`recoveries`); following failovers, the next call asks the Sentinels where the primary is.
-    pub fn went_away(&self) {
+    fn went_away(&self) {
         self.recoveries.fetch_add(1, Ordering::AcqRel);
         if self.server.follows_failovers() {
             *self.connection.lock().unwrap_or_else(|p| p.into_inner()).current(|| None) = None;

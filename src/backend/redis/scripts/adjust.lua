@@ -38,11 +38,10 @@ local function correct(w, receipt, admitted, counted, actual)
   if at < admitted then return false end
   local corrected = max(cost + actual - counted, 0)
   w.sum = w.sum + corrected - cost
-  if index < w.length - 1 then
+  local newest = index == w.length - 1
+  if not newest or corrected > 0 then
     call('LSET', w.log, index, entry(at, corrected))
-  elseif corrected > 0 then
-    call('LSET', w.log, index, entry(at, corrected))
-    w.last_cost = corrected
+    if newest then w.last_cost = corrected end
   else
     -- The newest entry, now empty, goes; the one before it is the newest.
     call('RPOP', w.log)
