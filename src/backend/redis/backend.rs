@@ -17,7 +17,7 @@ use redis::{ErrorKind, RedisError};
 use crate::backend::redis::connections::{Blocking, Server, Shared, cluster_client};
 use crate::backend::redis::error::BackendError;
 use crate::backend::redis::loop_connection::LoopConnection;
-use crate::backend::redis::process::PerProcess;
+use crate::backend::redis::process::{self, PerProcess};
 use crate::backend::redis::scripts::Dialect;
 use crate::backend::redis::sentinel::{self, SentinelUrl};
 
@@ -176,7 +176,7 @@ impl Backend {
     /// Sentinels where it is every [`PRIMARY_CHECK`] and, when it moved, drops every connection made
     /// to the old one (the next call connects to the new one). Nothing for other servers.
     pub fn follow_primary(backend: &Arc<Backend>) {
-        let pid = std::process::id();
+        let pid = process::id();
         if !backend.server.follows_failovers() || backend.watcher_pid.swap(pid, Ordering::AcqRel) == pid {
             return;
         }

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::redis::backend::{Backend, Resend};
 use crate::backend::redis::error::BackendError;
-use crate::backend::redis::runtime;
+use crate::backend::redis::{process, runtime};
 use crate::backend::redis::scripts::{BREAKER, Call};
 use crate::backend::redis::shared::OnError;
 use crate::core::breaker::{BreakerConfig, CircuitBreaker, HALF_OPEN_RETRY_NS, Permit, State, Transition};
@@ -132,7 +132,7 @@ struct Reports {
 
 impl Reports {
     fn sending(&self) {
-        let pid = std::process::id();
+        let pid = process::id();
         if self.pid.swap(pid, Ordering::AcqRel) != pid {
             // A forked child: the parent's reports in flight never land here.
             self.landed.store(self.sent.load(Ordering::Acquire), Ordering::Release);
@@ -153,7 +153,7 @@ impl Reports {
 
     #[inline]
     fn in_flight(&self) -> bool {
-        self.landed.load(Ordering::Acquire) < self.sent.load(Ordering::Acquire) && self.pid.load(Ordering::Acquire) == std::process::id()
+        self.landed.load(Ordering::Acquire) < self.sent.load(Ordering::Acquire) && self.pid.load(Ordering::Acquire) == process::id()
     }
 
     /// Waits until the reports sent so far have landed, at most `limit`.
@@ -904,7 +904,7 @@ mod tests {
     fn reports_sent_by_a_parent_process_are_none_of_a_forked_childs() {
         let reports = Reports::default();
         reports.sending();
-        reports.pid.store(std::process::id().wrapping_add(1), Ordering::Release);
+        reports.pid.store(process::id().wrapping_add(1), Ordering::Release);
         assert!(!reports.in_flight(), "the parent's report never lands here");
         reports.sending();
         assert!(reports.in_flight());

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::redis::error::BackendError;
 use crate::backend::redis::limiter::RemoteLimiter;
-use crate::backend::redis::process::PerProcess;
+use crate::backend::redis::process::{self, PerProcess};
 use crate::backend::redis::scripts;
 
 /// How often owed leases are sent while Redis does not take them (the backend's pause after a
@@ -126,7 +126,7 @@ pub async fn send_leave(limiter: &RemoteLimiter, waiters: &[String]) -> Result<(
 /// Starts, once per process, the task that renews `limiter`'s leases every third of their TTL, so a
 /// request that runs longer than the TTL keeps its slot while its process lives.
 pub fn keep_alive(limiter: &Arc<RemoteLimiter>) {
-    let pid = std::process::id();
+    let pid = process::id();
     if limiter.leases().renewer_pid.swap(pid, Ordering::AcqRel) == pid {
         return;
     }
@@ -186,7 +186,7 @@ pub fn owe_place(limiter: &Arc<RemoteLimiter>, waiter: String) {
 
 /// Makes sure a task sends what is owed back as soon as Redis answers.
 fn reclaim_soon(limiter: &Arc<RemoteLimiter>) {
-    let pid = std::process::id();
+    let pid = process::id();
     if limiter.leases().reclaimer_pid.swap(pid, Ordering::AcqRel) == pid {
         return;
     }

@@ -19,7 +19,7 @@ use crate::core::Error;
 use crate::backend::redis::backend::{Backend, Resend};
 use crate::backend::redis::error::BackendError;
 use crate::backend::redis::leases::{self, Leases};
-use crate::backend::redis::process::PerProcess;
+use crate::backend::redis::process::{self, PerProcess};
 use crate::backend::redis::scripts::{self, Call};
 use crate::backend::redis::fallback::Handover;
 use crate::backend::redis::share::{LocalShare, Sighting};
@@ -314,7 +314,7 @@ impl RemoteLimiter {
 
     /// Names this instance in this process: a forked child is another instance, with other lease ids.
     fn instance(&self) -> String {
-        format!("{}-{:016x}", std::process::id(), self.instance_suffix)
+        format!("{}-{:016x}", process::id(), self.instance_suffix)
     }
 
     // --- refusals, worded by the core ----------------------------------------------------------------
@@ -582,7 +582,7 @@ impl RemoteLimiter {
         reset_ns: Option<u64>,
         apply: impl FnOnce(f64) + Send + 'static,
     ) {
-        let pid = std::process::id();
+        let pid = process::id();
         let reader = self.reading_logs.load(Ordering::Acquire);
         // A reader of another process (this is a forked child) left the flag behind: it is free here.
         if reader == pid || self.reading_logs.compare_exchange(reader, pid, Ordering::AcqRel, Ordering::Acquire).is_err() {

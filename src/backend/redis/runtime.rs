@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::runtime::{Builder, Handle, Runtime};
 
 use crate::backend::redis::error::BackendError;
+use crate::backend::redis::process;
 
 enum State {
     NotStarted,
@@ -22,7 +23,7 @@ static RUNTIME: Mutex<State> = Mutex::new(State::NotStarted);
 pub fn handle() -> Result<Handle, BackendError> {
     let mut state = RUNTIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let State::Running(_, pid) = &*state
-        && *pid != std::process::id()
+        && *pid != process::id()
     {
         // A forked child: the parent's runtime has no thread here; forget it (dropping it would wait
         // for that thread) and start one of our own.
@@ -39,7 +40,7 @@ pub fn handle() -> Result<Handle, BackendError> {
                 .build()
                 .map_err(|err| BackendError::Unavailable { message: format!("cannot start the Redis runtime: {err}") })?;
             let handle = runtime.handle().clone();
-            *state = State::Running(runtime, std::process::id());
+            *state = State::Running(runtime, process::id());
             Ok(handle)
         }
     }
@@ -49,7 +50,7 @@ pub fn handle() -> Result<Handle, BackendError> {
 pub fn shutdown() {
     let previous = std::mem::replace(&mut *RUNTIME.lock().unwrap_or_else(|p| p.into_inner()), State::ShutDown);
     match previous {
-        State::Running(runtime, pid) if pid == std::process::id() => runtime.shutdown_timeout(Duration::from_millis(200)),
+        State::Running(runtime, pid) if pid == process::id() => runtime.shutdown_timeout(Duration::from_millis(200)),
         other => std::mem::forget(other),
     }
 }

@@ -35,41 +35,57 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let port: u16 = self.url.rsplit(':').next().unwrap().trim_end_matches("/0").parse().unwrap();
-        self.child = spawn_on(port).expect("redis-server started before");
-        wait_for(port);
+        self.child = spawn_on(port, &[]).expect("redis-server started before");
+        assert!(serves(&mut self.child, port), "redis-server did not start again on its port");
     }
 }
 
-fn spawn_on(port: u16) -> std::io::Result<Child> {
+fn spawn_on(port: u16, extra: &[&str]) -> std::io::Result<Child> {
     Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(extra)
         .stdout(Stdio::null())
         .spawn()
 }
 
-fn wait_for(port: u16) {
+/// Whether `child` is the redis-server answering on `port`, once it answers. Tests run in parallel,
+/// and a free port found by one can be taken by another's server before this one binds it: then
+/// `child` exits, and another server answers there.
+fn serves(child: &mut Child, port: u16) -> bool {
     let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(5), "redis-server did not start");
+    let url = format!("redis://127.0.0.1:{port}/0");
+    while started.elapsed() < Duration::from_secs(5) {
+        if child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        let info: Option<String> = redis::Client::open(url.as_str())
+            .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(1)))
+            .and_then(|mut connection| redis::cmd("INFO").arg("server").query(&mut connection))
+            .ok();
+        if let Some(info) = info {
+            return info.lines().any(|line| line.trim() == format!("process_id:{}", child.id()));
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
+    false
 }
 
-/// A redis-server with `extra` settings (e.g. `--rename-command FCALL ""`: a server without Functions).
+/// A redis-server with `extra` settings (e.g. `--rename-command FCALL ""`: a server without Functions),
+/// on a free port.
 fn start_server_with(extra: &[&str]) -> Option<Server> {
-    let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .spawn();
-    let Ok(child) = child else {
-        eprintln!("skipped: redis-server is not installed (make test installs it)");
-        return None;
-    };
-    let server = Server { child, url: format!("redis://127.0.0.1:{port}/0") };
-    wait_for(port);
-    Some(server)
+    for _ in 0..5 {
+        let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let Ok(mut child) = spawn_on(port, extra) else {
+            eprintln!("skipped: redis-server is not installed (make test installs it)");
+            return None;
+        };
+        if serves(&mut child, port) {
+            return Some(Server { child, url: format!("redis://127.0.0.1:{port}/0") });
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("redis-server did not start on any of 5 free ports");
 }
 
 pub(super) fn limiter(server: &Server, limits: Vec<Limit>, max_leases: Option<u64>, ttl: Duration) -> Arc<RemoteLimiter> {
