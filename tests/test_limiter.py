@@ -340,3 +340,46 @@ async def test_an_infinite_timeout_waits_as_long_as_it_takes() -> None:
 def test_a_budget_shows_what_is_left_in_dollars() -> None:
     lim = hs.HolySheepRateLimiter(limits=[hs.Limit(5, per="hour", unit="usd"), hs.Limit(100, per="minute")])
     assert lim.stats()["remaining"] == {"5 usd per hour": 5.0, "100 requests per minute": 100}
+
+
+# Issue 15: fractional limits broke "at most n in any window": max_qps=2.5 admitted 2 at once and 2 more
+# 0.81 s later, and Limit(12.5, per=2) let 24 through one window under 4 tasks. A fractional amount
+# promises its whole part in any full period (the property tests of src/core/properties.rs cover random
+# amounts and arrivals; this is the same promise kept end to end, by tasks competing in real time).
+@pytest.mark.parametrize(
+    ("kwargs", "most", "period"),
+    [({"max_qps": 2.5}, 2, 1.0), ({"limits": [hs.Limit(12.5, per=1.0)]}, 12, 1.0)],
+    ids=["max_qps=2.5", "Limit(12.5, per=1)"],
+)
+def test_a_fractional_limit_never_admits_more_than_its_whole_part_in_any_period(kwargs: dict[str, Any], most: int, period: float) -> None:
+    lim = hs.HolySheepRateLimiter(**kwargs)
+    admitted: list[float] = []
+
+    async def task(until: float) -> None:
+        while time.monotonic() < until:
+            try:
+                await lim.acquire(timeout=until - time.monotonic())
+            except hs.RateLimitExceeded:  # nothing more before the end
+                return
+            admitted.append(time.monotonic())
+            lim.release()
+
+    async def main() -> None:
+        until = time.monotonic() + 2.3 * period
+        await asyncio.gather(*(task(until) for _ in range(4)))
+
+    asyncio.run(main())
+    assert max_in_any_window(admitted, period) == most
+    assert len(admitted) >= 2 * most  # and the limit is used: each full period gets its whole part
+
+
+# Issue 15: `try_acquire()` on a limiter without a concurrency cap counted `in_flight` forever unless
+# released (the TokenBucket docstring's own example never releases), which made a KeyedLimiter's keys
+# "busy" for good. Without a cap an admission holds nothing, so there is nothing to release.
+@pytest.mark.parametrize("make", [lambda: hs.HolySheepRateLimiter(max_qps=1_000), lambda: hs.TokenBucket(rate=1_000, capacity=1_000)], ids=["limiter", "TokenBucket"])
+def test_admissions_without_a_concurrency_cap_hold_nothing(make: Any) -> None:
+    lim = make()
+    assert all(lim.try_acquire() for _ in range(50))
+    assert lim.stats()["in_flight"] == 0
+    lim.release()  # nothing held: it does nothing
+    assert lim.stats()["in_flight"] == 0
