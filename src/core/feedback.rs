@@ -71,11 +71,10 @@ impl Aimd {
     /// Returns the fraction in force after it.
     pub fn rejected(&self, now: u64) -> f64 {
         let mut last_cut = self.last_cut.lock();
-        if let Some(cut) = *last_cut {
-            if now.saturating_sub(cut.at_ns) < self.burst_ns {
+        if let Some(cut) = *last_cut
+            && now.saturating_sub(cut.at_ns) < self.burst_ns {
                 return cut.factor;
             }
-        }
         let factor = (self.factor_after(*last_cut, now) * DECREASE).max(FLOOR);
         *last_cut = Some(Cut { factor, at_ns: now });
         factor

@@ -616,7 +616,9 @@ mod tests {
 
         /// One request: which of 8 users, after how long, its tokens, and whether it waits (up to how
         /// long, and whether it gives up before its turn) or not.
-        fn arrivals() -> impl Strategy<Value = Vec<(u64, u64, u64, Option<(u64, bool)>)>> {
+        type Arrival = (u64, u64, u64, Option<(u64, bool)>);
+
+        fn arrivals() -> impl Strategy<Value = Vec<Arrival>> {
             let wait = prop::option::of((0..2 * SEC, prop::bool::weighted(0.2)));
             prop::collection::vec((0u64..8, 0..3 * SEC, 0u64..3, wait), 1..400)
         }
@@ -691,7 +693,7 @@ mod tests {
                         let units: Vec<(u64, u64)> = admissions.iter().map(|&(at, cost)| (at, limit.unit().of(cost))).collect();
                         let (count, window_ns) = limit.whole_window();
                         let most = most_in_any_window(&units, window_ns);
-                        prop_assert!(most <= count + limit.burst() - 1, "{most} in {window_ns} ns for {limit}");
+                        prop_assert!(most <= count + (limit.burst() - 1), "{most} in {window_ns} ns for {limit}");
                     }
                 }
             }

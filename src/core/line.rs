@@ -150,7 +150,9 @@ impl<R: Copy, W: Clone> Line<R, W> {
     }
 
     /// Puts a waiter in line: for a slot when `needs_slot`, else straight for the rate. Returns its
-    /// ticket and the waiters to wake (it may have been served at once; poll it either way).
+    /// ticket and the waiters to wake (it may have been served at once; poll it either way). Each
+    /// argument is one fact of the waiter the line orders or serves it by.
+    #[allow(clippy::too_many_arguments)]
     pub fn enqueue(
         &mut self,
         gate: &impl Gate<Receipt = R>,
@@ -280,11 +282,10 @@ impl<R: Copy, W: Clone> Line<R, W> {
         if self.reserving == Some(id) {
             self.reserving = None;
         }
-        if self.reserving.is_none() {
-            if let Some((_, head)) = self.rate_line.first_key_value() {
+        if self.reserving.is_none()
+            && let Some((_, head)) = self.rate_line.first_key_value() {
                 wake.push(*head);
             }
-        }
     }
 
     /// A waiter gives up (timed out or cancelled): whatever it held goes back, and those who move up

@@ -326,11 +326,10 @@ impl ExactWindow {
     /// lets any interval hold more, so this is exact wherever the entry sits.
     pub fn give_back(&mut self, receipt: u64, cost: u64) {
         self.settle(receipt, cost, 0);
-        if let Some(index) = self.position(receipt) {
-            if self.log[index].cost == 0 {
+        if let Some(index) = self.position(receipt)
+            && self.log[index].cost == 0 {
                 self.log.remove(index);
             }
-        }
     }
 
     /// Units still free at `now`.

@@ -209,12 +209,11 @@ impl Job {
                 continue;
             }
             let (cost, price, model) = self.estimate(&request);
-            if let Some(budget) = &budget {
-                if !budget.reserve(cost.micro_usd) {
+            if let Some(budget) = &budget
+                && !budget.reserve(cost.micro_usd) {
                     *stopped.lock().expect("not poisoned") = Some(format!("budget_usd={} spent", config.budget_usd.unwrap_or_default()));
                     break;
                 }
-            }
             let slot = tokio::select! {
                 slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
                 () = self.cancel.cancelled() => break,

@@ -185,8 +185,8 @@ impl Sender {
                 Judged::Succeeded { line, tokens } => return Sent::Done { line, failure: None, tokens },
                 Judged::Failed { line, reason, retry, server_delay } => (line, reason, cost.tokens, retry.then_some(server_delay)),
             };
-            if let Some(server_delay) = retry_after {
-                if let RetryDecision::Wait(delay) = retry.decide_randomly(attempts, started, previous_delay, server_delay) {
+            if let Some(server_delay) = retry_after
+                && let RetryDecision::Wait(delay) = retry.decide_randomly(attempts, started, previous_delay, server_delay) {
                     self.progress.retries.fetch_add(1, Ordering::Relaxed);
                     if self.unless_cancelled(tokio::time::sleep(Duration::from_nanos(delay))).await.is_none() {
                         return Sent::Cancelled;
@@ -194,7 +194,6 @@ impl Sender {
                     previous_delay = delay;
                     continue;
                 }
-            }
             return Sent::Done { line, failure: Some(failure), tokens };
         }
     }

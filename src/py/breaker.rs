@@ -16,7 +16,9 @@ use crate::core::outcomes::Span;
 use super::args;
 use super::redis::PyRedisBackend;
 
-/// A breaker in this process, or the fleet's.
+/// A breaker in this process, or the fleet's. The local one stays inline: its success path is the hot
+/// one, and there is one of these per Python breaker.
+#[allow(clippy::large_enum_variant)]
 pub enum Breaker {
     Local(CircuitBreaker),
     Fleet(Fleet),
