@@ -369,7 +369,9 @@ def test_a_fractional_limit_never_admits_more_than_its_whole_part_in_any_period(
         await asyncio.gather(*(task(until) for _ in range(4)))
 
     asyncio.run(main())
-    assert max_in_any_window(admitted, period) == most
+    # Each time is read when its task resumes, which on a busy machine can trail its admission by a few
+    # milliseconds more than the guard; the defect admitted its extra ones 0.19 s early.
+    assert max_in_any_window(admitted, period - 0.05) == most
     assert len(admitted) >= 2 * most  # and the limit is used: each full period gets its whole part
 
 
