@@ -35,6 +35,14 @@ def batch_command(requests: Path, output: Path, base_url: str, *more: str) -> li
             "--api-key", "hs_test", "--no-progress", *more]
 
 
+def dry_run(requests: Path, output: Path, *more: str) -> subprocess.CompletedProcess[str]:
+    """``holysheep batch --dry-run`` against an address nothing listens on (a dry run sends nothing);
+    it must succeed."""
+    done = subprocess.run(batch_command(requests, output, "http://127.0.0.1:9/v1", *more, "--dry-run"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def whole_lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
@@ -73,24 +81,14 @@ def test_the_batch_command_prints_the_report_and_exits_0_when_all_succeeded(tmp_
 
 def test_the_batch_command_dry_run_sends_nothing_and_says_how_long(tmp_path: Path) -> None:
     requests = write_requests(tmp_path / "in.jsonl", 30)
-    done = subprocess.run(
-        batch_command(requests, tmp_path / "out.jsonl", "http://127.0.0.1:9/v1", "--tier", "free", "--dry-run"),
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
+    done = dry_run(requests, tmp_path / "out.jsonl", "--tier", "free")
     assert "dry run: 30 requests" in done.stdout and "0.00 s" in done.stdout, "30 fit the free tier's 60 a minute at once"
     assert not (tmp_path / "out.jsonl").exists()
 
 
 def test_the_batch_command_dry_run_prints_what_the_budget_lets_go(tmp_path: Path) -> None:
     requests = write_requests(tmp_path / "in.jsonl", 30)
-    done = subprocess.run(
-        batch_command(requests, tmp_path / "out.jsonl", "http://127.0.0.1:9/v1", "--budget-usd", "1e-9", "--dry-run"),
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
+    done = dry_run(requests, tmp_path / "out.jsonl", "--budget-usd", "1e-9")
     plan, note = done.stdout.splitlines()
     assert plan.startswith("dry run: 30 requests, 0 answered before, 0 to send")
     assert note == "The budget covers 0 of the 30 requests left to send: a run would stop after them and report the rest unsent."

@@ -5,7 +5,7 @@ error reaching the caller, and the same script by EVALSHA on a server without Fu
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from redis_server import RedisServer, cluster_url, redis_server, redis_url  # noqa: F401  (fixtures)
@@ -32,16 +32,22 @@ def breaker_listed(server: RedisServer) -> bool:
     return any(name.startswith("holysheep_") and name.endswith("_breaker") for name in server.cli("FUNCTION", "LIST").split())
 
 
-def test_the_breakers_function_is_loaded_again_after_a_flush_without_an_error(redis_server: RedisServer, redis_url: str) -> None:
-    one, other = shared(redis_url, failure_threshold=1), shared(redis_url, failure_threshold=1)
-    assert breaker_listed(redis_server), redis_server.cli("FUNCTION", "LIST")
-    redis_server.cli("FUNCTION", "FLUSH")
+def opens_across_flushes(one: hs.CircuitBreaker, other: hs.CircuitBreaker, flush: Callable[[], object]) -> None:
+    """``one``'s failure opens the fleet's breaker and ``other`` reads it so, with the server's scripts
+    flushed before each: both find the script gone and get it loaded again, without an error."""
+    flush()
     fail(one)
     with pytest.raises(hs.CircuitOpenError):
         one.call_sync(lambda: None)
-    redis_server.cli("FUNCTION", "FLUSH")
+    flush()
     other._core.sync()
     assert other.state == "open", "the other process reads the state the failure left in Redis"
+
+
+def test_the_breakers_function_is_loaded_again_after_a_flush_without_an_error(redis_server: RedisServer, redis_url: str) -> None:
+    one, other = shared(redis_url, failure_threshold=1), shared(redis_url, failure_threshold=1)
+    assert breaker_listed(redis_server), redis_server.cli("FUNCTION", "LIST")
+    opens_across_flushes(one, other, lambda: redis_server.cli("FUNCTION", "FLUSH"))
     assert breaker_listed(redis_server)
 
 
@@ -87,13 +93,7 @@ def test_a_server_without_functions_runs_the_breakers_script_by_evalsha(
 ) -> None:
     server = server_without_functions
     one, other = shared(server.url, failure_threshold=1), shared(server.url, failure_threshold=1)
-    server.cli("SCRIPT", "FLUSH")
-    fail(one)
-    with pytest.raises(hs.CircuitOpenError):
-        one.call_sync(lambda: None)
-    server.cli("SCRIPT", "FLUSH")
-    other._core.sync()
-    assert other.state == "open"
+    opens_across_flushes(one, other, lambda: server.cli("SCRIPT", "FLUSH"))
     assert server.script_calls() > 0 and "cmdstat_evalsha" in server.cli("INFO", "commandstats")
 
 
