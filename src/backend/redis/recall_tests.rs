@@ -12,7 +12,18 @@ use crate::backend::redis::{Mode, Outcome, RemoteLimiter};
 use crate::core::limit::{Algorithm, Cost, Unit};
 
 fn now(lim: &Arc<RemoteLimiter>) -> Outcome {
-    lim.decide_blocking(Cost::request(0), 0.0, Mode::Now, false, &Place::newcomer(0), "try_acquire").map_err(|e| format!("{e:?}")).unwrap()
+    taking(lim, 0)
+}
+
+/// A request estimated at `tokens` tokens, decided now.
+fn taking(lim: &Arc<RemoteLimiter>, tokens: u64) -> Outcome {
+    lim.decide_blocking(Cost::request(tokens), 0.0, Mode::Now, false, &Place::newcomer(0), "try_acquire").map_err(|e| format!("{e:?}")).unwrap()
+}
+
+/// Two processes sharing 1,000 tokens per 2 s, an exact window.
+fn two_sharing_tokens(server: &Server) -> (Arc<RemoteLimiter>, Arc<RemoteLimiter>) {
+    let tokens = || vec![limit(1_000.0, 2_000, Unit::Tokens, Algorithm::Exact)];
+    (limiter(server, tokens(), None, Duration::from_secs(5)), limiter(server, tokens(), None, Duration::from_secs(5)))
 }
 
 /// Redis loses everything it held: the limit's keys and the scripts, as a restart without persistence.
@@ -69,12 +80,11 @@ fn a_gcra_window_redis_lost_keeps_the_backlog_its_client_recalls() {
 #[test]
 fn a_late_correction_from_before_the_loss_leaves_an_admission_after_it_alone() {
     let Some(server) = start_server() else { return };
-    let tokens = || vec![limit(1_000.0, 2_000, Unit::Tokens, Algorithm::Exact)];
-    let (before, after) = (limiter(&server, tokens(), None, Duration::from_secs(5)), limiter(&server, tokens(), None, Duration::from_secs(5)));
-    let old = admitted(before.decide_blocking(Cost::request(600), 0.0, Mode::Now, false, &Place::newcomer(0), "acquire").unwrap());
+    let (before, after) = two_sharing_tokens(&server);
+    let old = admitted(taking(&before, 600));
     lose_everything(&server);
     // The first decision after the loss is one that recalls nothing: the log starts again.
-    admitted(after.decide_blocking(Cost::request(300), 0.0, Mode::Now, false, &Place::newcomer(0), "acquire").unwrap());
+    admitted(taking(&after, 300));
     before.adjust_blocking(&old, Cost::request(600), Cost::request(0), false).unwrap();
     assert_eq!(after.peek_blocking(Cost::request(0)).unwrap().remaining, vec![700], "its receipt names no entry of the new log");
 }
@@ -121,10 +131,9 @@ fn leases_redis_lost_are_held_by_stand_ins_until_their_holders_put_them_back() {
 #[test]
 fn a_late_correction_from_before_the_loss_leaves_what_a_settle_counted_after_it_alone() {
     let Some(server) = start_server() else { return };
-    let tokens = || vec![limit(1_000.0, 2_000, Unit::Tokens, Algorithm::Exact)];
-    let (before, after) = (limiter(&server, tokens(), None, Duration::from_secs(5)), limiter(&server, tokens(), None, Duration::from_secs(5)));
-    let old = admitted(before.decide_blocking(Cost::request(600), 0.0, Mode::Now, false, &Place::newcomer(0), "acquire").unwrap());
-    let unestimated = admitted(after.decide_blocking(Cost::request(0), 0.0, Mode::Now, false, &Place::newcomer(0), "acquire").unwrap());
+    let (before, after) = two_sharing_tokens(&server);
+    let old = admitted(taking(&before, 600));
+    let unestimated = admitted(taking(&after, 0));
     lose_everything(&server);
     after.adjust_blocking(&unestimated, Cost::request(0), Cost::request(300), false).unwrap();
     before.adjust_blocking(&old, Cost::request(600), Cost::request(0), false).unwrap();
