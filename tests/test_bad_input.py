@@ -353,6 +353,10 @@ def redis_backend_rows() -> list[Any]:
     for field in ("connect_timeout", "command_timeout", "lease_ttl"):
         for name, v in bad_seconds.items():
             rows.append(row(lambda field=field, v=v: hs.RedisBackend(url, **{field: v}), field, f"{field}-{name}"))
+    # 0 is allowed: it sleeps at once.
+    for name, v in {**bad_seconds, "above-a-millisecond": 0.002}.items():
+        if name != "zero":
+            rows.append(row(lambda v=v: hs.RedisBackend(url, spin_wait=v), "spin_wait", f"spin_wait-{name}"))
     return rows
 
 

@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 use crate::core::Error;
 use crate::py::args;
 use crate::backend::redis::shared::OnError;
+use crate::backend::redis::tcp_connection::{LONGEST_SPIN, SPIN};
 use crate::backend::redis::{Backend, BackendError, Timeouts, runtime};
 
 /// A decision's failure as a Python exception: a refusal (never, a budget) or Redis failing.
@@ -36,7 +37,9 @@ fn duration(field: &str, value: &Bound<'_, PyAny>) -> PyResult<Duration> {
 /// on_error: when Redis cannot be reached or does not answer in time, ``"fail_closed"`` raises
 /// `BackendUnavailable`; ``"fail_open"`` admits; ``"local"`` decides in this process at its share of
 /// every limit (see the README); each logs the outage and the recovery once. connect_timeout,
-/// command_timeout: seconds to wait for a connection and for each answer. lease_ttl: seconds a
+/// command_timeout: seconds to wait for a connection and for each answer. spin_wait: seconds a
+/// blocking call waits for its answer awake (yielding the CPU) before it sleeps, while answers
+/// typically come that fast; 0 sleeps at once. lease_ttl: seconds a
 /// concurrency slot outlives its process. tls_ca_cert: a PEM file of the certificates to trust for
 /// ``rediss://``. cluster: ``url`` is one node of a Redis Cluster.
 #[pyclass(name = "RedisBackend", module = "holysheep._holysheep", frozen)]
@@ -50,8 +53,8 @@ pub struct PyRedisBackend {
 impl PyRedisBackend {
     #[new]
     #[pyo3(
-        signature = (url, *, prefix = None, on_error = None, connect_timeout = None, command_timeout = None, lease_ttl = None, tls_ca_cert = None, cluster = None),
-        text_signature = "(url, *, prefix='holysheep', on_error='fail_closed', connect_timeout=2.0, command_timeout=1.0, lease_ttl=15.0, tls_ca_cert=None, cluster=False)"
+        signature = (url, *, prefix = None, on_error = None, connect_timeout = None, command_timeout = None, spin_wait = None, lease_ttl = None, tls_ca_cert = None, cluster = None),
+        text_signature = "(url, *, prefix='holysheep', on_error='fail_closed', connect_timeout=2.0, command_timeout=1.0, spin_wait=0.0001, lease_ttl=15.0, tls_ca_cert=None, cluster=False)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -61,6 +64,7 @@ impl PyRedisBackend {
         on_error: Option<&Bound<'_, PyAny>>,
         connect_timeout: Option<&Bound<'_, PyAny>>,
         command_timeout: Option<&Bound<'_, PyAny>>,
+        spin_wait: Option<&Bound<'_, PyAny>>,
         lease_ttl: Option<&Bound<'_, PyAny>>,
         tls_ca_cert: Option<&Bound<'_, PyAny>>,
         cluster: Option<&Bound<'_, PyAny>>,
@@ -76,7 +80,11 @@ impl PyRedisBackend {
         let timeouts = Timeouts {
             connect: args::optional(connect_timeout, |v| duration("connect_timeout", v))?.unwrap_or(Duration::from_secs(2)),
             command: args::optional(command_timeout, |v| duration("command_timeout", v))?.unwrap_or(Duration::from_secs(1)),
+            spin: args::optional(spin_wait, |v| Ok(Duration::from_nanos(args::seconds("spin_wait", v)?)))?.unwrap_or(SPIN),
         };
+        if timeouts.spin > LONGEST_SPIN {
+            return Err(Error::config("spin_wait", format!("must be at most {} seconds, got {}", LONGEST_SPIN.as_secs_f64(), timeouts.spin.as_secs_f64())).into());
+        }
         let lease_ttl = args::optional(lease_ttl, |v| duration("lease_ttl", v))?.unwrap_or(Duration::from_secs(15));
         if lease_ttl < Duration::from_millis(1) {
             return Err(Error::config("lease_ttl", format!("must be at least 0.001 seconds, got {}", lease_ttl.as_secs_f64())).into());
@@ -87,7 +95,7 @@ impl PyRedisBackend {
         })?;
         let cluster = args::optional(cluster, |v| args::flag("cluster", v))?.unwrap_or(false);
         let backend = py.detach(|| Backend::new(&url, &prefix, timeouts, ca, cluster))?;
-        Ok(Self { inner: Arc::new(backend), on_error, lease_ttl })
+        Ok(Self { inner: backend, on_error, lease_ttl })
     }
 
     /// The server's URL, its password shown as ``***``.
@@ -115,6 +123,11 @@ impl PyRedisBackend {
     #[getter]
     fn command_timeout(&self) -> f64 {
         self.inner.timeouts().command.as_secs_f64()
+    }
+
+    #[getter]
+    fn spin_wait(&self) -> f64 {
+        self.inner.timeouts().spin.as_secs_f64()
     }
 
     #[getter]

@@ -1,5 +1,5 @@
 //! `_LoopChannel`: one shared limit's connection to Redis driven by one asyncio event loop, so an
-//! asyncio decision crosses no thread (see `crate::backend::redis::loop_connection`).
+//! asyncio decision crosses no thread (see `crate::backend::redis::tcp_connection`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -12,7 +12,7 @@ use crate::py::lock;
 use crate::py::shared::Reply;
 use crate::backend::redis::limiter::{Ask, Mode, Place};
 use crate::backend::redis::scripts::Call;
-use crate::backend::redis::loop_connection::LoopConnection;
+use crate::backend::redis::tcp_connection::TcpConnection;
 use crate::backend::redis::{BackendError, RemoteLimiter, closed_by_server};
 
 /// A request sent on a `_LoopChannel`, waiting for its answer.
@@ -37,7 +37,7 @@ enum Kind {
 
 struct Channel {
     /// `None` once closed by a failure; the limiter then opens a new channel.
-    connection: Option<LoopConnection>,
+    connection: Option<TcpConnection>,
     /// Requests in the order they were sent, which is the order Redis answers them.
     pending: VecDeque<Pending>,
     /// Whether a `_check_overdue` call is scheduled on the loop.
@@ -56,7 +56,7 @@ pub struct PyLoopChannel {
 
 impl PyLoopChannel {
     /// A channel over `connection` for `event_loop`; `attach` registers it with the loop.
-    pub fn new(limiter: &Arc<RemoteLimiter>, event_loop: Py<PyAny>, connection: LoopConnection) -> Self {
+    pub fn new(limiter: &Arc<RemoteLimiter>, event_loop: Py<PyAny>, connection: TcpConnection) -> Self {
         Self {
             limiter: Arc::clone(limiter),
             event_loop,
@@ -201,7 +201,7 @@ impl PyLoopChannel {
 impl PyLoopChannel {
     /// Registers it with its loop, to be called when answers arrive; on the loop's thread.
     fn attach(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let Some(fd) = slf.get().state().connection.as_ref().map(LoopConnection::fd) else { return Ok(()) };
+        let Some(fd) = slf.get().state().connection.as_ref().map(TcpConnection::fd) else { return Ok(()) };
         slf.get().event_loop.call_method1(slf.py(), "add_reader", (fd, slf.getattr("_on_readable")?))?;
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! One Redis server as limiters see it: the URL (its password kept out of every message), the key
 //! prefix, timeouts, and connections that reconnect by themselves. After a failure, calls fail at once
-//! for a short, growing pause instead of each waiting out a timeout against a server that is down.
+//! for a short, growing pause instead of each waiting out a timeout against a server that is down,
+//! while Redis is asked in the background whether it answers again.
 //!
 //! Two ways to call: `call` on the runtime (a multiplexed connection, for asyncio callers), and
 //! `call_blocking` on the caller's own thread over a pooled plain connection: a thread that waits for
@@ -9,23 +10,25 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use redis::{ErrorKind, RedisError};
 
 use crate::backend::redis::connections::{Blocking, Server, Shared, cluster_client};
 use crate::backend::redis::error::BackendError;
-use crate::backend::redis::loop_connection::LoopConnection;
+use crate::backend::redis::tcp_connection::TcpConnection;
 use crate::backend::redis::process::{self, PerProcess};
 use crate::backend::redis::scripts::Dialect;
 use crate::backend::redis::sentinel::{self, SentinelUrl};
 
-/// How long to wait for a connection, and for an answer to each command.
+/// How long to wait for a connection, and for an answer to each command; how long a blocking caller
+/// waits for an answer awake before it sleeps (see `tcp_connection::Waiting`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     pub connect: Duration,
     pub command: Duration,
+    pub spin: Duration,
 }
 
 /// The pause after a failure before Redis is tried again: doubles per failure up to the maximum, which
@@ -33,9 +36,15 @@ pub struct Timeouts {
 /// itself plus one second).
 const FIRST_PAUSE: Duration = Duration::from_millis(50);
 const LONGEST_PAUSE: Duration = Duration::from_millis(500);
+/// How often Redis is asked in the background whether it answers again while an outage lasts: so
+/// decisions go back to it within about this long of its return, whatever the pause says, and no
+/// caller waits to find out. (A stalled server answers the probe in flight the moment it resumes.)
+const PROBE_EVERY: Duration = Duration::from_millis(50);
 
 #[derive(Debug)]
 struct Outage {
+    /// Tells this outage from a later one (see `probe_until_answered`).
+    number: u64,
     retry_at: Instant,
     pause: Duration,
     cause: String,
@@ -59,6 +68,8 @@ pub enum Resend {
 
 /// A Redis server shared by limiters.
 pub struct Backend {
+    /// Itself, for the tasks it starts (they end when it is dropped).
+    me: Weak<Backend>,
     server: Server,
     url: String,
     secret: Option<String>,
@@ -69,6 +80,10 @@ pub struct Backend {
     /// Plain connections for `call_blocking`, one per thread calling at once; reused.
     idle: Mutex<PerProcess<Vec<Blocking>>>,
     outage: Mutex<Option<Outage>>,
+    /// How many outages started.
+    outages: AtomicU64,
+    /// Wakes the tasks waiting for an outage to end.
+    answered_again: tokio::sync::Notify,
     /// Whether the server takes the scripts as Functions.
     dialect: Arc<Dialect>,
     /// Outages that ended (Redis answered again after failing).
@@ -112,7 +127,7 @@ impl Backend {
     /// Checks the URL now; connects on first use. `tls_ca_cert`: PEM certificates to trust for
     /// `rediss://` instead of the system's (a private CA). `cluster`: `url` is one node of a Redis
     /// Cluster, which tells where the others are.
-    pub fn new(url: &str, prefix: &str, timeouts: Timeouts, tls_ca_cert: Option<Vec<u8>>, cluster: bool) -> Result<Self, BackendError> {
+    pub fn new(url: &str, prefix: &str, timeouts: Timeouts, tls_ca_cert: Option<Vec<u8>>, cluster: bool) -> Result<Arc<Self>, BackendError> {
         let shown = redact(url);
         let secret = password(url);
         let opened = match (cluster, tls_ca_cert) {
@@ -138,7 +153,8 @@ impl Backend {
                 message: format!("prefix: must be non-empty without braces (it goes inside a hash tag), got {prefix:?}"),
             });
         }
-        Ok(Self {
+        Ok(Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             server,
             url: shown,
             secret,
@@ -147,11 +163,13 @@ impl Backend {
             connection: Mutex::new(PerProcess::new(None)),
             idle: Mutex::new(PerProcess::new(Vec::new())),
             outage: Mutex::new(None),
+            outages: AtomicU64::new(0),
+            answered_again: tokio::sync::Notify::new(),
             dialect: Arc::default(),
             recoveries: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             watcher_pid: AtomicU32::new(0),
-        })
+        }))
     }
 
     /// The URL, password hidden.
@@ -280,15 +298,16 @@ impl Backend {
         self.server.connect_blocking(self.timeouts).map_err(|err| Err(self.failed(err)))
     }
 
-    /// A connection for an asyncio event loop to drive (see [`LoopConnection`]); `None` for addresses
-    /// it does not serve (TLS, Unix sockets, a Cluster), whose callers go through the runtime.
-    pub fn open_loop_connection(&self) -> Result<Option<LoopConnection>, BackendError> {
+    /// A connection for an asyncio event loop to drive (see [`TcpConnection`]), with the scripts loaded;
+    /// `None` for addresses it does not serve (TLS, Unix sockets, a Cluster), whose callers go through
+    /// the runtime.
+    pub fn open_loop_connection(&self) -> Result<Option<TcpConnection>, BackendError> {
         self.check_pause()?;
         let Some(info) = self.server.single_info() else { return Ok(None) };
-        let Some(opened) = LoopConnection::open(info, self.timeouts.connect, self.timeouts.command, &self.dialect) else {
+        let Some(opened) = TcpConnection::open(info, self.timeouts.connect, self.timeouts.command, self.timeouts.spin) else {
             return Ok(None);
         };
-        let connection = opened.map_err(|err| self.failed(err))?;
+        let connection = opened.and_then(|mut connection| connection.load(&self.dialect).map(|()| connection)).map_err(|err| self.failed(err))?;
         self.answered();
         Ok(Some(connection))
     }
@@ -329,6 +348,15 @@ impl Backend {
         Fut: Future<Output = Result<T, RedisError>>,
     {
         self.check_pause()?;
+        self.attempt(call).await
+    }
+
+    /// One call on the runtime, pause or not.
+    async fn attempt<T, F, Fut>(&self, call: F) -> Result<T, BackendError>
+    where
+        F: FnOnce(Shared) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
         // The connections' own timeouts bound connecting and each answer; this bounds it all together.
         let limit = self.timeouts.connect + self.timeouts.command;
         let attempt = async { call(self.connection().await?).await };
@@ -353,8 +381,15 @@ impl Backend {
         let mut outage = self.outage.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Err(BackendError::Unavailable { message }) => {
-                let pause = outage.as_ref().map_or(FIRST_PAUSE, |o| (o.pause * 2).min(LONGEST_PAUSE));
-                *outage = Some(Outage { retry_at: Instant::now() + pause, pause, cause: message.clone() });
+                let (number, pause) = match outage.as_ref() {
+                    Some(going_on) => (going_on.number, (going_on.pause * 2).min(LONGEST_PAUSE)),
+                    None => {
+                        let number = self.outages.fetch_add(1, Ordering::AcqRel) + 1;
+                        self.probe_until_answered(number);
+                        (number, FIRST_PAUSE)
+                    }
+                };
+                *outage = Some(Outage { number, retry_at: Instant::now() + pause, pause, cause: message.clone() });
                 if self.server.follows_failovers() {
                     // The primary may have moved: the next call asks the Sentinels again.
                     *self.connection.lock().unwrap_or_else(|p| p.into_inner()).current(|| None) = None;
@@ -363,9 +398,44 @@ impl Backend {
             _ => {
                 if outage.take().is_some() {
                     self.recoveries.fetch_add(1, Ordering::AcqRel);
+                    self.answered_again.notify_waiters();
                 }
             }
         }
+    }
+
+    /// Waits `at_most`, or less if an outage ends meanwhile: what is owed to Redis goes the moment it
+    /// answers again.
+    pub async fn sleep_unless_answered_again(&self, at_most: Duration) {
+        tokio::select! {
+            () = tokio::time::sleep(at_most) => {}
+            () = self.answered_again.notified() => {}
+        }
+    }
+
+    /// Starts asking Redis every [`PROBE_EVERY`] at most, on the runtime, until it answers (which ends
+    /// outage `number`) or the outage ends otherwise.
+    fn probe_until_answered(&self, number: u64) {
+        let Ok(runtime) = crate::backend::redis::runtime::handle() else { return };
+        let this = self.me.clone();
+        runtime.spawn(async move {
+            let mut rest = PROBE_EVERY;
+            loop {
+                tokio::time::sleep(rest).await;
+                let Some(backend) = this.upgrade() else { return };
+                if backend.outage.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_none_or(|outage| outage.number != number) {
+                    return;
+                }
+                let asked = Instant::now();
+                let ping = backend.attempt(|mut shared| async move { redis::cmd("PING").query_async::<()>(&mut shared).await });
+                if ping.await.is_ok() {
+                    return;
+                }
+                // A probe that waited out its timeout is followed at once: one is always waiting on a
+                // stalled server.
+                rest = PROBE_EVERY.saturating_sub(asked.elapsed());
+            }
+        });
     }
 
     /// Sorts a Redis error: refused credentials and bad settings are the user's to fix; anything else
@@ -405,6 +475,7 @@ fn scrub(message: &str, secret: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::redis::tcp_connection::SPIN;
 
     #[test]
     fn redact_hides_only_the_password() {
@@ -416,7 +487,7 @@ mod tests {
 
     #[test]
     fn a_malformed_url_is_a_config_error_without_the_password() {
-        let timeouts = Timeouts { connect: Duration::from_secs(1), command: Duration::from_secs(1) };
+        let timeouts = Timeouts { connect: Duration::from_secs(1), command: Duration::from_secs(1), spin: SPIN };
         match Backend::new("http://:hunter2@host", "holysheep", timeouts, None, false) {
             Err(BackendError::Config { field, message }) => {
                 assert_eq!(field, "url");

@@ -1,32 +1,28 @@
 //! The fleet breaker against a real redis-server (skipped, saying why, when redis-server is not
 //! installed; `make test` installs it).
 
-use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use redis::Value;
 
 use super::{FleetBreaker, REREAD_FIRST_NS, Refusal};
-use crate::backend::redis::server_tests::{Server, start_server};
+use crate::backend::redis::server_tests::{Server, Stalled, admin, start_server};
 use crate::backend::redis::shared::OnError;
+use crate::backend::redis::tcp_connection::SPIN;
 use crate::backend::redis::{Backend, Timeouts};
 use crate::core::breaker::{BreakerConfig, State, Transition};
 use crate::core::error::Error;
 
 fn breaker(server: &Server, key: &str) -> FleetBreaker {
-    let timeouts = Timeouts { connect: Duration::from_secs(1), command: Duration::from_secs(1) };
-    let backend = Arc::new(Backend::new(&server.url, "test", timeouts, None, false).unwrap());
+    let timeouts = Timeouts { connect: Duration::from_secs(1), command: Duration::from_secs(1), spin: SPIN };
+    let backend = Backend::new(&server.url, "test", timeouts, None, false).unwrap();
     let config = BreakerConfig { failure_threshold: Some(1), ..BreakerConfig::default() };
     // fail_closed: an error reaching the breaker would reach its caller.
     FleetBreaker::new(backend, key, config, OnError::FailClosed).unwrap()
 }
 
 /// A connection of the test's own, beside the breaker's.
-fn admin(server: &Server) -> redis::Connection {
-    redis::Client::open(server.url.as_str()).unwrap().get_connection().unwrap()
-}
-
 fn flush_functions(server: &Server) {
     redis::cmd("FUNCTION").arg("FLUSH").exec(&mut admin(server)).unwrap();
 }
@@ -85,30 +81,6 @@ fn the_breakers_function_is_in_the_library_and_loaded_again_after_a_flush_withou
     assert!(refused_open(fleet.allow()), "the failure reached Redis and opened the breaker");
     assert!(!fleet.degraded(), "no error reached the breaker");
     assert!(listed(), "the breaker's function is back");
-}
-
-/// Redis held still (SIGSTOP) until dropped, as a busy or slow one would be: connections stay open and
-/// requests wait for their answers.
-struct Stalled(String);
-
-impl Stalled {
-    fn new(server: &Server) -> Self {
-        let info: String = redis::cmd("INFO").arg("server").query(&mut admin(server)).unwrap();
-        let pid = info.split("process_id:").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap();
-        let stalled = Stalled(pid.to_string());
-        stalled.signal("-STOP");
-        stalled
-    }
-
-    fn signal(&self, name: &str) {
-        assert!(Command::new("kill").args([name, &self.0]).status().unwrap().success());
-    }
-}
-
-impl Drop for Stalled {
-    fn drop(&mut self) {
-        self.signal("-CONT");
-    }
 }
 
 // Issue 19: a burst of threads after a quiet spell re-read the fleet's state once, not once each: 16

@@ -10,6 +10,7 @@ use redis::sentinel::SentinelClient;
 use redis::{Cmd, ConnectionInfo, ConnectionLike, Pipeline, RedisFuture, RedisResult, Value};
 
 use crate::backend::redis::backend::Timeouts;
+use crate::backend::redis::tcp_connection::TcpConnection;
 
 /// Where a backend's Redis is (one value per backend: its size does not matter).
 #[allow(clippy::large_enum_variant)]
@@ -22,7 +23,10 @@ pub enum Server {
 
 /// A connection for a blocking call, kept in the backend's pool.
 pub enum Blocking {
-    Single(redis::Connection),
+    /// Plain TCP to one server: ours, which waits for an answer awake at first (see `TcpConnection`).
+    Tcp(TcpConnection),
+    /// TLS or a Unix socket to one server, through redis-rs.
+    Other(redis::Connection),
     Cluster(Box<ClusterConnection>),
 }
 
@@ -34,7 +38,7 @@ pub enum Shared {
 }
 
 impl Server {
-    /// The address of a single server, for the event-loop connection; `None` for a Cluster.
+    /// The address of a single server, for an event loop's connection; `None` for a Cluster.
     pub fn single_info(&self) -> Option<&ConnectionInfo> {
         match self {
             Server::Single(client) => Some(client.get_connection_info()),
@@ -60,10 +64,13 @@ impl Server {
 
     pub fn connect_blocking(&self, timeouts: Timeouts) -> RedisResult<Blocking> {
         let single = |client: &redis::Client| -> RedisResult<Blocking> {
+            if let Some(opened) = TcpConnection::open(client.get_connection_info(), timeouts.connect, timeouts.command, timeouts.spin) {
+                return opened.map(Blocking::Tcp);
+            }
             let connection = client.get_connection_with_timeout(timeouts.connect)?;
             connection.set_read_timeout(Some(timeouts.command))?;
             connection.set_write_timeout(Some(timeouts.command))?;
-            Ok(Blocking::Single(connection))
+            Ok(Blocking::Other(connection))
         };
         match self {
             Server::Single(client) => single(client),
@@ -109,7 +116,8 @@ pub fn cluster_client(url: &str, timeouts: Timeouts) -> RedisResult<ClusterClien
 impl Blocking {
     pub fn as_connection(&mut self) -> &mut dyn ConnectionLike {
         match self {
-            Blocking::Single(connection) => connection,
+            Blocking::Tcp(connection) => connection,
+            Blocking::Other(connection) => connection,
             Blocking::Cluster(connection) => connection.as_mut(),
         }
     }

@@ -275,7 +275,7 @@ impl RemoteLimiter {
         })
     }
 
-    pub fn backend(&self) -> &Backend {
+    pub fn backend(&self) -> &Arc<Backend> {
         &self.backend
     }
 

@@ -9,12 +9,12 @@ pub mod error;
 mod fallback;
 pub mod limiter;
 pub mod runtime;
-pub mod loop_connection;
 mod process;
 pub mod scripts;
 mod sentinel;
 pub mod share;
 pub mod shared;
+pub mod tcp_connection;
 mod windows;
 pub(crate) mod leases;
 

@@ -11,6 +11,7 @@ use crate::core::gcra::Gcra;
 use crate::core::limit::{Algorithm, Cost, Limit, Unit};
 use crate::core::Error;
 use crate::backend::redis::limiter::{Counted, Place};
+use crate::backend::redis::tcp_connection::SPIN;
 use crate::backend::redis::{Backend, BackendError, Grant, Mode, Outcome, RemoteLimiter, Timeouts, leases, runtime};
 
 pub(super) struct Server {
@@ -88,9 +89,37 @@ fn start_server_with(extra: &[&str]) -> Option<Server> {
     panic!("redis-server did not start on any of 5 free ports");
 }
 
+pub(super) fn admin(server: &Server) -> redis::Connection {
+    redis::Client::open(server.url.as_str()).unwrap().get_connection().unwrap()
+}
+
+/// Redis held still (SIGSTOP) until dropped, as a busy or slow one would be: connections stay open and
+/// requests wait for their answers.
+pub(super) struct Stalled(String);
+
+impl Stalled {
+    pub(super) fn new(server: &Server) -> Self {
+        let info: String = redis::cmd("INFO").arg("server").query(&mut admin(server)).unwrap();
+        let pid = info.split("process_id:").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap();
+        let stalled = Stalled(pid.to_string());
+        stalled.signal("-STOP");
+        stalled
+    }
+
+    fn signal(&self, name: &str) {
+        assert!(Command::new("kill").args([name, &self.0]).status().unwrap().success());
+    }
+}
+
+impl Drop for Stalled {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+    }
+}
+
 pub(super) fn limiter(server: &Server, limits: Vec<Limit>, max_leases: Option<u64>, ttl: Duration) -> Arc<RemoteLimiter> {
-    let timeouts = Timeouts { connect: Duration::from_secs(1), command: Duration::from_secs(1) };
-    let backend = Arc::new(Backend::new(&server.url, "test", timeouts, None, false).unwrap());
+    let timeouts = Timeouts { connect: Duration::from_secs(1), command: Duration::from_secs(1), spin: SPIN };
+    let backend = Backend::new(&server.url, "test", timeouts, None, false).unwrap();
     Arc::new(RemoteLimiter::new(backend, "team", limits, max_leases, ttl).unwrap())
 }
 
@@ -580,4 +609,53 @@ fn a_restart_costs_a_blocking_caller_no_error() {
     let after = lim.decide_blocking(Cost::request(0), 0.0, Mode::Now, true, &Place::newcomer(0), "try_acquire");
     let after = admitted(after.map_err(|e| format!("{e:?}")).unwrap());
     lim.adjust_blocking(&after, Cost::request(0), Cost::request(0), true).unwrap();
+}
+
+// An outage ends the moment Redis answers again, though nobody decides: a probe waits on the stalled
+// server all along (without it the next decision would find out, after the backend's pause).
+#[test]
+fn an_outage_ends_as_soon_as_redis_answers_again_with_nobody_deciding() {
+    let Some(server) = start_server() else { return };
+    let timeouts = Timeouts { connect: Duration::from_millis(200), command: Duration::from_millis(200), spin: SPIN };
+    let backend = Backend::new(&server.url, "test", timeouts, None, false).unwrap();
+    let lim = Arc::new(RemoteLimiter::new(Arc::clone(&backend), "team", vec![], Some(1), Duration::from_secs(15)).unwrap());
+    let recoveries = backend.recoveries();
+    let stalled = Stalled::new(&server);
+    assert!(lim.peek_blocking(Cost::request(0)).is_err(), "the decision timed out");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(backend.check_pause().is_err(), "Redis is away");
+    drop(stalled);
+    let resumed = Instant::now();
+    while backend.recoveries() == recoveries && resumed.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let noticed_after = resumed.elapsed();
+    assert_eq!(backend.recoveries(), recoveries + 1);
+    assert!(noticed_after < Duration::from_millis(100), "noticed {noticed_after:?} after the stall");
+    assert!(backend.check_pause().is_ok());
+}
+
+// What was owed to Redis during a stall goes the moment it answers again: a slot released during a
+// stall is free within a few ms of its end, not after the backend's pause (up to half a second).
+#[test]
+fn a_slot_released_during_a_stall_is_free_as_soon_as_the_stall_ends() {
+    let Some(server) = start_server() else { return };
+    let timeouts = Timeouts { connect: Duration::from_millis(200), command: Duration::from_millis(200), spin: SPIN };
+    let backend = Backend::new(&server.url, "test", timeouts, None, false).unwrap();
+    let lim = Arc::new(RemoteLimiter::new(Arc::clone(&backend), "team", vec![], Some(1), Duration::from_secs(15)).unwrap());
+    let held = admitted(decide(&lim, Cost::request(0), Mode::Now, true));
+    let slots = || -> u64 { redis::cmd("ZCARD").arg("{test:team}:leases").query(&mut admin(&server)).unwrap() };
+    assert_eq!(slots(), 1);
+    let stalled = Stalled::new(&server);
+    // Its release cannot reach Redis: owed, and tried until the pause after each timeout has grown.
+    leases::owe(&lim, held.lease.unwrap());
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(backend.check_pause().is_err(), "Redis is away");
+    drop(stalled);
+    let resumed = Instant::now();
+    while slots() > 0 && resumed.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let free_after = resumed.elapsed();
+    assert!(free_after < Duration::from_millis(150), "the slot was free {free_after:?} after the stall");
 }
