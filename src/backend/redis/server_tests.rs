@@ -611,25 +611,36 @@ fn a_restart_costs_a_blocking_caller_no_error() {
     lim.adjust_blocking(&after, Cost::request(0), Cost::request(0), true).unwrap();
 }
 
+/// A limiter of one slot whose backend gives up on an answer after 200 ms.
+fn impatient(server: &Server) -> (Arc<Backend>, Arc<RemoteLimiter>) {
+    let timeouts = Timeouts { connect: Duration::from_millis(200), command: Duration::from_millis(200), spin: SPIN };
+    let backend = Backend::new(&server.url, "test", timeouts, None, false).unwrap();
+    let lim = Arc::new(RemoteLimiter::new(Arc::clone(&backend), "team", vec![], Some(1), Duration::from_secs(15)).unwrap());
+    (backend, lim)
+}
+
+/// Ends `stalled` after 1.2 s, and returns how long after that `done` held (2 s at most).
+fn time_after_stall(backend: &Backend, stalled: Stalled, done: impl Fn() -> bool) -> Duration {
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(backend.check_pause().is_err(), "Redis is away");
+    drop(stalled);
+    let resumed = Instant::now();
+    while !done() && resumed.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    resumed.elapsed()
+}
+
 // An outage ends the moment Redis answers again, though nobody decides: a probe waits on the stalled
 // server all along (without it the next decision would find out, after the backend's pause).
 #[test]
 fn an_outage_ends_as_soon_as_redis_answers_again_with_nobody_deciding() {
     let Some(server) = start_server() else { return };
-    let timeouts = Timeouts { connect: Duration::from_millis(200), command: Duration::from_millis(200), spin: SPIN };
-    let backend = Backend::new(&server.url, "test", timeouts, None, false).unwrap();
-    let lim = Arc::new(RemoteLimiter::new(Arc::clone(&backend), "team", vec![], Some(1), Duration::from_secs(15)).unwrap());
+    let (backend, lim) = impatient(&server);
     let recoveries = backend.recoveries();
     let stalled = Stalled::new(&server);
     assert!(lim.peek_blocking(Cost::request(0)).is_err(), "the decision timed out");
-    std::thread::sleep(Duration::from_millis(1000));
-    assert!(backend.check_pause().is_err(), "Redis is away");
-    drop(stalled);
-    let resumed = Instant::now();
-    while backend.recoveries() == recoveries && resumed.elapsed() < Duration::from_secs(2) {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let noticed_after = resumed.elapsed();
+    let noticed_after = time_after_stall(&backend, stalled, || backend.recoveries() > recoveries);
     assert_eq!(backend.recoveries(), recoveries + 1);
     assert!(noticed_after < Duration::from_millis(100), "noticed {noticed_after:?} after the stall");
     assert!(backend.check_pause().is_ok());
@@ -640,22 +651,13 @@ fn an_outage_ends_as_soon_as_redis_answers_again_with_nobody_deciding() {
 #[test]
 fn a_slot_released_during_a_stall_is_free_as_soon_as_the_stall_ends() {
     let Some(server) = start_server() else { return };
-    let timeouts = Timeouts { connect: Duration::from_millis(200), command: Duration::from_millis(200), spin: SPIN };
-    let backend = Backend::new(&server.url, "test", timeouts, None, false).unwrap();
-    let lim = Arc::new(RemoteLimiter::new(Arc::clone(&backend), "team", vec![], Some(1), Duration::from_secs(15)).unwrap());
+    let (backend, lim) = impatient(&server);
     let held = admitted(decide(&lim, Cost::request(0), Mode::Now, true));
     let slots = || -> u64 { redis::cmd("ZCARD").arg("{test:team}:leases").query(&mut admin(&server)).unwrap() };
     assert_eq!(slots(), 1);
     let stalled = Stalled::new(&server);
     // Its release cannot reach Redis: owed, and tried until the pause after each timeout has grown.
     leases::owe(&lim, held.lease.unwrap());
-    std::thread::sleep(Duration::from_millis(1200));
-    assert!(backend.check_pause().is_err(), "Redis is away");
-    drop(stalled);
-    let resumed = Instant::now();
-    while slots() > 0 && resumed.elapsed() < Duration::from_secs(2) {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let free_after = resumed.elapsed();
+    let free_after = time_after_stall(&backend, stalled, || slots() == 0);
     assert!(free_after < Duration::from_millis(150), "the slot was free {free_after:?} after the stall");
 }
