@@ -43,6 +43,15 @@ def test_backend_is_chosen_by_passing_one(redis_url: str) -> None:
     assert type(alone) is hs.HolySheepRateLimiter and alone.backend is None and alone.key is None
 
 
+@pytest.mark.parametrize("spin_wait", [0.0, 0.0001, 0.001])
+def test_a_thread_decides_the_same_whether_it_waits_for_redis_awake_or_asleep(redis_url: str, spin_wait: float) -> None:
+    backend = hs.RedisBackend(redis_url, spin_wait=spin_wait)
+    assert backend.spin_wait == spin_wait
+    lim = hs.HolySheepRateLimiter(max_qps=3, backend=backend, key=f"spin-{spin_wait}")
+    assert [lim.try_acquire() for _ in range(4)] == [True, True, True, False]
+    assert hs.RedisBackend(redis_url).spin_wait == 0.0001, "100 µs unless told otherwise"
+
+
 def test_limiters_sharing_a_key_share_the_limit(redis_url: str) -> None:
     one, other = shared(redis_url, max_qps=3), shared(redis_url, max_qps=3)
     assert [one.try_acquire(), other.try_acquire(), one.try_acquire()] == [True, True, True]

@@ -16,10 +16,17 @@ import holysheep as hs
 
 spawn = multiprocessing.get_context("spawn")
 PROCESSES = 4
+#: RedisBackend's default: a thread waits for its answer awake for up to this long.
+SPIN_WAIT = 0.0001
 
 
-def decide_for(url: str, seconds: float, start: Barrier, out: "multiprocessing.Queue[int]") -> None:
-    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(10**9, per=1.0)], backend=hs.RedisBackend(url), key="fleet-rate")
+def exact_window(spin_wait: float) -> str:
+    """The name of a row of holysheep's exact window, saying when its threads sleep at once."""
+    return f"holysheep {hs.__version__} exact window{'' if spin_wait else ', spin_wait=0'}"
+
+
+def decide_for(url: str, spin_wait: float, seconds: float, start: Barrier, out: "multiprocessing.Queue[int]") -> None:
+    lim = hs.HolySheepRateLimiter(limits=[hs.Limit(10**9, per=1.0)], backend=hs.RedisBackend(url, spin_wait=spin_wait), key="fleet-rate")
     lim.time_until_ready()
     start.wait()
     deadline, done = time.monotonic() + seconds, 0
@@ -29,16 +36,17 @@ def decide_for(url: str, seconds: float, start: Barrier, out: "multiprocessing.Q
     out.put(done)
 
 
-def processes_row(url: str, seconds: float = 2.0) -> dict[str, Any]:
-    """Decisions/s of 4 processes deciding one after another each, on one limit."""
+def processes_row(url: str, spin_wait: float, seconds: float = 2.0) -> dict[str, Any]:
+    """Decisions/s of 4 processes deciding one after another each, on one limit; each thread waits for
+    its answers awake for up to `spin_wait`."""
     start, out = spawn.Barrier(PROCESSES), spawn.Queue()
-    workers = [spawn.Process(target=decide_for, args=(url, seconds, start, out)) for _ in range(PROCESSES)]
+    workers = [spawn.Process(target=decide_for, args=(url, spin_wait, seconds, start, out)) for _ in range(PROCESSES)]
     for worker in workers:
         worker.start()
     total = sum(out.get(timeout=60) for _ in workers)
     for worker in workers:
         worker.join(10)
-    return {"name": f"holysheep {hs.__version__} exact window", "mode": f"sync, {PROCESSES} processes", "decisions_per_s": total / seconds, "p50_us": None, "p99_us": None}
+    return {"name": exact_window(spin_wait), "mode": f"sync, {PROCESSES} processes", "decisions_per_s": total / seconds, "p50_us": None, "p99_us": None}
 
 
 def share_slots(url: str, seconds: float, start: Barrier, out: "multiprocessing.Queue[int]") -> None:

@@ -6,7 +6,10 @@ markdown table for the docs, then the fleet: 4 processes, fair shares of a share
 a stall's cost.
 
 Every limit is far above the rate reached, so each decision is an admission. Rows: one caller
-deciding one decision after another (sync; async), 32 asyncio tasks deciding at once, 4 processes.
+deciding one decision after another (sync; async), 32 asyncio tasks deciding at once, 8 threads of one
+process and 4 processes (threads waiting for their answers awake first, the default, and with
+`spin_wait=0`); and PING from Python over a plain socket, its reader asleep and awake, which shows what
+waking a sleeping thread costs on this machine.
 """
 
 from __future__ import annotations
@@ -18,19 +21,21 @@ import platform
 import re
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fleet import fair_shares, processes_row, stall_to_full_use
+from fleet import SPIN_WAIT, exact_window, fair_shares, processes_row, stall_to_full_use
 from timing import REPEATS, fastest, time_async, time_async_concurrent, time_sync
 
 import holysheep as hs
 
 HERE = Path(__file__).resolve().parent
 TASKS = 32
+THREADS = 8
 #: Alternated runs of our single caller and of PING, best of each (a round trip here moves between
 #: about 10 and 65 us with the machine's idle CPU states).
 ALTERNATIONS = 5
@@ -59,7 +64,7 @@ def cli(port: int, *args: str) -> str:
     return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True).stdout.strip()
 
 
-def shared(url: str, key: str, limit: hs.Limit, spin_wait: float = 0.0001) -> hs.HolySheepRateLimiter:
+def shared(url: str, key: str, limit: hs.Limit, spin_wait: float = SPIN_WAIT) -> hs.HolySheepRateLimiter:
     lim = hs.HolySheepRateLimiter(limits=[limit], backend=hs.RedisBackend(url, spin_wait=spin_wait), key=key)
     assert type(lim) is hs.HolySheepRateLimiter and lim.backend is not None
     return lim
@@ -94,6 +99,29 @@ def holysheep_rows(url: str, n: int) -> list[dict[str, Any]]:
     return rows
 
 
+def threads_row(url: str, spin_wait: float, seconds: float = 2.0) -> dict[str, Any]:
+    """Decisions/s of THREADS threads of one process deciding one after another each, on one limit:
+    more threads than CPUs, each waiting for its answers awake for up to `spin_wait`."""
+    lim = shared(url, f"threads-{spin_wait}", hs.Limit(10**9, per=1.0), spin_wait=spin_wait)
+    lim.time_until_ready()
+    counts = [0] * THREADS
+    start = threading.Barrier(THREADS)
+
+    def decide(index: int) -> None:
+        start.wait()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            lim.try_acquire()
+            counts[index] += 1
+
+    threads = [threading.Thread(target=decide, args=(i,)) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"name": exact_window(spin_wait), "mode": f"sync, {THREADS} threads", "decisions_per_s": sum(counts) / seconds, "p50_us": None, "p99_us": None}
+
+
 def single_caller_and_ping_rows(url: str, port: int, n: int) -> list[dict[str, Any]]:
     """Our single caller (sync, the exact window), waiting for its answers awake (the default) and
     asleep (``spin_wait=0``, as redis-benchmark waits), and PING on one connection, alternated, best
@@ -112,8 +140,8 @@ def single_caller_and_ping_rows(url: str, port: int, n: int) -> list[dict[str, A
     ours, ours_asleep, pings = [], [], []
     cli(port, "CONFIG", "RESETSTAT")
     for _ in range(ALTERNATIONS):
-        ours.append(time_sync(f"holysheep {hs.__version__} exact window", decider(awake), n, repeats_wanted=1))
-        ours_asleep.append(time_sync(f"holysheep {hs.__version__} exact window, spin_wait=0", decider(asleep), n, repeats_wanted=1))
+        ours.append(time_sync(exact_window(SPIN_WAIT), decider(awake), n, repeats_wanted=1))
+        ours_asleep.append(time_sync(exact_window(0), decider(asleep), n, repeats_wanted=1))
         pings.append(ping_row(port, n * 2, repeats=1))
     return [fastest(ours), fastest(ours_asleep), fastest(pings)]
 
@@ -143,8 +171,36 @@ def empty_function_row(port: int, n: int) -> tuple[dict[str, Any], float]:
 
 
 def ping_row(port: int, n: int, repeats: int = REPEATS) -> dict[str, Any]:
-    """redis-benchmark PING on one connection: the round trip a single caller's decision can never beat."""
+    """redis-benchmark PING on one connection: the round trip of a client that sleeps while it waits."""
     return fastest([benchmark_row(port, n, "redis-benchmark PING (one round trip)", ["-t", "ping_mbulk"]) for _ in range(repeats)])
+
+
+PING = b"*1\r\n$4\r\nPING\r\n"
+
+
+def python_ping_rows(port: int, n: int) -> list[dict[str, Any]]:
+    """PING from Python over a plain socket, its reader asleep in recv, then awake (polling the socket
+    without blocking): what waking a sleeping thread costs on this machine, beside a round trip."""
+    with socket.create_connection(("127.0.0.1", port)) as connection:
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def asleep() -> bytes:
+            connection.sendall(PING)
+            return connection.recv(64)
+
+        def awake() -> bytes:
+            connection.sendall(PING)
+            while True:
+                try:
+                    if answer := connection.recv(64):
+                        return answer
+                except BlockingIOError:
+                    pass
+
+        rows = [time_sync("Python socket PING, asleep in recv", asleep, n)]
+        connection.setblocking(False)
+        rows.append(time_sync("Python socket PING, awake (polling)", awake, n))
+        return rows
 
 
 def benchmark_row(port: int, n: int, name: str, command: list[str]) -> dict[str, Any]:
@@ -180,7 +236,7 @@ def peers_verdict(rows: list[dict[str, Any]]) -> str:
 
 
 def table(rows: list[dict[str, Any]], header: str) -> str:
-    modes = ["sync", "async", f"async x{TASKS}", "sync, 4 processes"]
+    modes = ["sync", f"sync, {THREADS} threads", "async", f"async x{TASKS}", "sync, 4 processes"]
     lines = [header, "", "| implementation | calls | decisions/s | p50 µs | p99 µs | holysheep exact ÷ this |", "|---|---|---:|---:|---:|---:|"]
     for mode in modes:
         in_mode = [row for row in rows if row["mode"] == mode]
@@ -207,13 +263,15 @@ def main() -> None:
         server_us = server_us_per_call(port)
         empty, empty_us = empty_function_row(port, options.n * 2)
         rows.append(empty)
+        rows += python_ping_rows(port, options.n)
         rows += holysheep_rows(url, options.n)
         if options.peers_python:
             peers = subprocess.run(
                 [options.peers_python, str(HERE / "peers.py"), url, str(options.n)], capture_output=True, text=True, check=True
             )
             rows += [json.loads(line) for line in peers.stdout.splitlines()]
-        rows.append(processes_row(url))
+        rows += [threads_row(url, spin_wait) for spin_wait in (SPIN_WAIT, 0)]
+        rows += [processes_row(url, spin_wait) for spin_wait in (SPIN_WAIT, 0)]
         shares = fair_shares(url)
         stall_s = stall_to_full_use(url, server.pid)
         redis_version = cli(port, "INFO", "server").split("redis_version:")[1].split()[0]

@@ -36,18 +36,26 @@ pub struct Timeouts {
 /// itself plus one second).
 const FIRST_PAUSE: Duration = Duration::from_millis(50);
 const LONGEST_PAUSE: Duration = Duration::from_millis(500);
-/// How often Redis is asked in the background whether it answers again while an outage lasts: so
-/// decisions go back to it within about this long of its return, whatever the pause says, and no
-/// caller waits to find out. (A stalled server answers the probe in flight the moment it resumes.)
+/// How often, at most, Redis is asked in the background whether it answers again while an outage
+/// lasts (see `Backend::probe`).
 const PROBE_EVERY: Duration = Duration::from_millis(50);
 
 #[derive(Debug)]
 struct Outage {
-    /// Tells this outage from a later one (see `probe_until_answered`).
+    /// Tells this outage from a later one.
     number: u64,
     retry_at: Instant,
     pause: Duration,
     cause: String,
+    /// The process whose task probes Redis for it (a forked child starts its own).
+    probed_by: u32,
+}
+
+/// The outage going on, if any, and how many started.
+#[derive(Debug, Default)]
+struct Outages {
+    now: Option<Outage>,
+    started: u64,
 }
 
 /// Whether `err` says the server closed the connection (it went away: a restart closes every
@@ -79,11 +87,7 @@ pub struct Backend {
     connection: Mutex<PerProcess<Option<Shared>>>,
     /// Plain connections for `call_blocking`, one per thread calling at once; reused.
     idle: Mutex<PerProcess<Vec<Blocking>>>,
-    outage: Mutex<Option<Outage>>,
-    /// How many outages started.
-    outages: AtomicU64,
-    /// Wakes the tasks waiting for an outage to end.
-    answered_again: tokio::sync::Notify,
+    outage: Mutex<Outages>,
     /// Whether the server takes the scripts as Functions.
     dialect: Arc<Dialect>,
     /// Outages that ended (Redis answered again after failing).
@@ -162,9 +166,7 @@ impl Backend {
             timeouts,
             connection: Mutex::new(PerProcess::new(None)),
             idle: Mutex::new(PerProcess::new(Vec::new())),
-            outage: Mutex::new(None),
-            outages: AtomicU64::new(0),
-            answered_again: tokio::sync::Notify::new(),
+            outage: Mutex::default(),
             dialect: Arc::default(),
             recoveries: AtomicU64::new(0),
             generation: AtomicU64::new(0),
@@ -193,13 +195,13 @@ impl Backend {
     /// For a primary found through Sentinel: starts, once per process, the task that asks the
     /// Sentinels where it is every [`PRIMARY_CHECK`] and, when it moved, drops every connection made
     /// to the old one (the next call connects to the new one). Nothing for other servers.
-    pub fn follow_primary(backend: &Arc<Backend>) {
+    pub fn follow_primary(&self) {
         let pid = process::id();
-        if !backend.server.follows_failovers() || backend.watcher_pid.swap(pid, Ordering::AcqRel) == pid {
+        if !self.server.follows_failovers() || self.watcher_pid.swap(pid, Ordering::AcqRel) == pid {
             return;
         }
         let Ok(runtime) = crate::backend::redis::runtime::handle() else { return };
-        let this = Arc::downgrade(backend);
+        let this = self.me.clone();
         runtime.spawn(async move {
             let mut known: Option<String> = None;
             loop {
@@ -239,7 +241,7 @@ impl Backend {
 
     /// Fails at once while the pause after a failure lasts.
     pub fn check_pause(&self) -> Result<(), BackendError> {
-        if let Some(outage) = &*self.outage.lock().unwrap_or_else(|p| p.into_inner()) {
+        if let Some(outage) = &self.outage().now {
             let now = Instant::now();
             if now < outage.retry_at {
                 return Err(BackendError::Unavailable {
@@ -348,17 +350,7 @@ impl Backend {
         Fut: Future<Output = Result<T, RedisError>>,
     {
         self.check_pause()?;
-        self.attempt(call).await
-    }
-
-    /// One call on the runtime, pause or not.
-    async fn attempt<T, F, Fut>(&self, call: F) -> Result<T, BackendError>
-    where
-        F: FnOnce(Shared) -> Fut,
-        Fut: Future<Output = Result<T, RedisError>>,
-    {
-        // The connections' own timeouts bound connecting and each answer; this bounds it all together.
-        let limit = self.timeouts.connect + self.timeouts.command;
+        let limit = self.call_limit();
         let attempt = async { call(self.connection().await?).await };
         match tokio::time::timeout(limit, attempt).await {
             Ok(Ok(value)) => {
@@ -376,46 +368,58 @@ impl Backend {
         }
     }
 
+    /// How long a call on the runtime may take: the connections' own timeouts bound connecting and
+    /// each answer; this bounds it all together.
+    fn call_limit(&self) -> Duration {
+        self.timeouts.connect + self.timeouts.command
+    }
+
+    fn outage(&self) -> std::sync::MutexGuard<'_, Outages> {
+        self.outage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Starts or lengthens the pause after a failure to reach Redis; ends it after a success.
     fn note<T>(&self, result: &Result<T, BackendError>) {
-        let mut outage = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        let mut outages = self.outage();
         match result {
             Err(BackendError::Unavailable { message }) => {
-                let (number, pause) = match outage.as_ref() {
-                    Some(going_on) => (going_on.number, (going_on.pause * 2).min(LONGEST_PAUSE)),
+                let pid = process::id();
+                let (number, pause, probed_by) = match &outages.now {
+                    Some(going_on) => (going_on.number, (going_on.pause * 2).min(LONGEST_PAUSE), going_on.probed_by),
                     None => {
-                        let number = self.outages.fetch_add(1, Ordering::AcqRel) + 1;
-                        self.probe_until_answered(number);
-                        (number, FIRST_PAUSE)
+                        outages.started += 1;
+                        (outages.started, FIRST_PAUSE, 0)
                     }
                 };
-                *outage = Some(Outage { number, retry_at: Instant::now() + pause, pause, cause: message.clone() });
+                outages.now = Some(Outage { number, retry_at: Instant::now() + pause, pause, cause: message.clone(), probed_by: pid });
+                drop(outages);
+                if probed_by != pid {
+                    self.probe(number);
+                }
                 if self.server.follows_failovers() {
                     // The primary may have moved: the next call asks the Sentinels again.
                     *self.connection.lock().unwrap_or_else(|p| p.into_inner()).current(|| None) = None;
                 }
             }
             _ => {
-                if outage.take().is_some() {
+                if outages.now.take().is_some() {
                     self.recoveries.fetch_add(1, Ordering::AcqRel);
-                    self.answered_again.notify_waiters();
                 }
             }
         }
     }
 
-    /// Waits `at_most`, or less if an outage ends meanwhile: what is owed to Redis goes the moment it
-    /// answers again.
-    pub async fn sleep_unless_answered_again(&self, at_most: Duration) {
-        tokio::select! {
-            () = tokio::time::sleep(at_most) => {}
-            () = self.answered_again.notified() => {}
+    /// Asks Redis whether it answers again (PING, at most every [`PROBE_EVERY`], on the runtime) while
+    /// outage `number` lasts, and ends its pause when it does: decisions and what is owed back go to
+    /// Redis within milliseconds of its return instead of after the pause, and no caller waits to find
+    /// out. One PING always waits on a stalled server, which answers it the moment it resumes. A probe
+    /// only ends the pause: the outage ends when a call succeeds (a server may answer PING and still
+    /// fail calls), and a failed probe leaves the pause as it is. Not for a Cluster, whose PING asks
+    /// every primary rather than the node that holds a limit.
+    fn probe(&self, number: u64) {
+        if matches!(self.server, Server::Cluster(_)) {
+            return;
         }
-    }
-
-    /// Starts asking Redis every [`PROBE_EVERY`] at most, on the runtime, until it answers (which ends
-    /// outage `number`) or the outage ends otherwise.
-    fn probe_until_answered(&self, number: u64) {
         let Ok(runtime) = crate::backend::redis::runtime::handle() else { return };
         let this = self.me.clone();
         runtime.spawn(async move {
@@ -423,16 +427,15 @@ impl Backend {
             loop {
                 tokio::time::sleep(rest).await;
                 let Some(backend) = this.upgrade() else { return };
-                if backend.outage.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_none_or(|outage| outage.number != number) {
-                    return;
-                }
                 let asked = Instant::now();
-                let ping = backend.attempt(|mut shared| async move { redis::cmd("PING").query_async::<()>(&mut shared).await });
-                if ping.await.is_ok() {
+                let ping = async { redis::cmd("PING").query_async::<()>(&mut backend.connection().await?).await };
+                let answered = matches!(tokio::time::timeout(backend.call_limit(), ping).await, Ok(Ok(())));
+                let mut outages = backend.outage();
+                let Some(outage) = outages.now.as_mut().filter(|outage| outage.number == number) else { return };
+                if answered {
+                    outage.retry_at = Instant::now();
                     return;
                 }
-                // A probe that waited out its timeout is followed at once: one is always waiting on a
-                // stalled server.
                 rest = PROBE_EVERY.saturating_sub(asked.elapsed());
             }
         });

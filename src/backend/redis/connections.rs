@@ -26,7 +26,7 @@ pub enum Blocking {
     /// Plain TCP to one server: ours, which waits for an answer awake at first (see `TcpConnection`).
     Tcp(TcpConnection),
     /// TLS or a Unix socket to one server, through redis-rs.
-    Other(redis::Connection),
+    TlsOrUnix(redis::Connection),
     Cluster(Box<ClusterConnection>),
 }
 
@@ -70,7 +70,7 @@ impl Server {
             let connection = client.get_connection_with_timeout(timeouts.connect)?;
             connection.set_read_timeout(Some(timeouts.command))?;
             connection.set_write_timeout(Some(timeouts.command))?;
-            Ok(Blocking::Other(connection))
+            Ok(Blocking::TlsOrUnix(connection))
         };
         match self {
             Server::Single(client) => single(client),
@@ -117,7 +117,7 @@ impl Blocking {
     pub fn as_connection(&mut self) -> &mut dyn ConnectionLike {
         match self {
             Blocking::Tcp(connection) => connection,
-            Blocking::Other(connection) => connection,
+            Blocking::TlsOrUnix(connection) => connection,
             Blocking::Cluster(connection) => connection.as_mut(),
         }
     }

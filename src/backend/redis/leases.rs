@@ -25,9 +25,10 @@ use crate::backend::redis::limiter::RemoteLimiter;
 use crate::backend::redis::process::{self, PerProcess};
 use crate::backend::redis::scripts;
 
-/// How often owed leases are sent while Redis does not take them (the backend's pause after a
-/// failure spaces the tries further).
-const RECLAIM_EVERY: Duration = Duration::from_millis(50);
+/// How often owed leases are sent while Redis does not take them: a try during the backend's pause
+/// after a failure fails at once, so the first after the pause ends (see `Backend::probe`) goes at
+/// most this long later.
+const RECLAIM_EVERY: Duration = Duration::from_millis(10);
 
 /// One instance's leases (a forked child holds and owes none of its parent's).
 #[derive(Debug)]
@@ -192,10 +193,9 @@ fn reclaim_soon(limiter: &Arc<RemoteLimiter>) {
     }
     let Ok(runtime) = crate::backend::redis::runtime::handle() else { return };
     let this: Weak<RemoteLimiter> = Arc::downgrade(limiter);
-    let backend = Arc::clone(limiter.backend());
     runtime.spawn(async move {
         loop {
-            backend.sleep_unless_answered_again(RECLAIM_EVERY).await;
+            tokio::time::sleep(RECLAIM_EVERY).await;
             let Some(limiter) = this.upgrade() else { return };
             let leases = limiter.leases();
             let ids = leases.owed_now();

@@ -275,7 +275,7 @@ impl RemoteLimiter {
         })
     }
 
-    pub fn backend(&self) -> &Arc<Backend> {
+    pub fn backend(&self) -> &Backend {
         &self.backend
     }
 
@@ -506,7 +506,7 @@ impl RemoteLimiter {
         }
         self.back_in_redis();
         leases::after_recovery(self);
-        Backend::follow_primary(&self.backend);
+        self.backend.follow_primary();
         let (a, b) = (reply.a, reply.b);
         match reply.status {
             0 => {

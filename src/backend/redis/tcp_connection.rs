@@ -14,6 +14,7 @@ use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult, Value};
@@ -31,28 +32,50 @@ pub const LONGEST_SPIN: Duration = Duration::from_millis(1);
 /// gives its CPU a chance to idle, and waking it costs tens of microseconds on a virtual machine: here
 /// a Redis round trip from Python took 55 µs asleep and 21 µs awake, so a nearby server answers before
 /// a sleeper would be woken. A connection whose answers typically take longer than `spin` (a distant
-/// server, a slow script) sleeps at once, so spinning costs CPU only where it pays; on one CPU it
-/// never spins, since the server would wait for the spinner's time slice.
+/// server, a slow script) sleeps at once, but spins on one wait in [`RESAMPLE`] all the same, to find
+/// out when its answers are fast again. At most one thread fewer than the CPUs spins at once (see
+/// [`Spinning`]), so a server on the same machine always has a CPU; on one CPU nobody spins.
 struct Waiting {
     spin: Duration,
     /// How long answers took lately (a moving average, 1/8 per answer).
     typical: Duration,
+    /// Waits so far, to spin on every RESAMPLE-th.
+    waits: u32,
 }
 
-static ONE_CPU: LazyLock<bool> = LazyLock::new(|| std::thread::available_parallelism().map_or(true, |cpus| cpus.get() == 1));
+const RESAMPLE: u32 = 16;
 
 impl Waiting {
     fn new(spin: Duration) -> Self {
-        Self { spin: if *ONE_CPU { Duration::ZERO } else { spin }, typical: Duration::ZERO }
+        Self { spin, typical: Duration::ZERO, waits: 0 }
     }
 
     /// How long the next wait may spin.
-    fn spin_for(&self) -> Duration {
-        if self.typical <= self.spin { self.spin } else { Duration::ZERO }
+    fn spin_for(&mut self) -> Duration {
+        self.waits = self.waits.wrapping_add(1);
+        if self.typical <= self.spin || self.waits % RESAMPLE == 0 { self.spin } else { Duration::ZERO }
     }
 
     fn answered_after(&mut self, took: Duration) {
         self.typical = self.typical - self.typical / 8 + took / 8;
+    }
+}
+
+/// One of the threads of this process spinning now; at most one fewer than the CPUs hold one.
+struct Spinning;
+
+static SPINNING: AtomicUsize = AtomicUsize::new(0);
+static MOST_SPINNING: LazyLock<usize> = LazyLock::new(|| std::thread::available_parallelism().map_or(0, |cpus| cpus.get() - 1));
+
+impl Spinning {
+    fn start() -> Option<Self> {
+        SPINNING.fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| (now < *MOST_SPINNING).then_some(now + 1)).ok().map(|_| Spinning)
+    }
+}
+
+impl Drop for Spinning {
+    fn drop(&mut self) {
+        SPINNING.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -79,30 +102,36 @@ impl TcpConnection {
     pub fn open(info: &ConnectionInfo, connect: Duration, command: Duration, spin: Duration) -> Option<RedisResult<Self>> {
         let ConnectionAddr::Tcp(host, port) = info.addr() else { return None };
         Some((|| {
-            let address = (host.as_str(), *port)
-                .to_socket_addrs()?
-                .next()
-                .ok_or_else(|| RedisError::from(io::Error::new(io::ErrorKind::NotFound, format!("no address for {host}"))))?;
-            let stream = TcpStream::connect_timeout(&address, connect)?;
+            let stream = connect_to(host, *port, connect)?;
             stream.set_nodelay(true)?;
-            // Writes that find the socket's buffer full block (see `send`), bounded by this.
-            stream.set_write_timeout(Some(command))?;
             stream.set_nonblocking(true)?;
             let settings = info.redis_settings();
             let mut connection =
                 Self { stream, unread: Vec::new(), db: settings.db(), command_timeout: command, waiting: Waiting::new(spin), open: true };
             if let Some(password) = settings.password() {
-                let mut auth = redis::cmd("AUTH");
-                if let Some(user) = settings.username() {
-                    auth.arg(user);
-                }
-                connection.call_blocking(&auth.arg(password).get_packed_command())?;
+                connection.authenticate(settings.username(), password)?;
             }
             if settings.db() != 0 {
                 connection.call_blocking(&redis::cmd("SELECT").arg(settings.db()).get_packed_command())?;
             }
             Ok(connection)
         })())
+    }
+
+    /// AUTH, refused as redis-rs refuses it (so the backend tells bad credentials from an outage);
+    /// a server before Redis 6 takes no user name, and is asked again without it.
+    fn authenticate(&mut self, user: Option<&str>, password: &str) -> RedisResult<()> {
+        let mut auth = redis::cmd("AUTH");
+        if let Some(user) = user {
+            auth.arg(user);
+        }
+        match redis::ConnectionLike::req_packed_command(self, &auth.arg(password).get_packed_command())? {
+            Value::Okay => Ok(()),
+            Value::ServerError(err) if user.is_some() && err.details().is_some_and(|d| d.contains("wrong number of arguments for 'auth'")) => {
+                self.authenticate(None, password)
+            }
+            refused => Err(RedisError::from((ErrorKind::AuthenticationFailed, "Password authentication failed", format!("{refused:?}")))),
+        }
     }
 
     /// Puts on the server what an event loop's connection sends (decisions): the library, or before
@@ -126,19 +155,43 @@ impl TcpConnection {
     /// Writes a request. A full socket buffer (thousands of requests unanswered) is waited out
     /// blocking, bounded by the command timeout, rather than buffered here.
     pub fn send(&mut self, packed: &[u8]) -> io::Result<()> {
-        match self.stream.write(packed) {
-            Ok(written) if written == packed.len() => Ok(()),
-            Ok(written) => self.send_blocking(&packed[written..]),
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => self.send_blocking(packed),
-            Err(err) => Err(err),
-        }
+        self.send_until(packed, Instant::now() + self.command_timeout)
     }
 
-    fn send_blocking(&mut self, rest: &[u8]) -> io::Result<()> {
-        self.stream.set_nonblocking(false)?;
-        let written = self.stream.write_all(rest);
-        self.stream.set_nonblocking(true)?;
-        written
+    fn send_until(&mut self, mut rest: &[u8], deadline: Instant) -> io::Result<()> {
+        while !rest.is_empty() {
+            match self.stream.write(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => rest = &rest[written..],
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    if !self.wait_until(libc::POLLOUT, deadline) {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sleeps until the socket is ready for `events`, a signal comes, or `deadline`; false once the
+    /// deadline has passed.
+    fn wait_until(&self, events: i16, deadline: Instant) -> bool {
+        let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|left| !left.is_zero()) else { return false };
+        let mut ready = libc::pollfd { fd: self.fd(), events, revents: 0 };
+        let ms = i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+        // SAFETY: one pollfd, valid for the call. Whatever it returns, the caller looks again.
+        unsafe { libc::poll(&mut ready, 1, ms) };
+        true
+    }
+
+    /// One request (`packed`) and its `count` answers, the last `count - skip` of them returned, all
+    /// within the command timeout.
+    fn request(&mut self, packed: &[u8], skip: usize, count: usize) -> RedisResult<Vec<Value>> {
+        let deadline = Instant::now() + self.command_timeout;
+        self.send_until(packed, deadline).map_err(|err| self.broken(err))?;
+        Ok(self.wait_for(count, deadline)?.split_off(skip))
     }
 
     /// Reads whatever has arrived and returns the whole answers in it, in order. An error (or the
@@ -172,11 +225,11 @@ impl TcpConnection {
         }
     }
 
-    /// Blocks until `count` more whole answers have come (see [`Waiting`]), at most the command
-    /// timeout.
-    fn wait_for(&mut self, count: usize) -> RedisResult<Vec<Value>> {
+    /// Blocks until `count` more whole answers have come (see [`Waiting`]), or fails at `deadline`.
+    fn wait_for(&mut self, count: usize, deadline: Instant) -> RedisResult<Vec<Value>> {
         let started = Instant::now();
         let spin = self.waiting.spin_for();
+        let mut spinning = if spin.is_zero() { None } else { Spinning::start() };
         let mut answers = Vec::with_capacity(count);
         loop {
             while answers.len() < count {
@@ -190,20 +243,15 @@ impl TcpConnection {
             if self.read_arrived()? {
                 continue;
             }
-            let waited = started.elapsed();
-            if waited < spin {
+            if spinning.is_some() && started.elapsed() < spin {
                 // SAFETY: sched_yield takes nothing and only gives up the CPU for a moment.
                 unsafe { libc::sched_yield() };
                 continue;
             }
-            let Some(left) = self.command_timeout.checked_sub(waited).filter(|left| !left.is_zero()) else {
+            spinning = None;
+            if !self.wait_until(libc::POLLIN, deadline) {
                 return Err(self.broken(io::ErrorKind::TimedOut.into()));
-            };
-            let mut readable = libc::pollfd { fd: self.fd(), events: libc::POLLIN, revents: 0 };
-            let ms = i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
-            // SAFETY: one pollfd, valid for the call. It returns when the socket is readable, on a
-            // signal or at the timeout; the loop looks again in every case.
-            unsafe { libc::poll(&mut readable, 1, ms) };
+            }
         }
     }
 
@@ -228,13 +276,11 @@ impl TcpConnection {
 
 impl redis::ConnectionLike for TcpConnection {
     fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
-        self.send(cmd).map_err(|err| self.broken(err))?;
-        Ok(self.wait_for(1)?.remove(0))
+        Ok(self.request(cmd, 0, 1)?.remove(0))
     }
 
     fn req_packed_commands(&mut self, cmd: &[u8], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
-        self.send(cmd).map_err(|err| self.broken(err))?;
-        Ok(self.wait_for(offset + count)?.split_off(offset))
+        self.request(cmd, offset, offset + count)
     }
 
     fn get_db(&self) -> i64 {
@@ -250,10 +296,22 @@ impl redis::ConnectionLike for TcpConnection {
     }
 }
 
+/// A connection to the first of `host`'s addresses that takes one (as redis-rs tries them).
+fn connect_to(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
+    let mut failed = io::Error::new(io::ErrorKind::NotFound, format!("no address for {host}"));
+    for address in (host, port).to_socket_addrs()? {
+        match TcpStream::connect_timeout(&address, timeout) {
+            Ok(stream) => return Ok(stream),
+            Err(err) => failed = err,
+        }
+    }
+    Err(failed)
+}
+
 /// The length of the first whole RESP2 value in `bytes`: `Ok(None)` while it is incomplete.
 fn frame_length(bytes: &[u8]) -> Result<Option<usize>, &'static str> {
     let Some(line_end) = bytes.windows(2).position(|pair| pair == b"\r\n") else { return Ok(None) };
-    let header = std::str::from_utf8(&bytes[1..line_end]).map_err(|_| "a header that is not text")?;
+    let header = bytes.get(1..line_end).and_then(|header| std::str::from_utf8(header).ok()).ok_or("a header that is not text")?;
     let after_header = line_end + 2;
     match bytes.first() {
         Some(b'+' | b'-' | b':') => Ok(Some(after_header)),
@@ -291,12 +349,12 @@ mod tests {
 
     use redis::{ConnectionLike, IntoConnectionInfo, Value};
 
-    use super::{ONE_CPU, SPIN, TcpConnection, frame_length};
+    use super::{MOST_SPINNING, SPIN, Spinning, TcpConnection, Waiting, frame_length};
     use crate::backend::redis::closed_by_server;
 
-    /// A server that answers each PING with PONG after `delay` (µs, changeable while it runs), and
-    /// hangs up after `answers` of them; its URL.
-    fn pong_server(delay: Arc<AtomicU64>, answers: usize) -> String {
+    /// A server that answers each command (its words) with `reply`'s bytes after `delay` (µs,
+    /// changeable while it runs), and hangs up after `answers` of them; its URL.
+    fn fake_server(answers: usize, delay: Arc<AtomicU64>, reply: impl Fn(&[String]) -> &'static [u8] + Send + 'static) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("redis://{}", listener.local_addr().unwrap());
         thread::spawn(move || {
@@ -309,15 +367,21 @@ mod tests {
                     return;
                 }
                 unread.extend_from_slice(&chunk[..read]);
-                while let Some(at) = unread.windows(6).position(|w| w == b"PING\r\n") {
-                    unread.drain(..at + 6);
+                while let Ok(Some(length)) = frame_length(&unread) {
+                    let command: Vec<u8> = unread.drain(..length).collect();
+                    // "*n", then "$len" and the word for each: the words are every other line.
+                    let words: Vec<String> = String::from_utf8_lossy(&command).split("\r\n").skip(2).step_by(2).map(str::to_string).collect();
                     thread::sleep(Duration::from_micros(delay.load(Ordering::Relaxed)));
-                    socket.write_all(b"+PONG\r\n").unwrap();
+                    socket.write_all(reply(&words)).unwrap();
                     answered += 1;
                 }
             }
         });
         url
+    }
+
+    fn pong_server(delay: Arc<AtomicU64>, answers: usize) -> String {
+        fake_server(answers, delay, |_| b"+PONG\r\n")
     }
 
     fn connect(url: &str, command: Duration, spin: Duration) -> TcpConnection {
@@ -342,21 +406,47 @@ mod tests {
     }
 
     #[test]
-    fn answers_slower_than_the_spin_are_waited_for_asleep_until_they_are_fast_again() {
-        let spinning = if *ONE_CPU { Duration::ZERO } else { SPIN };
-        let delay = Arc::new(AtomicU64::new(2000));
-        let mut connection = connect(&pong_server(Arc::clone(&delay), 100), Duration::from_secs(1), SPIN);
-        assert_eq!(connection.waiting.spin_for(), spinning, "a new connection spins");
-        connection.req_packed_command(&ping()).unwrap();
+    fn a_connection_spins_while_its_answers_come_within_the_spin_and_looks_again_now_and_then() {
+        let mut waiting = Waiting::new(SPIN);
+        assert_eq!(waiting.spin_for(), SPIN, "a new connection spins");
         for _ in 0..4 {
-            connection.req_packed_command(&ping()).unwrap();
+            waiting.answered_after(Duration::from_millis(2));
         }
-        assert_eq!(connection.waiting.spin_for(), Duration::ZERO, "answers take 2 ms: it sleeps at once");
-        delay.store(0, Ordering::Relaxed);
-        for _ in 0..60 {
-            connection.req_packed_command(&ping()).unwrap();
+        let spins = (0..32).filter(|_| !waiting.spin_for().is_zero()).count();
+        assert_eq!(spins, 2, "answers take 2 ms: one wait in 16 spins, to look again");
+        for _ in 0..40 {
+            waiting.answered_after(Duration::from_micros(30));
         }
-        assert_eq!(connection.waiting.spin_for(), spinning, "answers come at once again");
+        assert_eq!(waiting.spin_for(), SPIN, "answers come within the spin again");
+    }
+
+    #[test]
+    fn at_most_one_thread_fewer_than_the_cpus_spins_at_once() {
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(*MOST_SPINNING, cpus - 1);
+        let held: Vec<Spinning> = std::iter::from_fn(Spinning::start).take(cpus + 4).collect();
+        assert!(held.len() <= cpus - 1, "{} spinning on {cpus} CPUs", held.len());
+    }
+
+    #[test]
+    fn credentials_a_server_refuses_are_told_apart_from_an_outage() {
+        let refusing = fake_server(1, Arc::default(), |_| b"-ERR invalid password\r\n");
+        let url = refusing.replace("redis://", "redis://:secret@");
+        let opened = TcpConnection::open(&url.as_str().into_connection_info().unwrap(), Duration::from_secs(1), Duration::from_secs(1), SPIN);
+        let err = opened.unwrap().err().expect("refused");
+        assert_eq!(err.kind(), redis::ErrorKind::AuthenticationFailed, "{err}");
+    }
+
+    #[test]
+    fn a_server_before_redis_6_is_asked_again_without_the_user_name() {
+        let old = fake_server(3, Arc::default(), |words| match words {
+            [auth, _, _] if auth == "AUTH" => b"-ERR wrong number of arguments for 'auth' command\r\n",
+            [auth, password] if auth == "AUTH" && password == "secret" => b"+OK\r\n",
+            _ => b"+PONG\r\n",
+        });
+        let url = old.replace("redis://", "redis://app:secret@");
+        let mut connection = connect(&url, Duration::from_secs(1), SPIN);
+        assert_eq!(connection.req_packed_command(&ping()).unwrap(), Value::SimpleString("PONG".into()));
     }
 
     #[test]
@@ -393,5 +483,6 @@ mod tests {
         assert_eq!(frame_length(b"-NOSCRIPT No matching script\r\n:1\r\n"), Ok(Some(30)));
         assert_eq!(frame_length(b"$-1\r\n"), Ok(Some(5)));
         assert!(frame_length(b"?what\r\n").is_err());
+        assert!(frame_length(b"\r\n").is_err(), "not RESP: an error, not a panic");
     }
 }
