@@ -53,7 +53,7 @@ impl Waiting {
     /// How long the next wait may spin.
     fn spin_for(&mut self) -> Duration {
         self.waits = self.waits.wrapping_add(1);
-        if self.typical <= self.spin || self.waits % RESAMPLE == 0 { self.spin } else { Duration::ZERO }
+        if self.typical <= self.spin || self.waits.is_multiple_of(RESAMPLE) { self.spin } else { Duration::ZERO }
     }
 
     fn answered_after(&mut self, took: Duration) {
@@ -425,7 +425,7 @@ mod tests {
         let cpus = std::thread::available_parallelism().unwrap().get();
         assert_eq!(*MOST_SPINNING, cpus - 1);
         let held: Vec<Spinning> = std::iter::from_fn(Spinning::start).take(cpus + 4).collect();
-        assert!(held.len() <= cpus - 1, "{} spinning on {cpus} CPUs", held.len());
+        assert!(held.len() < cpus, "{} spinning on {cpus} CPUs", held.len());
     }
 
     #[test]
