@@ -433,7 +433,8 @@ impl Backend {
                 let mut outages = backend.outage();
                 let Some(outage) = outages.now.as_mut().filter(|outage| outage.number == number) else { return };
                 if answered {
-                    outage.retry_at = Instant::now();
+                    // Should the calls that follow fail again, the outage goes on with a new probe.
+                    (outage.retry_at, outage.probed_by) = (Instant::now(), 0);
                     return;
                 }
                 rest = PROBE_EVERY.saturating_sub(asked.elapsed());

@@ -4,9 +4,10 @@
 //! leases expire by themselves. A lease this process gave up on is owed back at once instead of being
 //! left to its TTL: an acquire that timed out on the client (after a stall Redis runs it anyway, and
 //! nobody would own that lease), or a release that could not be sent. Each lease id is chosen by the
-//! client, so it can name what it owes: a task sends the ids in `reclaim.lua` the moment Redis answers
-//! again, which removes the lease or, when the acquire has not run yet, withdraws it so that it takes
-//! nothing when it does.
+//! client, so it can name what it owes: a task sends the ids in `reclaim.lua` as soon as Redis answers
+//! again (within [`RECLAIM_EVERY`] of the end of the backend's pause, which a probe ends when Redis
+//! answers), which removes the lease or, when the acquire has not run yet, withdraws it so that it
+//! takes nothing when it does.
 //!
 //! A release that a primary took just before a failover may never reach the replica promoted in its
 //! place (replication is asynchronous): the lease would stay there for its TTL. So the leases released

@@ -30,11 +30,12 @@ pub const LONGEST_SPIN: Duration = Duration::from_millis(1);
 /// How a blocking caller waits for an answer: awake for up to `spin`, yielding the CPU to any other
 /// thread that can run, and then asleep in poll(2) until the command timeout. A thread that sleeps
 /// gives its CPU a chance to idle, and waking it costs tens of microseconds on a virtual machine: here
-/// a Redis round trip from Python took 55 µs asleep and 21 µs awake, so a nearby server answers before
-/// a sleeper would be woken. A connection whose answers typically take longer than `spin` (a distant
-/// server, a slow script) sleeps at once, but spins on one wait in [`RESAMPLE`] all the same, to find
-/// out when its answers are fast again. At most one thread fewer than the CPUs spins at once (see
-/// [`Spinning`]), so a server on the same machine always has a CPU; on one CPU nobody spins.
+/// a Redis round trip from Python took 54 µs asleep and 21 µs awake (`make bench-redis`), so a nearby
+/// server answers before a sleeper would be woken. A connection whose answers typically take longer
+/// than `spin` (a distant server, a slow script) sleeps at once, but spins on one wait in [`RESAMPLE`]
+/// all the same, to find out when its answers are fast again. At most one thread fewer than the CPUs
+/// spins at once in a process (see [`Spinning`]), so its other threads and a server on the same
+/// machine keep a CPU; on one CPU nobody spins.
 struct Waiting {
     spin: Duration,
     /// How long answers took lately (a moving average, 1/8 per answer).
