@@ -70,19 +70,21 @@ def shared(url: str, key: str, limit: hs.Limit, spin_wait: float = SPIN_WAIT) ->
     return lim
 
 
+def decider(lim: hs.HolySheepRateLimiter) -> Callable[[], bool]:
+    """One sync decision on `lim`, its admission given back at once."""
+
+    def decide() -> bool:
+        admitted = lim.try_acquire()
+        lim.release()
+        return admitted
+
+    return decide
+
+
 def holysheep_rows(url: str, n: int) -> list[dict[str, Any]]:
     exact = hs.Limit(10**9, per=1.0)
     gcra = hs.Limit(10**9, per=1.0, algorithm="gcra", burst=10**9)
-    rows = []
-    for name, limit in [("GCRA", gcra)]:
-        lim = shared(url, f"sync-{name}", limit)
-
-        def decide(lim: hs.HolySheepRateLimiter = lim) -> bool:
-            admitted = lim.try_acquire()
-            lim.release()
-            return admitted
-
-        rows.append(time_sync(f"holysheep {hs.__version__} {name}", decide, n))
+    rows = [time_sync(f"holysheep {hs.__version__} GCRA", decider(shared(url, "sync-GCRA", gcra)), n)]
 
     def setup() -> Callable[[], Awaitable[bool]]:
         lim = shared(url, "async", exact)
@@ -128,15 +130,6 @@ def single_caller_and_ping_rows(url: str, port: int, n: int) -> list[dict[str, A
     of each."""
     awake = shared(url, "sync-exact window", hs.Limit(10**9, per=1.0))
     asleep = shared(url, "sync-exact window asleep", hs.Limit(10**9, per=1.0), spin_wait=0)
-
-    def decider(lim: hs.HolySheepRateLimiter) -> Callable[[], bool]:
-        def decide() -> bool:
-            admitted = lim.try_acquire()
-            lim.release()
-            return admitted
-
-        return decide
-
     ours, ours_asleep, pings = [], [], []
     cli(port, "CONFIG", "RESETSTAT")
     for _ in range(ALTERNATIONS):
